@@ -1,0 +1,3 @@
+"""ebbtide: an event-driven WebAssembly message platform on NATS JetStream."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,101 @@
+"""Create or update, idempotently, everything the manifest needs on the server."""
+
+from __future__ import annotations
+
+from nats.js import JetStreamContext
+from nats.js import api
+from nats.js.errors import BadRequestError
+
+from ..manifest import LoadedManifest
+
+ERR_STREAM_NAME_IN_USE = 10058
+KV_DUPLICATE_WINDOW_S = 120.0
+
+
+def kv_stream_name(bucket: str) -> str:
+    return f"KV_{bucket}"
+
+
+def kv_subject(bucket: str, key: str) -> str:
+    return f"$KV.{bucket}.{key}"
+
+
+def _storage(kind: str) -> api.StorageType:
+    return api.StorageType.FILE if kind == "file" else api.StorageType.MEMORY
+
+
+async def ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None:
+    try:
+        await js.add_stream(config)
+    except BadRequestError as exc:
+        if exc.err_code != ERR_STREAM_NAME_IN_USE:
+            raise
+        await js.update_stream(config)
+
+
+def stream_configs(manifest: LoadedManifest) -> list[api.StreamConfig]:
+    spec = manifest.spec
+    configs = [
+        api.StreamConfig(
+            name=name,
+            subjects=list(stream.subjects),
+            retention=api.RetentionPolicy(stream.retention),
+            storage=_storage(stream.storage),
+            num_replicas=stream.replicas,
+            duplicate_window=stream.duplicate_window_s,
+        )
+        for name, stream in spec.streams.items()
+    ]
+    dlq = spec.dead_letter
+    configs.append(
+        api.StreamConfig(
+            name=dlq.stream,
+            subjects=[f"{dlq.subject_prefix}.>"],
+            retention=api.RetentionPolicy.LIMITS,
+            storage=_storage(dlq.storage),
+            num_replicas=dlq.replicas,
+            duplicate_window=KV_DUPLICATE_WINDOW_S,
+        )
+    )
+    for bucket, kv in spec.kv.items():
+        # The same stream layout as nats-py's create_key_value, so clients see an ordinary KV bucket.
+        configs.append(
+            api.StreamConfig(
+                name=kv_stream_name(bucket),
+                subjects=[f"$KV.{bucket}.>"],
+                allow_direct=True,
+                allow_rollup_hdrs=True,
+                deny_delete=True,
+                discard=api.DiscardPolicy.NEW,
+                duplicate_window=KV_DUPLICATE_WINDOW_S,
+                max_msgs_per_subject=kv.history,
+                num_replicas=kv.replicas,
+                storage=_storage(kv.storage),
+            )
+        )
+    return configs
+
+
+def consumer_config(manifest: LoadedManifest, function: str) -> api.ConsumerConfig:
+    fn = manifest.function(function)
+    return api.ConsumerConfig(
+        name=function,
+        durable_name=function,
+        filter_subject=fn.trigger,
+        ack_policy=api.AckPolicy.EXPLICIT,
+        ack_wait=fn.ack_wait_s,
+        # The host counts deliveries and dead-letters after retry.max_deliver; the server must never
+        # stop redelivering on its own, or a message would be dropped without a dead letter.
+        max_deliver=-1,
+        max_ack_pending=fn.max_ack_pending,
+        deliver_policy=api.DeliverPolicy.ALL,
+    )
+
+
+async def provision(js: JetStreamContext, manifest: LoadedManifest, functions: list[str] | None = None) -> None:
+    """Streams, dead-letter stream, KV buckets, and a durable pull consumer per function."""
+    for config in stream_configs(manifest):
+        await ensure_stream(js, config)
+    for function in functions if functions is not None else list(manifest.spec.functions):
+        stream = manifest.stream_for(manifest.function(function).trigger)
+        await js.add_consumer(stream, consumer_config(manifest, function))

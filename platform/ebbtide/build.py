@@ -1,0 +1,79 @@
+"""`ebbtide build`: compile each module of the manifest from source into <build_dir>/wasm/<module>.wasm.
+
+Incremental: a module is rebuilt only when a source file (its own or the guest SDK's) is newer than
+its output. Built files never go into git (see .gitignore).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .manifest import LoadedManifest, ManifestError
+
+SDK_DIR = "functions/sdk"  # relative to the manifest
+
+
+class BuildError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    module: str
+    output: Path
+    rebuilt: bool
+
+
+def _zig_command() -> list[str]:
+    try:
+        import ziglang  # noqa: F401  (the ziglang package from PyPI carries the Zig toolchain)
+    except ImportError:
+        raise BuildError("the Zig toolchain is missing: pip install ziglang (or: pip install -e .)") from None
+    return [sys.executable, "-m", "ziglang"]
+
+
+def _sources(folder: Path) -> list[Path]:
+    return [path for path in folder.rglob("*.zig") if path.is_file()]
+
+
+def build_modules(manifest: LoadedManifest, modules: list[str] | None = None, force: bool = False) -> list[BuildResult]:
+    spec = manifest.spec
+    names = modules if modules is not None else list(spec.modules)
+    sdk = manifest.resolve(SDK_DIR)
+    results = []
+    for name in names:
+        if name not in spec.modules:
+            raise ManifestError(f"{manifest.path}: no module named {name!r} under [modules]")
+        source_dir = manifest.resolve(spec.modules[name].source)
+        main = source_dir / "main.zig"
+        if not main.exists():
+            raise BuildError(f"module {name}: {main} not found (modules.{name}.source in {manifest.path})")
+        output = manifest.module_path(name)
+        inputs = _sources(source_dir) + _sources(sdk)
+        if not force and output.exists() and output.stat().st_mtime >= max(p.stat().st_mtime for p in inputs):
+            results.append(BuildResult(name, output, rebuilt=False))
+            continue
+        _compile_zig(manifest, name, main, sdk / "ebbtide.zig", output)
+        results.append(BuildResult(name, output, rebuilt=True))
+    return results
+
+
+def _compile_zig(manifest: LoadedManifest, name: str, main: Path, sdk: Path, output: Path) -> None:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    cache = manifest.build_dir / "zig-cache"
+    env = {**os.environ, "ZIG_GLOBAL_CACHE_DIR": str(cache / "global"), "ZIG_LOCAL_CACHE_DIR": str(cache / "local")}
+    tmp_output = output.with_suffix(".wasm.tmp")
+    command = [
+        *_zig_command(), "build-exe",
+        "-target", "wasm32-freestanding", "-O", "ReleaseSmall", "-fno-entry", "-rdynamic",
+        "--stack", "65536", f"-femit-bin={tmp_output}",
+        "--dep", "ebbtide", f"-Mroot={main}", f"-Mebbtide={sdk}",
+    ]
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise BuildError(f"module {name}: zig build-exe failed:\n{done.stderr.strip()}")
+    tmp_output.replace(output)  # an interrupted build never leaves a half-written module

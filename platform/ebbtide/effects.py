@@ -1,0 +1,56 @@
+"""Turning a guest's effects into publishes, within the function's allowlist.
+
+Pure: no I/O here. The pool sends what `plan_effects` returns and acks the input only when the server
+has confirmed every publish.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .broker.provision import kv_subject
+from .manifest import FunctionSection, subject_matches
+from .runtime.abi import Effect, KvPut, Publish
+
+KV_KEY = re.compile(r"^[-/_=.a-zA-Z0-9]+$")
+SUBJECT_TOKEN = re.compile(r"^[^\s.*>]+$")
+
+
+class EffectRefused(Exception):
+    """The guest asked for something outside its allowlist, or for something malformed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    subject: str
+    payload: bytes
+
+
+class Allowlist:
+    def __init__(self, publish: list[str], kv: list[str]) -> None:
+        self.publish = tuple(publish)
+        self.kv = frozenset(kv)
+
+    @classmethod
+    def of(cls, function: FunctionSection) -> "Allowlist":
+        return cls(function.publish, function.kv)
+
+    def plan(self, effects: list[Effect]) -> list[Outgoing]:
+        """The publishes that carry out `effects`; raises EffectRefused on the first one not allowed."""
+        outgoing: list[Outgoing] = []
+        for effect in effects:
+            if isinstance(effect, Publish):
+                subject = effect.subject
+                if not all(SUBJECT_TOKEN.match(token) for token in subject.split(".")):
+                    raise EffectRefused(f"publish to invalid subject {subject!r}")
+                if not any(subject_matches(pattern, subject) for pattern in self.publish):
+                    raise EffectRefused(f"publish to {subject!r} is not allowed (allowed: {list(self.publish)})")
+                outgoing.append(Outgoing(subject, effect.payload))
+            elif isinstance(effect, KvPut):
+                if effect.bucket not in self.kv:
+                    raise EffectRefused(f"kv_put into bucket {effect.bucket!r} is not allowed (allowed: {sorted(self.kv)})")
+                if not KV_KEY.match(effect.key):
+                    raise EffectRefused(f"kv_put with invalid key {effect.key[:100]!r}")
+                outgoing.append(Outgoing(kv_subject(effect.bucket, effect.key), effect.value))
+        return outgoing

@@ -1,0 +1,61 @@
+"""The host: one NATS connection, one Wasm engine, and a pool per function of the manifest.
+
+Used by `ebbtide up` (every function), `ebbtide run --function NAME` (one), the demo and the tests.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from nats.aio.client import Client as NatsClient
+
+from .broker import ConfirmedPublisher, connect, provision
+from .manifest import LoadedManifest
+from .pool import FunctionPool
+from .runtime import WasmEngine
+
+log = logging.getLogger("ebbtide.host")
+
+
+class Host:
+    def __init__(self, manifest: LoadedManifest, nats_url: str, functions: list[str] | None = None) -> None:
+        self.manifest = manifest
+        self.nats_url = nats_url
+        self.function_names = functions if functions is not None else list(manifest.spec.functions)
+        for name in self.function_names:
+            manifest.function(name)  # unknown names fail here, before connecting
+        self.pools: dict[str, FunctionPool] = {}
+        self.nc: NatsClient | None = None
+
+    async def start(self) -> None:
+        memory_limit = max(self.manifest.function(n).limits.memory_mib for n in self.function_names)
+        engine = WasmEngine(memory_reservation=max(memory_limit, 16) * 1024 * 1024,
+                            cache_dir=self.manifest.build_dir / "cache")
+        self.nc = await connect(self.nats_url, name=f"ebbtide-host[{','.join(self.function_names)}]")
+        js = self.nc.jetstream()
+        await provision(js, self.manifest, self.function_names)
+        publisher = ConfirmedPublisher(self.nc)
+        await publisher.start()
+        for name in self.function_names:
+            # Loading and a first instance happen here, so a bad module fails the start, not a message.
+            self.pools[name] = FunctionPool(name, self.manifest, engine, self.nc, js, publisher)
+        for name, pool in self.pools.items():
+            await pool.set_instances(self.manifest.function(name).scale.max)
+            log.info("function %s: %d instance(s) on %s", name, pool.instances, pool.function.trigger)
+
+    async def stop(self) -> None:
+        for pool in self.pools.values():
+            await pool.stop()
+        if self.nc is not None and not self.nc.is_closed:
+            await self.nc.drain()
+
+    async def __aenter__(self) -> "Host":
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()

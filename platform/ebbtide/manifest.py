@@ -1,0 +1,238 @@
+"""The `ebbtide.toml` manifest: what runs, on which subjects, with which limits.
+
+Decoded once with msgspec into frozen Structs; every error names the file and the key.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+DEFAULT_MANIFEST = "ebbtide.toml"
+
+PositiveInt = Annotated[int, Meta(gt=0)]
+NonNegativeInt = Annotated[int, Meta(ge=0)]
+PositiveFloat = Annotated[float, Meta(gt=0)]
+NonNegativeFloat = Annotated[float, Meta(ge=0)]
+# NATS names used in stream, consumer and bucket names: no dots, wildcards or whitespace.
+Name = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]+$", max_length=64)]
+Subject = Annotated[str, Meta(pattern=r"^[^\s]+$", max_length=255)]
+
+
+class _Section(Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    pass
+
+
+class NatsSection(_Section):
+    url: str = ""  # empty: start the embedded server (overridden by --nats-url / EBBTIDE_NATS_URL)
+
+
+class EmbeddedSection(_Section):
+    data_dir: str = ".ebbtide/nats"
+    host: str = "127.0.0.1"
+    port: Annotated[int, Meta(ge=0, le=65535)] = 4222  # 0: pick a free port
+    monitor_port: Annotated[int, Meta(ge=0, le=65535)] = 8222
+
+
+class StreamSection(_Section):
+    subjects: list[Subject]
+    retention: Literal["workqueue", "limits", "interest"] = "limits"
+    storage: Literal["file", "memory"] = "file"
+    replicas: Annotated[int, Meta(ge=1, le=5)] = 1
+    duplicate_window_s: PositiveFloat = 120.0  # Nats-Msg-Id dedupe window
+
+
+class KvSection(_Section):
+    storage: Literal["file", "memory"] = "file"
+    replicas: Annotated[int, Meta(ge=1, le=5)] = 1
+    history: Annotated[int, Meta(ge=1, le=64)] = 1
+
+
+class DeadLetterSection(_Section):
+    stream: Name = "DLQ"
+    subject_prefix: Subject = "dlq"  # a function's dead letters go to <prefix>.<function>
+    storage: Literal["file", "memory"] = "file"
+    replicas: Annotated[int, Meta(ge=1, le=5)] = 1
+
+
+class ModuleSection(_Section):
+    source: str  # folder holding the function's source (main.zig), relative to the manifest
+    lang: Literal["zig"] = "zig"
+
+
+class ScaleSection(_Section):
+    min: NonNegativeInt = 0
+    max: PositiveInt = 4
+    target_backlog: PositiveInt = 100  # messages of backlog per instance
+    cooldown_s: NonNegativeFloat = 5.0
+
+
+class LimitsSection(_Section):
+    memory_mib: Annotated[int, Meta(ge=1, le=64)] = 16
+    fuel: PositiveInt = 20_000_000  # per message; ~1 unit per Wasm instruction (a few ms of work)
+    max_payload: PositiveInt = 65536  # bytes; larger inputs are dead-lettered without calling the guest
+
+
+class RetrySection(_Section):
+    max_deliver: Annotated[int, Meta(ge=1, le=1000)] = 5  # deliveries before a failing message is dead-lettered
+    backoff_ms: list[NonNegativeInt] = msgspec.field(default_factory=lambda: [200, 1000, 5000])
+
+
+class FunctionSection(_Section):
+    module: Name
+    trigger: Subject  # subject of the function's durable pull consumer
+    publish: list[Subject] = []  # subjects (NATS wildcards allowed) the guest may publish to
+    kv: list[Name] = []  # KV buckets the guest may put into
+    config: dict[str, str] = {}  # passed to the guest's ebbtide_init as a JSON object
+    batch: PositiveInt = 256  # messages per fetch
+    ack_wait_s: PositiveFloat = 30.0
+    max_ack_pending: PositiveInt = 4096
+    scale: ScaleSection = ScaleSection()
+    limits: LimitsSection = LimitsSection()
+    retry: RetrySection = RetrySection()
+
+
+class Manifest(_Section):
+    build_dir: str = "build"
+    nats: NatsSection = NatsSection()
+    embedded: EmbeddedSection = EmbeddedSection()
+    streams: dict[Name, StreamSection] = {}
+    kv: dict[Name, KvSection] = {}
+    dead_letter: DeadLetterSection = DeadLetterSection()
+    modules: dict[Name, ModuleSection] = {}
+    functions: dict[Name, FunctionSection] = {}
+
+
+class ManifestError(Exception):
+    """The manifest cannot be read or is invalid; the message names the file and the key."""
+
+
+class LoadedManifest:
+    """A validated manifest and the folder its relative paths start from."""
+
+    def __init__(self, manifest: Manifest, path: Path) -> None:
+        self.spec = manifest
+        self.path = path
+        self.root = path.parent
+
+    def resolve(self, relative: str) -> Path:
+        return (self.root / relative).resolve()
+
+    @property
+    def build_dir(self) -> Path:
+        return self.resolve(self.spec.build_dir)
+
+    def module_path(self, module: str) -> Path:
+        return self.build_dir / "wasm" / f"{module}.wasm"
+
+    def function(self, name: str) -> FunctionSection:
+        try:
+            return self.spec.functions[name]
+        except KeyError:
+            known = ", ".join(sorted(self.spec.functions)) or "none"
+            raise ManifestError(f"{self.path}: no function named {name!r} (functions: {known})") from None
+
+    def stream_for(self, subject: str) -> str:
+        """The name of the stream that captures `subject`."""
+        for name, stream in self.spec.streams.items():
+            if any(subject_matches(pattern, subject) for pattern in stream.subjects):
+                return name
+        raise ManifestError(f"{self.path}: no stream captures subject {subject!r}")
+
+    def dead_letter_subject(self, function: str) -> str:
+        return f"{self.spec.dead_letter.subject_prefix}.{function}"
+
+    def config_json(self, function: str) -> bytes:
+        return json.dumps(self.function(function).config, separators=(",", ":")).encode()
+
+
+def load_manifest(path: str | Path = DEFAULT_MANIFEST) -> LoadedManifest:
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot read manifest ({exc.strerror})") from None
+    return parse_manifest(data, path)
+
+
+def parse_manifest(data: bytes | str, path: Path) -> LoadedManifest:
+    try:
+        manifest = msgspec.toml.decode(data, type=Manifest)
+    except msgspec.ValidationError as exc:
+        raise ManifestError(f"{path}: {_key_first(str(exc))}") from None
+    except msgspec.DecodeError as exc:
+        raise ManifestError(f"{path}: not valid TOML: {exc}") from None
+    loaded = LoadedManifest(manifest, path.resolve())
+    problems = _check_references(loaded)
+    if problems:
+        raise ManifestError(f"{path}: " + f"\n{path}: ".join(problems))
+    return loaded
+
+
+def _key_first(message: str) -> str:
+    """'Expected `int`, got `str` - at `$.functions.x.batch`' -> 'functions.x.batch: Expected `int`, got `str`'"""
+    match = re.match(r"^(.*) - at `\$\.?(.*)`$", message, re.S)
+    if not match:
+        return message
+    key = re.sub(r"\[(\d+)\]", r"[\1]", match.group(2))
+    return f"{key or '(top level)'}: {match.group(1)}"
+
+
+def _check_references(loaded: LoadedManifest) -> list[str]:
+    spec = loaded.spec
+    problems: list[str] = []
+    if not spec.functions:
+        problems.append("functions: at least one function is required")
+    dlq_prefix = spec.dead_letter.subject_prefix
+    for stream_name, stream in spec.streams.items():
+        for subject in stream.subjects:
+            if subject_matches(subject, f"{dlq_prefix}.x") or subject_matches(f"{dlq_prefix}.>", subject):
+                problems.append(f"streams.{stream_name}.subjects: {subject!r} overlaps the dead-letter subjects {dlq_prefix}.>")
+    if spec.dead_letter.stream in spec.streams:
+        problems.append(f"dead_letter.stream: {spec.dead_letter.stream!r} is also declared under [streams]")
+    triggers: dict[str, str] = {}
+    for name, fn in spec.functions.items():
+        key = f"functions.{name}"
+        if fn.module not in spec.modules:
+            problems.append(f"{key}.module: no [modules.{fn.module}] (modules: {', '.join(sorted(spec.modules)) or 'none'})")
+        try:
+            loaded.stream_for(fn.trigger)
+        except ManifestError:
+            problems.append(f"{key}.trigger: no stream captures {fn.trigger!r}")
+        if fn.trigger in triggers:
+            problems.append(f"{key}.trigger: {fn.trigger!r} is already the trigger of {triggers[fn.trigger]}")
+        triggers[fn.trigger] = name
+        for i, subject in enumerate(fn.publish):
+            if subject_matches(subject, fn.trigger) or subject_matches(fn.trigger, subject):
+                problems.append(f"{key}.publish[{i}]: {subject!r} would feed the function its own output")
+            if not any(subject_matches(p, subject) or subject_matches(subject, p) for s in spec.streams.values() for p in s.subjects):
+                problems.append(f"{key}.publish[{i}]: no stream captures {subject!r}")
+        for i, bucket in enumerate(fn.kv):
+            if bucket not in spec.kv:
+                problems.append(f"{key}.kv[{i}]: no [kv.{bucket}] bucket")
+        if fn.scale.min > fn.scale.max:
+            problems.append(f"{key}.scale.min: {fn.scale.min} is greater than scale.max {fn.scale.max}")
+        if not fn.retry.backoff_ms:
+            problems.append(f"{key}.retry.backoff_ms: give at least one delay")
+        if fn.batch > fn.max_ack_pending:
+            problems.append(f"{key}.batch: {fn.batch} is greater than max_ack_pending {fn.max_ack_pending}")
+    return problems
+
+
+def subject_matches(pattern: str, subject: str) -> bool:
+    """NATS subject matching: `*` matches one token, `>` one or more trailing tokens."""
+    p_tokens = pattern.split(".")
+    s_tokens = subject.split(".")
+    for i, token in enumerate(p_tokens):
+        if token == ">":
+            return len(s_tokens) > i
+        if i >= len(s_tokens):
+            return False
+        if token != "*" and token != s_tokens[i]:
+            return False
+    return len(p_tokens) == len(s_tokens)

@@ -1,0 +1,281 @@
+"""A function's pool: Wasm instances, each driven by a worker loop on the function's durable consumer.
+
+A worker fetches a batch, runs the guest once per message, sends every effect as a confirmed publish
+(with a `Nats-Msg-Id` derived from the input), waits for the server's confirmations, then acks. A
+failure is either permanent (dead-lettered at once) or transient (nak with backoff, dead-lettered after
+`retry.max_deliver` deliveries). Workers, and so instances, are added and removed one at a time with
+`set_instances`, while messages flow: a removed worker finishes its batch first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+import nats.errors
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from .broker.publisher import MSG_ID, ConfirmedPublisher, PubAck, PublishError
+from .deadletter import Reason, dead_letter_headers
+from .effects import Allowlist, EffectRefused
+from .manifest import LoadedManifest
+from .runtime import (
+    GuestFault, GuestInstance, GuestLimits, InputTooLarge, Status, WasmEngine, decode_effects,
+)
+
+log = logging.getLogger("ebbtide.pool")
+
+MIB = 1024 * 1024
+FETCH_WAIT_S = 1.0  # long-poll length of an idle fetch; also how long a stopping idle worker may take
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """What the JetStream ack subject says about a delivered message."""
+
+    stream: str
+    sequence: int  # stream sequence: stable across redeliveries, so effect ids derived from it are too
+    delivered: int  # 1 on first delivery
+
+
+def parse_ack_subject(reply: str) -> Delivery:
+    # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>            (9 tokens)
+    # $JS.ACK.<domain>.<account>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>[.<token>]
+    tokens = reply.split(".")
+    if len(tokens) == 9:
+        base = 2
+    elif len(tokens) >= 11:
+        base = 4
+    else:
+        raise ValueError(f"not a JetStream ack subject: {reply!r}")
+    return Delivery(tokens[base], int(tokens[base + 3]), int(tokens[base + 2]))
+
+
+@dataclass
+class PoolStats:
+    processed: int = 0  # acked after all effects were confirmed
+    dead_lettered: int = 0
+    retried: int = 0  # nak'ed for redelivery
+    guest_faults: dict[str, int] = field(default_factory=dict)  # by kind: trap, timeout, memory-limit, invalid-output
+    instances_started: int = 0
+    last_processed_at: float = 0.0
+
+
+@dataclass(slots=True)
+class _Pending:
+    msg: Msg
+    delivery: Delivery
+    futures: list[asyncio.Future[PubAck]]
+    dead_letter: bool  # the futures carry a dead letter, not effects
+
+
+class FunctionPool:
+    def __init__(
+        self,
+        name: str,
+        manifest: LoadedManifest,
+        engine: WasmEngine,
+        nc: NatsClient,
+        js: JetStreamContext,
+        publisher: ConfirmedPublisher,
+    ) -> None:
+        fn = manifest.function(name)
+        self.name = name
+        self.function = fn
+        self.engine = engine
+        self.module = engine.load(manifest.module_path(fn.module))
+        self.limits = GuestLimits(memory_bytes=fn.limits.memory_mib * MIB, fuel=fn.limits.fuel)
+        self.config_json = manifest.config_json(name)
+        self.allowlist = Allowlist.of(fn)
+        self.stream = manifest.stream_for(fn.trigger)
+        self.dead_letter_subject = manifest.dead_letter_subject(name)
+        self.confirm_timeout = min(fn.ack_wait_s / 2, 10.0)
+        self.stats = PoolStats()
+        self._nc = nc
+        self._js = js
+        self._publisher = publisher
+        self._workers: list[_Worker] = []
+        self._subject_bytes: dict[str, bytes] = {}
+
+    # -- instances -------------------------------------------------------------------------------------
+
+    def new_instance(self) -> GuestInstance:
+        instance = GuestInstance(self.engine, self.module, self.limits, self.config_json)
+        self.stats.instances_started += 1
+        return instance
+
+    def _replacement(self) -> GuestInstance | None:
+        try:
+            return self.new_instance()
+        except Exception:
+            log.exception("%s: cannot start a replacement instance; will try again on the next message", self.name)
+            return None
+
+    @property
+    def instances(self) -> int:
+        return sum(1 for worker in self._workers if not worker.stopping)
+
+    async def set_instances(self, count: int) -> None:
+        """Start or stop workers (one instance each) until `count` are running."""
+        self._workers = [w for w in self._workers if not w.done]
+        running = [w for w in self._workers if not w.stopping]
+        for worker in running[count:]:
+            worker.stopping = True
+        for _ in range(count - len(running)):
+            subscription = await self._js.pull_subscribe_bind(durable=self.name, stream=self.stream)
+            worker = _Worker(self, subscription, self.new_instance())
+            self._workers.append(worker)
+
+    async def stop(self) -> None:
+        for worker in self._workers:
+            worker.stopping = True
+        await asyncio.gather(*(w.task for w in self._workers), return_exceptions=True)
+        self._workers.clear()
+
+    # -- one batch -------------------------------------------------------------------------------------
+
+    async def process(self, msgs: list[Msg], instance: GuestInstance | None) -> GuestInstance | None:
+        """Handle a fetched batch; returns the instance to use next (a new one after a guest fault)."""
+        pending: list[_Pending] = []
+        for msg in msgs:
+            try:
+                delivery = parse_ack_subject(msg.reply)
+            except ValueError:
+                log.error("%s: message on %s without a JetStream ack subject; ignored", self.name, msg.subject)
+                continue
+            try:
+                instance = await self._handle(msg, delivery, instance, pending)
+            except Exception as exc:  # a host bug must not take the worker down; the message is retried
+                log.exception("%s: unexpected error on %s #%d", self.name, delivery.stream, delivery.sequence)
+                await self._retry(msg, delivery, f"host error: {exc!r}", pending)
+        if pending:
+            await self._settle(pending)
+        return instance
+
+    async def _handle(
+        self, msg: Msg, delivery: Delivery, instance: GuestInstance | None, pending: list[_Pending]
+    ) -> GuestInstance | None:
+        payload = msg.data
+        max_payload = self.function.limits.max_payload
+        if len(payload) > max_payload:
+            await self._dead_letter(msg, delivery, Reason.PAYLOAD_TOO_LARGE,
+                                    f"payload of {len(payload)} bytes exceeds limits.max_payload ({max_payload})", pending)
+            return instance
+        subject = self._subject_bytes.get(msg.subject)
+        if subject is None:
+            subject = self._subject_bytes.setdefault(msg.subject, msg.subject.encode())
+        if instance is None:
+            instance = self.new_instance()
+        try:
+            status, output = instance.handle(subject, payload)
+            if status is Status.OK:
+                outgoing = self.allowlist.plan(decode_effects(output))
+            elif status is Status.REJECT:
+                await self._dead_letter(msg, delivery, Reason.REJECTED, output.decode("utf-8", "replace"), pending)
+                return instance
+            else:
+                await self._retry(msg, delivery, "guest asked to retry: " + output.decode("utf-8", "replace"), pending)
+                return instance
+        except InputTooLarge as exc:
+            await self._dead_letter(msg, delivery, Reason.PAYLOAD_TOO_LARGE, str(exc), pending)
+            return instance
+        except GuestFault as exc:
+            self.stats.guest_faults[exc.kind] = self.stats.guest_faults.get(exc.kind, 0) + 1
+            log.warning("%s: guest fault on %s #%d, replacing the instance: %s", self.name, delivery.stream, delivery.sequence, exc)
+            await self._retry(msg, delivery, f"guest fault: {exc}", pending)
+            return self._replacement()  # never reuse a faulted instance: its state may be corrupt
+        except EffectRefused as exc:
+            await self._dead_letter(msg, delivery, Reason.EFFECT_REFUSED, str(exc), pending)
+            return instance
+        id_prefix = f"{delivery.stream}:{delivery.sequence}:"
+        futures = [
+            await self._publisher.publish(out.subject, out.payload, f"{id_prefix}{i}")
+            for i, out in enumerate(outgoing)
+        ]
+        pending.append(_Pending(msg, delivery, futures, dead_letter=False))
+        return instance
+
+    async def _retry(self, msg: Msg, delivery: Delivery, error: str, pending: list[_Pending]) -> None:
+        retry = self.function.retry
+        if delivery.delivered >= retry.max_deliver:
+            await self._dead_letter(msg, delivery, Reason.RETRIES_EXHAUSTED,
+                                    f"failed {delivery.delivered} deliveries; last error: {error}", pending)
+            return
+        backoff = retry.backoff_ms[min(delivery.delivered, len(retry.backoff_ms)) - 1] / 1000
+        self.stats.retried += 1
+        await msg.nak(delay=backoff)
+
+    async def _dead_letter(self, msg: Msg, delivery: Delivery, reason: Reason, error: str, pending: list[_Pending]) -> None:
+        headers = dead_letter_headers(
+            function=self.name, reason=reason, error=error, delivered=delivery.delivered, subject=msg.subject,
+            stream=delivery.stream, sequence=delivery.sequence,
+            original_msg_id=msg.headers.get(MSG_ID) if msg.headers else None,
+        )
+        log.warning("%s: dead-lettering %s #%d (%s): %s", self.name, delivery.stream, delivery.sequence, reason.value, headers["Ebbtide-Error"])
+        future = await self._publisher.publish(
+            self.dead_letter_subject, msg.data, f"dlq:{delivery.stream}:{delivery.sequence}", headers
+        )
+        pending.append(_Pending(msg, delivery, [future], dead_letter=True))
+
+    async def _settle(self, pending: list[_Pending]) -> None:
+        """Wait for every confirmation of the batch, then ack what is done and nak what is not."""
+        results = iter(await self._publisher.confirm(
+            (future for item in pending for future in item.futures), timeout=self.confirm_timeout
+        ))
+        now = time.monotonic()
+        for item in pending:
+            errors = [r for r in (next(results) for _ in item.futures) if isinstance(r, PublishError)]
+            if not errors:
+                await item.msg.ack()
+                if item.dead_letter:
+                    self.stats.dead_lettered += 1
+                else:
+                    self.stats.processed += 1
+                    self.stats.last_processed_at = now
+                continue
+            log.warning("%s: effects of %s #%d not confirmed: %s", self.name, item.delivery.stream, item.delivery.sequence, errors[0])
+            self.stats.retried += 1
+            backoff = self.function.retry.backoff_ms[0] / 1000
+            await item.msg.nak(delay=backoff)
+
+
+class _Worker:
+    """One instance and the loop that feeds it."""
+
+    def __init__(self, pool: FunctionPool, subscription: JetStreamContext.PullSubscription, instance: GuestInstance) -> None:
+        self.pool = pool
+        self.subscription = subscription
+        self.instance: GuestInstance | None = instance
+        self.stopping = False
+        self.task = asyncio.create_task(self._run(), name=f"{pool.name}-worker")
+
+    @property
+    def done(self) -> bool:
+        return self.task.done()
+
+    async def _run(self) -> None:
+        pool = self.pool
+        batch = pool.function.batch
+        try:
+            while not self.stopping:
+                try:
+                    msgs = await self.subscription.fetch(batch, timeout=FETCH_WAIT_S)
+                except nats.errors.TimeoutError:
+                    continue
+                except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
+                    return
+                except Exception as exc:
+                    log.warning("%s: fetch failed (%r); retrying", pool.name, exc)
+                    await asyncio.sleep(0.25)
+                    continue
+                self.instance = await pool.process(msgs, self.instance)
+        finally:
+            self.instance = None  # release the Wasm memory now
+            try:
+                await self.subscription.unsubscribe()
+            except Exception:
+                pass

@@ -1,0 +1,67 @@
+"""The one place that touches wasmtime-py's private internals.
+
+`Func.__call__` costs ~10 µs per call (type checks, `Val` boxing); `Memory.read/write` copy through
+Python lists. On the hot path we instead call `wasmtime_func_call_unchecked` with a preallocated
+argument array and copy bytes with `ctypes.memmove` on the memory's base address: ~1 µs per call.
+
+These internals are not a public API: wasmtime is pinned in pyproject.toml and
+tests/unit/test_wasmtime_fast.py fails loudly if the names used here change.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Any
+
+import wasmtime
+from wasmtime import _ffi as ffi  # private: pinned version, see module docstring
+from wasmtime._func import Func  # noqa: F401  (re-exported for the test that guards these names)
+
+SUPPORTED_WASMTIME = "50.0.1"
+
+
+class RawCall:
+    """A prebuilt, unchecked call of one exported function with i32 parameters and one i32 result."""
+
+    __slots__ = ("_context", "_func_ref", "_args", "_nargs", "_trap", "_trap_ref")
+
+    def __init__(self, store: wasmtime.Store, func: wasmtime.Func, nparams: int) -> None:
+        self._context = store._context()
+        self._func_ref = ctypes.byref(func._func)
+        # One array holds the parameters on entry and the results on return.
+        self._nargs = max(nparams, 1)
+        self._args = (ffi.wasmtime_val_raw_t * self._nargs)()
+        self._new_trap_slot()
+
+    def _new_trap_slot(self) -> None:
+        self._trap = ctypes.POINTER(ffi.wasm_trap_t)()
+        self._trap_ref = ctypes.byref(self._trap)
+
+    def __call__(self, *params: int) -> int:
+        args = self._args
+        for i, value in enumerate(params):
+            args[i].i32 = value
+        error = ffi.wasmtime_func_call_unchecked(self._context, self._func_ref, args, self._nargs, self._trap_ref)
+        if error:
+            raise wasmtime.WasmtimeError._from_ptr(error)
+        if self._trap:
+            trap = wasmtime.Trap._from_ptr(self._trap)  # takes ownership of the pointer
+            self._new_trap_slot()
+            raise trap
+        return args[0].i32
+
+
+def set_fuel(store: wasmtime.Store, fuel: int) -> None:
+    """Refill the store's fuel without the public wrapper's extra checks."""
+    error = ffi.wasmtime_context_set_fuel(store._context(), fuel)
+    if error:
+        raise wasmtime.WasmtimeError._from_ptr(error)
+
+
+def memory_base(store: wasmtime.Store, memory: wasmtime.Memory) -> int:
+    """The address of the first byte of a linear memory (valid while the memory does not move)."""
+    pointer: Any = memory.data_ptr(store)
+    address = ctypes.cast(pointer, ctypes.c_void_p).value
+    if address is None:
+        raise RuntimeError("wasm memory has no base address")
+    return address

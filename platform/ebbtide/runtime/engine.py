@@ -1,0 +1,121 @@
+"""The Wasm engine of one process and its compiled-module cache.
+
+One `wasmtime.Engine` per process, configured for fuel (the per-call time limit) and for memories that
+never move (so an instance's memory base address is read once, not per message).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import wasmtime
+
+from . import abi
+
+# Every instance reserves this much address space (not memory) for its linear memory; a guest's memory
+# limit may not exceed it. Far below wasmtime's 4 GiB default, so thousands of instances fit.
+DEFAULT_MEMORY_RESERVATION = 64 * 1024 * 1024
+
+_I32 = wasmtime.ValType.i32()
+_REQUIRED_FUNCS: dict[str, tuple[int, int]] = {  # name -> (number of i32 params, number of i32 results)
+    abi.EXPORT_VERSION: (0, 1),
+    abi.EXPORT_INPUT_PTR: (0, 1),
+    abi.EXPORT_INPUT_CAPACITY: (0, 1),
+    abi.EXPORT_OUTPUT_PTR: (0, 1),
+    abi.EXPORT_OUTPUT_CAPACITY: (0, 1),
+    abi.EXPORT_INIT: (1, 1),
+    abi.EXPORT_HANDLE: (2, 1),
+}
+
+
+class ModuleLoadError(Exception):
+    """A module file is missing, does not compile, or does not implement the guest ABI."""
+
+
+@dataclass(frozen=True, slots=True)
+class BufferLayout:
+    """Where a module's input and output buffers are; fixed per module, so read once."""
+
+    input_ptr: int
+    input_capacity: int
+    output_ptr: int
+    output_capacity: int
+
+
+@dataclass(eq=False)
+class LoadedModule:
+    path: Path
+    sha256: str
+    module: wasmtime.Module
+    instance_pre: wasmtime.InstancePre
+    layout: BufferLayout | None = field(default=None)  # set by the first instance (ABI version checked then)
+
+
+class WasmEngine:
+    def __init__(self, *, memory_reservation: int = DEFAULT_MEMORY_RESERVATION, cache_dir: Path | None = None) -> None:
+        config = wasmtime.Config()
+        config.consume_fuel = True
+        config.memory_reservation = memory_reservation
+        config.memory_may_move = False
+        config.memory_guard_size = 64 * 1024
+        config.memory_reservation_for_growth = 0
+        self.memory_reservation = memory_reservation
+        self.engine = wasmtime.Engine(config)
+        self._linker = wasmtime.Linker(self.engine)  # links nothing: guests import nothing
+        self._cache_dir = cache_dir
+        self._modules: dict[str, LoadedModule] = {}  # by sha256
+
+    def load(self, path: Path) -> LoadedModule:
+        """Compile (or fetch from the cache) and check a guest module."""
+        try:
+            wasm = path.read_bytes()
+        except OSError as exc:
+            raise ModuleLoadError(f"{path}: cannot read module ({exc.strerror}); run `ebbtide build`") from None
+        digest = hashlib.sha256(wasm).hexdigest()
+        cached = self._modules.get(digest)
+        if cached is not None:
+            return cached
+        module = self._compile(path, wasm, digest)
+        _check_exports(path, module)
+        loaded = LoadedModule(path, digest, module, self._linker.instantiate_pre(module))
+        self._modules[digest] = loaded
+        return loaded
+
+    def _compile(self, path: Path, wasm: bytes, digest: str) -> wasmtime.Module:
+        cached_file = self._cache_dir / f"{digest}.cwasm" if self._cache_dir else None
+        if cached_file is not None and cached_file.exists():
+            try:
+                return wasmtime.Module.deserialize_file(self.engine, str(cached_file))
+            except wasmtime.WasmtimeError:
+                cached_file.unlink(missing_ok=True)  # built by another wasmtime or engine config
+        try:
+            module = wasmtime.Module(self.engine, wasm)
+        except wasmtime.WasmtimeError as exc:
+            raise ModuleLoadError(f"{path}: not a valid WebAssembly module: {exc}") from None
+        if cached_file is not None:
+            cached_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached_file.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_bytes(module.serialize())
+            tmp.replace(cached_file)
+        return module
+
+
+def _check_exports(path: Path, module: wasmtime.Module) -> None:
+    if module.imports:
+        names = ", ".join(f"{imp.module}.{imp.name}" for imp in module.imports)
+        raise ModuleLoadError(f"{path}: guest modules must import nothing, this one imports {names}")
+    exports = {export.name: export.type for export in module.exports}
+    if not isinstance(exports.get(abi.EXPORT_MEMORY), wasmtime.MemoryType):
+        raise ModuleLoadError(f"{path}: missing export `{abi.EXPORT_MEMORY}` (memory)")
+    for name, (nparams, nresults) in _REQUIRED_FUNCS.items():
+        ty = exports.get(name)
+        if not isinstance(ty, wasmtime.FuncType):
+            raise ModuleLoadError(f"{path}: missing exported function `{name}` (guest ABI v{abi.ABI_VERSION}, docs/abi.md)")
+        if [str(p) for p in ty.params] != ["i32"] * nparams or [str(r) for r in ty.results] != ["i32"] * nresults:
+            raise ModuleLoadError(
+                f"{path}: `{name}` has type {ty.params} -> {ty.results}, "
+                f"expected {nparams} i32 parameter(s) -> {nresults} i32 result"
+            )

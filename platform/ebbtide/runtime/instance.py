@@ -1,0 +1,138 @@
+"""One guest instance: a Store of its own, the ABI's buffers, and the one-call-per-message hot path."""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+
+import wasmtime
+
+from . import _wasmtime_fast as fast
+from . import abi
+from .abi import GuestFault
+from .engine import BufferLayout, LoadedModule, ModuleLoadError, WasmEngine
+
+WASM_PAGE = 65536
+
+
+@dataclass(frozen=True, slots=True)
+class GuestLimits:
+    memory_bytes: int
+    fuel: int  # per message: the time limit, in wasmtime fuel units (about one per instruction)
+
+
+class GuestInitError(Exception):
+    """The guest refused its configuration, or could not be instantiated."""
+
+
+class InputTooLarge(Exception):
+    pass
+
+
+class GuestInstance:
+    """Not thread-safe; one worker owns one instance at a time."""
+
+    __slots__ = (
+        "module", "limits", "_store", "_memory", "_base", "_in_ptr", "input_capacity",
+        "_out_ptr", "_out_capacity", "_handle",
+    )
+
+    def __init__(self, engine: WasmEngine, module: LoadedModule, limits: GuestLimits, config_json: bytes) -> None:
+        if limits.memory_bytes > engine.memory_reservation:
+            raise GuestInitError(
+                f"memory limit {limits.memory_bytes} bytes exceeds the engine's reservation {engine.memory_reservation}"
+            )
+        self.module = module
+        self.limits = limits
+        store = wasmtime.Store(engine.engine)
+        store.set_limits(memory_size=limits.memory_bytes)
+        store.set_fuel(limits.fuel)
+        try:
+            instance = module.instance_pre.instantiate(store)
+        except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
+            raise GuestInitError(f"{module.path}: cannot instantiate: {exc}") from None
+        exports = instance.exports(store)
+        memory = exports[abi.EXPORT_MEMORY]
+        assert isinstance(memory, wasmtime.Memory)
+        self._store = store
+        self._memory = memory
+        layout = module.layout or _read_layout(module, store, exports)
+        size = memory.data_len(store)
+        for name, ptr, cap in (("input", layout.input_ptr, layout.input_capacity),
+                               ("output", layout.output_ptr, layout.output_capacity)):
+            if ptr < 0 or cap < abi.OUTPUT_HEADER_SIZE or ptr + cap > size:
+                raise GuestInitError(f"{module.path}: {name} buffer [{ptr}, +{cap}) is outside memory ({size} bytes)")
+        module.layout = layout
+        self._in_ptr = layout.input_ptr
+        self.input_capacity = layout.input_capacity
+        self._out_ptr = layout.output_ptr
+        self._out_capacity = layout.output_capacity
+        self._base = fast.memory_base(store, memory)
+        self._handle = fast.RawCall(store, exports[abi.EXPORT_HANDLE], 2)
+
+        if len(config_json) > self.input_capacity:
+            raise GuestInitError(f"config ({len(config_json)} bytes) does not fit the input buffer")
+        ctypes.memmove(self._base + self._in_ptr, config_json, len(config_json))
+        try:
+            status = fast.RawCall(store, exports[abi.EXPORT_INIT], 1)(len(config_json))
+            if status != abi.Status.OK:
+                raise GuestInitError(f"{module.path}: configuration refused: {self._read_output().decode('utf-8', 'replace')}")
+        except (wasmtime.Trap, wasmtime.WasmtimeError, GuestFault) as exc:
+            raise GuestInitError(f"{module.path}: init failed: {exc}") from None
+
+    def handle(self, subject: bytes, payload: bytes) -> tuple[abi.Status, bytes]:
+        """Run the guest on one message. Raises InputTooLarge or GuestFault."""
+        n_subject = len(subject)
+        n_payload = len(payload)
+        if n_subject + n_payload > self.input_capacity:
+            raise InputTooLarge(f"message of {n_subject + n_payload} bytes exceeds the guest's input buffer ({self.input_capacity})")
+        address = self._base + self._in_ptr
+        ctypes.memmove(address, subject, n_subject)
+        ctypes.memmove(address + n_subject, payload, n_payload)
+        fast.set_fuel(self._store, self.limits.fuel)
+        try:
+            status = self._handle(n_subject, n_payload)
+        except wasmtime.Trap as trap:
+            raise self._classify(trap) from None
+        except wasmtime.WasmtimeError as exc:
+            raise GuestFault("trap", str(exc)) from None
+        output = self._read_output()
+        try:
+            return abi.Status(status), output
+        except ValueError:
+            raise GuestFault("invalid-output", f"unknown status {status}") from None
+
+    def _read_output(self) -> bytes:
+        address = self._base + self._out_ptr
+        length = int.from_bytes(ctypes.string_at(address, abi.OUTPUT_HEADER_SIZE), "little")
+        if length > self._out_capacity - abi.OUTPUT_HEADER_SIZE:
+            raise GuestFault("invalid-output", f"output length {length} exceeds the output buffer")
+        return ctypes.string_at(address + abi.OUTPUT_HEADER_SIZE, length)
+
+    def _classify(self, trap: wasmtime.Trap) -> GuestFault:
+        if trap.trap_code == wasmtime.TrapCode.OUT_OF_FUEL:
+            return GuestFault("timeout", f"used its fuel limit of {self.limits.fuel} for one message")
+        # wasmtime's message is a backtrace followed by the cause; the cause's last line says what happened.
+        cause = trap.message.strip().splitlines()[-1].strip() if trap.message.strip() else "trap"
+        if self._memory.data_len(self._store) + WASM_PAGE > self.limits.memory_bytes:
+            return GuestFault("memory-limit", f"trapped at its memory limit of {self.limits.memory_bytes} bytes: {cause}")
+        return GuestFault("trap", cause)
+
+    def memory_size(self) -> int:
+        return self._memory.data_len(self._store)
+
+
+def _read_layout(module: LoadedModule, store: wasmtime.Store, exports: wasmtime.InstanceExports) -> BufferLayout:
+    """Check the ABI version and read the buffer addresses (first instance of a module only)."""
+    try:
+        version = exports[abi.EXPORT_VERSION](store)
+        if version != abi.ABI_VERSION:
+            raise ModuleLoadError(f"{module.path}: guest ABI version {version}, this host speaks {abi.ABI_VERSION}")
+        return BufferLayout(
+            input_ptr=exports[abi.EXPORT_INPUT_PTR](store),
+            input_capacity=exports[abi.EXPORT_INPUT_CAPACITY](store),
+            output_ptr=exports[abi.EXPORT_OUTPUT_PTR](store),
+            output_capacity=exports[abi.EXPORT_OUTPUT_CAPACITY](store),
+        )
+    except wasmtime.Trap as exc:
+        raise GuestInitError(f"{module.path}: trapped while reporting its buffers: {exc}") from None

@@ -1,0 +1,102 @@
+"""Shared fixtures: a real nats-server per test (own ports, own data folder) and built guest modules."""
+
+from __future__ import annotations
+
+import asyncio
+import textwrap
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import nats
+import pytest
+import wasmtime
+from nats.aio.client import Client as NatsClient
+
+from ebbtide.broker import EmbeddedNats
+from ebbtide.build import build_modules
+from ebbtide.manifest import LoadedManifest, load_manifest, parse_manifest
+
+REPO = Path(__file__).resolve().parent.parent
+GUESTS = Path(__file__).resolve().parent / "guests"
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[EmbeddedNats]:
+    with EmbeddedNats(tmp_path / "nats", port=0, monitor_port=0) as server:
+        yield server
+
+
+@pytest.fixture
+async def nc(nats_server: EmbeddedNats) -> AsyncIterator[NatsClient]:
+    client = await nats.connect(nats_server.url)
+    yield client
+    await client.drain()
+
+
+@pytest.fixture(scope="session")
+def reference_manifest() -> LoadedManifest:
+    """The repository's ebbtide.toml, with the Zig functions built (incrementally) into build/."""
+    manifest = load_manifest(REPO / "ebbtide.toml")
+    build_modules(manifest)
+    return manifest
+
+
+def chaos_manifest(tmp_path: Path, extra: str = "") -> LoadedManifest:
+    """A manifest running tests/guests/chaos.wat (see its header for the behaviours) on `in.chaos`."""
+    wasm_dir = tmp_path / "build" / "wasm"
+    wasm_dir.mkdir(parents=True, exist_ok=True)
+    (wasm_dir / "chaos.wasm").write_bytes(wasmtime.wat2wasm((GUESTS / "chaos.wat").read_text()))
+    text = textwrap.dedent("""
+        [streams.TEST]
+        subjects = ["in.>", "test.>"]
+        retention = "workqueue"
+
+        [modules.chaos]
+        source = "unused"
+
+        [functions.chaos]
+        module = "chaos"
+        trigger = "in.chaos"
+        publish = ["test.out"]
+        batch = 64
+        scale = { max = 2 }
+        limits = { memory_mib = 2, fuel = 2_000_000, max_payload = 4096 }
+        retry = { max_deliver = 3, backoff_ms = [50, 100] }
+    """) + extra
+    path = tmp_path / "ebbtide.toml"
+    path.write_text(text)
+    return parse_manifest(text, path)
+
+
+async def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05) -> None:
+    """Poll an async predicate until it is true; fail the test on timeout."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        if await predicate():
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(interval)
+
+
+async def read_stream(nc: NatsClient, stream: str, subject: str | None = None, expected: int | None = None, timeout: float = 30.0):
+    """The messages stored in `stream` (optionally only `subject`), once it holds at least `expected`."""
+    js = nc.jetstream()
+
+    async def enough() -> bool:
+        try:
+            return (await js.stream_info(stream)).state.messages >= (expected or 0)
+        except nats.js.errors.NotFoundError:
+            return False
+
+    await wait_until(enough, timeout)
+    state = (await js.stream_info(stream)).state
+    messages = []
+    for seq in range(state.first_seq, state.last_seq + 1):
+        try:
+            msg = await js.get_msg(stream, seq)
+        except nats.js.errors.NotFoundError:
+            continue  # deleted (acked from a work queue)
+        if subject is None or msg.subject == subject:
+            messages.append(msg)
+    return messages
