@@ -6,7 +6,6 @@ its output. Built files never go into git (see .gitignore).
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -65,15 +64,17 @@ def build_modules(manifest: LoadedManifest, modules: list[str] | None = None, fo
 def _compile_zig(manifest: LoadedManifest, name: str, main: Path, sdk: Path, output: Path) -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
     cache = manifest.build_dir / "zig-cache"
-    env = {**os.environ, "ZIG_GLOBAL_CACHE_DIR": str(cache / "global"), "ZIG_LOCAL_CACHE_DIR": str(cache / "local")}
     tmp_output = output.with_suffix(".wasm.tmp")
     command = [
         *_zig_command(), "build-exe",
         "-target", "wasm32-freestanding", "-O", "ReleaseSmall", "-fno-entry", "-rdynamic",
-        "--stack", "65536", f"-femit-bin={tmp_output}",
+        "--stack", "16384",  # nothing recurses and the big buffers are static
+        # Without explicit cache folders Zig writes .zig-cache/ into the working directory.
+        "--cache-dir", str(cache / "local"), "--global-cache-dir", str(cache / "global"),
         "--dep", "ebbtide", f"-Mroot={main}", f"-Mebbtide={sdk}",
+        f"-femit-bin={tmp_output}",
     ]
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise BuildError(f"module {name}: zig build-exe failed:\n{done.stderr.strip()}")
     tmp_output.replace(output)  # an interrupted build never leaves a half-written module

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -162,11 +163,13 @@ def load_manifest(path: str | Path = DEFAULT_MANIFEST) -> LoadedManifest:
 
 def parse_manifest(data: bytes | str, path: Path) -> LoadedManifest:
     try:
-        manifest = msgspec.toml.decode(data, type=Manifest)
-    except msgspec.ValidationError as exc:
-        raise ManifestError(f"{path}: {_key_first(str(exc))}") from None
-    except msgspec.DecodeError as exc:
+        raw = tomllib.loads(data.decode() if isinstance(data, bytes) else data)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ManifestError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        manifest = msgspec.convert(raw, Manifest)
+    except msgspec.ValidationError as exc:
+        raise ManifestError(f"{path}: {_name_the_key(raw, str(exc))}") from None
     loaded = LoadedManifest(manifest, path.resolve())
     problems = _check_references(loaded)
     if problems:
@@ -174,13 +177,31 @@ def parse_manifest(data: bytes | str, path: Path) -> LoadedManifest:
     return loaded
 
 
-def _key_first(message: str) -> str:
-    """'Expected `int`, got `str` - at `$.functions.x.batch`' -> 'functions.x.batch: Expected `int`, got `str`'"""
+_NAMED_SECTIONS: dict[str, type[Struct]] = {
+    "streams": StreamSection, "kv": KvSection, "modules": ModuleSection, "functions": FunctionSection,
+}
+
+
+def _name_the_key(raw: dict, message: str) -> str:
+    """Turn msgspec's 'Expected `int` - at `$.functions[...].batch`' into 'functions.f.batch: Expected `int`'.
+
+    msgspec does not name dict keys in its paths (`[...]`), so find the entry that fails on its own.
+    """
     match = re.match(r"^(.*) - at `\$\.?(.*)`$", message, re.S)
     if not match:
         return message
-    key = re.sub(r"\[(\d+)\]", r"[\1]", match.group(2))
-    return f"{key or '(top level)'}: {match.group(1)}"
+    problem, key = match.group(1), match.group(2)
+    section = key.split("[", 1)[0]
+    if key.startswith(f"{section}[...]") and section in _NAMED_SECTIONS and isinstance(raw.get(section), dict):
+        for name, value in raw[section].items():
+            if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", str(name)):
+                return f"{section}.{name}: invalid name (letters, digits, _ and - only, at most 64)"
+            try:
+                msgspec.convert(value, _NAMED_SECTIONS[section])
+            except msgspec.ValidationError:
+                key = key.replace(f"{section}[...]", f"{section}.{name}", 1)
+                break
+    return f"{key or '(top level)'}: {problem}"
 
 
 def _check_references(loaded: LoadedManifest) -> list[str]:

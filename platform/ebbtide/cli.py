@@ -1,0 +1,176 @@
+"""The `ebbtide` command line: up, run, build, publish, demo.
+
+Exit codes: 0 success, 1 failure at run time, 2 bad usage or configuration, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import uvloop
+
+from .broker import (
+    ConfirmedPublisher, EmbeddedNats, EmbeddedServerError, configured_url, connect, publish_all,
+)
+from .build import BuildError, build_modules
+from .demo import print_summary, run_demo
+from .host import Host
+from .manifest import DEFAULT_MANIFEST, LoadedManifest, ManifestError, load_manifest
+from .orders import INGRESS_SUBJECT, encode_order, generate_orders
+from .runtime import GuestInitError, ModuleLoadError
+
+log = logging.getLogger("ebbtide")
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class UsageError(Exception):
+    pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        manifest = load_manifest(args.manifest)
+        return args.command(args, manifest)
+    except (ManifestError, UsageError) as exc:
+        print(f"ebbtide: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (BuildError, ModuleLoadError, GuestInitError, EmbeddedServerError, ConnectionError, OSError) as exc:
+        print(f"ebbtide: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ebbtide", description="Event-driven WebAssembly functions on NATS JetStream.")
+    parser.add_argument("--manifest", "-m", default=DEFAULT_MANIFEST, help="manifest file (default: %(default)s)")
+    parser.add_argument("--verbose", "-v", action="store_true")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    def command(name: str, handler: Callable[[argparse.Namespace, LoadedManifest], int], help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help)
+        sub.set_defaults(command=handler)
+        return sub
+
+    def nats_url_option(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--nats-url", help="NATS server URL (default: $EBBTIDE_NATS_URL, then [nats] url in the manifest)")
+
+    up = command("up", _up, "run every function of the manifest (embedded nats-server when no URL is configured)")
+    nats_url_option(up)
+    run = command("run", _run, "run one function in this process (as in compose or Kubernetes)")
+    run.add_argument("--function", "-f", required=True, help="function name from the manifest")
+    nats_url_option(run)
+    build = command("build", _build, "compile the guest functions from source into the build folder")
+    build.add_argument("modules", nargs="*", help="modules to build (default: all)")
+    build.add_argument("--force", action="store_true", help="rebuild even when up to date")
+    publish = command("publish", _publish, "publish orders: generated ZEISS-shaped ones, or from a file")
+    nats_url_option(publish)
+    publish.add_argument("--count", "-n", type=int, default=10, help="orders to generate (default: %(default)s)")
+    publish.add_argument("--seed", type=int, default=1, help="generator seed (default: %(default)s)")
+    publish.add_argument("--first-id", type=int, default=1, help="orderId of the first generated order")
+    publish.add_argument("--file", type=Path, help="JSON Lines file: each line is published as it is (no generation)")
+    publish.add_argument("--subject", default=INGRESS_SUBJECT, help="(default: %(default)s)")
+    demo = command("demo", _demo, "the ZEISS burst: embedded NATS, the pipeline, N orders at once, live view, summary")
+    demo.add_argument("--orders", type=int, default=10_000, help="(default: %(default)s)")
+    demo.add_argument("--seed", type=int, default=1)
+    demo.add_argument("--data-dir", type=Path, default=Path(".ebbtide/demo"), help="wiped at start (default: %(default)s)")
+    return parser
+
+
+async def _serve(host: Host) -> int:
+    """Run until SIGINT or SIGTERM, then stop the pools and drain the connection."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with host:
+        log.info("running %s; Ctrl-C to stop", ", ".join(host.pools))
+        await stop.wait()
+        log.info("stopping")
+    return 0
+
+
+def _up(args: argparse.Namespace, manifest: LoadedManifest) -> int:
+    url = configured_url(manifest, args.nats_url)
+    build_modules(manifest)
+    if url is not None:
+        return uvloop.run(_serve(Host(manifest, url)))
+    embedded = manifest.spec.embedded
+    with EmbeddedNats(manifest.resolve(embedded.data_dir), host=embedded.host, port=embedded.port,
+                      monitor_port=embedded.monitor_port) as server:
+        log.info("embedded nats-server at %s (monitoring %s, data in %s)", server.url, server.monitor_url, server.data_dir)
+        return uvloop.run(_serve(Host(manifest, server.url)))
+
+
+def _run(args: argparse.Namespace, manifest: LoadedManifest) -> int:
+    url = configured_url(manifest, args.nats_url)
+    if url is None:
+        raise UsageError("`run` needs a NATS server: give --nats-url, EBBTIDE_NATS_URL or [nats] url (or use `ebbtide up`)")
+    manifest.function(args.function)
+    build_modules(manifest, [manifest.function(args.function).module])
+    return uvloop.run(_serve(Host(manifest, url, [args.function])))
+
+
+def _build(args: argparse.Namespace, manifest: LoadedManifest) -> int:
+    for result in build_modules(manifest, args.modules or None, force=args.force):
+        state = "built" if result.rebuilt else "up to date"
+        print(f"{result.module:<16} {state:<11} {result.output} ({result.output.stat().st_size} bytes)")
+    return 0
+
+
+def _publish(args: argparse.Namespace, manifest: LoadedManifest) -> int:
+    embedded = manifest.spec.embedded
+    url = configured_url(manifest, args.nats_url) or f"nats://{embedded.host}:{embedded.port}"
+    if args.file is not None:
+        try:
+            lines = [line for line in args.file.read_bytes().splitlines() if line.strip()]
+        except OSError as exc:
+            raise UsageError(f"{args.file}: {exc.strerror}") from None
+        messages: list[tuple[bytes, str | None]] = [(line, None) for line in lines]
+    else:
+        if args.count < 1:
+            raise UsageError("--count must be at least 1")
+        messages = [(encode_order(o), o.order_guid) for o in generate_orders(args.count, args.seed, args.first_id)]
+
+    async def publish() -> int:
+        try:
+            nc = await connect(url, name="ebbtide-publish")
+        except Exception as exc:
+            raise ConnectionError(f"cannot connect to {url}: {exc} (is `ebbtide up` running?)") from None
+        try:
+            publisher = ConfirmedPublisher(nc)
+            await publisher.start()
+            confirmed, errors = await publish_all(publisher, args.subject, messages)
+        finally:
+            await nc.drain()
+        print(f"published {confirmed} message(s) to {args.subject} on {url}")
+        for error in errors[:5]:
+            print(f"  failed: {error}", file=sys.stderr)
+        return EXIT_FAILURE if errors else 0
+
+    return uvloop.run(publish())
+
+
+def _demo(args: argparse.Namespace, manifest: LoadedManifest) -> int:
+    if args.orders < 1:
+        raise UsageError("--orders must be at least 1")
+    result = uvloop.run(run_demo(manifest, args.orders, args.seed, args.data_dir))
+    print_summary(result)
+    return 0 if result.complete else EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

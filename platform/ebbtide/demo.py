@@ -1,0 +1,96 @@
+"""`ebbtide demo`: the ZEISS burst on the embedded server, with a live view and a summary."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .broker import ConfirmedPublisher, EmbeddedNats, connect, kv_stream_name, publish_all
+from .build import build_modules
+from .host import Host
+from .state import stream_state
+from .manifest import LoadedManifest
+from .orders import INGRESS_SUBJECT, encode_order, generate_orders
+
+
+@dataclass
+class DemoResult:
+    orders: int
+    published: int
+    outbox: dict[str, int]  # bucket -> entries
+    dead_letters: int
+    wall_s: float  # first publish -> last outbox write (server time of the write)
+    expected: dict[str, int]  # bucket -> entries the generated orders should produce
+
+    @property
+    def complete(self) -> bool:
+        return self.outbox == self.expected and self.dead_letters == 0
+
+    @property
+    def orders_per_s(self) -> float:
+        return sum(self.outbox.values()) / self.wall_s if self.wall_s > 0 else 0.0
+
+
+async def run_demo(manifest: LoadedManifest, orders: int, seed: int, data_dir: Path, timeout: float = 120.0) -> DemoResult:
+    build_modules(manifest)
+    shutil.rmtree(data_dir, ignore_errors=True)  # every demo starts from empty streams
+    generated = generate_orders(orders, seed=seed)
+    buckets = {"Express": "outbox-express", "Standard": "outbox-standard"}
+    expected = {bucket: 0 for bucket in manifest.spec.kv}
+    for order in generated:
+        expected[buckets[order.delivery]] += 1
+    payloads = [(encode_order(order), order.order_guid) for order in generated]
+
+    with EmbeddedNats(data_dir, port=0, monitor_port=0) as server:
+        async with Host(manifest, server.url) as host:
+            nc = await connect(server.url, name="ebbtide-demo")
+            try:
+                publisher = ConfirmedPublisher(nc)
+                await publisher.start()
+                print(f"embedded nats-server at {server.url}; {', '.join(f'{n} x{p.instances}' for n, p in host.pools.items())}")
+                print(f"publishing {orders} orders to {INGRESS_SUBJECT} ...")
+                started = time.time()
+                publishing = asyncio.create_task(publish_all(publisher, INGRESS_SUBJECT, payloads))
+                outbox, dead = await _watch(nc, manifest, sum(expected.values()), started, timeout)
+                published, errors = await publishing
+                if errors:
+                    print(f"{len(errors)} publishes failed, first: {errors[0]}", file=sys.stderr)
+                last_write = max((s.last_ts.timestamp() for s in [await stream_state(nc, kv_stream_name(b)) for b in expected]
+                                  if s.last_ts is not None), default=started)
+            finally:
+                await nc.drain()
+    return DemoResult(orders, published, outbox, dead, max(last_write - started, 0.0), expected)
+
+
+async def _watch(nc, manifest: LoadedManifest, total: int, started: float, timeout: float) -> tuple[dict[str, int], int]:
+    """Show progress until every order is in an outbox (or dead-lettered), or the timeout."""
+    live = sys.stdout.isatty()
+    last_print = 0.0
+    while True:
+        outbox = {b: (await stream_state(nc, kv_stream_name(b))).messages for b in manifest.spec.kv}
+        dead = (await stream_state(nc, manifest.spec.dead_letter.stream)).messages
+        done = sum(outbox.values()) + dead
+        now = time.time()
+        finished = done >= total or now - started > timeout
+        if finished or now - last_print >= (0.1 if live else 1.0):
+            line = f"  {now - started:6.2f} s  " + "  ".join(f"{b}: {n}" for b, n in outbox.items()) + f"  dead letters: {dead}"
+            print(("\r" + line) if live else line, end="" if live and not finished else "\n", flush=True)
+            last_print = now
+        if finished:
+            return outbox, dead
+        await asyncio.sleep(0.01)
+
+
+def print_summary(result: DemoResult) -> None:
+    print()
+    print(f"orders published     {result.published} / {result.orders}")
+    for bucket, count in result.outbox.items():
+        print(f"{bucket:<20} {count} (expected {result.expected[bucket]})")
+    print(f"dead letters         {result.dead_letters}")
+    print(f"wall time            {result.wall_s:.3f} s (first publish -> last outbox write)")
+    print(f"throughput           {result.orders_per_s:,.0f} orders/s")
+    print("result               " + ("OK: every order is in its outbox exactly once" if result.complete else "INCOMPLETE"))

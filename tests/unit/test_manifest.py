@@ -1,0 +1,83 @@
+from pathlib import Path
+
+import pytest
+
+from ebbtide.manifest import ManifestError, load_manifest, parse_manifest, subject_matches
+
+REPO = Path(__file__).resolve().parents[2]
+
+MINIMAL = """
+[streams.S]
+subjects = ["in.>"]
+[modules.m]
+source = "functions/m"
+[functions.f]
+module = "m"
+trigger = "in.f"
+"""
+
+
+def parse(text: str):
+    return parse_manifest(text, Path("/tmp/test/ebbtide.toml"))
+
+
+def test_reference_manifest_loads() -> None:
+    manifest = load_manifest(REPO / "ebbtide.toml")
+    assert set(manifest.spec.functions) == {"distributor", "receiver-express", "receiver-standard"}
+    assert manifest.stream_for("orders.express") == "ORDERS"
+    assert manifest.function("receiver-express").kv == ["outbox-express"]
+    assert manifest.dead_letter_subject("distributor") == "dlq.distributor"
+    assert manifest.config_json("receiver-standard") == b'{"bucket":"outbox-standard"}'
+
+
+def test_defaults() -> None:
+    fn = parse(MINIMAL).function("f")
+    assert (fn.scale.min, fn.retry.max_deliver, fn.limits.max_payload) == (0, 5, 65536)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (MINIMAL.replace('trigger = "in.f"', 'trigger = "in.f"\nbatch = "many"'), "functions.f.batch: Expected `int`, got `str`"),
+        (MINIMAL.replace('trigger = "in.f"', 'trigger = "in.f"\nbatch = 0'), "functions.f.batch: Expected `int` >= 1"),
+        (MINIMAL + "\nsurprise = 1\n", "unknown field `surprise`"),
+        (MINIMAL.replace('module = "m"', 'module = "nope"'), "functions.f.module: no [modules.nope]"),
+        (MINIMAL.replace('trigger = "in.f"', 'trigger = "other.f"'), "functions.f.trigger: no stream captures 'other.f'"),
+        (MINIMAL + '\n[functions.f.scale]\nmin = 5\nmax = 2\n', "functions.f.scale.min: 5 is greater than scale.max 2"),
+        (MINIMAL.replace('trigger = "in.f"', 'trigger = "in.f"\nkv = ["b"]'), "functions.f.kv[0]: no [kv.b] bucket"),
+        (MINIMAL.replace('trigger = "in.f"', 'trigger = "in.f"\npublish = ["in.>"]'), "would feed the function its own output"),
+        (MINIMAL.replace("[functions.f]", "[functions.'bad name']"), "functions"),
+        ("[[[", "not valid TOML"),
+    ],
+)
+def test_errors_name_file_and_key(text: str, message: str) -> None:
+    with pytest.raises(ManifestError) as error:
+        parse(text)
+    assert str(error.value).startswith("/tmp/test/ebbtide.toml: ")
+    assert message in str(error.value)
+
+
+def test_missing_file() -> None:
+    with pytest.raises(ManifestError, match="nowhere.toml: cannot read manifest"):
+        load_manifest("/nowhere.toml")
+
+
+def test_unknown_function() -> None:
+    with pytest.raises(ManifestError, match="no function named 'x'"):
+        parse(MINIMAL).function("x")
+
+
+@pytest.mark.parametrize(
+    ("pattern", "subject", "matches"),
+    [
+        ("orders.express", "orders.express", True),
+        ("orders.*", "orders.express", True),
+        ("orders.*", "orders.express.x", False),
+        ("orders.>", "orders.express.x", True),
+        ("orders.>", "orders", False),
+        ("orders.express", "orders.standard", False),
+        ("*", "orders", True),
+    ],
+)
+def test_subject_matching(pattern: str, subject: str, matches: bool) -> None:
+    assert subject_matches(pattern, subject) is matches

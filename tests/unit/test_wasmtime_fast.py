@@ -1,0 +1,39 @@
+"""Fails loudly if the wasmtime-py internals behind the fast path change (see runtime/_wasmtime_fast.py)."""
+
+from importlib.metadata import version
+
+import wasmtime
+
+from ebbtide.runtime import _wasmtime_fast as fast
+
+
+def test_pinned_version() -> None:
+    assert version("wasmtime") == fast.SUPPORTED_WASMTIME, "update _wasmtime_fast.py and its pin together"
+
+
+def test_raw_call_memory_and_fuel() -> None:
+    config = wasmtime.Config()
+    config.consume_fuel = True
+    engine = wasmtime.Engine(config)
+    module = wasmtime.Module(engine, """
+        (module (memory (export "memory") 1)
+          (func (export "add") (param i32 i32) (result i32)
+            (i32.store8 (i32.const 8) (i32.add (i32.load8_u (i32.const 0)) (i32.const 1)))
+            (i32.add (local.get 0) (local.get 1)))
+          (func (export "spin") (param i32 i32) (result i32) (loop $l (br $l)) (i32.const 0)))""")
+    store = wasmtime.Store(engine)
+    fast.set_fuel(store, 1000)
+    instance = wasmtime.Instance(store, module, [])
+    exports = instance.exports(store)
+    base = fast.memory_base(store, exports["memory"])
+    import ctypes
+    ctypes.memmove(base, b"\x29", 1)
+    assert fast.RawCall(store, exports["add"], 2)(40, 2) == 42
+    assert ctypes.string_at(base + 8, 1) == b"\x2a"
+    spin = fast.RawCall(store, exports["spin"], 2)
+    try:
+        spin(0, 0)
+    except wasmtime.Trap as trap:
+        assert trap.trap_code == wasmtime.TrapCode.OUT_OF_FUEL
+    else:
+        raise AssertionError("a runaway guest must trap when its fuel is gone")
