@@ -13,9 +13,6 @@ from pathlib import Path
 
 from .manifest import LoadedManifest, ManifestError
 
-SDK_DIR = "functions/sdk"  # relative to the manifest
-
-
 class BuildError(Exception):
     pass
 
@@ -42,12 +39,12 @@ def _sources(folder: Path) -> list[Path]:
 def build_modules(manifest: LoadedManifest, modules: list[str] | None = None, force: bool = False) -> list[BuildResult]:
     spec = manifest.spec
     names = modules if modules is not None else list(spec.modules)
-    sdk = manifest.resolve(SDK_DIR)
     results = []
     for name in names:
         if name not in spec.modules:
             raise ManifestError(f"{manifest.path}: no module named {name!r} under [modules]")
         source_dir = manifest.resolve(spec.modules[name].source)
+        sdk = manifest.resolve(spec.modules[name].sdk)
         main = source_dir / "main.zig"
         if not main.exists():
             raise BuildError(f"module {name}: {main} not found (modules.{name}.source in {manifest.path})")

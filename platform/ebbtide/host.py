@@ -47,7 +47,11 @@ class Host:
         for pool in self.pools.values():
             await pool.stop()
         if self.nc is not None and not self.nc.is_closed:
-            await self.nc.drain()
+            try:
+                await self.nc.drain()
+            except Exception as exc:  # server already gone: nothing left to flush
+                log.warning("could not drain the NATS connection (%s); closing it", exc)
+                await self.nc.close()
 
     async def __aenter__(self) -> "Host":
         try:

@@ -64,6 +64,7 @@ class DeadLetterSection(_Section):
 class ModuleSection(_Section):
     source: str  # folder holding the function's source (main.zig), relative to the manifest
     lang: Literal["zig"] = "zig"
+    sdk: str = "functions/sdk"  # the guest SDK it builds against, relative to the manifest
 
 
 class ScaleSection(_Section):

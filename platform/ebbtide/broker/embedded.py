@@ -79,7 +79,10 @@ class EmbeddedNats:
             *self.extra_args,
         ]
         with self.log_file.open("ab") as log:
-            self._process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            # A session of its own: Ctrl-C in the terminal signals the host, which drains its connection
+            # first and then stops the server, instead of both going down at once.
+            self._process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                             start_new_session=True)
         self._wait_ready()
         return self
 

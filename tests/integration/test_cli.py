@@ -1,0 +1,100 @@
+"""The `ebbtide` command as a shell user runs it: separate processes, signals, exit codes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nats
+
+from ebbtide.broker import free_port
+from ebbtide.state import stream_state
+from tests.conftest import REPO, wait_until
+
+
+def ebbtide(*args: str, **kwargs) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ebbtide", *args], capture_output=True, text=True, timeout=120, **kwargs)
+
+
+def manifest_copy(tmp_path: Path) -> tuple[Path, int]:
+    """The reference manifest with its own ports and data folder, building from the repository's sources."""
+    port = free_port()
+    text = (REPO / "ebbtide.toml").read_text()
+    text = text.replace('build_dir = "build"', f'build_dir = "{REPO / "build"}"')
+    text = text.replace('data_dir = ".ebbtide/nats"', f'data_dir = "{tmp_path / "nats"}"')
+    text = text.replace("port = 4222", f"port = {port}").replace("monitor_port = 8222", f"monitor_port = {free_port()}")
+    for folder in ("functions/distributor", "functions/receiver"):
+        text = text.replace(f'source = "{folder}"', f'source = "{REPO / folder}"\nsdk = "{REPO / "functions/sdk"}"')
+    path = tmp_path / "ebbtide.toml"
+    path.write_text(text)
+    return path, port
+
+
+async def test_up_with_embedded_server_publish_and_sigterm(tmp_path: Path, reference_manifest) -> None:
+    manifest, port = manifest_copy(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "EBBTIDE_NATS_URL"}
+    up = subprocess.Popen([sys.executable, "-m", "ebbtide", "-m", str(manifest), "up"], env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"nats://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while not port_open(port):
+            assert up.poll() is None and time.monotonic() < deadline, "ebbtide up did not start its server"
+            time.sleep(0.05)
+        nc = await nats.connect(url)
+
+        async def consumers_ready() -> bool:
+            try:
+                return len(await nc.jetstream().consumers_info("ORDERS")) == 3
+            except Exception:
+                return False
+
+        await wait_until(consumers_ready)
+        published = ebbtide("-m", str(manifest), "publish", "--count", "50", "--seed", "3", env=env)
+        assert published.returncode == 0, published.stderr
+        assert f"published 50 message(s) to orders.ingress on {url}" in published.stdout
+
+        async def stored() -> bool:
+            states = [await stream_state(nc, f"KV_outbox-{kind}") for kind in ("express", "standard")]
+            return sum(s.messages for s in states) == 50
+
+        await wait_until(stored)
+        await nc.close()
+    finally:
+        up.send_signal(signal.SIGTERM)
+        output, _ = up.communicate(timeout=30)
+    assert up.returncode == 0, output
+    assert "embedded nats-server at" in output
+    assert "could not drain" not in output  # the host drained before the server stopped
+    assert not port_open(port), "the embedded server must stop with the host"
+
+
+def port_open(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+def test_run_without_a_server_is_a_usage_error(tmp_path: Path) -> None:
+    manifest, _ = manifest_copy(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "EBBTIDE_NATS_URL"}
+    done = ebbtide("-m", str(manifest), "run", "--function", "distributor", env=env)
+    assert done.returncode == 2
+    assert "`run` needs a NATS server" in done.stderr
+
+
+def test_unknown_function_and_bad_manifest(tmp_path: Path) -> None:
+    manifest, _ = manifest_copy(tmp_path)
+    done = ebbtide("-m", str(manifest), "run", "--function", "nope", "--nats-url", "nats://127.0.0.1:1")
+    assert done.returncode == 2 and "no function named 'nope'" in done.stderr
+    manifest.write_text(manifest.read_text().replace("max_deliver = 5", 'max_deliver = "five"'))
+    done = ebbtide("-m", str(manifest), "build")
+    assert done.returncode == 2
+    assert f"{manifest}: functions.distributor.retry.max_deliver: Expected `int`, got `str`" in done.stderr

@@ -1,0 +1,148 @@
+"""The reference pipeline end to end on a real nats-server with the real Zig functions."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import msgspec
+import pytest
+from nats.aio.client import Client as NatsClient
+
+from ebbtide.broker import ConfirmedPublisher, EmbeddedNats, provision, publish_all
+from ebbtide.deadletter import H_ERROR, H_FUNCTION, H_ORIGINAL_SUBJECT, H_REASON
+from ebbtide.host import Host
+from ebbtide.manifest import LoadedManifest
+from ebbtide.orders import INGRESS_SUBJECT, Order, encode_order, generate_orders
+from ebbtide.state import stream_state
+from tests.conftest import read_stream, wait_until
+
+
+async def outbox_counts(nc: NatsClient) -> dict[str, int]:
+    return {b: (await stream_state(nc, f"KV_{b}")).messages for b in ("outbox-express", "outbox-standard")}
+
+
+async def publish(nc: NatsClient, payloads: list[tuple[bytes, str | None]]) -> None:
+    publisher = ConfirmedPublisher(nc)
+    await publisher.start()
+    confirmed, errors = await publish_all(publisher, INGRESS_SUBJECT, payloads)
+    assert errors == [] and confirmed == len(payloads)
+
+
+async def test_10000_orders_end_in_the_right_outboxes(reference_manifest: LoadedManifest, nats_server: EmbeddedNats, nc: NatsClient) -> None:
+    orders = generate_orders(10_000, seed=7)
+    express = {o.order_id for o in orders if o.delivery == "Express"}
+    standard = {o.order_id for o in orders if o.delivery == "Standard"}
+    assert express and standard
+    async with Host(reference_manifest, nats_server.url):
+        await publish(nc, [(encode_order(o), o.order_guid) for o in orders])
+
+        async def all_stored() -> bool:
+            return sum((await outbox_counts(nc)).values()) >= len(orders)
+
+        await wait_until(all_stored, timeout=120)
+        await asyncio.sleep(0.5)  # anything extra (a duplicate) would show up now
+        assert await outbox_counts(nc) == {"outbox-express": len(express), "outbox-standard": len(standard)}
+        js = nc.jetstream()
+        kv_express = await js.key_value("outbox-express")
+        kv_standard = await js.key_value("outbox-standard")
+        assert {int(k) for k in await kv_express.keys()} == express
+        assert {int(k) for k in await kv_standard.keys()} == standard
+        sample = orders[0]
+        stored = await (kv_express if sample.delivery == "Express" else kv_standard).get(str(sample.order_id))
+        assert msgspec.json.decode(stored.value, type=Order) == sample
+        assert (await stream_state(nc, "DLQ")).messages == 0
+        # The work queue is empty: every input was acked.
+        assert (await stream_state(nc, "ORDERS")).messages == 0
+
+
+def order_json(**overrides: object) -> bytes:
+    order = json.loads(encode_order(generate_orders(1, seed=3, first_id=900)[0]))
+    for key, value in overrides.items():
+        if value is ...:
+            del order[key]
+        else:
+            order[key] = value
+    return json.dumps(order).encode()
+
+
+BAD_INPUTS = {
+    "malformed-json": b'{"orderId": 1, "delivery": "Express", "items": [',
+    "binary-garbage": bytes(range(256)) * 3,
+    "empty": b"",
+    "not-an-object": b"[1, 2, 3]",
+    "missing-order-id": order_json(orderId=...),
+    "string-order-id": order_json(orderId="17"),
+    "float-order-id": order_json(orderId=17.5),
+    "unknown-delivery": order_json(delivery="Drone"),
+    "missing-delivery": order_json(delivery=...),
+    "no-items": order_json(items=[]),
+    "missing-items": order_json(items=...),
+    "too-large": order_json(description="x" * 70_000),
+}
+
+EXPECTED_REASON = {
+    "malformed-json": "malformed-json", "binary-garbage": "malformed-json", "empty": "malformed-json",
+    "not-an-object": "malformed-json", "missing-order-id": "missing-order-id", "string-order-id": "invalid-order-id",
+    "float-order-id": "invalid-order-id", "unknown-delivery": "unknown-delivery", "missing-delivery": "unknown-delivery",
+    "no-items": "no-items", "missing-items": "no-items", "too-large": "exceeds limits.max_payload",
+}
+
+
+async def test_bad_input_is_dead_lettered_with_its_reason(reference_manifest: LoadedManifest, nats_server: EmbeddedNats, nc: NatsClient) -> None:
+    good = generate_orders(200, seed=11)
+    payloads: list[tuple[bytes, str | None]] = [(encode_order(o), o.order_guid) for o in good[:100]]
+    payloads += [(payload, f"bad-{name}") for name, payload in BAD_INPUTS.items()]
+    payloads += [(encode_order(o), o.order_guid) for o in good[100:]]
+    async with Host(reference_manifest, nats_server.url):
+        await publish(nc, payloads)
+        dead = await read_stream(nc, "DLQ", expected=len(BAD_INPUTS))
+
+        async def all_stored() -> bool:
+            return sum((await outbox_counts(nc)).values()) >= len(good)
+
+        await wait_until(all_stored)
+    assert len(dead) == len(BAD_INPUTS)
+    by_name = {m.headers["Ebbtide-Original-Msg-Id"].removeprefix("bad-"): m for m in dead}
+    assert set(by_name) == set(BAD_INPUTS)
+    for name, msg in by_name.items():
+        assert (msg.data or b"") == BAD_INPUTS[name], name  # the original payload, untouched (nats-py gives None for empty)
+        assert msg.subject == "dlq.distributor"
+        assert msg.headers[H_FUNCTION] == "distributor"
+        assert msg.headers[H_ORIGINAL_SUBJECT] == INGRESS_SUBJECT
+        assert EXPECTED_REASON[name] in msg.headers[H_ERROR], (name, msg.headers[H_ERROR])
+        expected_reason = "payload-too-large" if name == "too-large" else "rejected"
+        assert msg.headers[H_REASON] == expected_reason, name
+    assert sum((await outbox_counts(nc)).values()) == len(good)
+
+
+async def test_provisioning_is_idempotent_and_updates(reference_manifest: LoadedManifest, nats_server: EmbeddedNats, nc: NatsClient) -> None:
+    js = nc.jetstream()
+    await provision(js, reference_manifest)
+    await provision(js, reference_manifest)
+    info = await js.consumer_info("ORDERS", "distributor")
+    assert info.config.max_ack_pending == reference_manifest.function("distributor").max_ack_pending
+    changed = msgspec.structs.replace(
+        reference_manifest.spec,
+        functions={**reference_manifest.spec.functions,
+                   "distributor": msgspec.structs.replace(reference_manifest.function("distributor"), max_ack_pending=77)},
+    )
+    await provision(js, LoadedManifest(changed, reference_manifest.path))
+    assert (await js.consumer_info("ORDERS", "distributor")).config.max_ack_pending == 77
+    streams = {s.config.name for s in await js.streams_info()}
+    assert {"ORDERS", "DLQ", "KV_outbox-express", "KV_outbox-standard"} <= streams
+
+
+async def test_redelivered_order_leaves_one_outbox_entry(reference_manifest: LoadedManifest, nats_server: EmbeddedNats, nc: NatsClient) -> None:
+    """The same order published twice (different message ids) is stored once, under its orderId."""
+    order = generate_orders(1, seed=5)[0]
+    async with Host(reference_manifest, nats_server.url):
+        await publish(nc, [(encode_order(order), "first"), (encode_order(order), "second")])
+        bucket = "outbox-express" if order.delivery == "Express" else "outbox-standard"
+        kv = await nc.jetstream().key_value(bucket)
+
+        async def stored_twice() -> bool:
+            return (await stream_state(nc, "ORDERS")).messages == 0 and (await stream_state(nc, f"KV_{bucket}")).messages >= 1
+
+        await wait_until(stored_twice)
+        assert await kv.keys() == [str(order.order_id)]
