@@ -1,0 +1,25 @@
+# Two commands on a fresh machine (Python 3.11+ with venv):
+#   make demo   set up, then run the 10,000-order demo on the embedded NATS server
+#   make test   set up, then run the test suite
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+
+.PHONY: demo test setup clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+setup: $(BIN)/.installed
+
+demo: setup
+	$(BIN)/ebbtide demo --orders 10000
+
+test: setup
+	$(BIN)/pytest -q
+
+clean:
+	rm -rf build .ebbtide
