@@ -1,0 +1,36 @@
+"""Pool status reports: what each process's pools publish on NATS, for `ebbtide top`, the demo and charts.
+
+Each host publishes one `PoolStatus` per pool on `ebbtide.status.<function>` (core NATS, fire and forget)
+at every control tick while the pool is active and every few seconds while idle. Several processes (or
+Kubernetes replicas) may run the same function: tell them apart by `host_id`, add them up per function.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+STATUS_SUBJECT_PREFIX = "ebbtide.status"
+
+
+def status_subject(function: str) -> str:
+    return f"{STATUS_SUBJECT_PREFIX}.{function}"
+
+
+class PoolStatus(msgspec.Struct, frozen=True, kw_only=True):
+    function: str
+    host_id: str  # "<hostname>:<pid>", one per process
+    time: float  # unix seconds when sampled
+    backlog: int  # consumer lag as KEDA reads it: num_pending + num_ack_pending (whole consumer, all replicas)
+    instances: int  # live Wasm instances in this process
+    in_flight: int  # messages this process is working on
+    processed: int  # cumulative, this process
+    dead_lettered: int  # cumulative, this process
+    retried: int  # cumulative, this process
+    guest_faults: int  # cumulative, this process
+    rate: float  # messages settled per second since the previous report
+    handle_p50_us: float  # guest call time percentiles since the previous report (0 when idle)
+    handle_p99_us: float
+
+
+encode_status = msgspec.json.Encoder().encode
+decode_status = msgspec.json.Decoder(PoolStatus).decode
