@@ -59,7 +59,7 @@ def chaos_manifest(tmp_path: Path, extra: str = "") -> LoadedManifest:
         trigger = "in.chaos"
         publish = ["test.out"]
         batch = 64
-        scale = { max = 2 }
+        scale = { min = 2, max = 2 }
         limits = { memory_mib = 2, fuel = 2_000_000, max_payload = 4096 }
         retry = { max_deliver = 3, backoff_ms = [50, 100] }
     """) + extra

@@ -9,6 +9,7 @@ import logging
 
 from nats.aio.client import Client as NatsClient
 
+from .autoscale import PoolController
 from .broker import ConfirmedPublisher, connect, provision
 from .manifest import LoadedManifest
 from .pool import FunctionPool
@@ -25,6 +26,7 @@ class Host:
         for name in self.function_names:
             manifest.function(name)  # unknown names fail here, before connecting
         self.pools: dict[str, FunctionPool] = {}
+        self.controllers: dict[str, PoolController] = {}
         self.nc: NatsClient | None = None
 
     async def start(self) -> None:
@@ -40,10 +42,16 @@ class Host:
             # Loading and a first instance happen here, so a bad module fails the start, not a message.
             self.pools[name] = FunctionPool(name, self.manifest, engine, self.nc, js, publisher)
         for name, pool in self.pools.items():
-            await pool.set_instances(self.manifest.function(name).scale.max)
-            log.info("function %s: %d instance(s) on %s", name, pool.instances, pool.function.trigger)
+            pool.probe()
+            controller = PoolController(pool, self.nc, js)
+            await controller.start()
+            self.controllers[name] = controller
+            scale = pool.function.scale
+            log.info("function %s on %s: %d..%d instances, now %d", name, pool.function.trigger, scale.min, scale.max, pool.instances)
 
     async def stop(self) -> None:
+        for controller in self.controllers.values():
+            await controller.stop()
         for pool in self.pools.values():
             await pool.stop()
         if self.nc is not None and not self.nc.is_closed:

@@ -95,6 +95,8 @@ class FunctionPool:
         self.dead_letter_subject = manifest.dead_letter_subject(name)
         self.confirm_timeout = min(fn.ack_wait_s / 2, 10.0)
         self.stats = PoolStats()
+        self.in_flight = 0  # messages fetched and not yet settled
+        self.handle_times_us: list[float] = []  # guest call durations since the controller last took them
         self._nc = nc
         self._js = js
         self._publisher = publisher
@@ -102,6 +104,10 @@ class FunctionPool:
         self._subject_bytes: dict[str, bytes] = {}
 
     # -- instances -------------------------------------------------------------------------------------
+
+    def probe(self) -> None:
+        """Start and drop one instance: a module that cannot start fails here, not at the first message."""
+        GuestInstance(self.engine, self.module, self.limits, self.config_json)
 
     def new_instance(self) -> GuestInstance:
         instance = GuestInstance(self.engine, self.module, self.limits, self.config_json)
@@ -120,7 +126,11 @@ class FunctionPool:
         return sum(1 for worker in self._workers if not worker.stopping)
 
     async def set_instances(self, count: int) -> None:
-        """Start or stop workers (one instance each) until `count` are running."""
+        """Start or stop workers (one instance each) until `count` are running.
+
+        A stopped worker finishes the batch it holds, then releases its instance: scaling down never
+        abandons a message in flight.
+        """
         self._workers = [w for w in self._workers if not w.done]
         running = [w for w in self._workers if not w.stopping]
         for worker in running[count:]:
@@ -140,6 +150,13 @@ class FunctionPool:
 
     async def process(self, msgs: list[Msg], instance: GuestInstance | None) -> GuestInstance | None:
         """Handle a fetched batch; returns the instance to use next (a new one after a guest fault)."""
+        self.in_flight += len(msgs)
+        try:
+            return await self._process(msgs, instance)
+        finally:
+            self.in_flight -= len(msgs)
+
+    async def _process(self, msgs: list[Msg], instance: GuestInstance | None) -> GuestInstance | None:
         pending: list[_Pending] = []
         for msg in msgs:
             try:
@@ -171,7 +188,11 @@ class FunctionPool:
         if instance is None:
             instance = self.new_instance()
         try:
-            status, output = instance.handle(subject, payload)
+            started = time.perf_counter()
+            try:
+                status, output = instance.handle(subject, payload)
+            finally:
+                self.handle_times_us.append((time.perf_counter() - started) * 1e6)
             if status is Status.OK:
                 outgoing = self.allowlist.plan(decode_effects(output))
             elif status is Status.REJECT:

@@ -1,0 +1,141 @@
+"""Drives one pool: instances follow the consumer's lag, an idle pool sleeps at zero until a message
+rings its bell, and every tick a status report goes out on NATS.
+
+While active, the controller reads the consumer's lag every TICK_S (one `consumer_info`, ~0.3 ms) and
+asks the `Scaler` for the instance count. At zero instances it stops polling: it subscribes to the
+trigger subject (core NATS, so a publish reaches it at once) and waits. The bell is unsubscribed while
+the pool is active, so a burst does not cost the process a second copy of every message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from .pool import FunctionPool
+from .scaler import ScalePolicy, Scaler
+from .status import PoolStatus, encode_status, status_subject
+
+log = logging.getLogger("ebbtide.autoscale")
+
+TICK_S = 0.05  # control interval while the pool is active
+IDLE_REPORT_S = 5.0  # status report (and a lag check) interval while idle at zero
+
+
+def host_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return 0.0
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+class PoolController:
+    def __init__(self, pool: FunctionPool, nc: NatsClient, js: JetStreamContext) -> None:
+        scale = pool.function.scale
+        self.pool = pool
+        self.scaler = Scaler(ScalePolicy(scale.min, scale.max, scale.target_backlog, scale.cooldown_s))
+        self.lag = 0
+        self.wakeups = 0  # times the bell woke the pool from zero
+        self._nc = nc
+        self._js = js
+        self._host_id = host_id()
+        self._subject = status_subject(pool.name)
+        self._last_report = time.monotonic()
+        self._last_settled = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.pool.set_instances(self.scaler.policy.min)
+        self._task = asyncio.create_task(self._run(), name=f"{self.pool.name}-controller")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def _run(self) -> None:
+        pool = self.pool
+        while True:
+            try:
+                if pool.instances == 0 and pool.in_flight == 0:
+                    await self._sleep_until_work()
+                await self._tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # e.g. NATS unreachable: keep the current size and try again
+                log.warning("%s: control tick failed: %r", pool.name, exc)
+                await asyncio.sleep(1.0)
+                continue
+            await asyncio.sleep(TICK_S)
+
+    async def _tick(self) -> None:
+        self.lag = await self._read_lag()
+        pool = self.pool
+        desired = self.scaler.desired(lag=self.lag, in_flight=pool.in_flight, current=pool.instances, now=time.monotonic())
+        if desired != pool.instances:
+            log.debug("%s: lag %d, instances %d -> %d", pool.name, self.lag, pool.instances, desired)
+            await pool.set_instances(desired)
+        await self._report()
+
+    async def _sleep_until_work(self) -> None:
+        bell = asyncio.Event()
+
+        async def ring(_msg: Msg) -> None:
+            bell.set()
+
+        subscription = await self._nc.subscribe(self.pool.function.trigger, cb=ring)
+        try:
+            while True:
+                # Checked after subscribing, so a message published just before is not missed.
+                self.lag = await self._read_lag()
+                if self.lag > 0:
+                    break
+                if self.scaler.desired(lag=0, in_flight=0, current=0, now=time.monotonic()) > 0:
+                    return  # still inside a cooldown: not idle yet
+                await self._report()
+                try:
+                    await asyncio.wait_for(bell.wait(), IDLE_REPORT_S)
+                    break
+                except asyncio.TimeoutError:
+                    continue
+        finally:
+            await subscription.unsubscribe()
+        self.wakeups += 1
+        await self.pool.set_instances(self.scaler.wake(time.monotonic()))
+
+    async def _read_lag(self) -> int:
+        info = await self._js.consumer_info(self.pool.stream, self.pool.name)
+        return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+
+    async def _report(self) -> None:
+        pool = self.pool
+        stats = pool.stats
+        now = time.monotonic()
+        settled = stats.processed + stats.dead_lettered
+        elapsed = max(now - self._last_report, 1e-6)
+        times = sorted(pool.handle_times_us)
+        pool.handle_times_us = []
+        status = PoolStatus(
+            function=pool.name, host_id=self._host_id, time=time.time(), backlog=self.lag,
+            instances=pool.instances, in_flight=pool.in_flight, processed=stats.processed,
+            dead_lettered=stats.dead_lettered, retried=stats.retried, guest_faults=sum(stats.guest_faults.values()),
+            rate=(settled - self._last_settled) / elapsed,
+            handle_p50_us=percentile(times, 0.5), handle_p99_us=percentile(times, 0.99),
+        )
+        self._last_report, self._last_settled = now, settled
+        if self._nc.is_connected:
+            await self._nc.publish(self._subject, encode_status(status))
