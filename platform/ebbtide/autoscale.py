@@ -45,7 +45,8 @@ class PoolController:
         self.pool = pool
         self.scaler = Scaler(ScalePolicy(scale.min, scale.max, scale.target_backlog, scale.cooldown_s))
         self.lag = 0
-        self.wakeups = 0  # times the bell woke the pool from zero
+        self.wakeups = 0  # times the pool woke from zero instances
+        self.bell_wakeups = 0  # ... of which by a message on the trigger subject (not by a lag check)
         self._nc = nc
         self._js = js
         self._host_id = host_id()
@@ -109,6 +110,7 @@ class PoolController:
                 await self._report()
                 try:
                     await asyncio.wait_for(bell.wait(), IDLE_REPORT_S)
+                    self.bell_wakeups += 1
                     break
                 except asyncio.TimeoutError:
                     continue
@@ -131,7 +133,7 @@ class PoolController:
         pool.handle_times_us = []
         status = PoolStatus(
             function=pool.name, host_id=self._host_id, time=time.time(), backlog=self.lag,
-            instances=pool.instances, in_flight=pool.in_flight, processed=stats.processed,
+            instances=pool.live_instances, in_flight=pool.in_flight, processed=stats.processed,
             dead_lettered=stats.dead_lettered, retried=stats.retried, guest_faults=sum(stats.guest_faults.values()),
             rate=(settled - self._last_settled) / elapsed,
             handle_p50_us=percentile(times, 0.5), handle_p99_us=percentile(times, 0.99),

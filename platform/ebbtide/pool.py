@@ -123,7 +123,13 @@ class FunctionPool:
 
     @property
     def instances(self) -> int:
+        """Instances that take work (what the scaler steers)."""
         return sum(1 for worker in self._workers if not worker.stopping)
+
+    @property
+    def live_instances(self) -> int:
+        """Instances holding Wasm memory, including stopped ones finishing their last fetch (<= FETCH_WAIT_S)."""
+        return sum(1 for worker in self._workers if worker.instance is not None)
 
     async def set_instances(self, count: int) -> None:
         """Start or stop workers (one instance each) until `count` are running.
@@ -285,7 +291,7 @@ class _Worker:
             while not self.stopping:
                 try:
                     msgs = await self.subscription.fetch(batch, timeout=FETCH_WAIT_S)
-                except nats.errors.TimeoutError:
+                except (nats.errors.TimeoutError, TimeoutError):  # nothing arrived within the long poll
                     continue
                 except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
                     return

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
@@ -115,6 +115,10 @@ class TimeSeries:
             samples.append(Sample(point - self.start, backlog, totals.instances, totals.in_flight, totals.rate))
         return samples
 
+    def series(self) -> dict[str, list[Sample]]:
+        """Every function's merged series, ready for `write_scaling_chart`."""
+        return {function: self.samples(function) for function in self.functions()}
+
     def to_json(self) -> bytes:
         """The raw reports (reload with `from_json`) and the merged series (for plotting elsewhere)."""
         reports = sorted((r for hosts in self._reports.values() for rs in hosts.values() for r in rs), key=lambda r: r.time)
@@ -122,7 +126,7 @@ class TimeSeries:
             "start": self.start,
             "stale_after": self.stale_after,
             "reports": reports,
-            "series": {function: self.samples(function) for function in self.functions()},
+            "series": self.series(),
         })
 
     @classmethod
@@ -142,6 +146,7 @@ _LEFT = 76  # backlog tick labels
 _RIGHT = 56  # instance tick labels
 _TOP = 88  # title and legend
 _PANEL_HEIGHT = 170
+_HEADROOM = 0.1  # of a panel's height above the top tick, so a line at the peak doesn't vanish into the frame
 _PANEL_GAP = 52  # the next panel's name, and the time labels of the one above
 _BOTTOM = 58  # time labels and axis title
 _BACKLOG = "#2b6cb0"
@@ -174,6 +179,7 @@ def _chart(series: dict[str, list[Sample]], title: str) -> str:
     times = [s.t for samples in series.values() for s in samples]
     t0 = min([0.0, *times])
     t1 = max([t0, *times])
+    t1 += (t1 - t0) * 0.02  # a last step at the final sample stays visible off the frame
     t_step = _nice_step((t1 - t0) / 8 if t1 > t0 else 1.0)
     if t1 - t0 < t_step:
         t1 = t0 + t_step  # nothing or a single instant: show one tick's worth of time
@@ -187,12 +193,12 @@ def _chart(series: dict[str, list[Sample]], title: str) -> str:
 
 def _legend() -> list[str]:
     y = 56
-    x = _WIDTH / 2 - 170
+    x = _WIDTH / 2 - 200
     return [
         f'<rect x="{x}" y="{y - 10}" width="22" height="12" fill="{_BACKLOG}" fill-opacity="0.3" stroke="{_BACKLOG}"/>',
         f'<text x="{x + 30}" y="{y}">backlog (messages, left axis)</text>',
-        f'<path d="M{x + 200},{y - 1} h8 v-8 h14" fill="none" stroke="{_INSTANCES}" stroke-width="2.5"/>',
-        f'<text x="{x + 230}" y="{y}">instances (right axis)</text>',
+        f'<path d="M{x + 240},{y} h8 v-10 h14" fill="none" stroke="{_INSTANCES}" stroke-width="2.5"/>',
+        f'<text x="{x + 270}" y="{y}">instances (right axis)</text>',
     ]
 
 
@@ -208,7 +214,7 @@ def _panel(function: str, samples: list[Sample], top: float, t0: float, t1: floa
         return left + (t - t0) / (t1 - t0) * (right - left)
 
     def y(value: float, step: float) -> float:
-        return bottom - value / (step * divisions) * _PANEL_HEIGHT
+        return bottom - value / (step * divisions) * _PANEL_HEIGHT * (1 - _HEADROOM)
 
     out = [
         f'<g class="panel" id={quoteattr("panel-" + function)}>',
@@ -281,7 +287,3 @@ def _count(value: float) -> str:
 def _f(value: float) -> str:
     return f"{value:.1f}"
 
-
-def merge_series(timeseries: TimeSeries, functions: Iterable[str] | None = None) -> dict[str, list[Sample]]:
-    """The merged series of the given functions (all by default), ready for `write_scaling_chart`."""
-    return {function: timeseries.samples(function) for function in (functions or timeseries.functions())}
