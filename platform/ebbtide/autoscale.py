@@ -93,6 +93,7 @@ class PoolController:
         await self._report()
 
     async def _sleep_until_work(self) -> None:
+        await self.pool.released()  # so the idle report says 0 live instances
         bell = asyncio.Event()
 
         async def ring(_msg: Msg) -> None:

@@ -20,7 +20,7 @@ from .broker import (
 )
 from .build import BuildError, build_modules
 from .demo import print_summary, run_demo
-from .host import Host
+from .launch import DEFAULT_PROCESS_MODE, PROCESS_MODES, ProcessMode, running
 from .manifest import DEFAULT_MANIFEST, LoadedManifest, ManifestError, load_manifest
 from .orders import INGRESS_SUBJECT, encode_order, generate_orders
 from .runtime import GuestInitError, ModuleLoadError
@@ -68,8 +68,13 @@ def _parser() -> argparse.ArgumentParser:
     def nats_url_option(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--nats-url", help="NATS server URL (default: $EBBTIDE_NATS_URL, then [nats] url in the manifest)")
 
+    def processes_option(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--processes", choices=PROCESS_MODES, default=DEFAULT_PROCESS_MODE,
+                         help="all functions in this process, or one supervised process each (default: %(default)s)")
+
     up = command("up", _up, "run every function of the manifest (embedded nats-server when no URL is configured)")
     nats_url_option(up)
+    processes_option(up)
     run = command("run", _run, "run one function in this process (as in compose or Kubernetes)")
     run.add_argument("--function", "-f", required=True, help="function name from the manifest")
     nats_url_option(run)
@@ -87,17 +92,19 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--orders", type=int, default=10_000, help="(default: %(default)s)")
     demo.add_argument("--seed", type=int, default=1)
     demo.add_argument("--data-dir", type=Path, default=Path(".ebbtide/demo"), help="wiped at start (default: %(default)s)")
+    processes_option(demo)
     return parser
 
 
-async def _serve(host: Host) -> int:
-    """Run until SIGINT or SIGTERM, then stop the pools and drain the connection."""
+async def _serve(manifest: LoadedManifest, url: str, mode: ProcessMode, functions: list[str] | None = None,
+                 verbose: bool = False) -> int:
+    """Run until SIGINT or SIGTERM, then stop the pools (or child processes) and drain."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with host:
-        log.info("running %s; Ctrl-C to stop", ", ".join(host.pools))
+    async with running(manifest, url, mode, functions, verbose):
+        log.info("running %s (%s process mode); Ctrl-C to stop", ", ".join(functions or manifest.spec.functions), mode)
         await stop.wait()
         log.info("stopping")
     return 0
@@ -107,12 +114,12 @@ def _up(args: argparse.Namespace, manifest: LoadedManifest) -> int:
     url = configured_url(manifest, args.nats_url)
     build_modules(manifest)
     if url is not None:
-        return uvloop.run(_serve(Host(manifest, url)))
+        return uvloop.run(_serve(manifest, url, args.processes, verbose=args.verbose))
     embedded = manifest.spec.embedded
     with EmbeddedNats(manifest.resolve(embedded.data_dir), host=embedded.host, port=embedded.port,
                       monitor_port=embedded.monitor_port) as server:
         log.info("embedded nats-server at %s (monitoring %s, data in %s)", server.url, server.monitor_url, server.data_dir)
-        return uvloop.run(_serve(Host(manifest, server.url)))
+        return uvloop.run(_serve(manifest, server.url, args.processes, verbose=args.verbose))
 
 
 def _run(args: argparse.Namespace, manifest: LoadedManifest) -> int:
@@ -121,7 +128,7 @@ def _run(args: argparse.Namespace, manifest: LoadedManifest) -> int:
         raise UsageError("`run` needs a NATS server: give --nats-url, EBBTIDE_NATS_URL or [nats] url (or use `ebbtide up`)")
     manifest.function(args.function)
     build_modules(manifest, [manifest.function(args.function).module])
-    return uvloop.run(_serve(Host(manifest, url, [args.function])))
+    return uvloop.run(_serve(manifest, url, "single", [args.function]))
 
 
 def _build(args: argparse.Namespace, manifest: LoadedManifest) -> int:
@@ -167,7 +174,7 @@ def _publish(args: argparse.Namespace, manifest: LoadedManifest) -> int:
 def _demo(args: argparse.Namespace, manifest: LoadedManifest) -> int:
     if args.orders < 1:
         raise UsageError("--orders must be at least 1")
-    result = uvloop.run(run_demo(manifest, args.orders, args.seed, args.data_dir))
+    result = uvloop.run(run_demo(manifest, args.orders, args.seed, args.data_dir, args.processes))
     print_summary(result)
     return 0 if result.complete else EXIT_FAILURE
 

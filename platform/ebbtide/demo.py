@@ -11,8 +11,10 @@ from pathlib import Path
 
 from .broker import ConfirmedPublisher, EmbeddedNats, connect, kv_stream_name, publish_all
 from .build import build_modules
-from .host import Host
+from .launch import ProcessMode, running
 from .state import stream_state
+from .status import STATUS_SUBJECT_PREFIX, decode_status
+from .timeseries import TimeSeries, write_scaling_chart
 from .manifest import LoadedManifest
 from .orders import INGRESS_SUBJECT, encode_order, generate_orders
 
@@ -25,6 +27,7 @@ class DemoResult:
     dead_letters: int
     wall_s: float  # first publish -> last outbox write (server time of the write)
     expected: dict[str, int]  # bucket -> entries the generated orders should produce
+    chart: Path  # SVG of backlog and instances over time, per function
 
     @property
     def complete(self) -> bool:
@@ -35,7 +38,9 @@ class DemoResult:
         return sum(self.outbox.values()) / self.wall_s if self.wall_s > 0 else 0.0
 
 
-async def run_demo(manifest: LoadedManifest, orders: int, seed: int, data_dir: Path, timeout: float = 120.0) -> DemoResult:
+async def run_demo(
+    manifest: LoadedManifest, orders: int, seed: int, data_dir: Path, mode: ProcessMode, timeout: float = 120.0
+) -> DemoResult:
     build_modules(manifest)
     shutil.rmtree(data_dir, ignore_errors=True)  # every demo starts from empty streams
     generated = generate_orders(orders, seed=seed)
@@ -44,26 +49,53 @@ async def run_demo(manifest: LoadedManifest, orders: int, seed: int, data_dir: P
     for order in generated:
         expected[buckets[order.delivery]] += 1
     payloads = [(encode_order(order), order.order_guid) for order in generated]
+    functions = list(manifest.spec.functions)
 
-    with EmbeddedNats(data_dir, port=0, monitor_port=0) as server:
-        async with Host(manifest, server.url) as host:
-            nc = await connect(server.url, name="ebbtide-demo")
-            try:
+    with EmbeddedNats(data_dir / "nats", port=0, monitor_port=0) as server:
+        nc = await connect(server.url, name="ebbtide-demo")
+        try:
+            series = TimeSeries(start=time.time())
+            ready = asyncio.Event()
+
+            async def record(msg) -> None:  # type: ignore[no-untyped-def]
+                series.add(decode_status(msg.data))
+                if set(series.functions()) >= set(functions):
+                    ready.set()
+
+            # Subscribed before the functions start, so their first reports say when they are ready.
+            await nc.subscribe(f"{STATUS_SUBJECT_PREFIX}.>", cb=record)
+            async with running(manifest, server.url, mode):
+                await asyncio.wait_for(ready.wait(), 60)
+                print(f"embedded nats-server at {server.url}; functions ({mode} process mode): {', '.join(functions)}")
                 publisher = ConfirmedPublisher(nc)
                 await publisher.start()
-                print(f"embedded nats-server at {server.url}; {', '.join(f'{n} x{p.instances}' for n, p in host.pools.items())}")
                 print(f"publishing {orders} orders to {INGRESS_SUBJECT} ...")
                 started = time.time()
+                series.start = started
                 publishing = asyncio.create_task(publish_all(publisher, INGRESS_SUBJECT, payloads))
                 outbox, dead = await _watch(nc, manifest, sum(expected.values()), started, timeout)
                 published, errors = await publishing
                 if errors:
                     print(f"{len(errors)} publishes failed, first: {errors[0]}", file=sys.stderr)
-                last_write = max((s.last_ts.timestamp() for s in [await stream_state(nc, kv_stream_name(b)) for b in expected]
-                                  if s.last_ts is not None), default=started)
-            finally:
-                await nc.drain()
-    return DemoResult(orders, published, outbox, dead, max(last_write - started, 0.0), expected)
+                states = [await stream_state(nc, kv_stream_name(b)) for b in expected]
+                last_write = max((s.last_ts.timestamp() for s in states if s.last_ts is not None), default=started)
+                await _until_drained(series, functions, timeout=max(manifest.function(f).scale.cooldown_s for f in functions) + 5)
+        finally:
+            await nc.drain()
+    chart = write_scaling_chart(series.series(), data_dir / "scaling.svg",
+                                title=f"ebbtide demo: {orders} orders, {mode} process mode")
+    (data_dir / "scaling.json").write_bytes(series.to_json())
+    return DemoResult(orders, published, outbox, dead, max(last_write - started, 0.0), expected, chart)
+
+
+async def _until_drained(series: TimeSeries, functions: list[str], timeout: float) -> None:
+    """Let the chart show the pools falling back to zero after the cooldown."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        latest = [samples[-1] for samples in series.series().values() if samples]
+        if len(latest) == len(functions) and all(s.instances == 0 for s in latest):
+            return
+        await asyncio.sleep(0.1)
 
 
 async def _watch(nc, manifest: LoadedManifest, total: int, started: float, timeout: float) -> tuple[dict[str, int], int]:
@@ -93,4 +125,5 @@ def print_summary(result: DemoResult) -> None:
     print(f"dead letters         {result.dead_letters}")
     print(f"wall time            {result.wall_s:.3f} s (first publish -> last outbox write)")
     print(f"throughput           {result.orders_per_s:,.0f} orders/s")
+    print(f"scaling chart        {result.chart}")
     print("result               " + ("OK: every order is in its outbox exactly once" if result.complete else "INCOMPLETE"))

@@ -146,6 +146,10 @@ class FunctionPool:
             worker = _Worker(self, subscription, self.new_instance())
             self._workers.append(worker)
 
+    async def released(self) -> None:
+        """Wait until stopped workers have finished their last fetch and dropped their instances."""
+        await asyncio.gather(*(w.task for w in self._workers if w.stopping), return_exceptions=True)
+
     async def stop(self) -> None:
         for worker in self._workers:
             worker.stopping = True

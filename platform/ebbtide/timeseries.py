@@ -106,7 +106,7 @@ class TimeSeries:
             for t, following in zip(ts, ts[1:] + [math.inf]):
                 if following - t > self.stale_after and t + self.stale_after <= last:
                     points.add(t + self.stale_after)
-        samples = []
+        samples: list[Sample] = []
         for point in sorted(points):
             known = [reports[i] for reports, ts in zip(hosts, times) if (i := bisect.bisect_right(ts, point) - 1) >= 0]
             totals = aggregate([r for r in known if point - r.time < self.stale_after])
@@ -121,7 +121,8 @@ class TimeSeries:
 
     def to_json(self) -> bytes:
         """The raw reports (reload with `from_json`) and the merged series (for plotting elsewhere)."""
-        reports = sorted((r for hosts in self._reports.values() for rs in hosts.values() for r in rs), key=lambda r: r.time)
+        reports = [r for hosts in self._reports.values() for rs in hosts.values() for r in rs]
+        reports.sort(key=lambda r: r.time)
         return msgspec.json.encode({
             "start": self.start,
             "stale_after": self.stale_after,
@@ -158,9 +159,22 @@ _FONT = "DejaVu Sans, Helvetica, Arial, sans-serif"
 
 
 def write_scaling_chart(series: dict[str, list[Sample]], path: Path, title: str) -> Path:
-    """Draw backlog (filled, left axis) and instances (step line, right axis) over time, one panel per function."""
-    path.write_text(_chart(series, title), encoding="utf-8")
+    """Draw backlog (filled, left axis) and instances (step line, right axis) over time, one panel per function.
+
+    The time axis starts at the run's start: samples from before it (processes reporting ready) only give the
+    state at t = 0.
+    """
+    path.write_text(_chart({function: _from_start(samples) for function, samples in series.items()}, title),
+                    encoding="utf-8")
     return path
+
+
+def _from_start(samples: list[Sample]) -> list[Sample]:
+    before = [s for s in samples if s.t < 0]
+    after = [s for s in samples if s.t >= 0]
+    if before and not (after and after[0].t == 0):
+        after.insert(0, msgspec.structs.replace(before[-1], t=0.0))
+    return after
 
 
 def _chart(series: dict[str, list[Sample]], title: str) -> str:
@@ -177,10 +191,10 @@ def _chart(series: dict[str, list[Sample]], title: str) -> str:
         out.append(f'<text x="{_WIDTH / 2}" y="{_TOP + _PANEL_HEIGHT / 2}" text-anchor="middle" fill="{_AXIS}">'
                    "no status reports recorded</text>")
     times = [s.t for samples in series.values() for s in samples]
-    t0 = min([0.0, *times])
+    t0 = 0.0
     t1 = max([t0, *times])
     t1 += (t1 - t0) * 0.02  # a last step at the final sample stays visible off the frame
-    t_step = _nice_step((t1 - t0) / 8 if t1 > t0 else 1.0)
+    t_step = _nice_step((t1 - t0) / 10 if t1 > t0 else 1.0)
     if t1 - t0 < t_step:
         t1 = t0 + t_step  # nothing or a single instant: show one tick's worth of time
     time_ticks = _multiples(t0, t1, t_step)
@@ -225,7 +239,8 @@ def _panel(function: str, samples: list[Sample], top: float, t0: float, t1: floa
     for k in range(divisions + 1):
         gy = _f(y(k * b_step, b_step))
         out.append(f'<line x1="{left}" y1="{gy}" x2="{right}" y2="{gy}" stroke="{_GRID}"/>')
-        out.append(f'<text x="{left - 8}" y="{gy}" dy="4" text-anchor="end" fill="{_BACKLOG}">{_count(k * b_step)}</text>')
+        out.append(f'<text x="{left - 8}" y="{gy}" dy="4" text-anchor="end" fill="{_BACKLOG}">'
+                   f"{_count(k * b_step)}</text>")
         out.append(f'<text x="{right + 8}" y="{gy}" dy="4" fill="{_INSTANCES}">{k * i_step}</text>')
     for t in time_ticks:
         gx = _f(x(t))
@@ -244,12 +259,14 @@ def _panel(function: str, samples: list[Sample], top: float, t0: float, t1: floa
         out.append(f'<path d="M{_f(x(first.t))},{_f(y(first.instances, i_step))}{steps}" fill="none" '
                    f'stroke="{_INSTANCES}" stroke-width="2.5" stroke-linejoin="miter"/>')
         if len(samples) == 1:  # a lone point draws no line: mark it
-            out.append(f'<circle cx="{_f(x(first.t))}" cy="{_f(y(first.backlog, b_step))}" r="3.5" fill="{_BACKLOG}"/>')
-            out.append(f'<circle cx="{_f(x(first.t))}" cy="{_f(y(first.instances, i_step))}" r="3.5" fill="{_INSTANCES}"/>')
+            cx = _f(x(first.t))
+            out.append(f'<circle cx="{cx}" cy="{_f(y(first.backlog, b_step))}" r="3.5" fill="{_BACKLOG}"/>')
+            out.append(f'<circle cx="{cx}" cy="{_f(y(first.instances, i_step))}" r="3.5" fill="{_INSTANCES}"/>')
     else:
         out.append(f'<text x="{(left + right) / 2}" y="{top + _PANEL_HEIGHT / 2}" text-anchor="middle" '
                    f'fill="{_AXIS}">no data</text>')
-    out.append(f'<rect x="{left}" y="{top}" width="{right - left}" height="{_PANEL_HEIGHT}" fill="none" stroke="{_AXIS}"/>')
+    out.append(f'<rect x="{left}" y="{top}" width="{right - left}" height="{_PANEL_HEIGHT}" '
+               f'fill="none" stroke="{_AXIS}"/>')
     if last:
         out.append(f'<text x="{(left + right) / 2}" y="{bottom + 40}" text-anchor="middle" fill="{_AXIS}">'
                    "time since start (s)</text>")

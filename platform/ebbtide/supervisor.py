@@ -1,0 +1,97 @@
+"""One process per function, supervised: `ebbtide up --processes per-function`.
+
+Python runs one core per process; the distributor and the receivers are independent consumers, so
+running each in its own process (`ebbtide run --function NAME`) lets them use every core. A child that
+exits unexpectedly is restarted after a backoff (doubling up to RESTART_MAX_S, reset after a healthy
+run); its unacked messages are redelivered by JetStream to whoever runs the function next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger("ebbtide.supervisor")
+
+RESTART_MIN_S = 0.5
+RESTART_MAX_S = 10.0
+HEALTHY_AFTER_S = 30.0  # a child that ran this long starts again from the minimum backoff
+
+
+@dataclass
+class Child:
+    function: str
+    process: asyncio.subprocess.Process | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+    exit_codes: list[int] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+
+class Supervisor:
+    def __init__(self, manifest_path: Path, functions: list[str], nats_url: str, verbose: bool = False) -> None:
+        self.manifest_path = manifest_path
+        self.nats_url = nats_url
+        self.verbose = verbose
+        self.children = {name: Child(name) for name in functions}
+        self._stopping = False
+        self._watchers: list[asyncio.Task[None]] = []
+
+    def _command(self, function: str) -> list[str]:
+        command = [sys.executable, "-m", "ebbtide", "--manifest", str(self.manifest_path)]
+        if self.verbose:
+            command.append("--verbose")
+        return command + ["run", "--function", function, "--nats-url", self.nats_url]
+
+    async def start(self) -> None:
+        for child in self.children.values():
+            await self._spawn(child)
+            self._watchers.append(asyncio.create_task(self._watch(child), name=f"supervise-{child.function}"))
+
+    async def _spawn(self, child: Child) -> None:
+        child.process = await asyncio.create_subprocess_exec(*self._command(child.function), stdin=asyncio.subprocess.DEVNULL)
+        child.started_at = time.monotonic()
+        log.info("started %s (pid %d)", child.function, child.process.pid)
+
+    async def _watch(self, child: Child) -> None:
+        backoff = RESTART_MIN_S
+        while True:
+            assert child.process is not None
+            code = await child.process.wait()
+            child.exit_codes.append(code)
+            if self._stopping:
+                return
+            if time.monotonic() - child.started_at > HEALTHY_AFTER_S:
+                backoff = RESTART_MIN_S
+            log.error("%s (pid %d) exited with %d; restarting in %.1f s", child.function, child.process.pid, code, backoff)
+            await asyncio.sleep(backoff)
+            if self._stopping:
+                return
+            backoff = min(backoff * 2, RESTART_MAX_S)
+            child.restarts += 1
+            await self._spawn(child)
+
+    async def stop(self, grace_s: float = 15.0) -> None:
+        """SIGTERM every child (each drains and exits), SIGKILL what is left after the grace period."""
+        self._stopping = True
+        running = [c.process for c in self.children.values() if c.process and c.process.returncode is None]
+        for process in running:
+            process.send_signal(signal.SIGTERM)
+        if running:
+            _, late = await asyncio.wait([asyncio.ensure_future(p.wait()) for p in running], timeout=grace_s)
+            for process in running:
+                if process.returncode is None:
+                    log.warning("pid %d did not stop within %.0f s; killing it", process.pid, grace_s)
+                    process.kill()
+                    await process.wait()
+        for watcher in self._watchers:
+            watcher.cancel()
+        await asyncio.gather(*self._watchers, return_exceptions=True)
