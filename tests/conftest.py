@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import textwrap
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 import wasmtime
 from nats.aio.client import Client as NatsClient
 
-from ebbtide.broker import EmbeddedNats
+from ebbtide.broker import EmbeddedNats, free_port
 from ebbtide.build import build_modules
 from ebbtide.manifest import LoadedManifest, load_manifest, parse_manifest
 
@@ -39,6 +40,25 @@ def reference_manifest() -> LoadedManifest:
     manifest = load_manifest(REPO / "ebbtide.toml")
     build_modules(manifest)
     return manifest
+
+
+def manifest_copy(tmp_path: Path, function_settings: str = "") -> tuple[Path, int]:
+    """The reference manifest with its own ports and data folder, building from the repository's sources.
+
+    `function_settings` (TOML lines) is added to every function. Returns the file and the embedded port.
+    """
+    port = free_port()
+    text = (REPO / "ebbtide.toml").read_text()
+    text = text.replace('build_dir = "build"', f'build_dir = "{REPO / "build"}"')
+    text = text.replace('data_dir = ".ebbtide/nats"', f'data_dir = "{tmp_path / "nats"}"')
+    text = text.replace("port = 4222", f"port = {port}").replace("monitor_port = 8222", f"monitor_port = {free_port()}")
+    for folder in ("functions/distributor", "functions/receiver"):
+        text = text.replace(f'source = "{folder}"', f'source = "{REPO / folder}"\nsdk = "{REPO / "functions/sdk"}"')
+    if function_settings:
+        text = re.sub(r'^(trigger = .*)$', lambda m: m.group(1) + "\n" + function_settings, text, flags=re.M)
+    path = tmp_path / "ebbtide.toml"
+    path.write_text(text)
+    return path, port
 
 
 def chaos_manifest(tmp_path: Path, extra: str = "") -> LoadedManifest:

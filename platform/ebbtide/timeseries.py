@@ -103,12 +103,13 @@ class TimeSeries:
         last = max(ts[-1] for ts in times)
         points = {t for ts in times for t in ts}
         for ts in times:  # a silent process stops counting stale_after after its report, not at the next report
-            for t, following in zip(ts, ts[1:] + [math.inf]):
+            for t, following in zip(ts, [*ts[1:], math.inf], strict=True):
                 if following - t > self.stale_after and t + self.stale_after <= last:
                     points.add(t + self.stale_after)
         samples: list[Sample] = []
         for point in sorted(points):
-            known = [reports[i] for reports, ts in zip(hosts, times) if (i := bisect.bisect_right(ts, point) - 1) >= 0]
+            latest = (bisect.bisect_right(ts, point) - 1 for ts in times)
+            known = [reports[i] for reports, i in zip(hosts, latest, strict=True) if i >= 0]
             totals = aggregate([r for r in known if point - r.time < self.stale_after])
             # with every process gone the backlog is still the consumer's last known lag, not zero
             backlog = totals.backlog if totals.processes else max(known, key=lambda r: r.time).backlog

@@ -12,27 +12,12 @@ from pathlib import Path
 
 import nats
 
-from ebbtide.broker import free_port
 from ebbtide.state import stream_state
-from tests.conftest import REPO, wait_until
+from tests.conftest import manifest_copy, wait_until
 
 
 def ebbtide(*args: str, **kwargs) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "ebbtide", *args], capture_output=True, text=True, timeout=120, **kwargs)
-
-
-def manifest_copy(tmp_path: Path) -> tuple[Path, int]:
-    """The reference manifest with its own ports and data folder, building from the repository's sources."""
-    port = free_port()
-    text = (REPO / "ebbtide.toml").read_text()
-    text = text.replace('build_dir = "build"', f'build_dir = "{REPO / "build"}"')
-    text = text.replace('data_dir = ".ebbtide/nats"', f'data_dir = "{tmp_path / "nats"}"')
-    text = text.replace("port = 4222", f"port = {port}").replace("monitor_port = 8222", f"monitor_port = {free_port()}")
-    for folder in ("functions/distributor", "functions/receiver"):
-        text = text.replace(f'source = "{folder}"', f'source = "{REPO / folder}"\nsdk = "{REPO / "functions/sdk"}"')
-    path = tmp_path / "ebbtide.toml"
-    path.write_text(text)
-    return path, port
 
 
 async def test_up_with_embedded_server_publish_and_sigterm(tmp_path: Path, reference_manifest) -> None:

@@ -17,7 +17,7 @@ def report(host: str, t: float, function: str = "receiver", **fields: float) -> 
     values = dict(backlog=0, instances=0, in_flight=0, processed=0, dead_lettered=0, retried=0, guest_faults=0,
                   rate=0.0, handle_p50_us=0.0, handle_p99_us=0.0)
     values.update(fields)
-    return PoolStatus(function=function, host_id=host, time=START + t, **values)  # type: ignore[arg-type]
+    return PoolStatus(function=function, host_id=host, time=START + t, **values)
 
 
 def test_two_hosts_are_summed_and_backlog_is_the_latest_value() -> None:

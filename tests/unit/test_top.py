@@ -10,14 +10,14 @@ def report(function: str, host: str, age: float, **fields: float) -> PoolStatus:
     values = dict(backlog=0, instances=0, in_flight=0, processed=0, dead_lettered=0, retried=0, guest_faults=0,
                   rate=0.0, handle_p50_us=0.0, handle_p99_us=0.0)
     values.update(fields)
-    return PoolStatus(function=function, host_id=host, time=NOW - age, **values)  # type: ignore[arg-type]
+    return PoolStatus(function=function, host_id=host, time=NOW - age, **values)
 
 
 def table(text: str) -> dict[str, dict[str, str]]:
     """Rows by function, cells by column header (no cell holds a space)."""
     lines = text.splitlines()
     headers = lines[1].replace("P50 ms", "P50_ms").replace("P99 ms", "P99_ms").split()
-    return {line.split()[0]: dict(zip(headers, line.split())) for line in lines[2:]}
+    return {line.split()[0]: dict(zip(headers, line.split(), strict=True)) for line in lines[2:]}
 
 
 def test_processes_of_one_function_are_added_up() -> None:
