@@ -17,11 +17,12 @@ import time
 
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
 from .pool import FunctionPool
 from .scaler import ScalePolicy, Scaler
-from .status import PoolStatus, encode_status, status_subject
+from .status import STATUS_REQUEST_SUBJECT, PoolStatus, encode_status, status_subject
 
 log = logging.getLogger("ebbtide.autoscale")
 
@@ -54,12 +55,20 @@ class PoolController:
         self._last_report = time.monotonic()
         self._last_settled = 0
         self._task: asyncio.Task[None] | None = None
+        self._request_subscription: Subscription | None = None
 
     async def start(self) -> None:
         await self.pool.set_instances(self.scaler.policy.min)
+        self._request_subscription = await self._nc.subscribe(STATUS_REQUEST_SUBJECT, cb=self._on_status_request)
         self._task = asyncio.create_task(self._run(), name=f"{self.pool.name}-controller")
 
+    async def _on_status_request(self, _msg: Msg) -> None:
+        await self._report()
+
     async def stop(self) -> None:
+        if self._request_subscription is not None:
+            await self._request_subscription.unsubscribe()
+            self._request_subscription = None
         if self._task is not None:
             self._task.cancel()
             try:

@@ -1,4 +1,4 @@
-"""The `ebbtide` command line: up, run, build, publish, demo.
+"""The `ebbtide` command line: up, run, build, publish, demo, top.
 
 Exit codes: 0 success, 1 failure at run time, 2 bad usage or configuration, 130 interrupted.
 """
@@ -8,12 +8,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import shutil
 import signal
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+import msgspec
 import uvloop
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 
 from .broker import (
     ConfirmedPublisher, EmbeddedNats, EmbeddedServerError, configured_url, connect, publish_all,
@@ -24,6 +29,8 @@ from .launch import DEFAULT_PROCESS_MODE, PROCESS_MODES, ProcessMode, running
 from .manifest import DEFAULT_MANIFEST, LoadedManifest, ManifestError, load_manifest
 from .orders import INGRESS_SUBJECT, encode_order, generate_orders
 from .runtime import GuestInitError, ModuleLoadError
+from .status import STATUS_REQUEST_SUBJECT, STATUS_SUBJECT_PREFIX, decode_status
+from .top import TopView
 
 log = logging.getLogger("ebbtide")
 
@@ -93,6 +100,10 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=1)
     demo.add_argument("--data-dir", type=Path, default=Path(".ebbtide/demo"), help="wiped at start (default: %(default)s)")
     processes_option(demo)
+    top = command("top", _top, "live view of every function: backlog, instances, in-flight, msgs/s, handle time, dead letters")
+    nats_url_option(top)
+    top.add_argument("--interval", type=float, default=1.0, help="refresh every N seconds (default: %(default)s)")
+    top.add_argument("--iterations", type=int, default=0, help="stop after N refreshes (default: run until Ctrl-C)")
     return parser
 
 
@@ -139,8 +150,7 @@ def _build(args: argparse.Namespace, manifest: LoadedManifest) -> int:
 
 
 def _publish(args: argparse.Namespace, manifest: LoadedManifest) -> int:
-    embedded = manifest.spec.embedded
-    url = configured_url(manifest, args.nats_url) or f"nats://{embedded.host}:{embedded.port}"
+    url = _client_url(manifest, args.nats_url)
     if args.file is not None:
         try:
             lines = [line for line in args.file.read_bytes().splitlines() if line.strip()]
@@ -153,10 +163,7 @@ def _publish(args: argparse.Namespace, manifest: LoadedManifest) -> int:
         messages = [(encode_order(o), o.order_guid) for o in generate_orders(args.count, args.seed, args.first_id)]
 
     async def publish() -> int:
-        try:
-            nc = await connect(url, name="ebbtide-publish")
-        except Exception as exc:
-            raise ConnectionError(f"cannot connect to {url}: {exc} (is `ebbtide up` running?)") from None
+        nc = await _client_connect(url, "ebbtide-publish")
         try:
             publisher = ConfirmedPublisher(nc)
             await publisher.start()
@@ -169,6 +176,52 @@ def _publish(args: argparse.Namespace, manifest: LoadedManifest) -> int:
         return EXIT_FAILURE if errors else 0
 
     return uvloop.run(publish())
+
+
+def _top(args: argparse.Namespace, manifest: LoadedManifest) -> int:
+    url = _client_url(manifest, args.nats_url)
+    view = TopView()
+    live = sys.stdout.isatty()
+
+    async def watch() -> int:
+        nc = await _client_connect(url, "ebbtide-top")
+        try:
+            async def update(msg: Msg) -> None:
+                try:
+                    view.update(decode_status(msg.data))
+                except msgspec.DecodeError:
+                    log.debug("ignoring an unreadable status report on %s", msg.subject)
+
+            await nc.subscribe(f"{STATUS_SUBJECT_PREFIX}.>", cb=update)
+            await nc.publish(STATUS_REQUEST_SUBJECT, b"")  # every pool reports now, not at its next tick
+            refreshes = 0
+            while not args.iterations or refreshes < args.iterations:
+                await asyncio.sleep(args.interval)
+                refreshes += 1
+                width = shutil.get_terminal_size((100, 24)).columns if live else 160
+                screen = view.render(time.time(), width=width)
+                print(("\x1b[H\x1b[2J" + screen) if live else screen + "\n", flush=True)
+        finally:
+            await nc.drain()
+        return 0
+
+    try:
+        return uvloop.run(watch())
+    except KeyboardInterrupt:
+        return 0
+
+
+def _client_url(manifest: LoadedManifest, flag: str | None) -> str:
+    """For client commands: the configured server, else the embedded one that `ebbtide up` starts."""
+    embedded = manifest.spec.embedded
+    return configured_url(manifest, flag) or f"nats://{embedded.host}:{embedded.port}"
+
+
+async def _client_connect(url: str, name: str) -> NatsClient:
+    try:
+        return await connect(url, name=name, give_up_after_s=5)
+    except ConnectionError as exc:
+        raise ConnectionError(f"{exc} (is `ebbtide up` running?)") from None
 
 
 def _demo(args: argparse.Namespace, manifest: LoadedManifest) -> int:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import msgspec
 
 STATUS_SUBJECT_PREFIX = "ebbtide.status"
+# A message here (any payload) makes every pool report at once, e.g. when `ebbtide top` starts.
+STATUS_REQUEST_SUBJECT = "ebbtide.status-request"
 
 
 def status_subject(function: str) -> str:

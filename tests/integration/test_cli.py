@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -83,3 +84,20 @@ def test_unknown_function_and_bad_manifest(tmp_path: Path) -> None:
     done = ebbtide("-m", str(manifest), "build")
     assert done.returncode == 2
     assert f"{manifest}: functions.distributor.retry.max_deliver: Expected `int`, got `str`" in done.stderr
+
+
+async def test_top_shows_every_function_of_a_running_host(reference_manifest, nats_server) -> None:
+    from ebbtide.host import Host
+
+    async with Host(reference_manifest, nats_server.url):
+        done = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "ebbtide", "-m", str(reference_manifest.path), "top", "--nats-url", nats_server.url,
+            "--iterations", "1", "--interval", "1", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        stdout, stderr = await asyncio.wait_for(done.communicate(), 60)
+    assert done.returncode == 0, stderr.decode()
+    screen = stdout.decode()
+    assert "FUNCTION" in screen and "BACKLOG" in screen and "INSTANCES" in screen
+    rows = {line.split()[0]: line.split() for line in screen.splitlines() if line.split() and line.split()[0] in reference_manifest.spec.functions}
+    assert set(rows) == set(reference_manifest.spec.functions)
+    assert all(row[1] == "0" and row[2] == "0" for row in rows.values())  # idle: no backlog, drained to zero

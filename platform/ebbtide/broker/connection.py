@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 
-import nats
 from nats.aio.client import Client as NatsClient
 
 from ..manifest import LoadedManifest
 
 NATS_URL_ENV = "EBBTIDE_NATS_URL"
+
+log = logging.getLogger("ebbtide.nats")
 
 
 def configured_url(manifest: LoadedManifest, flag: str | None = None) -> str | None:
@@ -17,8 +20,25 @@ def configured_url(manifest: LoadedManifest, flag: str | None = None) -> str | N
     return flag or os.environ.get(NATS_URL_ENV) or manifest.spec.nats.url or None
 
 
-async def connect(url: str, name: str) -> NatsClient:
-    return await nats.connect(
+async def connect(url: str, name: str, give_up_after_s: float | None = None) -> NatsClient:
+    """A client that reconnects forever once connected.
+
+    The first connection is retried too (a host may start before its server); `give_up_after_s` bounds
+    that for commands a person waits on (publish, top), which then raise ConnectionError.
+    """
+    nc = NatsClient()
+
+    async def on_error(error: Exception) -> None:
+        log.warning("nats: %s", error or type(error).__name__)
+
+    async def on_disconnected() -> None:
+        if not (nc.is_closed or nc.is_draining):  # not when we close it ourselves
+            log.warning("nats: disconnected from %s; reconnecting", url)
+
+    async def on_reconnected() -> None:
+        log.info("nats: reconnected")
+
+    connecting = nc.connect(
         url,
         name=name,
         allow_reconnect=True,
@@ -27,4 +47,13 @@ async def connect(url: str, name: str) -> NatsClient:
         connect_timeout=5,
         pending_size=64 * 1024 * 1024,
         flush_timeout=10,
+        error_cb=on_error,
+        disconnected_cb=on_disconnected,
+        reconnected_cb=on_reconnected,
     )
+    try:
+        await asyncio.wait_for(connecting, give_up_after_s)
+    except asyncio.TimeoutError:
+        await nc.close()
+        raise ConnectionError(f"cannot connect to {url} within {give_up_after_s:.0f} s") from None
+    return nc
