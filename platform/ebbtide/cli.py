@@ -23,6 +23,7 @@ from nats.aio.msg import Msg
 from .broker import (
     ConfirmedPublisher, EmbeddedNats, EmbeddedServerError, configured_url, connect, publish_all,
 )
+from .bench import SCENARIOS, run_bench
 from .build import BuildError, build_modules
 from .demo import print_summary, run_demo
 from .launch import DEFAULT_PROCESS_MODE, PROCESS_MODES, ProcessMode, running
@@ -100,6 +101,10 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=1)
     demo.add_argument("--data-dir", type=Path, default=Path(".ebbtide/demo"), help="wiped at start (default: %(default)s)")
     processes_option(demo)
+    bench = command("bench", _bench, "measure: guest call and instance start, memory per instance, scaling from zero and back")
+    bench.add_argument("--scenario", action="append", choices=SCENARIOS, help="repeatable (default: all)")
+    bench.add_argument("--quick", action="store_true", help="small sizes, well under a minute (CI smoke test)")
+    bench.add_argument("--out", type=Path, default=Path(".ebbtide/bench"), help="results folder (default: %(default)s)")
     top = command("top", _top, "live view of every function: backlog, instances, in-flight, msgs/s, handle time, dead letters")
     nats_url_option(top)
     top.add_argument("--interval", type=float, default=1.0, help="refresh every N seconds (default: %(default)s)")
@@ -176,6 +181,16 @@ def _publish(args: argparse.Namespace, manifest: LoadedManifest) -> int:
         return EXIT_FAILURE if errors else 0
 
     return uvloop.run(publish())
+
+
+def _bench(args: argparse.Namespace, manifest: LoadedManifest) -> int:
+    report = uvloop.run(run_bench(manifest, args.scenario or list(SCENARIOS), args.quick, args.out))
+    print()
+    print(report.markdown())
+    print()
+    for path in report.files:
+        print(f"wrote {path}")
+    return 0
 
 
 def _top(args: argparse.Namespace, manifest: LoadedManifest) -> int:
