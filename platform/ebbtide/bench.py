@@ -183,11 +183,14 @@ async def _activation(manifest: LoadedManifest, url: str, nc, report: BenchRepor
             await nc.publish(INGRESS_SUBJECT, encode_order(order), headers={"Nats-Msg-Id": order.order_guid})
             latencies.append((await asyncio.wait_for(stored.get(), 10) - started) * 1000)
         idle_cpu = await _idle_cpu(host, seconds=3.0)
+        idle_rss = _rss_kib() / 1024
     await subscription.unsubscribe()
     how = f"one order into an idle pipeline (all pools at 0 instances) until its outbox write; {tries} tries"
     report.add("activation from zero, p50", _pct(latencies, 0.5), "ms", how, "≤ 20 ms")
     report.add("activation from zero, p99", _pct(latencies, 0.99), "ms", how)
     report.add("host CPU while idle at zero", idle_cpu, "%", "process CPU time / wall time over 3 s, all pools at zero")
+    report.add("host RSS at zero instances", idle_rss, "MiB",
+               "the whole process (Python, nats-py, wasmtime, three pools, this benchmark) with every pool at zero")
 
 
 async def _idle_cpu(host: Host, seconds: float) -> float:
