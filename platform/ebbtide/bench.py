@@ -30,7 +30,7 @@ from .host import Host
 from .manifest import LoadedManifest
 from .orders import INGRESS_SUBJECT, encode_order, generate_orders
 from .pool import MIB
-from .runtime import GuestInstance, GuestLimits, WasmEngine, decode_effects
+from .runtime import GuestInstance, GuestLimits, LoadedModule, WasmEngine, decode_effects
 from .status import STATUS_SUBJECT_PREFIX, decode_status
 from .timeseries import TimeSeries, write_scaling_chart
 
@@ -76,12 +76,16 @@ def _pct(values: list[float], q: float) -> float:
 
 # -- host: per-message cost and instance start ----------------------------------------------------------
 
-def bench_host(manifest: LoadedManifest, report: BenchReport, quick: bool) -> None:
+def _distributor(manifest: LoadedManifest) -> tuple[WasmEngine, LoadedModule, GuestLimits, bytes]:
+    """What it takes to start distributor instances outside a pool."""
     engine = WasmEngine()
     fn = manifest.function("distributor")
-    module = engine.load(manifest.module_path(fn.module))
-    limits = GuestLimits(fn.limits.memory_mib * MIB, fn.limits.fuel)
-    config = manifest.config_json("distributor")
+    return (engine, engine.load(manifest.module_path(fn.module)), GuestLimits(fn.limits.memory_mib * MIB, fn.limits.fuel),
+            manifest.config_json("distributor"))
+
+
+def bench_host(manifest: LoadedManifest, report: BenchReport, quick: bool) -> None:
+    engine, module, limits, config = _distributor(manifest)
     payload = encode_order(generate_orders(1, seed=1)[0])
     instance = GuestInstance(engine, module, limits, config)
     calls = 20_000 if quick else 200_000
@@ -112,11 +116,7 @@ def bench_host(manifest: LoadedManifest, report: BenchReport, quick: bool) -> No
 # -- memory ---------------------------------------------------------------------------------------------
 
 def bench_memory(manifest: LoadedManifest, report: BenchReport, quick: bool) -> None:
-    engine = WasmEngine()
-    fn = manifest.function("distributor")
-    module = engine.load(manifest.module_path(fn.module))
-    limits = GuestLimits(fn.limits.memory_mib * MIB, fn.limits.fuel)
-    config = manifest.config_json("distributor")
+    engine, module, limits, config = _distributor(manifest)
     count = 200 if quick else 1000
     GuestInstance(engine, module, limits, config)  # first instance reads the module layout: excluded
     gc.collect()

@@ -86,7 +86,7 @@ class Supervisor:
         for process in running:
             process.send_signal(signal.SIGTERM)
         if running:
-            _, late = await asyncio.wait([asyncio.ensure_future(p.wait()) for p in running], timeout=grace_s)
+            await asyncio.wait([asyncio.ensure_future(p.wait()) for p in running], timeout=grace_s)
             for process in running:
                 if process.returncode is None:
                     log.warning("pid %d did not stop within %.0f s; killing it", process.pid, grace_s)
