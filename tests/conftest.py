@@ -61,12 +61,12 @@ def manifest_copy(tmp_path: Path, function_settings: str = "") -> tuple[Path, in
     return path, port
 
 
-def chaos_manifest(tmp_path: Path, extra: str = "") -> LoadedManifest:
+def chaos_manifest(tmp_path: Path, extra: str = "", *, fuel: int = 2_000_000, ack_wait_s: float = 30.0, batch: int = 64) -> LoadedManifest:
     """A manifest running tests/guests/chaos.wat (see its header for the behaviours) on `in.chaos`."""
     wasm_dir = tmp_path / "build" / "wasm"
     wasm_dir.mkdir(parents=True, exist_ok=True)
     (wasm_dir / "chaos.wasm").write_bytes(wasmtime.wat2wasm((GUESTS / "chaos.wat").read_text()))
-    text = textwrap.dedent("""
+    text = textwrap.dedent(f"""
         [streams.TEST]
         subjects = ["in.>", "test.>"]
         retention = "workqueue"
@@ -78,10 +78,11 @@ def chaos_manifest(tmp_path: Path, extra: str = "") -> LoadedManifest:
         module = "chaos"
         trigger = "in.chaos"
         publish = ["test.out"]
-        batch = 64
-        scale = { min = 2, max = 2 }
-        limits = { memory_mib = 2, fuel = 2_000_000, max_payload = 4096 }
-        retry = { max_deliver = 3, backoff_ms = [50, 100] }
+        batch = {batch}
+        ack_wait_s = {ack_wait_s}
+        scale = {{ min = 2, max = 2 }}
+        limits = {{ memory_mib = 2, fuel = {fuel}, max_payload = 4096 }}
+        retry = {{ max_deliver = 3, backoff_ms = [50, 100] }}
     """) + extra
     path = tmp_path / "ebbtide.toml"
     path.write_text(text)
@@ -105,7 +106,10 @@ async def read_stream(nc: NatsClient, stream: str, subject: str | None = None, e
 
     async def enough() -> bool:
         try:
-            return (await js.stream_info(stream)).state.messages >= (expected or 0)
+            if subject is None:
+                return (await js.stream_info(stream)).state.messages >= (expected or 0)
+            subjects = (await js.stream_info(stream, subjects_filter=subject)).state.subjects or {}
+            return subjects.get(subject, 0) >= (expected or 0)
         except nats.js.errors.NotFoundError:
             return False
 

@@ -15,6 +15,7 @@ import os
 import socket
 import time
 
+import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -56,6 +57,7 @@ class PoolController:
         self._last_settled = 0
         self._task: asyncio.Task[None] | None = None
         self._request_subscription: Subscription | None = None
+        self._stopping = False
 
     async def start(self) -> None:
         await self.pool.set_instances(self.scaler.policy.min)
@@ -66,20 +68,22 @@ class PoolController:
         await self._report()
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._request_subscription is not None:
-            await self._request_subscription.unsubscribe()
+            try:
+                await self._request_subscription.unsubscribe()
+            except nats.errors.Error:
+                pass  # the connection is already closed: nothing to unsubscribe from
             self._request_subscription = None
         if self._task is not None:
             self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            # nats-py can turn a cancellation inside a request into an error; the flag ends the loop anyway.
+            await asyncio.wait([self._task], timeout=5)
             self._task = None
 
     async def _run(self) -> None:
         pool = self.pool
-        while True:
+        while not self._stopping:
             try:
                 if pool.instances == 0 and pool.in_flight == 0:
                     await self._sleep_until_work()
@@ -87,6 +91,8 @@ class PoolController:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # e.g. NATS unreachable: keep the current size and try again
+                if self._stopping:
+                    return
                 log.warning("%s: control tick failed: %r", pool.name, exc)
                 await asyncio.sleep(1.0)
                 continue

@@ -26,6 +26,7 @@ from .broker import (
 from .bench import SCENARIOS, run_bench
 from .build import BuildError, build_modules
 from .demo import print_summary, run_demo
+from .host import Host
 from .launch import DEFAULT_PROCESS_MODE, PROCESS_MODES, ProcessMode, running
 from .manifest import DEFAULT_MANIFEST, LoadedManifest, ManifestError, load_manifest
 from .orders import INGRESS_SUBJECT, encode_order, generate_orders
@@ -119,9 +120,16 @@ async def _serve(manifest: LoadedManifest, url: str, mode: ProcessMode, function
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with running(manifest, url, mode, functions, verbose):
+    async with running(manifest, url, mode, functions, verbose) as runner:
         log.info("running %s (%s process mode); Ctrl-C to stop", ", ".join(functions or manifest.spec.functions), mode)
-        await stop.wait()
+        waits = [asyncio.ensure_future(stop.wait())]
+        if isinstance(runner, Host):  # a supervisor's children report their own losses by exiting
+            waits.append(asyncio.ensure_future(runner.connection_lost.wait()))
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for wait in waits:
+            wait.cancel()
+        if not stop.is_set():
+            return EXIT_FAILURE  # connection lost for good: exit so that a supervisor restarts us
         log.info("stopping")
     return 0
 

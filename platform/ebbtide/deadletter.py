@@ -13,7 +13,9 @@ H_ORIGINAL_SUBJECT = "Ebbtide-Original-Subject"
 H_ORIGINAL_STREAM = "Ebbtide-Original-Stream"
 H_ORIGINAL_SEQUENCE = "Ebbtide-Original-Sequence"
 H_ORIGINAL_MSG_ID = "Ebbtide-Original-Msg-Id"
-H_FAILED_AT = "Ebbtide-Failed-At"
+H_FAILED_AT = "Ebbtide-Failed-At"  # the last failure: when the message was dead-lettered
+H_FIRST_FAILED_AT = "Ebbtide-First-Failed-At"  # the first transient failure, when this process saw it
+H_ORIGINAL_SIZE = "Ebbtide-Original-Size"  # set only when the stored payload was cut to fit (see fit_payload)
 
 MAX_ERROR_LENGTH = 1024
 
@@ -33,6 +35,10 @@ def header_safe(text: str) -> str:
     return flat if len(flat) <= MAX_ERROR_LENGTH else flat[: MAX_ERROR_LENGTH - 3] + "..."
 
 
+def _timestamp(unix: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(unix)) + f".{int(unix % 1 * 1000):03d}Z"
+
+
 def dead_letter_headers(
     *,
     function: str,
@@ -43,6 +49,7 @@ def dead_letter_headers(
     stream: str,
     sequence: int,
     original_msg_id: str | None,
+    first_failed_at: float | None = None,
 ) -> dict[str, str]:
     headers = {
         H_FUNCTION: function,
@@ -52,8 +59,27 @@ def dead_letter_headers(
         H_ORIGINAL_SUBJECT: subject,
         H_ORIGINAL_STREAM: stream,
         H_ORIGINAL_SEQUENCE: str(sequence),
-        H_FAILED_AT: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        H_FAILED_AT: _timestamp(time.time()),
     }
+    if first_failed_at is not None:
+        headers[H_FIRST_FAILED_AT] = _timestamp(first_failed_at)
     if original_msg_id:
         headers[H_ORIGINAL_MSG_ID] = header_safe(original_msg_id)
     return headers
+
+
+HEADER_OVERHEAD = 64  # "NATS/1.0\r\n", the header terminator, Nats-Msg-Id, and margin
+
+
+def fit_payload(payload: bytes, headers: dict[str, str], max_payload: int) -> bytes:
+    """The payload, cut so that it and its headers fit the server's max_payload.
+
+    An input close to the limit plus the dead-letter headers would exceed it, and a NATS server answers
+    an oversized publish by closing the connection. The cut is recorded in `headers`.
+    """
+    header_bytes = HEADER_OVERHEAD + sum(len(k) + len(v) + 4 for k, v in headers.items())
+    room = max_payload - header_bytes - len(H_ORIGINAL_SIZE) - 24
+    if len(payload) + header_bytes <= max_payload:
+        return payload
+    headers[H_ORIGINAL_SIZE] = str(len(payload))
+    return payload[: max(room, 0)]

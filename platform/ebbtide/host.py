@@ -5,6 +5,7 @@ Used by `ebbtide up` (every function), `ebbtide run --function NAME` (one), the 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from nats.aio.client import Client as NatsClient
@@ -28,12 +29,14 @@ class Host:
         self.pools: dict[str, FunctionPool] = {}
         self.controllers: dict[str, PoolController] = {}
         self.nc: NatsClient | None = None
+        self.connection_lost = asyncio.Event()  # set if NATS closed the connection for good while running
+        self._stopping = False
 
     async def start(self) -> None:
         memory_limit = max(self.manifest.function(n).limits.memory_mib for n in self.function_names)
         engine = WasmEngine(memory_reservation=max(memory_limit, 16) * 1024 * 1024,
                             cache_dir=self.manifest.build_dir / "cache")
-        self.nc = await connect(self.nats_url, name=f"ebbtide-host[{','.join(self.function_names)}]")
+        self.nc = await connect(self.nats_url, name=f"ebbtide-host[{','.join(self.function_names)}]", on_lost=self._on_lost)
         js = self.nc.jetstream()
         await provision(js, self.manifest, self.function_names)
         publisher = ConfirmedPublisher(self.nc)
@@ -49,11 +52,17 @@ class Host:
             scale = pool.function.scale
             log.info("function %s on %s: %d..%d instances, now %d", name, pool.function.trigger, scale.min, scale.max, pool.instances)
 
+    def _on_lost(self) -> None:
+        if not self._stopping:
+            log.error("the NATS connection closed for good; this host cannot go on")
+            self.connection_lost.set()
+
     async def stop(self) -> None:
+        self._stopping = True
         for controller in self.controllers.values():
             await controller.stop()
-        for pool in self.pools.values():
-            await pool.stop()
+        # Every pool finishes its batches at the same time, within its own grace period.
+        await asyncio.gather(*(pool.stop() for pool in self.pools.values()))
         if self.nc is not None and not self.nc.is_closed:
             try:
                 await self.nc.drain()

@@ -35,7 +35,8 @@ async def running(
     try:
         yield supervisor
     finally:
-        await supervisor.stop()
+        # Children get their own grace period to finish in-flight batches, and a little more to exit.
+        await supervisor.stop(grace_s=max(manifest.function(n).shutdown_grace_s for n in names) + 5)
 
 
 async def wait_for_reports(nc: NatsClient, functions: list[str], timeout: float = 60.0) -> None:

@@ -93,7 +93,8 @@ class FunctionSection(_Section):
     config: dict[str, str] = {}  # passed to the guest's ebbtide_init as a JSON object
     batch: PositiveInt = 256  # messages per fetch
     ack_wait_s: PositiveFloat = 30.0
-    max_ack_pending: PositiveInt = 4096
+    max_ack_pending: PositiveInt = 4096  # the server's bound on unacked messages: a burst waits, never drops
+    shutdown_grace_s: NonNegativeFloat = 10.0  # on SIGTERM: time to finish in-flight batches before nak'ing them
     scale: ScaleSection = ScaleSection()
     limits: LimitsSection = LimitsSection()
     retry: RetrySection = RetrySection()

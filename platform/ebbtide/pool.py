@@ -20,7 +20,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from .broker.publisher import MSG_ID, ConfirmedPublisher, PubAck, PublishError
-from .deadletter import Reason, dead_letter_headers
+from .deadletter import Reason, dead_letter_headers, fit_payload
 from .effects import Allowlist, EffectRefused
 from .manifest import LoadedManifest
 from .runtime import (
@@ -31,6 +31,7 @@ log = logging.getLogger("ebbtide.pool")
 
 MIB = 1024 * 1024
 FETCH_WAIT_S = 1.0  # long-poll length of an idle fetch; also how long a stopping idle worker may take
+MAX_REMEMBERED_FAILURES = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +103,9 @@ class FunctionPool:
         self._publisher = publisher
         self._workers: list[_Worker] = []
         self._subject_bytes: dict[str, bytes] = {}
+        # When each retried message first failed, for its dead letter. Per process: after a restart, or
+        # when another replica got the earlier deliveries, the dead letter says the first failure is unknown.
+        self._first_failures: dict[tuple[str, int], float] = {}
 
     # -- instances -------------------------------------------------------------------------------------
 
@@ -150,10 +154,22 @@ class FunctionPool:
         """Wait until stopped workers have finished their last fetch and dropped their instances."""
         await asyncio.gather(*(w.task for w in self._workers if w.stopping), return_exceptions=True)
 
-    async def stop(self) -> None:
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Stop fetching; let every worker finish its batch (effects confirmed, acks sent) within `grace_s`.
+
+        A batch still running after the grace period is cancelled and handed back with a nak, so the
+        server redelivers it at once (to this function's next process) instead of after the ack wait.
+        """
         for worker in self._workers:
             worker.stopping = True
-        await asyncio.gather(*(w.task for w in self._workers), return_exceptions=True)
+        tasks = [w.task for w in self._workers]
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=grace_s if grace_s is not None else self.function.shutdown_grace_s)
+            for task in late:
+                task.cancel()
+            if late:
+                log.warning("%s: %d worker(s) still busy after the grace period; their batches were nak'ed", self.name, len(late))
+                await asyncio.gather(*late, return_exceptions=True)
         self._workers.clear()
 
     # -- one batch -------------------------------------------------------------------------------------
@@ -161,14 +177,28 @@ class FunctionPool:
     async def process(self, msgs: list[Msg], instance: GuestInstance | None) -> GuestInstance | None:
         """Handle a fetched batch; returns the instance to use next (a new one after a guest fault)."""
         self.in_flight += len(msgs)
+        keep_alive = _KeepAlive(msgs, self.function.ack_wait_s / 3)
+        keep_alive_task = asyncio.create_task(keep_alive.run())  # for the waits: effects being confirmed
         try:
-            return await self._process(msgs, instance)
+            return await self._process(msgs, instance, keep_alive)
+        except asyncio.CancelledError:
+            # Shutdown past its grace period. A nak for a message already acked is ignored by the server.
+            # The delay outlives this process's pull requests (<= FETCH_WAIT_S), which would otherwise
+            # take the redelivery into an inbox nobody reads, until the ack wait.
+            for msg in msgs:
+                try:
+                    await msg.nak(delay=FETCH_WAIT_S + 0.5)
+                except Exception:
+                    break  # connection gone: the server redelivers after the ack wait anyway
+            raise
         finally:
+            keep_alive_task.cancel()
             self.in_flight -= len(msgs)
 
-    async def _process(self, msgs: list[Msg], instance: GuestInstance | None) -> GuestInstance | None:
+    async def _process(self, msgs: list[Msg], instance: GuestInstance | None, keep_alive: "_KeepAlive") -> GuestInstance | None:
         pending: list[_Pending] = []
         for msg in msgs:
+            await keep_alive.maybe_send()
             try:
                 delivery = parse_ack_subject(msg.reply)
             except ValueError:
@@ -232,6 +262,11 @@ class FunctionPool:
 
     async def _retry(self, msg: Msg, delivery: Delivery, error: str, pending: list[_Pending]) -> None:
         retry = self.function.retry
+        key = (delivery.stream, delivery.sequence)
+        if key not in self._first_failures:
+            if len(self._first_failures) >= MAX_REMEMBERED_FAILURES:
+                self._first_failures.pop(next(iter(self._first_failures)))  # oldest first: dicts keep order
+            self._first_failures[key] = time.time()
         if delivery.delivered >= retry.max_deliver:
             await self._dead_letter(msg, delivery, Reason.RETRIES_EXHAUSTED,
                                     f"failed {delivery.delivered} deliveries; last error: {error}", pending)
@@ -245,10 +280,12 @@ class FunctionPool:
             function=self.name, reason=reason, error=error, delivered=delivery.delivered, subject=msg.subject,
             stream=delivery.stream, sequence=delivery.sequence,
             original_msg_id=msg.headers.get(MSG_ID) if msg.headers else None,
+            first_failed_at=self._first_failures.pop((delivery.stream, delivery.sequence), None),
         )
         log.warning("%s: dead-lettering %s #%d (%s): %s", self.name, delivery.stream, delivery.sequence, reason.value, headers["Ebbtide-Error"])
+        payload = fit_payload(msg.data, headers, self._nc.max_payload)
         future = await self._publisher.publish(
-            self.dead_letter_subject, msg.data, f"dlq:{delivery.stream}:{delivery.sequence}", headers
+            self.dead_letter_subject, payload, f"dlq:{delivery.stream}:{delivery.sequence}", headers
         )
         pending.append(_Pending(msg, delivery, [future], dead_letter=True))
 
@@ -272,6 +309,33 @@ class FunctionPool:
             self.stats.retried += 1
             backoff = self.function.retry.backoff_ms[0] / 1000
             await item.msg.nak(delay=backoff)
+
+
+class _KeepAlive:
+    """Tells the server (+WPI, "in progress") every `interval` that a batch is still being worked on, so
+    messages that are merely slow (a long batch, effects waiting to be confirmed) are not redelivered."""
+
+    def __init__(self, msgs: list[Msg], interval: float) -> None:
+        self.msgs = msgs
+        self.interval = interval
+        self.last = self.last_yield = time.monotonic()
+
+    async def maybe_send(self) -> None:
+        """Called between guest calls, which otherwise run back to back without giving up the event loop."""
+        now = time.monotonic()
+        if now - self.last >= self.interval:
+            self.last = now
+            for msg in self.msgs:
+                await msg.in_progress()  # the server ignores it for a message already acked
+        if now - self.last_yield >= self.interval / 4:
+            # Let the other workers' keep-alives run: their batches wait while this one computes.
+            self.last_yield = now
+            await asyncio.sleep(0)
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval / 2)
+            await self.maybe_send()
 
 
 class _Worker:
@@ -303,7 +367,10 @@ class _Worker:
                     log.warning("%s: fetch failed (%r); retrying", pool.name, exc)
                     await asyncio.sleep(0.25)
                     continue
-                self.instance = await pool.process(msgs, self.instance)
+                try:
+                    self.instance = await pool.process(msgs, self.instance)
+                except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
+                    return  # acks cannot go out any more: the server redelivers after the ack wait
         finally:
             self.instance = None  # release the Wasm memory now
             try:

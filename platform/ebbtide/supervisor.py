@@ -79,7 +79,7 @@ class Supervisor:
             child.restarts += 1
             await self._spawn(child)
 
-    async def stop(self, grace_s: float = 15.0) -> None:
+    async def stop(self, grace_s: float = 30.0) -> None:
         """SIGTERM every child (each drains and exits), SIGKILL what is left after the grace period."""
         self._stopping = True
         running = [c.process for c in self.children.values() if c.process and c.process.returncode is None]

@@ -3,6 +3,7 @@
 ;;   T trap (unreachable)        L runaway loop (time limit)    M grow memory until refused, then trap
 ;;   F publish to a forbidden subject                              G output that is not MessagePack
 ;;   R status RETRY              X status REJECT                 B an unknown status (7)
+;;   S slow: spin 50,000,000 iterations (~20 ms; needs ~200M fuel), then publish like a normal payload
 ;;   anything else: publish the payload unchanged to "test.out"
 (module
   (memory (export "memory") 3)
@@ -24,10 +25,13 @@
     (call $output (i32.const 0) (i32.const 0))
     (i32.const 0))
   (func (export "ebbtide_handle") (param $subject_len i32) (param $len i32) (result i32)
-    (local $payload i32) (local $mode i32)
+    (local $payload i32) (local $mode i32) (local $spin i32)
     (local.set $payload (i32.add (i32.const 65536) (local.get $subject_len)))
     (if (local.get $len) (then (local.set $mode (i32.load8_u (local.get $payload)))))
     (if (i32.eq (local.get $mode) (i32.const 84)) (then unreachable))
+    (if (i32.eq (local.get $mode) (i32.const 83)) (then
+      (local.set $spin (i32.const 50000000))
+      (loop $slow (local.set $spin (i32.sub (local.get $spin) (i32.const 1))) (br_if $slow (local.get $spin)))))
     (if (i32.eq (local.get $mode) (i32.const 76)) (then (loop $spin (br $spin))))
     (if (i32.eq (local.get $mode) (i32.const 77)) (then
       (loop $grow (br_if $grow (i32.ne (memory.grow (i32.const 1)) (i32.const -1))))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 
 from nats.aio.client import Client as NatsClient
 
@@ -20,11 +21,16 @@ def configured_url(manifest: LoadedManifest, flag: str | None = None) -> str | N
     return flag or os.environ.get(NATS_URL_ENV) or manifest.spec.nats.url or None
 
 
-async def connect(url: str, name: str, give_up_after_s: float | None = None) -> NatsClient:
-    """A client that reconnects forever once connected.
+async def connect(
+    url: str, name: str, give_up_after_s: float | None = None, on_lost: Callable[[], None] | None = None
+) -> NatsClient:
+    """A client that reconnects forever once connected. `url` may list several servers, comma-separated.
 
     The first connection is retried too (a host may start before its server); `give_up_after_s` bounds
-    that for commands a person waits on (publish, top), which then raise ConnectionError.
+    that for commands a person waits on (publish, top), which then raise ConnectionError. `on_lost` is
+    called when the connection closes for good, also when we close it: the caller tells the two apart
+    (e.g. the server refused a protocol violation: the process should exit and be restarted instead of
+    idling without a connection).
     """
     nc = NatsClient()
 
@@ -38,8 +44,12 @@ async def connect(url: str, name: str, give_up_after_s: float | None = None) -> 
     async def on_reconnected() -> None:
         log.info("nats: reconnected")
 
+    async def on_closed() -> None:
+        if on_lost is not None:
+            on_lost()
+
     connecting = nc.connect(
-        url,
+        [server.strip() for server in url.split(",") if server.strip()],  # "a,b,c": a cluster's seed list
         name=name,
         allow_reconnect=True,
         max_reconnect_attempts=-1,
@@ -50,6 +60,7 @@ async def connect(url: str, name: str, give_up_after_s: float | None = None) -> 
         error_cb=on_error,
         disconnected_cb=on_disconnected,
         reconnected_cb=on_reconnected,
+        closed_cb=on_closed,
     )
     try:
         await asyncio.wait_for(connecting, give_up_after_s)

@@ -82,6 +82,12 @@ class ConfirmedPublisher:
         all_headers = dict(headers) if headers else {}
         if msg_id is not None:
             all_headers[MSG_ID] = msg_id
+        size = len(payload) + sum(len(k) + len(v) + 4 for k, v in all_headers.items()) + 12
+        if size > self._nc.max_payload:
+            # The server would answer by closing the connection: refuse here, for this message only.
+            self._pending.pop(token, None)
+            future.set_exception(PublishError(f"message of {size} bytes exceeds the server's max_payload {self._nc.max_payload}"))
+            return future
         try:
             await self._nc.publish(subject, payload, reply=self._prefix + token, headers=all_headers or None)
         except Exception as exc:
