@@ -1,4 +1,4 @@
-"""The `ebbtide` command line: up, run, build, publish, demo, top.
+"""The `ebbtide` command line: up, run, build, publish, demo, bench, top, dlq.
 
 Exit codes: 0 success, 1 failure at run time, 2 bad usage or configuration, 130 interrupted.
 """
@@ -23,6 +23,7 @@ from nats.aio.msg import Msg
 from .broker import (
     ConfirmedPublisher, EmbeddedNats, EmbeddedServerError, configured_url, connect, publish_all,
 )
+from . import dlq
 from .bench import SCENARIOS, run_bench
 from .build import BuildError, build_modules
 from .demo import print_summary, run_demo
@@ -106,6 +107,20 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--scenario", action="append", choices=SCENARIOS, help="repeatable (default: all)")
     bench.add_argument("--quick", action="store_true", help="small sizes, well under a minute (CI smoke test)")
     bench.add_argument("--out", type=Path, default=Path(".ebbtide/bench"), help="results folder (default: %(default)s)")
+    dlq = command("dlq", _dlq, "dead letters: list, show, redrive (send back to their original subject), purge")
+    nats_url_option(dlq)
+    dlq_actions = dlq.add_subparsers(dest="dlq_action", required=True, metavar="ACTION")
+    dlq_list = dlq_actions.add_parser("list", help="one line per dead letter, oldest first")
+    dlq_list.add_argument("--function", "-f", help="only this function's dead letters")
+    dlq_list.add_argument("--limit", type=int, help="at most N")
+    dlq_show = dlq_actions.add_parser("show", help="one dead letter: every header and the payload")
+    dlq_show.add_argument("seq", type=int, help="its sequence in the dead-letter stream (from `list`)")
+    dlq_redrive = dlq_actions.add_parser("redrive", help="republish to the original subject, then delete (safe to repeat)")
+    dlq_redrive.add_argument("seqs", type=int, nargs="*", help="sequences to redrive (default: all, or --function)")
+    dlq_redrive.add_argument("--function", "-f", help="only this function's dead letters")
+    dlq_purge = dlq_actions.add_parser("purge", help="delete dead letters")
+    dlq_purge.add_argument("--function", "-f", help="only this function's dead letters")
+    dlq_purge.add_argument("--yes", action="store_true", help="required: purging cannot be undone")
     top = command("top", _top, "live view of every function: backlog, instances, in-flight, msgs/s, handle time, dead letters")
     nats_url_option(top)
     top.add_argument("--interval", type=float, default=1.0, help="refresh every N seconds (default: %(default)s)")
@@ -201,6 +216,40 @@ def _bench(args: argparse.Namespace, manifest: LoadedManifest) -> int:
     return 0
 
 
+def _dlq(args: argparse.Namespace, manifest: LoadedManifest) -> int:
+    url = _client_url(manifest, args.nats_url)
+    if args.dlq_action == "purge" and not args.yes:
+        raise UsageError("purge deletes dead letters for good: add --yes")
+    if getattr(args, "function", None):
+        manifest.function(args.function)  # a typo is an error, not an empty list
+
+    async def act() -> int:
+        nc = await _client_connect(url, "ebbtide-dlq")
+        try:
+            if args.dlq_action == "list":
+                letters = await dlq.list_dead_letters(nc, manifest, args.function, args.limit)
+                print(dlq.format_table(letters, width=_screen_width()))
+            elif args.dlq_action == "show":
+                print(dlq.format_detail(await dlq.show_dead_letter(nc, manifest, args.seq)))
+            elif args.dlq_action == "redrive":
+                result = await dlq.redrive(nc, manifest, args.function, args.seqs or None)
+                print(result.summary())
+                for failure in result.failed:
+                    print(f"  #{failure.seq}: {failure.reason}", file=sys.stderr)
+                return EXIT_FAILURE if result.failed else 0
+            else:
+                print(f"purged {await dlq.purge(nc, manifest, args.function)} dead letter(s)")
+        finally:
+            await nc.drain()
+        return 0
+
+    try:
+        return uvloop.run(act())
+    except dlq.DeadLetterError as exc:
+        print(f"ebbtide: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
 def _top(args: argparse.Namespace, manifest: LoadedManifest) -> int:
     url = _client_url(manifest, args.nats_url)
     view = TopView()
@@ -221,8 +270,7 @@ def _top(args: argparse.Namespace, manifest: LoadedManifest) -> int:
             while not args.iterations or refreshes < args.iterations:
                 await asyncio.sleep(args.interval)
                 refreshes += 1
-                width = shutil.get_terminal_size((100, 24)).columns if live else 160
-                screen = view.render(time.time(), width=width)
+                screen = view.render(time.time(), width=_screen_width())
                 print(("\x1b[H\x1b[2J" + screen) if live else screen + "\n", flush=True)
         finally:
             await nc.drain()
@@ -232,6 +280,11 @@ def _top(args: argparse.Namespace, manifest: LoadedManifest) -> int:
         return uvloop.run(watch())
     except KeyboardInterrupt:
         return 0
+
+
+def _screen_width() -> int:
+    """The terminal's width; wide when the output goes to a file or a pipe, so nothing is cut."""
+    return shutil.get_terminal_size((100, 24)).columns if sys.stdout.isatty() else 200
 
 
 def _client_url(manifest: LoadedManifest, flag: str | None) -> str:

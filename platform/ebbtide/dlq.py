@@ -23,7 +23,6 @@ import asyncio
 import base64
 import json
 import re
-import string
 from collections.abc import AsyncIterator, Iterable
 
 import msgspec
@@ -372,9 +371,6 @@ async def purge(nc: NatsClient, manifest: LoadedManifest, function: str | None =
 
 # -- output for the CLI (pure) -------------------------------------------------------------------------
 
-_PRINTABLE = set(string.printable) - set("\x0b\x0c\r")
-
-
 def _one_line(text: str) -> str:
     return " ".join(text.split())
 
@@ -412,16 +408,19 @@ def _preview(payload: bytes, limit: int) -> list[str]:
     shown = payload[:limit]
     more = len(payload) - len(shown)
     try:
-        text = shown.decode("utf-8")
-        is_text = all(c in _PRINTABLE or c.isprintable() for c in text)
-    except UnicodeDecodeError:
-        text, is_text = "", False
-    if is_text:
+        text: str | None = shown.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # A character cut in two by the preview limit is still text; anything else is binary.
+        cut = more and exc.start >= len(shown) - 3
+        text = shown[:exc.start].decode("utf-8") if cut else None
+        if cut:
+            more += len(shown) - exc.start
+    if text is not None and all(c.isprintable() or c in "\n\t\r" for c in text):
         try:
             text = json.dumps(json.loads(text), indent=2, ensure_ascii=False) if not more else text
         except ValueError:
             pass
-        lines = ["  " + line for line in text.splitlines()] or ["  "]
+        lines = ["  " + line.replace("\r", "\\r") for line in text.split("\n")]
     else:
         lines = []
         for offset in range(0, len(shown), 16):
@@ -434,6 +433,15 @@ def _preview(payload: bytes, limit: int) -> list[str]:
     return lines
 
 
+def _original(letter: DeadLetter) -> str:
+    if not letter.original_subject:
+        return "-"
+    where = letter.original_stream or "?"
+    if letter.original_sequence is not None:
+        where += f" #{letter.original_sequence}"
+    return f"{letter.original_subject} ({where})"
+
+
 def format_detail(letter: DeadLetter, preview_bytes: int = 2048) -> str:
     """Every header, then the payload: text (JSON pretty-printed) or, if binary, a hex dump."""
     lines = [
@@ -444,8 +452,7 @@ def format_detail(letter: DeadLetter, preview_bytes: int = 2048) -> str:
         f"  deliveries:        {letter.delivery_count}",
         f"  failed at:         {letter.failed_at or '-'}",
         f"  first failed at:   {letter.first_failed_at or '-'}",
-        f"  original:          {letter.original_subject or '-'} "
-        f"({letter.original_stream or '?'} #{letter.original_sequence if letter.original_sequence is not None else '?'})",
+        f"  original:          {_original(letter)}",
         f"  original msg id:   {letter.original_msg_id or '-'}",
         "headers:",
     ]

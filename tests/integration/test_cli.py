@@ -101,3 +101,42 @@ async def test_top_shows_every_function_of_a_running_host(reference_manifest, na
     rows = {line.split()[0]: line.split() for line in screen.splitlines() if line.split() and line.split()[0] in reference_manifest.spec.functions}
     assert set(rows) == set(reference_manifest.spec.functions)
     assert all(row[1] == "0" and row[2] == "0" for row in rows.values())  # idle: no backlog, drained to zero
+
+
+async def test_dlq_commands(reference_manifest, nats_server) -> None:
+    """list, show, redrive and purge from the shell, on dead letters the pipeline produced."""
+    from ebbtide.host import Host
+    from tests.conftest import read_stream
+
+    import nats as nats_client
+
+    nc = await nats_client.connect(nats_server.url)
+    async with Host(reference_manifest, nats_server.url):
+        js = nc.jetstream()
+        await js.publish("orders.ingress", b'{"orderId": 5, "delivery": "Drone", "items": [1]}')
+        await js.publish("orders.ingress", b"not json")
+        await read_stream(nc, "DLQ", expected=2)
+
+        async def cli(*args: str) -> subprocess.CompletedProcess[str]:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "ebbtide", "-m", str(reference_manifest.path), "dlq", "--nats-url", nats_server.url, *args,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            out, err = await asyncio.wait_for(process.communicate(), 60)
+            return subprocess.CompletedProcess(args, process.returncode or 0, out.decode(), err.decode())
+
+        listed = await cli("list", "--function", "distributor")
+        assert listed.returncode == 0, listed.stderr
+        assert "unknown-delivery" in listed.stdout and "malformed-json" in listed.stdout
+        shown = await cli("show", "1")
+        assert shown.returncode == 0, shown.stderr
+        assert "orders.ingress" in shown.stdout and "Drone" in shown.stdout
+        assert (await cli("list", "--function", "nope")).returncode == 2
+        assert (await cli("purge")).returncode == 2  # needs --yes
+        redriven = await cli("redrive")
+        assert redriven.returncode == 0, redriven.stderr
+        assert "redriven 2" in redriven.stdout
+        # Still invalid: both come back as new dead letters, nothing is lost.
+        await read_stream(nc, "DLQ", expected=2)
+        purged = await cli("purge", "--yes")
+        assert purged.returncode == 0 and "purged 2 dead letter(s)" in purged.stdout
+    await nc.close()
