@@ -109,12 +109,15 @@ class FunctionPool:
 
     # -- instances -------------------------------------------------------------------------------------
 
+    def _instantiate(self) -> GuestInstance:
+        return GuestInstance(self.engine, self.module, self.limits, self.config_json)
+
     def probe(self) -> None:
         """Start and drop one instance: a module that cannot start fails here, not at the first message."""
-        GuestInstance(self.engine, self.module, self.limits, self.config_json)
+        self._instantiate()
 
     def new_instance(self) -> GuestInstance:
-        instance = GuestInstance(self.engine, self.module, self.limits, self.config_json)
+        instance = self._instantiate()
         self.stats.instances_started += 1
         return instance
 
@@ -162,13 +165,22 @@ class FunctionPool:
         """
         for worker in self._workers:
             worker.stopping = True
-        tasks = [w.task for w in self._workers]
+        tasks = {w.task: w for w in self._workers}
         if tasks:
             _, late = await asyncio.wait(tasks, timeout=grace_s if grace_s is not None else self.function.shutdown_grace_s)
-            for task in late:
-                task.cancel()
             if late:
-                log.warning("%s: %d worker(s) still busy after the grace period; their batches were nak'ed", self.name, len(late))
+                log.warning("%s: %d worker(s) still busy after the grace period; nak'ing their batches", self.name, len(late))
+            for task in late:
+                worker = tasks[task]
+                worker.abandon = True
+                if worker.in_batch:
+                    task.cancel()  # the batch is nak'ed (see process)
+                # A worker waiting in fetch is not cancelled: its pull request would still take messages
+                # into an inbox nobody reads. It naks whatever the fetch brings (<= FETCH_WAIT_S).
+            if late:
+                _, stuck = await asyncio.wait(late, timeout=FETCH_WAIT_S + 1.0)
+                for task in stuck:
+                    task.cancel()
                 await asyncio.gather(*late, return_exceptions=True)
         self._workers.clear()
 
@@ -182,14 +194,7 @@ class FunctionPool:
         try:
             return await self._process(msgs, instance, keep_alive)
         except asyncio.CancelledError:
-            # Shutdown past its grace period. A nak for a message already acked is ignored by the server.
-            # The delay outlives this process's pull requests (<= FETCH_WAIT_S), which would otherwise
-            # take the redelivery into an inbox nobody reads, until the ack wait.
-            for msg in msgs:
-                try:
-                    await msg.nak(delay=FETCH_WAIT_S + 0.5)
-                except Exception:
-                    break  # connection gone: the server redelivers after the ack wait anyway
+            await nak_all(msgs)  # shutdown past its grace period
             raise
         finally:
             keep_alive_task.cancel()
@@ -311,6 +316,19 @@ class FunctionPool:
             await item.msg.nak(delay=backoff)
 
 
+async def nak_all(msgs: list[Msg]) -> None:
+    """Hand a batch back for redelivery. A nak for a message already acked is ignored by the server.
+
+    The delay outlives this process's pull requests (<= FETCH_WAIT_S), which would otherwise take the
+    redelivery into an inbox nobody reads, until the ack wait.
+    """
+    for msg in msgs:
+        try:
+            await msg.nak(delay=FETCH_WAIT_S + 0.5)
+        except Exception:
+            return  # connection gone: the server redelivers after the ack wait anyway
+
+
 class _KeepAlive:
     """Tells the server (+WPI, "in progress") every `interval` that a batch is still being worked on, so
     messages that are merely slow (a long batch, effects waiting to be confirmed) are not redelivered."""
@@ -345,7 +363,9 @@ class _Worker:
         self.pool = pool
         self.subscription = subscription
         self.instance: GuestInstance | None = instance
-        self.stopping = False
+        self.stopping = False  # finish the current batch, then exit
+        self.abandon = False  # shutdown past its grace period: hand back anything fetched from now on
+        self.in_batch = False
         self.task = asyncio.create_task(self._run(), name=f"{pool.name}-worker")
 
     @property
@@ -367,10 +387,16 @@ class _Worker:
                     log.warning("%s: fetch failed (%r); retrying", pool.name, exc)
                     await asyncio.sleep(0.25)
                     continue
+                if self.abandon:
+                    await nak_all(msgs)
+                    return
+                self.in_batch = True
                 try:
                     self.instance = await pool.process(msgs, self.instance)
                 except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
                     return  # acks cannot go out any more: the server redelivers after the ack wait
+                finally:
+                    self.in_batch = False
         finally:
             self.instance = None  # release the Wasm memory now
             try:

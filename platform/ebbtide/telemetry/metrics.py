@@ -1,0 +1,134 @@
+"""Prometheus text exposition (format 0.0.4) of a running Host, built at scrape time.
+
+Everything is read from what the pools and controllers already keep (`PoolStats`, instance counts, the
+controller's last lag reading): a scrape costs a few dict lookups per function and adds nothing to the
+message path. Counters are per process and start at zero with it; Prometheus' rate() handles restarts.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..host import Host
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# Reported at 0 before they first happen, so that the series exist and rate()/increase() see the first one.
+GUEST_FAULT_KINDS = ("trap", "timeout", "memory-limit", "invalid-output")
+
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def escape_label_value(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _escape_help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def _format_value(value: float) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(float(value))
+
+
+class _Family:
+    """One metric family: its HELP and TYPE lines, then its samples."""
+
+    def __init__(self, name: str, kind: str, help_text: str) -> None:
+        self.name = name
+        self.lines = [f"# HELP {name} {_escape_help(help_text)}", f"# TYPE {name} {kind}"]
+
+    def add(self, value: float, **labels: str) -> None:
+        if labels:
+            rendered = ",".join(f'{key}="{escape_label_value(str(val))}"' for key, val in labels.items())
+            self.lines.append(f"{self.name}{{{rendered}}} {_format_value(value)}")
+        else:
+            self.lines.append(f"{self.name} {_format_value(value)}")
+
+
+def resident_memory_bytes() -> int | None:
+    """This process's resident set size from /proc/self/statm (Linux); None where it cannot be read."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * _PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def render_metrics(host: "Host") -> str:
+    """The exposition text for every pool of `host` (pools not started yet are simply absent)."""
+    messages = _Family("ebbtide_messages_total", "counter",
+                       "Message outcomes in this process: ok (effects confirmed, acked), "
+                       "dead_lettered (acked after its dead letter was stored), retried (nak'ed for redelivery).")
+    faults = _Family("ebbtide_guest_faults_total", "counter",
+                     "Guest faults (the instance was replaced and the message retried), by kind.")
+    instances = _Family("ebbtide_instances", "gauge", "Live Wasm instances of the function in this process.")
+    in_flight = _Family("ebbtide_in_flight", "gauge", "Messages fetched by this process and not yet settled.")
+    backlog = _Family("ebbtide_backlog", "gauge",
+                      "Consumer lag (num_pending + num_ack_pending, whole consumer) at the controller's last reading.")
+    starts = _Family("ebbtide_instance_starts_total", "counter", "Wasm instances started (scaling up, replacements).")
+
+    for name, pool in list(host.pools.items()):
+        stats = pool.stats
+        messages.add(stats.processed, function=name, outcome="ok")
+        messages.add(stats.dead_lettered, function=name, outcome="dead_lettered")
+        messages.add(stats.retried, function=name, outcome="retried")
+        kinds = dict.fromkeys(GUEST_FAULT_KINDS, 0)
+        kinds.update(stats.guest_faults)
+        for kind, count in kinds.items():
+            faults.add(count, function=name, kind=kind)
+        instances.add(pool.live_instances, function=name)
+        in_flight.add(pool.in_flight, function=name)
+        controller = host.controllers.get(name)
+        if controller is not None:
+            backlog.add(controller.lag, function=name)
+        starts.add(stats.instances_started, function=name)
+
+    connected = _Family("ebbtide_nats_connected", "gauge", "1 while the host's NATS connection is up, else 0.")
+    connected.add(1 if host.nc is not None and host.nc.is_connected else 0)
+    families: list[_Family] = [messages, faults, instances, in_flight, backlog, starts, connected]
+    rss = resident_memory_bytes()
+    if rss is not None:
+        memory = _Family("ebbtide_process_resident_memory_bytes", "gauge", "Resident memory of this process in bytes.")
+        memory.add(rss)
+        families.append(memory)
+    return _join(families)
+
+
+def _join(families: Iterable[_Family]) -> str:
+    return "\n".join(line for family in families for line in family.lines) + "\n"
+
+
+def host_readiness(host: "Host") -> tuple[bool, str]:
+    """Ready: connected to NATS, and every function's pool created and its controller running.
+
+    (A pool's consumer is created by provisioning before its pool exists, so a started controller means
+    the consumer is there; a pool scaled to zero holds no subscription and is still ready.)
+    """
+    if getattr(host, "_stopping", False):
+        return False, "stopping"
+    nc = host.nc
+    if nc is None:
+        return False, "not connected to NATS yet"
+    if not nc.is_connected:
+        return False, "NATS connection down" + (" (closed)" if nc.is_closed else "; reconnecting")
+    for name in host.function_names:
+        if name not in host.pools:
+            return False, f"function {name}: pool not started"
+        controller = host.controllers.get(name)
+        task = getattr(controller, "_task", None) if controller is not None else None
+        if task is None or task.done():
+            return False, f"function {name}: controller not running"
+    return True, "ok"
