@@ -64,6 +64,10 @@ class PoolController:
         self._request_subscription = await self._nc.subscribe(STATUS_REQUEST_SUBJECT, cb=self._on_status_request)
         self._task = asyncio.create_task(self._run(), name=f"{self.pool.name}-controller")
 
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
     async def _on_status_request(self, _msg: Msg) -> None:
         await self._report()
 

@@ -32,6 +32,7 @@ from .orders import INGRESS_SUBJECT, encode_order, generate_orders
 from .pool import MIB
 from .runtime import GuestInstance, GuestLimits, LoadedModule, WasmEngine, decode_effects
 from .status import STATUS_SUBJECT_PREFIX, decode_status
+from .telemetry import resident_memory_bytes
 from .timeseries import TimeSeries, write_scaling_chart
 
 SCENARIOS = ("host", "memory", "scale")
@@ -64,9 +65,8 @@ class BenchReport:
         return "\n".join(lines)
 
 
-def _rss_kib() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
+def _rss_kib() -> float:
+    return (resident_memory_bytes() or 0) / 1024
 
 
 def _pct(values: list[float], q: float) -> float:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import shutil
 import signal
 import sys
@@ -36,6 +37,8 @@ from .status import STATUS_REQUEST_SUBJECT, STATUS_SUBJECT_PREFIX, decode_status
 from .top import TopView
 
 log = logging.getLogger("ebbtide")
+
+METRICS_PORT_ENV = "EBBTIDE_METRICS_PORT"
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -78,6 +81,11 @@ def _parser() -> argparse.ArgumentParser:
     def nats_url_option(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--nats-url", help="NATS server URL (default: $EBBTIDE_NATS_URL, then [nats] url in the manifest)")
 
+    def metrics_option(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--metrics-port", type=int, default=_env_int(METRICS_PORT_ENV),
+                         help="serve /metrics, /healthz, /readyz on this port, 0: off "
+                              "(default: $EBBTIDE_METRICS_PORT, then [telemetry] metrics_port)")
+
     def processes_option(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--processes", choices=PROCESS_MODES, default=DEFAULT_PROCESS_MODE,
                          help="all functions in this process, or one supervised process each (default: %(default)s)")
@@ -85,9 +93,11 @@ def _parser() -> argparse.ArgumentParser:
     up = command("up", _up, "run every function of the manifest (embedded nats-server when no URL is configured)")
     nats_url_option(up)
     processes_option(up)
+    metrics_option(up)
     run = command("run", _run, "run one function in this process (as in compose or Kubernetes)")
     run.add_argument("--function", "-f", required=True, help="function name from the manifest")
     nats_url_option(run)
+    metrics_option(run)
     build = command("build", _build, "compile the guest functions from source into the build folder")
     build.add_argument("modules", nargs="*", help="modules to build (default: all)")
     build.add_argument("--force", action="store_true", help="rebuild even when up to date")
@@ -129,13 +139,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _serve(manifest: LoadedManifest, url: str, mode: ProcessMode, functions: list[str] | None = None,
-                 verbose: bool = False) -> int:
+                 verbose: bool = False, metrics_port: int | None = None) -> int:
     """Run until SIGINT or SIGTERM, then stop the pools (or child processes) and drain."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with running(manifest, url, mode, functions, verbose) as runner:
+    async with running(manifest, url, mode, functions, verbose, metrics_port) as runner:
         log.info("running %s (%s process mode); Ctrl-C to stop", ", ".join(functions or manifest.spec.functions), mode)
         waits = [asyncio.ensure_future(stop.wait())]
         if isinstance(runner, Host):  # a supervisor's children report their own losses by exiting
@@ -153,12 +163,12 @@ def _up(args: argparse.Namespace, manifest: LoadedManifest) -> int:
     url = configured_url(manifest, args.nats_url)
     build_modules(manifest)
     if url is not None:
-        return uvloop.run(_serve(manifest, url, args.processes, verbose=args.verbose))
+        return uvloop.run(_serve(manifest, url, args.processes, verbose=args.verbose, metrics_port=args.metrics_port))
     embedded = manifest.spec.embedded
     with EmbeddedNats(manifest.resolve(embedded.data_dir), host=embedded.host, port=embedded.port,
                       monitor_port=embedded.monitor_port) as server:
         log.info("embedded nats-server at %s (monitoring %s, data in %s)", server.url, server.monitor_url, server.data_dir)
-        return uvloop.run(_serve(manifest, server.url, args.processes, verbose=args.verbose))
+        return uvloop.run(_serve(manifest, server.url, args.processes, verbose=args.verbose, metrics_port=args.metrics_port))
 
 
 def _run(args: argparse.Namespace, manifest: LoadedManifest) -> int:
@@ -167,7 +177,7 @@ def _run(args: argparse.Namespace, manifest: LoadedManifest) -> int:
         raise UsageError("`run` needs a NATS server: give --nats-url, EBBTIDE_NATS_URL or [nats] url (or use `ebbtide up`)")
     manifest.function(args.function)
     build_modules(manifest, [manifest.function(args.function).module])
-    return uvloop.run(_serve(manifest, url, "single", [args.function]))
+    return uvloop.run(_serve(manifest, url, "single", [args.function], metrics_port=args.metrics_port))
 
 
 def _build(args: argparse.Namespace, manifest: LoadedManifest) -> int:
@@ -220,8 +230,8 @@ def _dlq(args: argparse.Namespace, manifest: LoadedManifest) -> int:
     url = _client_url(manifest, args.nats_url)
     if args.dlq_action == "purge" and not args.yes:
         raise UsageError("purge deletes dead letters for good: add --yes")
-    if getattr(args, "function", None):
-        manifest.function(args.function)  # a typo is an error, not an empty list
+    if getattr(args, "function", None) and args.dlq_action == "redrive":
+        manifest.function(args.function)  # a typo guard; list and purge may name a function since removed
 
     async def act() -> int:
         nc = await _client_connect(url, "ebbtide-dlq")
@@ -280,6 +290,16 @@ def _top(args: argparse.Namespace, manifest: LoadedManifest) -> int:
         return uvloop.run(watch())
     except KeyboardInterrupt:
         return 0
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise UsageError(f"${name} must be a port number, not {value!r}") from None
 
 
 def _screen_width() -> int:

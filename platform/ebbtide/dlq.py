@@ -352,12 +352,10 @@ async def redrive(
         if batch:
             await settle()
     finally:
-        subscription = getattr(publisher, "_subscription", None)  # ConfirmedPublisher has no stop() yet
-        if subscription is not None:
-            try:
-                await subscription.unsubscribe()
-            except Exception:
-                pass
+        try:
+            await publisher.stop()
+        except Exception:
+            pass  # connection already closed
     result.failed.sort(key=lambda f: f.seq)
     return result
 

@@ -15,12 +15,15 @@ from .broker import ConfirmedPublisher, connect, provision
 from .manifest import LoadedManifest
 from .pool import FunctionPool
 from .runtime import WasmEngine
+from .telemetry import TelemetryServer, host_readiness, render_metrics
 
 log = logging.getLogger("ebbtide.host")
 
 
 class Host:
-    def __init__(self, manifest: LoadedManifest, nats_url: str, functions: list[str] | None = None) -> None:
+    def __init__(
+        self, manifest: LoadedManifest, nats_url: str, functions: list[str] | None = None, metrics_port: int | None = None
+    ) -> None:
         self.manifest = manifest
         self.nats_url = nats_url
         self.function_names = functions if functions is not None else list(manifest.spec.functions)
@@ -30,9 +33,16 @@ class Host:
         self.controllers: dict[str, PoolController] = {}
         self.nc: NatsClient | None = None
         self.connection_lost = asyncio.Event()  # set if NATS closed the connection for good while running
-        self._stopping = False
+        self.metrics_port = manifest.spec.telemetry.metrics_port if metrics_port is None else metrics_port
+        self.telemetry: TelemetryServer | None = None
+        self.stopping = False
 
     async def start(self) -> None:
+        if self.metrics_port:  # first, so /healthz answers during start-up and /readyz says why not yet
+            self.telemetry = await TelemetryServer(
+                lambda: render_metrics(self), lambda: host_readiness(self),
+                host=self.manifest.spec.telemetry.metrics_host, port=self.metrics_port,
+            ).start()
         memory_limit = max(self.manifest.function(n).limits.memory_mib for n in self.function_names)
         engine = WasmEngine(memory_reservation=max(memory_limit, 16) * 1024 * 1024,
                             cache_dir=self.manifest.build_dir / "cache")
@@ -53,22 +63,26 @@ class Host:
             log.info("function %s on %s: %d..%d instances, now %d", name, pool.function.trigger, scale.min, scale.max, pool.instances)
 
     def _on_lost(self) -> None:
-        if not self._stopping:
+        if not self.stopping:
             log.error("the NATS connection closed for good; this host cannot go on")
             self.connection_lost.set()
 
     async def stop(self) -> None:
-        self._stopping = True
-        for controller in self.controllers.values():
-            await controller.stop()
-        # Every pool finishes its batches at the same time, within its own grace period.
-        await asyncio.gather(*(pool.stop() for pool in self.pools.values()))
-        if self.nc is not None and not self.nc.is_closed:
-            try:
-                await self.nc.drain()
-            except Exception as exc:  # server already gone: nothing left to flush
-                log.warning("could not drain the NATS connection (%s); closing it", exc)
-                await self.nc.close()
+        self.stopping = True
+        try:
+            for controller in self.controllers.values():
+                await controller.stop()
+            # Every pool finishes its batches at the same time, within its own grace period.
+            await asyncio.gather(*(pool.stop() for pool in self.pools.values()))
+            if self.nc is not None and not self.nc.is_closed:
+                try:
+                    await self.nc.drain()
+                except Exception as exc:  # server already gone: nothing left to flush
+                    log.warning("could not drain the NATS connection (%s); closing it", exc)
+                    await self.nc.close()
+        finally:
+            if self.telemetry is not None:  # last: /readyz says "stopping" during the drain
+                await self.telemetry.stop()
 
     async def __aenter__(self) -> "Host":
         try:

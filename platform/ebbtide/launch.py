@@ -23,14 +23,17 @@ DEFAULT_PROCESS_MODE: ProcessMode = "per-function"
 
 @asynccontextmanager
 async def running(
-    manifest: LoadedManifest, nats_url: str, mode: ProcessMode, functions: list[str] | None = None, verbose: bool = False
+    manifest: LoadedManifest, nats_url: str, mode: ProcessMode, functions: list[str] | None = None, verbose: bool = False,
+    metrics_port: int | None = None,
 ) -> AsyncIterator[Host | Supervisor]:
+    """`metrics_port` overrides [telemetry] metrics_port (0: off)."""
     names = functions if functions is not None else list(manifest.spec.functions)
     if mode == "single":
-        async with Host(manifest, nats_url, names) as host:
+        async with Host(manifest, nats_url, names, metrics_port) as host:
             yield host
         return
-    supervisor = Supervisor(manifest.path, names, nats_url, verbose=verbose)
+    base_port = manifest.spec.telemetry.metrics_port if metrics_port is None else metrics_port
+    supervisor = Supervisor(manifest.path, names, nats_url, verbose=verbose, metrics_port=base_port)
     await supervisor.start()
     try:
         yield supervisor

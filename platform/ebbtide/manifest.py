@@ -40,6 +40,13 @@ class EmbeddedSection(_Section):
     monitor_port: Annotated[int, Meta(ge=0, le=65535)] = 8222
 
 
+class TelemetrySection(_Section):
+    # Prometheus /metrics, /healthz and /readyz over HTTP; 0: off. With one process per function, the
+    # i-th function (manifest order) listens on metrics_port + i.
+    metrics_port: Annotated[int, Meta(ge=0, le=65535)] = 0
+    metrics_host: str = "127.0.0.1"  # "0.0.0.0" in containers
+
+
 class StreamSection(_Section):
     subjects: list[Subject]
     retention: Literal["workqueue", "limits", "interest"] = "limits"
@@ -104,6 +111,7 @@ class Manifest(_Section):
     build_dir: str = "build"
     nats: NatsSection = NatsSection()
     embedded: EmbeddedSection = EmbeddedSection()
+    telemetry: TelemetrySection = TelemetrySection()
     streams: dict[Name, StreamSection] = {}
     kv: dict[Name, KvSection] = {}
     dead_letter: DeadLetterSection = DeadLetterSection()

@@ -37,8 +37,12 @@ class Child:
 
 
 class Supervisor:
-    def __init__(self, manifest_path: Path, functions: list[str], nats_url: str, verbose: bool = False) -> None:
+    def __init__(
+        self, manifest_path: Path, functions: list[str], nats_url: str, verbose: bool = False, metrics_port: int = 0
+    ) -> None:
         self.manifest_path = manifest_path
+        # One port each, in order, so every child's /metrics can be scraped (0: off).
+        self.metrics_ports = {name: metrics_port + i if metrics_port else 0 for i, name in enumerate(functions)}
         self.nats_url = nats_url
         self.verbose = verbose
         self.children = {name: Child(name) for name in functions}
@@ -49,7 +53,8 @@ class Supervisor:
         command = [sys.executable, "-m", "ebbtide", "--manifest", str(self.manifest_path)]
         if self.verbose:
             command.append("--verbose")
-        return command + ["run", "--function", function, "--nats-url", self.nats_url]
+        return command + ["run", "--function", function, "--nats-url", self.nats_url,
+                          "--metrics-port", str(self.metrics_ports[function])]
 
     async def start(self) -> None:
         for child in self.children.values():

@@ -130,7 +130,7 @@ async def test_dlq_commands(reference_manifest, nats_server) -> None:
         shown = await cli("show", "1")
         assert shown.returncode == 0, shown.stderr
         assert "orders.ingress" in shown.stdout and "Drone" in shown.stdout
-        assert (await cli("list", "--function", "nope")).returncode == 2
+        assert (await cli("redrive", "--function", "nope")).returncode == 2
         assert (await cli("purge")).returncode == 2  # needs --yes
         redriven = await cli("redrive")
         assert redriven.returncode == 0, redriven.stderr

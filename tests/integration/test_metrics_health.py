@@ -9,12 +9,12 @@ import re
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from ebbtide.broker import EmbeddedNats
+from ebbtide.broker import EmbeddedNats, free_port
 from ebbtide.host import Host
 from ebbtide.manifest import LoadedManifest
 from ebbtide.orders import encode_order, generate_orders
 from ebbtide.state import stream_state
-from ebbtide.telemetry import CONTENT_TYPE, TelemetryServer, host_readiness, render_metrics
+from ebbtide.telemetry import CONTENT_TYPE
 from ebbtide.telemetry.metrics import escape_label_value
 from tests.conftest import wait_until
 from tests.integration.test_pipeline import BAD_INPUTS, outbox_counts, publish
@@ -210,106 +210,102 @@ async def test_metrics_and_health_of_a_running_host(
     standard = len(orders) - express
     bad = [(BAD_INPUTS[name], f"bad-{name}") for name in ("malformed-json", "unknown-delivery", "no-items", "too-large")]
 
-    async with Host(reference_manifest, nats_server.url) as host:
-        server = TelemetryServer(lambda: render_metrics(host), lambda: host_readiness(host), port=0)
-        await server.start()
-        try:
-            port = server.port
-            assert port > 0
-            assert (await get(port, "/healthz"))[::2] == (200, b"ok\n")
-            assert (await get(port, "/readyz"))[::2] == (200, b"ok\n")
+    async with Host(reference_manifest, nats_server.url, metrics_port=free_port()) as host:
+        assert host.telemetry is not None
+        port = host.telemetry.port
+        assert port > 0
+        assert (await get(port, "/healthz"))[::2] == (200, b"ok\n")
+        assert (await get(port, "/readyz"))[::2] == (200, b"ok\n")
 
+        families = await scrape(port)
+        expected_types = {
+            "ebbtide_messages_total": "counter", "ebbtide_guest_faults_total": "counter",
+            "ebbtide_instances": "gauge", "ebbtide_in_flight": "gauge", "ebbtide_backlog": "gauge",
+            "ebbtide_instance_starts_total": "counter", "ebbtide_process_resident_memory_bytes": "gauge",
+            "ebbtide_nats_connected": "gauge",
+        }
+        assert {name: f["type"] for name, f in families.items()} == expected_types
+        assert all(f["help"] for f in families.values())
+        for fn in FUNCTIONS:
+            for outcome in ("ok", "dead_lettered", "retried"):
+                assert value(families, "ebbtide_messages_total", function=fn, outcome=outcome) == 0
+        assert value(families, "ebbtide_process_resident_memory_bytes") > 10 * 1024 * 1024
+        assert value(families, "ebbtide_nats_connected") == 1
+
+        await publish(nc, [(encode_order(o), o.order_guid) for o in orders[:150]] + bad
+                      + [(encode_order(o), o.order_guid) for o in orders[150:]])
+
+        async def all_done() -> bool:
+            return (sum((await outbox_counts(nc)).values()) >= len(orders)
+                    and (await stream_state(nc, "DLQ")).messages >= len(bad))
+
+        await wait_until(all_done, timeout=60)
+        expected = {"distributor": len(orders), "receiver-express": express, "receiver-standard": standard}
+
+        async def counted() -> bool:  # a message is counted right after its ack, a moment after its effect
             families = await scrape(port)
-            expected_types = {
-                "ebbtide_messages_total": "counter", "ebbtide_guest_faults_total": "counter",
-                "ebbtide_instances": "gauge", "ebbtide_in_flight": "gauge", "ebbtide_backlog": "gauge",
-                "ebbtide_instance_starts_total": "counter", "ebbtide_process_resident_memory_bytes": "gauge",
-                "ebbtide_nats_connected": "gauge",
-            }
-            assert {name: f["type"] for name, f in families.items()} == expected_types
-            assert all(f["help"] for f in families.values())
-            for fn in FUNCTIONS:
-                for outcome in ("ok", "dead_lettered", "retried"):
-                    assert value(families, "ebbtide_messages_total", function=fn, outcome=outcome) == 0
-            assert value(families, "ebbtide_process_resident_memory_bytes") > 10 * 1024 * 1024
-            assert value(families, "ebbtide_nats_connected") == 1
+            return all(value(families, "ebbtide_messages_total", function=fn, outcome="ok") >= n
+                       for fn, n in expected.items())
 
-            await publish(nc, [(encode_order(o), o.order_guid) for o in orders[:150]] + bad
-                          + [(encode_order(o), o.order_guid) for o in orders[150:]])
+        await wait_until(counted, timeout=10)
+        families = await scrape(port)
+        for fn, n in expected.items():
+            assert value(families, "ebbtide_messages_total", function=fn, outcome="ok") == n, fn
+            assert value(families, "ebbtide_instance_starts_total", function=fn) >= 1, fn
+            for kind in ("trap", "timeout", "memory-limit", "invalid-output"):
+                assert value(families, "ebbtide_guest_faults_total", function=fn, kind=kind) == 0
+            assert value(families, "ebbtide_in_flight", function=fn) >= 0
+            assert value(families, "ebbtide_instances", function=fn) >= 0
+            assert value(families, "ebbtide_backlog", function=fn) >= 0
+        assert value(families, "ebbtide_messages_total", function="distributor", outcome="dead_lettered") == len(bad)
+        for fn in ("receiver-express", "receiver-standard"):
+            assert value(families, "ebbtide_messages_total", function=fn, outcome="dead_lettered") == 0
 
-            async def all_done() -> bool:
-                return (sum((await outbox_counts(nc)).values()) >= len(orders)
-                        and (await stream_state(nc, "DLQ")).messages >= len(bad))
+        # Bad requests get an answer (or are dropped) and the server goes on serving.
+        assert (await http_raw(port, b"\x00\xffgarbage\r\n\r\n"))[0] == 400
+        assert (await http_raw(port, b"GET /metrics\r\n\r\n"))[0] == 400
+        assert (await http_raw(port, b"GET http://x/metrics HTTP/1.1\r\n\r\n"))[0] == 400
+        assert (await http_raw(port, b"GET /" + b"a" * 10_000 + b" HTTP/1.1\r\n\r\n"))[0] == 400
+        assert (await http_raw(port, b"GET /healthz HTTP/1.1\r\nX: " + b"y" * 20_000 + b"\r\n\r\n"))[0] == 431
+        assert (await http_raw(port, b"GET /healthz HTTP/1.1\r\nno colon\r\n\r\n"))[0] == 400
+        status, headers, _ = await http_raw(port, b"POST /metrics HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi")
+        assert status == 405 and headers["allow"] == "GET"
+        assert (await get(port, "/nope"))[0] == 404
+        assert (await get(port, "/metrics?x=1"))[0] == 200
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)  # half a request, then gone
+        writer.write(b"GET /heal")
+        await writer.drain()
+        writer.close()
+        assert (await get(port, "/healthz"))[::2] == (200, b"ok\n")
 
-            await wait_until(all_done, timeout=60)
-            expected = {"distributor": len(orders), "receiver-express": express, "receiver-standard": standard}
+        # NATS down: not ready (alive all the same); back up: ready again.
+        nats_server.stop()
 
-            async def counted() -> bool:  # a message is counted right after its ack, a moment after its effect
-                families = await scrape(port)
-                return all(value(families, "ebbtide_messages_total", function=fn, outcome="ok") >= n
-                           for fn, n in expected.items())
+        async def readyz(expected_status: int) -> bool:
+            return (await get(port, "/readyz"))[0] == expected_status
 
-            await wait_until(counted, timeout=10)
-            families = await scrape(port)
-            for fn, n in expected.items():
-                assert value(families, "ebbtide_messages_total", function=fn, outcome="ok") == n, fn
-                assert value(families, "ebbtide_instance_starts_total", function=fn) >= 1, fn
-                for kind in ("trap", "timeout", "memory-limit", "invalid-output"):
-                    assert value(families, "ebbtide_guest_faults_total", function=fn, kind=kind) == 0
-                assert value(families, "ebbtide_in_flight", function=fn) >= 0
-                assert value(families, "ebbtide_instances", function=fn) >= 0
-                assert value(families, "ebbtide_backlog", function=fn) >= 0
-            assert value(families, "ebbtide_messages_total", function="distributor", outcome="dead_lettered") == len(bad)
-            for fn in ("receiver-express", "receiver-standard"):
-                assert value(families, "ebbtide_messages_total", function=fn, outcome="dead_lettered") == 0
+        await wait_until(lambda: readyz(503), timeout=10)
+        status, _, body = await get(port, "/readyz")
+        assert status == 503 and b"NATS" in body
+        assert (await get(port, "/healthz"))[0] == 200
+        assert value(await scrape(port), "ebbtide_nats_connected") == 0
 
-            # Bad requests get an answer (or are dropped) and the server goes on serving.
-            assert (await http_raw(port, b"\x00\xffgarbage\r\n\r\n"))[0] == 400
-            assert (await http_raw(port, b"GET /metrics\r\n\r\n"))[0] == 400
-            assert (await http_raw(port, b"GET http://x/metrics HTTP/1.1\r\n\r\n"))[0] == 400
-            assert (await http_raw(port, b"GET /" + b"a" * 10_000 + b" HTTP/1.1\r\n\r\n"))[0] == 400
-            assert (await http_raw(port, b"GET /healthz HTTP/1.1\r\nX: " + b"y" * 20_000 + b"\r\n\r\n"))[0] == 431
-            assert (await http_raw(port, b"GET /healthz HTTP/1.1\r\nno colon\r\n\r\n"))[0] == 400
-            status, headers, _ = await http_raw(port, b"POST /metrics HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi")
-            assert status == 405 and headers["allow"] == "GET"
-            assert (await get(port, "/nope"))[0] == 404
-            assert (await get(port, "/metrics?x=1"))[0] == 200
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)  # half a request, then gone
-            writer.write(b"GET /heal")
-            await writer.drain()
-            writer.close()
-            assert (await get(port, "/healthz"))[::2] == (200, b"ok\n")
+        nats_server.start()  # same port, same data folder
+        await wait_until(lambda: readyz(200), timeout=20)
+        assert value(await scrape(port), "ebbtide_nats_connected") == 1
 
-            # NATS down: not ready (alive all the same); back up: ready again.
-            nats_server.stop()
+        async def client_back() -> bool:  # the fixture's client reconnects more slowly (every 2 s)
+            return nc.is_connected
 
-            async def readyz(expected_status: int) -> bool:
-                return (await get(port, "/readyz"))[0] == expected_status
+        await wait_until(client_back, timeout=20)
+        more = generate_orders(10, seed=6, first_id=10_000)
+        await publish(nc, [(encode_order(o), o.order_guid) for o in more])
 
-            await wait_until(lambda: readyz(503), timeout=10)
-            status, _, body = await get(port, "/readyz")
-            assert status == 503 and b"NATS" in body
-            assert (await get(port, "/healthz"))[0] == 200
-            assert value(await scrape(port), "ebbtide_nats_connected") == 0
+        async def counted_after_restart() -> bool:
+            ok = value(await scrape(port), "ebbtide_messages_total", function="distributor", outcome="ok")
+            return ok == len(orders) + len(more)
 
-            nats_server.start()  # same port, same data folder
-            await wait_until(lambda: readyz(200), timeout=20)
-            assert value(await scrape(port), "ebbtide_nats_connected") == 1
-
-            async def client_back() -> bool:  # the fixture's client reconnects more slowly (every 2 s)
-                return nc.is_connected
-
-            await wait_until(client_back, timeout=20)
-            more = generate_orders(10, seed=6, first_id=10_000)
-            await publish(nc, [(encode_order(o), o.order_guid) for o in more])
-
-            async def counted_after_restart() -> bool:
-                ok = value(await scrape(port), "ebbtide_messages_total", function="distributor", outcome="ok")
-                return ok == len(orders) + len(more)
-
-            await wait_until(counted_after_restart, timeout=20)
-        finally:
-            await server.stop()
+        await wait_until(counted_after_restart, timeout=20)
     # Stopped: the port no longer answers.
     with pytest.raises(OSError):
         await get(port, "/healthz")

@@ -15,6 +15,7 @@ import msgspec
 import nats
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 MSG_ID = "Nats-Msg-Id"
 
@@ -45,11 +46,17 @@ class ConfirmedPublisher:
         self._prefix = f"{nc._inbox_prefix.decode()}.{nats.nuid.NUID().next().decode()}."
         self._tokens = itertools.count()
         self._pending: dict[str, asyncio.Future[PubAck]] = {}
-        self._subscription: object | None = None
+        self._subscription: Subscription | None = None
 
     async def start(self) -> None:
         if self._subscription is None:
             self._subscription = await self._nc.subscribe(self._prefix + "*", cb=self._on_reply)
+
+    async def stop(self) -> None:
+        """Stop listening for confirmations; unconfirmed publishes stay unresolved."""
+        if self._subscription is not None:
+            await self._subscription.unsubscribe()
+            self._subscription = None
 
     async def _on_reply(self, msg: Msg) -> None:
         future = self._pending.pop(msg.subject[len(self._prefix):], None)

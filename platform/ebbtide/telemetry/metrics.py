@@ -117,7 +117,7 @@ def host_readiness(host: "Host") -> tuple[bool, str]:
     (A pool's consumer is created by provisioning before its pool exists, so a started controller means
     the consumer is there; a pool scaled to zero holds no subscription and is still ready.)
     """
-    if getattr(host, "_stopping", False):
+    if host.stopping:
         return False, "stopping"
     nc = host.nc
     if nc is None:
@@ -128,7 +128,6 @@ def host_readiness(host: "Host") -> tuple[bool, str]:
         if name not in host.pools:
             return False, f"function {name}: pool not started"
         controller = host.controllers.get(name)
-        task = getattr(controller, "_task", None) if controller is not None else None
-        if task is None or task.done():
+        if controller is None or not controller.running:
             return False, f"function {name}: controller not running"
     return True, "ok"
