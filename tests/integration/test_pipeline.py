@@ -6,7 +6,6 @@ import asyncio
 import json
 
 import msgspec
-import pytest
 from nats.aio.client import Client as NatsClient
 
 from ebbtide.broker import ConfirmedPublisher, EmbeddedNats, provision, publish_all

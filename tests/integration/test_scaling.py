@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 
 import msgspec
 from nats.aio.client import Client as NatsClient
@@ -13,7 +12,7 @@ from nats.aio.client import Client as NatsClient
 from ebbtide.broker import EmbeddedNats
 from ebbtide.host import Host
 from ebbtide.manifest import LoadedManifest
-from ebbtide.orders import INGRESS_SUBJECT, encode_order, generate_orders
+from ebbtide.orders import encode_order, generate_orders
 from ebbtide.state import stream_state
 from ebbtide.status import PoolStatus, decode_status
 from tests.conftest import wait_until

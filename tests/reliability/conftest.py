@@ -386,3 +386,15 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # ty
         terminalreporter.write_line("  ".join(cells) + ("  " + line[-1] if line[-1] else ""))
         if n == 0:
             terminalreporter.write_line("  ".join("-" * w for w in widths))
+
+
+async def finished_run(nc: NatsClient, expected: dict[str, set[int]], dead_letters: int, what: str) -> tuple["Outbox", list]:
+    """Wait until every order is stored and every invalid input dead-lettered, give a duplicate time to
+    show up, then read the outboxes and the dead letters."""
+
+    async def complete() -> bool:
+        return await run_complete(nc, expected, dead_letters=dead_letters)
+
+    await eventually(complete, what=what)
+    await asyncio.sleep(SETTLE_S)
+    return await read_outbox(nc, expected), await read_dead_letters(nc)

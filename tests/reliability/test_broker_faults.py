@@ -11,7 +11,6 @@ import asyncio
 import time
 from pathlib import Path
 
-import nats.errors
 import pytest
 
 from ebbtide.broker import EmbeddedNats, free_port, provision
@@ -22,9 +21,9 @@ from ebbtide.orders import INGRESS_SUBJECT, generate_orders
 from ebbtide.state import stream_state
 from tests.conftest import manifest_copy
 from tests.reliability.conftest import (
-    ORDERS_N, SETTLE_S, MidRunFault, PublishStats, Report, Row, cluster_ready, connect_client, dead_letter_accounting,
-    eventually, expected_outbox, publish_reliably, read_dead_letters, read_outbox, replicated, run_complete,
-    wait_for_functions, with_invalid,
+    finished_run, ORDERS_N, MidRunFault, PublishStats, Report, Row, cluster_ready, connect_client,
+    dead_letter_accounting, eventually, expected_outbox, publish_reliably, replicated, wait_for_functions,
+    with_invalid,
 )
 
 
@@ -54,13 +53,7 @@ async def test_nats_server_killed_and_restarted_mid_run(
             await publishing
             assert 0 < fault.confirmed_before < len(messages), "the kill did not land while publishing"
 
-            async def complete() -> bool:
-                return await run_complete(nc, expected, dead_letters=len(invalid))
-
-            await eventually(complete, what="every order stored, every invalid input dead-lettered")
-            await asyncio.sleep(SETTLE_S)
-            outbox = await read_outbox(nc, expected)
-            letters = await read_dead_letters(nc)
+            outbox, letters = await finished_run(nc, expected, len(invalid), "every order stored, every invalid input dead-lettered")
             missing, doubled, strays = dead_letter_accounting(letters, invalid)
             reliability_report.add(Row(
                 f"nats-server kill -9, {down_s:g} s down, restart ({mode})", len(messages), outbox.stored,
@@ -159,13 +152,7 @@ async def test_cluster_node_killed_mid_run(
             await publishing
             assert 0 < fault.confirmed_before < len(messages), "the kill did not land while publishing"
 
-            async def complete() -> bool:
-                return await run_complete(nc, expected, dead_letters=len(invalid))
-
-            await eventually(complete, what="every order stored, every invalid input dead-lettered")
-            await asyncio.sleep(SETTLE_S)
-            outbox = await read_outbox(nc, expected)
-            letters = await read_dead_letters(nc)
+            outbox, letters = await finished_run(nc, expected, len(invalid), "every order stored, every invalid input dead-lettered")
             missing, doubled, strays = dead_letter_accounting(letters, invalid)
             new_leader = (await js.stream_info("ORDERS")).cluster.leader
             reliability_report.add(Row(

@@ -53,7 +53,7 @@ async def test_misbehaving_guests_mixed_into_normal_traffic(tmp_path: Path, nats
     started = time.monotonic()
     try:
         async with Host(manifest, nats_server.url) as host:
-            stats = await publish_reliably(nc, "in.chaos", messages)
+            await publish_reliably(nc, "in.chaos", messages)
 
             async def complete() -> bool:
                 info = await js.consumer_info("TEST", "chaos")

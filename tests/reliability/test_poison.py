@@ -12,7 +12,6 @@ import random
 import time
 from pathlib import Path
 
-import pytest
 
 from ebbtide.broker import EmbeddedNats
 from ebbtide.host import Host
@@ -23,7 +22,7 @@ from ebbtide.orders import INGRESS_SUBJECT, encode_order, generate_orders
 from ebbtide.state import stream_state
 from tests.conftest import manifest_copy
 from tests.reliability.conftest import (
-    ORDERS_N, SETTLE_S, Outbox, Report, Row, connect_client, eventually, expected_outbox, publish_reliably,
+    finished_run, ORDERS_N, SETTLE_S, Outbox, Report, Row, connect_client, expected_outbox, publish_reliably,
     read_dead_letters, read_outbox, run_complete,
 )
 
@@ -96,13 +95,7 @@ async def test_poison_messages_mixed_into_good_ones(
         async with running(manifest, nats_server.url, "single"):
             stats = await publish_reliably(nc, INGRESS_SUBJECT, messages)
 
-            async def complete() -> bool:
-                return await run_complete(nc, expected, dead_letters=len(poison))
-
-            await eventually(complete, what="every order stored and every poison message dead-lettered")
-            await asyncio.sleep(SETTLE_S)
-            outbox = await read_outbox(nc, expected)
-            letters = await read_dead_letters(nc)
+            outbox, letters = await finished_run(nc, expected, len(poison), "every order stored and every poison message dead-lettered")
             assert (await stream_state(nc, "ORDERS")).messages == 0
     finally:
         await nc.close()
@@ -157,7 +150,7 @@ async def test_poison_just_under_the_server_max_payload(
     try:
         async with running(manifest, nats_server.url, "single") as host:
             assert isinstance(host, Host)
-            stats = await publish_reliably(nc, INGRESS_SUBJECT, messages)
+            await publish_reliably(nc, INGRESS_SUBJECT, messages)
             deadline = time.monotonic() + 30
             while not await run_complete(nc, expected, dead_letters=len(near)):
                 # Fail at once rather than at the deadline: a closed client never comes back.

@@ -19,8 +19,8 @@ from ebbtide.orders import INGRESS_SUBJECT, generate_orders
 from ebbtide.state import stream_state
 from tests.conftest import manifest_copy
 from tests.reliability.conftest import (
-    ORDERS_N, SETTLE_S, MidRunFault, PublishStats, Report, Row, connect_client, dead_letter_accounting, eventually,
-    expected_outbox, publish_reliably, read_dead_letters, read_outbox, run_complete, wait_for_functions, with_invalid,
+    finished_run, ORDERS_N, MidRunFault, PublishStats, Report, Row, connect_client, dead_letter_accounting,
+    expected_outbox, publish_reliably, read_outbox, wait_for_functions, with_invalid,
 )
 
 
@@ -101,13 +101,7 @@ async def test_sigterm_mid_run_then_restart(
         started_processes.append(process)
         await wait_for_functions(nc, functions)
 
-        async def complete() -> bool:
-            return await run_complete(nc, expected, dead_letters=len(invalid))
-
-        await eventually(complete, what="every order stored, every invalid input dead-lettered, after the restart")
-        await asyncio.sleep(SETTLE_S)
-        outbox = await read_outbox(nc, expected)
-        letters = await read_dead_letters(nc)
+        outbox, letters = await finished_run(nc, expected, len(invalid), "every order stored, every invalid input dead-lettered, after the restart")
         missing, doubled, strays = dead_letter_accounting(letters, invalid)
         code, second_stop_s, left = await stop_with_sigterm(process, grace_s)
         reliability_report.add(Row(

@@ -15,7 +15,6 @@ from typing import Any
 
 import wasmtime
 from wasmtime import _ffi as ffi  # private: pinned version, see module docstring
-from wasmtime._func import Func  # noqa: F401  (re-exported for the test that guards these names)
 
 SUPPORTED_WASMTIME = "50.0.1"
 
