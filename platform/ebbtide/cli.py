@@ -34,6 +34,7 @@ from .manifest import DEFAULT_MANIFEST, LoadedManifest, ManifestError, load_mani
 from .orders import INGRESS_SUBJECT, encode_order, generate_orders
 from .runtime import GuestInitError, ModuleLoadError
 from .status import STATUS_REQUEST_SUBJECT, STATUS_SUBJECT_PREFIX, decode_status
+from .telemetry.tracing import TracingError
 from .top import TopView
 
 log = logging.getLogger("ebbtide")
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ManifestError, UsageError) as exc:
         print(f"ebbtide: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (BuildError, ModuleLoadError, GuestInitError, EmbeddedServerError, ConnectionError, OSError) as exc:
+    except (BuildError, ModuleLoadError, GuestInitError, EmbeddedServerError, TracingError, ConnectionError, OSError) as exc:
         print(f"ebbtide: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:

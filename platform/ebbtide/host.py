@@ -9,21 +9,24 @@ import asyncio
 import logging
 
 from nats.aio.client import Client as NatsClient
+from opentelemetry.sdk.trace import TracerProvider
 
 from .autoscale import PoolController
 from .broker import ConfirmedPublisher, connect, provision
 from .manifest import LoadedManifest
 from .pool import FunctionPool
 from .runtime import WasmEngine
-from .telemetry import TelemetryServer, host_readiness, render_metrics
+from .telemetry import TelemetryServer, host_readiness, render_metrics, tracing
 
 log = logging.getLogger("ebbtide.host")
 
 
 class Host:
     def __init__(
-        self, manifest: LoadedManifest, nats_url: str, functions: list[str] | None = None, metrics_port: int | None = None
+        self, manifest: LoadedManifest, nats_url: str, functions: list[str] | None = None, metrics_port: int | None = None,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
+        """`tracer_provider`: where spans go (tests pass an in-memory one); default: from [telemetry]."""
         self.manifest = manifest
         self.nats_url = nats_url
         self.function_names = functions if functions is not None else list(manifest.spec.functions)
@@ -35,6 +38,10 @@ class Host:
         self.connection_lost = asyncio.Event()  # set if NATS closed the connection for good while running
         self.metrics_port = manifest.spec.telemetry.metrics_port if metrics_port is None else metrics_port
         self.telemetry: TelemetryServer | None = None
+        telemetry = manifest.spec.telemetry
+        self._owns_tracer_provider = tracer_provider is None
+        self.tracer_provider = tracer_provider or tracing.tracer_provider(
+            telemetry.trace_sample_ratio, telemetry.otlp_endpoint, service=f"ebbtide-{'-'.join(self.function_names)}")
         self.stopping = False
 
     async def start(self) -> None:
@@ -53,7 +60,8 @@ class Host:
         await publisher.start()
         for name in self.function_names:
             # Loading and a first instance happen here, so a bad module fails the start, not a message.
-            self.pools[name] = FunctionPool(name, self.manifest, engine, self.nc, js, publisher)
+            self.pools[name] = FunctionPool(name, self.manifest, engine, self.nc, js, publisher,
+                                            tracing.tracer_of(self.tracer_provider))
         for name, pool in self.pools.items():
             pool.probe()
             controller = PoolController(pool, self.nc, js)
@@ -83,6 +91,8 @@ class Host:
         finally:
             if self.telemetry is not None:  # last: /readyz says "stopping" during the drain
                 await self.telemetry.stop()
+            if self.tracer_provider is not None and self._owns_tracer_provider:
+                self.tracer_provider.shutdown()  # exports what is still buffered
 
     async def __aenter__(self) -> "Host":
         try:

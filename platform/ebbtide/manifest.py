@@ -45,6 +45,9 @@ class TelemetrySection(_Section):
     # i-th function (manifest order) listens on metrics_port + i.
     metrics_port: Annotated[int, Meta(ge=0, le=65535)] = 0
     metrics_host: str = "127.0.0.1"  # "0.0.0.0" in containers
+    # Traces go to an OTLP/HTTP endpoint (this, or $OTEL_EXPORTER_OTLP_ENDPOINT); none: tracing off.
+    otlp_endpoint: str = ""
+    trace_sample_ratio: Annotated[float, Meta(ge=0, le=1)] = 1.0  # of new traces; a sampled parent is always followed
 
 
 class StreamSection(_Section):

@@ -21,8 +21,12 @@ from nats.js import JetStreamContext
 
 from .broker.publisher import MSG_ID, ConfirmedPublisher, PubAck, PublishError
 from .deadletter import Reason, dead_letter_headers, fit_payload
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind, StatusCode, Tracer
+
 from .effects import Allowlist, EffectRefused
 from .manifest import LoadedManifest
+from .telemetry import tracing
 from .runtime import (
     GuestFault, GuestInstance, GuestLimits, InputTooLarge, Status, WasmEngine, decode_effects,
 )
@@ -72,6 +76,7 @@ class _Pending:
     delivery: Delivery
     futures: list[asyncio.Future[PubAck]]
     dead_letter: bool  # the futures carry a dead letter, not effects
+    spans: list[Span]  # ended when the batch is settled (empty when tracing is off)
 
 
 class FunctionPool:
@@ -83,6 +88,7 @@ class FunctionPool:
         nc: NatsClient,
         js: JetStreamContext,
         publisher: ConfirmedPublisher,
+        tracer: Tracer | None = None,
     ) -> None:
         fn = manifest.function(name)
         self.name = name
@@ -101,6 +107,7 @@ class FunctionPool:
         self._nc = nc
         self._js = js
         self._publisher = publisher
+        self._tracer = tracer  # None: tracing off, and no cost on the hot path
         self._workers: list[_Worker] = []
         self._subject_bytes: dict[str, bytes] = {}
         # When each retried message first failed, for its dead letter. Per process: after a restart, or
@@ -209,23 +216,46 @@ class FunctionPool:
             except ValueError:
                 log.error("%s: message on %s without a JetStream ack subject; ignored", self.name, msg.subject)
                 continue
+            span = self._process_span(msg, delivery) if self._tracer is not None else None
             try:
-                instance = await self._handle(msg, delivery, instance, pending)
+                instance = await self._handle(msg, delivery, instance, pending, span)
             except Exception as exc:  # a host bug must not take the worker down; the message is retried
                 log.exception("%s: unexpected error on %s #%d", self.name, delivery.stream, delivery.sequence)
-                await self._retry(msg, delivery, f"host error: {exc!r}", pending)
+                await self._retry(msg, delivery, f"host error: {exc!r}", pending, span)
         if pending:
             await self._settle(pending)
         return instance
 
+    def _process_span(self, msg: Msg, delivery: Delivery) -> Span:
+        assert self._tracer is not None
+        msg_id = msg.headers.get(MSG_ID) if msg.headers else None
+        return self._tracer.start_span(
+            f"process {msg.subject}", context=tracing.extract(msg.headers), kind=SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "nats", "messaging.operation.type": "process", "messaging.operation.name": "process",
+                "messaging.destination.name": msg.subject, "messaging.consumer.group.name": self.name,
+                "messaging.message.id": msg_id or f"{delivery.stream}:{delivery.sequence}",
+                "messaging.message.body.size": len(msg.data), "ebbtide.function": self.name,
+                "ebbtide.delivery_count": delivery.delivered,
+            },
+        )
+
+    def _send_span(self, parent: Span, subject: str, msg_id: str) -> Span:
+        assert self._tracer is not None
+        return self._tracer.start_span(
+            f"send {subject}", context=trace.set_span_in_context(parent), kind=SpanKind.PRODUCER,
+            attributes={"messaging.system": "nats", "messaging.operation.type": "send", "messaging.operation.name": "send",
+                        "messaging.destination.name": subject, "messaging.message.id": msg_id},
+        )
+
     async def _handle(
-        self, msg: Msg, delivery: Delivery, instance: GuestInstance | None, pending: list[_Pending]
+        self, msg: Msg, delivery: Delivery, instance: GuestInstance | None, pending: list[_Pending], span: Span | None
     ) -> GuestInstance | None:
         payload = msg.data
         max_payload = self.function.limits.max_payload
         if len(payload) > max_payload:
             await self._dead_letter(msg, delivery, Reason.PAYLOAD_TOO_LARGE,
-                                    f"payload of {len(payload)} bytes exceeds limits.max_payload ({max_payload})", pending)
+                                    f"payload of {len(payload)} bytes exceeds limits.max_payload ({max_payload})", pending, span)
             return instance
         subject = self._subject_bytes.get(msg.subject)
         if subject is None:
@@ -241,31 +271,41 @@ class FunctionPool:
             if status is Status.OK:
                 outgoing = self.allowlist.plan(decode_effects(output))
             elif status is Status.REJECT:
-                await self._dead_letter(msg, delivery, Reason.REJECTED, output.decode("utf-8", "replace"), pending)
+                await self._dead_letter(msg, delivery, Reason.REJECTED, output.decode("utf-8", "replace"), pending, span)
                 return instance
             else:
-                await self._retry(msg, delivery, "guest asked to retry: " + output.decode("utf-8", "replace"), pending)
+                await self._retry(msg, delivery, "guest asked to retry: " + output.decode("utf-8", "replace"), pending, span)
                 return instance
         except InputTooLarge as exc:
-            await self._dead_letter(msg, delivery, Reason.PAYLOAD_TOO_LARGE, str(exc), pending)
+            await self._dead_letter(msg, delivery, Reason.PAYLOAD_TOO_LARGE, str(exc), pending, span)
             return instance
         except GuestFault as exc:
             self.stats.guest_faults[exc.kind] = self.stats.guest_faults.get(exc.kind, 0) + 1
+            if span is not None:
+                span.add_event("guest.fault", {"ebbtide.fault.kind": exc.kind, "exception.message": str(exc)})
             log.warning("%s: guest fault on %s #%d, replacing the instance: %s", self.name, delivery.stream, delivery.sequence, exc)
-            await self._retry(msg, delivery, f"guest fault: {exc}", pending)
+            await self._retry(msg, delivery, f"guest fault: {exc}", pending, span)
             return self._replacement()  # never reuse a faulted instance: its state may be corrupt
         except EffectRefused as exc:
-            await self._dead_letter(msg, delivery, Reason.EFFECT_REFUSED, str(exc), pending)
+            await self._dead_letter(msg, delivery, Reason.EFFECT_REFUSED, str(exc), pending, span)
             return instance
         id_prefix = f"{delivery.stream}:{delivery.sequence}:"
-        futures = [
-            await self._publisher.publish(out.subject, out.payload, f"{id_prefix}{i}")
-            for i, out in enumerate(outgoing)
-        ]
-        pending.append(_Pending(msg, delivery, futures, dead_letter=False))
+        if span is None:
+            futures = [
+                await self._publisher.publish(out.subject, out.payload, f"{id_prefix}{i}")
+                for i, out in enumerate(outgoing)
+            ]
+            pending.append(_Pending(msg, delivery, futures, dead_letter=False, spans=[]))
+            return instance
+        spans, futures = [span], []
+        for i, out in enumerate(outgoing):
+            send = self._send_span(span, out.subject, f"{id_prefix}{i}")
+            spans.append(send)
+            futures.append(await self._publisher.publish(out.subject, out.payload, f"{id_prefix}{i}", tracing.inject(send)))
+        pending.append(_Pending(msg, delivery, futures, dead_letter=False, spans=spans))
         return instance
 
-    async def _retry(self, msg: Msg, delivery: Delivery, error: str, pending: list[_Pending]) -> None:
+    async def _retry(self, msg: Msg, delivery: Delivery, error: str, pending: list[_Pending], span: Span | None) -> None:
         retry = self.function.retry
         key = (delivery.stream, delivery.sequence)
         if key not in self._first_failures:
@@ -274,13 +314,19 @@ class FunctionPool:
             self._first_failures[key] = time.time()
         if delivery.delivered >= retry.max_deliver:
             await self._dead_letter(msg, delivery, Reason.RETRIES_EXHAUSTED,
-                                    f"failed {delivery.delivered} deliveries; last error: {error}", pending)
+                                    f"failed {delivery.delivered} deliveries; last error: {error}", pending, span)
             return
+        if span is not None:
+            span.add_event("retry", {"ebbtide.error": error})
+            span.set_status(StatusCode.ERROR, error)
+            span.end()
         backoff = retry.backoff_ms[min(delivery.delivered, len(retry.backoff_ms)) - 1] / 1000
         self.stats.retried += 1
         await msg.nak(delay=backoff)
 
-    async def _dead_letter(self, msg: Msg, delivery: Delivery, reason: Reason, error: str, pending: list[_Pending]) -> None:
+    async def _dead_letter(
+        self, msg: Msg, delivery: Delivery, reason: Reason, error: str, pending: list[_Pending], span: Span | None
+    ) -> None:
         headers = dead_letter_headers(
             function=self.name, reason=reason, error=error, delivered=delivery.delivered, subject=msg.subject,
             stream=delivery.stream, sequence=delivery.sequence,
@@ -292,7 +338,10 @@ class FunctionPool:
         future = await self._publisher.publish(
             self.dead_letter_subject, payload, f"dlq:{delivery.stream}:{delivery.sequence}", headers
         )
-        pending.append(_Pending(msg, delivery, [future], dead_letter=True))
+        if span is not None:
+            span.add_event("dead-lettered", {"ebbtide.reason": reason.value, "ebbtide.error": headers["Ebbtide-Error"]})
+            span.set_status(StatusCode.ERROR, f"dead-lettered: {reason.value}")
+        pending.append(_Pending(msg, delivery, [future], dead_letter=True, spans=[span] if span is not None else []))
 
     async def _settle(self, pending: list[_Pending]) -> None:
         """Wait for every confirmation of the batch, then ack what is done and nak what is not."""
@@ -302,6 +351,10 @@ class FunctionPool:
         now = time.monotonic()
         for item in pending:
             errors = [r for r in (next(results) for _ in item.futures) if isinstance(r, PublishError)]
+            for span in item.spans:
+                if errors:
+                    span.set_status(StatusCode.ERROR, f"effects not confirmed: {errors[0]}")
+                span.end()
             if not errors:
                 await item.msg.ack()
                 if item.dead_letter:

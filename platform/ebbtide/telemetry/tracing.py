@@ -1,0 +1,66 @@
+"""Tracing: one trace per order across every hop, W3C trace context in NATS message headers.
+
+A function's message becomes a CONSUMER span `process <subject>` (child of the publisher's context when
+the message carries `traceparent`, else the root of a new trace), and each of its effects a PRODUCER span
+`send <subject>` whose context travels in the effect's headers to the next function. Span names and
+attributes follow the OpenTelemetry messaging conventions (messaging.system = nats).
+
+Off by default and then free: the pool holds no tracer and skips all of this (`tracer is None`).
+"""
+
+from __future__ import annotations
+
+import os
+
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.trace import Span, Tracer
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+OTLP_ENDPOINT_ENV = "OTEL_EXPORTER_OTLP_ENDPOINT"
+
+_propagator = TraceContextTextMapPropagator()
+
+
+class TracingError(Exception):
+    pass
+
+
+def tracer_provider(sample_ratio: float, otlp_endpoint: str, service: str) -> TracerProvider | None:
+    """The provider for a host process, or None when tracing is off (ratio 0 and no endpoint).
+
+    Parent-based sampling: an order whose publisher sampled it is traced in every hop.
+    """
+    endpoint = otlp_endpoint or os.environ.get(OTLP_ENDPOINT_ENV, "")
+    if sample_ratio <= 0 or not endpoint:
+        return None
+    try:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    except ImportError:
+        raise TracingError(
+            "tracing is configured but the OTLP exporter is missing: pip install 'ebbtide[otlp]'"
+        ) from None
+    provider = TracerProvider(resource=Resource.create({"service.name": service}),
+                              sampler=ParentBased(TraceIdRatioBased(sample_ratio)))
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{endpoint.rstrip('/')}/v1/traces")))
+    return provider
+
+
+def tracer_of(provider: TracerProvider | None) -> Tracer | None:
+    return provider.get_tracer("ebbtide") if provider is not None else None
+
+
+def extract(headers: dict[str, str] | None) -> Context | None:
+    return _propagator.extract(headers) if headers else None
+
+
+def inject(span: Span) -> dict[str, str]:
+    """Headers that carry `span`'s context (traceparent, tracestate) to the next hop."""
+    from opentelemetry.trace import set_span_in_context
+
+    carrier: dict[str, str] = {}
+    _propagator.inject(carrier, context=set_span_in_context(span))
+    return carrier
