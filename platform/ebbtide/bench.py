@@ -4,6 +4,7 @@ Scenarios (pick with --scenario; --quick shrinks every size so the whole run tak
 - scale:  activation latency from zero, the burst's time to max instances and back to zero, idle CPU
 - memory: RSS of the host at zero instances, added RSS per idle and per busy Wasm instance
 - host:   cost of one guest call (input copy, call, output read, effect decode) and of an instance start
+- tracing: the same burst with tracing off, sampling 1 % and 100 % (spans built and batched, then dropped)
 
 The scale scenario runs every function in this process (the `single` process mode) so it can watch the
 pools directly; all figures come from one run on one machine, with warm-up excluded where stated.
@@ -18,10 +19,14 @@ import resource
 import shutil
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
 from .broker import ConfirmedPublisher, EmbeddedNats, connect, publish_all
 from .build import build_modules
@@ -30,11 +35,12 @@ from .manifest import LoadedManifest
 from .orders import INGRESS_SUBJECT, encode_order, generate_orders
 from .pool import MIB
 from .runtime import GuestInstance, GuestLimits, LoadedModule, WasmEngine, decode_effects
+from .state import stream_state
 from .status import STATUS_SUBJECT_PREFIX, decode_status
 from .telemetry import resident_memory_bytes
 from .timeseries import TimeSeries, write_scaling_chart
 
-SCENARIOS = ("host", "memory", "scale")
+SCENARIOS = ("host", "memory", "scale", "tracing")
 
 
 @dataclass
@@ -253,6 +259,54 @@ def _feed(series: TimeSeries):  # type: ignore[no-untyped-def]
     return on_status
 
 
+# -- tracing overhead -------------------------------------------------------------------------------------------
+
+class _DroppingExporter(SpanExporter):
+    """Spans are built, sampled and batched as with a real exporter, then dropped: measures the host's cost."""
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return SpanExportResult.SUCCESS
+
+
+async def bench_tracing(manifest: LoadedManifest, report: BenchReport, quick: bool, out_dir: Path) -> None:
+    orders = 2_000 if quick else 10_000
+    data_dir = out_dir / "nats-tracing"
+    shutil.rmtree(data_dir, ignore_errors=True)
+    with EmbeddedNats(data_dir, port=0, monitor_port=0) as server:
+        nc = await connect(server.url, name="ebbtide-bench")
+        try:
+            publisher = ConfirmedPublisher(nc)
+            await publisher.start()
+            results: dict[str, float] = {}
+            for run, (label, ratio) in enumerate([("off", None), ("1 %", 0.01), ("100 %", 1.0), ("off again", None)]):
+                provider = None
+                if ratio is not None:
+                    provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(ratio)))
+                    provider.add_span_processor(BatchSpanProcessor(_DroppingExporter()))
+                batch = generate_orders(orders, seed=run, first_id=3_000_000 + run * orders)
+                payloads = [(encode_order(o), o.order_guid) for o in batch]
+                async with Host(manifest, server.url, tracer_provider=provider):
+                    before = await _stored(nc)
+                    started = time.time()
+                    await publish_all(publisher, INGRESS_SUBJECT, payloads)
+                    while await _stored(nc) < before + orders:
+                        await asyncio.sleep(0.005)
+                    results[label] = orders / (time.time() - started)
+                if provider is not None:
+                    provider.shutdown()
+        finally:
+            await nc.drain()
+    baseline = (results["off"] + results["off again"]) / 2
+    how = f"{orders:,}-order burst, all functions in one process, pools from zero; mean of the two 'off' runs as baseline"
+    report.add("throughput, tracing off", baseline, "orders/s", how)
+    for label in ("1 %", "100 %"):
+        report.add(f"throughput, tracing {label} / off", results[label] / baseline * 100, "%", how)
+
+
+async def _stored(nc) -> int:  # type: ignore[no-untyped-def]
+    return sum([(await stream_state(nc, f"KV_{b}")).messages for b in ("outbox-express", "outbox-standard")])
+
+
 # -- entry point ----------------------------------------------------------------------------------------------
 
 async def run_bench(manifest: LoadedManifest, scenarios: list[str], quick: bool, out_dir: Path) -> BenchReport:
@@ -268,6 +322,9 @@ async def run_bench(manifest: LoadedManifest, scenarios: list[str], quick: bool,
     if "scale" in scenarios:
         print("scale: activation from zero, burst, drain, idle CPU", flush=True)
         await bench_scale(manifest, report, quick, out_dir)
+    if "tracing" in scenarios:
+        print("tracing: burst throughput with tracing off, 1 %, 100 %", flush=True)
+        await bench_tracing(manifest, report, quick, out_dir)
     results = out_dir / "results.json"
     results.write_text(json.dumps(msgspec.to_builtins(report), indent=2))
     report.files.append(str(results))
