@@ -10,6 +10,7 @@ failure is either permanent (dead-lettered at once) or transient (nak with backo
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import time
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from opentelemetry.trace import Span, SpanKind, StatusCode, Tracer
 from .effects import Allowlist, EffectRefused
 from .manifest import LoadedManifest
 from .telemetry import tracing
+from .telemetry.metrics import HANDLE_BUCKETS_US
 from .runtime import (
     GuestFault, GuestInstance, GuestLimits, InputTooLarge, Status, WasmEngine, decode_effects,
 )
@@ -68,6 +70,8 @@ class PoolStats:
     guest_faults: dict[str, int] = field(default_factory=dict)  # by kind: trap, timeout, memory-limit, invalid-output
     instances_started: int = 0
     last_processed_at: float = 0.0
+    handle_buckets: list[int] = field(default_factory=lambda: [0] * (len(HANDLE_BUCKETS_US) + 1))  # last: +Inf
+    handle_sum_us: float = 0.0
 
 
 @dataclass(slots=True)
@@ -267,7 +271,11 @@ class FunctionPool:
             try:
                 status, output = instance.handle(subject, payload)
             finally:
-                self.handle_times_us.append((time.perf_counter() - started) * 1e6)
+                elapsed_us = (time.perf_counter() - started) * 1e6
+                self.handle_times_us.append(elapsed_us)
+                stats = self.stats
+                stats.handle_buckets[bisect.bisect_left(HANDLE_BUCKETS_US, elapsed_us)] += 1
+                stats.handle_sum_us += elapsed_us
             if status is Status.OK:
                 outgoing = self.allowlist.plan(decode_effects(output))
             elif status is Status.REJECT:

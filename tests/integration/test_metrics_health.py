@@ -221,7 +221,7 @@ async def test_metrics_and_health_of_a_running_host(
             "ebbtide_messages_total": "counter", "ebbtide_guest_faults_total": "counter",
             "ebbtide_instances": "gauge", "ebbtide_in_flight": "gauge", "ebbtide_backlog": "gauge",
             "ebbtide_instance_starts_total": "counter", "ebbtide_process_resident_memory_bytes": "gauge",
-            "ebbtide_nats_connected": "gauge",
+            "ebbtide_nats_connected": "gauge", "ebbtide_handle_duration_seconds": "histogram",
         }
         assert {name: f["type"] for name, f in families.items()} == expected_types
         assert all(f["help"] for f in families.values())
@@ -257,6 +257,13 @@ async def test_metrics_and_health_of_a_running_host(
             assert value(families, "ebbtide_instances", function=fn) >= 0
             assert value(families, "ebbtide_backlog", function=fn) >= 0
         assert value(families, "ebbtide_messages_total", function="distributor", outcome="dead_lettered") == len(bad)
+        # One guest call per message that reached the guest (the too-large one did not).
+        histogram = families["ebbtide_handle_duration_seconds"]["samples"]
+        calls = histogram[("ebbtide_handle_duration_seconds_count", frozenset({("function", "distributor")}))]
+        assert calls == len(orders) + len(bad) - 1
+        assert histogram[("ebbtide_handle_duration_seconds_bucket",
+                          frozenset({("function", "distributor"), ("le", "+Inf")}))] == calls
+        assert 0 < histogram[("ebbtide_handle_duration_seconds_sum", frozenset({("function", "distributor")}))] < calls
         for fn in ("receiver-express", "receiver-standard"):
             assert value(families, "ebbtide_messages_total", function=fn, outcome="dead_lettered") == 0
 

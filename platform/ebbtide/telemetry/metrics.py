@@ -18,6 +18,9 @@ if TYPE_CHECKING:
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # Reported at 0 before they first happen, so that the series exist and rate()/increase() see the first one.
+# Upper bounds of the guest call time histogram, in microseconds (ebbtide_handle_duration_seconds);
+# the pool counts into them, this module renders them.
+HANDLE_BUCKETS_US = (5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 100_000, 1_000_000)
 GUEST_FAULT_KINDS = ("trap", "timeout", "memory-limit", "invalid-output")
 
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -50,12 +53,14 @@ class _Family:
         self.name = name
         self.lines = [f"# HELP {name} {_escape_help(help_text)}", f"# TYPE {name} {kind}"]
 
-    def add(self, value: float, **labels: str) -> None:
+    def add(self, value: float, suffix: str = "", **labels: str) -> None:
+        """One sample; `suffix` for a histogram's _bucket, _sum and _count series."""
+        name = self.name + suffix
         if labels:
             rendered = ",".join(f'{key}="{escape_label_value(str(val))}"' for key, val in labels.items())
-            self.lines.append(f"{self.name}{{{rendered}}} {_format_value(value)}")
+            self.lines.append(f"{name}{{{rendered}}} {_format_value(value)}")
         else:
-            self.lines.append(f"{self.name} {_format_value(value)}")
+            self.lines.append(f"{name} {_format_value(value)}")
 
 
 def resident_memory_bytes() -> int | None:
@@ -96,9 +101,19 @@ def render_metrics(host: "Host") -> str:
             backlog.add(controller.lag, function=name)
         starts.add(stats.instances_started, function=name)
 
+    handle = _Family("ebbtide_handle_duration_seconds", "histogram",
+                     "Time of one guest call (input copy, call, output read), per message.")
+    for name, pool in list(host.pools.items()):
+        cumulative = 0
+        for bound_us, count in zip((*HANDLE_BUCKETS_US, math.inf), pool.stats.handle_buckets):
+            cumulative += count
+            handle.add(cumulative, suffix="_bucket", function=name, le="+Inf" if bound_us == math.inf else _format_value(bound_us / 1e6))
+        handle.add(pool.stats.handle_sum_us / 1e6, suffix="_sum", function=name)
+        handle.add(cumulative, suffix="_count", function=name)
+
     connected = _Family("ebbtide_nats_connected", "gauge", "1 while the host's NATS connection is up, else 0.")
     connected.add(1 if host.nc is not None and host.nc.is_connected else 0)
-    families: list[_Family] = [messages, faults, instances, in_flight, backlog, starts, connected]
+    families: list[_Family] = [messages, faults, instances, in_flight, backlog, starts, handle, connected]
     rss = resident_memory_bytes()
     if rss is not None:
         memory = _Family("ebbtide_process_resident_memory_bytes", "gauge", "Resident memory of this process in bytes.")
