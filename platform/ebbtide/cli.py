@@ -34,6 +34,7 @@ from .manifest import DEFAULT_MANIFEST, LoadedManifest, ManifestError, load_mani
 from .orders import INGRESS_SUBJECT, encode_order, generate_orders
 from .runtime import GuestInitError, ModuleLoadError
 from .status import STATUS_REQUEST_SUBJECT, STATUS_SUBJECT_PREFIX, decode_status
+from .telemetry.logs import configure_logging
 from .telemetry.tracing import TracingError
 from .top import TopView
 
@@ -53,8 +54,7 @@ class UsageError(Exception):
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.verbose, args.log_format)
     try:
         manifest = load_manifest(args.manifest)
         return args.command(args, manifest)
@@ -72,6 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ebbtide", description="Event-driven WebAssembly functions on NATS JetStream.")
     parser.add_argument("--manifest", "-m", default=DEFAULT_MANIFEST, help="manifest file (default: %(default)s)")
     parser.add_argument("--verbose", "-v", action="store_true")
+    parser.add_argument("--log-format", choices=("auto", "json", "text"), default="auto",
+                        help="auto: JSON lines when stderr is not a terminal (default: %(default)s)")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     def command(name: str, handler: Callable[[argparse.Namespace, LoadedManifest], int], help: str) -> argparse.ArgumentParser:

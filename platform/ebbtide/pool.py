@@ -341,7 +341,11 @@ class FunctionPool:
             original_msg_id=msg.headers.get(MSG_ID) if msg.headers else None,
             first_failed_at=self._first_failures.pop((delivery.stream, delivery.sequence), None),
         )
-        log.warning("%s: dead-lettering %s #%d (%s): %s", self.name, delivery.stream, delivery.sequence, reason.value, headers["Ebbtide-Error"])
+        context = {"function": self.name, "stream": delivery.stream, "sequence": delivery.sequence, "reason": reason.value}
+        if span is not None:
+            context["trace_id"] = format(span.get_span_context().trace_id, "032x")
+        log.warning("%s: dead-lettering %s #%d (%s): %s", self.name, delivery.stream, delivery.sequence, reason.value,
+                    headers["Ebbtide-Error"], extra=context)
         payload = fit_payload(msg.data, headers, self._nc.max_payload)
         future = await self._publisher.publish(
             self.dead_letter_subject, payload, f"dlq:{delivery.stream}:{delivery.sequence}", headers

@@ -27,3 +27,17 @@ def test_dead_letter_headers_are_single_line_and_bounded() -> None:
     assert headers["Ebbtide-Delivery-Count"] == "2"
     assert "Ebbtide-Original-Msg-Id" not in headers
     assert header_safe("a\tb") == "a b"
+
+
+def test_json_log_lines_carry_the_context() -> None:
+    import json
+    import logging
+
+    from ebbtide.telemetry.logs import JsonFormatter
+
+    record = logging.LogRecord("ebbtide.pool", logging.WARNING, __file__, 1, "dead-lettering %s", ("ORDERS #7",), None)
+    record.function, record.reason, record.trace_id = "distributor", "rejected", "4bf92f3577b34da6a3ce929d0e0e4736"
+    line = json.loads(JsonFormatter().format(record))
+    assert line["message"] == "dead-lettering ORDERS #7" and line["level"] == "warning"
+    assert (line["function"], line["reason"], line["trace_id"]) == ("distributor", "rejected", "4bf92f3577b34da6a3ce929d0e0e4736")
+    assert line["time"].endswith("Z") and "stream" not in line
