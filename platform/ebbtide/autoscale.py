@@ -147,14 +147,15 @@ class PoolController:
         pool = self.pool
         stats = pool.stats
         now = time.monotonic()
-        settled = stats.processed + stats.dead_lettered
+        dead = stats.dead_lettered + stats.refused
+        settled = stats.processed + dead
         elapsed = max(now - self._last_report, 1e-6)
         times = sorted(pool.handle_times_us)
         pool.handle_times_us = []
         status = PoolStatus(
             function=pool.name, host_id=self._host_id, time=time.time(), backlog=self.lag,
             instances=pool.live_instances, in_flight=pool.in_flight, processed=stats.processed,
-            dead_lettered=stats.dead_lettered, retried=stats.retried, guest_faults=sum(stats.guest_faults.values()),
+            dead_lettered=dead, retried=stats.retried, guest_faults=sum(stats.guest_faults.values()),
             rate=(settled - self._last_settled) / elapsed,
             handle_p50_us=percentile(times, 0.5), handle_p99_us=percentile(times, 0.99),
         )

@@ -65,10 +65,12 @@ def parse_ack_subject(reply: str) -> Delivery:
 @dataclass
 class PoolStats:
     processed: int = 0  # acked after all effects were confirmed
-    dead_lettered: int = 0
+    dead_lettered: int = 0  # for any reason but a refused effect
+    refused: int = 0  # dead-lettered because the guest asked for an effect outside its allowlist
     retried: int = 0  # nak'ed for redelivery
     guest_faults: dict[str, int] = field(default_factory=dict)  # by kind: trap, timeout, memory-limit, invalid-output
     instances_started: int = 0
+    instances_stopped: int = 0  # scaled down, shut down, or discarded after a fault
     last_processed_at: float = 0.0
     handle_buckets: list[int] = field(default_factory=lambda: [0] * (len(HANDLE_BUCKETS_US) + 1))  # last: +Inf
     handle_sum_us: float = 0.0
@@ -79,7 +81,7 @@ class _Pending:
     msg: Msg
     delivery: Delivery
     futures: list[asyncio.Future[PubAck]]
-    dead_letter: bool  # the futures carry a dead letter, not effects
+    dead_letter: Reason | None  # the futures carry a dead letter (for this reason), not effects
     spans: list[Span]  # ended when the batch is settled (empty when tracing is off)
 
 
@@ -293,6 +295,7 @@ class FunctionPool:
                 span.add_event("guest.fault", {"ebbtide.fault.kind": exc.kind, "exception.message": str(exc)})
             log.warning("%s: guest fault on %s #%d, replacing the instance: %s", self.name, delivery.stream, delivery.sequence, exc)
             await self._retry(msg, delivery, f"guest fault: {exc}", pending, span)
+            self.stats.instances_stopped += 1
             return self._replacement()  # never reuse a faulted instance: its state may be corrupt
         except EffectRefused as exc:
             await self._dead_letter(msg, delivery, Reason.EFFECT_REFUSED, str(exc), pending, span)
@@ -303,14 +306,14 @@ class FunctionPool:
                 await self._publisher.publish(out.subject, out.payload, f"{id_prefix}{i}")
                 for i, out in enumerate(outgoing)
             ]
-            pending.append(_Pending(msg, delivery, futures, dead_letter=False, spans=[]))
+            pending.append(_Pending(msg, delivery, futures, dead_letter=None, spans=[]))
             return instance
         spans, futures = [span], []
         for i, out in enumerate(outgoing):
             send = self._send_span(span, out.subject, f"{id_prefix}{i}")
             spans.append(send)
             futures.append(await self._publisher.publish(out.subject, out.payload, f"{id_prefix}{i}", tracing.inject(send)))
-        pending.append(_Pending(msg, delivery, futures, dead_letter=False, spans=spans))
+        pending.append(_Pending(msg, delivery, futures, dead_letter=None, spans=spans))
         return instance
 
     async def _retry(self, msg: Msg, delivery: Delivery, error: str, pending: list[_Pending], span: Span | None) -> None:
@@ -353,7 +356,7 @@ class FunctionPool:
         if span is not None:
             span.add_event("dead-lettered", {"ebbtide.reason": reason.value, "ebbtide.error": headers["Ebbtide-Error"]})
             span.set_status(StatusCode.ERROR, f"dead-lettered: {reason.value}")
-        pending.append(_Pending(msg, delivery, [future], dead_letter=True, spans=[span] if span is not None else []))
+        pending.append(_Pending(msg, delivery, [future], dead_letter=reason, spans=[span] if span is not None else []))
 
     async def _settle(self, pending: list[_Pending]) -> None:
         """Wait for every confirmation of the batch, then ack what is done and nak what is not."""
@@ -369,7 +372,9 @@ class FunctionPool:
                 span.end()
             if not errors:
                 await item.msg.ack()
-                if item.dead_letter:
+                if item.dead_letter is Reason.EFFECT_REFUSED:
+                    self.stats.refused += 1
+                elif item.dead_letter is not None:
                     self.stats.dead_lettered += 1
                 else:
                     self.stats.processed += 1
@@ -463,7 +468,9 @@ class _Worker:
                 finally:
                     self.in_batch = False
         finally:
-            self.instance = None  # release the Wasm memory now
+            if self.instance is not None:
+                self.instance = None  # release the Wasm memory now
+                pool.stats.instances_stopped += 1
             try:
                 await self.subscription.unsubscribe()
             except Exception:

@@ -10,7 +10,7 @@ from nats.aio.client import Client as NatsClient
 from ebbtide.broker import EmbeddedNats
 from ebbtide.deadletter import H_ERROR, H_REASON
 from ebbtide.host import Host
-from tests.conftest import chaos_manifest, read_stream
+from tests.conftest import chaos_manifest, read_stream, wait_until
 
 
 @pytest.mark.parametrize(
@@ -32,6 +32,7 @@ async def test_guest_fault_fails_only_that_message(tmp_path: Path, nats_server: 
         assert pool.stats.guest_faults == {fault: 3}
         assert pool.stats.processed == 2
         assert pool.stats.instances_started == 2 + 3  # two workers, and a fresh instance after each fault
+        assert pool.stats.instances_stopped == 3
     assert sorted(m.data for m in out) == [b"good-1", b"good-2"]
     assert dead[0].data == payload
     assert dead[0].headers[H_REASON] == "retries-exhausted"
@@ -41,11 +42,17 @@ async def test_guest_fault_fails_only_that_message(tmp_path: Path, nats_server: 
 async def test_effect_outside_allowlist_is_refused(tmp_path: Path, nats_server: EmbeddedNats, nc: NatsClient) -> None:
     manifest = chaos_manifest(tmp_path)
     js = nc.jetstream()
-    async with Host(manifest, nats_server.url):
+    async with Host(manifest, nats_server.url) as host:
         await js.publish("in.chaos", b"F-forbidden")
         await js.publish("in.chaos", b"good")
         dead = await read_stream(nc, "DLQ", "dlq.chaos", expected=1)
         await read_stream(nc, "TEST", "test.out", expected=1)
+
+        async def counted() -> bool:
+            return host.pools["chaos"].stats.refused == 1
+
+        await wait_until(counted)
+        assert host.pools["chaos"].stats.dead_lettered == 0
     assert dead[0].headers[H_REASON] == "effect-refused"
     assert "'not.allowed' is not allowed" in dead[0].headers[H_ERROR]
     # Nothing reached the forbidden subject: the stream that would capture it does not even exist.

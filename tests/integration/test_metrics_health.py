@@ -220,13 +220,14 @@ async def test_metrics_and_health_of_a_running_host(
         expected_types = {
             "ebbtide_messages_total": "counter", "ebbtide_guest_faults_total": "counter",
             "ebbtide_instances": "gauge", "ebbtide_in_flight": "gauge", "ebbtide_backlog": "gauge",
-            "ebbtide_instance_starts_total": "counter", "ebbtide_process_resident_memory_bytes": "gauge",
+            "ebbtide_instance_starts_total": "counter", "ebbtide_instance_stops_total": "counter",
+            "ebbtide_process_resident_memory_bytes": "gauge",
             "ebbtide_nats_connected": "gauge", "ebbtide_handle_duration_seconds": "histogram",
         }
         assert {name: f["type"] for name, f in families.items()} == expected_types
         assert all(f["help"] for f in families.values())
         for fn in FUNCTIONS:
-            for outcome in ("ok", "dead_lettered", "retried"):
+            for outcome in ("ok", "dead_lettered", "refused", "retried"):
                 assert value(families, "ebbtide_messages_total", function=fn, outcome=outcome) == 0
         assert value(families, "ebbtide_process_resident_memory_bytes") > 10 * 1024 * 1024
         assert value(families, "ebbtide_nats_connected") == 1

@@ -76,7 +76,8 @@ def render_metrics(host: "Host") -> str:
     """The exposition text for every pool of `host` (pools not started yet are simply absent)."""
     messages = _Family("ebbtide_messages_total", "counter",
                        "Message outcomes in this process: ok (effects confirmed, acked), "
-                       "dead_lettered (acked after its dead letter was stored), retried (nak'ed for redelivery).")
+                       "dead_lettered (acked after its dead letter was stored), refused (dead-lettered for an effect "
+                       "outside the allowlist), retried (nak'ed for redelivery).")
     faults = _Family("ebbtide_guest_faults_total", "counter",
                      "Guest faults (the instance was replaced and the message retried), by kind.")
     instances = _Family("ebbtide_instances", "gauge", "Live Wasm instances of the function in this process.")
@@ -84,11 +85,14 @@ def render_metrics(host: "Host") -> str:
     backlog = _Family("ebbtide_backlog", "gauge",
                       "Consumer lag (num_pending + num_ack_pending, whole consumer) at the controller's last reading.")
     starts = _Family("ebbtide_instance_starts_total", "counter", "Wasm instances started (scaling up, replacements).")
+    stops = _Family("ebbtide_instance_stops_total", "counter",
+                    "Wasm instances stopped (scaling down, shutdown, discarded after a guest fault).")
 
     for name, pool in list(host.pools.items()):
         stats = pool.stats
         messages.add(stats.processed, function=name, outcome="ok")
         messages.add(stats.dead_lettered, function=name, outcome="dead_lettered")
+        messages.add(stats.refused, function=name, outcome="refused")
         messages.add(stats.retried, function=name, outcome="retried")
         kinds = dict.fromkeys(GUEST_FAULT_KINDS, 0)
         kinds.update(stats.guest_faults)
@@ -100,6 +104,7 @@ def render_metrics(host: "Host") -> str:
         if controller is not None:
             backlog.add(controller.lag, function=name)
         starts.add(stats.instances_started, function=name)
+        stops.add(stats.instances_stopped, function=name)
 
     handle = _Family("ebbtide_handle_duration_seconds", "histogram",
                      "Time of one guest call (input copy, call, output read), per message.")
@@ -113,7 +118,7 @@ def render_metrics(host: "Host") -> str:
 
     connected = _Family("ebbtide_nats_connected", "gauge", "1 while the host's NATS connection is up, else 0.")
     connected.add(1 if host.nc is not None and host.nc.is_connected else 0)
-    families: list[_Family] = [messages, faults, instances, in_flight, backlog, starts, handle, connected]
+    families: list[_Family] = [messages, faults, instances, in_flight, backlog, starts, stops, handle, connected]
     rss = resident_memory_bytes()
     if rss is not None:
         memory = _Family("ebbtide_process_resident_memory_bytes", "gauge", "Resident memory of this process in bytes.")
