@@ -89,6 +89,18 @@ def chaos_manifest(tmp_path: Path, extra: str = "", *, fuel: int = 2_000_000, ac
     return parse_manifest(text, path)
 
 
+async def wait_for_consumers(nc: NatsClient, stream: str = "ORDERS", count: int = 3) -> None:
+    """Until the functions started elsewhere (another process) have provisioned their consumers."""
+
+    async def provisioned() -> bool:
+        try:
+            return len(await nc.jetstream().consumers_info(stream)) == count
+        except Exception:
+            return False
+
+    await wait_until(provisioned)
+
+
 async def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05) -> None:
     """Poll an async predicate until it is true; fail the test on timeout."""
     deadline = asyncio.get_running_loop().time() + timeout

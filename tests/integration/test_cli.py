@@ -14,7 +14,7 @@ from pathlib import Path
 import nats
 
 from ebbtide.state import stream_state
-from tests.conftest import manifest_copy, wait_until
+from tests.conftest import manifest_copy, wait_for_consumers, wait_until
 
 
 def ebbtide(*args: str, **kwargs) -> subprocess.CompletedProcess[str]:
@@ -34,13 +34,7 @@ async def test_up_with_embedded_server_publish_and_sigterm(tmp_path: Path, refer
             time.sleep(0.05)
         nc = await nats.connect(url)
 
-        async def consumers_ready() -> bool:
-            try:
-                return len(await nc.jetstream().consumers_info("ORDERS")) == 3
-            except Exception:
-                return False
-
-        await wait_until(consumers_ready)
+        await wait_for_consumers(nc)
         published = ebbtide("-m", str(manifest), "publish", "--count", "50", "--seed", "3", env=env)
         assert published.returncode == 0, published.stderr
         assert f"published 50 message(s) to orders.ingress on {url}" in published.stdout

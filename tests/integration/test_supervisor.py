@@ -14,7 +14,7 @@ from ebbtide.manifest import LoadedManifest, load_manifest
 from ebbtide.orders import encode_order, generate_orders
 from ebbtide.state import stream_state
 from ebbtide.supervisor import Supervisor
-from tests.conftest import manifest_copy, wait_until
+from tests.conftest import manifest_copy, wait_for_consumers, wait_until
 from tests.integration.test_pipeline import outbox_counts, publish
 
 
@@ -29,13 +29,7 @@ async def test_killed_function_process_is_restarted_and_nothing_is_lost(
     supervisor = Supervisor(path, list(manifest.spec.functions), nats_server.url)
     await supervisor.start()
     try:
-        async def consumers_bound() -> bool:
-            try:
-                return len(await nc.jetstream().consumers_info("ORDERS")) == 3
-            except Exception:
-                return False
-
-        await wait_until(consumers_bound)
+        await wait_for_consumers(nc)
         publishing = asyncio.create_task(publish(nc, [(encode_order(o), o.order_guid) for o in orders]))
 
         async def receiver_busy() -> bool:
