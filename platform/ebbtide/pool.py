@@ -71,7 +71,6 @@ class PoolStats:
     guest_faults: dict[str, int] = field(default_factory=dict)  # by kind: trap, timeout, memory-limit, invalid-output
     instances_started: int = 0
     instances_stopped: int = 0  # scaled down, shut down, or discarded after a fault
-    last_processed_at: float = 0.0
     handle_buckets: list[int] = field(default_factory=lambda: [0] * (len(HANDLE_BUCKETS_US) + 1))  # last: +Inf
     handle_sum_us: float = 0.0
 
@@ -363,7 +362,7 @@ class FunctionPool:
         results = iter(await self._publisher.confirm(
             (future for item in pending for future in item.futures), timeout=self.confirm_timeout
         ))
-        now = time.monotonic()
+        follow_up: list[_Pending] = []
         for item in pending:
             errors = [r for r in (next(results) for _ in item.futures) if isinstance(r, PublishError)]
             for span in item.spans:
@@ -378,12 +377,15 @@ class FunctionPool:
                     self.stats.dead_lettered += 1
                 else:
                     self.stats.processed += 1
-                    self.stats.last_processed_at = now
                 continue
             log.warning("%s: effects of %s #%d not confirmed: %s", self.name, item.delivery.stream, item.delivery.sequence, errors[0])
-            self.stats.retried += 1
-            backoff = self.function.retry.backoff_ms[0] / 1000
-            await item.msg.nak(delay=backoff)
+            if item.dead_letter is not None:  # the dead letter itself was not stored: try it all again later
+                self.stats.retried += 1
+                await item.msg.nak(delay=self.function.retry.backoff_ms[0] / 1000)
+            else:  # a transient failure like any other: retried, dead-lettered after retry.max_deliver
+                await self._retry(item.msg, item.delivery, f"effects not confirmed: {errors[0]}", follow_up, None)
+        if follow_up:
+            await self._settle(follow_up)  # dead letters only: no deeper than this
 
 
 async def nak_all(msgs: list[Msg]) -> None:

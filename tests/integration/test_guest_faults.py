@@ -75,3 +75,19 @@ async def test_reject_retry_and_oversized(tmp_path: Path, nats_server: EmbeddedN
     assert by_reason["retries-exhausted"].headers["Ebbtide-Delivery-Count"] == "3"
     assert "5003 bytes exceeds limits.max_payload (4096)" in by_reason["payload-too-large"].headers[H_ERROR]
     assert by_reason["payload-too-large"].headers["Ebbtide-Original-Subject"] == "in.chaos"
+
+
+async def test_effects_never_confirmed_are_retried_then_dead_lettered(tmp_path: Path, nats_server: EmbeddedNats, nc: NatsClient) -> None:
+    manifest = chaos_manifest(tmp_path)
+    js = nc.jetstream()
+    async with Host(manifest, nats_server.url) as host:
+        # The output subject loses its stream: every publish of the effect is refused by the server.
+        config = (await js.stream_info("TEST")).config
+        config.subjects = ["in.>"]
+        await js.update_stream(config)
+        await js.publish("in.chaos", b"lost-effect")
+        dead = await read_stream(nc, "DLQ", "dlq.chaos", expected=1)
+        assert host.pools["chaos"].stats.retried == 2  # max_deliver 3: two retries, then the dead letter
+    assert dead[0].data == b"lost-effect"
+    assert dead[0].headers[H_REASON] == "retries-exhausted"
+    assert "effects not confirmed" in dead[0].headers[H_ERROR]
