@@ -28,7 +28,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
-from .broker import ConfirmedPublisher, EmbeddedNats, connect, publish_all
+from .broker import ConfirmedPublisher, EmbeddedNats, connect, kv_stream_name, publish_all
 from .build import build_modules
 from .host import Host
 from .manifest import LoadedManifest
@@ -286,10 +286,10 @@ async def bench_tracing(manifest: LoadedManifest, report: BenchReport, quick: bo
                 batch = generate_orders(orders, seed=run, first_id=3_000_000 + run * orders)
                 payloads = [(encode_order(o), o.order_guid) for o in batch]
                 async with Host(manifest, server.url, tracer_provider=provider):
-                    before = await _stored(nc)
+                    before = await _stored(nc, manifest)
                     started = time.time()
                     await publish_all(publisher, INGRESS_SUBJECT, payloads)
-                    while await _stored(nc) < before + orders:
+                    while await _stored(nc, manifest) < before + orders:
                         await asyncio.sleep(0.005)
                     results[label] = orders / (time.time() - started)
                 if provider is not None:
@@ -303,8 +303,9 @@ async def bench_tracing(manifest: LoadedManifest, report: BenchReport, quick: bo
         report.add(f"throughput, tracing {label} / off", results[label] / baseline * 100, "%", how)
 
 
-async def _stored(nc) -> int:  # type: ignore[no-untyped-def]
-    return sum([(await stream_state(nc, f"KV_{b}")).messages for b in ("outbox-express", "outbox-standard")])
+async def _stored(nc, manifest: LoadedManifest) -> int:  # type: ignore[no-untyped-def]
+    """Entries in every KV bucket of the manifest (the outboxes)."""
+    return sum([(await stream_state(nc, kv_stream_name(bucket))).messages for bucket in manifest.spec.kv])
 
 
 # -- entry point ----------------------------------------------------------------------------------------------
