@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
 from nats.aio.client import Client as NatsClient
 from opentelemetry.sdk.trace import TracerProvider
@@ -19,6 +20,9 @@ from .runtime import WasmEngine
 from .telemetry import TelemetryServer, host_readiness, render_metrics, tracing
 
 log = logging.getLogger("ebbtide.host")
+
+# Overrides [telemetry] metrics_host: containers listen on 0.0.0.0 with the same manifest.
+METRICS_HOST_ENV = "EBBTIDE_METRICS_HOST"
 
 
 class Host:
@@ -48,7 +52,7 @@ class Host:
         if self.metrics_port:  # first, so /healthz answers during start-up and /readyz says why not yet
             self.telemetry = await TelemetryServer(
                 lambda: render_metrics(self), lambda: host_readiness(self),
-                host=self.manifest.spec.telemetry.metrics_host, port=self.metrics_port,
+                host=os.environ.get(METRICS_HOST_ENV) or self.manifest.spec.telemetry.metrics_host, port=self.metrics_port,
             ).start()
         memory_limit = max(self.manifest.function(n).limits.memory_mib for n in self.function_names)
         engine = WasmEngine(memory_reservation=max(memory_limit, 16) * 1024 * 1024,
