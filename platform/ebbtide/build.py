@@ -28,7 +28,7 @@ def _zig_command() -> list[str]:
     try:
         import ziglang  # noqa: F401  (the ziglang package from PyPI carries the Zig toolchain)
     except ImportError:
-        raise BuildError("the Zig toolchain is missing: pip install ziglang (or: pip install -e ".[build]")") from None
+        raise BuildError("the Zig toolchain is missing: pip install ziglang (or: pip install -e '.[build]')") from None
     return [sys.executable, "-m", "ziglang"]
 
 
