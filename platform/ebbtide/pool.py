@@ -10,7 +10,6 @@ failure is either permanent (dead-lettered at once) or transient (nak with backo
 from __future__ import annotations
 
 import asyncio
-import bisect
 import logging
 import time
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from opentelemetry.trace import Span, SpanKind, StatusCode, Tracer
 from .effects import Allowlist, EffectRefused
 from .manifest import LoadedManifest
 from .telemetry import tracing
-from .telemetry.metrics import HANDLE_BUCKETS_US
+from .telemetry.metrics import END_TO_END_BUCKETS_S, HANDLE_BUCKETS_S, Histogram
 from .runtime import (
     GuestFault, GuestInstance, GuestLimits, InputTooLarge, Status, WasmEngine, decode_effects,
 )
@@ -38,6 +37,9 @@ log = logging.getLogger("ebbtide.pool")
 MIB = 1024 * 1024
 FETCH_WAIT_S = 1.0  # long-poll length of an idle fetch; also how long a stopping idle worker may take
 MAX_REMEMBERED_FAILURES = 100_000
+# Server time (ns since the epoch) of the order's publish to the first function's stream. Every effect
+# carries it on, so each hop knows how long the order has been travelling (ebbtide_end_to_end_seconds).
+INGRESS_AT = "Ebbtide-Ingress-At"
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +49,7 @@ class Delivery:
     stream: str
     sequence: int  # stream sequence: stable across redeliveries, so effect ids derived from it are too
     delivered: int  # 1 on first delivery
+    published_ns: int  # server time the message was stored in the stream
 
 
 def parse_ack_subject(reply: str) -> Delivery:
@@ -59,7 +62,15 @@ def parse_ack_subject(reply: str) -> Delivery:
         base = 4
     else:
         raise ValueError(f"not a JetStream ack subject: {reply!r}")
-    return Delivery(tokens[base], int(tokens[base + 3]), int(tokens[base + 2]))
+    return Delivery(tokens[base], int(tokens[base + 3]), int(tokens[base + 2]), int(tokens[base + 5]))
+
+
+def ingress_ns(msg: Msg, delivery: Delivery) -> int:
+    """When the order entered the pipeline: carried by an earlier hop, else this message's own publish."""
+    carried = msg.headers.get(INGRESS_AT) if msg.headers else None
+    if carried is not None and carried.isdigit():
+        return int(carried)
+    return delivery.published_ns
 
 
 @dataclass
@@ -71,8 +82,8 @@ class PoolStats:
     guest_faults: dict[str, int] = field(default_factory=dict)  # by kind: trap, timeout, memory-limit, invalid-output
     instances_started: int = 0
     instances_stopped: int = 0  # scaled down, shut down, or discarded after a fault
-    handle_buckets: list[int] = field(default_factory=lambda: [0] * (len(HANDLE_BUCKETS_US) + 1))  # last: +Inf
-    handle_sum_us: float = 0.0
+    handle: Histogram = field(default_factory=lambda: Histogram(HANDLE_BUCKETS_S))  # guest call time
+    end_to_end: Histogram = field(default_factory=lambda: Histogram(END_TO_END_BUCKETS_S))  # ingress -> effects confirmed
 
 
 @dataclass(slots=True)
@@ -82,6 +93,7 @@ class _Pending:
     futures: list[asyncio.Future[PubAck]]
     dead_letter: Reason | None  # the futures carry a dead letter (for this reason), not effects
     spans: list[Span]  # ended when the batch is settled (empty when tracing is off)
+    ingress_ns: int = 0  # for the end-to-end latency of messages processed ok
 
 
 class FunctionPool:
@@ -272,11 +284,9 @@ class FunctionPool:
             try:
                 status, output = instance.handle(subject, payload)
             finally:
-                elapsed_us = (time.perf_counter() - started) * 1e6
-                self.handle_times_us.append(elapsed_us)
-                stats = self.stats
-                stats.handle_buckets[bisect.bisect_left(HANDLE_BUCKETS_US, elapsed_us)] += 1
-                stats.handle_sum_us += elapsed_us
+                elapsed = time.perf_counter() - started
+                self.handle_times_us.append(elapsed * 1e6)
+                self.stats.handle.observe(elapsed)
             if status is Status.OK:
                 outgoing = self.allowlist.plan(decode_effects(output))
             elif status is Status.REJECT:
@@ -300,19 +310,23 @@ class FunctionPool:
             await self._dead_letter(msg, delivery, Reason.EFFECT_REFUSED, str(exc), pending, span)
             return instance
         id_prefix = f"{delivery.stream}:{delivery.sequence}:"
+        ingress = ingress_ns(msg, delivery)
+        carried = {INGRESS_AT: str(ingress)}
         if span is None:
             futures = [
-                await self._publisher.publish(out.subject, out.payload, f"{id_prefix}{i}")
+                await self._publisher.publish(out.subject, out.payload, f"{id_prefix}{i}", carried)
                 for i, out in enumerate(outgoing)
             ]
-            pending.append(_Pending(msg, delivery, futures, dead_letter=None, spans=[]))
+            pending.append(_Pending(msg, delivery, futures, dead_letter=None, spans=[], ingress_ns=ingress))
             return instance
         spans, futures = [span], []
         for i, out in enumerate(outgoing):
             send = self._send_span(span, out.subject, f"{id_prefix}{i}")
             spans.append(send)
-            futures.append(await self._publisher.publish(out.subject, out.payload, f"{id_prefix}{i}", tracing.inject(send)))
-        pending.append(_Pending(msg, delivery, futures, dead_letter=None, spans=spans))
+            headers = tracing.inject(send)
+            headers[INGRESS_AT] = carried[INGRESS_AT]
+            futures.append(await self._publisher.publish(out.subject, out.payload, f"{id_prefix}{i}", headers))
+        pending.append(_Pending(msg, delivery, futures, dead_letter=None, spans=spans, ingress_ns=ingress))
         return instance
 
     async def _retry(self, msg: Msg, delivery: Delivery, error: str, pending: list[_Pending], span: Span | None) -> None:
@@ -363,6 +377,7 @@ class FunctionPool:
             (future for item in pending for future in item.futures), timeout=self.confirm_timeout
         ))
         follow_up: list[_Pending] = []
+        confirmed_at_ns = time.time_ns()
         for item in pending:
             errors = [r for r in (next(results) for _ in item.futures) if isinstance(r, PublishError)]
             for span in item.spans:
@@ -377,6 +392,7 @@ class FunctionPool:
                     self.stats.dead_lettered += 1
                 else:
                     self.stats.processed += 1
+                    self.stats.end_to_end.observe(max(0, confirmed_at_ns - item.ingress_ns) / 1e9)
                 continue
             log.warning("%s: effects of %s #%d not confirmed: %s", self.name, item.delivery.stream, item.delivery.sequence, errors[0])
             if item.dead_letter is not None:  # the dead letter itself was not stored: try it all again later

@@ -223,6 +223,7 @@ async def test_metrics_and_health_of_a_running_host(
             "ebbtide_instance_starts_total": "counter", "ebbtide_instance_stops_total": "counter",
             "ebbtide_process_resident_memory_bytes": "gauge",
             "ebbtide_nats_connected": "gauge", "ebbtide_handle_duration_seconds": "histogram",
+            "ebbtide_end_to_end_seconds": "histogram",
         }
         assert {name: f["type"] for name, f in families.items()} == expected_types
         assert all(f["help"] for f in families.values())
@@ -267,6 +268,14 @@ async def test_metrics_and_health_of_a_running_host(
         assert 0 < histogram[("ebbtide_handle_duration_seconds_sum", frozenset({("function", "distributor")}))] < calls
         for fn in ("receiver-express", "receiver-standard"):
             assert value(families, "ebbtide_messages_total", function=fn, outcome="dead_lettered") == 0
+        # End to end, ingress publish -> effects confirmed: one observation per order processed ok, and an
+        # order reaches its outbox (receiver) later than it left the distributor.
+        latency = families["ebbtide_end_to_end_seconds"]["samples"]
+        e2e = {fn: (latency[("ebbtide_end_to_end_seconds_count", frozenset({("function", fn)}))],
+                    latency[("ebbtide_end_to_end_seconds_sum", frozenset({("function", fn)}))]) for fn in FUNCTIONS}
+        assert {fn: count for fn, (count, _) in e2e.items()} == expected
+        receivers_sum = e2e["receiver-express"][1] + e2e["receiver-standard"][1]
+        assert 0 < e2e["distributor"][1] < receivers_sum < 60 * len(orders)
 
         # Bad requests get an answer (or are dropped) and the server goes on serving.
         assert (await http_raw(port, b"\x00\xffgarbage\r\n\r\n"))[0] == 400
