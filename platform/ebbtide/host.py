@@ -17,7 +17,8 @@ from .broker import ConfirmedPublisher, connect, provision
 from .manifest import LoadedManifest
 from .pool import FunctionPool
 from .runtime import WasmEngine
-from .telemetry import TelemetryServer, host_readiness, render_metrics, tracing
+from .telemetry import TelemetryServer, collect, host_readiness, render_metrics, tracing
+from .telemetry.otlp import OtlpMetricsPusher
 
 log = logging.getLogger("ebbtide.host")
 
@@ -43,9 +44,12 @@ class Host:
         self.metrics_port = manifest.spec.telemetry.metrics_port if metrics_port is None else metrics_port
         self.telemetry: TelemetryServer | None = None
         telemetry = manifest.spec.telemetry
+        service = f"ebbtide-{'-'.join(self.function_names)}"
+        otlp_endpoint = tracing.otlp_endpoint(telemetry.otlp_endpoint)
         self._owns_tracer_provider = tracer_provider is None
-        self.tracer_provider = tracer_provider or tracing.tracer_provider(
-            telemetry.trace_sample_ratio, telemetry.otlp_endpoint, service=f"ebbtide-{'-'.join(self.function_names)}")
+        self.tracer_provider = tracer_provider or tracing.tracer_provider(telemetry.trace_sample_ratio, otlp_endpoint, service)
+        self.metrics_pusher = (OtlpMetricsPusher.to_endpoint(lambda: collect(self), otlp_endpoint, service)
+                               if otlp_endpoint else None)
         self.stopping = False
 
     async def start(self) -> None:
@@ -74,6 +78,9 @@ class Host:
             scale = pool.function.scale
             log.info("function %s on %s: %d..%d instances, now %d", name, pool.function.trigger, scale.min, scale.max, pool.instances)
 
+        if self.metrics_pusher is not None:
+            self.metrics_pusher.start()
+
     def _on_lost(self) -> None:
         if not self.stopping:
             log.error("the NATS connection closed for good; this host cannot go on")
@@ -95,6 +102,8 @@ class Host:
         finally:
             if self.telemetry is not None:  # last: /readyz says "stopping" during the drain
                 await self.telemetry.stop()
+            if self.metrics_pusher is not None:
+                await self.metrics_pusher.stop()  # one last push: the final counts of this process
             if self.tracer_provider is not None and self._owns_tracer_provider:
                 self.tracer_provider.shutdown()  # exports what is still buffered
 

@@ -7,6 +7,6 @@
 """
 
 from .http import TelemetryServer
-from .metrics import CONTENT_TYPE, host_readiness, render_metrics, resident_memory_bytes
+from .metrics import CONTENT_TYPE, collect, host_readiness, render_metrics, resident_memory_bytes
 
-__all__ = ["CONTENT_TYPE", "TelemetryServer", "host_readiness", "render_metrics", "resident_memory_bytes"]
+__all__ = ["CONTENT_TYPE", "TelemetryServer", "collect", "host_readiness", "render_metrics", "resident_memory_bytes"]

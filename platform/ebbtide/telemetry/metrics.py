@@ -1,4 +1,5 @@
-"""Prometheus text exposition (format 0.0.4) of a running Host, built at scrape time.
+"""A running Host's metrics: collected at scrape (or push) time, rendered as Prometheus text (format
+0.0.4) for /metrics; `otlp.py` pushes the same families over OTLP.
 
 Everything is read from what the pools and controllers already keep (`PoolStats`, instance counts, the
 controller's last lag reading): a scrape costs a few dict lookups per function and adds nothing to the
@@ -11,7 +12,8 @@ import bisect
 import math
 import os
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     from ..host import Host
@@ -30,16 +32,22 @@ class Histogram:
     """Counts per bucket (upper bounds in seconds, plus +Inf), their sum and count: what Prometheus and
     OTLP histograms carry. Observing is a bisect and two additions: cheap enough for every message."""
 
-    __slots__ = ("bounds", "counts", "sum")
+    __slots__ = ("bounds", "counts", "sum", "min", "max")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self.bounds = bounds
         self.counts = [0] * (len(bounds) + 1)  # last: +Inf
         self.sum = 0.0
+        self.min = math.inf  # OTLP carries them; Prometheus does not
+        self.max = -math.inf
 
     def observe(self, seconds: float) -> None:
         self.counts[bisect.bisect_left(self.bounds, seconds)] += 1
         self.sum += seconds
+        if seconds < self.min:
+            self.min = seconds
+        if seconds > self.max:
+            self.max = seconds
 
     @property
     def count(self) -> int:
@@ -68,21 +76,23 @@ def _format_value(value: float) -> str:
     return repr(float(value))
 
 
-class _Family:
-    """One metric family: its HELP and TYPE lines, then its samples."""
+Kind = Literal["counter", "gauge", "histogram"]
 
-    def __init__(self, name: str, kind: str, help_text: str) -> None:
-        self.name = name
-        self.lines = [f"# HELP {name} {_escape_help(help_text)}", f"# TYPE {name} {kind}"]
 
-    def add(self, value: float, suffix: str = "", **labels: str) -> None:
-        """One sample; `suffix` for a histogram's _bucket, _sum and _count series."""
-        name = self.name + suffix
-        if labels:
-            rendered = ",".join(f'{key}="{escape_label_value(str(val))}"' for key, val in labels.items())
-            self.lines.append(f"{name}{{{rendered}}} {_format_value(value)}")
-        else:
-            self.lines.append(f"{name} {_format_value(value)}")
+@dataclass
+class Family:
+    """One metric: its Prometheus name (counters end in _total), kind, help and samples by labels.
+
+    Both exports are made from these: the Prometheus text (`render_prometheus`) and OTLP (`otlp.py`).
+    """
+
+    name: str
+    kind: Kind
+    help: str
+    samples: list[tuple[dict[str, str], float | Histogram]] = field(default_factory=list)
+
+    def add(self, value: float | Histogram, **labels: str) -> None:
+        self.samples.append((labels, value))
 
 
 def resident_memory_bytes() -> int | None:
@@ -94,21 +104,26 @@ def resident_memory_bytes() -> int | None:
         return None
 
 
-def render_metrics(host: "Host") -> str:
-    """The exposition text for every pool of `host` (pools not started yet are simply absent)."""
-    messages = _Family("ebbtide_messages_total", "counter",
-                       "Message outcomes in this process: ok (effects confirmed, acked), "
-                       "dead_lettered (acked after its dead letter was stored), refused (dead-lettered for an effect "
-                       "outside the allowlist), retried (nak'ed for redelivery).")
-    faults = _Family("ebbtide_guest_faults_total", "counter",
-                     "Guest faults (the instance was replaced and the message retried), by kind.")
-    instances = _Family("ebbtide_instances", "gauge", "Live Wasm instances of the function in this process.")
-    in_flight = _Family("ebbtide_in_flight", "gauge", "Messages fetched by this process and not yet settled.")
-    backlog = _Family("ebbtide_backlog", "gauge",
-                      "Consumer lag (num_pending + num_ack_pending, whole consumer) at the controller's last reading.")
-    starts = _Family("ebbtide_instance_starts_total", "counter", "Wasm instances started (scaling up, replacements).")
-    stops = _Family("ebbtide_instance_stops_total", "counter",
-                    "Wasm instances stopped (scaling down, shutdown, discarded after a guest fault).")
+def collect(host: "Host") -> list[Family]:
+    """Every metric of `host`'s pools (pools not started yet are simply absent), read at this moment."""
+    messages = Family("ebbtide_messages_total", "counter",
+                      "Message outcomes in this process: ok (effects confirmed, acked), "
+                      "dead_lettered (acked after its dead letter was stored), refused (dead-lettered for an effect "
+                      "outside the allowlist), retried (nak'ed for redelivery).")
+    faults = Family("ebbtide_guest_faults_total", "counter",
+                    "Guest faults (the instance was replaced and the message retried), by kind.")
+    instances = Family("ebbtide_instances", "gauge", "Live Wasm instances of the function in this process.")
+    in_flight = Family("ebbtide_in_flight", "gauge", "Messages fetched by this process and not yet settled.")
+    backlog = Family("ebbtide_backlog", "gauge",
+                     "Consumer lag (num_pending + num_ack_pending, whole consumer) at the controller's last reading.")
+    starts = Family("ebbtide_instance_starts_total", "counter", "Wasm instances started (scaling up, replacements).")
+    stops = Family("ebbtide_instance_stops_total", "counter",
+                   "Wasm instances stopped (scaling down, shutdown, discarded after a guest fault).")
+    handle = Family("ebbtide_handle_duration_seconds", "histogram",
+                    "Time of one guest call (input copy, call, output read), per message.")
+    end_to_end = Family("ebbtide_end_to_end_seconds", "histogram",
+                        "From the publish of the order to orders.ingress (its server timestamp) until this function's "
+                        "effects were confirmed, per message processed ok; for the receivers: ingress to outbox write.")
 
     for name, pool in list(host.pools.items()):
         stats = pool.stats
@@ -127,38 +142,47 @@ def render_metrics(host: "Host") -> str:
             backlog.add(controller.lag, function=name)
         starts.add(stats.instances_started, function=name)
         stops.add(stats.instances_stopped, function=name)
+        handle.add(stats.handle, function=name)
+        end_to_end.add(stats.end_to_end, function=name)
 
-    handle = _Family("ebbtide_handle_duration_seconds", "histogram",
-                     "Time of one guest call (input copy, call, output read), per message.")
-    end_to_end = _Family("ebbtide_end_to_end_seconds", "histogram",
-                         "From the publish of the order to orders.ingress (its server timestamp) until this function's "
-                         "effects were confirmed, per message processed ok; for the receivers: ingress to outbox write.")
-    for name, pool in list(host.pools.items()):
-        _add_histogram(handle, pool.stats.handle, name)
-        _add_histogram(end_to_end, pool.stats.end_to_end, name)
-
-    connected = _Family("ebbtide_nats_connected", "gauge", "1 while the host's NATS connection is up, else 0.")
+    connected = Family("ebbtide_nats_connected", "gauge", "1 while the host's NATS connection is up, else 0.")
     connected.add(1 if host.nc is not None and host.nc.is_connected else 0)
-    families: list[_Family] = [messages, faults, instances, in_flight, backlog, starts, stops, handle, end_to_end, connected]
+    families = [messages, faults, instances, in_flight, backlog, starts, stops, handle, end_to_end, connected]
     rss = resident_memory_bytes()
     if rss is not None:
-        memory = _Family("ebbtide_process_resident_memory_bytes", "gauge", "Resident memory of this process in bytes.")
+        memory = Family("ebbtide_process_resident_memory_bytes", "gauge", "Resident memory of this process in bytes.")
         memory.add(rss)
         families.append(memory)
-    return _join(families)
+    return families
 
 
-def _add_histogram(family: _Family, histogram: Histogram, function: str) -> None:
-    cumulative = 0
-    for bound, count in zip((*histogram.bounds, math.inf), histogram.counts):
-        cumulative += count
-        family.add(cumulative, suffix="_bucket", function=function, le=_format_value(bound))
-    family.add(histogram.sum, suffix="_sum", function=function)
-    family.add(cumulative, suffix="_count", function=function)
+def render_metrics(host: "Host") -> str:
+    return render_prometheus(collect(host))
 
 
-def _join(families: Iterable[_Family]) -> str:
-    return "\n".join(line for family in families for line in family.lines) + "\n"
+def render_prometheus(families: Iterable[Family]) -> str:
+    """The text exposition format 0.0.4."""
+    lines: list[str] = []
+    for family in families:
+        lines += [f"# HELP {family.name} {_escape_help(family.help)}", f"# TYPE {family.name} {family.kind}"]
+        for labels, value in family.samples:
+            if isinstance(value, Histogram):
+                cumulative = 0
+                for bound, count in zip((*value.bounds, math.inf), value.counts):
+                    cumulative += count
+                    lines.append(_sample(family.name + "_bucket", {**labels, "le": _format_value(bound)}, cumulative))
+                lines.append(_sample(family.name + "_sum", labels, value.sum))
+                lines.append(_sample(family.name + "_count", labels, cumulative))
+            else:
+                lines.append(_sample(family.name, labels, value))
+    return "\n".join(lines) + "\n"
+
+
+def _sample(name: str, labels: dict[str, str], value: float) -> str:
+    if not labels:
+        return f"{name} {_format_value(value)}"
+    rendered = ",".join(f'{key}="{escape_label_value(str(val))}"' for key, val in labels.items())
+    return f"{name}{{{rendered}}} {_format_value(value)}"
 
 
 def host_readiness(host: "Host") -> tuple[bool, str]:

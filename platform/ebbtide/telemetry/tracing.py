@@ -10,7 +10,9 @@ Off by default and then free: the pool holds no tracer and skips all of this (`t
 
 from __future__ import annotations
 
+import importlib
 import os
+from types import ModuleType
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
@@ -29,23 +31,30 @@ class TracingError(Exception):
     pass
 
 
-def tracer_provider(sample_ratio: float, otlp_endpoint: str, service: str) -> TracerProvider | None:
-    """The provider for a host process, or None when tracing is off (ratio 0 and no endpoint).
+def otlp_endpoint(configured: str) -> str:
+    """Where traces and metrics go: the manifest's [telemetry] otlp_endpoint, else the standard variable."""
+    return configured or os.environ.get(OTLP_ENDPOINT_ENV, "")
+
+
+def otlp_exporter_module(name: str) -> ModuleType:
+    """opentelemetry.exporter.otlp.proto.http.<name>, or a clear error when the otlp extra is missing."""
+    try:
+        return importlib.import_module(f"opentelemetry.exporter.otlp.proto.http.{name}")
+    except ImportError:
+        raise TracingError("an OTLP endpoint is configured but the OTLP exporter is missing: pip install 'ebbtide[otlp]'") from None
+
+
+def tracer_provider(sample_ratio: float, endpoint: str, service: str) -> TracerProvider | None:
+    """The provider for a host process, or None when tracing is off (ratio 0 or no endpoint).
 
     Parent-based sampling: an order whose publisher sampled it is traced in every hop.
     """
-    endpoint = otlp_endpoint or os.environ.get(OTLP_ENDPOINT_ENV, "")
     if sample_ratio <= 0 or not endpoint:
         return None
-    try:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    except ImportError:
-        raise TracingError(
-            "tracing is configured but the OTLP exporter is missing: pip install 'ebbtide[otlp]'"
-        ) from None
+    exporter = otlp_exporter_module("trace_exporter").OTLPSpanExporter(endpoint=f"{endpoint.rstrip('/')}/v1/traces")
     provider = TracerProvider(resource=Resource.create({"service.name": service}),
                               sampler=ParentBased(TraceIdRatioBased(sample_ratio)))
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{endpoint.rstrip('/')}/v1/traces")))
+    provider.add_span_processor(BatchSpanProcessor(exporter))
     return provider
 
 
