@@ -46,9 +46,13 @@ def build_modules(manifest: LoadedManifest, modules: list[str] | None = None, fo
         source_dir = manifest.resolve(spec.modules[name].source)
         sdk = manifest.resolve(spec.modules[name].sdk)
         main = source_dir / "main.zig"
+        output = manifest.module_path(name)
+        if not source_dir.exists() and output.exists():
+            # A container image ships built modules without their sources (nor Zig): use them as they are.
+            results.append(BuildResult(name, output, rebuilt=False))
+            continue
         if not main.exists():
             raise BuildError(f"module {name}: {main} not found (modules.{name}.source in {manifest.path})")
-        output = manifest.module_path(name)
         inputs = _sources(source_dir) + _sources(sdk)
         if not force and output.exists() and output.stat().st_mtime >= max(p.stat().st_mtime for p in inputs):
             results.append(BuildResult(name, output, rebuilt=False))
