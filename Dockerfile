@@ -1,0 +1,59 @@
+# syntax=docker/dockerfile:1
+# ebbtide: one image for every function (`ebbtide run --function NAME`) and, as target `loadtest`, Locust.
+#   docker build -t ebbtide:0.1.0 .                      (runtime image, ~no toolchain)
+#   docker build -t ebbtide-loadtest:0.1.0 --target loadtest .
+# The Wasm modules are compiled from source in the build stage; the runtime stage gets the built modules
+# and a venv without Zig (411 MB), so it cannot (and need not) rebuild them.
+
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+
+# -- build: install the package with the Zig toolchain, compile the guest functions ----------------------
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    ZIG_GLOBAL_CACHE_DIR=/tmp/zig-cache
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /src
+# Dependencies first (pinned in pyproject.toml), so a change in the sources does not reinstall them.
+COPY pyproject.toml README.md ./
+COPY platform ./platform
+RUN pip install ".[build,otlp]"
+COPY ebbtide.toml ./
+COPY functions ./functions
+RUN ebbtide build \
+    && pip uninstall --yes ziglang
+
+# -- runtime: the venv and the built modules, a non-root user ---------------------------------------------
+FROM ${PYTHON_IMAGE} AS runtime
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    EBBTIDE_METRICS_PORT=9464 \
+    EBBTIDE_METRICS_HOST=0.0.0.0
+RUN useradd --system --uid 10001 --user-group --home-dir /app --no-create-home ebbtide
+COPY --from=build /opt/venv /opt/venv
+WORKDIR /app
+COPY --from=build /src/ebbtide.toml ./ebbtide.toml
+COPY --from=build /src/build/wasm ./build/wasm
+# The compiled-module cache (build/cache) and `ebbtide up`'s data folder are written at run time.
+RUN mkdir -p build/cache .ebbtide && chown -R ebbtide:ebbtide build/cache .ebbtide
+USER 10001:10001
+# 9464: /metrics, /healthz, /readyz of the function's process (EBBTIDE_METRICS_PORT).
+EXPOSE 9464
+# No curl in slim images: Python asks /healthz.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ['EBBTIDE_METRICS_PORT'], timeout=2)"]
+CMD ["ebbtide", "run", "--function", "distributor"]
+
+# -- loadtest: the runtime image plus Locust and loadtest/ (compose service `locust`) ----------------------
+FROM runtime AS loadtest
+USER root
+COPY pyproject.toml README.md /tmp/ebbtide-src/
+COPY platform /tmp/ebbtide-src/platform
+RUN pip install --no-cache-dir "/tmp/ebbtide-src[loadtest]" && rm -rf /tmp/ebbtide-src
+COPY loadtest ./loadtest
+USER 10001:10001
+HEALTHCHECK NONE
+EXPOSE 8089
+CMD ["locust", "-f", "loadtest/locustfile.py", "--host", "nats://nats:4222"]
