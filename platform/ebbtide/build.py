@@ -1,17 +1,37 @@
 """`ebbtide build`: compile each module of the manifest from source into <build_dir>/wasm/<module>.wasm.
 
-Incremental: a module is rebuilt only when a source file (its own or the guest SDK's) is newer than
-its output. Built files never go into git (see .gitignore).
+One builder per language ([modules.X] lang): zig (`zig build-exe`), c (`zig cc`, both from the `ziglang`
+package on PyPI) and assemblyscript (`asc` on Node.js; the pinned compiler is installed with `npm ci` into
+<build_dir>/assemblyscript/ on first use). Every module builds against its language's guest SDK
+(functions/sdk, functions/sdk-c, functions/sdk-assemblyscript) unless `sdk` names another folder.
+
+Incremental: a module is rebuilt when a source file (its own or its SDK's) is newer than its output, or
+when its recipe (language, entry file, SDK folder, compiler flags, compiler version) changed since the last
+build. A toolchain is looked for only when something must be compiled, and a missing one is reported with
+how to install it. Built files never go into git (see .gitignore).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 from .manifest import LoadedManifest, ManifestError
+
+# The SDKs shipped with ebbtide, relative to the manifest's folder or, failing that, to this checkout
+# (so a manifest outside the repository, e.g. one made by `ebbtide new`, still finds them).
+CHECKOUT = Path(__file__).resolve().parents[2]
+NODE_MIN_MAJOR = 20  # assemblyscript 0.28 declares engines.node >= 20
+NPM_TIMEOUT_S = 600
+
 
 class BuildError(Exception):
     pass
@@ -24,16 +44,196 @@ class BuildResult:
     rebuilt: bool
 
 
+@dataclass(frozen=True)
+class Job:
+    """One module to compile: where its sources are and where the compiler writes."""
+
+    module: str
+    source_dir: Path
+    main: Path
+    sdk: Path
+    output: Path  # a temporary file, moved into place once the compiler succeeded
+    build_dir: Path
+
+
+@dataclass(frozen=True)
+class Language:
+    name: str
+    main: str  # the entry file in the module's source folder
+    default_sdk: str
+    suffixes: tuple[str, ...]  # source files that trigger a rebuild (module and SDK folders)
+    recipe: str  # the compiler flags, as text: a change rebuilds every module of the language
+    compile: Callable[[Job], None]
+
+
+# -- zig and C: the ziglang package -------------------------------------------------------------------------
+
+ZIG_FLAGS = ["-target", "wasm32-freestanding", "-O", "ReleaseSmall", "-fno-entry", "-rdynamic",
+             "--stack", "16384"]  # nothing recurses and the big buffers are static
+C_FLAGS = ["-target", "wasm32-freestanding", "-Os", "-std=c11", "-Wall",
+           # no libc: the SDK provides the few functions the compiler calls, through bulk memory
+           "-nostdlib", "-ffreestanding", "-mbulk-memory",
+           "-Wl,--no-entry", "-Wl,-z,stack-size=16384"]
+
+
 def _zig_command() -> list[str]:
     try:
         import ziglang  # noqa: F401  (the ziglang package from PyPI carries the Zig toolchain)
     except ImportError:
-        raise BuildError("the Zig toolchain is missing: pip install ziglang (or: pip install -e '.[build]')") from None
+        raise BuildError(
+            "the Zig toolchain is missing (it builds the zig and c modules): "
+            "pip install ziglang==0.17.0 (or: pip install -e '.[build]')"
+        ) from None
     return [sys.executable, "-m", "ziglang"]
 
 
-def _sources(folder: Path) -> list[Path]:
-    return [path for path in folder.rglob("*.zig") if path.is_file()]
+def _zig_env(build_dir: Path) -> dict[str, str]:
+    # Without explicit cache folders Zig writes .zig-cache/ into the working directory.
+    cache = build_dir / "zig-cache"
+    return {**os.environ, "ZIG_LOCAL_CACHE_DIR": str(cache / "local"), "ZIG_GLOBAL_CACHE_DIR": str(cache / "global")}
+
+
+def _run(job: Job, what: str, command: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd)
+    if done.returncode != 0:
+        text = (done.stderr.strip() + "\n" + done.stdout.strip()).strip()
+        raise BuildError(f"module {job.module}: {what} failed:\n{text}")
+
+
+def _compile_zig(job: Job) -> None:
+    cache = job.build_dir / "zig-cache"
+    _run(job, "zig build-exe", [
+        *_zig_command(), "build-exe", *ZIG_FLAGS,
+        "--cache-dir", str(cache / "local"), "--global-cache-dir", str(cache / "global"),
+        "--dep", "ebbtide", f"-Mroot={job.main}", f"-Mebbtide={job.sdk / 'ebbtide.zig'}",
+        f"-femit-bin={job.output}",
+    ])
+
+
+def _compile_c(job: Job) -> None:
+    header = job.sdk / "ebbtide.h"
+    if not header.exists():
+        raise BuildError(f"module {job.module}: {header} not found (is {job.sdk} the C SDK?)")
+    sources = sorted(path for path in job.source_dir.rglob("*.c") if path.is_file())
+    _run(job, "zig cc", [
+        *_zig_command(), "cc", *C_FLAGS, "-I", str(job.sdk), str(job.sdk / "ebbtide.c"), *map(str, sources),
+        "-o", str(job.output),
+    ], env=_zig_env(job.build_dir))
+
+
+# -- AssemblyScript: Node.js + the pinned compiler from npm ----------------------------------------------------
+
+AS_FLAGS = ["--runtime", "stub",  # a bump allocator that never frees: the SDK allocates nothing per message
+            "--use", "abort=",  # no `env.abort` import: a failed assertion traps instead
+            "-O3z", "--noAssert", "--noColors"]
+
+
+def _node() -> str:
+    node = shutil.which("node")
+    if node is None:
+        raise BuildError(
+            f"Node.js is missing (the AssemblyScript compiler runs on it): install Node.js {NODE_MIN_MAJOR} or "
+            "newer with npm (Debian/Ubuntu: apt-get install nodejs npm) and make sure `node` is on PATH"
+        )
+    version = subprocess.run([node, "--version"], capture_output=True, text=True).stdout.strip()
+    try:
+        major = int(version.lstrip("v").split(".")[0])
+    except ValueError:
+        raise BuildError(f"{node} --version printed {version!r}, not a Node.js version") from None
+    if major < NODE_MIN_MAJOR:
+        raise BuildError(f"Node.js {version} is too old for AssemblyScript: install Node.js {NODE_MIN_MAJOR} or newer")
+    return node
+
+
+def _asc(job: Job) -> Path:
+    """The compiler pinned by the SDK's package-lock.json, installed once into the build folder."""
+    lock = job.sdk / "package-lock.json"
+    package = job.sdk / "package.json"
+    if not lock.exists() or not package.exists():
+        raise BuildError(f"module {job.module}: {job.sdk} has no package.json and package-lock.json (the AssemblyScript SDK pins its compiler there)")
+    digest = hashlib.sha256(lock.read_bytes()).hexdigest()[:16]
+    home = job.build_dir / "assemblyscript" / digest
+    asc = home / "node_modules" / "assemblyscript" / "bin" / "asc.js"
+    if asc.exists():
+        return asc
+    npm = shutil.which("npm")
+    if npm is None:
+        raise BuildError(
+            "npm is missing (it installs the pinned AssemblyScript compiler once): "
+            "install it with Node.js (Debian/Ubuntu: apt-get install npm)"
+        )
+    # Install into a folder of our own, then rename: a concurrent or interrupted build never sees half of it.
+    staging = home.with_name(f"{digest}.{os.getpid()}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    shutil.copy2(package, staging / "package.json")
+    shutil.copy2(lock, staging / "package-lock.json")
+    try:
+        done = subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts", "--loglevel=error"],
+                              cwd=staging, capture_output=True, text=True, timeout=NPM_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise BuildError(f"npm ci did not finish within {NPM_TIMEOUT_S} s (it needs registry.npmjs.org)") from None
+    if done.returncode != 0:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise BuildError(f"installing the AssemblyScript compiler (npm ci in {staging}, needs registry.npmjs.org) failed:\n"
+                         f"{done.stderr.strip()}")
+    try:
+        staging.rename(home)
+    except OSError:  # another build installed it first
+        shutil.rmtree(staging, ignore_errors=True)
+    return asc
+
+
+def _compile_assemblyscript(job: Job) -> None:
+    node = _node()
+    asc = _asc(job)
+    # `import ... from "ebbtide"` resolves through --path as <path>/ebbtide/index.ts: stage the SDK there.
+    packages = job.build_dir / "assemblyscript" / "packages" / job.module
+    staged = packages / "ebbtide"
+    shutil.rmtree(staged, ignore_errors=True)
+    staged.mkdir(parents=True)
+    sdk_sources = sorted((job.sdk / "assembly").glob("*.ts"))
+    if not sdk_sources:
+        raise BuildError(f"module {job.module}: no {job.sdk / 'assembly'}/*.ts (is {job.sdk} the AssemblyScript SDK?)")
+    for path in sdk_sources:
+        shutil.copy2(path, staged / path.name)
+    _run(job, "asc", [node, str(asc), str(job.main), "--path", str(packages), *AS_FLAGS, "-o", str(job.output)],
+         cwd=job.source_dir)
+
+
+LANGUAGES: dict[str, Language] = {
+    "zig": Language("zig", "main.zig", "functions/sdk", (".zig",), " ".join(ZIG_FLAGS), _compile_zig),
+    "c": Language("c", "main.c", "functions/sdk-c", (".c", ".h"), " ".join(C_FLAGS), _compile_c),
+    "assemblyscript": Language("assemblyscript", "main.ts", "functions/sdk-assemblyscript",
+                               (".ts", "package.json", "package-lock.json"), " ".join(AS_FLAGS), _compile_assemblyscript),
+}
+
+
+# -- the build ---------------------------------------------------------------------------------------------------
+
+def sdk_folder(manifest: LoadedManifest, module: str) -> Path:
+    """The module's SDK: `sdk` if given, else its language's SDK next to the manifest or in this checkout."""
+    section = manifest.spec.modules[module]
+    if section.sdk:
+        return manifest.resolve(section.sdk)
+    default = LANGUAGES[section.lang].default_sdk
+    beside = manifest.resolve(default)
+    return beside if beside.exists() else CHECKOUT / default
+
+
+def _sources(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    return [path for path in folder.rglob("*") if path.is_file() and path.name.endswith(suffixes)
+            and "node_modules" not in path.parts]
+
+
+def _recipe(language: Language, main: Path, sdk: Path) -> str:
+    try:
+        ziglang = metadata.version("ziglang")
+    except metadata.PackageNotFoundError:
+        ziglang = "none"
+    return json.dumps({"lang": language.name, "main": str(main), "sdk": str(sdk), "flags": language.recipe,
+                       "ziglang": ziglang if language.name in ("zig", "c") else None})
 
 
 def build_modules(manifest: LoadedManifest, modules: list[str] | None = None, force: bool = False) -> list[BuildResult]:
@@ -43,39 +243,34 @@ def build_modules(manifest: LoadedManifest, modules: list[str] | None = None, fo
     for name in names:
         if name not in spec.modules:
             raise ManifestError(f"{manifest.path}: no module named {name!r} under [modules]")
-        source_dir = manifest.resolve(spec.modules[name].source)
-        sdk = manifest.resolve(spec.modules[name].sdk)
-        main = source_dir / "main.zig"
-        output = manifest.module_path(name)
-        if not source_dir.exists() and output.exists():
-            # A container image ships built modules without their sources (nor Zig): use them as they are.
-            results.append(BuildResult(name, output, rebuilt=False))
-            continue
-        if not main.exists():
-            raise BuildError(f"module {name}: {main} not found (modules.{name}.source in {manifest.path})")
-        inputs = _sources(source_dir) + _sources(sdk)
-        if not force and output.exists() and output.stat().st_mtime >= max(p.stat().st_mtime for p in inputs):
-            results.append(BuildResult(name, output, rebuilt=False))
-            continue
-        _compile_zig(manifest, name, main, sdk / "ebbtide.zig", output)
-        results.append(BuildResult(name, output, rebuilt=True))
+        results.append(build_module(manifest, name, force))
     return results
 
 
-def _compile_zig(manifest: LoadedManifest, name: str, main: Path, sdk: Path, output: Path) -> None:
+def build_module(manifest: LoadedManifest, name: str, force: bool = False) -> BuildResult:
+    section = manifest.spec.modules[name]
+    language = LANGUAGES[section.lang]
+    source_dir = manifest.resolve(section.source)
+    sdk = sdk_folder(manifest, name)
+    main = source_dir / language.main
+    if not main.exists():
+        raise BuildError(f"module {name}: {main} not found (modules.{name}.source in {manifest.path}, "
+                         f"lang {language.name} builds {language.main})")
+    if not sdk.is_dir():
+        raise BuildError(f"module {name}: the {language.name} SDK folder {sdk} does not exist (modules.{name}.sdk in {manifest.path})")
+    output = manifest.module_path(name)
+    stamp = output.with_suffix(".recipe")
+    recipe = _recipe(language, main, sdk)
+    inputs = _sources(source_dir, language.suffixes) + _sources(sdk, language.suffixes)
+    if (not force and output.exists() and stamp.exists() and stamp.read_text() == recipe
+            and output.stat().st_mtime >= max(p.stat().st_mtime for p in inputs)):
+        return BuildResult(name, output, rebuilt=False)
     output.parent.mkdir(parents=True, exist_ok=True)
-    cache = manifest.build_dir / "zig-cache"
-    tmp_output = output.with_suffix(".wasm.tmp")
-    command = [
-        *_zig_command(), "build-exe",
-        "-target", "wasm32-freestanding", "-O", "ReleaseSmall", "-fno-entry", "-rdynamic",
-        "--stack", "16384",  # nothing recurses and the big buffers are static
-        # Without explicit cache folders Zig writes .zig-cache/ into the working directory.
-        "--cache-dir", str(cache / "local"), "--global-cache-dir", str(cache / "global"),
-        "--dep", "ebbtide", f"-Mroot={main}", f"-Mebbtide={sdk}",
-        f"-femit-bin={tmp_output}",
-    ]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise BuildError(f"module {name}: zig build-exe failed:\n{done.stderr.strip()}")
-    tmp_output.replace(output)  # an interrupted build never leaves a half-written module
+    tmp_output = output.with_name(f"{name}.{os.getpid()}.tmp.wasm")
+    try:
+        language.compile(Job(name, source_dir, main, sdk, tmp_output, manifest.build_dir))
+        tmp_output.replace(output)  # an interrupted build never leaves a half-written module
+    finally:
+        tmp_output.unlink(missing_ok=True)
+    stamp.write_text(recipe)
+    return BuildResult(name, output, rebuilt=True)
