@@ -72,9 +72,11 @@ class DeadLetterSection(_Section):
 
 
 class ModuleSection(_Section):
-    source: str  # folder holding the function's source (main.zig), relative to the manifest
-    lang: Literal["zig"] = "zig"
-    sdk: str = "functions/sdk"  # the guest SDK it builds against, relative to the manifest
+    source: str  # folder holding the function's source (main.zig, main.c or main.ts), relative to the manifest
+    lang: Literal["zig", "c", "assemblyscript"] = "zig"  # one builder each in build.py
+    # The guest SDK it builds against, relative to the manifest; empty: the language's own
+    # (functions/sdk, functions/sdk-c, functions/sdk-assemblyscript; see build.sdk_folder).
+    sdk: str = ""
 
 
 class ScaleSection(_Section):
