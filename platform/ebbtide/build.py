@@ -253,6 +253,9 @@ def build_module(manifest: LoadedManifest, name: str, force: bool = False) -> Bu
     source_dir = manifest.resolve(section.source)
     sdk = sdk_folder(manifest, name)
     main = source_dir / language.main
+    if not source_dir.exists() and manifest.module_path(name).exists():
+        # A container image ships built modules without their sources (nor a toolchain): use them as built.
+        return BuildResult(name, manifest.module_path(name), rebuilt=False)
     if not main.exists():
         raise BuildError(f"module {name}: {main} not found (modules.{name}.source in {manifest.path}, "
                          f"lang {language.name} builds {language.main})")
