@@ -1,0 +1,187 @@
+"""The receiver written in Zig, C and AssemblyScript: built by `ebbtide build`, run by the real host.
+
+The three implement the same behaviour on three SDKs (functions/receiver, functions/examples/receiver-c,
+functions/examples/receiver-assemblyscript), so one test covers them, and their outputs are compared
+byte for byte on crafted and generated inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import msgspec
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from nats.aio.client import Client as NatsClient
+
+from ebbtide.broker import ConfirmedPublisher, EmbeddedNats, publish_all
+from ebbtide.build import build_modules
+from ebbtide.deadletter import H_ERROR, H_FUNCTION
+from ebbtide.host import Host
+from ebbtide.manifest import LoadedManifest, load_manifest
+from ebbtide.orders import INGRESS_SUBJECT, Order, encode_order, generate_orders
+from ebbtide.runtime import GuestInitError, GuestInstance, GuestLimits, Status, WasmEngine, decode_effects
+from ebbtide.runtime.abi import KvPut
+from ebbtide.state import stream_state
+from tests.conftest import REPO, manifest_copy, read_stream, wait_until
+
+# lang -> (module name in the test manifests, source folder)
+EXAMPLES = {
+    "zig": ("receiver", "functions/receiver"),
+    "c": ("receiver-c", "functions/examples/receiver-c"),
+    "assemblyscript": ("receiver-assemblyscript", "functions/examples/receiver-assemblyscript"),
+}
+CONFIG = b'{"bucket":"outbox-express"}'
+LIMITS = GuestLimits(memory_bytes=4 << 20, fuel=5_000_000)
+
+
+def _with_receiver(text: str, lang: str) -> str:
+    """The reference manifest text with its receiver module replaced by the `lang` example."""
+    module, folder = EXAMPLES[lang]
+    section = f'[modules.{module}]\nsource = "{REPO / folder}"\nlang = "{lang}"\n'
+    text = re.sub(r'\[modules\.receiver\]\n(?:(?:source|sdk) = .*\n)+', section, text)
+    return text.replace('module = "receiver"', f'module = "{module}"')
+
+
+@pytest.fixture(scope="module")
+def examples(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The three receivers built into the repository's build folder (incrementally)."""
+    folder = tmp_path_factory.mktemp("languages")
+    modules = "".join(f'[modules.{m}]\nsource = "{REPO / f}"\nlang = "{lang}"\n' for lang, (m, f) in EXAMPLES.items())
+    path = folder / "ebbtide.toml"
+    path.write_text(f'build_dir = "{REPO / "build"}"\n[streams.S]\nsubjects = ["s.>"]\n{modules}'
+                    '[functions.f]\nmodule = "receiver"\ntrigger = "s.in"\n')
+    manifest = load_manifest(path)
+    build_modules(manifest)
+    return {lang: manifest.module_path(module) for lang, (module, _) in EXAMPLES.items()}
+
+
+@pytest.fixture(scope="module")
+def instances(examples: dict[str, Path]) -> dict[str, GuestInstance]:
+    engine = WasmEngine()
+    return {lang: GuestInstance(engine, engine.load(path), LIMITS, CONFIG) for lang, path in examples.items()}
+
+
+def test_examples_import_nothing_and_speak_abi_v1(examples: dict[str, Path]) -> None:
+    engine = WasmEngine()
+    for lang, path in examples.items():
+        module = engine.load(path)  # checks imports (none) and the exports of ABI v1
+        instance = GuestInstance(engine, module, LIMITS, CONFIG)
+        assert module.layout is not None and module.layout.input_capacity == 65536, lang
+        assert instance.handle(b"orders.express", b'{"orderId": 1}')[0] == Status.OK, lang
+
+
+@pytest.mark.parametrize("lang", list(EXAMPLES))
+async def test_example_receiver_stores_orders_through_the_host(
+        lang: str, examples: dict[str, Path], tmp_path: Path, nats_server: EmbeddedNats, nc: NatsClient) -> None:
+    path, _ = manifest_copy(tmp_path)
+    path.write_text(_with_receiver(path.read_text(), lang))
+    manifest = load_manifest(path)
+    assert manifest.spec.modules[EXAMPLES[lang][0]].lang == lang
+    build_modules(manifest)
+    orders = generate_orders(1000, seed=21)
+    bad = {b"{\"delivery\": \"Express\", \"items\": [1]}": "missing-order-id",
+           b"{\"orderId\": \"x\"}": "invalid-order-id: expected an integer, got a string",
+           b"{\"orderId\": 1, \"orderId\": 2}": "malformed-json: duplicate key \"orderId\"",
+           b"[]": "malformed-json: expected an object, got an array"}
+    express = {o.order_id: o for o in orders if o.delivery == "Express"}
+    standard = {o.order_id: o for o in orders if o.delivery == "Standard"}
+    async with Host(manifest, nats_server.url):
+        publisher = ConfirmedPublisher(nc)
+        await publisher.start()
+        confirmed, errors = await publish_all(publisher, INGRESS_SUBJECT, [(encode_order(o), o.order_guid) for o in orders])
+        assert (confirmed, errors) == (len(orders), [])
+        # straight to the receiver: inputs the distributor would have refused
+        confirmed, errors = await publish_all(publisher, "orders.express", [(p, f"bad-{i}") for i, p in enumerate(bad)])
+        assert (confirmed, errors) == (len(bad), [])
+
+        async def all_stored() -> bool:
+            counts = [(await stream_state(nc, f"KV_{b}")).messages for b in ("outbox-express", "outbox-standard")]
+            return counts == [len(express), len(standard)]
+
+        await wait_until(all_stored, timeout=60)
+        dead = await read_stream(nc, "DLQ", subject="dlq.receiver-express", expected=len(bad))
+        js = nc.jetstream()
+        for bucket, expected in (("outbox-express", express), ("outbox-standard", standard)):
+            kv = await js.key_value(bucket)
+            for order_id in list(expected)[:50]:
+                entry = await kv.get(str(order_id))
+                assert msgspec.json.decode(entry.value, type=Order) == expected[order_id]
+    assert {m.data: m.headers[H_ERROR] for m in dead} == bad
+    assert all(m.headers[H_FUNCTION] == "receiver-express" for m in dead)
+    assert (await stream_state(nc, "ORDERS")).messages == 0  # every input acked
+
+
+CRAFTED = [
+    b"", b" ", b"{}", b"[1]", b"null", b'"x"', b'{"orderId": 12}', b'{"orderId": -9223372036854775808}',
+    b'{"orderId": 9223372036854775808}', b'{"orderId": -9223372036854775809}', b'{"orderId": 1.5}',
+    b'{"orderId": 1e3}', b'{"orderId": "1"}', b'{"orderId": true}', b'{"orderId": null}', b'{"orderId": {}}',
+    b'{"orderId":1,"orderId":2}', b'{"order\\u0049d": 5}', b'{"a":"\\ud800"}', b'{"a":"\\udc00"}', b'{"a":"\\ud800\\u0041"}',
+    b'{"a":"\\ud800\\udc00","orderId":0}', b'\xff', b'{"a":"\xc3\xa9", "orderId": -0}', b'{"a":"\xed\xa0\x80"}',
+    b'{"a":"\xc3"}', b'{"a" 1}', b"[" * 64 + b"]" * 64, b"[" * 65 + b"]" * 65, b'{"orderId":01}', b'{"orderId": 3} x',
+    b'{"x": tru}', b'{"x": [1,2,}', b'{"x":"\x01"}', b'{"x":"\\x"}', b'"abc', b'{"x":-}', b'{"x":1.}', b'{"x":1e}',
+    b'{"x":1e+}', b'{"x":"\\u12"}', b'{,}', b'{"a":1,}', b'{"a":1 "b":2}', b'[1 2]', b'\t{\n"orderId"\r: 4 }\n',
+    json.dumps({"orderId": 7, "s": "é" * 600}, ensure_ascii=False).encode(),
+    b'{"orderId": 8, "pad": "' + b"x" * 65000 + b'"}',
+]
+
+
+def _outputs(instances: dict[str, GuestInstance], payload: bytes) -> dict[str, tuple[Status, bytes]]:
+    return {lang: instance.handle(b"orders.express", payload) for lang, instance in instances.items()}
+
+
+def test_same_output_in_every_language_for_crafted_inputs(instances: dict[str, GuestInstance]) -> None:
+    for payload in CRAFTED:
+        outputs = _outputs(instances, payload)
+        assert len(set(outputs.values())) == 1, (payload[:60], outputs)
+    ok = _outputs(instances, b'{"orderId": -42, "x": [1]}')["c"]
+    assert ok[0] == Status.OK
+    assert decode_effects(ok[1]) == [KvPut("outbox-express", "-42", b'{"orderId": -42, "x": [1]}')]
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70) | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.sampled_from(["orderId", "a", "é", "x"]), children, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=JSON_VALUES, ascii_only=st.booleans(), cut=st.integers(min_value=0, max_value=40), junk=st.binary(max_size=3))
+def test_same_output_in_every_language_for_generated_json(instances: dict[str, GuestInstance], value: object,
+                                                          ascii_only: bool, cut: int, junk: bytes) -> None:
+    text = json.dumps(value, ensure_ascii=ascii_only).encode()
+    for payload in (text, text[:cut], text[:cut] + junk + text[cut:]):
+        outputs = _outputs(instances, payload)
+        assert len(set(outputs.values())) == 1, (payload[:80], outputs)
+
+
+def test_instance_memory_does_not_grow_with_messages(instances: dict[str, GuestInstance]) -> None:
+    payloads = [encode_order(o) for o in generate_orders(200, seed=3)] + CRAFTED
+    for lang, instance in instances.items():
+        instance.handle(b"orders.express", payloads[0])
+        before = instance.memory_size()
+        for _ in range(10):
+            for payload in payloads:
+                instance.handle(b"orders.express", payload)
+        assert instance.memory_size() == before, lang
+
+
+@pytest.mark.parametrize("config, reason", [
+    (b"{}", "config: bucket is required"),
+    (b'{"bucket": ""}', "config: bucket is required"),
+    (b'{"bucket": "a.b"}', "config: bucket must match [-_a-zA-Z0-9]+"),
+    (b'{"bucket": 5}', "config: bucket must be a string"),
+    (b'{"bucket": "a", "bucket": "b"}', "config: bucket is given more than once"),
+    (b"[]", "config: expected a JSON object, got an array"),
+    (b"{", "config: malformed-json: unexpected end of input at offset 1"),
+])
+def test_config_refusals_are_the_same(examples: dict[str, Path], config: bytes, reason: str) -> None:
+    engine = WasmEngine()
+    for lang, path in examples.items():
+        with pytest.raises(GuestInitError, match="configuration refused: " + re.escape(reason) + "$"):
+            GuestInstance(engine, engine.load(path), LIMITS, config)
