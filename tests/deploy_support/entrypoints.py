@@ -1,0 +1,229 @@
+"""Running the commands written in the deploy files here, as the container would, against real servers.
+
+The image cannot be built on the CI machines, so a test lays out a folder like the image's WORKDIR (the
+manifest and the built modules, no sources, as in the runtime stage) and starts the exact command with
+the exact environment of a compose service or a Deployment; only addresses that exist in a container
+network (the NATS service, the trace collector, 0.0.0.0, fixed ports) are replaced by local ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ebbtide.broker import free_port
+from ebbtide.broker.embedded import nats_server_binary
+
+VENV_BIN = Path(sys.executable).parent
+STOP_TIMEOUT_S = 40.0
+
+
+@dataclass
+class Launch:
+    """One container as written: where it came from, its command and its environment."""
+    label: str  # e.g. "compose service receiver-express #2"
+    command: list[str]
+    env: dict[str, str]
+    metrics_port: int = 0  # the local port it got instead of the written one
+    process: subprocess.Popen[bytes] | None = None
+    log: Path | None = None
+
+    def log_tail(self, lines: int = 15) -> str:
+        if self.log is None or not self.log.exists():
+            return ""
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def local_command(command: Sequence[str]) -> list[str]:
+    """The same command with the image's programs (on PATH in /opt/venv/bin) taken from this venv."""
+    program = {"python": sys.executable}.get(command[0]) or str(VENV_BIN / command[0])
+    if not Path(program).exists():
+        raise AssertionError(f"{command[0]!r}: not installed by the package ({program} missing)")
+    return [program, *command[1:]]
+
+
+def image_root(root: Path, manifest_text: str, wasm_dir: Path) -> Path:
+    """WORKDIR of the runtime image: ebbtide.toml and build/wasm/*.wasm, no functions/ sources, no Zig."""
+    root.mkdir(parents=True)
+    (root / "ebbtide.toml").write_text(manifest_text)
+    shutil.copytree(wasm_dir, root / "build" / "wasm")
+    return root
+
+
+def start(launch: Launch, cwd: Path, logs: Path) -> None:
+    env = {"PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", "HOME": str(cwd), "LANG": "C.UTF-8",
+           **launch.env}
+    launch.log = logs / f"{launch.label.replace(' ', '_').replace('#', '')}.log"
+    with launch.log.open("wb") as out:
+        launch.process = subprocess.Popen(local_command(launch.command), cwd=cwd, env=env, stdout=out,
+                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+def http_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as reply:
+            return reply.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0  # not listening yet
+
+
+async def wait_ready(launch: Launch, timeout: float = 60.0) -> None:
+    """Until /readyz answers 200; fails at once if the process exits."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    assert launch.process is not None
+    while await asyncio.to_thread(http_status, f"http://127.0.0.1:{launch.metrics_port}/readyz") != 200:
+        if launch.process.poll() is not None:
+            raise AssertionError(f"{launch.label} exited with {launch.process.returncode}:\n{launch.log_tail()}")
+        if loop.time() > deadline:
+            raise AssertionError(f"{launch.label}: /readyz not 200 within {timeout} s:\n{launch.log_tail()}")
+        await asyncio.sleep(0.1)
+
+
+def stop_all(launches: Sequence[Launch]) -> dict[str, int | None]:
+    """SIGTERM to every process (as `docker stop` / Kubernetes do), then their exit codes."""
+    for launch in launches:
+        if launch.process is not None and launch.process.poll() is None:
+            launch.process.send_signal(signal.SIGTERM)
+    codes: dict[str, int | None] = {}
+    for launch in launches:
+        if launch.process is None:
+            continue
+        try:
+            codes[launch.label] = launch.process.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            launch.process.kill()
+            launch.process.wait()
+            codes[launch.label] = None
+    return codes
+
+
+# -- a fake OTLP/HTTP collector: records what the exporters post ---------------------------------------
+
+
+@dataclass
+class Collector:
+    port: int = 0
+    posts: list[tuple[str, bytes]] = field(default_factory=list)  # (path, body)
+    _server: asyncio.base_events.Server | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> "Collector":
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:  # the exporter keeps its connection alive between posts
+                request = await reader.readline()
+                if not request:
+                    return
+                method, path, _ = request.decode("latin-1").split(" ", 2)
+                length = 0
+                while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
+                    name, _, value = line.decode("latin-1").partition(":")
+                    if name.strip().lower() == "content-length":
+                        length = int(value)
+                body = await reader.readexactly(length) if length else b""
+                self.posts.append((f"{method} {path}", body))
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n")
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError, ValueError):
+            return
+        finally:
+            writer.close()
+
+
+# -- a NATS cluster from a configuration file ------------------------------------------------------------
+
+
+class ConfiguredCluster:
+    """nats-server nodes started with the given configuration file, as the StatefulSet's pods are.
+
+    Only what a pod gets from Kubernetes is supplied here: POD_NAME (nats-0, nats-1, ...), and local ports,
+    routes and a store folder in place of the fixed ports and pod DNS names.
+    """
+
+    def __init__(self, config: Path, root: Path, size: int) -> None:
+        self.root = root
+        root.mkdir(parents=True)
+        # 127.0.0.1 for 0.0.0.0 (tests bind loopback only) and a folder of each node's own for the volume
+        # mounted at /data. The rest of the file is used as written.
+        self.config_text = config.read_text().replace("0.0.0.0", "127.0.0.1")
+        if "store_dir: /data" not in self.config_text:
+            raise AssertionError(f"{config}: expected JetStream's store_dir on the volume, /data")
+        self.ports = [free_port() for _ in range(size)]
+        self.monitor_ports = [free_port() for _ in range(size)]
+        self.route_ports = [free_port() for _ in range(size)]
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def urls(self) -> list[str]:
+        return [f"nats://127.0.0.1:{port}" for port in self.ports]
+
+    def start(self) -> "ConfiguredCluster":
+        routes = ",".join(f"nats://127.0.0.1:{port}" for port in self.route_ports)
+        for i, (port, monitor, route) in enumerate(zip(self.ports, self.monitor_ports, self.route_ports)):
+            config = self.root / f"nats-{i}.conf"
+            config.write_text(self.config_text.replace("store_dir: /data", f"store_dir: \"{self.root / f'data-{i}'}\""))
+            with (self.root / f"nats-{i}.log").open("wb") as log:
+                self.processes.append(subprocess.Popen(
+                    [nats_server_binary(), "--config", str(config), "--addr", "127.0.0.1", "--port", str(port),
+                     "--http_port", str(monitor), "--cluster", f"nats://127.0.0.1:{route}", "--routes", routes],
+                    env={"POD_NAME": f"nats-{i}", "PATH": os.environ.get("PATH", "")},
+                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
+        return self
+
+    def monitor(self, node: int, path: str) -> dict:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.monitor_ports[node]}{path}", timeout=2) as reply:
+            return json.loads(reply.read())
+
+    def ready(self) -> bool:
+        """Every node healthy with JetStream, one meta leader, a meta group of all nodes."""
+        leaders = set()
+        for node, process in enumerate(self.processes):
+            if process.poll() is not None:
+                log = (self.root / f"nats-{node}.log").read_text(errors="replace")
+                raise AssertionError(f"nats-{node} exited with {process.returncode}:\n{log[-2000:]}")
+            try:
+                if self.monitor(node, "/healthz?js-enabled-only=true").get("status") != "ok":
+                    return False
+                meta = self.monitor(node, "/jsz").get("meta_cluster") or {}
+            except OSError:
+                return False
+            if not meta.get("leader") or meta.get("cluster_size") != len(self.processes):
+                return False
+            leaders.add(meta["leader"])
+        return len(leaders) == 1
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

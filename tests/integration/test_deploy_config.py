@@ -1,0 +1,491 @@
+"""The deploy files (Dockerfile, docker-compose.yml, deploy/) checked offline, then run here.
+
+No Docker engine or cluster exists on the CI machines, so: the compose file is validated against the
+compose specification (and by `docker-compose config` where installed), every Kubernetes object with
+kubernetes-validate --strict, the KEDA ScaledObjects against the fields KEDA documents, the NATS
+configuration by nats-server itself; names and ports must agree across the manifest, compose, Kubernetes
+and the Locust file; and the exact commands and environments of the compose services and Deployments are
+started against real nats-servers (the Kubernetes ones against a 3-node cluster from deploy's nats.conf).
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import copy
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import kubernetes_validate
+import msgspec
+import pytest
+import yaml
+from nats.aio.client import Client as NatsClient
+
+from ebbtide.broker import EmbeddedNats, connect
+from ebbtide.broker.embedded import nats_server_binary
+from ebbtide.broker.provision import consumer_config, kv_stream_name
+from ebbtide.manifest import LoadedManifest, parse_manifest
+from ebbtide.orders import INGRESS_SUBJECT, encode_order, generate_orders
+from ebbtide.state import stream_state
+from tests.conftest import REPO, wait_until
+from tests.deploy_support import dockerfile as dockerfile_reader
+from tests.deploy_support import entrypoints, keda, kustomize
+from tests.deploy_support.entrypoints import Collector, ConfiguredCluster, Launch
+
+COMPOSE_FILE = REPO / "docker-compose.yml"
+DOCKERFILE = REPO / "Dockerfile"
+KUBERNETES = REPO / "deploy" / "kubernetes"
+PROMETHEUS_FILE = REPO / "deploy" / "prometheus.yml"
+LOCUSTFILE = REPO / "loadtest" / "locustfile.py"
+RUNTIME_STAGE = "runtime"
+# Written in the files as addresses of a container network; the tests replace them by local ones.
+NETWORK_ENV = ("EBBTIDE_NATS_URL", "EBBTIDE_METRICS_PORT", "EBBTIDE_METRICS_HOST", "OTEL_EXPORTER_OTLP_ENDPOINT")
+
+Obj = dict[str, Any]
+
+
+# -- reading the files ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def manifest() -> LoadedManifest:
+    path = REPO / "ebbtide.toml"
+    return parse_manifest(path.read_text(), path)
+
+
+@pytest.fixture(scope="module")
+def compose() -> Obj:
+    return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+@pytest.fixture(scope="module")
+def image() -> dockerfile_reader.Dockerfile:
+    return dockerfile_reader.parse(DOCKERFILE)
+
+
+@pytest.fixture(scope="module")
+def k8s() -> list[Obj]:
+    return kustomize.render(KUBERNETES)
+
+
+def function_services(compose: Obj) -> dict[str, tuple[str, Obj]]:
+    """Compose services that run a function: service name -> (function name, service)."""
+    found = {}
+    for name, service in compose["services"].items():
+        command = service.get("command") or []
+        if command[:3] == ["ebbtide", "run", "--function"]:
+            found[name] = (command[3], service)
+    return found
+
+
+def of_kind(objects: list[Obj], kind: str) -> dict[str, Obj]:
+    return {obj["metadata"]["name"]: obj for obj in objects if obj["kind"] == kind}
+
+
+def container(deployment: Obj) -> Obj:
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1, deployment["metadata"]["name"]
+    return containers[0]
+
+
+def deployment_function(deployment: Obj) -> str:
+    command = container(deployment)["command"] + container(deployment).get("args", [])
+    assert command[:3] == ["ebbtide", "run", "--function"], command
+    return command[3]
+
+
+def env_of(deployment: Obj) -> dict[str, str]:
+    entries = container(deployment)["env"]
+    assert all("value" in entry for entry in entries), "only literal values are run by the entry point test"
+    return {entry["name"]: entry["value"] for entry in entries}
+
+
+def host_port(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    assert parts.hostname and parts.port, url
+    return parts.hostname, parts.port
+
+
+def published(ports: list[str]) -> dict[int, int]:
+    """Compose port mappings 'HOST:CONTAINER' as {container: host}."""
+    mapping = {}
+    for entry in ports:
+        host, _, inside = str(entry).rpartition(":")
+        mapping[int(inside)] = int(host)
+    return mapping
+
+
+def replicas_stripped(manifest: LoadedManifest) -> Obj:
+    """The manifest as plain data without the `replicas` of streams, KV buckets and dead letters."""
+    data = msgspec.to_builtins(manifest.spec)
+    for section in (*data["streams"].values(), *data["kv"].values(), data["dead_letter"]):
+        section.pop("replicas")
+    return data
+
+
+# -- offline validation ---------------------------------------------------------------------------------
+
+
+def test_compose_file_follows_the_compose_specification(tmp_path: Path) -> None:
+    check = [str(entrypoints.VENV_BIN / "check-jsonschema"), "--builtin-schema", "vendor.compose-spec"]
+    done = subprocess.run([*check, str(COMPOSE_FILE)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    # The validator is really checking: a misspelt key in a copy is refused.
+    broken = tmp_path / "docker-compose.yml"
+    broken.write_text(COMPOSE_FILE.read_text().replace("restart: unless-stopped", "restart_policy: unless-stopped", 1))
+    done = subprocess.run([*check, str(broken)], capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "restart_policy" in done.stdout + done.stderr
+
+
+def test_docker_compose_config_accepts_the_file() -> None:
+    binary = shutil.which("docker-compose")
+    if binary is None:
+        pytest.skip("no docker-compose binary here (Debian: apt-get install docker-compose)")
+    done = subprocess.run([binary, "--file", str(COMPOSE_FILE), "--project-directory", str(REPO), "config", "--quiet"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_kubernetes_objects_validate_strict(k8s: list[Obj]) -> None:
+    version = kubernetes_validate.latest_version()
+    kinds = Counter(obj["kind"] for obj in k8s)
+    assert kinds == {"Namespace": 1, "Service": 2, "StatefulSet": 1, "PodDisruptionBudget": 1, "ConfigMap": 2,
+                     "Deployment": 3, "ScaledObject": 3}, kinds
+    for obj in k8s:
+        if obj["kind"] != "ScaledObject":  # a CRD: checked against KEDA's fields below
+            kubernetes_validate.validate(obj, version, strict=True)
+    # Strict really is strict: an unknown field in a copy is an error.
+    deployment = copy.deepcopy(next(obj for obj in k8s if obj["kind"] == "Deployment"))
+    deployment["spec"]["template"]["spec"]["containers"][0]["livenesProbe"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, version, strict=True)
+
+
+def test_scaled_objects_have_only_fields_keda_documents(k8s: list[Obj]) -> None:
+    scaled = of_kind(k8s, "ScaledObject")
+    for name, obj in scaled.items():
+        assert keda.scaled_object_errors(obj) == [], name
+        spec = obj["spec"]
+        assert spec["minReplicaCount"] == 0 and spec["maxReplicaCount"] >= 1
+        assert [t["type"] for t in spec["triggers"]] == ["nats-jetstream"]
+    # The schema catches what KEDA would silently ignore or refuse.
+    sample = next(iter(scaled.values()))
+    for break_it in (
+        lambda o: o["spec"]["triggers"][0]["metadata"].update(lagTreshold="10"),  # misspelt: ignored by KEDA
+        lambda o: o["spec"]["triggers"][0]["metadata"].update(lagThreshold=2000),  # metadata values are strings
+        lambda o: o["spec"]["triggers"][0]["metadata"].pop("consumer"),
+        lambda o: o["spec"].update(minReplicas=0),
+        lambda o: o["spec"].update(minReplicaCount=5, maxReplicaCount=2),
+    ):
+        broken = copy.deepcopy(sample)
+        break_it(broken)
+        assert keda.scaled_object_errors(broken), broken["spec"]
+
+
+def test_kustomize_rendering_matches_kubectl(k8s: list[Obj]) -> None:
+    """Our renderer against the real kustomize (built into kubectl), where kubectl is installed."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("no kubectl here: the Python rendering is validated on its own")
+    done = subprocess.run([kubectl, "kustomize", str(KUBERNETES)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    theirs = [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+    generated = {g["name"] for g in yaml.safe_load((KUBERNETES / "kustomization.yaml").read_text())["configMapGenerator"]}
+    assert kustomize.without_hash_suffixes(theirs, generated) == kustomize.without_hash_suffixes(k8s, generated)
+
+
+def test_nats_configuration_is_valid() -> None:
+    done = subprocess.run([nats_server_binary(), "-t", "-c", str(KUBERNETES / "nats.conf")], capture_output=True,
+                          text=True, timeout=30, env={"POD_NAME": "nats-0", "PATH": os.environ.get("PATH", "")})
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_dockerfile_builds_modules_in_one_stage_and_runs_without_the_toolchain(image: dockerfile_reader.Dockerfile) -> None:
+    build = image.stage("build")
+    runtime = image.stage(RUNTIME_STAGE)
+    assert runtime.base == build.base and runtime.base.startswith("python:3.11"), "runtime: a fresh slim Python"
+    runs = " && ".join(build.all("RUN"))
+    assert re.search(r'pip install "\.\[[^]]*build[^]]*\]"', runs), "the build stage installs the build extra (Zig)"
+    assert "ebbtide build" in runs
+    # Zig leaves the venv before the runtime stage copies it.
+    assert runs.index("pip uninstall --yes ziglang") > runs.index("ebbtide build")
+    copies = runtime.all("COPY")
+    assert "--from=build /opt/venv /opt/venv" in copies
+    assert any(c.startswith("--from=build /src/build/wasm ") for c in copies)
+    assert not any("functions" in c for c in copies), "no guest sources in the runtime image"
+    assert not any("pip install" in r for r in runtime.all("RUN")), "the runtime stage installs nothing"
+    assert image.user(RUNTIME_STAGE).split(":")[0] not in ("root", "0")
+    options, check = image.healthcheck(RUNTIME_STAGE) or ({}, [])
+    assert check[:1] == ["python"] and "/healthz" in " ".join(check), check
+    assert image.healthcheck("loadtest") is None  # Locust serves no /healthz
+    ignored = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")]
+    assert ignored[0] == "**" and "**/*.wasm" in ignored, "built files never enter the build context"
+
+
+# -- names and ports agree ------------------------------------------------------------------------------
+
+
+def test_names_and_ports_agree_across_manifest_compose_and_kubernetes(
+    manifest: LoadedManifest, compose: Obj, k8s: list[Obj], image: dockerfile_reader.Dockerfile,
+) -> None:
+    functions = set(manifest.spec.functions)
+    services = function_services(compose)
+    deployments = of_kind(k8s, "Deployment")
+    scaled = of_kind(k8s, "ScaledObject")
+    assert {fn for fn, _ in services.values()} == functions
+    assert set(services) == functions, "each compose service is named after its function"
+    assert {deployment_function(d) for d in deployments.values()} == set(deployments) == functions
+    assert set(scaled) == functions
+
+    metrics_port = int(image.env(RUNTIME_STAGE)["EBBTIDE_METRICS_PORT"])
+    assert str(metrics_port) in image.stage(RUNTIME_STAGE).all("EXPOSE")
+
+    # compose: NATS service and its ports, the functions' environment, Jaeger, Prometheus
+    nats = compose["services"]["nats"]
+    nats_ports = published(nats["ports"])
+    embedded = manifest.spec.embedded
+    assert nats_ports == {embedded.port: embedded.port, embedded.monitor_port: embedded.monitor_port}, \
+        "host clients (ebbtide publish, top, dlq) default to the manifest's embedded port"
+    assert "--jetstream" in nats["command"] and "/data" in nats["command"]
+    assert any(v.endswith(":/data") and not v.startswith(("/", ".")) for v in nats["volumes"]), "a named volume"
+    assert nats["command"][nats["command"].index("--http_port") + 1] == str(embedded.monitor_port)
+    for name, (fn, service) in services.items():
+        env = service["environment"]
+        assert host_port(env["EBBTIDE_NATS_URL"]) == ("nats", embedded.port), name
+        assert int(env["EBBTIDE_METRICS_PORT"]) == metrics_port and env["EBBTIDE_METRICS_HOST"] == "0.0.0.0"
+        otlp_host, otlp_port = host_port(env["OTEL_EXPORTER_OTLP_ENDPOINT"])
+        assert otlp_host in compose["services"] and otlp_port == 4318, "OTLP/HTTP of the trace viewer"
+        assert service["depends_on"]["nats"]["condition"] == "service_healthy"
+        assert service["build"]["target"] == RUNTIME_STAGE
+    for receiver in (n for n, (fn, _) in services.items() if manifest.function(fn).kv):
+        assert services[receiver][1]["deploy"]["replicas"] >= 2, receiver
+    scrape = yaml.safe_load(PROMETHEUS_FILE.read_text())["scrape_configs"]
+    dns = [sd for job in scrape for sd in job.get("dns_sd_configs", [])]
+    assert sorted(n for sd in dns for n in sd["names"]) == sorted(services) and {sd["port"] for sd in dns} == {metrics_port}
+    prometheus = compose["services"]["prometheus"]
+    assert any(v.startswith("./deploy/prometheus.yml:") for v in prometheus["volumes"])
+
+    # Kubernetes: the NATS services and configuration, each Deployment and its ScaledObject
+    services_k8s = of_kind(k8s, "Service")
+    nats_conf = (KUBERNETES / "nats.conf").read_text()
+    assert re.search(r"^server_name: \$POD_NAME$", nats_conf, re.M), "KEDA finds consumer leaders by node name"
+    conf_port = lambda key: int(re.search(rf"^\s*{key}: [\d.]+:(\d+)$", nats_conf, re.M).group(1))  # noqa: E731
+    statefulset = of_kind(k8s, "StatefulSet")["nats"]
+    headless = services_k8s[statefulset["spec"]["serviceName"]]
+    assert headless["spec"]["clusterIP"] == "None"
+    ports = {p["name"]: p["port"] for p in headless["spec"]["ports"]}
+    assert ports == {"client": conf_port("listen"), "cluster": 6222, "monitor": conf_port("http")}
+    assert statefulset["spec"]["replicas"] == 3
+    assert len(re.findall(r"nats://nats-\d\.%s:6222" % headless["metadata"]["name"], nats_conf)) == 3
+    namespace = of_kind(k8s, "Namespace")
+    [namespace_name] = namespace
+    for name, deployment in deployments.items():
+        env = env_of(deployment)
+        assert set(NETWORK_ENV) <= set(env), name
+        nats_host, nats_port = host_port(env["EBBTIDE_NATS_URL"])
+        assert nats_host in services_k8s and nats_port in {p["port"] for p in services_k8s[nats_host]["spec"]["ports"]}
+        assert nats_port == conf_port("listen")
+        assert int(env["EBBTIDE_METRICS_PORT"]) == metrics_port and env["EBBTIDE_METRICS_HOST"] == "0.0.0.0"
+        spec = container(deployment)
+        assert {p["name"]: p["containerPort"] for p in spec["ports"]} == {"metrics": metrics_port}
+        assert spec["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+        assert spec["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+        assert spec["resources"]["requests"] and spec["resources"]["limits"]
+        annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/port"] == str(metrics_port) and annotations["prometheus.io/path"] == "/metrics"
+        assert "replicas" not in deployment["spec"], "KEDA owns the replica count"
+        mounts = {m["name"]: m for m in spec["volumeMounts"]}
+        volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+        assert mounts["manifest"]["mountPath"] == f"{image.workdir(RUNTIME_STAGE)}/ebbtide.toml"
+        assert volumes["manifest"]["configMap"]["name"].startswith("ebbtide-manifest-")
+        assert mounts["module-cache"]["mountPath"] == f"{image.workdir(RUNTIME_STAGE)}/{manifest.spec.build_dir}/cache"
+
+        function = manifest.function(name)
+        trigger = scaled[name]["spec"]["triggers"][0]["metadata"]
+        assert scaled[name]["spec"]["scaleTargetRef"] == {"name": name}
+        assert trigger["consumer"] == consumer_config(manifest, name).durable_name
+        assert trigger["stream"] == manifest.stream_for(function.trigger)
+        assert trigger["account"] == "$G"
+        assert int(trigger["lagThreshold"]) == function.scale.target_backlog * function.scale.max
+        assert trigger["natsServerMonitoringEndpoint"] == \
+            f"{headless['metadata']['name']}.{namespace_name}.svc.cluster.local:{conf_port('http')}"
+
+
+def test_kubernetes_manifest_is_the_repository_manifest_with_r3_streams(manifest: LoadedManifest, k8s: list[Obj]) -> None:
+    config_maps = of_kind(k8s, "ConfigMap")
+    [name] = [n for n in config_maps if n.startswith("ebbtide-manifest-")]
+    text = config_maps[name]["data"]["ebbtide.toml"]
+    deployed = parse_manifest(text, KUBERNETES / "ebbtide.toml")
+    assert replicas_stripped(deployed) == replicas_stripped(manifest), \
+        "deploy/kubernetes/ebbtide.toml drifted from ebbtide.toml: copy the change over (keep replicas = 3)"
+    nodes = of_kind(k8s, "StatefulSet")["nats"]["spec"]["replicas"]
+    spec = deployed.spec
+    assert {s.replicas for s in (*spec.streams.values(), *spec.kv.values(), spec.dead_letter)} == {nodes}
+
+
+def test_locustfile_agrees_with_the_manifest(manifest: LoadedManifest, compose: Obj, image: dockerfile_reader.Dockerfile) -> None:
+    if not LOCUSTFILE.exists():
+        pytest.skip(f"{LOCUSTFILE.relative_to(REPO)} not written yet")
+    # Read, never import: importing locust monkey-patches the whole process for gevent.
+    constants = {}
+    for node in ast.parse(LOCUSTFILE.read_text()).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            try:
+                constants[node.targets[0].id] = ast.literal_eval(node.value)
+            except ValueError:
+                pass
+    assert constants.get("INGRESS_SUBJECT") == INGRESS_SUBJECT == manifest.function("distributor").trigger
+    receivers_kv = {bucket for fn in manifest.spec.functions.values() for bucket in fn.kv}
+    assert set(constants.get("OUTBOX_BUCKETS", ())) == receivers_kv == set(manifest.spec.kv)
+    locust = compose["services"]["locust"]
+    command = locust["command"]
+    assert command[:3] == ["locust", "-f", str(LOCUSTFILE.relative_to(REPO))]
+    assert host_port(command[command.index("--host") + 1]) == ("nats", manifest.spec.embedded.port)
+    assert published(locust["ports"]) == {8089: 8089}
+    assert locust["build"]["target"] == "loadtest" and image.cmd("loadtest") == command
+
+
+# -- the entry points, run here ---------------------------------------------------------------------------
+
+
+def localized(env: dict[str, str], image_env: dict[str, str], nats_url: str, metrics_port: int, otlp: str) -> dict[str, str]:
+    """The container's environment (image ENV, then the file's), with container-network addresses local."""
+    merged = {k: v for k, v in image_env.items() if k != "PATH"} | env
+    return merged | {"EBBTIDE_NATS_URL": nats_url, "EBBTIDE_METRICS_PORT": str(metrics_port),
+                     "EBBTIDE_METRICS_HOST": "127.0.0.1", "OTEL_EXPORTER_OTLP_ENDPOINT": otlp}
+
+
+async def run_pipeline(launches: list[Launch], cwd: Path, logs: Path, nc: NatsClient, manifest: LoadedManifest,
+                       image: dockerfile_reader.Dockerfile, count: int = 60) -> dict[str, int | None]:
+    """Start every launch, check health and the image's HEALTHCHECK, send orders through, SIGTERM them all."""
+    try:
+        for launch in launches:
+            entrypoints.start(launch, cwd, logs)
+        await asyncio.gather(*(entrypoints.wait_ready(launch) for launch in launches))
+        _, healthcheck = image.healthcheck(RUNTIME_STAGE) or ({}, [])
+        for launch in launches:
+            assert entrypoints.http_status(f"http://127.0.0.1:{launch.metrics_port}/healthz") == 200
+            done = await asyncio.to_thread(
+                subprocess.run, entrypoints.local_command(healthcheck), capture_output=True, timeout=30,
+                env={**launch.env, "PATH": os.environ.get("PATH", "")})
+            assert done.returncode == 0, (launch.label, done.stderr)
+
+        orders = generate_orders(count, seed=6)
+        js = nc.jetstream()
+        for order in orders:
+            await js.publish(INGRESS_SUBJECT, encode_order(order), headers={"Nats-Msg-Id": order.order_guid})
+        expected = Counter(f"outbox-{order.delivery.lower()}" for order in orders)
+        assert set(expected) <= set(manifest.spec.kv)
+
+        async def stored() -> bool:
+            counts = {b: (await stream_state(nc, kv_stream_name(b))).messages for b in expected}
+            return counts == dict(expected)
+
+        await wait_until(stored, timeout=60)
+    finally:
+        codes = await asyncio.to_thread(entrypoints.stop_all, launches)
+    return codes
+
+
+async def test_compose_services_run_here_as_written(
+    tmp_path: Path, compose: Obj, image: dockerfile_reader.Dockerfile, reference_manifest: LoadedManifest,
+) -> None:
+    """Every function service (each replica) with its command and environment, against one nats-server."""
+    app = entrypoints.image_root(tmp_path / "app", (REPO / "ebbtide.toml").read_text(), reference_manifest.build_dir / "wasm")
+    assert image.workdir(RUNTIME_STAGE) == "/app"
+    manifest = parse_manifest((app / "ebbtide.toml").read_text(), app / "ebbtide.toml")
+    collector = await Collector().start()
+    with EmbeddedNats(tmp_path / "nats", port=0, monitor_port=0) as server:
+        nc = await connect(server.url, "deploy-test", give_up_after_s=10)
+        try:
+            launches = []
+            for name, (_, service) in function_services(compose).items():
+                for replica in range(service.get("deploy", {}).get("replicas", 1)):
+                    port = entrypoints.free_port()
+                    env = localized(service["environment"], image.env(RUNTIME_STAGE), server.url, port, collector.endpoint)
+                    launches.append(Launch(f"compose {name} #{replica + 1}", service["command"], env, port))
+            codes = await run_pipeline(launches, app, tmp_path, nc, manifest, image)
+            assert all(code == 0 for code in codes.values()), codes
+            assert (await stream_state(nc, "ORDERS")).messages == 0, "every order handled and acked"
+            consumers = {c.name: c for c in await nc.jetstream().consumers_info("ORDERS")}
+            assert set(consumers) == set(manifest.spec.functions)
+        finally:
+            await nc.drain()
+    await collector.stop()
+    # Tracing on through OTEL_EXPORTER_OTLP_ENDPOINT: each function process exported its spans.
+    bodies = [body for path, body in collector.posts if path == "POST /v1/traces"]
+    for function in manifest.spec.functions:
+        assert any(f"ebbtide-{function}".encode() in body for body in bodies), function
+    assert not (app / "functions").exists() and (app / "build" / "cache").is_dir(), "built modules only, cache written"
+
+
+async def test_kubernetes_deployments_run_here_as_written(
+    tmp_path: Path, k8s: list[Obj], image: dockerfile_reader.Dockerfile, reference_manifest: LoadedManifest,
+) -> None:
+    """Each Deployment's command and environment, with the ConfigMap's manifest, on a 3-node cluster
+    started from deploy/kubernetes/nats.conf."""
+    config_maps = of_kind(k8s, "ConfigMap")
+    manifest_text = next(cm for n, cm in config_maps.items() if n.startswith("ebbtide-manifest-"))["data"]["ebbtide.toml"]
+    app = entrypoints.image_root(tmp_path / "app", manifest_text, reference_manifest.build_dir / "wasm")
+    manifest = parse_manifest(manifest_text, app / "ebbtide.toml")
+    nodes = of_kind(k8s, "StatefulSet")["nats"]["spec"]["replicas"]
+    cluster = ConfiguredCluster(KUBERNETES / "nats.conf", tmp_path / "cluster", nodes).start()
+    collector = await Collector().start()
+    try:
+        await wait_until(lambda: asyncio.to_thread(cluster.ready), timeout=60, interval=0.2)
+        assert {cluster.monitor(i, "/varz")["server_name"] for i in range(nodes)} == {f"nats-{i}" for i in range(nodes)}
+        nc = await connect(",".join(cluster.urls), "deploy-test", give_up_after_s=10)
+        try:
+            launches = []
+            for name, deployment in of_kind(k8s, "Deployment").items():
+                port = entrypoints.free_port()
+                env = localized(env_of(deployment), image.env(RUNTIME_STAGE), cluster.urls[0], port, collector.endpoint)
+                command = container(deployment)["command"] + container(deployment).get("args", [])
+                launches.append(Launch(f"deployment {name}", command, env, port))
+            codes = await run_pipeline(launches, app, tmp_path, nc, manifest, image)
+            assert all(code == 0 for code in codes.values()), codes
+            info = await nc.jetstream().stream_info("ORDERS")
+            assert info.config.num_replicas == nodes and info.state.messages == 0
+            assert (await nc.jetstream().stream_info(kv_stream_name("outbox-express"))).config.num_replicas == nodes
+        finally:
+            await nc.drain()
+    finally:
+        await collector.stop()
+        cluster.stop()
+
+
+async def test_locust_service_runs_here_as_written(tmp_path: Path, compose: Obj, image: dockerfile_reader.Dockerfile) -> None:
+    """The compose `locust` command loads the Locust file and serves its web UI (the load itself is tested
+    with loadtest/); only the NATS address and the UI's address and port are local."""
+    if not LOCUSTFILE.exists():
+        pytest.skip(f"{LOCUSTFILE.relative_to(REPO)} not written yet")
+    app = tmp_path / "app"
+    shutil.copytree(REPO / "loadtest", app / "loadtest", ignore=shutil.ignore_patterns("__pycache__"))  # COPY loadtest
+    service = compose["services"]["locust"]
+    command = list(service["command"])
+    port = entrypoints.free_port()
+    with EmbeddedNats(tmp_path / "nats", port=0, monitor_port=0) as server:
+        command[command.index("--host") + 1] = server.url
+        command += ["--web-host", "127.0.0.1", "--web-port", str(port)]  # the image listens on all interfaces
+        env = localized(service.get("environment", {}), image.env("loadtest"), server.url, 0, "") | {"NATS_URL": server.url}
+        launch = Launch("compose locust", command, env, port)
+        entrypoints.start(launch, app, tmp_path)
+        try:
+            async def web_ui() -> bool:
+                assert launch.process is not None and launch.process.poll() is None, launch.log_tail()
+                return await asyncio.to_thread(entrypoints.http_status, f"http://127.0.0.1:{port}/") == 200
+
+            await wait_until(web_ui, timeout=60, interval=0.2)
+        finally:
+            codes = await asyncio.to_thread(entrypoints.stop_all, [launch])
+    assert codes == {"compose locust": 0}, launch.log_tail()
