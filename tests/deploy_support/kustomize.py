@@ -8,7 +8,6 @@ with `kubectl kustomize` where that exists, ignoring the suffix).
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 from pathlib import Path
@@ -116,7 +115,3 @@ def without_hash_suffixes(objects: list[Obj], generated: set[str]) -> list[Obj]:
         if obj["kind"] == "ConfigMap" and base in generated:
             text = text.replace(json.dumps(name), json.dumps(base))
     return sorted(json.loads(text), key=lambda o: (o["kind"], o["metadata"]["name"]))
-
-
-def deep_copy(objects: list[Obj]) -> list[Obj]:
-    return copy.deepcopy(objects)

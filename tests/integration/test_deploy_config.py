@@ -13,12 +13,10 @@ from __future__ import annotations
 import ast
 import asyncio
 import copy
-import json
 import os
 import re
 import shutil
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -279,7 +277,12 @@ def test_names_and_ports_agree_across_manifest_compose_and_kubernetes(
     services_k8s = of_kind(k8s, "Service")
     nats_conf = (KUBERNETES / "nats.conf").read_text()
     assert re.search(r"^server_name: \$POD_NAME$", nats_conf, re.M), "KEDA finds consumer leaders by node name"
-    conf_port = lambda key: int(re.search(rf"^\s*{key}: [\d.]+:(\d+)$", nats_conf, re.M).group(1))  # noqa: E731
+
+    def conf_port(key: str) -> int:
+        match = re.search(rf"^\s*{key}: [\d.]+:(\d+)$", nats_conf, re.M)
+        assert match, f"nats.conf: no {key}"
+        return int(match.group(1))
+
     statefulset = of_kind(k8s, "StatefulSet")["nats"]
     headless = services_k8s[statefulset["spec"]["serviceName"]]
     assert headless["spec"]["clusterIP"] == "None"
