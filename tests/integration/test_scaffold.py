@@ -1,0 +1,88 @@
+"""`ebbtide new`: the scaffolded function builds, passes its own generated test, and runs in the host."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client as NatsClient
+
+from ebbtide.broker import EmbeddedNats
+from ebbtide.build import build_modules
+from ebbtide.cli import main
+from ebbtide.host import Host
+from ebbtide.manifest import load_manifest
+from ebbtide.scaffold import ScaffoldError, new_function
+from tests.conftest import manifest_copy, read_stream
+
+
+@pytest.mark.parametrize("lang", ["zig", "c", "assemblyscript"])
+async def test_new_function_builds_passes_its_test_and_runs(lang: str, tmp_path: Path, nats_server: EmbeddedNats,
+                                                            nc: NatsClient) -> None:
+    path, _ = manifest_copy(tmp_path)  # the reference pipeline; builds into the repository's build folder
+    name = f"hello-{lang[:2]}"
+    made = new_function(load_manifest(path), name, lang)
+    assert made.source == tmp_path / "functions" / name / {"zig": "main.zig", "c": "main.c", "assemblyscript": "main.ts"}[lang]
+    manifest = load_manifest(path)  # the appended entry is valid and complete
+    assert manifest.spec.modules[name].lang == lang
+    fn = manifest.function(name)
+    assert (fn.trigger, fn.publish, fn.config) == (f"{name}.in", [f"{name}.out"], {"target": f"{name}.out"})
+    assert manifest.stream_for(f"{name}.in") == name  # a stream of its own: ORDERS captures orders.> only
+    assert "distributor" in manifest.spec.functions  # the rest is untouched
+
+    # Its generated test, as a user runs it.
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(made.test.parent)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "4 passed" in done.stdout
+
+    # And in the host, through a real server.
+    build_modules(manifest, [name])
+    async with Host(manifest, nats_server.url):
+        js = nc.jetstream()
+        await js.publish(f"{name}.in", b'{"greeting": "hello"}')
+        await js.publish(f"{name}.in", b"[1]")
+        out = await read_stream(nc, name, subject=f"{name}.out", expected=1)
+        dead = await read_stream(nc, "DLQ", subject=f"dlq.{name}", expected=1)
+    assert [m.data for m in out] == [b'{"greeting": "hello"}']
+    assert [m.headers["Ebbtide-Error"] for m in dead] == ["malformed-json: expected an object, got an array"]
+
+
+def test_new_refuses_conflicts_and_writes_nothing(tmp_path: Path) -> None:
+    path, _ = manifest_copy(tmp_path)
+    before = path.read_text()
+    manifest = load_manifest(path)
+    with pytest.raises(ScaffoldError, match=r"\[modules.receiver\] already exists"):
+        new_function(manifest, "receiver", "c")
+    with pytest.raises(ScaffoldError, match="not a function name"):
+        new_function(manifest, "Bad.Name", "c")
+    with pytest.raises(ScaffoldError, match="unknown language 'rust'"):
+        new_function(manifest, "x", "rust")
+    (tmp_path / "functions" / "taken").mkdir(parents=True)
+    (tmp_path / "functions" / "taken" / "main.c").write_text("/* mine */")
+    with pytest.raises(ScaffoldError, match="already exists and is not empty"):
+        new_function(manifest, "taken", "c")
+    # a subject no stream captures, chosen by the user: refused by the manifest's own validation
+    with pytest.raises(ScaffoldError, match="no stream captures 'elsewhere.in'"):
+        new_function(manifest, "lost", "zig", trigger="elsewhere.in")
+    assert path.read_text() == before
+    assert not (tmp_path / "functions" / "lost").exists()
+
+
+def test_new_into_an_existing_stream(tmp_path: Path) -> None:
+    path, _ = manifest_copy(tmp_path)
+    new_function(load_manifest(path), "audit", "c", trigger="orders.audit", output="orders.audited")
+    manifest = load_manifest(path)
+    assert "audit" not in manifest.spec.streams
+    assert manifest.stream_for(manifest.function("audit").trigger) == "ORDERS"
+
+
+def test_cli_new(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path, _ = manifest_copy(tmp_path)
+    assert main(["-m", str(path), "new", "greeter", "--lang", "assemblyscript", "--dir", "src/greeter"]) == 0
+    assert (tmp_path / "src" / "greeter" / "main.ts").exists()
+    assert "ebbtide build greeter" in capsys.readouterr().out
+    assert main(["-m", str(path), "new", "greeter"]) == 2
+    assert "already exists" in capsys.readouterr().err
