@@ -27,6 +27,7 @@ from .broker import (
 from . import dlq
 from .bench import SCENARIOS, run_bench
 from .build import BuildError, build_modules
+from .scaffold import TEMPLATES as SCAFFOLD_LANGUAGES, ScaffoldError, new_function
 from .demo import print_summary, run_demo
 from .host import Host
 from .launch import DEFAULT_PROCESS_MODE, PROCESS_MODES, ProcessMode, running
@@ -104,6 +105,12 @@ def _parser() -> argparse.ArgumentParser:
     build = command("build", _build, "compile the guest functions from source into the build folder")
     build.add_argument("modules", nargs="*", help="modules to build (default: all)")
     build.add_argument("--force", action="store_true", help="rebuild even when up to date")
+    new = command("new", _new, "scaffold a function: source from a template, a manifest entry and a test")
+    new.add_argument("name", help="function and module name (lowercase letters, digits, _ and -)")
+    new.add_argument("--lang", choices=list(SCAFFOLD_LANGUAGES), default="zig", help="(default: %(default)s)")
+    new.add_argument("--dir", help="source folder, relative to the manifest (default: functions/NAME)")
+    new.add_argument("--trigger", help="subject it consumes (default: NAME.in)")
+    new.add_argument("--output", help="subject it publishes to (default: NAME.out)")
     publish = command("publish", _publish, "publish orders: generated ZEISS-shaped ones, or from a file")
     nats_url_option(publish)
     publish.add_argument("--count", "-n", type=int, default=10, help="orders to generate (default: %(default)s)")
@@ -181,6 +188,16 @@ def _run(args: argparse.Namespace, manifest: LoadedManifest) -> int:
     manifest.function(args.function)
     build_modules(manifest, [manifest.function(args.function).module])
     return uvloop.run(_serve(manifest, url, "single", [args.function], metrics_port=args.metrics_port))
+
+
+def _new(args: argparse.Namespace, manifest: LoadedManifest) -> int:
+    try:
+        made = new_function(manifest, args.name, args.lang, folder=args.dir, trigger=args.trigger, output=args.output)
+    except ScaffoldError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"wrote {made.source} and {made.test}; added [functions.{args.name}] to {made.manifest}")
+    print(f"next: ebbtide build {args.name} && pytest {made.test.parent}")
+    return 0
 
 
 def _build(args: argparse.Namespace, manifest: LoadedManifest) -> int:
