@@ -54,6 +54,9 @@ def _options(parser) -> None:
                        help="seconds to wait for a JetStream ack before the publish is a failure; default 5")
     parser.add_argument("--e2e-timeout", type=float, default=30.0, env_var="EBBTIDE_E2E_TIMEOUT",
                        help="seconds from publish to outbox write before an order counts as lost; default 30")
+    parser.add_argument("--e2e-host", default="", env_var="EBBTIDE_E2E_HOST",
+                        help="NATS URL for reading the outbox writes, if the publishing user may not subscribe "
+                             "to $KV.outbox-*.> (default: --host)")
     parser.add_argument("--record-orders", default="", include_in_web_ui=False, env_var="EBBTIDE_RECORD_ORDERS",
                        help="write the ids of the orders published (acked, failed, interrupted) to this JSON file "
                             "when the test stops (a worker process adds .<pid>)")
@@ -99,7 +102,12 @@ class EndToEnd:
         self._connection = NatsConnection.connect(url, name="ebbtide-loadtest-e2e")
         for bucket in OUTBOX_BUCKETS:
             self._connection.subscribe(f"$KV.{bucket}.>", self._on_write)
-        self._connection.flush()  # the server has the subscriptions before the first order goes out
+        try:  # the round trip also means the server has the subscriptions before the first order goes out
+            self._connection.check_subscriptions()
+        except NatsError as exc:
+            self._connection.close()
+            raise NatsError(f"cannot follow the outbox writes for end-to-end latency: {exc} "
+                            "(use --e2e-host with a user that may subscribe to $KV.outbox-*.>)") from None
         self._sweeper = gevent.spawn(self._sweep_loop)
 
     def expect(self, order_id: str, bucket: str, started: float) -> None:
@@ -183,7 +191,7 @@ class _Run:
             self.record = {kind: [] for kind in (*OUTBOX_BUCKETS, "failed", "interrupted")}
         if self.e2e is None or self.e2e.is_closed:  # first user of the test, or the connection was lost
             # (a lost tracker still reports its own orders as lost, until its last deadline)
-            self.e2e = EndToEnd(environment, url, getattr(options, "e2e_timeout", 30.0))
+            self.e2e = EndToEnd(environment, getattr(options, "e2e_host", "") or url, getattr(options, "e2e_timeout", 30.0))
         return self.e2e
 
     def stop(self, environment: Environment) -> None:

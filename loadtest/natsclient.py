@@ -156,6 +156,7 @@ class NatsConnection:
         self._closed_reason: str | None = None
         self._closing = False
         self._last_error: str | None = None  # the text of the server's last -ERR
+        self.errors: deque[str] = deque(maxlen=100)  # -ERR texts (a permission violation leaves the connection open)
         self._out: list[bytes] = []
         self._out_ready = Event()
         self._pongs: deque[AsyncResult] = deque()
@@ -250,6 +251,13 @@ class NatsConnection:
         self._send(f"SUB {subject} {sid}\r\n".encode())
         return sid
 
+    def check_subscriptions(self, timeout: float = 5.0) -> None:
+        """Round trip, then raise NatsError if the server refused a subscription (permissions)."""
+        self.flush(timeout)
+        refused = [error for error in self.errors if "permissions violation for subscription" in error.lower()]
+        if refused:
+            raise NatsError("; ".join(refused))
+
     def unsubscribe(self, sid: int) -> None:
         self._subs.pop(sid, None)
         self._send(f"UNSUB {sid}\r\n".encode())
@@ -271,7 +279,9 @@ class NatsConnection:
             self.publish(subject, payload, headers, reply=self._inbox + token)
             msg = self._wait(result, timeout, None)
         except gevent.Timeout:
-            raise PublishTimeout(f"no JetStream ack for {subject!r} within {timeout} s") from None
+            # A refused publish (permissions) gets no reply, only an -ERR: name it.
+            hint = f" (last server error: {self._last_error})" if self._last_error else ""
+            raise PublishTimeout(f"no JetStream ack for {subject!r} within {timeout} s{hint}") from None
         finally:
             self._acks.pop(token, None)
         return parse_pub_ack(subject, msg)
@@ -387,7 +397,9 @@ class NatsConnection:
                 self._pongs.popleft().set(None)
         elif line.startswith(b"-ERR"):
             # Most -ERR are followed by the server closing the connection; keep the text for that error.
-            self._last_error = line[4:].strip().decode("utf-8", "replace")
+            self._last_error = line[4:].decode("utf-8", "replace").strip().strip("'")
+            self.errors.append(self._last_error)
+            logger.warning("NATS server error: %s", self._last_error)
         elif line.startswith(b"INFO "):
             self.server_info = json.loads(line[5:])
         # +OK (verbose mode only) needs nothing

@@ -182,3 +182,22 @@ async def add_stream(url: str) -> None:
     nc = await nats.connect(url)
     await nc.jetstream().add_stream(name="LT", subjects=["lt.>"])
     await nc.close()
+
+
+def test_client_credentials_and_refused_subscriptions(tmp_path: Path) -> None:
+    """A user may publish orders but not read the outboxes: the refusal is an error that names it."""
+    client = load_natsclient()
+    config = tmp_path / "auth.conf"
+    config.write_text('authorization { users = [{user: "ingress", password: "s3cret", permissions: {'
+                      'publish: {allow: ["orders.ingress"]}, subscribe: {allow: ["_INBOX.>"]}}}] }\n')
+    with EmbeddedNats(tmp_path / "nats", port=0, monitor_port=0, extra_args=("--config", str(config))) as server:
+        address = f"127.0.0.1:{server.port}"
+        with pytest.raises(client.ConnectionClosed, match="Authorization Violation"):
+            client.NatsConnection.connect(f"nats://ingress:wrong@{address}", timeout=5)
+        conn = client.NatsConnection.connect(f"nats://ingress:s3cret@{address}")
+        conn.subscribe("_INBOX.mine", lambda msg: None)
+        conn.check_subscriptions()  # allowed
+        conn.subscribe("$KV.outbox-express.>", lambda msg: None)
+        with pytest.raises(client.NatsError, match='Permissions Violation for Subscription to "\\$KV.outbox-express.>"'):
+            conn.check_subscriptions()
+        conn.close()
