@@ -1,0 +1,80 @@
+"""Per-language figures for the same function (the receiver) in Zig, C and AssemblyScript.
+
+    .venv/bin/python functions/examples/bench_languages.py [--quick]
+
+Builds the three (incrementally, into build/) and prints a Markdown table: module size, guest call cost
+(measured as `ebbtide bench` measures the distributor: copy in, call, read output, decode effects; the
+minimum of 5 runs) and instance start (new Store, instantiate, init with config). Nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from ebbtide.build import build_modules
+from ebbtide.manifest import load_manifest
+from ebbtide.orders import encode_order, generate_orders
+from ebbtide.runtime import GuestInstance, GuestLimits, WasmEngine, decode_effects
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = {
+    "zig": ("receiver", "functions/receiver"),
+    "c": ("receiver-c", "functions/examples/receiver-c"),
+    "assemblyscript": ("receiver-assemblyscript", "functions/examples/receiver-assemblyscript"),
+}
+CONFIG = b'{"bucket":"outbox-express"}'
+LIMITS = GuestLimits(memory_bytes=4 << 20, fuel=5_000_000)
+
+
+def build() -> dict[str, Path]:
+    with tempfile.TemporaryDirectory() as folder:
+        modules = "".join(f'[modules.{m}]\nsource = "{REPO / f}"\nlang = "{lang}"\n' for lang, (m, f) in EXAMPLES.items())
+        path = Path(folder) / "ebbtide.toml"
+        path.write_text(f'build_dir = "{REPO / "build"}"\n[streams.S]\nsubjects = ["s.>"]\n{modules}'
+                        '[functions.f]\nmodule = "receiver"\ntrigger = "s.in"\n')
+        manifest = load_manifest(path)
+        build_modules(manifest)
+        return {lang: manifest.module_path(module) for lang, (module, _) in EXAMPLES.items()}
+
+
+def runs(fn, count: int) -> list[float]:
+    """µs per call of fn, for 5 runs of `count` calls."""
+    result = []
+    for _ in range(5):
+        started = time.perf_counter()
+        for _ in range(count):
+            fn()
+        result.append((time.perf_counter() - started) / count * 1e6)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="10x fewer calls")
+    args = parser.parse_args()
+    calls, starts = (20_000, 2_000) if args.quick else (200_000, 20_000)
+    payload = encode_order(generate_orders(1, seed=1)[0])
+    subject = b"orders.express"
+    engine = WasmEngine()
+    print(f"receiver, {len(payload)}-byte order; min of 5 x {calls:,} calls (median in brackets)\n")
+    print("| language | module size | guest call | instance start | instance memory |")
+    print("|---|---:|---:|---:|---:|")
+    for lang, path in build().items():
+        module = engine.load(path)
+        instance = GuestInstance(engine, module, LIMITS, CONFIG)
+        for _ in range(1000):  # warm-up, excluded
+            decode_effects(instance.handle(subject, payload)[1])
+        call = runs(lambda: decode_effects(instance.handle(subject, payload)[1]), calls)
+        start = runs(lambda: GuestInstance(engine, module, LIMITS, CONFIG), starts)
+        print(f"| {lang} | {path.stat().st_size:,} B | {min(call):.2f} µs ({statistics.median(call):.2f}) "
+              f"| {min(start):.1f} µs ({statistics.median(start):.1f}) | {instance.memory_size() // 1024} KiB |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
