@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import random
+import sys
 import time
 import uuid
 from collections import deque
@@ -60,6 +61,22 @@ def _options(parser) -> None:
     parser.add_argument("--record-orders", default="", include_in_web_ui=False, env_var="EBBTIDE_RECORD_ORDERS",
                        help="write the ids of the orders published (acked, failed, interrupted) to this JSON file "
                             "when the test stops (a worker process adds .<pid>)")
+
+
+@events.init.add_listener
+def _check_options(environment: Environment, **_kwargs) -> None:
+    options = environment.parsed_options
+    if options is None:
+        return  # used as a library
+    problems = [text for bad, text in (
+        (not 0.0 <= options.express_share <= 1.0, f"--express-share must be within [0, 1], got {options.express_share}"),
+        (options.user_rate < 0, f"--user-rate must be >= 0, got {options.user_rate}"),
+        (options.ack_timeout <= 0, f"--ack-timeout must be > 0, got {options.ack_timeout}"),
+        (options.e2e_timeout <= 0, f"--e2e-timeout must be > 0, got {options.e2e_timeout}"),
+    ) if bad]
+    if problems:  # bad usage: exit code 2, as ebbtide's own commands
+        print("locustfile: " + "; ".join(problems), file=sys.stderr)
+        raise SystemExit(2)
 
 
 class OrderFactory:
@@ -222,21 +239,15 @@ def _on_test_stop(environment: Environment, **_kwargs) -> None:
     _run.stop(environment)
 
 
-def _nats_url_default() -> str:
-    return os.environ.get("NATS_URL", DEFAULT_NATS_URL)
-
-
 class OrderPublisher(User):
     """Publishes one order per task to orders.ingress and waits for its JetStream ack."""
 
-    host = _nats_url_default()  # Locust's --host (or the web UI's host field) replaces it
+    host = os.environ.get("NATS_URL", DEFAULT_NATS_URL)  # Locust's --host (or the web UI's host field) replaces it
 
     def __init__(self, environment: Environment) -> None:
         super().__init__(environment)
         options = environment.parsed_options
         rate = getattr(options, "user_rate", 0.0) if options is not None else 0.0
-        if rate < 0:
-            raise ValueError(f"--user-rate must be >= 0, got {rate}")
         self._pace: Callable[[User], float] | None = constant_throughput(rate) if rate > 0 else None
         self._ack_timeout = getattr(options, "ack_timeout", 5.0) if options is not None else 5.0
         self._connection: NatsConnection | None = None
@@ -287,12 +298,14 @@ class OrderPublisher(User):
 
     def _connected(self) -> bool:
         """Connect (again) if needed; a failure is reported and retried after a second."""
-        if self._connection is not None and not self._connection.is_closed:
+        if self._connection is not None and not self._connection.is_closed and \
+                self._e2e is not None and not self._e2e.is_closed:
             return True
         started = time.perf_counter()
         try:
             self._e2e = _run.start(self.environment, self.host)
-            self._connection = NatsConnection.connect(self.host)
+            if self._connection is None or self._connection.is_closed:
+                self._connection = NatsConnection.connect(self.host)
             return True
         except (NatsError, ValueError) as exc:
             self.environment.events.request.fire(request_type="nats", name="connect",
