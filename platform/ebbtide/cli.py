@@ -1,4 +1,4 @@
-"""The `ebbtide` command line: up, run, build, publish, demo, bench, top, dlq.
+"""The `ebbtide` command line: up, run, build, publish, demo, bench, top, dlq, nats-config.
 
 Exit codes: 0 success, 1 failure at run time, 2 bad usage or configuration, 130 interrupted.
 """
@@ -21,9 +21,10 @@ import uvloop
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
-from .broker import (
-    ConfirmedPublisher, EmbeddedNats, EmbeddedServerError, configured_url, connect, publish_all,
-)
+from .broker import ConfirmedPublisher, EmbeddedServerError, configured_url, connect, publish_all
+from .broker.access import ServerAccess, embedded_client_access, embedded_server, external_access
+from .broker.auth import AuthConfigError
+from .broker.authorization import ADMIN_USER, INGRESS_ENV, inbox_prefix, ingress_subjects, write_bundle
 from . import dlq
 from .bench import SCENARIOS, run_bench
 from .build import BuildError, build_modules
@@ -62,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ManifestError, UsageError) as exc:
         print(f"ebbtide: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (BuildError, ModuleLoadError, GuestInitError, EmbeddedServerError, TracingError, ConnectionError, OSError) as exc:
+    except (BuildError, ModuleLoadError, GuestInitError, EmbeddedServerError, TracingError, AuthConfigError, ConnectionError,
+            OSError) as exc:
         print(f"ebbtide: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
@@ -98,10 +100,15 @@ def _parser() -> argparse.ArgumentParser:
     nats_url_option(up)
     processes_option(up)
     metrics_option(up)
+    up.add_argument("--no-auth", action="store_true",
+                    help="embedded server without authentication (default: [embedded] auth, on)")
     run = command("run", _run, "run one function in this process (as in compose or Kubernetes)")
     run.add_argument("--function", "-f", required=True, help="function name from the manifest")
     nats_url_option(run)
     metrics_option(run)
+    nats_config = command("nats-config", _nats_config,
+                          "generate nats-server authorization from the manifest: a least-privilege user per function")
+    nats_config.add_argument("--out", type=Path, required=True, help="folder for server.conf and the credentials")
     build = command("build", _build, "compile the guest functions from source into the build folder")
     build.add_argument("modules", nargs="*", help="modules to build (default: all)")
     build.add_argument("--force", action="store_true", help="rebuild even when up to date")
@@ -148,14 +155,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _serve(manifest: LoadedManifest, url: str, mode: ProcessMode, functions: list[str] | None = None,
+async def _serve(manifest: LoadedManifest, server: ServerAccess, mode: ProcessMode, functions: list[str] | None = None,
                  verbose: bool = False, metrics_port: int | None = None) -> int:
     """Run until SIGINT or SIGTERM, then stop the pools (or child processes) and drain."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with running(manifest, url, mode, functions, verbose, metrics_port) as runner:
+    async with running(manifest, server, mode, functions, verbose, metrics_port) as runner:
         log.info("running %s (%s process mode); Ctrl-C to stop", ", ".join(functions or manifest.spec.functions), mode)
         waits = [asyncio.ensure_future(stop.wait())]
         if isinstance(runner, Host):  # a supervisor's children report their own losses by exiting
@@ -173,12 +180,18 @@ def _up(args: argparse.Namespace, manifest: LoadedManifest) -> int:
     url = configured_url(manifest, args.nats_url)
     build_modules(manifest)
     if url is not None:
-        return uvloop.run(_serve(manifest, url, args.processes, verbose=args.verbose, metrics_port=args.metrics_port))
-    embedded = manifest.spec.embedded
-    with EmbeddedNats(manifest.resolve(embedded.data_dir), host=embedded.host, port=embedded.port,
-                      monitor_port=embedded.monitor_port) as server:
+        return uvloop.run(_serve(manifest, external_access(manifest, url), args.processes, verbose=args.verbose,
+                                 metrics_port=args.metrics_port))
+    with embedded_server(manifest, auth=False if args.no_auth else None) as (server, access):
         log.info("embedded nats-server at %s (monitoring %s, data in %s)", server.url, server.monitor_url, server.data_dir)
-        return uvloop.run(_serve(manifest, server.url, args.processes, verbose=args.verbose, metrics_port=args.metrics_port))
+        if access.bundle is not None:
+            # Where the secrets are, never the secrets themselves (logs are often collected).
+            log.info("authentication on: publish orders as the user in %s, or use the admin NKEY seed %s "
+                     "(--no-auth or [embedded] auth = false turns it off)",
+                     access.bundle.folder / INGRESS_ENV, access.bundle.seed_file(ADMIN_USER))
+        else:
+            log.warning("authentication is off: anyone who reaches %s may do anything", server.url)
+        return uvloop.run(_serve(manifest, access, args.processes, verbose=args.verbose, metrics_port=args.metrics_port))
 
 
 def _run(args: argparse.Namespace, manifest: LoadedManifest) -> int:
@@ -187,7 +200,20 @@ def _run(args: argparse.Namespace, manifest: LoadedManifest) -> int:
         raise UsageError("`run` needs a NATS server: give --nats-url, EBBTIDE_NATS_URL or [nats] url (or use `ebbtide up`)")
     manifest.function(args.function)
     build_modules(manifest, [manifest.function(args.function).module])
-    return uvloop.run(_serve(manifest, url, "single", [args.function], metrics_port=args.metrics_port))
+    return uvloop.run(_serve(manifest, external_access(manifest, url), "single", [args.function],
+                             metrics_port=args.metrics_port))
+
+
+def _nats_config(args: argparse.Namespace, manifest: LoadedManifest) -> int:
+    bundle = write_bundle(manifest, args.out)
+    print(f"wrote {bundle.server_config} (include it in the nats-server configuration) and, readable only by you:")
+    print(f"  {bundle.seed_file(ADMIN_USER)}  admin: everything (operator tools); EBBTIDE_NATS_NKEY_SEED_FILE")
+    for function in manifest.spec.functions:
+        print(f"  {bundle.seed_file(function)}  {function}: its own consumer and allowed effects; "
+              f"EBBTIDE_NATS_NKEY_SEED_FILE, EBBTIDE_NATS_INBOX_PREFIX={inbox_prefix(function)}")
+    print(f"  {bundle.folder / INGRESS_ENV}  ingress: publish to {', '.join(ingress_subjects(manifest))} only "
+          "(EBBTIDE_NATS_USER / EBBTIDE_NATS_PASSWORD)")
+    return 0
 
 
 def _new(args: argparse.Namespace, manifest: LoadedManifest) -> int:
@@ -208,7 +234,7 @@ def _build(args: argparse.Namespace, manifest: LoadedManifest) -> int:
 
 
 def _publish(args: argparse.Namespace, manifest: LoadedManifest) -> int:
-    url = _client_url(manifest, args.nats_url)
+    server = _client_access(manifest, args.nats_url)
     if args.file is not None:
         try:
             lines = [line for line in args.file.read_bytes().splitlines() if line.strip()]
@@ -221,14 +247,14 @@ def _publish(args: argparse.Namespace, manifest: LoadedManifest) -> int:
         messages = [(encode_order(o), o.order_guid) for o in generate_orders(args.count, args.seed, args.first_id)]
 
     async def publish() -> int:
-        nc = await _client_connect(url, "ebbtide-publish")
+        nc = await _client_connect(server, "ebbtide-publish")
         try:
             publisher = ConfirmedPublisher(nc)
             await publisher.start()
             confirmed, errors = await publish_all(publisher, args.subject, messages)
         finally:
             await nc.drain()
-        print(f"published {confirmed} message(s) to {args.subject} on {url}")
+        print(f"published {confirmed} message(s) to {args.subject} on {server.url}")
         for error in errors[:5]:
             print(f"  failed: {error}", file=sys.stderr)
         return EXIT_FAILURE if errors else 0
@@ -247,14 +273,14 @@ def _bench(args: argparse.Namespace, manifest: LoadedManifest) -> int:
 
 
 def _dlq(args: argparse.Namespace, manifest: LoadedManifest) -> int:
-    url = _client_url(manifest, args.nats_url)
+    server = _client_access(manifest, args.nats_url)
     if args.dlq_action == "purge" and not args.yes:
         raise UsageError("purge deletes dead letters for good: add --yes")
     if getattr(args, "function", None) and args.dlq_action == "redrive":
         manifest.function(args.function)  # a typo guard; list and purge may name a function since removed
 
     async def act() -> int:
-        nc = await _client_connect(url, "ebbtide-dlq")
+        nc = await _client_connect(server, "ebbtide-dlq")
         try:
             if args.dlq_action == "list":
                 letters = await dlq.list_dead_letters(nc, manifest, args.function, args.limit)
@@ -281,12 +307,12 @@ def _dlq(args: argparse.Namespace, manifest: LoadedManifest) -> int:
 
 
 def _top(args: argparse.Namespace, manifest: LoadedManifest) -> int:
-    url = _client_url(manifest, args.nats_url)
+    server = _client_access(manifest, args.nats_url)
     view = TopView()
     live = sys.stdout.isatty()
 
     async def watch() -> int:
-        nc = await _client_connect(url, "ebbtide-top")
+        nc = await _client_connect(server, "ebbtide-top")
         try:
             async def update(msg: Msg) -> None:
                 try:
@@ -327,15 +353,16 @@ def _screen_width() -> int:
     return shutil.get_terminal_size((100, 24)).columns if sys.stdout.isatty() else 200
 
 
-def _client_url(manifest: LoadedManifest, flag: str | None) -> str:
-    """For client commands: the configured server, else the embedded one that `ebbtide up` starts."""
-    embedded = manifest.spec.embedded
-    return configured_url(manifest, flag) or f"nats://{embedded.host}:{embedded.port}"
+def _client_access(manifest: LoadedManifest, flag: str | None) -> ServerAccess:
+    """For client commands: the configured server, else the embedded one that `ebbtide up` starts
+    (as its admin user, when it has generated users)."""
+    url = configured_url(manifest, flag)
+    return external_access(manifest, url) if url is not None else embedded_client_access(manifest)
 
 
-async def _client_connect(url: str, name: str) -> NatsClient:
+async def _client_connect(server: ServerAccess, name: str) -> NatsClient:
     try:
-        return await connect(url, name=name, give_up_after_s=5)
+        return await connect(server.url, name=name, give_up_after_s=5, auth=server.admin)
     except ConnectionError as exc:
         raise ConnectionError(f"{exc} (is `ebbtide up` running?)") from None
 

@@ -25,6 +25,7 @@ class Reason(str, Enum):
 
     REJECTED = "rejected"  # the guest refused the input (status REJECT)
     PAYLOAD_TOO_LARGE = "payload-too-large"
+    HEADERS_TOO_LARGE = "headers-too-large"
     EFFECT_REFUSED = "effect-refused"  # an effect outside the allowlist
     RETRIES_EXHAUSTED = "retries-exhausted"  # transient failures until retry.max_deliver
 

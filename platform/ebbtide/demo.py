@@ -9,7 +9,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .broker import ConfirmedPublisher, EmbeddedNats, connect, kv_stream_name, publish_all
+from .broker import ConfirmedPublisher, connect, kv_stream_name, publish_all
+from .broker.access import embedded_server
 from .build import build_modules
 from .launch import ProcessMode, running
 from .state import stream_state
@@ -51,8 +52,8 @@ async def run_demo(
     payloads = [(encode_order(order), order.order_guid) for order in generated]
     functions = list(manifest.spec.functions)
 
-    with EmbeddedNats(data_dir / "nats", port=0, monitor_port=0) as server:
-        nc = await connect(server.url, name="ebbtide-demo")
+    with embedded_server(manifest, data_dir / "nats", port=0, monitor_port=0) as (server, access):
+        nc = await connect(server.url, name="ebbtide-demo", auth=access.admin)
         try:
             series = TimeSeries(start=time.time())
             ready = asyncio.Event()
@@ -64,7 +65,7 @@ async def run_demo(
 
             # Subscribed before the functions start, so their first reports say when they are ready.
             await nc.subscribe(f"{STATUS_SUBJECT_PREFIX}.>", cb=record)
-            async with running(manifest, server.url, mode):
+            async with running(manifest, access, mode):
                 await asyncio.wait_for(ready.wait(), 60)
                 print(f"embedded nats-server at {server.url}; functions ({mode} process mode): {', '.join(functions)}")
                 publisher = ConfirmedPublisher(nc)

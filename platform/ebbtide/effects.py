@@ -28,18 +28,25 @@ class Outgoing:
 
 
 class Allowlist:
-    def __init__(self, publish: list[str], kv: list[str]) -> None:
+    def __init__(self, publish: list[str], kv: list[str], max_effects: int = 64, max_effect_bytes: int = 1 << 20) -> None:
         self.publish = tuple(publish)
         self.kv = frozenset(kv)
+        self.max_effects = max_effects
+        self.max_effect_bytes = max_effect_bytes
 
     @classmethod
     def of(cls, function: FunctionSection) -> "Allowlist":
-        return cls(function.publish, function.kv)
+        return cls(function.publish, function.kv, function.limits.max_effects, function.limits.max_effect_bytes)
 
     def plan(self, effects: list[Effect]) -> list[Outgoing]:
         """The publishes that carry out `effects`; raises EffectRefused on the first one not allowed."""
+        if len(effects) > self.max_effects:
+            raise EffectRefused(f"{len(effects)} effects for one message; limits.max_effects is {self.max_effects}")
         outgoing: list[Outgoing] = []
         for effect in effects:
+            size = len(effect.payload if isinstance(effect, Publish) else effect.value)
+            if size > self.max_effect_bytes:
+                raise EffectRefused(f"an effect of {size} bytes; limits.max_effect_bytes is {self.max_effect_bytes}")
             if isinstance(effect, Publish):
                 subject = effect.subject
                 if not all(SUBJECT_TOKEN.match(token) for token in subject.split(".")):

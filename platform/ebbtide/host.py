@@ -14,6 +14,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from .autoscale import PoolController
 from .broker import ConfirmedPublisher, connect, provision
+from .broker.auth import NatsAuth, client_auth
 from .manifest import LoadedManifest
 from .pool import FunctionPool
 from .runtime import WasmEngine
@@ -29,11 +30,13 @@ METRICS_HOST_ENV = "EBBTIDE_METRICS_HOST"
 class Host:
     def __init__(
         self, manifest: LoadedManifest, nats_url: str, functions: list[str] | None = None, metrics_port: int | None = None,
-        tracer_provider: TracerProvider | None = None,
+        tracer_provider: TracerProvider | None = None, auth: NatsAuth | None = None,
     ) -> None:
-        """`tracer_provider`: where spans go (tests pass an in-memory one); default: from [telemetry]."""
+        """`tracer_provider`: where spans go (tests pass an in-memory one); default: from [telemetry].
+        `auth`: NATS credentials; default: EBBTIDE_NATS_* or the manifest's [nats]."""
         self.manifest = manifest
         self.nats_url = nats_url
+        self.auth = auth if auth is not None else client_auth(manifest)
         self.function_names = functions if functions is not None else list(manifest.spec.functions)
         for name in self.function_names:
             manifest.function(name)  # unknown names fail here, before connecting
@@ -61,7 +64,8 @@ class Host:
         memory_limit = max(self.manifest.function(n).limits.memory_mib for n in self.function_names)
         engine = WasmEngine(memory_reservation=max(memory_limit, 16) * 1024 * 1024,
                             cache_dir=self.manifest.build_dir / "cache")
-        self.nc = await connect(self.nats_url, name=f"ebbtide-host[{','.join(self.function_names)}]", on_lost=self._on_lost)
+        self.nc = await connect(self.nats_url, name=f"ebbtide-host[{','.join(self.function_names)}]", on_lost=self._on_lost,
+                                auth=self.auth)
         js = self.nc.jetstream()
         await provision(js, self.manifest, self.function_names)
         publisher = ConfirmedPublisher(self.nc)

@@ -9,6 +9,7 @@ from typing import Literal
 
 from nats.aio.client import Client as NatsClient
 
+from .broker.access import ServerAccess, external_access
 from .host import Host
 from .manifest import LoadedManifest
 from .status import STATUS_SUBJECT_PREFIX, decode_status
@@ -23,17 +24,20 @@ DEFAULT_PROCESS_MODE: ProcessMode = "per-function"
 
 @asynccontextmanager
 async def running(
-    manifest: LoadedManifest, nats_url: str, mode: ProcessMode, functions: list[str] | None = None, verbose: bool = False,
-    metrics_port: int | None = None,
+    manifest: LoadedManifest, server: ServerAccess | str, mode: ProcessMode, functions: list[str] | None = None,
+    verbose: bool = False, metrics_port: int | None = None,
 ) -> AsyncIterator[Host | Supervisor]:
-    """`metrics_port` overrides [telemetry] metrics_port (0: off)."""
+    """`server`: a URL (credentials from EBBTIDE_NATS_* or the manifest) or a server with its users.
+    `metrics_port` overrides [telemetry] metrics_port (0: off)."""
+    access = external_access(manifest, server) if isinstance(server, str) else server
     names = functions if functions is not None else list(manifest.spec.functions)
     if mode == "single":
-        async with Host(manifest, nats_url, names, metrics_port) as host:
+        async with Host(manifest, access.url, names, metrics_port, auth=access.for_functions(names)) as host:
             yield host
         return
     base_port = manifest.spec.telemetry.metrics_port if metrics_port is None else metrics_port
-    supervisor = Supervisor(manifest.path, names, nats_url, verbose=verbose, metrics_port=base_port)
+    supervisor = Supervisor(manifest.path, names, access.url, verbose=verbose, metrics_port=base_port,
+                            child_env=lambda function: access.for_functions([function]).child_env())
     await supervisor.start()
     try:
         yield supervisor

@@ -31,6 +31,16 @@ class _Section(Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
 
 class NatsSection(_Section):
     url: str = ""  # empty: start the embedded server (overridden by --nats-url / EBBTIDE_NATS_URL)
+    # Credentials, at most one kind (EBBTIDE_NATS_* variables override them; see broker/auth.py). Prefer
+    # the variables or files for secrets: a manifest is often committed. Relative paths start at the manifest.
+    user: str = ""
+    password: str = ""
+    token: str = ""
+    creds_file: str = ""  # a .creds file (user JWT + NKEY seed)
+    nkey_seed_file: str = ""  # a file holding an NKEY user seed (SU...)
+    tls_ca: str = ""  # CA bundle that signed the server's certificate (turns TLS on)
+    tls_cert: str = ""  # client certificate and key, for servers that verify clients
+    tls_key: str = ""
 
 
 class EmbeddedSection(_Section):
@@ -38,6 +48,9 @@ class EmbeddedSection(_Section):
     host: str = "127.0.0.1"
     port: Annotated[int, Meta(ge=0, le=65535)] = 4222  # 0: pick a free port
     monitor_port: Annotated[int, Meta(ge=0, le=65535)] = 8222
+    # Users and permissions generated from this manifest into <data_dir>/auth (see `ebbtide nats-config`);
+    # false: anyone who can reach the port may do anything.
+    auth: bool = True
 
 
 class TelemetrySection(_Section):
@@ -90,6 +103,9 @@ class LimitsSection(_Section):
     memory_mib: Annotated[int, Meta(ge=1, le=64)] = 16
     fuel: PositiveInt = 20_000_000  # per message; ~1 unit per Wasm instruction (a few ms of work)
     max_payload: PositiveInt = 65536  # bytes; larger inputs are dead-lettered without calling the guest
+    max_header_bytes: PositiveInt = 8192  # bytes of NATS headers of an input; more: dead-lettered unread
+    max_effects: PositiveInt = 64  # effects one message may ask for; more: the message is dead-lettered
+    max_effect_bytes: PositiveInt = 1_048_576  # payload (publish) or value (KV put) of one effect
 
 
 class RetrySection(_Section):
@@ -97,9 +113,17 @@ class RetrySection(_Section):
     backoff_ms: list[NonNegativeInt] = msgspec.field(default_factory=lambda: [200, 1000, 5000])
 
 
+WasiGrant = Literal["clock", "random"]
+
+
 class FunctionSection(_Section):
     module: Name
     trigger: Subject  # subject of the function's durable pull consumer
+    # Hex SHA-256 of the built module; when set, a module with any other digest is refused before loading.
+    sha256: Annotated[str, Meta(pattern=r"^[0-9a-fA-F]{64}$")] | None = None
+    # WASI functions the guest may import, by group; none by default. Filesystem, environment, arguments,
+    # sockets and stdio are never provided.
+    wasi: list[WasiGrant] = []
     publish: list[Subject] = []  # subjects (NATS wildcards allowed) the guest may publish to
     kv: list[Name] = []  # KV buckets the guest may put into
     config: dict[str, str] = {}  # passed to the guest's ebbtide_init as a JSON object
@@ -231,6 +255,7 @@ def _check_references(loaded: LoadedManifest) -> list[str]:
                 problems.append(f"streams.{stream_name}.subjects: {subject!r} overlaps the dead-letter subjects {dlq_prefix}.>")
     if spec.dead_letter.stream in spec.streams:
         problems.append(f"dead_letter.stream: {spec.dead_letter.stream!r} is also declared under [streams]")
+    problems += _check_credentials(spec.nats)
     triggers: dict[str, str] = {}
     for name, fn in spec.functions.items():
         key = f"functions.{name}"
@@ -257,6 +282,19 @@ def _check_references(loaded: LoadedManifest) -> list[str]:
             problems.append(f"{key}.retry.backoff_ms: give at least one delay")
         if fn.batch > fn.max_ack_pending:
             problems.append(f"{key}.batch: {fn.batch} is greater than max_ack_pending {fn.max_ack_pending}")
+    return problems
+
+
+def _check_credentials(nats: NatsSection) -> list[str]:
+    kinds = [kind for kind, given in (("user", nats.user), ("token", nats.token), ("creds_file", nats.creds_file),
+                                      ("nkey_seed_file", nats.nkey_seed_file)) if given]
+    problems = []
+    if len(kinds) > 1:
+        problems.append(f"nats: give one kind of credential, not {' and '.join(kinds)}")
+    if nats.password and not nats.user:
+        problems.append("nats.password: needs nats.user")
+    if bool(nats.tls_cert) != bool(nats.tls_key):
+        problems.append("nats.tls_cert: a client certificate needs both tls_cert and tls_key")
     return problems
 
 

@@ -68,7 +68,7 @@ def parse_ack_subject(reply: str) -> Delivery:
 def ingress_ns(msg: Msg, delivery: Delivery) -> int:
     """When the order entered the pipeline: carried by an earlier hop, else this message's own publish."""
     carried = msg.headers.get(INGRESS_AT) if msg.headers else None
-    if carried is not None and carried.isdigit():
+    if carried is not None and len(carried) <= 19 and carried.isdigit():  # any client can send this header
         return int(carried)
     return delivery.published_ns
 
@@ -111,7 +111,7 @@ class FunctionPool:
         self.name = name
         self.function = fn
         self.engine = engine
-        self.module = engine.load(manifest.module_path(fn.module))
+        self.module = engine.load(manifest.module_path(fn.module), sha256=fn.sha256, wasi_grants=frozenset(fn.wasi))
         self.limits = GuestLimits(memory_bytes=fn.limits.memory_mib * MIB, fuel=fn.limits.fuel)
         self.config_json = manifest.config_json(name)
         self.allowlist = Allowlist.of(fn)
@@ -269,11 +269,18 @@ class FunctionPool:
         self, msg: Msg, delivery: Delivery, instance: GuestInstance | None, pending: list[_Pending], span: Span | None
     ) -> GuestInstance | None:
         payload = msg.data
-        max_payload = self.function.limits.max_payload
-        if len(payload) > max_payload:
+        limits = self.function.limits
+        if len(payload) > limits.max_payload:
             await self._dead_letter(msg, delivery, Reason.PAYLOAD_TOO_LARGE,
-                                    f"payload of {len(payload)} bytes exceeds limits.max_payload ({max_payload})", pending, span)
+                                    f"payload of {len(payload)} bytes exceeds limits.max_payload ({limits.max_payload})", pending, span)
             return instance
+        if msg.headers:
+            header_bytes = sum(len(key) + len(value) + 4 for key, value in msg.headers.items())
+            if header_bytes > limits.max_header_bytes:
+                await self._dead_letter(msg, delivery, Reason.HEADERS_TOO_LARGE,
+                                        f"headers of {header_bytes} bytes exceed limits.max_header_bytes ({limits.max_header_bytes})",
+                                        pending, span)
+                return instance
         subject = self._subject_bytes.get(msg.subject)
         if subject is None:
             subject = self._subject_bytes.setdefault(msg.subject, msg.subject.encode())

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 import time
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger("ebbtide.supervisor")
@@ -38,9 +40,12 @@ class Child:
 
 class Supervisor:
     def __init__(
-        self, manifest_path: Path, functions: list[str], nats_url: str, verbose: bool = False, metrics_port: int = 0
+        self, manifest_path: Path, functions: list[str], nats_url: str, verbose: bool = False, metrics_port: int = 0,
+        child_env: Callable[[str], dict[str, str]] | None = None,
     ) -> None:
+        """`child_env(function)`: variables added to that child's environment (its NATS credentials)."""
         self.manifest_path = manifest_path
+        self.child_env = child_env
         # One port each, in order, so every child's /metrics can be scraped (0: off).
         self.metrics_ports = {name: metrics_port + i if metrics_port else 0 for i, name in enumerate(functions)}
         self.nats_url = nats_url
@@ -63,7 +68,9 @@ class Supervisor:
             self._watchers.append(asyncio.create_task(self._watch(child), name=f"supervise-{child.function}"))
 
     async def _spawn(self, child: Child) -> None:
-        child.process = await asyncio.create_subprocess_exec(*self._command(child.function), stdin=asyncio.subprocess.DEVNULL)
+        env = {**os.environ, **self.child_env(child.function)} if self.child_env is not None else None
+        child.process = await asyncio.create_subprocess_exec(*self._command(child.function), stdin=asyncio.subprocess.DEVNULL,
+                                                             env=env)
         child.started_at = time.monotonic()
         log.info("started %s (pid %d)", child.function, child.process.pid)
 

@@ -32,7 +32,8 @@ async def test_up_with_embedded_server_publish_and_sigterm(tmp_path: Path, refer
         while not port_open(port):
             assert up.poll() is None and time.monotonic() < deadline, "ebbtide up did not start its server"
             time.sleep(0.05)
-        nc = await nats.connect(url)
+        # Authentication is on by default: the operator's tools use the admin NKEY the server was given.
+        nc = await nats.connect(url, nkeys_seed=str(tmp_path / "nats" / "auth" / "admin.nk"))
 
         await wait_for_consumers(nc)
         published = ebbtide("-m", str(manifest), "publish", "--count", "50", "--seed", "3", env=env)
@@ -50,6 +51,7 @@ async def test_up_with_embedded_server_publish_and_sigterm(tmp_path: Path, refer
         output, _ = up.communicate(timeout=30)
     assert up.returncode == 0, output
     assert "embedded nats-server at" in output
+    assert "authentication on: publish orders as the user in" in output
     assert "could not drain" not in output  # the host drained before the server stopped
     assert not port_open(port), "the embedded server must stop with the host"
 

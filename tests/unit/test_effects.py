@@ -44,3 +44,12 @@ def test_allowed_effects_become_publishes() -> None:
 def test_refused_effects(effect, reason: str) -> None:
     with pytest.raises(EffectRefused, match=reason.replace("*", r"\*")):
         ALLOW.plan([Publish("orders.express", b""), effect])
+
+
+def test_number_and_size_of_effects_are_limited() -> None:
+    allowlist = Allowlist(["out.*"], ["bucket"], max_effects=2, max_effect_bytes=4)
+    assert len(allowlist.plan([Publish("out.a", b"1234"), KvPut("bucket", "k", b"")])) == 2
+    with pytest.raises(EffectRefused, match="3 effects for one message; limits.max_effects is 2"):
+        allowlist.plan([Publish("out.a", b"")] * 3)
+    with pytest.raises(EffectRefused, match="an effect of 5 bytes; limits.max_effect_bytes is 4"):
+        allowlist.plan([KvPut("bucket", "k", b"12345")])

@@ -7,9 +7,11 @@ import logging
 import os
 from collections.abc import Callable
 
+import nats.errors
 from nats.aio.client import Client as NatsClient
 
 from ..manifest import LoadedManifest
+from .auth import NatsAuth
 
 NATS_URL_ENV = "EBBTIDE_NATS_URL"
 
@@ -22,7 +24,8 @@ def configured_url(manifest: LoadedManifest, flag: str | None = None) -> str | N
 
 
 async def connect(
-    url: str, name: str, give_up_after_s: float | None = None, on_lost: Callable[[], None] | None = None
+    url: str, name: str, give_up_after_s: float | None = None, on_lost: Callable[[], None] | None = None,
+    auth: NatsAuth | None = None,
 ) -> NatsClient:
     """A client that reconnects forever once connected. `url` may list several servers, comma-separated.
 
@@ -30,11 +33,15 @@ async def connect(
     that for commands a person waits on (publish, top), which then raise ConnectionError. `on_lost` is
     called when the connection closes for good, also when we close it: the caller tells the two apart
     (e.g. the server refused a protocol violation: the process should exit and be restarted instead of
-    idling without a connection).
+    idling without a connection). `auth`: credentials and TLS (none by default).
     """
     nc = NatsClient()
+    refused = asyncio.Event()  # wrong credentials: retrying will not help, so the first connect fails at once
 
     async def on_error(error: Exception) -> None:
+        if not nc.is_connected and "authorization violation" in str(error).lower():
+            refused.set()
+            return
         log.warning("nats: %s", error or type(error).__name__)
 
     async def on_disconnected() -> None:
@@ -61,10 +68,25 @@ async def connect(
         disconnected_cb=on_disconnected,
         reconnected_cb=on_reconnected,
         closed_cb=on_closed,
+        **(auth.connect_options() if auth is not None else {}),
     )
+    connected = asyncio.ensure_future(connecting)
+    refusal = asyncio.ensure_future(refused.wait())
     try:
-        await asyncio.wait_for(connecting, give_up_after_s)
-    except asyncio.TimeoutError:
+        await asyncio.wait([connected, refusal], timeout=give_up_after_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        refusal.cancel()
+    if refused.is_set() or not connected.done():
+        connected.cancel()
+        await asyncio.gather(connected, return_exceptions=True)
         await nc.close()
-        raise ConnectionError(f"cannot connect to {url} within {give_up_after_s:.0f} s") from None
+        if refused.is_set():
+            who = auth.describe() if auth is not None else "no credentials"
+            raise ConnectionError(f"{url} refused the credentials ({who}): Authorization Violation")
+        raise ConnectionError(f"cannot connect to {url} within {give_up_after_s:.0f} s")
+    try:
+        connected.result()
+    except nats.errors.Error as exc:
+        await nc.close()
+        raise ConnectionError(f"cannot connect to {url}: {exc}") from None
     return nc

@@ -47,9 +47,12 @@ class EmbeddedNats:
         host: str = "127.0.0.1",
         port: int = 4222,
         monitor_port: int = 8222,
+        config_file: Path | None = None,
         extra_args: tuple[str, ...] = (),
     ) -> None:
+        """`config_file`: a nats-server configuration (e.g. generated authorization) read at start."""
         self.data_dir = Path(data_dir)
+        self.config_file = config_file
         self.host = host
         self.port = port or free_port(host)
         self.monitor_port = monitor_port or free_port(host)
@@ -76,6 +79,7 @@ class EmbeddedNats:
             nats_server_binary(), "--jetstream", "--store_dir", str(self.data_dir / "jetstream"),
             "--addr", self.host, "--port", str(self.port),
             "--http_port", str(self.monitor_port), "--server_name", f"ebbtide-{self.port}",
+            *(("--config", str(self.config_file)) if self.config_file is not None else ()),
             *self.extra_args,
         ]
         with self.log_file.open("ab") as log:

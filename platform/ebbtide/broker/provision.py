@@ -6,7 +6,7 @@ from nats.js import JetStreamContext
 from nats.js import api
 from nats.js.errors import BadRequestError
 
-from ..manifest import LoadedManifest
+from ..manifest import LoadedManifest, subject_matches
 
 ERR_STREAM_NAME_IN_USE = 10058
 KV_DUPLICATE_WINDOW_S = 120.0
@@ -92,10 +92,27 @@ def consumer_config(manifest: LoadedManifest, function: str) -> api.ConsumerConf
     )
 
 
+def streams_needed(manifest: LoadedManifest, functions: list[str]) -> list[str]:
+    """The streams these functions read, publish into, write KV entries to, or dead-letter into."""
+    spec = manifest.spec
+    names = {spec.dead_letter.stream}
+    for function in functions:
+        fn = manifest.function(function)
+        names.add(manifest.stream_for(fn.trigger))
+        names.update(stream for stream, section in spec.streams.items()
+                     if any(subject_matches(p, s) or subject_matches(s, p) for p in section.subjects for s in fn.publish))
+        names.update(kv_stream_name(bucket) for bucket in fn.kv)
+    return sorted(names)
+
+
 async def provision(js: JetStreamContext, manifest: LoadedManifest, functions: list[str] | None = None) -> None:
-    """Streams, dead-letter stream, KV buckets, and a durable pull consumer per function."""
+    """The streams these functions need (dead letters and KV buckets included), and a durable pull
+    consumer per function. Only what they use: a function's NATS user may touch nothing else."""
+    names = functions if functions is not None else list(manifest.spec.functions)
+    needed = set(streams_needed(manifest, names))
     for config in stream_configs(manifest):
-        await ensure_stream(js, config)
-    for function in functions if functions is not None else list(manifest.spec.functions):
+        if config.name in needed:
+            await ensure_stream(js, config)
+    for function in names:
         stream = manifest.stream_for(manifest.function(function).trigger)
         await js.add_consumer(stream, consumer_config(manifest, function))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import wasmtime
 
-from . import abi
+from . import abi, wasi
 
 # Every instance reserves this much address space (not memory) for its linear memory; a guest's memory
 # limit may not exceed it. Far below wasmtime's 4 GiB default, so thousands of instances fit.
@@ -64,24 +64,38 @@ class WasmEngine:
         config.memory_reservation_for_growth = 0
         self.memory_reservation = memory_reservation
         self.engine = wasmtime.Engine(config)
-        self._linker = wasmtime.Linker(self.engine)  # links nothing: guests import nothing
+        self._linkers: dict[frozenset[str], wasmtime.Linker] = {}  # by WASI grants (none: links nothing)
         self._cache_dir = cache_dir
-        self._modules: dict[str, LoadedModule] = {}  # by sha256
+        self._modules: dict[tuple[str, frozenset[str]], LoadedModule] = {}  # by sha256 and grants
 
-    def load(self, path: Path) -> LoadedModule:
-        """Compile (or fetch from the cache) and check a guest module."""
+    def load(self, path: Path, *, sha256: str | None = None, wasi_grants: frozenset[str] = frozenset()) -> LoadedModule:
+        """Compile (or fetch from the cache) and check a guest module.
+
+        `sha256`: the digest the module must have (checked before anything of it is compiled or run).
+        `wasi_grants`: the WASI groups it may import (runtime/wasi.py); any other import refuses it.
+        """
         try:
             wasm = path.read_bytes()
         except OSError as exc:
             raise ModuleLoadError(f"{path}: cannot read module ({exc.strerror}); run `ebbtide build`") from None
         digest = hashlib.sha256(wasm).hexdigest()
-        cached = self._modules.get(digest)
+        if sha256 is not None and digest != sha256.lower():
+            raise ModuleLoadError(f"{path}: its sha256 is {digest}, the manifest expects {sha256.lower()}; refusing to load it")
+        cached = self._modules.get((digest, wasi_grants))
         if cached is not None:
             return cached
         module = self._compile(path, wasm, digest)
+        _check_imports(path, module, wasi_grants)
         _check_exports(path, module)
-        loaded = LoadedModule(path, digest, module, self._linker.instantiate_pre(module))
-        self._modules[digest] = loaded
+        linker = self._linkers.get(wasi_grants)
+        if linker is None:
+            linker = self._linkers[wasi_grants] = wasi.linker(self.engine, wasi_grants)
+        try:
+            instance_pre = linker.instantiate_pre(module)
+        except wasmtime.WasmtimeError as exc:  # a granted name imported with another type
+            raise ModuleLoadError(f"{path}: imports do not match what the host provides: {exc}") from None
+        loaded = LoadedModule(path, digest, module, instance_pre)
+        self._modules[(digest, wasi_grants)] = loaded
         return loaded
 
     def _compile(self, path: Path, wasm: bytes, digest: str) -> wasmtime.Module:
@@ -103,10 +117,15 @@ class WasmEngine:
         return module
 
 
+def _check_imports(path: Path, module: wasmtime.Module, grants: frozenset[str]) -> None:
+    refused = wasi.refused_imports(module, grants)
+    if refused:
+        granted = ", ".join(sorted(grants)) or "nothing"
+        raise ModuleLoadError(f"{path}: imports {', '.join(refused)}; the function is granted {granted} "
+                              "(see `wasi` in the manifest reference)")
+
+
 def _check_exports(path: Path, module: wasmtime.Module) -> None:
-    if module.imports:
-        names = ", ".join(f"{imp.module}.{imp.name}" for imp in module.imports)
-        raise ModuleLoadError(f"{path}: guest modules must import nothing, this one imports {names}")
     exports = {export.name: export.type for export in module.exports}
     if not isinstance(exports.get(abi.EXPORT_MEMORY), wasmtime.MemoryType):
         raise ModuleLoadError(f"{path}: missing export `{abi.EXPORT_MEMORY}` (memory)")

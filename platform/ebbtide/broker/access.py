@@ -1,0 +1,70 @@
+"""Which server, and with which credentials each kind of client connects to it.
+
+An external server: every client uses the configured credentials (EBBTIDE_NATS_* or [nats]). The
+embedded server: authorization generated from the manifest into <data_dir>/auth (unless
+[embedded] auth = false), so each function's process gets its own least-privilege user.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..manifest import LoadedManifest
+from .auth import NatsAuth, client_auth
+from .authorization import AuthBundle, write_bundle
+from .embedded import EmbeddedNats
+
+AUTH_FOLDER = "auth"
+
+
+@dataclass(frozen=True)
+class ServerAccess:
+    url: str
+    admin: NatsAuth  # operator tools, and a host that runs several functions
+    bundle: AuthBundle | None = None  # generated users: one per function
+
+    def for_functions(self, functions: list[str]) -> NatsAuth:
+        """A host running exactly one function uses that function's user (when there are generated users)."""
+        if self.bundle is not None and len(functions) == 1:
+            return self.admin.with_credentials(self.bundle.function(functions[0]))
+        return self.admin
+
+
+def external_access(manifest: LoadedManifest, url: str) -> ServerAccess:
+    return ServerAccess(url, client_auth(manifest))
+
+
+def embedded_auth_folder(manifest: LoadedManifest, data_dir: Path | None = None) -> Path:
+    return (data_dir or manifest.resolve(manifest.spec.embedded.data_dir)) / AUTH_FOLDER
+
+
+def embedded_client_access(manifest: LoadedManifest) -> ServerAccess:
+    """For client commands (publish, top, dlq) talking to the embedded server that `ebbtide up` runs."""
+    embedded = manifest.spec.embedded
+    url = f"nats://{embedded.host}:{embedded.port}"
+    if not embedded.auth:
+        return ServerAccess(url, NatsAuth())
+    folder = embedded_auth_folder(manifest)
+    bundle = AuthBundle(folder)
+    if not bundle.seed_file("admin").exists():
+        raise ConnectionError(f"no credentials in {folder}: start the embedded server with `ebbtide up` first")
+    return ServerAccess(url, bundle.admin(), bundle)
+
+
+@contextmanager
+def embedded_server(
+    manifest: LoadedManifest, data_dir: Path | None = None, *, port: int | None = None, monitor_port: int | None = None,
+    auth: bool | None = None,
+) -> Iterator[tuple[EmbeddedNats, ServerAccess]]:
+    """Start the embedded server (settings from [embedded] unless given) and say how to reach it."""
+    embedded = manifest.spec.embedded
+    folder = data_dir or manifest.resolve(embedded.data_dir)
+    use_auth = embedded.auth if auth is None else auth
+    bundle = write_bundle(manifest, embedded_auth_folder(manifest, folder)) if use_auth else None
+    with EmbeddedNats(folder, host=embedded.host, port=embedded.port if port is None else port,
+                      monitor_port=embedded.monitor_port if monitor_port is None else monitor_port,
+                      config_file=bundle.server_config if bundle else None) as server:
+        yield server, ServerAccess(server.url, bundle.admin() if bundle else NatsAuth(), bundle)

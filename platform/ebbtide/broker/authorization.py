@@ -1,0 +1,147 @@
+"""Server-side authorization generated from the manifest: who may publish and subscribe to what.
+
+Users (see SECURITY.md):
+- `admin`: everything. The operator's tools (publish, top, dlq, redrive) and a host running every function
+  in one process.
+- one user per function, with exactly what its host needs: bind its own durable consumer, fetch and ack
+  its messages, publish to the subjects and KV buckets the manifest allows it and to its own dead-letter
+  subject, report its status, and create or update the streams it uses (so any start order works).
+  Replies arrive below its own inbox prefix, which no other user may read.
+- `ingress`: publish to the pipeline's entry subjects (triggers no function publishes to), and read
+  replies (JetStream acks) below `_INBOX.`, the default of every NATS client.
+
+Functions and admin authenticate with NKEYs: the server configuration holds only public keys, and each
+seed stays in its own file (mode 0600). `ingress` has a password, since any client must be able to use it.
+`write_bundle` creates the keys once and keeps them; the permissions are recomputed from the manifest
+each time, so a changed manifest changes what each user may do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+import nkeys
+
+from ..manifest import LoadedManifest, subject_matches
+from ..status import STATUS_REQUEST_SUBJECT, STATUS_SUBJECT_PREFIX
+from .auth import NatsAuth
+from .provision import streams_needed
+
+ADMIN_USER = "admin"
+INGRESS_USER = "ingress"
+SERVER_CONFIG = "server.conf"
+INGRESS_ENV = "ingress.env"
+JS_API = "$JS.API"
+
+
+@dataclass(frozen=True)
+class Permissions:
+    publish: list[str]
+    subscribe: list[str]
+
+
+def inbox_prefix(function: str) -> str:
+    return f"_ebbtide_inbox.{function}"
+
+
+def function_permissions(manifest: LoadedManifest, function: str) -> Permissions:
+    fn = manifest.function(function)
+    stream = manifest.stream_for(fn.trigger)
+    publish = [f"{JS_API}.INFO"]
+    for name in streams_needed(manifest, [function]):
+        publish += [f"{JS_API}.STREAM.{action}.{name}" for action in ("INFO", "CREATE", "UPDATE")]
+    consumer = f"{stream}.{function}"
+    publish += [
+        f"{JS_API}.CONSUMER.CREATE.{consumer}", f"{JS_API}.CONSUMER.CREATE.{consumer}.>",
+        f"{JS_API}.CONSUMER.DURABLE.CREATE.{consumer}", f"{JS_API}.CONSUMER.INFO.{consumer}",
+        f"{JS_API}.CONSUMER.MSG.NEXT.{consumer}",
+        f"$JS.ACK.{consumer}.>",  # ack, nak, in-progress of its own messages only
+        *fn.publish,
+        *(f"$KV.{bucket}.>" for bucket in fn.kv),
+        manifest.dead_letter_subject(function),
+        f"{STATUS_SUBJECT_PREFIX}.{function}",
+    ]
+    subscribe = [f"{inbox_prefix(function)}.>", fn.trigger, STATUS_REQUEST_SUBJECT]  # trigger: the wake-up bell
+    return Permissions(publish, subscribe)
+
+
+def ingress_subjects(manifest: LoadedManifest) -> list[str]:
+    """Triggers that no function publishes to: where orders enter the pipeline."""
+    published = [subject for fn in manifest.spec.functions.values() for subject in fn.publish]
+    return [fn.trigger for fn in manifest.spec.functions.values()
+            if not any(subject_matches(p, fn.trigger) for p in published)]
+
+
+def ingress_permissions(manifest: LoadedManifest) -> Permissions:
+    return Permissions(publish=ingress_subjects(manifest), subscribe=["_INBOX.>"])
+
+
+@dataclass(frozen=True)
+class AuthBundle:
+    """A folder of generated credentials: server.conf, <user>.nk seeds, ingress.env."""
+
+    folder: Path
+
+    @property
+    def server_config(self) -> Path:
+        return self.folder / SERVER_CONFIG
+
+    def seed_file(self, user: str) -> Path:
+        return self.folder / f"{user}.nk"
+
+    def admin(self) -> NatsAuth:
+        return NatsAuth(nkey_seed_file=str(self.seed_file(ADMIN_USER)))
+
+    def function(self, function: str) -> NatsAuth:
+        return NatsAuth(nkey_seed_file=str(self.seed_file(function)), inbox_prefix=inbox_prefix(function))
+
+    def ingress(self) -> NatsAuth:
+        values = dict(line.split("=", 1) for line in (self.folder / INGRESS_ENV).read_text().splitlines() if "=" in line)
+        return NatsAuth(user=values["EBBTIDE_NATS_USER"], password=values["EBBTIDE_NATS_PASSWORD"])
+
+
+def write_bundle(manifest: LoadedManifest, folder: Path) -> AuthBundle:
+    """Create (or bring up to date with the manifest) the credentials and server config in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
+    bundle = AuthBundle(folder)
+    users: list[dict[str, object]] = [{"nkey": _public_key(bundle.seed_file(ADMIN_USER))}]
+    for function in manifest.spec.functions:
+        permissions = function_permissions(manifest, function)
+        users.append({"nkey": _public_key(bundle.seed_file(function)),
+                      "permissions": _permission_block(permissions)})
+    ingress_env = folder / INGRESS_ENV
+    if not ingress_env.exists():
+        _write_secret(ingress_env, f"EBBTIDE_NATS_USER={INGRESS_USER}\nEBBTIDE_NATS_PASSWORD={secrets.token_urlsafe(24)}\n")
+    ingress = bundle.ingress()
+    users.append({"user": ingress.user, "password": ingress.password,
+                  "permissions": _permission_block(ingress_permissions(manifest))})
+    # JSON is valid NATS configuration syntax, and json.dumps quotes every subject safely.
+    config = "# Generated by ebbtide from " + manifest.path.name + "; regenerate with `ebbtide nats-config`.\n"
+    config += "authorization " + json.dumps({"users": users}, indent=2) + "\n"
+    _write_secret(bundle.server_config, config)  # holds the ingress password
+    return bundle
+
+
+def _permission_block(permissions: Permissions) -> dict[str, object]:
+    return {"publish": {"allow": permissions.publish}, "subscribe": {"allow": permissions.subscribe}}
+
+
+def _public_key(seed_file: Path) -> str:
+    """The user's public key; its seed is created on first use and kept."""
+    if not seed_file.exists():
+        _write_secret(seed_file, nkeys.encode_seed(secrets.token_bytes(32), nkeys.PREFIX_BYTE_USER).decode() + "\n")
+    seed = bytearray(seed_file.read_bytes().strip())
+    return nkeys.from_seed(seed).public_key.decode()
+
+
+def _write_secret(path: Path, text: str) -> None:
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(text)
+    temporary.replace(path)
