@@ -34,7 +34,7 @@ from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 
 from ebbtide.orders import Order, encode_order, generate_orders
-from natsclient import ConnectionClosed, JetStreamError, Msg, NatsConnection, NatsError
+from natsclient import ConnectionClosed, Credentials, JetStreamError, Msg, NatsConnection, NatsError
 
 # Read by tests/unit/test_deploy_consistency (with ast): keep these plain literals.
 INGRESS_SUBJECT = "orders.ingress"
@@ -58,6 +58,12 @@ def _options(parser) -> None:
     parser.add_argument("--e2e-host", default="", env_var="EBBTIDE_E2E_HOST",
                         help="NATS URL for reading the outbox writes, if the publishing user may not subscribe "
                              "to $KV.outbox-*.> (default: --host)")
+    parser.add_argument("--nkey-seed-file", default="", env_var="EBBTIDE_NATS_NKEY_SEED_FILE",
+                        help="authenticate with this NKEY seed (user and password: in the URL, or "
+                             "EBBTIDE_NATS_USER / EBBTIDE_NATS_PASSWORD; a token: EBBTIDE_NATS_TOKEN)")
+    parser.add_argument("--e2e-nkey-seed-file", default="", env_var="EBBTIDE_E2E_NKEY_SEED_FILE",
+                        help="NKEY seed for reading the outbox writes only (e.g. ebbtide's admin.nk when "
+                             "publishing as the ingress user, who may not read them)")
     parser.add_argument("--record-orders", default="", include_in_web_ui=False, env_var="EBBTIDE_RECORD_ORDERS",
                        help="write the ids of the orders published (acked, failed, interrupted) to this JSON file "
                             "when the test stops (a worker process adds .<pid>)")
@@ -108,7 +114,7 @@ class OrderFactory:
 class EndToEnd:
     """Matches outbox writes (`$KV.<bucket>.<orderId>`) to the publishes of this process."""
 
-    def __init__(self, environment: Environment, url: str, timeout: float) -> None:
+    def __init__(self, environment: Environment, url: str, timeout: float, creds: Credentials) -> None:
         self._environment = environment
         self._timeout = timeout
         # orderId -> (publish time on perf_counter, bucket); deque of (deadline, orderId) in publish order
@@ -116,7 +122,7 @@ class EndToEnd:
         self._deadlines: deque[tuple[float, str]] = deque()
         self.late = 0  # writes that arrived after their order had been reported lost
         self._expired: set[str] = set()
-        self._connection = NatsConnection.connect(url, name="ebbtide-loadtest-e2e")
+        self._connection = NatsConnection.connect(url, name="ebbtide-loadtest-e2e", credentials=creds)
         for bucket in OUTBOX_BUCKETS:
             self._connection.subscribe(f"$KV.{bucket}.>", self._on_write)
         try:  # the round trip also means the server has the subscriptions before the first order goes out
@@ -186,6 +192,17 @@ class EndToEnd:
                                               response_length=length, exception=error, context={})
 
 
+def credentials(environment: Environment, *, e2e: bool = False) -> Credentials:
+    """The publishers' credentials (ebbtide's EBBTIDE_NATS_* variables, --nkey-seed-file), or the e2e reader's."""
+    options = environment.parsed_options
+    if e2e and getattr(options, "e2e_nkey_seed_file", ""):
+        return Credentials(nkey_seed_file=options.e2e_nkey_seed_file)
+    return Credentials(user=os.environ.get("EBBTIDE_NATS_USER") or None,
+                       password=os.environ.get("EBBTIDE_NATS_PASSWORD") or None,
+                       token=os.environ.get("EBBTIDE_NATS_TOKEN") or None,
+                       nkey_seed_file=getattr(options, "nkey_seed_file", "") or None)
+
+
 class _Run:
     """What one Locust process shares between its users: the order factory, e2e tracking, the record."""
 
@@ -208,7 +225,8 @@ class _Run:
             self.record = {kind: [] for kind in (*OUTBOX_BUCKETS, "failed", "interrupted")}
         if self.e2e is None or self.e2e.is_closed:  # first user of the test, or the connection was lost
             # (a lost tracker still reports its own orders as lost, until its last deadline)
-            self.e2e = EndToEnd(environment, getattr(options, "e2e_host", "") or url, getattr(options, "e2e_timeout", 30.0))
+            self.e2e = EndToEnd(environment, getattr(options, "e2e_host", "") or url, getattr(options, "e2e_timeout", 30.0),
+                                credentials(environment, e2e=True))
         return self.e2e
 
     def stop(self, environment: Environment) -> None:
@@ -305,7 +323,7 @@ class OrderPublisher(User):
         try:
             self._e2e = _run.start(self.environment, self.host)
             if self._connection is None or self._connection.is_closed:
-                self._connection = NatsConnection.connect(self.host)
+                self._connection = NatsConnection.connect(self.host, credentials=credentials(self.environment))
             return True
         except (NatsError, ValueError) as exc:
             self.environment.events.request.fire(request_type="nats", name="connect",

@@ -3,7 +3,7 @@
 Locust runs its users as gevent greenlets, while nats-py needs an asyncio loop (a thread per process and a
 hand-off per message). Speaking the text protocol over a gevent socket keeps everything on one hub: a
 reader greenlet parses what the server sends and a writer greenlet sends what the users queued, so many
-publishes leave in one syscall. Implemented: INFO, CONNECT (user/password or token from the URL),
+publishes leave in one syscall. Implemented: INFO, CONNECT (user/password or token from the URL or given, NKEY seed),
 PING/PONG, PUB/HPUB with headers, SUB/MSG/HMSG, one reply inbox for JetStream acks. Not implemented:
 TLS, reconnection (a lost connection fails every waiting call with `ConnectionClosed`, with the reason).
 
@@ -13,6 +13,7 @@ patch anything, as the tests do.
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import logging
@@ -71,6 +72,44 @@ class PubAck:
     stream: str
     seq: int
     duplicate: bool = False
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """At most one kind: user and password, a token, or an NKEY seed file (signs the server's nonce)."""
+
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+    nkey_seed_file: str | None = None
+
+    def connect_options(self, nonce: str | None) -> dict[str, str]:
+        if self.nkey_seed_file:
+            return _nkey_options(self.nkey_seed_file, nonce)
+        if self.user is not None:
+            return {"user": self.user, "pass": self.password or ""}
+        if self.token is not None:
+            return {"auth_token": self.token}
+        return {}
+
+
+def _nkey_options(seed_file: str, nonce: str | None) -> dict[str, str]:
+    try:
+        import nkeys  # from nats-py[nkeys], an ebbtide dependency
+    except ImportError:
+        raise NatsError("NKEY authentication needs the 'nkeys' package (pip install nkeys)") from None
+    try:
+        with open(seed_file, "rb") as source:
+            key_pair = nkeys.from_seed(bytearray(source.read().strip()))
+    except OSError as exc:
+        raise NatsError(f"cannot read the NKEY seed file {seed_file}: {exc.strerror}") from None
+    except Exception as exc:  # nkeys raises its own errors for a malformed seed
+        raise NatsError(f"{seed_file} does not hold an NKEY seed ({type(exc).__name__})") from None
+    options = {"nkey": key_pair.public_key.decode()}
+    if nonce:
+        options["sig"] = base64.b64encode(key_pair.sign(nonce.encode())).decode()
+    key_pair.wipe()
+    return options
 
 
 def parse_url(url: str) -> list[Endpoint]:
@@ -171,18 +210,22 @@ class NatsConnection:
     # --- connecting ---------------------------------------------------------------------------------
 
     @classmethod
-    def connect(cls, url: str, *, name: str = "ebbtide-loadtest", timeout: float = 5.0) -> NatsConnection:
-        """Connect to the first server of `url` that answers; raise ConnectionClosed naming each failure."""
+    def connect(cls, url: str, *, name: str = "ebbtide-loadtest", timeout: float = 5.0,
+                credentials: Credentials | None = None) -> NatsConnection:
+        """Connect to the first server of `url` that answers; raise ConnectionClosed naming each failure.
+
+        Credentials in the URL win over `credentials`.
+        """
         failures = []
         for endpoint in parse_url(url):
             try:
-                return cls._connect_one(endpoint, name, timeout)
+                return cls._connect_one(endpoint, name, timeout, credentials or Credentials())
             except (OSError, NatsError, gevent.Timeout) as exc:
                 failures.append(f"{endpoint.host}:{endpoint.port}: {exc or type(exc).__name__}")
         raise ConnectionClosed(f"cannot connect to NATS at {url}: " + "; ".join(failures))
 
     @classmethod
-    def _connect_one(cls, endpoint: Endpoint, name: str, timeout: float) -> NatsConnection:
+    def _connect_one(cls, endpoint: Endpoint, name: str, timeout: float, credentials: Credentials) -> NatsConnection:
         sock = socket.create_connection((endpoint.host, endpoint.port), timeout=timeout)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -196,10 +239,9 @@ class NatsConnection:
         conn = cls(sock, endpoint, info, name)
         options = {"verbose": False, "pedantic": False, "tls_required": False, "name": name,
                    "lang": "python-gevent", "version": "0.1", "protocol": 1, "headers": True, "no_responders": True}
-        if endpoint.user is not None:
-            options.update(user=endpoint.user, **{"pass": endpoint.password or ""})
-        if endpoint.token is not None:
-            options["auth_token"] = endpoint.token
+        if endpoint.user is not None or endpoint.token is not None:
+            credentials = Credentials(user=endpoint.user, password=endpoint.password, token=endpoint.token)
+        options.update(credentials.connect_options(info.get("nonce")))
         conn._send(b"CONNECT " + json.dumps(options).encode() + _CRLF)
         try:
             conn.flush(timeout)  # the PONG means CONNECT was accepted (an auth error closes first)

@@ -7,6 +7,7 @@ import csv
 import importlib.util
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -16,6 +17,7 @@ from pathlib import Path
 from types import ModuleType
 
 import nats
+import nkeys
 import pytest
 from nats.aio.client import Client as NatsClient
 
@@ -56,7 +58,7 @@ async def outbox_keys(nc: NatsClient, bucket: str) -> tuple[set[int], int]:
 async def test_headless_locust_run_against_ebbtide_up(tmp_path: Path, reference_manifest) -> None:
     manifest, port = manifest_copy(tmp_path)
     url = f"nats://127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items() if k not in ("EBBTIDE_NATS_URL", "NATS_URL")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EBBTIDE_NATS") and k != "NATS_URL"}
     up = subprocess.Popen([sys.executable, "-m", "ebbtide", "-m", str(manifest), "up"], env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -64,7 +66,12 @@ async def test_headless_locust_run_against_ebbtide_up(tmp_path: Path, reference_
         while not port_open(port):
             assert up.poll() is None and time.monotonic() < deadline, f"ebbtide up did not start its server: {up.stdout.read() if up.poll() is not None else ''}"
             await asyncio.sleep(0.05)
-        nc = await nats.connect(url)
+        # Authentication is on by default: orders go in as the generated `ingress` user (password from the
+        # file `up` wrote, given as ebbtide's variables), which may not read the outboxes: the e2e reader
+        # and this test use the admin NKEY.
+        auth = tmp_path / "nats" / "auth"
+        ingress = dict(line.split("=", 1) for line in (auth / "ingress.env").read_text().split())
+        nc = await nats.connect(url, nkeys_seed=str(auth / "admin.nk"))
         await wait_for_consumers(nc)
 
         locust = await asyncio.create_subprocess_exec(
@@ -72,7 +79,8 @@ async def test_headless_locust_run_against_ebbtide_up(tmp_path: Path, reference_
             "-t", "10s", "--host", url, "--user-rate", str(RATE_PER_USER), "--e2e-timeout", "20",
             "--csv", str(tmp_path / "run"), "--json-file", str(tmp_path / "run"), "--only-summary",
             "--exit-code-on-error", "1", "--record-orders", str(tmp_path / "orders.json"),
-            cwd=tmp_path, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+            "--e2e-nkey-seed-file", str(auth / "admin.nk"),
+            cwd=tmp_path, env=env | ingress, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         output = (await asyncio.wait_for(locust.communicate(), 90))[0].decode()
         assert locust.returncode == 0, output
 
@@ -185,11 +193,16 @@ async def add_stream(url: str) -> None:
 
 
 def test_client_credentials_and_refused_subscriptions(tmp_path: Path) -> None:
-    """A user may publish orders but not read the outboxes: the refusal is an error that names it."""
+    """A user may publish orders but not read the outboxes: the refusal is an error that names it.
+    Another user, with an NKEY, may read them."""
     client = load_natsclient()
+    seed = tmp_path / "reader.nk"
+    seed.write_bytes(nkeys.encode_seed(secrets.token_bytes(32), nkeys.PREFIX_BYTE_USER))
+    reader_key = nkeys.from_seed(bytearray(seed.read_bytes())).public_key.decode()
     config = tmp_path / "auth.conf"
     config.write_text('authorization { users = [{user: "ingress", password: "s3cret", permissions: {'
-                      'publish: {allow: ["orders.ingress"]}, subscribe: {allow: ["_INBOX.>"]}}}] }\n')
+                      'publish: {allow: ["orders.ingress"]}, subscribe: {allow: ["_INBOX.>"]}}}, '
+                      f'{{nkey: "{reader_key}", permissions: {{subscribe: {{allow: ["$KV.>"]}}}}}}] }}\n')
     with EmbeddedNats(tmp_path / "nats", port=0, monitor_port=0, extra_args=("--config", str(config))) as server:
         address = f"127.0.0.1:{server.port}"
         with pytest.raises(client.ConnectionClosed, match="Authorization Violation"):
@@ -201,3 +214,10 @@ def test_client_credentials_and_refused_subscriptions(tmp_path: Path) -> None:
         with pytest.raises(client.NatsError, match='Permissions Violation for Subscription to "\\$KV.outbox-express.>"'):
             conn.check_subscriptions()
         conn.close()
+
+        reader = client.NatsConnection.connect(server.url, credentials=client.Credentials(nkey_seed_file=str(seed)))
+        reader.subscribe("$KV.outbox-express.>", lambda msg: None)
+        reader.check_subscriptions()
+        reader.close()
+        with pytest.raises(client.NatsError, match="does not hold an NKEY seed"):
+            client.NatsConnection.connect(server.url, credentials=client.Credentials(nkey_seed_file=str(config)))
