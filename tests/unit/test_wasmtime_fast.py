@@ -37,3 +37,16 @@ def test_raw_call_memory_and_fuel() -> None:
         assert trap.trap_code == wasmtime.TrapCode.OUT_OF_FUEL
     else:
         raise AssertionError("a runaway guest must trap when its fuel is gone")
+
+
+def test_export_picker_fetches_exports_by_index() -> None:
+    engine = wasmtime.Engine()
+    module = wasmtime.Module(engine, """
+        (module (func (export "a") (result i32) (i32.const 1)) (memory (export "memory") 1)
+          (func (export "b") (result i32) (i32.const 2)))""")
+    first_store = wasmtime.Store(engine)
+    picker = fast.ExportPicker(first_store, wasmtime.Instance(first_store, module, []), ("b", "memory"))
+    store = wasmtime.Store(engine)
+    func, memory = picker.pick(store, wasmtime.Instance(store, module, []))  # another instance of the module
+    assert isinstance(func, wasmtime.Func) and func(store) == 2
+    assert isinstance(memory, wasmtime.Memory) and memory.data_len(store) == 65536

@@ -14,6 +14,7 @@ from pathlib import Path
 import wasmtime
 
 from . import abi, wasi
+from ._wasmtime_fast import ExportPicker
 
 # Every instance reserves this much address space (not memory) for its linear memory; a guest's memory
 # limit may not exceed it. Far below wasmtime's 4 GiB default, so thousands of instances fit.
@@ -52,6 +53,7 @@ class LoadedModule:
     module: wasmtime.Module
     instance_pre: wasmtime.InstancePre
     layout: BufferLayout | None = field(default=None)  # set by the first instance (ABI version checked then)
+    exports: ExportPicker | None = field(default=None)  # memory, handle, init by index; set with `layout`
 
 
 class WasmEngine:

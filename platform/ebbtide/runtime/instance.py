@@ -51,30 +51,27 @@ class GuestInstance:
             instance = module.instance_pre.instantiate(store)
         except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
             raise GuestInitError(f"{module.path}: cannot instantiate: {exc}") from None
-        exports = instance.exports(store)
-        memory = exports[abi.EXPORT_MEMORY]
+        if module.layout is None or module.exports is None:  # the module's first instance: check the ABI once
+            exports = instance.exports(store)
+            module.layout = _read_layout(module, store, exports)
+            module.exports = fast.ExportPicker(store, instance, (abi.EXPORT_MEMORY, abi.EXPORT_HANDLE, abi.EXPORT_INIT))
+        layout = module.layout
+        memory, handle, init = module.exports.pick(store, instance)
         assert isinstance(memory, wasmtime.Memory)
         self._store = store
         self._memory = memory
-        layout = module.layout or _read_layout(module, store, exports)
-        size = memory.data_len(store)
-        for name, ptr, cap in (("input", layout.input_ptr, layout.input_capacity),
-                               ("output", layout.output_ptr, layout.output_capacity)):
-            if ptr < 0 or cap < abi.OUTPUT_HEADER_SIZE or ptr + cap > size:
-                raise GuestInitError(f"{module.path}: {name} buffer [{ptr}, +{cap}) is outside memory ({size} bytes)")
-        module.layout = layout
         self._in_ptr = layout.input_ptr
         self.input_capacity = layout.input_capacity
         self._out_ptr = layout.output_ptr
         self._out_capacity = layout.output_capacity
         self._base = fast.memory_base(store, memory)
-        self._handle = fast.RawCall(store, exports[abi.EXPORT_HANDLE], 2)
+        self._handle = fast.RawCall(store, handle, 2)
 
         if len(config_json) > self.input_capacity:
             raise GuestInitError(f"config ({len(config_json)} bytes) does not fit the input buffer")
         ctypes.memmove(self._base + self._in_ptr, config_json, len(config_json))
         try:
-            status = fast.RawCall(store, exports[abi.EXPORT_INIT], 1)(len(config_json))
+            status = fast.RawCall(store, init, 1)(len(config_json))
             if status != abi.Status.OK:
                 raise GuestInitError(f"{module.path}: configuration refused: {self._read_output().decode('utf-8', 'replace')}")
         except (wasmtime.Trap, wasmtime.WasmtimeError, GuestFault) as exc:
@@ -123,12 +120,13 @@ class GuestInstance:
 
 
 def _read_layout(module: LoadedModule, store: wasmtime.Store, exports: wasmtime.InstanceExports) -> BufferLayout:
-    """Check the ABI version and read the buffer addresses (first instance of a module only)."""
+    """Check the ABI version and read the buffer addresses (first instance of a module only: every fresh
+    instance of a module has the same memory size and buffers)."""
     try:
         version = exports[abi.EXPORT_VERSION](store)
         if version != abi.ABI_VERSION:
             raise ModuleLoadError(f"{module.path}: guest ABI version {version}, this host speaks {abi.ABI_VERSION}")
-        return BufferLayout(
+        layout = BufferLayout(
             input_ptr=exports[abi.EXPORT_INPUT_PTR](store),
             input_capacity=exports[abi.EXPORT_INPUT_CAPACITY](store),
             output_ptr=exports[abi.EXPORT_OUTPUT_PTR](store),
@@ -136,3 +134,11 @@ def _read_layout(module: LoadedModule, store: wasmtime.Store, exports: wasmtime.
         )
     except wasmtime.Trap as exc:
         raise GuestInitError(f"{module.path}: trapped while reporting its buffers: {exc}") from None
+    memory = exports[abi.EXPORT_MEMORY]
+    assert isinstance(memory, wasmtime.Memory)
+    size = memory.data_len(store)
+    for name, ptr, cap in (("input", layout.input_ptr, layout.input_capacity),
+                           ("output", layout.output_ptr, layout.output_capacity)):
+        if ptr < 0 or cap < abi.OUTPUT_HEADER_SIZE or ptr + cap > size:
+            raise GuestInitError(f"{module.path}: {name} buffer [{ptr}, +{cap}) is outside memory ({size} bytes)")
+    return layout
