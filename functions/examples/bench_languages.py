@@ -1,22 +1,26 @@
-"""Per-language figures for the same function (the receiver) in Zig, C and AssemblyScript.
+"""Per-language figures for the same function (the receiver) in Zig, C, AssemblyScript and Python.
 
     .venv/bin/python functions/examples/bench_languages.py [--quick]
 
 Builds the three (incrementally, into build/) and prints a Markdown table: module size, guest call cost
 (measured as `ebbtide bench` measures the distributor: copy in, call, read output, decode effects; the
-minimum of 5 runs) and instance start (new Store, instantiate, init with config). Nothing is asserted.
+minimum of 5 runs) and instance start (new Store, instantiate, init with config). Python runs as a
+component (componentize-py, platform/ebbtide/runtime/component.py) when componentize-py is installed; its
+row also gives the added RSS per live instance. Nothing is asserted.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import importlib.util
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from ebbtide.build import build_modules
+from ebbtide.build import build_modules, build_python_component
 from ebbtide.manifest import load_manifest
 from ebbtide.orders import encode_order, generate_orders
 from ebbtide.runtime import GuestInstance, GuestLimits, WasmEngine, decode_effects
@@ -53,6 +57,32 @@ def runs(fn, count: int) -> list[float]:
     return result
 
 
+def rss_kib() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * 4096 // 1024
+
+
+def python_row(payload: bytes, calls: int, starts: int) -> str:
+    from ebbtide.runtime.component import ComponentEngine, ComponentGuest
+
+    path = build_python_component(REPO / "functions/examples/receiver-python", REPO / "build/components/receiver-python.wasm")
+    engine = ComponentEngine(cache_dir=REPO / "build/cache")
+    loaded = engine.load(path)
+    limits = GuestLimits(memory_bytes=32 << 20, fuel=50_000_000)
+    guest = ComponentGuest(engine, loaded, limits, CONFIG)
+    for _ in range(100):
+        decode_effects(guest.handle(b"orders.express", payload)[1])
+    call = runs(lambda: decode_effects(guest.handle(b"orders.express", payload)[1]), calls)
+    start = runs(lambda: ComponentGuest(engine, loaded, limits, CONFIG), starts)
+    gc.collect()
+    before = rss_kib()
+    live = [ComponentGuest(engine, loaded, limits, CONFIG) for _ in range(20)]
+    for g in live:
+        g.handle(b"orders.express", payload)
+    added = (rss_kib() - before) / len(live)
+    return (f"| python (component) | {path.stat().st_size:,} B | {min(call):.1f} µs ({statistics.median(call):.1f}) "
+            f"| {min(start) / 1000:.2f} ms ({statistics.median(start) / 1000:.2f}) | {added / 1024:.1f} MiB added RSS |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="10x fewer calls")
@@ -72,7 +102,11 @@ def main() -> int:
         call = runs(lambda: decode_effects(instance.handle(subject, payload)[1]), calls)
         start = runs(lambda: GuestInstance(engine, module, LIMITS, CONFIG), starts)
         print(f"| {lang} | {path.stat().st_size:,} B | {min(call):.2f} µs ({statistics.median(call):.2f}) "
-              f"| {min(start):.1f} µs ({statistics.median(start):.1f}) | {instance.memory_size() // 1024} KiB |")
+              f"| {min(start):.1f} µs ({statistics.median(start):.1f}) | {instance.memory_size() // 1024} KiB linear memory |")
+    if importlib.util.find_spec("componentize_py") is not None:
+        print(python_row(payload, calls // 100, 10))
+    else:
+        print("| python (component) | – | – | – | skipped: pip install componentize-py==0.25.1 |")
     return 0
 
 

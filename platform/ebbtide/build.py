@@ -277,3 +277,24 @@ def build_module(manifest: LoadedManifest, name: str, force: bool = False) -> Bu
         tmp_output.unlink(missing_ok=True)
     stamp.write_text(recipe)
     return BuildResult(name, output, rebuilt=True)
+
+
+# -- Python components (componentize-py): run by runtime/component.py, not by the pool's core-module path --
+
+def build_python_component(source_dir: Path, output: Path, world: str = "handler") -> Path:
+    """Builds `app.py` of `source_dir` against its `wit/` folder into a component at `output` (when older)."""
+    inputs = _sources(source_dir, (".py", ".wit"))
+    if output.exists() and inputs and output.stat().st_mtime >= max(p.stat().st_mtime for p in inputs):
+        return output
+    tool = Path(sys.executable).with_name("componentize-py")
+    if not tool.exists():
+        raise BuildError("componentize-py is missing (it builds Python components): pip install componentize-py==0.25.1")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp_output = output.with_name(f"{output.stem}.{os.getpid()}.tmp.wasm")
+    done = subprocess.run([str(tool), "-q", "-d", str(source_dir / "wit"), "-w", world, "componentize",
+                           "-p", str(source_dir), "app", "-o", str(tmp_output)], capture_output=True, text=True)
+    if done.returncode != 0:
+        tmp_output.unlink(missing_ok=True)
+        raise BuildError(f"{source_dir}: componentize-py failed:\n{(done.stderr + done.stdout).strip()}")
+    tmp_output.replace(output)
+    return output

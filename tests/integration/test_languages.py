@@ -36,6 +36,8 @@ EXAMPLES = {
 }
 CONFIG = b'{"bucket":"outbox-express"}'
 LIMITS = GuestLimits(memory_bytes=4 << 20, fuel=5_000_000)
+# A Python interpreter per instance: 199 pages (12.4 MiB) of memory at start, ~200,000 fuel per order.
+COMPONENT_LIMITS = GuestLimits(memory_bytes=32 << 20, fuel=50_000_000)
 
 
 def _with_receiver(text: str, lang: str) -> str:
@@ -185,3 +187,49 @@ def test_config_refusals_are_the_same(examples: dict[str, Path], config: bytes, 
     for lang, path in examples.items():
         with pytest.raises(GuestInitError, match="configuration refused: " + re.escape(reason) + "$"):
             GuestInstance(engine, engine.load(path), LIMITS, config)
+
+
+# -- Python through the component model (a separate runtime adapter, not the pool's core-module path) --------
+
+@pytest.fixture(scope="module")
+def python_receiver(examples: dict[str, Path]) -> tuple["ComponentGuest", GuestInstance]:
+    """The Python receiver as a component, next to the Zig one for comparison."""
+    pytest.importorskip("componentize_py", reason="componentize-py (pip install componentize-py==0.25.1) builds Python guests")
+    from ebbtide.build import build_python_component
+    from ebbtide.runtime.component import ComponentEngine, ComponentGuest
+
+    path = build_python_component(REPO / "functions/examples/receiver-python", REPO / "build/components/receiver-python.wasm")
+    engine = ComponentEngine(cache_dir=REPO / "build/cache")
+    guest = ComponentGuest(engine, engine.load(path), COMPONENT_LIMITS, CONFIG)
+    zig_engine = WasmEngine()
+    zig = GuestInstance(zig_engine, zig_engine.load(examples["zig"]), LIMITS, CONFIG)
+    return guest, zig
+
+
+def test_python_component_stores_the_same_effects(python_receiver) -> None:
+    guest, zig = python_receiver
+    for order in generate_orders(100, seed=8):
+        payload = encode_order(order)
+        status, output = guest.handle(b"orders.express", payload)
+        assert status == Status.OK, output
+        # same effects; the encoding may differ (fixarray there, array16 here), the decoded value may not
+        assert decode_effects(output) == decode_effects(zig.handle(b"orders.express", payload)[1])
+
+
+def test_python_component_rejects_like_the_zig_receiver(python_receiver) -> None:
+    guest, zig = python_receiver
+    for payload in CRAFTED:
+        status, output = guest.handle(b"orders.express", payload)
+        zig_status, zig_output = zig.handle(b"orders.express", payload)
+        assert status == zig_status, (payload[:60], output, zig_output)
+        if status != Status.OK:  # the reason's kind agrees; Python's json words its syntax errors its own way
+            assert output.split(b":")[0] == zig_output.split(b":")[0], (payload[:60], output, zig_output)
+
+
+def test_python_component_refuses_a_bad_config(python_receiver) -> None:
+    from ebbtide.runtime.component import ComponentEngine, ComponentGuest
+
+    engine = ComponentEngine(cache_dir=REPO / "build/cache")
+    loaded = engine.load(REPO / "build/components/receiver-python.wasm")
+    with pytest.raises(GuestInitError, match="configuration refused: config: bucket is required$"):
+        ComponentGuest(engine, loaded, COMPONENT_LIMITS, b"{}")

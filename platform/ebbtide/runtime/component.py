@@ -1,0 +1,150 @@
+"""Guests built as WebAssembly *components* (Python through componentize-py): a separate, slower path.
+
+The world (functions/examples/receiver-python/wit/ebbtide.wit, `ebbtide:function/handler`) carries the
+guest ABI v1 contract: `init(config: string) -> result<_, string>` once per instance, and
+`handle(subject: string, payload: list<u8>) -> tuple<u32, list<u8>>` once per message, whose status and
+output have the ABI v1 meaning and encoding. So `ComponentGuest.handle` returns what
+`GuestInstance.handle` returns, and effects are decoded and carried out the same way.
+
+It does not touch the core-module hot path (instance.py). It is slower and heavier, by the nature of
+the component model in wasmtime-py (values are lifted and lowered one by one in Python) and of a Python
+interpreter in every instance: see docs/functions.md for the measured costs. The Python runtime imports
+WASI 0.2; an instance gets an empty WASI context: no files, environment, arguments, stdio or sockets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import wasmtime
+import wasmtime.component as wc
+
+from . import abi
+from .abi import GuestFault
+from .instance import GuestInitError, GuestLimits, InputTooLarge
+
+EXPORT_INIT = "init"
+EXPORT_HANDLE = "handle"
+# A message never exceeds a core module's input buffer either: the same cap for the same manifest.
+MAX_INPUT = 64 * 1024
+
+
+class ComponentLoadError(Exception):
+    """A component file is missing, does not compile, or does not export the ebbtide handler world."""
+
+
+@dataclass(eq=False)
+class LoadedComponent:
+    path: Path
+    sha256: str
+    component: wc.Component
+
+
+class ComponentEngine:
+    """One engine and linker for component guests (fuel on; WASI 0.2 linked, granted nothing per store)."""
+
+    def __init__(self, cache_dir: Path | None = None) -> None:
+        config = wasmtime.Config()
+        config.consume_fuel = True
+        self.engine = wasmtime.Engine(config)
+        self.linker = wc.Linker(self.engine)
+        self.linker.add_wasip2()
+        self._cache_dir = cache_dir
+        self._components: dict[str, LoadedComponent] = {}
+
+    def load(self, path: Path) -> LoadedComponent:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ComponentLoadError(f"{path}: cannot read component ({exc.strerror})") from None
+        digest = hashlib.sha256(data).hexdigest()
+        cached = self._components.get(digest)
+        if cached is not None:
+            return cached
+        component = self._compile(path, data, digest)
+        exports = set(component.type.exports(self.engine))
+        missing = {EXPORT_INIT, EXPORT_HANDLE} - exports
+        if missing:
+            raise ComponentLoadError(f"{path}: missing export(s) {', '.join(sorted(missing))} of the ebbtide:function/handler world")
+        loaded = LoadedComponent(path, digest, component)
+        self._components[digest] = loaded
+        return loaded
+
+    def _compile(self, path: Path, data: bytes, digest: str) -> wc.Component:
+        # Compiling the ~18 MB Python component takes seconds; deserializing it, tens of milliseconds.
+        cached_file = self._cache_dir / f"{digest}.cwasm-component" if self._cache_dir else None
+        if cached_file is not None and cached_file.exists():
+            try:
+                return wc.Component.deserialize_file(self.engine, str(cached_file))
+            except wasmtime.WasmtimeError:
+                cached_file.unlink(missing_ok=True)  # built by another wasmtime or engine config
+        try:
+            component = wc.Component(self.engine, data)
+        except wasmtime.WasmtimeError as exc:
+            raise ComponentLoadError(f"{path}: not a valid WebAssembly component: {exc}") from None
+        if cached_file is not None:
+            cached_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached_file.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_bytes(component.serialize())
+            tmp.replace(cached_file)
+        return component
+
+
+class ComponentGuest:
+    """One component instance; not thread-safe. The same `handle` contract as GuestInstance."""
+
+    def __init__(self, engine: ComponentEngine, loaded: LoadedComponent, limits: GuestLimits, config_json: bytes) -> None:
+        self.limits = limits
+        self.input_capacity = MAX_INPUT
+        store = wasmtime.Store(engine.engine)
+        store.set_limits(memory_size=limits.memory_bytes)
+        store.set_wasi(wasmtime.WasiConfig())  # nothing granted
+        store.set_fuel(limits.fuel)
+        try:
+            instance = engine.linker.instantiate(store, loaded.component)
+        except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
+            raise GuestInitError(f"{loaded.path}: cannot instantiate: {exc}") from None
+        init = instance.get_func(store, EXPORT_INIT)
+        handle = instance.get_func(store, EXPORT_HANDLE)
+        if init is None or handle is None:
+            raise GuestInitError(f"{loaded.path}: missing export `{EXPORT_INIT if init is None else EXPORT_HANDLE}`")
+        self._store = store
+        self._handle = handle
+        self.path = loaded.path
+        store.set_fuel(limits.fuel)
+        try:
+            refused = init(store, config_json.decode())
+            init.post_return(store)
+        except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+            raise GuestInitError(f"{loaded.path}: init failed: {_cause(exc)}") from None
+        if refused is not None:  # result<_, string>: None is ok, a string the reason
+            raise GuestInitError(f"{loaded.path}: configuration refused: {refused}")
+
+    def handle(self, subject: bytes, payload: bytes) -> tuple[abi.Status, bytes]:
+        """Run the guest on one message. Raises InputTooLarge or GuestFault."""
+        if len(subject) + len(payload) > self.input_capacity:
+            raise InputTooLarge(f"message of {len(subject) + len(payload)} bytes exceeds the guest's input cap ({self.input_capacity})")
+        store = self._store
+        store.set_fuel(self.limits.fuel)
+        try:
+            status, output = self._handle(store, subject.decode("utf-8", "replace"), payload)
+            self._handle.post_return(store)
+        except wasmtime.Trap as trap:
+            if trap.trap_code == wasmtime.TrapCode.OUT_OF_FUEL:
+                raise GuestFault("timeout", f"used its fuel limit of {self.limits.fuel} for one message") from None
+            raise GuestFault("trap", _cause(trap)) from None
+        except wasmtime.WasmtimeError as exc:
+            raise GuestFault("trap", _cause(exc)) from None
+        try:
+            return abi.Status(status), bytes(output)
+        except ValueError:
+            raise GuestFault("invalid-output", f"unknown status {status}") from None
+
+
+def _cause(exc: Exception) -> str:
+    # wasmtime's message is a backtrace followed by the cause; the cause's last line says what happened.
+    text = str(exc).strip()
+    return text.splitlines()[-1].strip() if text else type(exc).__name__
