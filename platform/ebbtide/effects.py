@@ -15,6 +15,8 @@ from .runtime.abi import Effect, KvPut, Publish
 
 KV_KEY = re.compile(r"^[-/_=.a-zA-Z0-9]+$")
 SUBJECT_TOKEN = re.compile(r"^[^\s.*>]+$")
+MAX_CHECKED_SUBJECTS = 1024
+_UNCHECKED = object()  # not in the cache below yet
 
 
 class EffectRefused(Exception):
@@ -33,6 +35,9 @@ class Allowlist:
         self.kv = frozenset(kv)
         self.max_effects = max_effects
         self.max_effect_bytes = max_effect_bytes
+        # Guests publish to a handful of subjects over and over: each is checked once. Bounded, so a guest
+        # inventing subjects cannot grow it without end (beyond the bound, subjects are checked each time).
+        self._checked_subjects: dict[str, str | None] = {}  # subject -> None (allowed) or why not
 
     @classmethod
     def of(cls, function: FunctionSection) -> "Allowlist":
@@ -49,10 +54,13 @@ class Allowlist:
                 raise EffectRefused(f"an effect of {size} bytes; limits.max_effect_bytes is {self.max_effect_bytes}")
             if isinstance(effect, Publish):
                 subject = effect.subject
-                if not all(SUBJECT_TOKEN.match(token) for token in subject.split(".")):
-                    raise EffectRefused(f"publish to invalid subject {subject!r}")
-                if not any(subject_matches(pattern, subject) for pattern in self.publish):
-                    raise EffectRefused(f"publish to {subject!r} is not allowed (allowed: {list(self.publish)})")
+                refusal = self._checked_subjects.get(subject, _UNCHECKED)
+                if refusal is _UNCHECKED:
+                    refusal = self._check_subject(subject)
+                    if len(self._checked_subjects) < MAX_CHECKED_SUBJECTS and len(subject) <= 256:
+                        self._checked_subjects[subject] = refusal
+                if refusal is not None:
+                    raise EffectRefused(refusal)
                 outgoing.append(Outgoing(subject, effect.payload))
             elif isinstance(effect, KvPut):
                 if effect.bucket not in self.kv:
@@ -61,3 +69,10 @@ class Allowlist:
                     raise EffectRefused(f"kv_put with invalid key {effect.key[:100]!r}")
                 outgoing.append(Outgoing(kv_subject(effect.bucket, effect.key), effect.value))
         return outgoing
+
+    def _check_subject(self, subject: str) -> str | None:
+        if not all(SUBJECT_TOKEN.match(token) for token in subject.split(".")):
+            return f"publish to invalid subject {subject[:300]!r}"
+        if not any(subject_matches(pattern, subject) for pattern in self.publish):
+            return f"publish to {subject[:300]!r} is not allowed (allowed: {list(self.publish)})"
+        return None
