@@ -100,6 +100,8 @@ def _parser() -> argparse.ArgumentParser:
     nats_url_option(up)
     processes_option(up)
     metrics_option(up)
+    up.add_argument("--watch", action="store_true",
+                    help="rebuild a function whose sources change and hot-reload it into its running pool")
     up.add_argument("--no-auth", action="store_true",
                     help="embedded server without authentication (default: [embedded] auth, on)")
     run = command("run", _run, "run one function in this process (as in compose or Kubernetes)")
@@ -156,24 +158,54 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _serve(manifest: LoadedManifest, server: ServerAccess, mode: ProcessMode, functions: list[str] | None = None,
-                 verbose: bool = False, metrics_port: int | None = None) -> int:
-    """Run until SIGINT or SIGTERM, then stop the pools (or child processes) and drain."""
+                 verbose: bool = False, metrics_port: int | None = None, watch: bool = False) -> int:
+    """Run until SIGINT or SIGTERM, then stop the pools (or child processes) and drain. SIGHUP hot-reloads
+    changed modules; `watch` does so whenever a function's sources change."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with running(manifest, server, mode, functions, verbose, metrics_port) as runner:
-        log.info("running %s (%s process mode); Ctrl-C to stop", ", ".join(functions or manifest.spec.functions), mode)
+        background: set[asyncio.Task[None]] = set()
+
+        def reload() -> None:
+            if isinstance(runner, Host):
+                task = asyncio.create_task(runner.reload())
+                background.add(task)
+                task.add_done_callback(background.discard)
+            else:
+                runner.reload()
+
+        loop.add_signal_handler(signal.SIGHUP, reload)
+        log.info("running %s (%s process mode); Ctrl-C to stop, SIGHUP to reload changed modules",
+                 ", ".join(functions or manifest.spec.functions), mode)
         waits = [asyncio.ensure_future(stop.wait())]
+        if watch:
+            waits.append(asyncio.ensure_future(_watch_sources(manifest, reload)))
         if isinstance(runner, Host):  # a supervisor's children report their own losses by exiting
             waits.append(asyncio.ensure_future(runner.connection_lost.wait()))
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         for wait in waits:
             wait.cancel()
+        loop.remove_signal_handler(signal.SIGHUP)
         if not stop.is_set():
             return EXIT_FAILURE  # connection lost for good: exit so that a supervisor restarts us
         log.info("stopping")
     return 0
+
+
+async def _watch_sources(manifest: LoadedManifest, reload: Callable[[], None], interval_s: float = 1.0) -> None:
+    """`up --watch`: an incremental build every second; whatever was rebuilt is hot-reloaded."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            rebuilt = [r.module for r in await asyncio.to_thread(build_modules, manifest) if r.rebuilt]
+        except BuildError as exc:  # a half-typed edit: report it, keep running the last good modules
+            log.error("watch: build failed, the running modules stay: %s", exc)
+            continue
+        if rebuilt:
+            log.info("watch: rebuilt %s; reloading", ", ".join(rebuilt))
+            reload()
 
 
 def _up(args: argparse.Namespace, manifest: LoadedManifest) -> int:
@@ -181,7 +213,7 @@ def _up(args: argparse.Namespace, manifest: LoadedManifest) -> int:
     build_modules(manifest)
     if url is not None:
         return uvloop.run(_serve(manifest, external_access(manifest, url), args.processes, verbose=args.verbose,
-                                 metrics_port=args.metrics_port))
+                                 metrics_port=args.metrics_port, watch=args.watch))
     with embedded_server(manifest, auth=False if args.no_auth else None) as (server, access):
         log.info("embedded nats-server at %s (monitoring %s, data in %s)", server.url, server.monitor_url, server.data_dir)
         if access.bundle is not None:
@@ -191,7 +223,8 @@ def _up(args: argparse.Namespace, manifest: LoadedManifest) -> int:
                      access.bundle.folder / INGRESS_ENV, access.bundle.seed_file(ADMIN_USER))
         else:
             log.warning("authentication is off: anyone who reaches %s may do anything", server.url)
-        return uvloop.run(_serve(manifest, access, args.processes, verbose=args.verbose, metrics_port=args.metrics_port))
+        return uvloop.run(_serve(manifest, access, args.processes, verbose=args.verbose, metrics_port=args.metrics_port,
+                                 watch=args.watch))
 
 
 def _run(args: argparse.Namespace, manifest: LoadedManifest) -> int:

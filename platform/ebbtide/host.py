@@ -17,7 +17,8 @@ from .broker import ConfirmedPublisher, connect, provision
 from .broker.auth import NatsAuth, client_auth
 from .manifest import LoadedManifest
 from .pool import FunctionPool
-from .runtime import WasmEngine
+from .build import BuildError, build_modules
+from .runtime import GuestInitError, ModuleLoadError, WasmEngine
 from .telemetry import TelemetryServer, collect, host_readiness, render_metrics, tracing
 from .telemetry.otlp import OtlpMetricsPusher
 
@@ -54,6 +55,8 @@ class Host:
         self.metrics_pusher = (OtlpMetricsPusher.to_endpoint(lambda: collect(self), otlp_endpoint, service)
                                if otlp_endpoint else None)
         self.stopping = False
+        self.engine: WasmEngine | None = None
+        self._reloading = asyncio.Lock()
 
     async def start(self) -> None:
         if self.metrics_port:  # first, so /healthz answers during start-up and /readyz says why not yet
@@ -62,8 +65,8 @@ class Host:
                 host=os.environ.get(METRICS_HOST_ENV) or self.manifest.spec.telemetry.metrics_host, port=self.metrics_port,
             ).start()
         memory_limit = max(self.manifest.function(n).limits.memory_mib for n in self.function_names)
-        engine = WasmEngine(memory_reservation=max(memory_limit, 16) * 1024 * 1024,
-                            cache_dir=self.manifest.build_dir / "cache")
+        engine = self.engine = WasmEngine(memory_reservation=max(memory_limit, 16) * 1024 * 1024,
+                                          cache_dir=self.manifest.build_dir / "cache")
         self.nc = await connect(self.nats_url, name=f"ebbtide-host[{','.join(self.function_names)}]", on_lost=self._on_lost,
                                 auth=self.auth)
         js = self.nc.jetstream()
@@ -84,6 +87,27 @@ class Host:
 
         if self.metrics_pusher is not None:
             self.metrics_pusher.start()
+
+    async def reload(self) -> None:
+        """Hot reload (SIGHUP, `up --watch`): rebuild each function's module if its sources changed and swap
+        a changed module into the running pool. Messages in flight finish on the old module; a module that
+        does not build, load or start is refused, reported, and the old one keeps running."""
+        async with self._reloading:
+            for name, pool in self.pools.items():
+                fn = pool.function
+                try:
+                    await asyncio.to_thread(build_modules, self.manifest, [fn.module])
+                    assert self.engine is not None
+                    module = await asyncio.to_thread(self.engine.load, self.manifest.module_path(fn.module),
+                                                     sha256=fn.sha256, wasi_grants=frozenset(fn.wasi))
+                    swapped = pool.swap_module(module)
+                except (BuildError, ModuleLoadError, GuestInitError) as exc:
+                    pool.stats.reloads["refused"] = pool.stats.reloads.get("refused", 0) + 1
+                    log.error("function %s: new module refused, module %s keeps running: %s", name, pool.module.sha256[:12], exc)
+                    continue
+                if swapped:
+                    pool.stats.reloads["ok"] = pool.stats.reloads.get("ok", 0) + 1
+                    log.info("function %s: now running module %s", name, module.sha256[:12])
 
     def _on_lost(self) -> None:
         if not self.stopping:

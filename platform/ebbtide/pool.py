@@ -29,7 +29,7 @@ from .manifest import LoadedManifest
 from .telemetry import tracing
 from .telemetry.metrics import END_TO_END_BUCKETS_S, HANDLE_BUCKETS_S, Histogram
 from .runtime import (
-    GuestFault, GuestInstance, GuestLimits, InputTooLarge, Status, WasmEngine, decode_effects,
+    GuestFault, GuestInstance, GuestLimits, InputTooLarge, LoadedModule, Status, WasmEngine, decode_effects,
 )
 
 log = logging.getLogger("ebbtide.pool")
@@ -82,6 +82,7 @@ class PoolStats:
     guest_faults: dict[str, int] = field(default_factory=dict)  # by kind: trap, timeout, memory-limit, invalid-output
     instances_started: int = 0
     instances_stopped: int = 0  # scaled down, shut down, or discarded after a fault
+    reloads: dict[str, int] = field(default_factory=dict)  # module swaps by outcome: ok, refused
     handle: Histogram = field(default_factory=lambda: Histogram(HANDLE_BUCKETS_S))  # guest call time
     end_to_end: Histogram = field(default_factory=lambda: Histogram(END_TO_END_BUCKETS_S))  # ingress -> effects confirmed
 
@@ -139,6 +140,17 @@ class FunctionPool:
     def probe(self) -> None:
         """Start and drop one instance: a module that cannot start fails here, not at the first message."""
         self._instantiate()
+
+    def swap_module(self, module: LoadedModule) -> bool:
+        """Hot reload: new instances run `module`; each worker finishes its current message on the old
+        one and switches before its next. A module that cannot start an instance (init refused, ABI
+        mismatch, trap) is refused with GuestInitError/ModuleLoadError and the old one keeps running.
+        Returns False when `module` is the one already running."""
+        if module is self.module:
+            return False
+        GuestInstance(self.engine, module, self.limits, self.config_json)  # a probe: fails here, not on a message
+        self.module = module
+        return True
 
     def new_instance(self) -> GuestInstance:
         instance = self._instantiate()
@@ -284,7 +296,9 @@ class FunctionPool:
         subject = self._subject_bytes.get(msg.subject)
         if subject is None:
             subject = self._subject_bytes.setdefault(msg.subject, msg.subject.encode())
-        if instance is None:
+        if instance is None or instance.module is not self.module:  # none yet, or a new module was swapped in
+            if instance is not None:
+                self.stats.instances_stopped += 1
             instance = self.new_instance()
         try:
             started = time.perf_counter()

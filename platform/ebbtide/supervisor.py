@@ -92,6 +92,12 @@ class Supervisor:
             child.restarts += 1
             await self._spawn(child)
 
+    def reload(self) -> None:
+        """Hot reload: each child rebuilds and swaps its module (SIGHUP, see Host.reload)."""
+        for child in self.children.values():
+            if child.process is not None and child.process.returncode is None:
+                child.process.send_signal(signal.SIGHUP)
+
     async def stop(self, grace_s: float = 30.0) -> None:
         """SIGTERM every child (each drains and exits), SIGKILL what is left after the grace period."""
         self._stopping = True

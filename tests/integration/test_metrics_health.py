@@ -223,7 +223,7 @@ async def test_metrics_and_health_of_a_running_host(
             "ebbtide_instance_starts_total": "counter", "ebbtide_instance_stops_total": "counter",
             "ebbtide_process_resident_memory_bytes": "gauge",
             "ebbtide_nats_connected": "gauge", "ebbtide_handle_duration_seconds": "histogram",
-            "ebbtide_end_to_end_seconds": "histogram",
+            "ebbtide_end_to_end_seconds": "histogram", "ebbtide_module_reloads_total": "counter",
         }
         assert {name: f["type"] for name, f in families.items()} == expected_types
         assert all(f["help"] for f in families.values())

@@ -119,6 +119,9 @@ def collect(host: "Host") -> list[Family]:
     starts = Family("ebbtide_instance_starts_total", "counter", "Wasm instances started (scaling up, replacements).")
     stops = Family("ebbtide_instance_stops_total", "counter",
                    "Wasm instances stopped (scaling down, shutdown, discarded after a guest fault).")
+    reloads = Family("ebbtide_module_reloads_total", "counter",
+                     "Hot reloads of the function's module: ok (swapped in), refused (did not build, load or start; "
+                     "the old module kept running).")
     handle = Family("ebbtide_handle_duration_seconds", "histogram",
                     "Time of one guest call (input copy, call, output read), per message.")
     end_to_end = Family("ebbtide_end_to_end_seconds", "histogram",
@@ -142,12 +145,14 @@ def collect(host: "Host") -> list[Family]:
             backlog.add(controller.lag, function=name)
         starts.add(stats.instances_started, function=name)
         stops.add(stats.instances_stopped, function=name)
+        for outcome in ("ok", "refused"):
+            reloads.add(stats.reloads.get(outcome, 0), function=name, outcome=outcome)
         handle.add(stats.handle, function=name)
         end_to_end.add(stats.end_to_end, function=name)
 
     connected = Family("ebbtide_nats_connected", "gauge", "1 while the host's NATS connection is up, else 0.")
     connected.add(1 if host.nc is not None and host.nc.is_connected else 0)
-    families = [messages, faults, instances, in_flight, backlog, starts, stops, handle, end_to_end, connected]
+    families = [messages, faults, instances, in_flight, backlog, starts, stops, reloads, handle, end_to_end, connected]
     rss = resident_memory_bytes()
     if rss is not None:
         memory = Family("ebbtide_process_resident_memory_bytes", "gauge", "Resident memory of this process in bytes.")
