@@ -37,7 +37,9 @@ WORKDIR /app
 COPY --from=build /src/ebbtide.toml ./ebbtide.toml
 COPY --from=build /src/build/wasm ./build/wasm
 # The compiled-module cache (build/cache) and `ebbtide up`'s data folder are written at run time.
-RUN mkdir -p build/cache .ebbtide && chown -R ebbtide:ebbtide build/cache .ebbtide
+# /auth: where compose mounts the generated NATS credentials (`ebbtide nats-config --out /auth`). An empty
+# named volume takes the owner and mode of the image's folder, so uid 10001 may write the keys there.
+RUN mkdir -p build/cache .ebbtide /auth && chown -R ebbtide:ebbtide build/cache .ebbtide /auth && chmod 0700 /auth
 USER 10001:10001
 # 9464: /metrics, /healthz, /readyz of the function's process (EBBTIDE_METRICS_PORT).
 EXPOSE 9464

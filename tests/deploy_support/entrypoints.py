@@ -44,9 +44,16 @@ class Launch:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
 
+# Programs of the base image (python:3.11-slim) that a compose entrypoint may use, besides the venv's.
+BASE_IMAGE_PROGRAMS = ("sh",)
+
+
 def local_command(command: Sequence[str]) -> list[str]:
     """The same command with the image's programs (on PATH in /opt/venv/bin) taken from this venv."""
-    program = {"python": sys.executable}.get(command[0]) or str(VENV_BIN / command[0])
+    if command[0] in BASE_IMAGE_PROGRAMS:
+        program = shutil.which(command[0]) or command[0]
+    else:
+        program = {"python": sys.executable}.get(command[0]) or str(VENV_BIN / command[0])
     if not Path(program).exists():
         raise AssertionError(f"{command[0]!r}: not installed by the package ({program} missing)")
     return [program, *command[1:]]
@@ -159,14 +166,18 @@ class Collector:
 
 
 class ConfiguredCluster:
-    """nats-server nodes started with the given configuration file, as the StatefulSet's pods are.
+    """nats-server nodes started with the given configuration file, as the StatefulSet's pods are (or, with
+    size 1, as compose's single server).
 
     Only what a pod gets from Kubernetes is supplied here: POD_NAME (nats-0, nats-1, ...), and local ports,
-    routes and a store folder in place of the fixed ports and pod DNS names.
+    routes and a store folder in place of the fixed ports and pod DNS names. Each node's configuration is
+    written next to `config`, so that its relative `include`s resolve as in the container: give it a file
+    in a folder laid out like the container's (see mounts.py), never one in the repository.
     """
 
     def __init__(self, config: Path, root: Path, size: int) -> None:
         self.root = root
+        self.config_dir = config.parent
         root.mkdir(parents=True)
         # 127.0.0.1 for 0.0.0.0 (tests bind loopback only) and a folder of each node's own for the volume
         # mounted at /data. The rest of the file is used as written.
@@ -185,12 +196,13 @@ class ConfiguredCluster:
     def start(self) -> "ConfiguredCluster":
         routes = ",".join(f"nats://127.0.0.1:{port}" for port in self.route_ports)
         for i, (port, monitor, route) in enumerate(zip(self.ports, self.monitor_ports, self.route_ports)):
-            config = self.root / f"nats-{i}.conf"
+            config = self.config_dir / f"local-nats-{i}.conf"
             config.write_text(self.config_text.replace("store_dir: /data", f"store_dir: \"{self.root / f'data-{i}'}\""))
+            clustering = ["--cluster", f"nats://127.0.0.1:{route}", "--routes", routes] if len(self.ports) > 1 else []
             with (self.root / f"nats-{i}.log").open("wb") as log:
                 self.processes.append(subprocess.Popen(
                     [nats_server_binary(), "--config", str(config), "--addr", "127.0.0.1", "--port", str(port),
-                     "--http_port", str(monitor), "--cluster", f"nats://127.0.0.1:{route}", "--routes", routes],
+                     "--http_port", str(monitor), *clustering],
                     env={"POD_NAME": f"nats-{i}", "PATH": os.environ.get("PATH", "")},
                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
         return self
@@ -212,10 +224,12 @@ class ConfiguredCluster:
                 meta = self.monitor(node, "/jsz").get("meta_cluster") or {}
             except OSError:
                 return False
+            if len(self.processes) == 1:
+                continue  # a single server: no meta group
             if not meta.get("leader") or meta.get("cluster_size") != len(self.processes):
                 return False
             leaders.add(meta["leader"])
-        return len(leaders) == 1
+        return len(self.processes) == 1 or len(leaders) == 1
 
     def stop(self) -> None:
         for process in self.processes:

@@ -6,29 +6,42 @@ kubernetes-validate --strict, the KEDA ScaledObjects against the fields KEDA doc
 configuration by nats-server itself; names and ports must agree across the manifest, compose, Kubernetes
 and the Locust file; and the exact commands and environments of the compose services and Deployments are
 started against real nats-servers (the Kubernetes ones against a 3-node cluster from deploy's nats.conf).
+
+NATS requires authentication in both: the credentials are generated here with the documented command
+(`ebbtide nats-config`) into tmp_path, the Kubernetes Secret is rendered from them, and each container's
+mounted files (volumes, ConfigMaps, Secret items) are laid out in a folder of its own (mounts.py), so the
+servers and functions read exactly what the deploy files give them.
 """
 
 from __future__ import annotations
 
 import ast
 import asyncio
+import base64
 import copy
+import json
 import os
 import re
 import shutil
+import stat
 import subprocess
+import urllib.request
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import kubernetes_validate
 import msgspec
+import nats
+import nkeys
 import pytest
 import yaml
 from nats.aio.client import Client as NatsClient
 
 from ebbtide.broker import EmbeddedNats, connect
+from ebbtide.broker.authorization import ADMIN_USER, INGRESS_ENV, SERVER_CONFIG, AuthBundle, inbox_prefix
 from ebbtide.broker.embedded import nats_server_binary
 from ebbtide.broker.provision import consumer_config, kv_stream_name
 from ebbtide.manifest import LoadedManifest, parse_manifest
@@ -36,12 +49,18 @@ from ebbtide.orders import INGRESS_SUBJECT, encode_order, generate_orders
 from ebbtide.state import stream_state
 from tests.conftest import REPO, wait_until
 from tests.deploy_support import dockerfile as dockerfile_reader
-from tests.deploy_support import entrypoints, keda, kustomize
+from tests.deploy_support import entrypoints, keda, kustomize, mounts
 from tests.deploy_support.entrypoints import Collector, ConfiguredCluster, Launch
+from tests.deploy_support.mounts import ContainerView
 
 COMPOSE_FILE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"
 KUBERNETES = REPO / "deploy" / "kubernetes"
+COMPOSE_NATS_CONF = REPO / "deploy" / "compose" / "nats.conf"
+DEPLOY_README = REPO / "deploy" / "README.md"
+# The one manual step before `kubectl apply -k` (deploy/README.md), run from the repository's root.
+K8S_AUTH_COMMAND = ["ebbtide", "--manifest", "deploy/kubernetes/ebbtide.toml", "nats-config", "--out", "deploy/kubernetes/auth"]
+AUTH_VOLUME = "nats-auth"  # compose's named volume and Kubernetes' Secret of generated credentials
 PROMETHEUS_FILE = REPO / "deploy" / "prometheus.yml"
 LOCUSTFILE = REPO / "loadtest" / "locustfile.py"
 RUNTIME_STAGE = "runtime"
@@ -71,8 +90,34 @@ def image() -> dockerfile_reader.Dockerfile:
 
 
 @pytest.fixture(scope="module")
-def k8s() -> list[Obj]:
-    return kustomize.render(KUBERNETES)
+def k8s_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of deploy/kubernetes with the credentials the documented command writes (never the repository's)."""
+    root = tmp_path_factory.mktemp("repo")
+    shutil.copytree(KUBERNETES, root / "deploy" / "kubernetes", ignore=shutil.ignore_patterns("auth"))
+    done = subprocess.run(entrypoints.local_command(K8S_AUTH_COMMAND), cwd=root, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return root / "deploy" / "kubernetes"
+
+
+@pytest.fixture(scope="module")
+def k8s(k8s_folder: Path) -> list[Obj]:
+    return kustomize.render(k8s_folder)
+
+
+def run_auth_service(compose: Obj, app: Path, volumes: Path, views: Path) -> Path:
+    """Run compose's one-shot `nats-auth` service as written; the folder of its volume, which it filled."""
+    service = compose["services"]["nats-auth"]
+    view = ContainerView(views / "nats-auth")
+    mounts.compose_mounts(view, service, REPO, volumes)
+    command = [view.local(arg) for arg in service["command"]]
+    done = subprocess.run(entrypoints.local_command(command), cwd=app, capture_output=True, text=True, timeout=60,
+                          env={"PATH": os.environ.get("PATH", ""), "HOME": str(app)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    return volumes / AUTH_VOLUME
+
+
+def public_key(seed_file: Path) -> str:
+    return nkeys.from_seed(bytearray(seed_file.read_bytes().strip())).public_key.decode()
 
 
 def function_services(compose: Obj) -> dict[str, tuple[str, Obj]]:
@@ -157,7 +202,7 @@ def test_kubernetes_objects_validate_strict(k8s: list[Obj]) -> None:
     version = kubernetes_validate.latest_version()
     kinds = Counter(obj["kind"] for obj in k8s)
     assert kinds == {"Namespace": 1, "Service": 2, "StatefulSet": 1, "PodDisruptionBudget": 1, "ConfigMap": 2,
-                     "Deployment": 3, "ScaledObject": 3}, kinds
+                     "Secret": 1, "Deployment": 3, "ScaledObject": 3}, kinds
     for obj in k8s:
         if obj["kind"] != "ScaledObject":  # a CRD: checked against KEDA's fields below
             kubernetes_validate.validate(obj, version, strict=True)
@@ -189,22 +234,83 @@ def test_scaled_objects_have_only_fields_keda_documents(k8s: list[Obj]) -> None:
         assert keda.scaled_object_errors(broken), broken["spec"]
 
 
-def test_kustomize_rendering_matches_kubectl(k8s: list[Obj]) -> None:
+def test_kustomize_rendering_matches_kubectl(k8s: list[Obj], k8s_folder: Path) -> None:
     """Our renderer against the real kustomize (built into kubectl), where kubectl is installed."""
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.skip("no kubectl here: the Python rendering is validated on its own")
-    done = subprocess.run([kubectl, "kustomize", str(KUBERNETES)], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([kubectl, "kustomize", str(k8s_folder)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     theirs = [doc for doc in yaml.safe_load_all(done.stdout) if doc]
-    generated = {g["name"] for g in yaml.safe_load((KUBERNETES / "kustomization.yaml").read_text())["configMapGenerator"]}
+    spec = yaml.safe_load((k8s_folder / "kustomization.yaml").read_text())
+    generated = {g["name"] for g in spec["configMapGenerator"] + spec["secretGenerator"]}
     assert kustomize.without_hash_suffixes(theirs, generated) == kustomize.without_hash_suffixes(k8s, generated)
 
 
-def test_nats_configuration_is_valid() -> None:
-    done = subprocess.run([nats_server_binary(), "-t", "-c", str(KUBERNETES / "nats.conf")], capture_output=True,
-                          text=True, timeout=30, env={"POD_NAME": "nats-0", "PATH": os.environ.get("PATH", "")})
+def test_kustomization_needs_the_generated_credentials(tmp_path: Path) -> None:
+    """Without the one documented step the rendering fails and names the missing file (no Secret is committed)."""
+    assert "deploy/kubernetes/auth/" in (REPO / ".gitignore").read_text().splitlines(), "the credentials are git-ignored"
+    tracked = subprocess.run(["git", "ls-files", "deploy/kubernetes/auth"], cwd=REPO, capture_output=True, text=True)
+    assert tracked.returncode == 0 and tracked.stdout == "", "no credentials in git"
+    assert " ".join(K8S_AUTH_COMMAND) in DEPLOY_README.read_text(), "deploy/README.md documents the step"
+    shutil.copytree(KUBERNETES, tmp_path / "kubernetes", ignore=shutil.ignore_patterns("auth"))
+    with pytest.raises(kustomize.KustomizeError, match="server.conf does not exist"):
+        kustomize.render(tmp_path / "kubernetes")
+
+
+def test_secret_holds_only_what_the_cluster_needs(k8s: list[Obj], k8s_folder: Path, manifest: LoadedManifest) -> None:
+    """The server's users and each function's seed; admin.nk and ingress.env stay with the operator."""
+    [secret] = of_kind(k8s, "Secret").values()
+    assert secret["metadata"]["name"].startswith(f"{AUTH_VOLUME}-")
+    data = {key: base64_text(value) for key, value in secret["data"].items()}
+    assert set(data) == {SERVER_CONFIG, *(f"{fn}.nk" for fn in manifest.spec.functions)}
+    for key, text in data.items():
+        assert text == (k8s_folder / "auth" / key).read_text(), key
+    seeds = [data[f"{fn}.nk"].strip() for fn in manifest.spec.functions]
+    assert not any(seed in data[SERVER_CONFIG] for seed in seeds), "the server config holds public keys only"
+    admin_seed = (k8s_folder / "auth" / f"{ADMIN_USER}.nk").read_text().strip()
+    assert all(admin_seed not in text for text in data.values())
+
+
+def base64_text(value: str) -> str:
+    return base64.b64decode(value).decode()
+
+
+def nats_view(k8s: list[Obj], root: Path) -> tuple[ContainerView, list[str]]:
+    """The NATS StatefulSet pod's files (ConfigMap and Secret items) and its container's arguments."""
+    statefulset = of_kind(k8s, "StatefulSet")["nats"]
+    pod = statefulset["spec"]["template"]["spec"]
+    [nats_container] = pod["containers"]
+    view = ContainerView(root / "view")
+    mounts.pod_mounts(view, pod, nats_container, k8s, root / "volumes", statefulset["spec"].get("volumeClaimTemplates"))
+    return view, nats_container["args"]
+
+
+def test_nats_configurations_are_valid_with_the_generated_users(k8s: list[Obj], compose: Obj, tmp_path: Path,
+                                                                reference_manifest: LoadedManifest) -> None:
+    """`nats-server -t` on each configuration as its container sees it: the include finds the users."""
+    def check(config: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([nats_server_binary(), "-t", "-c", config], capture_output=True, text=True, timeout=30,
+                              env={"POD_NAME": "nats-0", "PATH": os.environ.get("PATH", "")})
+
+    view, args = nats_view(k8s, tmp_path / "k8s")
+    k8s_config = view.local(args[args.index("--config") + 1])
+    assert (Path(k8s_config).parent / "auth" / SERVER_CONFIG).is_file()
+    done = check(k8s_config)
     assert done.returncode == 0, done.stdout + done.stderr
+
+    app = entrypoints.image_root(tmp_path / "app", (REPO / "ebbtide.toml").read_text(), reference_manifest.build_dir / "wasm")
+    volumes = tmp_path / "volumes"
+    run_auth_service(compose, app, volumes, tmp_path / "views")
+    service = compose["services"]["nats"]
+    compose_view = ContainerView(tmp_path / "views" / "nats")
+    mounts.compose_mounts(compose_view, service, REPO, volumes)
+    compose_config = compose_view.local(service["command"][service["command"].index("--config") + 1])
+    done = check(compose_config)
+    assert done.returncode == 0, done.stdout + done.stderr
+    # The check is real: without the generated users the configuration is refused.
+    (volumes / AUTH_VOLUME / SERVER_CONFIG).rename(volumes / AUTH_VOLUME / "moved.conf")
+    assert check(compose_config).returncode != 0
 
 
 def test_dockerfile_builds_modules_in_one_stage_and_runs_without_the_toolchain(image: dockerfile_reader.Dockerfile) -> None:
@@ -254,12 +360,41 @@ def test_names_and_ports_agree_across_manifest_compose_and_kubernetes(
     embedded = manifest.spec.embedded
     assert nats_ports == {embedded.port: embedded.port, embedded.monitor_port: embedded.monitor_port}, \
         "host clients (ebbtide publish, top, dlq) default to the manifest's embedded port"
-    assert "--jetstream" in nats["command"] and "/data" in nats["command"]
-    assert any(v.endswith(":/data") and not v.startswith(("/", ".")) for v in nats["volumes"]), "a named volume"
-    assert nats["command"][nats["command"].index("--http_port") + 1] == str(embedded.monitor_port)
+    nats_mounts = {target: source for source, target, *_ in (str(v).split(":") for v in nats["volumes"])}
+    config_path = nats["command"][nats["command"].index("--config") + 1]
+    assert nats_mounts[config_path] == "./" + str(COMPOSE_NATS_CONF.relative_to(REPO))
+    compose_conf = COMPOSE_NATS_CONF.read_text()
+    assert re.search(r"^jetstream \{\s*store_dir: /data\s*\}", compose_conf, re.M)
+    assert not nats_mounts["/data"].startswith(("/", ".")), "JetStream on a named volume"
+    assert re.search(rf"^http: 0\.0\.0\.0:{embedded.monitor_port}$", compose_conf, re.M)
+    assert re.search(rf"^listen: 0\.0\.0\.0:{embedded.port}$", compose_conf, re.M)
+    # Authentication: the generated users are included from the volume filled by the one-shot service.
+    include = re.search(r"^include (\S+)$", compose_conf, re.M)
+    assert include, "compose's nats.conf includes the generated authorization"
+    assert nats_mounts[str(Path(config_path).parent / Path(include.group(1)).parent)] == AUTH_VOLUME
+    assert Path(include.group(1)).name == SERVER_CONFIG
+    auth_service = compose["services"]["nats-auth"]
+    assert auth_service["command"][:3] == ["ebbtide", "nats-config", "--out"]
+    auth_mounts = {target: source for source, target, *_ in (str(v).split(":") for v in auth_service["volumes"])}
+    assert auth_mounts == {auth_service["command"][3]: AUTH_VOLUME}
+    assert auth_service["build"]["target"] == RUNTIME_STAGE and auth_service["restart"] == "no"
+    assert nats["depends_on"] == {"nats-auth": {"condition": "service_completed_successfully"}}
+    # Who reads the files (mode 0600, written as the image's user): the nats image runs as root, every other
+    # service as the image's user (no `user:` override), which owns the volume through the image's folder.
+    owner = image.user(RUNTIME_STAGE)
+    assert image.user("loadtest") == owner
+    runs = " && ".join(image.stage(RUNTIME_STAGE).all("RUN"))
+    assert re.search(rf"useradd [^&]*--uid {owner.split(':')[0]} [^&]* ebbtide\b", runs)
+    assert re.search(rf"chown -R ebbtide:ebbtide [^&]*{auth_service['command'][3]}\b", runs), "the image's /auth is its user's"
+    for name, service in compose["services"].items():
+        if any(str(v).startswith(f"{AUTH_VOLUME}:") for v in service.get("volumes", [])) and name != "nats":
+            assert "user" not in service and service["build"]["target"] in (RUNTIME_STAGE, "loadtest"), name
     for name, (fn, service) in services.items():
         env = service["environment"]
         assert host_port(env["EBBTIDE_NATS_URL"]) == ("nats", embedded.port), name
+        assert env["EBBTIDE_NATS_INBOX_PREFIX"] == inbox_prefix(fn), name
+        seed = Path(env["EBBTIDE_NATS_NKEY_SEED_FILE"])
+        assert seed.name == f"{fn}.nk" and f"{AUTH_VOLUME}:{seed.parent}:ro" in service["volumes"], name
         assert int(env["EBBTIDE_METRICS_PORT"]) == metrics_port and env["EBBTIDE_METRICS_HOST"] == "0.0.0.0"
         otlp_host, otlp_port = host_port(env["OTEL_EXPORTER_OTLP_ENDPOINT"])
         assert otlp_host in compose["services"] and otlp_port == 4318, "OTLP/HTTP of the trace viewer"
@@ -284,6 +419,12 @@ def test_names_and_ports_agree_across_manifest_compose_and_kubernetes(
         return int(match.group(1))
 
     statefulset = of_kind(k8s, "StatefulSet")["nats"]
+    include = re.search(r"^include (\S+)$", nats_conf, re.M)
+    assert include and Path(include.group(1)).name == SERVER_CONFIG, "nats.conf includes the generated users"
+    [config_volume] = [v for v in statefulset["spec"]["template"]["spec"]["volumes"] if v["name"] == "config"]
+    sources = config_volume["projected"]["sources"]
+    assert [s["secret"]["items"] for s in sources if "secret" in s] == \
+        [[{"key": SERVER_CONFIG, "path": str(Path(include.group(1)))}]], "only the server's file of the Secret"
     headless = services_k8s[statefulset["spec"]["serviceName"]]
     assert headless["spec"]["clusterIP"] == "None"
     ports = {p["name"]: p["port"] for p in headless["spec"]["ports"]}
@@ -312,6 +453,14 @@ def test_names_and_ports_agree_across_manifest_compose_and_kubernetes(
         assert mounts["manifest"]["mountPath"] == f"{image.workdir(RUNTIME_STAGE)}/ebbtide.toml"
         assert volumes["manifest"]["configMap"]["name"].startswith("ebbtide-manifest-")
         assert mounts["module-cache"]["mountPath"] == f"{image.workdir(RUNTIME_STAGE)}/{manifest.spec.build_dir}/cache"
+        # Its own NATS user: only its seed from the Secret, at the path its environment names.
+        seed = Path(env["EBBTIDE_NATS_NKEY_SEED_FILE"])
+        assert env["EBBTIDE_NATS_INBOX_PREFIX"] == inbox_prefix(name)
+        [credentials] = [m for m in spec["volumeMounts"] if m["mountPath"] == str(seed.parent)]
+        assert credentials.get("readOnly") is True
+        secret = volumes[credentials["name"]]["secret"]
+        assert secret["secretName"].startswith(f"{AUTH_VOLUME}-")
+        assert secret["items"] == [{"key": f"{name}.nk", "path": seed.name}], "only its own seed"
 
         function = manifest.function(name)
         trigger = scaled[name]["spec"]["triggers"][0]["metadata"]
@@ -356,6 +505,10 @@ def test_locustfile_agrees_with_the_manifest(manifest: LoadedManifest, compose: 
     assert host_port(command[command.index("--host") + 1]) == ("nats", manifest.spec.embedded.port)
     assert published(locust["ports"]) == {8089: 8089}
     assert locust["build"]["target"] == "loadtest" and image.cmd("loadtest") == command
+    # It publishes as `ingress` (the env file sourced by the entrypoint) and times orders as `admin`.
+    [auth_dir] = [target for source, target, *_ in (str(v).split(":") for v in locust["volumes"]) if source == AUTH_VOLUME]
+    assert f". {auth_dir}/{INGRESS_ENV} " in " ".join(locust["entrypoint"]) + " "
+    assert locust["environment"]["EBBTIDE_E2E_NKEY_SEED_FILE"] == f"{auth_dir}/{ADMIN_USER}.nk"
 
 
 # -- the entry points, run here ---------------------------------------------------------------------------
@@ -368,9 +521,11 @@ def localized(env: dict[str, str], image_env: dict[str, str], nats_url: str, met
                      "EBBTIDE_METRICS_HOST": "127.0.0.1", "OTEL_EXPORTER_OTLP_ENDPOINT": otlp}
 
 
-async def run_pipeline(launches: list[Launch], cwd: Path, logs: Path, nc: NatsClient, manifest: LoadedManifest,
-                       image: dockerfile_reader.Dockerfile, count: int = 60) -> dict[str, int | None]:
-    """Start every launch, check health and the image's HEALTHCHECK, send orders through, SIGTERM them all."""
+async def run_pipeline(launches: list[Launch], cwd: Path, logs: Path, nc: NatsClient, publisher: NatsClient,
+                       manifest: LoadedManifest, image: dockerfile_reader.Dockerfile, count: int = 60,
+                       while_running: Callable[[], Awaitable[None]] | None = None) -> dict[str, int | None]:
+    """Start every launch, check health and the image's HEALTHCHECK, send orders through `publisher`, run
+    `while_running`, SIGTERM them all. `nc` (admin) reads the outboxes."""
     try:
         for launch in launches:
             entrypoints.start(launch, cwd, logs)
@@ -384,7 +539,7 @@ async def run_pipeline(launches: list[Launch], cwd: Path, logs: Path, nc: NatsCl
             assert done.returncode == 0, (launch.label, done.stderr)
 
         orders = generate_orders(count, seed=6)
-        js = nc.jetstream()
+        js = publisher.jetstream()
         for order in orders:
             await js.publish(INGRESS_SUBJECT, encode_order(order), headers={"Nats-Msg-Id": order.order_guid})
         expected = Counter(f"outbox-{order.delivery.lower()}" for order in orders)
@@ -395,36 +550,111 @@ async def run_pipeline(launches: list[Launch], cwd: Path, logs: Path, nc: NatsCl
             return counts == dict(expected)
 
         await wait_until(stored, timeout=60)
+        if while_running is not None:
+            await while_running()
     finally:
         codes = await asyncio.to_thread(entrypoints.stop_all, launches)
     return codes
 
 
+async def assert_unauthenticated_refused(url: str) -> None:
+    with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+        await nats.connect(url, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=2)
+
+
+def assert_each_function_has_its_own_user(monitor_urls: list[str], auth: AuthBundle, launches: list[Launch]) -> None:
+    """The servers' view: every client connection authenticated, each function process as its own NKEY user."""
+    connections = []
+    for monitor_url in monitor_urls:
+        with urllib.request.urlopen(f"{monitor_url}/connz?auth=true&limit=1000", timeout=5) as reply:
+            connections += json.loads(reply.read())["connections"]
+    users = Counter(c.get("authorized_user", "") for c in connections)
+    assert "" not in users, connections
+    for launch in launches:
+        assert users[public_key(Path(launch.env["EBBTIDE_NATS_NKEY_SEED_FILE"]))] >= 1, launch.label
+    allowed = {public_key(Path(launch.env["EBBTIDE_NATS_NKEY_SEED_FILE"])) for launch in launches}
+    allowed |= {public_key(auth.seed_file(ADMIN_USER)), auth.ingress().user}
+    assert set(users) <= allowed, users
+
+
+def wait_for_server(cluster: ConfiguredCluster) -> Awaitable[None]:
+    return wait_until(lambda: asyncio.to_thread(cluster.ready), timeout=60, interval=0.2)
+
+
+def locust_launch(compose: Obj, image: dockerfile_reader.Dockerfile, view: ContainerView, url: str, extra: list[str]) -> Launch:
+    """The compose `locust` service as written: its entrypoint (shell, compose's `$$` read as `$`) and command,
+    with the NATS address local and mount paths in the container view."""
+    service = compose["services"]["locust"]
+    command = [view.localize_text(mounts.unescape_compose(arg)) for arg in service.get("entrypoint", [])]
+    written = list(service["command"])
+    written[written.index("--host") + 1] = url
+    command += written + extra
+    env = localized(service.get("environment", {}), image.env("loadtest"), url, 0, "") | {"NATS_URL": url}
+    env = {key: view.local(value) for key, value in env.items()}
+    return Launch("compose locust", command, env)
+
+
+def locust_app(root: Path) -> Path:
+    app = root / "locust-app"
+    shutil.copytree(REPO / "loadtest", app / "loadtest", ignore=shutil.ignore_patterns("__pycache__"))  # COPY loadtest
+    return app
+
+
 async def test_compose_services_run_here_as_written(
     tmp_path: Path, compose: Obj, image: dockerfile_reader.Dockerfile, reference_manifest: LoadedManifest,
 ) -> None:
-    """Every function service (each replica) with its command and environment, against one nats-server."""
+    """`nats-auth`, then NATS from its configuration with the generated users, then every function service
+    (each replica) with its command, environment and mounts; Locust publishes as `ingress` meanwhile."""
     app = entrypoints.image_root(tmp_path / "app", (REPO / "ebbtide.toml").read_text(), reference_manifest.build_dir / "wasm")
     assert image.workdir(RUNTIME_STAGE) == "/app"
     manifest = parse_manifest((app / "ebbtide.toml").read_text(), app / "ebbtide.toml")
+    volumes, views = tmp_path / "volumes", tmp_path / "views"
+    auth = AuthBundle(run_auth_service(compose, app, volumes, views / "first"))
+    generated = {p.name: p.read_bytes() for p in auth.folder.iterdir()}
+    assert set(generated) == {SERVER_CONFIG, INGRESS_ENV, f"{ADMIN_USER}.nk", *(f"{fn}.nk" for fn in manifest.spec.functions)}
+    assert {stat.S_IMODE(p.stat().st_mode) for p in auth.folder.iterdir()} == {0o600}
+    run_auth_service(compose, app, volumes, views / "again")  # the next `docker compose up`: same keys
+    assert {p.name: p.read_bytes() for p in auth.folder.iterdir()} == generated
+
+    nats_service = compose["services"]["nats"]
+    nats_view = ContainerView(views / "nats")
+    mounts.compose_mounts(nats_view, nats_service, REPO, volumes)
+    config = Path(nats_view.local(nats_service["command"][nats_service["command"].index("--config") + 1]))
+    server = ConfiguredCluster(config, tmp_path / "nats", 1).start()
     collector = await Collector().start()
-    with EmbeddedNats(tmp_path / "nats", port=0, monitor_port=0) as server:
-        nc = await connect(server.url, "deploy-test", give_up_after_s=10)
+    try:
+        await wait_for_server(server)
+        url = server.urls[0]
+        await assert_unauthenticated_refused(url)
+        nc = await connect(url, "deploy-test", give_up_after_s=10, auth=auth.admin())
+        ingress = await connect(url, "deploy-test-ingress", give_up_after_s=10, auth=auth.ingress())
         try:
             launches = []
             for name, (_, service) in function_services(compose).items():
                 for replica in range(service.get("deploy", {}).get("replicas", 1)):
+                    view = ContainerView(views / f"{name}-{replica + 1}")
+                    mounts.compose_mounts(view, service, REPO, volumes)
                     port = entrypoints.free_port()
-                    env = localized(service["environment"], image.env(RUNTIME_STAGE), server.url, port, collector.endpoint)
+                    env = localized(service["environment"], image.env(RUNTIME_STAGE), url, port, collector.endpoint)
+                    env = {key: view.local(value) for key, value in env.items()}
                     launches.append(Launch(f"compose {name} #{replica + 1}", service["command"], env, port))
-            codes = await run_pipeline(launches, app, tmp_path, nc, manifest, image)
+
+            async def while_running() -> None:
+                monitors = [f"http://127.0.0.1:{server.monitor_ports[0]}"]
+                await asyncio.to_thread(assert_each_function_has_its_own_user, monitors, auth, launches)
+                await run_locust_headless(compose, image, tmp_path, volumes, url)
+
+            codes = await run_pipeline(launches, app, tmp_path, nc, ingress, manifest, image, while_running=while_running)
             assert all(code == 0 for code in codes.values()), codes
             assert (await stream_state(nc, "ORDERS")).messages == 0, "every order handled and acked"
             consumers = {c.name: c for c in await nc.jetstream().consumers_info("ORDERS")}
             assert set(consumers) == set(manifest.spec.functions)
         finally:
+            await ingress.drain()
             await nc.drain()
-    await collector.stop()
+    finally:
+        await collector.stop()
+        server.stop()
     # Tracing on through OTEL_EXPORTER_OTLP_ENDPOINT: each function process exported its spans.
     bodies = [body for path, body in collector.posts if path == "POST /v1/traces"]
     for function in manifest.spec.functions:
@@ -432,57 +662,98 @@ async def test_compose_services_run_here_as_written(
     assert not (app / "functions").exists() and (app / "build" / "cache").is_dir(), "built modules only, cache written"
 
 
+async def run_locust_headless(compose: Obj, image: dockerfile_reader.Dockerfile, root: Path, volumes: Path, url: str) -> None:
+    """A short headless run of the `locust` service against the pipeline: every publish acked (as `ingress`)
+    and every order seen in its outbox (as `admin`)."""
+    if not LOCUSTFILE.exists():
+        return
+    view = ContainerView(root / "views" / "locust-headless")
+    mounts.compose_mounts(view, compose["services"]["locust"], REPO, volumes)
+    results = root / "locust-headless"
+    launch = locust_launch(compose, image, view, url, ["--headless", "-u", "2", "-r", "2", "--user-rate", "50", "-t", "3s", "--e2e-timeout", "20",
+                                                       "--exit-code-on-error", "1", "--json-file", str(results)])
+    entrypoints.start(launch, locust_app(root), root)
+    assert launch.process is not None
+    code = await asyncio.to_thread(launch.process.wait, 90)
+    assert code == 0, launch.log_tail(30)
+    stats = {(s["method"], s["name"]): s for s in json.loads(Path(f"{results}.json").read_text())}
+    published_orders = stats[("jetstream", INGRESS_SUBJECT)]
+    assert published_orders["num_requests"] > 0 and published_orders["num_failures"] == 0, published_orders
+    e2e = [s for (kind, _), s in stats.items() if kind == "e2e"]
+    assert sum(s["num_requests"] for s in e2e) > 0 and sum(s["num_failures"] for s in e2e) == 0, e2e
+    assert ("nats", "connect") not in stats, "every connection accepted"
+
+
 async def test_kubernetes_deployments_run_here_as_written(
-    tmp_path: Path, k8s: list[Obj], image: dockerfile_reader.Dockerfile, reference_manifest: LoadedManifest,
+    tmp_path: Path, k8s: list[Obj], k8s_folder: Path, image: dockerfile_reader.Dockerfile, reference_manifest: LoadedManifest,
 ) -> None:
-    """Each Deployment's command and environment, with the ConfigMap's manifest, on a 3-node cluster
-    started from deploy/kubernetes/nats.conf."""
+    """Each Deployment's command, environment and mounts (the ConfigMap's manifest, its seed from the Secret)
+    on a 3-node cluster started from the StatefulSet's files (nats.conf including the Secret's users)."""
     config_maps = of_kind(k8s, "ConfigMap")
     manifest_text = next(cm for n, cm in config_maps.items() if n.startswith("ebbtide-manifest-"))["data"]["ebbtide.toml"]
     app = entrypoints.image_root(tmp_path / "app", manifest_text, reference_manifest.build_dir / "wasm")
     manifest = parse_manifest(manifest_text, app / "ebbtide.toml")
     nodes = of_kind(k8s, "StatefulSet")["nats"]["spec"]["replicas"]
-    cluster = ConfiguredCluster(KUBERNETES / "nats.conf", tmp_path / "cluster", nodes).start()
+    view, args = nats_view(k8s, tmp_path / "nats-pod")
+    cluster = ConfiguredCluster(Path(view.local(args[args.index("--config") + 1])), tmp_path / "cluster", nodes).start()
+    operator = AuthBundle(k8s_folder / "auth")  # what the operator keeps: admin.nk, ingress.env
     collector = await Collector().start()
     try:
-        await wait_until(lambda: asyncio.to_thread(cluster.ready), timeout=60, interval=0.2)
+        await wait_for_server(cluster)
         assert {cluster.monitor(i, "/varz")["server_name"] for i in range(nodes)} == {f"nats-{i}" for i in range(nodes)}
-        nc = await connect(",".join(cluster.urls), "deploy-test", give_up_after_s=10)
+        for url in cluster.urls:
+            await assert_unauthenticated_refused(url)
+        nc = await connect(",".join(cluster.urls), "deploy-test", give_up_after_s=10, auth=operator.admin())
+        ingress = await connect(",".join(cluster.urls), "deploy-test-ingress", give_up_after_s=10, auth=operator.ingress())
         try:
             launches = []
             for name, deployment in of_kind(k8s, "Deployment").items():
+                pod_view = ContainerView(tmp_path / "pods" / name / "view")
+                mounts.pod_mounts(pod_view, deployment["spec"]["template"]["spec"], container(deployment), k8s,
+                                  tmp_path / "pods" / name / "volumes")
                 port = entrypoints.free_port()
                 env = localized(env_of(deployment), image.env(RUNTIME_STAGE), cluster.urls[0], port, collector.endpoint)
+                env = {key: pod_view.local(value) for key, value in env.items()}
+                seed = Path(env["EBBTIDE_NATS_NKEY_SEED_FILE"])
+                assert sorted(p.name for p in seed.parent.iterdir()) == [f"{name}.nk"], "only its own seed is mounted"
                 command = container(deployment)["command"] + container(deployment).get("args", [])
                 launches.append(Launch(f"deployment {name}", command, env, port))
-            codes = await run_pipeline(launches, app, tmp_path, nc, manifest, image)
+
+            async def while_running() -> None:
+                monitors = [f"http://127.0.0.1:{port}" for port in cluster.monitor_ports]
+                await asyncio.to_thread(assert_each_function_has_its_own_user, monitors, operator, launches)
+
+            codes = await run_pipeline(launches, app, tmp_path, nc, ingress, manifest, image, while_running=while_running)
             assert all(code == 0 for code in codes.values()), codes
             info = await nc.jetstream().stream_info("ORDERS")
             assert info.config.num_replicas == nodes and info.state.messages == 0
             assert (await nc.jetstream().stream_info(kv_stream_name("outbox-express"))).config.num_replicas == nodes
         finally:
+            await ingress.drain()
             await nc.drain()
     finally:
         await collector.stop()
         cluster.stop()
 
 
-async def test_locust_service_runs_here_as_written(tmp_path: Path, compose: Obj, image: dockerfile_reader.Dockerfile) -> None:
-    """The compose `locust` command loads the Locust file and serves its web UI (the load itself is tested
-    with loadtest/); only the NATS address and the UI's address and port are local."""
+async def test_locust_service_runs_here_as_written(tmp_path: Path, compose: Obj, image: dockerfile_reader.Dockerfile,
+                                                   reference_manifest: LoadedManifest) -> None:
+    """The compose `locust` entrypoint and command: it reads the ingress credentials, loads the Locust file
+    and serves its web UI (the load itself: the compose test above, and loadtest/'s tests); only the NATS
+    address, the UI's address and port and the mount paths are local."""
     if not LOCUSTFILE.exists():
         pytest.skip(f"{LOCUSTFILE.relative_to(REPO)} not written yet")
-    app = tmp_path / "app"
-    shutil.copytree(REPO / "loadtest", app / "loadtest", ignore=shutil.ignore_patterns("__pycache__"))  # COPY loadtest
-    service = compose["services"]["locust"]
-    command = list(service["command"])
+    image_app = entrypoints.image_root(tmp_path / "app", (REPO / "ebbtide.toml").read_text(), reference_manifest.build_dir / "wasm")
+    volumes = tmp_path / "volumes"
+    run_auth_service(compose, image_app, volumes, tmp_path / "views")
+    view = ContainerView(tmp_path / "views" / "locust")
+    mounts.compose_mounts(view, compose["services"]["locust"], REPO, volumes)
     port = entrypoints.free_port()
     with EmbeddedNats(tmp_path / "nats", port=0, monitor_port=0) as server:
-        command[command.index("--host") + 1] = server.url
-        command += ["--web-host", "127.0.0.1", "--web-port", str(port)]  # the image listens on all interfaces
-        env = localized(service.get("environment", {}), image.env("loadtest"), server.url, 0, "") | {"NATS_URL": server.url}
-        launch = Launch("compose locust", command, env, port)
-        entrypoints.start(launch, app, tmp_path)
+        # The image listens on all interfaces; here loopback only.
+        launch = locust_launch(compose, image, view, server.url, ["--web-host", "127.0.0.1", "--web-port", str(port)])
+        launch.metrics_port = port
+        entrypoints.start(launch, locust_app(tmp_path), tmp_path)
         try:
             async def web_ui() -> bool:
                 assert launch.process is not None and launch.process.poll() is None, launch.log_tail()
