@@ -26,7 +26,8 @@ from .broker.access import ServerAccess, embedded_client_access, embedded_server
 from .broker.auth import AuthConfigError
 from .broker.authorization import ADMIN_USER, INGRESS_ENV, inbox_prefix, ingress_subjects, write_bundle
 from . import dlq
-from .bench import SCENARIOS, run_bench
+from .bench import SCENARIOS, BenchOptions, run_bench
+from .bench.stats import parse_rate
 from .build import BuildError, build_modules
 from .scaffold import TEMPLATES as SCAFFOLD_LANGUAGES, ScaffoldError, new_function
 from .demo import print_summary, run_demo
@@ -132,10 +133,17 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=1)
     demo.add_argument("--data-dir", type=Path, default=Path(".ebbtide/demo"), help="wiped at start (default: %(default)s)")
     processes_option(demo)
-    bench = command("bench", _bench, "measure: guest call and instance start, memory per instance, scaling from zero and back")
+    bench = command("bench", _bench, "measure: guest call and instance start, memory per instance, scaling from zero and back, "
+                    "the burst side by side with FastStream and raw nats-py, sustained load")
     bench.add_argument("--scenario", action="append", choices=SCENARIOS, help="repeatable (default: all)")
     bench.add_argument("--quick", action="store_true", help="small sizes, well under a minute (CI smoke test)")
     bench.add_argument("--out", type=Path, default=Path(".ebbtide/bench"), help="results folder (default: %(default)s)")
+    bench.add_argument("--orders", type=int, help="burst size (default 10,000; 2,000 with --quick)")
+    bench.add_argument("--repeats", type=int, help="timed bursts per implementation (default 3; 1 with --quick)")
+    bench.add_argument("--sustained-s", type=float, help="seconds of load per rate (default 60; 5 with --quick)")
+    bench.add_argument("--rate", action="append", help="sustained rate: orders/s or a share of the burst's capacity, "
+                       "e.g. 50%% (repeatable; default 50%% and 90%%)")
+    bench.add_argument("--sustained-target", choices=["ebbtide-default", "ebbtide-fastest"], default="ebbtide-default")
     dlq = command("dlq", _dlq, "dead letters: list, show, redrive (send back to their original subject), purge")
     nats_url_option(dlq)
     dlq_actions = dlq.add_subparsers(dest="dlq_action", required=True, metavar="ACTION")
@@ -296,7 +304,14 @@ def _publish(args: argparse.Namespace, manifest: LoadedManifest) -> int:
 
 
 def _bench(args: argparse.Namespace, manifest: LoadedManifest) -> int:
-    report = uvloop.run(run_bench(manifest, args.scenario or list(SCENARIOS), args.quick, args.out))
+    for rate in args.rate or []:
+        try:
+            parse_rate(rate)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    options = BenchOptions(orders=args.orders, repeats=args.repeats, sustained_s=args.sustained_s, rates=args.rate or [],
+                           sustained_target=args.sustained_target)
+    report = uvloop.run(run_bench(manifest, args.scenario or list(SCENARIOS), args.quick, args.out, options))
     print()
     print(report.markdown())
     print()

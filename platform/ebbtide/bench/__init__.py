@@ -1,0 +1,60 @@
+"""`ebbtide bench`: measured figures, printed as a Markdown table and saved as JSON (+ charts).
+
+Scenarios (pick with --scenario; --quick shrinks every size so the whole run takes under a minute):
+- host:      cost of one guest call (input copy, call, output read, effect decode) and of an instance start
+- memory:    RSS of the host at zero instances, added RSS per idle and per busy Wasm instance
+- scale:     activation latency from zero, the burst's time to max instances and back to zero, idle CPU
+- tracing:   the same burst with tracing off, sampling 1 % and 100 % (spans built and batched, then dropped)
+- burst:     the ZEISS burst side by side: ebbtide (default and fastest configuration), FastStream and a raw
+             nats-py pass-through (the limit), on one embedded nats-server, with repeats (burst.py)
+- sustained: fixed publish rates for a while, latency per window, backlog and RSS over time (sustained.py)
+
+All figures come from one run on one machine, with warm-up excluded where stated.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import msgspec
+
+from ..build import build_modules
+from ..manifest import LoadedManifest
+from .comparison import BenchOptions, bench_comparison
+from .micro import bench_host, bench_memory
+from .report import BenchReport, Figure, Section
+from .scale import bench_scale
+from .tracing import bench_tracing
+
+SCENARIOS = ("host", "memory", "scale", "tracing", "burst", "sustained")
+
+__all__ = ["SCENARIOS", "BenchOptions", "BenchReport", "Figure", "Section", "run_bench"]
+
+
+async def run_bench(manifest: LoadedManifest, scenarios: list[str], quick: bool, out_dir: Path,
+                    options: BenchOptions | None = None) -> BenchReport:
+    options = options or BenchOptions()
+    build_modules(manifest)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = BenchReport(started=time.strftime("%Y-%m-%d %H:%M:%S"), quick=quick)
+    if "host" in scenarios:
+        print("host: guest call and instance start", flush=True)
+        bench_host(manifest, report, quick)
+    if "memory" in scenarios:
+        print("memory: RSS per instance", flush=True)
+        bench_memory(manifest, report, quick)
+    if "scale" in scenarios:
+        print("scale: activation from zero, burst, drain, idle CPU", flush=True)
+        await bench_scale(manifest, report, quick, out_dir)
+    if "tracing" in scenarios:
+        print("tracing: burst throughput with tracing off, 1 %, 100 %", flush=True)
+        await bench_tracing(manifest, report, quick, out_dir)
+    if "burst" in scenarios or "sustained" in scenarios:
+        await bench_comparison(manifest, report, quick, out_dir, options,
+                               burst="burst" in scenarios, sustained="sustained" in scenarios)
+    results = out_dir / "results.json"
+    results.write_text(json.dumps(msgspec.to_builtins(report), indent=2))
+    report.files.append(str(results))
+    return report

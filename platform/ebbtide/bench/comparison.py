@@ -1,0 +1,195 @@
+"""The ZEISS burst side by side, and the sustained load, on one embedded nats-server in one run.
+
+Implementations (implementations.py): a raw nats-py pass-through (the practical limit), FastStream, ebbtide
+with the default manifest and ebbtide in its fastest configuration (a manifest variant; the full run tries
+CANDIDATES with one burst each and keeps the fastest, --quick takes FASTEST_KNOWN). For each: streams and
+consumers deleted and provisioned again, the implementation started, one warm-up burst (excluded), then
+`repeats` timed bursts of the same orders (ingress ids made unique per run, so no publish is deduplicated).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..broker import EmbeddedNats, connect
+from ..manifest import LoadedManifest
+from ..orders import generate_orders
+from . import implementations as impls
+from .harness import BurstResult, Harness
+from .report import BenchReport, Section
+from .stats import percentile, spread
+from .sustained import bench_sustained
+
+
+@dataclass
+class BenchOptions:
+    orders: int | None = None  # burst size: 10,000 (2,000 with --quick)
+    repeats: int | None = None  # timed bursts per implementation: 3 (1 with --quick)
+    sustained_s: float | None = None  # seconds of load per rate: 60 (5 with --quick)
+    rates: list[str] = field(default_factory=list)  # '50%' of the measured capacity, or orders/s; default 50% 90%
+    sustained_target: str = "ebbtide-default"  # or ebbtide-fastest
+    tune: bool | None = None  # search the fastest ebbtide configuration (default: yes, not with --quick)
+
+
+@dataclass
+class ImplResult:
+    impl: impls.Implementation
+    runs: list[BurstResult]
+
+    def summary(self) -> dict[str, Any]:
+        wall = spread([r.wall_s for r in self.runs])
+        rate = spread([r.orders_per_s for r in self.runs])
+        return {
+            "label": self.impl.label, "how": self.impl.how,
+            "wall_s": {"min": wall.min, "median": wall.median, "runs": list(wall.values)},
+            "orders_per_s": {"max": rate.max, "median": rate.median, "runs": list(rate.values)},
+            "latency_ms": {q: spread([percentile(r.latencies_ms, p) if r.latencies_ms else math.nan for r in self.runs]).median
+                           for q, p in (("p50", 0.5), ("p99", 0.99), ("max", 1.0))},
+            "sent": [r.sent for r in self.runs], "stored": [r.stored for r in self.runs],
+            "writes": [r.writes for r in self.runs], "dead_letters": [r.dead_letters for r in self.runs],
+            "publish_errors": [r.publish_errors for r in self.runs], "publish_s": [r.publish_s for r in self.runs],
+            "exactly_once": all(r.exactly_once for r in self.runs),
+        }
+
+
+async def bench_comparison(manifest: LoadedManifest, report: BenchReport, quick: bool, out_dir: Path,
+                           options: BenchOptions, *, burst: bool, sustained: bool) -> None:
+    n = options.orders or (2_000 if quick else 10_000)
+    repeats = options.repeats or (1 if quick else 3)
+    orders = generate_orders(n, seed=7, first_id=1)
+    warm = generate_orders(max(200, n // 5), seed=8, first_id=10_000_001)
+    variants = out_dir / "variants"
+    data_dir = out_dir / "nats-compare"
+    shutil.rmtree(data_dir, ignore_errors=True)
+    with EmbeddedNats(data_dir, port=0, monitor_port=0) as server:
+        nc = await connect(server.url, name="ebbtide-bench")
+        harness = Harness(nc, manifest)
+        try:
+            tune = options.tune if options.tune is not None else not quick
+            if tune and burst:
+                fastest = await _tune(manifest, harness, server.url, orders, warm, variants, report)
+            else:
+                fastest = next(v for v in impls.CANDIDATES if v.name == impls.FASTEST_KNOWN)
+            default = impls.ebbtide(manifest, impls.DEFAULT, variants, "ebbtide-default", "ebbtide default")
+            best = impls.ebbtide(manifest, fastest, variants, "ebbtide-fastest", f"ebbtide fastest ({fastest.name})")
+            chosen = [impls.raw_limit()]
+            if impls.have_faststream():
+                chosen.append(impls.faststream())
+            else:
+                print("burst: FastStream is not installed (pip install -e '.[baseline]'): skipped", flush=True)
+            chosen += [default, best]
+            target = best if options.sustained_target == "ebbtide-fastest" else default
+            if not burst:
+                chosen = [target]
+            results: dict[str, ImplResult] = {}
+            figures_before, sections_before = len(report.figures), len(report.sections)
+            for impl in chosen:
+                print(f"burst: {impl.label}: {impl.how}", flush=True)
+                await harness.reset()
+                async with impl.start(server.url, nc) as pids:
+                    await harness.burst(warm, tag=f"{impl.key}-warm-up")
+                    runs = []
+                    for repeat in range(repeats if burst else 1):
+                        await harness.settle()
+                        run = await harness.burst(orders, tag=f"{impl.key}-{repeat}")
+                        print(f"  run {repeat + 1}: {run.wall_s:.3f} s, {run.orders_per_s:,.0f} orders/s, "
+                              f"stored {run.stored}/{run.sent}, writes {run.writes}", flush=True)
+                        runs.append(run)
+                    results[impl.key] = ImplResult(impl, runs)
+                    if sustained and impl is target:
+                        await harness.settle()
+                        capacity = spread([r.orders_per_s for r in runs]).median
+                        await bench_sustained(harness, server.url, impl, pids, capacity, report, quick, out_dir, options)
+        finally:
+            await nc.close()  # nothing left to deliver; drain can stall on the pull subscriptions
+    if burst:  # the burst's table comes before the sustained load's, which ran in the middle of it
+        later_figures, later_sections = report.figures[figures_before:], report.sections[sections_before:]
+        del report.figures[figures_before:], report.sections[sections_before:]
+        _report_burst(report, results, n, repeats, len(warm), fastest)
+        report.figures += later_figures
+        report.sections += later_sections
+
+
+async def _tune(manifest: LoadedManifest, harness: Harness, url: str, orders: list, warm: list, folder: Path,
+                report: BenchReport) -> impls.Variant:
+    """One burst per candidate configuration (after a warm-up); the fastest wall time wins."""
+    timings: list[tuple[float, impls.Variant]] = []
+    for variant in (impls.DEFAULT, *impls.CANDIDATES):
+        impl = impls.ebbtide(manifest, variant, folder, f"tune-{variant.name}", variant.name)
+        await harness.reset()
+        async with impl.start(url, harness.nc):
+            await harness.burst(warm, tag=f"tune-{variant.name}-warm-up")
+            await harness.settle()
+            run = await harness.burst(orders, tag=f"tune-{variant.name}")
+        print(f"tune: {variant.name} ({variant.describe()}): {run.wall_s:.3f} s", flush=True)
+        timings.append((run.wall_s, variant))
+    lines = ["| configuration | settings | wall time (one burst) |", "|---|---|---:|"]
+    lines += [f"| {v.name} | {v.describe()} | {t:.3f} s |" for t, v in timings]
+    best = min((t, i, v) for i, (t, v) in enumerate(timings))[2]
+    if best.name == impls.DEFAULT.name:  # the default is measured anyway: the fastest other one is shown too
+        best = min((t, i, v) for i, (t, v) in enumerate(timings) if v.name != impls.DEFAULT.name)[2]
+    report.sections.append(Section("ebbtide configurations tried (one burst each after a warm-up; fastest non-default kept)",
+                                   "\n".join(lines)))
+    report.details["tuning"] = {v.name: {"settings": v.describe(), "wall_s": t} for t, v in timings}
+    return best
+
+
+def _report_burst(report: BenchReport, results: dict[str, ImplResult], n: int, repeats: int, warm: int,
+                  fastest: impls.Variant) -> None:
+    summaries = {key: r.summary() for key, r in results.items()}
+    how = (f"{n:,} orders published at once; first publish to the last outbox write (server time); "
+           f"{repeats} timed run(s) after one warm-up of {warm:,} orders (excluded)")
+    lines = ["| implementation | wall s (min / median) | orders/s (median) | latency p50 / p99 / max ms | stored / sent | writes | dead letters |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for s in summaries.values():
+        lat = s["latency_ms"]
+        lines.append(f"| {s['label']} | {s['wall_s']['min']:.3f} / {s['wall_s']['median']:.3f} | "
+                     f"{s['orders_per_s']['median']:,.0f} | {lat['p50']:.0f} / {lat['p99']:.0f} / {lat['max']:.0f} | "
+                     f"{min(s['stored'])} / {max(s['sent'])} | {max(s['writes'])} | {max(s['dead_letters'])} |")
+    lines += ["", "How each ran: " + "; ".join(f"**{s['label']}**: {s['how']}" for s in summaries.values()) + ".",
+              "", f"Measured: {how}. Latency per order: its outbox write (server timestamp) minus its publish time; "
+              "median over the timed runs. Writes above the stored count would mean an order written twice."]
+    ratios = _ratios(summaries)
+    goals = _goals(summaries, ratios, n)
+    lines += ["", *[f"- {line}" for line in goals]]
+    report.sections.append(Section(f"ZEISS burst, side by side ({n:,} orders)", "\n".join(lines)))
+    report.details["burst"] = {"orders": n, "repeats": repeats, "warm_up_orders": warm, "fastest_config": fastest.describe(),
+                               "implementations": summaries, "ratios": ratios, "goals": goals}
+    for key, s in summaries.items():
+        report.add(f"burst {s['label']}: wall time, median", s["wall_s"]["median"], "s", how,
+                   "≤ 1.0 s for 10,000" if key.startswith("ebbtide") else "")
+        report.add(f"burst {s['label']}: orders/s, median", s["orders_per_s"]["median"], "orders/s", how)
+    for name, value in ratios.items():
+        report.add(name, value, "×", "median orders/s divided", "≥ 2" if "FastStream" in name else "≥ 0.8")
+
+
+def _ratios(summaries: dict[str, dict[str, Any]]) -> dict[str, float]:
+    rate = {key: s["orders_per_s"]["median"] for key, s in summaries.items()}
+    ratios = {}
+    for key in ("ebbtide-fastest", "ebbtide-default"):
+        if key not in rate:
+            continue
+        if "faststream" in rate and rate["faststream"] > 0:
+            ratios[f"{summaries[key]['label']} / FastStream"] = rate[key] / rate["faststream"]
+        if "raw" in rate and rate["raw"] > 0:
+            ratios[f"{summaries[key]['label']} / raw limit"] = rate[key] / rate["raw"]
+    return ratios
+
+
+def _goals(summaries: dict[str, dict[str, Any]], ratios: dict[str, float], n: int) -> list[str]:
+    best = summaries.get("ebbtide-fastest")
+    if best is None:
+        return []
+    out = []
+    wall = best["wall_s"]["median"]
+    verdict = ("met" if wall <= 1.0 else "not met") if n == 10_000 else "not judged (the goal is for 10,000 orders)"
+    out.append(f"goal 10,000 orders in ≤ 1.0 s: {best['label']} took {wall:.3f} s for {n:,}: {verdict}")
+    for name, value in ratios.items():
+        if name.startswith(best["label"]):
+            goal = 2.0 if "FastStream" in name else 0.8
+            out.append(f"goal {name} ≥ {goal:g}: {value:.2f}: {'met' if value >= goal else 'not met'}")
+    return out

@@ -1,0 +1,169 @@
+"""The implementations of the reference pipeline that the burst compares, each started as it would run.
+
+Each one binds to the streams and consumers the harness provisioned, runs in processes of its own (one per
+function unless said otherwise) and yields the process ids (for RSS) once every consumer is bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client as NatsClient
+
+from ..baselines import READY_LINE, ROLES
+from ..host import Host
+from ..launch import ProcessMode, running, wait_for_reports
+from ..manifest import LoadedManifest, load_manifest
+from ..status import STATUS_REQUEST_SUBJECT
+from . import tomlwrite
+
+Starter = Callable[[str, NatsClient], AbstractAsyncContextManager[list[int]]]
+
+
+@dataclass(frozen=True)
+class Implementation:
+    key: str
+    label: str
+    how: str
+    start: Starter  # (nats url, client) -> context yielding the pids running it
+
+
+# -- ebbtide, as configured by a manifest variant ------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Variant:
+    """An ebbtide configuration: a process mode and settings applied to every function of the manifest."""
+
+    name: str
+    mode: ProcessMode
+    settings: dict[str, Any] = field(default_factory=dict)  # FunctionSection fields; `scale` merges key by key
+
+    def describe(self) -> str:
+        parts = [f"{self.mode} process mode"] + [f"{k} {v}" for k, v in _flat(self.settings).items()]
+        return ", ".join(parts)
+
+
+def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+DEFAULT = Variant("default", "per-function")
+# Tried by the full run, fastest chosen (--quick does not search: it takes FASTEST_KNOWN).
+CANDIDATES = (
+    Variant("single", "single"),
+    Variant("warm", "per-function", {"scale": {"min": 1}}),
+    Variant("big-batches", "per-function", {"batch": 512, "scale": {"max": 2}}),
+    Variant("many-instances", "per-function", {"batch": 128, "scale": {"max": 8, "target_backlog": 100}}),
+)
+FASTEST_KNOWN = "warm"
+
+
+def write_variant(manifest: LoadedManifest, variant: Variant, folder: Path) -> LoadedManifest:
+    """The manifest with the variant's settings, as a file (function processes load it), paths made absolute."""
+    raw = msgspec.to_builtins(manifest.spec)
+    raw["build_dir"] = str(manifest.build_dir)
+    raw["embedded"]["data_dir"] = str(manifest.resolve(manifest.spec.embedded.data_dir))
+    for module in raw["modules"].values():
+        module["source"] = str(manifest.resolve(module["source"]))
+        if module.get("sdk"):  # empty: the language's own SDK folder, found by the build
+            module["sdk"] = str(manifest.resolve(module["sdk"]))
+    for function in raw["functions"].values():
+        for key, value in variant.settings.items():
+            function[key] = {**function[key], **value} if isinstance(value, dict) else value
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"ebbtide-{variant.name}.toml"
+    path.write_text(f"# ebbtide bench variant {variant.name!r}: {variant.describe()}\n" + tomlwrite.dumps(raw))
+    return load_manifest(path)
+
+
+def ebbtide(manifest: LoadedManifest, variant: Variant, folder: Path, key: str, label: str) -> Implementation:
+    loaded = write_variant(manifest, variant, folder)
+    functions = list(loaded.spec.functions)
+
+    @asynccontextmanager
+    async def start(url: str, nc: NatsClient) -> AsyncIterator[list[int]]:
+        reported = asyncio.create_task(wait_for_reports(nc, functions, timeout=60))
+        async with running(loaded, url, variant.mode) as runner:
+            while not reported.done():  # ask for reports: a first one may have gone out before we listened
+                await nc.publish(STATUS_REQUEST_SUBJECT, b"")
+                await asyncio.wait([reported], timeout=0.2)
+            reported.result()
+            if isinstance(runner, Host):
+                yield [os.getpid()]
+            else:
+                yield [c.pid for c in runner.children.values() if c.pid is not None]
+
+    return Implementation(key, label, f"ebbtide, Wasm functions: {variant.describe()}", start)
+
+
+# -- baselines: one process per function ---------------------------------------------------------------------
+
+def baseline(module: str, key: str, label: str, how: str, roles: tuple[str, ...] = ROLES) -> Implementation:
+    @asynccontextmanager
+    async def start(url: str, nc: NatsClient) -> AsyncIterator[list[int]]:
+        processes: list[asyncio.subprocess.Process] = []
+        try:
+            for role in roles:
+                processes.append(await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", module, "--nats-url", url, "--role", role,
+                    stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE))
+            for process, role in zip(processes, roles):
+                assert process.stdout is not None
+                line = await asyncio.wait_for(process.stdout.readline(), 60)
+                if line.strip() != READY_LINE.encode():
+                    code = await process.wait()
+                    raise RuntimeError(f"{module} --role {role} exited ({code}) before it was ready")
+            yield [p.pid for p in processes]
+        finally:
+            await _stop(processes)
+
+    return Implementation(key, label, how, start)
+
+
+async def _stop(processes: list[asyncio.subprocess.Process], grace_s: float = 15.0) -> None:
+    running_ = [p for p in processes if p.returncode is None]
+    for process in running_:
+        process.send_signal(signal.SIGTERM)
+    if running_:
+        await asyncio.wait([asyncio.ensure_future(p.wait()) for p in running_], timeout=grace_s)
+    for process in running_:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+def faststream() -> Implementation:
+    return baseline(
+        "ebbtide.baselines.faststream_pipeline", "faststream", "FastStream",
+        "FastStream 0.7.8, pure Python handlers, the same validation, routing, streams, durable pull consumers "
+        "(PullSub, batch 256, handled concurrently) and KV writes with Nats-Msg-Id; one process per function")
+
+
+def raw_limit() -> Implementation:
+    return baseline(
+        "ebbtide.baselines.raw_pipeline", "raw", "raw nats-py (limit)",
+        "nats-py pass-through, no validation, no Wasm: batched fetch (256, 4 loops), confirmed-publish pipeline "
+        "with Nats-Msg-Id, ack after confirm; one process per function")
+
+
+def have_faststream() -> bool:
+    try:
+        import faststream.nats  # noqa: F401
+    except ImportError:
+        return False
+    return True

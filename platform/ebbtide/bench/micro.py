@@ -1,0 +1,79 @@
+"""Host overhead and memory: one guest call, one instance start, RSS per instance (no NATS involved)."""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+
+from ..manifest import LoadedManifest
+from ..orders import INGRESS_SUBJECT, encode_order, generate_orders
+from ..pool import MIB
+from ..runtime import GuestInstance, GuestLimits, LoadedModule, WasmEngine, decode_effects
+from ..telemetry import resident_memory_bytes
+from .report import BenchReport
+
+
+def rss_kib() -> float:
+    return (resident_memory_bytes() or 0) / 1024
+
+
+# -- host: per-message cost and instance start ----------------------------------------------------------
+
+def _distributor(manifest: LoadedManifest) -> tuple[WasmEngine, LoadedModule, GuestLimits, bytes]:
+    """What it takes to start distributor instances outside a pool."""
+    engine = WasmEngine()
+    fn = manifest.function("distributor")
+    return (engine, engine.load(manifest.module_path(fn.module)), GuestLimits(fn.limits.memory_mib * MIB, fn.limits.fuel),
+            manifest.config_json("distributor"))
+
+
+def bench_host(manifest: LoadedManifest, report: BenchReport, quick: bool) -> None:
+    engine, module, limits, config = _distributor(manifest)
+    payload = encode_order(generate_orders(1, seed=1)[0])
+    instance = GuestInstance(engine, module, limits, config)
+    calls = 20_000 if quick else 200_000
+    subject = INGRESS_SUBJECT.encode()
+    for _ in range(1000):  # warm-up, excluded
+        decode_effects(instance.handle(subject, payload)[1])
+    runs = []
+    for _ in range(5):
+        started = time.perf_counter()
+        for _ in range(calls):
+            decode_effects(instance.handle(subject, payload)[1])
+        runs.append((time.perf_counter() - started) / calls * 1e6)
+    report.add("guest call, distributor, one order", min(runs), "µs",
+               f"{len(payload)}-byte order: copy in, call, read output, decode effects; min of 5 x {calls:,} calls "
+               f"(median {statistics.median(runs):.2f})", "≤ 10 µs")
+    starts = 2_000 if quick else 20_000
+    runs = []
+    for _ in range(5):
+        started = time.perf_counter()
+        for _ in range(starts):
+            GuestInstance(engine, module, limits, config)
+        runs.append((time.perf_counter() - started) / starts * 1e6)
+    report.add("instance start", min(runs), "µs",
+               f"new Store, instantiate, init with config; min of 5 x {starts:,} (median {statistics.median(runs):.1f})",
+               "≤ 50 µs")
+
+
+# -- memory ---------------------------------------------------------------------------------------------
+
+def bench_memory(manifest: LoadedManifest, report: BenchReport, quick: bool) -> None:
+    engine, module, limits, config = _distributor(manifest)
+    count = 200 if quick else 1000
+    GuestInstance(engine, module, limits, config)  # first instance reads the module layout: excluded
+    gc.collect()
+    before = rss_kib()
+    instances = [GuestInstance(engine, module, limits, config) for _ in range(count)]
+    idle = rss_kib()
+    payload = encode_order(generate_orders(1, seed=1)[0])
+    for instance in instances:
+        instance.handle(INGRESS_SUBJECT.encode(), payload)
+    busy = rss_kib()
+    report.add("added RSS per idle instance", (idle - before) / count, "KiB",
+               f"RSS delta for {count} live instances of the distributor (Store + instance + buffers)", "≤ 64 KiB")
+    report.add("added RSS per busy instance", (busy - before) / count, "KiB",
+               f"the same {count} after each handled one order (buffers touched)")
+    del instances
+    gc.collect()
