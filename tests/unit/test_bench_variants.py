@@ -1,0 +1,55 @@
+"""Manifest variants for the benchmark: written as TOML, read back as the same manifest plus the settings."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from ebbtide.bench import tomlwrite
+from ebbtide.bench.implementations import CANDIDATES, DEFAULT, FASTEST_KNOWN, Variant, write_variant
+from ebbtide.manifest import load_manifest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_toml_writer_round_trips_through_tomllib() -> None:
+    table = {"a": 1, "b": 2.5, "c": "x \"quoted\" \\ é", "d": [1, 2], "e": {"f": True, "g": {"h": []}, "skip": None},
+             "weird key": {}, "none": None}
+    expected = {k: v for k, v in table.items() if v is not None}
+    expected["e"] = {"f": True, "g": {"h": []}}
+    assert tomllib.loads(tomlwrite.dumps(table)) == expected
+
+
+def test_toml_writer_refuses_what_toml_cannot_say() -> None:
+    with pytest.raises(ValueError):
+        tomlwrite.dumps({"x": float("nan")})
+    with pytest.raises(TypeError):
+        tomlwrite.dumps({"x": object()})
+
+
+def test_default_variant_is_the_manifest_itself(tmp_path: Path) -> None:
+    manifest = load_manifest(REPO / "ebbtide.toml")
+    variant = write_variant(manifest, DEFAULT, tmp_path)
+    assert variant.path.parent == tmp_path
+    assert variant.spec.functions == manifest.spec.functions
+    assert variant.spec.streams == manifest.spec.streams and variant.spec.kv == manifest.spec.kv
+    assert variant.build_dir == manifest.build_dir  # paths made absolute: the build is found from anywhere
+    for name in manifest.spec.modules:
+        assert variant.resolve(variant.spec.modules[name].source) == manifest.resolve(manifest.spec.modules[name].source)
+
+
+def test_variant_settings_apply_to_every_function_and_merge_scale(tmp_path: Path) -> None:
+    manifest = load_manifest(REPO / "ebbtide.toml")
+    variant = write_variant(manifest, Variant("t", "per-function", {"batch": 64, "scale": {"max": 7}}), tmp_path)
+    for name, fn in variant.spec.functions.items():
+        original = manifest.spec.functions[name]
+        assert fn.batch == 64 and fn.scale.max == 7
+        assert fn.scale.target_backlog == original.scale.target_backlog  # untouched keys kept
+        assert msgspec.structs.replace(fn, batch=original.batch, scale=original.scale) == original
+
+
+def test_the_known_fastest_is_a_candidate() -> None:
+    assert FASTEST_KNOWN in {v.name for v in CANDIDATES}
