@@ -9,7 +9,7 @@ import msgspec
 import pytest
 
 from ebbtide.bench import tomlwrite
-from ebbtide.bench.implementations import CANDIDATES, DEFAULT, FASTEST_KNOWN, Variant, write_variant
+from ebbtide.bench.implementations import CANDIDATES, DEFAULT, FASTEST_KNOWN, Variant, candidate, write_variant
 from ebbtide.manifest import load_manifest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -51,5 +51,8 @@ def test_variant_settings_apply_to_every_function_and_merge_scale(tmp_path: Path
         assert msgspec.structs.replace(fn, batch=original.batch, scale=original.scale) == original
 
 
-def test_the_known_fastest_is_a_candidate() -> None:
-    assert FASTEST_KNOWN in {v.name for v in CANDIDATES}
+def test_the_known_fastest_is_a_candidate_and_so_is_the_default() -> None:
+    assert candidate(FASTEST_KNOWN) in CANDIDATES and DEFAULT in CANDIDATES
+    assert len({v.name for v in CANDIDATES}) == len(CANDIDATES)
+    with pytest.raises(ValueError, match="known: default"):
+        candidate("turbo")

@@ -23,6 +23,7 @@ from ..baselines import READY_LINE, ROLES
 from ..host import Host
 from ..launch import ProcessMode, running, wait_for_reports
 from ..manifest import LoadedManifest, load_manifest
+from ..supervisor import Supervisor
 from ..status import STATUS_REQUEST_SUBJECT
 from . import tomlwrite
 
@@ -63,14 +64,24 @@ def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 DEFAULT = Variant("default", "per-function")
-# Tried by the full run, fastest chosen (--quick does not search: it takes FASTEST_KNOWN).
+# What the full run tries (the default too); the fastest is kept. --quick does not search: it takes
+# FASTEST_KNOWN, the winner of the last full run on this machine kind (README, Performance).
 CANDIDATES = (
+    DEFAULT,
     Variant("single", "single"),
     Variant("warm", "per-function", {"scale": {"min": 1}}),
+    Variant("fewer-instances", "per-function", {"scale": {"max": 2}}),
     Variant("big-batches", "per-function", {"batch": 512, "scale": {"max": 2}}),
     Variant("many-instances", "per-function", {"batch": 128, "scale": {"max": 8, "target_backlog": 100}}),
 )
-FASTEST_KNOWN = "warm"
+FASTEST_KNOWN = "default"
+
+
+def candidate(name: str) -> Variant:
+    for variant in CANDIDATES:
+        if variant.name == name:
+            return variant
+    raise ValueError(f"no ebbtide configuration named {name!r} (known: {', '.join(v.name for v in CANDIDATES)})")
 
 
 def write_variant(manifest: LoadedManifest, variant: Variant, folder: Path) -> LoadedManifest:
@@ -98,17 +109,24 @@ def ebbtide(manifest: LoadedManifest, variant: Variant, folder: Path, key: str, 
     @asynccontextmanager
     async def start(url: str, nc: NatsClient) -> AsyncIterator[list[int]]:
         reported = asyncio.create_task(wait_for_reports(nc, functions, timeout=60))
-        async with running(loaded, url, variant.mode) as runner:
-            while not reported.done():  # ask for reports: a first one may have gone out before we listened
-                await nc.publish(STATUS_REQUEST_SUBJECT, b"")
-                await asyncio.wait([reported], timeout=0.2)
-            reported.result()
-            if isinstance(runner, Host):
-                yield [os.getpid()]
-            else:
-                yield [c.pid for c in runner.children.values() if c.pid is not None]
+        try:
+            async with running(loaded, url, variant.mode) as runner:
+                while not reported.done():  # ask for reports: a first one may have gone out before we listened
+                    await nc.publish(STATUS_REQUEST_SUBJECT, b"")
+                    await asyncio.wait([reported], timeout=0.2)
+                reported.result()
+                yield _pids(runner)
+        finally:
+            reported.cancel()
 
     return Implementation(key, label, f"ebbtide, Wasm functions: {variant.describe()}", start)
+
+
+def _pids(runner: Host | Supervisor) -> list[int]:
+    """The processes running the functions (in `single` mode, this one: its RSS includes the benchmark)."""
+    if isinstance(runner, Host):
+        return [os.getpid()]
+    return [c.pid for c in runner.children.values() if c.pid is not None]
 
 
 # -- baselines: one process per function ---------------------------------------------------------------------
