@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
+import signal
+import sys
 from pathlib import Path
 
+from nats.aio.client import Client as NatsClient
+
 from ebbtide.bench import SCENARIOS, BenchOptions, run_bench
+from ebbtide.broker import EmbeddedNats, provision
 from ebbtide.manifest import LoadedManifest
+from ebbtide.orders import INGRESS_SUBJECT, encode_order, generate_orders
+from tests.conftest import read_stream
 
 async def test_quick_bench_completes_with_sane_figures(reference_manifest: LoadedManifest, tmp_path: Path) -> None:
     report = await run_bench(reference_manifest, list(SCENARIOS), quick=True, out_dir=tmp_path)
@@ -63,3 +71,32 @@ async def test_sustained_alone_at_given_rates(reference_manifest: LoadedManifest
     for run in rates.values():
         assert run["stored"] == run["published"] > 0
     assert "burst" not in report.details
+
+
+async def test_faststream_baseline_stores_valid_orders_and_dead_letters_the_rest(
+        reference_manifest: LoadedManifest, nats_server: EmbeddedNats, nc: NatsClient) -> None:
+    """The FastStream pipeline does what the Wasm functions do, invalid input included (one process, every role)."""
+    await provision(nc.jetstream(), reference_manifest)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ebbtide.baselines.faststream_pipeline", "--nats-url", nats_server.url, "--role", "all",
+        stdout=asyncio.subprocess.PIPE)
+    try:
+        assert process.stdout is not None
+        assert (await asyncio.wait_for(process.stdout.readline(), 60)).strip() == b"ready"
+        good = generate_orders(20, seed=3)
+        js = nc.jetstream()
+        for order in good:
+            await js.publish(INGRESS_SUBJECT, encode_order(order), headers={"Nats-Msg-Id": order.order_guid})
+        for n, bad in enumerate([b"{not json", b'{"orderId": 1, "delivery": "Drone", "items": [1]}']):
+            await js.publish(INGRESS_SUBJECT, bad, headers={"Nats-Msg-Id": f"bad-{n}"})
+        express = [o for o in good if o.delivery == "Express"]
+        stored = await read_stream(nc, "KV_outbox-express", expected=len(express))
+        stored += await read_stream(nc, "KV_outbox-standard", expected=len(good) - len(express))
+        assert sorted((m.subject, m.data) for m in stored) == sorted(
+            (f"$KV.outbox-{o.delivery.lower()}.{o.order_id}", encode_order(o)) for o in good)
+        dead = await read_stream(nc, "DLQ", expected=2)
+        assert sorted(m.headers["Ebbtide-Error"].split(":")[0] for m in dead) == ["malformed-json", "unknown-delivery"]
+        assert all(m.subject == "dlq.distributor" for m in dead)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 30) == 0

@@ -7,6 +7,7 @@ function unless said otherwise) and yields the process ids (for RSS) once every 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import signal
 import sys
@@ -180,8 +181,5 @@ def raw_limit() -> Implementation:
 
 
 def have_faststream() -> bool:
-    try:
-        import faststream.nats  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """FastStream comes with the optional `baseline` extra."""
+    return importlib.util.find_spec("faststream") is not None
