@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 import textwrap
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -87,6 +88,15 @@ def chaos_manifest(tmp_path: Path, extra: str = "", *, fuel: int = 2_000_000, ac
     path = tmp_path / "ebbtide.toml"
     path.write_text(text)
     return parse_manifest(text, path)
+
+
+def port_open(port: int) -> bool:
+    """Whether something listens on 127.0.0.1:`port` (a server started by another process)."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
 
 
 async def wait_for_consumers(nc: NatsClient, stream: str = "ORDERS", count: int = 3) -> None:

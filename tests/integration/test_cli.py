@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 import nats
 
 from ebbtide.state import stream_state
-from tests.conftest import manifest_copy, wait_for_consumers, wait_until
+from tests.conftest import manifest_copy, port_open, wait_for_consumers, wait_until
 
 
 def ebbtide(*args: str, **kwargs) -> subprocess.CompletedProcess[str]:
@@ -54,14 +53,6 @@ async def test_up_with_embedded_server_publish_and_sigterm(tmp_path: Path, refer
     assert "authentication on: publish orders as the user in" in output
     assert "could not drain" not in output  # the host drained before the server stopped
     assert not port_open(port), "the embedded server must stop with the host"
-
-
-def port_open(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-        return True
-    except OSError:
-        return False
 
 
 def test_run_without_a_server_is_a_usage_error(tmp_path: Path) -> None:

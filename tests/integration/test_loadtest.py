@@ -9,7 +9,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ import pytest
 from nats.aio.client import Client as NatsClient
 
 from ebbtide.broker import EmbeddedNats
-from tests.conftest import REPO, manifest_copy, wait_for_consumers
+from tests.conftest import REPO, manifest_copy, port_open, wait_for_consumers
 
 LOADTEST = REPO / "loadtest"
 LOCUST = Path(sys.executable).with_name("locust")
@@ -38,14 +37,6 @@ def load_natsclient() -> ModuleType:
         sys.modules[name] = module  # dataclasses look their module up while the class is created
         spec.loader.exec_module(module)
     return sys.modules[name]
-
-
-def port_open(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-        return True
-    except OSError:
-        return False
 
 
 async def outbox_keys(nc: NatsClient, bucket: str) -> tuple[set[int], int]:

@@ -15,7 +15,6 @@ WASI 0.2; an instance gets an empty WASI context: no files, environment, argumen
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import wasmtime.component as wc
 
 from . import abi
 from .abi import GuestFault
+from .engine import compile_cached
 from .instance import GuestInitError, GuestLimits, InputTooLarge
 
 EXPORT_INIT = "init"
@@ -75,22 +75,14 @@ class ComponentEngine:
 
     def _compile(self, path: Path, data: bytes, digest: str) -> wc.Component:
         # Compiling the ~18 MB Python component takes seconds; deserializing it, tens of milliseconds.
-        cached_file = self._cache_dir / f"{digest}.cwasm-component" if self._cache_dir else None
-        if cached_file is not None and cached_file.exists():
+        def compile_component() -> wc.Component:
             try:
-                return wc.Component.deserialize_file(self.engine, str(cached_file))
-            except wasmtime.WasmtimeError:
-                cached_file.unlink(missing_ok=True)  # built by another wasmtime or engine config
-        try:
-            component = wc.Component(self.engine, data)
-        except wasmtime.WasmtimeError as exc:
-            raise ComponentLoadError(f"{path}: not a valid WebAssembly component: {exc}") from None
-        if cached_file is not None:
-            cached_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached_file.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_bytes(component.serialize())
-            tmp.replace(cached_file)
-        return component
+                return wc.Component(self.engine, data)
+            except wasmtime.WasmtimeError as exc:
+                raise ComponentLoadError(f"{path}: not a valid WebAssembly component: {exc}") from None
+
+        cached_file = self._cache_dir / f"{digest}.cwasm-component" if self._cache_dir else None
+        return compile_cached(cached_file, lambda file: wc.Component.deserialize_file(self.engine, file), compile_component)
 
 
 class ComponentGuest:

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import wasmtime
+import wasmtime.component
 
 from . import abi, wasi
 from ._wasmtime_fast import ExportPicker
@@ -101,22 +104,34 @@ class WasmEngine:
         return loaded
 
     def _compile(self, path: Path, wasm: bytes, digest: str) -> wasmtime.Module:
-        cached_file = self._cache_dir / f"{digest}.cwasm" if self._cache_dir else None
-        if cached_file is not None and cached_file.exists():
+        def compile_module() -> wasmtime.Module:
             try:
-                return wasmtime.Module.deserialize_file(self.engine, str(cached_file))
-            except wasmtime.WasmtimeError:
-                cached_file.unlink(missing_ok=True)  # built by another wasmtime or engine config
+                return wasmtime.Module(self.engine, wasm)
+            except wasmtime.WasmtimeError as exc:
+                raise ModuleLoadError(f"{path}: not a valid WebAssembly module: {exc}") from None
+
+        cached_file = self._cache_dir / f"{digest}.cwasm" if self._cache_dir else None
+        return compile_cached(cached_file, lambda file: wasmtime.Module.deserialize_file(self.engine, file), compile_module)
+
+
+Compiled = TypeVar("Compiled", wasmtime.Module, "wasmtime.component.Component")
+
+
+def compile_cached(cached_file: Path | None, deserialize: Callable[[str], Compiled], compile: Callable[[], Compiled]) -> Compiled:
+    """Deserialize the compiled code from `cached_file` when it is there and usable, else compile and
+    store it (written under a temporary name, then renamed: processes may share the cache)."""
+    if cached_file is not None and cached_file.exists():
         try:
-            module = wasmtime.Module(self.engine, wasm)
-        except wasmtime.WasmtimeError as exc:
-            raise ModuleLoadError(f"{path}: not a valid WebAssembly module: {exc}") from None
-        if cached_file is not None:
-            cached_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached_file.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_bytes(module.serialize())
-            tmp.replace(cached_file)
-        return module
+            return deserialize(str(cached_file))
+        except wasmtime.WasmtimeError:
+            cached_file.unlink(missing_ok=True)  # built by another wasmtime or engine config
+    compiled = compile()
+    if cached_file is not None:
+        cached_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached_file.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(compiled.serialize())
+        tmp.replace(cached_file)
+    return compiled
 
 
 def _check_imports(path: Path, module: wasmtime.Module, grants: frozenset[str]) -> None:
