@@ -44,13 +44,15 @@ def _panel(name: str, series: dict[str, list[tuple[float, float]]], top: float, 
 
     out = [f'<text x="{left}" y="{top - 8}" font-size="14" font-weight="bold">{escape(name)}</text>',
            f'<rect x="{left}" y="{top}" width="{right - left}" height="{_PANEL}" fill="none" stroke="#4a5568"/>']
-    for k in range(5):
-        v = v_max / 1.1 * k / 4
+    v_step = _nice(v_max / 1.1 / 5)
+    for k in range(int(v_max / v_step) + 1):
+        v = k * v_step
         out.append(f'<line x1="{left}" y1="{y(v)}" x2="{right}" y2="{y(v)}" stroke="#e2e8f0"/>')
-        out.append(f'<text x="{left - 6}" y="{y(v)}" dy="4" text-anchor="end" fill="#4a5568">{v:,.3g}</text>')
-    for k in range(6):
-        t = t_max * k / 5
-        out.append(f'<text x="{x(t)}" y="{bottom + 16}" text-anchor="middle" fill="#4a5568">{t:.0f}</text>')
+        out.append(f'<text x="{left - 6}" y="{y(v)}" dy="4" text-anchor="end" fill="#4a5568">{_label(v)}</text>')
+    t_step = _nice(t_max / 6)
+    for k in range(int(t_max / t_step + 1e-9) + 1):
+        t = k * t_step
+        out.append(f'<text x="{x(t)}" y="{bottom + 16}" text-anchor="middle" fill="#4a5568">{_label(t)}</text>')
     for (label, points), colour, slot in zip(series.items(), _COLOURS, range(len(series))):
         finite = [(t, v) for t, v in points if math.isfinite(v)]
         if finite:
@@ -60,3 +62,20 @@ def _panel(name: str, series: dict[str, list[tuple[float, float]]], top: float, 
                 out.append(f'<circle cx="{x(finite[0][0])}" cy="{y(finite[0][1])}" r="3" fill="{colour}"/>')
         out.append(f'<text x="{right - 10 - 120 * slot}" y="{top - 8}" text-anchor="end" fill="{colour}">{escape(label)}</text>')
     return out
+
+
+def _nice(raw: float) -> float:
+    """A round tick step at or above raw: 1, 2 or 5 times a power of ten."""
+    if raw <= 0 or not math.isfinite(raw):
+        return 1.0
+    magnitude = 10.0 ** math.floor(math.log10(raw))
+    return next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw * (1 - 1e-9))
+
+
+def _label(value: float) -> str:
+    """Short tick labels: 7500 -> 7.5k."""
+    if value >= 1e6:
+        return f"{value / 1e6:g}M"
+    if value >= 1e3:
+        return f"{value / 1e3:g}k"
+    return f"{value:g}"
