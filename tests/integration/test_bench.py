@@ -73,6 +73,20 @@ async def test_sustained_alone_at_given_rates(reference_manifest: LoadedManifest
     assert "burst" not in report.details
 
 
+async def test_the_search_for_the_fastest_configuration(reference_manifest: LoadedManifest, tmp_path: Path) -> None:
+    """The full run's search (two bursts per configuration), here over two configurations and a small burst."""
+    options = BenchOptions(orders=300, tune=True, candidates=["default", "single"])
+    report = await run_bench(reference_manifest, ["burst"], quick=True, out_dir=tmp_path, options=options)
+    tuning = report.details["tuning"]
+    assert set(tuning) == {"default", "single"}
+    assert all(len(t["wall_s"]) == 2 and 0 < t["median_s"] for t in tuning.values())
+    fastest = report.details["burst"]["fastest_config"]["name"]
+    assert tuning[fastest]["median_s"] == min(t["median_s"] for t in tuning.values())
+    ran = set(report.details["burst"]["implementations"])
+    assert ran == {"raw", "faststream", "ebbtide-default"} | ({"ebbtide-fastest"} if fastest != "default" else set())
+    assert "configurations tried" in report.markdown()
+
+
 async def test_faststream_baseline_stores_valid_orders_and_dead_letters_the_rest(
         reference_manifest: LoadedManifest, nats_server: EmbeddedNats, nc: NatsClient) -> None:
     """The FastStream pipeline does what the Wasm functions do, invalid input included (one process, every role)."""

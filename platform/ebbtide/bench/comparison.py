@@ -34,6 +34,7 @@ class BenchOptions:
     rates: list[str] = field(default_factory=list)  # '50%' of the measured capacity, or orders/s; default 50% 90%
     sustained_target: str = "ebbtide-default"  # or ebbtide-fastest
     tune: bool | None = None  # search the fastest ebbtide configuration (default: yes, not with --quick)
+    candidates: list[str] | None = None  # configurations the search tries (default: every one of CANDIDATES)
 
 
 @dataclass
@@ -72,7 +73,8 @@ async def bench_comparison(manifest: LoadedManifest, report: BenchReport, quick:
         try:
             tune = options.tune if options.tune is not None else not quick
             if tune and burst:
-                fastest = await _tune(manifest, harness, server.url, orders, warm, variants, report)
+                tried = [impls.candidate(name) for name in options.candidates] if options.candidates else list(impls.CANDIDATES)
+                fastest = await _tune(manifest, harness, server.url, orders, warm, variants, report, tried)
             else:
                 fastest = impls.candidate(impls.FASTEST_KNOWN)
             default = impls.ebbtide(manifest, impls.DEFAULT, variants, "ebbtide-default", "ebbtide default")
@@ -120,10 +122,10 @@ async def bench_comparison(manifest: LoadedManifest, report: BenchReport, quick:
 
 
 async def _tune(manifest: LoadedManifest, harness: Harness, url: str, orders: list, warm: list, folder: Path,
-                report: BenchReport) -> impls.Variant:
+                report: BenchReport, candidates: list[impls.Variant]) -> impls.Variant:
     """Two bursts per candidate configuration (after a warm-up); the fastest median wall time wins."""
     timings: list[tuple[float, impls.Variant, list[float]]] = []
-    for variant in impls.CANDIDATES:
+    for variant in candidates:
         impl = impls.ebbtide(manifest, variant, folder, f"tune-{variant.name}", variant.name)
         await harness.reset()
         walls = []
