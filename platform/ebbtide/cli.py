@@ -27,7 +27,6 @@ from .broker.auth import AuthConfigError
 from .broker.authorization import ADMIN_USER, INGRESS_ENV, inbox_prefix, ingress_subjects, write_bundle
 from . import dlq
 from .bench import SCENARIOS, BenchOptions, run_bench
-from .bench.stats import parse_rate
 from .build import BuildError, build_modules
 from .scaffold import TEMPLATES as SCAFFOLD_LANGUAGES, ScaffoldError, new_function
 from .demo import print_summary, run_demo
@@ -304,13 +303,11 @@ def _publish(args: argparse.Namespace, manifest: LoadedManifest) -> int:
 
 
 def _bench(args: argparse.Namespace, manifest: LoadedManifest) -> int:
-    for rate in args.rate or []:
-        try:
-            parse_rate(rate)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-    options = BenchOptions(orders=args.orders, repeats=args.repeats, sustained_s=args.sustained_s, rates=args.rate or [],
-                           sustained_target=args.sustained_target)
+    try:
+        options = BenchOptions(orders=args.orders, repeats=args.repeats, sustained_s=args.sustained_s,
+                               rates=args.rate or [], sustained_target=args.sustained_target)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     report = uvloop.run(run_bench(manifest, args.scenario or list(SCENARIOS), args.quick, args.out, options))
     print()
     print(report.markdown())

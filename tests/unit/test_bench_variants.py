@@ -8,7 +8,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from ebbtide.bench import tomlwrite
+from ebbtide.bench import BenchOptions, tomlwrite
 from ebbtide.bench.implementations import CANDIDATES, DEFAULT, FASTEST_KNOWN, Variant, candidate, write_variant
 from ebbtide.manifest import load_manifest
 
@@ -56,3 +56,17 @@ def test_the_known_fastest_is_a_candidate_and_so_is_the_default() -> None:
     assert len({v.name for v in CANDIDATES}) == len(CANDIDATES)
     with pytest.raises(ValueError, match="known: default"):
         candidate("turbo")
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"orders": 0}, "--orders"), ({"repeats": -1}, "--repeats"), ({"sustained_s": 0.0}, "--sustained-s"),
+    ({"rates": ["fast"]}, "rate"), ({"sustained_target": "faststream"}, "sustained target"),
+    ({"candidates": ["turbo"]}, "turbo"),
+])
+def test_bench_options_refuse_what_cannot_be_measured(options: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        BenchOptions(**options)
+
+
+def test_bench_options_defaults_are_valid() -> None:
+    assert BenchOptions().rates == [] and BenchOptions(rates=["50%", "7000"]).rates == ["50%", "7000"]

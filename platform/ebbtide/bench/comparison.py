@@ -22,7 +22,7 @@ from ..orders import generate_orders
 from . import implementations as impls
 from .harness import BurstResult, Harness
 from .report import BenchReport, Section
-from .stats import percentile, spread
+from .stats import parse_rate, percentile, spread
 from .sustained import bench_sustained
 
 
@@ -35,6 +35,19 @@ class BenchOptions:
     sustained_target: str = "ebbtide-default"  # or ebbtide-fastest
     tune: bool | None = None  # search the fastest ebbtide configuration (default: yes, not with --quick)
     candidates: list[str] | None = None  # configurations the search tries (default: every one of CANDIDATES)
+
+    def __post_init__(self) -> None:
+        """Refuse what cannot be measured, with the option's name (ValueError)."""
+        for name in ("orders", "repeats", "sustained_s"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        for rate in self.rates:
+            parse_rate(rate)
+        if self.sustained_target not in ("ebbtide-default", "ebbtide-fastest"):
+            raise ValueError(f"sustained target {self.sustained_target!r}: expected ebbtide-default or ebbtide-fastest")
+        for name in self.candidates or []:
+            impls.candidate(name)
 
 
 @dataclass
