@@ -74,3 +74,15 @@ def test_receiver_rules_match_the_wasm_receiver(reference_manifest: LoadedManife
         assert (effect.bucket, effect.key, effect.value) == ("outbox-express", what, payload)
     else:
         assert output.decode().split(":")[0] == what
+
+
+def test_raw_pass_through_routes_on_bytes_without_validating() -> None:
+    from ebbtide.baselines.raw_pipeline import output_subject
+
+    compact = ORDER.replace(b": ", b":").replace(b", ", b",")  # what encode_order writes
+    assert output_subject("distributor", compact) == "orders.express"
+    assert output_subject("distributor", compact.replace(b'"Express"', b'"Standard"')) == "orders.standard"
+    assert output_subject("distributor", b"anything") == "orders.standard"  # no validation: the limit
+    assert output_subject("receiver-express", compact) == "$KV.outbox-express.7"
+    with pytest.raises(ValueError, match="no orderId"):
+        output_subject("receiver-standard", b"{}")

@@ -1,7 +1,7 @@
 """A hand-optimised nats-py pass-through of the reference pipeline: the practical NATS limit from Python.
 
 No validation and no Wasm: the distributor routes on a byte search for the delivery field, the receivers
-take the orderId with a regular expression. Otherwise it does what the platform must do for each message,
+take the orderId with a regular expression (a message without one is terminated, with a line on stderr). Otherwise it does what the platform must do for each message,
 as cheaply as nats-py allows: batched fetch from the same durable pull consumers, every output published
 with `Nats-Msg-Id` (from the input's stream sequence) through a confirmed-publish pipeline (many in flight,
 one wildcard reply inbox), and the input acked only after its output was confirmed (nak'ed otherwise).
@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import re
 import signal
+import sys
 
 import nats
 import uvloop
@@ -57,9 +58,18 @@ async def work(subscription: JetStreamContext.PullSubscription, role: str, batch
         # nats-py's fetch waits for a full batch until its timeout once the first message came: while busy,
         # a short timeout hands over a partial batch at once; idle, a long poll costs nothing.
         wait = BUSY_WAIT_S
-        futures = [await publisher.publish(output_subject(role, m.data), m.data,
-                                           f"{STREAM}:{m.metadata.sequence.stream}:0") for m in msgs]
-        for msg, result in zip(msgs, await publisher.confirm(futures, timeout=10.0)):
+        routed: list[Msg] = []
+        futures = []
+        for msg in msgs:
+            try:
+                subject = output_subject(role, msg.data)
+            except ValueError as exc:  # not an order: said and dropped from the stream, not redelivered forever
+                print(f"raw {role}: {exc} in {STREAM} sequence {msg.metadata.sequence.stream}; terminated", file=sys.stderr)
+                await msg.term()
+                continue
+            routed.append(msg)
+            futures.append(await publisher.publish(subject, msg.data, f"{STREAM}:{msg.metadata.sequence.stream}:0"))
+        for msg, result in zip(routed, await publisher.confirm(futures, timeout=10.0)):
             await (msg.ack() if isinstance(result, PubAck) else msg.nak())
 
 
