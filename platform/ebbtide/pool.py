@@ -20,6 +20,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from .broker.publisher import MSG_ID, ConfirmedPublisher, PubAck, PublishError
+from .broker.pull import PullConsumer
 from .deadletter import Reason, dead_letter_headers, fit_payload
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, StatusCode, Tracer
@@ -185,8 +186,8 @@ class FunctionPool:
         for worker in running[count:]:
             worker.stopping = True
         for _ in range(count - len(running)):
-            subscription = await self._js.pull_subscribe_bind(durable=self.name, stream=self.stream)
-            worker = _Worker(self, subscription, self.new_instance())
+            consumer = await PullConsumer(self._nc, self.stream, self.name).start()
+            worker = _Worker(self, consumer, self.new_instance())
             self._workers.append(worker)
 
     async def released(self) -> None:
@@ -468,9 +469,9 @@ class _KeepAlive:
 class _Worker:
     """One instance and the loop that feeds it."""
 
-    def __init__(self, pool: FunctionPool, subscription: JetStreamContext.PullSubscription, instance: GuestInstance) -> None:
+    def __init__(self, pool: FunctionPool, consumer: PullConsumer, instance: GuestInstance) -> None:
         self.pool = pool
-        self.subscription = subscription
+        self.consumer = consumer
         self.instance: GuestInstance | None = instance
         self.stopping = False  # finish the current batch, then exit
         self.abandon = False  # shutdown past its grace period: hand back anything fetched from now on
@@ -487,9 +488,9 @@ class _Worker:
         try:
             while not self.stopping:
                 try:
-                    msgs = await self.subscription.fetch(batch, timeout=FETCH_WAIT_S)
-                except (nats.errors.TimeoutError, TimeoutError):  # nothing arrived within the long poll
-                    continue
+                    msgs = await self.consumer.fetch(batch, wait_s=FETCH_WAIT_S)
+                    if not msgs:  # nothing arrived within the long poll
+                        continue
                 except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
                     return
                 except Exception as exc:
@@ -510,7 +511,4 @@ class _Worker:
             if self.instance is not None:
                 self.instance = None  # release the Wasm memory now
                 pool.stats.instances_stopped += 1
-            try:
-                await self.subscription.unsubscribe()
-            except Exception:
-                pass
+            await self.consumer.close()

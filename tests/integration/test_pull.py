@@ -1,0 +1,79 @@
+"""The pool's pull consumer against a real server: what is there comes at once (never held back to fill
+a batch), an empty consumer waits for the first message, nothing fetched is ever dropped."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from nats.aio.client import Client as NatsClient
+from nats.js import api
+
+from ebbtide.broker.pull import FetchError, PullConsumer
+
+WAIT_S = 30.0  # a long poll far longer than any of these tests: returning early is the behaviour under test
+
+
+async def _consumer(nc: NatsClient, messages: int = 0) -> PullConsumer:
+    js = nc.jetstream()
+    await js.add_stream(api.StreamConfig(name="P", subjects=["p.>"], retention=api.RetentionPolicy.WORK_QUEUE))
+    await js.add_consumer("P", api.ConsumerConfig(durable_name="c", ack_policy=api.AckPolicy.EXPLICIT, ack_wait=60))
+    for i in range(messages):
+        await js.publish("p.in", f"{i}".encode())
+    return await PullConsumer(nc, "P", "c").start()
+
+
+async def test_returns_what_is_there_without_waiting_for_a_full_batch(nc: NatsClient) -> None:
+    consumer = await _consumer(nc, messages=5)
+    msgs = await asyncio.wait_for(consumer.fetch(100, WAIT_S), WAIT_S / 3)
+    assert [m.data for m in msgs] == [b"0", b"1", b"2", b"3", b"4"]
+    more = await _publish_later(nc, consumer, count=3)
+    assert [m.data for m in more] == [b"late-0", b"late-1", b"late-2"][: len(more)] and more
+    for m in msgs + more:
+        await m.ack()
+    await consumer.close()
+
+
+async def test_batches_are_capped_and_the_rest_comes_next(nc: NatsClient) -> None:
+    consumer = await _consumer(nc, messages=25)
+    first = await consumer.fetch(10, WAIT_S)
+    second = await consumer.fetch(10, WAIT_S)
+    third = await asyncio.wait_for(consumer.fetch(10, WAIT_S), WAIT_S / 3)
+    assert [len(first), len(second), len(third)] == [10, 10, 5]
+    assert [m.data for m in first + second + third] == [f"{i}".encode() for i in range(25)]
+    for m in first + second + third:
+        await m.ack()
+    assert await consumer.fetch(10, 0.2) == []  # empty: the long poll ends with nothing
+    await consumer.close()
+
+
+async def test_close_hands_back_what_was_never_fetched(nc: NatsClient) -> None:
+    consumer = await _consumer(nc, messages=3)
+    fetched = await consumer.fetch(3, WAIT_S)
+    consumer._arrived.extend(fetched)  # as if delivered late, after its fetch gave up
+    await consumer.close()
+    again = await PullConsumer(nc, "P", "c").start()
+    redelivered = await asyncio.wait_for(again.fetch(10, WAIT_S), WAIT_S / 3)  # nak'ed: at once, not after ack_wait
+    assert sorted(m.data for m in redelivered) == [b"0", b"1", b"2"]
+    assert all(m.metadata.num_delivered == 2 for m in redelivered)
+    await again.close()
+
+
+async def test_a_deleted_consumer_is_an_error(nc: NatsClient) -> None:
+    consumer = await _consumer(nc)
+    await nc.jetstream().delete_consumer("P", "c")
+    with pytest.raises(FetchError):
+        await consumer.fetch(10, 1.0)
+    await consumer.close()
+
+
+async def _publish_later(nc: NatsClient, consumer: PullConsumer, count: int) -> list:  # type: ignore[type-arg]
+    async def publish() -> None:
+        await asyncio.sleep(0.2)  # the fetch below is waiting by now
+        for i in range(count):
+            await nc.jetstream().publish("p.in", f"late-{i}".encode())
+
+    task = asyncio.create_task(publish())
+    msgs = await asyncio.wait_for(consumer.fetch(100, WAIT_S), WAIT_S / 3)
+    await task
+    return msgs
