@@ -202,11 +202,28 @@ def _compile_assemblyscript(job: Job) -> None:
          cwd=job.source_dir)
 
 
+# -- Python: a component built by componentize-py, run by runtime/component.py -------------------------------
+
+COMPONENTIZE_FLAGS = ["-w", "handler"]  # the world of functions/sdk-python/wit/ebbtide.wit
+
+
+def _compile_python(job: Job) -> None:
+    tool = Path(sys.executable).with_name("componentize-py")
+    if not tool.exists():
+        raise BuildError(f"module {job.module}: componentize-py is missing (it builds Python functions): "
+                         "pip install componentize-py==0.25.1, or pip install -e '.[component]'")
+    _run(job, "componentize-py", [str(tool), "-q", "-d", str(job.sdk / "wit"), *COMPONENTIZE_FLAGS, "componentize",
+                                  "-p", str(job.source_dir), job.main.stem, "-o", str(job.output)])
+
+
 LANGUAGES: dict[str, Language] = {
     "zig": Language("zig", "main.zig", "functions/sdk", (".zig",), " ".join(ZIG_FLAGS), _compile_zig),
     "c": Language("c", "main.c", "functions/sdk-c", (".c", ".h"), " ".join(C_FLAGS), _compile_c),
     "assemblyscript": Language("assemblyscript", "main.ts", "functions/sdk-assemblyscript",
                                (".ts", "package.json", "package-lock.json"), " ".join(AS_FLAGS), _compile_assemblyscript),
+    # A component, not a core module: the pool runs it through runtime/component.py (slower; docs/functions.md).
+    "python": Language("python", "app.py", "functions/sdk-python", (".py", ".wit"), " ".join(COMPONENTIZE_FLAGS),
+                       _compile_python),
 }
 
 
@@ -279,22 +296,18 @@ def build_module(manifest: LoadedManifest, name: str, force: bool = False) -> Bu
     return BuildResult(name, output, rebuilt=True)
 
 
-# -- Python components (componentize-py): run by runtime/component.py, not by the pool's core-module path --
-
-def build_python_component(source_dir: Path, output: Path, world: str = "handler") -> Path:
-    """Builds `app.py` of `source_dir` against its `wit/` folder into a component at `output` (when older)."""
-    inputs = _sources(source_dir, (".py", ".wit"))
-    if output.exists() and inputs and output.stat().st_mtime >= max(p.stat().st_mtime for p in inputs):
+def build_python_component(source_dir: Path, output: Path) -> Path:
+    """Build a Python function outside a manifest (benchmarks, tests): `app.py` of `source_dir` against
+    the SDK's WIT world, into `output` when older than its sources."""
+    sdk = CHECKOUT / LANGUAGES["python"].default_sdk
+    inputs = _sources(source_dir, LANGUAGES["python"].suffixes) + _sources(sdk, LANGUAGES["python"].suffixes)
+    if output.exists() and output.stat().st_mtime >= max(p.stat().st_mtime for p in inputs):
         return output
-    tool = Path(sys.executable).with_name("componentize-py")
-    if not tool.exists():
-        raise BuildError("componentize-py is missing (it builds Python components): pip install componentize-py==0.25.1")
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp_output = output.with_name(f"{output.stem}.{os.getpid()}.tmp.wasm")
-    done = subprocess.run([str(tool), "-q", "-d", str(source_dir / "wit"), "-w", world, "componentize",
-                           "-p", str(source_dir), "app", "-o", str(tmp_output)], capture_output=True, text=True)
-    if done.returncode != 0:
+    try:
+        _compile_python(Job(output.stem, source_dir, source_dir / "app.py", sdk, tmp_output, output.parent))
+        tmp_output.replace(output)
+    finally:
         tmp_output.unlink(missing_ok=True)
-        raise BuildError(f"{source_dir}: componentize-py failed:\n{(done.stderr + done.stdout).strip()}")
-    tmp_output.replace(output)
     return output

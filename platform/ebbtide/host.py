@@ -97,9 +97,7 @@ class Host:
                 fn = pool.function
                 try:
                     await asyncio.to_thread(build_modules, self.manifest, [fn.module])
-                    assert self.engine is not None
-                    module = await asyncio.to_thread(self.engine.load, self.manifest.module_path(fn.module),
-                                                     sha256=fn.sha256, wasi_grants=frozenset(fn.wasi))
+                    module = await asyncio.to_thread(pool.load_module)
                     swapped = pool.swap_module(module)
                 except (BuildError, ModuleLoadError, GuestInitError) as exc:
                     pool.stats.reloads["refused"] = pool.stats.reloads.get("refused", 0) + 1

@@ -86,7 +86,7 @@ class DeadLetterSection(_Section):
 
 class ModuleSection(_Section):
     source: str  # folder holding the function's source (main.zig, main.c or main.ts), relative to the manifest
-    lang: Literal["zig", "c", "assemblyscript"] = "zig"  # one builder each in build.py
+    lang: Literal["zig", "c", "assemblyscript", "python"] = "zig"  # one builder each in build.py
     # The guest SDK it builds against, relative to the manifest; empty: the language's own
     # (functions/sdk, functions/sdk-c, functions/sdk-assemblyscript; see build.sdk_folder).
     sdk: str = ""

@@ -29,8 +29,9 @@ from .effects import Allowlist, EffectRefused
 from .manifest import LoadedManifest
 from .telemetry import tracing
 from .telemetry.metrics import END_TO_END_BUCKETS_S, HANDLE_BUCKETS_S, Histogram
+from .runtime.guests import Guest, GuestModule, load_guest_module, start_guest
 from .runtime import (
-    GuestFault, GuestInstance, GuestLimits, InputTooLarge, LoadedModule, Status, WasmEngine, decode_effects,
+    GuestFault, GuestLimits, InputTooLarge, Status, WasmEngine, decode_effects,
 )
 
 log = logging.getLogger("ebbtide.pool")
@@ -113,7 +114,8 @@ class FunctionPool:
         self.name = name
         self.function = fn
         self.engine = engine
-        self.module = engine.load(manifest.module_path(fn.module), sha256=fn.sha256, wasi_grants=frozenset(fn.wasi))
+        self._manifest = manifest
+        self.module = self.load_module()
         self.limits = GuestLimits(memory_bytes=fn.limits.memory_mib * MIB, fuel=fn.limits.fuel)
         self.config_json = manifest.config_json(name)
         self.allowlist = Allowlist.of(fn)
@@ -135,30 +137,40 @@ class FunctionPool:
 
     # -- instances -------------------------------------------------------------------------------------
 
-    def _instantiate(self) -> GuestInstance:
-        return GuestInstance(self.engine, self.module, self.limits, self.config_json)
+    def load_module(self) -> GuestModule:
+        """The function's built module, checked against its sha256 and WASI grants (a component for Python)."""
+        fn = self.function
+        return load_guest_module(self.engine, self._manifest.module_path(fn.module), self._manifest.spec.modules[fn.module].lang,
+                                 sha256=fn.sha256, wasi_grants=frozenset(fn.wasi))
+
+    def _instantiate(self) -> Guest:
+        return start_guest(self.engine, self.module, self.limits, self.config_json)
 
     def probe(self) -> None:
         """Start and drop one instance: a module that cannot start fails here, not at the first message."""
         self._instantiate()
 
-    def swap_module(self, module: LoadedModule) -> bool:
+    def swap_module(self, module: GuestModule) -> bool:
         """Hot reload: new instances run `module`; each worker finishes its current message on the old
         one and switches before its next. A module that cannot start an instance (init refused, ABI
         mismatch, trap) is refused with GuestInitError/ModuleLoadError and the old one keeps running.
         Returns False when `module` is the one already running."""
         if module is self.module:
             return False
-        GuestInstance(self.engine, module, self.limits, self.config_json)  # a probe: fails here, not on a message
-        self.module = module
+        running, self.module = self.module, module
+        try:
+            self._instantiate()  # a probe: fails here, not on a message
+        except Exception:
+            self.module = running
+            raise
         return True
 
-    def new_instance(self) -> GuestInstance:
+    def new_instance(self) -> Guest:
         instance = self._instantiate()
         self.stats.instances_started += 1
         return instance
 
-    def _replacement(self) -> GuestInstance | None:
+    def _replacement(self) -> Guest | None:
         try:
             return self.new_instance()
         except Exception:
@@ -223,7 +235,7 @@ class FunctionPool:
 
     # -- one batch -------------------------------------------------------------------------------------
 
-    async def process(self, msgs: list[Msg], instance: GuestInstance | None) -> GuestInstance | None:
+    async def process(self, msgs: list[Msg], instance: Guest | None) -> Guest | None:
         """Handle a fetched batch; returns the instance to use next (a new one after a guest fault)."""
         self.in_flight += len(msgs)
         keep_alive = _KeepAlive(msgs, self.function.ack_wait_s / 3)
@@ -237,7 +249,7 @@ class FunctionPool:
             keep_alive_task.cancel()
             self.in_flight -= len(msgs)
 
-    async def _process(self, msgs: list[Msg], instance: GuestInstance | None, keep_alive: "_KeepAlive") -> GuestInstance | None:
+    async def _process(self, msgs: list[Msg], instance: Guest | None, keep_alive: "_KeepAlive") -> Guest | None:
         pending: list[_Pending] = []
         for msg in msgs:
             await keep_alive.maybe_send()
@@ -279,8 +291,8 @@ class FunctionPool:
         )
 
     async def _handle(
-        self, msg: Msg, delivery: Delivery, instance: GuestInstance | None, pending: list[_Pending], span: Span | None
-    ) -> GuestInstance | None:
+        self, msg: Msg, delivery: Delivery, instance: Guest | None, pending: list[_Pending], span: Span | None
+    ) -> Guest | None:
         payload = msg.data
         limits = self.function.limits
         if len(payload) > limits.max_payload:
@@ -469,10 +481,10 @@ class _KeepAlive:
 class _Worker:
     """One instance and the loop that feeds it."""
 
-    def __init__(self, pool: FunctionPool, consumer: PullConsumer, instance: GuestInstance) -> None:
+    def __init__(self, pool: FunctionPool, consumer: PullConsumer, instance: Guest) -> None:
         self.pool = pool
         self.consumer = consumer
-        self.instance: GuestInstance | None = instance
+        self.instance: Guest | None = instance
         self.stopping = False  # finish the current batch, then exit
         self.abandon = False  # shutdown past its grace period: hand back anything fetched from now on
         self.in_batch = False

@@ -191,6 +191,37 @@ def test_config_refusals_are_the_same(examples: dict[str, Path], config: bytes, 
 
 # -- Python through the component model (a separate runtime adapter, not the pool's core-module path) --------
 
+async def test_python_receiver_stores_orders_through_the_host(tmp_path: Path, nats_server: EmbeddedNats, nc: NatsClient) -> None:
+    """`lang = "python"` in the manifest: built by componentize-py, run by the pool as a component."""
+    pytest.importorskip("componentize_py", reason="componentize-py (pip install componentize-py==0.25.1) builds Python guests")
+    path, _ = manifest_copy(tmp_path)
+    section = f'[modules.receiver-python]\nsource = "{REPO / "functions/examples/receiver-python"}"\nlang = "python"\n'
+    text = re.sub(r'\[modules\.receiver\]\n(?:(?:source|sdk) = .*\n)+', section, path.read_text())
+    text = text.replace('module = "receiver"', 'module = "receiver-python"')
+    # A Python interpreter per instance: 12.4 MiB of memory at start, ~200,000 fuel per order.
+    path.write_text(text.replace("memory_mib = 4, fuel = 5_000_000", "memory_mib = 32, fuel = 50_000_000"))
+    manifest = load_manifest(path)
+    build_modules(manifest)
+    orders = generate_orders(200, seed=23)
+    async with Host(manifest, nats_server.url) as host:
+        assert type(host.pools["receiver-express"].module).__name__ == "LoadedComponent"
+        publisher = ConfirmedPublisher(nc)
+        await publisher.start()
+        await publish_all(publisher, INGRESS_SUBJECT, [(encode_order(o), o.order_guid) for o in orders])
+        await publish_all(publisher, "orders.express", [(b'{"orderId": "x"}', "bad")])
+
+        async def all_stored() -> bool:
+            counts = [(await stream_state(nc, f"KV_{b}")).messages for b in ("outbox-express", "outbox-standard")]
+            return sum(counts) == len(orders)
+
+        await wait_until(all_stored, timeout=120)
+        dead = await read_stream(nc, "DLQ", subject="dlq.receiver-express", expected=1)
+        order = next(o for o in orders if o.delivery == "Standard")
+        entry = await (await nc.jetstream().key_value("outbox-standard")).get(str(order.order_id))
+        assert msgspec.json.decode(entry.value, type=Order) == order
+    assert dead[0].headers[H_ERROR].startswith("invalid-order-id")
+
+
 @pytest.fixture(scope="module")
 def python_receiver(examples: dict[str, Path]) -> tuple["ComponentGuest", GuestInstance]:
     """The Python receiver as a component, next to the Zig one for comparison."""

@@ -1,6 +1,6 @@
 """Guests built as WebAssembly *components* (Python through componentize-py): a separate, slower path.
 
-The world (functions/examples/receiver-python/wit/ebbtide.wit, `ebbtide:function/handler`) carries the
+The world (functions/sdk-python/wit/ebbtide.wit, `ebbtide:function/handler`) carries the
 guest ABI v1 contract: `init(config: string) -> result<_, string>` once per instance, and
 `handle(subject: string, payload: list<u8>) -> tuple<u32, list<u8>>` once per message, whose status and
 output have the ABI v1 meaning and encoding. So `ComponentGuest.handle` returns what
@@ -23,7 +23,7 @@ import wasmtime.component as wc
 
 from . import abi
 from .abi import GuestFault
-from .engine import compile_cached
+from .engine import ModuleLoadError, compile_cached
 from .instance import GuestInitError, GuestLimits, InputTooLarge
 
 EXPORT_INIT = "init"
@@ -32,7 +32,7 @@ EXPORT_HANDLE = "handle"
 MAX_INPUT = 64 * 1024
 
 
-class ComponentLoadError(Exception):
+class ComponentLoadError(ModuleLoadError):
     """A component file is missing, does not compile, or does not export the ebbtide handler world."""
 
 
@@ -55,12 +55,15 @@ class ComponentEngine:
         self._cache_dir = cache_dir
         self._components: dict[str, LoadedComponent] = {}
 
-    def load(self, path: Path) -> LoadedComponent:
+    def load(self, path: Path, *, sha256: str | None = None) -> LoadedComponent:
+        """Compile (or fetch from the cache) and check a component; `sha256`: the digest it must have."""
         try:
             data = path.read_bytes()
         except OSError as exc:
-            raise ComponentLoadError(f"{path}: cannot read component ({exc.strerror})") from None
+            raise ComponentLoadError(f"{path}: cannot read component ({exc.strerror}); run `ebbtide build`") from None
         digest = hashlib.sha256(data).hexdigest()
+        if sha256 is not None and digest != sha256.lower():
+            raise ComponentLoadError(f"{path}: its sha256 is {digest}, the manifest expects {sha256.lower()}; refusing to load it")
         cached = self._components.get(digest)
         if cached is not None:
             return cached
@@ -89,6 +92,7 @@ class ComponentGuest:
     """One component instance; not thread-safe. The same `handle` contract as GuestInstance."""
 
     def __init__(self, engine: ComponentEngine, loaded: LoadedComponent, limits: GuestLimits, config_json: bytes) -> None:
+        self.module = loaded
         self.limits = limits
         self.input_capacity = MAX_INPUT
         store = wasmtime.Store(engine.engine)

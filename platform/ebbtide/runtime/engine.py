@@ -11,13 +11,16 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import wasmtime
 import wasmtime.component
 
 from . import abi, wasi
 from ._wasmtime_fast import ExportPicker
+
+if TYPE_CHECKING:
+    from .component import ComponentEngine
 
 # Every instance reserves this much address space (not memory) for its linear memory; a guest's memory
 # limit may not exceed it. Far below wasmtime's 4 GiB default, so thousands of instances fit.
@@ -72,6 +75,16 @@ class WasmEngine:
         self._linkers: dict[frozenset[str], wasmtime.Linker] = {}  # by WASI grants (none: links nothing)
         self._cache_dir = cache_dir
         self._modules: dict[tuple[str, frozenset[str]], LoadedModule] = {}  # by sha256 and grants
+        self._components: "ComponentEngine | None" = None
+
+    @property
+    def components(self) -> "ComponentEngine":
+        """The engine for component guests (Python), made on first use: most processes never need it."""
+        if self._components is None:
+            from .component import ComponentEngine
+
+            self._components = ComponentEngine(cache_dir=self._cache_dir)
+        return self._components
 
     def load(self, path: Path, *, sha256: str | None = None, wasi_grants: frozenset[str] = frozenset()) -> LoadedModule:
         """Compile (or fetch from the cache) and check a guest module.
