@@ -77,3 +77,22 @@ async def _publish_later(nc: NatsClient, consumer: PullConsumer, count: int) -> 
     msgs = await asyncio.wait_for(consumer.fetch(100, WAIT_S), WAIT_S / 3)
     await task
     return msgs
+
+
+async def test_workers_sharing_a_consumer_each_get_messages(nc: NatsClient) -> None:
+    """While one worker's request waits, another's `no_wait` request is told "408 Requests Pending"
+    (the waiting one comes first): not an error; between them they get every message once."""
+    first = await _consumer(nc)
+    second = await PullConsumer(nc, "P", "c").start()
+    waiting = asyncio.create_task(first.fetch(10, WAIT_S))
+    await asyncio.sleep(0.2)  # the first worker's request is waiting on the server
+    other = asyncio.create_task(second.fetch(10, WAIT_S))
+    await asyncio.sleep(0.2)
+    for i in range(6):
+        await nc.jetstream().publish("p.in", f"{i}".encode())
+    got = await asyncio.wait_for(waiting, WAIT_S / 3) + await asyncio.wait_for(other, WAIT_S / 3)
+    while len(got) < 6:
+        got += await asyncio.wait_for(first.fetch(10, WAIT_S), WAIT_S / 3)
+    assert sorted(m.data for m in got) == [f"{i}".encode() for i in range(6)]
+    for closing in (first, second):
+        await closing.close()

@@ -26,7 +26,7 @@ from nats.aio.subscription import Subscription
 
 STATUS = "Status"
 NO_MESSAGES = "404"
-REQUEST_TIMEOUT = "408"
+REQUEST_TIMEOUT = "408"  # also "408 Requests Pending": other workers' waiting requests come first
 HEARTBEAT = "100"
 LATE_MARGIN_S = 0.5  # beyond the server's expiry, before a fetch stops waiting on its own
 
@@ -87,7 +87,7 @@ class PullConsumer:
         if len(self._arrived) < batch:
             status = await self._request(batch - len(self._arrived), None)
             if not self._arrived:
-                self._raise_for(status, NO_MESSAGES)
+                self._raise_for(status, NO_MESSAGES, REQUEST_TIMEOUT)
                 status = await self._request(1, wait_s)
                 if not self._arrived:
                     self._raise_for(status, REQUEST_TIMEOUT, NO_MESSAGES)
