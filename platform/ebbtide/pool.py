@@ -353,6 +353,15 @@ class FunctionPool:
             ]
             pending.append(_Pending(msg, delivery, futures, dead_letter=None, spans=[], ingress_ns=ingress))
             return instance
+        if not span.is_recording():  # not sampled: pass the decision on to the next hop, build no spans
+            headers = tracing.inject(span)
+            headers[INGRESS_AT] = carried[INGRESS_AT]
+            futures = [
+                await self._publisher.publish(out.subject, out.payload, f"{id_prefix}{i}", headers)
+                for i, out in enumerate(outgoing)
+            ]
+            pending.append(_Pending(msg, delivery, futures, dead_letter=None, spans=[], ingress_ns=ingress))
+            return instance
         spans, futures = [span], []
         for i, out in enumerate(outgoing):
             send = self._send_span(span, out.subject, f"{id_prefix}{i}")

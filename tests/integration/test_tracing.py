@@ -71,3 +71,24 @@ async def test_one_connected_trace_per_order(reference_manifest: LoadedManifest,
     dead = [s for s in spans if s.status.status_code == StatusCode.ERROR]
     assert len(dead) == 1 and [e.name for e in dead[0].events] == ["dead-lettered"]
     assert dead[0].events[0].attributes["ebbtide.reason"] == "rejected"
+
+
+async def test_unsampled_orders_flow_and_pass_the_decision_on(reference_manifest: LoadedManifest, nats_server: EmbeddedNats,
+                                                              nc: NatsClient) -> None:
+    """Sampling says no: no span is recorded anywhere, the orders are processed all the same, and the
+    next hop gets the not-sampled context (so it does not start a trace of its own)."""
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ALWAYS_OFF)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    orders = generate_orders(5, seed=9)
+    async with Host(reference_manifest, nats_server.url, ["distributor"], tracer_provider=provider):
+        for order in orders:
+            await nc.jetstream().publish(INGRESS_SUBJECT, encode_order(order), headers={"Nats-Msg-Id": order.order_guid})
+        express = sum(1 for o in orders if o.delivery == "Express")
+        routed = (await read_stream(nc, "ORDERS", "orders.express", expected=express)  # for receivers not running here
+                  + await read_stream(nc, "ORDERS", "orders.standard", expected=len(orders) - express))
+    assert len(routed) == len(orders) and exporter.get_finished_spans() == ()
+    for msg in routed:
+        assert int(msg.headers["traceparent"].rsplit("-", 1)[1], 16) & 1 == 0  # trace flags: the sampled bit is off

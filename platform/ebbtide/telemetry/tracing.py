@@ -19,7 +19,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-from opentelemetry.trace import Span, Tracer
+from opentelemetry.trace import Span, Tracer, set_span_in_context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 OTLP_ENDPOINT_ENV = "OTEL_EXPORTER_OTLP_ENDPOINT"
@@ -68,8 +68,6 @@ def extract(headers: dict[str, str] | None) -> Context | None:
 
 def inject(span: Span) -> dict[str, str]:
     """Headers that carry `span`'s context (traceparent, tracestate) to the next hop."""
-    from opentelemetry.trace import set_span_in_context
-
     carrier: dict[str, str] = {}
     _propagator.inject(carrier, context=set_span_in_context(span))
     return carrier
