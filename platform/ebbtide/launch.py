@@ -18,7 +18,7 @@ from .supervisor import Supervisor
 ProcessMode = Literal["single", "per-function"]
 PROCESS_MODES: tuple[ProcessMode, ...] = ("single", "per-function")
 # Measured on this project's 2-core machine (README, Performance): the 10,000-order burst takes
-# about a third less wall time with each function in its own process.
+# 0.82 s with each function in its own process, 1.13 s with all in one.
 DEFAULT_PROCESS_MODE: ProcessMode = "per-function"
 
 
