@@ -101,16 +101,21 @@ class Supervisor:
     async def stop(self, grace_s: float = 30.0) -> None:
         """SIGTERM every child (each drains and exits), SIGKILL what is left after the grace period."""
         self._stopping = True
-        running = [c.process for c in self.children.values() if c.process and c.process.returncode is None]
-        for process in running:
-            process.send_signal(signal.SIGTERM)
-        if running:
-            await asyncio.wait([asyncio.ensure_future(p.wait()) for p in running], timeout=grace_s)
-            for process in running:
-                if process.returncode is None:
-                    log.warning("pid %d did not stop within %.0f s; killing it", process.pid, grace_s)
-                    process.kill()
-                    await process.wait()
+        await terminate([c.process for c in self.children.values() if c.process is not None], grace_s)
         for watcher in self._watchers:
             watcher.cancel()
         await asyncio.gather(*self._watchers, return_exceptions=True)
+
+
+async def terminate(processes: list[asyncio.subprocess.Process], grace_s: float) -> None:
+    """SIGTERM the running ones, wait up to `grace_s` for all, SIGKILL the rest."""
+    running = [p for p in processes if p.returncode is None]
+    for process in running:
+        process.send_signal(signal.SIGTERM)
+    if running:
+        await asyncio.wait([asyncio.ensure_future(p.wait()) for p in running], timeout=grace_s)
+    for process in running:
+        if process.returncode is None:
+            log.warning("pid %d did not stop within %.0f s; killing it", process.pid, grace_s)
+            process.kill()
+            await process.wait()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import os
-import signal
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -24,7 +23,7 @@ from ..baselines import READY_LINE, ROLES
 from ..host import Host
 from ..launch import ProcessMode, running, wait_for_reports
 from ..manifest import LoadedManifest, load_manifest
-from ..supervisor import Supervisor
+from ..supervisor import Supervisor, terminate
 from ..status import STATUS_REQUEST_SUBJECT
 from . import tomlwrite
 
@@ -149,21 +148,9 @@ def baseline(module: str, key: str, label: str, how: str, roles: tuple[str, ...]
                     raise RuntimeError(f"{module} --role {role} exited ({code}) before it was ready")
             yield [p.pid for p in processes]
         finally:
-            await _stop(processes)
+            await terminate(processes, grace_s=15.0)
 
     return Implementation(key, label, how, start)
-
-
-async def _stop(processes: list[asyncio.subprocess.Process], grace_s: float = 15.0) -> None:
-    running_ = [p for p in processes if p.returncode is None]
-    for process in running_:
-        process.send_signal(signal.SIGTERM)
-    if running_:
-        await asyncio.wait([asyncio.ensure_future(p.wait()) for p in running_], timeout=grace_s)
-    for process in running_:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
 
 
 def faststream() -> Implementation:
