@@ -75,7 +75,7 @@ class Host:
         await publisher.start()
         for name in self.function_names:
             # Loading and a first instance happen here, so a bad module fails the start, not a message.
-            self.pools[name] = FunctionPool(name, self.manifest, engine, self.nc, js, publisher,
+            self.pools[name] = FunctionPool(name, self.manifest, engine, self.nc, publisher,
                                             tracing.tracer_of(self.tracer_provider))
         for name, pool in self.pools.items():
             pool.probe()

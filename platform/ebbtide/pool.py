@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
 
 from .broker.publisher import MSG_ID, ConfirmedPublisher, PubAck, PublishError
 from .broker.pull import PullConsumer
@@ -106,7 +105,6 @@ class FunctionPool:
         manifest: LoadedManifest,
         engine: WasmEngine,
         nc: NatsClient,
-        js: JetStreamContext,
         publisher: ConfirmedPublisher,
         tracer: Tracer | None = None,
     ) -> None:
@@ -126,7 +124,6 @@ class FunctionPool:
         self.in_flight = 0  # messages fetched and not yet settled
         self.handle_times_us: list[float] = []  # guest call durations since the controller last took them
         self._nc = nc
-        self._js = js
         self._publisher = publisher
         self._tracer = tracer  # None: tracing off, and no cost on the hot path
         self._workers: list[_Worker] = []
