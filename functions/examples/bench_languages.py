@@ -20,10 +20,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from ebbtide.build import build_modules, build_python_component
+from ebbtide.build import build_modules
 from ebbtide.manifest import load_manifest
 from ebbtide.orders import encode_order, generate_orders
 from ebbtide.runtime import GuestInstance, GuestLimits, WasmEngine, decode_effects
+from ebbtide.runtime.guests import load_guest_module, start_guest
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = {
@@ -35,15 +36,16 @@ CONFIG = b'{"bucket":"outbox-express"}'
 LIMITS = GuestLimits(memory_bytes=4 << 20, fuel=5_000_000)
 
 
-def build() -> dict[str, Path]:
+def build(examples: dict[str, tuple[str, str]]) -> dict[str, Path]:
     with tempfile.TemporaryDirectory() as folder:
-        modules = "".join(f'[modules.{m}]\nsource = "{REPO / f}"\nlang = "{lang}"\n' for lang, (m, f) in EXAMPLES.items())
+        modules = "".join(f'[modules.{m}]\nsource = "{REPO / f}"\nlang = "{lang}"\n' for lang, (m, f) in examples.items())
         path = Path(folder) / "ebbtide.toml"
+        first = next(iter(examples.values()))[0]
         path.write_text(f'build_dir = "{REPO / "build"}"\n[streams.S]\nsubjects = ["s.>"]\n{modules}'
-                        '[functions.f]\nmodule = "receiver"\ntrigger = "s.in"\n')
+                        f'[functions.f]\nmodule = "{first}"\ntrigger = "s.in"\n')
         manifest = load_manifest(path)
         build_modules(manifest)
-        return {lang: manifest.module_path(module) for lang, (module, _) in EXAMPLES.items()}
+        return {lang: manifest.module_path(module) for lang, (module, _) in examples.items()}
 
 
 def runs(fn, count: int) -> list[float]:
@@ -62,20 +64,18 @@ def rss_kib() -> int:
 
 
 def python_row(payload: bytes, calls: int, starts: int) -> str:
-    from ebbtide.runtime.component import ComponentEngine, ComponentGuest
-
-    path = build_python_component(REPO / "functions/examples/receiver-python", REPO / "build/components/receiver-python.wasm")
-    engine = ComponentEngine(cache_dir=REPO / "build/cache")
-    loaded = engine.load(path)
+    path = build({"python": ("receiver-python", "functions/examples/receiver-python")})["python"]
+    engine = WasmEngine(cache_dir=REPO / "build/cache")
+    loaded = load_guest_module(engine, path, "python")
     limits = GuestLimits(memory_bytes=32 << 20, fuel=50_000_000)
-    guest = ComponentGuest(engine, loaded, limits, CONFIG)
+    guest = start_guest(engine, loaded, limits, CONFIG)
     for _ in range(100):
         decode_effects(guest.handle(b"orders.express", payload)[1])
     call = runs(lambda: decode_effects(guest.handle(b"orders.express", payload)[1]), calls)
-    start = runs(lambda: ComponentGuest(engine, loaded, limits, CONFIG), starts)
+    start = runs(lambda: start_guest(engine, loaded, limits, CONFIG), starts)
     gc.collect()
     before = rss_kib()
-    live = [ComponentGuest(engine, loaded, limits, CONFIG) for _ in range(20)]
+    live = [start_guest(engine, loaded, limits, CONFIG) for _ in range(20)]
     for g in live:
         g.handle(b"orders.express", payload)
     added = (rss_kib() - before) / len(live)
@@ -94,7 +94,7 @@ def main() -> int:
     print(f"receiver, {len(payload)}-byte order; min of 5 x {calls:,} calls (median in brackets)\n")
     print("| language | module size | guest call | instance start | instance memory |")
     print("|---|---:|---:|---:|---:|")
-    for lang, path in build().items():
+    for lang, path in build(EXAMPLES).items():
         module = engine.load(path)
         instance = GuestInstance(engine, module, LIMITS, CONFIG)
         for _ in range(1000):  # warm-up, excluded

@@ -295,19 +295,3 @@ def build_module(manifest: LoadedManifest, name: str, force: bool = False) -> Bu
     stamp.write_text(recipe)
     return BuildResult(name, output, rebuilt=True)
 
-
-def build_python_component(source_dir: Path, output: Path) -> Path:
-    """Build a Python function outside a manifest (benchmarks, tests): `app.py` of `source_dir` against
-    the SDK's WIT world, into `output` when older than its sources."""
-    sdk = CHECKOUT / LANGUAGES["python"].default_sdk
-    inputs = _sources(source_dir, LANGUAGES["python"].suffixes) + _sources(sdk, LANGUAGES["python"].suffixes)
-    if output.exists() and output.stat().st_mtime >= max(p.stat().st_mtime for p in inputs):
-        return output
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp_output = output.with_name(f"{output.stem}.{os.getpid()}.tmp.wasm")
-    try:
-        _compile_python(Job(output.stem, source_dir, source_dir / "app.py", sdk, tmp_output, output.parent))
-        tmp_output.replace(output)
-    finally:
-        tmp_output.unlink(missing_ok=True)
-    return output

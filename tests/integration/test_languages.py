@@ -21,10 +21,11 @@ from ebbtide.broker import ConfirmedPublisher, EmbeddedNats, publish_all
 from ebbtide.build import build_modules
 from ebbtide.deadletter import H_ERROR, H_FUNCTION
 from ebbtide.host import Host
-from ebbtide.manifest import LoadedManifest, load_manifest
+from ebbtide.manifest import load_manifest
 from ebbtide.orders import INGRESS_SUBJECT, Order, encode_order, generate_orders
 from ebbtide.runtime import GuestInitError, GuestInstance, GuestLimits, Status, WasmEngine, decode_effects
 from ebbtide.runtime.abi import KvPut
+from ebbtide.runtime.guests import Guest, load_guest_module, start_guest
 from ebbtide.state import stream_state
 from tests.conftest import REPO, manifest_copy, read_stream, wait_until
 
@@ -34,6 +35,7 @@ EXAMPLES = {
     "c": ("receiver-c", "functions/examples/receiver-c"),
     "assemblyscript": ("receiver-assemblyscript", "functions/examples/receiver-assemblyscript"),
 }
+PYTHON_EXAMPLE = {"python": ("receiver-python", "functions/examples/receiver-python")}
 CONFIG = b'{"bucket":"outbox-express"}'
 LIMITS = GuestLimits(memory_bytes=4 << 20, fuel=5_000_000)
 # A Python interpreter per instance: 199 pages (12.4 MiB) of memory at start, ~200,000 fuel per order.
@@ -48,17 +50,22 @@ def _with_receiver(text: str, lang: str) -> str:
     return text.replace('module = "receiver"', f'module = "{module}"')
 
 
-@pytest.fixture(scope="module")
-def examples(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The three receivers built into the repository's build folder (incrementally)."""
-    folder = tmp_path_factory.mktemp("languages")
-    modules = "".join(f'[modules.{m}]\nsource = "{REPO / f}"\nlang = "{lang}"\n' for lang, (m, f) in EXAMPLES.items())
+def _build(folder: Path, examples: dict[str, tuple[str, str]]) -> dict[str, Path]:
+    """`examples` built by `ebbtide build` into the repository's build folder (incrementally)."""
+    modules = "".join(f'[modules.{m}]\nsource = "{REPO / f}"\nlang = "{lang}"\n' for lang, (m, f) in examples.items())
     path = folder / "ebbtide.toml"
+    first = next(iter(examples.values()))[0]
     path.write_text(f'build_dir = "{REPO / "build"}"\n[streams.S]\nsubjects = ["s.>"]\n{modules}'
-                    '[functions.f]\nmodule = "receiver"\ntrigger = "s.in"\n')
+                    f'[functions.f]\nmodule = "{first}"\ntrigger = "s.in"\n')
     manifest = load_manifest(path)
     build_modules(manifest)
-    return {lang: manifest.module_path(module) for lang, (module, _) in EXAMPLES.items()}
+    return {lang: manifest.module_path(module) for lang, (module, _) in examples.items()}
+
+
+@pytest.fixture(scope="module")
+def examples(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The three core-module receivers."""
+    return _build(tmp_path_factory.mktemp("languages"), EXAMPLES)
 
 
 @pytest.fixture(scope="module")
@@ -223,17 +230,17 @@ async def test_python_receiver_stores_orders_through_the_host(tmp_path: Path, na
 
 
 @pytest.fixture(scope="module")
-def python_receiver(examples: dict[str, Path]) -> tuple["ComponentGuest", GuestInstance]:
-    """The Python receiver as a component, next to the Zig one for comparison."""
+def python_component(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("componentize_py", reason="componentize-py (pip install componentize-py==0.25.1) builds Python guests")
-    from ebbtide.build import build_python_component
-    from ebbtide.runtime.component import ComponentEngine, ComponentGuest
+    return _build(tmp_path_factory.mktemp("python"), PYTHON_EXAMPLE)["python"]
 
-    path = build_python_component(REPO / "functions/examples/receiver-python", REPO / "build/components/receiver-python.wasm")
-    engine = ComponentEngine(cache_dir=REPO / "build/cache")
-    guest = ComponentGuest(engine, engine.load(path), COMPONENT_LIMITS, CONFIG)
-    zig_engine = WasmEngine()
-    zig = GuestInstance(zig_engine, zig_engine.load(examples["zig"]), LIMITS, CONFIG)
+
+@pytest.fixture(scope="module")
+def python_receiver(python_component: Path, examples: dict[str, Path]) -> tuple[Guest, GuestInstance]:
+    """The Python receiver as a component, next to the Zig one for comparison."""
+    engine = WasmEngine(cache_dir=REPO / "build/cache")
+    guest = start_guest(engine, load_guest_module(engine, python_component, "python"), COMPONENT_LIMITS, CONFIG)
+    zig = GuestInstance(engine, engine.load(examples["zig"]), LIMITS, CONFIG)
     return guest, zig
 
 
@@ -257,10 +264,8 @@ def test_python_component_rejects_like_the_zig_receiver(python_receiver) -> None
             assert output.split(b":")[0] == zig_output.split(b":")[0], (payload[:60], output, zig_output)
 
 
-def test_python_component_refuses_a_bad_config(python_receiver) -> None:
-    from ebbtide.runtime.component import ComponentEngine, ComponentGuest
-
-    engine = ComponentEngine(cache_dir=REPO / "build/cache")
-    loaded = engine.load(REPO / "build/components/receiver-python.wasm")
+def test_python_component_refuses_a_bad_config(python_component: Path) -> None:
+    engine = WasmEngine(cache_dir=REPO / "build/cache")
+    module = load_guest_module(engine, python_component, "python")
     with pytest.raises(GuestInitError, match="configuration refused: config: bucket is required$"):
-        ComponentGuest(engine, loaded, COMPONENT_LIMITS, b"{}")
+        start_guest(engine, module, COMPONENT_LIMITS, b"{}")
