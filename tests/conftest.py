@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import re
 import socket
 import textwrap
@@ -112,10 +113,13 @@ async def wait_for_consumers(nc: NatsClient, stream: str = "ORDERS", count: int 
 
 
 async def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05) -> None:
-    """Poll an async predicate until it is true; fail the test on timeout."""
+    """Poll a predicate (plain or async) until it is true; fail the test on timeout."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
-        if await predicate():
+        result = predicate()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
             return
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")

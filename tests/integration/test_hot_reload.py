@@ -42,7 +42,7 @@ async def test_swap_during_a_steady_stream_loses_and_duplicates_nothing(tmp_path
                 await asyncio.sleep(0.002)
 
         publishing = asyncio.create_task(stream())
-        await wait_until(_returns(lambda: pool.stats.processed >= total // 3))
+        await wait_until(lambda: pool.stats.processed >= total // 3)
         wasm.write_bytes(wasmtime.wat2wasm(CHAOS_V2))
         await host.reload()
         assert pool.module is not old_module and pool.stats.reloads == {"ok": 1}
@@ -114,9 +114,3 @@ async def test_up_watch_rebuilds_and_reloads(tmp_path: Path, reference_manifest)
         output, _ = up.communicate(timeout=30)
     assert up.returncode == 0, output
     assert "watch: rebuilt distributor; reloading" in output and "function distributor: now running module" in output
-
-
-def _returns(predicate):  # type: ignore[no-untyped-def]
-    async def check() -> bool:
-        return bool(predicate())
-    return check

@@ -94,7 +94,7 @@ async def test_traces_and_metrics_go_to_the_otlp_endpoint(
             return sum((await outbox_counts(nc)).values()) == len(orders)
 
         await wait_until(stored)
-        await wait_until(_async(lambda: len(collector.bodies["/v1/metrics"]) >= 2))  # periodic, before the stop
+        await wait_until(lambda: len(collector.bodies["/v1/metrics"]) >= 2)  # periodic, before the stop
     # Stopping pushes the final counts and flushes the spans.
 
     final = latest_points(collector.metrics()[-1])
@@ -115,9 +115,3 @@ async def test_traces_and_metrics_go_to_the_otlp_endpoint(
     names = {span.name for span in spans}
     assert {"process orders.ingress", "process orders.express", "process orders.standard"} <= names
     assert len({span.trace_id for span in spans if span.name == "process orders.ingress"}) == len(orders)
-
-
-def _async(predicate):  # type: ignore[no-untyped-def]
-    async def check() -> bool:
-        return predicate()
-    return check

@@ -3,7 +3,6 @@ sandboxed and verified guests, input limits."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import stat
 import struct
@@ -84,7 +83,7 @@ async def test_authentication_and_least_privilege_are_enforced_by_the_server(ref
             ingress = await nats.connect(server.url, error_cb=on_ingress_error, **access.bundle.ingress().connect_options())
             with pytest.raises(nats.errors.TimeoutError):
                 await ingress.jetstream().publish("orders.express", b"{}", timeout=1)  # past the distributor
-            await wait_until(_returns(lambda: len(errors) >= 3 and ingress_errors))
+            await wait_until(lambda: len(errors) >= 3 and ingress_errors)
             assert any('publish to "$kv.outbox-express.999999"' in e for e in errors), errors
             assert any('subscription to "_ebbtide_inbox.receiver-express.>"' in e for e in errors), errors
             assert any('subscription to "orders.express"' in e for e in errors), errors
@@ -165,10 +164,3 @@ async def test_effect_and_header_limits_dead_letter_the_message(tmp_path: Path, 
     reasons = {m.data: (m.headers[H_REASON], m.headers[H_ERROR]) for m in dead}
     assert reasons[b"larger than eight bytes"] == ("effect-refused", "an effect of 23 bytes; limits.max_effect_bytes is 8")
     assert reasons[b"tiny"][0] == "headers-too-large" and "limits.max_header_bytes (300)" in reasons[b"tiny"][1]
-
-
-def _returns(predicate):  # type: ignore[no-untyped-def]
-    async def check() -> bool:
-        await asyncio.sleep(0)
-        return bool(predicate())
-    return check
