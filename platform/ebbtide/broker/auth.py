@@ -96,10 +96,6 @@ class NatsAuth:
         """These TLS settings with `other`'s credentials and inbox prefix."""
         return replace(self, **{name: getattr(other, name) for name in (*_CREDENTIAL_FIELDS, "inbox_prefix")})
 
-    @property
-    def has_credentials(self) -> bool:
-        return any(getattr(self, name) for name in _CREDENTIAL_FIELDS)
-
 
 def _readable(path: str, setting: str) -> str:
     if not os.access(path, os.R_OK):
