@@ -177,18 +177,37 @@ def test_examples_run_in_order(project: Project, background) -> None:
             wait_until_serving(project, block, process)
             ran.append(block)
             continue
-        try:
-            done = subprocess.run(project.command(block), cwd=project.root, env=project.env, text=True,
-                                  capture_output=True, timeout=BLOCK_TIMEOUT_S)
-        except subprocess.TimeoutExpired as exc:
-            pytest.fail(f"{block} still running after {BLOCK_TIMEOUT_S} s:\n{exc.stdout}\n{exc.stderr}")
+        done = run_block(project, block)
         assert done.returncode == 0, (
             f"{block} exited {done.returncode}:\n{textwrap.indent(project.adapt(block.code), '  ')}\n"
             f"stdout:\n{done.stdout[-4000:]}\nstderr:\n{done.stderr[-4000:]}")
         check_output(block, done.stdout + done.stderr)
+        if "Nats-Msg-Id" in block.code:
+            # Run as a reader reuses it: the second run is a new order for JetStream, not a silent duplicate.
+            again = run_block(project, block)
+            assert again.returncode == 0 and "stored in ORDERS as #" in again.stdout, again.stdout + again.stderr
+            assert "duplicate" not in again.stdout, f"{block}: its second run was dropped as a duplicate"
         ran.append(block)
     assert any(b.marker == BACKGROUND for b in ran), "the README no longer says how to start ebbtide"
     assert any("locust" in b.code for b in ran), "the README's Locust command must be run"
+
+
+def run_block(project: Project, block: Block) -> subprocess.CompletedProcess[str]:
+    """Run a block to its end in a process group of its own: whatever it started is stopped with it."""
+    process = subprocess.Popen(project.command(block), cwd=project.root, env=project.env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=BLOCK_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        pytest.fail(f"{block} still running after {BLOCK_TIMEOUT_S} s:\n{stdout[-3000:]}\n{stderr[-3000:]}")
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)  # anything the block left running in the background
+        except ProcessLookupError:
+            pass
+    return subprocess.CompletedProcess(block.code, process.returncode, stdout, stderr)
 
 
 def wait_until_serving(project: Project, block: Block, process: subprocess.Popen[str]) -> None:
