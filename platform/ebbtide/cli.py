@@ -1,4 +1,4 @@
-"""The `ebbtide` command line: up, run, build, publish, demo, bench, top, dlq, nats-config.
+"""The `ebbtide` command line: up, run, build, publish, demo, bench, top, dlq, outbox, nats-config.
 
 Exit codes: 0 success, 1 failure at run time, 2 bad usage or configuration, 130 interrupted.
 """
@@ -25,7 +25,7 @@ from .broker import ConfirmedPublisher, EmbeddedServerError, configured_url, con
 from .broker.access import ServerAccess, embedded_client_access, embedded_server, external_access
 from .broker.auth import AuthConfigError
 from .broker.authorization import ADMIN_USER, INGRESS_ENV, inbox_prefix, ingress_subjects, write_bundle
-from . import dlq
+from . import dlq, outbox
 from .bench import SCENARIOS, BenchOptions, run_bench
 from .build import BuildError, build_modules
 from .scaffold import TEMPLATES as SCAFFOLD_LANGUAGES, ScaffoldError, new_function
@@ -157,6 +157,18 @@ def _parser() -> argparse.ArgumentParser:
     dlq_purge = dlq_actions.add_parser("purge", help="delete dead letters")
     dlq_purge.add_argument("--function", "-f", help="only this function's dead letters")
     dlq_purge.add_argument("--yes", action="store_true", help="required: purging cannot be undone")
+    outbox_command = command("outbox", _outbox, "read orders back from the outbox KV buckets")
+    nats_url_option(outbox_command)
+    outbox_actions = outbox_command.add_subparsers(dest="outbox_action", required=True, metavar="ACTION")
+    outbox_get = outbox_actions.add_parser("get", help="print the stored value of one key (exit 1 if it is not there)")
+    outbox_get.add_argument("key", metavar="ORDER_ID", help="the key: an order's orderId")
+    outbox_get.add_argument("--wait", type=float, default=0.0, metavar="S",
+                            help="wait up to S seconds for the key to be written (default: %(default)s)")
+    outbox_list = outbox_actions.add_parser("list", help="one line per key: bucket, key, revision, time, size, value")
+    outbox_list.add_argument("--limit", type=int, help="at most N lines")
+    for action in (outbox_get, outbox_list):
+        action.add_argument("--bucket", "-b", help="this bucket only (default: every bucket the manifest's functions write)")
+        action.add_argument("--nats-url", default=argparse.SUPPRESS, help="as before the action")
     top = command("top", _top, "live view of every function: backlog, instances, in-flight, msgs/s, handle time, dead letters")
     nats_url_option(top)
     top.add_argument("--interval", type=float, default=1.0, help="refresh every N seconds (default: %(default)s)")
@@ -347,6 +359,44 @@ def _dlq(args: argparse.Namespace, manifest: LoadedManifest) -> int:
     try:
         return uvloop.run(act())
     except dlq.DeadLetterError as exc:
+        print(f"ebbtide: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def _outbox(args: argparse.Namespace, manifest: LoadedManifest) -> int:
+    buckets = outbox.outbox_buckets(manifest, args.bucket)
+    if not buckets:
+        raise UsageError(f"{manifest.path}: no function writes a KV bucket (functions.*.kv): name one with --bucket")
+    if args.outbox_action == "get" and not outbox.is_valid_key(args.key):
+        raise UsageError(f"{args.key!r} is not a KV key (letters, digits and - / _ = . only)")
+    if args.outbox_action == "get" and args.wait < 0:
+        raise UsageError("--wait must be 0 or more seconds")
+    if args.outbox_action == "list" and args.limit is not None and args.limit < 1:
+        raise UsageError("--limit must be at least 1")
+    server = _client_access(manifest, args.nats_url)
+
+    async def read() -> int:
+        nc = await _client_connect(server, "ebbtide-outbox")
+        try:
+            if args.outbox_action == "list":
+                print(outbox.format_table(await outbox.list_entries(nc, buckets, args.limit), width=_screen_width()))
+                return 0
+            entries = await outbox.get_entries(nc, buckets, args.key, args.wait)
+        finally:
+            await nc.drain()
+        if not entries:
+            print(f"ebbtide: no key {args.key!r} in {', '.join(buckets)}", file=sys.stderr)
+            return EXIT_FAILURE
+        if len(entries) > 1:
+            print(f"ebbtide: key {args.key!r} is in {len(entries)} buckets: "
+                  f"{', '.join(e.bucket for e in entries)} (one value per line, in that order)", file=sys.stderr)
+        for entry in entries:
+            print(outbox.format_value(entry))
+        return 0
+
+    try:
+        return uvloop.run(read())
+    except outbox.OutboxError as exc:
         print(f"ebbtide: {exc}", file=sys.stderr)
         return EXIT_FAILURE
 
