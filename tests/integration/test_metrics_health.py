@@ -15,7 +15,7 @@ from ebbtide.orders import encode_order, generate_orders
 from ebbtide.state import stream_state
 from ebbtide.telemetry import CONTENT_TYPE
 from ebbtide.telemetry.metrics import escape_label_value
-from tests.conftest import wait_until
+from tests.conftest import provision_for, wait_until
 from tests.integration.test_pipeline import BAD_INPUTS, outbox_counts, publish
 
 FUNCTIONS = ("distributor", "receiver-express", "receiver-standard")
@@ -209,6 +209,7 @@ async def test_metrics_and_health_of_a_running_host(
     standard = len(orders) - express
     bad = [(BAD_INPUTS[name], f"bad-{name}") for name in ("malformed-json", "unknown-delivery", "no-items", "too-large")]
 
+    await provision_for(reference_manifest, nats_server.url)
     async with Host(reference_manifest, nats_server.url, metrics_port=free_port()) as host:
         assert host.telemetry is not None
         port = host.telemetry.port

@@ -1,14 +1,22 @@
-"""Create or update, idempotently, everything the manifest needs on the server."""
+"""Create or update, idempotently, everything the manifest needs on the server.
+
+Provisioning is an admin step of its own (`ebbtide provision`; `ebbtide up` runs it before it starts the
+functions): a function's NATS user may not create or change streams and consumers, so a host only checks
+that its consumer exists (`missing_provisioning`) and waits until it does.
+"""
 
 from __future__ import annotations
 
 from nats.js import JetStreamContext
 from nats.js import api
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, NotFoundError
 
 from ..manifest import LoadedManifest, subject_matches
+from .auth import NatsAuth
+from .connection import connect
 
 ERR_STREAM_NAME_IN_USE = 10058
+ERR_STREAM_NOT_FOUND = 10059
 KV_DUPLICATE_WINDOW_S = 120.0
 
 
@@ -116,3 +124,27 @@ async def provision(js: JetStreamContext, manifest: LoadedManifest, functions: l
     for function in names:
         stream = manifest.stream_for(manifest.function(function).trigger)
         await js.add_consumer(stream, consumer_config(manifest, function))
+
+
+async def provision_server(url: str, manifest: LoadedManifest, auth: NatsAuth, give_up_after_s: float | None = 30) -> None:
+    """`provision` over a connection of its own, with `auth` (the admin user's, or the operator's)."""
+    nc = await connect(url, name="ebbtide-provision", give_up_after_s=give_up_after_s, auth=auth)
+    try:
+        await provision(nc.jetstream(), manifest)
+    finally:
+        await nc.drain()
+
+
+async def missing_provisioning(js: JetStreamContext, manifest: LoadedManifest, function: str) -> str | None:
+    """Why this function cannot start yet (its stream or durable consumer does not exist), or None.
+
+    Provisioning creates every stream before any consumer, so the consumer's existence is the sign that
+    it has run; that check needs only the consumer info the function reads for its lag anyway.
+    """
+    stream = manifest.stream_for(manifest.function(function).trigger)
+    try:
+        await js.consumer_info(stream, function)
+    except NotFoundError as exc:
+        missing = f"stream {stream}" if exc.err_code == ERR_STREAM_NOT_FOUND else f"durable consumer {function} on stream {stream}"
+        return f"{missing} does not exist: run `ebbtide provision` with the admin credentials"
+    return None
