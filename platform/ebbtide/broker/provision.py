@@ -7,6 +7,10 @@ that its consumer exists (`missing_provisioning`) and waits until it does.
 
 from __future__ import annotations
 
+import asyncio
+
+import nats.errors
+import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js import api
 from nats.js.errors import BadRequestError, NotFoundError
@@ -131,6 +135,12 @@ async def provision_server(url: str, manifest: LoadedManifest, auth: NatsAuth, g
     nc = await connect(url, name="ebbtide-provision", give_up_after_s=give_up_after_s, auth=auth)
     try:
         await provision(nc.jetstream(), manifest)
+    except (nats.errors.TimeoutError, asyncio.TimeoutError):
+        # A user without the rights gets no answer at all (the server drops the request): say what it needs.
+        raise ConnectionError(f"{url}: JetStream did not answer the provisioning requests of {auth.describe()}; "
+                              "provisioning needs the admin credentials") from None
+    except nats.js.errors.Error as exc:
+        raise ConnectionError(f"{url}: provisioning refused: {exc}") from None
     finally:
         await nc.drain()
 
