@@ -22,6 +22,7 @@ from ebbtide.launch import running
 from ebbtide.manifest import LoadedManifest, load_manifest, parse_manifest
 from ebbtide.orders import INGRESS_SUBJECT, encode_order, generate_orders
 from ebbtide.runtime import ModuleLoadError
+from ebbtide.status import STATUS_REQUEST_SUBJECT, STATUS_SUBJECT_PREFIX, decode_status
 from tests.conftest import GUESTS, chaos_manifest, manifest_copy, provision_for, read_stream, wait_for_consumers, wait_until
 from tests.integration.test_pipeline import outbox_counts
 
@@ -68,6 +69,25 @@ async def test_authentication_and_least_privilege_are_enforced_by_the_server(ref
 
             await wait_until(stored, timeout=60)
 
+            # Scaling to zero and back needs nothing more of these users: every pool drains to zero
+            # instances (their status reports, read as the read-only observer), then new orders wake them.
+            observer = await nats.connect(server.url, **access.for_reading().connect_options())
+            idle: dict[str, bool] = {}
+
+            async def on_status(msg) -> None:  # type: ignore[no-untyped-def]
+                status = decode_status(msg.data)
+                idle[status.function] = status.instances == 0 and status.in_flight == 0
+
+            await observer.subscribe(f"{STATUS_SUBJECT_PREFIX}.>", cb=on_status)
+            await observer.publish(STATUS_REQUEST_SUBJECT, b"")
+            await wait_until(lambda: set(idle) == set(manifest.spec.functions) and all(idle.values()), timeout=60)
+            later = generate_orders(10, seed=22, first_id=10_000)
+            for order in later:
+                await ingress.jetstream().publish(INGRESS_SUBJECT, encode_order(order), headers={"Nats-Msg-Id": order.order_guid})
+            orders += later
+            await wait_until(stored, timeout=60)
+            await observer.close()
+
             # ... and the server, not only the host, keeps each user to its own subjects.
             distributor, errors = await _client(server, access, ["distributor"])
             with pytest.raises(nats.errors.TimeoutError):  # dropped by the server: no ack ever comes
@@ -101,7 +121,7 @@ def test_nats_config_writes_users_for_an_external_server(reference_manifest: Loa
     assert cli(["--manifest", str(reference_manifest.path), "nats-config", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     config = (out / "server.conf").read_text()
-    for user in ("admin", "distributor", "receiver-express", "receiver-standard"):
+    for user in ("admin", "observer", "distributor", "receiver-express", "receiver-standard"):
         assert (out / f"{user}.nk").read_text().startswith("SU")  # a user seed
         assert str(out / f"{user}.nk") in printed
     assert "ingress" in config and "orders.ingress" in config
