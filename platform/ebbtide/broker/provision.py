@@ -118,8 +118,8 @@ def streams_needed(manifest: LoadedManifest, functions: list[str]) -> list[str]:
 
 
 async def provision(js: JetStreamContext, manifest: LoadedManifest, functions: list[str] | None = None) -> None:
-    """The streams these functions need (dead letters and KV buckets included), and a durable pull
-    consumer per function. Only what they use: a function's NATS user may touch nothing else."""
+    """The streams these functions need (dead letters and KV buckets included; every function's by
+    default), and a durable pull consumer per function. Needs JetStream administration: the admin user."""
     names = functions if functions is not None else list(manifest.spec.functions)
     needed = set(streams_needed(manifest, names))
     for config in stream_configs(manifest):
@@ -157,4 +157,9 @@ async def missing_provisioning(js: JetStreamContext, manifest: LoadedManifest, f
     except NotFoundError as exc:
         missing = f"stream {stream}" if exc.err_code == ERR_STREAM_NOT_FOUND else f"durable consumer {function} on stream {stream}"
         return f"{missing} does not exist: run `ebbtide provision` with the admin credentials"
+    except (nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError):
+        return "JetStream is not available yet (no responders)"  # e.g. a cluster still electing its leader
+    except (nats.errors.TimeoutError, asyncio.TimeoutError):
+        return (f"no answer to the info request of consumer {function} on stream {stream} "
+                "(is this user allowed $JS.API.CONSUMER.INFO of it?)")
     return None
