@@ -70,6 +70,7 @@ def test_the_ingress_password_is_stored_hashed(tmp_path: Path) -> None:
     assert ingress["password"].startswith("$2b$11$") and bcrypt.checkpw(password.encode(), ingress["password"].encode())
     assert stat.S_IMODE((tmp_path / "auth" / INGRESS_ENV).stat().st_mode) == 0o600
     assert write_bundle(MANIFEST, tmp_path / "auth").ingress().password == password  # kept on regeneration
+    assert bundle.server_config.read_text() == config  # the same hash: a Secret made from it keeps its name
 
 
 def test_reading_commands_use_the_observer(tmp_path: Path) -> None:

@@ -141,7 +141,7 @@ def write_bundle(manifest: LoadedManifest, folder: Path) -> AuthBundle:
     if not ingress_env.exists():
         _write_secret(ingress_env, f"EBBTIDE_NATS_USER={INGRESS_USER}\nEBBTIDE_NATS_PASSWORD={secrets.token_urlsafe(24)}\n")
     ingress = bundle.ingress()
-    users.append({"user": ingress.user, "password": _bcrypt_hash(ingress.password),
+    users.append({"user": ingress.user, "password": _password_hash(bundle, ingress),
                   "permissions": _permission_block(ingress_permissions(manifest))})
     users.append({"nkey": _public_key(bundle.seed_file(OBSERVER_USER)),
                   "permissions": _permission_block(observer_permissions(manifest))})
@@ -156,9 +156,19 @@ def _permission_block(permissions: Permissions) -> dict[str, object]:
     return {"publish": {"allow": permissions.publish}, "subscribe": {"allow": permissions.subscribe}}
 
 
-def _bcrypt_hash(password: str) -> str:
-    """What nats-server compares a password against when the configured one starts with `$2`."""
-    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(BCRYPT_COST)).decode()
+def _password_hash(bundle: AuthBundle, user: NatsAuth) -> str:
+    """The bcrypt hash nats-server checks the password against (it reads any value starting with `$2` as
+    one). The one already in server.conf while it still matches: regenerating changes nothing, so a
+    Kubernetes Secret made from the file keeps its name and no pod rolls for nothing."""
+    try:
+        text = bundle.server_config.read_text()
+        users = json.loads(text[text.index("authorization ") + len("authorization "):])["users"]
+        existing = next(u["password"] for u in users if u.get("user") == user.user)
+        if bcrypt.checkpw(user.password.encode(), existing.encode()):
+            return str(existing)
+    except (OSError, ValueError, KeyError, StopIteration):
+        pass  # no configuration yet, or one this version did not write: hash afresh
+    return bcrypt.hashpw(user.password.encode(), bcrypt.gensalt(BCRYPT_COST)).decode()
 
 
 def _public_key(seed_file: Path) -> str:
