@@ -62,7 +62,7 @@ def _options(parser) -> None:
                         help="authenticate with this NKEY seed (user and password: in the URL, or "
                              "EBBTIDE_NATS_USER / EBBTIDE_NATS_PASSWORD; a token: EBBTIDE_NATS_TOKEN)")
     parser.add_argument("--e2e-nkey-seed-file", default="", env_var="EBBTIDE_E2E_NKEY_SEED_FILE",
-                        help="NKEY seed for reading the outbox writes only (e.g. ebbtide's admin.nk when "
+                        help="NKEY seed for reading the outbox writes only (e.g. ebbtide's read-only observer.nk when "
                              "publishing as the ingress user, who may not read them)")
     parser.add_argument("--record-orders", default="", include_in_web_ui=False, env_var="EBBTIDE_RECORD_ORDERS",
                        help="write the ids of the orders published (acked, failed, interrupted) to this JSON file "

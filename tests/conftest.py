@@ -15,7 +15,8 @@ import pytest
 import wasmtime
 from nats.aio.client import Client as NatsClient
 
-from ebbtide.broker import EmbeddedNats, free_port
+from ebbtide.broker import EmbeddedNats, free_port, provision_server
+from ebbtide.broker.auth import NatsAuth
 from ebbtide.build import build_modules
 from ebbtide.manifest import LoadedManifest, load_manifest, parse_manifest
 
@@ -89,6 +90,12 @@ def chaos_manifest(tmp_path: Path, extra: str = "", *, fuel: int = 2_000_000, ac
     path = tmp_path / "ebbtide.toml"
     path.write_text(text)
     return parse_manifest(text, path)
+
+
+async def provision_for(manifest: LoadedManifest, url: str, auth: NatsAuth | None = None) -> None:
+    """What `ebbtide provision` does (as admin; no credentials by default): hosts no longer create streams
+    or consumers, they wait until these exist."""
+    await provision_server(url, manifest, auth or NatsAuth())
 
 
 def port_open(port: int) -> bool:

@@ -1,4 +1,4 @@
-"""The `ebbtide` command line: up, run, build, publish, demo, bench, top, dlq, outbox, nats-config.
+"""The `ebbtide` command line: up, run, provision, build, publish, demo, bench, top, dlq, outbox, nats-config.
 
 Exit codes: 0 success, 1 failure at run time, 2 bad usage or configuration, 130 interrupted.
 """
@@ -21,10 +21,11 @@ import uvloop
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
-from .broker import ConfirmedPublisher, EmbeddedServerError, configured_url, connect, publish_all
+from .broker import ConfirmedPublisher, EmbeddedServerError, configured_url, connect, provision_server, publish_all
 from .broker.access import ServerAccess, embedded_client_access, embedded_server, external_access
 from .broker.auth import AuthConfigError
-from .broker.authorization import ADMIN_USER, INGRESS_ENV, inbox_prefix, ingress_subjects, write_bundle
+from .broker.authorization import ADMIN_USER, INGRESS_ENV, OBSERVER_USER, inbox_prefix, ingress_subjects, write_bundle
+from .broker.provision import stream_configs
 from . import dlq, outbox
 from .bench import SCENARIOS, BenchOptions, run_bench
 from .build import BuildError, build_modules
@@ -108,6 +109,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--function", "-f", required=True, help="function name from the manifest")
     nats_url_option(run)
     metrics_option(run)
+    provision = command("provision", _provision,
+                        "create or update the streams, KV buckets, dead-letter stream and each function's durable "
+                        "consumer (admin credentials; safe to repeat)")
+    nats_url_option(provision)
     nats_config = command("nats-config", _nats_config,
                           "generate nats-server authorization from the manifest: a least-privilege user per function")
     nats_config.add_argument("--out", type=Path, required=True, help="folder for server.conf and the credentials")
@@ -231,7 +236,9 @@ def _up(args: argparse.Namespace, manifest: LoadedManifest) -> int:
     url = configured_url(manifest, args.nats_url)
     build_modules(manifest)
     if url is not None:
-        return uvloop.run(_serve(manifest, external_access(manifest, url), args.processes, verbose=args.verbose,
+        access = external_access(manifest, url)
+        uvloop.run(provision_server(access.url, manifest, access.admin))  # with the credentials `up` was given
+        return uvloop.run(_serve(manifest, access, args.processes, verbose=args.verbose,
                                  metrics_port=args.metrics_port, watch=args.watch))
     with embedded_server(manifest, auth=False if args.no_auth else None) as (server, access):
         log.info("embedded nats-server at %s (monitoring %s, data in %s)", server.url, server.monitor_url, server.data_dir)
@@ -242,6 +249,7 @@ def _up(args: argparse.Namespace, manifest: LoadedManifest) -> int:
                      access.bundle.folder / INGRESS_ENV, access.bundle.seed_file(ADMIN_USER))
         else:
             log.warning("authentication is off: anyone who reaches %s may do anything", server.url)
+        uvloop.run(provision_server(access.url, manifest, access.admin))  # as the generated admin user
         return uvloop.run(_serve(manifest, access, args.processes, verbose=args.verbose, metrics_port=args.metrics_port,
                                  watch=args.watch))
 
@@ -256,10 +264,21 @@ def _run(args: argparse.Namespace, manifest: LoadedManifest) -> int:
                              metrics_port=args.metrics_port))
 
 
+def _provision(args: argparse.Namespace, manifest: LoadedManifest) -> int:
+    server = _client_access(manifest, args.nats_url)
+    uvloop.run(provision_server(server.url, manifest, server.admin, give_up_after_s=5))
+    print(f"provisioned on {server.url}: streams {', '.join(config.name for config in stream_configs(manifest))}; "
+          f"durable consumers {', '.join(manifest.spec.functions)}")
+    return 0
+
+
 def _nats_config(args: argparse.Namespace, manifest: LoadedManifest) -> int:
     bundle = write_bundle(manifest, args.out)
     print(f"wrote {bundle.server_config} (include it in the nats-server configuration) and, readable only by you:")
-    print(f"  {bundle.seed_file(ADMIN_USER)}  admin: everything (operator tools); EBBTIDE_NATS_NKEY_SEED_FILE")
+    print(f"  {bundle.seed_file(ADMIN_USER)}  admin: everything (`ebbtide provision`, operator tools); "
+          "EBBTIDE_NATS_NKEY_SEED_FILE")
+    print(f"  {bundle.seed_file(OBSERVER_USER)}  observer: read outboxes, dead letters, status (top, Locust); "
+          f"EBBTIDE_NATS_NKEY_SEED_FILE, EBBTIDE_NATS_INBOX_PREFIX={inbox_prefix(OBSERVER_USER)}")
     for function in manifest.spec.functions:
         print(f"  {bundle.seed_file(function)}  {function}: its own consumer and allowed effects; "
               f"EBBTIDE_NATS_NKEY_SEED_FILE, EBBTIDE_NATS_INBOX_PREFIX={inbox_prefix(function)}")
@@ -337,7 +356,7 @@ def _dlq(args: argparse.Namespace, manifest: LoadedManifest) -> int:
         manifest.function(args.function)  # a typo guard; list and purge may name a function since removed
 
     async def act() -> int:
-        nc = await _client_connect(server, "ebbtide-dlq")
+        nc = await _client_connect(server, "ebbtide-dlq", reading=args.dlq_action in ("list", "show"))
         try:
             if args.dlq_action == "list":
                 letters = await dlq.list_dead_letters(nc, manifest, args.function, args.limit)
@@ -376,7 +395,7 @@ def _outbox(args: argparse.Namespace, manifest: LoadedManifest) -> int:
     server = _client_access(manifest, args.nats_url)
 
     async def read() -> int:
-        nc = await _client_connect(server, "ebbtide-outbox")
+        nc = await _client_connect(server, "ebbtide-outbox", reading=True)
         try:
             if args.outbox_action == "list":
                 print(outbox.format_table(await outbox.list_entries(nc, buckets, args.limit), width=_screen_width()))
@@ -407,7 +426,7 @@ def _top(args: argparse.Namespace, manifest: LoadedManifest) -> int:
     live = sys.stdout.isatty()
 
     async def watch() -> int:
-        nc = await _client_connect(server, "ebbtide-top")
+        nc = await _client_connect(server, "ebbtide-top", reading=True)
         try:
             async def update(msg: Msg) -> None:
                 try:
@@ -455,9 +474,11 @@ def _client_access(manifest: LoadedManifest, flag: str | None) -> ServerAccess:
     return external_access(manifest, url) if url is not None else embedded_client_access(manifest)
 
 
-async def _client_connect(server: ServerAccess, name: str) -> NatsClient:
+async def _client_connect(server: ServerAccess, name: str, reading: bool = False) -> NatsClient:
+    """`reading`: a command that changes nothing connects as the read-only observer (see ServerAccess)."""
     try:
-        return await connect(server.url, name=name, give_up_after_s=5, auth=server.admin)
+        return await connect(server.url, name=name, give_up_after_s=5,
+                             auth=server.for_reading() if reading else server.admin)
     except ConnectionError as exc:
         raise ConnectionError(f"{exc} (is `ebbtide up` running?)") from None
 

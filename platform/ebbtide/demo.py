@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .broker import ConfirmedPublisher, connect, kv_stream_name, publish_all
+from .broker import ConfirmedPublisher, connect, kv_stream_name, provision, publish_all
 from .broker.access import embedded_server
 from .build import build_modules
 from .launch import ProcessMode, running
@@ -55,6 +55,7 @@ async def run_demo(
     with embedded_server(manifest, data_dir / "nats", port=0, monitor_port=0) as (server, access):
         nc = await connect(server.url, name="ebbtide-demo", auth=access.admin)
         try:
+            await provision(nc.jetstream(), manifest)  # the admin step `up` runs too: hosts never provision
             series = TimeSeries(start=time.time())
             ready = asyncio.Event()
 

@@ -10,10 +10,11 @@ import logging
 import os
 
 from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
 from opentelemetry.sdk.trace import TracerProvider
 
 from .autoscale import PoolController
-from .broker import ConfirmedPublisher, connect, provision
+from .broker import ConfirmedPublisher, connect, missing_provisioning
 from .broker.auth import NatsAuth, client_auth
 from .manifest import LoadedManifest
 from .pool import FunctionPool
@@ -26,6 +27,7 @@ log = logging.getLogger("ebbtide.host")
 
 # Overrides [telemetry] metrics_host: containers listen on 0.0.0.0 with the same manifest.
 METRICS_HOST_ENV = "EBBTIDE_METRICS_HOST"
+PROVISIONING_POLL_S = 0.5  # while a function's consumer does not exist yet
 
 
 class Host:
@@ -57,6 +59,7 @@ class Host:
         self.stopping = False
         self.engine: WasmEngine | None = None
         self._reloading = asyncio.Lock()
+        self.waiting_for = ""  # why the host cannot start its functions yet (nothing provisioned), for /readyz
 
     async def start(self) -> None:
         if self.metrics_port:  # first, so /healthz answers during start-up and /readyz says why not yet
@@ -70,7 +73,7 @@ class Host:
         self.nc = await connect(self.nats_url, name=f"ebbtide-host[{','.join(self.function_names)}]", on_lost=self._on_lost,
                                 auth=self.auth)
         js = self.nc.jetstream()
-        await provision(js, self.manifest, self.function_names)
+        await self._wait_until_provisioned(js)
         publisher = ConfirmedPublisher(self.nc)
         await publisher.start()
         for name in self.function_names:
@@ -87,6 +90,21 @@ class Host:
 
         if self.metrics_pusher is not None:
             self.metrics_pusher.start()
+
+    async def _wait_until_provisioned(self, js: JetStreamContext) -> None:
+        """Hosts never create streams or consumers (their users may not): wait for `ebbtide provision`,
+        saying once what is missing, and again only if that changes."""
+        for name in self.function_names:
+            said = ""
+            while reason := await missing_provisioning(js, self.manifest, name):
+                self.waiting_for = f"function {name}: {reason}"
+                if reason != said:
+                    log.warning("%s; waiting for it", self.waiting_for)
+                    said = reason
+                await asyncio.sleep(PROVISIONING_POLL_S)
+            if said:
+                log.info("function %s: provisioned, starting", name)
+        self.waiting_for = ""
 
     async def reload(self) -> None:
         """Hot reload (SIGHUP, `up --watch`): rebuild each function's module if its sources changed and swap

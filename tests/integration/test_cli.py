@@ -13,7 +13,7 @@ from pathlib import Path
 import nats
 
 from ebbtide.state import stream_state
-from tests.conftest import manifest_copy, port_open, wait_for_consumers, wait_until
+from tests.conftest import manifest_copy, port_open, provision_for, wait_for_consumers, wait_until
 
 
 def ebbtide(*args: str, **kwargs) -> subprocess.CompletedProcess[str]:
@@ -76,6 +76,7 @@ def test_unknown_function_and_bad_manifest(tmp_path: Path) -> None:
 async def test_top_shows_every_function_of_a_running_host(reference_manifest, nats_server) -> None:
     from ebbtide.host import Host
 
+    await provision_for(reference_manifest, nats_server.url)
     async with Host(reference_manifest, nats_server.url):
         done = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "ebbtide", "-m", str(reference_manifest.path), "top", "--nats-url", nats_server.url,
@@ -98,6 +99,7 @@ async def test_dlq_commands(reference_manifest, nats_server) -> None:
     import nats as nats_client
 
     nc = await nats_client.connect(nats_server.url)
+    await provision_for(reference_manifest, nats_server.url)
     async with Host(reference_manifest, nats_server.url):
         js = nc.jetstream()
         await js.publish("orders.ingress", b'{"orderId": 5, "delivery": "Drone", "items": [1]}')

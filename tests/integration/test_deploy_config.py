@@ -41,9 +41,9 @@ import yaml
 from nats.aio.client import Client as NatsClient
 
 from ebbtide.broker import EmbeddedNats, connect
-from ebbtide.broker.authorization import ADMIN_USER, INGRESS_ENV, SERVER_CONFIG, AuthBundle, inbox_prefix
+from ebbtide.broker.authorization import ADMIN_USER, INGRESS_ENV, OBSERVER_USER, SERVER_CONFIG, AuthBundle, inbox_prefix
 from ebbtide.broker.embedded import nats_server_binary
-from ebbtide.broker.provision import consumer_config, kv_stream_name
+from ebbtide.broker.provision import consumer_config, kv_stream_name, provision
 from ebbtide.manifest import LoadedManifest, parse_manifest
 from ebbtide.orders import INGRESS_SUBJECT, encode_order, generate_orders
 from ebbtide.state import stream_state
@@ -61,6 +61,7 @@ DEPLOY_README = REPO / "deploy" / "README.md"
 # The one manual step before `kubectl apply -k` (deploy/README.md), run from the repository's root.
 K8S_AUTH_COMMAND = ["ebbtide", "--manifest", "deploy/kubernetes/ebbtide.toml", "nats-config", "--out", "deploy/kubernetes/auth"]
 AUTH_VOLUME = "nats-auth"  # compose's named volume and Kubernetes' Secret of generated credentials
+ADMIN_SECRET = "nats-admin"  # Kubernetes: the admin seed, for the provisioning Job alone
 PROMETHEUS_FILE = REPO / "deploy" / "prometheus.yml"
 LOCUSTFILE = REPO / "loadtest" / "locustfile.py"
 RUNTIME_STAGE = "runtime"
@@ -202,7 +203,7 @@ def test_kubernetes_objects_validate_strict(k8s: list[Obj]) -> None:
     version = kubernetes_validate.latest_version()
     kinds = Counter(obj["kind"] for obj in k8s)
     assert kinds == {"Namespace": 1, "Service": 2, "StatefulSet": 1, "PodDisruptionBudget": 1, "ConfigMap": 2,
-                     "Secret": 1, "Deployment": 3, "ScaledObject": 3}, kinds
+                     "Secret": 2, "Deployment": 3, "ScaledObject": 3, "Job": 1}, kinds
     for obj in k8s:
         if obj["kind"] != "ScaledObject":  # a CRD: checked against KEDA's fields below
             kubernetes_validate.validate(obj, version, strict=True)
@@ -260,8 +261,8 @@ def test_kustomization_needs_the_generated_credentials(tmp_path: Path) -> None:
 
 def test_secret_holds_only_what_the_cluster_needs(k8s: list[Obj], k8s_folder: Path, manifest: LoadedManifest) -> None:
     """The server's users and each function's seed; admin.nk and ingress.env stay with the operator."""
-    [secret] = of_kind(k8s, "Secret").values()
-    assert secret["metadata"]["name"].startswith(f"{AUTH_VOLUME}-")
+    secrets = of_kind(k8s, "Secret")
+    [secret] = [obj for name, obj in secrets.items() if name.startswith(f"{AUTH_VOLUME}-")]
     data = {key: base64_text(value) for key, value in secret["data"].items()}
     assert set(data) == {SERVER_CONFIG, *(f"{fn}.nk" for fn in manifest.spec.functions)}
     for key, text in data.items():
@@ -270,6 +271,42 @@ def test_secret_holds_only_what_the_cluster_needs(k8s: list[Obj], k8s_folder: Pa
     assert not any(seed in data[SERVER_CONFIG] for seed in seeds), "the server config holds public keys only"
     admin_seed = (k8s_folder / "auth" / f"{ADMIN_USER}.nk").read_text().strip()
     assert all(admin_seed not in text for text in data.values())
+    [admin] = [obj for name, obj in secrets.items() if name.startswith(f"{ADMIN_SECRET}-")]
+    assert {key: base64_text(value).strip() for key, value in admin["data"].items()} == {f"{ADMIN_USER}.nk": admin_seed}
+
+
+def secret_items(pod: Obj) -> set[tuple[str, str]]:
+    """(Secret name without its hash, key) of every Secret item a pod can read, from volumes and env."""
+    found = set()
+    for volume in pod.get("volumes", []):
+        sources = [volume] + [source for source in volume.get("projected", {}).get("sources", [])]
+        for source in sources:
+            secret = source.get("secret")
+            if secret is not None:
+                name = secret.get("secretName") or secret.get("name")
+                assert "items" in secret, f"all of Secret {name} mounted"
+                found |= {(name.rsplit("-", 1)[0], item["key"]) for item in secret["items"]}
+    for container_spec in pod.get("containers", []) + pod.get("initContainers", []):
+        for entry in container_spec.get("env", []):
+            ref = entry.get("valueFrom", {}).get("secretKeyRef")
+            if ref is not None:
+                found.add((ref["name"].rsplit("-", 1)[0], ref["key"]))
+    return found
+
+
+def test_each_pod_sees_only_its_own_credentials(k8s: list[Obj], manifest: LoadedManifest) -> None:
+    """A function pod: its own seed and nothing else; the admin seed only in the provisioning Job."""
+    for name, deployment in of_kind(k8s, "Deployment").items():
+        assert secret_items(deployment["spec"]["template"]["spec"]) == {(AUTH_VOLUME, f"{name}.nk")}, name
+    [job] = of_kind(k8s, "Job").values()
+    pod = job["spec"]["template"]["spec"]
+    assert secret_items(pod) == {(ADMIN_SECRET, f"{ADMIN_USER}.nk")}
+    [job_container] = pod["containers"]
+    assert job_container["command"] == ["ebbtide", "provision"]
+    env = {entry["name"]: entry["value"] for entry in job_container["env"]}
+    assert env["EBBTIDE_NATS_NKEY_SEED_FILE"] == f"/auth/{ADMIN_USER}.nk"
+    [statefulset] = of_kind(k8s, "StatefulSet").values()
+    assert secret_items(statefulset["spec"]["template"]["spec"]) <= {(AUTH_VOLUME, SERVER_CONFIG)}, "NATS: the users only"
 
 
 def base64_text(value: str) -> str:
@@ -611,7 +648,8 @@ async def test_compose_services_run_here_as_written(
     volumes, views = tmp_path / "volumes", tmp_path / "views"
     auth = AuthBundle(run_auth_service(compose, app, volumes, views / "first"))
     generated = {p.name: p.read_bytes() for p in auth.folder.iterdir()}
-    assert set(generated) == {SERVER_CONFIG, INGRESS_ENV, f"{ADMIN_USER}.nk", *(f"{fn}.nk" for fn in manifest.spec.functions)}
+    assert set(generated) == {SERVER_CONFIG, INGRESS_ENV, f"{ADMIN_USER}.nk", f"{OBSERVER_USER}.nk",
+                              *(f"{fn}.nk" for fn in manifest.spec.functions)}
     assert {stat.S_IMODE(p.stat().st_mode) for p in auth.folder.iterdir()} == {0o600}
     run_auth_service(compose, app, volumes, views / "again")  # the next `docker compose up`: same keys
     assert {p.name: p.read_bytes() for p in auth.folder.iterdir()} == generated
@@ -629,6 +667,9 @@ async def test_compose_services_run_here_as_written(
         nc = await connect(url, "deploy-test", give_up_after_s=10, auth=auth.admin())
         ingress = await connect(url, "deploy-test-ingress", give_up_after_s=10, auth=auth.ingress())
         try:
+            # Functions no longer provision (issue 16): as admin, what compose's one-shot provisioning
+            # service is to do once docker-compose.yml has one.
+            await provision(nc.jetstream(), manifest)
             launches = []
             for name, (_, service) in function_services(compose).items():
                 for replica in range(service.get("deploy", {}).get("replicas", 1)):
@@ -684,6 +725,29 @@ async def run_locust_headless(compose: Obj, image: dockerfile_reader.Dockerfile,
     assert ("nats", "connect") not in stats, "every connection accepted"
 
 
+async def run_provisioning_job(k8s: list[Obj], app: Path, root: Path, url: str, image: dockerfile_reader.Dockerfile) -> None:
+    """The Job ebbtide-provision as written (command, environment, its mounts: the admin seed alone), to
+    completion, as Kubernetes runs it before the functions can start."""
+    [job] = of_kind(k8s, "Job").values()
+    pod = job["spec"]["template"]["spec"]
+    [job_container] = pod["containers"]
+    view = ContainerView(root / "pods" / "provision" / "view")
+    mounts.pod_mounts(view, pod, job_container, k8s, root / "pods" / "provision" / "volumes")
+    env = {entry["name"]: entry["value"] for entry in job_container["env"]}
+    env = {key: view.local(value) for key, value in localized(env, image.env(RUNTIME_STAGE), url, 0, "").items()}
+    seed = Path(env["EBBTIDE_NATS_NKEY_SEED_FILE"])
+    assert sorted(p.name for p in seed.parent.iterdir()) == [f"{ADMIN_USER}.nk"], "only the admin seed is mounted"
+    launch = Launch("job ebbtide-provision", job_container["command"], env)
+    entrypoints.start(launch, app, root)
+    assert launch.process is not None
+    # A JetStream leader may not be elected yet: Kubernetes restarts a failed Job pod (restartPolicy OnFailure).
+    for _ in range(job["spec"]["backoffLimit"]):
+        if await asyncio.to_thread(launch.process.wait, 60) == 0:
+            return
+        entrypoints.start(launch, app, root)
+    raise AssertionError(f"the provisioning Job failed {job['spec']['backoffLimit']} times:\n{launch.log_tail()}")
+
+
 async def test_kubernetes_deployments_run_here_as_written(
     tmp_path: Path, k8s: list[Obj], k8s_folder: Path, image: dockerfile_reader.Dockerfile, reference_manifest: LoadedManifest,
 ) -> None:
@@ -706,6 +770,7 @@ async def test_kubernetes_deployments_run_here_as_written(
         nc = await connect(",".join(cluster.urls), "deploy-test", give_up_after_s=10, auth=operator.admin())
         ingress = await connect(",".join(cluster.urls), "deploy-test-ingress", give_up_after_s=10, auth=operator.ingress())
         try:
+            await run_provisioning_job(k8s, app, tmp_path, cluster.urls[0], image)
             launches = []
             for name, deployment in of_kind(k8s, "Deployment").items():
                 pod_view = ContainerView(tmp_path / "pods" / name / "view")

@@ -20,7 +20,7 @@ from ebbtide.host import Host
 from ebbtide.manifest import LoadedManifest
 from ebbtide.orders import INGRESS_SUBJECT, Order, encode_order, generate_orders
 from ebbtide.state import stream_state
-from tests.conftest import read_stream, wait_until
+from tests.conftest import provision_for, read_stream, wait_until
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")  # as deadletter.py writes it
 OUTBOXES = ("outbox-express", "outbox-standard")
@@ -72,6 +72,7 @@ async def test_list_and_show_decode_the_pipelines_dead_letters(
     good = generate_orders(40, seed=12)
     bad = {f"drone-{i}": drone_order(700 + i) for i in range(3)} | {f"broken-{i}": MALFORMED + bytes([48 + i]) for i in range(2)}
     ingress_seq: dict[str, int] = {}
+    await provision_for(reference_manifest, nats_server.url)
     async with Host(reference_manifest, nats_server.url):
         bad_items = iter(bad.items())
         for i, order in enumerate(good):
@@ -195,6 +196,7 @@ async def test_redrive_of_fixed_orders_lands_each_in_its_outbox_once(
     assert [l.seq for l in await list_dead_letters(nc, reference_manifest)] == [other_seq]  # not selected, kept
 
     expected = {b: sum(1 for o in orders if bucket_of(o) == b) for b in OUTBOXES}
+    await provision_for(reference_manifest, nats_server.url)
     async with Host(reference_manifest, nats_server.url):
         await wait_until(lambda: settled(nc, expected))
     for order in orders:
@@ -239,6 +241,7 @@ async def test_an_interrupted_redrive_is_repeated_without_duplicates(
     assert again.redriven == [] and "no dead letter" in again.failed[0].reason
 
     expected = {b: sum(1 for o in orders if bucket_of(o) == b) for b in OUTBOXES}
+    await provision_for(reference_manifest, nats_server.url)
     async with Host(reference_manifest, nats_server.url):
         await wait_until(lambda: settled(nc, expected))
     for bucket in OUTBOXES:
@@ -249,6 +252,7 @@ async def test_a_still_invalid_order_comes_back_as_a_new_dead_letter(
     reference_manifest: LoadedManifest, nats_server: EmbeddedNats, nc: NatsClient
 ) -> None:
     js = nc.jetstream()
+    await provision_for(reference_manifest, nats_server.url)
     async with Host(reference_manifest, nats_server.url):
         await js.publish(INGRESS_SUBJECT, drone_order(42), headers={"Nats-Msg-Id": "drone-42"})
         await js.publish(INGRESS_SUBJECT, MALFORMED, headers={"Nats-Msg-Id": "broken-1"})

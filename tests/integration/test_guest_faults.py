@@ -10,7 +10,7 @@ from nats.aio.client import Client as NatsClient
 from ebbtide.broker import EmbeddedNats
 from ebbtide.deadletter import H_ERROR, H_REASON
 from ebbtide.host import Host
-from tests.conftest import chaos_manifest, read_stream, wait_until
+from tests.conftest import chaos_manifest, provision_for, read_stream, wait_until
 
 
 @pytest.mark.parametrize(
@@ -21,6 +21,7 @@ from tests.conftest import chaos_manifest, read_stream, wait_until
 async def test_guest_fault_fails_only_that_message(tmp_path: Path, nats_server: EmbeddedNats, nc: NatsClient, payload: bytes, fault: str) -> None:
     manifest = chaos_manifest(tmp_path)
     js = nc.jetstream()
+    await provision_for(manifest, nats_server.url)
     async with Host(manifest, nats_server.url) as host:
         await js.publish("in.chaos", b"good-1")
         await js.publish("in.chaos", payload)
@@ -42,6 +43,7 @@ async def test_guest_fault_fails_only_that_message(tmp_path: Path, nats_server: 
 async def test_effect_outside_allowlist_is_refused(tmp_path: Path, nats_server: EmbeddedNats, nc: NatsClient) -> None:
     manifest = chaos_manifest(tmp_path)
     js = nc.jetstream()
+    await provision_for(manifest, nats_server.url)
     async with Host(manifest, nats_server.url) as host:
         await js.publish("in.chaos", b"F-forbidden")
         await js.publish("in.chaos", b"good")
@@ -62,6 +64,7 @@ async def test_effect_outside_allowlist_is_refused(tmp_path: Path, nats_server: 
 async def test_reject_retry_and_oversized(tmp_path: Path, nats_server: EmbeddedNats, nc: NatsClient) -> None:
     manifest = chaos_manifest(tmp_path)
     js = nc.jetstream()
+    await provision_for(manifest, nats_server.url)
     async with Host(manifest, nats_server.url) as host:
         await js.publish("in.chaos", b"X-reject")
         await js.publish("in.chaos", b"R-retry")
@@ -80,6 +83,7 @@ async def test_reject_retry_and_oversized(tmp_path: Path, nats_server: EmbeddedN
 async def test_effects_never_confirmed_are_retried_then_dead_lettered(tmp_path: Path, nats_server: EmbeddedNats, nc: NatsClient) -> None:
     manifest = chaos_manifest(tmp_path)
     js = nc.jetstream()
+    await provision_for(manifest, nats_server.url)
     async with Host(manifest, nats_server.url) as host:
         # The output subject loses its stream: every publish of the effect is refused by the server.
         config = (await js.stream_info("TEST")).config

@@ -18,7 +18,7 @@ from nats.aio.client import Client as NatsClient
 from ebbtide.broker import EmbeddedNats
 from ebbtide.host import Host
 from ebbtide.manifest import LoadedManifest
-from tests.conftest import GUESTS, REPO, chaos_manifest, manifest_copy, read_stream, wait_for_consumers, wait_until
+from tests.conftest import GUESTS, REPO, chaos_manifest, manifest_copy, provision_for, read_stream, wait_for_consumers, wait_until
 
 CHAOS = (GUESTS / "chaos.wat").read_text()
 # Version 2 of the chaos guest: the same, but the first byte of what it publishes becomes "V".
@@ -32,6 +32,7 @@ async def test_swap_during_a_steady_stream_loses_and_duplicates_nothing(tmp_path
     wasm = manifest.module_path("chaos")
     js = nc.jetstream()
     total = 600
+    await provision_for(manifest, nats_server.url)
     async with Host(manifest, nats_server.url) as host:
         pool = host.pools["chaos"]
         old_module = pool.module

@@ -27,7 +27,7 @@ from ebbtide.runtime import GuestInitError, GuestInstance, GuestLimits, Status, 
 from ebbtide.runtime.abi import KvPut
 from ebbtide.runtime.guests import Guest, load_guest_module, start_guest
 from ebbtide.state import stream_state
-from tests.conftest import REPO, manifest_copy, read_stream, wait_until
+from tests.conftest import REPO, manifest_copy, provision_for, read_stream, wait_until
 
 # lang -> (module name in the test manifests, source folder)
 EXAMPLES = {
@@ -98,6 +98,7 @@ async def test_example_receiver_stores_orders_through_the_host(
            b"[]": "malformed-json: expected an object, got an array"}
     express = {o.order_id: o for o in orders if o.delivery == "Express"}
     standard = {o.order_id: o for o in orders if o.delivery == "Standard"}
+    await provision_for(manifest, nats_server.url)
     async with Host(manifest, nats_server.url):
         publisher = ConfirmedPublisher(nc)
         await publisher.start()
@@ -210,6 +211,7 @@ async def test_python_receiver_stores_orders_through_the_host(tmp_path: Path, na
     manifest = load_manifest(path)
     build_modules(manifest)
     orders = generate_orders(200, seed=23)
+    await provision_for(manifest, nats_server.url)
     async with Host(manifest, nats_server.url) as host:
         assert type(host.pools["receiver-express"].module).__name__ == "LoadedComponent"
         publisher = ConfirmedPublisher(nc)

@@ -13,9 +13,10 @@ from ebbtide.host import Host
 from ebbtide.manifest import LoadedManifest
 from ebbtide.orders import encode_order, generate_orders
 from ebbtide.state import stream_state
-from ebbtide.telemetry import CONTENT_TYPE
+from ebbtide.telemetry import CONTENT_TYPE, TelemetryServer
+from ebbtide.telemetry.http import METRICS_TOKEN_ENV
 from ebbtide.telemetry.metrics import escape_label_value
-from tests.conftest import wait_until
+from tests.conftest import provision_for, wait_until
 from tests.integration.test_pipeline import BAD_INPUTS, outbox_counts, publish
 
 FUNCTIONS = ("distributor", "receiver-express", "receiver-standard")
@@ -209,6 +210,7 @@ async def test_metrics_and_health_of_a_running_host(
     standard = len(orders) - express
     bad = [(BAD_INPUTS[name], f"bad-{name}") for name in ("malformed-json", "unknown-delivery", "no-items", "too-large")]
 
+    await provision_for(reference_manifest, nats_server.url)
     async with Host(reference_manifest, nats_server.url, metrics_port=free_port()) as host:
         assert host.telemetry is not None
         port = host.telemetry.port
@@ -325,3 +327,20 @@ async def test_metrics_and_health_of_a_running_host(
     # Stopped: the port no longer answers.
     with pytest.raises(OSError):
         await get(port, "/healthz")
+
+
+async def test_metrics_need_the_bearer_token_when_one_is_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    """$EBBTIDE_METRICS_TOKEN: /metrics answers only with it; the probes' /healthz and /readyz stay open."""
+    monkeypatch.setenv(METRICS_TOKEN_ENV, "s3cret-token")
+    async with TelemetryServer(lambda: "ebbtide_up 1\n", lambda: (False, "waiting for provisioning")) as server:
+        assert (await get(server.port, "/metrics"))[0] == 401
+        status, headers, _ = await http_raw(server.port, b"GET /metrics HTTP/1.1\r\nAuthorization: Bearer wrong\r\n\r\n")
+        assert status == 401 and headers["www-authenticate"].startswith("Bearer")
+        assert (await http_raw(server.port, b"GET /metrics HTTP/1.1\r\nauthorization: Basic s3cret-token\r\n\r\n"))[0] == 401
+        status, _, body = await http_raw(server.port, b"GET /metrics HTTP/1.1\r\nAuthorization: Bearer s3cret-token\r\n\r\n")
+        assert (status, body) == (200, b"ebbtide_up 1\n")
+        assert (await get(server.port, "/healthz"))[::2] == (200, b"ok\n")
+        assert (await get(server.port, "/readyz"))[::2] == (503, b"waiting for provisioning\n")
+    monkeypatch.delenv(METRICS_TOKEN_ENV)
+    async with TelemetryServer(lambda: "ebbtide_up 1\n", lambda: True) as server:  # no token: open, as before
+        assert (await get(server.port, "/metrics"))[0] == 200

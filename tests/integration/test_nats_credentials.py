@@ -14,12 +14,13 @@ from ebbtide.broker import EmbeddedNats, connect
 from ebbtide.broker.auth import NatsAuth, client_auth
 from ebbtide.host import Host
 from ebbtide.manifest import load_manifest
-from tests.conftest import manifest_copy
+from tests.conftest import manifest_copy, provision_for
 
 SECRET = "s3cret-Value-that-must-not-leak"
 
 
 async def _host_connects(manifest_path: Path, server: EmbeddedNats) -> None:
+    await provision_for(load_manifest(manifest_path), server.url, client_auth(load_manifest(manifest_path)))
     async with Host(load_manifest(manifest_path), server.url, ["distributor"]) as host:
         assert host.nc is not None and host.nc.is_connected
         assert (await host.nc.jetstream().consumer_info("ORDERS", "distributor")).config.durable_name == "distributor"

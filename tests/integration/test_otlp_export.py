@@ -16,7 +16,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from ebbtide.host import Host
 from ebbtide.manifest import load_manifest
 from ebbtide.orders import INGRESS_SUBJECT, encode_order, generate_orders
-from tests.conftest import manifest_copy, wait_until
+from tests.conftest import manifest_copy, provision_for, wait_until
 from tests.integration.test_pipeline import outbox_counts
 
 
@@ -84,6 +84,7 @@ async def test_traces_and_metrics_go_to_the_otlp_endpoint(
     orders = generate_orders(40, seed=11)
     express = sum(1 for o in orders if o.delivery == "Express")
 
+    await provision_for(load_manifest(path), nats_server.url)
     async with Host(load_manifest(path), nats_server.url) as host:
         assert host.metrics_pusher is not None and host.tracer_provider is not None
         js = nc.jetstream()

@@ -14,7 +14,7 @@ from ebbtide.host import Host
 from ebbtide.manifest import LoadedManifest
 from ebbtide.orders import INGRESS_SUBJECT, Order, encode_order, generate_orders
 from ebbtide.state import stream_state
-from tests.conftest import read_stream, wait_until
+from tests.conftest import provision_for, read_stream, wait_until
 
 
 async def outbox_counts(nc: NatsClient) -> dict[str, int]:
@@ -40,6 +40,7 @@ async def test_10000_orders_end_in_the_right_outboxes(reference_manifest: Loaded
     express = {o.order_id for o in orders if o.delivery == "Express"}
     standard = {o.order_id for o in orders if o.delivery == "Standard"}
     assert express and standard
+    await provision_for(reference_manifest, nats_server.url)
     async with Host(reference_manifest, nats_server.url):
         await publish(nc, [(encode_order(o), o.order_guid) for o in orders])
 
@@ -100,6 +101,7 @@ async def test_bad_input_is_dead_lettered_with_its_reason(reference_manifest: Lo
     payloads: list[tuple[bytes, str | None]] = [(encode_order(o), o.order_guid) for o in good[:100]]
     payloads += [(payload, f"bad-{name}") for name, payload in BAD_INPUTS.items()]
     payloads += [(encode_order(o), o.order_guid) for o in good[100:]]
+    await provision_for(reference_manifest, nats_server.url)
     async with Host(reference_manifest, nats_server.url):
         await publish(nc, payloads)
         dead = await read_stream(nc, "DLQ", expected=len(BAD_INPUTS))
@@ -142,6 +144,7 @@ async def test_provisioning_is_idempotent_and_updates(reference_manifest: Loaded
 async def test_redelivered_order_leaves_one_outbox_entry(reference_manifest: LoadedManifest, nats_server: EmbeddedNats, nc: NatsClient) -> None:
     """The same order published twice (different message ids) is stored once, under its orderId."""
     order = generate_orders(1, seed=5)[0]
+    await provision_for(reference_manifest, nats_server.url)
     async with Host(reference_manifest, nats_server.url):
         await publish(nc, [(encode_order(order), "first"), (encode_order(order), "second")])
         bucket = "outbox-express" if order.delivery == "Express" else "outbox-standard"

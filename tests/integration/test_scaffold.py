@@ -15,7 +15,7 @@ from ebbtide.cli import main
 from ebbtide.host import Host
 from ebbtide.manifest import load_manifest
 from ebbtide.scaffold import ScaffoldError, new_function
-from tests.conftest import manifest_copy, read_stream
+from tests.conftest import manifest_copy, provision_for, read_stream
 
 
 @pytest.mark.parametrize("lang", ["zig", "c", "assemblyscript", "python"])
@@ -40,6 +40,7 @@ async def test_new_function_builds_passes_its_test_and_runs(lang: str, tmp_path:
 
     # And in the host, through a real server.
     build_modules(manifest, [name])
+    await provision_for(manifest, nats_server.url)
     async with Host(manifest, nats_server.url):
         js = nc.jetstream()
         await js.publish(f"{name}.in", b'{"greeting": "hello"}')

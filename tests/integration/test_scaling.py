@@ -15,7 +15,7 @@ from ebbtide.manifest import LoadedManifest
 from ebbtide.orders import encode_order, generate_orders
 from ebbtide.state import stream_state
 from ebbtide.status import PoolStatus, decode_status
-from tests.conftest import wait_until
+from tests.conftest import provision_for, wait_until
 from tests.integration.test_pipeline import outbox_counts, publish
 
 
@@ -36,6 +36,7 @@ async def test_burst_scales_up_to_max_and_drains_to_zero(reference_manifest: Loa
 
     await nc.subscribe("ebbtide.status.>", cb=record)
     orders = generate_orders(5_000, seed=21)
+    await provision_for(manifest, nats_server.url)
     async with Host(manifest, nats_server.url) as host:
         assert all(pool.instances == 0 for pool in host.pools.values())
         await publish(nc, [(encode_order(o), o.order_guid) for o in orders])
@@ -58,6 +59,7 @@ async def test_burst_scales_up_to_max_and_drains_to_zero(reference_manifest: Loa
 async def test_message_at_an_empty_pool_is_processed_in_milliseconds(reference_manifest: LoadedManifest, nats_server: EmbeddedNats, nc: NatsClient) -> None:
     manifest = quick_cooldown(reference_manifest, cooldown_s=0.2)
     order = generate_orders(1, seed=4)[0]
+    await provision_for(manifest, nats_server.url)
     async with Host(manifest, nats_server.url) as host:
         async def idle() -> bool:
             return all(pool.instances == 0 for pool in host.pools.values())

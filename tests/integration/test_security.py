@@ -22,7 +22,8 @@ from ebbtide.launch import running
 from ebbtide.manifest import LoadedManifest, load_manifest, parse_manifest
 from ebbtide.orders import INGRESS_SUBJECT, encode_order, generate_orders
 from ebbtide.runtime import ModuleLoadError
-from tests.conftest import GUESTS, chaos_manifest, manifest_copy, read_stream, wait_for_consumers, wait_until
+from ebbtide.status import STATUS_REQUEST_SUBJECT, STATUS_SUBJECT_PREFIX, decode_status
+from tests.conftest import GUESTS, chaos_manifest, manifest_copy, provision_for, read_stream, wait_for_consumers, wait_until
 from tests.integration.test_pipeline import outbox_counts
 
 
@@ -55,6 +56,7 @@ async def test_authentication_and_least_privilege_are_enforced_by_the_server(ref
             await connect(server.url, "stranger", give_up_after_s=5)
 
         # The pipeline works with one least-privilege user per function process ...
+        await provision_for(manifest, access.url, access.admin)
         async with running(manifest, access, "per-function"):
             admin, _ = await _client(server, access)
             await wait_for_consumers(admin)  # each function process provisioned with its own user
@@ -66,6 +68,25 @@ async def test_authentication_and_least_privilege_are_enforced_by_the_server(ref
                 return sum((await outbox_counts(admin)).values()) == len(orders)
 
             await wait_until(stored, timeout=60)
+
+            # Scaling to zero and back needs nothing more of these users: every pool drains to zero
+            # instances (their status reports, read as the read-only observer), then new orders wake them.
+            observer = await nats.connect(server.url, **access.for_reading().connect_options())
+            idle: dict[str, bool] = {}
+
+            async def on_status(msg) -> None:  # type: ignore[no-untyped-def]
+                status = decode_status(msg.data)
+                idle[status.function] = status.instances == 0 and status.in_flight == 0
+
+            await observer.subscribe(f"{STATUS_SUBJECT_PREFIX}.>", cb=on_status)
+            await observer.publish(STATUS_REQUEST_SUBJECT, b"")
+            await wait_until(lambda: set(idle) == set(manifest.spec.functions) and all(idle.values()), timeout=60)
+            later = generate_orders(10, seed=22, first_id=10_000)
+            for order in later:
+                await ingress.jetstream().publish(INGRESS_SUBJECT, encode_order(order), headers={"Nats-Msg-Id": order.order_guid})
+            orders += later
+            await wait_until(stored, timeout=60)
+            await observer.close()
 
             # ... and the server, not only the host, keeps each user to its own subjects.
             distributor, errors = await _client(server, access, ["distributor"])
@@ -100,7 +121,7 @@ def test_nats_config_writes_users_for_an_external_server(reference_manifest: Loa
     assert cli(["--manifest", str(reference_manifest.path), "nats-config", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     config = (out / "server.conf").read_text()
-    for user in ("admin", "distributor", "receiver-express", "receiver-standard"):
+    for user in ("admin", "observer", "distributor", "receiver-express", "receiver-standard"):
         assert (out / f"{user}.nk").read_text().startswith("SU")  # a user seed
         assert str(out / f"{user}.nk") in printed
     assert "ingress" in config and "orders.ingress" in config
@@ -116,6 +137,7 @@ async def test_a_tampered_module_is_refused(tmp_path: Path, nats_server: Embedde
     wasm = manifest.module_path("chaos")
     digest = hashlib.sha256(wasm.read_bytes()).hexdigest()
     pinned = parse_manifest(manifest.path.read_text() + f'sha256 = "{digest}"\n', manifest.path)
+    await provision_for(pinned, nats_server.url)
     async with Host(pinned, nats_server.url) as host:
         assert host.pools["chaos"].module.sha256 == digest
     tampered = bytearray(wasm.read_bytes())
@@ -134,6 +156,7 @@ def _wasi_manifest(tmp_path: Path, grants: str) -> LoadedManifest:
 
 
 async def test_wasi_is_denied_by_default_and_granted_by_the_manifest(tmp_path: Path, nats_server: EmbeddedNats, nc) -> None:  # type: ignore[no-untyped-def]
+    await provision_for(_wasi_manifest(tmp_path, ""), nats_server.url)  # the same stream and consumer for all three
     with pytest.raises(ModuleLoadError, match="clock_time_get \\(needs the 'clock' grant\\).*granted nothing"):
         async with Host(_wasi_manifest(tmp_path, ""), nats_server.url):
             pass
@@ -153,6 +176,7 @@ async def test_effect_and_header_limits_dead_letter_the_message(tmp_path: Path, 
     text = manifest.path.read_text().replace("max_payload = 4096 }", "max_payload = 4096, max_effect_bytes = 8, max_header_bytes = 300 }")
     limited = parse_manifest(text, manifest.path)
     js = nc.jetstream()
+    await provision_for(limited, nats_server.url)
     async with Host(limited, nats_server.url) as host:
         await js.publish("in.chaos", b"small")
         await js.publish("in.chaos", b"larger than eight bytes")

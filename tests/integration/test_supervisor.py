@@ -14,7 +14,7 @@ from ebbtide.manifest import LoadedManifest, load_manifest
 from ebbtide.orders import encode_order, generate_orders
 from ebbtide.state import stream_state
 from ebbtide.supervisor import Supervisor
-from tests.conftest import manifest_copy, wait_for_consumers, wait_until
+from tests.conftest import manifest_copy, provision_for, wait_for_consumers, wait_until
 from tests.integration.test_pipeline import outbox_counts, publish
 
 
@@ -26,6 +26,7 @@ async def test_killed_function_process_is_restarted_and_nothing_is_lost(
     manifest = load_manifest(path)
     orders = generate_orders(10_000, seed=9)
     standard = sum(1 for o in orders if o.delivery == "Standard")
+    await provision_for(manifest, nats_server.url)
     supervisor = Supervisor(path, list(manifest.spec.functions), nats_server.url)
     await supervisor.start()
     try:

@@ -13,7 +13,7 @@ from ebbtide.broker import EmbeddedNats
 from ebbtide.host import Host
 from ebbtide.manifest import LoadedManifest
 from ebbtide.orders import INGRESS_SUBJECT, encode_order, generate_orders
-from tests.conftest import read_stream, wait_until
+from tests.conftest import provision_for, read_stream, wait_until
 
 CLIENT_TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_TRACEPARENT = f"00-{CLIENT_TRACE_ID}-00f067aa0ba902b7-01"
@@ -28,6 +28,7 @@ async def test_one_connected_trace_per_order(reference_manifest: LoadedManifest,
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     with_parent, without_parent = generate_orders(2, seed=8)
+    await provision_for(reference_manifest, nats_server.url)
     async with Host(reference_manifest, nats_server.url, tracer_provider=provider):
         js = nc.jetstream()
         await js.publish(INGRESS_SUBJECT, encode_order(with_parent), headers={"traceparent": CLIENT_TRACEPARENT})
@@ -83,6 +84,7 @@ async def test_unsampled_orders_flow_and_pass_the_decision_on(reference_manifest
     provider = TracerProvider(sampler=ALWAYS_OFF)
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     orders = generate_orders(5, seed=9)
+    await provision_for(reference_manifest, nats_server.url)
     async with Host(reference_manifest, nats_server.url, ["distributor"], tracer_provider=provider):
         for order in orders:
             await nc.jetstream().publish(INGRESS_SUBJECT, encode_order(order), headers={"Nats-Msg-Id": order.order_guid})

@@ -19,7 +19,7 @@ from ebbtide.launch import running
 from ebbtide.manifest import LoadedManifest, load_manifest
 from ebbtide.orders import INGRESS_SUBJECT, generate_orders
 from ebbtide.state import stream_state
-from tests.conftest import manifest_copy
+from tests.conftest import manifest_copy, provision_for
 from tests.reliability.conftest import (
     finished_run, ORDERS_N, MidRunFault, PublishStats, Report, Row, cluster_ready, connect_client,
     dead_letter_accounting, eventually, expected_outbox, publish_reliably, replicated, wait_for_functions,
@@ -41,6 +41,7 @@ async def test_nats_server_killed_and_restarted_mid_run(
     nc = await connect_client(server.url)
     started = time.monotonic()
     try:
+        await provision_for(manifest, server.url)
         async with running(manifest, server.url, mode) as runner:  # type: ignore[arg-type]
             await wait_for_functions(nc, manifest.spec.functions)
             stats = PublishStats()

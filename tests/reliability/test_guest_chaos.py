@@ -15,7 +15,7 @@ from pathlib import Path
 from ebbtide.broker import EmbeddedNats
 from ebbtide.deadletter import H_DELIVERY_COUNT, H_ERROR, H_ORIGINAL_MSG_ID, H_REASON
 from ebbtide.host import Host
-from tests.conftest import chaos_manifest, read_stream
+from tests.conftest import chaos_manifest, provision_for, read_stream
 from tests.reliability.conftest import (
     ORDERS_N, SETTLE_S, Report, Row, connect_client, eventually, publish_reliably, read_dead_letters,
 )
@@ -52,6 +52,7 @@ async def test_misbehaving_guests_mixed_into_normal_traffic(tmp_path: Path, nats
     js = nc.jetstream()
     started = time.monotonic()
     try:
+        await provision_for(manifest, nats_server.url)
         async with Host(manifest, nats_server.url) as host:
             await publish_reliably(nc, "in.chaos", messages)
 

@@ -20,7 +20,7 @@ from ebbtide.launch import running
 from ebbtide.manifest import LoadedManifest, load_manifest
 from ebbtide.orders import INGRESS_SUBJECT, encode_order, generate_orders
 from ebbtide.state import stream_state
-from tests.conftest import manifest_copy
+from tests.conftest import manifest_copy, provision_for
 from tests.reliability.conftest import (
     finished_run, ORDERS_N, SETTLE_S, Outbox, Report, Row, connect_client, expected_outbox, publish_reliably,
     read_dead_letters, read_outbox, run_complete,
@@ -92,6 +92,7 @@ async def test_poison_messages_mixed_into_good_ones(
     nc = await connect_client(nats_server.url)
     started = time.monotonic()
     try:
+        await provision_for(manifest, nats_server.url)
         async with running(manifest, nats_server.url, "single"):
             stats = await publish_reliably(nc, INGRESS_SUBJECT, messages)
 
@@ -148,6 +149,7 @@ async def test_poison_just_under_the_server_max_payload(
     letters: list = []
     outbox: Outbox | None = None
     try:
+        await provision_for(manifest, nats_server.url)
         async with running(manifest, nats_server.url, "single") as host:
             assert isinstance(host, Host)
             await publish_reliably(nc, INGRESS_SUBJECT, messages)

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import stat
 from pathlib import Path
 
-from ebbtide.broker.authorization import function_permissions, inbox_prefix, ingress_permissions
+import bcrypt
+
+from ebbtide.broker.access import ServerAccess
+from ebbtide.broker.auth import NatsAuth
+from ebbtide.broker.authorization import (
+    INGRESS_ENV, function_permissions, inbox_prefix, ingress_permissions, observer_permissions, write_bundle,
+)
 from ebbtide.broker.provision import streams_needed
 from ebbtide.manifest import load_manifest
 
@@ -31,3 +39,44 @@ def test_ingress_may_only_publish_orders() -> None:
     permissions = ingress_permissions(MANIFEST)
     assert permissions.publish == ["orders.ingress"]
     assert permissions.subscribe == ["_INBOX.>"]  # JetStream acks, at any NATS client's default inbox
+
+
+def test_no_function_holds_jetstream_administration() -> None:
+    """Its own consumer's info and pull requests are its only $JS.API subjects: no create, update, delete,
+    purge, no wildcard."""
+    for function in MANIFEST.spec.functions:
+        api = [s for s in function_permissions(MANIFEST, function).publish if s.startswith("$JS.API")]
+        assert api == [f"$JS.API.CONSUMER.INFO.ORDERS.{function}", f"$JS.API.CONSUMER.MSG.NEXT.ORDERS.{function}"]
+
+
+def test_observer_only_reads() -> None:
+    permissions = observer_permissions(MANIFEST)
+    assert permissions.publish == [
+        "$JS.API.STREAM.INFO.DLQ", "$JS.API.STREAM.MSG.GET.DLQ",
+        *(f"$JS.API.{op}.KV_{bucket}{tail}" for bucket in ("outbox-express", "outbox-standard")
+          for op, tail in (("STREAM.INFO", ""), ("STREAM.MSG.GET", ""), ("DIRECT.GET", ""), ("DIRECT.GET", ".>"))),
+        "ebbtide.status-request",
+    ]
+    assert set(permissions.subscribe) == {"_ebbtide_inbox.observer.>", "ebbtide.status.>", "$KV.outbox-express.>",
+                                          "$KV.outbox-standard.>"}
+
+
+def test_the_ingress_password_is_stored_hashed(tmp_path: Path) -> None:
+    bundle = write_bundle(MANIFEST, tmp_path / "auth")
+    password = bundle.ingress().password
+    config = bundle.server_config.read_text()
+    assert password not in config
+    [ingress] = [u for u in json.loads(config.split("authorization ", 1)[1])["users"] if u.get("user") == "ingress"]
+    assert ingress["password"].startswith("$2b$11$") and bcrypt.checkpw(password.encode(), ingress["password"].encode())
+    assert stat.S_IMODE((tmp_path / "auth" / INGRESS_ENV).stat().st_mode) == 0o600
+    assert write_bundle(MANIFEST, tmp_path / "auth").ingress().password == password  # kept on regeneration
+    assert bundle.server_config.read_text() == config  # the same hash: a Secret made from it keeps its name
+
+
+def test_reading_commands_use_the_observer(tmp_path: Path) -> None:
+    bundle = write_bundle(MANIFEST, tmp_path / "auth")
+    access = ServerAccess("nats://127.0.0.1:4222", bundle.admin(), bundle)
+    assert access.for_reading().nkey_seed_file == str(bundle.seed_file("observer"))
+    assert access.for_reading().inbox_prefix == "_ebbtide_inbox.observer"
+    external = ServerAccess("nats://127.0.0.1:4222", NatsAuth(nkey_seed_file="/secrets/observer.nk"))
+    assert external.for_reading() == external.admin  # an external server: the configured credentials

@@ -20,6 +20,7 @@ import msgspec
 from nats.aio.client import Client as NatsClient
 
 from ..baselines import READY_LINE, ROLES
+from ..broker import provision
 from ..host import Host
 from ..launch import ProcessMode, running, wait_for_reports
 from ..manifest import LoadedManifest, load_manifest
@@ -108,6 +109,7 @@ def ebbtide(manifest: LoadedManifest, variant: Variant, folder: Path, key: str, 
 
     @asynccontextmanager
     async def start(url: str, nc: NatsClient) -> AsyncIterator[list[int]]:
+        await provision(nc.jetstream(), loaded)  # this variant's consumer settings; hosts never provision
         reported = asyncio.create_task(wait_for_reports(nc, functions, timeout=60))
         try:
             async with running(loaded, url, variant.mode) as runner:

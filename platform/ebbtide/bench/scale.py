@@ -13,7 +13,7 @@ from pathlib import Path
 
 import msgspec
 
-from ..broker import ConfirmedPublisher, EmbeddedNats, connect, publish_all
+from ..broker import ConfirmedPublisher, EmbeddedNats, connect, provision, publish_all
 from ..host import Host
 from ..manifest import LoadedManifest
 from ..orders import INGRESS_SUBJECT, encode_order, generate_orders
@@ -65,6 +65,7 @@ async def _activation(manifest: LoadedManifest, url: str, nc, report: BenchRepor
     await publisher.start()
     orders = generate_orders(tries, seed=99, first_id=1_000_000)
     latencies = []
+    await provision(nc.jetstream(), quick_drain)  # hosts wait for their consumers; the admin step creates them
     async with Host(quick_drain, url) as host:
         for order in orders:
             await _idle(host)
@@ -99,6 +100,7 @@ async def _burst(manifest: LoadedManifest, url: str, nc, report: BenchReport, or
     payloads = [(encode_order(o), o.order_guid) for o in generate_orders(orders, seed=5, first_id=2_000_000)]
     publisher = ConfirmedPublisher(nc)
     await publisher.start()
+    await provision(nc.jetstream(), manifest)
     async with Host(manifest, url) as host:
         await _idle(host)
         reached: dict[str, float] = {}

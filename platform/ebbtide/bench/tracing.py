@@ -12,7 +12,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
-from ..broker import ConfirmedPublisher, EmbeddedNats, connect, kv_stream_name, publish_all
+from ..broker import ConfirmedPublisher, EmbeddedNats, connect, kv_stream_name, provision, publish_all
 from ..host import Host
 from ..manifest import LoadedManifest
 from ..orders import INGRESS_SUBJECT, encode_order, generate_orders
@@ -38,6 +38,7 @@ async def bench_tracing(manifest: LoadedManifest, report: BenchReport, quick: bo
         try:
             publisher = ConfirmedPublisher(nc)
             await publisher.start()
+            await provision(nc.jetstream(), manifest)  # hosts wait for their consumers; the admin step creates them
             results: dict[str, float] = {}
             for run, (label, ratio) in enumerate([("off", None), ("1 %", 0.01), ("100 %", 1.0), ("off again", None)]):
                 provider = None

@@ -23,8 +23,16 @@ AUTH_FOLDER = "auth"
 @dataclass(frozen=True)
 class ServerAccess:
     url: str
-    admin: NatsAuth  # operator tools, and a host that runs several functions
-    bundle: AuthBundle | None = None  # generated users: one per function
+    admin: NatsAuth  # provisioning, operator tools that change state, and a host that runs several functions
+    bundle: AuthBundle | None = None  # generated users: one per function, ingress, observer
+
+    def for_reading(self) -> NatsAuth:
+        """Commands that only read (top, outbox get/list, dlq list/show) use the read-only `observer` user
+        when there are generated users; against an external server, the configured credentials (give them
+        the observer's seed there too: EBBTIDE_NATS_NKEY_SEED_FILE=observer.nk)."""
+        if self.bundle is not None:
+            return self.admin.with_credentials(self.bundle.observer())
+        return self.admin
 
     def for_functions(self, functions: list[str]) -> NatsAuth:
         """A host running exactly one function uses that function's user (when there are generated users)."""

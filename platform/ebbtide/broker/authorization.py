@@ -1,17 +1,23 @@
 """Server-side authorization generated from the manifest: who may publish and subscribe to what.
 
 Users (see SECURITY.md):
-- `admin`: everything. The operator's tools (publish, top, dlq, redrive) and a host running every function
-  in one process.
-- one user per function, with exactly what its host needs: bind its own durable consumer, fetch and ack
-  its messages, publish to the subjects and KV buckets the manifest allows it and to its own dead-letter
-  subject, report its status, and create or update the streams it uses (so any start order works).
-  Replies arrive below its own inbox prefix, which no other user may read.
+- `admin`: everything. Provisioning (`ebbtide provision`, `up` before it starts the functions), the
+  operator's tools that change state (publish, dlq redrive/purge), and a host running every function in
+  one process.
+- one user per function, with exactly what its host needs and no JetStream administration: read its own
+  durable consumer's info (the lag), fetch and ack its own messages, publish to the subjects and KV
+  buckets the manifest allows it and to its own dead-letter subject, and report its status. It cannot
+  create, update, delete or purge any stream or consumer: provisioning is a separate admin step. Replies
+  arrive below its own inbox prefix, which no other user may read.
 - `ingress`: publish to the pipeline's entry subjects (triggers no function publishes to), and read
   replies (JetStream acks) below `_INBOX.`, the default of every NATS client.
+- `observer`: read only. The KV outboxes (stream info, get, direct get, and the writes as they happen),
+  the dead letters (stream info, get), and the functions' status reports. `ebbtide top`,
+  `ebbtide outbox`, `ebbtide dlq list/show` and Locust's end-to-end timing use it.
 
-Functions and admin authenticate with NKEYs: the server configuration holds only public keys, and each
-seed stays in its own file (mode 0600). `ingress` has a password, since any client must be able to use it.
+Functions, observer and admin authenticate with NKEYs: the server configuration holds only public keys,
+and each seed stays in its own file (mode 0600). `ingress` has a password, since any client must be able
+to use it; the configuration holds only its bcrypt hash, the password itself is in ingress.env (0600).
 `write_bundle` creates the keys once and keeps them; the permissions are recomputed from the manifest
 each time, so a changed manifest changes what each user may do.
 """
@@ -24,18 +30,22 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+import bcrypt
 import nkeys
 
 from ..manifest import LoadedManifest, subject_matches
 from ..status import STATUS_REQUEST_SUBJECT, STATUS_SUBJECT_PREFIX
 from .auth import NatsAuth
-from .provision import streams_needed
+from .provision import kv_stream_name
 
 ADMIN_USER = "admin"
 INGRESS_USER = "ingress"
+OBSERVER_USER = "observer"
 SERVER_CONFIG = "server.conf"
 INGRESS_ENV = "ingress.env"
 JS_API = "$JS.API"
+# nats-server's own `nats server passwd` uses cost 11; the server pays it once per ingress connect.
+BCRYPT_COST = 11
 
 
 @dataclass(frozen=True)
@@ -49,15 +59,11 @@ def inbox_prefix(function: str) -> str:
 
 
 def function_permissions(manifest: LoadedManifest, function: str) -> Permissions:
+    """The hot path and nothing more: no `$JS.API` subject but its own consumer's info and pull requests."""
     fn = manifest.function(function)
-    stream = manifest.stream_for(fn.trigger)
-    publish = [f"{JS_API}.INFO"]
-    for name in streams_needed(manifest, [function]):
-        publish += [f"{JS_API}.STREAM.{action}.{name}" for action in ("INFO", "CREATE", "UPDATE")]
-    consumer = f"{stream}.{function}"
-    publish += [
-        f"{JS_API}.CONSUMER.CREATE.{consumer}", f"{JS_API}.CONSUMER.CREATE.{consumer}.>",
-        f"{JS_API}.CONSUMER.DURABLE.CREATE.{consumer}", f"{JS_API}.CONSUMER.INFO.{consumer}",
+    consumer = f"{manifest.stream_for(fn.trigger)}.{function}"
+    publish = [
+        f"{JS_API}.CONSUMER.INFO.{consumer}",  # the lag, and whether provisioning has created it yet
         f"{JS_API}.CONSUMER.MSG.NEXT.{consumer}",
         f"$JS.ACK.{consumer}.>",  # ack, nak, in-progress of its own messages only
         *fn.publish,
@@ -66,6 +72,20 @@ def function_permissions(manifest: LoadedManifest, function: str) -> Permissions
         f"{STATUS_SUBJECT_PREFIX}.{function}",
     ]
     subscribe = [f"{inbox_prefix(function)}.>", fn.trigger, STATUS_REQUEST_SUBJECT]  # trigger: the wake-up bell
+    return Permissions(publish, subscribe)
+
+
+def observer_permissions(manifest: LoadedManifest) -> Permissions:
+    """Read the outboxes, the dead letters and the status reports; change nothing."""
+    spec = manifest.spec
+    publish = [f"{JS_API}.STREAM.{action}.{spec.dead_letter.stream}" for action in ("INFO", "MSG.GET")]
+    subscribe = [f"{inbox_prefix(OBSERVER_USER)}.>", f"{STATUS_SUBJECT_PREFIX}.>"]
+    for bucket in spec.kv:
+        stream = kv_stream_name(bucket)
+        publish += [f"{JS_API}.STREAM.INFO.{stream}", f"{JS_API}.STREAM.MSG.GET.{stream}",
+                    f"{JS_API}.DIRECT.GET.{stream}", f"{JS_API}.DIRECT.GET.{stream}.>"]
+        subscribe.append(f"$KV.{bucket}.>")  # each write as it happens (Locust's end-to-end timing)
+    publish.append(STATUS_REQUEST_SUBJECT)  # every pool reports at once (`ebbtide top`)
     return Permissions(publish, subscribe)
 
 
@@ -99,6 +119,9 @@ class AuthBundle:
     def function(self, function: str) -> NatsAuth:
         return NatsAuth(nkey_seed_file=str(self.seed_file(function)), inbox_prefix=inbox_prefix(function))
 
+    def observer(self) -> NatsAuth:
+        return NatsAuth(nkey_seed_file=str(self.seed_file(OBSERVER_USER)), inbox_prefix=inbox_prefix(OBSERVER_USER))
+
     def ingress(self) -> NatsAuth:
         values = dict(line.split("=", 1) for line in (self.folder / INGRESS_ENV).read_text().splitlines() if "=" in line)
         return NatsAuth(user=values["EBBTIDE_NATS_USER"], password=values["EBBTIDE_NATS_PASSWORD"])
@@ -118,17 +141,34 @@ def write_bundle(manifest: LoadedManifest, folder: Path) -> AuthBundle:
     if not ingress_env.exists():
         _write_secret(ingress_env, f"EBBTIDE_NATS_USER={INGRESS_USER}\nEBBTIDE_NATS_PASSWORD={secrets.token_urlsafe(24)}\n")
     ingress = bundle.ingress()
-    users.append({"user": ingress.user, "password": ingress.password,
+    users.append({"user": ingress.user, "password": _password_hash(bundle, ingress),
                   "permissions": _permission_block(ingress_permissions(manifest))})
+    users.append({"nkey": _public_key(bundle.seed_file(OBSERVER_USER)),
+                  "permissions": _permission_block(observer_permissions(manifest))})
     # JSON is valid NATS configuration syntax, and json.dumps quotes every subject safely.
     config = "# Generated by ebbtide from " + manifest.path.name + "; regenerate with `ebbtide nats-config`.\n"
     config += "authorization " + json.dumps({"users": users}, indent=2) + "\n"
-    _write_secret(bundle.server_config, config)  # holds the ingress password
+    _write_secret(bundle.server_config, config)  # public keys and a password hash: private all the same
     return bundle
 
 
 def _permission_block(permissions: Permissions) -> dict[str, object]:
     return {"publish": {"allow": permissions.publish}, "subscribe": {"allow": permissions.subscribe}}
+
+
+def _password_hash(bundle: AuthBundle, user: NatsAuth) -> str:
+    """The bcrypt hash nats-server checks the password against (it reads any value starting with `$2` as
+    one). The one already in server.conf while it still matches: regenerating changes nothing, so a
+    Kubernetes Secret made from the file keeps its name and no pod rolls for nothing."""
+    try:
+        text = bundle.server_config.read_text()
+        users = json.loads(text[text.index("authorization ") + len("authorization "):])["users"]
+        existing = next(u["password"] for u in users if u.get("user") == user.user)
+        if bcrypt.checkpw(user.password.encode(), existing.encode()):
+            return str(existing)
+    except (OSError, ValueError, KeyError, StopIteration):
+        pass  # no configuration yet, or one this version did not write: hash afresh
+    return bcrypt.hashpw(user.password.encode(), bcrypt.gensalt(BCRYPT_COST)).decode()
 
 
 def _public_key(seed_file: Path) -> str:

@@ -1,14 +1,26 @@
-"""Create or update, idempotently, everything the manifest needs on the server."""
+"""Create or update, idempotently, everything the manifest needs on the server.
+
+Provisioning is an admin step of its own (`ebbtide provision`; `ebbtide up` runs it before it starts the
+functions): a function's NATS user may not create or change streams and consumers, so a host only checks
+that its consumer exists (`missing_provisioning`) and waits until it does.
+"""
 
 from __future__ import annotations
 
+import asyncio
+
+import nats.errors
+import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js import api
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, NotFoundError
 
 from ..manifest import LoadedManifest, subject_matches
+from .auth import NatsAuth
+from .connection import connect
 
 ERR_STREAM_NAME_IN_USE = 10058
+ERR_STREAM_NOT_FOUND = 10059
 KV_DUPLICATE_WINDOW_S = 120.0
 
 
@@ -106,8 +118,8 @@ def streams_needed(manifest: LoadedManifest, functions: list[str]) -> list[str]:
 
 
 async def provision(js: JetStreamContext, manifest: LoadedManifest, functions: list[str] | None = None) -> None:
-    """The streams these functions need (dead letters and KV buckets included), and a durable pull
-    consumer per function. Only what they use: a function's NATS user may touch nothing else."""
+    """The streams these functions need (dead letters and KV buckets included; every function's by
+    default), and a durable pull consumer per function. Needs JetStream administration: the admin user."""
     names = functions if functions is not None else list(manifest.spec.functions)
     needed = set(streams_needed(manifest, names))
     for config in stream_configs(manifest):
@@ -116,3 +128,38 @@ async def provision(js: JetStreamContext, manifest: LoadedManifest, functions: l
     for function in names:
         stream = manifest.stream_for(manifest.function(function).trigger)
         await js.add_consumer(stream, consumer_config(manifest, function))
+
+
+async def provision_server(url: str, manifest: LoadedManifest, auth: NatsAuth, give_up_after_s: float | None = 30) -> None:
+    """`provision` over a connection of its own, with `auth` (the admin user's, or the operator's)."""
+    nc = await connect(url, name="ebbtide-provision", give_up_after_s=give_up_after_s, auth=auth)
+    try:
+        await provision(nc.jetstream(), manifest)
+    except (nats.errors.TimeoutError, asyncio.TimeoutError):
+        # A user without the rights gets no answer at all (the server drops the request): say what it needs.
+        raise ConnectionError(f"{url}: JetStream did not answer the provisioning requests of {auth.describe()}; "
+                              "provisioning needs the admin credentials") from None
+    except nats.js.errors.Error as exc:
+        raise ConnectionError(f"{url}: provisioning refused: {exc}") from None
+    finally:
+        await nc.drain()
+
+
+async def missing_provisioning(js: JetStreamContext, manifest: LoadedManifest, function: str) -> str | None:
+    """Why this function cannot start yet (its stream or durable consumer does not exist), or None.
+
+    Provisioning creates every stream before any consumer, so the consumer's existence is the sign that
+    it has run; that check needs only the consumer info the function reads for its lag anyway.
+    """
+    stream = manifest.stream_for(manifest.function(function).trigger)
+    try:
+        await js.consumer_info(stream, function)
+    except NotFoundError as exc:
+        missing = f"stream {stream}" if exc.err_code == ERR_STREAM_NOT_FOUND else f"durable consumer {function} on stream {stream}"
+        return f"{missing} does not exist: run `ebbtide provision` with the admin credentials"
+    except (nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError):
+        return "JetStream is not available yet (no responders)"  # e.g. a cluster still electing its leader
+    except (nats.errors.TimeoutError, asyncio.TimeoutError):
+        return (f"no answer to the info request of consumer {function} on stream {stream} "
+                "(is this user allowed $JS.API.CONSUMER.INFO of it?)")
+    return None

@@ -2,12 +2,19 @@
 
 One request per connection (`Connection: close`), GET only, small read limits and a read timeout: a
 slow or malformed client gets a 4xx or is dropped, and nothing it sends can raise into the host.
+
+With $EBBTIDE_METRICS_TOKEN set, /metrics answers only a request with `Authorization: Bearer <token>`
+(401 otherwise). /healthz and /readyz stay open: Kubernetes probes send no headers (a token in a probe's
+httpHeaders would sit in the pod spec in plain text), and they reveal only "ok" or why the host is not
+ready, never a figure or a message.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
+import os
 from collections.abc import Callable
 
 from .metrics import CONTENT_TYPE
@@ -20,10 +27,11 @@ MAX_HEADERS = 64
 READ_TIMEOUT_S = 5.0
 WRITE_TIMEOUT_S = 10.0
 MAX_CONNECTIONS = 64
+METRICS_TOKEN_ENV = "EBBTIDE_METRICS_TOKEN"
 
 Readiness = Callable[[], "bool | tuple[bool, str]"]
 
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
             408: "Request Timeout", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
             503: "Service Unavailable"}
 _TEXT = "text/plain; charset=utf-8"
@@ -39,11 +47,15 @@ class TelemetryServer:
     """Serves `render()` at /metrics, 200 at /healthz, and `ready()` at /readyz (200 or 503 with its reason).
 
     `ready` returns a bool or (bool, reason). Port 0 picks a free port; `port` is the bound one after start().
+    `token`: the bearer token /metrics requires; default $EBBTIDE_METRICS_TOKEN, "" or unset: none.
     """
 
-    def __init__(self, render: Callable[[], str], ready: Readiness, *, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, render: Callable[[], str], ready: Readiness, *, host: str = "127.0.0.1", port: int = 0,
+                 token: str | None = None) -> None:
         self._render = render
         self._ready = ready
+        token = os.environ.get(METRICS_TOKEN_ENV, "") if token is None else token
+        self._authorization = f"Bearer {token}".encode() if token else None
         self.host = host
         self.port = port
         self._server: asyncio.base_events.Server | None = None
@@ -106,7 +118,7 @@ class TelemetryServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            method, path = await asyncio.wait_for(_read_request(reader), READ_TIMEOUT_S)
+            method, path, authorization = await asyncio.wait_for(_read_request(reader), READ_TIMEOUT_S)
         except _BadRequest as exc:
             await _respond(writer, exc.status, str(exc) + "\n")
             return
@@ -129,6 +141,8 @@ class TelemetryServer:
         elif path == "/readyz":
             ready, reason = self._readiness()
             await respond(200 if ready else 503, ("ok" if ready else reason) + "\n")
+        elif self._authorization is not None and not hmac.compare_digest(authorization, self._authorization):
+            await respond(401, "unauthorized\n", extra=(("WWW-Authenticate", 'Bearer realm="metrics"'),))
         else:
             try:
                 body = self._render()
@@ -149,8 +163,9 @@ class TelemetryServer:
         return bool(result), "ok" if result else "not ready"
 
 
-async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str]:
-    """The method and path of one request; its headers are read (bounded) and ignored. No body is read."""
+async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, bytes]:
+    """The method, path and Authorization header (b"" if none) of one request; the other headers are read
+    (bounded) and ignored. No body is read."""
     try:
         line = await reader.readuntil(b"\n")
     except asyncio.LimitOverrunError:
@@ -169,6 +184,7 @@ async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str]:
     if not target.startswith("/"):
         raise _BadRequest(400, "bad request target")
     total = 0
+    authorization = b""
     for _ in range(MAX_HEADERS + 1):
         try:
             header = await reader.readuntil(b"\n")
@@ -180,9 +196,12 @@ async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str]:
         if total > MAX_HEADER_BYTES:
             raise _BadRequest(431, "headers too large")
         if header in (b"\r\n", b"\n"):
-            return method, target.split("?", 1)[0]
-        if b":" not in header:
+            return method, target.split("?", 1)[0], authorization
+        name, colon, value = header.partition(b":")
+        if not colon:
             raise _BadRequest(400, "bad header line")
+        if name.strip().lower() == b"authorization":
+            authorization = value.strip()
     raise _BadRequest(431, "too many headers")
 
 

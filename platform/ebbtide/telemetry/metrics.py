@@ -193,8 +193,9 @@ def _sample(name: str, labels: dict[str, str], value: float) -> str:
 def host_readiness(host: "Host") -> tuple[bool, str]:
     """Ready: connected to NATS, and every function's pool created and its controller running.
 
-    (A pool's consumer is created by provisioning before its pool exists, so a started controller means
-    the consumer is there; a pool scaled to zero holds no subscription and is still ready.)
+    (The host waits for provisioning to create each function's consumer before it creates the pool, so a
+    started controller means the consumer is there; a pool scaled to zero holds no subscription and is
+    still ready.)
     """
     if host.stopping:
         return False, "stopping"
@@ -203,6 +204,8 @@ def host_readiness(host: "Host") -> tuple[bool, str]:
         return False, "not connected to NATS yet"
     if not nc.is_connected:
         return False, "NATS connection down" + (" (closed)" if nc.is_closed else "; reconnecting")
+    if host.waiting_for:
+        return False, host.waiting_for
     for name in host.function_names:
         if name not in host.pools:
             return False, f"function {name}: pool not started"
