@@ -383,6 +383,9 @@ def _dlq(args: argparse.Namespace, manifest: LoadedManifest) -> int:
 
 
 def _outbox(args: argparse.Namespace, manifest: LoadedManifest) -> int:
+    if args.bucket is not None and args.bucket not in manifest.spec.kv:
+        # Reading commands connect as the read-only observer, which may read the manifest's buckets only.
+        raise UsageError(f"{manifest.path}: no KV bucket {args.bucket!r} in the manifest (kv: {', '.join(manifest.spec.kv) or 'none'})")
     buckets = outbox.outbox_buckets(manifest, args.bucket)
     if not buckets:
         raise UsageError(f"{manifest.path}: no function writes a KV bucket (functions.*.kv): name one with --bucket")

@@ -123,8 +123,8 @@ async def test_errors_name_the_problem(up: RunningUp) -> None:
         (("outbox", "get", "1", "--wait", "-1"), 2, "--wait must be 0 or more"),
         (("outbox", "list", "--limit", "0"), 2, "--limit must be at least 1"),
         (("outbox",), 2, "ACTION"),
-        (("outbox", "get", "--bucket", "outbox-nope", "1"), 1, "no KV bucket 'outbox-nope' on the server"),
-        (("outbox", "list", "--bucket", "outbox-nope"), 1, "no KV bucket 'outbox-nope' on the server"),
+        (("outbox", "get", "--bucket", "outbox-nope", "1"), 2, "no KV bucket 'outbox-nope' in the manifest"),
+        (("outbox", "list", "--bucket", "outbox-nope"), 2, "no KV bucket 'outbox-nope' in the manifest"),
         (("outbox", "get", "1", "--nats-url", "nats://127.0.0.1:1"), 1, "is `ebbtide up` running?"),
     ]:
         done = await up.cli(*args)
