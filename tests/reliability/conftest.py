@@ -29,6 +29,16 @@ from ebbtide.status import STATUS_REQUEST_SUBJECT, STATUS_SUBJECT_PREFIX, decode
 ORDERS_N = int(os.environ.get("EBBTIDE_RELIABILITY_ORDERS", "3000"))
 OUTBOXES = ("outbox-express", "outbox-standard")
 RUN_TIMEOUT_S = 120.0  # a whole run, from the last publish until every order is accounted for
+# Per-test limit (pytest-timeout), above the suite's default: a run publishes for up to 90 s, then has
+# RUN_TIMEOUT_S to settle, plus servers, processes and clusters starting and stopping.
+TEST_TIMEOUT_S = 600
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if here in item.path.parents and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(TEST_TIMEOUT_S))
 SETTLE_S = 1.0  # after completion: anything extra (a duplicate) would show up within this
 
 
