@@ -34,20 +34,20 @@ CHECKOUT_STATE = ("build", ".ebbtide")
 
 
 def _checkout_state() -> dict[str, tuple[int, int]]:
-    """Every file under the checkout's build/ and .ebbtide/ (size, mtime), and every file git sees changed
-    or untracked (not the ignored ones: caches, the venv)."""
+    """Every file under the checkout's build/ and .ebbtide/ (size, mtime), and every untracked file git
+    does not ignore (a test writing into the sources). Edits to tracked files are not counted: they are
+    the developer's, made while the tests run."""
     state: dict[str, tuple[int, int]] = {}
     for folder in CHECKOUT_STATE:
         for path in (REPO / folder).rglob("*"):
             if path.is_file() or path.is_symlink():
                 stat = path.lstat()
                 state[str(path.relative_to(REPO))] = (stat.st_size, stat.st_mtime_ns)
-    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=REPO,
-                            capture_output=True, text=True, check=True).stdout
-    for line in status.splitlines():
-        path = REPO / line[3:]
-        stat = path.lstat() if path.exists() else None
-        state[f"git: {line}"] = (stat.st_size, stat.st_mtime_ns) if stat else (-1, -1)
+    untracked = subprocess.run(["git", "ls-files", "--others", "--exclude-standard"], cwd=REPO,
+                               capture_output=True, text=True, check=True).stdout
+    for name in untracked.splitlines():
+        stat = (REPO / name).lstat()
+        state[name] = (stat.st_size, stat.st_mtime_ns)
     return state
 
 
@@ -117,11 +117,13 @@ def manifest_copy(tmp_path: Path, function_settings: str = "") -> tuple[Path, in
     return path, port
 
 
-def chaos_manifest(tmp_path: Path, extra: str = "", *, fuel: int = 2_000_000, ack_wait_s: float = 30.0, batch: int = 64) -> LoadedManifest:
-    """A manifest running tests/guests/chaos.wat (see its header for the behaviours) on `in.chaos`."""
+def chaos_manifest(tmp_path: Path, extra: str = "", *, fuel: int = 2_000_000, ack_wait_s: float = 30.0, batch: int = 64,
+                   guest: str = "chaos") -> LoadedManifest:
+    """A manifest running tests/guests/chaos.wat (see its header for the behaviours), or another guest of
+    tests/guests, as function `chaos` on `in.chaos`; `extra` (TOML lines) goes into the function's table."""
     wasm_dir = tmp_path / "build" / "wasm"
     wasm_dir.mkdir(parents=True, exist_ok=True)
-    (wasm_dir / "chaos.wasm").write_bytes(wasmtime.wat2wasm((GUESTS / "chaos.wat").read_text()))
+    (wasm_dir / "chaos.wasm").write_bytes(wasmtime.wat2wasm((GUESTS / f"{guest}.wat").read_text()))
     text = textwrap.dedent(f"""
         [streams.TEST]
         subjects = ["in.>", "test.>"]

