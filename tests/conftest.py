@@ -44,9 +44,12 @@ def _checkout_state() -> dict[str, tuple[int, int]]:
                 stat = path.lstat()
                 state[str(path.relative_to(REPO))] = (stat.st_size, stat.st_mtime_ns)
     untracked = subprocess.run(["git", "ls-files", "--others", "--exclude-standard"], cwd=REPO,
-                               capture_output=True, text=True, check=True).stdout
-    for name in untracked.splitlines():
-        stat = (REPO / name).lstat()
+                               capture_output=True, text=True)  # not a git checkout: build/ and .ebbtide/ only
+    for name in untracked.stdout.splitlines() if untracked.returncode == 0 else ():
+        try:
+            stat = (REPO / name).lstat()
+        except FileNotFoundError:
+            continue
         state[name] = (stat.st_size, stat.st_mtime_ns)
     return state
 
@@ -98,8 +101,8 @@ def reference_manifest() -> LoadedManifest:
 
 
 def manifest_copy(tmp_path: Path, function_settings: str = "") -> tuple[Path, int]:
-    """The reference manifest with its own ports and data folder, building from the repository's sources
-    into the session's BUILD_DIR.
+    """The reference manifest with its own ports and data folder, its modules built from the repository's
+    sources into the session's BUILD_DIR.
 
     `function_settings` (TOML lines) is added to every function. Returns the file and the embedded port.
     """
@@ -114,6 +117,7 @@ def manifest_copy(tmp_path: Path, function_settings: str = "") -> tuple[Path, in
         text = re.sub(r'^(trigger = .*)$', lambda m: m.group(1) + "\n" + function_settings, text, flags=re.M)
     path = tmp_path / "ebbtide.toml"
     path.write_text(text)
+    build_modules(load_manifest(path))  # incremental: built once per session, whichever test comes first
     return path, port
 
 

@@ -18,6 +18,9 @@ from ebbtide.scaffold import ScaffoldError, new_function
 from tests.conftest import manifest_copy, read_stream
 
 
+# Builds the new function twice (in its own test, run by a pytest of its own, then here) and, the first time
+# in a session, the reference modules and a toolchain's caches (a Python component takes minutes cold).
+@pytest.mark.timeout(600)
 @pytest.mark.parametrize("lang", ["zig", "c", "assemblyscript", "python"])
 async def test_new_function_builds_passes_its_test_and_runs(lang: str, tmp_path: Path, nats_server: EmbeddedNats,
                                                             nc: NatsClient) -> None:
