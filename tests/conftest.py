@@ -5,11 +5,16 @@ from __future__ import annotations
 import asyncio
 import inspect
 import re
+import shutil
 import socket
+import subprocess
+import tempfile
 import textwrap
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 import nats
 import pytest
 import wasmtime
@@ -22,6 +27,56 @@ from ebbtide.manifest import LoadedManifest, load_manifest, parse_manifest
 
 REPO = Path(__file__).resolve().parent.parent
 GUESTS = Path(__file__).resolve().parent / "guests"
+# Every module a test builds goes here, never into the checkout's build/: one folder per test session (the
+# toolchains' caches and the AssemblyScript compiler are installed once per session), removed at its end.
+BUILD_DIR = Path(tempfile.mkdtemp(prefix="ebbtide-tests-build-"))
+# What a test run must leave as it found it (see pytest_sessionfinish).
+CHECKOUT_STATE = ("build", ".ebbtide")
+
+
+def _checkout_state() -> dict[str, tuple[int, int]]:
+    """Every file under the checkout's build/ and .ebbtide/ (size, mtime), and every untracked file git
+    does not ignore (a test writing into the sources). Edits to tracked files are not counted: they are
+    the developer's, made while the tests run."""
+    state: dict[str, tuple[int, int]] = {}
+    for folder in CHECKOUT_STATE:
+        for path in (REPO / folder).rglob("*"):
+            if path.is_file() or path.is_symlink():
+                stat = path.lstat()
+                state[str(path.relative_to(REPO))] = (stat.st_size, stat.st_mtime_ns)
+    untracked = subprocess.run(["git", "ls-files", "--others", "--exclude-standard"], cwd=REPO,
+                               capture_output=True, text=True)  # not a git checkout: build/ and .ebbtide/ only
+    for name in untracked.stdout.splitlines() if untracked.returncode == 0 else ():
+        try:
+            stat = (REPO / name).lstat()
+        except FileNotFoundError:
+            continue
+        state[name] = (stat.st_size, stat.st_mtime_ns)
+    return state
+
+
+_STATE_BEFORE = pytest.StashKey[dict[str, tuple[int, int]]]()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_STATE_BEFORE] = _checkout_state()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fails the run when the tests changed the checkout (tests build and write into folders of their own)."""
+    shutil.rmtree(BUILD_DIR, ignore_errors=True)
+    before = session.config.stash.get(_STATE_BEFORE, None)
+    if before is None:
+        return
+    after = _checkout_state()
+    changed = sorted(path for path in before.keys() | after.keys() if before.get(path) != after.get(path))
+    if changed:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_sep("=", f"the test run changed the checkout ({len(changed)} paths)", red=True)
+            for path in changed[:50]:
+                reporter.write_line(f"  {path}: {before.get(path, 'absent')} -> {after.get(path, 'absent')}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture
@@ -39,20 +94,22 @@ async def nc(nats_server: EmbeddedNats) -> AsyncIterator[NatsClient]:
 
 @pytest.fixture(scope="session")
 def reference_manifest() -> LoadedManifest:
-    """The repository's ebbtide.toml, with the Zig functions built (incrementally) into build/."""
+    """The repository's ebbtide.toml, with the Zig functions built into the session's BUILD_DIR."""
     manifest = load_manifest(REPO / "ebbtide.toml")
+    manifest = LoadedManifest(msgspec.structs.replace(manifest.spec, build_dir=str(BUILD_DIR)), manifest.path)
     build_modules(manifest)
     return manifest
 
 
 def manifest_copy(tmp_path: Path, function_settings: str = "") -> tuple[Path, int]:
-    """The reference manifest with its own ports and data folder, building from the repository's sources.
+    """The reference manifest with its own ports and data folder, its modules built from the repository's
+    sources into the session's BUILD_DIR.
 
     `function_settings` (TOML lines) is added to every function. Returns the file and the embedded port.
     """
     port = free_port()
     text = (REPO / "ebbtide.toml").read_text()
-    text = text.replace('build_dir = "build"', f'build_dir = "{REPO / "build"}"')
+    text = text.replace('build_dir = "build"', f'build_dir = "{BUILD_DIR}"')
     text = text.replace('data_dir = ".ebbtide/nats"', f'data_dir = "{tmp_path / "nats"}"')
     text = text.replace("port = 4222", f"port = {port}").replace("monitor_port = 8222", f"monitor_port = {free_port()}")
     for folder in ("functions/distributor", "functions/receiver"):
@@ -61,14 +118,17 @@ def manifest_copy(tmp_path: Path, function_settings: str = "") -> tuple[Path, in
         text = re.sub(r'^(trigger = .*)$', lambda m: m.group(1) + "\n" + function_settings, text, flags=re.M)
     path = tmp_path / "ebbtide.toml"
     path.write_text(text)
+    build_modules(load_manifest(path))  # incremental: built once per session, whichever test comes first
     return path, port
 
 
-def chaos_manifest(tmp_path: Path, extra: str = "", *, fuel: int = 2_000_000, ack_wait_s: float = 30.0, batch: int = 64) -> LoadedManifest:
-    """A manifest running tests/guests/chaos.wat (see its header for the behaviours) on `in.chaos`."""
+def chaos_manifest(tmp_path: Path, extra: str = "", *, fuel: int = 2_000_000, ack_wait_s: float = 30.0, batch: int = 64,
+                   guest: str = "chaos") -> LoadedManifest:
+    """A manifest running tests/guests/chaos.wat (see its header for the behaviours), or another guest of
+    tests/guests, as function `chaos` on `in.chaos`; `extra` (TOML lines) goes into the function's table."""
     wasm_dir = tmp_path / "build" / "wasm"
     wasm_dir.mkdir(parents=True, exist_ok=True)
-    (wasm_dir / "chaos.wasm").write_bytes(wasmtime.wat2wasm((GUESTS / "chaos.wat").read_text()))
+    (wasm_dir / "chaos.wasm").write_bytes(wasmtime.wat2wasm((GUESTS / f"{guest}.wat").read_text()))
     text = textwrap.dedent(f"""
         [streams.TEST]
         subjects = ["in.>", "test.>"]
@@ -157,3 +217,48 @@ async def read_stream(nc: NatsClient, stream: str, subject: str | None = None, e
         if subject is None or msg.subject == subject:
             messages.append(msg)
     return messages
+
+
+@dataclass(frozen=True)
+class OutboxWrites:
+    """An outbox bucket compared with the orders that belong in it, counted in writes, not keys.
+
+    A bucket keeps one message per key (history 1), so a second write of an order replaces the first and
+    counting keys or messages cannot see it. Every write takes the bucket stream's next sequence number
+    and nothing is ever removed from it but by a later write of the same key (deletes are denied, tests
+    never purge), so the stream's last sequence is the number of writes it stored."""
+
+    stored: int  # orders of `expected` whose key is in the bucket
+    lost: int  # orders of `expected` whose key is not
+    written_twice: int  # writes beyond one per key: a redone effect that was not deduplicated
+    strays: int  # keys that do not belong in this bucket
+
+    @classmethod
+    def exactly_once(cls, count: int) -> "OutboxWrites":
+        """What a bucket holding each of `count` orders once, and nothing else, reads as."""
+        return cls(stored=count, lost=0, written_twice=0, strays=0)
+
+
+async def outbox_writes(nc: NatsClient, bucket: str, expected: Iterable[int | str]) -> OutboxWrites:
+    stream = f"KV_{bucket}"
+    js = nc.jetstream()
+    state = (await js.stream_info(stream)).state
+    per_key: dict[str, int] = {}
+    if state.messages:
+        per_key = (await js.stream_info(stream, subjects_filter=f"$KV.{bucket}.>")).state.subjects or {}
+    keys = {subject.removeprefix(f"$KV.{bucket}.") for subject in per_key}
+    wanted = {str(key) for key in expected}
+    writes = state.last_seq
+    assert writes >= sum(per_key.values()), (bucket, writes, sum(per_key.values()))  # the premise above
+    return OutboxWrites(stored=len(keys & wanted), lost=len(wanted - keys), written_twice=writes - len(keys),
+                        strays=len(keys - wanted))
+
+
+async def outboxes_writes(nc: NatsClient, expected: Mapping[str, Iterable[int | str]]) -> dict[str, OutboxWrites]:
+    """`outbox_writes` for every bucket of `expected` (bucket -> the orders that belong there)."""
+    return {bucket: await outbox_writes(nc, bucket, keys) for bucket, keys in expected.items()}
+
+
+def exactly_once(expected: Mapping[str, Iterable[int | str]]) -> dict[str, OutboxWrites]:
+    """What `outboxes_writes` returns when every order of `expected` was written once, and nothing else."""
+    return {bucket: OutboxWrites.exactly_once(len(set(map(str, keys)))) for bucket, keys in expected.items()}

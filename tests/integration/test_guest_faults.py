@@ -44,6 +44,8 @@ async def test_effect_outside_allowlist_is_refused(tmp_path: Path, nats_server: 
     manifest = chaos_manifest(tmp_path)
     js = nc.jetstream()
     await provision_for(manifest, nats_server.url)
+    # A witness: a stream that stores anything published to the forbidden subject, by anyone.
+    await js.add_stream(name="WITNESS", subjects=["not.>"])
     async with Host(manifest, nats_server.url) as host:
         await js.publish("in.chaos", b"F-forbidden")
         await js.publish("in.chaos", b"good")
@@ -57,8 +59,11 @@ async def test_effect_outside_allowlist_is_refused(tmp_path: Path, nats_server: 
         assert host.pools["chaos"].stats.dead_lettered == 0
     assert dead[0].headers[H_REASON] == "effect-refused"
     assert "'not.allowed' is not allowed" in dead[0].headers[H_ERROR]
-    # Nothing reached the forbidden subject: the stream that would capture it does not even exist.
     assert dead[0].headers["Ebbtide-Delivery-Count"] == "1"
+    # Read once the host stopped: nothing reached the forbidden subject, only the good message went out.
+    witness = await js.stream_info("WITNESS")
+    assert (witness.state.messages, witness.state.last_seq) == (0, 0)
+    assert [m.data for m in await read_stream(nc, "TEST", "test.out")] == [b"good"]
 
 
 async def test_reject_retry_and_oversized(tmp_path: Path, nats_server: EmbeddedNats, nc: NatsClient) -> None:

@@ -27,7 +27,7 @@ from ebbtide.runtime import GuestInitError, GuestInstance, GuestLimits, Status, 
 from ebbtide.runtime.abi import KvPut
 from ebbtide.runtime.guests import Guest, load_guest_module, start_guest
 from ebbtide.state import stream_state
-from tests.conftest import REPO, manifest_copy, provision_for, read_stream, wait_until
+from tests.conftest import BUILD_DIR, REPO, manifest_copy, provision_for, read_stream, wait_until
 
 # lang -> (module name in the test manifests, source folder)
 EXAMPLES = {
@@ -51,11 +51,11 @@ def _with_receiver(text: str, lang: str) -> str:
 
 
 def _build(folder: Path, examples: dict[str, tuple[str, str]]) -> dict[str, Path]:
-    """`examples` built by `ebbtide build` into the repository's build folder (incrementally)."""
+    """`examples` built by `ebbtide build` into the session's build folder (incrementally)."""
     modules = "".join(f'[modules.{m}]\nsource = "{REPO / f}"\nlang = "{lang}"\n' for lang, (m, f) in examples.items())
     path = folder / "ebbtide.toml"
     first = next(iter(examples.values()))[0]
-    path.write_text(f'build_dir = "{REPO / "build"}"\n[streams.S]\nsubjects = ["s.>"]\n{modules}'
+    path.write_text(f'build_dir = "{BUILD_DIR}"\n[streams.S]\nsubjects = ["s.>"]\n{modules}'
                     f'[functions.f]\nmodule = "{first}"\ntrigger = "s.in"\n')
     manifest = load_manifest(path)
     build_modules(manifest)
@@ -240,7 +240,7 @@ def python_component(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def python_receiver(python_component: Path, examples: dict[str, Path]) -> tuple[Guest, GuestInstance]:
     """The Python receiver as a component, next to the Zig one for comparison."""
-    engine = WasmEngine(cache_dir=REPO / "build/cache")
+    engine = WasmEngine(cache_dir=BUILD_DIR / "cache")
     guest = start_guest(engine, load_guest_module(engine, python_component, "python"), COMPONENT_LIMITS, CONFIG)
     zig = GuestInstance(engine, engine.load(examples["zig"]), LIMITS, CONFIG)
     return guest, zig
@@ -267,7 +267,7 @@ def test_python_component_rejects_like_the_zig_receiver(python_receiver) -> None
 
 
 def test_python_component_refuses_a_bad_config(python_component: Path) -> None:
-    engine = WasmEngine(cache_dir=REPO / "build/cache")
+    engine = WasmEngine(cache_dir=BUILD_DIR / "cache")
     module = load_guest_module(engine, python_component, "python")
     with pytest.raises(GuestInitError, match="configuration refused: config: bucket is required$"):
         start_guest(engine, module, COMPONENT_LIMITS, b"{}")

@@ -2,30 +2,25 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
+from pathlib import Path
 
 import msgspec
+import pytest
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 
 from ebbtide.broker import ConfirmedPublisher, EmbeddedNats, provision, publish_all
 from ebbtide.deadletter import H_ERROR, H_FUNCTION, H_ORIGINAL_SUBJECT, H_REASON
 from ebbtide.host import Host
-from ebbtide.manifest import LoadedManifest
+from ebbtide.manifest import LoadedManifest, load_manifest
 from ebbtide.orders import INGRESS_SUBJECT, Order, encode_order, generate_orders
 from ebbtide.state import stream_state
-from tests.conftest import provision_for, read_stream, wait_until
+from tests.conftest import exactly_once, manifest_copy, outboxes_writes, provision_for, read_stream, wait_until
 
 
 async def outbox_counts(nc: NatsClient) -> dict[str, int]:
     return {b: (await stream_state(nc, f"KV_{b}")).messages for b in ("outbox-express", "outbox-standard")}
-
-
-async def outbox_keys(nc: NatsClient, bucket: str) -> set[str]:
-    """The keys of a KV bucket, from the stream's per-subject counts (nats-py's kv.keys() can report
-    "no keys found" right after a write)."""
-    info = await nc.jetstream().stream_info(f"KV_{bucket}", subjects_filter=f"$KV.{bucket}.>")
-    return {subject.removeprefix(f"$KV.{bucket}.") for subject in (info.state.subjects or {})}
 
 
 async def publish(nc: NatsClient, payloads: list[tuple[bytes, str | None]]) -> None:
@@ -48,19 +43,16 @@ async def test_10000_orders_end_in_the_right_outboxes(reference_manifest: Loaded
             return sum((await outbox_counts(nc)).values()) >= len(orders)
 
         await wait_until(all_stored, timeout=120)
-        await asyncio.sleep(0.5)  # anything extra (a duplicate) would show up now
-        assert await outbox_counts(nc) == {"outbox-express": len(express), "outbox-standard": len(standard)}
-        js = nc.jetstream()
-        kv_express = await js.key_value("outbox-express")
-        kv_standard = await js.key_value("outbox-standard")
-        assert {int(k) for k in await outbox_keys(nc, "outbox-express")} == express
-        assert {int(k) for k in await outbox_keys(nc, "outbox-standard")} == standard
-        sample = orders[0]
-        stored = await (kv_express if sample.delivery == "Express" else kv_standard).get(str(sample.order_id))
-        assert msgspec.json.decode(stored.value, type=Order) == sample
-        assert (await stream_state(nc, "DLQ")).messages == 0
-        # The work queue is empty: every input was acked.
-        assert (await stream_state(nc, "ORDERS")).messages == 0
+    # Counted after the host stopped (every effect confirmed, nothing in flight): each order written once.
+    expected = {"outbox-express": express, "outbox-standard": standard}
+    assert await outboxes_writes(nc, expected) == exactly_once(expected)
+    js = nc.jetstream()
+    sample = orders[0]
+    stored = await (await js.key_value(f"outbox-{sample.delivery.lower()}")).get(str(sample.order_id))
+    assert msgspec.json.decode(stored.value, type=Order) == sample
+    assert (await stream_state(nc, "DLQ")).messages == 0
+    # The work queue is empty: every input was acked.
+    assert (await stream_state(nc, "ORDERS")).messages == 0
 
 
 def order_json(**overrides: object) -> bytes:
@@ -110,6 +102,8 @@ async def test_bad_input_is_dead_lettered_with_its_reason(reference_manifest: Lo
             return sum((await outbox_counts(nc)).values()) >= len(good)
 
         await wait_until(all_stored)
+    expected = {f"outbox-{d}": [o.order_id for o in good if o.delivery.lower() == d] for d in ("express", "standard")}
+    assert await outboxes_writes(nc, expected) == exactly_once(expected)  # no bad input reached an outbox
     assert len(dead) == len(BAD_INPUTS)
     by_name = {m.headers["Ebbtide-Original-Msg-Id"].removeprefix("bad-"): m for m in dead}
     assert set(by_name) == set(BAD_INPUTS)
@@ -121,7 +115,6 @@ async def test_bad_input_is_dead_lettered_with_its_reason(reference_manifest: Lo
         assert EXPECTED_REASON[name] in msg.headers[H_ERROR], (name, msg.headers[H_ERROR])
         expected_reason = "payload-too-large" if name == "too-large" else "rejected"
         assert msg.headers[H_REASON] == expected_reason, name
-    assert sum((await outbox_counts(nc)).values()) == len(good)
 
 
 async def test_provisioning_is_idempotent_and_updates(reference_manifest: LoadedManifest, nats_server: EmbeddedNats, nc: NatsClient) -> None:
@@ -141,16 +134,40 @@ async def test_provisioning_is_idempotent_and_updates(reference_manifest: Loaded
     assert {"ORDERS", "DLQ", "KV_outbox-express", "KV_outbox-standard"} <= streams
 
 
-async def test_redelivered_order_leaves_one_outbox_entry(reference_manifest: LoadedManifest, nats_server: EmbeddedNats, nc: NatsClient) -> None:
-    """The same order published twice (different message ids) is stored once, under its orderId."""
+async def test_redelivered_order_is_written_once(
+    tmp_path: Path, reference_manifest: LoadedManifest, nats_server: EmbeddedNats, nc: NatsClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The receiver's ack of an order is lost after its outbox write was confirmed (as when its process dies
+    there): the server redelivers the same message after the ack wait, the receiver writes again with the
+    same Nats-Msg-Id, and the bucket stores one write. Then a client retries the order's publish with the
+    same Nats-Msg-Id: the server recognises it, and nothing is written again."""
+    path, _ = manifest_copy(tmp_path, "ack_wait_s = 1")
     order = generate_orders(1, seed=5)[0]
-    await provision_for(reference_manifest, nats_server.url)
-    async with Host(reference_manifest, nats_server.url):
-        await publish(nc, [(encode_order(order), "first"), (encode_order(order), "second")])
-        bucket = "outbox-express" if order.delivery == "Express" else "outbox-standard"
+    subject = f"orders.{order.delivery.lower()}"
+    bucket = f"outbox-{order.delivery.lower()}"
+    acks: list[tuple[int, bool]] = []  # the receiver's acks: (delivery count, sent)
+    send_ack = Msg.ack
 
-        async def stored_twice() -> bool:
-            return (await stream_state(nc, "ORDERS")).messages == 0 and (await stream_state(nc, f"KV_{bucket}")).messages >= 1
+    async def first_ack_lost(msg: Msg) -> None:
+        if msg.subject != subject:
+            return await send_ack(msg)
+        sent = bool(acks)  # the first is lost on its way
+        acks.append((msg.metadata.num_delivered, sent))
+        if sent:
+            await send_ack(msg)
 
-        await wait_until(stored_twice)
-        assert await outbox_keys(nc, bucket) == {str(order.order_id)}
+    monkeypatch.setattr(Msg, "ack", first_ack_lost)
+    await provision_for(load_manifest(path), nats_server.url)
+    async with Host(load_manifest(path), nats_server.url):
+        await publish(nc, [(encode_order(order), order.order_guid)])
+
+        async def redelivered_and_acked() -> bool:
+            return len(acks) == 2 and (await stream_state(nc, "ORDERS")).messages == 0
+
+        await wait_until(redelivered_and_acked)
+        assert acks == [(1, False), (2, True)]  # the same message, delivered again after the ack wait
+        retry = await nc.jetstream().publish(INGRESS_SUBJECT, encode_order(order), headers={"Nats-Msg-Id": order.order_guid})
+        assert retry.duplicate
+    # Counted after the host stopped: the first write only (the redone one was deduplicated by the server).
+    assert await outboxes_writes(nc, {bucket: [order.order_id]}) == exactly_once({bucket: [order.order_id]})
+    assert len(acks) == 2

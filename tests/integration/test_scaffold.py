@@ -18,10 +18,13 @@ from ebbtide.scaffold import ScaffoldError, new_function
 from tests.conftest import manifest_copy, provision_for, read_stream
 
 
+# Builds the new function twice (in its own test, run by a pytest of its own, then here) and, the first time
+# in a session, the reference modules and a toolchain's caches (a Python component takes minutes cold).
+@pytest.mark.timeout(600)
 @pytest.mark.parametrize("lang", ["zig", "c", "assemblyscript", "python"])
 async def test_new_function_builds_passes_its_test_and_runs(lang: str, tmp_path: Path, nats_server: EmbeddedNats,
                                                             nc: NatsClient) -> None:
-    path, _ = manifest_copy(tmp_path)  # the reference pipeline; builds into the repository's build folder
+    path, _ = manifest_copy(tmp_path)  # the reference pipeline; builds into the session's build folder
     name = f"hello-{lang[:2]}"
     made = new_function(load_manifest(path), name, lang)
     assert made.source == tmp_path / "functions" / name / {"zig": "main.zig", "c": "main.c", "assemblyscript": "main.ts", "python": "app.py"}[lang]

