@@ -207,7 +207,7 @@ async def _watch_sources(manifest: LoadedManifest, reload: Callable[[], None], i
         await asyncio.sleep(interval_s)
         try:
             rebuilt = [r.module for r in await asyncio.to_thread(build_modules, manifest) if r.rebuilt]
-        except BuildError as exc:  # a half-typed edit: report it, keep running the last good modules
+        except (BuildError, ManifestError) as exc:  # a half-typed edit: report it, keep running the last good modules
             log.error("watch: build failed, the running modules stay: %s", exc)
             continue
         if rebuilt:
@@ -268,7 +268,7 @@ def _new(args: argparse.Namespace, manifest: LoadedManifest) -> int:
 
 def _build(args: argparse.Namespace, manifest: LoadedManifest) -> int:
     for result in build_modules(manifest, args.modules or None, force=args.force):
-        state = "built" if result.rebuilt else "up to date"
+        state = "prebuilt" if result.prebuilt else "built" if result.rebuilt else "up to date"
         print(f"{result.module:<16} {state:<11} {result.output} ({result.output.stat().st_size} bytes)")
     return 0
 
