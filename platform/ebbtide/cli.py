@@ -32,6 +32,7 @@ from .scaffold import TEMPLATES as SCAFFOLD_LANGUAGES, ScaffoldError, new_functi
 from .demo import print_summary, run_demo
 from .host import Host
 from .launch import DEFAULT_PROCESS_MODE, PROCESS_MODES, ProcessMode, running
+from .supervisor import Supervisor
 from .manifest import DEFAULT_MANIFEST, LoadedManifest, ManifestError, load_manifest
 from .orders import INGRESS_SUBJECT, encode_order, generate_orders
 from .runtime import GuestInitError, ModuleLoadError
@@ -167,37 +168,69 @@ def _parser() -> argparse.ArgumentParser:
 async def _serve(manifest: LoadedManifest, server: ServerAccess, mode: ProcessMode, functions: list[str] | None = None,
                  verbose: bool = False, metrics_port: int | None = None, watch: bool = False) -> int:
     """Run until SIGINT or SIGTERM, then stop the pools (or child processes) and drain. SIGHUP hot-reloads
-    changed modules; `watch` does so whenever a function's sources change."""
+    changed modules; `watch` does so whenever a function's sources change.
+
+    A signal during start-up interrupts it wherever it waits (e.g. on a server that never answers): what
+    was started is stopped, and the exit code is 130."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    serving = asyncio.current_task()
+    assert serving is not None
+    signalled: list[signal.Signals] = []
+    started = False
+
+    def on_stop_signal(sig: signal.Signals) -> None:
+        if not started and not signalled:
+            serving.cancel()
+        signalled.append(sig)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    async with running(manifest, server, mode, functions, verbose, metrics_port) as runner:
-        background: set[asyncio.Task[None]] = set()
+        loop.add_signal_handler(sig, on_stop_signal, sig)
+    try:
+        async with running(manifest, server, mode, functions, verbose, metrics_port) as runner:
+            started = True
+            return await _serve_until_stopped(manifest, runner, stop, watch)
+    except asyncio.CancelledError as exc:
+        if not signalled:
+            raise
+        serving.uncancel()
+        where = " ".join(getattr(exc, "__notes__", [])) or "during start-up"  # e.g. while connecting to ...: why
+        print(f"ebbtide: stopped by {signalled[0].name} {where}", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
-        def reload() -> None:
-            if isinstance(runner, Host):
-                task = asyncio.create_task(runner.reload())
-                background.add(task)
-                task.add_done_callback(background.discard)
-            else:
-                runner.reload()
 
-        loop.add_signal_handler(signal.SIGHUP, reload)
-        log.info("running %s (%s process mode); Ctrl-C to stop, SIGHUP to reload changed modules",
-                 ", ".join(functions or manifest.spec.functions), mode)
-        waits = [asyncio.ensure_future(stop.wait())]
-        if watch:
-            waits.append(asyncio.ensure_future(_watch_sources(manifest, reload)))
-        if isinstance(runner, Host):  # a supervisor's children report their own losses by exiting
-            waits.append(asyncio.ensure_future(runner.connection_lost.wait()))
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        for wait in waits:
-            wait.cancel()
-        loop.remove_signal_handler(signal.SIGHUP)
-        if not stop.is_set():
-            return EXIT_FAILURE  # connection lost for good: exit so that a supervisor restarts us
-        log.info("stopping")
+async def _serve_until_stopped(manifest: LoadedManifest, runner: Host | Supervisor, stop: asyncio.Event, watch: bool) -> int:
+    loop = asyncio.get_running_loop()
+    background: set[asyncio.Task[None]] = set()
+
+    def reload() -> None:
+        if isinstance(runner, Host):
+            task = asyncio.create_task(runner.reload())
+            background.add(task)
+            task.add_done_callback(background.discard)
+        else:
+            runner.reload()
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    if isinstance(runner, Host):
+        log.info("running %s in this process (pid %d); Ctrl-C to stop, SIGHUP to reload changed modules",
+                 ", ".join(runner.function_names), os.getpid())
+    else:
+        log.info("running %s, one supervised process each; Ctrl-C to stop, SIGHUP to reload changed modules",
+                 ", ".join(runner.children))
+    waits = [asyncio.ensure_future(stop.wait())]
+    if watch:
+        waits.append(asyncio.ensure_future(_watch_sources(manifest, reload)))
+    if isinstance(runner, Host):  # a supervisor's children report their own losses by exiting
+        waits.append(asyncio.ensure_future(runner.connection_lost.wait()))
+    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for wait in waits:
+        wait.cancel()
+    loop.remove_signal_handler(signal.SIGHUP)
+    if not stop.is_set():
+        return EXIT_FAILURE  # connection lost for good: exit so that a supervisor restarts us
+    log.info("stopping")
     return 0
 
 
