@@ -186,3 +186,18 @@ def test_the_children_of_up_die_with_it_when_it_is_killed(tmp_path: Path) -> Non
         for pid in orphans:
             os.kill(pid, signal.SIGKILL)
     assert not orphans, f"still running {STOP_S} s after `up` was killed: {orphans}\n{up.output}"
+
+
+def test_each_process_of_up_says_what_it_runs(tmp_path: Path) -> None:
+    """Issue 13, item 6: a per-function child said "single process mode"; each line now says what is true."""
+    up = Ebbtide(tmp_path, _manifest(tmp_path, ("f", "g")), "up", "--processes", "per-function")
+    try:
+        up.wait_for("every function running", lambda: "running f in this process" in up.output
+                    and "running g in this process" in up.output)
+        up.process.send_signal(signal.SIGTERM)
+        code = up.stopped_within(STOP_S)
+    finally:
+        up.kill()
+    assert code == 0, up.output
+    assert "running f, g, one supervised process each" in up.output
+    assert "process mode" not in up.output, up.output
