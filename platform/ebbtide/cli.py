@@ -85,8 +85,21 @@ def _parser() -> argparse.ArgumentParser:
         sub.set_defaults(command=handler)
         return sub
 
-    def nats_url_option(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("--nats-url", help="NATS server URL (default: $EBBTIDE_NATS_URL, then [nats] url in the manifest)")
+    def nats_url_option(sub: argparse.ArgumentParser, default: object = None) -> None:
+        sub.add_argument("--nats-url", default=default,
+                         help="NATS server URL (default: $EBBTIDE_NATS_URL, then [nats] url in the manifest)")
+
+    def actions_of(sub: argparse.ArgumentParser, dest: str) -> Callable[[str, str], argparse.ArgumentParser]:
+        """A command with actions (`dlq list`): its connection options go before or after the action."""
+        nats_url_option(sub)
+        actions = sub.add_subparsers(dest=dest, required=True, metavar="ACTION")
+
+        def action(name: str, help: str) -> argparse.ArgumentParser:
+            parser = actions.add_parser(name, help=help, description=help)
+            nats_url_option(parser, default=argparse.SUPPRESS)  # absent here: the command's value stays
+            return parser
+
+        return action
 
     def metrics_option(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--metrics-port", type=int, default=_env_int(METRICS_PORT_ENV),
@@ -144,18 +157,17 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--rate", action="append", help="sustained rate: orders/s or a share of the burst's capacity, "
                        "e.g. 50%% (repeatable; default 50%% and 90%%)")
     bench.add_argument("--sustained-target", choices=["ebbtide-default", "ebbtide-fastest"], default="ebbtide-default")
-    dlq = command("dlq", _dlq, "dead letters: list, show, redrive (send back to their original subject), purge")
-    nats_url_option(dlq)
-    dlq_actions = dlq.add_subparsers(dest="dlq_action", required=True, metavar="ACTION")
-    dlq_list = dlq_actions.add_parser("list", help="one line per dead letter, oldest first")
+    dlq_action = actions_of(command("dlq", _dlq, "dead letters: list, show, redrive (send back to their original subject), purge"),
+                            "dlq_action")
+    dlq_list = dlq_action("list", "one line per dead letter, oldest first")
     dlq_list.add_argument("--function", "-f", help="only this function's dead letters")
     dlq_list.add_argument("--limit", type=int, help="at most N")
-    dlq_show = dlq_actions.add_parser("show", help="one dead letter: every header and the payload")
+    dlq_show = dlq_action("show", "one dead letter: every header and the payload")
     dlq_show.add_argument("seq", type=int, help="its sequence in the dead-letter stream (from `list`)")
-    dlq_redrive = dlq_actions.add_parser("redrive", help="republish to the original subject, then delete (safe to repeat)")
+    dlq_redrive = dlq_action("redrive", "republish to the original subject, then delete (safe to repeat)")
     dlq_redrive.add_argument("seqs", type=int, nargs="*", help="sequences to redrive (default: all, or --function)")
     dlq_redrive.add_argument("--function", "-f", help="only this function's dead letters")
-    dlq_purge = dlq_actions.add_parser("purge", help="delete dead letters")
+    dlq_purge = dlq_action("purge", "delete dead letters")
     dlq_purge.add_argument("--function", "-f", help="only this function's dead letters")
     dlq_purge.add_argument("--yes", action="store_true", help="required: purging cannot be undone")
     top = command("top", _top, "live view of every function: backlog, instances, in-flight, msgs/s, handle time, dead letters")
@@ -404,6 +416,11 @@ def _top(args: argparse.Namespace, manifest: LoadedManifest) -> int:
             while not args.iterations or refreshes < args.iterations:
                 await asyncio.sleep(args.interval)
                 refreshes += 1
+                try:
+                    view.dead_letters = await dlq.count_by_function(nc, manifest)
+                except dlq.DeadLetterError as exc:
+                    log.debug("dead letters unknown: %s", exc)
+                    view.dead_letters = None
                 screen = view.render(time.time(), width=_screen_width())
                 print(("\x1b[H\x1b[2J" + screen) if live else screen + "\n", flush=True)
         finally:
