@@ -114,14 +114,17 @@ class PullConsumer:
         every message handed back. Draining the inbox (unsubscribe, then a round trip) first collects
         what the server delivered to a still-open pull request before it saw the unsubscribe.
         """
+        connected = self._nc.is_connected  # else no round trip can succeed: do not wait for one
         if self._subscription is not None:
             try:
-                await self._subscription.drain()
+                await (self._subscription.drain() if connected else self._subscription.unsubscribe())
             except Exception:
                 pass  # connection gone or draining: nothing more can arrive here
             self._subscription = None
         leftovers, self._arrived = self._arrived, []
-        await asyncio.gather(*(self._hand_back(msg) for msg in leftovers))
+        if connected:
+            await asyncio.gather(*(self._hand_back(msg) for msg in leftovers))
+        # else the server redelivers them after the ack wait
 
     async def _hand_back(self, msg: Msg) -> None:
         try:
