@@ -27,7 +27,10 @@ RUN ebbtide build \
 
 # -- runtime: the venv and the built modules, a non-root user ---------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
+# EBBTIDE_PREBUILT=1: every module ships built (build/wasm below); without sources, not prebuilt would be an
+# error (a typo in modules.X.source must not run an old build), so the image says so.
 ENV PATH=/opt/venv/bin:$PATH \
+    EBBTIDE_PREBUILT=1 \
     PYTHONUNBUFFERED=1 \
     EBBTIDE_METRICS_PORT=9464 \
     EBBTIDE_METRICS_HOST=0.0.0.0

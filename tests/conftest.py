@@ -135,7 +135,7 @@ def chaos_manifest(tmp_path: Path, extra: str = "", *, fuel: int = 2_000_000, ac
         retention = "workqueue"
 
         [modules.chaos]
-        source = "unused"
+        prebuilt = true  # tests/guests/chaos.wat, assembled above
 
         [functions.chaos]
         module = "chaos"

@@ -6,6 +6,11 @@ the machine; the pinned compiler is installed with `npm ci` into
 <build_dir>/assemblyscript/ on first use). Every module builds against its language's guest SDK
 (functions/sdk, functions/sdk-c, functions/sdk-assemblyscript) unless `sdk` names another folder.
 
+A module that ships built ([modules.X] prebuilt = true, or every module when $EBBTIDE_PREBUILT is 1, as in the
+container image) is never compiled: its built file must be there. Otherwise a missing source folder is a
+configuration error, even when an older build of the module exists: a typo in `source` must not run a
+stale module.
+
 Incremental: a module is rebuilt when a source file (its own or its SDK's) is newer than its output, or
 when its recipe (language, entry file, SDK folder, compiler flags, compiler version) changed since the last
 build. A toolchain is looked for only when something must be compiled, and a missing one is reported with
@@ -32,6 +37,9 @@ from .manifest import LoadedManifest, ManifestError
 CHECKOUT = Path(__file__).resolve().parents[2]
 NODE_MIN_MAJOR = 20  # assemblyscript 0.28 declares engines.node >= 20
 NPM_TIMEOUT_S = 600
+# 1: every module ships built (the container image sets it: its build stage compiled them, and the runtime
+# stage has neither the sources nor a toolchain); 0 or unset: [modules.X] prebuilt decides.
+PREBUILT_ENV = "EBBTIDE_PREBUILT"
 
 
 class BuildError(Exception):
@@ -43,6 +51,7 @@ class BuildResult:
     module: str
     output: Path
     rebuilt: bool
+    prebuilt: bool = False  # shipped built: used as it is, never compiled
 
 
 @dataclass(frozen=True)
@@ -290,21 +299,36 @@ def build_modules(manifest: LoadedManifest, modules: list[str] | None = None, fo
     return results
 
 
+def prebuilt_by_environment() -> bool:
+    value = os.environ.get(PREBUILT_ENV, "").strip().lower()
+    if value in ("", "0", "false", "no"):
+        return False
+    if value in ("1", "true", "yes"):
+        return True
+    raise ManifestError(f"${PREBUILT_ENV} must be 1 (every module ships built) or 0, not {value!r}")
+
+
 def build_module(manifest: LoadedManifest, name: str, force: bool = False) -> BuildResult:
     section = manifest.spec.modules[name]
+    output = manifest.module_path(name)
+    if section.prebuilt or prebuilt_by_environment():
+        if not output.is_file():
+            key = f"modules.{name}.prebuilt" if section.prebuilt else f"modules.{name} (${PREBUILT_ENV}=1)"
+            raise ManifestError(f"{manifest.path}: {key}: {output} does not exist (a module that ships built is "
+                                "never compiled)")
+        return BuildResult(name, output, rebuilt=False, prebuilt=True)
     language = LANGUAGES[section.lang]
     source_dir = manifest.resolve(section.source)
     sdk = sdk_folder(manifest, name)
     main = source_dir / language.main
-    if not source_dir.exists() and manifest.module_path(name).exists():
-        # A container image ships built modules without their sources (nor a toolchain): use them as built.
-        return BuildResult(name, manifest.module_path(name), rebuilt=False)
+    if not source_dir.is_dir():
+        raise ManifestError(f"{manifest.path}: modules.{name}.source: {source_dir} does not exist "
+                            f"(a module that ships built, as {output}, says prebuilt = true)")
     if not main.exists():
         raise BuildError(f"module {name}: {main} not found (modules.{name}.source in {manifest.path}, "
                          f"lang {language.name} builds {language.main})")
     if not sdk.is_dir():
         raise BuildError(f"module {name}: the {language.name} SDK folder {sdk} does not exist (modules.{name}.sdk in {manifest.path})")
-    output = manifest.module_path(name)
     stamp = output.with_suffix(".recipe")
     recipe = _recipe(language, main, sdk)
     inputs = _sources(source_dir, language.suffixes) + _sources(sdk, language.suffixes)

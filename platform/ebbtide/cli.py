@@ -33,6 +33,7 @@ from .scaffold import TEMPLATES as SCAFFOLD_LANGUAGES, ScaffoldError, new_functi
 from .demo import print_summary, run_demo
 from .host import Host
 from .launch import DEFAULT_PROCESS_MODE, PROCESS_MODES, ProcessMode, running
+from .supervisor import Supervisor
 from .manifest import DEFAULT_MANIFEST, LoadedManifest, ManifestError, load_manifest
 from .orders import INGRESS_SUBJECT, encode_order, generate_orders
 from .runtime import GuestInitError, ModuleLoadError
@@ -85,8 +86,21 @@ def _parser() -> argparse.ArgumentParser:
         sub.set_defaults(command=handler)
         return sub
 
-    def nats_url_option(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("--nats-url", help="NATS server URL (default: $EBBTIDE_NATS_URL, then [nats] url in the manifest)")
+    def nats_url_option(sub: argparse.ArgumentParser, default: object = None) -> None:
+        sub.add_argument("--nats-url", default=default,
+                         help="NATS server URL (default: $EBBTIDE_NATS_URL, then [nats] url in the manifest)")
+
+    def actions_of(sub: argparse.ArgumentParser, dest: str) -> Callable[[str, str], argparse.ArgumentParser]:
+        """A command with actions (`dlq list`): its connection options go before or after the action."""
+        nats_url_option(sub)
+        actions = sub.add_subparsers(dest=dest, required=True, metavar="ACTION")
+
+        def action(name: str, help: str) -> argparse.ArgumentParser:
+            parser = actions.add_parser(name, help=help, description=help)
+            nats_url_option(parser, default=argparse.SUPPRESS)  # absent here: the command's value stays
+            return parser
+
+        return action
 
     def metrics_option(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--metrics-port", type=int, default=_env_int(METRICS_PORT_ENV),
@@ -148,18 +162,17 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--rate", action="append", help="sustained rate: orders/s or a share of the burst's capacity, "
                        "e.g. 50%% (repeatable; default 50%% and 90%%)")
     bench.add_argument("--sustained-target", choices=["ebbtide-default", "ebbtide-fastest"], default="ebbtide-default")
-    dlq = command("dlq", _dlq, "dead letters: list, show, redrive (send back to their original subject), purge")
-    nats_url_option(dlq)
-    dlq_actions = dlq.add_subparsers(dest="dlq_action", required=True, metavar="ACTION")
-    dlq_list = dlq_actions.add_parser("list", help="one line per dead letter, oldest first")
+    dlq_action = actions_of(command("dlq", _dlq, "dead letters: list, show, redrive (send back to their original subject), purge"),
+                            "dlq_action")
+    dlq_list = dlq_action("list", "one line per dead letter, oldest first")
     dlq_list.add_argument("--function", "-f", help="only this function's dead letters")
     dlq_list.add_argument("--limit", type=int, help="at most N")
-    dlq_show = dlq_actions.add_parser("show", help="one dead letter: every header and the payload")
+    dlq_show = dlq_action("show", "one dead letter: every header and the payload")
     dlq_show.add_argument("seq", type=int, help="its sequence in the dead-letter stream (from `list`)")
-    dlq_redrive = dlq_actions.add_parser("redrive", help="republish to the original subject, then delete (safe to repeat)")
+    dlq_redrive = dlq_action("redrive", "republish to the original subject, then delete (safe to repeat)")
     dlq_redrive.add_argument("seqs", type=int, nargs="*", help="sequences to redrive (default: all, or --function)")
     dlq_redrive.add_argument("--function", "-f", help="only this function's dead letters")
-    dlq_purge = dlq_actions.add_parser("purge", help="delete dead letters")
+    dlq_purge = dlq_action("purge", "delete dead letters")
     dlq_purge.add_argument("--function", "-f", help="only this function's dead letters")
     dlq_purge.add_argument("--yes", action="store_true", help="required: purging cannot be undone")
     outbox_command = command("outbox", _outbox, "read orders back from the outbox KV buckets")
@@ -184,37 +197,69 @@ def _parser() -> argparse.ArgumentParser:
 async def _serve(manifest: LoadedManifest, server: ServerAccess, mode: ProcessMode, functions: list[str] | None = None,
                  verbose: bool = False, metrics_port: int | None = None, watch: bool = False) -> int:
     """Run until SIGINT or SIGTERM, then stop the pools (or child processes) and drain. SIGHUP hot-reloads
-    changed modules; `watch` does so whenever a function's sources change."""
+    changed modules; `watch` does so whenever a function's sources change.
+
+    A signal during start-up interrupts it wherever it waits (e.g. on a server that never answers): what
+    was started is stopped, and the exit code is 130."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    serving = asyncio.current_task()
+    assert serving is not None
+    signalled: list[signal.Signals] = []
+    started = False
+
+    def on_stop_signal(sig: signal.Signals) -> None:
+        if not started and not signalled:
+            serving.cancel()
+        signalled.append(sig)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    async with running(manifest, server, mode, functions, verbose, metrics_port) as runner:
-        background: set[asyncio.Task[None]] = set()
+        loop.add_signal_handler(sig, on_stop_signal, sig)
+    try:
+        async with running(manifest, server, mode, functions, verbose, metrics_port) as runner:
+            started = True
+            return await _serve_until_stopped(manifest, runner, stop, watch)
+    except asyncio.CancelledError as exc:
+        if not signalled:
+            raise
+        serving.uncancel()
+        where = " ".join(getattr(exc, "__notes__", [])) or "during start-up"  # e.g. while connecting to ...: why
+        print(f"ebbtide: stopped by {signalled[0].name} {where}", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
-        def reload() -> None:
-            if isinstance(runner, Host):
-                task = asyncio.create_task(runner.reload())
-                background.add(task)
-                task.add_done_callback(background.discard)
-            else:
-                runner.reload()
 
-        loop.add_signal_handler(signal.SIGHUP, reload)
-        log.info("running %s (%s process mode); Ctrl-C to stop, SIGHUP to reload changed modules",
-                 ", ".join(functions or manifest.spec.functions), mode)
-        waits = [asyncio.ensure_future(stop.wait())]
-        if watch:
-            waits.append(asyncio.ensure_future(_watch_sources(manifest, reload)))
-        if isinstance(runner, Host):  # a supervisor's children report their own losses by exiting
-            waits.append(asyncio.ensure_future(runner.connection_lost.wait()))
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        for wait in waits:
-            wait.cancel()
-        loop.remove_signal_handler(signal.SIGHUP)
-        if not stop.is_set():
-            return EXIT_FAILURE  # connection lost for good: exit so that a supervisor restarts us
-        log.info("stopping")
+async def _serve_until_stopped(manifest: LoadedManifest, runner: Host | Supervisor, stop: asyncio.Event, watch: bool) -> int:
+    loop = asyncio.get_running_loop()
+    background: set[asyncio.Task[None]] = set()
+
+    def reload() -> None:
+        if isinstance(runner, Host):
+            task = asyncio.create_task(runner.reload())
+            background.add(task)
+            task.add_done_callback(background.discard)
+        else:
+            runner.reload()
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    if isinstance(runner, Host):
+        log.info("running %s in this process (pid %d); Ctrl-C to stop, SIGHUP to reload changed modules",
+                 ", ".join(runner.function_names), os.getpid())
+    else:
+        log.info("running %s, one supervised process each; Ctrl-C to stop, SIGHUP to reload changed modules",
+                 ", ".join(runner.children))
+    waits = [asyncio.ensure_future(stop.wait())]
+    if watch:
+        waits.append(asyncio.ensure_future(_watch_sources(manifest, reload)))
+    if isinstance(runner, Host):  # a supervisor's children report their own losses by exiting
+        waits.append(asyncio.ensure_future(runner.connection_lost.wait()))
+    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for wait in waits:
+        wait.cancel()
+    loop.remove_signal_handler(signal.SIGHUP)
+    if not stop.is_set():
+        return EXIT_FAILURE  # connection lost for good: exit so that a supervisor restarts us
+    log.info("stopping")
     return 0
 
 
@@ -224,7 +269,7 @@ async def _watch_sources(manifest: LoadedManifest, reload: Callable[[], None], i
         await asyncio.sleep(interval_s)
         try:
             rebuilt = [r.module for r in await asyncio.to_thread(build_modules, manifest) if r.rebuilt]
-        except BuildError as exc:  # a half-typed edit: report it, keep running the last good modules
+        except (BuildError, ManifestError) as exc:  # a half-typed edit: report it, keep running the last good modules
             log.error("watch: build failed, the running modules stay: %s", exc)
             continue
         if rebuilt:
@@ -299,7 +344,7 @@ def _new(args: argparse.Namespace, manifest: LoadedManifest) -> int:
 
 def _build(args: argparse.Namespace, manifest: LoadedManifest) -> int:
     for result in build_modules(manifest, args.modules or None, force=args.force):
-        state = "built" if result.rebuilt else "up to date"
+        state = "prebuilt" if result.prebuilt else "built" if result.rebuilt else "up to date"
         print(f"{result.module:<16} {state:<11} {result.output} ({result.output.stat().st_size} bytes)")
     return 0
 
@@ -443,6 +488,11 @@ def _top(args: argparse.Namespace, manifest: LoadedManifest) -> int:
             while not args.iterations or refreshes < args.iterations:
                 await asyncio.sleep(args.interval)
                 refreshes += 1
+                try:
+                    view.dead_letters = await dlq.count_by_function(nc, manifest)
+                except dlq.DeadLetterError as exc:
+                    log.debug("dead letters unknown: %s", exc)
+                    view.dead_letters = None
                 screen = view.render(time.time(), width=_screen_width())
                 print(("\x1b[H\x1b[2J" + screen) if live else screen + "\n", flush=True)
         finally:

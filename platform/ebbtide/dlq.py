@@ -132,6 +132,10 @@ class _NoMessage(Exception):
     pass
 
 
+class _NoStream(DeadLetterError):
+    pass
+
+
 async def _api(nc: NatsClient, subject: str, request: dict | None, stream: str) -> _Reply:
     payload = json.dumps(request).encode() if request is not None else b""
     try:
@@ -146,7 +150,7 @@ async def _api(nc: NatsClient, subject: str, request: dict | None, stream: str) 
         raise DeadLetterError(f"unreadable JetStream reply to {subject}: {msg.data[:200]!r}") from None
     if reply.error is not None:
         if reply.error.err_code == ERR_STREAM_NOT_FOUND:
-            raise DeadLetterError(
+            raise _NoStream(
                 f"the dead-letter stream {stream!r} does not exist (it is created when the functions start: `ebbtide up`)"
             )
         if reply.error.err_code in (ERR_NO_MESSAGE_FOUND, ERR_SEQUENCE_NOT_FOUND):
@@ -358,6 +362,17 @@ async def redrive(
             pass  # connection already closed
     result.failed.sort(key=lambda f: f.seq)
     return result
+
+
+async def count_by_function(nc: NatsClient, manifest: LoadedManifest) -> dict[str, int]:
+    """The dead letters the stream holds now, per function (purged and redriven ones are gone from it)."""
+    stream, subjects = _target(manifest, None)
+    try:
+        state = (await _api(nc, f"STREAM.INFO.{stream}", {"subjects_filter": subjects}, stream)).state or {}
+    except _NoStream:
+        return {}  # created when the functions start: nothing was dead-lettered yet
+    prefix = f"{manifest.spec.dead_letter.subject_prefix}."
+    return {subject.removeprefix(prefix): int(count) for subject, count in (state.get("subjects") or {}).items()}
 
 
 async def purge(nc: NatsClient, manifest: LoadedManifest, function: str | None = None) -> int:

@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from .autoscale import PoolController
 from .broker import ConfirmedPublisher, connect, missing_provisioning
 from .broker.auth import NatsAuth, client_auth
-from .manifest import LoadedManifest
+from .manifest import LoadedManifest, ManifestError
 from .pool import FunctionPool
 from .build import BuildError, build_modules
 from .runtime import GuestInitError, ModuleLoadError, WasmEngine
@@ -117,7 +117,7 @@ class Host:
                     await asyncio.to_thread(build_modules, self.manifest, [fn.module])
                     module = await asyncio.to_thread(pool.load_module)
                     swapped = pool.swap_module(module)
-                except (BuildError, ModuleLoadError, GuestInitError) as exc:
+                except (BuildError, ManifestError, ModuleLoadError, GuestInitError) as exc:
                     pool.stats.reloads["refused"] = pool.stats.reloads.get("refused", 0) + 1
                     log.error("function %s: new module refused, module %s keeps running: %s", name, pool.module.sha256[:12], exc)
                     continue

@@ -38,8 +38,8 @@ async def running(
     base_port = manifest.spec.telemetry.metrics_port if metrics_port is None else metrics_port
     supervisor = Supervisor(manifest.path, names, access.url, verbose=verbose, metrics_port=base_port,
                             child_env=lambda function: access.for_functions([function]).child_env())
-    await supervisor.start()
     try:
+        await supervisor.start()  # inside: a start interrupted by a signal stops the children started so far
         yield supervisor
     finally:
         # Children get their own grace period to finish in-flight batches, and a little more to exit.

@@ -85,11 +85,16 @@ class DeadLetterSection(_Section):
 
 
 class ModuleSection(_Section):
-    source: str  # folder holding the function's source (main.zig, main.c or main.ts), relative to the manifest
+    # Folder holding the function's source (main.zig, main.c, main.ts or app.py), relative to the manifest;
+    # required unless the module is prebuilt.
+    source: str = ""
     lang: Literal["zig", "c", "assemblyscript", "python"] = "zig"  # one builder each in build.py
     # The guest SDK it builds against, relative to the manifest; empty: the language's own
     # (functions/sdk, functions/sdk-c, functions/sdk-assemblyscript; see build.sdk_folder).
     sdk: str = ""
+    # Ships built: <build_dir>/wasm/<name>.wasm is run as it is and never compiled (no sources, no toolchain
+    # needed). Without it a missing `source` is an error, never a reason to run whatever was built before.
+    prebuilt: bool = False
 
 
 class ScaleSection(_Section):
@@ -256,6 +261,10 @@ def _check_references(loaded: LoadedManifest) -> list[str]:
     if spec.dead_letter.stream in spec.streams:
         problems.append(f"dead_letter.stream: {spec.dead_letter.stream!r} is also declared under [streams]")
     problems += _check_credentials(spec.nats)
+    for name, module in spec.modules.items():
+        if not module.source and not module.prebuilt:
+            problems.append(f"modules.{name}.source: required: the folder of its sources (or prebuilt = true "
+                            f"for a module that ships built as {loaded.module_path(name)})")
     triggers: dict[str, str] = {}
     for name, fn in spec.functions.items():
         key = f"functions.{name}"

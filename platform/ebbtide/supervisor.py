@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from collections.abc import Callable
 from pathlib import Path
 
+from .children import die_with_parent
+
 log = logging.getLogger("ebbtide.supervisor")
 
 RESTART_MIN_S = 0.5
@@ -70,7 +72,7 @@ class Supervisor:
     async def _spawn(self, child: Child) -> None:
         env = {**os.environ, **self.child_env(child.function)} if self.child_env is not None else None
         child.process = await asyncio.create_subprocess_exec(*self._command(child.function), stdin=asyncio.subprocess.DEVNULL,
-                                                             env=env)
+                                                             env=env, preexec_fn=die_with_parent())
         child.started_at = time.monotonic()
         log.info("started %s (pid %d)", child.function, child.process.pid)
 

@@ -3,6 +3,8 @@
 Rendering only (no NATS, no terminal control): the caller feeds `update` from `ebbtide.status.>` and prints
 `render` on every refresh. Processes are added up as in `ebbtide.timeseries.aggregate`; a process whose latest
 report is `stale_after` seconds old stops counting, and a function with no live process left shows as stale.
+DEAD is what the dead-letter stream holds now (`dead_letters`, read from the server by the caller), not what
+the processes dead-lettered since they started: purged and redriven letters no longer count.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class TopView:
     def __init__(self, stale_after: float = STALE_AFTER_S) -> None:
         self.stale_after = stale_after
         self._latest: dict[str, dict[str, PoolStatus]] = {}  # function -> host_id -> latest report
+        self.dead_letters: dict[str, int] | None = None  # function -> letters in the DLQ now; None: unknown
 
     def update(self, status: PoolStatus) -> None:
         """Keep the report if it is the process's newest (core NATS may deliver out of order)."""
@@ -47,6 +50,7 @@ class TopView:
             live = [r for r in reports if now - r.time < self.stale_after]
             age = max(0.0, now - max(r.time for r in reports))
             cells = _cells(aggregate(live), age) if live else _stale_cells(age)
+            cells["DEAD"] = f"{self.dead_letters.get(function, 0):,}" if self.dead_letters is not None else "-"
             lines.append(_row((function, function_width), [(h, cells[h], w) for h, w in columns]))
         if not self._latest:
             lines.append("(no status reports yet)")
@@ -66,7 +70,7 @@ class TopView:
             f"instances {sum(t.instances for t in per_function)}",
             f"{sum(t.rate for t in per_function):,.1f} msg/s",
             f"in-flight {sum(t.in_flight for t in per_function)}",
-            f"dead {sum(t.dead_lettered for t in per_function):,}",
+            f"dead {sum(self.dead_letters.values()):,}" if self.dead_letters is not None else "dead -",
             f"procs {sum(t.processes for t in per_function)}",
         ]
         line = parts[0]
@@ -103,7 +107,6 @@ def _cells(totals: PoolTotals, age: float) -> dict[str, str]:
         "P50 ms": _ms(totals.handle_p50_us),
         "P99 ms": _ms(totals.handle_p99_us),
         "PROCESSED": f"{totals.processed:,}",
-        "DEAD": f"{totals.dead_lettered:,}",
         "PROCS": str(totals.processes),
         "AGE": _age(age),
     }

@@ -92,11 +92,31 @@ async def test_top_shows_every_function_of_a_running_host(reference_manifest, na
 
 
 async def test_dlq_commands(reference_manifest, nats_server) -> None:
-    """list, show, redrive and purge from the shell, on dead letters the pipeline produced."""
+    """list, show, redrive and purge from the shell, on dead letters the pipeline produced; `top` counts
+    what the dead-letter stream holds now."""
     from ebbtide.host import Host
     from tests.conftest import read_stream
 
     import nats as nats_client
+
+    async def ebbtide_async(*args: str) -> subprocess.CompletedProcess[str]:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "ebbtide", "-m", str(reference_manifest.path), *args,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(process.communicate(), 60)
+        return subprocess.CompletedProcess(args, process.returncode or 0, out.decode(), err.decode())
+
+    async def cli(action: str, *args: str) -> subprocess.CompletedProcess[str]:
+        # The connection options work after the action too (issue 13, item 6).
+        return await ebbtide_async("dlq", action, "--nats-url", nats_server.url, *args)
+
+    async def dead_in_top() -> dict[str, str]:
+        done = await ebbtide_async("top", "--nats-url", nats_server.url, "--iterations", "1", "--interval", "1")
+        assert done.returncode == 0, done.stderr
+        lines = done.stdout.splitlines()
+        header = lines[1].replace("P50 ms", "P50_ms").replace("P99 ms", "P99_ms").split()
+        return {line.split()[0]: dict(zip(header, line.split()))["DEAD"] for line in lines[2:]
+                if line.split() and line.split()[0] in reference_manifest.spec.functions}
 
     nc = await nats_client.connect(nats_server.url)
     await provision_for(reference_manifest, nats_server.url)
@@ -106,16 +126,11 @@ async def test_dlq_commands(reference_manifest, nats_server) -> None:
         await js.publish("orders.ingress", b"not json")
         await read_stream(nc, "DLQ", expected=2)
 
-        async def cli(*args: str) -> subprocess.CompletedProcess[str]:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "ebbtide", "-m", str(reference_manifest.path), "dlq", "--nats-url", nats_server.url, *args,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-            out, err = await asyncio.wait_for(process.communicate(), 60)
-            return subprocess.CompletedProcess(args, process.returncode or 0, out.decode(), err.decode())
-
         listed = await cli("list", "--function", "distributor")
         assert listed.returncode == 0, listed.stderr
         assert "unknown-delivery" in listed.stdout and "malformed-json" in listed.stdout
+        before = await ebbtide_async("dlq", "--nats-url", nats_server.url, "list")  # and before it, as ever
+        assert before.returncode == 0 and before.stdout == (await cli("list")).stdout, before.stderr
         shown = await cli("show", "1")
         assert shown.returncode == 0, shown.stderr
         assert "orders.ingress" in shown.stdout and "Drone" in shown.stdout
@@ -126,6 +141,8 @@ async def test_dlq_commands(reference_manifest, nats_server) -> None:
         assert "redriven 2" in redriven.stdout
         # Still invalid: both come back as new dead letters, nothing is lost.
         await read_stream(nc, "DLQ", expected=2)
+        assert (await dead_in_top())["distributor"] == "2"  # in the stream now, not the 4 dead-lettered so far
         purged = await cli("purge", "--yes")
         assert purged.returncode == 0 and "purged 2 dead letter(s)" in purged.stdout
+        assert await dead_in_top() == dict.fromkeys(reference_manifest.spec.functions, "0")
     await nc.close()

@@ -4,23 +4,31 @@ a batch), an empty consumer waits for the first message, nothing fetched is ever
 from __future__ import annotations
 
 import asyncio
+import sys
+import textwrap
 
 import pytest
 from nats.aio.client import Client as NatsClient
 from nats.js import api
 
+from ebbtide.broker import EmbeddedNats
 from ebbtide.broker.pull import FetchError, PullConsumer
 
 WAIT_S = 30.0  # a long poll far longer than any of these tests: returning early is the behaviour under test
 
 
 async def _consumer(nc: NatsClient, messages: int = 0) -> PullConsumer:
+    await _stream_with_messages(nc, messages)
+    return await PullConsumer(nc, "P", "c").start()
+
+
+async def _stream_with_messages(nc: NatsClient, messages: int) -> None:
+    """Stream P with a durable consumer c whose ack wait (60 s) outlasts every test here."""
     js = nc.jetstream()
     await js.add_stream(api.StreamConfig(name="P", subjects=["p.>"], retention=api.RetentionPolicy.WORK_QUEUE))
     await js.add_consumer("P", api.ConsumerConfig(durable_name="c", ack_policy=api.AckPolicy.EXPLICIT, ack_wait=60))
     for i in range(messages):
         await js.publish("p.in", f"{i}".encode())
-    return await PullConsumer(nc, "P", "c").start()
 
 
 async def test_returns_what_is_there_without_waiting_for_a_full_batch(nc: NatsClient) -> None:
@@ -54,6 +62,37 @@ async def test_close_hands_back_what_was_never_fetched(nc: NatsClient) -> None:
     await consumer.close()
     again = await PullConsumer(nc, "P", "c").start()
     redelivered = await asyncio.wait_for(again.fetch(10, WAIT_S), WAIT_S / 3)  # nak'ed: at once, not after ack_wait
+    assert sorted(m.data for m in redelivered) == [b"0", b"1", b"2"]
+    assert all(m.metadata.num_delivered == 2 for m in redelivered)
+    await again.close()
+
+
+# A worker process that closes its consumer, then dies at once: nothing it left in its write buffer goes out.
+_CLOSE_THEN_DIE = textwrap.dedent("""
+    import asyncio, os, sys
+    import nats
+    from ebbtide.broker.pull import PullConsumer
+
+    async def main() -> None:
+        nc = await nats.connect(sys.argv[1])
+        consumer = await PullConsumer(nc, "P", "c").start()
+        fetched = await consumer.fetch(3, 30.0)
+        consumer._arrived.extend(fetched)  # as if delivered late, after its fetch gave up
+        await consumer.close()
+        os._exit(0 if len(fetched) == 3 else 3)
+
+    asyncio.run(main())
+""")
+
+
+async def test_close_returns_once_the_server_has_taken_everything_back(nats_server: EmbeddedNats, nc: NatsClient) -> None:
+    """`close()` returning means the hand-back is done (the server confirmed each nak), not merely queued:
+    even if the process dies right after, the messages are redelivered at once, not after the ack wait."""
+    await _stream_with_messages(nc, 3)
+    worker = await asyncio.create_subprocess_exec(sys.executable, "-c", _CLOSE_THEN_DIE, nats_server.url)
+    assert await asyncio.wait_for(worker.wait(), WAIT_S) == 0
+    again = await PullConsumer(nc, "P", "c").start()
+    redelivered = await again.fetch(10, 5.0)  # far below the ack wait (60 s)
     assert sorted(m.data for m in redelivered) == [b"0", b"1", b"2"]
     assert all(m.metadata.num_delivered == 2 for m in redelivered)
     await again.close()

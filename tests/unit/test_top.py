@@ -29,9 +29,22 @@ def test_processes_of_one_function_are_added_up() -> None:
     row = table(view.render(NOW))["receiver"]
     assert row["BACKLOG"] == "1,200"  # newest report's lag, not a sum
     assert (row["INSTANCES"], row["IN-FLIGHT"], row["MSG/S"]) == ("8", "7", "1,000.5")
-    assert (row["PROCESSED"], row["DEAD"], row["PROCS"], row["AGE"]) == ("3,500", "3", "2", "0.5s")
+    assert (row["PROCESSED"], row["DEAD"], row["PROCS"], row["AGE"]) == ("3,500", "-", "2", "0.5s")  # DLQ not read yet
     assert row["P99_ms"] == "2.00"  # max over processes
     assert row["P50_ms"] == "0.250"  # (100 * 2 + 300 * 6) / 8 µs
+
+
+def test_dead_is_what_the_dead_letter_stream_holds_now() -> None:
+    """Not the processes' running totals: letters purged or redriven since no longer count (issue 13, item 6)."""
+    view = TopView(stale_after=10.0)
+    view.update(report("receiver", "a:1", 1.0, dead_lettered=5))  # dead-lettered 5 since it started
+    view.update(report("distributor", "a:1", 1.0, dead_lettered=2))
+    view.update(report("gone", "a:1", 30.0, dead_lettered=1))  # stale: its letters are still in the stream
+    view.dead_letters = {"receiver": 1, "gone": 1, "removed-function": 7}  # 4 of receiver's were purged
+    text = view.render(NOW, width=200)
+    rows = table(text)
+    assert (rows["receiver"]["DEAD"], rows["distributor"]["DEAD"], rows["gone"]["DEAD"]) == ("1", "0", "1")
+    assert "dead 9" in text.splitlines()[0]  # everything the stream holds
 
 
 def test_stale_process_stops_counting_and_all_stale_shows_stale() -> None:

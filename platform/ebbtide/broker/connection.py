@@ -14,6 +14,7 @@ from ..manifest import LoadedManifest
 from .auth import NatsAuth
 
 NATS_URL_ENV = "EBBTIDE_NATS_URL"
+RETRY_WAIT_S = 0.25
 
 log = logging.getLogger("ebbtide.nats")
 
@@ -30,29 +31,45 @@ async def connect(
     """A client that reconnects forever once connected. `url` may list several servers, comma-separated.
 
     The first connection is retried too (a host may start before its server); `give_up_after_s` bounds
-    that for commands a person waits on (publish, top), which then raise ConnectionError. `on_lost` is
-    called when the connection closes for good, also when we close it: the caller tells the two apart
-    (e.g. the server refused a protocol violation: the process should exit and be restarted instead of
-    idling without a connection). `auth`: credentials and TLS (none by default).
+    that for commands a person waits on (publish, top), which then raise ConnectionError. Cancelling the
+    task (a signal during start-up) stops the retries; the CancelledError then carries a note saying which
+    server never answered, and why. A run of identical failures is logged once, not once per retry.
+    `on_lost` is called when the connection closes for good, also when we close it: the caller tells the
+    two apart (e.g. the server refused a protocol violation: the process should exit and be restarted
+    instead of idling without a connection). `auth`: credentials and TLS (none by default).
     """
     nc = NatsClient()
     refused = asyncio.Event()  # wrong credentials: retrying will not help, so the first connect fails at once
+    failure = ""  # the latest error, logged once until it changes or a connection succeeds
 
     async def on_error(error: Exception) -> None:
+        nonlocal failure
         if not nc.is_connected and "authorization violation" in str(error).lower():
             refused.set()
             return
-        log.warning("nats: %s", error or type(error).__name__)
+        text = str(error) or type(error).__name__
+        if text == failure:
+            log.debug("nats: %s (again)", text)
+            return
+        failure = text
+        if nc.is_connected:
+            log.warning("nats: %s", text)
+        else:
+            log.warning("nats: cannot reach %s: %s; retrying every %.2f s until it answers", url, text, RETRY_WAIT_S)
 
     async def on_disconnected() -> None:
         if not (nc.is_closed or nc.is_draining):  # not when we close it ourselves
             log.warning("nats: disconnected from %s; reconnecting", url)
 
     async def on_reconnected() -> None:
+        nonlocal failure
+        failure = ""
         log.info("nats: reconnected")
 
+    abandoned = False  # closed before it ever connected: nothing was lost
+
     async def on_closed() -> None:
-        if on_lost is not None:
+        if on_lost is not None and not abandoned:
             on_lost()
 
     connecting = nc.connect(
@@ -60,7 +77,7 @@ async def connect(
         name=name,
         allow_reconnect=True,
         max_reconnect_attempts=-1,
-        reconnect_time_wait=0.25,
+        reconnect_time_wait=RETRY_WAIT_S,
         connect_timeout=5,
         pending_size=64 * 1024 * 1024,
         flush_timeout=10,
@@ -72,14 +89,24 @@ async def connect(
     )
     connected = asyncio.ensure_future(connecting)
     refusal = asyncio.ensure_future(refused.wait())
-    try:
-        await asyncio.wait([connected, refusal], timeout=give_up_after_s, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        refusal.cancel()
-    if refused.is_set() or not connected.done():
+
+    async def abandon() -> None:
+        nonlocal abandoned
+        abandoned = True
         connected.cancel()
         await asyncio.gather(connected, return_exceptions=True)
         await nc.close()
+
+    try:
+        await asyncio.wait([connected, refusal], timeout=give_up_after_s, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError as stopped:
+        await abandon()  # nats-py would go on retrying in the background
+        stopped.add_note(f"while connecting to {url}: {failure or 'no answer yet'}")
+        raise
+    finally:
+        refusal.cancel()
+    if refused.is_set() or not connected.done():
+        await abandon()
         if refused.is_set():
             who = auth.describe() if auth is not None else "no credentials"
             raise ConnectionError(f"{url} refused the credentials ({who}): Authorization Violation")
@@ -89,4 +116,5 @@ async def connect(
     except nats.errors.Error as exc:
         await nc.close()
         raise ConnectionError(f"cannot connect to {url}: {exc}") from None
+    failure = ""
     return nc

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from ..children import die_with_parent
+
 READY_TIMEOUT_S = 15.0
 
 
@@ -84,9 +86,10 @@ class EmbeddedNats:
         ]
         with self.log_file.open("ab") as log:
             # A session of its own: Ctrl-C in the terminal signals the host, which drains its connection
-            # first and then stops the server, instead of both going down at once.
+            # first and then stops the server, instead of both going down at once. And if the host is
+            # killed outright, the server gets SIGTERM from the kernel instead of running on, orphaned.
             self._process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                             start_new_session=True)
+                                             start_new_session=True, preexec_fn=die_with_parent())
         self._wait_ready()
         return self
 

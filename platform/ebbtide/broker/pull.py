@@ -12,7 +12,10 @@ fills. Here a fetch is:
 So a fetch returns as soon as anything is there, with as much as there is (up to n).
 
 Messages that arrive after their fetch gave up waiting (a slow server, a reconnect) are kept for the next
-fetch, never dropped; `close()` hands back (naks) whatever nobody fetched.
+fetch, never dropped; `close()` hands back (naks) whatever nobody fetched, and returns only once the
+server has confirmed each nak. A plain nak is fire-and-forget, and the server works through acks and
+pull requests on separate goroutines: a fetch sent right after unconfirmed naks can be served before
+they are, and gets only part of what was handed back (issue 13, item 2).
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ NO_MESSAGES = "404"
 REQUEST_TIMEOUT = "408"  # also "408 Requests Pending": other workers' waiting requests come first
 HEARTBEAT = "100"
 LATE_MARGIN_S = 0.5  # beyond the server's expiry, before a fetch stops waiting on its own
+NAK = b"-NAK"
+NAK_CONFIRM_S = 2.0  # a hand-back not confirmed by then is left to the server's ack wait
 
 
 class FetchError(Exception):
@@ -103,16 +108,26 @@ class PullConsumer:
             raise FetchError(f"pull request answered {status}")
 
     async def close(self) -> None:
-        """Stop listening; hand back (nak) what arrived but was never fetched, for redelivery at once."""
+        """Stop listening; hand back (nak) what arrived but was never fetched, for redelivery at once.
+
+        Returns when the server has confirmed every nak, so a fetch sent afterwards (by anyone) gets
+        every message handed back. Draining the inbox (unsubscribe, then a round trip) first collects
+        what the server delivered to a still-open pull request before it saw the unsubscribe.
+        """
+        connected = self._nc.is_connected  # else no round trip can succeed: do not wait for one
         if self._subscription is not None:
             try:
-                await self._subscription.unsubscribe()
+                await (self._subscription.drain() if connected else self._subscription.unsubscribe())
             except Exception:
-                pass  # connection gone
+                pass  # connection gone or draining: nothing more can arrive here
             self._subscription = None
         leftovers, self._arrived = self._arrived, []
-        for msg in leftovers:
-            try:
-                await msg.nak()
-            except Exception:
-                return  # connection gone: the server redelivers after the ack wait
+        if connected:
+            await asyncio.gather(*(self._hand_back(msg) for msg in leftovers))
+        # else the server redelivers them after the ack wait
+
+    async def _hand_back(self, msg: Msg) -> None:
+        try:
+            await self._nc.request(msg.reply, NAK, timeout=NAK_CONFIRM_S)  # the server answers once it is done
+        except Exception:
+            pass  # connection gone or no answer: the server redelivers after the ack wait

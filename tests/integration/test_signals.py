@@ -1,0 +1,203 @@
+"""Signals at every stage (issue 13, item 3), with real processes and real signals.
+
+A process that cannot reach NATS stops on SIGTERM or SIGINT with a clear error instead of retrying forever;
+`up` in that state stops without killing its children; and the children of `up` (the functions' processes
+and the embedded nats-server) die with it even when it is killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import wasmtime
+
+from ebbtide.broker import free_port
+from tests.conftest import GUESTS
+
+# Bounds on waiting for an outcome, far above what it takes: a slow machine passes, a hang fails.
+START_S = 60.0
+STOP_S = 30.0
+# Longer than STOP_S: a child that ignored SIGTERM would hold `up` past STOP_S (the supervisor waits
+# shutdown_grace_s + 5 s before it kills), so stopping within STOP_S shows the children stopped themselves.
+GRACE_S = 60
+
+
+def _manifest(tmp_path: Path, functions: tuple[str, ...] = ("f",)) -> Path:
+    """Functions on the chaos guest (prebuilt: nothing to compile), an embedded server without auth on free ports."""
+    wasm = tmp_path / "build" / "wasm" / "m.wasm"
+    wasm.parent.mkdir(parents=True)
+    wasm.write_bytes(wasmtime.wat2wasm((GUESTS / "chaos.wat").read_text()))
+    text = textwrap.dedent(f"""
+        [embedded]
+        data_dir = "nats"
+        port = {free_port()}
+        monitor_port = {free_port()}
+        auth = false
+        [streams.S]
+        subjects = ["in.>", "out.>"]
+        retention = "workqueue"
+        [modules.m]
+        prebuilt = true
+    """)
+    for name in functions:
+        text += textwrap.dedent(f"""
+            [functions.{name}]
+            module = "m"
+            trigger = "in.{name}"
+            publish = ["out.{name}"]
+            shutdown_grace_s = {GRACE_S}
+        """)
+    path = tmp_path / "ebbtide.toml"
+    path.write_text(text)
+    return path
+
+
+class Ebbtide:
+    """`ebbtide ...` in a process of its own, its output (both streams) in a file read while it runs."""
+
+    def __init__(self, tmp_path: Path, manifest: Path, *args: str) -> None:
+        self.log = tmp_path / f"ebbtide-{args[0]}.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EBBTIDE_")}
+        with self.log.open("wb") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "ebbtide", "--log-format", "text", "-m", str(manifest), *args],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=tmp_path)
+
+    @property
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_for(self, what: str, condition: Callable[[], bool], timeout: float = START_S) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if self.process.poll() is not None:
+                raise AssertionError(f"exited with {self.process.returncode} before {what}:\n{self.output}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {what} within {timeout} s:\n{self.output}")
+            time.sleep(0.05)
+
+    def stopped_within(self, timeout: float) -> int:
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"still running {timeout} s after the signal:\n{self.output}") from None
+
+    def kill(self) -> None:
+        """Test clean-up: this process, if it still runs, and whatever it started."""
+        if self.process.poll() is None:
+            for pid in [*children_of(self.process.pid), self.process.pid]:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        self.process.wait()
+
+
+def children_of(pid: int) -> list[int]:
+    """Running processes whose parent is `pid`."""
+    stats = {int(entry.name): _stat(int(entry.name)) for entry in Path("/proc").iterdir() if entry.name.isdigit()}
+    return [child for child, stat in stats.items() if stat is not None and stat[1] == pid and stat[0] != "Z"]
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting for a parent that does not reap it has stopped running)."""
+    stat = _stat(pid)
+    return stat is not None and stat[0] != "Z"
+
+
+def _stat(pid: int) -> tuple[str, int] | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
+    return fields[0], int(fields[1])
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_run_that_cannot_reach_nats_stops_on_a_signal(tmp_path: Path, sig: signal.Signals) -> None:
+    url = f"nats://127.0.0.1:{free_port()}"  # nothing listens there
+    run = Ebbtide(tmp_path, _manifest(tmp_path), "run", "--function", "f", "--nats-url", url)
+    try:
+        run.wait_for("a failed connection attempt", lambda: "Connection refused" in run.output)
+        run.process.send_signal(sig)
+        code = run.stopped_within(STOP_S)
+    finally:
+        run.kill()
+    output = run.output
+    assert code == 130, output
+    assert f"ebbtide: stopped by {sig.name} while connecting to {url}: [Errno 111] Connection refused" in output
+    assert output.count("Connection refused") <= 3, "retries are not logged one line each"
+
+
+def test_up_that_cannot_reach_nats_stops_with_its_children(tmp_path: Path) -> None:
+    url = f"nats://127.0.0.1:{free_port()}"
+    up = Ebbtide(tmp_path, _manifest(tmp_path, ("f", "g")), "up", "--processes", "per-function", "--nats-url", url)
+    try:
+        up.wait_for("two children", lambda: len(children_of(up.process.pid)) == 2)
+        up.wait_for("both children failing to connect", lambda: up.output.count("Connection refused") >= 2)
+        up.process.send_signal(signal.SIGTERM)
+        code = up.stopped_within(STOP_S)
+    finally:
+        up.kill()
+    assert code == 0, up.output
+    assert "killing it" not in up.output  # each child stopped on its SIGTERM, none had to be killed
+    assert up.output.count(f"stopped by SIGTERM while connecting to {url}") == 2, up.output
+
+
+def test_up_that_cannot_reach_nats_in_one_process_stops_on_sigterm(tmp_path: Path) -> None:
+    url = f"nats://127.0.0.1:{free_port()}"
+    up = Ebbtide(tmp_path, _manifest(tmp_path), "up", "--processes", "single", "--nats-url", url)
+    try:
+        up.wait_for("a failed connection attempt", lambda: "Connection refused" in up.output)
+        up.process.send_signal(signal.SIGTERM)
+        code = up.stopped_within(STOP_S)
+    finally:
+        up.kill()
+    assert code == 130, up.output
+    assert f"stopped by SIGTERM while connecting to {url}" in up.output
+
+
+def test_the_children_of_up_die_with_it_when_it_is_killed(tmp_path: Path) -> None:
+    """SIGKILL leaves `up` no chance to stop anything: the kernel tells its children (the embedded nats-server
+    and one process per function), and each stops as on SIGTERM."""
+    up = Ebbtide(tmp_path, _manifest(tmp_path, ("f", "g")), "up", "--processes", "per-function")
+    children: list[int] = []
+    try:
+        up.wait_for("every function running", lambda: "function f on" in up.output and "function g on" in up.output)
+        children = children_of(up.process.pid)
+        assert len(children) == 3, up.output  # nats-server, f, g
+        up.process.kill()
+        up.process.wait()
+        deadline = time.monotonic() + STOP_S
+        while any(alive(pid) for pid in children) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        up.kill()
+        orphans = [pid for pid in children if alive(pid)]
+        for pid in orphans:
+            os.kill(pid, signal.SIGKILL)
+    assert not orphans, f"still running {STOP_S} s after `up` was killed: {orphans}\n{up.output}"
+
+
+def test_each_process_of_up_says_what_it_runs(tmp_path: Path) -> None:
+    """Issue 13, item 6: a per-function child said "single process mode"; each line now says what is true."""
+    up = Ebbtide(tmp_path, _manifest(tmp_path, ("f", "g")), "up", "--processes", "per-function")
+    try:
+        up.wait_for("every function running", lambda: "running f in this process" in up.output
+                    and "running g in this process" in up.output)
+        up.process.send_signal(signal.SIGTERM)
+        code = up.stopped_within(STOP_S)
+    finally:
+        up.kill()
+    assert code == 0, up.output
+    assert "running f, g, one supervised process each" in up.output
+    assert "process mode" not in up.output, up.output
