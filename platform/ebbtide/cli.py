@@ -23,7 +23,7 @@ from nats.aio.msg import Msg
 
 from .broker import ConfirmedPublisher, EmbeddedServerError, configured_url, connect, provision_server, publish_all
 from .broker.access import ServerAccess, embedded_client_access, embedded_server, external_access
-from .broker.auth import AuthConfigError
+from .broker.auth import AuthConfigError, NatsAuth
 from .broker.authorization import ADMIN_USER, INGRESS_ENV, OBSERVER_USER, inbox_prefix, ingress_subjects, write_bundle
 from .broker.provision import stream_configs
 from . import dlq, outbox
@@ -195,9 +195,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _serve(manifest: LoadedManifest, server: ServerAccess, mode: ProcessMode, functions: list[str] | None = None,
-                 verbose: bool = False, metrics_port: int | None = None, watch: bool = False) -> int:
+                 verbose: bool = False, metrics_port: int | None = None, watch: bool = False,
+                 provision_as: NatsAuth | None = None) -> int:
     """Run until SIGINT or SIGTERM, then stop the pools (or child processes) and drain. SIGHUP hot-reloads
     changed modules; `watch` does so whenever a function's sources change.
+
+    `provision_as`: provision the server with these (admin) credentials beside starting the functions,
+    which wait for their consumers; a server that is not there yet is retried like the functions' own
+    connections, and refused provisioning (not an admin) stops everything with exit code 1.
 
     A signal during start-up interrupts it wherever it waits (e.g. on a server that never answers): what
     was started is stopped, and the exit code is 130."""
@@ -216,10 +221,12 @@ async def _serve(manifest: LoadedManifest, server: ServerAccess, mode: ProcessMo
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_stop_signal, sig)
+    provisioning = (asyncio.ensure_future(provision_server(server.url, manifest, provision_as, give_up_after_s=None))
+                    if provision_as is not None else None)
     try:
         async with running(manifest, server, mode, functions, verbose, metrics_port) as runner:
             started = True
-            return await _serve_until_stopped(manifest, runner, stop, watch)
+            return await _serve_until_stopped(manifest, runner, stop, watch, provisioning)
     except asyncio.CancelledError as exc:
         if not signalled:
             raise
@@ -227,9 +234,13 @@ async def _serve(manifest: LoadedManifest, server: ServerAccess, mode: ProcessMo
         where = " ".join(getattr(exc, "__notes__", [])) or "during start-up"  # e.g. while connecting to ...: why
         print(f"ebbtide: stopped by {signalled[0].name} {where}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        if provisioning is not None and not provisioning.done():
+            provisioning.cancel()
 
 
-async def _serve_until_stopped(manifest: LoadedManifest, runner: Host | Supervisor, stop: asyncio.Event, watch: bool) -> int:
+async def _serve_until_stopped(manifest: LoadedManifest, runner: Host | Supervisor, stop: asyncio.Event, watch: bool,
+                               provisioning: asyncio.Future[None] | None = None) -> int:
     loop = asyncio.get_running_loop()
     background: set[asyncio.Task[None]] = set()
 
@@ -253,12 +264,23 @@ async def _serve_until_stopped(manifest: LoadedManifest, runner: Host | Supervis
         waits.append(asyncio.ensure_future(_watch_sources(manifest, reload)))
     if isinstance(runner, Host):  # a supervisor's children report their own losses by exiting
         waits.append(asyncio.ensure_future(runner.connection_lost.wait()))
-    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    failed = False
+    while True:
+        pending = [*waits, provisioning] if provisioning is not None else waits
+        done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        if provisioning is None or provisioning not in done:
+            break
+        if provisioning.exception() is not None:
+            log.error("provisioning failed, stopping: %s", provisioning.exception())
+            failed = True
+            break
+        log.info("provisioned: streams, KV buckets, dead letters, durable consumers")
+        provisioning = None
     for wait in waits:
         wait.cancel()
     loop.remove_signal_handler(signal.SIGHUP)
-    if not stop.is_set():
-        return EXIT_FAILURE  # connection lost for good: exit so that a supervisor restarts us
+    if failed or not stop.is_set():
+        return EXIT_FAILURE  # provisioning refused, or the connection lost for good: exit so that a supervisor restarts us
     log.info("stopping")
     return 0
 
@@ -282,9 +304,8 @@ def _up(args: argparse.Namespace, manifest: LoadedManifest) -> int:
     build_modules(manifest)
     if url is not None:
         access = external_access(manifest, url)
-        uvloop.run(provision_server(access.url, manifest, access.admin))  # with the credentials `up` was given
-        return uvloop.run(_serve(manifest, access, args.processes, verbose=args.verbose,
-                                 metrics_port=args.metrics_port, watch=args.watch))
+        return uvloop.run(_serve(manifest, access, args.processes, verbose=args.verbose, metrics_port=args.metrics_port,
+                                 watch=args.watch, provision_as=access.admin))  # with the credentials `up` was given
     with embedded_server(manifest, auth=False if args.no_auth else None) as (server, access):
         log.info("embedded nats-server at %s (monitoring %s, data in %s)", server.url, server.monitor_url, server.data_dir)
         if access.bundle is not None:
@@ -294,9 +315,8 @@ def _up(args: argparse.Namespace, manifest: LoadedManifest) -> int:
                      access.bundle.folder / INGRESS_ENV, access.bundle.seed_file(ADMIN_USER))
         else:
             log.warning("authentication is off: anyone who reaches %s may do anything", server.url)
-        uvloop.run(provision_server(access.url, manifest, access.admin))  # as the generated admin user
         return uvloop.run(_serve(manifest, access, args.processes, verbose=args.verbose, metrics_port=args.metrics_port,
-                                 watch=args.watch))
+                                 watch=args.watch, provision_as=access.admin))  # as the generated admin user
 
 
 def _run(args: argparse.Namespace, manifest: LoadedManifest) -> int:
