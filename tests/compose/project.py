@@ -87,6 +87,7 @@ class Container:
     status: str  # created, running, exited, ...
     health: str | None  # starting, healthy, unhealthy; None without a health check
     exit_code: int
+    started_at: str  # as Docker reports it (RFC 3339)
     ip: str  # on the project's network
 
     @classmethod
@@ -94,7 +95,7 @@ class Container:
         state = data["State"]
         networks = data["NetworkSettings"]["Networks"] or {}
         return cls(data["Id"], data["Config"]["Labels"]["com.docker.compose.service"], state["Status"],
-                   (state.get("Health") or {}).get("Status"), state["ExitCode"],
+                   (state.get("Health") or {}).get("Status"), state["ExitCode"], state["StartedAt"],
                    next((n["IPAddress"] for n in networks.values() if n.get("IPAddress")), ""))
 
 
