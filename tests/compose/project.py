@@ -32,9 +32,16 @@ def run(command: list[str], timeout: float, env: dict[str, str] | None = None, c
     return done
 
 
+def answers(command: list[str]) -> bool:
+    try:
+        return subprocess.run(command, capture_output=True, timeout=30).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
 def compose_command() -> list[str] | None:
     """`docker compose` where the v2 plugin exists, else `docker-compose` (v1), else None."""
-    if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+    if shutil.which("docker") and answers(["docker", "compose", "version"]):
         return ["docker", "compose"]
     if shutil.which("docker-compose"):
         return ["docker-compose"]
@@ -45,14 +52,16 @@ def why_not_runnable(compose_file: Path) -> str | None:
     """Why the compose project cannot run here (for the skip message), or None."""
     if not shutil.which("docker"):
         return f"no docker command (run `bash {ENGINE_SETUP}` as root)"
-    info = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True, timeout=30)
-    if info.returncode != 0:
-        said = (info.stderr.strip().splitlines() or ["docker info failed"])[-1]
+    try:
+        info = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True, timeout=30)
+        said = (info.stderr.strip().splitlines() or ["docker info failed"])[-1] if info.returncode else ""
+    except subprocess.TimeoutExpired:
+        said = "docker info did not answer within 30 s"
+    if said:
         return f"no Docker engine reachable ({said}); run `bash {ENGINE_SETUP}` as root"
     if compose_command() is None:
         return "neither `docker compose` nor `docker-compose` is installed"
-    missing = [image for image in pulled_images(compose_file)
-               if subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode != 0]
+    missing = [image for image in pulled_images(compose_file) if not answers(["docker", "image", "inspect", image])]
     if missing:
         return (f"images {', '.join(missing)} are not on this engine (`docker compose pull` them, or where Docker Hub "
                 f"cannot be reached run `bash {ENGINE_SETUP}` to make CI stand-ins)")
@@ -127,6 +136,10 @@ class ComposeProject:
         return any(isinstance(s.get("depends_on"), dict)
                    and s["depends_on"].get(service, {}).get("condition") == "service_completed_successfully"
                    for s in self.services.values())
+
+    def function_services(self) -> list[str]:
+        """The services that run a function (`ebbtide run --function NAME`)."""
+        return [name for name, s in self.services.items() if (s.get("command") or [])[:3] == ["ebbtide", "run", "--function"]]
 
     def expected_replicas(self, service: str) -> int:
         return int(self.services[service].get("deploy", {}).get("replicas", 1))
