@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # ebbtide: one image for every function (`ebbtide run --function NAME`) and, as target `loadtest`, Locust.
 #   docker build -t ebbtide:0.1.0 .                      (runtime image, ~no toolchain)
 #   docker build -t ebbtide-loadtest:0.1.0 --target loadtest .

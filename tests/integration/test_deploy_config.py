@@ -160,11 +160,13 @@ def host_port(url: str) -> tuple[str, int]:
 
 
 def published(ports: list[str]) -> dict[int, int]:
-    """Compose port mappings 'HOST:CONTAINER' as {container: host}."""
+    """Compose port mappings '127.0.0.1:${EBBTIDE_..._PORT:-HOST}:CONTAINER' as {container: default host port}:
+    published on loopback only, the host side a variable (tests/compose picks free ports)."""
     mapping = {}
     for entry in ports:
-        host, _, inside = str(entry).rpartition(":")
-        mapping[int(inside)] = int(host)
+        match = re.fullmatch(r"127\.0\.0\.1:\$\{EBBTIDE_[A-Z_]+_PORT:-(\d+)\}:(\d+)", str(entry))
+        assert match, f"{entry!r}: publish as 127.0.0.1:${{EBBTIDE_<NAME>_PORT:-<host port>}}:<container port>"
+        mapping[int(match.group(2))] = int(match.group(1))
     return mapping
 
 

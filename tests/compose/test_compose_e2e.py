@@ -1,0 +1,248 @@
+"""`docker compose up` for real: the project's images built from the Dockerfile, the whole compose file run
+on this machine's Docker engine, driven from the host through the published ports as a user would.
+
+Runs where a Docker engine answers and the images the compose file pulls are present; skips saying why
+elsewhere. CI has no Docker Hub: `.ci/docker-engine` (called by `.ci/run`) starts an engine and makes CI
+stand-ins with the compose file's image names (deploy/ci-standins/; Jaeger's is an OTLP recorder).
+
+One project (own name, free host ports) for the module; the tests run in file order and share its
+ledger of published orders, so each checks the outboxes against everything published so far:
+orders and poison -> exactly once / DLQ; Prometheus targets; traces; a receiver replica killed and NATS
+restarted mid-run; Locust headless (last: its orders are its own). `docker compose down -v` at the end,
+always; the images built here are removed unless EBBTIDE_E2E_KEEP_IMAGES=1 (they are ~1 GB).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import importlib.util
+import json
+import os
+import secrets
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nats
+import pytest
+from nats.aio.client import Client as NatsClient
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from ebbtide.broker import free_port
+from ebbtide.orders import INGRESS_SUBJECT, generate_orders
+from tests.compose.project import ComposeProject, image_ids, remove_images, run, why_not_runnable
+from tests.conftest import REPO
+from tests.reliability.conftest import (
+    PublishStats, dead_letter_accounting, expected_outbox, finished_run, publish_reliably, subject_counts, with_invalid,
+)
+
+COMPOSE_FILE = REPO / "docker-compose.yml"
+# Host ports of docker-compose.yml (variables with the usual defaults): free ones here.
+PORT_VARIABLES = ("EBBTIDE_NATS_PORT", "EBBTIDE_NATS_MONITOR_PORT", "EBBTIDE_LOCUST_PORT", "EBBTIDE_JAEGER_UI_PORT",
+                  "EBBTIDE_OTLP_HTTP_PORT", "EBBTIDE_PROMETHEUS_PORT")
+BUILT_IMAGES = ("ebbtide:0.1.0", "ebbtide-loadtest:0.1.0")
+ORDERS_PER_PHASE = 2000
+BUILD_TIMEOUT_S = 1200  # from a cold cache: pip installs the dependencies and Zig, then builds the modules
+READY_TIMEOUT_S = 180
+
+skip_reason = why_not_runnable(COMPOSE_FILE)
+pytestmark = [pytest.mark.skipif(skip_reason is not None, reason=f"docker compose end-to-end: {skip_reason}")]
+if importlib.util.find_spec("pytest_timeout"):  # a per-test timeout is set elsewhere: this module needs more
+    pytestmark.append(pytest.mark.timeout(BUILD_TIMEOUT_S + 600))
+
+
+@dataclass
+class Stack:
+    project: ComposeProject
+    ports: dict[str, int]
+    ingress_url: str  # nats://ingress:PASSWORD@127.0.0.1:PORT
+    admin_seed: Path
+    orders: list = field(default_factory=list)  # every order the host published, for the outbox ledger
+    invalid_ids: set[str] = field(default_factory=set)  # Nats-Msg-Ids of the poison published
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def nats_url(self) -> str:
+        return f"nats://127.0.0.1:{self.ports['EBBTIDE_NATS_PORT']}"
+
+    def http_json(self, port_variable: str, path: str) -> dict:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.ports[port_variable]}{path}", timeout=5) as reply:
+            return json.loads(reply.read())
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    ports = {variable: free_port() for variable in PORT_VARIABLES}
+    project = ComposeProject(REPO, f"ebbtide-e2e-{secrets.token_hex(4)}", {k: str(v) for k, v in ports.items()})
+    timings: dict[str, float] = {}
+    images_before = image_ids()
+    try:
+        started = time.monotonic()
+        project.compose("build", timeout=BUILD_TIMEOUT_S)
+        timings["build"] = time.monotonic() - started
+        started = time.monotonic()
+        project.compose("up", "--detach", "--no-build", timeout=READY_TIMEOUT_S)
+        project.wait_ready(READY_TIMEOUT_S)
+        timings["up until healthy"] = time.monotonic() - started
+        # The credentials the one-shot `nats-auth` generated, read as deploy/README.md tells a user.
+        ingress = dict(line.split("=", 1) for line in project.read_file("nats-auth", "/auth/ingress.env").split())
+        admin_seed = tmp_path_factory.mktemp("auth") / "admin.nk"
+        admin_seed.write_text(project.read_file("nats-auth", "/auth/admin.nk"))
+        admin_seed.chmod(0o600)
+        url = f"nats://{ingress['EBBTIDE_NATS_USER']}:{ingress['EBBTIDE_NATS_PASSWORD']}@127.0.0.1:{ports['EBBTIDE_NATS_PORT']}"
+        stack = Stack(project, ports, url, admin_seed, timings=timings)
+        yield stack
+    finally:
+        started = time.monotonic()
+        logs = tmp_path_factory.mktemp("compose-logs") / "compose.log"
+        logs.write_text(project.logs(tail=200))
+        project.down()
+        leftovers = project.containers()
+        if os.environ.get("EBBTIDE_E2E_KEEP_IMAGES") != "1":
+            remove_images(BUILT_IMAGES, images_before)
+        timings["down"] = time.monotonic() - started
+        print(f"\ncompose e2e timings (s): {', '.join(f'{k} {v:.1f}' for k, v in timings.items())}; logs: {logs}")
+        assert not leftovers, f"containers left after down: {leftovers}"
+
+
+async def connect(url: str, **auth: object) -> NatsClient:
+    """Reconnects at once and forever: NATS is restarted under it in one test."""
+    async def quiet(_error: Exception) -> None:
+        pass
+
+    return await nats.connect(url, name="compose-e2e", allow_reconnect=True, max_reconnect_attempts=-1,
+                              reconnect_time_wait=0.2, connect_timeout=2, error_cb=quiet, **auth)
+
+
+async def publish_orders(stack: Stack, seed: int, first_id: int, **options: object) -> PublishStats:
+    """Orders and poison (1 %), from the host through the published port as `ingress`; recorded in the ledger."""
+    orders = generate_orders(ORDERS_PER_PHASE, seed=seed, first_id=first_id)
+    messages, invalid_ids = with_invalid(orders, share=0.01, seed=seed)
+    stack.orders += orders
+    stack.invalid_ids |= invalid_ids
+    ingress = await connect(stack.ingress_url)
+    try:
+        return await publish_reliably(ingress, INGRESS_SUBJECT, messages, **options)  # type: ignore[arg-type]
+    finally:
+        await ingress.close()
+
+
+async def check_ledger(stack: Stack, what: str) -> None:
+    """Every order published so far in its outbox exactly once (one write per key in the bucket's
+    stream, and no write beyond one per order), every poison message dead-lettered once."""
+    admin = await connect(stack.nats_url, nkeys_seed=str(stack.admin_seed))
+    try:
+        expected = expected_outbox(stack.orders)
+        outbox, letters = await finished_run(admin, expected, len(stack.invalid_ids), what)
+        outbox.check()
+        assert outbox.extra_writes == 0, outbox.writes
+        for bucket, ids in expected.items():
+            per_key = await subject_counts(admin, f"KV_{bucket}", f"$KV.{bucket}.>")
+            assert per_key == {f"$KV.{bucket}.{order_id}": 1 for order_id in ids}, bucket
+        assert dead_letter_accounting(letters, stack.invalid_ids) == (0, 0, 0), "missing, doubled, stray dead letters"
+    finally:
+        await admin.close()
+
+
+async def test_orders_from_the_host_stored_exactly_once_and_poison_dead_lettered(stack: Stack) -> None:
+    started = time.monotonic()
+    await publish_orders(stack, seed=11, first_id=1)
+    await check_ledger(stack, "the first orders stored and poison dead-lettered")
+    stack.timings["orders"] = time.monotonic() - started
+
+
+async def test_every_function_replica_is_a_healthy_prometheus_target(stack: Stack) -> None:
+    functions = stack.project.function_services()
+    replicas = {c.ip: c.service for s in functions for c in stack.project.containers(s)}
+    assert len(replicas) == sum(stack.project.expected_replicas(s) for s in functions) >= 5, replicas
+
+    def scraped() -> dict[str, tuple[str, str]]:
+        targets = stack.http_json("EBBTIDE_PROMETHEUS_PORT", "/api/v1/targets")["data"]["activeTargets"]
+        return {t["labels"]["instance"].rsplit(":", 1)[0]: (t["labels"].get("service", ""), t["health"])
+                for t in targets if t["labels"]["job"] == "ebbtide"}
+
+    want = {ip: (service, "up") for ip, service in replicas.items()}
+    deadline = time.monotonic() + 90  # DNS discovery every 10 s, a scrape every 5 s
+    while (seen := scraped()) != want:
+        assert time.monotonic() < deadline, f"Prometheus targets {seen}, want {want}"
+        await asyncio.sleep(1)
+
+
+async def test_traces_of_every_function_reached_the_otlp_endpoint(stack: Stack) -> None:
+    """Jaeger's OTLP/HTTP port received spans of every function, and one order's trace spans two hops.
+    (In CI the `jaeger` service is the recording stand-in of deploy/ci-standins/otlp-recorder.)"""
+
+    def traces() -> dict[str, set[bytes]]:
+        """service.name -> trace ids of its spans."""
+        recorded = stack.http_json("EBBTIDE_JAEGER_UI_PORT", "/recorded")["requests"]
+        found: dict[str, set[bytes]] = {}
+        for request in recorded:
+            if request["path"] != "/v1/traces":
+                continue
+            export = ExportTraceServiceRequest.FromString(base64.b64decode(request["body_base64"]))
+            for resource_spans in export.resource_spans:
+                name = next(a.value.string_value for a in resource_spans.resource.attributes if a.key == "service.name")
+                found.setdefault(name, set()).update(s.trace_id for ss in resource_spans.scope_spans for s in ss.spans)
+        return found
+
+    want = {f"ebbtide-{service}" for service in stack.project.function_services()}
+    deadline = time.monotonic() + 60  # spans are exported in batches every few seconds
+    while True:
+        found = traces()
+        receivers = found.get("ebbtide-receiver-express", set()) | found.get("ebbtide-receiver-standard", set())
+        if want <= set(found) and found["ebbtide-distributor"] & receivers:
+            break
+        assert time.monotonic() < deadline, f"traces by service: { {k: len(v) for k, v in found.items()} }"
+        await asyncio.sleep(1)
+
+
+async def test_receiver_replica_killed_and_nats_restarted_mid_run_lose_no_order(stack: Stack) -> None:
+    """While orders are published: a receiver replica is `docker kill`ed a quarter of the way through, then
+    NATS restarted while publishing goes on (its publishes unconfirmed until the client reconnects, then
+    retried with their Nats-Msg-Id); the restart is over before the last chunks. Every order stored once."""
+    project = stack.project
+    victim = project.containers("receiver-express")[0]
+    [nats_before] = project.containers("nats")
+    chunks, sent = 40, 0
+    restart: asyncio.Task | None = None
+
+    async def after_send() -> None:  # the publisher's hook: a chunk is sent, its confirmations not awaited
+        nonlocal sent, restart
+        sent += 1
+        if sent == chunks // 4:
+            await asyncio.to_thread(run, ["docker", "kill", victim.id], 60)
+        elif sent == chunks // 4 + 2:
+            restart = asyncio.create_task(asyncio.to_thread(run, ["docker", "restart", "--time", "5", nats_before.id], 120))
+        elif sent == chunks - 4 and restart is not None:
+            await restart
+
+    started = time.monotonic()
+    stats = await publish_orders(stack, seed=12, first_id=100_001, spread_s=6.0, chunks=chunks, after_send=after_send)
+    assert sent == chunks
+    assert [c.status for c in project.containers("receiver-express") if c.id == victim.id] == ["exited"]
+    [nats_after] = project.containers("nats")
+    assert nats_after.started_at != nats_before.started_at, "NATS was restarted"
+    await check_ledger(stack, "every order stored after the faults")
+    stack.timings["faults"] = time.monotonic() - started
+    print(f"\npublishes retried across the NATS restart: {stats.retried}")
+
+
+def test_locust_service_headless_without_failures(stack: Stack) -> None:
+    """The compose `locust` service (as `ingress`) for a bounded headless run: every publish acked and
+    every order seen in its outbox (its end-to-end check, as `admin`)."""
+    started = time.monotonic()
+    service = stack.project.services["locust"]
+    done = stack.project.compose(
+        "run", "--rm", "--no-deps", "-T", "locust", *service["command"],
+        "--headless", "-u", "4", "-r", "4", "--user-rate", "50", "-t", "15s", "--e2e-timeout", "30",
+        "--exit-code-on-error", "1", "--json", "--only-summary", timeout=180, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    stats = {(s["method"], s["name"]): s for s in json.loads(done.stdout[done.stdout.index("["):])}
+    published = stats[("jetstream", INGRESS_SUBJECT)]
+    assert published["num_requests"] > 0 and published["num_failures"] == 0, published
+    e2e = [s for (kind, _), s in stats.items() if kind == "e2e"]
+    assert sum(s["num_requests"] for s in e2e) > 0 and sum(s["num_failures"] for s in e2e) == 0, e2e
+    stack.timings["locust"] = time.monotonic() - started
