@@ -10,6 +10,8 @@ import enum
 
 import msgspec
 
+from ..errors import GuestFault
+
 ABI_VERSION = 1
 
 # Export names, in one place.
@@ -45,14 +47,6 @@ class KvPut(msgspec.Struct, array_like=True, tag="kv_put", frozen=True):
 Effect = Publish | KvPut
 
 _effects_decoder = msgspec.msgpack.Decoder(list[Effect])
-
-
-class GuestFault(Exception):
-    """The guest failed this message (trap, time limit, memory limit, bad output). Replace the instance."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(f"{kind}: {message}")
-        self.kind = kind  # "trap" | "timeout" | "memory-limit" | "invalid-output"
 
 
 def decode_effects(data: bytes) -> list[Effect]:

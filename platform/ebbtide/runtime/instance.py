@@ -3,34 +3,17 @@
 from __future__ import annotations
 
 import ctypes
-from dataclasses import dataclass
-
 import wasmtime
 
+from ..errors import GuestFault, GuestInitError, InputTooLarge, ModuleLoadError
 from . import _wasmtime_fast as fast
 from . import abi
-from .abi import GuestFault
-from .engine import BufferLayout, LoadedModule, ModuleLoadError, WasmEngine
-
-WASM_PAGE = 65536
-
-
-@dataclass(frozen=True, slots=True)
-class GuestLimits:
-    memory_bytes: int
-    fuel: int  # per message: the time limit, in wasmtime fuel units (about one per instruction)
-
-
-class GuestInitError(Exception):
-    """The guest refused its configuration, or could not be instantiated."""
-
-
-class InputTooLarge(Exception):
-    pass
+from .engine import BufferLayout, LoadedModule, WasmEngine
+from .guest import GuestLimits, classify_trap, unknown_status
 
 
 class GuestInstance:
-    """Not thread-safe; one worker owns one instance at a time."""
+    """A core module's instance (the `Guest` protocol). Not thread-safe; one worker owns it at a time."""
 
     __slots__ = (
         "module", "limits", "_store", "_memory", "_base", "_in_ptr", "input_capacity",
@@ -90,14 +73,14 @@ class GuestInstance:
         try:
             status = self._handle(n_subject, n_payload)
         except wasmtime.Trap as trap:
-            raise self._classify(trap) from None
+            raise classify_trap(trap, self.limits, self._memory.data_len(self._store)) from None
         except wasmtime.WasmtimeError as exc:
             raise GuestFault("trap", str(exc)) from None
         output = self._read_output()
         try:
             return abi.Status(status), output
         except ValueError:
-            raise GuestFault("invalid-output", f"unknown status {status}") from None
+            raise unknown_status(status) from None
 
     def _read_output(self) -> bytes:
         address = self._base + self._out_ptr
@@ -105,15 +88,6 @@ class GuestInstance:
         if length > self._out_capacity - abi.OUTPUT_HEADER_SIZE:
             raise GuestFault("invalid-output", f"output length {length} exceeds the output buffer")
         return ctypes.string_at(address + abi.OUTPUT_HEADER_SIZE, length)
-
-    def _classify(self, trap: wasmtime.Trap) -> GuestFault:
-        if trap.trap_code == wasmtime.TrapCode.OUT_OF_FUEL:
-            return GuestFault("timeout", f"used its fuel limit of {self.limits.fuel} for one message")
-        # wasmtime's message is a backtrace followed by the cause; the cause's last line says what happened.
-        cause = trap.message.strip().splitlines()[-1].strip() if trap.message.strip() else "trap"
-        if self._memory.data_len(self._store) + WASM_PAGE > self.limits.memory_bytes:
-            return GuestFault("memory-limit", f"trapped at its memory limit of {self.limits.memory_bytes} bytes: {cause}")
-        return GuestFault("trap", cause)
 
     def memory_size(self) -> int:
         return self._memory.data_len(self._store)
