@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ebbtide.build import build_modules
 from ebbtide.manifest import load_manifest
-from ebbtide.orders import encode_order, generate_orders
+from ebbtide.workload.orders import encode_order, generate_orders
 from ebbtide.runtime import GuestInstance, GuestLimits, WasmEngine, decode_effects
 from ebbtide.runtime.guests import load_guest_module, start_guest
 

@@ -22,7 +22,7 @@ from ebbtide.build import build_modules
 from ebbtide.deadletter import H_ERROR, H_FUNCTION
 from ebbtide.host import Host
 from ebbtide.manifest import load_manifest
-from ebbtide.orders import INGRESS_SUBJECT, Order, encode_order, generate_orders
+from ebbtide.workload.orders import INGRESS_SUBJECT, Order, encode_order, generate_orders
 from ebbtide.runtime import GuestInitError, GuestInstance, GuestLimits, Status, WasmEngine, decode_effects
 from ebbtide.runtime.abi import KvPut
 from ebbtide.runtime.guests import Guest, load_guest_module, start_guest

@@ -20,7 +20,7 @@ from ebbtide.deadletter import H_ERROR, H_REASON
 from ebbtide.host import Host
 from ebbtide.launch import running
 from ebbtide.manifest import LoadedManifest, load_manifest, parse_manifest
-from ebbtide.orders import INGRESS_SUBJECT, encode_order, generate_orders
+from ebbtide.workload.orders import INGRESS_SUBJECT, encode_order, generate_orders
 from ebbtide.runtime import ModuleLoadError
 from tests.conftest import GUESTS, chaos_manifest, manifest_copy, read_stream, wait_for_consumers, wait_until
 from tests.integration.test_pipeline import outbox_counts

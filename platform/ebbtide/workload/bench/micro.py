@@ -6,11 +6,11 @@ import gc
 import statistics
 import time
 
-from ..manifest import LoadedManifest
+from ...manifest import LoadedManifest
 from ..orders import INGRESS_SUBJECT, encode_order, generate_orders
-from ..pool import MIB
-from ..runtime import GuestInstance, GuestLimits, LoadedModule, WasmEngine, decode_effects
-from ..telemetry import resident_memory_bytes
+from ...pool import MIB
+from ...runtime import GuestInstance, GuestLimits, LoadedModule, WasmEngine, decode_effects
+from ...telemetry import resident_memory_bytes
 from .report import BenchReport
 
 
