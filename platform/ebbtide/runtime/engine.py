@@ -30,6 +30,9 @@ _REQUIRED_FUNCS: dict[str, tuple[int, int]] = {  # name -> (number of i32 params
     abi.EXPORT_INIT: (1, 1),
     abi.EXPORT_HANDLE: (2, 1),
 }
+_OPTIONAL_FUNCS: dict[str, tuple[int, int]] = {  # checked when exported; version 2 requires them
+    abi.EXPORT_HANDLE_BATCH: (1, 1),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +43,7 @@ class BufferLayout:
     input_capacity: int
     output_ptr: int
     output_capacity: int
+    abi_version: int  # 2: takes batches (ebbtide_handle_batch)
 
 
 @dataclass(eq=False)
@@ -49,7 +53,7 @@ class LoadedModule:
     module: wasmtime.Module
     instance_pre: wasmtime.InstancePre
     layout: BufferLayout | None = field(default=None)  # set by the first instance (ABI version checked then)
-    exports: ExportPicker | None = field(default=None)  # memory, handle, init by index; set with `layout`
+    exports: ExportPicker | None = field(default=None)  # memory, init, handle[, handle_batch] by index; set with `layout`
 
 
 class WasmEngine:
@@ -116,10 +120,12 @@ def _check_exports(path: Path, module: wasmtime.Module) -> None:
     exports = {export.name: export.type for export in module.exports}
     if not isinstance(exports.get(abi.EXPORT_MEMORY), wasmtime.MemoryType):
         raise ModuleLoadError(f"{path}: missing export `{abi.EXPORT_MEMORY}` (memory)")
-    for name, (nparams, nresults) in _REQUIRED_FUNCS.items():
+    for name, (nparams, nresults) in (_REQUIRED_FUNCS | _OPTIONAL_FUNCS).items():
         ty = exports.get(name)
+        if ty is None and name in _OPTIONAL_FUNCS:
+            continue
         if not isinstance(ty, wasmtime.FuncType):
-            raise ModuleLoadError(f"{path}: missing exported function `{name}` (guest ABI v{abi.ABI_VERSION}, docs/abi.md)")
+            raise ModuleLoadError(f"{path}: missing exported function `{name}` (guest ABI v1, docs/abi.md)")
         if [str(p) for p in ty.params] != ["i32"] * nparams or [str(r) for r in ty.results] != ["i32"] * nresults:
             raise ModuleLoadError(
                 f"{path}: `{name}` has type {ty.params} -> {ty.results}, "

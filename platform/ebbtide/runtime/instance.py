@@ -1,15 +1,24 @@
-"""One guest instance: a Store of its own, the ABI's buffers, and the one-call-per-message hot path."""
+"""One guest instance: a Store of its own, the ABI's buffers, and the hot paths: one call per message
+(ABI v1) or per batch of messages (ABI v2)."""
 
 from __future__ import annotations
 
 import ctypes
+import struct
+from collections.abc import Sequence
+
 import wasmtime
 
 from ..errors import GuestFault, GuestInitError, InputTooLarge, ModuleLoadError
 from . import _wasmtime_fast as fast
 from . import abi
 from .engine import BufferLayout, LoadedModule, WasmEngine
-from .guest import GuestLimits, classify_trap, unknown_status
+from .guest import BatchResult, GuestLimits, Outcome, classify_trap, handle_one_by_one, unknown_status
+
+_BASE_EXPORTS = (abi.EXPORT_MEMORY, abi.EXPORT_INIT, abi.EXPORT_HANDLE)
+_U32 = struct.Struct("<I")
+_U32_PAIR = struct.Struct("<II")  # a batch record's header, in and out
+_STATUSES = tuple(abi.Status)  # by value: 0, 1, 2
 
 
 class GuestInstance:
@@ -17,7 +26,7 @@ class GuestInstance:
 
     __slots__ = (
         "module", "limits", "_store", "_memory", "_base", "_in_ptr", "input_capacity",
-        "_out_ptr", "_out_capacity", "_handle",
+        "_out_ptr", "_out_capacity", "_handle", "takes_batches", "_handle_batch", "_input_view", "_output_view",
     )
 
     def __init__(self, engine: WasmEngine, module: LoadedModule, limits: GuestLimits, config_json: bytes) -> None:
@@ -37,9 +46,10 @@ class GuestInstance:
         if module.layout is None or module.exports is None:  # the module's first instance: check the ABI once
             exports = instance.exports(store)
             module.layout = _read_layout(module, store, exports)
-            module.exports = fast.ExportPicker(store, instance, (abi.EXPORT_MEMORY, abi.EXPORT_HANDLE, abi.EXPORT_INIT))
+            batch_export = (abi.EXPORT_HANDLE_BATCH,) if module.layout.abi_version >= 2 else ()
+            module.exports = fast.ExportPicker(store, instance, _BASE_EXPORTS + batch_export)
         layout = module.layout
-        memory, handle, init = module.exports.pick(store, instance)
+        memory, init, handle, *handle_batch = module.exports.pick(store, instance)
         assert isinstance(memory, wasmtime.Memory)
         self._store = store
         self._memory = memory
@@ -49,6 +59,12 @@ class GuestInstance:
         self._out_capacity = layout.output_capacity
         self._base = fast.memory_base(store, memory)
         self._handle = fast.RawCall(store, handle, 2)
+        self.takes_batches = bool(handle_batch)
+        if handle_batch:
+            self._handle_batch = fast.RawCall(store, handle_batch[0], 1)
+            # Views of the buffers (the memory never moves): records are packed and read without a copy.
+            self._input_view = fast.memory_view(self._base + self._in_ptr, self.input_capacity)
+            self._output_view = fast.memory_view(self._base + self._out_ptr, self._out_capacity)
 
         if len(config_json) > self.input_capacity:
             raise GuestInitError(f"config ({len(config_json)} bytes) does not fit the input buffer")
@@ -82,6 +98,100 @@ class GuestInstance:
         except ValueError:
             raise unknown_status(status) from None
 
+    def handle_batch(self, messages: Sequence[tuple[bytes, bytes]]) -> BatchResult:
+        """Run the guest on (subject, payload) pairs: one call per input buffer's worth of messages (ABI v2),
+        or one per message for a v1 guest. See `Guest.handle_batch` and BatchResult."""
+        if not self.takes_batches:
+            return handle_one_by_one(self, messages)
+        outcomes: list[Outcome] = []
+        total = len(messages)
+        while len(outcomes) < total:
+            count = self._pack(messages, len(outcomes))
+            if count == 0:
+                # The next message does not fit as a record (8 bytes more than alone): it goes alone.
+                single = handle_one_by_one(self, messages[len(outcomes):len(outcomes) + 1])
+                outcomes += single.outcomes
+                if single.instance_failed:
+                    return BatchResult(outcomes, instance_failed=True)
+            elif self._call_batch(count, outcomes):
+                return BatchResult(outcomes, instance_failed=True)
+        return BatchResult(outcomes)
+
+    def _pack(self, messages: Sequence[tuple[bytes, bytes]], start: int) -> int:
+        """Writes records for messages[start:] into the input buffer while they fit; returns how many."""
+        view = self._input_view
+        capacity = self.input_capacity
+        pack_header = _U32_PAIR.pack_into
+        pos = 0
+        index = start
+        total = len(messages)
+        while index < total:
+            subject, payload = messages[index]
+            n_subject = len(subject)
+            payload_at = pos + abi.BATCH_RECORD_HEADER_SIZE + n_subject
+            end = payload_at + len(payload)
+            if end > capacity:
+                break
+            pack_header(view, pos, n_subject, len(payload))
+            view[pos + abi.BATCH_RECORD_HEADER_SIZE:payload_at] = subject
+            view[payload_at:end] = payload
+            pos = end
+            index += 1
+        return index - start
+
+    def _call_batch(self, count: int, outcomes: list[Outcome]) -> bool:
+        """One `ebbtide_handle_batch` call on the `count` packed records; appends the outcomes of the messages
+        it finished (and of the one that faulted). Returns whether the instance failed.
+
+        Fuel: the call gets `count` messages' worth. A trap ends the call; the guest's progress counter
+        says which messages finished before it. Out of fuel, the message running is charged only when it
+        was the call's first (it alone used the whole budget, at least one message's limit); otherwise the
+        earlier messages may have spent the budget, so it and the rest are left for a fresh instance,
+        where it runs first."""
+        fast.set_fuel(self._store, self.limits.fuel * count)
+        fault: GuestFault | None = None
+        try:
+            handled = self._handle_batch(count)
+        except wasmtime.Trap as trap:
+            handled = -1
+            if trap.trap_code != wasmtime.TrapCode.OUT_OF_FUEL or self._batch_done() == 0:
+                fault = classify_trap(trap, self.limits, self._memory.data_len(self._store), batch_size=count)
+        except wasmtime.WasmtimeError as exc:
+            handled, fault = -1, GuestFault("trap", str(exc))
+        done = self._batch_done()
+        if not 0 <= done <= count or (handled >= 0 and handled != done):
+            outcomes.append(GuestFault("invalid-output", f"batch of {count}: handled {handled}, counter {done}"))
+            return True
+        view = self._output_view
+        limit = self._out_capacity
+        unpack_header = _U32_PAIR.unpack_from
+        pos = abi.BATCH_HEADER_SIZE
+        for _ in range(done):
+            if pos + abi.BATCH_RECORD_HEADER_SIZE > limit:
+                outcomes.append(GuestFault("invalid-output", "batch output record outside the output buffer"))
+                return True
+            status, length = unpack_header(view, pos)
+            start = pos + abi.BATCH_RECORD_HEADER_SIZE
+            pos = start + length
+            if pos > limit:
+                outcomes.append(GuestFault("invalid-output", f"output length {length} exceeds the output buffer"))
+                return True
+            if status >= len(_STATUSES):
+                outcomes.append(unknown_status(status))
+                return True
+            outcomes.append((_STATUSES[status], view[start:pos].tobytes()))
+        if handled < 0:  # trapped
+            if fault is not None:
+                outcomes.append(fault)
+            return True
+        if done == 0:
+            outcomes.append(GuestFault("invalid-output", f"handled none of a batch of {count}"))
+            return True
+        return False
+
+    def _batch_done(self) -> int:
+        return _U32.unpack_from(self._output_view, 0)[0]
+
     def _read_output(self) -> bytes:
         address = self._base + self._out_ptr
         length = int.from_bytes(ctypes.string_at(address, abi.OUTPUT_HEADER_SIZE), "little")
@@ -98,9 +208,13 @@ def _read_layout(module: LoadedModule, store: wasmtime.Store, exports: wasmtime.
     instance of a module has the same memory size and buffers)."""
     try:
         version = exports[abi.EXPORT_VERSION](store)
-        if version != abi.ABI_VERSION:
-            raise ModuleLoadError(f"{module.path}: guest ABI version {version}, this host speaks {abi.ABI_VERSION}")
+        if version not in abi.SUPPORTED_ABI_VERSIONS:
+            spoken = ", ".join(map(str, sorted(abi.SUPPORTED_ABI_VERSIONS)))
+            raise ModuleLoadError(f"{module.path}: guest ABI version {version}, this host speaks {spoken}")
+        if version >= 2 and abi.EXPORT_HANDLE_BATCH not in exports:
+            raise ModuleLoadError(f"{module.path}: guest ABI version {version} without `{abi.EXPORT_HANDLE_BATCH}`")
         layout = BufferLayout(
+            abi_version=version,
             input_ptr=exports[abi.EXPORT_INPUT_PTR](store),
             input_capacity=exports[abi.EXPORT_INPUT_CAPACITY](store),
             output_ptr=exports[abi.EXPORT_OUTPUT_PTR](store),
@@ -113,6 +227,7 @@ def _read_layout(module: LoadedModule, store: wasmtime.Store, exports: wasmtime.
     size = memory.data_len(store)
     for name, ptr, cap in (("input", layout.input_ptr, layout.input_capacity),
                            ("output", layout.output_ptr, layout.output_capacity)):
-        if ptr < 0 or cap < abi.OUTPUT_HEADER_SIZE or ptr + cap > size:
+        minimum = abi.BATCH_HEADER_SIZE + abi.BATCH_RECORD_HEADER_SIZE if version >= 2 else abi.OUTPUT_HEADER_SIZE
+        if ptr < 0 or cap < minimum or ptr + cap > size:
             raise GuestInitError(f"{module.path}: {name} buffer [{ptr}, +{cap}) is outside memory ({size} bytes)")
     return layout
