@@ -74,12 +74,13 @@ def instances(examples: dict[str, Path]) -> dict[str, GuestInstance]:
     return {lang: GuestInstance(engine, engine.load(path), LIMITS, CONFIG) for lang, path in examples.items()}
 
 
-def test_examples_import_nothing_and_speak_abi_v1(examples: dict[str, Path]) -> None:
+def test_examples_import_nothing_and_speak_abi_v2(examples: dict[str, Path]) -> None:
     engine = WasmEngine()
     for lang, path in examples.items():
-        module = engine.load(path)  # checks imports (none) and the exports of ABI v1
+        module = engine.load(path)  # checks imports (none) and the exports of ABI v1 and v2
         instance = GuestInstance(engine, module, LIMITS, CONFIG)
         assert module.layout is not None and module.layout.input_capacity == 65536, lang
+        assert module.layout.abi_version == 2 and instance.takes_batches, lang
         assert instance.handle(b"orders.express", b'{"orderId": 1}')[0] == Status.OK, lang
 
 
@@ -164,9 +165,40 @@ JSON_VALUES = st.recursive(
 def test_same_output_in_every_language_for_generated_json(instances: dict[str, GuestInstance], value: object,
                                                           ascii_only: bool, cut: int, junk: bytes) -> None:
     text = json.dumps(value, ensure_ascii=ascii_only).encode()
-    for payload in (text, text[:cut], text[:cut] + junk + text[cut:]):
+    payloads = (text, text[:cut], text[:cut] + junk + text[cut:])
+    for payload in payloads:
         outputs = _outputs(instances, payload)
         assert len(set(outputs.values())) == 1, (payload[:80], outputs)
+    for lang, instance in instances.items():  # and the same in a batch as alone
+        batch = instance.handle_batch([(b"orders.express", payload) for payload in payloads])
+        assert batch.outcomes == [instance.handle(b"orders.express", payload) for payload in payloads], lang
+
+
+def test_batch_outputs_equal_single_outputs_byte_for_byte(instances: dict[str, GuestInstance]) -> None:
+    """Every SDK loops the same handler over a batch: crafted inputs, orders, and thousands of small and
+    middling messages. The receiver's output is a little larger than its input, so the output buffer fills
+    before the input buffer: the SDK ends a call early, when too little room is left for any message or
+    when the next message's output does not fit, and the host sends the rest in the next call."""
+    small = [b'{"orderId": %d}' % i for i in range(3000)]
+    middling = [b'{"orderId": %d, "pad": "%s"}' % (i, b"x" * (i * 397 % 1500)) for i in range(1000)]
+    payloads = CRAFTED + [encode_order(o) for o in generate_orders(300, seed=5)] + small + middling
+    messages = [(b"orders.express", payload) for payload in payloads]
+    batches = {}
+    for lang, instance in instances.items():
+        singles = [instance.handle(subject, payload) for subject, payload in messages]
+        calls: list[tuple[int, int]] = []  # (messages sent, messages handled) per ebbtide_handle_batch call
+        raw = instance._handle_batch
+        instance._handle_batch = lambda count: calls.append((count, handled := raw(count))) or handled  # type: ignore[method-assign]
+        try:
+            result = instance.handle_batch(messages)
+        finally:
+            instance._handle_batch = raw
+        assert not result.instance_failed, lang
+        assert result.outcomes == singles, lang
+        assert any(handled < count for count, handled in calls), (lang, calls)  # the SDK stopped at a full output
+        assert len(calls) < len(messages) / 50, (lang, len(calls))
+        batches[lang] = result.outcomes
+    assert batches["c"] == batches["zig"] == batches["assemblyscript"]
 
 
 def test_instance_memory_does_not_grow_with_messages(instances: dict[str, GuestInstance]) -> None:
@@ -252,6 +284,9 @@ def test_python_component_stores_the_same_effects(python_receiver) -> None:
         assert status == Status.OK, output
         # same effects; the encoding may differ (fixarray there, array16 here), the decoded value may not
         assert decode_effects(output) == decode_effects(zig.handle(b"orders.express", payload)[1])
+    assert not guest.takes_batches  # a component is called once per message, also through handle_batch
+    messages = [(b"orders.express", encode_order(order)) for order in generate_orders(5, seed=9)]
+    assert guest.handle_batch(messages).outcomes == [guest.handle(*message) for message in messages]
 
 
 def test_python_component_rejects_like_the_zig_receiver(python_receiver) -> None:

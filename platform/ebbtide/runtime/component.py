@@ -14,6 +14,7 @@ WASI 0.2; an instance gets an empty WASI context: no files, environment, argumen
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,7 @@ import wasmtime.component as wc
 from ..errors import ComponentLoadError, GuestFault, GuestInitError, InputTooLarge
 from . import abi
 from .cache import compile_cached, read_checked
-from .guest import GuestLimits, cause, classify_trap, unknown_status
+from .guest import BatchResult, GuestLimits, cause, classify_trap, handle_one_by_one, unknown_status
 
 EXPORT_INIT = "init"
 EXPORT_HANDLE = "handle"
@@ -80,6 +81,8 @@ class ComponentEngine:
 class ComponentGuest:
     """One component instance (the `Guest` protocol); not thread-safe."""
 
+    takes_batches = False  # the world has no batch export: one call per message
+
     def __init__(self, engine: ComponentEngine, loaded: LoadedComponent, limits: GuestLimits, config_json: bytes) -> None:
         self.module = loaded
         self.limits = limits
@@ -126,3 +129,5 @@ class ComponentGuest:
         except ValueError:
             raise unknown_status(status) from None
 
+    def handle_batch(self, messages: Sequence[tuple[bytes, bytes]]) -> BatchResult:
+        return handle_one_by_one(self, messages)
