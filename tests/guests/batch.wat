@@ -4,16 +4,16 @@
 ;;   T trap (unreachable)    L runaway loop (time limit)    R status REJECT    X an unknown status (7)
 ;;   S status OK, and the batch call ends after this message (the host sends the rest in another call)
 ;;   anything else: status OK
-;; Buffers: input [1024, +4000), output [8192, +4100): every batch the host packs fits the output.
+;; Buffers: input [65536, +65536), output [131072, +65540): every batch the host packs fits the output.
 (module
-  (memory (export "memory") 1)
+  (memory (export "memory") 4)
   (func (export "ebbtide_abi_version") (result i32) (i32.const 2))
-  (func (export "ebbtide_input_ptr") (result i32) (i32.const 1024))
-  (func (export "ebbtide_input_capacity") (result i32) (i32.const 4000))
-  (func (export "ebbtide_output_ptr") (result i32) (i32.const 8192))
-  (func (export "ebbtide_output_capacity") (result i32) (i32.const 4100))
+  (func (export "ebbtide_input_ptr") (result i32) (i32.const 65536))
+  (func (export "ebbtide_input_capacity") (result i32) (i32.const 65536))
+  (func (export "ebbtide_output_ptr") (result i32) (i32.const 131072))
+  (func (export "ebbtide_output_capacity") (result i32) (i32.const 65540))
   (func (export "ebbtide_init") (param $config_len i32) (result i32)
-    (i32.store (i32.const 8192) (i32.const 0))
+    (i32.store (i32.const 131072) (i32.const 0))
     (i32.const 0))
   ;; One message: copies the payload [$p, +$n) to $out and returns its status.
   (func $one (param $p i32) (param $n i32) (param $out i32) (result i32)
@@ -26,13 +26,13 @@
     (if (i32.eq (local.get $mode) (i32.const 88)) (then (return (i32.const 7))))        ;; X
     (i32.const 0))
   (func (export "ebbtide_handle") (param $subject_len i32) (param $len i32) (result i32)
-    (i32.store (i32.const 8192) (local.get $len))
-    (call $one (i32.add (i32.const 1024) (local.get $subject_len)) (local.get $len) (i32.const 8196)))
+    (i32.store (i32.const 131072) (local.get $len))
+    (call $one (i32.add (i32.const 65536) (local.get $subject_len)) (local.get $len) (i32.const 131076)))
   (func (export "ebbtide_handle_batch") (param $count i32) (result i32)
     (local $done i32) (local $in i32) (local $out i32) (local $subject_len i32) (local $len i32) (local $mode i32)
-    (i32.store (i32.const 8192) (i32.const 0))
-    (local.set $in (i32.const 1024))
-    (local.set $out (i32.const 8196))
+    (i32.store (i32.const 131072) (i32.const 0))
+    (local.set $in (i32.const 65536))
+    (local.set $out (i32.const 131076))
     (block $end
       (loop $next
         (br_if $end (i32.ge_u (local.get $done) (local.get $count)))
@@ -46,7 +46,7 @@
         (local.set $out (i32.add (i32.add (local.get $out) (i32.const 8)) (local.get $len)))
         (local.set $in (i32.add (local.get $in) (local.get $len)))
         (local.set $done (i32.add (local.get $done) (i32.const 1)))
-        (i32.store (i32.const 8192) (local.get $done))
+        (i32.store (i32.const 131072) (local.get $done))
         (br_if $end (i32.eq (local.get $mode) (i32.const 83)))                            ;; S
         (br $next)))
     (local.get $done)))

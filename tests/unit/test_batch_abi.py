@@ -21,7 +21,7 @@ from tests.conftest import GUESTS
 
 LIMITS = GuestLimits(memory_bytes=1 << 20, fuel=200_000)
 BATCH_WAT = (GUESTS / "batch.wat").read_text()
-INPUT_CAPACITY = 4000  # batch.wat's
+INPUT_CAPACITY = 65536  # batch.wat's
 
 
 def _wasm(tmp_path: Path, wat: str, name: str = "guest.wasm") -> Path:
@@ -58,10 +58,10 @@ def _messages(*payloads: bytes) -> list[tuple[bytes, bytes]]:
 
 
 def test_a_batch_gives_each_message_the_outcome_of_its_own_call(start: Callable[[], GuestInstance]) -> None:
-    messages = _messages(*(b"message %d " % i + b"x" * (i * 7 % 90) for i in range(300)), b"", b"Rejected")
+    messages = _messages(*(b"message %d " % i + b"x" * (i * 97 % 1500) for i in range(3000)), b"", b"Rejected")
     guest = start()
     assert guest.takes_batches
-    result = guest.handle_batch(messages)  # 300 messages of ~60 bytes: several input buffers' worth
+    result = guest.handle_batch(messages)  # 3,000 messages of ~750 bytes: several input buffers' worth
     assert not result.instance_failed
     assert result.outcomes == [guest.handle(subject, payload) for subject, payload in messages]
     assert result.outcomes[-1] == (Status.REJECT, b"Rejected")
@@ -125,6 +125,20 @@ def test_a_counter_that_disagrees_with_the_result_is_a_fault(tmp_path: Path) -> 
     result = guest.handle_batch(_messages(b"a", b"b"))
     assert result.instance_failed and len(result.outcomes) == 1
     assert isinstance(result.outcomes[0], GuestFault) and "counter" in str(result.outcomes[0])
+
+
+def test_a_trap_before_the_guest_counts_anything_is_charged_to_the_first_message(tmp_path: Path) -> None:
+    """The host zeroes the progress counter before each call: a stale count from the previous call would
+    hand its outcomes to this call's messages."""
+    entry = "    (i32.store (i32.const 131072) (i32.const 0))\n    (local.set $in"
+    assert entry in BATCH_WAT
+    traps_at_entry = BATCH_WAT.replace(entry, "    (if (i32.eq (local.get $count) (i32.const 3)) (then unreachable))\n    (local.set $in")
+    engine = WasmEngine()
+    guest = GuestInstance(engine, engine.load(_wasm(tmp_path, traps_at_entry)), LIMITS, b"{}")
+    assert guest.handle_batch(_messages(b"a", b"b")).outcomes == [(Status.OK, b"a"), (Status.OK, b"b")]
+    result = guest.handle_batch(_messages(b"c", b"d", b"e"))
+    assert result.instance_failed and len(result.outcomes) == 1
+    assert isinstance(result.outcomes[0], GuestFault) and result.outcomes[0].kind == "trap"
 
 
 def test_a_v1_module_still_loads_and_is_called_once_per_message(tmp_path: Path) -> None:

@@ -118,25 +118,27 @@ class GuestInstance:
         return BatchResult(outcomes)
 
     def _pack(self, messages: Sequence[tuple[bytes, bytes]], start: int) -> int:
-        """Writes records for messages[start:] into the input buffer while they fit; returns how many."""
-        view = self._input_view
-        capacity = self.input_capacity
-        pack_header = _U32_PAIR.pack_into
-        pos = 0
+        """Writes records for messages[start:] into the input buffer while they fit; returns how many.
+        (Joined in Python and copied once: cheaper than a copy per field.)"""
+        room = self.input_capacity
+        pack_header = _U32_PAIR.pack
+        parts: list[bytes] = []
+        append = parts.append
         index = start
         total = len(messages)
         while index < total:
             subject, payload = messages[index]
             n_subject = len(subject)
-            payload_at = pos + abi.BATCH_RECORD_HEADER_SIZE + n_subject
-            end = payload_at + len(payload)
-            if end > capacity:
+            n_payload = len(payload)
+            room -= abi.BATCH_RECORD_HEADER_SIZE + n_subject + n_payload
+            if room < 0:
                 break
-            pack_header(view, pos, n_subject, len(payload))
-            view[pos + abi.BATCH_RECORD_HEADER_SIZE:payload_at] = subject
-            view[payload_at:end] = payload
-            pos = end
+            append(pack_header(n_subject, n_payload))
+            append(subject)
+            append(payload)
             index += 1
+        records = b"".join(parts)
+        self._input_view[:len(records)] = records
         return index - start
 
     def _call_batch(self, count: int, outcomes: list[Outcome]) -> bool:
@@ -149,6 +151,7 @@ class GuestInstance:
         earlier messages may have spent the budget, so it and the rest are left for a fresh instance,
         where it runs first."""
         fast.set_fuel(self._store, self.limits.fuel * count)
+        _U32.pack_into(self._output_view, 0, 0)  # `done`: a trap before the guest's first write reads 0, not a stale count
         fault: GuestFault | None = None
         try:
             handled = self._handle_batch(count)
