@@ -23,6 +23,7 @@ async def test_quick_bench_completes_with_sane_figures(reference_manifest: Loade
     assert all(math.isfinite(v) for v in figures.values())
     assert all(v >= 0 for name, v in figures.items() if "slope" not in name)  # a slope may be negative
     assert 0 < figures["guest call, distributor, one order"] < 10_000  # µs
+    assert 0 < figures["guest call per message, distributor, batches of 64"] < 10_000  # µs
     assert 0 < figures["instance start"] < 100_000  # µs
     assert 0 < figures["added RSS per idle instance"] < 10_000  # KiB
     assert 0 < figures["activation from zero, p50"] <= figures["activation from zero, p99"] < 10_000  # ms

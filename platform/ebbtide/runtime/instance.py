@@ -26,7 +26,7 @@ class GuestInstance:
 
     __slots__ = (
         "module", "limits", "_store", "_memory", "_base", "_in_ptr", "input_capacity",
-        "_out_ptr", "_out_capacity", "_handle", "takes_batches", "_handle_batch", "_input_view", "_output_view",
+        "_out_ptr", "_out_capacity", "_handle", "takes_batches", "_handle_batch", "_buffer_views",
     )
 
     def __init__(self, engine: WasmEngine, module: LoadedModule, limits: GuestLimits, config_json: bytes) -> None:
@@ -62,9 +62,8 @@ class GuestInstance:
         self.takes_batches = bool(handle_batch)
         if handle_batch:
             self._handle_batch = fast.RawCall(store, handle_batch[0], 1)
-            # Views of the buffers (the memory never moves): records are packed and read without a copy.
-            self._input_view = fast.memory_view(self._base + self._in_ptr, self.input_capacity)
-            self._output_view = fast.memory_view(self._base + self._out_ptr, self._out_capacity)
+        # (input, output) views for batches, made by the first batch: a few µs an instance start need not pay
+        self._buffer_views: tuple[memoryview, memoryview] | None = None
 
         if len(config_json) > self.input_capacity:
             raise GuestInitError(f"config ({len(config_json)} bytes) does not fit the input buffer")
@@ -103,21 +102,25 @@ class GuestInstance:
         or one per message for a v1 guest. See `Guest.handle_batch` and BatchResult."""
         if not self.takes_batches:
             return handle_one_by_one(self, messages)
+        if self._buffer_views is None:  # the memory never moves: records are packed and read in place
+            self._buffer_views = (fast.memory_view(self._base + self._in_ptr, self.input_capacity),
+                                  fast.memory_view(self._base + self._out_ptr, self._out_capacity))
+        input_view, output_view = self._buffer_views
         outcomes: list[Outcome] = []
         total = len(messages)
         while len(outcomes) < total:
-            count = self._pack(messages, len(outcomes))
+            count = self._pack(input_view, messages, len(outcomes))
             if count == 0:
                 # The next message does not fit as a record (8 bytes more than alone): it goes alone.
                 single = handle_one_by_one(self, messages[len(outcomes):len(outcomes) + 1])
                 outcomes += single.outcomes
                 if single.instance_failed:
                     return BatchResult(outcomes, instance_failed=True)
-            elif self._call_batch(count, outcomes):
+            elif self._call_batch(output_view, count, outcomes):
                 return BatchResult(outcomes, instance_failed=True)
         return BatchResult(outcomes)
 
-    def _pack(self, messages: Sequence[tuple[bytes, bytes]], start: int) -> int:
+    def _pack(self, view: memoryview, messages: Sequence[tuple[bytes, bytes]], start: int) -> int:
         """Writes records for messages[start:] into the input buffer while they fit; returns how many.
         (Joined in Python and copied once: cheaper than a copy per field.)"""
         room = self.input_capacity
@@ -138,10 +141,10 @@ class GuestInstance:
             append(payload)
             index += 1
         records = b"".join(parts)
-        self._input_view[:len(records)] = records
+        view[:len(records)] = records
         return index - start
 
-    def _call_batch(self, count: int, outcomes: list[Outcome]) -> bool:
+    def _call_batch(self, view: memoryview, count: int, outcomes: list[Outcome]) -> bool:
         """One `ebbtide_handle_batch` call on the `count` packed records; appends the outcomes of the messages
         it finished (and of the one that faulted). Returns whether the instance failed.
 
@@ -151,21 +154,20 @@ class GuestInstance:
         earlier messages may have spent the budget, so it and the rest are left for a fresh instance,
         where it runs first."""
         fast.set_fuel(self._store, self.limits.fuel * count)
-        _U32.pack_into(self._output_view, 0, 0)  # `done`: a trap before the guest's first write reads 0, not a stale count
+        _U32.pack_into(view, 0, 0)  # `done`: a trap before the guest's first write reads 0, not a stale count
         fault: GuestFault | None = None
         try:
             handled = self._handle_batch(count)
         except wasmtime.Trap as trap:
             handled = -1
-            if trap.trap_code != wasmtime.TrapCode.OUT_OF_FUEL or self._batch_done() == 0:
+            if trap.trap_code != wasmtime.TrapCode.OUT_OF_FUEL or _U32.unpack_from(view, 0)[0] == 0:
                 fault = classify_trap(trap, self.limits, self._memory.data_len(self._store), batch_size=count)
         except wasmtime.WasmtimeError as exc:
             handled, fault = -1, GuestFault("trap", str(exc))
-        done = self._batch_done()
+        done: int = _U32.unpack_from(view, 0)[0]
         if not 0 <= done <= count or (handled >= 0 and handled != done):
             outcomes.append(GuestFault("invalid-output", f"batch of {count}: handled {handled}, counter {done}"))
             return True
-        view = self._output_view
         limit = self._out_capacity
         unpack_header = _U32_PAIR.unpack_from
         pos = abi.BATCH_HEADER_SIZE
@@ -191,9 +193,6 @@ class GuestInstance:
             outcomes.append(GuestFault("invalid-output", f"handled none of a batch of {count}"))
             return True
         return False
-
-    def _batch_done(self) -> int:
-        return _U32.unpack_from(self._output_view, 0)[0]
 
     def _read_output(self) -> bytes:
         address = self._base + self._out_ptr
