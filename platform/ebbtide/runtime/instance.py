@@ -19,6 +19,7 @@ _BASE_EXPORTS = (abi.EXPORT_MEMORY, abi.EXPORT_INIT, abi.EXPORT_HANDLE)
 _U32 = struct.Struct("<I")
 _U32_PAIR = struct.Struct("<II")  # a batch record's header, in and out
 _STATUSES = tuple(abi.Status)  # by value: 0, 1, 2
+assert [status.value for status in _STATUSES] == [0, 1, 2]
 
 
 class GuestInstance:
@@ -124,6 +125,7 @@ class GuestInstance:
         """Writes records for messages[start:] into the input buffer while they fit; returns how many.
         (Joined in Python and copied once: cheaper than a copy per field.)"""
         room = self.input_capacity
+        header_size = abi.BATCH_RECORD_HEADER_SIZE
         pack_header = _U32_PAIR.pack
         parts: list[bytes] = []
         append = parts.append
@@ -133,7 +135,7 @@ class GuestInstance:
             subject, payload = messages[index]
             n_subject = len(subject)
             n_payload = len(payload)
-            room -= abi.BATCH_RECORD_HEADER_SIZE + n_subject + n_payload
+            room -= header_size + n_subject + n_payload
             if room < 0:
                 break
             append(pack_header(n_subject, n_payload))
@@ -169,22 +171,25 @@ class GuestInstance:
             outcomes.append(GuestFault("invalid-output", f"batch of {count}: handled {handled}, counter {done}"))
             return True
         limit = self._out_capacity
+        header_size = abi.BATCH_RECORD_HEADER_SIZE
         unpack_header = _U32_PAIR.unpack_from
+        statuses = _STATUSES
+        append = outcomes.append
         pos = abi.BATCH_HEADER_SIZE
         for _ in range(done):
-            if pos + abi.BATCH_RECORD_HEADER_SIZE > limit:
-                outcomes.append(GuestFault("invalid-output", "batch output record outside the output buffer"))
+            start = pos + header_size
+            if start > limit:
+                append(GuestFault("invalid-output", "batch output record outside the output buffer"))
                 return True
             status, length = unpack_header(view, pos)
-            start = pos + abi.BATCH_RECORD_HEADER_SIZE
             pos = start + length
             if pos > limit:
-                outcomes.append(GuestFault("invalid-output", f"output length {length} exceeds the output buffer"))
+                append(GuestFault("invalid-output", f"output length {length} exceeds the output buffer"))
                 return True
-            if status >= len(_STATUSES):
-                outcomes.append(unknown_status(status))
+            if status > 2:
+                append(unknown_status(status))
                 return True
-            outcomes.append((_STATUSES[status], view[start:pos].tobytes()))
+            append((statuses[status], view[start:pos].tobytes()))
         if handled < 0:  # trapped
             if fault is not None:
                 outcomes.append(fault)
