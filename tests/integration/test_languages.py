@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -21,10 +22,11 @@ from ebbtide.broker import ConfirmedPublisher, EmbeddedNats, publish_all
 from ebbtide.build import build_modules
 from ebbtide.deadletter import H_ERROR, H_FUNCTION
 from ebbtide.host import Host
-from ebbtide.manifest import load_manifest
+from ebbtide.manifest import LoadedManifest, load_manifest
 from ebbtide.workload.orders import INGRESS_SUBJECT, Order, encode_order, generate_orders
 from ebbtide.runtime import GuestInitError, GuestInstance, GuestLimits, Status, WasmEngine, decode_effects
 from ebbtide.runtime.abi import KvPut
+from ebbtide.runtime.guest import handle_one_by_one
 from ebbtide.runtime.guests import Guest, load_guest_module, start_guest
 from ebbtide.state import stream_state
 from tests.conftest import REPO, manifest_copy, read_stream, wait_until
@@ -150,6 +152,46 @@ def test_same_output_in_every_language_for_crafted_inputs(instances: dict[str, G
     ok = _outputs(instances, b'{"orderId": -42, "x": [1]}')["c"]
     assert ok[0] == Status.OK
     assert decode_effects(ok[1]) == [KvPut("outbox-express", "-42", b'{"orderId": -42, "x": [1]}')]
+
+
+def _run_all(start: Callable[[], Guest], messages: list[tuple[bytes, bytes]], *, batches: bool) -> list[object]:
+    """Every message's outcome (a fault as its text), on fresh instances after a fault, as a pool runs them."""
+    outcomes: list[object] = []
+    guest = start()
+    while len(outcomes) < len(messages):
+        rest = messages[len(outcomes):]
+        result = guest.handle_batch(rest) if batches else handle_one_by_one(guest, rest)
+        outcomes += [str(o) if isinstance(o, Exception) else o for o in result.outcomes]
+        if result.instance_failed:
+            guest = start()
+    return outcomes
+
+
+def test_reference_distributor_gives_the_same_outcomes_in_a_batch(reference_manifest: LoadedManifest) -> None:
+    """Faults included. The 65,000-byte payload needs more than the distributor's fuel limit: alone it times
+    out; in a batch call it shares the fuel of the call's messages (docs/abi.md, "Faults in a batch"), so
+    there it may also get the outcome it has without a limit, and no other."""
+    fn = reference_manifest.function("distributor")
+    engine = WasmEngine()
+    module = engine.load(reference_manifest.module_path(fn.module))
+    config = reference_manifest.config_json("distributor")
+
+    def starter(fuel: int) -> Callable[[], Guest]:
+        return lambda: GuestInstance(engine, module, GuestLimits(fn.limits.memory_mib << 20, fuel), config)
+
+    start = starter(fn.limits.fuel)
+    assert start().takes_batches
+    payloads = [encode_order(o) for o in generate_orders(200, seed=6)] + CRAFTED + [encode_order(o) for o in generate_orders(200, seed=7)]
+    messages = [(INGRESS_SUBJECT.encode(), payload) for payload in payloads]
+    singles = _run_all(start, messages, batches=False)
+    unlimited = _run_all(starter(fn.limits.fuel * 1000), messages, batches=False)
+    timed_out = [i for i, outcome in enumerate(singles) if isinstance(outcome, str) and outcome.startswith("timeout")]
+    assert [payloads[i][:22] for i in timed_out] == [b'{"orderId": 8, "pad": ']
+    batched = _run_all(start, messages, batches=True)
+    for i in timed_out:
+        assert batched[i] in (singles[i], unlimited[i])
+        batched[i] = singles[i]
+    assert batched == singles
 
 
 JSON_VALUES = st.recursive(
