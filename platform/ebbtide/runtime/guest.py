@@ -55,12 +55,16 @@ class Guest(Protocol):
 
     module: GuestModule
     input_capacity: int
-    takes_batches: bool  # whether `handle_batch` hands several messages to the guest per call (ABI v2)
 
     def handle(self, subject: bytes, payload: bytes) -> tuple[Status, bytes]:
         """Run the guest on one message: its status and output (ABI v1 encoding).
 
         Raises InputTooLarge (the message does not fit) or GuestFault (replace the instance)."""
+        ...
+
+    @property
+    def takes_batches(self) -> bool:
+        """Whether `handle_batch` hands several messages to the guest per call (ABI v2)."""
         ...
 
     def handle_batch(self, messages: Sequence[tuple[bytes, bytes]]) -> BatchResult:
