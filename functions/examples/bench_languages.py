@@ -6,7 +6,13 @@ Builds the three (incrementally, into build/) and prints a Markdown table: modul
 (measured as `ebbtide bench` measures the distributor: copy in, call, read output, decode effects; the
 minimum of 5 runs) and instance start (new Store, instantiate, init with config). Python runs as a
 component (componentize-py, platform/ebbtide/runtime/component.py) when componentize-py is installed; its
-row also gives the added RSS per live instance. Nothing is asserted.
+row also gives the added RSS per live instance.
+
+A second table gives the cost per message of one call per message (ABI v1, `handle`) beside batches of
+1, 16, 64 and 256 messages (ABI v2, `handle_batch`) on 256 different orders: copy in, call(s), read the
+outputs (not decoded: that cost is the same either way). Its last row is tests/guests/batch.wat, a guest
+that only copies each payload to its output: what the host and the call cost by themselves.
+Nothing is asserted.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from pathlib import Path
 
 from ebbtide.build import build_modules
 from ebbtide.manifest import load_manifest
-from ebbtide.orders import encode_order, generate_orders
+from ebbtide.workload.orders import encode_order, generate_orders
 from ebbtide.runtime import GuestInstance, GuestLimits, WasmEngine, decode_effects
 from ebbtide.runtime.guests import load_guest_module, start_guest
 
@@ -34,6 +40,8 @@ EXAMPLES = {
 }
 CONFIG = b'{"bucket":"outbox-express"}'
 LIMITS = GuestLimits(memory_bytes=4 << 20, fuel=5_000_000)
+BATCH_SIZES = (1, 16, 64, 256)
+COPY_GUEST = REPO / "tests/guests/batch.wat"
 
 
 def build(examples: dict[str, tuple[str, str]]) -> dict[str, Path]:
@@ -83,6 +91,44 @@ def python_row(payload: bytes, calls: int, starts: int) -> str:
             f"| {min(start) / 1000:.2f} ms ({statistics.median(start) / 1000:.2f}) | {added / 1024:.1f} MiB added RSS |")
 
 
+def per_message(messages: list[tuple[bytes, bytes]], guest: GuestInstance, batch: int | None, rounds: int) -> float:
+    """µs per message over `rounds` passes on `messages` (min of 5 runs): one `handle` call per message
+    when `batch` is None, else `handle_batch` on slices of `batch` messages."""
+    if batch is None:
+        handle = guest.handle
+        one_pass = lambda: [handle(subject, payload) for subject, payload in messages]  # noqa: E731
+    else:
+        slices = [messages[i:i + batch] for i in range(0, len(messages), batch)]
+        handle_batch = guest.handle_batch
+        one_pass = lambda: [handle_batch(part) for part in slices]  # noqa: E731
+    one_pass()  # warm-up, excluded
+    return min(runs(one_pass, rounds)) / len(messages)
+
+
+def batch_table(modules: dict[str, Path], quick: bool) -> None:
+    import wasmtime
+
+    orders = [encode_order(order) for order in generate_orders(256, seed=2)]
+    rounds = 20 if quick else 200
+    sizes = " | ".join(f"batch {n}" for n in BATCH_SIZES)
+    print(f"\nµs per message, 256 different orders ({min(map(len, orders))}-{max(map(len, orders))} bytes), "
+          f"min of 5 x {rounds} passes: one call per message (v1) beside batches (v2)\n")
+    print(f"| guest | v1: one call per message | {sizes} |")
+    print("|---|---:|" + "---:|" * len(BATCH_SIZES))
+    engine = WasmEngine()
+    with tempfile.TemporaryDirectory() as folder:
+        copy_guest = Path(folder) / "batch.wasm"
+        copy_guest.write_bytes(wasmtime.wat2wasm(COPY_GUEST.read_text()))
+        guests = {**{f"receiver, {lang}": (path, CONFIG, "orders.express") for lang, path in modules.items()},
+                  "copy only (host + call cost)": (copy_guest, b"{}", "in.batch")}
+        for name, (path, config, subject) in guests.items():
+            guest = GuestInstance(engine, engine.load(path), LIMITS, config)
+            # batch.wat's input buffer is 4000 bytes: 256 orders are sent as several calls (as a pool would)
+            messages = [(subject.encode(), payload) for payload in orders]
+            cells = [per_message(messages, guest, batch, rounds) for batch in (None, *BATCH_SIZES)]
+            print(f"| {name} | " + " | ".join(f"{cell:.2f}" for cell in cells) + " |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="10x fewer calls")
@@ -94,7 +140,8 @@ def main() -> int:
     print(f"receiver, {len(payload)}-byte order; min of 5 x {calls:,} calls (median in brackets)\n")
     print("| language | module size | guest call | instance start | instance memory |")
     print("|---|---:|---:|---:|---:|")
-    for lang, path in build(EXAMPLES).items():
+    modules = build(EXAMPLES)
+    for lang, path in modules.items():
         module = engine.load(path)
         instance = GuestInstance(engine, module, LIMITS, CONFIG)
         for _ in range(1000):  # warm-up, excluded
@@ -107,6 +154,7 @@ def main() -> int:
         print(python_row(payload, calls // 100, 10))
     else:
         print("| python (component) | – | – | – | skipped: pip install componentize-py==0.25.1 |")
+    batch_table(modules, args.quick)
     return 0
 
 

@@ -69,27 +69,43 @@ static size_t utf8_seq_len(const uint8_t *s, size_t len, size_t i) {
 
 /* ---- output ----------------------------------------------------------------------------------------------- */
 
-enum { BODY_START = 4, EFFECTS_START = BODY_START + 3, NO_REASON = -1 };
+enum { NO_REASON = -1, DOES_NOT_FIT = -1, BATCH_HEADER_LEN = 4, RECORD_HEADER_LEN = 8 };
+/* A batch stops before a message when less than this is left: its record header, the longest reason
+ * (so a REJECT/RETRY always fits) and an empty effect array. */
+enum { MIN_RECORD_ROOM = RECORD_HEADER_LEN + EB_MAX_REASON_LEN + 3 };
 typedef enum { CONTEXT_INIT, CONTEXT_HANDLE } context;
 
-/* Layout: little-endian u32 length N, then N bytes. Effects: an array16 header (0xdc + big-endian
- * count) reserved at the start of the body and patched when the handler returns OK. */
+/* Layout at `frame`: little-endian u32 length N, then N bytes (frame 0 for one message; inside its record
+ * in a batch). Effects: an array16 header (0xdc + big-endian count) reserved at the start of the body
+ * and patched when the handler returns OK. */
 struct eb_output {
     context context;
+    size_t frame;
+    size_t body_start;
     size_t pos;
+    size_t limit;      /* the end of the room for this message's output */
+    bool room_limited; /* the room ends at the buffer's end, before the message's own cap: in a batch, a
+                          message that overflows it is handled first in the next call (DOES_NOT_FIT) */
+    size_t end;        /* where the output ends, once finished */
     size_t count;
     bool overflow;
     int reason_status; /* NO_REASON, or the status a reason was written for */
     bool truncated;
 };
 
-static eb_output begin(context c) {
-    return (eb_output){.context = c, .pos = EFFECTS_START, .reason_status = NO_REASON};
+static eb_output begin_at(context c, size_t frame, bool first) {
+    size_t cap = frame + 4 + EB_MAX_OUTPUT_LEN;
+    bool room_limited = !first && cap > EB_OUTPUT_CAPACITY;
+    return (eb_output){.context = c, .frame = frame, .body_start = frame + 4, .pos = frame + 4 + 3,
+                       .limit = room_limited ? EB_OUTPUT_CAPACITY : cap, .room_limited = room_limited,
+                       .reason_status = NO_REASON};
 }
+
+static eb_output begin(context c) { return begin_at(c, 0, true); }
 
 static void put(eb_output *out, const uint8_t *bytes, size_t len) {
     if (out->overflow) return;
-    if (len > EB_OUTPUT_CAPACITY - out->pos) {
+    if (len > out->limit - out->pos) {
         out->overflow = true;
         return;
     }
@@ -151,7 +167,7 @@ bool eb_overflowed(const eb_output *out) { return out->overflow; }
 
 void eb_reason_bytes(eb_output *out, eb_bytes s) {
     if (out->reason_status == NO_REASON || out->truncated) return;
-    size_t room = BODY_START + EB_MAX_REASON_LEN - out->pos;
+    size_t room = out->body_start + EB_MAX_REASON_LEN - out->pos;
     size_t n = s.len > room ? room : s.len;
     if (n < s.len) out->truncated = true;
     memcpy(output_buffer + out->pos, s.ptr, n);
@@ -168,7 +184,7 @@ void eb_reason_int(eb_output *out, int64_t n) {
 
 static eb_status set_reason(eb_output *out, eb_status status, const char *text) {
     out->reason_status = status;
-    out->pos = BODY_START;
+    out->pos = out->body_start;
     out->truncated = false;
     out->overflow = false;
     eb_reason(out, text);
@@ -178,23 +194,29 @@ static eb_status set_reason(eb_output *out, eb_status status, const char *text) 
 eb_status eb_reject(eb_output *out, const char *text) { return set_reason(out, EB_REJECT, text); }
 eb_status eb_retry(eb_output *out, const char *text) { return set_reason(out, EB_RETRY, text); }
 
-static void write_length(size_t n) {
-    output_buffer[0] = (uint8_t)n;
-    output_buffer[1] = (uint8_t)(n >> 8);
-    output_buffer[2] = (uint8_t)(n >> 16);
-    output_buffer[3] = (uint8_t)(n >> 24);
+static void write_u32(size_t at, uint32_t n) {
+    output_buffer[at] = (uint8_t)n;
+    output_buffer[at + 1] = (uint8_t)(n >> 8);
+    output_buffer[at + 2] = (uint8_t)(n >> 16);
+    output_buffer[at + 3] = (uint8_t)(n >> 24);
+}
+
+static void write_end(eb_output *out, size_t end) {
+    write_u32(out->frame, (uint32_t)(end - out->body_start));
+    out->end = end;
 }
 
 /* Makes the reason valid UTF-8, appends "..." if it was cut, and writes the length prefix. */
 static void finish_reason(eb_output *out) {
+    size_t body_start = out->body_start;
     size_t end = out->pos;
     if (out->truncated) { /* drop a character cut in half by the length cap */
         size_t k = end;
-        while (k > BODY_START && end - k < 3 && (output_buffer[k - 1] & 0xc0) == 0x80) k--;
-        if (k > BODY_START && output_buffer[k - 1] >= 0xc0 && end - (k - 1) < utf8_lead_len(output_buffer[k - 1]))
+        while (k > body_start && end - k < 3 && (output_buffer[k - 1] & 0xc0) == 0x80) k--;
+        if (k > body_start && output_buffer[k - 1] >= 0xc0 && end - (k - 1) < utf8_lead_len(output_buffer[k - 1]))
             end = k - 1;
     }
-    for (size_t i = BODY_START; i < end;) {
+    for (size_t i = body_start; i < end;) {
         size_t n = utf8_seq_len(output_buffer, end, i);
         if (n == 0) output_buffer[i++] = '?';
         else i += n;
@@ -203,9 +225,10 @@ static void finish_reason(eb_output *out) {
         memcpy(output_buffer + end, "...", 3);
         end += 3;
     }
-    write_length(end - BODY_START);
+    write_end(out, end);
 }
 
+/* The status, with the output written; DOES_NOT_FIT when a batch must stop before this message. */
 static int32_t finish(eb_output *out, eb_status returned) {
     if (out->reason_status != NO_REASON) {
         finish_reason(out);
@@ -222,18 +245,19 @@ static int32_t finish(eb_output *out, eb_status returned) {
         return out->reason_status;
     }
     if (out->context == CONTEXT_INIT) {
-        write_length(0);
+        write_end(out, out->body_start);
         return EB_OK;
     }
     if (out->overflow) {
+        if (out->room_limited) return DOES_NOT_FIT;
         set_reason(out, EB_REJECT, "output buffer overflow");
         finish_reason(out);
         return EB_REJECT;
     }
-    output_buffer[BODY_START] = 0xdc; /* array16 */
-    output_buffer[BODY_START + 1] = (uint8_t)(out->count >> 8);
-    output_buffer[BODY_START + 2] = (uint8_t)out->count;
-    write_length(out->pos - BODY_START);
+    output_buffer[out->body_start] = 0xdc; /* array16 */
+    output_buffer[out->body_start + 1] = (uint8_t)(out->count >> 8);
+    output_buffer[out->body_start + 2] = (uint8_t)out->count;
+    write_end(out, out->pos);
     return EB_OK;
 }
 
@@ -279,17 +303,58 @@ EXPORT("ebbtide_init") int32_t ebbtide_init(int32_t config_len) {
     return rc;
 }
 
+/* One message whose subject starts at input_buffer[start]; `out` says where its output goes. */
+static int32_t handle_at(eb_output *out, size_t start, size_t subject_len, size_t payload_len) {
+    if (!initialized) return finish(out, eb_retry(out, "not initialized: ebbtide_init has not succeeded"));
+    if (subject_len > EB_INPUT_CAPACITY - start || payload_len > EB_INPUT_CAPACITY - start - subject_len)
+        return finish(out, eb_reject(out, "invalid-input: subject_len/payload_len out of range"));
+    eb_message msg = {
+        .subject = {input_buffer + start, subject_len},
+        .payload = {input_buffer + start + subject_len, payload_len},
+    };
+    return finish(out, eb_function_handle(&msg, out));
+}
+
 EXPORT("ebbtide_handle") int32_t ebbtide_handle(int32_t subject_len, int32_t payload_len) {
     eb_output out = begin(CONTEXT_HANDLE);
-    if (!initialized) return finish(&out, eb_retry(&out, "not initialized: ebbtide_init has not succeeded"));
-    if (subject_len < 0 || payload_len < 0 || subject_len > EB_INPUT_CAPACITY ||
-        payload_len > EB_INPUT_CAPACITY - subject_len)
-        return finish(&out, eb_reject(&out, "invalid-input: subject_len/payload_len out of range"));
-    eb_message msg = {
-        .subject = {input_buffer, (size_t)subject_len},
-        .payload = {input_buffer + subject_len, (size_t)payload_len},
-    };
-    return finish(&out, eb_function_handle(&msg, &out));
+    if (subject_len < 0 || payload_len < 0) return handle_at(&out, 0, EB_INPUT_CAPACITY + 1, 0);
+    return handle_at(&out, 0, (size_t)subject_len, (size_t)payload_len);
+}
+
+static size_t read_u32(size_t at) {
+    return (size_t)input_buffer[at] | (size_t)input_buffer[at + 1] << 8 | (size_t)input_buffer[at + 2] << 16 |
+           (size_t)input_buffer[at + 3] << 24;
+}
+
+/* Input: `count` records `u32 subject_len, u32 payload_len, subject, payload`. Output: `u32 done`, then per
+ * message `u32 status, u32 length, output`; `done` is bumped after each message, so the host can read what
+ * was finished before a trap. Returns how many messages were handled: fewer than `count` when the output
+ * buffer is full (the host sends the rest in another call). */
+EXPORT("ebbtide_handle_batch") int32_t ebbtide_handle_batch(int32_t count) {
+    write_u32(0, 0);
+    int32_t done = 0;
+    size_t in_pos = 0;
+    size_t record = BATCH_HEADER_LEN;
+    while (done < count) {
+        if (done > 0 && EB_OUTPUT_CAPACITY - record < MIN_RECORD_ROOM) break;
+        eb_output out = begin_at(CONTEXT_HANDLE, record + 4, done == 0);
+        /* A record outside the input buffer gets handle_at's invalid-input REJECT and ends the batch. */
+        size_t subject_len = EB_INPUT_CAPACITY + 1, payload_len = 0;
+        if (EB_INPUT_CAPACITY - in_pos >= RECORD_HEADER_LEN) {
+            subject_len = read_u32(in_pos);
+            payload_len = read_u32(in_pos + 4);
+        }
+        size_t start = in_pos + RECORD_HEADER_LEN < EB_INPUT_CAPACITY ? in_pos + RECORD_HEADER_LEN : EB_INPUT_CAPACITY;
+        int32_t status = handle_at(&out, start, subject_len, payload_len);
+        if (status == DOES_NOT_FIT) break; /* it is handled first in the next call */
+        write_u32(record, (uint32_t)status);
+        record = out.end;
+        done++;
+        write_u32(0, (uint32_t)done);
+        if (subject_len > EB_INPUT_CAPACITY - start || payload_len > EB_INPUT_CAPACITY - start - subject_len) break;
+        in_pos = start + subject_len + payload_len;
+    }
+    return done;
 }
 
 /* ---- helpers ------------------------------------------------------------------------------------------------ */

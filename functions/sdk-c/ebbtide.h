@@ -1,4 +1,5 @@
-/* ebbtide guest SDK for C, guest ABI version 1 (docs/abi.md).
+/* ebbtide guest SDK for C, guest ABI version 2 (docs/abi.md): the handler is called once per message,
+ * whether the host sends one message per call (`ebbtide_handle`) or a batch (`ebbtide_handle_batch`).
  *
  * A function is one C file that includes this header and defines
  *
@@ -22,9 +23,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define EB_ABI_VERSION 1
+#define EB_ABI_VERSION 2
 #define EB_INPUT_CAPACITY (64 * 1024)
-#define EB_OUTPUT_CAPACITY (EB_INPUT_CAPACITY + 1024) /* the whole input plus effect framing fits */
+/* The most output one message may have: the whole input plus effect framing fits, alone or in a batch. */
+#define EB_MAX_OUTPUT_LEN (EB_INPUT_CAPACITY + 1024 - 4)
+/* A batch's progress counter and a record header (status, length) besides one message's largest output. */
+#define EB_OUTPUT_CAPACITY (4 + 8 + EB_MAX_OUTPUT_LEN)
 #define EB_MAX_REASON_LEN 512
 #define EB_JSON_MAX_DEPTH 64
 

@@ -1,4 +1,5 @@
-//! ebbtide guest SDK for the guest ABI, version 1 (see docs/abi.md).
+//! ebbtide guest SDK for the guest ABI, version 2 (see docs/abi.md): one message per call
+//! (`ebbtide_handle`, as in version 1) or several (`ebbtide_handle_batch`), the same handler for both.
 //!
 //! A function's main.zig plugs its code in with
 //!
@@ -10,10 +11,20 @@
 //! The SDK owns the static input/output buffers and the `ebbtide_*` exports. It imports nothing and
 //! does not use `std` (no allocator, no WASI): everything below is plain Zig over static buffers.
 
-pub const abi_version: i32 = 1;
+pub const abi_version: i32 = 2;
 pub const input_capacity: usize = 64 * 1024;
-// Room for the whole input plus the effect framing, so any accepted input fits in one publish.
-pub const output_capacity: usize = input_capacity + 1024;
+/// The most output one message may have (its effects or its reason): room for the whole input plus the
+/// effect framing, so any accepted input fits in one publish. The same in a batch as alone.
+pub const max_output_len: usize = input_capacity + 1024 - 4;
+// A batch's output starts with its progress counter and each message's output with its status and length
+// (docs/abi.md): the buffer holds those 12 bytes besides one message's largest output, so the first
+// message of a batch has the same room as a message handled alone.
+const batch_header_len: usize = 4;
+const record_header_len: usize = 8;
+pub const output_capacity: usize = batch_header_len + record_header_len + max_output_len;
+// A batch stops before a message when less than this is left: room for its record header and the
+// longest reason (so a REJECT/RETRY always fits), and for an empty effect array.
+const min_record_room: usize = record_header_len + max_reason_len + 3;
 
 /// Reasons (REJECT/RETRY/init refusal) are capped at this many bytes; a longer reason is cut at a
 /// UTF-8 character boundary and ends with "...". Reasons are always valid UTF-8: any invalid byte
@@ -100,19 +111,53 @@ pub fn exportFunction(comptime Impl: type) void {
 
         fn handle(subject_len: i32, payload_len: i32) callconv(.c) i32 {
             var out = Output.begin(.handle);
+            if (subject_len < 0 or payload_len < 0) return handleAt(&out, 0, input_capacity + 1, 0);
+            return handleAt(&out, 0, @intCast(subject_len), @intCast(payload_len));
+        }
+
+        /// One message whose subject starts at input_buffer[start]; `out` says where its output goes.
+        fn handleAt(out: *Output, start: usize, subject_len: usize, payload_len: usize) i32 {
             if (!initialized) {
                 return out.finish(out.retry("not initialized: ebbtide_init has not succeeded"));
             }
-            if (subject_len < 0 or payload_len < 0 or
-                @as(usize, @intCast(subject_len)) > input_capacity or
-                @as(usize, @intCast(payload_len)) > input_capacity - @as(usize, @intCast(subject_len)))
-            {
+            if (subject_len > input_capacity - start or payload_len > input_capacity - start - subject_len) {
                 return out.finish(out.reject("invalid-input: subject_len/payload_len out of range"));
             }
-            const s: usize = @intCast(subject_len);
-            const p: usize = @intCast(payload_len);
-            const msg = Message{ .subject = input_buffer[0..s], .payload = input_buffer[s .. s + p] };
-            return out.finish(Impl.handle(msg, &out));
+            const p = start + subject_len;
+            const msg = Message{ .subject = input_buffer[start..p], .payload = input_buffer[p .. p + payload_len] };
+            return out.finish(Impl.handle(msg, out));
+        }
+
+        /// Input: `count` records `u32 subject_len, u32 payload_len, subject, payload`. Output: `u32 done`,
+        /// then per message `u32 status, u32 length, output`; `done` is bumped after each message, so the
+        /// host can read what was finished before a trap. Returns how many messages were handled: fewer
+        /// than `count` when the output buffer is full (the host sends the rest in another call).
+        fn handleBatch(count: i32) callconv(.c) i32 {
+            writeU32(0, 0);
+            var done: i32 = 0;
+            var in_pos: usize = 0;
+            var record: usize = batch_header_len;
+            while (done < count) {
+                if (done > 0 and output_capacity - record < min_record_room) break;
+                var out = Output.beginRecord(record, done == 0);
+                // A record outside the input buffer gets handleAt's invalid-input REJECT and ends the batch.
+                var subject_len: usize = input_capacity + 1;
+                var payload_len: usize = 0;
+                if (input_capacity - in_pos >= record_header_len) {
+                    subject_len = readU32(in_pos);
+                    payload_len = readU32(in_pos + 4);
+                }
+                const start = @min(in_pos + record_header_len, input_capacity);
+                const status = handleAt(&out, start, subject_len, payload_len);
+                if (status == Output.does_not_fit) break; // it is handled first in the next call
+                writeU32(record, @bitCast(status));
+                record = out.end;
+                done += 1;
+                writeU32(0, @intCast(done));
+                if (subject_len > input_capacity - start or payload_len > input_capacity - start - subject_len) break;
+                in_pos = start + subject_len + payload_len;
+            }
+            return done;
         }
     };
 
@@ -123,6 +168,19 @@ pub fn exportFunction(comptime Impl: type) void {
     @export(&Glue.outputCapacity, .{ .name = "ebbtide_output_capacity" });
     @export(&Glue.init, .{ .name = "ebbtide_init" });
     @export(&Glue.handle, .{ .name = "ebbtide_handle" });
+    @export(&Glue.handleBatch, .{ .name = "ebbtide_handle_batch" });
+}
+
+fn readU32(at: usize) usize {
+    return @as(usize, input_buffer[at]) | @as(usize, input_buffer[at + 1]) << 8 |
+        @as(usize, input_buffer[at + 2]) << 16 | @as(usize, input_buffer[at + 3]) << 24;
+}
+
+fn writeU32(at: usize, n: u32) void {
+    output_buffer[at] = @truncate(n);
+    output_buffer[at + 1] = @truncate(n >> 8);
+    output_buffer[at + 2] = @truncate(n >> 16);
+    output_buffer[at + 3] = @truncate(n >> 24);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -180,18 +238,42 @@ pub const Config = struct {
 /// `out.reject(.{ "bad-thing: ", detail, " at offset ", offset })`.
 pub const Output = struct {
     context: Context,
-    pos: usize = effects_start,
+    /// where the u32 length goes (0 for a single message; inside its record in a batch); the body follows
+    frame: usize = 0,
+    body_start: usize = 4,
+    pos: usize = 4 + 3,
+    /// the end of the room for this message's output
+    limit: usize = 4 + max_output_len,
+    /// the room ends at the output buffer's end before the message's own cap: in a batch, a message that
+    /// overflows it is not handled in this call (`does_not_fit`) but first in the next one
+    room_limited: bool = false,
+    /// where the output ends, once finished
+    end: usize = 0,
     count: usize = 0,
     overflow: bool = false,
     reason_status: ?Status = null,
     truncated: bool = false,
 
     const Context = enum { init, handle };
-    const body_start: usize = 4;
-    const effects_start: usize = body_start + 3;
+    const does_not_fit: i32 = -1;
 
     fn begin(context: Context) Output {
         return .{ .context = context };
+    }
+
+    /// The output of a batch's message whose record starts at `record` (a u32 status, then the frame).
+    fn beginRecord(record: usize, first: bool) Output {
+        const frame = record + 4;
+        const cap = frame + 4 + max_output_len;
+        const room_limited = !first and cap > output_capacity;
+        return .{
+            .context = .handle,
+            .frame = frame,
+            .body_start = frame + 4,
+            .pos = frame + 4 + 3,
+            .limit = if (room_limited) output_capacity else cap,
+            .room_limited = room_limited,
+        };
     }
 
     /// Appends `["publish", subject, payload]`.
@@ -236,7 +318,7 @@ pub const Output = struct {
 
     fn put(self: *Output, bytes: []const u8) void {
         if (self.overflow) return;
-        if (bytes.len > output_capacity - self.pos) {
+        if (bytes.len > self.limit - self.pos) {
             self.overflow = true;
             return;
         }
@@ -271,7 +353,7 @@ pub const Output = struct {
 
     fn setReason(self: *Output, status: Status, reason: anytype) void {
         self.reason_status = status;
-        self.pos = body_start;
+        self.pos = self.body_start;
         self.truncated = false;
         self.overflow = false;
         self.text(reason);
@@ -308,7 +390,7 @@ pub const Output = struct {
 
     fn textBytes(self: *Output, s: []const u8) void {
         if (self.truncated) return;
-        const room = body_start + max_reason_len - self.pos;
+        const room = self.body_start + max_reason_len - self.pos;
         const n = if (s.len > room) room else s.len;
         if (n < s.len) self.truncated = true;
         @memcpy(output_buffer[self.pos .. self.pos + n], s[0..n]);
@@ -317,6 +399,7 @@ pub const Output = struct {
 
     /// Makes the reason valid UTF-8, appends "..." if it was cut, and writes the length prefix.
     fn finishReason(self: *Output) void {
+        const body_start = self.body_start;
         var end = self.pos;
         if (self.truncated) {
             // drop a character cut in half by the length cap
@@ -337,9 +420,10 @@ pub const Output = struct {
             @memcpy(output_buffer[end .. end + 3], "...");
             end += 3;
         }
-        writeLength(end - body_start);
+        self.writeEnd(end);
     }
 
+    /// The status, with the output written; `does_not_fit` when a batch must stop before this message.
     fn finish(self: *Output, returned: Status) i32 {
         if (self.reason_status) |status| {
             self.finishReason();
@@ -351,26 +435,25 @@ pub const Output = struct {
             return @intFromEnum(returned);
         }
         if (self.context == .init) {
-            writeLength(0);
+            self.writeEnd(self.body_start);
             return 0;
         }
         if (self.overflow) {
+            if (self.room_limited) return does_not_fit;
             self.setReason(.reject, "output buffer overflow");
             self.finishReason();
             return @intFromEnum(Status.reject);
         }
-        output_buffer[body_start] = 0xdc; // array16
-        output_buffer[body_start + 1] = @intCast(self.count >> 8);
-        output_buffer[body_start + 2] = @truncate(self.count);
-        writeLength(self.pos - body_start);
+        output_buffer[self.body_start] = 0xdc; // array16
+        output_buffer[self.body_start + 1] = @intCast(self.count >> 8);
+        output_buffer[self.body_start + 2] = @truncate(self.count);
+        self.writeEnd(self.pos);
         return 0;
     }
 
-    fn writeLength(n: usize) void {
-        output_buffer[0] = @truncate(n);
-        output_buffer[1] = @truncate(n >> 8);
-        output_buffer[2] = @truncate(n >> 16);
-        output_buffer[3] = @truncate(n >> 24);
+    fn writeEnd(self: *Output, end: usize) void {
+        writeU32(self.frame, @intCast(end - self.body_start));
+        self.end = end;
     }
 };
 

@@ -35,12 +35,6 @@ def host_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def percentile(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
-        return 0.0
-    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
-
-
 class PoolController:
     def __init__(self, pool: FunctionPool, nc: NatsClient, js: JetStreamContext) -> None:
         scale = pool.function.scale
@@ -55,6 +49,7 @@ class PoolController:
         self._subject = status_subject(pool.name)
         self._last_report = time.monotonic()
         self._last_settled = 0
+        self._last_handle_counts = list(pool.stats.handle.counts)  # handle-time percentiles since the last report
         self._task: asyncio.Task[None] | None = None
         self._request_subscription: Subscription | None = None
         self._stopping = False
@@ -150,14 +145,14 @@ class PoolController:
         dead = stats.dead_lettered + stats.refused
         settled = stats.processed + dead
         elapsed = max(now - self._last_report, 1e-6)
-        times = sorted(pool.handle_times_us)
-        pool.handle_times_us = []
+        handle, earlier = stats.handle, self._last_handle_counts
+        self._last_handle_counts = list(handle.counts)
         status = PoolStatus(
             function=pool.name, host_id=self._host_id, time=time.time(), backlog=self.lag,
             instances=pool.live_instances, in_flight=pool.in_flight, processed=stats.processed,
             dead_lettered=dead, retried=stats.retried, guest_faults=sum(stats.guest_faults.values()),
             rate=(settled - self._last_settled) / elapsed,
-            handle_p50_us=percentile(times, 0.5), handle_p99_us=percentile(times, 0.99),
+            handle_p50_us=handle.quantile_since(earlier, 0.5) * 1e6, handle_p99_us=handle.quantile_since(earlier, 0.99) * 1e6,
         )
         self._last_report, self._last_settled = now, settled
         if self._nc.is_connected:

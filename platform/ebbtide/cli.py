@@ -27,15 +27,13 @@ from .broker.auth import AuthConfigError, NatsAuth
 from .broker.authorization import ADMIN_USER, INGRESS_ENV, OBSERVER_USER, inbox_prefix, ingress_subjects, write_bundle
 from .broker.provision import stream_configs
 from . import dlq, outbox
-from .bench import SCENARIOS, BenchOptions, run_bench
 from .build import BuildError, build_modules
+from .workload.bench import SCENARIOS as BENCH_SCENARIOS
 from .scaffold import TEMPLATES as SCAFFOLD_LANGUAGES, ScaffoldError, new_function
-from .demo import print_summary, run_demo
 from .host import Host
 from .launch import DEFAULT_PROCESS_MODE, PROCESS_MODES, ProcessMode, running
 from .supervisor import Supervisor
 from .manifest import DEFAULT_MANIFEST, LoadedManifest, ManifestError, load_manifest
-from .orders import INGRESS_SUBJECT, encode_order, generate_orders
 from .runtime import GuestInitError, ModuleLoadError
 from .status import STATUS_REQUEST_SUBJECT, STATUS_SUBJECT_PREFIX, decode_status
 from .telemetry.logs import configure_logging
@@ -145,7 +143,7 @@ def _parser() -> argparse.ArgumentParser:
     publish.add_argument("--seed", type=int, default=1, help="generator seed (default: %(default)s)")
     publish.add_argument("--first-id", type=int, default=1, help="orderId of the first generated order")
     publish.add_argument("--file", type=Path, help="JSON Lines file: each line is published as it is (no generation)")
-    publish.add_argument("--subject", default=INGRESS_SUBJECT, help="(default: %(default)s)")
+    publish.add_argument("--subject", help="(default: the manifest's entry subject, the trigger no function publishes to)")
     demo = command("demo", _demo, "the ZEISS burst: embedded NATS, the pipeline, N orders at once, live view, summary")
     demo.add_argument("--orders", type=int, default=10_000, help="(default: %(default)s)")
     demo.add_argument("--seed", type=int, default=1)
@@ -153,7 +151,7 @@ def _parser() -> argparse.ArgumentParser:
     processes_option(demo)
     bench = command("bench", _bench, "measure: guest call and instance start, memory per instance, scaling from zero and back, "
                     "the burst side by side with FastStream and raw nats-py, sustained load")
-    bench.add_argument("--scenario", action="append", choices=SCENARIOS, help="repeatable (default: all)")
+    bench.add_argument("--scenario", action="append", choices=BENCH_SCENARIOS, help="repeatable (default: all)")
     bench.add_argument("--quick", action="store_true", help="small sizes, well under a minute (CI smoke test)")
     bench.add_argument("--out", type=Path, default=Path(".ebbtide/bench"), help="results folder (default: %(default)s)")
     bench.add_argument("--orders", type=int, help="burst size (default 10,000; 2,000 with --quick)")
@@ -370,7 +368,10 @@ def _build(args: argparse.Namespace, manifest: LoadedManifest) -> int:
 
 
 def _publish(args: argparse.Namespace, manifest: LoadedManifest) -> int:
+    from .workload.orders import encode_order, generate_orders
+
     server = _client_access(manifest, args.nats_url)
+    subject = args.subject or _entry_subject(manifest)
     if args.file is not None:
         try:
             lines = [line for line in args.file.read_bytes().splitlines() if line.strip()]
@@ -387,10 +388,10 @@ def _publish(args: argparse.Namespace, manifest: LoadedManifest) -> int:
         try:
             publisher = ConfirmedPublisher(nc)
             await publisher.start()
-            confirmed, errors = await publish_all(publisher, args.subject, messages)
+            confirmed, errors = await publish_all(publisher, subject, messages)
         finally:
             await nc.drain()
-        print(f"published {confirmed} message(s) to {args.subject} on {server.url}")
+        print(f"published {confirmed} message(s) to {subject} on {server.url}")
         for error in errors[:5]:
             print(f"  failed: {error}", file=sys.stderr)
         return EXIT_FAILURE if errors else 0
@@ -398,13 +399,23 @@ def _publish(args: argparse.Namespace, manifest: LoadedManifest) -> int:
     return uvloop.run(publish())
 
 
+def _entry_subject(manifest: LoadedManifest) -> str:
+    subjects = ingress_subjects(manifest)
+    if len(subjects) != 1:
+        raise UsageError(f"{manifest.path}: {len(subjects)} entry subjects ({', '.join(subjects) or 'none'}); "
+                         "choose one with --subject")
+    return subjects[0]
+
+
 def _bench(args: argparse.Namespace, manifest: LoadedManifest) -> int:
+    from .workload.bench import BenchOptions, run_bench
+
     try:
         options = BenchOptions(orders=args.orders, repeats=args.repeats, sustained_s=args.sustained_s,
                                rates=args.rate or [], sustained_target=args.sustained_target)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    report = uvloop.run(run_bench(manifest, args.scenario or list(SCENARIOS), args.quick, args.out, options))
+    report = uvloop.run(run_bench(manifest, args.scenario or list(BENCH_SCENARIOS), args.quick, args.out, options))
     print()
     print(report.markdown())
     print()
@@ -559,6 +570,8 @@ async def _client_connect(server: ServerAccess, name: str, reading: bool = False
 def _demo(args: argparse.Namespace, manifest: LoadedManifest) -> int:
     if args.orders < 1:
         raise UsageError("--orders must be at least 1")
+    from .workload.demo import print_summary, run_demo
+
     result = uvloop.run(run_demo(manifest, args.orders, args.seed, args.data_dir, args.processes))
     print_summary(result)
     return 0 if result.complete else EXIT_FAILURE

@@ -20,7 +20,7 @@ from .manifest import LoadedManifest, ManifestError
 from .pool import FunctionPool
 from .build import BuildError, build_modules
 from .runtime import GuestInitError, ModuleLoadError, WasmEngine
-from .telemetry import TelemetryServer, collect, host_readiness, render_metrics, tracing
+from .telemetry import HostSnapshot, PoolSnapshot, TelemetryServer, collect, render_metrics, tracing
 from .telemetry.otlp import OtlpMetricsPusher
 
 log = logging.getLogger("ebbtide.host")
@@ -54,7 +54,7 @@ class Host:
         otlp_endpoint = tracing.otlp_endpoint(telemetry.otlp_endpoint)
         self._owns_tracer_provider = tracer_provider is None
         self.tracer_provider = tracer_provider or tracing.tracer_provider(telemetry.trace_sample_ratio, otlp_endpoint, service)
-        self.metrics_pusher = (OtlpMetricsPusher.to_endpoint(lambda: collect(self), otlp_endpoint, service)
+        self.metrics_pusher = (OtlpMetricsPusher.to_endpoint(lambda: collect(self.snapshot()), otlp_endpoint, service)
                                if otlp_endpoint else None)
         self.stopping = False
         self.engine: WasmEngine | None = None
@@ -64,7 +64,7 @@ class Host:
     async def start(self) -> None:
         if self.metrics_port:  # first, so /healthz answers during start-up and /readyz says why not yet
             self.telemetry = await TelemetryServer(
-                lambda: render_metrics(self), lambda: host_readiness(self),
+                lambda: render_metrics(self.snapshot()), self.readiness,
                 host=os.environ.get(METRICS_HOST_ENV) or self.manifest.spec.telemetry.metrics_host, port=self.metrics_port,
             ).start()
         memory_limit = max(self.manifest.function(n).limits.memory_mib for n in self.function_names)
@@ -124,6 +124,45 @@ class Host:
                 if swapped:
                     pool.stats.reloads["ok"] = pool.stats.reloads.get("ok", 0) + 1
                     log.info("function %s: now running module %s", name, module.sha256[:12])
+
+    def snapshot(self) -> HostSnapshot:
+        """What telemetry renders: every started pool's counters and gauges, at this moment."""
+        pools = []
+        for name, pool in list(self.pools.items()):
+            stats = pool.stats
+            controller = self.controllers.get(name)
+            pools.append(PoolSnapshot(
+                function=name, processed=stats.processed, dead_lettered=stats.dead_lettered, refused=stats.refused,
+                retried=stats.retried, guest_faults=dict(stats.guest_faults), instances_started=stats.instances_started,
+                instances_stopped=stats.instances_stopped, reloads=dict(stats.reloads), live_instances=pool.live_instances,
+                in_flight=pool.in_flight, backlog=controller.lag if controller is not None else None,
+                handle=stats.handle, end_to_end=stats.end_to_end,
+            ))
+        return HostSnapshot(pools, nats_connected=self.nc is not None and self.nc.is_connected)
+
+    def readiness(self) -> tuple[bool, str]:
+        """/readyz: connected to NATS, and every function's pool created and its controller running.
+
+        (The host waits for provisioning to create each function's consumer before it creates the pool, so
+        a started controller means the consumer is there; a pool scaled to zero holds no subscription and
+        is still ready.)
+        """
+        if self.stopping:
+            return False, "stopping"
+        nc = self.nc
+        if nc is None:
+            return False, "not connected to NATS yet"
+        if not nc.is_connected:
+            return False, "NATS connection down" + (" (closed)" if nc.is_closed else "; reconnecting")
+        if self.waiting_for:
+            return False, self.waiting_for
+        for name in self.function_names:
+            if name not in self.pools:
+                return False, f"function {name}: pool not started"
+            controller = self.controllers.get(name)
+            if controller is None or not controller.running:
+                return False, f"function {name}: controller not running"
+        return True, "ok"
 
     def _on_lost(self) -> None:
         if not self.stopping:

@@ -27,7 +27,7 @@ from opentelemetry.trace import Span, SpanKind, StatusCode, Tracer
 from .effects import Allowlist, EffectRefused
 from .manifest import LoadedManifest
 from .telemetry import tracing
-from .telemetry.metrics import END_TO_END_BUCKETS_S, HANDLE_BUCKETS_S, Histogram
+from .telemetry.histogram import END_TO_END_BUCKETS_S, HANDLE_BUCKETS_S, Histogram
 from .runtime.guests import Guest, GuestModule, load_guest_module, start_guest
 from .runtime import (
     GuestFault, GuestLimits, InputTooLarge, Status, WasmEngine, decode_effects,
@@ -122,7 +122,6 @@ class FunctionPool:
         self.confirm_timeout = min(fn.ack_wait_s / 2, 10.0)
         self.stats = PoolStats()
         self.in_flight = 0  # messages fetched and not yet settled
-        self.handle_times_us: list[float] = []  # guest call durations since the controller last took them
         self._nc = nc
         self._publisher = publisher
         self._tracer = tracer  # None: tracing off, and no cost on the hot path
@@ -315,9 +314,7 @@ class FunctionPool:
             try:
                 status, output = instance.handle(subject, payload)
             finally:
-                elapsed = time.perf_counter() - started
-                self.handle_times_us.append(elapsed * 1e6)
-                self.stats.handle.observe(elapsed)
+                self.stats.handle.observe(time.perf_counter() - started)
             if status is Status.OK:
                 outgoing = self.allowlist.plan(decode_effects(output))
             elif status is Status.REJECT:

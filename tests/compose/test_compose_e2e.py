@@ -32,7 +32,7 @@ from nats.aio.client import Client as NatsClient
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from ebbtide.broker import free_port
-from ebbtide.orders import INGRESS_SUBJECT, generate_orders
+from ebbtide.workload.orders import INGRESS_SUBJECT, generate_orders
 from tests.compose.project import ComposeProject, image_ids, remove_images, run, why_not_runnable
 from tests.conftest import REPO
 from tests.reliability.conftest import (

@@ -11,10 +11,10 @@ from pathlib import Path
 
 from nats.aio.client import Client as NatsClient
 
-from ebbtide.bench import SCENARIOS, BenchOptions, run_bench
+from ebbtide.workload.bench import SCENARIOS, BenchOptions, run_bench
 from ebbtide.broker import EmbeddedNats, provision
 from ebbtide.manifest import LoadedManifest
-from ebbtide.orders import INGRESS_SUBJECT, encode_order, generate_orders
+from ebbtide.workload.orders import INGRESS_SUBJECT, encode_order, generate_orders
 from tests.conftest import read_stream
 
 async def test_quick_bench_completes_with_sane_figures(reference_manifest: LoadedManifest, tmp_path: Path) -> None:
@@ -23,6 +23,7 @@ async def test_quick_bench_completes_with_sane_figures(reference_manifest: Loade
     assert all(math.isfinite(v) for v in figures.values())
     assert all(v >= 0 for name, v in figures.items() if "slope" not in name)  # a slope may be negative
     assert 0 < figures["guest call, distributor, one order"] < 10_000  # µs
+    assert 0 < figures["guest call per message, distributor, batches of 64"] < 10_000  # µs
     assert 0 < figures["instance start"] < 100_000  # µs
     assert 0 < figures["added RSS per idle instance"] < 10_000  # KiB
     assert 0 < figures["activation from zero, p50"] <= figures["activation from zero, p99"] < 10_000  # ms
@@ -92,7 +93,7 @@ async def test_faststream_baseline_stores_valid_orders_and_dead_letters_the_rest
     """The FastStream pipeline does what the Wasm functions do, invalid input included (one process, every role)."""
     await provision(nc.jetstream(), reference_manifest)
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "ebbtide.baselines.faststream_pipeline", "--nats-url", nats_server.url, "--role", "all",
+        sys.executable, "-m", "ebbtide.workload.baselines.faststream_pipeline", "--nats-url", nats_server.url, "--role", "all",
         stdout=asyncio.subprocess.PIPE)
     try:
         assert process.stdout is not None

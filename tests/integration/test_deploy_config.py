@@ -45,7 +45,7 @@ from ebbtide.broker.authorization import ADMIN_USER, INGRESS_ENV, OBSERVER_USER,
 from ebbtide.broker.embedded import nats_server_binary
 from ebbtide.broker.provision import consumer_config, kv_stream_name, provision
 from ebbtide.manifest import LoadedManifest, parse_manifest
-from ebbtide.orders import INGRESS_SUBJECT, encode_order, generate_orders
+from ebbtide.workload.orders import INGRESS_SUBJECT, encode_order, generate_orders
 from ebbtide.state import stream_state
 from tests.conftest import REPO, wait_until
 from tests.deploy_support import dockerfile as dockerfile_reader

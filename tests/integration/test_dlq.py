@@ -18,7 +18,7 @@ from ebbtide.dlq import (
 )
 from ebbtide.host import Host
 from ebbtide.manifest import LoadedManifest
-from ebbtide.orders import INGRESS_SUBJECT, Order, encode_order, generate_orders
+from ebbtide.workload.orders import INGRESS_SUBJECT, Order, encode_order, generate_orders
 from ebbtide.state import stream_state
 from tests.conftest import exactly_once, outboxes_writes, provision_for, read_stream, wait_until
 

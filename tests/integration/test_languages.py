@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -21,10 +22,11 @@ from ebbtide.broker import ConfirmedPublisher, EmbeddedNats, publish_all
 from ebbtide.build import build_modules
 from ebbtide.deadletter import H_ERROR, H_FUNCTION
 from ebbtide.host import Host
-from ebbtide.manifest import load_manifest
-from ebbtide.orders import INGRESS_SUBJECT, Order, encode_order, generate_orders
+from ebbtide.manifest import LoadedManifest, load_manifest
+from ebbtide.workload.orders import INGRESS_SUBJECT, Order, encode_order, generate_orders
 from ebbtide.runtime import GuestInitError, GuestInstance, GuestLimits, Status, WasmEngine, decode_effects
 from ebbtide.runtime.abi import KvPut
+from ebbtide.runtime.guest import handle_one_by_one
 from ebbtide.runtime.guests import Guest, load_guest_module, start_guest
 from ebbtide.state import stream_state
 from tests.conftest import BUILD_DIR, REPO, manifest_copy, provision_for, read_stream, wait_until
@@ -74,12 +76,13 @@ def instances(examples: dict[str, Path]) -> dict[str, GuestInstance]:
     return {lang: GuestInstance(engine, engine.load(path), LIMITS, CONFIG) for lang, path in examples.items()}
 
 
-def test_examples_import_nothing_and_speak_abi_v1(examples: dict[str, Path]) -> None:
+def test_examples_import_nothing_and_speak_abi_v2(examples: dict[str, Path]) -> None:
     engine = WasmEngine()
     for lang, path in examples.items():
-        module = engine.load(path)  # checks imports (none) and the exports of ABI v1
+        module = engine.load(path)  # checks imports (none) and the exports of ABI v1 and v2
         instance = GuestInstance(engine, module, LIMITS, CONFIG)
         assert module.layout is not None and module.layout.input_capacity == 65536, lang
+        assert module.layout.abi_version == 2 and instance.takes_batches, lang
         assert instance.handle(b"orders.express", b'{"orderId": 1}')[0] == Status.OK, lang
 
 
@@ -152,6 +155,46 @@ def test_same_output_in_every_language_for_crafted_inputs(instances: dict[str, G
     assert decode_effects(ok[1]) == [KvPut("outbox-express", "-42", b'{"orderId": -42, "x": [1]}')]
 
 
+def _run_all(start: Callable[[], Guest], messages: list[tuple[bytes, bytes]], *, batches: bool) -> list[object]:
+    """Every message's outcome (a fault as its text), on fresh instances after a fault, as a pool runs them."""
+    outcomes: list[object] = []
+    guest = start()
+    while len(outcomes) < len(messages):
+        rest = messages[len(outcomes):]
+        result = guest.handle_batch(rest) if batches else handle_one_by_one(guest, rest)
+        outcomes += [str(o) if isinstance(o, Exception) else o for o in result.outcomes]
+        if result.instance_failed:
+            guest = start()
+    return outcomes
+
+
+def test_reference_distributor_gives_the_same_outcomes_in_a_batch(reference_manifest: LoadedManifest) -> None:
+    """Faults included. The 65,000-byte payload needs more than the distributor's fuel limit: alone it times
+    out; in a batch call it shares the fuel of the call's messages (docs/abi.md, "Faults in a batch"), so
+    there it may also get the outcome it has without a limit, and no other."""
+    fn = reference_manifest.function("distributor")
+    engine = WasmEngine()
+    module = engine.load(reference_manifest.module_path(fn.module))
+    config = reference_manifest.config_json("distributor")
+
+    def starter(fuel: int) -> Callable[[], Guest]:
+        return lambda: GuestInstance(engine, module, GuestLimits(fn.limits.memory_mib << 20, fuel), config)
+
+    start = starter(fn.limits.fuel)
+    assert start().takes_batches
+    payloads = [encode_order(o) for o in generate_orders(200, seed=6)] + CRAFTED + [encode_order(o) for o in generate_orders(200, seed=7)]
+    messages = [(INGRESS_SUBJECT.encode(), payload) for payload in payloads]
+    singles = _run_all(start, messages, batches=False)
+    unlimited = _run_all(starter(fn.limits.fuel * 1000), messages, batches=False)
+    timed_out = [i for i, outcome in enumerate(singles) if isinstance(outcome, str) and outcome.startswith("timeout")]
+    assert [payloads[i][:22] for i in timed_out] == [b'{"orderId": 8, "pad": ']
+    batched = _run_all(start, messages, batches=True)
+    for i in timed_out:
+        assert batched[i] in (singles[i], unlimited[i])
+        batched[i] = singles[i]
+    assert batched == singles
+
+
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70) | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=20),
@@ -165,9 +208,40 @@ JSON_VALUES = st.recursive(
 def test_same_output_in_every_language_for_generated_json(instances: dict[str, GuestInstance], value: object,
                                                           ascii_only: bool, cut: int, junk: bytes) -> None:
     text = json.dumps(value, ensure_ascii=ascii_only).encode()
-    for payload in (text, text[:cut], text[:cut] + junk + text[cut:]):
+    payloads = (text, text[:cut], text[:cut] + junk + text[cut:])
+    for payload in payloads:
         outputs = _outputs(instances, payload)
         assert len(set(outputs.values())) == 1, (payload[:80], outputs)
+    for lang, instance in instances.items():  # and the same in a batch as alone
+        batch = instance.handle_batch([(b"orders.express", payload) for payload in payloads])
+        assert batch.outcomes == [instance.handle(b"orders.express", payload) for payload in payloads], lang
+
+
+def test_batch_outputs_equal_single_outputs_byte_for_byte(instances: dict[str, GuestInstance]) -> None:
+    """Every SDK loops the same handler over a batch: crafted inputs, orders, and thousands of small and
+    middling messages. The receiver's output is a little larger than its input, so the output buffer fills
+    before the input buffer: the SDK ends a call early, when too little room is left for any message or
+    when the next message's output does not fit, and the host sends the rest in the next call."""
+    small = [b'{"orderId": %d}' % i for i in range(3000)]
+    middling = [b'{"orderId": %d, "pad": "%s"}' % (i, b"x" * (i * 397 % 1500)) for i in range(1000)]
+    payloads = CRAFTED + [encode_order(o) for o in generate_orders(300, seed=5)] + small + middling
+    messages = [(b"orders.express", payload) for payload in payloads]
+    batches = {}
+    for lang, instance in instances.items():
+        singles = [instance.handle(subject, payload) for subject, payload in messages]
+        calls: list[tuple[int, int]] = []  # (messages sent, messages handled) per ebbtide_handle_batch call
+        raw = instance._handle_batch
+        instance._handle_batch = lambda count: calls.append((count, handled := raw(count))) or handled  # type: ignore[method-assign]
+        try:
+            result = instance.handle_batch(messages)
+        finally:
+            instance._handle_batch = raw
+        assert not result.instance_failed, lang
+        assert result.outcomes == singles, lang
+        assert any(handled < count for count, handled in calls), (lang, calls)  # the SDK stopped at a full output
+        assert len(calls) < len(messages) / 50, (lang, len(calls))
+        batches[lang] = result.outcomes
+    assert batches["c"] == batches["zig"] == batches["assemblyscript"]
 
 
 def test_instance_memory_does_not_grow_with_messages(instances: dict[str, GuestInstance]) -> None:
@@ -254,6 +328,9 @@ def test_python_component_stores_the_same_effects(python_receiver) -> None:
         assert status == Status.OK, output
         # same effects; the encoding may differ (fixarray there, array16 here), the decoded value may not
         assert decode_effects(output) == decode_effects(zig.handle(b"orders.express", payload)[1])
+    assert not guest.takes_batches  # a component is called once per message, also through handle_batch
+    messages = [(b"orders.express", encode_order(order)) for order in generate_orders(5, seed=9)]
+    assert guest.handle_batch(messages).outcomes == [guest.handle(*message) for message in messages]
 
 
 def test_python_component_rejects_like_the_zig_receiver(python_receiver) -> None:

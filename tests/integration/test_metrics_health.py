@@ -11,7 +11,7 @@ from nats.aio.client import Client as NatsClient
 from ebbtide.broker import EmbeddedNats, free_port
 from ebbtide.host import Host
 from ebbtide.manifest import LoadedManifest
-from ebbtide.orders import encode_order, generate_orders
+from ebbtide.workload.orders import encode_order, generate_orders
 from ebbtide.state import stream_state
 from ebbtide.telemetry import CONTENT_TYPE, TelemetryServer
 from ebbtide.telemetry.http import METRICS_TOKEN_ENV

@@ -15,7 +15,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from ebbtide.host import Host
 from ebbtide.manifest import load_manifest
-from ebbtide.orders import INGRESS_SUBJECT, encode_order, generate_orders
+from ebbtide.workload.orders import INGRESS_SUBJECT, encode_order, generate_orders
 from tests.conftest import manifest_copy, provision_for, wait_until
 from tests.integration.test_pipeline import outbox_counts
 

@@ -13,7 +13,7 @@ from nats.aio.client import Client as NatsClient
 from ebbtide.broker import EmbeddedNats
 from ebbtide.host import Host
 from ebbtide.manifest import LoadedManifest
-from ebbtide.orders import encode_order, generate_orders
+from ebbtide.workload.orders import encode_order, generate_orders
 from ebbtide.state import stream_state
 from ebbtide.status import PoolStatus, decode_status
 from tests.conftest import provision_for, wait_until

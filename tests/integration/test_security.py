@@ -20,7 +20,7 @@ from ebbtide.deadletter import H_ERROR, H_REASON
 from ebbtide.host import Host
 from ebbtide.launch import running
 from ebbtide.manifest import LoadedManifest, load_manifest, parse_manifest
-from ebbtide.orders import INGRESS_SUBJECT, encode_order, generate_orders
+from ebbtide.workload.orders import INGRESS_SUBJECT, encode_order, generate_orders
 from ebbtide.runtime import ModuleLoadError
 from ebbtide.status import STATUS_REQUEST_SUBJECT, STATUS_SUBJECT_PREFIX, decode_status
 from tests.conftest import GUESTS, chaos_manifest, manifest_copy, provision_for, read_stream, wait_for_consumers, wait_until

@@ -12,7 +12,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from ebbtide.broker import EmbeddedNats
 from ebbtide.host import Host
 from ebbtide.manifest import LoadedManifest
-from ebbtide.orders import INGRESS_SUBJECT, encode_order, generate_orders
+from ebbtide.workload.orders import INGRESS_SUBJECT, encode_order, generate_orders
 from tests.conftest import provision_for, read_stream, wait_until
 
 CLIENT_TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"

@@ -22,7 +22,7 @@ import pytest
 from nats.aio.client import Client as NatsClient
 
 from ebbtide.broker import ConfirmedPublisher, EmbeddedNats, PublishError
-from ebbtide.orders import Order, encode_order
+from ebbtide.workload.orders import Order, encode_order
 from ebbtide.state import stream_state
 from ebbtide.status import STATUS_REQUEST_SUBJECT, STATUS_SUBJECT_PREFIX, decode_status
 from tests.conftest import OutboxWrites, exactly_once, outboxes_writes

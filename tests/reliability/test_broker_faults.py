@@ -17,7 +17,7 @@ from ebbtide.broker import EmbeddedNats, free_port, provision
 from ebbtide.host import Host
 from ebbtide.launch import running
 from ebbtide.manifest import LoadedManifest, load_manifest
-from ebbtide.orders import INGRESS_SUBJECT, generate_orders
+from ebbtide.workload.orders import INGRESS_SUBJECT, generate_orders
 from ebbtide.state import stream_state
 from tests.conftest import manifest_copy, provision_for
 from tests.reliability.conftest import (

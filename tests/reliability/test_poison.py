@@ -18,7 +18,7 @@ from ebbtide.host import Host
 from ebbtide.deadletter import H_ORIGINAL_SIZE, H_ERROR, H_FUNCTION, H_ORIGINAL_MSG_ID, H_ORIGINAL_SUBJECT, H_REASON
 from ebbtide.launch import running
 from ebbtide.manifest import LoadedManifest, load_manifest
-from ebbtide.orders import INGRESS_SUBJECT, encode_order, generate_orders
+from ebbtide.workload.orders import INGRESS_SUBJECT, encode_order, generate_orders
 from ebbtide.state import stream_state
 from tests.conftest import manifest_copy, provision_for
 from tests.reliability.conftest import (

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ebbtide.broker import EmbeddedNats
 from ebbtide.manifest import LoadedManifest, load_manifest
-from ebbtide.orders import INGRESS_SUBJECT, generate_orders
+from ebbtide.workload.orders import INGRESS_SUBJECT, generate_orders
 from ebbtide.state import stream_state
 from tests.conftest import manifest_copy
 from tests.reliability.conftest import (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ebbtide.baselines.rules import Rejected, outbox_key, route
+from ebbtide.workload.baselines.rules import Rejected, outbox_key, route
 from ebbtide.manifest import LoadedManifest
 from ebbtide.pool import MIB
 from ebbtide.runtime import GuestInstance, GuestLimits, Status, WasmEngine, decode_effects
@@ -77,7 +77,7 @@ def test_receiver_rules_match_the_wasm_receiver(reference_manifest: LoadedManife
 
 
 def test_raw_pass_through_routes_on_bytes_without_validating() -> None:
-    from ebbtide.baselines.raw_pipeline import output_subject
+    from ebbtide.workload.baselines.raw_pipeline import output_subject
 
     compact = ORDER.replace(b": ", b":").replace(b", ", b",")  # what encode_order writes
     assert output_subject("distributor", compact) == "orders.express"

@@ -6,7 +6,7 @@ import math
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from ebbtide.bench.linechart import write_line_chart
+from ebbtide.workload.charts import write_line_chart
 
 SVG = "{http://www.w3.org/2000/svg}"
 

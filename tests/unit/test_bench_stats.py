@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from ebbtide.bench.stats import latencies_ms, parse_rate, percentile, spread, trend, windows
+from ebbtide.workload.bench.stats import latencies_ms, parse_rate, percentile, spread, trend, windows
 
 
 def test_percentile_is_nearest_rank() -> None:

@@ -7,7 +7,8 @@ import msgspec
 import pytest
 
 from ebbtide.status import PoolStatus
-from ebbtide.timeseries import Sample, TimeSeries, aggregate, write_scaling_chart
+from ebbtide.timeseries import Sample, TimeSeries, aggregate
+from ebbtide.workload.charts import write_scaling_chart
 
 START = 1_700_000_000.0
 SVG = "{http://www.w3.org/2000/svg}"

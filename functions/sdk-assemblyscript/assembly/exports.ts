@@ -9,4 +9,5 @@ export {
   ebbtide_output_capacity,
   ebbtide_init,
   ebbtide_handle,
+  ebbtide_handle_batch,
 } from "./index";

@@ -1,4 +1,5 @@
-// ebbtide guest SDK for AssemblyScript, guest ABI version 1 (docs/abi.md).
+// ebbtide guest SDK for AssemblyScript, guest ABI version 2 (docs/abi.md): the handler is called once per
+// message, whether the host sends one message per call (ebbtide_handle) or a batch (ebbtide_handle_batch).
 //
 // A function's main.ts:
 //
@@ -15,16 +16,21 @@
 // texts, the same reason rules (at most 512 bytes, cut at a character boundary with "...", invalid
 // UTF-8 replaced by '?') and the same effect encoding.
 
-export const ABI_VERSION: i32 = 1;
+export const ABI_VERSION: i32 = 2;
 export const INPUT_CAPACITY: i32 = 64 * 1024;
-export const OUTPUT_CAPACITY: i32 = INPUT_CAPACITY + 1024;
+/** The most output one message may have: the whole input plus effect framing fits, alone or in a batch. */
+export const MAX_OUTPUT_LEN: i32 = INPUT_CAPACITY + 1024 - 4;
+// A batch's progress counter and a record header (status, length) besides one message's largest output.
+const BATCH_HEADER_LEN: i32 = 4;
+const RECORD_HEADER_LEN: i32 = 8;
+export const OUTPUT_CAPACITY: i32 = BATCH_HEADER_LEN + RECORD_HEADER_LEN + MAX_OUTPUT_LEN;
 export const MAX_REASON_LEN: i32 = 512;
 export const JSON_MAX_DEPTH: i32 = 64;
 
 // @ts-ignore: decorator
 @inline const INPUT: usize = memory.data(65536, 16);
 // @ts-ignore: decorator
-@inline const OUTPUT: usize = memory.data(66560, 16);
+@inline const OUTPUT: usize = memory.data(66568, 16); // OUTPUT_CAPACITY
 // AssemblyScript strings (UTF-16) are encoded here before they are written or compared.
 // @ts-ignore: decorator
 @inline const SCRATCH: usize = memory.data(2048, 16);
@@ -129,32 +135,51 @@ function utf8SeqLen(base: usize, len: i32, i: i32): i32 {
 }
 
 // ---- output: effects (MessagePack) or a reason (UTF-8) ----------------------------------------------
-// Layout: little-endian u32 length N, then N bytes. Effects: an array16 header (0xdc + big-endian
-// count) reserved at the start of the body and patched when the handler returns OK.
+// Layout at `frame`: little-endian u32 length N, then N bytes (frame 0 for one message; inside its
+// record in a batch). Effects: an array16 header (0xdc + big-endian count) reserved at the start of the
+// body and patched when the handler returns OK.
 
-const BODY_START: i32 = 4;
-const EFFECTS_START: i32 = BODY_START + 3;
 const NO_REASON: i32 = -1;
+const DOES_NOT_FIT: i32 = -1;
+// A batch stops before a message when less than this is left: its record header, the longest reason (so
+// a REJECT/RETRY always fits) and an empty effect array.
+const MIN_RECORD_ROOM: i32 = RECORD_HEADER_LEN + MAX_REASON_LEN + 3;
 
 let inHandle = false;
-let pos: i32 = EFFECTS_START;
+let frame: i32 = 0;
+let bodyStart: i32 = 4;
+let pos: i32 = 7;
+let limit: i32 = 4 + MAX_OUTPUT_LEN; // the end of the room for this message's output
+// The room ends at the buffer's end before the message's own cap: in a batch, a message that overflows
+// it is handled first in the next call (DOES_NOT_FIT).
+let roomLimited = false;
+let outputEnd: i32 = 0; // where the output ends, once finished
 let count: i32 = 0;
 let overflow = false;
 let reasonStatus: i32 = NO_REASON;
 let truncated = false;
 
-function begin(handle: bool): void {
+function beginAt(handle: bool, at: i32, first: bool): void {
   inHandle = handle;
-  pos = EFFECTS_START;
+  frame = at;
+  bodyStart = at + 4;
+  pos = bodyStart + 3;
+  const cap = bodyStart + MAX_OUTPUT_LEN;
+  roomLimited = !first && cap > OUTPUT_CAPACITY;
+  limit = roomLimited ? OUTPUT_CAPACITY : cap;
   count = 0;
   overflow = false;
   reasonStatus = NO_REASON;
   truncated = false;
 }
 
+function begin(handle: bool): void {
+  beginAt(handle, 0, true);
+}
+
 function put(src: usize, len: i32): void {
   if (overflow) return;
-  if (len > OUTPUT_CAPACITY - pos) {
+  if (len > limit - pos) {
     overflow = true;
     return;
   }
@@ -164,7 +189,7 @@ function put(src: usize, len: i32): void {
 
 function putByte(b: u32): void {
   if (overflow) return;
-  if (pos >= OUTPUT_CAPACITY) {
+  if (pos >= limit) {
     overflow = true;
     return;
   }
@@ -243,7 +268,7 @@ export function overflowed(): bool {
 
 function setReason(status: Status, text: Span): Status {
   reasonStatus = status;
-  pos = BODY_START;
+  pos = bodyStart;
   truncated = false;
   overflow = false;
   reasonBytes(text);
@@ -252,7 +277,7 @@ function setReason(status: Status, text: Span): Status {
 
 function reasonBytes(s: Span): void {
   if (reasonStatus == NO_REASON || truncated) return;
-  const room = BODY_START + MAX_REASON_LEN - pos;
+  const room = bodyStart + MAX_REASON_LEN - pos;
   const len = spanLen(s);
   const n = len > room ? room : len;
   if (n < len) truncated = true;
@@ -280,8 +305,9 @@ export function reason<T>(text: T): void {
   }
 }
 
-function writeLength(n: i32): void {
-  store<u32>(OUTPUT, <u32>n); // wasm is little-endian
+function writeEnd(end: i32): void {
+  store<u32>(OUTPUT + frame, <u32>(end - bodyStart)); // wasm is little-endian
+  outputEnd = end;
 }
 
 // Makes the reason valid UTF-8, appends "..." if it was cut, and writes the length prefix.
@@ -289,11 +315,11 @@ function finishReason(): void {
   let end = pos;
   if (truncated) { // drop a character cut in half by the length cap
     let k = end;
-    while (k > BODY_START && end - k < 3 && (<u32>load<u8>(OUTPUT + k - 1) & 0xc0) == 0x80) k--;
-    if (k > BODY_START && <u32>load<u8>(OUTPUT + k - 1) >= 0xc0 && end - (k - 1) < utf8LeadLen(load<u8>(OUTPUT + k - 1)))
+    while (k > bodyStart && end - k < 3 && (<u32>load<u8>(OUTPUT + k - 1) & 0xc0) == 0x80) k--;
+    if (k > bodyStart && <u32>load<u8>(OUTPUT + k - 1) >= 0xc0 && end - (k - 1) < utf8LeadLen(load<u8>(OUTPUT + k - 1)))
       end = k - 1;
   }
-  let i = BODY_START;
+  let i = bodyStart;
   while (i < end) {
     const n = utf8SeqLen(OUTPUT, end, i);
     if (n == 0) {
@@ -307,9 +333,10 @@ function finishReason(): void {
     store<u8>(OUTPUT + end + 2, 0x2e);
     end += 3;
   }
-  writeLength(end - BODY_START);
+  writeEnd(end);
 }
 
+// The status, with the output written; DOES_NOT_FIT when a batch must stop before this message.
 function finish(returned: Status): i32 {
   if (reasonStatus != NO_REASON) {
     finishReason();
@@ -326,18 +353,19 @@ function finish(returned: Status): i32 {
     return reasonStatus;
   }
   if (!inHandle) {
-    writeLength(0);
+    writeEnd(bodyStart);
     return Status.OK;
   }
   if (overflow) {
+    if (roomLimited) return DOES_NOT_FIT;
     setReason(Status.REJECT, utf8("output buffer overflow"));
     finishReason();
     return Status.REJECT;
   }
-  store<u8>(OUTPUT + BODY_START, 0xdc); // array16
-  store<u8>(OUTPUT + BODY_START + 1, count >> 8);
-  store<u8>(OUTPUT + BODY_START + 2, count & 0xff);
-  writeLength(pos - BODY_START);
+  store<u8>(OUTPUT + bodyStart, 0xdc); // array16
+  store<u8>(OUTPUT + bodyStart + 1, count >> 8);
+  store<u8>(OUTPUT + bodyStart + 2, count & 0xff);
+  writeEnd(pos);
   return Status.OK;
 }
 
@@ -411,12 +439,55 @@ export function ebbtide_init(configLen: i32): i32 {
   return rc;
 }
 
+// One message whose subject starts at INPUT + start; beginAt said where its output goes.
+function handleAt(start: i32, subjectLen: i32, payloadLen: i32): i32 {
+  if (!initialized) return finish(retry("not initialized: ebbtide_init has not succeeded"));
+  if (!validRecord(start, subjectLen, payloadLen))
+    return finish(reject("invalid-input: subject_len/payload_len out of range"));
+  const subject = INPUT + <usize>start;
+  return finish(messageHandler(span(subject, subjectLen), span(subject + subjectLen, payloadLen)));
+}
+
+function validRecord(start: i32, subjectLen: i32, payloadLen: i32): bool {
+  return subjectLen >= 0 && payloadLen >= 0 && subjectLen <= INPUT_CAPACITY - start &&
+    payloadLen <= INPUT_CAPACITY - start - subjectLen;
+}
+
 export function ebbtide_handle(subjectLen: i32, payloadLen: i32): i32 {
   begin(true);
-  if (!initialized) return finish(retry("not initialized: ebbtide_init has not succeeded"));
-  if (subjectLen < 0 || payloadLen < 0 || subjectLen > INPUT_CAPACITY || payloadLen > INPUT_CAPACITY - subjectLen)
-    return finish(reject("invalid-input: subject_len/payload_len out of range"));
-  return finish(messageHandler(span(INPUT, subjectLen), span(INPUT + subjectLen, payloadLen)));
+  return handleAt(0, subjectLen, payloadLen);
+}
+
+/** Input: `count` records `u32 subject_len, u32 payload_len, subject, payload`. Output: `u32 done`, then
+ * per message `u32 status, u32 length, output`; `done` is bumped after each message, so the host can read
+ * what was finished before a trap. Returns how many messages were handled: fewer than `count` when the
+ * output buffer is full (the host sends the rest in another call). */
+export function ebbtide_handle_batch(batchCount: i32): i32 {
+  store<u32>(OUTPUT, 0);
+  let done: i32 = 0;
+  let inPos: i32 = 0;
+  let record: i32 = BATCH_HEADER_LEN;
+  while (done < batchCount) {
+    if (done > 0 && OUTPUT_CAPACITY - record < MIN_RECORD_ROOM) break;
+    beginAt(true, record + 4, done == 0);
+    // A record outside the input buffer gets handleAt's invalid-input REJECT and ends the batch.
+    let subjectLen: i32 = -1;
+    let payloadLen: i32 = 0;
+    if (INPUT_CAPACITY - inPos >= RECORD_HEADER_LEN) {
+      subjectLen = load<i32>(INPUT + <usize>inPos);
+      payloadLen = load<i32>(INPUT + <usize>inPos + 4);
+    }
+    const start = min(inPos + RECORD_HEADER_LEN, INPUT_CAPACITY);
+    const status = handleAt(start, subjectLen, payloadLen);
+    if (status == DOES_NOT_FIT) break; // it is handled first in the next call
+    store<i32>(OUTPUT + <usize>record, status);
+    record = outputEnd;
+    done++;
+    store<i32>(OUTPUT, done);
+    if (!validRecord(start, subjectLen, payloadLen)) break;
+    inPos = start + subjectLen + payloadLen;
+  }
+  return done;
 }
 
 // ---- helpers ------------------------------------------------------------------------------------------------

@@ -105,3 +105,9 @@ def memory_base(store: wasmtime.Store, memory: wasmtime.Memory) -> int:
     if address is None:
         raise RuntimeError("wasm memory has no base address")
     return address
+
+
+def memory_view(address: int, size: int) -> memoryview:
+    """A writable byte view of `size` bytes of a linear memory at `address` (from `memory_base`): packing
+    into it and slicing it cost no ctypes call. Valid while its store lives; the memory must not move."""
+    return memoryview((ctypes.c_ubyte * size).from_address(address)).cast("B")

@@ -1,4 +1,5 @@
-"""Guest ABI version 1: statuses and the effect encoding (see docs/abi.md).
+"""Guest ABI versions 1 and 2: export names, statuses, the batch framing and the effect encoding
+(see docs/abi.md).
 
 The guest writes its effects as MessagePack; they are decoded here once, at the edge, into typed
 `Struct`s. Anything that does not decode is a guest fault, never a host crash.
@@ -10,7 +11,10 @@ import enum
 
 import msgspec
 
-ABI_VERSION = 1
+from ..errors import GuestFault
+
+ABI_VERSION = 2  # the newest this host speaks
+SUPPORTED_ABI_VERSIONS = frozenset({1, 2})  # 2 = 1 + ebbtide_handle_batch
 
 # Export names, in one place.
 EXPORT_MEMORY = "memory"
@@ -21,8 +25,13 @@ EXPORT_OUTPUT_PTR = "ebbtide_output_ptr"
 EXPORT_OUTPUT_CAPACITY = "ebbtide_output_capacity"
 EXPORT_INIT = "ebbtide_init"
 EXPORT_HANDLE = "ebbtide_handle"
+EXPORT_HANDLE_BATCH = "ebbtide_handle_batch"  # version 2
 
 OUTPUT_HEADER_SIZE = 4  # little-endian u32 length before the output bytes
+# Batches (version 2), all little-endian u32: the output starts with the number of messages done; an input
+# record is `subject_len, payload_len` then the bytes, an output record `status, length` then the bytes.
+BATCH_HEADER_SIZE = 4
+BATCH_RECORD_HEADER_SIZE = 8
 
 
 class Status(enum.IntEnum):
@@ -45,14 +54,6 @@ class KvPut(msgspec.Struct, array_like=True, tag="kv_put", frozen=True):
 Effect = Publish | KvPut
 
 _effects_decoder = msgspec.msgpack.Decoder(list[Effect])
-
-
-class GuestFault(Exception):
-    """The guest failed this message (trap, time limit, memory limit, bad output). Replace the instance."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(f"{kind}: {message}")
-        self.kind = kind  # "trap" | "timeout" | "memory-limit" | "invalid-output"
 
 
 def decode_effects(data: bytes) -> list[Effect]:

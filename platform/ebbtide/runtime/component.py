@@ -14,26 +14,22 @@ WASI 0.2; an instance gets an empty WASI context: no files, environment, argumen
 
 from __future__ import annotations
 
-import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import wasmtime
 import wasmtime.component as wc
 
+from ..errors import ComponentLoadError, GuestFault, GuestInitError, InputTooLarge
 from . import abi
-from .abi import GuestFault
-from .engine import ModuleLoadError, compile_cached
-from .instance import GuestInitError, GuestLimits, InputTooLarge
+from .cache import compile_cached, read_checked
+from .guest import BatchResult, GuestLimits, cause, classify_trap, handle_one_by_one, unknown_status
 
 EXPORT_INIT = "init"
 EXPORT_HANDLE = "handle"
 # A message never exceeds a core module's input buffer either: the same cap for the same manifest.
 MAX_INPUT = 64 * 1024
-
-
-class ComponentLoadError(ModuleLoadError):
-    """A component file is missing, does not compile, or does not export the ebbtide handler world."""
 
 
 @dataclass(eq=False)
@@ -57,13 +53,7 @@ class ComponentEngine:
 
     def load(self, path: Path, *, sha256: str | None = None) -> LoadedComponent:
         """Compile (or fetch from the cache) and check a component; `sha256`: the digest it must have."""
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise ComponentLoadError(f"{path}: cannot read component ({exc.strerror}); run `ebbtide build`") from None
-        digest = hashlib.sha256(data).hexdigest()
-        if sha256 is not None and digest != sha256.lower():
-            raise ComponentLoadError(f"{path}: its sha256 is {digest}, the manifest expects {sha256.lower()}; refusing to load it")
+        data, digest = read_checked(path, sha256, "component", ComponentLoadError)
         cached = self._components.get(digest)
         if cached is not None:
             return cached
@@ -89,7 +79,9 @@ class ComponentEngine:
 
 
 class ComponentGuest:
-    """One component instance; not thread-safe. The same `handle` contract as GuestInstance."""
+    """One component instance (the `Guest` protocol); not thread-safe."""
+
+    takes_batches = False  # the world has no batch export: one call per message
 
     def __init__(self, engine: ComponentEngine, loaded: LoadedComponent, limits: GuestLimits, config_json: bytes) -> None:
         self.module = loaded
@@ -115,7 +107,7 @@ class ComponentGuest:
             refused = init(store, config_json.decode())
             init.post_return(store)
         except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
-            raise GuestInitError(f"{loaded.path}: init failed: {_cause(exc)}") from None
+            raise GuestInitError(f"{loaded.path}: init failed: {cause(exc)}") from None
         if refused is not None:  # result<_, string>: None is ok, a string the reason
             raise GuestInitError(f"{loaded.path}: configuration refused: {refused}")
 
@@ -129,18 +121,13 @@ class ComponentGuest:
             status, output = self._handle(store, subject.decode("utf-8", "replace"), payload)
             self._handle.post_return(store)
         except wasmtime.Trap as trap:
-            if trap.trap_code == wasmtime.TrapCode.OUT_OF_FUEL:
-                raise GuestFault("timeout", f"used its fuel limit of {self.limits.fuel} for one message") from None
-            raise GuestFault("trap", _cause(trap)) from None
+            raise classify_trap(trap, self.limits) from None
         except wasmtime.WasmtimeError as exc:
-            raise GuestFault("trap", _cause(exc)) from None
+            raise GuestFault("trap", cause(exc)) from None
         try:
             return abi.Status(status), bytes(output)
         except ValueError:
-            raise GuestFault("invalid-output", f"unknown status {status}") from None
+            raise unknown_status(status) from None
 
-
-def _cause(exc: Exception) -> str:
-    # wasmtime's message is a backtrace followed by the cause; the cause's last line says what happened.
-    text = str(exc).strip()
-    return text.splitlines()[-1].strip() if text else type(exc).__name__
+    def handle_batch(self, messages: Sequence[tuple[bytes, bytes]]) -> BatchResult:
+        return handle_one_by_one(self, messages)

@@ -6,21 +6,15 @@ never move (so an instance's memory base address is read once, not per message).
 
 from __future__ import annotations
 
-import hashlib
-import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
 
 import wasmtime
-import wasmtime.component
 
+from ..errors import ModuleLoadError
 from . import abi, wasi
 from ._wasmtime_fast import ExportPicker
-
-if TYPE_CHECKING:
-    from .component import ComponentEngine
+from .cache import compile_cached, read_checked
 
 # Every instance reserves this much address space (not memory) for its linear memory; a guest's memory
 # limit may not exceed it. Far below wasmtime's 4 GiB default, so thousands of instances fit.
@@ -36,10 +30,9 @@ _REQUIRED_FUNCS: dict[str, tuple[int, int]] = {  # name -> (number of i32 params
     abi.EXPORT_INIT: (1, 1),
     abi.EXPORT_HANDLE: (2, 1),
 }
-
-
-class ModuleLoadError(Exception):
-    """A module file is missing, does not compile, or does not implement the guest ABI."""
+_OPTIONAL_FUNCS: dict[str, tuple[int, int]] = {  # checked when exported; version 2 requires them
+    abi.EXPORT_HANDLE_BATCH: (1, 1),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +43,7 @@ class BufferLayout:
     input_capacity: int
     output_ptr: int
     output_capacity: int
+    abi_version: int  # 2: takes batches (ebbtide_handle_batch)
 
 
 @dataclass(eq=False)
@@ -59,7 +53,7 @@ class LoadedModule:
     module: wasmtime.Module
     instance_pre: wasmtime.InstancePre
     layout: BufferLayout | None = field(default=None)  # set by the first instance (ABI version checked then)
-    exports: ExportPicker | None = field(default=None)  # memory, handle, init by index; set with `layout`
+    exports: ExportPicker | None = field(default=None)  # memory, init, handle[, handle_batch] by index; set with `layout`
 
 
 class WasmEngine:
@@ -73,18 +67,11 @@ class WasmEngine:
         self.memory_reservation = memory_reservation
         self.engine = wasmtime.Engine(config)
         self._linkers: dict[frozenset[str], wasmtime.Linker] = {}  # by WASI grants (none: links nothing)
-        self._cache_dir = cache_dir
+        self.cache_dir = cache_dir
         self._modules: dict[tuple[str, frozenset[str]], LoadedModule] = {}  # by sha256 and grants
-        self._components: "ComponentEngine | None" = None
-
-    @property
-    def components(self) -> "ComponentEngine":
-        """The engine for component guests (Python), made on first use: most processes never need it."""
-        if self._components is None:
-            from .component import ComponentEngine
-
-            self._components = ComponentEngine(cache_dir=self._cache_dir)
-        return self._components
+        # The engine for component guests (Python), made on first use by runtime/guests.py: most
+        # processes never load the component runtime.
+        self.component_engine: object | None = None
 
     def load(self, path: Path, *, sha256: str | None = None, wasi_grants: frozenset[str] = frozenset()) -> LoadedModule:
         """Compile (or fetch from the cache) and check a guest module.
@@ -92,13 +79,7 @@ class WasmEngine:
         `sha256`: the digest the module must have (checked before anything of it is compiled or run).
         `wasi_grants`: the WASI groups it may import (runtime/wasi.py); any other import refuses it.
         """
-        try:
-            wasm = path.read_bytes()
-        except OSError as exc:
-            raise ModuleLoadError(f"{path}: cannot read module ({exc.strerror}); run `ebbtide build`") from None
-        digest = hashlib.sha256(wasm).hexdigest()
-        if sha256 is not None and digest != sha256.lower():
-            raise ModuleLoadError(f"{path}: its sha256 is {digest}, the manifest expects {sha256.lower()}; refusing to load it")
+        wasm, digest = read_checked(path, sha256)
         cached = self._modules.get((digest, wasi_grants))
         if cached is not None:
             return cached
@@ -123,28 +104,8 @@ class WasmEngine:
             except wasmtime.WasmtimeError as exc:
                 raise ModuleLoadError(f"{path}: not a valid WebAssembly module: {exc}") from None
 
-        cached_file = self._cache_dir / f"{digest}.cwasm" if self._cache_dir else None
+        cached_file = self.cache_dir / f"{digest}.cwasm" if self.cache_dir else None
         return compile_cached(cached_file, lambda file: wasmtime.Module.deserialize_file(self.engine, file), compile_module)
-
-
-Compiled = TypeVar("Compiled", wasmtime.Module, "wasmtime.component.Component")
-
-
-def compile_cached(cached_file: Path | None, deserialize: Callable[[str], Compiled], compile: Callable[[], Compiled]) -> Compiled:
-    """Deserialize the compiled code from `cached_file` when it is there and usable, else compile and
-    store it (written under a temporary name, then renamed: processes may share the cache)."""
-    if cached_file is not None and cached_file.exists():
-        try:
-            return deserialize(str(cached_file))
-        except wasmtime.WasmtimeError:
-            cached_file.unlink(missing_ok=True)  # built by another wasmtime or engine config
-    compiled = compile()
-    if cached_file is not None:
-        cached_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached_file.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_bytes(compiled.serialize())
-        tmp.replace(cached_file)
-    return compiled
 
 
 def _check_imports(path: Path, module: wasmtime.Module, grants: frozenset[str]) -> None:
@@ -159,10 +120,12 @@ def _check_exports(path: Path, module: wasmtime.Module) -> None:
     exports = {export.name: export.type for export in module.exports}
     if not isinstance(exports.get(abi.EXPORT_MEMORY), wasmtime.MemoryType):
         raise ModuleLoadError(f"{path}: missing export `{abi.EXPORT_MEMORY}` (memory)")
-    for name, (nparams, nresults) in _REQUIRED_FUNCS.items():
+    for name, (nparams, nresults) in (_REQUIRED_FUNCS | _OPTIONAL_FUNCS).items():
         ty = exports.get(name)
+        if ty is None and name in _OPTIONAL_FUNCS:
+            continue
         if not isinstance(ty, wasmtime.FuncType):
-            raise ModuleLoadError(f"{path}: missing exported function `{name}` (guest ABI v{abi.ABI_VERSION}, docs/abi.md)")
+            raise ModuleLoadError(f"{path}: missing exported function `{name}` (guest ABI v1, docs/abi.md)")
         if [str(p) for p in ty.params] != ["i32"] * nparams or [str(r) for r in ty.results] != ["i32"] * nresults:
             raise ModuleLoadError(
                 f"{path}: `{name}` has type {ty.params} -> {ty.results}, "

@@ -1,57 +1,30 @@
-"""A running Host's metrics: collected at scrape (or push) time, rendered as Prometheus text (format
-0.0.4) for /metrics; `otlp.py` pushes the same families over OTLP.
+"""Metrics rendered from a host's snapshot: Prometheus text (format 0.0.4) for /metrics; `otlp.py` pushes
+the same families over OTLP.
 
-Everything is read from what the pools and controllers already keep (`PoolStats`, instance counts, the
-controller's last lag reading): a scrape costs a few dict lookups per function and adds nothing to the
-message path. Counters are per process and start at zero with it; Prometheus' rate() handles restarts.
+The host hands over a `HostSnapshot` (telemetry/snapshot.py) of what its pools and controllers already
+keep; this module only renders it, and knows nothing of hosts or pools. A scrape costs a few dict
+lookups per function and adds nothing to the message path. Counters are per process and start at zero
+with it; Prometheus' rate() handles restarts.
 """
 
 from __future__ import annotations
 
-import bisect
 import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
-if TYPE_CHECKING:
-    from ..host import Host
+from .histogram import END_TO_END_BUCKETS_S, HANDLE_BUCKETS_S, Histogram
+from .snapshot import HostSnapshot
+
+__all__ = ["CONTENT_TYPE", "END_TO_END_BUCKETS_S", "HANDLE_BUCKETS_S", "Family", "Histogram", "collect",
+           "render_metrics", "render_prometheus", "resident_memory_bytes"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-# Upper bounds in seconds: guest call time (ebbtide_handle_duration_seconds) and end-to-end latency
-# from the ingress publish (ebbtide_end_to_end_seconds).
-HANDLE_BUCKETS_S = (5e-6, 10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 0.1, 1.0)
-END_TO_END_BUCKETS_S = (1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 # Reported at 0 before they first happen, so that the series exist and rate()/increase() see the first one.
 GUEST_FAULT_KINDS = ("trap", "timeout", "memory-limit", "invalid-output")
-
-
-class Histogram:
-    """Counts per bucket (upper bounds in seconds, plus +Inf), their sum and count: what Prometheus and
-    OTLP histograms carry. Observing is a bisect and two additions: cheap enough for every message."""
-
-    __slots__ = ("bounds", "counts", "sum", "min", "max")
-
-    def __init__(self, bounds: tuple[float, ...]) -> None:
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)  # last: +Inf
-        self.sum = 0.0
-        self.min = math.inf  # OTLP carries them; Prometheus does not
-        self.max = -math.inf
-
-    def observe(self, seconds: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, seconds)] += 1
-        self.sum += seconds
-        if seconds < self.min:
-            self.min = seconds
-        if seconds > self.max:
-            self.max = seconds
-
-    @property
-    def count(self) -> int:
-        return sum(self.counts)
 
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -104,8 +77,8 @@ def resident_memory_bytes() -> int | None:
         return None
 
 
-def collect(host: "Host") -> list[Family]:
-    """Every metric of `host`'s pools (pools not started yet are simply absent), read at this moment."""
+def collect(snapshot: HostSnapshot) -> list[Family]:
+    """Every metric of a host's snapshot (pools not started yet are simply absent)."""
     messages = Family("ebbtide_messages_total", "counter",
                       "Message outcomes in this process: ok (effects confirmed, acked), "
                       "dead_lettered (acked after its dead letter was stored), refused (dead-lettered for an effect "
@@ -128,8 +101,8 @@ def collect(host: "Host") -> list[Family]:
                         "From the publish of the order to orders.ingress (its server timestamp) until this function's "
                         "effects were confirmed, per message processed ok; for the receivers: ingress to outbox write.")
 
-    for name, pool in list(host.pools.items()):
-        stats = pool.stats
+    for stats in snapshot.pools:
+        name = stats.function
         messages.add(stats.processed, function=name, outcome="ok")
         messages.add(stats.dead_lettered, function=name, outcome="dead_lettered")
         messages.add(stats.refused, function=name, outcome="refused")
@@ -138,11 +111,10 @@ def collect(host: "Host") -> list[Family]:
         kinds.update(stats.guest_faults)
         for kind, count in kinds.items():
             faults.add(count, function=name, kind=kind)
-        instances.add(pool.live_instances, function=name)
-        in_flight.add(pool.in_flight, function=name)
-        controller = host.controllers.get(name)
-        if controller is not None:
-            backlog.add(controller.lag, function=name)
+        instances.add(stats.live_instances, function=name)
+        in_flight.add(stats.in_flight, function=name)
+        if stats.backlog is not None:
+            backlog.add(stats.backlog, function=name)
         starts.add(stats.instances_started, function=name)
         stops.add(stats.instances_stopped, function=name)
         for outcome in ("ok", "refused"):
@@ -151,7 +123,7 @@ def collect(host: "Host") -> list[Family]:
         end_to_end.add(stats.end_to_end, function=name)
 
     connected = Family("ebbtide_nats_connected", "gauge", "1 while the host's NATS connection is up, else 0.")
-    connected.add(1 if host.nc is not None and host.nc.is_connected else 0)
+    connected.add(1 if snapshot.nats_connected else 0)
     families = [messages, faults, instances, in_flight, backlog, starts, stops, reloads, handle, end_to_end, connected]
     rss = resident_memory_bytes()
     if rss is not None:
@@ -161,8 +133,8 @@ def collect(host: "Host") -> list[Family]:
     return families
 
 
-def render_metrics(host: "Host") -> str:
-    return render_prometheus(collect(host))
+def render_metrics(snapshot: HostSnapshot) -> str:
+    return render_prometheus(collect(snapshot))
 
 
 def render_prometheus(families: Iterable[Family]) -> str:
@@ -188,28 +160,3 @@ def _sample(name: str, labels: dict[str, str], value: float) -> str:
         return f"{name} {_format_value(value)}"
     rendered = ",".join(f'{key}="{escape_label_value(str(val))}"' for key, val in labels.items())
     return f"{name}{{{rendered}}} {_format_value(value)}"
-
-
-def host_readiness(host: "Host") -> tuple[bool, str]:
-    """Ready: connected to NATS, and every function's pool created and its controller running.
-
-    (The host waits for provisioning to create each function's consumer before it creates the pool, so a
-    started controller means the consumer is there; a pool scaled to zero holds no subscription and is
-    still ready.)
-    """
-    if host.stopping:
-        return False, "stopping"
-    nc = host.nc
-    if nc is None:
-        return False, "not connected to NATS yet"
-    if not nc.is_connected:
-        return False, "NATS connection down" + (" (closed)" if nc.is_closed else "; reconnecting")
-    if host.waiting_for:
-        return False, host.waiting_for
-    for name in host.function_names:
-        if name not in host.pools:
-            return False, f"function {name}: pool not started"
-        controller = host.controllers.get(name)
-        if controller is None or not controller.running:
-            return False, f"function {name}: controller not running"
-    return True, "ok"

@@ -17,8 +17,8 @@ from nats.aio.client import Client as NatsClient
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import api
 
-from ..broker import ConfirmedPublisher, kv_stream_name, provision, publish_all
-from ..manifest import LoadedManifest
+from ...broker import ConfirmedPublisher, kv_stream_name, provision, publish_all
+from ...manifest import LoadedManifest
 from ..orders import INGRESS_SUBJECT, Order, encode_order
 from .stats import latencies_ms
 

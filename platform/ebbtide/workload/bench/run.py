@@ -1,16 +1,4 @@
-"""`ebbtide bench`: measured figures, printed as a Markdown table and saved as JSON (+ charts).
-
-Scenarios (pick with --scenario; --quick shrinks every size so the whole run takes under a minute):
-- host:      cost of one guest call (input copy, call, output read, effect decode) and of an instance start
-- memory:    RSS of the host at zero instances, added RSS per idle and per busy Wasm instance
-- scale:     activation latency from zero, the burst's time to max instances and back to zero, idle CPU
-- tracing:   the same burst with tracing off, sampling 1 % and 100 % (spans built and batched, then dropped)
-- burst:     the ZEISS burst side by side: ebbtide (default and fastest configuration), FastStream and a raw
-             nats-py pass-through (the limit), on one embedded nats-server, with repeats (burst.py)
-- sustained: fixed publish rates for a while, latency per window, backlog and RSS over time (sustained.py)
-
-All figures come from one run on one machine, with warm-up excluded where stated.
-"""
+"""Runs the chosen `ebbtide bench` scenarios into one report (see the package's docstring)."""
 
 from __future__ import annotations
 
@@ -20,17 +8,15 @@ from pathlib import Path
 
 import msgspec
 
-from ..build import build_modules
-from ..manifest import LoadedManifest
-from .comparison import BenchOptions, bench_comparison
+from ...build import build_modules
+from ...manifest import LoadedManifest
+from .comparison import bench_comparison
+from .options import BenchOptions
 from .micro import bench_host, bench_memory
 from .report import BenchReport, Figure, Section
 from .scale import bench_scale
 from .tracing import bench_tracing
 
-SCENARIOS = ("host", "memory", "scale", "tracing", "burst", "sustained")
-
-__all__ = ["SCENARIOS", "BenchOptions", "BenchReport", "Figure", "Section", "run_bench"]
 
 
 async def run_bench(manifest: LoadedManifest, scenarios: list[str], quick: bool, out_dir: Path,

@@ -15,21 +15,19 @@ import time
 from collections import deque
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
 from ..orders import INGRESS_SUBJECT, encode_order, generate_orders
-from ..status import STATUS_SUBJECT_PREFIX, decode_status
-from ..timeseries import TimeSeries, write_scaling_chart
+from ...status import STATUS_SUBJECT_PREFIX, decode_status
+from ...timeseries import TimeSeries
 from .harness import Harness
 from .implementations import Implementation
-from .linechart import write_line_chart
+from .options import BenchOptions
+from ..charts import write_line_chart, write_scaling_chart
 from .report import BenchReport, Section
 from .stats import parse_rate, trend, windows
-
-if TYPE_CHECKING:
-    from .comparison import BenchOptions
 
 SAMPLE_EVERY_S = 0.5
 RSS_TOLERANCE_MIB = 10.0  # more than this between the first and last sample counts as memory growth

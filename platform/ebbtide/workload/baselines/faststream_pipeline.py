@@ -11,7 +11,7 @@ batch is handled concurrently (FastStream's pull subscriber starts one task per 
   naks it (redelivered). The input is acked only after the handler's publish was confirmed.
 
 Run one process per function (as ebbtide's default) or every role in one:
-    python -m ebbtide.baselines.faststream_pipeline --nats-url URL --role distributor|receiver-express|receiver-standard|all
+    python -m ebbtide.workload.baselines.faststream_pipeline --nats-url URL --role distributor|receiver-express|receiver-standard|all
 Needs the `baseline` extra (faststream[nats]).
 """
 

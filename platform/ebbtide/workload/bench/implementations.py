@@ -20,12 +20,12 @@ import msgspec
 from nats.aio.client import Client as NatsClient
 
 from ..baselines import READY_LINE, ROLES
-from ..broker import provision
-from ..host import Host
-from ..launch import ProcessMode, running, wait_for_reports
-from ..manifest import LoadedManifest, load_manifest
-from ..supervisor import Supervisor, terminate
-from ..status import STATUS_REQUEST_SUBJECT
+from ...broker import provision
+from ...host import Host
+from ...launch import ProcessMode, running, wait_for_reports
+from ...manifest import LoadedManifest, load_manifest
+from ...supervisor import Supervisor, terminate
+from ...status import STATUS_REQUEST_SUBJECT
 from . import tomlwrite
 
 Starter = Callable[[str, NatsClient], AbstractAsyncContextManager[list[int]]]
@@ -157,14 +157,14 @@ def baseline(module: str, key: str, label: str, how: str, roles: tuple[str, ...]
 
 def faststream() -> Implementation:
     return baseline(
-        "ebbtide.baselines.faststream_pipeline", "faststream", "FastStream",
+        "ebbtide.workload.baselines.faststream_pipeline", "faststream", "FastStream",
         "FastStream 0.7.8, pure Python handlers, the same validation, routing, streams, durable pull consumers "
         "(PullSub, batch 256, handled concurrently) and KV writes with Nats-Msg-Id; one process per function")
 
 
 def raw_limit() -> Implementation:
     return baseline(
-        "ebbtide.baselines.raw_pipeline", "raw", "raw nats-py (limit)",
+        "ebbtide.workload.baselines.raw_pipeline", "raw", "raw nats-py (limit)",
         "nats-py pass-through, no validation, no Wasm: batched fetch (256, 4 loops), confirmed-publish pipeline "
         "with Nats-Msg-Id, ack after confirm; one process per function")
 

@@ -7,7 +7,7 @@ with `Nats-Msg-Id` (from the input's stream sequence) through a confirmed-publis
 one wildcard reply inbox), and the input acked only after its output was confirmed (nak'ed otherwise).
 Several fetch loops per process keep fetch, publish and ack overlapping.
 
-    python -m ebbtide.baselines.raw_pipeline --nats-url URL --role distributor|receiver-express|receiver-standard|all
+    python -m ebbtide.workload.baselines.raw_pipeline --nats-url URL --role distributor|receiver-express|receiver-standard|all
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 
-from ..broker import ConfirmedPublisher, PubAck
+from ...broker import ConfirmedPublisher, PubAck
 from . import READY_LINE, ROLES
 
 STREAM = "ORDERS"

@@ -9,14 +9,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .broker import ConfirmedPublisher, connect, kv_stream_name, provision, publish_all
-from .broker.access import embedded_server
-from .build import build_modules
-from .launch import ProcessMode, running
-from .state import stream_state
-from .status import STATUS_SUBJECT_PREFIX, decode_status
-from .timeseries import TimeSeries, write_scaling_chart
-from .manifest import LoadedManifest
+from ..broker import ConfirmedPublisher, connect, kv_stream_name, provision, publish_all
+from ..broker.access import embedded_server
+from ..build import build_modules
+from ..launch import ProcessMode, running
+from ..state import stream_state
+from ..status import STATUS_SUBJECT_PREFIX, decode_status
+from ..timeseries import TimeSeries
+from .charts import write_scaling_chart
+from ..manifest import LoadedManifest
 from .orders import INGRESS_SUBJECT, encode_order, generate_orders
 
 

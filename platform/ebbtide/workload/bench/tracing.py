@@ -12,11 +12,11 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
-from ..broker import ConfirmedPublisher, EmbeddedNats, connect, kv_stream_name, provision, publish_all
-from ..host import Host
-from ..manifest import LoadedManifest
+from ...broker import ConfirmedPublisher, EmbeddedNats, connect, kv_stream_name, provision, publish_all
+from ...host import Host
+from ...manifest import LoadedManifest
 from ..orders import INGRESS_SUBJECT, encode_order, generate_orders
-from ..state import stream_state
+from ...state import stream_state
 from .report import BenchReport
 
 

@@ -1,0 +1,119 @@
+"""Every error ebbtide raises, in one hierarchy (the CLI maps its two branches to exit codes).
+
+    EbbtideError
+    ├── UsageError                  exit 2: the command line or the configuration is wrong
+    │   ├── ManifestError           ebbtide.toml: names the file and the key
+    │   ├── AuthConfigError         NATS credentials that cannot be used as configured
+    │   └── ScaffoldError           `ebbtide new` cannot scaffold what was asked
+    └── RunError                    exit 1: the configuration is fine, running it failed
+        ├── BuildError              a guest did not compile (or its toolchain is missing)
+        ├── ModuleLoadError         a module is missing, invalid, tampered with, or not the guest ABI
+        │   └── ComponentLoadError  ... a component (Python guest)
+        ├── GuestInitError          a guest refused its configuration or could not be instantiated
+        ├── EmbeddedServerError     the embedded nats-server did not start
+        ├── TracingError            the tracing exporter cannot be set up
+        ├── JetStreamError          the server refused a JetStream API request (carries its codes)
+        │   └── FetchError          ... a pull request
+        ├── PublishError            a publish was not confirmed by the server
+        └── DeadLetterError         a dead letter cannot be read or redriven
+
+    Per message, never seen by the CLI (each decides one message's outcome, not the process's):
+    MessageError
+    ├── GuestFault                  the guest trapped, ran out of fuel or memory, or wrote garbage
+    ├── InputTooLarge               the message does not fit the guest's input buffer
+    └── EffectRefused               the guest asked for an effect outside its allowlist or limits
+
+Each class lives here so that a module raising it needs nothing but this one; the modules that own a
+concept re-export their errors under the old names.
+"""
+
+from __future__ import annotations
+
+
+class EbbtideError(Exception):
+    """Base of every error ebbtide raises on purpose."""
+
+
+class UsageError(EbbtideError):
+    """Bad usage or configuration: `ebbtide` exits 2 with the message."""
+
+
+class RunError(EbbtideError):
+    """A failure at run time: `ebbtide` exits 1 with the message."""
+
+
+class ManifestError(UsageError):
+    """The manifest is missing, unreadable or invalid; the message names the file and the key."""
+
+
+class AuthConfigError(UsageError):
+    """NATS credentials that cannot be used as configured (the message names the kind, never the secret)."""
+
+
+class ScaffoldError(UsageError):
+    """`ebbtide new` cannot scaffold what was asked (a name taken, an unknown language, ...)."""
+
+
+class BuildError(RunError):
+    """A guest module did not build, or the toolchain it needs is missing (the message says how to get it)."""
+
+
+class ModuleLoadError(RunError):
+    """A module file is missing, does not compile, or does not implement the guest ABI."""
+
+
+class ComponentLoadError(ModuleLoadError):
+    """A component file is missing, does not compile, or does not export the ebbtide handler world."""
+
+
+class GuestInitError(RunError):
+    """The guest refused its configuration, or could not be instantiated."""
+
+
+class EmbeddedServerError(RunError):
+    """The embedded nats-server could not be started."""
+
+
+class TracingError(RunError):
+    """Tracing is configured but cannot be set up (e.g. the OTLP exporter is not installed)."""
+
+
+class JetStreamError(RunError):
+    """The server answered a JetStream API request with an error: its HTTP-like `code` and its `err_code`."""
+
+    def __init__(self, message: str, code: int = 0, err_code: int = 0) -> None:
+        super().__init__(message)
+        self.code = code
+        self.err_code = err_code
+
+
+class FetchError(JetStreamError):
+    """The server answered a pull request with an error status (e.g. 409 consumer deleted, 503 no JetStream)."""
+
+
+class PublishError(RunError):
+    """The server did not confirm a publish (error reply, no stream, or timeout)."""
+
+
+class DeadLetterError(RunError):
+    """A dead letter cannot be read, shown or redriven."""
+
+
+class MessageError(EbbtideError):
+    """Decides one message's outcome (retry or dead letter); never stops the process."""
+
+
+class GuestFault(MessageError):
+    """The guest failed this message (trap, time limit, memory limit, bad output). Replace the instance."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(f"{kind}: {message}")
+        self.kind = kind  # "trap" | "timeout" | "memory-limit" | "invalid-output"
+
+
+class InputTooLarge(MessageError):
+    """The message does not fit the guest's input buffer (dead-lettered as payload-too-large)."""
+
+
+class EffectRefused(MessageError):
+    """The guest asked for an effect outside its allowlist or its limits (dead-lettered as effect-refused)."""

@@ -1,0 +1,34 @@
+"""`ebbtide bench`: measured figures, printed as a Markdown table and saved as JSON (+ charts).
+
+Scenarios (pick with --scenario; --quick shrinks every size so the whole run takes under a minute):
+- host:      cost of one guest call (input copy, call, output read, effect decode) and of an instance start
+- memory:    RSS of the host at zero instances, added RSS per idle and per busy Wasm instance
+- scale:     activation latency from zero, the burst's time to max instances and back to zero, idle CPU
+- tracing:   the same burst with tracing off, sampling 1 % and 100 % (spans built and batched, then dropped)
+- burst:     the ZEISS burst side by side: ebbtide (default and fastest configuration), FastStream and a raw
+             nats-py pass-through (the limit), on one embedded nats-server, with repeats (burst.py)
+- sustained: fixed publish rates for a while, latency per window, backlog and RSS over time (sustained.py)
+
+All figures come from one run on one machine, with warm-up excluded where stated.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+SCENARIOS = ("host", "memory", "scale", "tracing", "burst", "sustained")
+
+__all__ = ["SCENARIOS", "BenchOptions", "BenchReport", "Figure", "Section", "run_bench"]
+
+# The CLI's parser needs SCENARIOS only: the rest (the runtime, the baselines, OpenTelemetry) is imported
+# when first used.
+_LAZY = {"BenchOptions": ".options", "BenchReport": ".report", "Figure": ".report", "Section": ".report",
+         "run_bench": ".run"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from importlib import import_module
+
+        return getattr(import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
