@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from .errors import BuildError
 from .manifest import LoadedManifest, ManifestError
 
 # The SDKs shipped with ebbtide, relative to the manifest's folder or, failing that, to this checkout
@@ -40,10 +41,6 @@ NPM_TIMEOUT_S = 600
 # 1: every module ships built (the container image sets it: its build stage compiled them, and the runtime
 # stage has neither the sources nor a toolchain); 0 or unset: [modules.X] prebuilt decides.
 PREBUILT_ENV = "EBBTIDE_PREBUILT"
-
-
-class BuildError(Exception):
-    pass
 
 
 @dataclass(frozen=True)

@@ -21,23 +21,22 @@ import uvloop
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
-from .broker import ConfirmedPublisher, EmbeddedServerError, configured_url, connect, provision_server, publish_all
+from .broker import ConfirmedPublisher, configured_url, connect, provision_server, publish_all
 from .broker.access import ServerAccess, embedded_client_access, embedded_server, external_access
-from .broker.auth import AuthConfigError, NatsAuth
+from .broker.auth import NatsAuth
 from .broker.authorization import ADMIN_USER, INGRESS_ENV, OBSERVER_USER, inbox_prefix, ingress_subjects, write_bundle
 from .broker.provision import stream_configs
 from . import dlq, outbox
-from .build import BuildError, build_modules
+from .build import build_modules
+from .errors import BuildError, ManifestError, RunError, UsageError
 from .workload.bench import SCENARIOS as BENCH_SCENARIOS
-from .scaffold import TEMPLATES as SCAFFOLD_LANGUAGES, ScaffoldError, new_function
+from .scaffold import TEMPLATES as SCAFFOLD_LANGUAGES, new_function
 from .host import Host
 from .launch import DEFAULT_PROCESS_MODE, PROCESS_MODES, ProcessMode, running
 from .supervisor import Supervisor
-from .manifest import DEFAULT_MANIFEST, LoadedManifest, ManifestError, load_manifest
-from .runtime import GuestInitError, ModuleLoadError
+from .manifest import DEFAULT_MANIFEST, LoadedManifest, load_manifest
 from .status import STATUS_REQUEST_SUBJECT, STATUS_SUBJECT_PREFIX, decode_status
 from .telemetry.logs import configure_logging
-from .telemetry.tracing import TracingError
 from .top import TopView
 
 log = logging.getLogger("ebbtide")
@@ -49,22 +48,21 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
-class UsageError(Exception):
-    pass
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+    """The one place where errors become exit codes (see ebbtide.errors for the hierarchy)."""
+    try:
+        args = _parser().parse_args(argv)  # argparse itself exits 2 on bad usage
+    except UsageError as exc:  # e.g. a bad $EBBTIDE_METRICS_PORT, read for a default
+        print(f"ebbtide: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     configure_logging(args.verbose, args.log_format)
     try:
         manifest = load_manifest(args.manifest)
         return args.command(args, manifest)
-    except (ManifestError, UsageError) as exc:
+    except UsageError as exc:
         print(f"ebbtide: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (BuildError, ModuleLoadError, GuestInitError, EmbeddedServerError, TracingError, AuthConfigError, ConnectionError,
-            OSError) as exc:
+    except (RunError, ConnectionError, OSError) as exc:
         print(f"ebbtide: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
@@ -351,10 +349,7 @@ def _nats_config(args: argparse.Namespace, manifest: LoadedManifest) -> int:
 
 
 def _new(args: argparse.Namespace, manifest: LoadedManifest) -> int:
-    try:
-        made = new_function(manifest, args.name, args.lang, folder=args.dir, trigger=args.trigger, output=args.output)
-    except ScaffoldError as exc:
-        raise UsageError(str(exc)) from None
+    made = new_function(manifest, args.name, args.lang, folder=args.dir, trigger=args.trigger, output=args.output)
     print(f"wrote {made.source} and {made.test}; added [functions.{args.name}] to {made.manifest}")
     print(f"next: ebbtide build {args.name} && pytest {made.test.parent}")
     return 0

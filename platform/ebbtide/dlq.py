@@ -30,6 +30,7 @@ from nats.aio.client import Client as NatsClient
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
+from .errors import DeadLetterError
 from .broker.publisher import ConfirmedPublisher, PubAck, PublishError
 from .deadletter import (
     H_DELIVERY_COUNT, H_ERROR, H_FAILED_AT, H_FIRST_FAILED_AT, H_FUNCTION, H_ORIGINAL_MSG_ID, H_ORIGINAL_SEQUENCE,
@@ -47,10 +48,6 @@ REDRIVE_CONFIRM_TIMEOUT_S = 10.0
 ERR_STREAM_NOT_FOUND = 10059
 ERR_NO_MESSAGE_FOUND = 10037
 ERR_SEQUENCE_NOT_FOUND = 10057  # deleting a sequence that is already gone
-
-
-class DeadLetterError(Exception):
-    """A dead-letter operation cannot be done: no DLQ stream, no such dead letter, nowhere to redrive to."""
 
 
 class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):

@@ -15,7 +15,8 @@
         ├── JetStreamError          the server refused a JetStream API request (carries its codes)
         │   └── FetchError          ... a pull request
         ├── PublishError            a publish was not confirmed by the server
-        └── DeadLetterError         a dead letter cannot be read or redriven
+        ├── DeadLetterError         a dead letter cannot be read or redriven
+        └── OutboxError             an outbox cannot be read (no such bucket, JetStream not answering)
 
     Per message, never seen by the CLI (each decides one message's outcome, not the process's):
     MessageError
@@ -97,6 +98,10 @@ class PublishError(RunError):
 
 class DeadLetterError(RunError):
     """A dead letter cannot be read, shown or redriven."""
+
+
+class OutboxError(RunError):
+    """An outbox cannot be read: no such bucket on the server, JetStream not answering."""
 
 
 class MessageError(EbbtideError):

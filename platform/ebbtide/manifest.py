@@ -5,6 +5,8 @@ Decoded once with msgspec into frozen Structs; every error names the file and th
 
 from __future__ import annotations
 
+from .errors import ManifestError
+
 import json
 import re
 import tomllib
@@ -151,10 +153,6 @@ class Manifest(_Section):
     dead_letter: DeadLetterSection = DeadLetterSection()
     modules: dict[Name, ModuleSection] = {}
     functions: dict[Name, FunctionSection] = {}
-
-
-class ManifestError(Exception):
-    """The manifest cannot be read or is invalid; the message names the file and the key."""
 
 
 class LoadedManifest:

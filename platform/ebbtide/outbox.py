@@ -22,6 +22,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import NotFoundError
 
+from .errors import OutboxError
 from .broker import kv_stream_name, kv_subject
 from .manifest import LoadedManifest
 
@@ -32,10 +33,6 @@ ERR_STREAM_NOT_FOUND = 10059
 
 # NATS KV keys: letters, digits and - / _ = . (no leading or trailing dot).
 _VALID_KEY = re.compile(r"^[-/_=a-zA-Z0-9]+(\.[-/_=a-zA-Z0-9]+)*$")
-
-
-class OutboxError(Exception):
-    """A read that cannot be done: no such bucket on the server, JetStream not answering."""
 
 
 class OutboxEntry(msgspec.Struct, frozen=True):

@@ -15,14 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 
+from .errors import ScaffoldError
 from .build import LANGUAGES
 from .manifest import LoadedManifest, ManifestError, parse_manifest, subject_matches
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,47}$")
-
-
-class ScaffoldError(Exception):
-    pass
 
 
 @dataclass(frozen=True)

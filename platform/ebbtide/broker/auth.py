@@ -12,6 +12,7 @@ import ssl
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from ..errors import AuthConfigError
 from ..manifest import LoadedManifest
 
 # Variable -> NatsAuth field. A variable that is set (even empty) wins over the manifest.
@@ -28,10 +29,6 @@ ENV_VARIABLES = {
 }
 _CREDENTIAL_FIELDS = ("user", "password", "token", "creds_file", "nkey_seed_file")
 _PATH_FIELDS = ("creds_file", "nkey_seed_file", "tls_ca", "tls_cert", "tls_key")
-
-
-class AuthConfigError(Exception):
-    """Credentials or TLS files that cannot be used; the message names the setting, never a secret."""
 
 
 @dataclass(frozen=True)

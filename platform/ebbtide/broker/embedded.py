@@ -10,13 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+from ..errors import EmbeddedServerError
 from ..children import die_with_parent
 
 READY_TIMEOUT_S = 15.0
-
-
-class EmbeddedServerError(RuntimeError):
-    pass
 
 
 def nats_server_binary() -> str:
