@@ -37,9 +37,22 @@ async def connect(
     """
     nc = NatsClient()
     refused = asyncio.Event()  # wrong credentials: retrying will not help, so the first connect fails at once
+    established = False  # the first connection succeeded: from then on, a refusal comes on a reconnect
+    refusals_in_a_row = 0  # while reconnecting
+    closing: list[asyncio.Future[None]] = []  # a reference, so the closing task is not collected midway
 
     async def on_error(error: Exception) -> None:
-        if not nc.is_connected and "authorization violation" in str(error).lower():
+        nonlocal refusals_in_a_row
+        if "authorization violation" in str(error).lower():
+            if established:
+                # Credentials revoked while we were away (the server drops the connection without an error
+                # nats-py would close on). As nats.go does: refused twice in a row is for good, so close,
+                # and `on_lost` tells the process to exit rather than retry in silence forever.
+                refusals_in_a_row += 1
+                log.error("nats: %s refused the credentials on reconnect (%d in a row)", url, refusals_in_a_row)
+                if refusals_in_a_row >= 2:
+                    closing.append(asyncio.ensure_future(nc.close()))
+                return
             refused.set()
             return
         log.warning("nats: %s", error or type(error).__name__)
@@ -49,6 +62,8 @@ async def connect(
             log.warning("nats: disconnected from %s; reconnecting", url)
 
     async def on_reconnected() -> None:
+        nonlocal refusals_in_a_row
+        refusals_in_a_row = 0
         log.info("nats: reconnected")
 
     async def on_closed() -> None:
@@ -89,4 +104,5 @@ async def connect(
     except nats.errors.Error as exc:
         await nc.close()
         raise ConnectionError(f"cannot connect to {url}: {exc}") from None
+    established = True
     return nc
