@@ -3,9 +3,10 @@ forever), and a server that closes the connection for good makes the process exi
 that its supervisor (or Kubernetes) restarts it (README, "A lost connection").
 
 For nats-py with `max_reconnect_attempts=-1` (broker/connection.py), a stopped server is never "for
-good": the client retries until it is back. The connection is closed for good when the server sends an
-error that ends it, e.g. when the server's configuration is reloaded without the host's user (revoked
-credentials: `-ERR 'Authorization Violation'`); nats-py then calls the closed callback, Host._on_lost.
+good": the client retries until it is back. What is for good: the server refusing the host's credentials
+(here its user is removed and the server reloads its configuration: the server drops the connection, and
+refuses each reconnect with 'Authorization Violation'). broker/connection.py then closes the connection,
+nats-py calls the closed callback, Host._on_lost, and `run` exits 1.
 """
 
 from __future__ import annotations

@@ -38,7 +38,10 @@ class Client:
     async def refused(self, kind: str, subject: str) -> None:
         """Wait for the server's `Permissions Violation for <kind> to "<subject>"`."""
         expected = f'permissions violation for {kind} to "{subject.lower()}"'
-        await wait_until(lambda: any(expected in error for error in self.errors), timeout=5)
+        try:
+            await wait_until(lambda: any(expected in error for error in self.errors), timeout=5)
+        except AssertionError:
+            raise AssertionError(f"the server allowed the {kind} to {subject!r}") from None
 
 
 @pytest.mark.parametrize("receiver", list(RECEIVERS))
