@@ -125,7 +125,8 @@ async def test_revoked_credentials_close_the_connection_for_good_and_the_host_ex
     try:
         code = await asyncio.wait_for(host.process.wait(), timeout=20)
     except TimeoutError:
-        raise AssertionError("the host is still running:\n" + "".join(host.lines[-15:])) from None
+        raise AssertionError("the host is still running:\n" + "".join(
+            line for line in host.lines if "ebbtide.nats" in line or "ebbtide.host" in line)) from None
     assert code == 1
     await wait_until(lambda: host.logged("the NATS connection closed for good"), timeout=5)
 

@@ -14,6 +14,7 @@ from ..manifest import LoadedManifest
 from .auth import NatsAuth
 
 NATS_URL_ENV = "EBBTIDE_NATS_URL"
+CLOSE_TIMEOUT_S = 5.0
 
 log = logging.getLogger("ebbtide.nats")
 
@@ -40,6 +41,7 @@ async def connect(
     established = False  # the first connection succeeded: from then on, a refusal comes on a reconnect
     refusals_in_a_row = 0  # while reconnecting
     closing: list[asyncio.Future[None]] = []  # a reference, so the closing task is not collected midway
+    lost_reported = False
 
     async def on_error(error: Exception) -> None:
         nonlocal refusals_in_a_row
@@ -51,7 +53,7 @@ async def connect(
                 refusals_in_a_row += 1
                 log.error("nats: %s refused the credentials on reconnect (%d in a row)", url, refusals_in_a_row)
                 if refusals_in_a_row >= 2:
-                    closing.append(asyncio.ensure_future(nc.close()))
+                    closing.append(asyncio.ensure_future(close_for_good()))
                 return
             refused.set()
             return
@@ -66,9 +68,23 @@ async def connect(
         refusals_in_a_row = 0
         log.info("nats: reconnected")
 
-    async def on_closed() -> None:
-        if on_lost is not None:
+    def report_lost() -> None:
+        nonlocal lost_reported
+        if on_lost is not None and not lost_reported:
+            lost_reported = True
             on_lost()
+
+    async def on_closed() -> None:
+        report_lost()
+
+    async def close_for_good() -> None:
+        # nats-py's close can stop before its closed callback: it flushes what was buffered while
+        # disconnected into the dead transport. The connection is closed either way; say so once.
+        try:
+            await asyncio.wait_for(nc.close(), timeout=CLOSE_TIMEOUT_S)
+        except Exception as exc:
+            log.warning("nats: closing after the refusals: %r", exc)
+        report_lost()
 
     connecting = nc.connect(
         [server.strip() for server in url.split(",") if server.strip()],  # "a,b,c": a cluster's seed list
