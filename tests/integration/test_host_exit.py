@@ -24,7 +24,7 @@ import nats
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from ebbtide.broker import EmbeddedNats, free_port
+from ebbtide.broker import EmbeddedNats, free_port, provision
 from tests.conftest import chaos_manifest, read_stream, wait_until
 
 ADMIN_PASSWORD, HOST_PASSWORD = "admin-secret", "host-secret"
@@ -81,6 +81,7 @@ async def admin(server: EmbeddedNats) -> AsyncIterator[NatsClient]:
 @pytest.fixture
 async def host(tmp_path: Path, server: EmbeddedNats, admin: NatsClient) -> AsyncIterator[RunProcess]:
     manifest = chaos_manifest(tmp_path)
+    await provision(admin.jetstream(), manifest)  # an operator's step: the host's user need not be allowed to
     env = {**os.environ, "EBBTIDE_NATS_USER": "host", "EBBTIDE_NATS_PASSWORD": HOST_PASSWORD}
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "ebbtide", "--manifest", str(manifest.path), "run", "--function", "chaos",

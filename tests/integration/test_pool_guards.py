@@ -16,7 +16,7 @@ import wasmtime
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
-from ebbtide.broker import EmbeddedNats
+from ebbtide.broker import EmbeddedNats, provision
 from ebbtide.broker.provision import ensure_stream, stream_configs
 from ebbtide.deadletter import H_DELIVERY_COUNT, H_ERROR, H_FAILED_AT, H_FIRST_FAILED_AT, H_REASON
 from ebbtide.host import Host
@@ -26,6 +26,12 @@ from tests.conftest import chaos_manifest, read_stream, wait_until
 
 BACKOFF_MS = [300, 1200]
 MAX_DELIVER = 4
+
+
+async def provisioned(nc: NatsClient, manifest: LoadedManifest) -> LoadedManifest:
+    """Streams and consumer created as an operator would (`ebbtide provision`): hosts need not be allowed to."""
+    await provision(nc.jetstream(), manifest)
+    return manifest
 
 
 def manifest_with(tmp_path: Path, *replacements: tuple[str, str], extra: str = "") -> LoadedManifest:
@@ -84,7 +90,7 @@ async def test_retry_backoff_is_applied_by_the_server_and_the_dead_letter_says_w
                                         f"retry = {{ max_deliver = {MAX_DELIVER}, backoff_ms = {BACKOFF_MS} }}"))
     watch = await NakWatch().start(nc)
     js = nc.jetstream()
-    async with Host(manifest, nats_server.url):
+    async with Host(await provisioned(nc, manifest), nats_server.url):
         retried = (await js.publish("in.chaos", b"R-retry")).seq
         rejected = (await js.publish("in.chaos", b"X-reject")).seq
         dead = {m.headers["Ebbtide-Original-Sequence"]: m for m in await read_stream(nc, "DLQ", "dlq.chaos", expected=2)}
@@ -113,7 +119,7 @@ async def test_a_dead_letter_that_cannot_be_stored_keeps_the_input(tmp_path: Pat
     manifest = chaos_manifest(tmp_path)
     watch = await NakWatch().start(nc)
     js = nc.jetstream()
-    async with Host(manifest, nats_server.url) as host:
+    async with Host(await provisioned(nc, manifest), nats_server.url) as host:
         await js.delete_stream("DLQ")  # dead letters now have nowhere to go (503 no responders)
         sequence = (await js.publish("in.chaos", b"X-reject")).seq
         await wait_until(lambda: len(watch.of(sequence)) >= 3)  # handed back again and again, never acked
@@ -159,7 +165,7 @@ async def test_an_unexpected_host_error_retries_the_message_and_the_worker_goes_
     manifest.module_path("lapse").write_bytes(wasmtime.wat2wasm(LAPSE_WAT.replace("DEADLINE_NS", str(deadline_ns))))
     watch = await NakWatch().start(nc)
     js = nc.jetstream()
-    async with Host(manifest, nats_server.url) as host:
+    async with Host(await provisioned(nc, manifest), nats_server.url) as host:
         await asyncio.sleep(max(0.0, deadline_ns / 1e9 - time.time()) + 0.05)  # from now on, no instance starts
         first = (await js.publish("in.chaos", b"one")).seq
         await read_stream(nc, "DLQ", "dlq.chaos", expected=1)
@@ -182,7 +188,7 @@ async def test_a_malformed_ingress_header_is_ignored(tmp_path: Path, nats_server
     input's own publish time, and never fails the message."""
     spoofed = ["²", "١٢٣", "-5", "12345678901234567890123", "soon", "4.2", "0x10"]
     js = nc.jetstream()
-    async with Host(chaos_manifest(tmp_path), nats_server.url) as host:
+    async with Host(await provisioned(nc, chaos_manifest(tmp_path)), nats_server.url) as host:
         before = time.time_ns()
         for value in spoofed:
             await js.publish("in.chaos", value.encode(), headers={INGRESS_AT: value})
@@ -203,7 +209,7 @@ async def test_an_input_within_max_payload_but_over_the_guest_buffer_is_dead_let
     capacity = 32768  # chaos.wat's input buffer, for subject and payload together
     fits = b"A" * (capacity - len("in.chaos"))
     js = nc.jetstream()
-    async with Host(manifest, nats_server.url):
+    async with Host(await provisioned(nc, manifest), nats_server.url):
         await js.publish("in.chaos", b"B" * 40_000)
         await js.publish("in.chaos", fits)
         [letter] = await read_stream(nc, "DLQ", "dlq.chaos", expected=1)
