@@ -69,7 +69,9 @@ def parse_ack_subject(reply: str) -> Delivery:
 def ingress_ns(msg: Msg, delivery: Delivery) -> int:
     """When the order entered the pipeline: carried by an earlier hop, else this message's own publish."""
     carried = msg.headers.get(INGRESS_AT) if msg.headers else None
-    if carried is not None and len(carried) <= 19 and carried.isdigit():  # any client can send this header
+    # Any client can send this header: only a plain ASCII number is taken (str.isdigit alone accepts "²",
+    # which int() refuses, and other scripts' digits).
+    if carried is not None and len(carried) <= 19 and carried.isascii() and carried.isdigit():
         return int(carried)
     return delivery.published_ns
 

@@ -44,8 +44,11 @@ class Supervisor:
     def __init__(
         self, manifest_path: Path, functions: list[str], nats_url: str, verbose: bool = False, metrics_port: int = 0,
         child_env: Callable[[str], dict[str, str]] | None = None,
+        restart_min_s: float = RESTART_MIN_S, restart_max_s: float = RESTART_MAX_S, healthy_after_s: float = HEALTHY_AFTER_S,
     ) -> None:
-        """`child_env(function)`: variables added to that child's environment (its NATS credentials)."""
+        """`child_env(function)`: variables added to that child's environment (its NATS credentials).
+        The restart policy's times are parameters so that tests can run it in a second, not minutes."""
+        self.restart_min_s, self.restart_max_s, self.healthy_after_s = restart_min_s, restart_max_s, healthy_after_s
         self.manifest_path = manifest_path
         self.child_env = child_env
         # One port each, in order, so every child's /metrics can be scraped (0: off).
@@ -77,20 +80,20 @@ class Supervisor:
         log.info("started %s (pid %d)", child.function, child.process.pid)
 
     async def _watch(self, child: Child) -> None:
-        backoff = RESTART_MIN_S
+        backoff = self.restart_min_s
         while True:
             assert child.process is not None
             code = await child.process.wait()
             child.exit_codes.append(code)
             if self._stopping:
                 return
-            if time.monotonic() - child.started_at > HEALTHY_AFTER_S:
-                backoff = RESTART_MIN_S
+            if time.monotonic() - child.started_at > self.healthy_after_s:
+                backoff = self.restart_min_s
             log.error("%s (pid %d) exited with %d; restarting in %.1f s", child.function, child.process.pid, code, backoff)
             await asyncio.sleep(backoff)
             if self._stopping:
                 return
-            backoff = min(backoff * 2, RESTART_MAX_S)
+            backoff = min(backoff * 2, self.restart_max_s)
             child.restarts += 1
             await self._spawn(child)
 

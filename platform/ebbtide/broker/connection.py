@@ -15,6 +15,7 @@ from .auth import NatsAuth
 
 NATS_URL_ENV = "EBBTIDE_NATS_URL"
 RETRY_WAIT_S = 0.25
+CLOSE_TIMEOUT_S = 5.0
 
 log = logging.getLogger("ebbtide.nats")
 
@@ -41,10 +42,23 @@ async def connect(
     nc = NatsClient()
     refused = asyncio.Event()  # wrong credentials: retrying will not help, so the first connect fails at once
     failure = ""  # the latest error, logged once until it changes or a connection succeeds
+    established = False  # the first connection succeeded: from then on, a refusal comes on a reconnect
+    refusals_in_a_row = 0  # while reconnecting
+    closing: list[asyncio.Future[None]] = []  # a reference, so the closing task is not collected midway
+    lost_reported = False
 
     async def on_error(error: Exception) -> None:
-        nonlocal failure
-        if not nc.is_connected and "authorization violation" in str(error).lower():
+        nonlocal failure, refusals_in_a_row
+        if "authorization violation" in str(error).lower():
+            if established:
+                # Credentials revoked while we were away (the server drops the connection without an error
+                # nats-py would close on). As nats.go does: refused twice in a row is for good, so close,
+                # and `on_lost` tells the process to exit rather than retry in silence forever.
+                refusals_in_a_row += 1
+                log.error("nats: %s refused the credentials on reconnect (%d in a row)", url, refusals_in_a_row)
+                if refusals_in_a_row >= 2:
+                    closing.append(asyncio.ensure_future(close_for_good()))
+                return
             refused.set()
             return
         text = str(error) or type(error).__name__
@@ -62,15 +76,30 @@ async def connect(
             log.warning("nats: disconnected from %s; reconnecting", url)
 
     async def on_reconnected() -> None:
-        nonlocal failure
+        nonlocal failure, refusals_in_a_row
         failure = ""
+        refusals_in_a_row = 0
         log.info("nats: reconnected")
 
     abandoned = False  # closed before it ever connected: nothing was lost
 
-    async def on_closed() -> None:
-        if on_lost is not None and not abandoned:
+    def report_lost() -> None:
+        nonlocal lost_reported
+        if on_lost is not None and not abandoned and not lost_reported:
+            lost_reported = True
             on_lost()
+
+    async def on_closed() -> None:
+        report_lost()
+
+    async def close_for_good() -> None:
+        # nats-py's close can stop before its closed callback: it flushes what was buffered while
+        # disconnected into the dead transport. The connection is closed either way; say so once.
+        try:
+            await asyncio.wait_for(nc.close(), timeout=CLOSE_TIMEOUT_S)
+        except Exception as exc:
+            log.warning("nats: closing after the refusals: %r", exc)
+        report_lost()
 
     connecting = nc.connect(
         [server.strip() for server in url.split(",") if server.strip()],  # "a,b,c": a cluster's seed list
@@ -117,4 +146,5 @@ async def connect(
         await nc.close()
         raise ConnectionError(f"cannot connect to {url}: {exc}") from None
     failure = ""
+    established = True
     return nc
