@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Literal
-
-from nats.aio.client import Client as NatsClient
+from typing import TYPE_CHECKING, Literal
 
 from .broker.access import ServerAccess, external_access
-from .host import Host
 from .manifest import LoadedManifest
 from .status import STATUS_SUBJECT_PREFIX, decode_status
 from .supervisor import Supervisor
+
+if TYPE_CHECKING:  # per-function mode never loads the host (the runtime, the pools): its children do
+    from nats.aio.client import Client as NatsClient
+
+    from .host import Host
 
 ProcessMode = Literal["single", "per-function"]
 PROCESS_MODES: tuple[ProcessMode, ...] = ("single", "per-function")
@@ -32,6 +34,8 @@ async def running(
     access = external_access(manifest, server) if isinstance(server, str) else server
     names = functions if functions is not None else list(manifest.spec.functions)
     if mode == "single":
+        from .host import Host
+
         async with Host(manifest, access.url, names, metrics_port, auth=access.for_functions(names)) as host:
             yield host
         return

@@ -142,7 +142,8 @@ def test_up_that_cannot_reach_nats_stops_with_its_children(tmp_path: Path) -> No
     url = f"nats://127.0.0.1:{free_port()}"
     up = Ebbtide(tmp_path, _manifest(tmp_path, ("f", "g")), "up", "--processes", "per-function", "--nats-url", url)
     try:
-        up.wait_for("two children", lambda: len(children_of(up.process.pid)) == 2)
+        # the two functions' processes, and `ebbtide provision --wait` waiting for the server too
+        up.wait_for("three children", lambda: len(children_of(up.process.pid)) == 3)
         up.wait_for("both children failing to connect", lambda: up.output.count("Connection refused") >= 2)
         up.process.send_signal(signal.SIGTERM)
         code = up.stopped_within(STOP_S)

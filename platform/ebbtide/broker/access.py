@@ -15,6 +15,7 @@ from pathlib import Path
 from ..manifest import LoadedManifest
 from .auth import NatsAuth, client_auth
 from .authorization import AuthBundle, write_bundle
+from .connection import configured_url
 from .embedded import EmbeddedNats
 
 AUTH_FOLDER = "auth"
@@ -76,3 +77,9 @@ def embedded_server(
                       monitor_port=embedded.monitor_port if monitor_port is None else monitor_port,
                       config_file=bundle.server_config if bundle else None) as server:
         yield server, ServerAccess(server.url, bundle.admin() if bundle else NatsAuth(), bundle)
+
+def client_access(manifest: LoadedManifest, flag: str | None) -> ServerAccess:
+    """For client commands: the configured server, else the embedded one that `ebbtide up` starts
+    (as its admin user, when it has generated users)."""
+    url = configured_url(manifest, flag)
+    return external_access(manifest, url) if url is not None else embedded_client_access(manifest)

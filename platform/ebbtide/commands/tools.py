@@ -1,0 +1,39 @@
+"""Commands that work on the project's files: nats-config, new, build."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..broker.authorization import ADMIN_USER, INGRESS_ENV, OBSERVER_USER, inbox_prefix, ingress_subjects, write_bundle
+from ..build import build_modules
+from ..manifest import LoadedManifest
+from ..scaffold import new_function
+
+
+def nats_config_command(args: argparse.Namespace, manifest: LoadedManifest) -> int:
+    bundle = write_bundle(manifest, args.out)
+    print(f"wrote {bundle.server_config} (include it in the nats-server configuration) and, readable only by you:")
+    print(f"  {bundle.seed_file(ADMIN_USER)}  admin: everything (`ebbtide provision`, operator tools); "
+          "EBBTIDE_NATS_NKEY_SEED_FILE")
+    print(f"  {bundle.seed_file(OBSERVER_USER)}  observer: read outboxes, dead letters, status (top, Locust); "
+          f"EBBTIDE_NATS_NKEY_SEED_FILE, EBBTIDE_NATS_INBOX_PREFIX={inbox_prefix(OBSERVER_USER)}")
+    for function in manifest.spec.functions:
+        print(f"  {bundle.seed_file(function)}  {function}: its own consumer and allowed effects; "
+              f"EBBTIDE_NATS_NKEY_SEED_FILE, EBBTIDE_NATS_INBOX_PREFIX={inbox_prefix(function)}")
+    print(f"  {bundle.folder / INGRESS_ENV}  ingress: publish to {', '.join(ingress_subjects(manifest))} only "
+          "(EBBTIDE_NATS_USER / EBBTIDE_NATS_PASSWORD)")
+    return 0
+
+
+def new_command(args: argparse.Namespace, manifest: LoadedManifest) -> int:
+    made = new_function(manifest, args.name, args.lang, folder=args.dir, trigger=args.trigger, output=args.output)
+    print(f"wrote {made.source} and {made.test}; added [functions.{args.name}] to {made.manifest}")
+    print(f"next: ebbtide build {args.name} && pytest {made.test.parent}")
+    return 0
+
+
+def build_command(args: argparse.Namespace, manifest: LoadedManifest) -> int:
+    for result in build_modules(manifest, args.modules or None, force=args.force):
+        state = "prebuilt" if result.prebuilt else "built" if result.rebuilt else "up to date"
+        print(f"{result.module:<16} {state:<11} {result.output} ({result.output.stat().st_size} bytes)")
+    return 0
