@@ -239,7 +239,7 @@ class FunctionPool:
 class _Worker:
     """One instance and the loop that feeds it."""
 
-    def __init__(self, pool: FunctionPool, consumer: PullConsumer, instance: Guest) -> None:
+    def __init__(self, pool: FunctionPool, consumer: Consumer, instance: Guest) -> None:
         self.pool = pool
         self.consumer = consumer
         self.instance: Guest | None = instance
