@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from nats.aio.msg import Msg
 
-from .broker.delivery import Incoming, KeepAlive
+from .broker.delivery import Incoming, KeepAlive, parse_ack_subject
 from .broker.headers import H_ERROR, H_INGRESS_AT, H_MSG_ID, header_lines_size
 from .broker.publisher import ConfirmedPublisher, PubAck, PublishError
 from .deadletter import Reason, dead_letter_headers, fit_payload
@@ -112,7 +112,7 @@ class Executor:
         for msg in msgs:
             await keep_alive.maybe_send()
             try:
-                incoming = Incoming.of(msg)
+                incoming = Incoming(msg, parse_ack_subject(msg.reply))
             except ValueError:
                 log.error("%s: message on %s without a JetStream ack subject; ignored", self.name, msg.subject)
                 continue

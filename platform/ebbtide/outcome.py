@@ -24,33 +24,37 @@ Transient failures are retried with backoff and dead-lettered after `retry.max_d
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+
+import msgspec
 
 from .deadletter import Reason
 from .effects import Outgoing
 from .manifest import LimitsSection, RetrySection
 from .runtime import Status
 
+
+class _Value(msgspec.Struct, frozen=True, gc=False):
+    """Immutable values; msgspec Structs rather than frozen dataclasses as two are built per message,
+    and a frozen dataclass takes ~1 µs to build here against ~0.2 µs (no reference cycles: gc=False)."""
+
+
 # -- outcomes --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Ack:
+class Ack(_Value):
     """Done: publish `effects` (each confirmed by the server), then ack the input."""
 
     effects: Sequence[Outgoing] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Retry:
+class Retry(_Value):
     """A transient failure: nak the input for redelivery after `delay_s`."""
 
     delay_s: float
     error: str
 
 
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
+class DeadLetter(_Value):
     """Give up: store the input on the dead-letter subject, saying why (headers), then ack it."""
 
     reason: Reason
@@ -63,38 +67,33 @@ Outcome = Ack | Retry | DeadLetter
 # -- what the guest answered -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Effects:
+class Effects(_Value):
     """Status OK, and every effect the guest asked for is within its allowlist."""
 
     outgoing: Sequence[Outgoing]
 
 
-@dataclass(frozen=True, slots=True)
-class Refused:
+class Refused(_Value):
     """Status OK, but an effect is outside the allowlist or malformed (effects.EffectRefused)."""
 
     error: str
 
 
-@dataclass(frozen=True, slots=True)
-class Declined:
+class Declined(_Value):
     """The guest answered REJECT (permanent) or RETRY (transient), with its own words."""
 
     status: Status
     message: str
 
 
-@dataclass(frozen=True, slots=True)
-class Faulted:
+class Faulted(_Value):
     """The instance failed (trap, timeout, memory-limit, invalid-output): transient, on a new instance."""
 
     kind: str
     error: str
 
 
-@dataclass(frozen=True, slots=True)
-class TooLarge:
+class TooLarge(_Value):
     """The input does not fit the guest's input buffer (runtime.InputTooLarge)."""
 
     error: str

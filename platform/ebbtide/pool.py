@@ -202,39 +202,6 @@ class FunctionPool:
             keep_alive_task.cancel()
             self.in_flight -= len(msgs)
 
-    def run_guest(self, instance: Guest | None, incoming: Incoming) -> tuple[GuestResult, Guest | None]:
-        """The guest's answer to one message, and the instance to use next (a new one after a fault, or
-        when a new module was swapped in)."""
-        msg = incoming.msg
-        subject = self._subject_bytes.get(msg.subject)
-        if subject is None:
-            subject = self._subject_bytes.setdefault(msg.subject, msg.subject.encode())
-        if instance is None or instance.module is not self.module:  # none yet, or a new module was swapped in
-            if instance is not None:
-                self.stats.instances_stopped += 1
-            instance = self.new_instance()
-        try:
-            started = time.perf_counter()
-            try:
-                status, output = instance.handle(subject, msg.data)
-            finally:
-                elapsed = time.perf_counter() - started
-                self.handle_times_us.append(elapsed * 1e6)
-                self.stats.handle.observe(elapsed)
-            if status is Status.OK:
-                return Effects(self.allowlist.plan(decode_effects(output))), instance
-            return Declined(status, output.decode("utf-8", "replace")), instance
-        except InputTooLarge as exc:
-            return TooLarge(str(exc)), instance
-        except EffectRefused as exc:
-            return Refused(str(exc)), instance
-        except GuestFault as exc:
-            self.stats.guest_faults[exc.kind] = self.stats.guest_faults.get(exc.kind, 0) + 1
-            delivery = incoming.delivery
-            log.warning("%s: guest fault on %s #%d, replacing the instance: %s", self.name, delivery.stream, delivery.sequence, exc)
-            self.stats.instances_stopped += 1
-            return Faulted(exc.kind, str(exc)), self._replacement()  # never reuse a faulted instance: its state may be corrupt
-
 
 class _Worker:
     """One instance and the loop that feeds it."""
@@ -253,8 +220,40 @@ class _Worker:
         return self.task.done()
 
     def run_guest(self, incoming: Incoming) -> GuestResult:
-        result, self.instance = self.pool.run_guest(self.instance, incoming)
-        return result
+        """The guest's answer to one message, on this worker's instance: a new one after a fault (never
+        reuse a faulted instance: its state may be corrupt), or when a new module was swapped in."""
+        pool, msg = self.pool, incoming.msg
+        subject = pool._subject_bytes.get(msg.subject)
+        if subject is None:
+            subject = pool._subject_bytes.setdefault(msg.subject, msg.subject.encode())
+        instance = self.instance
+        if instance is None or instance.module is not pool.module:  # none yet, or a new module was swapped in
+            if instance is not None:
+                self.instance = None
+                pool.stats.instances_stopped += 1
+            instance = self.instance = pool.new_instance()
+        try:
+            started = time.perf_counter()
+            try:
+                status, output = instance.handle(subject, msg.data)
+            finally:
+                elapsed = time.perf_counter() - started
+                pool.handle_times_us.append(elapsed * 1e6)
+                pool.stats.handle.observe(elapsed)
+            if status is Status.OK:
+                return Effects(pool.allowlist.plan(decode_effects(output)))
+            return Declined(status, output.decode("utf-8", "replace"))
+        except InputTooLarge as exc:
+            return TooLarge(str(exc))
+        except EffectRefused as exc:
+            return Refused(str(exc))
+        except GuestFault as exc:
+            pool.stats.guest_faults[exc.kind] = pool.stats.guest_faults.get(exc.kind, 0) + 1
+            delivery = incoming.delivery
+            log.warning("%s: guest fault on %s #%d, replacing the instance: %s", pool.name, delivery.stream, delivery.sequence, exc)
+            pool.stats.instances_stopped += 1
+            self.instance = pool._replacement()
+            return Faulted(exc.kind, str(exc))
 
     async def _run(self) -> None:
         pool = self.pool

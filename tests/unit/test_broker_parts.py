@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ebbtide.broker import headers, jsapi
-from ebbtide.broker.delivery import Incoming
+from ebbtide.broker.delivery import Incoming, parse_ack_subject
 from ebbtide.broker.publisher import ConfirmedPublisher, PublishError
 
 from .fakes import FakeNats
@@ -60,7 +60,9 @@ def test_replies_decode_into_their_own_structs() -> None:
 
 def test_a_delivery_reads_its_ack_subject() -> None:
     nc = FakeNats()
-    incoming = Incoming.of(nc.delivery(b"x", sequence=12, delivered=2))
+    msg = nc.delivery(b"x", sequence=12, delivered=2)
+    incoming = Incoming(msg, parse_ack_subject(msg.reply))
     assert (incoming.delivery.stream, incoming.delivery.sequence, incoming.delivery.delivered) == ("TEST", 12, 2)
+    assert (incoming.subject, incoming.data, incoming.headers) == ("in.chaos", b"x", None)
     with pytest.raises(ValueError):
-        Incoming.of(nc.delivery(b"x", sequence=1).__class__(nc, subject="a", reply="_INBOX.1", data=b""))  # type: ignore[arg-type]
+        parse_ack_subject("_INBOX.1")

@@ -46,18 +46,14 @@ def parse_ack_subject(reply: str) -> Delivery:
 
 
 class Incoming:
-    """A delivered message and its delivery; settled with `ack` or `nak`, once."""
+    """A delivered message and its delivery (`Incoming(msg, parse_ack_subject(msg.reply))`); settled
+    with `ack` or `nak`, once."""
 
     __slots__ = ("msg", "delivery")
 
     def __init__(self, msg: Msg, delivery: Delivery) -> None:
         self.msg = msg
         self.delivery = delivery
-
-    @classmethod
-    def of(cls, msg: Msg) -> Incoming:
-        """Raises ValueError for a message that JetStream did not deliver (no ack subject)."""
-        return cls(msg, parse_ack_subject(msg.reply))
 
     @property
     def subject(self) -> str:
