@@ -5,17 +5,11 @@ from __future__ import annotations
 import time
 from enum import Enum
 
-H_FUNCTION = "Ebbtide-Function"
-H_ERROR = "Ebbtide-Error"
-H_REASON = "Ebbtide-Reason"
-H_DELIVERY_COUNT = "Ebbtide-Delivery-Count"
-H_ORIGINAL_SUBJECT = "Ebbtide-Original-Subject"
-H_ORIGINAL_STREAM = "Ebbtide-Original-Stream"
-H_ORIGINAL_SEQUENCE = "Ebbtide-Original-Sequence"
-H_ORIGINAL_MSG_ID = "Ebbtide-Original-Msg-Id"
-H_FAILED_AT = "Ebbtide-Failed-At"  # the last failure: when the message was dead-lettered
-H_FIRST_FAILED_AT = "Ebbtide-First-Failed-At"  # the first transient failure, when this process saw it
-H_ORIGINAL_SIZE = "Ebbtide-Original-Size"  # set only when the stored payload was cut to fit (see fit_payload)
+# The dead-letter header names live with every other header name; importable from here too (scripts do).
+from .broker.headers import (
+    H_DELIVERY_COUNT, H_ERROR, H_FAILED_AT, H_FIRST_FAILED_AT, H_FUNCTION, H_ORIGINAL_MSG_ID, H_ORIGINAL_SEQUENCE,
+    H_ORIGINAL_SIZE, H_ORIGINAL_STREAM, H_ORIGINAL_SUBJECT, H_REASON, header_lines_size,
+)
 
 MAX_ERROR_LENGTH = 1024
 
@@ -78,7 +72,7 @@ def fit_payload(payload: bytes, headers: dict[str, str], max_payload: int) -> by
     An input close to the limit plus the dead-letter headers would exceed it, and a NATS server answers
     an oversized publish by closing the connection. The cut is recorded in `headers`.
     """
-    header_bytes = HEADER_OVERHEAD + sum(len(k) + len(v) + 4 for k, v in headers.items())
+    header_bytes = HEADER_OVERHEAD + header_lines_size(headers)
     room = max_payload - header_bytes - len(H_ORIGINAL_SIZE) - 24
     if len(payload) + header_bytes <= max_payload:
         return payload

@@ -30,24 +30,17 @@ from nats.aio.client import Client as NatsClient
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from .errors import DeadLetterError
-from .broker.publisher import ConfirmedPublisher, PubAck, PublishError
-from .deadletter import (
+from .broker import jsapi
+from .broker.headers import (
     H_DELIVERY_COUNT, H_ERROR, H_FAILED_AT, H_FIRST_FAILED_AT, H_FUNCTION, H_ORIGINAL_MSG_ID, H_ORIGINAL_SEQUENCE,
-    H_ORIGINAL_STREAM, H_ORIGINAL_SUBJECT, H_REASON,
+    H_ORIGINAL_STREAM, H_ORIGINAL_SUBJECT, H_REASON, H_REDRIVEN_FROM,
 )
+from .broker.publisher import ConfirmedPublisher, PubAck, PublishError
+from .errors import DeadLetterError
 from .manifest import LoadedManifest, subject_matches
 
-H_REDRIVEN_FROM = "Ebbtide-Redriven-From"
-
-API_PREFIX = "$JS.API"
-API_TIMEOUT_S = 5.0
 REDRIVE_WINDOW = 256  # publishes awaiting confirmation at once
 REDRIVE_CONFIRM_TIMEOUT_S = 10.0
-
-ERR_STREAM_NOT_FOUND = 10059
-ERR_NO_MESSAGE_FOUND = 10037
-ERR_SEQUENCE_NOT_FOUND = 10057  # deleting a sequence that is already gone
 
 
 class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
@@ -100,12 +93,6 @@ class RedriveResult(msgspec.Struct):
 
 # -- the JetStream API, raw (error codes, no_erase deletes and purge counts are not all exposed by nats-py) --
 
-class _ApiError(msgspec.Struct):
-    code: int = 0
-    err_code: int = 0
-    description: str = ""
-
-
 class _StoredMsg(msgspec.Struct):
     subject: str
     seq: int
@@ -114,14 +101,12 @@ class _StoredMsg(msgspec.Struct):
     time: str = ""
 
 
-class _Reply(msgspec.Struct):
-    error: _ApiError | None = None
+class _Reply(jsapi.ApiResponse):
     message: _StoredMsg | None = None  # STREAM.MSG.GET
     purged: int = 0  # STREAM.PURGE
     state: dict | None = None  # STREAM.INFO
 
 
-_decode_reply = msgspec.json.Decoder(_Reply).decode
 _STORED_TIME = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?Z$")  # the server's storage time (UTC, ns)
 
 
@@ -134,26 +119,22 @@ class _NoStream(DeadLetterError):
 
 
 async def _api(nc: NatsClient, subject: str, request: dict | None, stream: str) -> _Reply:
-    payload = json.dumps(request).encode() if request is not None else b""
     try:
-        msg = await nc.request(f"{API_PREFIX}.{subject}", payload, timeout=API_TIMEOUT_S)
+        return await jsapi.request(nc, subject, request, _Reply)
     except NoRespondersError:
         raise DeadLetterError("JetStream is not available on this server (no responders)") from None
     except (NatsTimeoutError, asyncio.TimeoutError):
-        raise DeadLetterError(f"JetStream did not answer {subject} within {API_TIMEOUT_S} s") from None
-    try:
-        reply = _decode_reply(msg.data)
-    except msgspec.DecodeError:
-        raise DeadLetterError(f"unreadable JetStream reply to {subject}: {msg.data[:200]!r}") from None
-    if reply.error is not None:
-        if reply.error.err_code == ERR_STREAM_NOT_FOUND:
+        raise DeadLetterError(f"JetStream did not answer {subject} within {jsapi.API_TIMEOUT_S} s") from None
+    except jsapi.UnreadableReply as exc:
+        raise DeadLetterError(str(exc)) from None
+    except jsapi.JetStreamApiError as exc:
+        if exc.err_code == jsapi.ERR_STREAM_NOT_FOUND:
             raise _NoStream(
                 f"the dead-letter stream {stream!r} does not exist (it is created when the functions start: `ebbtide up`)"
-            )
-        if reply.error.err_code in (ERR_NO_MESSAGE_FOUND, ERR_SEQUENCE_NOT_FOUND):
-            raise _NoMessage(reply.error.description)
-        raise DeadLetterError(f"{subject}: {reply.error.description} (err_code {reply.error.err_code})")
-    return reply
+            ) from None
+        if exc.err_code in (jsapi.ERR_NO_MESSAGE_FOUND, jsapi.ERR_SEQUENCE_NOT_FOUND):
+            raise _NoMessage(exc.description) from None
+        raise DeadLetterError(str(exc)) from None
 
 
 def _target(manifest: LoadedManifest, function: str | None) -> tuple[str, str]:

@@ -7,21 +7,26 @@ from datetime import datetime
 import msgspec
 from nats.aio.client import Client as NatsClient
 
+from .broker import jsapi
+
 
 class StreamState(msgspec.Struct):
     messages: int = 0
     last_ts: datetime | None = None  # when the newest message was stored (server clock)
 
 
-class _StreamInfo(msgspec.Struct):
+class _StreamInfo(jsapi.ApiResponse):
     state: StreamState | None = None
 
 
-_decode_info = msgspec.json.Decoder(_StreamInfo).decode
-
-
 async def stream_state(nc: NatsClient, stream: str) -> StreamState:
-    """The stream's message count and last write time; empty if the stream does not exist yet."""
-    reply = await nc.request(f"$JS.API.STREAM.INFO.{stream}", b"", timeout=5)
-    info = _decode_info(reply.data)
+    """The stream's message count and last write time; empty if the stream does not exist (yet).
+
+    Any error reply counts as empty, as the callers poll it until a count is reached (a server that has
+    just restarted answers "JetStream not ready" for a moment).
+    """
+    try:
+        info = await jsapi.request(nc, f"STREAM.INFO.{stream}", None, _StreamInfo)
+    except jsapi.JetStreamApiError:
+        return StreamState()
     return info.state or StreamState()

@@ -17,27 +17,23 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-MSG_ID = "Nats-Msg-Id"
+from . import jsapi
+from .headers import H_MSG_ID, H_STATUS, message_size
 
 
 class PublishError(Exception):
     """The server did not confirm a publish (error reply, no stream, or timeout)."""
 
 
-class _ApiError(msgspec.Struct):
-    code: int = 0
-    err_code: int = 0
-    description: str = ""
+class PubAck(jsapi.ApiResponse):
+    """The server's confirmation of a publish (or, with `error`, its refusal)."""
 
-
-class PubAck(msgspec.Struct):
     stream: str = ""
     seq: int = 0
-    duplicate: bool = False
-    error: _ApiError | None = None
+    duplicate: bool = False  # the stream already held a message with this Nats-Msg-Id
 
 
-_decode_ack = msgspec.json.Decoder(PubAck).decode
+_decode_ack = msgspec.json.Decoder(PubAck).decode  # on the hot path: one per effect
 
 
 class ConfirmedPublisher:
@@ -47,6 +43,11 @@ class ConfirmedPublisher:
         self._tokens = itertools.count()
         self._pending: dict[str, asyncio.Future[PubAck]] = {}
         self._subscription: Subscription | None = None
+
+    @property
+    def max_payload(self) -> int:
+        """The largest message (payload and headers) the server accepts."""
+        return self._nc.max_payload
 
     async def start(self) -> None:
         if self._subscription is None:
@@ -62,7 +63,7 @@ class ConfirmedPublisher:
         future = self._pending.pop(msg.subject[len(self._prefix):], None)
         if future is None or future.done():
             return
-        if not msg.data and msg.headers and msg.headers.get("Status") == "503":
+        if not msg.data and msg.headers and msg.headers.get(H_STATUS) == "503":
             future.set_exception(PublishError("no stream captures this subject (503 no responders)"))
             return
         try:
@@ -88,8 +89,8 @@ class ConfirmedPublisher:
         self._pending[token] = future
         all_headers = dict(headers) if headers else {}
         if msg_id is not None:
-            all_headers[MSG_ID] = msg_id
-        size = len(payload) + sum(len(k) + len(v) + 4 for k, v in all_headers.items()) + 12
+            all_headers[H_MSG_ID] = msg_id
+        size = message_size(payload, all_headers)
         if size > self._nc.max_payload:
             # The server would answer by closing the connection: refuse here, for this message only.
             self._pending.pop(token, None)

@@ -27,7 +27,9 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-STATUS = "Status"
+from .headers import H_DESCRIPTION, H_STATUS
+from .jsapi import next_message_subject
+
 NO_MESSAGES = "404"
 REQUEST_TIMEOUT = "408"  # also "408 Requests Pending": other workers' waiting requests come first
 HEARTBEAT = "100"
@@ -45,7 +47,7 @@ class PullConsumer:
 
     def __init__(self, nc: NatsClient, stream: str, consumer: str) -> None:
         self._nc = nc
-        self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+        self._next_subject = next_message_subject(stream, consumer)
         self._inbox = nc.new_inbox()
         self._subscription: Subscription | None = None
         self._arrived: list[Msg] = []  # delivered, not yet handed out by a fetch
@@ -57,13 +59,13 @@ class PullConsumer:
         return self
 
     async def _on_message(self, msg: Msg) -> None:
-        status = msg.headers.get(STATUS) if msg.headers and not msg.data else None
+        status = msg.headers.get(H_STATUS) if msg.headers and not msg.data else None
         if status is None:
             self._arrived.append(msg)
             if len(self._arrived) >= self._wanted:
                 self._answer(None)
         elif status != HEARTBEAT:
-            self._answer(f"{status} {msg.headers.get('Description', '')}".strip() if msg.headers else status)
+            self._answer(f"{status} {msg.headers.get(H_DESCRIPTION, '')}".strip() if msg.headers else status)
 
     def _answer(self, outcome: str | None) -> None:
         if self._answered is not None and not self._answered.done():

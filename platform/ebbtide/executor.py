@@ -1,0 +1,238 @@
+"""Carrying out outcomes: one batch of delivered messages, from the guest's answers to the acks.
+
+For each message of a batch the executor asks the policy (outcome.py) what becomes of it, given the
+checks before the guest and the guest's answer (the pool runs the guest), and starts carrying it out:
+
+- `Ack(effects)`: each effect is published with `Nats-Msg-Id: <stream>:<sequence>:<index>` (stable across
+  redeliveries, so the stream stores it once) and `Ebbtide-Ingress-At` carried on;
+- `DeadLetter`: the input is published to the dead-letter subject with `Nats-Msg-Id:
+  dlq:<stream>:<sequence>` and headers that say why;
+- `Retry`: the input is nak'ed at once, with the policy's delay.
+
+Then it waits for the server's confirmations of the whole batch (one wait, many publishes in flight) and
+settles each message: ack when every publish of it was confirmed; otherwise the policy says again
+(`after_unconfirmed`): effects not confirmed are retried (or dead-lettered once retries are exhausted:
+a second, last round of confirmations), a dead letter not confirmed is nak'ed for later.
+
+Tracing observes, it does not steer: with a tracer, each message gets a trace object (telemetry/tracing.py)
+that is told what happened and gives the effects' headers; without one, nothing of it runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from nats.aio.msg import Msg
+
+from .broker.delivery import Incoming, KeepAlive, parse_ack_subject
+from .broker.headers import H_ERROR, H_INGRESS_AT, H_MSG_ID, header_lines_size
+from .broker.publisher import ConfirmedPublisher, PubAck, PublishError
+from .deadletter import Reason, dead_letter_headers, fit_payload
+from .manifest import FunctionSection
+from .outcome import (
+    Ack, DeadLetter, Faulted, GuestResult, Outcome, Retry, after_guest, after_host_error, after_unconfirmed, check_input,
+)
+from .telemetry.histogram import END_TO_END_BUCKETS_S, HANDLE_BUCKETS_S, Histogram
+from .telemetry.tracing import MessageTrace, MessageTracer
+
+log = logging.getLogger("ebbtide.pool")  # the name operators filter on: one log for a function's messages
+
+MAX_REMEMBERED_FAILURES = 100_000
+
+
+@dataclass
+class PoolStats:
+    processed: int = 0  # acked after all effects were confirmed
+    dead_lettered: int = 0  # for any reason but a refused effect
+    refused: int = 0  # dead-lettered because the guest asked for an effect outside its allowlist
+    retried: int = 0  # nak'ed for redelivery
+    guest_faults: dict[str, int] = field(default_factory=dict)  # by kind: trap, timeout, memory-limit, invalid-output
+    instances_started: int = 0
+    instances_stopped: int = 0  # scaled down, shut down, or discarded after a fault
+    reloads: dict[str, int] = field(default_factory=dict)  # module swaps by outcome: ok, refused
+    handle: Histogram = field(default_factory=lambda: Histogram(HANDLE_BUCKETS_S))  # guest call time
+    end_to_end: Histogram = field(default_factory=lambda: Histogram(END_TO_END_BUCKETS_S))  # ingress -> effects confirmed
+
+
+def ingress_ns(incoming: Incoming) -> int:
+    """When the order entered the pipeline: carried by an earlier hop, else this message's own publish."""
+    headers = incoming.msg.headers
+    carried = headers.get(H_INGRESS_AT) if headers else None
+    # Any client can send this header: only a plain ASCII number is taken (str.isdigit alone accepts "²",
+    # which int() refuses, and other scripts' digits).
+    if carried is not None and len(carried) <= 19 and carried.isascii() and carried.isdigit():
+        return int(carried)
+    return incoming.delivery.published_ns
+
+
+RunGuest = Callable[[Incoming], GuestResult]
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A message whose publishes (effects, or its dead letter) await the server's confirmation."""
+
+    incoming: Incoming
+    outcome: Ack | DeadLetter
+    futures: list[asyncio.Future[PubAck]]
+    trace: MessageTrace | None
+    ingress_ns: int = 0  # for the end-to-end latency of messages processed ok
+
+
+class Executor:
+    """Carries out the outcomes of one function's messages; shared by its workers."""
+
+    def __init__(
+        self,
+        name: str,
+        function: FunctionSection,
+        dead_letter_subject: str,
+        publisher: ConfirmedPublisher,
+        stats: PoolStats,
+        tracer: MessageTracer | None = None,
+    ) -> None:
+        self.name = name
+        self.function = function
+        self.dead_letter_subject = dead_letter_subject
+        self.confirm_timeout = min(function.ack_wait_s / 2, 10.0)
+        self.stats = stats
+        self._publisher = publisher
+        self._tracer = tracer  # None: tracing off, and no cost on the hot path
+        # When each retried message first failed, for its dead letter. Per process: after a restart, or
+        # when another replica got the earlier deliveries, the dead letter says the first failure is unknown.
+        self._first_failures: dict[tuple[str, int], float] = {}
+
+    async def run_batch(self, msgs: Sequence[Msg], run_guest: RunGuest, keep_alive: KeepAlive) -> None:
+        """Decide and carry out every message of a fetched batch, then settle them all."""
+        pending: list[_Pending] = []
+        limits, retry = self.function.limits, self.function.retry
+        tracer = self._tracer
+        for msg in msgs:
+            await keep_alive.maybe_send()
+            try:
+                incoming = Incoming(msg, parse_ack_subject(msg.reply))
+            except ValueError:
+                log.error("%s: message on %s without a JetStream ack subject; ignored", self.name, msg.subject)
+                continue
+            trace = tracer.begin(incoming) if tracer is not None else None
+            delivered = incoming.delivery.delivered
+            try:
+                outcome: Outcome | None = check_input(
+                    len(msg.data), header_lines_size(msg.headers) if msg.headers else 0, limits
+                )
+                if outcome is None:
+                    result = run_guest(incoming)
+                    if trace is not None and type(result) is Faulted:
+                        trace.fault(result.kind, result.error)
+                    outcome = after_guest(result, delivered, retry)
+                await self.carry_out(incoming, outcome, pending, trace)
+            except Exception as exc:  # a host bug must not take the worker down; the message is retried
+                delivery = incoming.delivery
+                log.exception("%s: unexpected error on %s #%d", self.name, delivery.stream, delivery.sequence)
+                await self.carry_out(incoming, after_host_error(exc, delivered, retry), pending, trace)
+        if pending:
+            await self.settle(pending)
+
+    async def carry_out(self, incoming: Incoming, outcome: Outcome, pending: list[_Pending], trace: MessageTrace | None) -> None:
+        """Start carrying out `outcome`: publish (to `pending`, settled later) or nak at once."""
+        if type(outcome) is Ack:
+            delivery = incoming.delivery
+            ingress = ingress_ns(incoming)
+            carried = {H_INGRESS_AT: str(ingress)}
+            id_prefix = f"{delivery.stream}:{delivery.sequence}:"
+            publish = self._publisher.publish
+            futures = []
+            for i, out in enumerate(outcome.effects):
+                msg_id = f"{id_prefix}{i}"
+                headers = carried if trace is None else trace.effect_headers(carried, out.subject, msg_id)
+                futures.append(await publish(out.subject, out.payload, msg_id, headers))
+            pending.append(_Pending(incoming, outcome, futures, trace, ingress))
+        elif isinstance(outcome, Retry):
+            self._remember_failure(incoming)
+            if trace is not None:
+                trace.retried(outcome.error)
+            await self._nak(incoming, outcome)
+        elif isinstance(outcome, DeadLetter):
+            pending.append(await self._dead_letter(incoming, outcome, trace))
+        else:
+            raise TypeError(f"not an outcome: {outcome!r}")
+
+    async def settle(self, pending: list[_Pending]) -> None:
+        """Wait for every confirmation of the batch, then ack what is done and nak what is not.
+
+        Effects not confirmed may end in a dead letter, which is confirmed in one more round; a dead
+        letter not confirmed is only nak'ed: so at most two rounds.
+        """
+        retry = self.function.retry
+        while pending:
+            results = iter(await self._publisher.confirm(
+                (future for item in pending for future in item.futures), timeout=self.confirm_timeout
+            ))
+            follow_up: list[_Pending] = []
+            confirmed_at_ns = time.time_ns()
+            for item in pending:
+                errors = [r for r in (next(results) for _ in item.futures) if isinstance(r, PublishError)]
+                if item.trace is not None:
+                    item.trace.settled(str(errors[0]) if errors else None)
+                incoming, outcome = item.incoming, item.outcome
+                if not errors:
+                    await incoming.ack()
+                    self._count_done(outcome, confirmed_at_ns - item.ingress_ns)
+                    continue
+                delivery = incoming.delivery
+                log.warning("%s: effects of %s #%d not confirmed: %s", self.name, delivery.stream, delivery.sequence, errors[0])
+                next_outcome = after_unconfirmed(outcome, str(errors[0]), delivery.delivered, retry)
+                if isinstance(outcome, DeadLetter):  # the dead letter itself was not stored: try it all again later
+                    assert isinstance(next_outcome, Retry)
+                    await self._nak(incoming, next_outcome)
+                else:  # a transient failure like any other; no trace: its spans have ended
+                    await self.carry_out(incoming, next_outcome, follow_up, None)
+            pending = follow_up  # dead letters only
+
+    def _count_done(self, outcome: Ack | DeadLetter, since_ingress_ns: int) -> None:
+        if type(outcome) is Ack:
+            self.stats.processed += 1
+            self.stats.end_to_end.observe(max(0, since_ingress_ns) / 1e9)
+        elif outcome.reason is Reason.EFFECT_REFUSED:
+            self.stats.refused += 1
+        else:
+            self.stats.dead_lettered += 1
+
+    async def _nak(self, incoming: Incoming, retry: Retry) -> None:
+        self.stats.retried += 1
+        await incoming.nak(retry.delay_s)
+
+    def _remember_failure(self, incoming: Incoming) -> None:
+        key = (incoming.delivery.stream, incoming.delivery.sequence)
+        if key not in self._first_failures:
+            if len(self._first_failures) >= MAX_REMEMBERED_FAILURES:
+                self._first_failures.pop(next(iter(self._first_failures)))  # oldest first: dicts keep order
+            self._first_failures[key] = time.time()
+
+    async def _dead_letter(self, incoming: Incoming, outcome: DeadLetter, trace: MessageTrace | None) -> _Pending:
+        msg, delivery, reason = incoming.msg, incoming.delivery, outcome.reason
+        first_failed_at = self._first_failures.pop((delivery.stream, delivery.sequence), None)
+        if first_failed_at is None and reason is Reason.RETRIES_EXHAUSTED:
+            first_failed_at = time.time()  # the only failure this process saw was the last one
+        headers = dead_letter_headers(
+            function=self.name, reason=reason, error=outcome.error, delivered=delivery.delivered, subject=msg.subject,
+            stream=delivery.stream, sequence=delivery.sequence,
+            original_msg_id=msg.headers.get(H_MSG_ID) if msg.headers else None,
+            first_failed_at=first_failed_at,
+        )
+        context = {"function": self.name, "stream": delivery.stream, "sequence": delivery.sequence, "reason": reason.value}
+        if trace is not None:
+            context["trace_id"] = trace.trace_id
+        log.warning("%s: dead-lettering %s #%d (%s): %s", self.name, delivery.stream, delivery.sequence, reason.value,
+                    headers[H_ERROR], extra=context)
+        payload = fit_payload(msg.data, headers, self._publisher.max_payload)
+        future = await self._publisher.publish(
+            self.dead_letter_subject, payload, f"dlq:{delivery.stream}:{delivery.sequence}", headers
+        )
+        if trace is not None:
+            trace.dead_lettered(reason.value, headers[H_ERROR])
+        return _Pending(incoming, outcome, [future], trace)

@@ -1,0 +1,68 @@
+"""The broker's small parts: header names (a contract), sizes, the JetStream API's errors, deliveries."""
+
+from __future__ import annotations
+
+import pytest
+
+from ebbtide.broker import headers, jsapi
+from ebbtide.broker.delivery import Incoming, parse_ack_subject
+from ebbtide.broker.publisher import ConfirmedPublisher, PublishError
+
+from .fakes import FakeNats
+
+
+def test_header_names_are_the_documented_ones() -> None:
+    names = {name: value for name, value in vars(headers).items() if name.startswith("H_")}
+    assert names == {
+        "H_MSG_ID": "Nats-Msg-Id", "H_STATUS": "Status", "H_DESCRIPTION": "Description",
+        "H_INGRESS_AT": "Ebbtide-Ingress-At", "H_FUNCTION": "Ebbtide-Function", "H_REASON": "Ebbtide-Reason",
+        "H_ERROR": "Ebbtide-Error", "H_DELIVERY_COUNT": "Ebbtide-Delivery-Count",
+        "H_ORIGINAL_SUBJECT": "Ebbtide-Original-Subject", "H_ORIGINAL_STREAM": "Ebbtide-Original-Stream",
+        "H_ORIGINAL_SEQUENCE": "Ebbtide-Original-Sequence", "H_ORIGINAL_MSG_ID": "Ebbtide-Original-Msg-Id",
+        "H_FAILED_AT": "Ebbtide-Failed-At", "H_FIRST_FAILED_AT": "Ebbtide-First-Failed-At",
+        "H_ORIGINAL_SIZE": "Ebbtide-Original-Size", "H_REDRIVEN_FROM": "Ebbtide-Redriven-From",
+    }
+
+
+def test_header_sizes() -> None:
+    assert headers.header_lines_size({"Ab": "cde"}) == len("Ab: cde\r\n")
+    assert headers.message_size(b"12345", {"Ab": "cde"}) == 5 + 9 + headers.HEADER_BLOCK_FRAMING
+    assert headers.message_size(b"12345", None) == 5 + headers.HEADER_BLOCK_FRAMING
+
+
+async def test_the_publisher_refuses_what_the_server_would_close_the_connection_for() -> None:
+    nc = FakeNats(max_payload=100)
+    publisher = ConfirmedPublisher(nc)  # type: ignore[arg-type]
+    await publisher.start()
+    msg_id = "x" * 10
+    fits = 100 - headers.HEADER_BLOCK_FRAMING - headers.header_lines_size({headers.H_MSG_ID: msg_id})
+    ok = await publisher.publish("test.out", b"a" * fits, msg_id)
+    too_big = await publisher.publish("test.out", b"a" * (fits + 1), msg_id)
+    [confirmed, refused] = await publisher.confirm([ok, too_big], timeout=1)
+    assert not isinstance(confirmed, PublishError)
+    assert isinstance(refused, PublishError) and "exceeds the server's max_payload 100" in str(refused)
+    assert len(nc.sent_to("test.out")) == 1  # the refused one never went out
+
+
+def test_an_api_error_carries_the_servers_codes() -> None:
+    error = jsapi.JetStreamApiError("STREAM.INFO.DLQ", jsapi.ApiError(code=404, err_code=10059, description="stream not found"))
+    assert (error.code, error.err_code, error.description) == (404, 10059, "stream not found")
+    assert str(error) == "STREAM.INFO.DLQ: stream not found (err_code 10059)"
+
+
+def test_replies_decode_into_their_own_structs() -> None:
+    class Purged(jsapi.ApiResponse):
+        purged: int = 0
+
+    assert jsapi.decode(Purged, b'{"purged": 3}').purged == 3
+    assert jsapi.decode(Purged, b'{"error": {"code": 400, "err_code": 1, "description": "no"}}').error == jsapi.ApiError(400, 1, "no")
+
+
+def test_a_delivery_reads_its_ack_subject() -> None:
+    nc = FakeNats()
+    msg = nc.delivery(b"x", sequence=12, delivered=2)
+    incoming = Incoming(msg, parse_ack_subject(msg.reply))
+    assert (incoming.delivery.stream, incoming.delivery.sequence, incoming.delivery.delivered) == ("TEST", 12, 2)
+    assert (incoming.subject, incoming.data, incoming.headers) == ("in.chaos", b"x", None)
+    with pytest.raises(ValueError):
+        parse_ack_subject("_INBOX.1")

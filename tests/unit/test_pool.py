@@ -1,0 +1,112 @@
+"""The pool on an in-memory broker: real Wasm instances (tests/guests/chaos.wat), a fake consumer that
+hands out queued batches, and the real publisher and nats-py messages on FakeNats (tests/unit/fakes.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nats.aio.msg import Msg
+
+from ebbtide.broker.publisher import ConfirmedPublisher
+from ebbtide.pool import HAND_BACK_DELAY_S, FunctionPool
+from ebbtide.runtime import WasmEngine
+from tests.conftest import chaos_manifest, wait_until
+
+from .fakes import FakeConsumer, FakeNats, nak_delay_s
+
+ACK = b""
+
+
+async def start_pool(tmp_path: Path, nc: FakeNats, **manifest_options: object) -> tuple[FunctionPool, list[FakeConsumer]]:
+    manifest = chaos_manifest(tmp_path, **manifest_options)  # type: ignore[arg-type]
+    publisher = ConfirmedPublisher(nc)  # type: ignore[arg-type]
+    await publisher.start()
+    consumers: list[FakeConsumer] = []
+
+    async def open_consumer() -> FakeConsumer:
+        consumers.append(FakeConsumer())
+        return consumers[-1]
+
+    pool = FunctionPool("chaos", manifest, WasmEngine(), None, publisher, open_consumer=open_consumer)
+    return pool, consumers
+
+
+def settled(nc: FakeNats, msgs: list[Msg]):
+    return lambda: all(nc.acks(m) for m in msgs)
+
+
+async def test_a_worker_runs_each_message_on_its_instance_and_settles_it(tmp_path: Path) -> None:
+    nc = FakeNats()
+    pool, consumers = await start_pool(tmp_path, nc)
+    await pool.set_instances(1)
+    good, reject, trap, retry, refused = msgs = [
+        nc.delivery(payload, sequence=i + 1) for i, payload in enumerate([b"good", b"X-reject", b"T-trap", b"R-retry", b"F-forbidden"])
+    ]
+    await consumers[0].batches.put(msgs)
+    await wait_until(settled(nc, msgs), timeout=10)
+    await pool.stop(grace_s=5)
+
+    assert [p.payload for p in nc.sent_to("test.out")] == [b"good"]
+    assert nc.acks(good) == [ACK] and nc.acks(reject) == [ACK] and nc.acks(refused) == [ACK]
+    assert [nak_delay_s(a) for a in nc.acks(trap) + nc.acks(retry)] == [0.05, 0.05]
+    reasons = [p.headers["Ebbtide-Reason"] for p in nc.sent_to("dlq.chaos") if p.headers]
+    assert reasons == ["rejected", "effect-refused"]
+    stats = pool.stats
+    assert (stats.processed, stats.dead_lettered, stats.refused, stats.retried) == (1, 1, 1, 2)
+    assert stats.guest_faults == {"trap": 1}
+    assert stats.instances_started == 2  # the worker's, and a fresh one after the trap
+    assert stats.instances_stopped == 2  # the trapped one, and the last one at stop
+    assert stats.handle.count == 5 and len(pool.handle_times_us) == 5
+    assert consumers[0].closed and pool.in_flight == 0
+
+
+async def test_set_instances_starts_and_stops_workers_each_on_its_own_consumer(tmp_path: Path) -> None:
+    nc = FakeNats()
+    pool, consumers = await start_pool(tmp_path, nc)
+    await pool.set_instances(3)
+    assert pool.instances == 3 and pool.live_instances == 3 and len(consumers) == 3
+    await pool.set_instances(1)
+    assert pool.instances == 1
+    await pool.released()  # the stopped workers' fetches end, and their instances go
+    assert pool.live_instances == 1
+    assert sum(c.closed for c in consumers) == 2
+    msg = nc.delivery(b"after scaling down", sequence=1)
+    running = next(c for c in consumers if not c.closed)
+    await running.batches.put([msg])
+    await wait_until(settled(nc, [msg]), timeout=10)
+    assert nc.acks(msg) == [ACK]
+    await pool.stop(grace_s=5)
+    assert all(c.closed for c in consumers) and pool.live_instances == 0
+    assert pool.stats.instances_started == 3 and pool.stats.instances_stopped == 3
+
+
+async def test_a_swapped_module_runs_from_the_next_message(tmp_path: Path) -> None:
+    nc = FakeNats()
+    pool, consumers = await start_pool(tmp_path, nc)
+    await pool.set_instances(1)
+    first = nc.delivery(b"one", sequence=1)
+    await consumers[0].batches.put([first])
+    await wait_until(settled(nc, [first]), timeout=10)
+    wasm = tmp_path / "build" / "wasm" / "chaos.wasm"
+    wasm.write_bytes(wasm.read_bytes() + b"\x00\x03\x02v2")  # a custom section: a new build, same behaviour
+    assert pool.swap_module(pool.load_module()) is True
+    second = nc.delivery(b"two", sequence=2)
+    await consumers[0].batches.put([second])
+    await wait_until(settled(nc, [second]), timeout=10)
+    await pool.stop(grace_s=5)
+    assert [p.payload for p in nc.sent_to("test.out")] == [b"one", b"two"]
+    assert pool.stats.instances_started == 2  # the new module got a new instance before the second message
+
+
+async def test_stop_past_the_grace_period_hands_the_batch_back(tmp_path: Path) -> None:
+    nc = FakeNats()
+    pool, consumers = await start_pool(tmp_path, nc, fuel=1_000_000_000)
+    await pool.set_instances(1)
+    msgs = [nc.delivery(b"S-slow-%d" % i, sequence=i + 1) for i in range(200)]  # ~20 ms each, unloaded
+    await consumers[0].batches.put(msgs)
+    await wait_until(lambda: pool.in_flight == len(msgs), timeout=10)
+    await pool.stop(grace_s=0)
+    assert all(nc.acks(m) for m in msgs)  # every message handed back: none waits for the ack wait
+    assert {nak_delay_s(nc.acks(m)[-1]) for m in msgs} == {HAND_BACK_DELAY_S}
+    assert pool.stats.processed == 0  # the batch never settled: nothing acked
+    assert pool.in_flight == 0 and consumers[0].closed
