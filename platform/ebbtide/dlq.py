@@ -36,7 +36,7 @@ from .broker.headers import (
     H_ORIGINAL_STREAM, H_ORIGINAL_SUBJECT, H_REASON, H_REDRIVEN_FROM,
 )
 from .broker.publisher import ConfirmedPublisher, PubAck, PublishError
-from .errors import DeadLetterError
+from .errors import DeadLetterError, JetStreamError, UnreadableReply
 from .manifest import LoadedManifest, subject_matches
 
 REDRIVE_WINDOW = 256  # publishes awaiting confirmation at once
@@ -125,9 +125,9 @@ async def _api(nc: NatsClient, subject: str, request: dict | None, stream: str) 
         raise DeadLetterError("JetStream is not available on this server (no responders)") from None
     except (NatsTimeoutError, asyncio.TimeoutError):
         raise DeadLetterError(f"JetStream did not answer {subject} within {jsapi.API_TIMEOUT_S} s") from None
-    except jsapi.UnreadableReply as exc:
+    except UnreadableReply as exc:
         raise DeadLetterError(str(exc)) from None
-    except jsapi.JetStreamApiError as exc:
+    except JetStreamError as exc:
         if exc.err_code == jsapi.ERR_STREAM_NOT_FOUND:
             raise _NoStream(
                 f"the dead-letter stream {stream!r} does not exist (it is created when the functions start: `ebbtide up`)"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .errors import EffectRefused
 from .broker.provision import kv_subject
 from .manifest import FunctionSection, subject_matches
 from .runtime.abi import Effect, KvPut, Publish
@@ -17,10 +18,6 @@ KV_KEY = re.compile(r"^[-/_=.a-zA-Z0-9]+$")
 SUBJECT_TOKEN = re.compile(r"^[^\s.*>]+$")
 MAX_CHECKED_SUBJECTS = 1024
 _UNCHECKED = object()  # not in the cache below yet
-
-
-class EffectRefused(Exception):
-    """The guest asked for something outside its allowlist, or for something malformed."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,8 @@
         ├── EmbeddedServerError     the embedded nats-server did not start
         ├── TracingError            the tracing exporter cannot be set up
         ├── JetStreamError          the server refused a JetStream API request (carries its codes)
-        │   └── FetchError          ... a pull request
+        ├── UnreadableReply         ... or answered something the API does not say
+        ├── FetchError              the server answered a pull request with an error status
         ├── PublishError            a publish was not confirmed by the server
         ├── DeadLetterError         a dead letter cannot be read or redriven
         └── OutboxError             an outbox cannot be read (no such bucket, JetStream not answering)
@@ -82,13 +83,19 @@ class TracingError(RunError):
 class JetStreamError(RunError):
     """The server answered a JetStream API request with an error: its HTTP-like `code` and its `err_code`."""
 
-    def __init__(self, message: str, code: int = 0, err_code: int = 0) -> None:
-        super().__init__(message)
+    def __init__(self, subject: str, description: str, code: int = 0, err_code: int = 0) -> None:
+        super().__init__(f"{subject}: {description} (err_code {err_code})")
+        self.subject = subject
+        self.description = description
         self.code = code
         self.err_code = err_code
 
 
-class FetchError(JetStreamError):
+class UnreadableReply(RunError):
+    """The server's reply to a JetStream API request is not what the API says."""
+
+
+class FetchError(RunError):
     """The server answered a pull request with an error status (e.g. 409 consumer deleted, 503 no JetStream)."""
 
 

@@ -8,6 +8,7 @@ import msgspec
 from nats.aio.client import Client as NatsClient
 
 from .broker import jsapi
+from .errors import JetStreamError
 
 
 class StreamState(msgspec.Struct):
@@ -27,6 +28,6 @@ async def stream_state(nc: NatsClient, stream: str) -> StreamState:
     """
     try:
         info = await jsapi.request(nc, f"STREAM.INFO.{stream}", None, _StreamInfo)
-    except jsapi.JetStreamApiError:
+    except JetStreamError:
         return StreamState()
     return info.state or StreamState()

@@ -7,6 +7,7 @@ import pytest
 from ebbtide.broker import headers, jsapi
 from ebbtide.broker.delivery import Incoming, parse_ack_subject
 from ebbtide.broker.publisher import ConfirmedPublisher, PublishError
+from ebbtide.errors import JetStreamError
 
 from .fakes import FakeNats
 
@@ -45,7 +46,7 @@ async def test_the_publisher_refuses_what_the_server_would_close_the_connection_
 
 
 def test_an_api_error_carries_the_servers_codes() -> None:
-    error = jsapi.JetStreamApiError("STREAM.INFO.DLQ", jsapi.ApiError(code=404, err_code=10059, description="stream not found"))
+    error = JetStreamError("STREAM.INFO.DLQ", "stream not found", code=404, err_code=10059)
     assert (error.code, error.err_code, error.description) == (404, 10059, "stream not found")
     assert str(error) == "STREAM.INFO.DLQ: stream not found (err_code 10059)"
 

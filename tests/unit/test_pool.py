@@ -56,7 +56,7 @@ async def test_a_worker_runs_each_message_on_its_instance_and_settles_it(tmp_pat
     assert stats.guest_faults == {"trap": 1}
     assert stats.instances_started == 2  # the worker's, and a fresh one after the trap
     assert stats.instances_stopped == 2  # the trapped one, and the last one at stop
-    assert stats.handle.count == 5 and len(pool.handle_times_us) == 5
+    assert stats.handle.count == 5  # each guest call recorded once
     assert consumers[0].closed and pool.in_flight == 0
 
 

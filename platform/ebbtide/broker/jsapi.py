@@ -11,6 +11,8 @@ from typing import TypeVar
 import msgspec
 from nats.aio.client import Client as NatsClient
 
+from ..errors import JetStreamError, UnreadableReply
+
 API_PREFIX = "$JS.API"
 API_TIMEOUT_S = 5.0
 
@@ -34,21 +36,6 @@ class ApiResponse(msgspec.Struct):
     error: ApiError | None = None
 
 
-class JetStreamApiError(Exception):
-    """The server answered a JetStream API request with an error."""
-
-    def __init__(self, subject: str, error: ApiError) -> None:
-        super().__init__(f"{subject}: {error.description} (err_code {error.err_code})")
-        self.subject = subject
-        self.code = error.code
-        self.err_code = error.err_code
-        self.description = error.description
-
-
-class UnreadableReply(Exception):
-    """The server's reply to a JetStream API request is not what the API says."""
-
-
 R = TypeVar("R", bound=ApiResponse)
 _decoders: dict[type, msgspec.json.Decoder] = {}
 
@@ -66,7 +53,7 @@ async def request(
 ) -> R:
     """Send `$JS.API.<subject>` and decode the reply.
 
-    Raises JetStreamApiError for an error reply, UnreadableReply for a reply that does not decode, and
+    Raises JetStreamError for an error reply, UnreadableReply for a reply that does not decode, and
     nats-py's NoRespondersError or TimeoutError when JetStream does not answer.
     """
     payload = msgspec.json.encode(body) if body is not None else b""
@@ -76,7 +63,7 @@ async def request(
     except msgspec.DecodeError:
         raise UnreadableReply(f"unreadable JetStream reply to {subject}: {msg.data[:200]!r}") from None
     if reply.error is not None:
-        raise JetStreamApiError(subject, reply.error)
+        raise JetStreamError(subject, reply.error.description, reply.error.code, reply.error.err_code)
     return reply
 
 

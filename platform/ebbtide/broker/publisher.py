@@ -17,12 +17,9 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from ..errors import PublishError
 from . import jsapi
 from .headers import H_MSG_ID, H_STATUS, message_size
-
-
-class PublishError(Exception):
-    """The server did not confirm a publish (error reply, no stream, or timeout)."""
 
 
 class PubAck(jsapi.ApiResponse):

@@ -27,6 +27,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from ..errors import FetchError
 from .headers import H_DESCRIPTION, H_STATUS
 from .jsapi import next_message_subject
 
@@ -36,10 +37,6 @@ HEARTBEAT = "100"
 LATE_MARGIN_S = 0.5  # beyond the server's expiry, before a fetch stops waiting on its own
 NAK = b"-NAK"
 NAK_CONFIRM_S = 2.0  # a hand-back not confirmed by then is left to the server's ack wait
-
-
-class FetchError(Exception):
-    """The server answered a pull request with an error status (e.g. 409 consumer deleted, 503 no JetStream)."""
 
 
 class PullConsumer:

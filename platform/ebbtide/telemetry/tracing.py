@@ -25,16 +25,13 @@ from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import Span, SpanKind, StatusCode, Tracer, set_span_in_context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from ..errors import TracingError
 from ..broker.delivery import Incoming
 from ..broker.headers import H_MSG_ID
 
 OTLP_ENDPOINT_ENV = "OTEL_EXPORTER_OTLP_ENDPOINT"
 
 _propagator = TraceContextTextMapPropagator()
-
-
-class TracingError(Exception):
-    pass
 
 
 def otlp_endpoint(configured: str) -> str:
