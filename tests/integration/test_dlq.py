@@ -11,7 +11,8 @@ from nats.aio.client import Client as NatsClient
 
 from ebbtide import dlq
 from ebbtide.broker import EmbeddedNats, provision
-from ebbtide.deadletter import H_ORIGINAL_SUBJECT, Reason, dead_letter_headers
+from ebbtide.broker.headers import H_ORIGINAL_SUBJECT
+from ebbtide.deadletter import Reason, dead_letter_headers
 from ebbtide.dlq import (
     H_REDRIVEN_FROM, DeadLetter, DeadLetterError, RedriveResult, format_detail, format_table, list_dead_letters,
     purge, redrive, show_dead_letter,

@@ -8,7 +8,7 @@ import pytest
 from nats.aio.client import Client as NatsClient
 
 from ebbtide.broker import EmbeddedNats
-from ebbtide.deadletter import H_ERROR, H_REASON
+from ebbtide.broker.headers import H_ERROR, H_REASON
 from ebbtide.host import Host
 from tests.conftest import chaos_manifest, provision_for, read_stream, wait_until
 

@@ -20,7 +20,7 @@ from nats.aio.client import Client as NatsClient
 
 from ebbtide.broker import ConfirmedPublisher, EmbeddedNats, publish_all
 from ebbtide.build import build_modules
-from ebbtide.deadletter import H_ERROR, H_FUNCTION
+from ebbtide.broker.headers import H_ERROR, H_FUNCTION
 from ebbtide.host import Host
 from ebbtide.manifest import LoadedManifest, load_manifest
 from ebbtide.workload.orders import INGRESS_SUBJECT, Order, encode_order, generate_orders

@@ -11,7 +11,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
 from ebbtide.broker import ConfirmedPublisher, EmbeddedNats, provision, publish_all
-from ebbtide.deadletter import H_ERROR, H_FUNCTION, H_ORIGINAL_SUBJECT, H_REASON
+from ebbtide.broker.headers import H_ERROR, H_FUNCTION, H_ORIGINAL_SUBJECT, H_REASON
 from ebbtide.host import Host
 from ebbtide.manifest import LoadedManifest, load_manifest
 from ebbtide.workload.orders import INGRESS_SUBJECT, Order, encode_order, generate_orders

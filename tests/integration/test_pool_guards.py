@@ -18,10 +18,9 @@ from nats.aio.msg import Msg
 
 from ebbtide.broker import EmbeddedNats, provision
 from ebbtide.broker.provision import ensure_stream, stream_configs
-from ebbtide.deadletter import H_DELIVERY_COUNT, H_ERROR, H_FAILED_AT, H_FIRST_FAILED_AT, H_REASON
+from ebbtide.broker.headers import H_INGRESS_AT, H_DELIVERY_COUNT, H_ERROR, H_FAILED_AT, H_FIRST_FAILED_AT, H_REASON
 from ebbtide.host import Host
 from ebbtide.manifest import LoadedManifest, parse_manifest
-from ebbtide.pool import INGRESS_AT
 from tests.conftest import chaos_manifest, read_stream, wait_until
 
 BACKOFF_MS = [300, 1200]
@@ -191,13 +190,13 @@ async def test_a_malformed_ingress_header_is_ignored(tmp_path: Path, nats_server
     async with Host(await provisioned(nc, chaos_manifest(tmp_path)), nats_server.url) as host:
         before = time.time_ns()
         for value in spoofed:
-            await js.publish("in.chaos", value.encode(), headers={INGRESS_AT: value})
+            await js.publish("in.chaos", value.encode(), headers={H_INGRESS_AT: value})
         out = await read_stream(nc, "TEST", "test.out", expected=len(spoofed))
         after = time.time_ns()
         stats = host.pools["chaos"].stats
     assert sorted(m.data for m in out) == sorted(v.encode() for v in spoofed)
     for msg in out:
-        carried = msg.headers[INGRESS_AT]
+        carried = msg.headers[H_INGRESS_AT]
         assert carried.isascii() and carried.isdigit() and before - 1_000_000_000 <= int(carried) <= after, (msg.data, carried)
     assert (stats.processed, stats.retried, stats.dead_lettered) == (len(spoofed), 0, 0)
 

@@ -16,7 +16,7 @@ import wasmtime
 from ebbtide.broker import EmbeddedNats, connect
 from ebbtide.broker.access import ServerAccess, embedded_server
 from ebbtide.cli import main as cli
-from ebbtide.deadletter import H_ERROR, H_REASON
+from ebbtide.broker.headers import H_ERROR, H_REASON
 from ebbtide.host import Host
 from ebbtide.launch import running
 from ebbtide.manifest import LoadedManifest, load_manifest, parse_manifest

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from ebbtide.broker import EmbeddedNats
-from ebbtide.deadletter import H_DELIVERY_COUNT, H_ERROR, H_ORIGINAL_MSG_ID, H_REASON
+from ebbtide.broker.headers import H_DELIVERY_COUNT, H_ERROR, H_ORIGINAL_MSG_ID, H_REASON
 from ebbtide.host import Host
 from tests.conftest import chaos_manifest, provision_for, read_stream
 from tests.reliability.conftest import (

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ebbtide.broker import EmbeddedNats
 from ebbtide.host import Host
-from ebbtide.deadletter import H_ORIGINAL_SIZE, H_ERROR, H_FUNCTION, H_ORIGINAL_MSG_ID, H_ORIGINAL_SUBJECT, H_REASON
+from ebbtide.broker.headers import H_ERROR, H_FUNCTION, H_ORIGINAL_MSG_ID, H_ORIGINAL_SIZE, H_ORIGINAL_SUBJECT, H_REASON
 from ebbtide.launch import running
 from ebbtide.manifest import LoadedManifest, load_manifest
 from ebbtide.workload.orders import INGRESS_SUBJECT, encode_order, generate_orders

@@ -1,12 +1,42 @@
-"""Broker: the NATS connection, the embedded server, confirmed publishes and provisioning."""
+"""Broker: everything that speaks NATS and JetStream.
 
-from .connection import NATS_URL_ENV, configured_url, connect
-from .embedded import EmbeddedNats, EmbeddedServerError, free_port
-from .provision import consumer_config, kv_stream_name, kv_subject, missing_provisioning, provision, provision_server
-from .publisher import ConfirmedPublisher, PubAck, PublishError, publish_all
+    access       which server and credentials (embedded or configured); no NATS client needed
+    auth         credentials and TLS of a connection (NatsAuth)
+    authorization  the generated users and their permissions (nats-config)
+    connection   connecting, reconnecting, losing the connection for good
+    embedded     the embedded nats-server process
+    names        KV stream and subject names
+    provision    streams, KV buckets, dead letters, durable consumers (admin)
+    jsapi        the raw JetStream API, one error type
+    headers      every header name
+    delivery     a delivered message: its metadata, ack / nak / in progress, keep-alive
+    pull         fetching batches from a durable pull consumer
+    publisher    confirmed publishes
 
-__all__ = [
-    "NATS_URL_ENV", "ConfirmedPublisher", "EmbeddedNats", "EmbeddedServerError", "PubAck",
-    "PublishError", "configured_url", "connect", "consumer_config", "free_port", "kv_stream_name", "kv_subject", "missing_provisioning",
-    "provision", "provision_server", "publish_all",
-]
+The names below are imported from their module on first use, so that a process that only supervises
+(or only reads the manifest) never loads the NATS client.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_HOMES = {
+    "NATS_URL_ENV": "access", "configured_url": "access",
+    "connect": "connection",
+    "EmbeddedNats": "embedded", "EmbeddedServerError": "embedded", "free_port": "embedded",
+    "kv_stream_name": "names", "kv_subject": "names",
+    "consumer_config": "provision", "missing_provisioning": "provision", "provision": "provision",
+    "provision_server": "provision",
+    "ConfirmedPublisher": "publisher", "PubAck": "publisher", "PublishError": "publisher", "publish_all": "publisher",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f".{home}", __name__), name)

@@ -7,6 +7,7 @@ embedded server: authorization generated from the manifest into <data_dir>/auth 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,8 +16,9 @@ from pathlib import Path
 from ..manifest import LoadedManifest
 from .auth import NatsAuth, client_auth
 from .authorization import AuthBundle, write_bundle
-from .connection import configured_url
 from .embedded import EmbeddedNats
+
+NATS_URL_ENV = "EBBTIDE_NATS_URL"
 
 AUTH_FOLDER = "auth"
 
@@ -83,3 +85,8 @@ def client_access(manifest: LoadedManifest, flag: str | None) -> ServerAccess:
     (as its admin user, when it has generated users)."""
     url = configured_url(manifest, flag)
     return external_access(manifest, url) if url is not None else embedded_client_access(manifest)
+
+
+def configured_url(manifest: LoadedManifest, flag: str | None = None) -> str | None:
+    """The NATS URL to use, or None for the embedded server. Precedence: flag, environment, manifest."""
+    return flag or os.environ.get(NATS_URL_ENV) or manifest.spec.nats.url or None

@@ -36,7 +36,7 @@ import nkeys
 from ..manifest import LoadedManifest, subject_matches
 from ..status import STATUS_REQUEST_SUBJECT, STATUS_SUBJECT_PREFIX
 from .auth import NatsAuth
-from .provision import kv_stream_name
+from .names import kv_stream_name
 
 ADMIN_USER = "admin"
 INGRESS_USER = "ingress"

@@ -4,25 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Callable
 
 import nats.errors
 from nats.aio.client import Client as NatsClient
 
-from ..manifest import LoadedManifest
 from .auth import NatsAuth
 
-NATS_URL_ENV = "EBBTIDE_NATS_URL"
 RETRY_WAIT_S = 0.25
 CLOSE_TIMEOUT_S = 5.0
 
 log = logging.getLogger("ebbtide.nats")
-
-
-def configured_url(manifest: LoadedManifest, flag: str | None = None) -> str | None:
-    """The NATS URL to use, or None for the embedded server. Precedence: flag, environment, manifest."""
-    return flag or os.environ.get(NATS_URL_ENV) or manifest.spec.nats.url or None
 
 
 async def connect(

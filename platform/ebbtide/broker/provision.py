@@ -18,18 +18,11 @@ from nats.js.errors import BadRequestError, NotFoundError
 from ..manifest import LoadedManifest, subject_matches
 from .auth import NatsAuth
 from .connection import connect
+from .names import kv_stream_name
 
 ERR_STREAM_NAME_IN_USE = 10058
 ERR_STREAM_NOT_FOUND = 10059
 KV_DUPLICATE_WINDOW_S = 120.0
-
-
-def kv_stream_name(bucket: str) -> str:
-    return f"KV_{bucket}"
-
-
-def kv_subject(bucket: str, key: str) -> str:
-    return f"$KV.{bucket}.{key}"
 
 
 def _storage(kind: str) -> api.StorageType:

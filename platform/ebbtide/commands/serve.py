@@ -18,10 +18,9 @@ from typing import TYPE_CHECKING
 
 import uvloop
 
-from ..broker.access import ServerAccess, client_access, embedded_server, external_access
+from ..broker.access import ServerAccess, client_access, configured_url, embedded_server, external_access
 from ..broker.auth import NatsAuth
 from ..broker.authorization import ADMIN_USER, INGRESS_ENV
-from ..broker.connection import configured_url
 from ..build import build_modules
 from ..errors import BuildError, ManifestError, UsageError
 from ..exit_codes import EXIT_FAILURE, EXIT_INTERRUPTED

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from . import implementations as impls
 from .harness import BurstResult, Harness
 from .report import BenchReport, Section
 from .options import BenchOptions
-from .stats import parse_rate, percentile, spread
+from .stats import percentile, spread
 from .sustained import bench_sustained
 
 

@@ -13,7 +13,7 @@ from ...manifest import LoadedManifest
 from .comparison import bench_comparison
 from .options import BenchOptions
 from .micro import bench_host, bench_memory
-from .report import BenchReport, Figure, Section
+from .report import BenchReport
 from .scale import bench_scale
 from .tracing import bench_tracing
 
