@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 
 from .errors import EffectRefused
-from .broker.provision import kv_subject
+from .broker.names import kv_subject
 from .manifest import FunctionSection, subject_matches
 from .runtime.abi import Effect, KvPut, Publish
 

@@ -14,11 +14,13 @@ settles each message: ack when every publish of it was confirmed; otherwise the 
 (`after_unconfirmed`): effects not confirmed are retried (or dead-lettered once retries are exhausted:
 a second, last round of confirmations), a dead letter not confirmed is nak'ed for later.
 
-Tracing observes, it does not steer: with a tracer, each message gets a trace object (telemetry/tracing.py)
+Tracing observes, it does not steer: with a tracer, each message gets a trace object (telemetry/message_trace.py)
 that is told what happened and gives the effects' headers; without one, nothing of it runs.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import asyncio
 import logging
@@ -37,7 +39,9 @@ from .outcome import (
     Ack, DeadLetter, Faulted, GuestResult, Outcome, Retry, after_guest, after_host_error, after_unconfirmed, check_input,
 )
 from .telemetry.histogram import END_TO_END_BUCKETS_S, HANDLE_BUCKETS_S, Histogram
-from .telemetry.tracing import MessageTrace, MessageTracer
+
+if TYPE_CHECKING:  # tracing's module (and OpenTelemetry) is loaded only when tracing is on
+    from .telemetry.message_trace import MessageTrace, MessageTracer
 
 log = logging.getLogger("ebbtide.pool")  # the name operators filter on: one log for a function's messages
 

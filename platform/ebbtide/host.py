@@ -8,10 +8,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from typing import TYPE_CHECKING
 
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
-from opentelemetry.sdk.trace import TracerProvider
 
 from .autoscale import PoolController
 from .broker import ConfirmedPublisher, connect, missing_provisioning
@@ -21,7 +21,11 @@ from .pool import FunctionPool
 from .build import BuildError, build_modules
 from .runtime import GuestInitError, ModuleLoadError, WasmEngine
 from .telemetry import HostSnapshot, PoolSnapshot, TelemetryServer, collect, render_metrics, tracing
-from .telemetry.otlp import OtlpMetricsPusher
+
+if TYPE_CHECKING:  # tracing and OTLP are loaded only when configured
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from .telemetry.otlp import OtlpMetricsPusher
 
 log = logging.getLogger("ebbtide.host")
 
@@ -54,8 +58,11 @@ class Host:
         otlp_endpoint = tracing.otlp_endpoint(telemetry.otlp_endpoint)
         self._owns_tracer_provider = tracer_provider is None
         self.tracer_provider = tracer_provider or tracing.tracer_provider(telemetry.trace_sample_ratio, otlp_endpoint, service)
-        self.metrics_pusher = (OtlpMetricsPusher.to_endpoint(lambda: collect(self.snapshot()), otlp_endpoint, service)
-                               if otlp_endpoint else None)
+        self.metrics_pusher: OtlpMetricsPusher | None = None
+        if otlp_endpoint:
+            from .telemetry.otlp import OtlpMetricsPusher
+
+            self.metrics_pusher = OtlpMetricsPusher.to_endpoint(lambda: collect(self.snapshot()), otlp_endpoint, service)
         self.stopping = False
         self.engine: WasmEngine | None = None
         self._reloading = asyncio.Lock()

@@ -13,12 +13,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
-from opentelemetry.trace import Tracer
 
 from .broker.delivery import Incoming, KeepAlive, nak_all
 from .broker.publisher import ConfirmedPublisher
@@ -29,7 +28,11 @@ from .manifest import LoadedManifest
 from .outcome import Declined, Effects, Faulted, GuestResult, Refused, TooLarge
 from .runtime import GuestFault, GuestLimits, InputTooLarge, Status, WasmEngine, decode_effects
 from .runtime.guests import Guest, GuestModule, load_guest_module, start_guest
-from .telemetry.tracing import MessageTracer
+
+if TYPE_CHECKING:  # OpenTelemetry is loaded only when tracing is on
+    from opentelemetry.trace import Tracer
+
+    from .telemetry.message_trace import MessageTracer
 
 log = logging.getLogger("ebbtide.pool")
 
@@ -77,7 +80,7 @@ class FunctionPool:
         self.stats = PoolStats()
         self.in_flight = 0  # messages fetched and not yet settled
         self.executor = Executor(name, fn, manifest.dead_letter_subject(name), publisher, self.stats,
-                                 MessageTracer(tracer, name) if tracer is not None else None)
+                                 _message_tracer(tracer, name) if tracer is not None else None)
         self._nc = nc
         self._open_consumer = open_consumer or self._pull_consumer
         self._workers: list[_Worker] = []
@@ -282,3 +285,9 @@ class _Worker:
                 self.instance = None  # release the Wasm memory now
                 pool.stats.instances_stopped += 1
             await self.consumer.close()
+
+
+def _message_tracer(tracer: Tracer, function: str) -> MessageTracer:
+    from .telemetry.message_trace import MessageTracer
+
+    return MessageTracer(tracer, function)

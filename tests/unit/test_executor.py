@@ -26,7 +26,7 @@ from ebbtide.executor import Executor, PoolStats
 from ebbtide.manifest import parse_manifest
 from ebbtide.outcome import Declined, Effects, Faulted, GuestResult, Refused
 from ebbtide.runtime import Status
-from ebbtide.telemetry.tracing import MessageTracer
+from ebbtide.telemetry.message_trace import MessageTracer
 
 from .fakes import FakeNats, nak_delay_s
 
