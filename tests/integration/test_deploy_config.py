@@ -44,7 +44,7 @@ from ebbtide.broker import EmbeddedNats, connect
 from ebbtide.broker.authorization import ADMIN_USER, INGRESS_ENV, OBSERVER_USER, SERVER_CONFIG, AuthBundle, inbox_prefix
 from ebbtide.broker.embedded import nats_server_binary
 from ebbtide.broker.names import kv_stream_name
-from ebbtide.broker.provision import consumer_config, provision
+from ebbtide.broker.provisioning import consumer_config, provision
 from ebbtide.manifest import LoadedManifest, parse_manifest
 from ebbtide.workload.orders import INGRESS_SUBJECT, encode_order, generate_orders
 from ebbtide.state import stream_state

@@ -17,7 +17,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
 from ebbtide.broker import EmbeddedNats, provision
-from ebbtide.broker.provision import ensure_stream, stream_configs
+from ebbtide.broker.provisioning import ensure_stream, stream_configs
 from ebbtide.broker.headers import H_INGRESS_AT, H_DELIVERY_COUNT, H_ERROR, H_FAILED_AT, H_FIRST_FAILED_AT, H_REASON
 from ebbtide.host import Host
 from ebbtide.manifest import LoadedManifest, parse_manifest

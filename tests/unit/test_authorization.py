@@ -13,7 +13,7 @@ from ebbtide.broker.auth import NatsAuth
 from ebbtide.broker.authorization import (
     INGRESS_ENV, function_permissions, inbox_prefix, ingress_permissions, observer_permissions, write_bundle,
 )
-from ebbtide.broker.provision import streams_needed
+from ebbtide.broker.provisioning import streams_needed
 from ebbtide.manifest import load_manifest
 
 REPO = Path(__file__).resolve().parents[2]

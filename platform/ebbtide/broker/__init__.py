@@ -6,7 +6,7 @@
     connection   connecting, reconnecting, losing the connection for good
     embedded     the embedded nats-server process
     names        KV stream and subject names
-    provision    streams, KV buckets, dead letters, durable consumers (admin)
+    provisioning streams, KV buckets, dead letters, durable consumers (admin)
     jsapi        the raw JetStream API, one error type
     headers      every header name
     delivery     a delivered message: its metadata, ack / nak / in progress, keep-alive
@@ -27,8 +27,8 @@ _HOMES = {
     "connect": "connection",
     "EmbeddedNats": "embedded", "EmbeddedServerError": "embedded", "free_port": "embedded",
     "kv_stream_name": "names", "kv_subject": "names",
-    "consumer_config": "provision", "missing_provisioning": "provision", "provision": "provision",
-    "provision_server": "provision",
+    "consumer_config": "provisioning", "missing_provisioning": "provisioning", "provision": "provisioning",
+    "provision_server": "provisioning",
     "ConfirmedPublisher": "publisher", "PubAck": "publisher", "PublishError": "publisher", "publish_all": "publisher",
 }
 

@@ -170,7 +170,7 @@ def run_command(args: argparse.Namespace, manifest: LoadedManifest) -> int:
 
 
 def provision_command(args: argparse.Namespace, manifest: LoadedManifest) -> int:
-    from ..broker.provision import provision_server, stream_configs
+    from ..broker.provisioning import provision_server, stream_configs
 
     server = client_access(manifest, args.nats_url)
     uvloop.run(provision_server(server.url, manifest, server.admin, give_up_after_s=None if args.wait else 5))

@@ -6,7 +6,7 @@
   from Python on the machine.
 
 Each runs as a process per role (`--role distributor|receiver-express|receiver-standard|all`) against
-streams and consumers provisioned beforehand (`ebbtide.broker.provision`), and prints `ready` on stdout once
+streams and consumers provisioned beforehand (`ebbtide.broker.provisioning`), and prints `ready` on stdout once
 its consumers are bound.
 """
 
