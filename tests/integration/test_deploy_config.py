@@ -43,7 +43,7 @@ from nats.aio.client import Client as NatsClient
 from ebbtide.broker import EmbeddedNats, connect
 from ebbtide.broker.authorization import ADMIN_USER, INGRESS_ENV, OBSERVER_USER, SERVER_CONFIG, AuthBundle, inbox_prefix
 from ebbtide.broker.embedded import nats_server_binary
-from ebbtide.broker.provision import consumer_config, kv_stream_name, provision
+from ebbtide.broker.provision import consumer_config, kv_stream_name
 from ebbtide.manifest import LoadedManifest, parse_manifest
 from ebbtide.orders import INGRESS_SUBJECT, encode_order, generate_orders
 from ebbtide.state import stream_state
@@ -61,6 +61,8 @@ DEPLOY_README = REPO / "deploy" / "README.md"
 # The one manual step before `kubectl apply -k` (deploy/README.md), run from the repository's root.
 K8S_AUTH_COMMAND = ["ebbtide", "--manifest", "deploy/kubernetes/ebbtide.toml", "nats-config", "--out", "deploy/kubernetes/auth"]
 AUTH_VOLUME = "nats-auth"  # compose's named volume and Kubernetes' Secret of generated credentials
+# Compose: the one-shot service that copies each generated file into the volume of the service using it.
+CREDENTIALS_SERVICE = "credentials"
 ADMIN_SECRET = "nats-admin"  # Kubernetes: the admin seed, for the provisioning Job alone
 PROMETHEUS_FILE = REPO / "deploy" / "prometheus.yml"
 LOCUSTFILE = REPO / "loadtest" / "locustfile.py"
@@ -105,8 +107,11 @@ def k8s(k8s_folder: Path) -> list[Obj]:
     return kustomize.render(k8s_folder)
 
 
-def run_auth_service(compose: Obj, app: Path, volumes: Path, views: Path) -> Path:
-    """Run compose's one-shot `nats-auth` service as written; the folder of its volume, which it filled."""
+def run_auth_services(compose: Obj, app: Path, volumes: Path, views: Path) -> Path:
+    """Run compose's one-shot `nats-auth`, then `credentials` (each file into its own service's volume), as
+    written; the folder of the volume `nats-auth`, which holds every generated file."""
+    if os.geteuid() != 0:  # CI runs as root
+        pytest.skip("the compose service `credentials` runs as root (it gives each file to its reader's uid)")
     service = compose["services"]["nats-auth"]
     view = ContainerView(views / "nats-auth")
     mounts.compose_mounts(view, service, REPO, volumes)
@@ -114,7 +119,26 @@ def run_auth_service(compose: Obj, app: Path, volumes: Path, views: Path) -> Pat
     done = subprocess.run(entrypoints.local_command(command), cwd=app, capture_output=True, text=True, timeout=60,
                           env={"PATH": os.environ.get("PATH", ""), "HOME": str(app)})
     assert done.returncode == 0, done.stdout + done.stderr
+    service = compose["services"][CREDENTIALS_SERVICE]
+    assert service["user"] == "root"
+    view = ContainerView(views / CREDENTIALS_SERVICE)
+    mounts.compose_mounts(view, service, REPO, volumes)
+    [script] = service["command"]
+    command = [*service["entrypoint"], view.localize_text(mounts.unescape_compose(script))]
+    done = subprocess.run(entrypoints.local_command(command), cwd=app, capture_output=True, text=True, timeout=60,
+                          env={"PATH": os.environ.get("PATH", "")})
+    assert done.returncode == 0, done.stdout + done.stderr
     return volumes / AUTH_VOLUME
+
+
+def named_volumes(service: Obj) -> dict[str, str]:
+    """A compose service's named volumes (not bind mounts): mount point -> volume name."""
+    found = {}
+    for entry in service.get("volumes", []):
+        source, target, *_ = str(entry).split(":")
+        if not source.startswith((".", "/")):
+            found[target] = source
+    return found
 
 
 def public_key(seed_file: Path) -> str:
@@ -311,6 +335,41 @@ def test_each_pod_sees_only_its_own_credentials(k8s: list[Obj], manifest: Loaded
     assert secret_items(statefulset["spec"]["template"]["spec"]) <= {(AUTH_VOLUME, SERVER_CONFIG)}, "NATS: the users only"
 
 
+def test_each_compose_service_sees_only_its_own_credentials(tmp_path: Path, compose: Obj, image: dockerfile_reader.Dockerfile,
+                                                            reference_manifest: LoadedManifest) -> None:
+    """`nats-auth` and `credentials` run as written, then every service's volumes laid out as its container
+    sees them: a function its own seed and nothing else, `provision` the admin seed alone, Locust the
+    ingress password and the observer seed, NATS the users; each a copy of the generated file, mode 0600,
+    owned by the user its container runs as. The admin seed: nowhere else but where it is generated."""
+    app = entrypoints.image_root(tmp_path / "app", (REPO / "ebbtide.toml").read_text(), reference_manifest.build_dir / "wasm")
+    volumes = tmp_path / "volumes"
+    generated = run_auth_services(compose, app, volumes, tmp_path / "views")
+    image_uid = int(image.user(RUNTIME_STAGE).split(":")[0])
+    functions = {name: fn for name, (fn, _) in function_services(compose).items()}
+    expected = {name: {f"{fn}.nk"} for name, fn in functions.items()}
+    expected |= {"provision": {f"{ADMIN_USER}.nk"}, "locust": {INGRESS_ENV, f"{OBSERVER_USER}.nk"}, "nats": {SERVER_CONFIG}}
+    seen: dict[str, set[str]] = {}
+    for name, service in compose["services"].items():
+        if name in ("nats-auth", CREDENTIALS_SERVICE):
+            continue
+        view = ContainerView(tmp_path / "views" / f"seen-by-{name}")
+        mounts.compose_mounts(view, service, REPO, volumes)
+        files = [path for target in named_volumes(service) for path in Path(view.local(target)).rglob("*") if path.is_file()]
+        seen[name] = {path.name for path in files}
+        for path in files:
+            assert path.read_bytes() == (generated / path.name).read_bytes(), (name, path.name)
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, (name, path.name)
+            assert path.stat().st_uid == (0 if name == "nats" else image_uid), (name, path.name)
+        # The credential it is told to use is one of those it sees.
+        env = service.get("environment", {})
+        for variable in ("EBBTIDE_NATS_NKEY_SEED_FILE", "EBBTIDE_E2E_NKEY_SEED_FILE"):
+            if variable in env:
+                assert Path(view.local(env[variable])).is_file(), (name, variable)
+    assert {name: files for name, files in seen.items() if files} == expected
+    holders = {name for name, service in compose["services"].items() if AUTH_VOLUME in named_volumes(service).values()}
+    assert holders == {"nats-auth", CREDENTIALS_SERVICE}, "the volume of every generated file"
+
+
 def base64_text(value: str) -> str:
     return base64.b64decode(value).decode()
 
@@ -340,7 +399,7 @@ def test_nats_configurations_are_valid_with_the_generated_users(k8s: list[Obj], 
 
     app = entrypoints.image_root(tmp_path / "app", (REPO / "ebbtide.toml").read_text(), reference_manifest.build_dir / "wasm")
     volumes = tmp_path / "volumes"
-    run_auth_service(compose, app, volumes, tmp_path / "views")
+    run_auth_services(compose, app, volumes, tmp_path / "views")
     service = compose["services"]["nats"]
     compose_view = ContainerView(tmp_path / "views" / "nats")
     mounts.compose_mounts(compose_view, service, REPO, volumes)
@@ -348,7 +407,8 @@ def test_nats_configurations_are_valid_with_the_generated_users(k8s: list[Obj], 
     done = check(compose_config)
     assert done.returncode == 0, done.stdout + done.stderr
     # The check is real: without the generated users the configuration is refused.
-    (volumes / AUTH_VOLUME / SERVER_CONFIG).rename(volumes / AUTH_VOLUME / "moved.conf")
+    [users_volume] = [name for name in named_volumes(service).values() if (volumes / name / SERVER_CONFIG).exists()]
+    (volumes / users_volume / SERVER_CONFIG).rename(volumes / users_volume / "moved.conf")
     assert check(compose_config).returncode != 0
 
 
@@ -410,30 +470,37 @@ def test_names_and_ports_agree_across_manifest_compose_and_kubernetes(
     # Authentication: the generated users are included from the volume filled by the one-shot service.
     include = re.search(r"^include (\S+)$", compose_conf, re.M)
     assert include, "compose's nats.conf includes the generated authorization"
-    assert nats_mounts[str(Path(config_path).parent / Path(include.group(1)).parent)] == AUTH_VOLUME
     assert Path(include.group(1)).name == SERVER_CONFIG
     auth_service = compose["services"]["nats-auth"]
     assert auth_service["command"][:3] == ["ebbtide", "nats-config", "--out"]
-    auth_mounts = {target: source for source, target, *_ in (str(v).split(":") for v in auth_service["volumes"])}
-    assert auth_mounts == {auth_service["command"][3]: AUTH_VOLUME}
+    assert named_volumes(auth_service) == {auth_service["command"][3]: AUTH_VOLUME}
     assert auth_service["build"]["target"] == RUNTIME_STAGE and auth_service["restart"] == "no"
-    assert nats["depends_on"] == {"nats-auth": {"condition": "service_completed_successfully"}}
-    # Who reads the files (mode 0600, written as the image's user): the nats image runs as root, every other
-    # service as the image's user (no `user:` override), which owns the volume through the image's folder.
+    credentials = compose["services"][CREDENTIALS_SERVICE]
+    assert credentials["depends_on"] == {"nats-auth": {"condition": "service_completed_successfully"}}
+    assert credentials["build"]["target"] == RUNTIME_STAGE and credentials["restart"] == "no"
+    assert nats["depends_on"] == {CREDENTIALS_SERVICE: {"condition": "service_completed_successfully"}}
+    # Who writes and reads the files (mode 0600): `nats-auth` as the image's user, which owns the volume
+    # through the image's folder; `credentials` as root gives each copy to its reader (tested by
+    # test_each_compose_service_sees_only_its_own_credentials): nats runs as root in its image, every
+    # other service as the image's user (no `user:` override).
     owner = image.user(RUNTIME_STAGE)
     assert image.user("loadtest") == owner
     runs = " && ".join(image.stage(RUNTIME_STAGE).all("RUN"))
     assert re.search(rf"useradd [^&]*--uid {owner.split(':')[0]} [^&]* ebbtide\b", runs)
     assert re.search(rf"chown -R ebbtide:ebbtide [^&]*{auth_service['command'][3]}\b", runs), "the image's /auth is its user's"
     for name, service in compose["services"].items():
-        if any(str(v).startswith(f"{AUTH_VOLUME}:") for v in service.get("volumes", [])) and name != "nats":
+        if name not in ("nats", CREDENTIALS_SERVICE) and named_volumes(service):
             assert "user" not in service and service["build"]["target"] in (RUNTIME_STAGE, "loadtest"), name
+    provisioning = compose["services"]["provision"]
+    assert provisioning["command"] == ["ebbtide", "provision"] and provisioning["restart"] == "no"
+    assert host_port(provisioning["environment"]["EBBTIDE_NATS_URL"]) == ("nats", embedded.port)
+    assert provisioning["depends_on"] == {"nats": {"condition": "service_healthy"}}
     for name, (fn, service) in services.items():
         env = service["environment"]
         assert host_port(env["EBBTIDE_NATS_URL"]) == ("nats", embedded.port), name
         assert env["EBBTIDE_NATS_INBOX_PREFIX"] == inbox_prefix(fn), name
-        seed = Path(env["EBBTIDE_NATS_NKEY_SEED_FILE"])
-        assert seed.name == f"{fn}.nk" and f"{AUTH_VOLUME}:{seed.parent}:ro" in service["volumes"], name
+        assert Path(env["EBBTIDE_NATS_NKEY_SEED_FILE"]).name == f"{fn}.nk", name
+        assert service["depends_on"]["provision"]["condition"] == "service_completed_successfully", name
         assert int(env["EBBTIDE_METRICS_PORT"]) == metrics_port and env["EBBTIDE_METRICS_HOST"] == "0.0.0.0"
         otlp_host, otlp_port = host_port(env["OTEL_EXPORTER_OTLP_ENDPOINT"])
         assert otlp_host in compose["services"] and otlp_port == 4318, "OTLP/HTTP of the trace viewer"
@@ -610,7 +677,7 @@ def assert_each_function_has_its_own_user(monitor_urls: list[str], auth: AuthBun
     for launch in launches:
         assert users[public_key(Path(launch.env["EBBTIDE_NATS_NKEY_SEED_FILE"]))] >= 1, launch.label
     allowed = {public_key(Path(launch.env["EBBTIDE_NATS_NKEY_SEED_FILE"])) for launch in launches}
-    allowed |= {public_key(auth.seed_file(ADMIN_USER)), auth.ingress().user}
+    allowed |= {public_key(auth.seed_file(ADMIN_USER)), public_key(auth.seed_file(OBSERVER_USER)), auth.ingress().user}
     assert set(users) <= allowed, users
 
 
@@ -646,12 +713,12 @@ async def test_compose_services_run_here_as_written(
     assert image.workdir(RUNTIME_STAGE) == "/app"
     manifest = parse_manifest((app / "ebbtide.toml").read_text(), app / "ebbtide.toml")
     volumes, views = tmp_path / "volumes", tmp_path / "views"
-    auth = AuthBundle(run_auth_service(compose, app, volumes, views / "first"))
+    auth = AuthBundle(run_auth_services(compose, app, volumes, views / "first"))
     generated = {p.name: p.read_bytes() for p in auth.folder.iterdir()}
     assert set(generated) == {SERVER_CONFIG, INGRESS_ENV, f"{ADMIN_USER}.nk", f"{OBSERVER_USER}.nk",
                               *(f"{fn}.nk" for fn in manifest.spec.functions)}
     assert {stat.S_IMODE(p.stat().st_mode) for p in auth.folder.iterdir()} == {0o600}
-    run_auth_service(compose, app, volumes, views / "again")  # the next `docker compose up`: same keys
+    run_auth_services(compose, app, volumes, views / "again")  # the next `docker compose up`: same keys
     assert {p.name: p.read_bytes() for p in auth.folder.iterdir()} == generated
 
     nats_service = compose["services"]["nats"]
@@ -667,9 +734,8 @@ async def test_compose_services_run_here_as_written(
         nc = await connect(url, "deploy-test", give_up_after_s=10, auth=auth.admin())
         ingress = await connect(url, "deploy-test-ingress", give_up_after_s=10, auth=auth.ingress())
         try:
-            # Functions no longer provision (issue 16): as admin, what compose's one-shot provisioning
-            # service is to do once docker-compose.yml has one.
-            await provision(nc.jetstream(), manifest)
+            # Functions may not provision (issue 16): the one-shot service `provision` does, before them.
+            await run_provision_service(compose, app, volumes, views, url, image)
             launches = []
             for name, (_, service) in function_services(compose).items():
                 for replica in range(service.get("deploy", {}).get("replicas", 1)):
@@ -703,9 +769,23 @@ async def test_compose_services_run_here_as_written(
     assert not (app / "functions").exists() and (app / "build" / "cache").is_dir(), "built modules only, cache written"
 
 
+async def run_provision_service(compose: Obj, app: Path, volumes: Path, views: Path, url: str,
+                                image: dockerfile_reader.Dockerfile) -> None:
+    """The one-shot compose service `provision` as written (command, environment, its mounts: the admin seed
+    alone), to completion, as compose runs it before the functions."""
+    service = compose["services"]["provision"]
+    view = ContainerView(views / "provision")
+    mounts.compose_mounts(view, service, REPO, volumes)
+    env = {key: view.local(value) for key, value in localized(service["environment"], image.env(RUNTIME_STAGE), url, 0, "").items()}
+    launch = Launch("compose provision", service["command"], env)
+    entrypoints.start(launch, app, views)
+    assert launch.process is not None
+    assert await asyncio.to_thread(launch.process.wait, 60) == 0, launch.log_tail()
+
+
 async def run_locust_headless(compose: Obj, image: dockerfile_reader.Dockerfile, root: Path, volumes: Path, url: str) -> None:
     """A short headless run of the `locust` service against the pipeline: every publish acked (as `ingress`)
-    and every order seen in its outbox (as `admin`)."""
+    and every order seen in its outbox (as the read-only `observer`)."""
     view = ContainerView(root / "views" / "locust-headless")
     mounts.compose_mounts(view, compose["services"]["locust"], REPO, volumes)
     results = root / "locust-headless"
@@ -806,7 +886,7 @@ async def test_locust_service_runs_here_as_written(tmp_path: Path, compose: Obj,
     address, the UI's address and port and the mount paths are local."""
     image_app = entrypoints.image_root(tmp_path / "app", (REPO / "ebbtide.toml").read_text(), reference_manifest.build_dir / "wasm")
     volumes = tmp_path / "volumes"
-    run_auth_service(compose, image_app, volumes, tmp_path / "views")
+    run_auth_services(compose, image_app, volumes, tmp_path / "views")
     view = ContainerView(tmp_path / "views" / "locust")
     mounts.compose_mounts(view, compose["services"]["locust"], REPO, volumes)
     port = entrypoints.free_port()
