@@ -348,24 +348,24 @@ def test_each_compose_service_sees_only_its_own_credentials(tmp_path: Path, comp
     functions = {name: fn for name, (fn, _) in function_services(compose).items()}
     expected = {name: {f"{fn}.nk"} for name, fn in functions.items()}
     expected |= {"provision": {f"{ADMIN_USER}.nk"}, "locust": {INGRESS_ENV, f"{OBSERVER_USER}.nk"}, "nats": {SERVER_CONFIG}}
-    seen: dict[str, set[str]] = {}
+    seen: dict[str, list[Path]] = {}
     for name, service in compose["services"].items():
         if name in ("nats-auth", CREDENTIALS_SERVICE):
             continue
         view = ContainerView(tmp_path / "views" / f"seen-by-{name}")
         mounts.compose_mounts(view, service, REPO, volumes)
-        files = [path for target in named_volumes(service) for path in Path(view.local(target)).rglob("*") if path.is_file()]
-        seen[name] = {path.name for path in files}
-        for path in files:
-            assert path.read_bytes() == (generated / path.name).read_bytes(), (name, path.name)
-            assert stat.S_IMODE(path.stat().st_mode) == 0o600, (name, path.name)
-            assert path.stat().st_uid == (0 if name == "nats" else image_uid), (name, path.name)
+        seen[name] = [path for target in named_volumes(service) for path in Path(view.local(target)).rglob("*") if path.is_file()]
         # The credential it is told to use is one of those it sees.
         env = service.get("environment", {})
         for variable in ("EBBTIDE_NATS_NKEY_SEED_FILE", "EBBTIDE_E2E_NKEY_SEED_FILE"):
             if variable in env:
                 assert Path(view.local(env[variable])).is_file(), (name, variable)
-    assert {name: files for name, files in seen.items() if files} == expected
+    assert {name: {path.name for path in files} for name, files in seen.items() if files} == expected
+    for name, files in seen.items():
+        for path in files:
+            assert path.read_bytes() == (generated / path.name).read_bytes(), (name, path.name)
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, (name, path.name)
+            assert path.stat().st_uid == (0 if name == "nats" else image_uid), (name, path.name)
     holders = {name for name, service in compose["services"].items() if AUTH_VOLUME in named_volumes(service).values()}
     assert holders == {"nats-auth", CREDENTIALS_SERVICE}, "the volume of every generated file"
 
@@ -609,10 +609,10 @@ def test_locustfile_agrees_with_the_manifest(manifest: LoadedManifest, compose: 
     assert host_port(command[command.index("--host") + 1]) == ("nats", manifest.spec.embedded.port)
     assert published(locust["ports"]) == {8089: 8089}
     assert locust["build"]["target"] == "loadtest" and image.cmd("loadtest") == command
-    # It publishes as `ingress` (the env file sourced by the entrypoint) and times orders as `admin`.
-    [auth_dir] = [target for source, target, *_ in (str(v).split(":") for v in locust["volumes"]) if source == AUTH_VOLUME]
+    # It publishes as `ingress` (the env file sourced by the entrypoint) and times orders as `observer`.
+    [auth_dir] = named_volumes(locust)
     assert f". {auth_dir}/{INGRESS_ENV} " in " ".join(locust["entrypoint"]) + " "
-    assert locust["environment"]["EBBTIDE_E2E_NKEY_SEED_FILE"] == f"{auth_dir}/{ADMIN_USER}.nk"
+    assert locust["environment"]["EBBTIDE_E2E_NKEY_SEED_FILE"] == f"{auth_dir}/{OBSERVER_USER}.nk"
 
 
 # -- the entry points, run here ---------------------------------------------------------------------------
