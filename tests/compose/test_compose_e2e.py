@@ -159,7 +159,7 @@ async def test_orders_from_the_host_stored_exactly_once_and_poison_dead_lettered
 
 def test_each_container_sees_only_its_own_credentials(stack: Stack) -> None:
     """What the containers of the running project hold at their credentials mount: a function replica its
-    own seed, Locust the ingress password and the observer seed, NATS the users (no seed), `provision`
+    own seed and the metrics token, Locust the ingress password and the observer seed, NATS the users (no seed), `provision`
     (finished: a new container of it) the admin seed. The admin seed is nowhere else."""
     project = stack.project
 
@@ -168,7 +168,7 @@ def test_each_container_sees_only_its_own_credentials(stack: Stack) -> None:
 
     for service in project.function_services():
         for container in project.containers(service):
-            assert listing(container.id, "/auth") == [f"{service}.nk"], (service, container.id)
+            assert listing(container.id, "/auth") == sorted([f"{service}.nk", "metrics.token"]), (service, container.id)
     [locust] = project.containers("locust")
     assert listing(locust.id, "/auth") == ["ingress.env", "observer.nk"]
     [nats_server] = project.containers("nats")
@@ -178,6 +178,7 @@ def test_each_container_sees_only_its_own_credentials(stack: Stack) -> None:
 
 
 async def test_every_function_replica_is_a_healthy_prometheus_target(stack: Stack) -> None:
+    """Each replica a target Prometheus scrapes (with the metrics token), `up`; none answers without it."""
     functions = stack.project.function_services()
     replicas = {c.ip: c.service for s in functions for c in stack.project.containers(s)}
     assert len(replicas) == sum(stack.project.expected_replicas(s) for s in functions) >= 5, replicas
@@ -192,6 +193,13 @@ async def test_every_function_replica_is_a_healthy_prometheus_target(stack: Stac
     while (seen := scraped()) != want:
         assert time.monotonic() < deadline, f"Prometheus targets {seen}, want {want}"
         await asyncio.sleep(1)
+    # Up with the bearer token it sends: without one, a replica's /metrics refuses (asked from inside it).
+    for service in functions:
+        port = stack.project.services[service]["environment"]["EBBTIDE_METRICS_PORT"]
+        ask = (f"import urllib.request, urllib.error\ntry: urllib.request.urlopen('http://127.0.0.1:{port}/metrics', timeout=5)\n"
+               "except urllib.error.HTTPError as refused: print(refused.code)")
+        container = stack.project.containers(service)[0]
+        assert run(["docker", "exec", container.id, "python", "-c", ask], 30).stdout.strip() == "401", service
 
 
 async def test_traces_of_every_function_reached_the_otlp_endpoint(stack: Stack) -> None:

@@ -65,6 +65,8 @@ AUTH_VOLUME = "nats-auth"  # compose's named volume and Kubernetes' Secret of ge
 CREDENTIALS_SERVICE = "credentials"
 ADMIN_SECRET = "nats-admin"  # Kubernetes: the admin seed, for the provisioning Job alone
 PROMETHEUS_FILE = REPO / "deploy" / "prometheus.yml"
+METRICS_TOKEN = "metrics.token"  # compose: made by `credentials` for the functions' /metrics and Prometheus
+NOBODY_UID = 65534  # prom/prometheus runs as nobody
 LOCUSTFILE = REPO / "loadtest" / "locustfile.py"
 RUNTIME_STAGE = "runtime"
 # Written in the files as addresses of a container network; the tests replace them by local ones.
@@ -346,8 +348,9 @@ def test_each_compose_service_sees_only_its_own_credentials(tmp_path: Path, comp
     generated = run_auth_services(compose, app, volumes, tmp_path / "views")
     image_uid = int(image.user(RUNTIME_STAGE).split(":")[0])
     functions = {name: fn for name, (fn, _) in function_services(compose).items()}
-    expected = {name: {f"{fn}.nk"} for name, fn in functions.items()}
-    expected |= {"provision": {f"{ADMIN_USER}.nk"}, "locust": {INGRESS_ENV, f"{OBSERVER_USER}.nk"}, "nats": {SERVER_CONFIG}}
+    expected = {name: {f"{fn}.nk", METRICS_TOKEN} for name, fn in functions.items()}
+    expected |= {"provision": {f"{ADMIN_USER}.nk"}, "locust": {INGRESS_ENV, f"{OBSERVER_USER}.nk"}, "nats": {SERVER_CONFIG},
+                 "prometheus": {METRICS_TOKEN}}
     seen: dict[str, list[Path]] = {}
     for name, service in compose["services"].items():
         if name in ("nats-auth", CREDENTIALS_SERVICE):
@@ -361,11 +364,17 @@ def test_each_compose_service_sees_only_its_own_credentials(tmp_path: Path, comp
             if variable in env:
                 assert Path(view.local(env[variable])).is_file(), (name, variable)
     assert {name: {path.name for path in files} for name, files in seen.items() if files} == expected
+    tokens = set()
     for name, files in seen.items():
         for path in files:
-            assert path.read_bytes() == (generated / path.name).read_bytes(), (name, path.name)
+            if path.name == METRICS_TOKEN:
+                tokens.add(path.read_text())
+            else:
+                assert path.read_bytes() == (generated / path.name).read_bytes(), (name, path.name)
             assert stat.S_IMODE(path.stat().st_mode) == 0o600, (name, path.name)
-            assert path.stat().st_uid == (0 if name == "nats" else image_uid), (name, path.name)
+            assert path.stat().st_uid == {"nats": 0, "prometheus": NOBODY_UID}.get(name, image_uid), (name, path.name)
+    [token] = tokens
+    assert re.fullmatch(r"[0-9a-f]{64}", token), "32 random bytes, one token for every function and Prometheus"
     holders = {name for name, service in compose["services"].items() if AUTH_VOLUME in named_volumes(service).values()}
     assert holders == {"nats-auth", CREDENTIALS_SERVICE}, "the volume of every generated file"
 
@@ -481,15 +490,15 @@ def test_names_and_ports_agree_across_manifest_compose_and_kubernetes(
     assert nats["depends_on"] == {CREDENTIALS_SERVICE: {"condition": "service_completed_successfully"}}
     # Who writes and reads the files (mode 0600): `nats-auth` as the image's user, which owns the volume
     # through the image's folder; `credentials` as root gives each copy to its reader (tested by
-    # test_each_compose_service_sees_only_its_own_credentials): nats runs as root in its image, every
-    # other service as the image's user (no `user:` override).
+    # test_each_compose_service_sees_only_its_own_credentials): nats runs as root in its image, Prometheus
+    # as nobody in its own, every other service as the image's user (no `user:` override).
     owner = image.user(RUNTIME_STAGE)
     assert image.user("loadtest") == owner
     runs = " && ".join(image.stage(RUNTIME_STAGE).all("RUN"))
     assert re.search(rf"useradd [^&]*--uid {owner.split(':')[0]} [^&]* ebbtide\b", runs)
     assert re.search(rf"chown -R ebbtide:ebbtide [^&]*{auth_service['command'][3]}\b", runs), "the image's /auth is its user's"
     for name, service in compose["services"].items():
-        if name not in ("nats", CREDENTIALS_SERVICE) and named_volumes(service):
+        if name not in ("nats", "prometheus", CREDENTIALS_SERVICE) and named_volumes(service):
             assert "user" not in service and service["build"]["target"] in (RUNTIME_STAGE, "loadtest"), name
     provisioning = compose["services"]["provision"]
     assert provisioning["command"] == ["ebbtide", "provision"] and provisioning["restart"] == "no"
@@ -513,6 +522,11 @@ def test_names_and_ports_agree_across_manifest_compose_and_kubernetes(
     assert sorted(n for sd in dns for n in sd["names"]) == sorted(services) and {sd["port"] for sd in dns} == {metrics_port}
     prometheus = compose["services"]["prometheus"]
     assert any(v.startswith("./deploy/prometheus.yml:") for v in prometheus["volumes"])
+    [function_job] = [job for job in scrape if job.get("dns_sd_configs")]
+    token_file = Path(function_job["authorization"]["credentials_file"])
+    assert function_job["authorization"].get("type", "Bearer") == "Bearer" and token_file.name == METRICS_TOKEN
+    assert str(token_file.parent) in named_volumes(prometheus)
+    assert prometheus["depends_on"] == {CREDENTIALS_SERVICE: {"condition": "service_completed_successfully"}}
 
     # Kubernetes: the NATS services and configuration, each Deployment and its ScaledObject
     services_k8s = of_kind(k8s, "Service")
@@ -681,18 +695,31 @@ def assert_each_function_has_its_own_user(monitor_urls: list[str], auth: AuthBun
     assert set(users) <= allowed, users
 
 
+def assert_metrics_need_the_token(launches: list[Launch], token: str) -> None:
+    """Each function's /metrics: 401 without a token, 200 with the token Prometheus sends."""
+    for launch in launches:
+        url = f"http://127.0.0.1:{launch.metrics_port}/metrics"
+        assert entrypoints.http_status(url) == 401, launch.label
+        with urllib.request.urlopen(urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"}), timeout=5) as reply:
+            assert reply.status == 200 and b"ebbtide_" in reply.read(), launch.label
+
+
 def wait_for_server(cluster: ConfiguredCluster) -> Awaitable[None]:
     return wait_until(lambda: asyncio.to_thread(cluster.ready), timeout=60, interval=0.2)
 
 
+def entrypoint(service: Obj, view: ContainerView) -> list[str]:
+    """A compose service's entrypoint as written (a shell, compose's `$$` read as `$`), mount paths local."""
+    return [view.localize_text(mounts.unescape_compose(arg)) for arg in service.get("entrypoint", [])]
+
+
 def locust_launch(compose: Obj, image: dockerfile_reader.Dockerfile, view: ContainerView, url: str, extra: list[str]) -> Launch:
-    """The compose `locust` service as written: its entrypoint (shell, compose's `$$` read as `$`) and command,
-    with the NATS address local and mount paths in the container view."""
+    """The compose `locust` service as written: its entrypoint and command, with the NATS address local and
+    mount paths in the container view."""
     service = compose["services"]["locust"]
-    command = [view.localize_text(mounts.unescape_compose(arg)) for arg in service.get("entrypoint", [])]
     written = list(service["command"])
     written[written.index("--host") + 1] = url
-    command += written + extra
+    command = entrypoint(service, view) + written + extra
     env = localized(service.get("environment", {}), image.env("loadtest"), url, 0, "") | {"NATS_URL": url}
     env = {key: view.local(value) for key, value in env.items()}
     return Launch("compose locust", command, env)
@@ -744,11 +771,14 @@ async def test_compose_services_run_here_as_written(
                     port = entrypoints.free_port()
                     env = localized(service["environment"], image.env(RUNTIME_STAGE), url, port, collector.endpoint)
                     env = {key: view.local(value) for key, value in env.items()}
-                    launches.append(Launch(f"compose {name} #{replica + 1}", service["command"], env, port))
+                    launches.append(Launch(f"compose {name} #{replica + 1}", entrypoint(service, view) + service["command"], env, port))
 
             async def while_running() -> None:
                 monitors = [f"http://127.0.0.1:{server.monitor_ports[0]}"]
                 await asyncio.to_thread(assert_each_function_has_its_own_user, monitors, auth, launches)
+                [prometheus_volume] = named_volumes(compose["services"]["prometheus"]).values()
+                token = (volumes / prometheus_volume / METRICS_TOKEN).read_text()
+                await asyncio.to_thread(assert_metrics_need_the_token, launches, token)
                 await run_locust_headless(compose, image, tmp_path, volumes, url)
 
             codes = await run_pipeline(launches, app, tmp_path, nc, ingress, manifest, image, while_running=while_running)
