@@ -7,9 +7,10 @@ stand-ins with the compose file's image names (deploy/ci-standins/; Jaeger's is 
 
 One project (own name, free host ports) for the module; the tests run in file order and share its
 ledger of published orders, so each checks the outboxes against everything published so far:
-orders and poison -> exactly once / DLQ; Prometheus targets; traces; a receiver replica killed and NATS
-restarted mid-run; Locust headless (last: its orders are its own). `docker compose down -v` at the end,
-always; the images built here are removed unless EBBTIDE_E2E_KEEP_IMAGES=1 (they are ~1 GB).
+orders and poison -> exactly once / DLQ; each container's credentials its own; Prometheus targets;
+traces; a receiver replica killed and NATS restarted mid-run; Locust headless (last: its orders are its
+own). `docker compose down -v` at the end, always; the images built here are removed unless
+EBBTIDE_E2E_KEEP_IMAGES=1 (they are ~1 GB).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from ebbtide.workload.orders import INGRESS_SUBJECT, generate_orders
 from tests.compose.project import ComposeProject, image_ids, remove_images, run, why_not_runnable
 from tests.conftest import REPO
 from tests.reliability.conftest import (
-    PublishStats, dead_letter_accounting, expected_outbox, finished_run, publish_reliably, subject_counts, with_invalid,
+    PublishStats, account, dead_letter_accounting, expected_outbox, finished_run, publish_reliably, subject_counts, with_invalid,
 )
 
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -136,7 +137,9 @@ async def check_ledger(stack: Stack, what: str) -> None:
     admin = await connect(stack.nats_url, nkeys_seed=str(stack.admin_seed))
     try:
         expected = expected_outbox(stack.orders)
-        outbox, letters = await finished_run(admin, expected, len(stack.invalid_ids), what)
+        await finished_run(admin, expected, len(stack.invalid_ids), what)
+        # The functions keep running: a write still on its way would show up in a later phase's ledger.
+        outbox, letters = await account(admin, expected)
         outbox.check()
         assert outbox.extra_writes == 0, outbox.writes
         for bucket, ids in expected.items():
@@ -154,7 +157,28 @@ async def test_orders_from_the_host_stored_exactly_once_and_poison_dead_lettered
     stack.timings["orders"] = time.monotonic() - started
 
 
+def test_each_container_sees_only_its_own_credentials(stack: Stack) -> None:
+    """What the containers of the running project hold at their credentials mount: a function replica its
+    own seed and the metrics token, Locust the ingress password and the observer seed, NATS the users (no seed), `provision`
+    (finished: a new container of it) the admin seed. The admin seed is nowhere else."""
+    project = stack.project
+
+    def listing(container_id: str, folder: str) -> list[str]:
+        return sorted(run(["docker", "exec", container_id, "ls", "-A", folder], 30).stdout.split())
+
+    for service in project.function_services():
+        for container in project.containers(service):
+            assert listing(container.id, "/auth") == sorted([f"{service}.nk", "metrics.token"]), (service, container.id)
+    [locust] = project.containers("locust")
+    assert listing(locust.id, "/auth") == ["ingress.env", "observer.nk"]
+    [nats_server] = project.containers("nats")
+    assert listing(nats_server.id, "/etc/nats/auth") == ["server.conf"]
+    provision = project.compose("run", "--rm", "--no-deps", "-T", "--entrypoint", "ls", "provision", "-A", "/auth", timeout=60)
+    assert sorted(provision.stdout.split()) == ["admin.nk"]
+
+
 async def test_every_function_replica_is_a_healthy_prometheus_target(stack: Stack) -> None:
+    """Each replica a target Prometheus scrapes (with the metrics token), `up`; none answers without it."""
     functions = stack.project.function_services()
     replicas = {c.ip: c.service for s in functions for c in stack.project.containers(s)}
     assert len(replicas) == sum(stack.project.expected_replicas(s) for s in functions) >= 5, replicas
@@ -169,6 +193,13 @@ async def test_every_function_replica_is_a_healthy_prometheus_target(stack: Stac
     while (seen := scraped()) != want:
         assert time.monotonic() < deadline, f"Prometheus targets {seen}, want {want}"
         await asyncio.sleep(1)
+    # Up with the bearer token it sends: without one, a replica's /metrics refuses (asked from inside it).
+    for service in functions:
+        port = stack.project.services[service]["environment"]["EBBTIDE_METRICS_PORT"]
+        ask = (f"import urllib.request, urllib.error\ntry: urllib.request.urlopen('http://127.0.0.1:{port}/metrics', timeout=5)\n"
+               "except urllib.error.HTTPError as refused: print(refused.code)")
+        container = stack.project.containers(service)[0]
+        assert run(["docker", "exec", container.id, "python", "-c", ask], 30).stdout.strip() == "401", service
 
 
 async def test_traces_of_every_function_reached_the_otlp_endpoint(stack: Stack) -> None:
@@ -232,7 +263,7 @@ async def test_receiver_replica_killed_and_nats_restarted_mid_run_lose_no_order(
 
 def test_locust_service_headless_without_failures(stack: Stack) -> None:
     """The compose `locust` service (as `ingress`) for a bounded headless run: every publish acked and
-    every order seen in its outbox (its end-to-end check, as `admin`)."""
+    every order seen in its outbox (its end-to-end check, as the read-only `observer`)."""
     started = time.monotonic()
     service = stack.project.services["locust"]
     done = stack.project.compose(

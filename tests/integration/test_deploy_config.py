@@ -44,7 +44,7 @@ from ebbtide.broker import EmbeddedNats, connect
 from ebbtide.broker.authorization import ADMIN_USER, INGRESS_ENV, OBSERVER_USER, SERVER_CONFIG, AuthBundle, inbox_prefix
 from ebbtide.broker.embedded import nats_server_binary
 from ebbtide.broker.names import kv_stream_name
-from ebbtide.broker.provisioning import consumer_config, provision
+from ebbtide.broker.provisioning import consumer_config
 from ebbtide.manifest import LoadedManifest, parse_manifest
 from ebbtide.workload.orders import INGRESS_SUBJECT, encode_order, generate_orders
 from ebbtide.state import stream_state
@@ -62,8 +62,12 @@ DEPLOY_README = REPO / "deploy" / "README.md"
 # The one manual step before `kubectl apply -k` (deploy/README.md), run from the repository's root.
 K8S_AUTH_COMMAND = ["ebbtide", "--manifest", "deploy/kubernetes/ebbtide.toml", "nats-config", "--out", "deploy/kubernetes/auth"]
 AUTH_VOLUME = "nats-auth"  # compose's named volume and Kubernetes' Secret of generated credentials
+# Compose: the one-shot service that copies each generated file into the volume of the service using it.
+CREDENTIALS_SERVICE = "credentials"
 ADMIN_SECRET = "nats-admin"  # Kubernetes: the admin seed, for the provisioning Job alone
 PROMETHEUS_FILE = REPO / "deploy" / "prometheus.yml"
+METRICS_TOKEN = "metrics.token"  # compose: made by `credentials` for the functions' /metrics and Prometheus
+NOBODY_UID = 65534  # prom/prometheus runs as nobody
 LOCUSTFILE = REPO / "loadtest" / "locustfile.py"
 RUNTIME_STAGE = "runtime"
 # Written in the files as addresses of a container network; the tests replace them by local ones.
@@ -106,8 +110,11 @@ def k8s(k8s_folder: Path) -> list[Obj]:
     return kustomize.render(k8s_folder)
 
 
-def run_auth_service(compose: Obj, app: Path, volumes: Path, views: Path) -> Path:
-    """Run compose's one-shot `nats-auth` service as written; the folder of its volume, which it filled."""
+def run_auth_services(compose: Obj, app: Path, volumes: Path, views: Path) -> Path:
+    """Run compose's one-shot `nats-auth`, then `credentials` (each file into its own service's volume), as
+    written; the folder of the volume `nats-auth`, which holds every generated file."""
+    if os.geteuid() != 0:  # CI runs as root
+        pytest.skip("the compose service `credentials` runs as root (it gives each file to its reader's uid)")
     service = compose["services"]["nats-auth"]
     view = ContainerView(views / "nats-auth")
     mounts.compose_mounts(view, service, REPO, volumes)
@@ -115,7 +122,26 @@ def run_auth_service(compose: Obj, app: Path, volumes: Path, views: Path) -> Pat
     done = subprocess.run(entrypoints.local_command(command), cwd=app, capture_output=True, text=True, timeout=60,
                           env={"PATH": os.environ.get("PATH", ""), "HOME": str(app)})
     assert done.returncode == 0, done.stdout + done.stderr
+    service = compose["services"][CREDENTIALS_SERVICE]
+    assert service["user"] == "root"
+    view = ContainerView(views / CREDENTIALS_SERVICE)
+    mounts.compose_mounts(view, service, REPO, volumes)
+    [script] = service["command"]
+    command = [*service["entrypoint"], view.localize_text(mounts.unescape_compose(script))]
+    done = subprocess.run(entrypoints.local_command(command), cwd=app, capture_output=True, text=True, timeout=60,
+                          env={"PATH": os.environ.get("PATH", "")})
+    assert done.returncode == 0, done.stdout + done.stderr
     return volumes / AUTH_VOLUME
+
+
+def named_volumes(service: Obj) -> dict[str, str]:
+    """A compose service's named volumes (not bind mounts): mount point -> volume name."""
+    found = {}
+    for entry in service.get("volumes", []):
+        source, target, *_ = str(entry).split(":")
+        if not source.startswith((".", "/")):
+            found[target] = source
+    return found
 
 
 def public_key(seed_file: Path) -> str:
@@ -312,6 +338,48 @@ def test_each_pod_sees_only_its_own_credentials(k8s: list[Obj], manifest: Loaded
     assert secret_items(statefulset["spec"]["template"]["spec"]) <= {(AUTH_VOLUME, SERVER_CONFIG)}, "NATS: the users only"
 
 
+def test_each_compose_service_sees_only_its_own_credentials(tmp_path: Path, compose: Obj, image: dockerfile_reader.Dockerfile,
+                                                            reference_manifest: LoadedManifest) -> None:
+    """`nats-auth` and `credentials` run as written, then every service's volumes laid out as its container
+    sees them: a function its own seed and nothing else, `provision` the admin seed alone, Locust the
+    ingress password and the observer seed, NATS the users; each a copy of the generated file, mode 0600,
+    owned by the user its container runs as. The admin seed: nowhere else but where it is generated."""
+    app = entrypoints.image_root(tmp_path / "app", (REPO / "ebbtide.toml").read_text(), reference_manifest.build_dir / "wasm")
+    volumes = tmp_path / "volumes"
+    generated = run_auth_services(compose, app, volumes, tmp_path / "views")
+    image_uid = int(image.user(RUNTIME_STAGE).split(":")[0])
+    functions = {name: fn for name, (fn, _) in function_services(compose).items()}
+    expected = {name: {f"{fn}.nk", METRICS_TOKEN} for name, fn in functions.items()}
+    expected |= {"provision": {f"{ADMIN_USER}.nk"}, "locust": {INGRESS_ENV, f"{OBSERVER_USER}.nk"}, "nats": {SERVER_CONFIG},
+                 "prometheus": {METRICS_TOKEN}}
+    seen: dict[str, list[Path]] = {}
+    for name, service in compose["services"].items():
+        if name in ("nats-auth", CREDENTIALS_SERVICE):
+            continue
+        view = ContainerView(tmp_path / "views" / f"seen-by-{name}")
+        mounts.compose_mounts(view, service, REPO, volumes)
+        seen[name] = [path for target in named_volumes(service) for path in Path(view.local(target)).rglob("*") if path.is_file()]
+        # The credential it is told to use is one of those it sees.
+        env = service.get("environment", {})
+        for variable in ("EBBTIDE_NATS_NKEY_SEED_FILE", "EBBTIDE_E2E_NKEY_SEED_FILE"):
+            if variable in env:
+                assert Path(view.local(env[variable])).is_file(), (name, variable)
+    assert {name: {path.name for path in files} for name, files in seen.items() if files} == expected
+    tokens = set()
+    for name, files in seen.items():
+        for path in files:
+            if path.name == METRICS_TOKEN:
+                tokens.add(path.read_text())
+            else:
+                assert path.read_bytes() == (generated / path.name).read_bytes(), (name, path.name)
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, (name, path.name)
+            assert path.stat().st_uid == {"nats": 0, "prometheus": NOBODY_UID}.get(name, image_uid), (name, path.name)
+    [token] = tokens
+    assert re.fullmatch(r"[0-9a-f]{64}", token), "32 random bytes, one token for every function and Prometheus"
+    holders = {name for name, service in compose["services"].items() if AUTH_VOLUME in named_volumes(service).values()}
+    assert holders == {"nats-auth", CREDENTIALS_SERVICE}, "the volume of every generated file"
+
+
 def base64_text(value: str) -> str:
     return base64.b64decode(value).decode()
 
@@ -341,7 +409,7 @@ def test_nats_configurations_are_valid_with_the_generated_users(k8s: list[Obj], 
 
     app = entrypoints.image_root(tmp_path / "app", (REPO / "ebbtide.toml").read_text(), reference_manifest.build_dir / "wasm")
     volumes = tmp_path / "volumes"
-    run_auth_service(compose, app, volumes, tmp_path / "views")
+    run_auth_services(compose, app, volumes, tmp_path / "views")
     service = compose["services"]["nats"]
     compose_view = ContainerView(tmp_path / "views" / "nats")
     mounts.compose_mounts(compose_view, service, REPO, volumes)
@@ -349,7 +417,8 @@ def test_nats_configurations_are_valid_with_the_generated_users(k8s: list[Obj], 
     done = check(compose_config)
     assert done.returncode == 0, done.stdout + done.stderr
     # The check is real: without the generated users the configuration is refused.
-    (volumes / AUTH_VOLUME / SERVER_CONFIG).rename(volumes / AUTH_VOLUME / "moved.conf")
+    [users_volume] = [name for name in named_volumes(service).values() if (volumes / name / SERVER_CONFIG).exists()]
+    (volumes / users_volume / SERVER_CONFIG).rename(volumes / users_volume / "moved.conf")
     assert check(compose_config).returncode != 0
 
 
@@ -411,30 +480,37 @@ def test_names_and_ports_agree_across_manifest_compose_and_kubernetes(
     # Authentication: the generated users are included from the volume filled by the one-shot service.
     include = re.search(r"^include (\S+)$", compose_conf, re.M)
     assert include, "compose's nats.conf includes the generated authorization"
-    assert nats_mounts[str(Path(config_path).parent / Path(include.group(1)).parent)] == AUTH_VOLUME
     assert Path(include.group(1)).name == SERVER_CONFIG
     auth_service = compose["services"]["nats-auth"]
     assert auth_service["command"][:3] == ["ebbtide", "nats-config", "--out"]
-    auth_mounts = {target: source for source, target, *_ in (str(v).split(":") for v in auth_service["volumes"])}
-    assert auth_mounts == {auth_service["command"][3]: AUTH_VOLUME}
+    assert named_volumes(auth_service) == {auth_service["command"][3]: AUTH_VOLUME}
     assert auth_service["build"]["target"] == RUNTIME_STAGE and auth_service["restart"] == "no"
-    assert nats["depends_on"] == {"nats-auth": {"condition": "service_completed_successfully"}}
-    # Who reads the files (mode 0600, written as the image's user): the nats image runs as root, every other
-    # service as the image's user (no `user:` override), which owns the volume through the image's folder.
+    credentials = compose["services"][CREDENTIALS_SERVICE]
+    assert credentials["depends_on"] == {"nats-auth": {"condition": "service_completed_successfully"}}
+    assert credentials["build"]["target"] == RUNTIME_STAGE and credentials["restart"] == "no"
+    assert nats["depends_on"] == {CREDENTIALS_SERVICE: {"condition": "service_completed_successfully"}}
+    # Who writes and reads the files (mode 0600): `nats-auth` as the image's user, which owns the volume
+    # through the image's folder; `credentials` as root gives each copy to its reader (tested by
+    # test_each_compose_service_sees_only_its_own_credentials): nats runs as root in its image, Prometheus
+    # as nobody in its own, every other service as the image's user (no `user:` override).
     owner = image.user(RUNTIME_STAGE)
     assert image.user("loadtest") == owner
     runs = " && ".join(image.stage(RUNTIME_STAGE).all("RUN"))
     assert re.search(rf"useradd [^&]*--uid {owner.split(':')[0]} [^&]* ebbtide\b", runs)
     assert re.search(rf"chown -R ebbtide:ebbtide [^&]*{auth_service['command'][3]}\b", runs), "the image's /auth is its user's"
     for name, service in compose["services"].items():
-        if any(str(v).startswith(f"{AUTH_VOLUME}:") for v in service.get("volumes", [])) and name != "nats":
+        if name not in ("nats", "prometheus", CREDENTIALS_SERVICE) and named_volumes(service):
             assert "user" not in service and service["build"]["target"] in (RUNTIME_STAGE, "loadtest"), name
+    provisioning = compose["services"]["provision"]
+    assert provisioning["command"] == ["ebbtide", "provision"] and provisioning["restart"] == "no"
+    assert host_port(provisioning["environment"]["EBBTIDE_NATS_URL"]) == ("nats", embedded.port)
+    assert provisioning["depends_on"] == {"nats": {"condition": "service_healthy"}}
     for name, (fn, service) in services.items():
         env = service["environment"]
         assert host_port(env["EBBTIDE_NATS_URL"]) == ("nats", embedded.port), name
         assert env["EBBTIDE_NATS_INBOX_PREFIX"] == inbox_prefix(fn), name
-        seed = Path(env["EBBTIDE_NATS_NKEY_SEED_FILE"])
-        assert seed.name == f"{fn}.nk" and f"{AUTH_VOLUME}:{seed.parent}:ro" in service["volumes"], name
+        assert Path(env["EBBTIDE_NATS_NKEY_SEED_FILE"]).name == f"{fn}.nk", name
+        assert service["depends_on"]["provision"]["condition"] == "service_completed_successfully", name
         assert int(env["EBBTIDE_METRICS_PORT"]) == metrics_port and env["EBBTIDE_METRICS_HOST"] == "0.0.0.0"
         otlp_host, otlp_port = host_port(env["OTEL_EXPORTER_OTLP_ENDPOINT"])
         assert otlp_host in compose["services"] and otlp_port == 4318, "OTLP/HTTP of the trace viewer"
@@ -447,6 +523,11 @@ def test_names_and_ports_agree_across_manifest_compose_and_kubernetes(
     assert sorted(n for sd in dns for n in sd["names"]) == sorted(services) and {sd["port"] for sd in dns} == {metrics_port}
     prometheus = compose["services"]["prometheus"]
     assert any(v.startswith("./deploy/prometheus.yml:") for v in prometheus["volumes"])
+    [function_job] = [job for job in scrape if job.get("dns_sd_configs")]
+    token_file = Path(function_job["authorization"]["credentials_file"])
+    assert function_job["authorization"].get("type", "Bearer") == "Bearer" and token_file.name == METRICS_TOKEN
+    assert str(token_file.parent) in named_volumes(prometheus)
+    assert prometheus["depends_on"] == {CREDENTIALS_SERVICE: {"condition": "service_completed_successfully"}}
 
     # Kubernetes: the NATS services and configuration, each Deployment and its ScaledObject
     services_k8s = of_kind(k8s, "Service")
@@ -543,10 +624,10 @@ def test_locustfile_agrees_with_the_manifest(manifest: LoadedManifest, compose: 
     assert host_port(command[command.index("--host") + 1]) == ("nats", manifest.spec.embedded.port)
     assert published(locust["ports"]) == {8089: 8089}
     assert locust["build"]["target"] == "loadtest" and image.cmd("loadtest") == command
-    # It publishes as `ingress` (the env file sourced by the entrypoint) and times orders as `admin`.
-    [auth_dir] = [target for source, target, *_ in (str(v).split(":") for v in locust["volumes"]) if source == AUTH_VOLUME]
+    # It publishes as `ingress` (the env file sourced by the entrypoint) and times orders as `observer`.
+    [auth_dir] = named_volumes(locust)
     assert f". {auth_dir}/{INGRESS_ENV} " in " ".join(locust["entrypoint"]) + " "
-    assert locust["environment"]["EBBTIDE_E2E_NKEY_SEED_FILE"] == f"{auth_dir}/{ADMIN_USER}.nk"
+    assert locust["environment"]["EBBTIDE_E2E_NKEY_SEED_FILE"] == f"{auth_dir}/{OBSERVER_USER}.nk"
 
 
 # -- the entry points, run here ---------------------------------------------------------------------------
@@ -611,22 +692,35 @@ def assert_each_function_has_its_own_user(monitor_urls: list[str], auth: AuthBun
     for launch in launches:
         assert users[public_key(Path(launch.env["EBBTIDE_NATS_NKEY_SEED_FILE"]))] >= 1, launch.label
     allowed = {public_key(Path(launch.env["EBBTIDE_NATS_NKEY_SEED_FILE"])) for launch in launches}
-    allowed |= {public_key(auth.seed_file(ADMIN_USER)), auth.ingress().user}
+    allowed |= {public_key(auth.seed_file(ADMIN_USER)), public_key(auth.seed_file(OBSERVER_USER)), auth.ingress().user}
     assert set(users) <= allowed, users
+
+
+def assert_metrics_need_the_token(launches: list[Launch], token: str) -> None:
+    """Each function's /metrics: 401 without a token, 200 with the token Prometheus sends."""
+    for launch in launches:
+        url = f"http://127.0.0.1:{launch.metrics_port}/metrics"
+        assert entrypoints.http_status(url) == 401, launch.label
+        with urllib.request.urlopen(urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"}), timeout=5) as reply:
+            assert reply.status == 200 and b"ebbtide_" in reply.read(), launch.label
 
 
 def wait_for_server(cluster: ConfiguredCluster) -> Awaitable[None]:
     return wait_until(lambda: asyncio.to_thread(cluster.ready), timeout=60, interval=0.2)
 
 
+def entrypoint(service: Obj, view: ContainerView) -> list[str]:
+    """A compose service's entrypoint as written (a shell, compose's `$$` read as `$`), mount paths local."""
+    return [view.localize_text(mounts.unescape_compose(arg)) for arg in service.get("entrypoint", [])]
+
+
 def locust_launch(compose: Obj, image: dockerfile_reader.Dockerfile, view: ContainerView, url: str, extra: list[str]) -> Launch:
-    """The compose `locust` service as written: its entrypoint (shell, compose's `$$` read as `$`) and command,
-    with the NATS address local and mount paths in the container view."""
+    """The compose `locust` service as written: its entrypoint and command, with the NATS address local and
+    mount paths in the container view."""
     service = compose["services"]["locust"]
-    command = [view.localize_text(mounts.unescape_compose(arg)) for arg in service.get("entrypoint", [])]
     written = list(service["command"])
     written[written.index("--host") + 1] = url
-    command += written + extra
+    command = entrypoint(service, view) + written + extra
     env = localized(service.get("environment", {}), image.env("loadtest"), url, 0, "") | {"NATS_URL": url}
     env = {key: view.local(value) for key, value in env.items()}
     return Launch("compose locust", command, env)
@@ -647,12 +741,12 @@ async def test_compose_services_run_here_as_written(
     assert image.workdir(RUNTIME_STAGE) == "/app"
     manifest = parse_manifest((app / "ebbtide.toml").read_text(), app / "ebbtide.toml")
     volumes, views = tmp_path / "volumes", tmp_path / "views"
-    auth = AuthBundle(run_auth_service(compose, app, volumes, views / "first"))
+    auth = AuthBundle(run_auth_services(compose, app, volumes, views / "first"))
     generated = {p.name: p.read_bytes() for p in auth.folder.iterdir()}
     assert set(generated) == {SERVER_CONFIG, INGRESS_ENV, f"{ADMIN_USER}.nk", f"{OBSERVER_USER}.nk",
                               *(f"{fn}.nk" for fn in manifest.spec.functions)}
     assert {stat.S_IMODE(p.stat().st_mode) for p in auth.folder.iterdir()} == {0o600}
-    run_auth_service(compose, app, volumes, views / "again")  # the next `docker compose up`: same keys
+    run_auth_services(compose, app, volumes, views / "again")  # the next `docker compose up`: same keys
     assert {p.name: p.read_bytes() for p in auth.folder.iterdir()} == generated
 
     nats_service = compose["services"]["nats"]
@@ -668,9 +762,8 @@ async def test_compose_services_run_here_as_written(
         nc = await connect(url, "deploy-test", give_up_after_s=10, auth=auth.admin())
         ingress = await connect(url, "deploy-test-ingress", give_up_after_s=10, auth=auth.ingress())
         try:
-            # Functions no longer provision (issue 16): as admin, what compose's one-shot provisioning
-            # service is to do once docker-compose.yml has one.
-            await provision(nc.jetstream(), manifest)
+            # Functions may not provision (issue 16): the one-shot service `provision` does, before them.
+            await run_provision_service(compose, app, volumes, views, url, image)
             launches = []
             for name, (_, service) in function_services(compose).items():
                 for replica in range(service.get("deploy", {}).get("replicas", 1)):
@@ -679,11 +772,14 @@ async def test_compose_services_run_here_as_written(
                     port = entrypoints.free_port()
                     env = localized(service["environment"], image.env(RUNTIME_STAGE), url, port, collector.endpoint)
                     env = {key: view.local(value) for key, value in env.items()}
-                    launches.append(Launch(f"compose {name} #{replica + 1}", service["command"], env, port))
+                    launches.append(Launch(f"compose {name} #{replica + 1}", entrypoint(service, view) + service["command"], env, port))
 
             async def while_running() -> None:
                 monitors = [f"http://127.0.0.1:{server.monitor_ports[0]}"]
                 await asyncio.to_thread(assert_each_function_has_its_own_user, monitors, auth, launches)
+                [prometheus_volume] = named_volumes(compose["services"]["prometheus"]).values()
+                token = (volumes / prometheus_volume / METRICS_TOKEN).read_text()
+                await asyncio.to_thread(assert_metrics_need_the_token, launches, token)
                 await run_locust_headless(compose, image, tmp_path, volumes, url)
 
             codes = await run_pipeline(launches, app, tmp_path, nc, ingress, manifest, image, while_running=while_running)
@@ -704,9 +800,23 @@ async def test_compose_services_run_here_as_written(
     assert not (app / "functions").exists() and (app / "build" / "cache").is_dir(), "built modules only, cache written"
 
 
+async def run_provision_service(compose: Obj, app: Path, volumes: Path, views: Path, url: str,
+                                image: dockerfile_reader.Dockerfile) -> None:
+    """The one-shot compose service `provision` as written (command, environment, its mounts: the admin seed
+    alone), to completion, as compose runs it before the functions."""
+    service = compose["services"]["provision"]
+    view = ContainerView(views / "provision")
+    mounts.compose_mounts(view, service, REPO, volumes)
+    env = {key: view.local(value) for key, value in localized(service["environment"], image.env(RUNTIME_STAGE), url, 0, "").items()}
+    launch = Launch("compose provision", service["command"], env)
+    entrypoints.start(launch, app, views)
+    assert launch.process is not None
+    assert await asyncio.to_thread(launch.process.wait, 60) == 0, launch.log_tail()
+
+
 async def run_locust_headless(compose: Obj, image: dockerfile_reader.Dockerfile, root: Path, volumes: Path, url: str) -> None:
     """A short headless run of the `locust` service against the pipeline: every publish acked (as `ingress`)
-    and every order seen in its outbox (as `admin`)."""
+    and every order seen in its outbox (as the read-only `observer`)."""
     view = ContainerView(root / "views" / "locust-headless")
     mounts.compose_mounts(view, compose["services"]["locust"], REPO, volumes)
     results = root / "locust-headless"
@@ -807,7 +917,7 @@ async def test_locust_service_runs_here_as_written(tmp_path: Path, compose: Obj,
     address, the UI's address and port and the mount paths are local."""
     image_app = entrypoints.image_root(tmp_path / "app", (REPO / "ebbtide.toml").read_text(), reference_manifest.build_dir / "wasm")
     volumes = tmp_path / "volumes"
-    run_auth_service(compose, image_app, volumes, tmp_path / "views")
+    run_auth_services(compose, image_app, volumes, tmp_path / "views")
     view = ContainerView(tmp_path / "views" / "locust")
     mounts.compose_mounts(view, compose["services"]["locust"], REPO, volumes)
     port = entrypoints.free_port()
