@@ -21,7 +21,7 @@ import wasmtime
 from nats.aio.client import Client as NatsClient
 
 from ebbtide.broker import EmbeddedNats, free_port, provision_server
-from ebbtide.broker.auth import NatsAuth
+from ebbtide.broker.credentials import NatsAuth
 from ebbtide.build import build_modules
 from ebbtide.manifest import LoadedManifest, load_manifest, parse_manifest
 

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
-from .autoscale import PoolController
+from .controller import PoolController
 from .broker import ConfirmedPublisher, connect, missing_provisioning
-from .broker.auth import NatsAuth, client_auth
+from .broker.credentials import NatsAuth, client_auth
 from .manifest import LoadedManifest, ManifestError
 from .pool import FunctionPool
 from .build import BuildError, build_modules

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Literal
 
 from .broker.access import ServerAccess, external_access
 from .manifest import LoadedManifest
-from .status import STATUS_SUBJECT_PREFIX, decode_status
+from .status_reports import STATUS_SUBJECT_PREFIX, decode_status
 from .supervisor import Supervisor
 
 if TYPE_CHECKING:  # per-function mode never loads the host (the runtime, the pools): its children do

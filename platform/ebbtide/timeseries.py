@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import msgspec
 
-from .status import PoolStatus
+from .status_reports import PoolStatus
 
 STALE_AFTER_S = 10.0
 

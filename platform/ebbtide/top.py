@@ -1,6 +1,6 @@
 """`ebbtide top`: the latest status report of every process, added up per function into a plain-text table.
 
-Rendering only (no NATS, no terminal control): the caller feeds `update` from `ebbtide.status.>` and prints
+Rendering only (no NATS, no terminal control): the caller feeds `update` from `ebbtide.status_reports.>` and prints
 `render` on every refresh. Processes are added up as in `ebbtide.timeseries.aggregate`; a process whose latest
 report is `stale_after` seconds old stops counting, and a function with no live process left shows as stale.
 DEAD is what the dead-letter stream holds now (`dead_letters`, read from the server by the caller), not what
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 
-from .status import PoolStatus
+from .status_reports import PoolStatus
 from .timeseries import STALE_AFTER_S, PoolTotals, aggregate
 
 _MIN_FUNCTION_WIDTH = 8

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import nats
 
-from ebbtide.state import stream_state
+from ebbtide.stream_state import stream_state
 from tests.conftest import manifest_copy, port_open, provision_for, wait_for_consumers, wait_until
 
 

@@ -41,13 +41,13 @@ import yaml
 from nats.aio.client import Client as NatsClient
 
 from ebbtide.broker import EmbeddedNats, connect
-from ebbtide.broker.authorization import ADMIN_USER, INGRESS_ENV, OBSERVER_USER, SERVER_CONFIG, AuthBundle, inbox_prefix
+from ebbtide.broker.users import ADMIN_USER, INGRESS_ENV, OBSERVER_USER, SERVER_CONFIG, AuthBundle, inbox_prefix
 from ebbtide.broker.embedded import nats_server_binary
 from ebbtide.broker.names import kv_stream_name
 from ebbtide.broker.provisioning import consumer_config
 from ebbtide.manifest import LoadedManifest, parse_manifest
 from ebbtide.workload.orders import INGRESS_SUBJECT, encode_order, generate_orders
-from ebbtide.state import stream_state
+from ebbtide.stream_state import stream_state
 from tests.conftest import REPO, wait_until
 from tests.deploy_support import dockerfile as dockerfile_reader
 from tests.deploy_support import entrypoints, keda, kustomize, mounts

@@ -1,4 +1,4 @@
-"""The dead-letter tool (ebbtide.dlq) on a real nats-server, with the real pipeline where it matters."""
+"""The dead-letter tool (ebbtide.dlq_admin) on a real nats-server, with the real pipeline where it matters."""
 
 from __future__ import annotations
 
@@ -9,18 +9,18 @@ import msgspec
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from ebbtide import dlq
+from ebbtide import dlq_admin as dlq
 from ebbtide.broker import EmbeddedNats, provision
 from ebbtide.broker.headers import H_ORIGINAL_SUBJECT
 from ebbtide.deadletter import Reason, dead_letter_headers
-from ebbtide.dlq import (
+from ebbtide.dlq_admin import (
     H_REDRIVEN_FROM, DeadLetter, DeadLetterError, RedriveResult, format_detail, format_table, list_dead_letters,
     purge, redrive, show_dead_letter,
 )
 from ebbtide.host import Host
 from ebbtide.manifest import LoadedManifest
 from ebbtide.workload.orders import INGRESS_SUBJECT, Order, encode_order, generate_orders
-from ebbtide.state import stream_state
+from ebbtide.stream_state import stream_state
 from tests.conftest import exactly_once, outboxes_writes, provision_for, read_stream, wait_until
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")  # as deadletter.py writes it

@@ -28,7 +28,7 @@ from ebbtide.runtime import GuestInitError, GuestInstance, GuestLimits, Status, 
 from ebbtide.runtime.abi import KvPut
 from ebbtide.runtime.guest import handle_one_by_one
 from ebbtide.runtime.guests import Guest, load_guest_module, start_guest
-from ebbtide.state import stream_state
+from ebbtide.stream_state import stream_state
 from tests.conftest import BUILD_DIR, REPO, manifest_copy, provision_for, read_stream, wait_until
 
 # lang -> (module name in the test manifests, source folder)

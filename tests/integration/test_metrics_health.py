@@ -12,7 +12,7 @@ from ebbtide.broker import EmbeddedNats, free_port
 from ebbtide.host import Host
 from ebbtide.manifest import LoadedManifest
 from ebbtide.workload.orders import encode_order, generate_orders
-from ebbtide.state import stream_state
+from ebbtide.stream_state import stream_state
 from ebbtide.telemetry import CONTENT_TYPE, TelemetryServer
 from ebbtide.telemetry.http import METRICS_TOKEN_ENV
 from ebbtide.telemetry.metrics import escape_label_value

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ebbtide.broker import EmbeddedNats, connect
-from ebbtide.broker.auth import NatsAuth, client_auth
+from ebbtide.broker.credentials import NatsAuth, client_auth
 from ebbtide.host import Host
 from ebbtide.manifest import load_manifest
 from tests.conftest import manifest_copy, provision_for

@@ -30,8 +30,8 @@ from nats.aio.client import Client as NatsClient
 from nats.js import api
 
 from ebbtide.broker import EmbeddedNats, provision
-from ebbtide.broker.auth import NatsAuth
-from ebbtide.broker.authorization import ADMIN_USER, OBSERVER_USER, AuthBundle, write_bundle
+from ebbtide.broker.credentials import NatsAuth
+from ebbtide.broker.users import ADMIN_USER, OBSERVER_USER, AuthBundle, write_bundle
 from ebbtide.manifest import load_manifest
 from tests.conftest import manifest_copy
 
@@ -53,7 +53,7 @@ DESTRUCTIVE = ("STREAM.DELETE", "CONSUMER.DELETE")  # admin's row runs these las
 
 # Publish and subscribe: every subject of the reference pipeline, the inboxes, and one outside it.
 SUBJECTS = ("orders.ingress", "orders.express", "orders.standard", "$KV.outbox-express.probe", "$KV.outbox-standard.probe",
-            *(f"dlq.{fn}" for fn in FUNCTIONS), *(f"ebbtide.status.{fn}" for fn in FUNCTIONS), "ebbtide.status-request",
+            *(f"dlq.{fn}" for fn in FUNCTIONS), *(f"ebbtide.status_reports.{fn}" for fn in FUNCTIONS), "ebbtide.status_reports-request",
             "outside.x")
 INBOXES = ("_INBOX.probe", *(f"_ebbtide_inbox.{user}.probe" for user in (*FUNCTIONS, OBSERVER_USER)))
 STORED_IN = {"orders.": "ORDERS", "$KV.outbox-express.": "KV_outbox-express", "$KV.outbox-standard.": "KV_outbox-standard",
@@ -76,19 +76,19 @@ def api_allowed(user: str, subject: str) -> bool:
 
 
 PUBLISH = {
-    "distributor": {"orders.express", "orders.standard", "dlq.distributor", "ebbtide.status.distributor"},
-    "receiver-express": {"$KV.outbox-express.probe", "dlq.receiver-express", "ebbtide.status.receiver-express"},
-    "receiver-standard": {"$KV.outbox-standard.probe", "dlq.receiver-standard", "ebbtide.status.receiver-standard"},
+    "distributor": {"orders.express", "orders.standard", "dlq.distributor", "ebbtide.status_reports.distributor"},
+    "receiver-express": {"$KV.outbox-express.probe", "dlq.receiver-express", "ebbtide.status_reports.receiver-express"},
+    "receiver-standard": {"$KV.outbox-standard.probe", "dlq.receiver-standard", "ebbtide.status_reports.receiver-standard"},
     INGRESS: {"orders.ingress"},
-    OBSERVER_USER: {"ebbtide.status-request"},
+    OBSERVER_USER: {"ebbtide.status_reports-request"},
 }
 SUBSCRIBE = {
-    "distributor": {"orders.ingress", "ebbtide.status-request", "_ebbtide_inbox.distributor.probe"},
-    "receiver-express": {"orders.express", "ebbtide.status-request", "_ebbtide_inbox.receiver-express.probe"},
-    "receiver-standard": {"orders.standard", "ebbtide.status-request", "_ebbtide_inbox.receiver-standard.probe"},
+    "distributor": {"orders.ingress", "ebbtide.status_reports-request", "_ebbtide_inbox.distributor.probe"},
+    "receiver-express": {"orders.express", "ebbtide.status_reports-request", "_ebbtide_inbox.receiver-express.probe"},
+    "receiver-standard": {"orders.standard", "ebbtide.status_reports-request", "_ebbtide_inbox.receiver-standard.probe"},
     INGRESS: {"_INBOX.probe"},
     OBSERVER_USER: {"$KV.outbox-express.probe", "$KV.outbox-standard.probe", "_ebbtide_inbox.observer.probe",
-                    *(f"ebbtide.status.{fn}" for fn in FUNCTIONS)},
+                    *(f"ebbtide.status_reports.{fn}" for fn in FUNCTIONS)},
 }
 
 

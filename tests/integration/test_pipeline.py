@@ -15,7 +15,7 @@ from ebbtide.broker.headers import H_ERROR, H_FUNCTION, H_ORIGINAL_SUBJECT, H_RE
 from ebbtide.host import Host
 from ebbtide.manifest import LoadedManifest, load_manifest
 from ebbtide.workload.orders import INGRESS_SUBJECT, Order, encode_order, generate_orders
-from ebbtide.state import stream_state
+from ebbtide.stream_state import stream_state
 from tests.conftest import exactly_once, manifest_copy, outboxes_writes, provision_for, read_stream, wait_until
 
 

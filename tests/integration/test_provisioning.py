@@ -17,7 +17,7 @@ import pytest
 from nats.js import api
 
 from ebbtide.broker import EmbeddedNats, free_port
-from ebbtide.broker.authorization import AuthBundle, write_bundle
+from ebbtide.broker.users import AuthBundle, write_bundle
 from ebbtide.host import Host
 from ebbtide.manifest import load_manifest
 from tests.conftest import manifest_copy, provision_for, wait_until

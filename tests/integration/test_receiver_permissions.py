@@ -14,7 +14,7 @@ from nats.aio.client import Client as NatsClient
 from ebbtide.broker import provision
 from ebbtide.broker.access import ServerAccess, embedded_server
 from ebbtide.manifest import load_manifest
-from ebbtide.status import STATUS_SUBJECT_PREFIX
+from ebbtide.status_reports import STATUS_SUBJECT_PREFIX
 from tests.conftest import manifest_copy, wait_until
 
 RECEIVERS = {"receiver-express": ("express", "standard"), "receiver-standard": ("standard", "express")}

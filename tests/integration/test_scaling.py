@@ -14,8 +14,8 @@ from ebbtide.broker import EmbeddedNats
 from ebbtide.host import Host
 from ebbtide.manifest import LoadedManifest
 from ebbtide.workload.orders import encode_order, generate_orders
-from ebbtide.state import stream_state
-from ebbtide.status import PoolStatus, decode_status
+from ebbtide.stream_state import stream_state
+from ebbtide.status_reports import PoolStatus, decode_status
 from tests.conftest import provision_for, wait_until
 from tests.integration.test_pipeline import outbox_counts, publish
 
@@ -35,7 +35,7 @@ async def test_burst_scales_up_to_max_and_drains_to_zero(reference_manifest: Loa
     async def record(msg) -> None:
         reports.append(decode_status(msg.data))
 
-    await nc.subscribe("ebbtide.status.>", cb=record)
+    await nc.subscribe("ebbtide.status_reports.>", cb=record)
     orders = generate_orders(5_000, seed=21)
     await provision_for(manifest, nats_server.url)
     async with Host(manifest, nats_server.url) as host:

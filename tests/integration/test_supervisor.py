@@ -12,7 +12,7 @@ from nats.aio.client import Client as NatsClient
 from ebbtide.broker import EmbeddedNats
 from ebbtide.manifest import LoadedManifest, load_manifest
 from ebbtide.workload.orders import encode_order, generate_orders
-from ebbtide.state import stream_state
+from ebbtide.stream_state import stream_state
 from ebbtide.supervisor import Supervisor
 from tests.conftest import exactly_once, manifest_copy, outboxes_writes, provision_for, wait_for_consumers, wait_until
 from tests.integration.test_pipeline import outbox_counts, publish

@@ -23,8 +23,8 @@ from nats.aio.client import Client as NatsClient
 
 from ebbtide.broker import ConfirmedPublisher, EmbeddedNats, PublishError
 from ebbtide.workload.orders import Order, encode_order
-from ebbtide.state import stream_state
-from ebbtide.status import STATUS_REQUEST_SUBJECT, STATUS_SUBJECT_PREFIX, decode_status
+from ebbtide.stream_state import stream_state
+from ebbtide.status_reports import STATUS_REQUEST_SUBJECT, STATUS_SUBJECT_PREFIX, decode_status
 from tests.conftest import OutboxWrites, exactly_once, outboxes_writes
 
 ORDERS_N = int(os.environ.get("EBBTIDE_RELIABILITY_ORDERS", "3000"))

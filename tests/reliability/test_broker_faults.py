@@ -18,7 +18,7 @@ from ebbtide.host import Host
 from ebbtide.launch import running
 from ebbtide.manifest import LoadedManifest, load_manifest
 from ebbtide.workload.orders import INGRESS_SUBJECT, generate_orders
-from ebbtide.state import stream_state
+from ebbtide.stream_state import stream_state
 from tests.conftest import manifest_copy, provision_for
 from tests.reliability.conftest import (
     account, finished_run, ORDERS_N, Duplicated, MidRunFault, PublishStats, Report, Row, cluster_ready, connect_client,

@@ -19,7 +19,7 @@ from ebbtide.broker.headers import H_ERROR, H_FUNCTION, H_ORIGINAL_MSG_ID, H_ORI
 from ebbtide.launch import running
 from ebbtide.manifest import LoadedManifest, load_manifest
 from ebbtide.workload.orders import INGRESS_SUBJECT, encode_order, generate_orders
-from ebbtide.state import stream_state
+from ebbtide.stream_state import stream_state
 from tests.conftest import manifest_copy, provision_for
 from tests.reliability.conftest import (
     account, finished_run, ORDERS_N, Outbox, Report, Row, connect_client, expected_outbox, publish_reliably, run_complete,

@@ -16,7 +16,7 @@ from pathlib import Path
 from ebbtide.broker import EmbeddedNats
 from ebbtide.manifest import LoadedManifest, load_manifest
 from ebbtide.workload.orders import INGRESS_SUBJECT, generate_orders
-from ebbtide.state import stream_state
+from ebbtide.stream_state import stream_state
 from tests.conftest import manifest_copy
 from tests.reliability.conftest import (
     account, finished_run, ORDERS_N, MidRunFault, PublishStats, Report, Row, connect_client, dead_letter_accounting,

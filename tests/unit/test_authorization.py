@@ -9,8 +9,8 @@ from pathlib import Path
 import bcrypt
 
 from ebbtide.broker.access import ServerAccess
-from ebbtide.broker.auth import NatsAuth
-from ebbtide.broker.authorization import (
+from ebbtide.broker.credentials import NatsAuth
+from ebbtide.broker.users import (
     INGRESS_ENV, function_permissions, inbox_prefix, ingress_permissions, observer_permissions, write_bundle,
 )
 from ebbtide.broker.provisioning import streams_needed
@@ -23,9 +23,9 @@ MANIFEST = load_manifest(REPO / "ebbtide.toml")
 def test_distributor_may_route_but_not_write_the_outbox() -> None:
     permissions = function_permissions(MANIFEST, "distributor")
     assert {"orders.express", "orders.standard", "dlq.distributor", "$JS.ACK.ORDERS.distributor.>",
-            "$JS.API.CONSUMER.MSG.NEXT.ORDERS.distributor", "ebbtide.status.distributor"} <= set(permissions.publish)
+            "$JS.API.CONSUMER.MSG.NEXT.ORDERS.distributor", "ebbtide.status_reports.distributor"} <= set(permissions.publish)
     assert not any(s.startswith("$KV.") or "receiver" in s or s == "orders.ingress" for s in permissions.publish)
-    assert permissions.subscribe == [f"{inbox_prefix('distributor')}.>", "orders.ingress", "ebbtide.status-request"]
+    assert permissions.subscribe == [f"{inbox_prefix('distributor')}.>", "orders.ingress", "ebbtide.status_reports-request"]
 
 
 def test_receiver_may_write_only_its_own_bucket() -> None:
@@ -55,9 +55,9 @@ def test_observer_only_reads() -> None:
         "$JS.API.STREAM.INFO.DLQ", "$JS.API.STREAM.MSG.GET.DLQ",
         *(f"$JS.API.{op}.KV_{bucket}{tail}" for bucket in ("outbox-express", "outbox-standard")
           for op, tail in (("STREAM.INFO", ""), ("STREAM.MSG.GET", ""), ("DIRECT.GET", ""), ("DIRECT.GET", ".>"))),
-        "ebbtide.status-request",
+        "ebbtide.status_reports-request",
     ]
-    assert set(permissions.subscribe) == {"_ebbtide_inbox.observer.>", "ebbtide.status.>", "$KV.outbox-express.>",
+    assert set(permissions.subscribe) == {"_ebbtide_inbox.observer.>", "ebbtide.status_reports.>", "$KV.outbox-express.>",
                                           "$KV.outbox-standard.>"}
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from ebbtide.status import PoolStatus
+from ebbtide.status_reports import PoolStatus
 from ebbtide.timeseries import Sample, TimeSeries, aggregate
 from ebbtide.workload.charts import write_scaling_chart
 

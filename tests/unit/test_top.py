@@ -1,6 +1,6 @@
 import pytest
 
-from ebbtide.status import PoolStatus
+from ebbtide.status_reports import PoolStatus
 from ebbtide.top import TopView
 
 NOW = 1_700_000_100.0

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..manifest import LoadedManifest
-from .auth import NatsAuth, client_auth
-from .authorization import AuthBundle, write_bundle
+from .credentials import NatsAuth, client_auth
+from .users import AuthBundle, write_bundle
 from .embedded import EmbeddedNats
 
 NATS_URL_ENV = "EBBTIDE_NATS_URL"

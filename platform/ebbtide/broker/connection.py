@@ -9,7 +9,7 @@ from collections.abc import Callable
 import nats.errors
 from nats.aio.client import Client as NatsClient
 
-from .auth import NatsAuth
+from .credentials import NatsAuth
 
 RETRY_WAIT_S = 0.25
 CLOSE_TIMEOUT_S = 5.0

@@ -16,7 +16,7 @@ from nats.js import api
 from nats.js.errors import BadRequestError, NotFoundError
 
 from ..manifest import LoadedManifest, subject_matches
-from .auth import NatsAuth
+from .credentials import NatsAuth
 from .connection import connect
 from .names import kv_stream_name
 

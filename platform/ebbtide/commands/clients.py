@@ -18,14 +18,14 @@ import uvloop
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
-from .. import dlq, outbox
+from .. import dlq_admin, outbox
 from ..broker import ConfirmedPublisher, connect, publish_all
 from ..broker.access import ServerAccess, client_access
-from ..broker.authorization import ingress_subjects
+from ..broker.users import ingress_subjects
 from ..errors import UsageError
 from ..exit_codes import EXIT_FAILURE
 from ..manifest import LoadedManifest
-from ..status import STATUS_REQUEST_SUBJECT, STATUS_SUBJECT_PREFIX, decode_status
+from ..status_reports import STATUS_REQUEST_SUBJECT, STATUS_SUBJECT_PREFIX, decode_status
 from ..top import TopView
 
 log = logging.getLogger("ebbtide")
@@ -81,25 +81,25 @@ def dlq_command(args: argparse.Namespace, manifest: LoadedManifest) -> int:
         nc = await client_connect(server, "ebbtide-dlq", reading=args.dlq_action in ("list", "show"))
         try:
             if args.dlq_action == "list":
-                letters = await dlq.list_dead_letters(nc, manifest, args.function, args.limit)
-                print(dlq.format_table(letters, width=screen_width()))
+                letters = await dlq_admin.list_dead_letters(nc, manifest, args.function, args.limit)
+                print(dlq_admin.format_table(letters, width=screen_width()))
             elif args.dlq_action == "show":
-                print(dlq.format_detail(await dlq.show_dead_letter(nc, manifest, args.seq)))
+                print(dlq_admin.format_detail(await dlq_admin.show_dead_letter(nc, manifest, args.seq)))
             elif args.dlq_action == "redrive":
-                result = await dlq.redrive(nc, manifest, args.function, args.seqs or None)
+                result = await dlq_admin.redrive(nc, manifest, args.function, args.seqs or None)
                 print(result.summary())
                 for failure in result.failed:
                     print(f"  #{failure.seq}: {failure.reason}", file=sys.stderr)
                 return EXIT_FAILURE if result.failed else 0
             else:
-                print(f"purged {await dlq.purge(nc, manifest, args.function)} dead letter(s)")
+                print(f"purged {await dlq_admin.purge(nc, manifest, args.function)} dead letter(s)")
         finally:
             await nc.drain()
         return 0
 
     try:
         return uvloop.run(act())
-    except dlq.DeadLetterError as exc:
+    except dlq_admin.DeadLetterError as exc:
         print(f"ebbtide: {exc}", file=sys.stderr)
         return EXIT_FAILURE
 
@@ -166,8 +166,8 @@ def top_command(args: argparse.Namespace, manifest: LoadedManifest) -> int:
                 await asyncio.sleep(args.interval)
                 refreshes += 1
                 try:
-                    view.dead_letters = await dlq.count_by_function(nc, manifest)
-                except dlq.DeadLetterError as exc:
+                    view.dead_letters = await dlq_admin.count_by_function(nc, manifest)
+                except dlq_admin.DeadLetterError as exc:
                     log.debug("dead letters unknown: %s", exc)
                     view.dead_letters = None
                 screen = view.render(time.time(), width=screen_width())

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 import uvloop
 
 from ..broker.access import ServerAccess, client_access, configured_url, embedded_server, external_access
-from ..broker.auth import NatsAuth
-from ..broker.authorization import ADMIN_USER, INGRESS_ENV
+from ..broker.credentials import NatsAuth
+from ..broker.users import ADMIN_USER, INGRESS_ENV
 from ..build import build_modules
 from ..errors import BuildError, ManifestError, UsageError
 from ..exit_codes import EXIT_FAILURE, EXIT_INTERRUPTED

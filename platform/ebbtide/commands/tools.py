@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..broker.authorization import ADMIN_USER, INGRESS_ENV, OBSERVER_USER, inbox_prefix, ingress_subjects, write_bundle
+from ..broker.users import ADMIN_USER, INGRESS_ENV, OBSERVER_USER, inbox_prefix, ingress_subjects, write_bundle
 from ..build import build_modules
 from ..manifest import LoadedManifest
 from ..scaffold import new_function

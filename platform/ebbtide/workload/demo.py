@@ -13,8 +13,8 @@ from ..broker import ConfirmedPublisher, connect, kv_stream_name, provision, pub
 from ..broker.access import embedded_server
 from ..build import build_modules
 from ..launch import ProcessMode, running
-from ..state import stream_state
-from ..status import STATUS_SUBJECT_PREFIX, decode_status
+from ..stream_state import stream_state
+from ..status_reports import STATUS_SUBJECT_PREFIX, decode_status
 from ..timeseries import TimeSeries
 from .charts import write_scaling_chart
 from ..manifest import LoadedManifest

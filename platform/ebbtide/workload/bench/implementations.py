@@ -25,7 +25,7 @@ from ...host import Host
 from ...launch import ProcessMode, running, wait_for_reports
 from ...manifest import LoadedManifest, load_manifest
 from ...supervisor import Supervisor, terminate
-from ...status import STATUS_REQUEST_SUBJECT
+from ...status_reports import STATUS_REQUEST_SUBJECT
 from . import tomlwrite
 
 Starter = Callable[[str, NatsClient], AbstractAsyncContextManager[list[int]]]

@@ -17,7 +17,7 @@ from ...broker import ConfirmedPublisher, EmbeddedNats, connect, provision, publ
 from ...host import Host
 from ...manifest import LoadedManifest
 from ..orders import INGRESS_SUBJECT, encode_order, generate_orders
-from ...status import STATUS_SUBJECT_PREFIX, decode_status
+from ...status_reports import STATUS_SUBJECT_PREFIX, decode_status
 from ...timeseries import TimeSeries
 from ..charts import write_scaling_chart
 from .micro import rss_kib

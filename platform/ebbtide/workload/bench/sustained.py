@@ -20,7 +20,7 @@ from typing import Any
 import msgspec
 
 from ..orders import INGRESS_SUBJECT, encode_order, generate_orders
-from ...status import STATUS_SUBJECT_PREFIX, decode_status
+from ...status_reports import STATUS_SUBJECT_PREFIX, decode_status
 from ...timeseries import TimeSeries
 from .harness import Harness
 from .implementations import Implementation

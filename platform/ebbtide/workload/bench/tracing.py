@@ -16,7 +16,7 @@ from ...broker import ConfirmedPublisher, EmbeddedNats, connect, kv_stream_name,
 from ...host import Host
 from ...manifest import LoadedManifest
 from ..orders import INGRESS_SUBJECT, encode_order, generate_orders
-from ...state import stream_state
+from ...stream_state import stream_state
 from .report import BenchReport
 
 

@@ -1,6 +1,6 @@
 """Pool status reports: what each process's pools publish on NATS, for `ebbtide top`, the demo and charts.
 
-Each host publishes one `PoolStatus` per pool on `ebbtide.status.<function>` (core NATS, fire and forget)
+Each host publishes one `PoolStatus` per pool on `ebbtide.status_reports.<function>` (core NATS, fire and forget)
 at every control tick while the pool is active and every few seconds while idle. Several processes (or
 Kubernetes replicas) may run the same function: tell them apart by `host_id`, add them up per function.
 """
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import msgspec
 
-STATUS_SUBJECT_PREFIX = "ebbtide.status"
+STATUS_SUBJECT_PREFIX = "ebbtide.status_reports"
 # A message here (any payload) makes every pool report at once, e.g. when `ebbtide top` starts.
-STATUS_REQUEST_SUBJECT = "ebbtide.status-request"
+STATUS_REQUEST_SUBJECT = "ebbtide.status_reports-request"
 
 
 def status_subject(function: str) -> str:

@@ -34,8 +34,8 @@ import bcrypt
 import nkeys
 
 from ..manifest import LoadedManifest, subject_matches
-from ..status import STATUS_REQUEST_SUBJECT, STATUS_SUBJECT_PREFIX
-from .auth import NatsAuth
+from ..status_reports import STATUS_REQUEST_SUBJECT, STATUS_SUBJECT_PREFIX
+from .credentials import NatsAuth
 from .names import kv_stream_name
 
 ADMIN_USER = "admin"

@@ -23,9 +23,9 @@ from nats.js import JetStreamContext
 
 from .pool import FunctionPool
 from .scaler import ScalePolicy, Scaler
-from .status import STATUS_REQUEST_SUBJECT, PoolStatus, encode_status, status_subject
+from .status_reports import STATUS_REQUEST_SUBJECT, PoolStatus, encode_status, status_subject
 
-log = logging.getLogger("ebbtide.autoscale")
+log = logging.getLogger("ebbtide.controller")
 
 TICK_S = 0.05  # control interval while the pool is active
 IDLE_REPORT_S = 5.0  # status report (and a lag check) interval while idle at zero
