@@ -11,6 +11,7 @@ import bcrypt
 from ebbtide.broker.access import ServerAccess
 from ebbtide.broker.credentials import NatsAuth
 from ebbtide.broker.users import (
+    BCRYPT_COST,
     INGRESS_ENV, function_permissions, inbox_prefix, ingress_permissions, observer_permissions, write_bundle,
 )
 from ebbtide.broker.provisioning import streams_needed
@@ -67,7 +68,7 @@ def test_the_ingress_password_is_stored_hashed(tmp_path: Path) -> None:
     config = bundle.server_config.read_text()
     assert password not in config
     [ingress] = [u for u in json.loads(config.split("authorization ", 1)[1])["users"] if u.get("user") == "ingress"]
-    assert ingress["password"].startswith("$2b$11$") and bcrypt.checkpw(password.encode(), ingress["password"].encode())
+    assert ingress["password"].startswith(f"$2b${BCRYPT_COST:02d}$") and bcrypt.checkpw(password.encode(), ingress["password"].encode())
     assert stat.S_IMODE((tmp_path / "auth" / INGRESS_ENV).stat().st_mode) == 0o600
     assert write_bundle(MANIFEST, tmp_path / "auth").ingress().password == password  # kept on regeneration
     assert bundle.server_config.read_text() == config  # the same hash: a Secret made from it keeps its name
