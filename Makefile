@@ -1,11 +1,11 @@
 # Two commands on a fresh machine (Python 3.11+ with venv):
 #   make demo   set up, then run the 10,000-order demo on the embedded NATS server
-#   make test   set up, then run the test suite
+#   make test   set up, then lint (ruff, mypy) and run the test suite
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: demo test setup clean
+.PHONY: demo test lint setup clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,12 @@ setup: $(BIN)/.installed
 demo: setup
 	$(BIN)/ebbtide demo --orders 10000
 
-test: setup
+test: setup lint
 	$(BIN)/pytest -q
+
+lint: setup
+	$(BIN)/ruff check platform tests loadtest
+	$(BIN)/mypy
 
 clean:
 	rm -rf build .ebbtide

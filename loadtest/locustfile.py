@@ -32,9 +32,9 @@ import msgspec
 from locust import User, constant_throughput, events, task
 from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
+from natsclient import ConnectionClosed, Credentials, JetStreamError, Msg, NatsConnection, NatsError
 
 from ebbtide.workload.orders import Order, encode_order, generate_orders
-from natsclient import ConnectionClosed, Credentials, JetStreamError, Msg, NatsConnection, NatsError
 
 # Read by tests/unit/test_deploy_consistency (with ast): keep these plain literals.
 INGRESS_SUBJECT = "orders.ingress"

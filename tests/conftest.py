@@ -234,7 +234,7 @@ class OutboxWrites:
     strays: int  # keys that do not belong in this bucket
 
     @classmethod
-    def exactly_once(cls, count: int) -> "OutboxWrites":
+    def exactly_once(cls, count: int) -> OutboxWrites:
         """What a bucket holding each of `count` orders once, and nothing else, reads as."""
         return cls(stored=count, lost=0, written_twice=0, strays=0)
 

@@ -28,9 +28,9 @@ from pathlib import Path
 
 from ebbtide.build import build_modules
 from ebbtide.manifest import load_manifest
-from ebbtide.workload.orders import encode_order, generate_orders
 from ebbtide.runtime import GuestInstance, GuestLimits, WasmEngine, decode_effects
 from ebbtide.runtime.guests import load_guest_module, start_guest
+from ebbtide.workload.orders import encode_order, generate_orders
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = {

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from .errors import BuildError
-from .manifest import LoadedManifest, ManifestError
+from .errors import BuildError, ManifestError
+from .manifest import LoadedManifest
 
 # The SDKs shipped with ebbtide, relative to the manifest's folder or, failing that, to this checkout
 # (so a manifest outside the repository, e.g. one made by `ebbtide new`, still finds them).

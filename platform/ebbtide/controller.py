@@ -127,7 +127,7 @@ class PoolController:
                     await asyncio.wait_for(bell.wait(), IDLE_REPORT_S)
                     self.bell_wakeups += 1
                     break
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     continue
         finally:
             await subscription.unsubscribe()

@@ -7,8 +7,18 @@ from enum import Enum
 
 # The dead-letter header names live with every other header name (broker/headers.py).
 from .broker.headers import (
-    H_DELIVERY_COUNT, H_ERROR, H_FAILED_AT, H_FIRST_FAILED_AT, H_FUNCTION, H_ORIGINAL_MSG_ID, H_ORIGINAL_SEQUENCE,
-    H_ORIGINAL_SIZE, H_ORIGINAL_STREAM, H_ORIGINAL_SUBJECT, H_REASON, header_lines_size,
+    H_DELIVERY_COUNT,
+    H_ERROR,
+    H_FAILED_AT,
+    H_FIRST_FAILED_AT,
+    H_FUNCTION,
+    H_ORIGINAL_MSG_ID,
+    H_ORIGINAL_SEQUENCE,
+    H_ORIGINAL_SIZE,
+    H_ORIGINAL_STREAM,
+    H_ORIGINAL_SUBJECT,
+    H_REASON,
+    header_lines_size,
 )
 
 MAX_ERROR_LENGTH = 1024

@@ -24,6 +24,7 @@ import base64
 import json
 import re
 from collections.abc import AsyncIterator, Iterable
+from typing import Any
 
 import msgspec
 from nats.aio.client import Client as NatsClient
@@ -32,11 +33,20 @@ from nats.errors import TimeoutError as NatsTimeoutError
 
 from .broker import jsapi
 from .broker.headers import (
-    H_DELIVERY_COUNT, H_ERROR, H_FAILED_AT, H_FIRST_FAILED_AT, H_FUNCTION, H_ORIGINAL_MSG_ID, H_ORIGINAL_SEQUENCE,
-    H_ORIGINAL_STREAM, H_ORIGINAL_SUBJECT, H_REASON, H_REDRIVEN_FROM,
+    H_DELIVERY_COUNT,
+    H_ERROR,
+    H_FAILED_AT,
+    H_FIRST_FAILED_AT,
+    H_FUNCTION,
+    H_ORIGINAL_MSG_ID,
+    H_ORIGINAL_SEQUENCE,
+    H_ORIGINAL_STREAM,
+    H_ORIGINAL_SUBJECT,
+    H_REASON,
+    H_REDRIVEN_FROM,
 )
-from .broker.publisher import ConfirmedPublisher, PubAck, PublishError
-from .errors import DeadLetterError, JetStreamError, UnreadableReply
+from .broker.publisher import ConfirmedPublisher, PubAck
+from .errors import DeadLetterError, JetStreamError, PublishError, UnreadableReply
 from .manifest import LoadedManifest, subject_matches
 
 REDRIVE_WINDOW = 256  # publishes awaiting confirmation at once
@@ -104,7 +114,7 @@ class _StoredMsg(msgspec.Struct):
 class _Reply(jsapi.ApiResponse):
     message: _StoredMsg | None = None  # STREAM.MSG.GET
     purged: int = 0  # STREAM.PURGE
-    state: dict | None = None  # STREAM.INFO
+    state: dict[str, Any] | None = None  # STREAM.INFO
 
 
 _STORED_TIME = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?Z$")  # the server's storage time (UTC, ns)
@@ -118,12 +128,12 @@ class _NoStream(DeadLetterError):
     pass
 
 
-async def _api(nc: NatsClient, subject: str, request: dict | None, stream: str) -> _Reply:
+async def _api(nc: NatsClient, subject: str, request: dict[str, Any] | None, stream: str) -> _Reply:
     try:
         return await jsapi.request(nc, subject, request, _Reply)
     except NoRespondersError:
         raise DeadLetterError("JetStream is not available on this server (no responders)") from None
-    except (NatsTimeoutError, asyncio.TimeoutError):
+    except (TimeoutError, NatsTimeoutError):
         raise DeadLetterError(f"JetStream did not answer {subject} within {jsapi.API_TIMEOUT_S} s") from None
     except UnreadableReply as exc:
         raise DeadLetterError(str(exc)) from None

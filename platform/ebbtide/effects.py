@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .errors import EffectRefused
 from .broker.names import kv_subject
+from .errors import EffectRefused
 from .manifest import FunctionSection, subject_matches
 from .runtime.abi import Effect, KvPut, Publish
 
@@ -37,7 +37,7 @@ class Allowlist:
         self._checked_subjects: dict[str, str | None] = {}  # subject -> None (allowed) or why not
 
     @classmethod
-    def of(cls, function: FunctionSection) -> "Allowlist":
+    def of(cls, function: FunctionSection) -> Allowlist:
         return cls(function.publish, function.kv, function.limits.max_effects, function.limits.max_effect_bytes)
 
     def plan(self, effects: list[Effect]) -> list[Outgoing]:

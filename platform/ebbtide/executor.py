@@ -20,23 +20,32 @@ that is told what happened and gives the effects' headers; without one, nothing 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from nats.aio.msg import Msg
 
 from .broker.delivery import Incoming, KeepAlive, parse_ack_subject
 from .broker.headers import H_ERROR, H_INGRESS_AT, H_MSG_ID, header_lines_size
-from .broker.publisher import ConfirmedPublisher, PubAck, PublishError
+from .broker.publisher import ConfirmedPublisher, PubAck
 from .deadletter import Reason, dead_letter_headers, fit_payload
+from .errors import PublishError
 from .manifest import FunctionSection
 from .outcome import (
-    Ack, DeadLetter, Faulted, GuestResult, Outcome, Retry, after_guest, after_host_error, after_unconfirmed, check_input,
+    Ack,
+    DeadLetter,
+    Faulted,
+    GuestResult,
+    Outcome,
+    Retry,
+    after_guest,
+    after_host_error,
+    after_unconfirmed,
+    check_input,
 )
 from .telemetry.histogram import END_TO_END_BUCKETS_S, HANDLE_BUCKETS_S, Histogram
 
@@ -201,7 +210,7 @@ class Executor:
         if type(outcome) is Ack:
             self.stats.processed += 1
             self.stats.end_to_end.observe(max(0, since_ingress_ns) / 1e9)
-        elif outcome.reason is Reason.EFFECT_REFUSED:
+        elif isinstance(outcome, DeadLetter) and outcome.reason is Reason.EFFECT_REFUSED:
             self.stats.refused += 1
         else:
             self.stats.dead_lettered += 1

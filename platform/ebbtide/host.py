@@ -13,13 +13,14 @@ from typing import TYPE_CHECKING
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
-from .controller import PoolController
 from .broker import ConfirmedPublisher, connect, missing_provisioning
 from .broker.credentials import NatsAuth, client_auth
-from .manifest import LoadedManifest, ManifestError
+from .build import build_modules
+from .controller import PoolController
+from .errors import BuildError, GuestInitError, ManifestError, ModuleLoadError
+from .manifest import LoadedManifest
 from .pool import FunctionPool
-from .build import BuildError, build_modules
-from .runtime import GuestInitError, ModuleLoadError, WasmEngine
+from .runtime import WasmEngine
 from .telemetry import HostSnapshot, PoolSnapshot, TelemetryServer, collect, render_metrics, tracing
 
 if TYPE_CHECKING:  # tracing and OTLP are loaded only when configured
@@ -197,7 +198,7 @@ class Host:
             if self.tracer_provider is not None and self._owns_tracer_provider:
                 self.tracer_provider.shutdown()  # exports what is still buffered
 
-    async def __aenter__(self) -> "Host":
+    async def __aenter__(self) -> Host:
         try:
             await self.start()
         except BaseException:

@@ -63,7 +63,7 @@ async def wait_for_reports(nc: NatsClient, functions: list[str], timeout: float 
     subscription = await nc.subscribe(f"{STATUS_SUBJECT_PREFIX}.>", cb=record)
     try:
         await asyncio.wait_for(done.wait(), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise RuntimeError(f"no status from {sorted(set(functions) - seen)} within {timeout} s") from None
     finally:
         await subscription.unsubscribe()

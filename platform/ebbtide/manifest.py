@@ -5,16 +5,16 @@ Decoded once with msgspec into frozen Structs; every error names the file and th
 
 from __future__ import annotations
 
-from .errors import ManifestError
-
 import json
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta, Struct
+
+from .errors import ManifestError
 
 DEFAULT_MANIFEST = "ebbtide.toml"
 
@@ -31,7 +31,7 @@ class _Section(Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     pass
 
 
-class NatsSection(_Section):
+class NatsSection(_Section, frozen=True):
     url: str = ""  # empty: start the embedded server (overridden by --nats-url / EBBTIDE_NATS_URL)
     # Credentials, at most one kind (EBBTIDE_NATS_* variables override them; see broker/auth.py). Prefer
     # the variables or files for secrets: a manifest is often committed. Relative paths start at the manifest.
@@ -45,7 +45,7 @@ class NatsSection(_Section):
     tls_key: str = ""
 
 
-class EmbeddedSection(_Section):
+class EmbeddedSection(_Section, frozen=True):
     data_dir: str = ".ebbtide/nats"
     host: str = "127.0.0.1"
     port: Annotated[int, Meta(ge=0, le=65535)] = 4222  # 0: pick a free port
@@ -55,7 +55,7 @@ class EmbeddedSection(_Section):
     auth: bool = True
 
 
-class TelemetrySection(_Section):
+class TelemetrySection(_Section, frozen=True):
     # Prometheus /metrics, /healthz and /readyz over HTTP; 0: off. With one process per function, the
     # i-th function (manifest order) listens on metrics_port + i.
     metrics_port: Annotated[int, Meta(ge=0, le=65535)] = 0
@@ -65,7 +65,7 @@ class TelemetrySection(_Section):
     trace_sample_ratio: Annotated[float, Meta(ge=0, le=1)] = 1.0  # of new traces; a sampled parent is always followed
 
 
-class StreamSection(_Section):
+class StreamSection(_Section, frozen=True):
     subjects: list[Subject]
     retention: Literal["workqueue", "limits", "interest"] = "limits"
     storage: Literal["file", "memory"] = "file"
@@ -73,20 +73,20 @@ class StreamSection(_Section):
     duplicate_window_s: PositiveFloat = 120.0  # Nats-Msg-Id dedupe window
 
 
-class KvSection(_Section):
+class KvSection(_Section, frozen=True):
     storage: Literal["file", "memory"] = "file"
     replicas: Annotated[int, Meta(ge=1, le=5)] = 1
     history: Annotated[int, Meta(ge=1, le=64)] = 1
 
 
-class DeadLetterSection(_Section):
+class DeadLetterSection(_Section, frozen=True):
     stream: Name = "DLQ"
     subject_prefix: Subject = "dlq"  # a function's dead letters go to <prefix>.<function>
     storage: Literal["file", "memory"] = "file"
     replicas: Annotated[int, Meta(ge=1, le=5)] = 1
 
 
-class ModuleSection(_Section):
+class ModuleSection(_Section, frozen=True):
     # Folder holding the function's source (main.zig, main.c, main.ts or app.py), relative to the manifest;
     # required unless the module is prebuilt.
     source: str = ""
@@ -99,14 +99,14 @@ class ModuleSection(_Section):
     prebuilt: bool = False
 
 
-class ScaleSection(_Section):
+class ScaleSection(_Section, frozen=True):
     min: NonNegativeInt = 0
     max: PositiveInt = 4
     target_backlog: PositiveInt = 100  # messages of backlog per instance
     cooldown_s: NonNegativeFloat = 5.0
 
 
-class LimitsSection(_Section):
+class LimitsSection(_Section, frozen=True):
     memory_mib: Annotated[int, Meta(ge=1, le=64)] = 16
     fuel: PositiveInt = 20_000_000  # per message; ~1 unit per Wasm instruction (a few ms of work)
     max_payload: PositiveInt = 65536  # bytes; larger inputs are dead-lettered without calling the guest
@@ -115,7 +115,7 @@ class LimitsSection(_Section):
     max_effect_bytes: PositiveInt = 1_048_576  # payload (publish) or value (KV put) of one effect
 
 
-class RetrySection(_Section):
+class RetrySection(_Section, frozen=True):
     max_deliver: Annotated[int, Meta(ge=1, le=1000)] = 5  # deliveries before a failing message is dead-lettered
     backoff_ms: list[NonNegativeInt] = msgspec.field(default_factory=lambda: [200, 1000, 5000])
 
@@ -123,7 +123,7 @@ class RetrySection(_Section):
 WasiGrant = Literal["clock", "random"]
 
 
-class FunctionSection(_Section):
+class FunctionSection(_Section, frozen=True):
     module: Name
     trigger: Subject  # subject of the function's durable pull consumer
     # Hex SHA-256 of the built module; when set, a module with any other digest is refused before loading.
@@ -143,7 +143,7 @@ class FunctionSection(_Section):
     retry: RetrySection = RetrySection()
 
 
-class Manifest(_Section):
+class Manifest(_Section, frozen=True):
     build_dir: str = "build"
     nats: NatsSection = NatsSection()
     embedded: EmbeddedSection = EmbeddedSection()
@@ -224,7 +224,7 @@ _NAMED_SECTIONS: dict[str, type[Struct]] = {
 }
 
 
-def _name_the_key(raw: dict, message: str) -> str:
+def _name_the_key(raw: dict[str, Any], message: str) -> str:
     """Turn msgspec's 'Expected `int` - at `$.functions[...].batch`' into 'functions.f.batch: Expected `int`'.
 
     msgspec does not name dict keys in its paths (`[...]`), so find the entry that fails on its own.

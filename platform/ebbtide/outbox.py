@@ -13,17 +13,19 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Iterable
-from datetime import datetime, timezone
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import NotFoundError
 
-from .errors import OutboxError
 from .broker import kv_stream_name, kv_subject
+from .errors import OutboxError
 from .manifest import LoadedManifest
 
 API_TIMEOUT_S = 5.0
@@ -70,7 +72,7 @@ async def get_entries(nc: NatsClient, buckets: list[str], key: str, wait_s: floa
                 return found
             try:
                 await asyncio.wait_for(written.wait(), remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass  # one last read, then give up
     finally:
         for subscription in subscriptions:
@@ -122,8 +124,8 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def _set_on_message(event: asyncio.Event):
-    async def callback(_msg) -> None:
+def _set_on_message(event: asyncio.Event) -> Callable[[Msg], Awaitable[None]]:
+    async def callback(_msg: Msg) -> None:
         event.set()
 
     return callback
@@ -144,7 +146,7 @@ async def _read_key(nc: NatsClient, bucket: str, key: str) -> OutboxEntry | None
         return None  # no message for that subject
     except NoRespondersError:
         raise OutboxError("JetStream is not available on this server (no responders)") from None
-    except (NatsTimeoutError, asyncio.TimeoutError):
+    except (TimeoutError, NatsTimeoutError):
         raise OutboxError(f"JetStream did not answer within {API_TIMEOUT_S} s") from None
     if msg.headers and msg.headers.get(KV_OPERATION) in ("DEL", "PURGE"):
         return None
@@ -152,10 +154,10 @@ async def _read_key(nc: NatsClient, bucket: str, key: str) -> OutboxEntry | None
 
 
 class _StreamInfoPage(msgspec.Struct):
-    state: dict = {}
+    state: dict[str, Any] = {}
     total: int = 0
     offset: int = 0
-    error: dict | None = None
+    error: dict[str, Any] | None = None
 
 
 async def _keys(nc: NatsClient, bucket: str) -> list[str]:
@@ -168,7 +170,7 @@ async def _keys(nc: NatsClient, bucket: str) -> list[str]:
             reply = await nc.request(f"$JS.API.STREAM.INFO.{stream}", request, timeout=API_TIMEOUT_S)
         except NoRespondersError:
             raise OutboxError("JetStream is not available on this server (no responders)") from None
-        except (NatsTimeoutError, asyncio.TimeoutError):
+        except (TimeoutError, NatsTimeoutError):
             raise OutboxError(f"JetStream did not answer within {API_TIMEOUT_S} s") from None
         page = msgspec.json.decode(reply.data, type=_StreamInfoPage)
         if page.error is not None:
@@ -188,4 +190,4 @@ def _no_bucket(bucket: str) -> OutboxError:
 def _iso(time: datetime | None) -> str:
     if time is None:
         return "-"
-    return time.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return time.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

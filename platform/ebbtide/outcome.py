@@ -41,20 +41,20 @@ class _Value(msgspec.Struct, frozen=True, gc=False):
 # -- outcomes --------------------------------------------------------------------------------------------
 
 
-class Ack(_Value):
+class Ack(_Value, frozen=True):
     """Done: publish `effects` (each confirmed by the server), then ack the input."""
 
     effects: Sequence[Outgoing] = ()
 
 
-class Retry(_Value):
+class Retry(_Value, frozen=True):
     """A transient failure: nak the input for redelivery after `delay_s`."""
 
     delay_s: float
     error: str
 
 
-class DeadLetter(_Value):
+class DeadLetter(_Value, frozen=True):
     """Give up: store the input on the dead-letter subject, saying why (headers), then ack it."""
 
     reason: Reason
@@ -67,33 +67,33 @@ Outcome = Ack | Retry | DeadLetter
 # -- what the guest answered -----------------------------------------------------------------------------
 
 
-class Effects(_Value):
+class Effects(_Value, frozen=True):
     """Status OK, and every effect the guest asked for is within its allowlist."""
 
     outgoing: Sequence[Outgoing]
 
 
-class Refused(_Value):
+class Refused(_Value, frozen=True):
     """Status OK, but an effect is outside the allowlist or malformed (effects.EffectRefused)."""
 
     error: str
 
 
-class Declined(_Value):
+class Declined(_Value, frozen=True):
     """The guest answered REJECT (permanent) or RETRY (transient), with its own words."""
 
     status: Status
     message: str
 
 
-class Faulted(_Value):
+class Faulted(_Value, frozen=True):
     """The instance failed (trap, timeout, memory-limit, invalid-output): transient, on a new instance."""
 
     kind: str
     error: str
 
 
-class TooLarge(_Value):
+class TooLarge(_Value, frozen=True):
     """The input does not fit the guest's input buffer (runtime.InputTooLarge)."""
 
     error: str

@@ -22,7 +22,8 @@ from nats.aio.msg import Msg
 from .broker.delivery import Incoming, KeepAlive, nak_all
 from .broker.publisher import ConfirmedPublisher
 from .broker.pull import PullConsumer
-from .effects import Allowlist, EffectRefused
+from .effects import Allowlist
+from .errors import EffectRefused
 from .executor import Executor, PoolStats
 from .manifest import LoadedManifest
 from .outcome import Declined, Effects, Faulted, GuestResult, Refused, TooLarge

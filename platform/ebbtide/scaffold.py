@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 
-from .errors import ScaffoldError
 from .build import LANGUAGES
-from .manifest import LoadedManifest, ManifestError, parse_manifest, subject_matches
+from .errors import ManifestError, ScaffoldError
+from .manifest import LoadedManifest, parse_manifest, subject_matches
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,47}$")
 

@@ -14,8 +14,8 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .children import die_with_parent

@@ -100,7 +100,7 @@ class Container:
     ip: str  # on the project's network
 
     @classmethod
-    def from_inspect(cls, data: dict[str, Any]) -> "Container":
+    def from_inspect(cls, data: dict[str, Any]) -> Container:
         state = data["State"]
         networks = data["NetworkSettings"]["Networks"] or {}
         return cls(data["Id"], data["Config"]["Labels"]["com.docker.compose.service"], state["Status"],

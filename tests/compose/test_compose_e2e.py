@@ -37,7 +37,14 @@ from ebbtide.workload.orders import INGRESS_SUBJECT, generate_orders
 from tests.compose.project import ComposeProject, image_ids, remove_images, run, why_not_runnable
 from tests.conftest import REPO
 from tests.reliability.conftest import (
-    PublishStats, account, dead_letter_accounting, expected_outbox, finished_run, publish_reliably, subject_counts, with_invalid,
+    PublishStats,
+    account,
+    dead_letter_accounting,
+    expected_outbox,
+    finished_run,
+    publish_reliably,
+    subject_counts,
+    with_invalid,
 )
 
 COMPOSE_FILE = REPO / "docker-compose.yml"

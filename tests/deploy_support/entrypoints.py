@@ -130,7 +130,7 @@ class Collector:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    async def start(self) -> "Collector":
+    async def start(self) -> Collector:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
@@ -193,7 +193,7 @@ class ConfiguredCluster:
     def urls(self) -> list[str]:
         return [f"nats://127.0.0.1:{port}" for port in self.ports]
 
-    def start(self) -> "ConfiguredCluster":
+    def start(self) -> ConfiguredCluster:
         routes = ",".join(f"nats://127.0.0.1:{port}" for port in self.route_ports)
         for i, (port, monitor, route) in enumerate(zip(self.ports, self.monitor_ports, self.route_ports)):
             config = self.config_dir / f"local-nats-{i}.conf"

@@ -11,11 +11,12 @@ from pathlib import Path
 
 from nats.aio.client import Client as NatsClient
 
-from ebbtide.workload.bench import SCENARIOS, BenchOptions, run_bench
 from ebbtide.broker import EmbeddedNats, provision
 from ebbtide.manifest import LoadedManifest
+from ebbtide.workload.bench import SCENARIOS, BenchOptions, run_bench
 from ebbtide.workload.orders import INGRESS_SUBJECT, encode_order, generate_orders
 from tests.conftest import read_stream
+
 
 async def test_quick_bench_completes_with_sane_figures(reference_manifest: LoadedManifest, tmp_path: Path) -> None:
     report = await run_bench(reference_manifest, list(SCENARIOS), quick=True, out_dir=tmp_path)

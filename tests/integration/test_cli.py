@@ -94,10 +94,10 @@ async def test_top_shows_every_function_of_a_running_host(reference_manifest, na
 async def test_dlq_commands(reference_manifest, nats_server) -> None:
     """list, show, redrive and purge from the shell, on dead letters the pipeline produced; `top` counts
     what the dead-letter stream holds now."""
+    import nats as nats_client
+
     from ebbtide.host import Host
     from tests.conftest import read_stream
-
-    import nats as nats_client
 
     async def ebbtide_async(*args: str) -> subprocess.CompletedProcess[str]:
         process = await asyncio.create_subprocess_exec(

@@ -41,13 +41,13 @@ import yaml
 from nats.aio.client import Client as NatsClient
 
 from ebbtide.broker import EmbeddedNats, connect
-from ebbtide.broker.users import ADMIN_USER, INGRESS_ENV, OBSERVER_USER, SERVER_CONFIG, AuthBundle, inbox_prefix
 from ebbtide.broker.embedded import nats_server_binary
 from ebbtide.broker.names import kv_stream_name
 from ebbtide.broker.provisioning import consumer_config
+from ebbtide.broker.users import ADMIN_USER, INGRESS_ENV, OBSERVER_USER, SERVER_CONFIG, AuthBundle, inbox_prefix
 from ebbtide.manifest import LoadedManifest, parse_manifest
-from ebbtide.workload.orders import INGRESS_SUBJECT, encode_order, generate_orders
 from ebbtide.stream_state import stream_state
+from ebbtide.workload.orders import INGRESS_SUBJECT, encode_order, generate_orders
 from tests.conftest import REPO, wait_until
 from tests.deploy_support import dockerfile as dockerfile_reader
 from tests.deploy_support import entrypoints, keda, kustomize, mounts
@@ -551,7 +551,7 @@ def test_names_and_ports_agree_across_manifest_compose_and_kubernetes(
     ports = {p["name"]: p["port"] for p in headless["spec"]["ports"]}
     assert ports == {"client": conf_port("listen"), "cluster": 6222, "monitor": conf_port("http")}
     assert statefulset["spec"]["replicas"] == 3
-    assert len(re.findall(r"nats://nats-\d\.%s:6222" % headless["metadata"]["name"], nats_conf)) == 3
+    assert len(re.findall(rf"nats://nats-\d\.{headless['metadata']['name']}:6222", nats_conf)) == 3
     namespace = of_kind(k8s, "Namespace")
     [namespace_name] = namespace
     for name, deployment in deployments.items():

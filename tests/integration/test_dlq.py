@@ -14,13 +14,21 @@ from ebbtide.broker import EmbeddedNats, provision
 from ebbtide.broker.headers import H_ORIGINAL_SUBJECT
 from ebbtide.deadletter import Reason, dead_letter_headers
 from ebbtide.dlq_admin import (
-    H_REDRIVEN_FROM, DeadLetter, DeadLetterError, RedriveResult, format_detail, format_table, list_dead_letters,
-    purge, redrive, show_dead_letter,
+    H_REDRIVEN_FROM,
+    DeadLetter,
+    DeadLetterError,
+    RedriveResult,
+    format_detail,
+    format_table,
+    list_dead_letters,
+    purge,
+    redrive,
+    show_dead_letter,
 )
 from ebbtide.host import Host
 from ebbtide.manifest import LoadedManifest
-from ebbtide.workload.orders import INGRESS_SUBJECT, Order, encode_order, generate_orders
 from ebbtide.stream_state import stream_state
+from ebbtide.workload.orders import INGRESS_SUBJECT, Order, encode_order, generate_orders
 from tests.conftest import exactly_once, outboxes_writes, provision_for, read_stream, wait_until
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")  # as deadletter.py writes it
@@ -274,7 +282,7 @@ async def test_a_still_invalid_order_comes_back_as_a_new_dead_letter(
     assert len(letters) == 3 and (await stream_state(nc, "DLQ")).messages == 3  # none lost, none doubled
     by_origin = {l.original_msg_id: l for l in letters}
     assert by_origin[None].seq == foreign_seq and by_origin[None].payload == b"put here by hand"
-    for msg_id, before in old.items():
+    for before in old.values():
         after = by_origin[f"redrive:DLQ:{before.seq}"]
         assert after.seq > foreign_seq
         assert after.delivery_count == 1 and after.reason == "rejected" and after.error == before.error

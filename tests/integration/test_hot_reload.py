@@ -18,7 +18,17 @@ from nats.aio.client import Client as NatsClient
 from ebbtide.broker import EmbeddedNats
 from ebbtide.host import Host
 from ebbtide.manifest import LoadedManifest
-from tests.conftest import BUILD_DIR, GUESTS, REPO, chaos_manifest, manifest_copy, provision_for, read_stream, wait_for_consumers, wait_until
+from tests.conftest import (
+    BUILD_DIR,
+    GUESTS,
+    REPO,
+    chaos_manifest,
+    manifest_copy,
+    provision_for,
+    read_stream,
+    wait_for_consumers,
+    wait_until,
+)
 
 CHAOS = (GUESTS / "chaos.wat").read_text()
 # Version 2 of the chaos guest: the same, but the first byte of what it publishes becomes "V".

@@ -19,16 +19,16 @@ from hypothesis import strategies as st
 from nats.aio.client import Client as NatsClient
 
 from ebbtide.broker import ConfirmedPublisher, EmbeddedNats, publish_all
-from ebbtide.build import build_modules
 from ebbtide.broker.headers import H_ERROR, H_FUNCTION
+from ebbtide.build import build_modules
 from ebbtide.host import Host
 from ebbtide.manifest import LoadedManifest, load_manifest
-from ebbtide.workload.orders import INGRESS_SUBJECT, Order, encode_order, generate_orders
 from ebbtide.runtime import GuestInitError, GuestInstance, GuestLimits, Status, WasmEngine, decode_effects
 from ebbtide.runtime.abi import KvPut
 from ebbtide.runtime.guest import handle_one_by_one
 from ebbtide.runtime.guests import Guest, load_guest_module, start_guest
 from ebbtide.stream_state import stream_state
+from ebbtide.workload.orders import INGRESS_SUBJECT, Order, encode_order, generate_orders
 from tests.conftest import BUILD_DIR, REPO, manifest_copy, provision_for, read_stream, wait_until
 
 # lang -> (module name in the test manifests, source folder)
@@ -231,7 +231,7 @@ def test_batch_outputs_equal_single_outputs_byte_for_byte(instances: dict[str, G
         singles = [instance.handle(subject, payload) for subject, payload in messages]
         calls: list[tuple[int, int]] = []  # (messages sent, messages handled) per ebbtide_handle_batch call
         raw = instance._handle_batch
-        instance._handle_batch = lambda count: calls.append((count, handled := raw(count))) or handled  # type: ignore[method-assign]
+        instance._handle_batch = lambda count, calls=calls, raw=raw: calls.append((count, handled := raw(count))) or handled  # type: ignore[method-assign]
         try:
             result = instance.handle_batch(messages)
         finally:
@@ -266,7 +266,7 @@ def test_instance_memory_does_not_grow_with_messages(instances: dict[str, GuestI
 ])
 def test_config_refusals_are_the_same(examples: dict[str, Path], config: bytes, reason: str) -> None:
     engine = WasmEngine()
-    for lang, path in examples.items():
+    for path in examples.values():
         with pytest.raises(GuestInitError, match="configuration refused: " + re.escape(reason) + "$"):
             GuestInstance(engine, engine.load(path), LIMITS, config)
 

@@ -11,11 +11,11 @@ from nats.aio.client import Client as NatsClient
 from ebbtide.broker import EmbeddedNats, free_port
 from ebbtide.host import Host
 from ebbtide.manifest import LoadedManifest
-from ebbtide.workload.orders import encode_order, generate_orders
 from ebbtide.stream_state import stream_state
 from ebbtide.telemetry import CONTENT_TYPE, TelemetryServer
 from ebbtide.telemetry.http import METRICS_TOKEN_ENV
 from ebbtide.telemetry.metrics import escape_label_value
+from ebbtide.workload.orders import encode_order, generate_orders
 from tests.conftest import provision_for, wait_until
 from tests.integration.test_pipeline import BAD_INPUTS, outbox_counts, publish
 

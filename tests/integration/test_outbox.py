@@ -16,8 +16,8 @@ import msgspec
 import nats
 import pytest
 
-from ebbtide.workload.orders import encode_order, generate_orders
 from ebbtide.outbox import OutboxEntry, format_table, format_value, is_valid_key
+from ebbtide.workload.orders import encode_order, generate_orders
 from tests.conftest import manifest_copy, port_open, wait_for_consumers, wait_until
 
 ORDERS = 20

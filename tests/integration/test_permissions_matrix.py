@@ -153,7 +153,7 @@ class Probe:
         self._writer: asyncio.StreamWriter | None = None
         self._sids = itertools.count(1)
 
-    async def connect(self, url: str, auth: NatsAuth) -> "Probe":
+    async def connect(self, url: str, auth: NatsAuth) -> Probe:
         host, port = url.removeprefix("nats://").rsplit(":", 1)
         self._reader, self._writer = await asyncio.open_connection(host, int(port))
         info = json.loads((await self._reader.readline()).split(b" ", 1)[1])
@@ -222,7 +222,7 @@ class Probe:
             while self._sub_id not in messages:  # JetStream answers on its own time, after the PONG
                 line = await asyncio.wait_for(self._read_op(messages), 5)
                 assert not line.startswith("-ERR"), line
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise AssertionError(f"{subject}: neither refused nor answered") from None
         return True
 

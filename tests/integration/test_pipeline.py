@@ -14,8 +14,8 @@ from ebbtide.broker import ConfirmedPublisher, EmbeddedNats, provision, publish_
 from ebbtide.broker.headers import H_ERROR, H_FUNCTION, H_ORIGINAL_SUBJECT, H_REASON
 from ebbtide.host import Host
 from ebbtide.manifest import LoadedManifest, load_manifest
-from ebbtide.workload.orders import INGRESS_SUBJECT, Order, encode_order, generate_orders
 from ebbtide.stream_state import stream_state
+from ebbtide.workload.orders import INGRESS_SUBJECT, Order, encode_order, generate_orders
 from tests.conftest import exactly_once, manifest_copy, outboxes_writes, provision_for, read_stream, wait_until
 
 

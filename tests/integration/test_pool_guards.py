@@ -17,8 +17,8 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
 from ebbtide.broker import EmbeddedNats, provision
+from ebbtide.broker.headers import H_DELIVERY_COUNT, H_ERROR, H_FAILED_AT, H_FIRST_FAILED_AT, H_INGRESS_AT, H_REASON
 from ebbtide.broker.provisioning import ensure_stream, stream_configs
-from ebbtide.broker.headers import H_INGRESS_AT, H_DELIVERY_COUNT, H_ERROR, H_FAILED_AT, H_FIRST_FAILED_AT, H_REASON
 from ebbtide.host import Host
 from ebbtide.manifest import LoadedManifest, parse_manifest
 from tests.conftest import chaos_manifest, read_stream, wait_until
@@ -52,7 +52,7 @@ class NakWatch:
     advisories: list[tuple[int, int, datetime]] = field(default_factory=list)  # (stream seq, deliveries, server time)
     requested: list[tuple[int, int, dict[str, int]]] = field(default_factory=list)  # (stream seq, delivered, nak body)
 
-    async def start(self, nc: NatsClient) -> "NakWatch":
+    async def start(self, nc: NatsClient) -> NakWatch:
         async def on_advisory(msg: Msg) -> None:
             event = json.loads(msg.data)
             self.advisories.append((event["stream_seq"], event["deliveries"], _server_time(event["timestamp"])))

@@ -13,9 +13,9 @@ from nats.aio.client import Client as NatsClient
 from ebbtide.broker import EmbeddedNats
 from ebbtide.host import Host
 from ebbtide.manifest import LoadedManifest
-from ebbtide.workload.orders import encode_order, generate_orders
-from ebbtide.stream_state import stream_state
 from ebbtide.status_reports import PoolStatus, decode_status
+from ebbtide.stream_state import stream_state
+from ebbtide.workload.orders import encode_order, generate_orders
 from tests.conftest import provision_for, wait_until
 from tests.integration.test_pipeline import outbox_counts, publish
 

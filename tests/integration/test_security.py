@@ -15,14 +15,14 @@ import wasmtime
 
 from ebbtide.broker import EmbeddedNats, connect
 from ebbtide.broker.access import ServerAccess, embedded_server
-from ebbtide.cli import main as cli
 from ebbtide.broker.headers import H_ERROR, H_REASON
+from ebbtide.cli import main as cli
 from ebbtide.host import Host
 from ebbtide.launch import running
 from ebbtide.manifest import LoadedManifest, load_manifest, parse_manifest
-from ebbtide.workload.orders import INGRESS_SUBJECT, encode_order, generate_orders
 from ebbtide.runtime import ModuleLoadError
 from ebbtide.status_reports import STATUS_REQUEST_SUBJECT, STATUS_SUBJECT_PREFIX, decode_status
+from ebbtide.workload.orders import INGRESS_SUBJECT, encode_order, generate_orders
 from tests.conftest import GUESTS, chaos_manifest, manifest_copy, provision_for, read_stream, wait_for_consumers, wait_until
 from tests.integration.test_pipeline import outbox_counts
 

@@ -11,9 +11,9 @@ from nats.aio.client import Client as NatsClient
 
 from ebbtide.broker import EmbeddedNats
 from ebbtide.manifest import LoadedManifest, load_manifest
-from ebbtide.workload.orders import encode_order, generate_orders
 from ebbtide.stream_state import stream_state
 from ebbtide.supervisor import Supervisor
+from ebbtide.workload.orders import encode_order, generate_orders
 from tests.conftest import exactly_once, manifest_copy, outboxes_writes, provision_for, wait_for_consumers, wait_until
 from tests.integration.test_pipeline import outbox_counts, publish
 

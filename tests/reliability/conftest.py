@@ -22,9 +22,9 @@ import pytest
 from nats.aio.client import Client as NatsClient
 
 from ebbtide.broker import ConfirmedPublisher, EmbeddedNats, PublishError
-from ebbtide.workload.orders import Order, encode_order
-from ebbtide.stream_state import stream_state
 from ebbtide.status_reports import STATUS_REQUEST_SUBJECT, STATUS_SUBJECT_PREFIX, decode_status
+from ebbtide.stream_state import stream_state
+from ebbtide.workload.orders import Order, encode_order
 from tests.conftest import OutboxWrites, exactly_once, outboxes_writes
 
 ORDERS_N = int(os.environ.get("EBBTIDE_RELIABILITY_ORDERS", "3000"))
@@ -172,7 +172,7 @@ class MidRunFault:
     async def wait(self, timeout: float = 60.0) -> None:
         try:
             await asyncio.wait_for(self.injected.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise AssertionError(f"the run never reached {self.threshold} stored orders while publishing") from None
 
 

@@ -17,15 +17,28 @@ from ebbtide.broker import EmbeddedNats, free_port, provision
 from ebbtide.host import Host
 from ebbtide.launch import running
 from ebbtide.manifest import LoadedManifest, load_manifest
-from ebbtide.workload.orders import INGRESS_SUBJECT, generate_orders
 from ebbtide.stream_state import stream_state
+from ebbtide.workload.orders import INGRESS_SUBJECT, generate_orders
 from tests.conftest import manifest_copy, provision_for
 from tests.reliability.conftest import (
-    account, finished_run, ORDERS_N, Duplicated, MidRunFault, PublishStats, Report, Row, cluster_ready, connect_client,
-    dead_letter_accounting, eventually, expected_outbox, publish_reliably, replicated, wait_for_functions,
+    ORDERS_N,
+    Duplicated,
+    MidRunFault,
+    PublishStats,
+    Report,
+    Row,
+    account,
+    cluster_ready,
+    connect_client,
+    dead_letter_accounting,
+    eventually,
+    expected_outbox,
+    finished_run,
+    publish_reliably,
+    replicated,
+    wait_for_functions,
     with_invalid,
 )
-
 
 # After a restart the server rebuilds its duplicate table only from the messages it still stores: a publish
 # retried after the restart whose first copy was already processed (acked, so deleted from the work-queue
@@ -99,7 +112,7 @@ class Cluster:
                 "--cluster_name", f"ebbtide-reliability-{route_ports[0]}", "--cluster", f"nats://127.0.0.1:{port}",
                 "--routes", routes)))
 
-    def start(self) -> "Cluster":
+    def start(self) -> Cluster:
         for node in self.nodes:
             node.start()
         return self

@@ -16,7 +16,13 @@ from ebbtide.broker.headers import H_DELIVERY_COUNT, H_ERROR, H_ORIGINAL_MSG_ID,
 from ebbtide.host import Host
 from tests.conftest import chaos_manifest, provision_for, read_stream
 from tests.reliability.conftest import (
-    ORDERS_N, Report, Row, connect_client, eventually, publish_reliably, read_dead_letters,
+    ORDERS_N,
+    Report,
+    Row,
+    connect_client,
+    eventually,
+    publish_reliably,
+    read_dead_letters,
 )
 
 MAX_DELIVER = 3  # chaos_manifest's retry.max_deliver

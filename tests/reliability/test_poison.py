@@ -12,17 +12,25 @@ import random
 import time
 from pathlib import Path
 
-
 from ebbtide.broker import EmbeddedNats
-from ebbtide.host import Host
 from ebbtide.broker.headers import H_ERROR, H_FUNCTION, H_ORIGINAL_MSG_ID, H_ORIGINAL_SIZE, H_ORIGINAL_SUBJECT, H_REASON
+from ebbtide.host import Host
 from ebbtide.launch import running
 from ebbtide.manifest import LoadedManifest, load_manifest
-from ebbtide.workload.orders import INGRESS_SUBJECT, encode_order, generate_orders
 from ebbtide.stream_state import stream_state
+from ebbtide.workload.orders import INGRESS_SUBJECT, encode_order, generate_orders
 from tests.conftest import manifest_copy, provision_for
 from tests.reliability.conftest import (
-    account, finished_run, ORDERS_N, Outbox, Report, Row, connect_client, expected_outbox, publish_reliably, run_complete,
+    ORDERS_N,
+    Outbox,
+    Report,
+    Row,
+    account,
+    connect_client,
+    expected_outbox,
+    finished_run,
+    publish_reliably,
+    run_complete,
 )
 
 SERVER_MAX_PAYLOAD = 1024 * 1024  # nats-server's default max_payload

@@ -15,12 +15,24 @@ from pathlib import Path
 
 from ebbtide.broker import EmbeddedNats
 from ebbtide.manifest import LoadedManifest, load_manifest
-from ebbtide.workload.orders import INGRESS_SUBJECT, generate_orders
 from ebbtide.stream_state import stream_state
+from ebbtide.workload.orders import INGRESS_SUBJECT, generate_orders
 from tests.conftest import manifest_copy
 from tests.reliability.conftest import (
-    account, finished_run, ORDERS_N, MidRunFault, PublishStats, Report, Row, connect_client, dead_letter_accounting,
-    expected_outbox, publish_reliably, read_outbox, wait_for_functions, with_invalid,
+    ORDERS_N,
+    MidRunFault,
+    PublishStats,
+    Report,
+    Row,
+    account,
+    connect_client,
+    dead_letter_accounting,
+    expected_outbox,
+    finished_run,
+    publish_reliably,
+    read_outbox,
+    wait_for_functions,
+    with_invalid,
 )
 
 
@@ -52,7 +64,7 @@ async def stop_with_sigterm(process: asyncio.subprocess.Process, grace_s: float)
     process.send_signal(signal.SIGTERM)
     try:
         code = await asyncio.wait_for(process.wait(), grace_s + 10)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         process.kill()
         await process.wait()
         raise AssertionError(f"`ebbtide up` still running {grace_s + 10:.0f} s after SIGTERM") from None
@@ -121,7 +133,7 @@ async def test_sigterm_mid_run_then_restart(
                 started_process.send_signal(signal.SIGTERM)
                 try:
                     await asyncio.wait_for(started_process.wait(), grace_s + 10)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
             try:
                 os.killpg(started_process.pid, signal.SIGKILL)  # whatever that session left behind

@@ -115,7 +115,7 @@ class FakeConsumer:
     async def fetch(self, batch: int, wait_s: float) -> list[Msg]:
         try:
             return await asyncio.wait_for(self.batches.get(), timeout=min(wait_s, 0.05))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return []
 
     async def close(self) -> None:

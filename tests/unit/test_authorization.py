@@ -10,11 +10,16 @@ import bcrypt
 
 from ebbtide.broker.access import ServerAccess
 from ebbtide.broker.credentials import NatsAuth
+from ebbtide.broker.provisioning import streams_needed
 from ebbtide.broker.users import (
     BCRYPT_COST,
-    INGRESS_ENV, function_permissions, inbox_prefix, ingress_permissions, observer_permissions, write_bundle,
+    INGRESS_ENV,
+    function_permissions,
+    inbox_prefix,
+    ingress_permissions,
+    observer_permissions,
+    write_bundle,
 )
-from ebbtide.broker.provisioning import streams_needed
 from ebbtide.manifest import load_manifest
 
 REPO = Path(__file__).resolve().parents[2]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from ebbtide.workload.baselines.rules import Rejected, outbox_key, route
 from ebbtide.manifest import LoadedManifest
 from ebbtide.pool import MIB
 from ebbtide.runtime import GuestInstance, GuestLimits, Status, WasmEngine, decode_effects
+from ebbtide.workload.baselines.rules import Rejected, outbox_key, route
 
 ORDER = (b'{"orderId": 7, "orderGuid": "g", "description": "d", "firstName": "A", "lastName": "B", '
          b'"delivery": "Express", "items": [{"orderItemId": 1, "sku": "LENS-1", "quantity": 2}]}')

@@ -7,7 +7,6 @@ batch support is checked against their per-message outputs in tests/integration/
 from __future__ import annotations
 
 import re
-
 from collections.abc import Callable, Sequence
 from pathlib import Path
 

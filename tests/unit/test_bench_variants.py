@@ -8,9 +8,9 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from ebbtide.manifest import load_manifest
 from ebbtide.workload.bench import BenchOptions, tomlwrite
 from ebbtide.workload.bench.implementations import CANDIDATES, DEFAULT, FASTEST_KNOWN, Variant, candidate, write_variant
-from ebbtide.manifest import load_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 

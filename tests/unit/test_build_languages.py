@@ -14,6 +14,7 @@ from ebbtide.build import BuildError, build_modules
 from ebbtide.manifest import LoadedManifest, ManifestError, load_manifest
 from ebbtide.runtime import GuestInstance, GuestLimits, Status, WasmEngine
 from tests.conftest import BUILD_DIR, REPO
+
 SOURCES = {
     "zig": REPO / "functions/receiver",
     "c": REPO / "functions/examples/receiver-c",

@@ -8,8 +8,20 @@ from ebbtide.deadletter import Reason
 from ebbtide.effects import Outgoing
 from ebbtide.manifest import LimitsSection, RetrySection
 from ebbtide.outcome import (
-    Ack, DeadLetter, Declined, Effects, Faulted, Refused, Retry, TooLarge, after_guest, after_host_error,
-    after_unconfirmed, backoff_s, check_input, transient,
+    Ack,
+    DeadLetter,
+    Declined,
+    Effects,
+    Faulted,
+    Refused,
+    Retry,
+    TooLarge,
+    after_guest,
+    after_host_error,
+    after_unconfirmed,
+    backoff_s,
+    check_input,
+    transient,
 )
 from ebbtide.runtime import Status
 

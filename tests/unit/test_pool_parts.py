@@ -1,7 +1,7 @@
 import pytest
 
-from ebbtide.deadletter import Reason, dead_letter_headers, header_safe
 from ebbtide.broker.delivery import Delivery, parse_ack_subject
+from ebbtide.deadletter import Reason, dead_letter_headers, header_safe
 
 
 def test_ack_subject_v1() -> None:

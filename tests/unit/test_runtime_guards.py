@@ -10,7 +10,14 @@ import pytest
 import wasmtime
 
 from ebbtide.runtime import (
-    GuestFault, GuestInitError, GuestInstance, GuestLimits, InputTooLarge, ModuleLoadError, Status, WasmEngine,
+    GuestFault,
+    GuestInitError,
+    GuestInstance,
+    GuestLimits,
+    InputTooLarge,
+    ModuleLoadError,
+    Status,
+    WasmEngine,
 )
 from ebbtide.runtime.wasi import ERRNO_FAULT, ERRNO_INVAL, ERRNO_SUCCESS, MAX_RANDOM_BYTES
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from ..manifest import LoadedManifest
 from .credentials import NatsAuth, client_auth
-from .users import AuthBundle, write_bundle
 from .embedded import EmbeddedNats
+from .users import AuthBundle, write_bundle
 
 NATS_URL_ENV = "EBBTIDE_NATS_URL"
 

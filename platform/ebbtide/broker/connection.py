@@ -98,7 +98,7 @@ async def connect(
         name=name,
         allow_reconnect=True,
         max_reconnect_attempts=-1,
-        reconnect_time_wait=RETRY_WAIT_S,
+        reconnect_time_wait=RETRY_WAIT_S,  # type: ignore[arg-type]  # nats-py annotates int, takes seconds as float
         connect_timeout=5,
         pending_size=64 * 1024 * 1024,
         flush_timeout=10,

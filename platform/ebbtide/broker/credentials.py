@@ -89,7 +89,7 @@ class NatsAuth:
         """The variables that give a child process exactly these settings (every one, set or empty)."""
         return {variable: getattr(self, name) for variable, name in ENV_VARIABLES.items()}
 
-    def with_credentials(self, other: "NatsAuth") -> "NatsAuth":
+    def with_credentials(self, other: NatsAuth) -> NatsAuth:
         """These TLS settings with `other`'s credentials and inbox prefix."""
         return replace(self, **{name: getattr(other, name) for name in (*_CREDENTIAL_FIELDS, "inbox_prefix")})
 

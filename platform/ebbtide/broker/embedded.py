@@ -10,8 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import EmbeddedServerError
 from ..children import die_with_parent
+from ..errors import EmbeddedServerError
 
 READY_TIMEOUT_S = 15.0
 
@@ -70,7 +70,7 @@ class EmbeddedNats:
     def log_file(self) -> Path:
         return self.data_dir / "nats-server.log"
 
-    def start(self) -> "EmbeddedNats":
+    def start(self) -> EmbeddedNats:
         if self._process is not None:
             raise EmbeddedServerError("already started")
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -139,7 +139,7 @@ class EmbeddedNats:
             process.kill()
             process.wait()
 
-    def __enter__(self) -> "EmbeddedNats":
+    def __enter__(self) -> EmbeddedNats:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

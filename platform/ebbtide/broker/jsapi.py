@@ -6,7 +6,7 @@ Spoken raw (not through nats-py's JetStreamContext) where nats-py hides what ebb
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 from nats.aio.client import Client as NatsClient
@@ -37,7 +37,7 @@ class ApiResponse(msgspec.Struct):
 
 
 R = TypeVar("R", bound=ApiResponse)
-_decoders: dict[type, msgspec.json.Decoder] = {}
+_decoders: dict[type, msgspec.json.Decoder[Any]] = {}
 
 
 def decode(reply_type: type[R], data: bytes) -> R:
@@ -45,7 +45,8 @@ def decode(reply_type: type[R], data: bytes) -> R:
     decoder = _decoders.get(reply_type)
     if decoder is None:
         decoder = _decoders[reply_type] = msgspec.json.Decoder(reply_type)
-    return decoder.decode(data)
+    reply: R = decoder.decode(data)
+    return reply
 
 
 async def request(

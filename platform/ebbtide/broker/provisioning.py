@@ -7,17 +7,14 @@ that its consumer exists (`missing_provisioning`) and waits until it does.
 
 from __future__ import annotations
 
-import asyncio
-
 import nats.errors
 import nats.js.errors
-from nats.js import JetStreamContext
-from nats.js import api
+from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError, NotFoundError
 
 from ..manifest import LoadedManifest, subject_matches
-from .credentials import NatsAuth
 from .connection import connect
+from .credentials import NatsAuth
 from .names import kv_stream_name
 
 ERR_STREAM_NAME_IN_USE = 10058
@@ -128,7 +125,7 @@ async def provision_server(url: str, manifest: LoadedManifest, auth: NatsAuth, g
     nc = await connect(url, name="ebbtide-provision", give_up_after_s=give_up_after_s, auth=auth)
     try:
         await provision(nc.jetstream(), manifest)
-    except (nats.errors.TimeoutError, asyncio.TimeoutError):
+    except (TimeoutError, nats.errors.TimeoutError):
         # A user without the rights gets no answer at all (the server drops the request): say what it needs.
         raise ConnectionError(f"{url}: JetStream did not answer the provisioning requests of {auth.describe()}; "
                               "provisioning needs the admin credentials") from None
@@ -152,7 +149,7 @@ async def missing_provisioning(js: JetStreamContext, manifest: LoadedManifest, f
         return f"{missing} does not exist: run `ebbtide provision` with the admin credentials"
     except (nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError):
         return "JetStream is not available yet (no responders)"  # e.g. a cluster still electing its leader
-    except (nats.errors.TimeoutError, asyncio.TimeoutError):
+    except (TimeoutError, nats.errors.TimeoutError):
         return (f"no answer to the info request of consumer {function} on stream {stream} "
                 "(is this user allowed $JS.API.CONSUMER.INFO of it?)")
     return None

@@ -51,7 +51,7 @@ class PullConsumer:
         self._wanted = 0  # messages the request in progress may still bring
         self._answered: asyncio.Future[str | None] | None = None  # a status, or None: enough messages
 
-    async def start(self) -> "PullConsumer":
+    async def start(self) -> PullConsumer:
         self._subscription = await self._nc.subscribe(self._inbox, cb=self._on_message)
         return self
 
@@ -81,7 +81,7 @@ class PullConsumer:
         await self._nc.publish(self._next_subject, json.dumps(body).encode(), reply=self._inbox)
         try:
             return await asyncio.wait_for(self._answered, (wait_s or 0) + LATE_MARGIN_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return REQUEST_TIMEOUT  # no answer in time: whatever comes later waits for the next fetch
         finally:
             self._answered = None
@@ -116,7 +116,7 @@ class PullConsumer:
         connected = self._nc.is_connected  # else no round trip can succeed: do not wait for one
         if self._subscription is not None:
             try:
-                await (self._subscription.drain() if connected else self._subscription.unsubscribe())
+                await (self._subscription.drain() if connected else self._subscription.unsubscribe())  # type: ignore[no-untyped-call]
             except Exception:
                 pass  # connection gone or draining: nothing more can arrive here
             self._subscription = None

@@ -179,7 +179,8 @@ def _public_key(seed_file: Path) -> str:
     if not seed_file.exists():
         _write_secret(seed_file, nkeys.encode_seed(secrets.token_bytes(32), nkeys.PREFIX_BYTE_USER).decode() + "\n")
     seed = bytearray(seed_file.read_bytes().strip())
-    return nkeys.from_seed(seed).public_key.decode()
+    public: bytes = nkeys.from_seed(seed).public_key
+    return public.decode()
 
 
 def _write_secret(path: Path, text: str) -> None:

@@ -22,7 +22,7 @@ from .. import dlq_admin, outbox
 from ..broker import ConfirmedPublisher, connect, publish_all
 from ..broker.access import ServerAccess, client_access
 from ..broker.users import ingress_subjects
-from ..errors import UsageError
+from ..errors import OutboxError, UsageError
 from ..exit_codes import EXIT_FAILURE
 from ..manifest import LoadedManifest
 from ..status_reports import STATUS_REQUEST_SUBJECT, STATUS_SUBJECT_PREFIX, decode_status
@@ -140,7 +140,7 @@ def outbox_command(args: argparse.Namespace, manifest: LoadedManifest) -> int:
 
     try:
         return uvloop.run(read())
-    except outbox.OutboxError as exc:
+    except OutboxError as exc:
         print(f"ebbtide: {exc}", file=sys.stderr)
         return EXIT_FAILURE
 
@@ -186,8 +186,9 @@ def top_command(args: argparse.Namespace, manifest: LoadedManifest) -> int:
 async def client_connect(server: ServerAccess, name: str, reading: bool = False) -> NatsClient:
     """`reading`: a command that changes nothing connects as the read-only observer (see ServerAccess)."""
     try:
-        return await connect(server.url, name=name, give_up_after_s=5,
-                             auth=server.for_reading() if reading else server.admin)
+        nc: NatsClient = await connect(server.url, name=name, give_up_after_s=5,
+                                       auth=server.for_reading() if reading else server.admin)
+        return nc
     except ConnectionError as exc:
         raise ConnectionError(f"{exc} (is `ebbtide up` running?)") from None
 

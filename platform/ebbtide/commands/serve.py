@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import uvloop
 
@@ -99,14 +99,14 @@ async def _serve_until_stopped(manifest: LoadedManifest, runner: Host | Supervis
     else:
         log.info("running %s, one supervised process each; Ctrl-C to stop, SIGHUP to reload changed modules",
                  ", ".join(runner.children))
-    waits = [asyncio.ensure_future(stop.wait())]
+    waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait())]
     if watch:
         waits.append(asyncio.ensure_future(_watch_sources(manifest, reload)))
     if not isinstance(runner, Supervisor):  # a supervisor's children report their own losses by exiting
         waits.append(asyncio.ensure_future(runner.connection_lost.wait()))
     failed = False
     while True:
-        pending = [*waits, provisioning] if provisioning is not None else waits
+        pending: list[asyncio.Future[Any]] = [*waits, provisioning] if provisioning is not None else waits
         done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
         if provisioning is None or provisioning not in done:
             break
@@ -174,7 +174,7 @@ def provision_command(args: argparse.Namespace, manifest: LoadedManifest) -> int
 
     server = client_access(manifest, args.nats_url)
     uvloop.run(provision_server(server.url, manifest, server.admin, give_up_after_s=None if args.wait else 5))
-    print(f"provisioned on {server.url}: streams {', '.join(config.name for config in stream_configs(manifest))}; "
+    print(f"provisioned on {server.url}: streams {', '.join(str(config.name) for config in stream_configs(manifest))}; "
           f"durable consumers {', '.join(manifest.spec.functions)}")
     return 0
 

@@ -76,15 +76,16 @@ class ExportPicker:
         instance_ref = ctypes.byref(instance._instance)
         name = ctypes.POINTER(ctypes.c_char)()
         name_len = ctypes.c_size_t(0)
-        picked = []
+        picked: list[wasmtime.Func | wasmtime.Memory] = []
         for index in self.indices:
             item = ffi.wasmtime_extern_t()
             if not ffi.wasmtime_instance_export_nth(context, instance_ref, index, ctypes.byref(name), ctypes.byref(name_len),
                                                     ctypes.byref(item)):
                 raise IndexError(f"export #{index} is missing")
-            if item.kind == _FUNC:
+            kind = int(item.kind)  # a c_ubyte field: compare its value
+            if kind == _FUNC:
                 picked.append(wasmtime.Func._from_raw(item.of.func))
-            elif item.kind == _MEMORY:
+            elif kind == _MEMORY:
                 picked.append(wasmtime.Memory._from_raw(item.of.memory))
             else:
                 raise TypeError(f"export #{index} is neither a function nor a memory")

@@ -22,7 +22,7 @@ COMPONENT_LANGUAGES = frozenset({"python"})
 __all__ = ["COMPONENT_LANGUAGES", "Guest", "GuestModule", "load_guest_module", "start_guest"]
 
 
-def _component_engine(engine: WasmEngine) -> "ComponentEngine":
+def _component_engine(engine: WasmEngine) -> ComponentEngine:
     from .component import ComponentEngine
 
     if not isinstance(engine.component_engine, ComponentEngine):

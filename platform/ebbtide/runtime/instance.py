@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import ctypes
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import wasmtime
 
@@ -210,7 +211,7 @@ class GuestInstance:
         return self._memory.data_len(self._store)
 
 
-def _read_layout(module: LoadedModule, store: wasmtime.Store, exports: wasmtime.InstanceExports) -> BufferLayout:
+def _read_layout(module: LoadedModule, store: wasmtime.Store, exports: Mapping[str, Any]) -> BufferLayout:
     """Check the ABI version and read the buffer addresses (first instance of a module only: every fresh
     instance of a module has the same memory size and buffers)."""
     try:

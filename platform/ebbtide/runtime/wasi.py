@@ -77,7 +77,7 @@ def refused_imports(module: wasmtime.Module, grants: frozenset[str]) -> list[str
     """Each import the grants do not cover, with the grant that would (if any)."""
     refused = []
     for imp in module.imports:
-        group = _GROUP_OF.get(imp.name) if imp.module == WASI_MODULE else None
+        group = _GROUP_OF.get(imp.name or "") if imp.module == WASI_MODULE else None
         if group is None:
             refused.append(f"{imp.module}.{imp.name} (never provided)")
         elif group not in grants:

@@ -66,7 +66,7 @@ class TelemetryServer:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    async def start(self) -> "TelemetryServer":
+    async def start(self) -> TelemetryServer:
         if self._server is not None:
             raise RuntimeError("already started")
         self._server = await asyncio.start_server(self._on_connection, self.host, self.port, limit=MAX_REQUEST_LINE,
@@ -86,7 +86,7 @@ class TelemetryServer:
             await asyncio.gather(*self._connections, return_exceptions=True)
         await server.wait_closed()
 
-    async def __aenter__(self) -> "TelemetryServer":
+    async def __aenter__(self) -> TelemetryServer:
         return await self.start()
 
     async def __aexit__(self, *exc: object) -> None:
@@ -122,7 +122,7 @@ class TelemetryServer:
         except _BadRequest as exc:
             await _respond(writer, exc.status, str(exc) + "\n")
             return
-        except asyncio.TimeoutError:
+        except TimeoutError:
             await _respond(writer, 408, "request timeout\n")
             return
         except (ConnectionError, asyncio.IncompleteReadError):

@@ -16,8 +16,16 @@ import time
 from collections.abc import Callable
 
 from opentelemetry.sdk.metrics.export import (
-    AggregationTemporality, Gauge, HistogramDataPoint, Metric, MetricExporter, MetricsData, NumberDataPoint,
-    ResourceMetrics, ScopeMetrics, Sum,
+    AggregationTemporality,
+    Gauge,
+    HistogramDataPoint,
+    Metric,
+    MetricExporter,
+    MetricsData,
+    NumberDataPoint,
+    ResourceMetrics,
+    ScopeMetrics,
+    Sum,
 )
 from opentelemetry.sdk.metrics.export import Histogram as OtelHistogram
 from opentelemetry.sdk.resources import Resource
@@ -88,7 +96,7 @@ class OtlpMetricsPusher:
         self._failures = 0
 
     @classmethod
-    def to_endpoint(cls, collect: Callable[[], list[Family]], endpoint: str, service: str) -> "OtlpMetricsPusher":
+    def to_endpoint(cls, collect: Callable[[], list[Family]], endpoint: str, service: str) -> OtlpMetricsPusher:
         from .tracing import otlp_exporter_module  # one clear error when the otlp extra is missing
 
         exporter = otlp_exporter_module("metric_exporter").OTLPMetricExporter(endpoint=f"{endpoint.rstrip('/')}/v1/metrics")

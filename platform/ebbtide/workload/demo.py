@@ -13,11 +13,11 @@ from ..broker import ConfirmedPublisher, connect, kv_stream_name, provision, pub
 from ..broker.access import embedded_server
 from ..build import build_modules
 from ..launch import ProcessMode, running
-from ..stream_state import stream_state
+from ..manifest import LoadedManifest
 from ..status_reports import STATUS_SUBJECT_PREFIX, decode_status
+from ..stream_state import stream_state
 from ..timeseries import TimeSeries
 from .charts import write_scaling_chart
-from ..manifest import LoadedManifest
 from .orders import INGRESS_SUBJECT, encode_order, generate_orders
 
 

@@ -52,7 +52,7 @@ async def work(subscription: JetStreamContext.PullSubscription, role: str, batch
     while not stop.is_set():
         try:
             msgs: list[Msg] = await subscription.fetch(batch, timeout=wait)
-        except (NatsTimeout, asyncio.TimeoutError):  # nats-py raises either when nothing came
+        except (TimeoutError, NatsTimeout):  # nats-py raises either when nothing came
             wait = IDLE_WAIT_S
             continue
         # nats-py's fetch waits for a full batch until its timeout once the first message came: while busy,

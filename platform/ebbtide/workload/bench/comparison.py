@@ -21,8 +21,8 @@ from ...manifest import LoadedManifest
 from ..orders import generate_orders
 from . import implementations as impls
 from .harness import BurstResult, Harness
-from .report import BenchReport, Section
 from .options import BenchOptions
+from .report import BenchReport, Section
 from .stats import percentile, spread
 from .sustained import bench_sustained
 

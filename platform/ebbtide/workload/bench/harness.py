@@ -139,7 +139,7 @@ class Harness:
                 while True:
                     try:
                         msgs = await subscription.fetch(2000, timeout=5.0)
-                    except (NatsTimeout, asyncio.TimeoutError):
+                    except (TimeoutError, NatsTimeout):
                         break
                     for msg in msgs:
                         written[msg.subject.rsplit(".", 1)[1]] = msg.metadata.timestamp.timestamp()

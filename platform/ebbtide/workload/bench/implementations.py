@@ -19,13 +19,13 @@ from typing import Any
 import msgspec
 from nats.aio.client import Client as NatsClient
 
-from ..baselines import READY_LINE, ROLES
 from ...broker import provision
 from ...host import Host
 from ...launch import ProcessMode, running, wait_for_reports
 from ...manifest import LoadedManifest, load_manifest
-from ...supervisor import Supervisor, terminate
 from ...status_reports import STATUS_REQUEST_SUBJECT
+from ...supervisor import Supervisor, terminate
+from ..baselines import READY_LINE, ROLES
 from . import tomlwrite
 
 Starter = Callable[[str, NatsClient], AbstractAsyncContextManager[list[int]]]

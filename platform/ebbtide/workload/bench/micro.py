@@ -7,10 +7,10 @@ import statistics
 import time
 
 from ...manifest import LoadedManifest
-from ..orders import INGRESS_SUBJECT, encode_order, generate_orders
 from ...pool import MIB
 from ...runtime import GuestInstance, GuestLimits, LoadedModule, WasmEngine, decode_effects
 from ...telemetry import resident_memory_bytes
+from ..orders import INGRESS_SUBJECT, encode_order, generate_orders
 from .report import BenchReport
 
 

@@ -11,12 +11,11 @@ import msgspec
 from ...build import build_modules
 from ...manifest import LoadedManifest
 from .comparison import bench_comparison
-from .options import BenchOptions
 from .micro import bench_host, bench_memory
+from .options import BenchOptions
 from .report import BenchReport
 from .scale import bench_scale
 from .tracing import bench_tracing
-
 
 
 async def run_bench(manifest: LoadedManifest, scenarios: list[str], quick: bool, out_dir: Path,

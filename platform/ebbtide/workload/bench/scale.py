@@ -16,14 +16,13 @@ import msgspec
 from ...broker import ConfirmedPublisher, EmbeddedNats, connect, provision, publish_all
 from ...host import Host
 from ...manifest import LoadedManifest
-from ..orders import INGRESS_SUBJECT, encode_order, generate_orders
 from ...status_reports import STATUS_SUBJECT_PREFIX, decode_status
 from ...timeseries import TimeSeries
 from ..charts import write_scaling_chart
+from ..orders import INGRESS_SUBJECT, encode_order, generate_orders
 from .micro import rss_kib
 from .report import BenchReport
 from .stats import percentile as _pct
-
 
 # -- scale: activation, burst, drain, idle CPU --------------------------------------------------------------
 

@@ -19,13 +19,13 @@ from typing import Any
 
 import msgspec
 
-from ..orders import INGRESS_SUBJECT, encode_order, generate_orders
 from ...status_reports import STATUS_SUBJECT_PREFIX, decode_status
 from ...timeseries import TimeSeries
+from ..charts import write_line_chart, write_scaling_chart
+from ..orders import INGRESS_SUBJECT, encode_order, generate_orders
 from .harness import Harness
 from .implementations import Implementation
 from .options import BenchOptions
-from ..charts import write_line_chart, write_scaling_chart
 from .report import BenchReport, Section
 from .stats import parse_rate, trend, windows
 
@@ -116,7 +116,7 @@ async def _one_rate(harness: Harness, pids: list[int], rate: float, duration: fl
             samples.append((time.time() - start, await harness.lag(), rss_mib(pids)))
             try:
                 await asyncio.wait_for(stop_sampling.wait(), SAMPLE_EVERY_S)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     sampler = asyncio.create_task(sample())

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import time
-import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,10 +15,9 @@ from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from ...broker import ConfirmedPublisher, EmbeddedNats, connect, kv_stream_name, provision, publish_all
 from ...host import Host
 from ...manifest import LoadedManifest
-from ..orders import INGRESS_SUBJECT, encode_order, generate_orders
 from ...stream_state import stream_state
+from ..orders import INGRESS_SUBJECT, encode_order, generate_orders
 from .report import BenchReport
-
 
 # -- tracing overhead -------------------------------------------------------------------------------------------
 
