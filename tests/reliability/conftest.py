@@ -21,7 +21,7 @@ import nats
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from ebbtide.broker import ConfirmedPublisher, EmbeddedNats, PublishError
+from ebbtide.broker import ConfirmedPublisher, EmbeddedNats, PublishError, free_port
 from ebbtide.workload.orders import Order, encode_order
 from ebbtide.state import stream_state
 from ebbtide.status import STATUS_REQUEST_SUBJECT, STATUS_SUBJECT_PREFIX, decode_status
@@ -329,6 +329,35 @@ def cluster_ready(servers: Sequence[EmbeddedNats]) -> bool:
             return False
         leaders.add(meta["leader"])
     return len(leaders) == 1
+
+
+class Cluster:
+    """Three nats-server nodes with JetStream on loopback, each with its own store."""
+
+    def __init__(self, root: Path, size: int = 3) -> None:
+        route_ports = [free_port() for _ in range(size)]
+        self.nodes = []
+        for i, port in enumerate(route_ports):
+            routes = ",".join(f"nats://127.0.0.1:{p}" for p in route_ports if p != port)
+            self.nodes.append(EmbeddedNats(root / f"node-{i}", port=0, monitor_port=0, extra_args=(
+                "--cluster_name", f"ebbtide-reliability-{route_ports[0]}", "--cluster", f"nats://127.0.0.1:{port}",
+                "--routes", routes)))
+
+    def start(self) -> "Cluster":
+        for node in self.nodes:
+            node.start()
+        return self
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    @property
+    def urls(self) -> list[str]:
+        return [node.url for node in self.nodes]
+
+    def by_name(self, server_name: str) -> EmbeddedNats:
+        return next(node for node in self.nodes if f"ebbtide-{node.port}" == server_name)
 
 
 # -- the accounting table ----------------------------------------------------------------------------------

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from ebbtide.broker import EmbeddedNats, free_port, provision
+from ebbtide.broker import EmbeddedNats, provision
 from ebbtide.host import Host
 from ebbtide.launch import running
 from ebbtide.manifest import LoadedManifest, load_manifest
 from ebbtide.workload.orders import INGRESS_SUBJECT, generate_orders
 from tests.conftest import backlog, manifest_copy, provision_for
 from tests.reliability.conftest import (
-    account, finished_run, ORDERS_N, MidRunFault, PublishStats, Report, Row, cluster_ready, connect_client,
+    Cluster, account, finished_run, ORDERS_N, MidRunFault, PublishStats, Report, Row, cluster_ready, connect_client,
     dead_letter_accounting, eventually, expected_outbox, publish_reliably, replicated, wait_for_functions,
     with_invalid,
 )
@@ -78,35 +78,6 @@ async def test_nats_server_killed_and_restarted_mid_run(
     finally:
         await nc.close()
         server.stop()
-
-
-class Cluster:
-    """Three nats-server nodes with JetStream on loopback, each with its own store."""
-
-    def __init__(self, root: Path, size: int = 3) -> None:
-        route_ports = [free_port() for _ in range(size)]
-        self.nodes = []
-        for i, port in enumerate(route_ports):
-            routes = ",".join(f"nats://127.0.0.1:{p}" for p in route_ports if p != port)
-            self.nodes.append(EmbeddedNats(root / f"node-{i}", port=0, monitor_port=0, extra_args=(
-                "--cluster_name", f"ebbtide-reliability-{route_ports[0]}", "--cluster", f"nats://127.0.0.1:{port}",
-                "--routes", routes)))
-
-    def start(self) -> "Cluster":
-        for node in self.nodes:
-            node.start()
-        return self
-
-    def stop(self) -> None:
-        for node in self.nodes:
-            node.stop()
-
-    @property
-    def urls(self) -> list[str]:
-        return [node.url for node in self.nodes]
-
-    def by_name(self, server_name: str) -> EmbeddedNats:
-        return next(node for node in self.nodes if f"ebbtide-{node.port}" == server_name)
 
 
 @pytest.mark.parametrize("url_form", [
