@@ -130,16 +130,22 @@ async def test_replicas_scaled_up_and_down_on_a_cluster_losing_a_node(
 
         stats = PublishStats()
         publishing = asyncio.create_task(publish_reliably(
-            nc, INGRESS_SUBJECT, messages, spread_s=10.0, confirm_timeout=1.0, stats=stats))
+            nc, INGRESS_SUBJECT, messages, spread_s=20.0, confirm_timeout=1.0, stats=stats))
         events: list[str] = []
 
         async def stored_at_least(share: float) -> bool:
             return await outbox_total(nc) >= len(orders) * share
 
         async def mid_run(event: str) -> None:
-            stored = await outbox_total(nc)
-            assert stored < len(orders), f"{event}: the run was already over"
-            events.append(f"{event} at {stored} stored")
+            counts: list[int] = []
+
+            async def count() -> bool:  # retried: a request may go unanswered while a stream elects its leader
+                counts.append(await outbox_total(nc))
+                return True
+
+            await eventually(count, timeout=30, what="the outboxes' count")
+            assert counts[-1] < len(orders), f"{event}: the run was already over"
+            events.append(f"{event} at {counts[-1]} stored")
 
         # Scale up 3 -> 4: a new replica of each function joins the running consumer.
         await when(lambda: stored_at_least(0.05), "5 % stored")
