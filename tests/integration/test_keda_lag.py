@@ -36,9 +36,8 @@ from typing import Any
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from ebbtide.broker import connect
+from ebbtide.broker import connect, provision
 from ebbtide.broker.authorization import AuthBundle
-from ebbtide.broker.provision import provision
 from ebbtide.build import PREBUILT_ENV
 from ebbtide.host import Host
 from ebbtide.manifest import LoadedManifest, load_manifest
