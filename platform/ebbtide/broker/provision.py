@@ -15,7 +15,7 @@ from nats.js import JetStreamContext
 from nats.js import api
 from nats.js.errors import BadRequestError, NotFoundError
 
-from ..errors import JetStreamError
+from ..errors import RunError
 from ..manifest import LoadedManifest, subject_matches
 from .auth import NatsAuth
 from .connection import connect
@@ -47,11 +47,11 @@ async def ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None:
         wanted = api.RetentionPolicy(config.retention or "limits")
         if existing != wanted and api.RetentionPolicy.WORK_QUEUE in (existing, wanted):
             # The server refuses this update with a bare "can not change retention policy": say what to do.
-            raise JetStreamError(
+            raise RunError(
                 f"stream {config.name} has retention {existing.value} on the server and "
                 f"{wanted.value} in the manifest (streams.{config.name}.retention): JetStream cannot change a "
                 f"stream to or from workqueue in place. Let the functions drain it (`ebbtide top`: backlog 0), delete "
-                f"it (`nats stream rm {config.name}`), then run `ebbtide provision` again", err_code=exc.err_code or 0) from None
+                f"it (`nats stream rm {config.name}`), then run `ebbtide provision` again") from None
         await js.update_stream(config)
 
 
@@ -150,7 +150,7 @@ async def provision_server(url: str, manifest: LoadedManifest, auth: NatsAuth, g
         # A user without the rights gets no answer at all (the server drops the request): say what it needs.
         raise ConnectionError(f"{url}: JetStream did not answer the provisioning requests of {auth.describe()}; "
                               "provisioning needs the admin credentials") from None
-    except (nats.js.errors.Error, JetStreamError) as exc:
+    except (nats.js.errors.Error, RunError) as exc:
         raise ConnectionError(f"{url}: provisioning refused: {exc}") from None
     finally:
         await nc.drain()
