@@ -179,6 +179,12 @@ async def wait_for_consumers(nc: NatsClient, stream: str = "ORDERS", count: int 
     await wait_until(provisioned)
 
 
+async def backlog(nc: NatsClient, stream: str = "ORDERS") -> int:
+    """Messages of `stream` its functions have not handled yet: each consumer's num_pending + num_ack_pending,
+    the lag KEDA reads. The stream itself keeps handled messages (limits retention), so its count says nothing."""
+    return sum(c.num_pending + c.num_ack_pending for c in await nc.jetstream().consumers_info(stream))
+
+
 async def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05) -> None:
     """Poll a predicate (plain or async) until it is true; fail the test on timeout."""
     deadline = asyncio.get_running_loop().time() + timeout
@@ -213,7 +219,7 @@ async def read_stream(nc: NatsClient, stream: str, subject: str | None = None, e
         try:
             msg = await js.get_msg(stream, seq)
         except nats.js.errors.NotFoundError:
-            continue  # deleted (acked from a work queue)
+            continue  # deleted (acked from a work queue, or a KV key written again)
         if subject is None or msg.subject == subject:
             messages.append(msg)
     return messages

@@ -71,6 +71,11 @@ class StreamSection(_Section, frozen=True):
     storage: Literal["file", "memory"] = "file"
     replicas: Annotated[int, Meta(ge=1, le=5)] = 1
     duplicate_window_s: PositiveFloat = 120.0  # Nats-Msg-Id dedupe window
+    # How long the stream keeps a message, handled or not; 0: no age limit. With `limits` retention an acked
+    # message stays until then, so the server's duplicate table, which a restarted server rebuilds from the
+    # messages it still stores, still knows its Nats-Msg-Id: it must be at least duplicate_window_s. A
+    # message no function handled within max_age_s is removed unhandled: keep it longer than any outage.
+    max_age_s: NonNegativeFloat = 0.0
 
 
 class KvSection(_Section, frozen=True):
@@ -256,6 +261,10 @@ def _check_references(loaded: LoadedManifest) -> list[str]:
         for subject in stream.subjects:
             if subject_matches(subject, f"{dlq_prefix}.x") or subject_matches(f"{dlq_prefix}.>", subject):
                 problems.append(f"streams.{stream_name}.subjects: {subject!r} overlaps the dead-letter subjects {dlq_prefix}.>")
+        if stream.max_age_s and stream.max_age_s < stream.duplicate_window_s:
+            problems.append(f"streams.{stream_name}.max_age_s: {stream.max_age_s:g} is shorter than duplicate_window_s "
+                            f"{stream.duplicate_window_s:g}: a retried publish must find its first copy still stored "
+                            "(give at least the duplicate window, or 0 for no age limit)")
     if spec.dead_letter.stream in spec.streams:
         problems.append(f"dead_letter.stream: {spec.dead_letter.stream!r} is also declared under [streams]")
     problems += _check_credentials(spec.nats)

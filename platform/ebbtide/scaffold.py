@@ -74,7 +74,9 @@ def _manifest_entry(manifest: LoadedManifest, name: str, lang: str, folder: str,
     if not any(captured) and trigger.startswith(f"{name}.") and output.startswith(f"{name}."):
         if name in streams:
             raise ScaffoldError(f"{manifest.path}: no stream captures {trigger!r}, and [streams.{name}] is taken")
-        lines += [f"[streams.{name}]", f'subjects = ["{name}.>"]', 'retention = "workqueue"', ""]
+        # As the reference ORDERS stream: acked messages kept a day, so retried publishes stay deduplicated
+        # across a server restart (README: Delivery guarantees).
+        lines += [f"[streams.{name}]", f'subjects = ["{name}.>"]', 'retention = "limits"', "max_age_s = 86400", ""]
     lines += [
         f"[modules.{name}]", f'source = "{folder}"', f'lang = "{lang}"', "",
         f"[functions.{name}]", f'module = "{name}"', f'trigger = "{trigger}"', f'publish = ["{output}"]',

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -165,6 +166,20 @@ class Collector:
 # -- a NATS cluster from a configuration file ------------------------------------------------------------
 
 
+def shared_free_port(hosts: list[str]) -> int:
+    """A port free on every one of `hosts` (loopback addresses)."""
+    for _ in range(100):
+        port = free_port(hosts[0])
+        try:
+            for host in hosts[1:]:
+                with socket.socket() as sock:
+                    sock.bind((host, port))
+        except OSError:
+            continue
+        return port
+    raise AssertionError(f"no port free on all of {hosts}")
+
+
 class ConfiguredCluster:
     """nats-server nodes started with the given configuration file, as the StatefulSet's pods are (or, with
     size 1, as compose's single server).
@@ -175,40 +190,51 @@ class ConfiguredCluster:
     in a folder laid out like the container's (see mounts.py), never one in the repository.
     """
 
-    def __init__(self, config: Path, root: Path, size: int) -> None:
+    def __init__(self, config: Path, root: Path, size: int, hosts: list[str] | None = None) -> None:
+        """`hosts`: a loopback address per node (127.0.0.11, ...), all nodes on the same ports, as pods are
+        (KEDA's scaler reaches a node's monitoring port at the node's address and the one port it was given);
+        default: every node on 127.0.0.1, each on ports of its own."""
         self.root = root
         self.config_dir = config.parent
         root.mkdir(parents=True)
-        # 127.0.0.1 for 0.0.0.0 (tests bind loopback only) and a folder of each node's own for the volume
-        # mounted at /data. The rest of the file is used as written.
-        self.config_text = config.read_text().replace("0.0.0.0", "127.0.0.1")
+        # A loopback address for 0.0.0.0 (tests bind loopback only) and a folder of each node's own for the
+        # volume mounted at /data. The rest of the file is used as written.
+        self.config_text = config.read_text()
         if "store_dir: /data" not in self.config_text:
             raise AssertionError(f"{config}: expected JetStream's store_dir on the volume, /data")
-        self.ports = [free_port() for _ in range(size)]
-        self.monitor_ports = [free_port() for _ in range(size)]
-        self.route_ports = [free_port() for _ in range(size)]
+        self.hosts = hosts or ["127.0.0.1"] * size
+        if hosts:
+            self.ports, self.monitor_ports, self.route_ports = ([shared_free_port(hosts)] * size for _ in range(3))
+        else:
+            self.ports = [free_port() for _ in range(size)]
+            self.monitor_ports = [free_port() for _ in range(size)]
+            self.route_ports = [free_port() for _ in range(size)]
         self.processes: list[subprocess.Popen[bytes]] = []
 
     @property
     def urls(self) -> list[str]:
-        return [f"nats://127.0.0.1:{port}" for port in self.ports]
+        return [f"nats://{host}:{port}" for host, port in zip(self.hosts, self.ports)]
+
+    def monitor_url(self, node: int) -> str:
+        return f"http://{self.hosts[node]}:{self.monitor_ports[node]}"
 
     def start(self) -> ConfiguredCluster:
-        routes = ",".join(f"nats://127.0.0.1:{port}" for port in self.route_ports)
-        for i, (port, monitor, route) in enumerate(zip(self.ports, self.monitor_ports, self.route_ports)):
+        routes = ",".join(f"nats://{host}:{port}" for host, port in zip(self.hosts, self.route_ports))
+        for i, (host, port, monitor, route) in enumerate(zip(self.hosts, self.ports, self.monitor_ports, self.route_ports)):
             config = self.config_dir / f"local-nats-{i}.conf"
-            config.write_text(self.config_text.replace("store_dir: /data", f"store_dir: \"{self.root / f'data-{i}'}\""))
-            clustering = ["--cluster", f"nats://127.0.0.1:{route}", "--routes", routes] if len(self.ports) > 1 else []
+            config.write_text(self.config_text.replace("0.0.0.0", host)
+                              .replace("store_dir: /data", f"store_dir: \"{self.root / f'data-{i}'}\""))
+            clustering = ["--cluster", f"nats://{host}:{route}", "--routes", routes] if len(self.ports) > 1 else []
             with (self.root / f"nats-{i}.log").open("wb") as log:
                 self.processes.append(subprocess.Popen(
-                    [nats_server_binary(), "--config", str(config), "--addr", "127.0.0.1", "--port", str(port),
+                    [nats_server_binary(), "--config", str(config), "--addr", host, "--port", str(port),
                      "--http_port", str(monitor), *clustering],
                     env={"POD_NAME": f"nats-{i}", "PATH": os.environ.get("PATH", "")},
                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
         return self
 
     def monitor(self, node: int, path: str) -> dict:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.monitor_ports[node]}{path}", timeout=2) as reply:
+        with urllib.request.urlopen(f"{self.monitor_url(node)}{path}", timeout=2) as reply:
             return json.loads(reply.read())
 
     def ready(self) -> bool:

@@ -48,7 +48,7 @@ from ebbtide.broker.users import ADMIN_USER, INGRESS_ENV, OBSERVER_USER, SERVER_
 from ebbtide.manifest import LoadedManifest, parse_manifest
 from ebbtide.stream_state import stream_state
 from ebbtide.workload.orders import INGRESS_SUBJECT, encode_order, generate_orders
-from tests.conftest import REPO, wait_until
+from tests.conftest import REPO, backlog, wait_until
 from tests.deploy_support import dockerfile as dockerfile_reader
 from tests.deploy_support import entrypoints, keda, kustomize, mounts
 from tests.deploy_support.entrypoints import Collector, ConfiguredCluster, Launch
@@ -784,7 +784,7 @@ async def test_compose_services_run_here_as_written(
 
             codes = await run_pipeline(launches, app, tmp_path, nc, ingress, manifest, image, while_running=while_running)
             assert all(code == 0 for code in codes.values()), codes
-            assert (await stream_state(nc, "ORDERS")).messages == 0, "every order handled and acked"
+            assert await backlog(nc) == 0, "every order handled and acked"
             consumers = {c.name: c for c in await nc.jetstream().consumers_info("ORDERS")}
             assert set(consumers) == set(manifest.spec.functions)
         finally:
@@ -900,7 +900,7 @@ async def test_kubernetes_deployments_run_here_as_written(
             codes = await run_pipeline(launches, app, tmp_path, nc, ingress, manifest, image, while_running=while_running)
             assert all(code == 0 for code in codes.values()), codes
             info = await nc.jetstream().stream_info("ORDERS")
-            assert info.config.num_replicas == nodes and info.state.messages == 0
+            assert info.config.num_replicas == nodes and await backlog(nc) == 0
             assert (await nc.jetstream().stream_info(kv_stream_name("outbox-express"))).config.num_replicas == nodes
         finally:
             await ingress.drain()

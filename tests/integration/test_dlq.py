@@ -29,7 +29,7 @@ from ebbtide.host import Host
 from ebbtide.manifest import LoadedManifest
 from ebbtide.stream_state import stream_state
 from ebbtide.workload.orders import INGRESS_SUBJECT, Order, encode_order, generate_orders
-from tests.conftest import exactly_once, outboxes_writes, provision_for, read_stream, wait_until
+from tests.conftest import backlog, exactly_once, outboxes_writes, provision_for, read_stream, wait_until
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")  # as deadletter.py writes it
 OUTBOXES = ("outbox-express", "outbox-standard")
@@ -63,8 +63,8 @@ async def dead_letter_by_hand(
 
 
 async def settled(nc: NatsClient, expected: dict[str, int]) -> bool:
-    """Every input acked (ORDERS is a work queue) and the outboxes hold `expected` entries."""
-    if (await stream_state(nc, "ORDERS")).messages:
+    """Every input acked and the outboxes hold `expected` entries."""
+    if await backlog(nc):
         return False
     return {b: (await stream_state(nc, f"KV_{b}")).messages for b in OUTBOXES} == expected
 
@@ -290,7 +290,7 @@ async def test_a_still_invalid_order_comes_back_as_a_new_dead_letter(
         assert after.original_sequence > before.original_sequence
         with pytest.raises(DeadLetterError, match=f"no dead letter #{before.seq}"):
             await show_dead_letter(nc, reference_manifest, before.seq)
-    assert (await stream_state(nc, "ORDERS")).messages == 0
+    assert await backlog(nc) == 0
 
 
 async def test_purge_all_or_one_functions_dead_letters(reference_manifest: LoadedManifest, nc: NatsClient) -> None:

@@ -29,7 +29,7 @@ from ebbtide.runtime.guest import handle_one_by_one
 from ebbtide.runtime.guests import Guest, load_guest_module, start_guest
 from ebbtide.stream_state import stream_state
 from ebbtide.workload.orders import INGRESS_SUBJECT, Order, encode_order, generate_orders
-from tests.conftest import BUILD_DIR, REPO, manifest_copy, provision_for, read_stream, wait_until
+from tests.conftest import BUILD_DIR, REPO, backlog, manifest_copy, provision_for, read_stream, wait_until
 
 # lang -> (module name in the test manifests, source folder)
 EXAMPLES = {
@@ -125,7 +125,7 @@ async def test_example_receiver_stores_orders_through_the_host(
                 assert msgspec.json.decode(entry.value, type=Order) == expected[order_id]
     assert {m.data: m.headers[H_ERROR] for m in dead} == bad
     assert all(m.headers[H_FUNCTION] == "receiver-express" for m in dead)
-    assert (await stream_state(nc, "ORDERS")).messages == 0  # every input acked
+    assert await backlog(nc) == 0  # every input acked
 
 
 CRAFTED = [

@@ -61,7 +61,7 @@ async def test_a_host_waits_for_provisioning_and_says_why(
         await wait_until(lambda: asyncio.to_thread(lambda: api_requests(server) >= requests + 20))
         assert await admin.jetstream().streams_info() == [], "the host created nothing"
         # The stream, but not its consumer yet: a new reason, said once more.
-        await admin.jetstream().add_stream(name="ORDERS", subjects=["orders.>"], retention=api.RetentionPolicy.WORK_QUEUE)
+        await admin.jetstream().add_stream(name="ORDERS", subjects=["orders.>"], max_age=86400)
         await wait_until(lambda: not_ready_because("durable consumer distributor on stream ORDERS does not exist"))
         requests = api_requests(server)
         await wait_until(lambda: asyncio.to_thread(lambda: api_requests(server) >= requests + 20))
@@ -108,3 +108,26 @@ async def test_provision_command_creates_everything_as_admin_only(secured: tuple
         assert sorted(c.name for c in await js.consumers_info("ORDERS")) == sorted(manifest.spec.functions)
     finally:
         await admin.drain()
+
+
+async def test_provisioned_stream_keeps_acked_messages_and_refuses_a_workqueue_in_place(
+    tmp_path: Path, reference_manifest, nats_server: EmbeddedNats  # type: ignore[no-untyped-def]
+) -> None:
+    """The manifest's max_age_s reaches the server; a stream still provisioned as a work queue (before limits
+    retention was the default) cannot be changed in place, and provisioning says what to do instead."""
+    path, _ = manifest_copy(tmp_path)
+    manifest = load_manifest(path)
+    await provision_for(manifest, nats_server.url)
+    nc = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+        config = (await js.stream_info("ORDERS")).config
+        assert (config.retention, config.max_age, config.duplicate_window) == (api.RetentionPolicy.LIMITS, 86400, 120)
+        await js.delete_stream("ORDERS")
+        await js.add_stream(api.StreamConfig(name="ORDERS", subjects=["orders.>"], retention=api.RetentionPolicy.WORK_QUEUE))
+        refused = ebbtide("-m", str(path), "provision", "--nats-url", nats_server.url, env={})
+        assert refused.returncode == 1, refused.stderr
+        assert "stream ORDERS has retention workqueue on the server and limits in the manifest (streams.ORDERS.retention)" in refused.stderr
+        assert "nats stream rm ORDERS" in refused.stderr and "Traceback" not in refused.stderr
+    finally:
+        await nc.drain()

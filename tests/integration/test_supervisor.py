@@ -14,7 +14,7 @@ from ebbtide.manifest import LoadedManifest, load_manifest
 from ebbtide.stream_state import stream_state
 from ebbtide.supervisor import Supervisor
 from ebbtide.workload.orders import encode_order, generate_orders
-from tests.conftest import exactly_once, manifest_copy, outboxes_writes, provision_for, wait_for_consumers, wait_until
+from tests.conftest import backlog, exactly_once, manifest_copy, outboxes_writes, provision_for, wait_for_consumers, wait_until
 from tests.integration.test_pipeline import outbox_counts, publish
 
 
@@ -45,7 +45,7 @@ async def test_killed_function_process_is_restarted_and_nothing_is_lost(
 
         async def complete() -> bool:
             counts = await outbox_counts(nc)
-            return sum(counts.values()) >= len(orders) and (await stream_state(nc, "ORDERS")).messages == 0
+            return sum(counts.values()) >= len(orders) and await backlog(nc) == 0
 
         await wait_until(complete, timeout=90)
         assert victim.restarts == 1 and victim.pid != first_pid

@@ -17,9 +17,8 @@ from ebbtide.broker.headers import H_ERROR, H_FUNCTION, H_ORIGINAL_MSG_ID, H_ORI
 from ebbtide.host import Host
 from ebbtide.launch import running
 from ebbtide.manifest import LoadedManifest, load_manifest
-from ebbtide.stream_state import stream_state
 from ebbtide.workload.orders import INGRESS_SUBJECT, encode_order, generate_orders
-from tests.conftest import manifest_copy, provision_for
+from tests.conftest import backlog, manifest_copy, provision_for
 from tests.reliability.conftest import (
     ORDERS_N,
     Outbox,
@@ -104,7 +103,7 @@ async def test_poison_messages_mixed_into_good_ones(
             stats = await publish_reliably(nc, INGRESS_SUBJECT, messages)
             await finished_run(nc, expected, len(poison), "every order stored and every poison message dead-lettered")
         outbox, letters = await account(nc, expected)  # the host stopped: nothing still on its way
-        assert (await stream_state(nc, "ORDERS")).messages == 0
+        assert await backlog(nc) == 0
     finally:
         await nc.close()
 

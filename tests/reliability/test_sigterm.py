@@ -15,9 +15,8 @@ from pathlib import Path
 
 from ebbtide.broker import EmbeddedNats
 from ebbtide.manifest import LoadedManifest, load_manifest
-from ebbtide.stream_state import stream_state
 from ebbtide.workload.orders import INGRESS_SUBJECT, generate_orders
-from tests.conftest import manifest_copy
+from tests.conftest import backlog, manifest_copy
 from tests.reliability.conftest import (
     ORDERS_N,
     MidRunFault,
@@ -96,13 +95,13 @@ async def test_sigterm_mid_run_then_restart(
         publishing = asyncio.create_task(publish_reliably(
             nc, INGRESS_SUBJECT, messages, spread_s=3.0, stats=stats, after_send=fault.after_send))
         await fault.wait()
-        in_flight = (await stream_state(nc, "ORDERS")).messages  # published, not yet acked
+        in_flight = await backlog(nc)  # published, not yet acked
         sent = time.monotonic()
         code = await asyncio.wait_for(process.wait(), grace_s + 10)
         first_stop_s = time.monotonic() - sent
         left = [k for k in kids if alive(k)]
         await publishing  # the server is up: the rest of the run waits in the stream
-        waiting = (await stream_state(nc, "ORDERS")).messages
+        waiting = await backlog(nc)
         stored_before_restart = (await read_outbox(nc, expected)).stored
         assert code == 0, log.read_text()[-3000:]
         assert first_stop_s <= grace_s, f"stopped in {first_stop_s:.1f} s, grace period {grace_s:.0f} s"
@@ -126,7 +125,7 @@ async def test_sigterm_mid_run_then_restart(
         assert code == 0 and second_stop_s <= grace_s and not left, (code, second_stop_s, left)
         assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
         row.check(len(orders), len(invalid))
-        assert (await stream_state(nc, "ORDERS")).messages == 0
+        assert await backlog(nc) == 0
     finally:
         for started_process in started_processes:
             if started_process.returncode is None:

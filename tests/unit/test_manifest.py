@@ -33,6 +33,17 @@ def test_reference_manifest_loads() -> None:
 def test_defaults() -> None:
     fn = parse(MINIMAL).function("f")
     assert (fn.scale.min, fn.retry.max_deliver, fn.limits.max_payload) == (0, 5, 65536)
+    stream = parse(MINIMAL).spec.streams["S"]
+    assert (stream.retention, stream.max_age_s, stream.duplicate_window_s) == ("limits", 0.0, 120.0)
+
+
+@pytest.mark.parametrize("path", ["ebbtide.toml", "deploy/kubernetes/ebbtide.toml"])
+def test_reference_streams_keep_acked_messages_beyond_the_duplicate_window(path: str) -> None:
+    """Nothing doubled across a server restart: the server rebuilds its duplicate table from the messages it
+    still stores, so the reference streams keep acked messages (limits, not workqueue) for longer than it."""
+    for stream in load_manifest(REPO / path).spec.streams.values():
+        assert stream.retention == "limits"
+        assert stream.max_age_s >= stream.duplicate_window_s
 
 
 @pytest.mark.parametrize(
@@ -48,6 +59,9 @@ def test_defaults() -> None:
         (MINIMAL.replace('trigger = "in.f"', 'trigger = "in.f"\npublish = ["in.>"]'), "would feed the function its own output"),
         (MINIMAL.replace("[functions.f]", "[functions.'bad name']"), "functions"),
         ("[[[", "not valid TOML"),
+        (MINIMAL.replace('subjects = ["in.>"]', 'subjects = ["in.>"]\nmax_age_s = 60'),
+         "streams.S.max_age_s: 60 is shorter than duplicate_window_s 120"),
+        (MINIMAL.replace('subjects = ["in.>"]', 'subjects = ["in.>"]\nmax_age_s = -1'), "streams.S.max_age_s: Expected `float` >= 0"),
     ],
 )
 def test_errors_name_file_and_key(text: str, message: str) -> None:

@@ -12,6 +12,7 @@ import nats.js.errors
 from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError, NotFoundError
 
+from ..errors import RunError
 from ..manifest import LoadedManifest, subject_matches
 from .connection import connect
 from .credentials import NatsAuth
@@ -32,6 +33,15 @@ async def ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None:
     except BadRequestError as exc:
         if exc.err_code != ERR_STREAM_NAME_IN_USE:
             raise
+        existing = api.RetentionPolicy((await js.stream_info(config.name)).config.retention or "limits")
+        wanted = api.RetentionPolicy(config.retention or "limits")
+        if existing != wanted and api.RetentionPolicy.WORK_QUEUE in (existing, wanted):
+            # The server refuses this update with a bare "can not change retention policy": say what to do.
+            raise RunError(
+                f"stream {config.name} has retention {existing.value} on the server and "
+                f"{wanted.value} in the manifest (streams.{config.name}.retention): JetStream cannot change a "
+                f"stream to or from workqueue in place. Let the functions drain it (`ebbtide top`: backlog 0), delete "
+                f"it (`nats stream rm {config.name}`), then run `ebbtide provision` again") from None
         await js.update_stream(config)
 
 
@@ -45,6 +55,7 @@ def stream_configs(manifest: LoadedManifest) -> list[api.StreamConfig]:
             storage=_storage(stream.storage),
             num_replicas=stream.replicas,
             duplicate_window=stream.duplicate_window_s,
+            max_age=stream.max_age_s,
         )
         for name, stream in spec.streams.items()
     ]
@@ -129,7 +140,7 @@ async def provision_server(url: str, manifest: LoadedManifest, auth: NatsAuth, g
         # A user without the rights gets no answer at all (the server drops the request): say what it needs.
         raise ConnectionError(f"{url}: JetStream did not answer the provisioning requests of {auth.describe()}; "
                               "provisioning needs the admin credentials") from None
-    except nats.js.errors.Error as exc:
+    except (nats.js.errors.Error, RunError) as exc:
         raise ConnectionError(f"{url}: provisioning refused: {exc}") from None
     finally:
         await nc.drain()
