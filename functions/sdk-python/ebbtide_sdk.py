@@ -1,0 +1,296 @@
+"""ebbtide's Python guest SDK: write a function as plain Python.
+
+    # app.py
+    from ebbtide_sdk import Message, Reject, kv_put
+
+    bucket = ""
+
+    def init(config: dict[str, str]) -> None:       # optional: once per instance, the manifest's config
+        global bucket
+        bucket = config.get("bucket") or ""
+        if not bucket:
+            raise Reject("config: bucket is required")
+
+    def handle(message: Message) -> None:            # once per message
+        order = message.json()                        # strict JSON; Reject("malformed-json: ...") if not
+        if "orderId" not in order:
+            raise Reject("missing-order-id")          # permanent: dead-lettered with this reason
+        kv_put(bucket, str(order["orderId"]), message.payload)
+
+`handle` emits effects with `publish(subject, data)` and `kv_put(bucket, key, value)` (data: bytes or
+str); they are carried out by the host after the handler returns, and only if it returns. `raise
+Reject(reason)` dead-letters the message, `raise Retry(reason)` redelivers it later (effects emitted
+before are dropped). Any other exception fails the message like a trap in a core module: the instance is
+replaced and the message retried, then dead-lettered with the exception's text.
+
+The rest of this module is the glue to the guest ABI v2 (docs/abi.md): it decodes the batch records the
+host sends, runs `handle` on each message and encodes effects and reasons exactly as the Zig, C and
+AssemblyScript SDKs do (MessagePack, array16 of effects; reasons capped at 512 bytes). It imports nothing
+outside the standard library and runs in any Python too, so a function can be tested natively.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from struct import Struct
+from typing import Any
+
+__all__ = ["Message", "Reject", "Retry", "publish", "kv_put", "kind_of", "Function"]
+
+OK, REJECT, RETRY, RAISED = 0, 1, 2, 3  # RAISED: the handler raised something else (the host treats it as a trap)
+# The Zig SDK's limits, so that the same message gets the same outcome in every language.
+MAX_REASON = 512
+MAX_OUTPUT = 64 * 1024 + 1024 - 4
+MAX_EFFECTS = 0xFFFF
+OVERFLOW = b"output buffer overflow"
+
+_U32 = Struct("<I")
+_U32_PAIR = Struct("<II")
+
+
+class Reject(Exception):
+    """Raise to refuse a message for good: it is dead-lettered at once with `reason`."""
+
+    def __init__(self, reason: str = "no reason given") -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Retry(Exception):
+    """Raise on a transient failure: the message is redelivered with backoff, dead-lettered after the last try."""
+
+    def __init__(self, reason: str = "no reason given") -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+# -- JSON: strict, as the other SDKs (RFC 8259, UTF-8, no NaN/Infinity, no lone surrogates, no duplicate keys)
+
+class _Malformed(ValueError):
+    pass
+
+
+def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _Malformed(f"duplicate key {json.dumps(key, ensure_ascii=False)}")
+            seen.add(key)
+    return obj
+
+
+def _no_constant(name: str) -> None:
+    raise _Malformed(f"invalid literal {name}")
+
+
+# Two decoders: the C scanner alone (fast), and one that reports duplicate keys (an `object_pairs_hook` is a
+# Python call per object: several times slower). The slow one runs only when the document may have a
+# duplicate: when it has more colons than the decoded objects have keys (a colon inside a string also counts).
+_FAST_DECODER = json.JSONDecoder(parse_constant=_no_constant)
+_STRICT_DECODER = json.JSONDecoder(object_pairs_hook=_unique_object, parse_constant=_no_constant)
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _count_keys(value: Any) -> int:
+    if type(value) is dict:
+        return len(value) + sum(_count_keys(item) for item in value.values() if type(item) in (dict, list))
+    return sum(_count_keys(item) for item in value if type(item) in (dict, list))
+
+
+def _decode_json(payload: bytes) -> Any:
+    try:
+        text = payload.decode()  # strict UTF-8: json.loads(bytes) would accept encoded surrogates
+    except UnicodeDecodeError as exc:
+        raise Reject(f"malformed-json: invalid UTF-8 at offset {exc.start}") from None
+    try:
+        value = _FAST_DECODER.decode(text)
+        colons = text.count(":")
+        if colons and type(value) in (dict, list) and colons != _count_keys(value):
+            value = _STRICT_DECODER.decode(text)
+        if "\\u" in text and _SURROGATE_ESCAPE.search(text):  # rare: every \uD8xx must have its pair
+            json.dumps(value, ensure_ascii=False).encode()
+    except (ValueError, UnicodeError, RecursionError) as exc:
+        raise Reject(f"malformed-json: {exc}") from None
+    return value
+
+
+_KINDS = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+
+
+def kind_of(value: Any) -> str:
+    """What a decoded JSON value is, in the words the other SDKs use in reasons ("an object", "null", ...)."""
+    return _KINDS.get(type(value), "null")
+
+
+class Message:
+    """One message: `subject` (str), `payload` (bytes); `json()` decodes the payload (once)."""
+
+    __slots__ = ("subject", "payload", "_json")
+
+    def __init__(self, subject: str, payload: bytes) -> None:
+        self.subject = subject
+        self.payload = payload
+        self._json: Any = _NOT_DECODED
+
+    def json(self) -> Any:
+        """The payload as strict JSON; raises Reject("malformed-json: ...") when it is not."""
+        if self._json is _NOT_DECODED:
+            self._json = _decode_json(self.payload)
+        return self._json
+
+    def text(self) -> str:
+        """The payload as UTF-8 text; raises Reject("invalid-utf8: ...") when it is not."""
+        try:
+            return self.payload.decode()
+        except UnicodeDecodeError as exc:
+            raise Reject(f"invalid-utf8: at offset {exc.start}") from None
+
+    def __repr__(self) -> str:
+        return f"Message(subject={self.subject!r}, payload={self.payload[:60]!r})"
+
+
+_NOT_DECODED = object()
+
+
+# -- Effects: MessagePack, byte for byte what the Zig SDK writes ----------------------------------------------
+
+_FIXSTR = [bytes((0xA0 | n,)) for n in range(32)]
+
+
+def _str(text: str | bytes) -> bytes:
+    data = text.encode() if isinstance(text, str) else bytes(text)
+    n = len(data)
+    if n < 32:
+        return _FIXSTR[n] + data
+    return _sized(0xD9, n) + data
+
+
+def _bin(data: bytes | str) -> bytes:
+    if isinstance(data, str):
+        data = data.encode()
+    return _sized(0xC4, len(data)) + data
+
+
+def _sized(tag8: int, n: int) -> bytes:
+    """The 8/16/32-bit length header: tag8, tag8+1, tag8+2 (str8.. 0xd9, bin8.. 0xc4)."""
+    if n < 0x100:
+        return bytes((tag8, n))
+    if n < 0x10000:
+        return bytes((tag8 + 1, n >> 8, n & 0xFF))
+    return bytes((tag8 + 2,)) + n.to_bytes(4, "big")
+
+
+_PUBLISH = b"\x93" + _str("publish")
+_KV_PUT = b"\x94" + _str("kv_put")
+
+
+class _Effects:
+    """The effects of the message being handled (None outside a handler)."""
+
+    parts: list[bytes] | None = None
+
+
+def publish(subject: str, data: bytes | str) -> None:
+    """Publish `data` to `subject` (must be in the function's `publish` allowlist) once the handler returns."""
+    parts = _Effects.parts
+    if parts is None:
+        raise RuntimeError("publish() is only allowed while a message is handled")
+    parts.append(_PUBLISH + _str(subject) + _bin(data))
+
+
+def kv_put(bucket: str, key: str, value: bytes | str) -> None:
+    """Write `value` under `key` in the KV bucket `bucket` (in the function's `kv` allowlist) once the handler returns."""
+    parts = _Effects.parts
+    if parts is None:
+        raise RuntimeError("kv_put() is only allowed while a message is handled")
+    parts.append(_KV_PUT + _str(bucket) + _str(key) + _bin(value))
+
+
+def _reason(text: str) -> bytes:
+    """UTF-8, at most 512 bytes cut at a character boundary and then marked with "...", as the other SDKs."""
+    data = text.encode("utf-8", "replace")
+    if len(data) <= MAX_REASON:
+        return data
+    return data[:MAX_REASON].decode("utf-8", "ignore").encode() + b"..."
+
+
+def _exception_text(exc: BaseException) -> bytes:
+    return _reason(f"{type(exc).__name__}: {exc}")
+
+
+# -- The runner: config, then batches ------------------------------------------------------------------------
+
+Handler = Callable[[Message], Any]
+Init = Callable[[dict[str, str]], Any]
+
+
+class Function:
+    """A handler (and optional init hook) behind the ABI: what the component glue calls."""
+
+    def __init__(self, handle: Handler, init: Init | None = None) -> None:
+        self.handle = handle
+        self.init = init
+
+    def configure(self, config_json: str) -> str | None:
+        """Runs the init hook on the config (a JSON object of strings); returns the reason it was refused, or None."""
+        try:
+            config = json.loads(config_json or "{}")
+        except ValueError as exc:
+            return f"config: malformed-json: {exc}"
+        if not isinstance(config, dict):
+            return "config: expected a JSON object"
+        if self.init is None:
+            return None
+        try:
+            self.init(config)
+        except (Reject, Retry) as refused:
+            return _reason(refused.reason).decode()
+        except Exception as exc:  # noqa: BLE001 - a failed init refuses the config with what went wrong
+            return _exception_text(exc).decode()
+        return None
+
+    def handle_one(self, subject: str, payload: bytes) -> tuple[int, bytes]:
+        """One message: its status and output (ABI v1 encoding), or RAISED and the exception's text."""
+        parts: list[bytes] = []
+        _Effects.parts = parts
+        try:
+            self.handle(Message(subject, payload))
+        except Reject as rejected:
+            return REJECT, _reason(rejected.reason)
+        except Retry as retried:
+            return RETRY, _reason(retried.reason)
+        except Exception as exc:  # noqa: BLE001 - reported to the host, which fails the message as a trap
+            return RAISED, _exception_text(exc)
+        finally:
+            _Effects.parts = None
+        count = len(parts)
+        body = b"".join(parts)
+        if count > MAX_EFFECTS or len(body) + 3 > MAX_OUTPUT:
+            return REJECT, OVERFLOW
+        return OK, b"\xdc" + count.to_bytes(2, "big") + body
+
+    def handle_batch(self, records: bytes) -> bytes:
+        """ABI v2 batch records in, `done` and one (status, length, output) record per message out."""
+        out: list[bytes] = [b""]
+        append = out.append
+        unpack = _U32_PAIR.unpack_from
+        pack = _U32_PAIR.pack
+        handle_one = self.handle_one
+        pos, end, done = 0, len(records), 0
+        while pos < end:
+            subject_len, payload_len = unpack(records, pos)
+            pos += 8
+            subject = records[pos:pos + subject_len].decode("utf-8", "replace")
+            pos += subject_len
+            payload = records[pos:pos + payload_len]
+            pos += payload_len
+            status, output = handle_one(subject, payload)
+            append(pack(status, len(output)))
+            append(output)
+            done += 1
+        out[0] = _U32.pack(done)
+        return b"".join(out)
