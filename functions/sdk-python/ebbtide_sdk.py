@@ -32,6 +32,7 @@ outside the standard library and runs in any Python too, so a function can be te
 from __future__ import annotations
 
 import json
+import json.scanner
 import re
 from collections.abc import Callable
 from struct import Struct
@@ -87,18 +88,11 @@ def _no_constant(name: str) -> None:
     raise _Malformed(f"invalid literal {name}")
 
 
-# Two decoders: the C scanner alone (fast), and one that reports duplicate keys (an `object_pairs_hook` is a
-# Python call per object: several times slower). The slow one runs only when the document may have a
-# duplicate: when it has more colons than the decoded objects have keys (a colon inside a string also counts).
-_FAST_DECODER = json.JSONDecoder(parse_constant=_no_constant)
-_STRICT_DECODER = json.JSONDecoder(object_pairs_hook=_unique_object, parse_constant=_no_constant)
+# The C scanner, called directly (JSONDecoder.decode adds two Python frames and two regex matches per
+# document); the pairs hook is what finds duplicate keys, once per object.
+_SCAN = json.scanner.make_scanner(json.JSONDecoder(object_pairs_hook=_unique_object, parse_constant=_no_constant))
+_JSON_SPACE = " \t\n\r"
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
-
-
-def _count_keys(value: Any) -> int:
-    if type(value) is dict:
-        return len(value) + sum(_count_keys(item) for item in value.values() if type(item) in (dict, list))
-    return sum(_count_keys(item) for item in value if type(item) in (dict, list))
 
 
 def _decode_json(payload: bytes) -> Any:
@@ -106,11 +100,14 @@ def _decode_json(payload: bytes) -> Any:
         text = payload.decode()  # strict UTF-8: json.loads(bytes) would accept encoded surrogates
     except UnicodeDecodeError as exc:
         raise Reject(f"malformed-json: invalid UTF-8 at offset {exc.start}") from None
+    start = len(text) - len(text.lstrip(_JSON_SPACE))
     try:
-        value = _FAST_DECODER.decode(text)
-        colons = text.count(":")
-        if colons and type(value) in (dict, list) and colons != _count_keys(value):
-            value = _STRICT_DECODER.decode(text)
+        try:
+            value, end = _SCAN(text, start)
+        except StopIteration as missing:
+            raise json.JSONDecodeError("Expecting value", text, missing.value) from None
+        if end != len(text) and text[end:].strip(_JSON_SPACE):
+            raise json.JSONDecodeError("Extra data", text, end + len(text[end:]) - len(text[end:].lstrip(_JSON_SPACE)))
         if "\\u" in text and _SURROGATE_ESCAPE.search(text):  # rare: every \uD8xx must have its pair
             json.dumps(value, ensure_ascii=False).encode()
     except (ValueError, UnicodeError, RecursionError) as exc:

@@ -180,9 +180,18 @@ class ComponentGuest:
         except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
             if count > 1:
                 return self._rerun_one_by_one(records, count, outcomes)
-            outcomes.append(classify_trap(exc, self.limits) if isinstance(exc, wasmtime.Trap) else GuestFault("trap", cause(exc)))
+            outcomes.append(self._fault(exc))
             return True
         return _read_outcomes(output.encode("latin-1"), count, outcomes)
+
+    def _fault(self, exc: wasmtime.Trap | wasmtime.WasmtimeError) -> GuestFault:
+        """What a failed one-message call stands for. A component's trap reaches wasmtime-py as a WasmtimeError
+        without a trap code, so running out of fuel is told by the fuel left."""
+        if isinstance(exc, wasmtime.Trap):
+            return classify_trap(exc, self.limits)
+        if self._store.get_fuel() == 0:
+            return GuestFault("timeout", f"used its fuel limit of {self.limits.fuel} for one message")
+        return GuestFault("trap", cause(exc))
 
     def _rerun_one_by_one(self, records: str, count: int, outcomes: list[Outcome]) -> bool:
         self._start()
