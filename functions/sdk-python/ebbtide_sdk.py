@@ -156,20 +156,30 @@ _NOT_DECODED = object()
 # -- Effects: MessagePack, byte for byte what the Zig SDK writes ----------------------------------------------
 
 _FIXSTR = [bytes((0xA0 | n,)) for n in range(32)]
+_BIN8 = [bytes((0xC4, n)) for n in range(256)]
+_NAMES: dict[str, bytes] = {}  # encoded subjects and bucket names: a function uses a handful
+_MAX_NAMES = 256
 
 
-def _str(text: str | bytes) -> bytes:
-    data = text.encode() if isinstance(text, str) else bytes(text)
+def _str(text: str) -> bytes:
+    data = text.encode()
     n = len(data)
-    if n < 32:
-        return _FIXSTR[n] + data
-    return _sized(0xD9, n) + data
+    return (_FIXSTR[n] if n < 32 else _sized(0xD9, n)) + data
 
 
-def _bin(data: bytes | str) -> bytes:
-    if isinstance(data, str):
-        data = data.encode()
-    return _sized(0xC4, len(data)) + data
+def _name(text: str) -> bytes:
+    encoded = _NAMES.get(text)
+    if encoded is None:
+        encoded = _str(text)
+        if len(_NAMES) < _MAX_NAMES:
+            _NAMES[text] = encoded
+    return encoded
+
+
+def _bytes(data: bytes | bytearray | memoryview | str) -> bytes:
+    if type(data) is bytes:
+        return data
+    return data.encode() if isinstance(data, str) else bytes(data)
 
 
 def _sized(tag8: int, n: int) -> bytes:
@@ -186,9 +196,10 @@ _KV_PUT = b"\x94" + _str("kv_put")
 
 
 class _Effects:
-    """The effects of the message being handled (None outside a handler)."""
+    """The effects of the message being handled, as MessagePack pieces joined once (None outside a handler)."""
 
     parts: list[bytes] | None = None
+    count = 0
 
 
 def publish(subject: str, data: bytes | str) -> None:
@@ -196,7 +207,10 @@ def publish(subject: str, data: bytes | str) -> None:
     parts = _Effects.parts
     if parts is None:
         raise RuntimeError("publish() is only allowed while a message is handled")
-    parts.append(_PUBLISH + _str(subject) + _bin(data))
+    data = _bytes(data)
+    n = len(data)
+    parts += (_PUBLISH, _name(subject), _BIN8[n] if n < 0x100 else _sized(0xC4, n), data)
+    _Effects.count += 1
 
 
 def kv_put(bucket: str, key: str, value: bytes | str) -> None:
@@ -204,7 +218,10 @@ def kv_put(bucket: str, key: str, value: bytes | str) -> None:
     parts = _Effects.parts
     if parts is None:
         raise RuntimeError("kv_put() is only allowed while a message is handled")
-    parts.append(_KV_PUT + _str(bucket) + _str(key) + _bin(value))
+    value = _bytes(value)
+    n = len(value)
+    parts += (_KV_PUT, _name(bucket), _str(key), _BIN8[n] if n < 0x100 else _sized(0xC4, n), value)
+    _Effects.count += 1
 
 
 def _reason(text: str) -> bytes:
@@ -254,6 +271,7 @@ class Function:
         """One message: its status and output (ABI v1 encoding), or RAISED and the exception's text."""
         parts: list[bytes] = []
         _Effects.parts = parts
+        _Effects.count = 0
         try:
             self.handle(Message(subject, payload))
         except Reject as rejected:
@@ -264,11 +282,12 @@ class Function:
             return RAISED, _exception_text(exc)
         finally:
             _Effects.parts = None
-        count = len(parts)
-        body = b"".join(parts)
-        if count > MAX_EFFECTS or len(body) + 3 > MAX_OUTPUT:
+        count = _Effects.count
+        parts.insert(0, b"\xdc" + count.to_bytes(2, "big") if count <= MAX_EFFECTS else b"")
+        output = b"".join(parts)
+        if count > MAX_EFFECTS or len(output) > MAX_OUTPUT:
             return REJECT, OVERFLOW
-        return OK, b"\xdc" + count.to_bytes(2, "big") + body
+        return OK, output
 
     def handle_batch(self, records: bytes) -> bytes:
         """ABI v2 batch records in, `done` and one (status, length, output) record per message out."""
@@ -277,11 +296,15 @@ class Function:
         unpack = _U32_PAIR.unpack_from
         pack = _U32_PAIR.pack
         handle_one = self.handle_one
+        subjects: dict[bytes, str] = {}  # a batch has few subjects: decode each once
         pos, end, done = 0, len(records), 0
         while pos < end:
             subject_len, payload_len = unpack(records, pos)
             pos += 8
-            subject = records[pos:pos + subject_len].decode("utf-8", "replace")
+            raw_subject = records[pos:pos + subject_len]
+            subject = subjects.get(raw_subject)
+            if subject is None:
+                subject = subjects[raw_subject] = raw_subject.decode("utf-8", "replace")
             pos += subject_len
             payload = records[pos:pos + payload_len]
             pos += payload_len
