@@ -20,7 +20,7 @@ from nats.aio.client import Client as NatsClient
 
 from ebbtide.broker import ConfirmedPublisher, EmbeddedNats, publish_all
 from ebbtide.build import build_modules
-from ebbtide.deadletter import H_ERROR, H_FUNCTION
+from ebbtide.deadletter import H_ERROR, H_FUNCTION, H_REASON
 from ebbtide.host import Host
 from ebbtide.manifest import LoadedManifest, load_manifest
 from ebbtide.workload.orders import INGRESS_SUBJECT, Order, encode_order, generate_orders
@@ -403,3 +403,49 @@ def test_python_component_refuses_a_bad_config(python_component: Path) -> None:
     module = load_guest_module(engine, python_component, "python")
     with pytest.raises(GuestInitError, match="configuration refused: config: bucket is required$"):
         start_guest(engine, module, COMPONENT_LIMITS, b"{}")
+
+
+async def test_python_faults_retries_and_dead_letters_through_the_host(tmp_path: Path, nats_server: EmbeddedNats,
+                                                                        nc: NatsClient) -> None:
+    """tests/guests/python-chaos: a rejection is dead-lettered at once; a retry, an exception and a runaway
+    are retried up to max_deliver, on a fresh instance after each fault, then dead-lettered with why."""
+    pytest.importorskip("componentize_py", reason="componentize-py (pip install componentize-py==0.25.1) builds Python guests")
+    path = tmp_path / "ebbtide.toml"
+    path.write_text(f"""
+build_dir = "{BUILD_DIR}"
+[streams.TEST]
+subjects = ["in.>", "test.>"]
+retention = "workqueue"
+
+[modules.python-chaos]
+source = "{REPO / "tests/guests/python-chaos"}"
+lang = "python"
+
+[functions.chaos]
+module = "python-chaos"
+trigger = "in.chaos"
+publish = ["test.out"]
+scale = {{ min = 1, max = 1 }}
+limits = {{ memory_mib = 32, fuel = 5_000_000, max_payload = 4096 }}
+retry = {{ max_deliver = 3, backoff_ms = [50, 100] }}
+""")
+    manifest = load_manifest(path)
+    build_modules(manifest)
+    js = nc.jetstream()
+    await provision_for(manifest, nats_server.url)
+    async with Host(manifest, nats_server.url) as host:
+        for payload in (b"good-1", b"X-no", b"R-later", b"E-boom", b"L-loop", b"good-2"):
+            await js.publish("in.chaos", payload)
+        dead = await read_stream(nc, "DLQ", "dlq.chaos", expected=4)
+        out = await read_stream(nc, "TEST", "test.out", expected=2)
+        stats = host.pools["chaos"].stats
+        assert stats.guest_faults == {"trap": 3, "timeout": 3}
+        assert stats.retried == 6  # R, E and L: twice each
+        assert stats.instances_started == 1 + 6  # one worker, and a fresh instance after each fault
+    assert sorted(m.data for m in out) == [b"good-1", b"good-2"]
+    errors = {m.data: m.headers[H_ERROR] for m in dead}
+    assert errors[b"X-no"] == "refused by the python chaos guest"
+    assert errors[b"R-later"].endswith("guest asked to retry: try again later")
+    assert errors[b"E-boom"].endswith("guest fault: trap: RuntimeError: boom")
+    assert errors[b"L-loop"].endswith("guest fault: timeout: used its fuel limit of 5000000 for one message")
+    assert {m.headers[H_REASON] for m in dead} == {"rejected", "retries-exhausted"}
