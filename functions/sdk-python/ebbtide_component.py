@@ -28,5 +28,5 @@ class WitWorld(wit_world.WitWorld):
 
 
 # Everything imported so far is in the build-time snapshot that instances share copy-on-write. Freezing it
-# keeps the garbage collector from walking (and so writing to, and so copying) those pages in every instance.
+# keeps a full collection from walking (and so writing to, and so copying) those pages in every instance.
 gc.freeze()

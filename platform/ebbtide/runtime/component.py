@@ -194,7 +194,11 @@ class ComponentGuest:
         return GuestFault("trap", cause(exc))
 
     def _rerun_one_by_one(self, records: str, count: int, outcomes: list[Outcome]) -> bool:
-        self._start()
+        try:
+            self._start()
+        except GuestInitError as exc:  # the batch's first message is charged; the pool replaces the instance
+            outcomes.append(GuestFault("trap", f"a batch trapped and a fresh instance did not start: {exc}"))
+            return True
         data = records.encode("latin-1")
         messages: list[tuple[bytes, bytes]] = []
         pos = 0
