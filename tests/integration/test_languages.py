@@ -280,9 +280,11 @@ async def test_python_pipeline_stores_orders_through_the_host(tmp_path: Path, na
     pytest.importorskip("componentize_py", reason="componentize-py (pip install componentize-py==0.25.1) builds Python guests")
     path, _ = manifest_copy(tmp_path)
     text = path.read_text()
-    for module, folder in (("distributor", "distributor-python"), ("receiver", "receiver-python")):
-        section = f'[modules.{module}]\nsource = "{REPO / "functions/examples" / folder}"\nlang = "python"\n'
+    # Modules of their own names: the session's build folder keeps the Zig "distributor" and "receiver".
+    for module in ("distributor", "receiver"):
+        section = f'[modules.{module}-python]\nsource = "{REPO / "functions/examples" / module}-python"\nlang = "python"\n'
         text = re.sub(rf'\[modules\.{module}\]\n(?:(?:source|sdk) = .*\n)+', section, text)
+        text = text.replace(f'module = "{module}"', f'module = "{module}-python"')
     # A Python interpreter per instance: 12.4 MiB of memory at start, ~250,000 fuel per order.
     path.write_text(text.replace("memory_mib = 4, fuel = 5_000_000", "memory_mib = 32, fuel = 50_000_000"))
     manifest = load_manifest(path)
