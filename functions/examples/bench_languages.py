@@ -5,8 +5,9 @@
 Builds the three (incrementally, into build/) and prints a Markdown table: module size, guest call cost
 (measured as `ebbtide bench` measures the distributor: copy in, call, read output, decode effects; the
 minimum of 5 runs) and instance start (new Store, instantiate, init with config). Python runs as a
-component (componentize-py, platform/ebbtide/runtime/component.py) when componentize-py is installed; its
-row also gives the added RSS per live instance.
+component (componentize-py, functions/sdk-python, platform/ebbtide/runtime/component.py) when
+componentize-py is installed; its row also gives the private memory each live instance adds, idle and
+after a message (and its RSS, which counts the shared memory image again per instance).
 
 A second table gives the cost per message of one call per message (ABI v1, `handle`) beside batches of
 1, 16, 64 and 256 messages (ABI v2, `handle_batch`) on 256 different orders: copy in, call(s), read the
@@ -29,7 +30,7 @@ from pathlib import Path
 from ebbtide.build import build_modules
 from ebbtide.manifest import load_manifest
 from ebbtide.runtime import GuestInstance, GuestLimits, WasmEngine, decode_effects
-from ebbtide.runtime.guests import load_guest_module, start_guest
+from ebbtide.runtime.guests import Guest, load_guest_module, start_guest
 from ebbtide.workload.orders import encode_order, generate_orders
 
 REPO = Path(__file__).resolve().parents[2]
@@ -71,27 +72,51 @@ def rss_kib() -> int:
     return int(Path("/proc/self/statm").read_text().split()[1]) * 4096 // 1024
 
 
-def python_row(payload: bytes, calls: int, starts: int) -> str:
+PYTHON_LIMITS = GuestLimits(memory_bytes=32 << 20, fuel=50_000_000)
+
+
+def python_guest() -> tuple[WasmEngine, object, Path] | None:
+    """The Python receiver (a component), loaded; None when componentize-py is not installed."""
+    if importlib.util.find_spec("componentize_py") is None:
+        return None
     path = build({"python": ("receiver-python", "functions/examples/receiver-python")})["python"]
     engine = WasmEngine(cache_dir=REPO / "build/cache")
-    loaded = load_guest_module(engine, path, "python")
-    limits = GuestLimits(memory_bytes=32 << 20, fuel=50_000_000)
-    guest = start_guest(engine, loaded, limits, CONFIG)
+    return engine, load_guest_module(engine, path, "python"), path
+
+
+def private_kib() -> int:
+    """The process's private dirty memory: what instances cost beyond the pages they share. (RSS counts a
+    page of the component's copy-on-write memory image again in every instance that maps it.)"""
+    for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
+        if line.startswith("Private_Dirty:"):
+            return int(line.split()[1])
+    raise RuntimeError("no Private_Dirty in /proc/self/smaps_rollup")
+
+
+def python_row(python: tuple[WasmEngine, object, Path], payload: bytes, calls: int, starts: int) -> str:
+    """One call per message (a batch of one, as `handle`), instance start, and the private memory each live
+    instance adds: idle (started and configured) and after it handled a message."""
+    engine, loaded, path = python
+    guest = start_guest(engine, loaded, PYTHON_LIMITS, CONFIG)
     for _ in range(100):
         decode_effects(guest.handle(b"orders.express", payload)[1])
     call = runs(lambda: decode_effects(guest.handle(b"orders.express", payload)[1]), calls)
-    start = runs(lambda: start_guest(engine, loaded, limits, CONFIG), starts)
+    start = runs(lambda: start_guest(engine, loaded, PYTHON_LIMITS, CONFIG), starts)
     gc.collect()
-    before = rss_kib()
-    live = [start_guest(engine, loaded, limits, CONFIG) for _ in range(20)]
+    before, rss_before = private_kib(), rss_kib()
+    live = [start_guest(engine, loaded, PYTHON_LIMITS, CONFIG) for _ in range(20)]
+    idle, rss_idle = private_kib(), rss_kib()
     for g in live:
         g.handle(b"orders.express", payload)
-    added = (rss_kib() - before) / len(live)
+    busy = private_kib()
+    n = len(live)
     return (f"| python (component) | {path.stat().st_size:,} B | {min(call):.1f} µs ({statistics.median(call):.1f}) "
-            f"| {min(start) / 1000:.2f} ms ({statistics.median(start) / 1000:.2f}) | {added / 1024:.1f} MiB added RSS |")
+            f"| {min(start) / 1000:.2f} ms ({statistics.median(start) / 1000:.2f}) "
+            f"| +{(idle - before) / n:.0f} KiB private idle, +{(busy - before) / n:.0f} KiB after a message "
+            f"(+{(rss_idle - rss_before) / n / 1024:.1f} MiB RSS, mostly the shared image) |")
 
 
-def per_message(messages: list[tuple[bytes, bytes]], guest: GuestInstance, batch: int | None, rounds: int) -> float:
+def per_message(messages: list[tuple[bytes, bytes]], guest: Guest, batch: int | None, rounds: int) -> float:
     """µs per message over `rounds` passes on `messages` (min of 5 runs): one `handle` call per message
     when `batch` is None, else `handle_batch` on slices of `batch` messages."""
     if batch is None:
@@ -105,7 +130,7 @@ def per_message(messages: list[tuple[bytes, bytes]], guest: GuestInstance, batch
     return min(runs(one_pass, rounds)) / len(messages)
 
 
-def batch_table(modules: dict[str, Path], quick: bool) -> None:
+def batch_table(modules: dict[str, Path], python: tuple[WasmEngine, object, Path] | None, quick: bool) -> None:
     import wasmtime
 
     orders = [encode_order(order) for order in generate_orders(256, seed=2)]
@@ -127,6 +152,12 @@ def batch_table(modules: dict[str, Path], quick: bool) -> None:
             messages = [(subject.encode(), payload) for payload in orders]
             cells = [per_message(messages, guest, batch, rounds) for batch in (None, *BATCH_SIZES)]
             print(f"| {name} | " + " | ".join(f"{cell:.2f}" for cell in cells) + " |")
+    if python is not None:  # a component: `handle` is a batch of one; batches go as one call of at most 64 KiB
+        python_engine, loaded, _ = python
+        guest = start_guest(python_engine, loaded, PYTHON_LIMITS, CONFIG)
+        messages = [(b"orders.express", payload) for payload in orders]
+        cells = [per_message(messages, guest, batch, max(rounds // 10, 2)) for batch in (None, *BATCH_SIZES)]
+        print("| receiver, python (component) | " + " | ".join(f"{cell:.2f}" for cell in cells) + " |")
 
 
 def main() -> int:
@@ -146,15 +177,16 @@ def main() -> int:
         instance = GuestInstance(engine, module, LIMITS, CONFIG)
         for _ in range(1000):  # warm-up, excluded
             decode_effects(instance.handle(subject, payload)[1])
-        call = runs(lambda: decode_effects(instance.handle(subject, payload)[1]), calls)
-        start = runs(lambda: GuestInstance(engine, module, LIMITS, CONFIG), starts)
+        call = runs(lambda instance=instance: decode_effects(instance.handle(subject, payload)[1]), calls)
+        start = runs(lambda module=module: GuestInstance(engine, module, LIMITS, CONFIG), starts)
         print(f"| {lang} | {path.stat().st_size:,} B | {min(call):.2f} µs ({statistics.median(call):.2f}) "
               f"| {min(start):.1f} µs ({statistics.median(start):.1f}) | {instance.memory_size() // 1024} KiB linear memory |")
-    if importlib.util.find_spec("componentize_py") is not None:
-        print(python_row(payload, calls // 100, 10))
+    python = python_guest()
+    if python is not None:
+        print(python_row(python, payload, calls // 20, starts // 20))
     else:
         print("| python (component) | – | – | – | skipped: pip install componentize-py==0.25.1 |")
-    batch_table(modules, args.quick)
+    batch_table(modules, python, args.quick)
     return 0
 
 

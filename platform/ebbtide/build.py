@@ -237,6 +237,8 @@ def _compile_assemblyscript(job: Job) -> None:
 # -- Python: a component built by componentize-py, run by runtime/component.py -------------------------------
 
 COMPONENTIZE_FLAGS = ["-w", "handler"]  # the world of functions/sdk-python/wit/ebbtide.wit
+# The SDK's glue module is the component's entry: it implements the world around the module's app.py.
+PYTHON_ENTRY = "ebbtide_component"
 
 
 def _compile_python(job: Job) -> None:
@@ -244,8 +246,11 @@ def _compile_python(job: Job) -> None:
     if not tool.exists():
         raise BuildError(f"module {job.module}: componentize-py is missing (it builds Python functions): "
                          "pip install componentize-py==0.25.1, or pip install -e '.[component]'")
+    if not (job.sdk / f"{PYTHON_ENTRY}.py").is_file():
+        raise BuildError(f"module {job.module}: no {job.sdk / PYTHON_ENTRY}.py (is {job.sdk} the Python SDK?)")
+    # -p: the module's folder first (its app.py), then the SDK (ebbtide_sdk, the entry)
     _run(job, "componentize-py", [str(tool), "-q", "-d", str(job.sdk / "wit"), *COMPONENTIZE_FLAGS, "componentize",
-                                  "-p", str(job.source_dir), job.main.stem, "-o", str(job.output)])
+                                  "-p", str(job.source_dir), "-p", str(job.sdk), PYTHON_ENTRY, "-o", str(job.output)])
 
 
 LANGUAGES: dict[str, Language] = {
@@ -254,7 +259,7 @@ LANGUAGES: dict[str, Language] = {
     "assemblyscript": Language("assemblyscript", "main.ts", "functions/sdk-assemblyscript",
                                (".ts", "package.json", "package-lock.json"), " ".join(AS_FLAGS), _compile_assemblyscript),
     # A component, not a core module: the pool runs it through runtime/component.py (slower; docs/functions.md).
-    "python": Language("python", "app.py", "functions/sdk-python", (".py", ".wit"), " ".join(COMPONENTIZE_FLAGS),
+    "python": Language("python", "app.py", "functions/sdk-python", (".py", ".wit"), " ".join([*COMPONENTIZE_FLAGS, PYTHON_ENTRY]),
                        _compile_python),
 }
 

@@ -82,7 +82,7 @@ def _manifest_entry(manifest: LoadedManifest, name: str, lang: str, folder: str,
         f"[functions.{name}]", f'module = "{name}"', f'trigger = "{trigger}"', f'publish = ["{output}"]',
         f'config = {{ target = "{output}" }}',
     ]
-    if lang == "python":  # an interpreter per instance: 12.4 MiB at start, ~200,000 fuel per message
+    if lang == "python":  # an interpreter per instance: 12.4 MiB at start, ~250,000 fuel per message
         lines.append("limits = { memory_mib = 32, fuel = 50_000_000 }")
     lines.append("")
     return "\n".join(lines)
@@ -231,49 +231,27 @@ OK:     ["publish", <target>, <payload>]
 REJECT: "malformed-json: ..."  the payload is not JSON, or not an object
 
 Config: target (default "${output}"), the subject to publish to (allowed by `publish` in the manifest).
-A component (componentize-py) implementing functions/sdk-python/wit/ebbtide.wit; see docs/functions.md.
+Written against the Python SDK (functions/sdk-python/ebbtide_sdk.py); see docs/functions.md.
 """
 
-import json
+from ebbtide_sdk import Message, Reject, kind_of, publish
 
-from componentize_py_types import Err
-
-OK, REJECT, RETRY = 0, 1, 2
 target = "${output}"
 
 
-def _str(text: str) -> bytes:  # MessagePack str (up to 64 KiB)
-    data = text.encode()
-    n = len(data)
-    return (bytes([0xA0 | n]) if n < 32 else b"\\xd9" + bytes([n]) if n < 0x100 else b"\\xda" + n.to_bytes(2, "big")) + data
+def init(config: dict[str, str]) -> None:
+    global target
+    value = config.get("target", target)
+    if not isinstance(value, str) or not value:
+        raise Reject("config: target must be a non-empty string")
+    target = value
 
 
-def _bin(data: bytes) -> bytes:  # MessagePack bin
-    n = len(data)
-    head = b"\\xc4" + bytes([n]) if n < 0x100 else b"\\xc5" + n.to_bytes(2, "big") if n < 0x10000 else b"\\xc6" + n.to_bytes(4, "big")
-    return head + data
-
-
-def _kind(value: object) -> str:
-    return {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}.get(type(value), "null")
-
-
-class WitWorld:
-    def init(self, config: str) -> None:
-        global target
-        value = json.loads(config).get("target", target)
-        if not isinstance(value, str) or not value:
-            raise Err("config: target must be a non-empty string")
-        target = value
-
-    def handle(self, subject: str, payload: bytes) -> tuple[int, bytes]:
-        try:
-            doc = json.loads(payload)
-        except ValueError as exc:
-            return REJECT, f"malformed-json: {exc}".encode()
-        if not isinstance(doc, dict):
-            return REJECT, f"malformed-json: expected an object, got {_kind(doc)}".encode()
-        return OK, b"\\x91\\x93" + _str("publish") + _str(target) + _bin(payload)  # [["publish", target, payload]]
+def handle(message: Message) -> None:
+    document = message.json()  # strict JSON, or Reject("malformed-json: ...")
+    if not isinstance(document, dict):
+        raise Reject(f"malformed-json: expected an object, got {kind_of(document)}")
+    publish(target, message.payload)
 '''
 
 TEMPLATES = {"zig": ZIG_TEMPLATE, "c": C_TEMPLATE, "assemblyscript": AS_TEMPLATE, "python": PY_TEMPLATE}

@@ -19,8 +19,9 @@ from hypothesis import strategies as st
 from nats.aio.client import Client as NatsClient
 
 from ebbtide.broker import ConfirmedPublisher, EmbeddedNats, publish_all
-from ebbtide.broker.headers import H_ERROR, H_FUNCTION
+from ebbtide.broker.headers import H_ERROR, H_FUNCTION, H_REASON
 from ebbtide.build import build_modules
+from ebbtide.errors import GuestFault
 from ebbtide.host import Host
 from ebbtide.manifest import LoadedManifest, load_manifest
 from ebbtide.runtime import GuestInitError, GuestInstance, GuestLimits, Status, WasmEngine, decode_effects
@@ -273,24 +274,29 @@ def test_config_refusals_are_the_same(examples: dict[str, Path], config: bytes, 
 
 # -- Python through the component model (a separate runtime adapter, not the pool's core-module path) --------
 
-async def test_python_receiver_stores_orders_through_the_host(tmp_path: Path, nats_server: EmbeddedNats, nc: NatsClient) -> None:
-    """`lang = "python"` in the manifest: built by componentize-py, run by the pool as a component."""
+async def test_python_pipeline_stores_orders_through_the_host(tmp_path: Path, nats_server: EmbeddedNats, nc: NatsClient) -> None:
+    """`lang = "python"` in the manifest for the distributor and both receivers: built by componentize-py with
+    the SDK, run by the pools as components; bad orders are dead-lettered with the function's reason."""
     pytest.importorskip("componentize_py", reason="componentize-py (pip install componentize-py==0.25.1) builds Python guests")
     path, _ = manifest_copy(tmp_path)
-    section = f'[modules.receiver-python]\nsource = "{REPO / "functions/examples/receiver-python"}"\nlang = "python"\n'
-    text = re.sub(r'\[modules\.receiver\]\n(?:(?:source|sdk) = .*\n)+', section, path.read_text())
-    text = text.replace('module = "receiver"', 'module = "receiver-python"')
-    # A Python interpreter per instance: 12.4 MiB of memory at start, ~200,000 fuel per order.
+    text = path.read_text()
+    # Modules of their own names: the session's build folder keeps the Zig "distributor" and "receiver".
+    for module in ("distributor", "receiver"):
+        section = f'[modules.{module}-python]\nsource = "{REPO / "functions/examples" / module}-python"\nlang = "python"\n'
+        text = re.sub(rf'\[modules\.{module}\]\n(?:(?:source|sdk) = .*\n)+', section, text)
+        text = text.replace(f'module = "{module}"', f'module = "{module}-python"')
+    # A Python interpreter per instance: 12.4 MiB of memory at start, ~250,000 fuel per order.
     path.write_text(text.replace("memory_mib = 4, fuel = 5_000_000", "memory_mib = 32, fuel = 50_000_000"))
     manifest = load_manifest(path)
     build_modules(manifest)
     orders = generate_orders(200, seed=23)
     await provision_for(manifest, nats_server.url)
     async with Host(manifest, nats_server.url) as host:
-        assert type(host.pools["receiver-express"].module).__name__ == "LoadedComponent"
+        assert {type(pool.module).__name__ for pool in host.pools.values()} == {"LoadedComponent"}
         publisher = ConfirmedPublisher(nc)
         await publisher.start()
         await publish_all(publisher, INGRESS_SUBJECT, [(encode_order(o), o.order_guid) for o in orders])
+        await publish_all(publisher, INGRESS_SUBJECT, [(b'{"orderId": 1, "delivery": "sea", "items": [1]}', "sea")])
         await publish_all(publisher, "orders.express", [(b'{"orderId": "x"}', "bad")])
 
         async def all_stored() -> bool:
@@ -298,11 +304,16 @@ async def test_python_receiver_stores_orders_through_the_host(tmp_path: Path, na
             return sum(counts) == len(orders)
 
         await wait_until(all_stored, timeout=120)
-        dead = await read_stream(nc, "DLQ", subject="dlq.receiver-express", expected=1)
+        dead_receiver = await read_stream(nc, "DLQ", subject="dlq.receiver-express", expected=1)
+        dead_distributor = await read_stream(nc, "DLQ", subject="dlq.distributor", expected=1)
         order = next(o for o in orders if o.delivery == "Standard")
         entry = await (await nc.jetstream().key_value("outbox-standard")).get(str(order.order_id))
         assert msgspec.json.decode(entry.value, type=Order) == order
-    assert dead[0].headers[H_ERROR].startswith("invalid-order-id")
+    assert dead_receiver[0].headers[H_ERROR].startswith("invalid-order-id: expected an integer, got a string")
+    assert dead_distributor[0].headers[H_ERROR] == 'unknown-delivery: "sea"'
+
+
+PYTHON_DISTRIBUTOR = {"python": ("distributor-python", "functions/examples/distributor-python")}
 
 
 @pytest.fixture(scope="module")
@@ -320,27 +331,73 @@ def python_receiver(python_component: Path, examples: dict[str, Path]) -> tuple[
     return guest, zig
 
 
-def test_python_component_stores_the_same_effects(python_receiver) -> None:
-    guest, zig = python_receiver
-    for order in generate_orders(100, seed=8):
-        payload = encode_order(order)
-        status, output = guest.handle(b"orders.express", payload)
-        assert status == Status.OK, output
-        # same effects; the encoding may differ (fixarray there, array16 here), the decoded value may not
-        assert decode_effects(output) == decode_effects(zig.handle(b"orders.express", payload)[1])
-    assert not guest.takes_batches  # a component is called once per message, also through handle_batch
-    messages = [(b"orders.express", encode_order(order)) for order in generate_orders(5, seed=9)]
-    assert guest.handle_batch(messages).outcomes == [guest.handle(*message) for message in messages]
-
-
-def test_python_component_rejects_like_the_zig_receiver(python_receiver) -> None:
-    guest, zig = python_receiver
-    for payload in CRAFTED:
-        status, output = guest.handle(b"orders.express", payload)
-        zig_status, zig_output = zig.handle(b"orders.express", payload)
+def _same_as_zig(guest: Guest, zig: Guest, messages: list[tuple[bytes, bytes]]) -> int:
+    """Python's outcomes against Zig's, alone and in one batch: OK outputs (the effects) byte for byte; for a
+    rejection the same status and the same kind of reason (Python's json words syntax errors its own way).
+    Returns how many were OK."""
+    batched = guest.handle_batch(messages)
+    assert not batched.instance_failed and len(batched.outcomes) == len(messages)
+    ok = 0
+    for (subject, payload), in_batch in zip(messages, batched.outcomes):
+        status, output = guest.handle(subject, payload)
+        assert in_batch == (status, output), payload[:60]
+        zig_status, zig_output = zig.handle(subject, payload)
         assert status == zig_status, (payload[:60], output, zig_output)
-        if status != Status.OK:  # the reason's kind agrees; Python's json words its syntax errors its own way
+        if status == Status.OK:
+            assert output == zig_output, payload[:60]
+            ok += 1
+        else:
             assert output.split(b":")[0] == zig_output.split(b":")[0], (payload[:60], output, zig_output)
+    return ok
+
+
+def test_python_receiver_gives_the_zig_receivers_effects_byte_for_byte(python_receiver) -> None:
+    guest, zig = python_receiver
+    assert guest.takes_batches
+    messages = [(b"orders.express", encode_order(order)) for order in generate_orders(100, seed=8)]
+    assert _same_as_zig(guest, zig, messages) == 100
+    assert _same_as_zig(guest, zig, [(b"orders.express", payload) for payload in CRAFTED]) >= 4
+
+
+def test_python_distributor_routes_like_the_zig_distributor(tmp_path_factory: pytest.TempPathFactory,
+                                                            reference_manifest: LoadedManifest) -> None:
+    pytest.importorskip("componentize_py", reason="componentize-py (pip install componentize-py==0.25.1) builds Python guests")
+    path = _build(tmp_path_factory.mktemp("python-distributor"), PYTHON_DISTRIBUTOR)["python"]
+    engine = WasmEngine(cache_dir=BUILD_DIR / "cache")
+    fn = reference_manifest.function("distributor")
+    config = reference_manifest.config_json("distributor")
+    guest = start_guest(engine, load_guest_module(engine, path, "python"), COMPONENT_LIMITS, config)
+    zig = GuestInstance(engine, engine.load(reference_manifest.module_path(fn.module)),
+                        GuestLimits(fn.limits.memory_mib << 20, fn.limits.fuel * 10), config)
+    orders = [(INGRESS_SUBJECT.encode(), encode_order(order)) for order in generate_orders(200, seed=6)]
+    assert _same_as_zig(guest, zig, orders) == 200
+    odd = [b'{"orderId":1,"delivery":"EXPRESS","items":[1]}', b'{"orderId":1,"delivery":"Sea","items":[1]}',
+           b'{"orderId":1,"delivery":7,"items":[1]}', b'{"orderId":1,"items":[1]}', b'{"orderId":1,"delivery":"standard"}',
+           b'{"orderId":1,"delivery":"standard","items":[]}', b'{"orderId":1,"delivery":"standard","items":{}}',
+           b'{"orderId":1,"delivery":"expr\u0065ss","items":[0]}']
+    assert _same_as_zig(guest, zig, [(INGRESS_SUBJECT.encode(), p) for p in odd + CRAFTED]) == 2
+    with pytest.raises(GuestInitError, match="configuration refused: config: express_subject is not a valid NATS subject$"):
+        start_guest(engine, load_guest_module(engine, path, "python"), COMPONENT_LIMITS, b'{"express_subject":"a.*"}')
+
+
+def test_a_runaway_message_in_a_python_batch_is_the_only_one_charged(python_component: Path) -> None:
+    """A trap inside a batch call does not say which message it was in: the component runs the batch again
+    one message per call on a fresh instance, so only the runaway times out and the others keep their outcome."""
+    engine = WasmEngine(cache_dir=BUILD_DIR / "cache")
+    module = load_guest_module(engine, python_component, "python")
+    limits = GuestLimits(memory_bytes=32 << 20, fuel=2_000_000)  # ~200,000 per order; a 60 KB order needs more
+    big = b'{"orderId": 8, "items": [' + b",".join([b'{"sku": "x", "quantity": 1}'] * 2000) + b"]}"
+    messages = [(b"orders.express", encode_order(order)) for order in generate_orders(6, seed=3)]
+    messages.insert(3, (b"orders.express", big))
+    guest = start_guest(engine, module, limits, CONFIG)
+    with pytest.raises(GuestFault, match="fuel limit"):
+        guest.handle(*messages[3])
+    result = start_guest(engine, module, limits, CONFIG).handle_batch(messages)
+    assert result.instance_failed and len(result.outcomes) == 4
+    assert [outcome[0] for outcome in result.outcomes[:3]] == [Status.OK] * 3
+    assert isinstance(result.outcomes[3], GuestFault) and result.outcomes[3].kind == "timeout"
+    rest = start_guest(engine, module, limits, CONFIG).handle_batch(messages[4:])
+    assert [outcome[0] for outcome in rest.outcomes] == [Status.OK] * 3
 
 
 def test_python_component_refuses_a_bad_config(python_component: Path) -> None:
@@ -348,3 +405,49 @@ def test_python_component_refuses_a_bad_config(python_component: Path) -> None:
     module = load_guest_module(engine, python_component, "python")
     with pytest.raises(GuestInitError, match="configuration refused: config: bucket is required$"):
         start_guest(engine, module, COMPONENT_LIMITS, b"{}")
+
+
+async def test_python_faults_retries_and_dead_letters_through_the_host(tmp_path: Path, nats_server: EmbeddedNats,
+                                                                        nc: NatsClient) -> None:
+    """tests/guests/python-chaos: a rejection is dead-lettered at once; a retry, an exception and a runaway
+    are retried up to max_deliver, on a fresh instance after each fault, then dead-lettered with why."""
+    pytest.importorskip("componentize_py", reason="componentize-py (pip install componentize-py==0.25.1) builds Python guests")
+    path = tmp_path / "ebbtide.toml"
+    path.write_text(f"""
+build_dir = "{BUILD_DIR}"
+[streams.TEST]
+subjects = ["in.>", "test.>"]
+retention = "workqueue"
+
+[modules.python-chaos]
+source = "{REPO / "tests/guests/python-chaos"}"
+lang = "python"
+
+[functions.chaos]
+module = "python-chaos"
+trigger = "in.chaos"
+publish = ["test.out"]
+scale = {{ min = 1, max = 1 }}
+limits = {{ memory_mib = 32, fuel = 5_000_000, max_payload = 4096 }}
+retry = {{ max_deliver = 3, backoff_ms = [50, 100] }}
+""")
+    manifest = load_manifest(path)
+    build_modules(manifest)
+    js = nc.jetstream()
+    await provision_for(manifest, nats_server.url)
+    async with Host(manifest, nats_server.url) as host:
+        for payload in (b"good-1", b"X-no", b"R-later", b"E-boom", b"L-loop", b"good-2"):
+            await js.publish("in.chaos", payload)
+        dead = await read_stream(nc, "DLQ", "dlq.chaos", expected=4)
+        out = await read_stream(nc, "TEST", "test.out", expected=2)
+        stats = host.pools["chaos"].stats
+        assert stats.guest_faults == {"trap": 3, "timeout": 3}
+        assert stats.retried == 6  # R, E and L: twice each
+        assert stats.instances_started == 1 + 6  # one worker, and a fresh instance after each fault
+    assert sorted(m.data for m in out) == [b"good-1", b"good-2"]
+    errors = {m.data: m.headers[H_ERROR] for m in dead}
+    assert errors[b"X-no"] == "refused by the python chaos guest"
+    assert errors[b"R-later"].endswith("guest asked to retry: try again later")
+    assert errors[b"E-boom"].endswith("guest fault: trap: RuntimeError: boom")
+    assert errors[b"L-loop"].endswith("guest fault: timeout: used its fuel limit of 5000000 for one message")
+    assert {m.headers[H_REASON] for m in dead} == {"rejected", "retries-exhausted"}

@@ -1,15 +1,19 @@
-"""Guests built as WebAssembly *components* (Python through componentize-py): a separate, slower path.
+"""Guests built as WebAssembly *components* (Python through componentize-py and functions/sdk-python).
 
-The world (functions/sdk-python/wit/ebbtide.wit, `ebbtide:function/handler`) carries the
-guest ABI v1 contract: `init(config: string) -> result<_, string>` once per instance, and
-`handle(subject: string, payload: list<u8>) -> tuple<u32, list<u8>>` once per message, whose status and
-output have the ABI v1 meaning and encoding. So `ComponentGuest.handle` returns what
-`GuestInstance.handle` returns, and effects are decoded and carried out the same way.
+The world (functions/sdk-python/wit/ebbtide.wit, `ebbtide:function/handler@2.0.0`) carries the guest ABI
+v2 contract: `init(config: string) -> result<_, string>` once per instance, and
+`handle-batch(records: string) -> string` once per batch of messages, whose input records and output
+records are those of the core ABI v2 (docs/abi.md), as Latin-1 strings. So `ComponentGuest.handle_batch`
+returns what `GuestInstance.handle_batch` returns, and effects are decoded and carried out the same way.
 
-It does not touch the core-module hot path (instance.py). It is slower and heavier, by the nature of
-the component model in wasmtime-py (values are lifted and lowered one by one in Python) and of a Python
-interpreter in every instance: see docs/functions.md for the measured costs. The Python runtime imports
-WASI 0.2; an instance gets an empty WASI context: no files, environment, arguments, stdio or sockets.
+Why this shape (measured, docs/functions.md): wasmtime-py lifts and lowers a `list<u8>` one element at a
+time in Python (~1 µs a byte) but a `string` in one copy, and a call into the component costs ~100 µs
+whatever it carries (Python-side argument handling, the interpreter's entry), so one call per batch and
+strings. Instances share the component's pre-initialized memory image copy-on-write (wasmtime's
+`memory_init_cow`, on by default and required here); see `ComponentEngine`.
+
+The Python runtime imports WASI 0.2; an instance gets an empty WASI context: no files, environment,
+arguments, stdio or sockets.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from struct import Struct
 
 import wasmtime
 import wasmtime.component as wc
@@ -24,12 +29,19 @@ import wasmtime.component as wc
 from ..errors import ComponentLoadError, GuestFault, GuestInitError, InputTooLarge
 from . import abi
 from .cache import compile_cached, read_checked
-from .guest import BatchResult, GuestLimits, cause, classify_trap, handle_one_by_one, unknown_status
+from .guest import BatchResult, GuestLimits, Outcome, cause, classify_trap, handle_one_by_one
 
 EXPORT_INIT = "init"
-EXPORT_HANDLE = "handle"
+EXPORT_HANDLE_BATCH = "handle-batch"
 # A message never exceeds a core module's input buffer either: the same cap for the same manifest.
 MAX_INPUT = 64 * 1024
+# Records handed to the guest per call: what a core module's input buffer takes (docs/abi.md).
+MAX_BATCH_BYTES = 64 * 1024
+STATUS_RAISED = 3  # the SDK's status for a handler that raised: failed like a trap (see the world)
+
+_U32 = Struct("<I")
+_U32_PAIR = Struct("<II")
+_STATUSES = tuple(abi.Status)
 
 
 @dataclass(eq=False)
@@ -40,11 +52,21 @@ class LoadedComponent:
 
 
 class ComponentEngine:
-    """One engine and linker for component guests (fuel on; WASI 0.2 linked, granted nothing per store)."""
+    """One engine and linker for component guests (fuel on; WASI 0.2 linked, granted nothing per store).
+
+    Memory: the component's linear memory starts from the image componentize-py snapshotted at build
+    time (the interpreter with the function imported). With `memory_init_cow` wasmtime maps that image
+    copy-on-write into every instance instead of copying it, so instances of one component share it and
+    only the pages an instance writes cost memory (the SDK freezes the snapshot's objects for Python's
+    garbage collector, which would otherwise write to all of them). wasmtime-py 50 has no component
+    `InstancePre` (only core modules have one) and no public pooling-allocator setting: instantiation goes
+    through `Linker.instantiate`.
+    """
 
     def __init__(self, cache_dir: Path | None = None) -> None:
         config = wasmtime.Config()
         config.consume_fuel = True
+        config.memory_init_cow = True  # the default, stated: instances share the snapshot (see above)
         self.engine = wasmtime.Engine(config)
         self.linker = wc.Linker(self.engine)
         self.linker.add_wasip2()
@@ -59,9 +81,11 @@ class ComponentEngine:
             return cached
         component = self._compile(path, data, digest)
         exports = set(component.type.exports(self.engine))
-        missing = {EXPORT_INIT, EXPORT_HANDLE} - exports
+        missing = {EXPORT_INIT, EXPORT_HANDLE_BATCH} - exports
         if missing:
-            raise ComponentLoadError(f"{path}: missing export(s) {', '.join(sorted(missing))} of the ebbtide:function/handler world")
+            hint = " (built for the ebbtide:function@1 world: rebuild it with `ebbtide build`)" if "handle" in exports else ""
+            raise ComponentLoadError(f"{path}: missing export(s) {', '.join(sorted(missing))} of the "
+                                     f"ebbtide:function/handler@2.0.0 world{hint}")
         loaded = LoadedComponent(path, digest, component)
         self._components[digest] = loaded
         return loaded
@@ -81,53 +105,159 @@ class ComponentEngine:
 class ComponentGuest:
     """One component instance (the `Guest` protocol); not thread-safe."""
 
-    takes_batches = False  # the world has no batch export: one call per message
+    takes_batches = True
 
     def __init__(self, engine: ComponentEngine, loaded: LoadedComponent, limits: GuestLimits, config_json: bytes) -> None:
         self.module = loaded
         self.limits = limits
         self.input_capacity = MAX_INPUT
-        store = wasmtime.Store(engine.engine)
+        self.path = loaded.path
+        self._engine = engine
+        self._config = config_json.decode()
+        self._start()
+
+    def _start(self) -> None:
+        """A fresh instance, configured (also after a fault in a batch: see `_call`)."""
+        loaded, limits = self.module, self.limits
+        store = wasmtime.Store(self._engine.engine)
         store.set_limits(memory_size=limits.memory_bytes)
         store.set_wasi(wasmtime.WasiConfig())  # nothing granted
         store.set_fuel(limits.fuel)
         try:
-            instance = engine.linker.instantiate(store, loaded.component)
+            instance = self._engine.linker.instantiate(store, loaded.component)
         except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
             raise GuestInitError(f"{loaded.path}: cannot instantiate: {exc}") from None
         init = instance.get_func(store, EXPORT_INIT)
-        handle = instance.get_func(store, EXPORT_HANDLE)
-        if init is None or handle is None:
-            raise GuestInitError(f"{loaded.path}: missing export `{EXPORT_INIT if init is None else EXPORT_HANDLE}`")
-        self._store = store
-        self._handle = handle
-        self.path = loaded.path
-        store.set_fuel(limits.fuel)
+        handle_batch = instance.get_func(store, EXPORT_HANDLE_BATCH)
+        if init is None or handle_batch is None:
+            raise GuestInitError(f"{loaded.path}: missing export `{EXPORT_INIT if init is None else EXPORT_HANDLE_BATCH}`")
         try:
-            refused = init(store, config_json.decode())
+            refused = init(store, self._config)
             init.post_return(store)
         except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
             raise GuestInitError(f"{loaded.path}: init failed: {cause(exc)}") from None
         if refused is not None:  # result<_, string>: None is ok, a string the reason
             raise GuestInitError(f"{loaded.path}: configuration refused: {refused}")
+        self._store = store
+        self._handle_batch = handle_batch
 
     def handle(self, subject: bytes, payload: bytes) -> tuple[abi.Status, bytes]:
-        """Run the guest on one message. Raises InputTooLarge or GuestFault."""
-        if len(subject) + len(payload) > self.input_capacity:
-            raise InputTooLarge(f"message of {len(subject) + len(payload)} bytes exceeds the guest's input cap ({self.input_capacity})")
-        store = self._store
-        store.set_fuel(self.limits.fuel)
-        try:
-            status, output = self._handle(store, subject.decode("utf-8", "replace"), payload)
-            self._handle.post_return(store)
-        except wasmtime.Trap as trap:
-            raise classify_trap(trap, self.limits) from None
-        except wasmtime.WasmtimeError as exc:
-            raise GuestFault("trap", cause(exc)) from None
-        try:
-            return abi.Status(status), bytes(output)
-        except ValueError:
-            raise unknown_status(status) from None
+        """Run the guest on one message (a batch of one). Raises InputTooLarge or GuestFault."""
+        outcome = self.handle_batch(((subject, payload),)).outcomes[0]
+        if isinstance(outcome, (GuestFault, InputTooLarge)):
+            raise outcome
+        return outcome
 
     def handle_batch(self, messages: Sequence[tuple[bytes, bytes]]) -> BatchResult:
-        return handle_one_by_one(self, messages)
+        """Up to MAX_BATCH_BYTES of records per call; see `Guest.handle_batch` and BatchResult."""
+        outcomes: list[Outcome] = []
+        total = len(messages)
+        while len(outcomes) < total:
+            start = len(outcomes)
+            subject, payload = messages[start]
+            if len(subject) + len(payload) > self.input_capacity:
+                outcomes.append(InputTooLarge(f"message of {len(subject) + len(payload)} bytes exceeds the "
+                                              f"guest's input cap ({self.input_capacity})"))
+                continue
+            records, count = _pack(messages, start)
+            if self._call(records, count, outcomes):
+                return BatchResult(outcomes, instance_failed=True)
+        return BatchResult(outcomes)
+
+    def _call(self, records: str, count: int, outcomes: list[Outcome]) -> bool:
+        """One `handle-batch` call with `count` messages' worth of fuel; appends their outcomes (up to and
+        including a fault). Returns whether the instance failed.
+
+        After a trap the component cannot say which message it was in (its memory is not the host's to
+        read), so a trapped batch of several runs again one message per call on a fresh instance, each
+        with its own fuel: the faulty message gets the fault it gets alone, and no other message is charged.
+        """
+        store = self._store
+        store.set_fuel(self.limits.fuel * count)
+        try:
+            output = self._handle_batch(store, records)
+            self._handle_batch.post_return(store)
+        except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+            if count > 1:
+                return self._rerun_one_by_one(records, count, outcomes)
+            outcomes.append(self._fault(exc))
+            return True
+        return _read_outcomes(output.encode("latin-1"), count, outcomes)
+
+    def _fault(self, exc: wasmtime.Trap | wasmtime.WasmtimeError) -> GuestFault:
+        """What a failed one-message call stands for. A component's trap reaches wasmtime-py as a WasmtimeError
+        without a trap code, so running out of fuel is told by the fuel left."""
+        if isinstance(exc, wasmtime.Trap):
+            return classify_trap(exc, self.limits)
+        if self._store.get_fuel() == 0:
+            return GuestFault("timeout", f"used its fuel limit of {self.limits.fuel} for one message")
+        return GuestFault("trap", cause(exc))
+
+    def _rerun_one_by_one(self, records: str, count: int, outcomes: list[Outcome]) -> bool:
+        try:
+            self._start()
+        except GuestInitError as exc:  # the batch's first message is charged; the pool replaces the instance
+            outcomes.append(GuestFault("trap", f"a batch trapped and a fresh instance did not start: {exc}"))
+            return True
+        data = records.encode("latin-1")
+        messages: list[tuple[bytes, bytes]] = []
+        pos = 0
+        for _ in range(count):
+            subject_len, payload_len = _U32_PAIR.unpack_from(data, pos)
+            pos += 8
+            messages.append((data[pos:pos + subject_len], data[pos + subject_len:pos + subject_len + payload_len]))
+            pos += subject_len + payload_len
+        result = handle_one_by_one(self, messages)
+        outcomes += result.outcomes
+        return result.instance_failed
+
+
+def _pack(messages: Sequence[tuple[bytes, bytes]], start: int) -> tuple[str, int]:
+    """Records for messages[start:] while they fit MAX_BATCH_BYTES (at least one, which fits MAX_INPUT), as
+    Latin-1 text, and how many. A message too large for the input cap ends the batch: it is refused next."""
+    room = MAX_BATCH_BYTES
+    pack_header = _U32_PAIR.pack
+    parts: list[bytes] = []
+    append = parts.append
+    index = start
+    total = len(messages)
+    while index < total:
+        subject, payload = messages[index]
+        n_subject, n_payload = len(subject), len(payload)
+        size = 8 + n_subject + n_payload
+        if index > start and (size > room or n_subject + n_payload > MAX_INPUT):
+            break
+        room -= size
+        append(pack_header(n_subject, n_payload))
+        append(subject)
+        append(payload)
+        index += 1
+    return b"".join(parts).decode("latin-1"), index - start
+
+
+def _read_outcomes(data: bytes, count: int, outcomes: list[Outcome]) -> bool:
+    """Appends the outcomes in a `handle-batch` output; returns whether the instance failed (a handler
+    that raised, or output that is not what the world says)."""
+    if len(data) < 4 or _U32.unpack_from(data, 0)[0] != count:
+        done = _U32.unpack_from(data, 0)[0] if len(data) >= 4 else "no"
+        outcomes.append(GuestFault("invalid-output", f"batch of {count}: {done} outcome(s) reported"))
+        return True
+    pos, end = 4, len(data)
+    unpack_header = _U32_PAIR.unpack_from
+    for _ in range(count):
+        if pos + 8 > end:
+            outcomes.append(GuestFault("invalid-output", "batch output record cut short"))
+            return True
+        status, length = unpack_header(data, pos)
+        start, pos = pos + 8, pos + 8 + length
+        if pos > end:
+            outcomes.append(GuestFault("invalid-output", f"output length {length} exceeds the batch output"))
+            return True
+        if status == STATUS_RAISED:
+            outcomes.append(GuestFault("trap", data[start:pos].decode("utf-8", "replace")))
+            return True
+        if status > 2:
+            outcomes.append(GuestFault("invalid-output", f"unknown status {status}"))
+            return True
+        outcomes.append((_STATUSES[status], data[start:pos]))
+    return False
