@@ -33,7 +33,7 @@ async def ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None:
     except BadRequestError as exc:
         if exc.err_code != ERR_STREAM_NAME_IN_USE:
             raise
-        existing = api.RetentionPolicy((await js.stream_info(config.name)).config.retention or "limits")
+        existing = api.RetentionPolicy((await js.stream_info(str(config.name))).config.retention or "limits")
         wanted = api.RetentionPolicy(config.retention or "limits")
         if existing != wanted and api.RetentionPolicy.WORK_QUEUE in (existing, wanted):
             # The server refuses this update with a bare "can not change retention policy": say what to do.
