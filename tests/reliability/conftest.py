@@ -21,7 +21,8 @@ import nats
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from ebbtide.broker import ConfirmedPublisher, EmbeddedNats, PublishError, free_port
+from ebbtide.broker import ConfirmedPublisher, EmbeddedNats, PublishError, free_port, provision
+from ebbtide.manifest import LoadedManifest
 from ebbtide.status_reports import STATUS_REQUEST_SUBJECT, STATUS_SUBJECT_PREFIX, decode_status
 from ebbtide.stream_state import stream_state
 from ebbtide.workload.orders import Order, encode_order
@@ -444,3 +445,17 @@ async def finished_run(nc: NatsClient, expected: dict[str, set[int]], dead_lette
 async def account(nc: NatsClient, expected: dict[str, set[int]]) -> tuple[Outbox, list]:
     """The outboxes (in writes) and the dead letters, once the functions have stopped."""
     return await read_outbox(nc, expected), await read_dead_letters(nc)
+
+
+async def provisioned_cluster(cluster: Cluster, manifest: LoadedManifest) -> NatsClient:
+    """A client of `cluster` once it has a JetStream meta leader and the manifest's R3 streams exist."""
+    await eventually(lambda: asyncio.to_thread(cluster_ready, cluster.nodes), timeout=30, what="JetStream meta leader")
+    nc = await connect_client(cluster.urls)
+    js = nc.jetstream()
+
+    async def provisioned() -> bool:
+        await provision(js, manifest)
+        return True
+
+    await eventually(provisioned, timeout=30, what="R3 streams created")
+    return nc

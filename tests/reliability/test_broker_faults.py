@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ebbtide.broker import EmbeddedNats, provision
+from ebbtide.broker import EmbeddedNats
 from ebbtide.host import Host
 from ebbtide.launch import running
 from ebbtide.manifest import LoadedManifest, load_manifest
@@ -27,12 +27,11 @@ from tests.reliability.conftest import (
     Report,
     Row,
     account,
-    cluster_ready,
     connect_client,
     dead_letter_accounting,
-    eventually,
     expected_outbox,
     finished_run,
+    provisioned_cluster,
     publish_reliably,
     replicated,
     wait_for_functions,
@@ -118,15 +117,8 @@ async def test_cluster_node_killed_mid_run(
     recorded = False
     started = time.monotonic()
     try:
-        await eventually(lambda: asyncio.to_thread(cluster_ready, cluster.nodes), timeout=30, what="JetStream meta leader")
-        nc = await connect_client(cluster.urls)
+        nc = await provisioned_cluster(cluster, manifest)
         js = nc.jetstream()
-
-        async def provisioned() -> bool:
-            await provision(js, manifest)
-            return True
-
-        await eventually(provisioned, timeout=30, what="R3 streams created")
         info = await js.stream_info("ORDERS")
         assert info.config.num_replicas == 3 and info.cluster is not None and info.cluster.leader
         assert (await js.stream_info("KV_outbox-express")).config.num_replicas == 3

@@ -15,7 +15,6 @@ from pathlib import Path
 
 from nats.aio.client import Client as NatsClient
 
-from ebbtide.broker import provision
 from ebbtide.manifest import LoadedManifest, load_manifest
 from ebbtide.status_reports import STATUS_REQUEST_SUBJECT, STATUS_SUBJECT_PREFIX, PoolStatus, decode_status
 from ebbtide.workload.orders import INGRESS_SUBJECT, generate_orders
@@ -27,13 +26,12 @@ from tests.reliability.conftest import (
     Report,
     Row,
     account,
-    cluster_ready,
-    connect_client,
     dead_letter_accounting,
     eventually,
     expected_outbox,
     finished_run,
     outbox_total,
+    provisioned_cluster,
     publish_reliably,
     replicated,
     with_invalid,
@@ -127,15 +125,8 @@ async def test_replicas_scaled_up_and_down_on_a_cluster_losing_a_node(
     nc = None
     started = time.monotonic()
     try:
-        await eventually(lambda: asyncio.to_thread(cluster_ready, cluster.nodes), timeout=30, what="JetStream meta leader")
-        nc = await connect_client(cluster.urls)
+        nc = await provisioned_cluster(cluster, manifest)
         js = nc.jetstream()
-
-        async def provisioned() -> bool:
-            await provision(js, manifest)
-            return True
-
-        await eventually(provisioned, timeout=30, what="R3 streams created")
         board = await StatusBoard(nc).start()
         since = time.time()
         await asyncio.gather(*(replicas.start(f) for f in functions for _ in range(REPLICAS)))
