@@ -27,15 +27,21 @@ class GuestLimits:
 class GuestModule(Protocol):
     """A loaded module or component: its file and digest (what hot reload compares)."""
 
-    path: Path
-    sha256: str
+    @property
+    def path(self) -> Path: ...
+
+    @property
+    def sha256(self) -> str: ...
 
 
 class Guest(Protocol):
     """One running instance; not thread-safe: one worker owns it at a time."""
 
-    module: GuestModule
-    input_capacity: int
+    @property
+    def module(self) -> GuestModule: ...
+
+    @property
+    def input_capacity(self) -> int: ...
 
     def handle(self, subject: bytes, payload: bytes) -> tuple[Status, bytes]:
         """Run the guest on one message: its status and output (ABI v1 encoding).
