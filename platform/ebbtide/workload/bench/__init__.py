@@ -3,6 +3,7 @@
 Scenarios (pick with --scenario; --quick shrinks every size so the whole run takes under a minute):
 - host:      cost of one guest call (input copy, call, output read, effect decode) and of an instance start
 - memory:    RSS of the host at zero instances, added RSS per idle and per busy Wasm instance
+- replica:   one function process idle (RSS, PSS, private), the supervisor, each added function, cold start
 - scale:     activation latency from zero, the burst's time to max instances and back to zero, idle CPU
 - tracing:   the same burst with tracing off, sampling 1 % and 100 % (spans built and batched, then dropped)
 - burst:     the ZEISS burst side by side: ebbtide (default and fastest configuration), FastStream and a raw
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-SCENARIOS = ("host", "memory", "scale", "tracing", "burst", "sustained")
+SCENARIOS = ("host", "memory", "replica", "scale", "tracing", "burst", "sustained")
 
 __all__ = ["SCENARIOS", "BenchOptions", "BenchReport", "Figure", "Section", "run_bench"]
 

@@ -11,8 +11,9 @@ consumers deleted and provisioned again, the implementation started, one warm-up
 from __future__ import annotations
 
 import math
+import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +28,33 @@ from .stats import percentile, spread
 from .sustained import bench_sustained
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (its own threads; not its children), from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat", "rb") as stat:
+        fields = stat.read().rsplit(b")", 1)[1].split()  # after "(comm)", which may hold spaces
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime, stime: fields 14 and 15 of stat(5)
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class CpuUse:
+    """CPU seconds one timed burst cost, the server's included (both measured over the same window)."""
+
+    functions_s: float  # every process running the implementation's functions
+    server_s: float  # nats-server
+
+    def per_10k(self, orders: int) -> tuple[float, float]:
+        scale = 10_000 / orders if orders else 0.0
+        return self.functions_s * scale, self.server_s * scale
+
+
 @dataclass
 class ImplResult:
     impl: impls.Implementation
     runs: list[BurstResult]
+    cpu: list[CpuUse] = field(default_factory=list)  # per timed run
 
     def summary(self) -> dict[str, Any]:
         wall = spread([r.wall_s for r in self.runs])
@@ -45,6 +69,10 @@ class ImplResult:
             "writes": [r.writes for r in self.runs], "dead_letters": [r.dead_letters for r in self.runs],
             "publish_errors": [r.publish_errors for r in self.runs], "publish_s": [r.publish_s for r in self.runs],
             "exactly_once": all(r.exactly_once for r in self.runs),
+            "cpu_s_per_10k_orders": {
+                "functions": spread([c.per_10k(r.sent)[0] for c, r in zip(self.cpu, self.runs)]).median if self.cpu else math.nan,
+                "nats_server": spread([c.per_10k(r.sent)[1] for c, r in zip(self.cpu, self.runs)]).median if self.cpu else math.nan,
+            },
         }
 
 
@@ -87,14 +115,21 @@ async def bench_comparison(manifest: LoadedManifest, report: BenchReport, quick:
                 await harness.reset()
                 async with impl.start(server.url, nc) as pids:
                     await harness.burst(warm, tag=f"{impl.key}-warm-up")
-                    runs = []
+                    result = results[impl.key] = ImplResult(impl, [])
                     for repeat in range(repeats if burst else 1):
                         await harness.settle()
+                        assert server.pid is not None
+                        before = [cpu_seconds(pid) for pid in (server.pid, *pids)]
                         run = await harness.burst(orders, tag=f"{impl.key}-{repeat}")
+                        after = [cpu_seconds(pid) for pid in (server.pid, *pids)]
+                        used = [b - a for a, b in zip(before, after)]
+                        cpu = CpuUse(functions_s=sum(used[1:]), server_s=used[0])
                         print(f"  run {repeat + 1}: {run.wall_s:.3f} s, {run.orders_per_s:,.0f} orders/s, "
-                              f"stored {run.stored}/{run.sent}, writes {run.writes}", flush=True)
-                        runs.append(run)
-                    results[impl.key] = ImplResult(impl, runs)
+                              f"stored {run.stored}/{run.sent}, writes {run.writes}, CPU s functions "
+                              f"{cpu.functions_s:.2f} / nats-server {cpu.server_s:.2f}", flush=True)
+                        result.runs.append(run)
+                        result.cpu.append(cpu)
+                    runs = result.runs
                     if sustained and impl is target:
                         await harness.settle()
                         capacity = spread([r.orders_per_s for r in runs]).median
@@ -139,16 +174,22 @@ def _report_burst(report: BenchReport, results: dict[str, ImplResult], n: int, r
     summaries = {key: r.summary() for key, r in results.items()}
     how = (f"{n:,} orders published at once; first publish to the last outbox write (server time); "
            f"{repeats} timed run(s) after one warm-up of {warm:,} orders (excluded)")
-    lines = ["| implementation | wall s (min / median) | orders/s (median) | latency p50 / p99 / max ms | stored / sent | writes | dead letters |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| implementation | wall s (min / median) | orders/s (median) | latency p50 / p99 / max ms | "
+             "CPU s per 10k orders: functions / nats-server | stored / sent | writes | dead letters |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for s in summaries.values():
         lat = s["latency_ms"]
         lines.append(f"| {s['label']} | {s['wall_s']['min']:.3f} / {s['wall_s']['median']:.3f} | "
                      f"{s['orders_per_s']['median']:,.0f} | {lat['p50']:.0f} / {lat['p99']:.0f} / {lat['max']:.0f} | "
+                     f"{s['cpu_s_per_10k_orders']['functions']:.2f} / {s['cpu_s_per_10k_orders']['nats_server']:.2f} | "
                      f"{min(s['stored'])} / {max(s['sent'])} | {max(s['writes'])} | {max(s['dead_letters'])} |")
     lines += ["", "How each ran: " + "; ".join(f"**{s['label']}**: {s['how']}" for s in summaries.values()) + ".",
               "", f"Measured: {how}. Latency per order: its outbox write (server timestamp) minus its publish time; "
-              "median over the timed runs. Writes above the stored count would mean an order written twice."]
+              "median over the timed runs. Writes above the stored count would mean an order written twice. "
+              "CPU: user + system seconds of every process running the functions and of nats-server over each timed "
+              "burst (/proc/PID/stat), per 10,000 orders, median; the server's includes the publisher's load, the same "
+              "for every implementation; `single` process mode runs in the benchmark's own process, so its functions' "
+              "CPU includes the publisher."]
     same = " (the default: run once)" if fastest == impls.DEFAULT else ""
     lines += ["", f"Fastest ebbtide configuration: **{fastest.name}**{same}: {fastest.describe()}; {how_chosen}."]
     ratios = _ratios(summaries)
@@ -191,4 +232,10 @@ def _goals(summaries: dict[str, dict[str, Any]], ratios: dict[str, float], n: in
         if name.startswith(best["label"]):
             goal = 2.0 if "FastStream" in name else 0.8
             out.append(f"goal {name} ≥ {goal:g}: {value:.2f}: {'met' if value >= goal else 'not met'}")
+    raw = summaries.get("raw")
+    if raw is not None:
+        ours, theirs = best["cpu_s_per_10k_orders"]["nats_server"], raw["cpu_s_per_10k_orders"]["nats_server"]
+        if math.isfinite(ours) and math.isfinite(theirs):
+            out.append(f"goal nats-server CPU per order under {best['label']} ≤ under the raw pass-through: "
+                       f"{ours:.2f} s vs {theirs:.2f} s per 10,000 orders: {'met' if ours <= theirs else 'not met'}")
     return out

@@ -13,6 +13,7 @@ from ...manifest import LoadedManifest
 from .comparison import bench_comparison
 from .micro import bench_host, bench_memory
 from .options import BenchOptions
+from .replica import bench_replica
 from .report import BenchReport
 from .scale import bench_scale
 from .tracing import bench_tracing
@@ -30,6 +31,9 @@ async def run_bench(manifest: LoadedManifest, scenarios: list[str], quick: bool,
     if "memory" in scenarios:
         print("memory: RSS per instance", flush=True)
         bench_memory(manifest, report, quick)
+    if "replica" in scenarios:
+        print("replica: memory of a function process, the supervisor, each added function; cold start", flush=True)
+        await bench_replica(manifest, report, quick, out_dir)
     if "scale" in scenarios:
         print("scale: activation from zero, burst, drain, idle CPU", flush=True)
         await bench_scale(manifest, report, quick, out_dir)

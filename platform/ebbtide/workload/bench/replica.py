@@ -1,0 +1,242 @@
+"""What one function replica costs: its memory, idle, and its cold start from zero replicas.
+
+Each replica is what Kubernetes schedules and KEDA starts from zero, so its memory and its start time are
+what a user pays for. Measured on real processes started as compose and Kubernetes start them
+(`ebbtide run --function NAME` against an external nats-server), and for `ebbtide up`:
+
+- memory of an idle process: RSS, PSS (shared pages divided among the processes sharing them) and private
+  memory (clean + dirty pages no other process maps), from /proc/<pid>/smaps_rollup, a second after it
+  reported ready (its first status report: pool and controller running, consumer bound);
+- the supervisor of `ebbtide up` (per-function processes): the same, for the process that runs no function;
+- each additional function in one process: (`up --processes single` with every function − with one) / (n − 1);
+- cold start: from exec of `ebbtide run --function distributor` to ready (first status report) and to the
+  first message processed (its effect seen on the output subject), with one order already waiting, as when
+  KEDA scales a Deployment from zero on a backlog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import statistics
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+from nats.aio.client import Client as NatsClient
+
+from ...broker import ConfirmedPublisher, EmbeddedNats, connect, provision
+from ...manifest import LoadedManifest, load_manifest
+from ...status_reports import STATUS_SUBJECT_PREFIX, decode_status
+from ..orders import encode_order, generate_orders
+from .report import BenchReport
+from .tomlwrite import dumps
+
+MIB = 1024 * 1024
+ZEISS_WASM_APP_MIB = 2.4  # KubeCon EU 2024: one Spin (Wasm) app, against 423 MB for the container
+ZEISS_START_S = 34.0  # the same talk: start-up of the Wasm deployment (containers: 60 s)
+
+
+@dataclass(frozen=True)
+class Memory:
+    rss: int
+    pss: int
+    private: int  # Private_Clean + Private_Dirty
+
+    def mib(self) -> tuple[float, float, float]:
+        return self.rss / MIB, self.pss / MIB, self.private / MIB
+
+
+def process_memory(pid: int) -> Memory:
+    """From /proc/<pid>/smaps_rollup (Linux 4.14+), in bytes."""
+    fields: dict[str, int] = {}
+    with open(f"/proc/{pid}/smaps_rollup") as rollup:
+        for line in rollup:
+            parts = line.split()
+            if len(parts) >= 3 and parts[2] == "kB":
+                fields[parts[0].rstrip(":")] = int(parts[1]) * 1024
+    return Memory(fields.get("Rss", 0), fields.get("Pss", 0),
+                  fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0))
+
+
+def children_of(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as children:
+            return [int(child) for child in children.read().split()]
+    except OSError:
+        return []
+
+
+def manifest_with(manifest: LoadedManifest, functions: list[str], folder: Path) -> LoadedManifest:
+    """The manifest with only `functions` (paths made absolute), as a file the processes load."""
+    raw = msgspec.to_builtins(manifest.spec)
+    raw["build_dir"] = str(manifest.build_dir)
+    raw["embedded"]["data_dir"] = str(manifest.resolve(manifest.spec.embedded.data_dir))
+    for module in raw["modules"].values():
+        module["source"] = str(manifest.resolve(module["source"]))
+        if module.get("sdk"):
+            module["sdk"] = str(manifest.resolve(module["sdk"]))
+    raw["functions"] = {name: raw["functions"][name] for name in functions}
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"ebbtide-{'-'.join(functions)}.toml"
+    path.write_text("# ebbtide bench: replica measurements\n" + dumps(raw))
+    return load_manifest(path)
+
+
+class _Reports:
+    """Status reports as they arrive: the first one of a process says it is ready."""
+
+    def __init__(self) -> None:
+        self.arrived: dict[str, float] = {}  # host_id -> monotonic time of its first report
+        self.changed = asyncio.Event()
+
+    async def on_report(self, msg) -> None:  # type: ignore[no-untyped-def]
+        status = decode_status(msg.data)
+        self.arrived.setdefault(f"{status.function}@{status.host_id}", time.monotonic())
+        self.changed.set()
+
+    async def wait_for(self, count: int, timeout: float = 60.0) -> float:
+        """Monotonic time at which `count` distinct (function, process) pairs had reported."""
+        deadline = time.monotonic() + timeout
+        while len(self.arrived) < count:
+            self.changed.clear()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RuntimeError(f"only {len(self.arrived)} of {count} status reports within {timeout} s")
+            try:
+                await asyncio.wait_for(self.changed.wait(), remaining)
+            except TimeoutError:
+                pass
+        return sorted(self.arrived.values())[count - 1]
+
+
+@asynccontextmanager
+async def _ebbtide(nc: NatsClient, manifest: LoadedManifest, args: list[str], reports_expected: int
+                   ) -> AsyncIterator[tuple[asyncio.subprocess.Process, float, float]]:
+    """Start `ebbtide --manifest M <args>`; yield (process, exec time, ready time) once it reported ready."""
+    reports = _Reports()
+    subscription = await nc.subscribe(f"{STATUS_SUBJECT_PREFIX}.>", cb=reports.on_report)
+    started = time.monotonic()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ebbtide", "--manifest", str(manifest.path), *args,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        env={**os.environ, "EBBTIDE_METRICS_PORT": "0"})
+    try:
+        ready = await reports.wait_for(reports_expected)
+        yield process, started, ready
+    finally:
+        await subscription.unsubscribe()
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), 30)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+
+
+async def _settled_memory(pid: int, quiet_s: float = 1.0) -> Memory:
+    await asyncio.sleep(quiet_s)  # start-up garbage collected, first idle ticks done
+    return process_memory(pid)
+
+
+async def bench_replica(manifest: LoadedManifest, report: BenchReport, quick: bool, out_dir: Path) -> None:
+    tries = 3 if quick else 7
+    data_dir = out_dir / "nats-replica"
+    shutil.rmtree(data_dir, ignore_errors=True)
+    functions = list(manifest.spec.functions)
+    folder = out_dir / "replica"
+    one = manifest_with(manifest, [functions[0]], folder)
+    every = manifest_with(manifest, functions, folder)
+    with EmbeddedNats(data_dir, port=0, monitor_port=0) as server:
+        nc = await connect(server.url, name="ebbtide-bench-replica")
+        try:
+            await provision(nc.jetstream(), every)
+            url = ["--nats-url", server.url]
+            replica: list[Memory] = []
+            for _ in range(tries):
+                async with _ebbtide(nc, one, ["run", "--function", functions[0], *url], 1) as (process, _, _):
+                    replica.append(await _settled_memory(process.pid))
+            async with _ebbtide(nc, every, ["up", "--processes", "per-function", *url], len(functions)) as (process, _, _):
+                supervisor = await _settled_memory(process.pid)
+                children = [process_memory(child) for child in children_of(process.pid)]
+            singles: dict[int, Memory] = {}
+            for loaded in (one, every):
+                count = len(loaded.spec.functions)
+                async with _ebbtide(nc, loaded, ["up", "--processes", "single", *url], count) as (process, _, _):
+                    singles[count] = await _settled_memory(process.pid)
+            ready_ms, first_ms = await _cold_starts(nc, one, functions[0], url, tries)
+        finally:
+            await nc.close()
+
+    median = sorted(replica, key=lambda m: m.private)[len(replica) // 2]
+    rss, pss, private = median.mib()
+    report.add("idle function process: private memory", private, "MiB",
+               f"`ebbtide run --function {functions[0]}` against an external nats-server, 1 s after ready; "
+               f"median of {tries} processes (RSS {rss:.1f}, PSS {pss:.1f} MiB); /proc/PID/smaps_rollup", "≤ 12 MiB")
+    rss, pss, private = supervisor.mib()
+    report.add("supervisor of `up`: private memory", private, "MiB",
+               f"`ebbtide up --processes per-function` runs no function itself (RSS {rss:.1f}, PSS {pss:.1f} MiB); "
+               f"its {len(children)} children: private "
+               + ", ".join(f"{c.private / MIB:.1f}" for c in children) + " MiB", "≤ 10 MiB")
+    n = len(functions)
+    if n > 1:
+        extra = (singles[n].private - singles[1].private) / (n - 1) / MIB
+        report.add("each additional function in one process: private memory", extra, "MiB",
+                   f"(`up --processes single` with {n} functions − with 1) / {n - 1}: "
+                   f"{singles[n].private / MIB:.1f} − {singles[1].private / MIB:.1f} MiB "
+                   f"(ZEISS: {ZEISS_WASM_APP_MIB} MB per Wasm app)", f"≤ {ZEISS_WASM_APP_MIB} MiB")
+    report.add("replica cold start: exec to ready (median)", statistics.median(ready_ms), "ms",
+               f"exec of `ebbtide run --function {functions[0]}` until its first status report (consumer bound); "
+               f"{tries} starts, min {min(ready_ms):.0f} ms (ZEISS: {ZEISS_START_S:.0f} s to start the Wasm deployment)",
+               "≤ 150 ms")
+    report.add("replica cold start: exec to first message processed (median)", statistics.median(first_ms), "ms",
+               f"the same starts, one order waiting in the stream: until its effect reached the output subject; "
+               f"min {min(first_ms):.0f} ms")
+    report.details["replica"] = {
+        "function_process": [m.__dict__ for m in replica], "supervisor": supervisor.__dict__,
+        "supervisor_children": [c.__dict__ for c in children],
+        "single_process": {str(k): v.__dict__ for k, v in singles.items()},
+        "cold_start_ready_ms": ready_ms, "cold_start_first_message_ms": first_ms,
+    }
+
+
+async def _cold_starts(nc: NatsClient, manifest: LoadedManifest, function: str, url: list[str], tries: int
+                       ) -> tuple[list[float], list[float]]:
+    """Exec to ready and to the first processed message, `tries` times, with one message waiting each time."""
+    fn = manifest.function(function)
+    outputs = list(fn.publish) or [f"$KV.{bucket}.>" for bucket in fn.kv]
+    publisher = ConfirmedPublisher(nc)
+    await publisher.start()
+    effect = asyncio.Event()
+    arrived_at = 0.0
+
+    async def on_effect(_msg) -> None:  # type: ignore[no-untyped-def]
+        nonlocal arrived_at
+        if not effect.is_set():
+            arrived_at = time.monotonic()
+            effect.set()
+
+    subscriptions = [await nc.subscribe(subject, cb=on_effect) for subject in outputs]
+    ready_ms: list[float] = []
+    first_ms: list[float] = []
+    try:
+        for attempt, order in enumerate(generate_orders(tries, seed=11, first_id=90_000_001)):
+            effect.clear()
+            waiting = await publisher.publish(fn.trigger, encode_order(order), f"replica-cold-start:{attempt}:{time.time_ns()}")
+            await publisher.confirm([waiting], timeout=10)
+            async with _ebbtide(nc, manifest, ["run", "--function", function, *url], 1) as (_, started, ready):
+                await asyncio.wait_for(effect.wait(), 30)
+                ready_ms.append((ready - started) * 1000)
+                first_ms.append((arrived_at - started) * 1000)
+    finally:
+        for subscription in subscriptions:
+            await subscription.unsubscribe()
+        await publisher.stop()
+    return ready_ms, first_ms
