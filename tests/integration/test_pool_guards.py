@@ -21,7 +21,7 @@ from ebbtide.broker.provision import ensure_stream, stream_configs
 from ebbtide.deadletter import H_DELIVERY_COUNT, H_ERROR, H_FAILED_AT, H_FIRST_FAILED_AT, H_REASON
 from ebbtide.host import Host
 from ebbtide.manifest import LoadedManifest, parse_manifest
-from ebbtide.broker.headers import H_INGRESS_AT as INGRESS_AT
+from ebbtide.pool import INGRESS_AT
 from tests.conftest import chaos_manifest, read_stream, wait_until
 
 BACKOFF_MS = [300, 1200]
