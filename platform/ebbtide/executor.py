@@ -67,7 +67,7 @@ class PoolStats:
     instances_started: int = 0
     instances_stopped: int = 0  # scaled down, shut down, or discarded after a fault
     reloads: dict[str, int] = field(default_factory=dict)  # module swaps by outcome: ok, refused
-    handle: Histogram = field(default_factory=lambda: Histogram(HANDLE_BUCKETS_S))  # guest call time
+    handle: Histogram = field(default_factory=lambda: Histogram(HANDLE_BUCKETS_S))  # guest time per message
     end_to_end: Histogram = field(default_factory=lambda: Histogram(END_TO_END_BUCKETS_S))  # ingress -> effects confirmed
 
 
@@ -82,7 +82,18 @@ def ingress_ns(incoming: Incoming) -> int:
     return incoming.delivery.published_ns
 
 
-RunGuest = Callable[[Incoming], GuestResult]
+RunGuests = Callable[[Sequence[Incoming]], list[GuestResult]]
+"""The guest's answers to messages, one per message and in their order (the pool: one batch call)."""
+
+
+@dataclass(slots=True)
+class _Entry:
+    """A message of the batch on its way: the checks' outcome, or the guest's answer that leads to one."""
+
+    incoming: Incoming
+    trace: MessageTrace | None
+    outcome: Outcome | None = None  # decided before the guest ran (checks, host error)
+    result: GuestResult | None = None  # the guest's answer
 
 
 @dataclass(slots=True)
@@ -118,37 +129,96 @@ class Executor:
         # When each retried message first failed, for its dead letter. Per process: after a restart, or
         # when another replica got the earlier deliveries, the dead letter says the first failure is unknown.
         self._first_failures: dict[tuple[str, int], float] = {}
+        # Guest time per message in the last chunk (shared by the workers: one guest): sizes the next chunk.
+        self._guest_s_per_message: float | None = None
 
-    async def run_batch(self, msgs: Sequence[Msg], run_guest: RunGuest, keep_alive: KeepAlive) -> None:
-        """Decide and carry out every message of a fetched batch, then settle them all."""
+    async def run_batch(self, msgs: Sequence[Msg], run_guests: RunGuests, keep_alive: KeepAlive) -> None:
+        """Decide and carry out every message of a fetched batch, then settle them all.
+
+        The messages that pass the input checks go to the guest together (`run_guests`: one batch call),
+        in chunks short enough that the keep-alive and the other workers get the event loop between
+        them (see `_chunk_size`); each chunk is carried out, in order, before the next runs."""
         pending: list[_Pending] = []
-        limits, retry = self.function.limits, self.function.retry
-        tracer = self._tracer
-        for msg in msgs:
+        entries = self._checked(msgs)
+        budget_s = keep_alive.interval / 4  # how often KeepAlive.maybe_send wants to run
+        start = 0
+        while start < len(entries):
             await keep_alive.maybe_send()
+            end = start + self._chunk_size(len(entries) - start, budget_s)
+            chunk = entries[start:end]
+            self._run_guests(chunk, run_guests)
+            for entry in chunk:
+                await self._decide_and_carry_out(entry, pending)
+            start = end
+        if pending:
+            await self.settle(pending)
+
+    def _checked(self, msgs: Sequence[Msg]) -> list[_Entry]:
+        """The batch's messages with the outcome of the checks before the guest (None: to the guest)."""
+        entries: list[_Entry] = []
+        limits, tracer = self.function.limits, self._tracer
+        for msg in msgs:
             try:
                 incoming = Incoming(msg, parse_ack_subject(msg.reply))
             except ValueError:
                 log.error("%s: message on %s without a JetStream ack subject; ignored", self.name, msg.subject)
                 continue
-            trace = tracer.begin(incoming) if tracer is not None else None
-            delivered = incoming.delivery.delivered
+            entry = _Entry(incoming, tracer.begin(incoming) if tracer is not None else None)
             try:
-                outcome: Outcome | None = check_input(
-                    len(msg.data), header_lines_size(msg.headers) if msg.headers else 0, limits
-                )
-                if outcome is None:
-                    result = run_guest(incoming)
-                    if trace is not None and type(result) is Faulted:
-                        trace.fault(result.kind, result.error)
-                    outcome = after_guest(result, delivered, retry)
-                await self.carry_out(incoming, outcome, pending, trace)
+                entry.outcome = check_input(len(msg.data), header_lines_size(msg.headers) if msg.headers else 0, limits)
             except Exception as exc:  # a host bug must not take the worker down; the message is retried
-                delivery = incoming.delivery
-                log.exception("%s: unexpected error on %s #%d", self.name, delivery.stream, delivery.sequence)
-                await self.carry_out(incoming, after_host_error(exc, delivered, retry), pending, trace)
-        if pending:
-            await self.settle(pending)
+                entry.outcome = self._host_error(incoming, exc)
+            entries.append(entry)
+        return entries
+
+    def _chunk_size(self, remaining: int, budget_s: float) -> int:
+        """How many messages to hand the guest before giving the event loop back: as many as the last
+        chunk's time per message says fit in `budget_s`; one while nothing was measured yet (a slow
+        guest's first batch must not outlast the ack wait)."""
+        per_message_s = self._guest_s_per_message
+        if per_message_s is None:
+            return 1
+        if per_message_s * remaining <= budget_s:
+            return remaining
+        return max(1, int(budget_s / per_message_s))
+
+    def _run_guests(self, chunk: list[_Entry], run_guests: RunGuests) -> None:
+        """The guest's answers to the chunk's messages that passed the checks, in one call."""
+        to_guest = [entry for entry in chunk if entry.outcome is None]
+        if not to_guest:
+            return
+        started = time.perf_counter()
+        try:
+            results = run_guests([entry.incoming for entry in to_guest])
+            if len(results) != len(to_guest):
+                raise RuntimeError(f"{len(results)} guest results for {len(to_guest)} messages")
+        except Exception as exc:  # a host bug (or no instance can start): every message of the call is retried
+            for entry in to_guest:
+                entry.outcome = self._host_error(entry.incoming, exc)
+            return
+        self._guest_s_per_message = (time.perf_counter() - started) / len(to_guest)
+        for entry, result in zip(to_guest, results):
+            entry.result = result
+
+    async def _decide_and_carry_out(self, entry: _Entry, pending: list[_Pending]) -> None:
+        incoming, trace = entry.incoming, entry.trace
+        delivered = incoming.delivery.delivered
+        try:
+            outcome = entry.outcome
+            if outcome is None:
+                result = entry.result
+                assert result is not None
+                if trace is not None and type(result) is Faulted:
+                    trace.fault(result.kind, result.error)
+                outcome = after_guest(result, delivered, self.function.retry)
+            await self.carry_out(incoming, outcome, pending, trace)
+        except Exception as exc:  # a host bug must not take the worker down; the message is retried
+            await self.carry_out(incoming, self._host_error(incoming, exc), pending, trace)
+
+    def _host_error(self, incoming: Incoming, exc: Exception) -> Retry | DeadLetter:
+        delivery = incoming.delivery
+        log.error("%s: unexpected error on %s #%d", self.name, delivery.stream, delivery.sequence, exc_info=exc)
+        return after_host_error(exc, delivery.delivered, self.function.retry)
 
     async def carry_out(self, incoming: Incoming, outcome: Outcome, pending: list[_Pending], trace: MessageTrace | None) -> None:
         """Start carrying out `outcome`: publish (to `pending`, settled later) or nak at once."""

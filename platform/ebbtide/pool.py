@@ -2,8 +2,8 @@
 
 A worker fetches a batch and hands it to the function's executor (executor.py), which decides and carries
 out what becomes of each message (outcome.py: ack after every effect is confirmed, retry with backoff, or
-dead-letter); the worker only runs the guest when asked, on its instance, and replaces an instance that
-faulted. Workers, and so instances, are added and removed one at a time with `set_instances`, while
+dead-letter); the worker only runs the guest when asked, on its instance, a batch of messages per call
+(`Guest.handle_batch`), and replaces an instance that faulted. Workers, and so instances, are added and removed one at a time with `set_instances`, while
 messages flow: a removed worker finishes its batch first.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import nats.errors
@@ -28,6 +28,7 @@ from .executor import Executor, PoolStats
 from .manifest import LoadedManifest
 from .outcome import Declined, Effects, Faulted, GuestResult, Refused, TooLarge
 from .runtime import GuestFault, GuestLimits, InputTooLarge, Status, WasmEngine, decode_effects
+from .runtime.guest import Outcome as GuestOutcome
 from .runtime.guests import Guest, GuestModule, load_guest_module, start_guest
 
 if TYPE_CHECKING:  # OpenTelemetry is loaded only when tracing is on
@@ -108,7 +109,7 @@ class FunctionPool:
 
     def swap_module(self, module: GuestModule) -> bool:
         """Hot reload: new instances run `module`; each worker finishes its current message on the old
-        one and switches before its next. A module that cannot start an instance (init refused, ABI
+        one and switches before its next guest call. A module that cannot start an instance (init refused, ABI
         mismatch, trap) is refused with GuestInitError/ModuleLoadError and the old one keeps running.
         Returns False when `module` is the one already running."""
         if module is self.module:
@@ -197,7 +198,7 @@ class FunctionPool:
         keep_alive = KeepAlive(msgs, self.function.ack_wait_s / 3)
         keep_alive_task = asyncio.create_task(keep_alive.run())  # for the waits: effects being confirmed
         try:
-            await self.executor.run_batch(msgs, worker.run_guest, keep_alive)
+            await self.executor.run_batch(msgs, worker.run_guests, keep_alive)
         except asyncio.CancelledError:
             await nak_all(msgs, HAND_BACK_DELAY_S)  # shutdown past its grace period
             raise
@@ -222,39 +223,86 @@ class _Worker:
     def done(self) -> bool:
         return self.task.done()
 
-    def run_guest(self, incoming: Incoming) -> GuestResult:
-        """The guest's answer to one message, on this worker's instance: a new one after a fault (never
-        reuse a faulted instance: its state may be corrupt), or when a new module was swapped in."""
-        pool, msg = self.pool, incoming.msg
-        subject = pool._subject_bytes.get(msg.subject)
-        if subject is None:
-            subject = pool._subject_bytes.setdefault(msg.subject, msg.subject.encode())
-        instance = self.instance
-        if instance is None or instance.module is not pool.module:  # none yet, or a new module was swapped in
-            if instance is not None:
-                self.instance = None
-                pool.stats.instances_stopped += 1
-            instance = self.instance = pool.new_instance()
-        try:
+    def run_guests(self, batch: Sequence[Incoming]) -> list[GuestResult]:
+        """The guest's answers to `batch`, in order, from `Guest.handle_batch` on this worker's instance (one
+        call per input buffer's worth of messages for an ABI v2 guest, one per message otherwise).
+
+        A message that faults fails alone: the instance is discarded (never reuse a faulted instance: its
+        state may be corrupt) and the messages after it run on a fresh one, once each. A new instance is
+        also started when a new module was swapped in (hot reload: between calls)."""
+        pool = self.pool
+        subjects = pool._subject_bytes
+        pairs = []
+        for incoming in batch:
+            msg = incoming.msg
+            subject = subjects.get(msg.subject)
+            if subject is None:
+                subject = subjects.setdefault(msg.subject, msg.subject.encode())
+            pairs.append((subject, msg.data))
+        results: list[GuestResult] = []
+        observe = pool.stats.handle.observe
+        while len(results) < len(pairs):
+            instance = self._instance_for_next_call()
             started = time.perf_counter()
+            answer = instance.handle_batch(pairs[len(results):] if results else pairs)
+            if not answer.outcomes:  # the runtime always answers for at least one message: never loop on it
+                raise RuntimeError(f"{pool.name}: handle_batch answered for none of {len(pairs) - len(results)} messages")
+            # One observation per message, so the histogram counts messages: the call's time, shared out.
+            per_message_s = (time.perf_counter() - started) / len(answer.outcomes)
+            for outcome in answer.outcomes:
+                observe(per_message_s)
+                result = self._result(outcome)
+                results.append(result)
+                if type(result) is Faulted:
+                    # Trapped, or output that does not decode: later outcomes of this instance are not
+                    # trusted either; their messages run again on a fresh one.
+                    self._discard_faulted(batch[len(results) - 1], result)
+                    break
+            else:
+                if answer.instance_failed:
+                    # Out of the call's fuel with no message to blame (runtime/instance.py `_call_batch`):
+                    # the rest, the one running first, go to a fresh instance.
+                    self._discard_instance()
+        return results
+
+    def _instance_for_next_call(self) -> Guest:
+        """This worker's instance: a new one when it has none (a replacement could not start) or a new
+        module was swapped in. Raises when none can start (the executor retries the messages)."""
+        pool, instance = self.pool, self.instance
+        if instance is None or instance.module is not pool.module:
+            if instance is not None:
+                self._discard_instance()
+            instance = self.instance = pool.new_instance()
+        return instance
+
+    def _result(self, outcome: GuestOutcome) -> GuestResult:
+        """What one message's outcome in a batch means to the policy (outcome.py)."""
+        if type(outcome) is tuple:
+            status, output = outcome
+            if status is not Status.OK:
+                return Declined(status, output.decode("utf-8", "replace"))
             try:
-                status, output = instance.handle(subject, msg.data)
-            finally:
-                pool.stats.handle.observe(time.perf_counter() - started)
-            if status is Status.OK:
-                return Effects(pool.allowlist.plan(decode_effects(output)))
-            return Declined(status, output.decode("utf-8", "replace"))
-        except InputTooLarge as exc:
-            return TooLarge(str(exc))
-        except EffectRefused as exc:
-            return Refused(str(exc))
-        except GuestFault as exc:
-            pool.stats.guest_faults[exc.kind] = pool.stats.guest_faults.get(exc.kind, 0) + 1
-            delivery = incoming.delivery
-            log.warning("%s: guest fault on %s #%d, replacing the instance: %s", pool.name, delivery.stream, delivery.sequence, exc)
-            pool.stats.instances_stopped += 1
-            self.instance = pool._replacement()
-            return Faulted(exc.kind, str(exc))
+                return Effects(self.pool.allowlist.plan(decode_effects(output)))
+            except EffectRefused as exc:
+                return Refused(str(exc))
+            except GuestFault as exc:
+                return Faulted(exc.kind, str(exc))
+        if isinstance(outcome, InputTooLarge):
+            return TooLarge(str(outcome))
+        assert isinstance(outcome, GuestFault)
+        return Faulted(outcome.kind, str(outcome))
+
+    def _discard_faulted(self, incoming: Incoming, fault: Faulted) -> None:
+        pool = self.pool
+        pool.stats.guest_faults[fault.kind] = pool.stats.guest_faults.get(fault.kind, 0) + 1
+        delivery = incoming.delivery
+        log.warning("%s: guest fault on %s #%d, replacing the instance: %s", pool.name, delivery.stream, delivery.sequence, fault.error)
+        self._discard_instance()
+        self.instance = pool._replacement()
+
+    def _discard_instance(self) -> None:
+        self.instance = None
+        self.pool.stats.instances_stopped += 1
 
     async def _run(self) -> None:
         pool = self.pool

@@ -22,7 +22,7 @@ from opentelemetry.trace import StatusCode
 from ebbtide.broker.delivery import Incoming, KeepAlive
 from ebbtide.broker.publisher import ConfirmedPublisher
 from ebbtide.effects import Outgoing
-from ebbtide.executor import Executor, PoolStats
+from ebbtide.executor import Executor, PoolStats, RunGuests
 from ebbtide.manifest import parse_manifest
 from ebbtide.outcome import Declined, Effects, Faulted, GuestResult, Refused
 from ebbtide.runtime import Status
@@ -54,13 +54,18 @@ def echo(incoming: Incoming) -> GuestResult:
     return Effects([Outgoing("test.out", incoming.msg.data)])
 
 
+def one_by_one(guest: Callable[[Incoming], GuestResult]) -> RunGuests:
+    """The batch call the executor makes, from a guest written per message (an exception fails the call)."""
+    return lambda batch: [guest(incoming) for incoming in batch]
+
+
 async def run(nc: FakeNats, msgs: list[Msg], guest: Callable[[Incoming], GuestResult] = echo,
               tracer: MessageTracer | None = None) -> PoolStats:
     publisher = ConfirmedPublisher(nc)  # type: ignore[arg-type]
     await publisher.start()
     stats = PoolStats()
     executor = Executor("chaos", FUNCTION, "dlq.chaos", publisher, stats, tracer)
-    await executor.run_batch(msgs, guest, KeepAlive(msgs, 10.0))
+    await executor.run_batch(msgs, one_by_one(guest), KeepAlive(msgs, 10.0))
     return stats
 
 
@@ -156,9 +161,9 @@ async def test_the_first_failure_is_remembered_for_the_dead_letter() -> None:
     await publisher.start()
     executor = Executor("chaos", FUNCTION, "dlq.chaos", publisher, PoolStats())
     failed = nc.delivery(b"R", sequence=4, delivered=1)
-    await executor.run_batch([failed], lambda i: Declined(Status.RETRY, "busy"), KeepAlive([failed], 10.0))
+    await executor.run_batch([failed], one_by_one(lambda i: Declined(Status.RETRY, "busy")), KeepAlive([failed], 10.0))
     rejected = nc.delivery(b"R", sequence=4, delivered=2)
-    await executor.run_batch([rejected], lambda i: Declined(Status.REJECT, "now it is bad"), KeepAlive([rejected], 10.0))
+    await executor.run_batch([rejected], one_by_one(lambda i: Declined(Status.REJECT, "now it is bad")), KeepAlive([rejected], 10.0))
     [letter] = nc.sent_to("dlq.chaos")
     assert letter.headers is not None and letter.headers["Ebbtide-Reason"] == "rejected"
     assert letter.headers["Ebbtide-First-Failed-At"].endswith("Z")

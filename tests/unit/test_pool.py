@@ -3,13 +3,18 @@ hands out queued batches, and the real publisher and nats-py messages on FakeNat
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import pytest
 from nats.aio.msg import Msg
 
 from ebbtide.broker.publisher import ConfirmedPublisher
 from ebbtide.pool import HAND_BACK_DELAY_S, FunctionPool
-from ebbtide.runtime import WasmEngine
+from ebbtide.runtime import Publish, WasmEngine
+from ebbtide.runtime.abi import encode_effects
+from ebbtide.runtime.guest import BatchResult, Guest
 from tests.conftest import chaos_manifest, wait_until
 
 from .fakes import FakeConsumer, FakeNats, nak_delay_s
@@ -110,3 +115,59 @@ async def test_stop_past_the_grace_period_hands_the_batch_back(tmp_path: Path) -
     assert {nak_delay_s(nc.acks(m)[-1]) for m in msgs} == {HAND_BACK_DELAY_S}
     assert pool.stats.processed == 0  # the batch never settled: nothing acked
     assert pool.in_flight == 0 and consumers[0].closed
+
+
+class RecordingGuest:
+    """A real instance, and each `handle_batch` call the pool makes on it: (instance number, payloads)."""
+
+    def __init__(self, guest: Guest, number: int, calls: list[tuple[int, list[bytes]]]) -> None:
+        self._guest, self._number, self._calls = guest, number, calls
+
+    def handle_batch(self, messages: Sequence[tuple[bytes, bytes]]) -> BatchResult:
+        self._calls.append((self._number, [payload for _, payload in messages]))
+        return self._guest.handle_batch(messages)
+
+    def __getattr__(self, name: str) -> object:  # module, input_capacity, takes_batches: the real instance's
+        return getattr(self._guest, name)
+
+
+def publish_test_out(body: bytes) -> bytes:
+    """A payload batch.wat (which outputs its input) turns into an effect publishing `body` to test.out."""
+    return encode_effects([Publish("test.out", body)])
+
+
+@pytest.mark.parametrize(("guest", "payload_of"), [
+    ("chaos", lambda body: body),  # ABI v1: handle_batch calls it once per message
+    ("batch", publish_test_out),  # ABI v2: one call for the whole batch
+])
+async def test_a_trap_mid_batch_fails_only_its_message_and_the_rest_run_once_on_a_fresh_instance(
+    tmp_path: Path, guest: str, payload_of: Callable[[bytes], bytes]
+) -> None:
+    nc = FakeNats()
+    # ack_wait_s: a long keep-alive budget, so the executor's chunks are known (the first message alone,
+    # while nothing was measured yet; then the rest of the batch in one call), however loaded the machine.
+    pool, consumers = await start_pool(tmp_path, nc, guest=guest, ack_wait_s=3600.0)
+    calls: list[tuple[int, list[bytes]]] = []
+    instantiate, numbers = pool._instantiate, itertools.count()
+    pool._instantiate = lambda: RecordingGuest(instantiate(), next(numbers), calls)  # type: ignore[method-assign]
+    await pool.set_instances(1)
+    bodies = [b"m0", b"m1", b"m2", b"T-trap", b"m4", b"m5"]
+    payloads = [body if body.startswith(b"T") else payload_of(body) for body in bodies]
+    msgs = [nc.delivery(payload, sequence=i + 1) for i, payload in enumerate(payloads)]
+    await consumers[0].batches.put(msgs)
+    await wait_until(settled(nc, msgs), timeout=10)
+    await pool.stop(grace_s=5)
+
+    assert calls == [
+        (0, payloads[:1]),
+        (0, payloads[1:]),  # traps at T-trap: m1 and m2 keep their outcome ...
+        (1, payloads[4:]),  # ... and only the messages after it run again, on a fresh instance
+    ]
+    # every other message was processed exactly once, in order; the trapped one is retried
+    assert [p.payload for p in nc.sent_to("test.out")] == [b"m0", b"m1", b"m2", b"m4", b"m5"]
+    assert all(nc.acks(m) == [ACK] for i, m in enumerate(msgs) if i != 3)
+    assert [nak_delay_s(a) for a in nc.acks(msgs[3])] == [0.05]
+    stats = pool.stats
+    assert (stats.processed, stats.retried, stats.guest_faults) == (5, 1, {"trap": 1})
+    assert (stats.instances_started, stats.instances_stopped) == (2, 2)  # the trapped one, and the last at stop
+    assert stats.handle.count == 6  # one observation per message, each handled once

@@ -96,7 +96,8 @@ def collect(snapshot: HostSnapshot) -> list[Family]:
                      "Hot reloads of the function's module: ok (swapped in), refused (did not build, load or start; "
                      "the old module kept running).")
     handle = Family("ebbtide_handle_duration_seconds", "histogram",
-                    "Time of one guest call (input copy, call, output read), per message.")
+                    "Guest time per message (input copy, call, output read): a batch call's time divided among the "
+                    "messages it handled, one observation per message.")
     end_to_end = Family("ebbtide_end_to_end_seconds", "histogram",
                         "From the publish of the order to orders.ingress (its server timestamp) until this function's "
                         "effects were confirmed, per message processed ok; for the receivers: ingress to outbox write.")
