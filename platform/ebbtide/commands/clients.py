@@ -40,7 +40,9 @@ def publish_command(args: argparse.Namespace, manifest: LoadedManifest) -> int:
             lines = [line for line in args.file.read_bytes().splitlines() if line.strip()]
         except OSError as exc:
             raise UsageError(f"{args.file}: {exc.strerror}") from None
-        messages: list[tuple[bytes, str | None]] = [(line, None) for line in lines]
+        # An order's orderGuid is its Nats-Msg-Id, as for generated orders: publishing the file twice
+        # within the duplicate window stores each order once.
+        messages: list[tuple[bytes, str | None]] = [(line, _order_guid(line)) for line in lines]
     else:
         if args.count < 1:
             raise UsageError("--count must be at least 1")
@@ -196,3 +198,13 @@ async def client_connect(server: ServerAccess, name: str, reading: bool = False)
 def screen_width() -> int:
     """The terminal's width; wide when the output goes to a file or a pipe, so nothing is cut."""
     return shutil.get_terminal_size((100, 24)).columns if sys.stdout.isatty() else 200
+
+
+def _order_guid(line: bytes) -> str | None:
+    """The line's `orderGuid` (a non-empty string in a JSON object), else None: published without an id."""
+    try:
+        value = msgspec.json.decode(line)
+    except msgspec.DecodeError:
+        return None
+    guid = value.get("orderGuid") if isinstance(value, dict) else None
+    return guid if isinstance(guid, str) and guid else None

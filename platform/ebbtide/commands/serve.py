@@ -75,8 +75,11 @@ async def _serve(manifest: LoadedManifest, server: ServerAccess, mode: ProcessMo
         print(f"ebbtide: stopped by {signalled[0].name} {where}", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
-        if provisioning is not None and not provisioning.done():
-            provisioning.cancel()
+        if provisioning is not None:
+            if not provisioning.done():
+                provisioning.cancel()
+            elif not provisioning.cancelled():
+                provisioning.exception()  # seen: a child stopped by the same Ctrl-C is no error to report
 
 
 async def _serve_until_stopped(manifest: LoadedManifest, runner: Host | Supervisor, stop: asyncio.Event, watch: bool,
