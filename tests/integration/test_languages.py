@@ -374,7 +374,7 @@ def test_python_distributor_routes_like_the_zig_distributor(tmp_path_factory: py
     odd = [b'{"orderId":1,"delivery":"EXPRESS","items":[1]}', b'{"orderId":1,"delivery":"Sea","items":[1]}',
            b'{"orderId":1,"delivery":7,"items":[1]}', b'{"orderId":1,"items":[1]}', b'{"orderId":1,"delivery":"standard"}',
            b'{"orderId":1,"delivery":"standard","items":[]}', b'{"orderId":1,"delivery":"standard","items":{}}',
-           b'{"orderId":1,"delivery":"expr\u0065ss","items":[0]}']
+           rb'{"orderId":1,"delivery":"expr\u0065ss","items":[0]}']
     assert _same_as_zig(guest, zig, [(INGRESS_SUBJECT.encode(), p) for p in odd + CRAFTED]) == 2
     with pytest.raises(GuestInitError, match="configuration refused: config: express_subject is not a valid NATS subject$"):
         start_guest(engine, load_guest_module(engine, path, "python"), COMPONENT_LIMITS, b'{"express_subject":"a.*"}')
