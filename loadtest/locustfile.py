@@ -47,26 +47,63 @@ logger = logging.getLogger("ebbtide.loadtest")
 
 @events.init_command_line_parser.add_listener
 def _options(parser) -> None:
-    parser.add_argument("--express-share", type=float, default=0.3, env_var="EBBTIDE_EXPRESS_SHARE",
-                       help="fraction of orders with delivery Express (the rest Standard); default 0.3")
-    parser.add_argument("--user-rate", type=float, default=0.0, env_var="EBBTIDE_USER_RATE",
-                       help="orders per second per user (constant throughput); 0 = as fast as acks come back")
-    parser.add_argument("--ack-timeout", type=float, default=5.0, env_var="EBBTIDE_ACK_TIMEOUT",
-                       help="seconds to wait for a JetStream ack before the publish is a failure; default 5")
-    parser.add_argument("--e2e-timeout", type=float, default=30.0, env_var="EBBTIDE_E2E_TIMEOUT",
-                       help="seconds from publish to outbox write before an order counts as lost; default 30")
-    parser.add_argument("--e2e-host", default="", env_var="EBBTIDE_E2E_HOST",
-                        help="NATS URL for reading the outbox writes, if the publishing user may not subscribe "
-                             "to $KV.outbox-*.> (default: --host)")
-    parser.add_argument("--nkey-seed-file", default="", env_var="EBBTIDE_NATS_NKEY_SEED_FILE",
-                        help="authenticate with this NKEY seed (user and password: in the URL, or "
-                             "EBBTIDE_NATS_USER / EBBTIDE_NATS_PASSWORD; a token: EBBTIDE_NATS_TOKEN)")
-    parser.add_argument("--e2e-nkey-seed-file", default="", env_var="EBBTIDE_E2E_NKEY_SEED_FILE",
-                        help="NKEY seed for reading the outbox writes only (e.g. ebbtide's read-only observer.nk when "
-                             "publishing as the ingress user, who may not read them)")
-    parser.add_argument("--record-orders", default="", include_in_web_ui=False, env_var="EBBTIDE_RECORD_ORDERS",
-                       help="write the ids of the orders published (acked, failed, interrupted) to this JSON file "
-                            "when the test stops (a worker process adds .<pid>)")
+    parser.add_argument(
+        "--express-share",
+        type=float,
+        default=0.3,
+        env_var="EBBTIDE_EXPRESS_SHARE",
+        help="fraction of orders with delivery Express (the rest Standard); default 0.3",
+    )
+    parser.add_argument(
+        "--user-rate",
+        type=float,
+        default=0.0,
+        env_var="EBBTIDE_USER_RATE",
+        help="orders per second per user (constant throughput); 0 = as fast as acks come back",
+    )
+    parser.add_argument(
+        "--ack-timeout",
+        type=float,
+        default=5.0,
+        env_var="EBBTIDE_ACK_TIMEOUT",
+        help="seconds to wait for a JetStream ack before the publish is a failure; default 5",
+    )
+    parser.add_argument(
+        "--e2e-timeout",
+        type=float,
+        default=30.0,
+        env_var="EBBTIDE_E2E_TIMEOUT",
+        help="seconds from publish to outbox write before an order counts as lost; default 30",
+    )
+    parser.add_argument(
+        "--e2e-host",
+        default="",
+        env_var="EBBTIDE_E2E_HOST",
+        help="NATS URL for reading the outbox writes, if the publishing user may not subscribe "
+        "to $KV.outbox-*.> (default: --host)",
+    )
+    parser.add_argument(
+        "--nkey-seed-file",
+        default="",
+        env_var="EBBTIDE_NATS_NKEY_SEED_FILE",
+        help="authenticate with this NKEY seed (user and password: in the URL, or "
+        "EBBTIDE_NATS_USER / EBBTIDE_NATS_PASSWORD; a token: EBBTIDE_NATS_TOKEN)",
+    )
+    parser.add_argument(
+        "--e2e-nkey-seed-file",
+        default="",
+        env_var="EBBTIDE_E2E_NKEY_SEED_FILE",
+        help="NKEY seed for reading the outbox writes only (e.g. ebbtide's read-only observer.nk when "
+        "publishing as the ingress user, who may not read them)",
+    )
+    parser.add_argument(
+        "--record-orders",
+        default="",
+        include_in_web_ui=False,
+        env_var="EBBTIDE_RECORD_ORDERS",
+        help="write the ids of the orders published (acked, failed, interrupted) to this JSON file "
+        "when the test stops (a worker process adds .<pid>)",
+    )
 
 
 @events.init.add_listener
@@ -74,12 +111,16 @@ def _check_options(environment: Environment, **_kwargs) -> None:
     options = environment.parsed_options
     if options is None:
         return  # used as a library
-    problems = [text for bad, text in (
-        (not 0.0 <= options.express_share <= 1.0, f"--express-share must be within [0, 1], got {options.express_share}"),
-        (options.user_rate < 0, f"--user-rate must be >= 0, got {options.user_rate}"),
-        (options.ack_timeout <= 0, f"--ack-timeout must be > 0, got {options.ack_timeout}"),
-        (options.e2e_timeout <= 0, f"--e2e-timeout must be > 0, got {options.e2e_timeout}"),
-    ) if bad]
+    problems = [
+        text
+        for bad, text in (
+            (not 0.0 <= options.express_share <= 1.0, f"--express-share must be within [0, 1], got {options.express_share}"),
+            (options.user_rate < 0, f"--user-rate must be >= 0, got {options.user_rate}"),
+            (options.ack_timeout <= 0, f"--ack-timeout must be > 0, got {options.ack_timeout}"),
+            (options.e2e_timeout <= 0, f"--e2e-timeout must be > 0, got {options.e2e_timeout}"),
+        )
+        if bad
+    ]
     if problems:  # bad usage: exit code 2, as ebbtide's own commands
         print("locustfile: " + "; ".join(problems), file=sys.stderr)
         raise SystemExit(2)
@@ -106,9 +147,12 @@ class OrderFactory:
         self._next_id += 1
         template = self._templates[order_id % len(self._templates)]
         return msgspec.structs.replace(
-            template, order_id=order_id, order_guid=str(uuid.uuid4()),
+            template,
+            order_id=order_id,
+            order_guid=str(uuid.uuid4()),
             description=f"Order {order_id}: {len(template.items)} item(s) for the lab",
-            delivery="Express" if self._rng.random() < self._express_share else "Standard")
+            delivery="Express" if self._rng.random() < self._express_share else "Standard",
+        )
 
 
 class EndToEnd:
@@ -129,8 +173,10 @@ class EndToEnd:
             self._connection.check_subscriptions()
         except NatsError as exc:
             self._connection.close()
-            raise NatsError(f"cannot follow the outbox writes for end-to-end latency: {exc} "
-                            "(use --e2e-host with a user that may subscribe to $KV.outbox-*.>)") from None
+            raise NatsError(
+                f"cannot follow the outbox writes for end-to-end latency: {exc} "
+                "(use --e2e-host with a user that may subscribe to $KV.outbox-*.>)"
+            ) from None
         self._sweeper = gevent.spawn(self._sweep_loop)
 
     def expect(self, order_id: str, bucket: str, started: float) -> None:
@@ -155,7 +201,9 @@ class EndToEnd:
                 self.late += 1
             return  # another process's order, or one we stopped tracking
         started, expected_bucket = entry
-        error = None if bucket == expected_bucket else AssertionError(f"order {key} stored in {bucket}, expected {expected_bucket}")
+        error = (
+            None if bucket == expected_bucket else AssertionError(f"order {key} stored in {bucket}, expected {expected_bucket}")
+        )
         self._report(expected_bucket, (now - started) * 1000, len(msg.payload), error)
 
     def _sweep_loop(self) -> None:
@@ -170,8 +218,7 @@ class EndToEnd:
             entry = self._pending.pop(order_id, None)
             if entry is not None:
                 self._expired.add(order_id)
-                self._report(entry[1], (now - entry[0]) * 1000, 0,
-                             TimeoutError(f"no outbox write within {self._timeout:g} s"))
+                self._report(entry[1], (now - entry[0]) * 1000, 0, TimeoutError(f"no outbox write within {self._timeout:g} s"))
 
     def finish(self) -> None:
         """At the end of a test: wait for the orders in flight, each until its own deadline, then report the rest."""
@@ -188,8 +235,9 @@ class EndToEnd:
         self._connection.close()
 
     def _report(self, bucket: str, response_time: float, length: int, error: Exception | None) -> None:
-        self._environment.events.request.fire(request_type="e2e", name=bucket, response_time=response_time,
-                                              response_length=length, exception=error, context={})
+        self._environment.events.request.fire(
+            request_type="e2e", name=bucket, response_time=response_time, response_length=length, exception=error, context={}
+        )
 
 
 def credentials(environment: Environment, *, e2e: bool = False) -> Credentials:
@@ -197,10 +245,12 @@ def credentials(environment: Environment, *, e2e: bool = False) -> Credentials:
     options = environment.parsed_options
     if e2e and getattr(options, "e2e_nkey_seed_file", ""):
         return Credentials(nkey_seed_file=options.e2e_nkey_seed_file)
-    return Credentials(user=os.environ.get("EBBTIDE_NATS_USER") or None,
-                       password=os.environ.get("EBBTIDE_NATS_PASSWORD") or None,
-                       token=os.environ.get("EBBTIDE_NATS_TOKEN") or None,
-                       nkey_seed_file=getattr(options, "nkey_seed_file", "") or None)
+    return Credentials(
+        user=os.environ.get("EBBTIDE_NATS_USER") or None,
+        password=os.environ.get("EBBTIDE_NATS_PASSWORD") or None,
+        token=os.environ.get("EBBTIDE_NATS_TOKEN") or None,
+        nkey_seed_file=getattr(options, "nkey_seed_file", "") or None,
+    )
 
 
 class _Run:
@@ -225,8 +275,12 @@ class _Run:
             self.record = {kind: [] for kind in (*OUTBOX_BUCKETS, "failed", "interrupted")}
         if self.e2e is None or self.e2e.is_closed:  # first user of the test, or the connection was lost
             # (a lost tracker still reports its own orders as lost, until its last deadline)
-            self.e2e = EndToEnd(environment, getattr(options, "e2e_host", "") or url, getattr(options, "e2e_timeout", 30.0),
-                                credentials(environment, e2e=True))
+            self.e2e = EndToEnd(
+                environment,
+                getattr(options, "e2e_host", "") or url,
+                getattr(options, "e2e_timeout", 30.0),
+                credentials(environment, e2e=True),
+            )
         return self.e2e
 
     def stop(self, environment: Environment) -> None:
@@ -291,8 +345,9 @@ class OrderPublisher(User):
         self._e2e.expect(order_id, bucket, started)  # before publishing: the write may beat the ack
         error: Exception | None = None
         try:
-            ack = self._connection.js_publish(INGRESS_SUBJECT, payload, {"Nats-Msg-Id": order.order_guid},
-                                              timeout=self._ack_timeout)
+            ack = self._connection.js_publish(
+                INGRESS_SUBJECT, payload, {"Nats-Msg-Id": order.order_guid}, timeout=self._ack_timeout
+            )
             if ack.duplicate:
                 error = JetStreamError(f"duplicate ack for order {order_id} (stream {ack.stream}, seq {ack.seq})")
         except NatsError as exc:
@@ -308,16 +363,20 @@ class OrderPublisher(User):
         else:
             self._e2e.forget(order_id)  # counted once, as a failed publish
             _run.note("failed", order.order_id)
-        self.environment.events.request.fire(request_type="jetstream", name=INGRESS_SUBJECT,
-                                             response_time=response_time, response_length=len(payload),
-                                             exception=error, context={})
+        self.environment.events.request.fire(
+            request_type="jetstream",
+            name=INGRESS_SUBJECT,
+            response_time=response_time,
+            response_length=len(payload),
+            exception=error,
+            context={},
+        )
         if isinstance(error, ConnectionClosed):
             self._connection = None
 
     def _connected(self) -> bool:
         """Connect (again) if needed; a failure is reported and retried after a second."""
-        if self._connection is not None and not self._connection.is_closed and \
-                self._e2e is not None and not self._e2e.is_closed:
+        if self._connection is not None and not self._connection.is_closed and self._e2e is not None and not self._e2e.is_closed:
             return True
         started = time.perf_counter()
         try:
@@ -326,10 +385,13 @@ class OrderPublisher(User):
                 self._connection = NatsConnection.connect(self.host, credentials=credentials(self.environment))
             return True
         except (NatsError, ValueError) as exc:
-            self.environment.events.request.fire(request_type="nats", name="connect",
-                                                 response_time=(time.perf_counter() - started) * 1000,
-                                                 response_length=0, exception=exc, context={})
+            self.environment.events.request.fire(
+                request_type="nats",
+                name="connect",
+                response_time=(time.perf_counter() - started) * 1000,
+                response_length=0,
+                exception=exc,
+                context={},
+            )
             gevent.sleep(1.0)
             return False
-
-

@@ -176,8 +176,10 @@ def parse_pub_ack(subject: str, msg: Msg) -> PubAck:
         raise JetStreamError(f"publish to {subject!r}: unexpected reply {reply!r}")
     if "error" in reply:
         error = reply["error"] if isinstance(reply["error"], dict) else {"description": str(reply["error"])}
-        raise JetStreamError(f"publish to {subject!r}: {error.get('description', error)} "
-                             f"(code {error.get('code')}, err_code {error.get('err_code')})")
+        raise JetStreamError(
+            f"publish to {subject!r}: {error.get('description', error)} "
+            f"(code {error.get('code')}, err_code {error.get('err_code')})"
+        )
     if "stream" not in reply or "seq" not in reply:
         raise JetStreamError(f"publish to {subject!r}: reply without stream/seq: {reply!r}")
     return PubAck(stream=reply["stream"], seq=int(reply["seq"]), duplicate=bool(reply.get("duplicate", False)))
@@ -210,8 +212,9 @@ class NatsConnection:
     # --- connecting ---------------------------------------------------------------------------------
 
     @classmethod
-    def connect(cls, url: str, *, name: str = "ebbtide-loadtest", timeout: float = 5.0,
-                credentials: Credentials | None = None) -> NatsConnection:
+    def connect(
+        cls, url: str, *, name: str = "ebbtide-loadtest", timeout: float = 5.0, credentials: Credentials | None = None
+    ) -> NatsConnection:
         """Connect to the first server of `url` that answers; raise ConnectionClosed naming each failure.
 
         Credentials in the URL win over `credentials`.
@@ -237,8 +240,17 @@ class NatsConnection:
             sock.close()
             raise
         conn = cls(sock, endpoint, info, name)
-        options = {"verbose": False, "pedantic": False, "tls_required": False, "name": name,
-                   "lang": "python-gevent", "version": "0.1", "protocol": 1, "headers": True, "no_responders": True}
+        options = {
+            "verbose": False,
+            "pedantic": False,
+            "tls_required": False,
+            "name": name,
+            "lang": "python-gevent",
+            "version": "0.1",
+            "protocol": 1,
+            "headers": True,
+            "no_responders": True,
+        }
         if endpoint.user is not None or endpoint.token is not None:
             credentials = Credentials(user=endpoint.user, password=endpoint.password, token=endpoint.token)
         options.update(credentials.connect_options(info.get("nonce")))
@@ -281,8 +293,9 @@ class NatsConnection:
         head = f"{subject} {reply} " if reply else f"{subject} "
         if headers:
             block = encode_headers(headers)
-            self._send(b"".join((b"HPUB ", head.encode(), b"%d %d\r\n" % (len(block), len(block) + len(payload)),
-                                 block, payload, _CRLF)))
+            self._send(
+                b"".join((b"HPUB ", head.encode(), b"%d %d\r\n" % (len(block), len(block) + len(payload)), block, payload, _CRLF))
+            )
         else:
             self._send(b"".join((b"PUB ", head.encode(), b"%d\r\n" % len(payload), payload, _CRLF)))
 
@@ -348,7 +361,7 @@ class NatsConnection:
             self._send(f"SUB {self._inbox}* 0\r\n".encode())
 
     def _on_ack(self, msg: Msg) -> None:
-        result = self._acks.get(msg.subject[len(self._inbox):])
+        result = self._acks.get(msg.subject[len(self._inbox) :])
         if result is not None:  # else: it came after its timeout; the caller has already reported it
             result.set(msg)
 
@@ -414,7 +427,7 @@ class NatsConnection:
                 if size < start + nbytes + 2:
                     return pos
                 reply = parts[3].decode() if len(parts) == 5 else None
-                self._dispatch(int(parts[2]), Msg(parts[1].decode(), reply, bytes(buf[start:start + nbytes])))
+                self._dispatch(int(parts[2]), Msg(parts[1].decode(), reply, bytes(buf[start : start + nbytes])))
                 pos = start + nbytes + 2
             elif line.startswith(b"HMSG "):
                 parts = line.split()
@@ -423,8 +436,8 @@ class NatsConnection:
                 if size < start + total + 2:
                     return pos
                 reply = parts[3].decode() if len(parts) == 6 else None
-                status, headers = decode_headers(bytes(buf[start:start + header_bytes]))
-                payload = bytes(buf[start + header_bytes:start + total])
+                status, headers = decode_headers(bytes(buf[start : start + header_bytes]))
+                payload = bytes(buf[start + header_bytes : start + total])
                 self._dispatch(int(parts[2]), Msg(parts[1].decode(), reply, payload, headers, status))
                 pos = start + total + 2
             else:

@@ -44,8 +44,9 @@ def _checkout_state() -> dict[str, tuple[int, int]]:
             if path.is_file() or path.is_symlink():
                 stat = path.lstat()
                 state[str(path.relative_to(REPO))] = (stat.st_size, stat.st_mtime_ns)
-    untracked = subprocess.run(["git", "ls-files", "--others", "--exclude-standard"], cwd=REPO,
-                               capture_output=True, text=True)  # not a git checkout: build/ and .ebbtide/ only
+    untracked = subprocess.run(
+        ["git", "ls-files", "--others", "--exclude-standard"], cwd=REPO, capture_output=True, text=True
+    )  # not a git checkout: build/ and .ebbtide/ only
     for name in untracked.stdout.splitlines() if untracked.returncode == 0 else ():
         try:
             stat = (REPO / name).lstat()
@@ -115,21 +116,23 @@ def manifest_copy(tmp_path: Path, function_settings: str = "") -> tuple[Path, in
     for folder in ("functions/distributor", "functions/receiver"):
         text = text.replace(f'source = "{folder}"', f'source = "{REPO / folder}"\nsdk = "{REPO / "functions/sdk"}"')
     if function_settings:
-        text = re.sub(r'^(trigger = .*)$', lambda m: m.group(1) + "\n" + function_settings, text, flags=re.M)
+        text = re.sub(r"^(trigger = .*)$", lambda m: m.group(1) + "\n" + function_settings, text, flags=re.M)
     path = tmp_path / "ebbtide.toml"
     path.write_text(text)
     build_modules(load_manifest(path))  # incremental: built once per session, whichever test comes first
     return path, port
 
 
-def chaos_manifest(tmp_path: Path, extra: str = "", *, fuel: int = 2_000_000, ack_wait_s: float = 30.0, batch: int = 64,
-                   guest: str = "chaos") -> LoadedManifest:
+def chaos_manifest(
+    tmp_path: Path, extra: str = "", *, fuel: int = 2_000_000, ack_wait_s: float = 30.0, batch: int = 64, guest: str = "chaos"
+) -> LoadedManifest:
     """A manifest running tests/guests/chaos.wat (see its header for the behaviours), or another guest of
     tests/guests, as function `chaos` on `in.chaos`; `extra` (TOML lines) goes into the function's table."""
     wasm_dir = tmp_path / "build" / "wasm"
     wasm_dir.mkdir(parents=True, exist_ok=True)
     (wasm_dir / "chaos.wasm").write_bytes(wasmtime.wat2wasm((GUESTS / f"{guest}.wat").read_text()))
-    text = textwrap.dedent(f"""
+    text = (
+        textwrap.dedent(f"""
         [streams.TEST]
         subjects = ["in.>", "test.>"]
         retention = "workqueue"
@@ -146,7 +149,9 @@ def chaos_manifest(tmp_path: Path, extra: str = "", *, fuel: int = 2_000_000, ac
         scale = {{ min = 2, max = 2 }}
         limits = {{ memory_mib = 2, fuel = {fuel}, max_payload = 4096 }}
         retry = {{ max_deliver = 3, backoff_ms = [50, 100] }}
-    """) + extra
+    """)
+        + extra
+    )
     path = tmp_path / "ebbtide.toml"
     path.write_text(text)
     return parse_manifest(text, path)
@@ -199,7 +204,9 @@ async def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05) -
         await asyncio.sleep(interval)
 
 
-async def read_stream(nc: NatsClient, stream: str, subject: str | None = None, expected: int | None = None, timeout: float = 30.0):
+async def read_stream(
+    nc: NatsClient, stream: str, subject: str | None = None, expected: int | None = None, timeout: float = 30.0
+):
     """The messages stored in `stream` (optionally only `subject`), once it holds at least `expected`."""
     js = nc.jetstream()
 
@@ -256,8 +263,9 @@ async def outbox_writes(nc: NatsClient, bucket: str, expected: Iterable[int | st
     wanted = {str(key) for key in expected}
     writes = state.last_seq
     assert writes >= sum(per_key.values()), (bucket, writes, sum(per_key.values()))  # the premise above
-    return OutboxWrites(stored=len(keys & wanted), lost=len(wanted - keys), written_twice=writes - len(keys),
-                        strays=len(keys - wanted))
+    return OutboxWrites(
+        stored=len(keys & wanted), lost=len(wanted - keys), written_twice=writes - len(keys), strays=len(keys - wanted)
+    )
 
 
 async def outboxes_writes(nc: NatsClient, expected: Mapping[str, Iterable[int | str]]) -> dict[str, OutboxWrites]:

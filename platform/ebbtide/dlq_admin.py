@@ -103,6 +103,7 @@ class RedriveResult(msgspec.Struct):
 
 # -- the JetStream API, raw (error codes, no_erase deletes and purge counts are not all exposed by nats-py) --
 
+
 class _StoredMsg(msgspec.Struct):
     subject: str
     seq: int
@@ -226,6 +227,7 @@ async def _scan(nc: NatsClient, manifest: LoadedManifest, function: str | None) 
 
 # -- the operations ------------------------------------------------------------------------------------
 
+
 async def list_dead_letters(
     nc: NatsClient, manifest: LoadedManifest, function: str | None = None, limit: int | None = None
 ) -> list[DeadLetter]:
@@ -316,15 +318,16 @@ async def redrive(
             else:
                 confirmed.append((letter, subject, outcome))
         batch.clear()
-        deletes = await asyncio.gather(*(_delete(nc, stream, letter.seq) for letter, _, _ in confirmed),
-                                       return_exceptions=True)
+        deletes = await asyncio.gather(*(_delete(nc, stream, letter.seq) for letter, _, _ in confirmed), return_exceptions=True)
         for (letter, subject, ack), deleted in zip(confirmed, deletes):
             if isinstance(deleted, BaseException):
-                result.failed.append(RedriveFailure(
-                    letter.seq,
-                    f"republished to {subject} ({ack.stream} #{ack.seq}) but not removed from {stream}: {deleted}; "
-                    "redriving it again within the duplicate window will not publish it twice",
-                ))
+                result.failed.append(
+                    RedriveFailure(
+                        letter.seq,
+                        f"republished to {subject} ({ack.stream} #{ack.seq}) but not removed from {stream}: {deleted}; "
+                        "redriving it again within the duplicate window will not publish it twice",
+                    )
+                )
             else:
                 result.redriven.append(Redriven(letter.seq, subject, ack.stream, ack.seq, ack.duplicate))
 
@@ -372,6 +375,7 @@ async def purge(nc: NatsClient, manifest: LoadedManifest, function: str | None =
 
 # -- output for the CLI (pure) -------------------------------------------------------------------------
 
+
 def _one_line(text: str) -> str:
     return " ".join(text.split())
 
@@ -413,7 +417,7 @@ def _preview(payload: bytes, limit: int) -> list[str]:
     except UnicodeDecodeError as exc:
         # A character cut in two by the preview limit is still text; anything else is binary.
         cut = more and exc.start >= len(shown) - 3
-        text = shown[:exc.start].decode("utf-8") if cut else None
+        text = shown[: exc.start].decode("utf-8") if cut else None
         if cut:
             more += len(shown) - exc.start
     if text is not None and all(c.isprintable() or c in "\n\t\r" for c in text):
@@ -425,7 +429,7 @@ def _preview(payload: bytes, limit: int) -> list[str]:
     else:
         lines = []
         for offset in range(0, len(shown), 16):
-            chunk = shown[offset:offset + 16]
+            chunk = shown[offset : offset + 16]
             hexes = " ".join(f"{b:02x}" for b in chunk)
             ascii_ = "".join(chr(b) if 32 <= b < 127 else "." for b in chunk)
             lines.append(f"  {offset:08x}  {hexes:<47}  {ascii_}")
@@ -466,6 +470,16 @@ def format_detail(letter: DeadLetter, preview_bytes: int = 2048) -> str:
 
 
 __all__ = [
-    "H_REDRIVEN_FROM", "DeadLetter", "DeadLetterError", "RedriveFailure", "RedriveResult", "Redriven",
-    "format_detail", "format_table", "list_dead_letters", "purge", "redrive", "show_dead_letter",
+    "H_REDRIVEN_FROM",
+    "DeadLetter",
+    "DeadLetterError",
+    "RedriveFailure",
+    "RedriveResult",
+    "Redriven",
+    "format_detail",
+    "format_table",
+    "list_dead_letters",
+    "purge",
+    "redrive",
+    "show_dead_letter",
 ]

@@ -252,9 +252,11 @@ class Executor:
         """
         retry = self.function.retry
         while pending:
-            results = iter(await self._publisher.confirm(
-                (future for item in pending for future in item.futures), timeout=self.confirm_timeout
-            ))
+            results = iter(
+                await self._publisher.confirm(
+                    (future for item in pending for future in item.futures), timeout=self.confirm_timeout
+                )
+            )
             follow_up: list[_Pending] = []
             confirmed_at_ns = time.time_ns()
             for item in pending:
@@ -302,16 +304,28 @@ class Executor:
         if first_failed_at is None and reason is Reason.RETRIES_EXHAUSTED:
             first_failed_at = time.time()  # the only failure this process saw was the last one
         headers = dead_letter_headers(
-            function=self.name, reason=reason, error=outcome.error, delivered=delivery.delivered, subject=msg.subject,
-            stream=delivery.stream, sequence=delivery.sequence,
+            function=self.name,
+            reason=reason,
+            error=outcome.error,
+            delivered=delivery.delivered,
+            subject=msg.subject,
+            stream=delivery.stream,
+            sequence=delivery.sequence,
             original_msg_id=msg.headers.get(H_MSG_ID) if msg.headers else None,
             first_failed_at=first_failed_at,
         )
         context = {"function": self.name, "stream": delivery.stream, "sequence": delivery.sequence, "reason": reason.value}
         if trace is not None:
             context["trace_id"] = trace.trace_id
-        log.warning("%s: dead-lettering %s #%d (%s): %s", self.name, delivery.stream, delivery.sequence, reason.value,
-                    headers[H_ERROR], extra=context)
+        log.warning(
+            "%s: dead-lettering %s #%d (%s): %s",
+            self.name,
+            delivery.stream,
+            delivery.sequence,
+            reason.value,
+            headers[H_ERROR],
+            extra=context,
+        )
         payload = fit_payload(msg.data, headers, self._publisher.max_payload)
         future = await self._publisher.publish(
             self.dead_letter_subject, payload, f"dlq:{delivery.stream}:{delivery.sequence}", headers

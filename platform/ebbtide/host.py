@@ -37,8 +37,13 @@ PROVISIONING_POLL_S = 0.5  # while a function's consumer does not exist yet
 
 class Host:
     def __init__(
-        self, manifest: LoadedManifest, nats_url: str, functions: list[str] | None = None, metrics_port: int | None = None,
-        tracer_provider: TracerProvider | None = None, auth: NatsAuth | None = None,
+        self,
+        manifest: LoadedManifest,
+        nats_url: str,
+        functions: list[str] | None = None,
+        metrics_port: int | None = None,
+        tracer_provider: TracerProvider | None = None,
+        auth: NatsAuth | None = None,
     ) -> None:
         """`tracer_provider`: where spans go (tests pass an in-memory one); default: from [telemetry].
         `auth`: NATS credentials; default: EBBTIDE_NATS_* or the manifest's [nats]."""
@@ -72,29 +77,36 @@ class Host:
     async def start(self) -> None:
         if self.metrics_port:  # first, so /healthz answers during start-up and /readyz says why not yet
             self.telemetry = await TelemetryServer(
-                lambda: render_metrics(self.snapshot()), self.readiness,
-                host=os.environ.get(METRICS_HOST_ENV) or self.manifest.spec.telemetry.metrics_host, port=self.metrics_port,
+                lambda: render_metrics(self.snapshot()),
+                self.readiness,
+                host=os.environ.get(METRICS_HOST_ENV) or self.manifest.spec.telemetry.metrics_host,
+                port=self.metrics_port,
             ).start()
         memory_limit = max(self.manifest.function(n).limits.memory_mib for n in self.function_names)
-        engine = self.engine = WasmEngine(memory_reservation=max(memory_limit, 16) * 1024 * 1024,
-                                          cache_dir=self.manifest.build_dir / "cache")
-        self.nc = await connect(self.nats_url, name=f"ebbtide-host[{','.join(self.function_names)}]", on_lost=self._on_lost,
-                                auth=self.auth)
+        engine = self.engine = WasmEngine(
+            memory_reservation=max(memory_limit, 16) * 1024 * 1024, cache_dir=self.manifest.build_dir / "cache"
+        )
+        self.nc = await connect(
+            self.nats_url, name=f"ebbtide-host[{','.join(self.function_names)}]", on_lost=self._on_lost, auth=self.auth
+        )
         js = self.nc.jetstream()
         await self._wait_until_provisioned(js)
         publisher = ConfirmedPublisher(self.nc)
         await publisher.start()
         for name in self.function_names:
             # Loading and a first instance happen here, so a bad module fails the start, not a message.
-            self.pools[name] = FunctionPool(name, self.manifest, engine, self.nc, publisher,
-                                            tracing.tracer_of(self.tracer_provider))
+            self.pools[name] = FunctionPool(
+                name, self.manifest, engine, self.nc, publisher, tracing.tracer_of(self.tracer_provider)
+            )
         for name, pool in self.pools.items():
             pool.probe()
             controller = PoolController(pool, self.nc, js)
             await controller.start()
             self.controllers[name] = controller
             scale = pool.function.scale
-            log.info("function %s on %s: %d..%d instances, now %d", name, pool.function.trigger, scale.min, scale.max, pool.instances)
+            log.info(
+                "function %s on %s: %d..%d instances, now %d", name, pool.function.trigger, scale.min, scale.max, pool.instances
+            )
 
         if self.metrics_pusher is not None:
             self.metrics_pusher.start()
@@ -139,13 +151,24 @@ class Host:
         for name, pool in list(self.pools.items()):
             stats = pool.stats
             controller = self.controllers.get(name)
-            pools.append(PoolSnapshot(
-                function=name, processed=stats.processed, dead_lettered=stats.dead_lettered, refused=stats.refused,
-                retried=stats.retried, guest_faults=dict(stats.guest_faults), instances_started=stats.instances_started,
-                instances_stopped=stats.instances_stopped, reloads=dict(stats.reloads), live_instances=pool.live_instances,
-                in_flight=pool.in_flight, backlog=controller.lag if controller is not None else None,
-                handle=stats.handle, end_to_end=stats.end_to_end,
-            ))
+            pools.append(
+                PoolSnapshot(
+                    function=name,
+                    processed=stats.processed,
+                    dead_lettered=stats.dead_lettered,
+                    refused=stats.refused,
+                    retried=stats.retried,
+                    guest_faults=dict(stats.guest_faults),
+                    instances_started=stats.instances_started,
+                    instances_stopped=stats.instances_stopped,
+                    reloads=dict(stats.reloads),
+                    live_instances=pool.live_instances,
+                    in_flight=pool.in_flight,
+                    backlog=controller.lag if controller is not None else None,
+                    handle=stats.handle,
+                    end_to_end=stats.end_to_end,
+                )
+            )
         return HostSnapshot(pools, nats_connected=self.nc is not None and self.nc.is_connected)
 
     def readiness(self) -> tuple[bool, str]:

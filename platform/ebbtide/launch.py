@@ -26,8 +26,12 @@ DEFAULT_PROCESS_MODE: ProcessMode = "per-function"
 
 @asynccontextmanager
 async def running(
-    manifest: LoadedManifest, server: ServerAccess | str, mode: ProcessMode, functions: list[str] | None = None,
-    verbose: bool = False, metrics_port: int | None = None,
+    manifest: LoadedManifest,
+    server: ServerAccess | str,
+    mode: ProcessMode,
+    functions: list[str] | None = None,
+    verbose: bool = False,
+    metrics_port: int | None = None,
 ) -> AsyncIterator[Host | Supervisor]:
     """`server`: a URL (credentials from EBBTIDE_NATS_* or the manifest) or a server with its users.
     `metrics_port` overrides [telemetry] metrics_port (0: off)."""
@@ -40,8 +44,14 @@ async def running(
             yield host
         return
     base_port = manifest.spec.telemetry.metrics_port if metrics_port is None else metrics_port
-    supervisor = Supervisor(manifest.path, names, access.url, verbose=verbose, metrics_port=base_port,
-                            child_env=lambda function: access.for_functions([function]).child_env())
+    supervisor = Supervisor(
+        manifest.path,
+        names,
+        access.url,
+        verbose=verbose,
+        metrics_port=base_port,
+        child_env=lambda function: access.for_functions([function]).child_env(),
+    )
     try:
         await supervisor.start()  # inside: a start interrupted by a signal stops the children started so far
         yield supervisor

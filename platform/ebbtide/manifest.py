@@ -225,7 +225,10 @@ def parse_manifest(data: bytes | str, path: Path) -> LoadedManifest:
 
 
 _NAMED_SECTIONS: dict[str, type[Struct]] = {
-    "streams": StreamSection, "kv": KvSection, "modules": ModuleSection, "functions": FunctionSection,
+    "streams": StreamSection,
+    "kv": KvSection,
+    "modules": ModuleSection,
+    "functions": FunctionSection,
 }
 
 
@@ -262,16 +265,20 @@ def _check_references(loaded: LoadedManifest) -> list[str]:
             if subject_matches(subject, f"{dlq_prefix}.x") or subject_matches(f"{dlq_prefix}.>", subject):
                 problems.append(f"streams.{stream_name}.subjects: {subject!r} overlaps the dead-letter subjects {dlq_prefix}.>")
         if stream.max_age_s and stream.max_age_s < stream.duplicate_window_s:
-            problems.append(f"streams.{stream_name}.max_age_s: {stream.max_age_s:g} is shorter than duplicate_window_s "
-                            f"{stream.duplicate_window_s:g}: a retried publish must find its first copy still stored "
-                            "(give at least the duplicate window, or 0 for no age limit)")
+            problems.append(
+                f"streams.{stream_name}.max_age_s: {stream.max_age_s:g} is shorter than duplicate_window_s "
+                f"{stream.duplicate_window_s:g}: a retried publish must find its first copy still stored "
+                "(give at least the duplicate window, or 0 for no age limit)"
+            )
     if spec.dead_letter.stream in spec.streams:
         problems.append(f"dead_letter.stream: {spec.dead_letter.stream!r} is also declared under [streams]")
     problems += _check_credentials(spec.nats)
     for name, module in spec.modules.items():
         if not module.source and not module.prebuilt:
-            problems.append(f"modules.{name}.source: required: the folder of its sources (or prebuilt = true "
-                            f"for a module that ships built as {loaded.module_path(name)})")
+            problems.append(
+                f"modules.{name}.source: required: the folder of its sources (or prebuilt = true "
+                f"for a module that ships built as {loaded.module_path(name)})"
+            )
     triggers: dict[str, str] = {}
     for name, fn in spec.functions.items():
         key = f"functions.{name}"
@@ -287,7 +294,9 @@ def _check_references(loaded: LoadedManifest) -> list[str]:
         for i, subject in enumerate(fn.publish):
             if subject_matches(subject, fn.trigger) or subject_matches(fn.trigger, subject):
                 problems.append(f"{key}.publish[{i}]: {subject!r} would feed the function its own output")
-            if not any(subject_matches(p, subject) or subject_matches(subject, p) for s in spec.streams.values() for p in s.subjects):
+            if not any(
+                subject_matches(p, subject) or subject_matches(subject, p) for s in spec.streams.values() for p in s.subjects
+            ):
                 problems.append(f"{key}.publish[{i}]: no stream captures {subject!r}")
         for i, bucket in enumerate(fn.kv):
             if bucket not in spec.kv:
@@ -302,8 +311,16 @@ def _check_references(loaded: LoadedManifest) -> list[str]:
 
 
 def _check_credentials(nats: NatsSection) -> list[str]:
-    kinds = [kind for kind, given in (("user", nats.user), ("token", nats.token), ("creds_file", nats.creds_file),
-                                      ("nkey_seed_file", nats.nkey_seed_file)) if given]
+    kinds = [
+        kind
+        for kind, given in (
+            ("user", nats.user),
+            ("token", nats.token),
+            ("creds_file", nats.creds_file),
+            ("nkey_seed_file", nats.nkey_seed_file),
+        )
+        if given
+    ]
     problems = []
     if len(kinds) > 1:
         problems.append(f"nats: give one kind of credential, not {' and '.join(kinds)}")

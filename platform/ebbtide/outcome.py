@@ -108,11 +108,14 @@ GuestResult = Effects | Refused | Declined | Faulted | TooLarge
 def check_input(payload_bytes: int, header_bytes: int, limits: LimitsSection) -> DeadLetter | None:
     """Before the guest runs: a payload or header block over the limits is dead-lettered unread."""
     if payload_bytes > limits.max_payload:
-        return DeadLetter(Reason.PAYLOAD_TOO_LARGE,
-                          f"payload of {payload_bytes} bytes exceeds limits.max_payload ({limits.max_payload})")
+        return DeadLetter(
+            Reason.PAYLOAD_TOO_LARGE, f"payload of {payload_bytes} bytes exceeds limits.max_payload ({limits.max_payload})"
+        )
     if header_bytes > limits.max_header_bytes:
-        return DeadLetter(Reason.HEADERS_TOO_LARGE,
-                          f"headers of {header_bytes} bytes exceed limits.max_header_bytes ({limits.max_header_bytes})")
+        return DeadLetter(
+            Reason.HEADERS_TOO_LARGE,
+            f"headers of {header_bytes} bytes exceed limits.max_header_bytes ({limits.max_header_bytes})",
+        )
     return None
 
 

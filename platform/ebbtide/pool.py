@@ -81,8 +81,14 @@ class FunctionPool:
         self.stream = manifest.stream_for(fn.trigger)
         self.stats = PoolStats()
         self.in_flight = 0  # messages fetched and not yet settled
-        self.executor = Executor(name, fn, manifest.dead_letter_subject(name), publisher, self.stats,
-                                 _message_tracer(tracer, name) if tracer is not None else None)
+        self.executor = Executor(
+            name,
+            fn,
+            manifest.dead_letter_subject(name),
+            publisher,
+            self.stats,
+            _message_tracer(tracer, name) if tracer is not None else None,
+        )
         self._nc = nc
         self._open_consumer = open_consumer or self._pull_consumer
         self._workers: list[_Worker] = []
@@ -97,8 +103,13 @@ class FunctionPool:
     def load_module(self) -> GuestModule:
         """The function's built module, checked against its sha256 and WASI grants (a component for Python)."""
         fn = self.function
-        return load_guest_module(self.engine, self._manifest.module_path(fn.module), self._manifest.spec.modules[fn.module].lang,
-                                 sha256=fn.sha256, wasi_grants=frozenset(fn.wasi))
+        return load_guest_module(
+            self.engine,
+            self._manifest.module_path(fn.module),
+            self._manifest.spec.modules[fn.module].lang,
+            sha256=fn.sha256,
+            wasi_grants=frozenset(fn.wasi),
+        )
 
     def _instantiate(self) -> Guest:
         return start_guest(self.engine, self.module, self.limits, self.config_json)
@@ -244,7 +255,7 @@ class _Worker:
         while len(results) < len(pairs):
             instance = self._instance_for_next_call()
             started = time.perf_counter()
-            answer = instance.handle_batch(pairs[len(results):] if results else pairs)
+            answer = instance.handle_batch(pairs[len(results) :] if results else pairs)
             if not answer.outcomes:  # the runtime always answers for at least one message: never loop on it
                 raise RuntimeError(f"{pool.name}: handle_batch answered for none of {len(pairs) - len(results)} messages")
             # One observation per message, so the histogram counts messages: the call's time, shared out.
@@ -296,7 +307,9 @@ class _Worker:
         pool = self.pool
         pool.stats.guest_faults[fault.kind] = pool.stats.guest_faults.get(fault.kind, 0) + 1
         delivery = incoming.delivery
-        log.warning("%s: guest fault on %s #%d, replacing the instance: %s", pool.name, delivery.stream, delivery.sequence, fault.error)
+        log.warning(
+            "%s: guest fault on %s #%d, replacing the instance: %s", pool.name, delivery.stream, delivery.sequence, fault.error
+        )
         self._discard_instance()
         self.instance = pool._replacement()
 

@@ -29,8 +29,15 @@ class Scaffolded:
     manifest: Path
 
 
-def new_function(manifest: LoadedManifest, name: str, lang: str, *, folder: str | None = None,
-                 trigger: str | None = None, output: str | None = None) -> Scaffolded:
+def new_function(
+    manifest: LoadedManifest,
+    name: str,
+    lang: str,
+    *,
+    folder: str | None = None,
+    trigger: str | None = None,
+    output: str | None = None,
+) -> Scaffolded:
     if not NAME_PATTERN.match(name):
         raise ScaffoldError(f"{name!r} is not a function name: lowercase letters, digits, _ and -, starting with a letter")
     if lang not in TEMPLATES:
@@ -56,8 +63,13 @@ def new_function(manifest: LoadedManifest, name: str, lang: str, *, folder: str 
 
     main = source_dir / LANGUAGES[lang].main
     test = source_dir / f"test_{name.replace('-', '_')}.py"
-    values = {"name": name, "output": output, "trigger": trigger, "lang": lang,
-              "manifest": os.path.relpath(manifest.path, source_dir)}
+    values = {
+        "name": name,
+        "output": output,
+        "trigger": trigger,
+        "lang": lang,
+        "manifest": os.path.relpath(manifest.path, source_dir),
+    }
     source_dir.mkdir(parents=True, exist_ok=True)
     main.write_text(Template(TEMPLATES[lang]).substitute(values))
     test.write_text(Template(TEST_TEMPLATE).substitute(values))
@@ -78,8 +90,14 @@ def _manifest_entry(manifest: LoadedManifest, name: str, lang: str, folder: str,
         # across a server restart (README: Delivery guarantees).
         lines += [f"[streams.{name}]", f'subjects = ["{name}.>"]', 'retention = "limits"', "max_age_s = 86400", ""]
     lines += [
-        f"[modules.{name}]", f'source = "{folder}"', f'lang = "{lang}"', "",
-        f"[functions.{name}]", f'module = "{name}"', f'trigger = "{trigger}"', f'publish = ["{output}"]',
+        f"[modules.{name}]",
+        f'source = "{folder}"',
+        f'lang = "{lang}"',
+        "",
+        f"[functions.{name}]",
+        f'module = "{name}"',
+        f'trigger = "{trigger}"',
+        f'publish = ["{output}"]',
         f'config = {{ target = "{output}" }}',
     ]
     if lang == "python":  # an interpreter per instance: 12.4 MiB at start, ~250,000 fuel per message

@@ -42,9 +42,16 @@ class Child:
 
 class Supervisor:
     def __init__(
-        self, manifest_path: Path, functions: list[str], nats_url: str, verbose: bool = False, metrics_port: int = 0,
+        self,
+        manifest_path: Path,
+        functions: list[str],
+        nats_url: str,
+        verbose: bool = False,
+        metrics_port: int = 0,
         child_env: Callable[[str], dict[str, str]] | None = None,
-        restart_min_s: float = RESTART_MIN_S, restart_max_s: float = RESTART_MAX_S, healthy_after_s: float = HEALTHY_AFTER_S,
+        restart_min_s: float = RESTART_MIN_S,
+        restart_max_s: float = RESTART_MAX_S,
+        healthy_after_s: float = HEALTHY_AFTER_S,
     ) -> None:
         """`child_env(function)`: variables added to that child's environment (its NATS credentials).
         The restart policy's times are parameters so that tests can run it in a second, not minutes."""
@@ -64,8 +71,15 @@ class Supervisor:
         command = [sys.executable, "-m", "ebbtide", "--manifest", str(self.manifest_path)]
         if self.verbose:
             command.append("--verbose")
-        return command + ["run", "--function", function, "--nats-url", self.nats_url,
-                          "--metrics-port", str(self.metrics_ports[function])]
+        return command + [
+            "run",
+            "--function",
+            function,
+            "--nats-url",
+            self.nats_url,
+            "--metrics-port",
+            str(self.metrics_ports[function]),
+        ]
 
     async def start(self) -> None:
         for child in self.children.values():
@@ -74,8 +88,9 @@ class Supervisor:
 
     async def _spawn(self, child: Child) -> None:
         env = {**os.environ, **self.child_env(child.function)} if self.child_env is not None else None
-        child.process = await asyncio.create_subprocess_exec(*self._command(child.function), stdin=asyncio.subprocess.DEVNULL,
-                                                             env=env, preexec_fn=die_with_parent())
+        child.process = await asyncio.create_subprocess_exec(
+            *self._command(child.function), stdin=asyncio.subprocess.DEVNULL, env=env, preexec_fn=die_with_parent()
+        )
         child.started_at = time.monotonic()
         log.info("started %s (pid %d)", child.function, child.process.pid)
 

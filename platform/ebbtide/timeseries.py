@@ -123,12 +123,14 @@ class TimeSeries:
         """The raw reports (reload with `from_json`) and the merged series (for plotting elsewhere)."""
         reports = [r for hosts in self._reports.values() for rs in hosts.values() for r in rs]
         reports.sort(key=lambda r: r.time)
-        return msgspec.json.encode({
-            "start": self.start,
-            "stale_after": self.stale_after,
-            "reports": reports,
-            "series": self.series(),
-        })
+        return msgspec.json.encode(
+            {
+                "start": self.start,
+                "stale_after": self.stale_after,
+                "reports": reports,
+                "series": self.series(),
+            }
+        )
 
     @classmethod
     def from_json(cls, data: bytes) -> TimeSeries:

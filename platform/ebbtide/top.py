@@ -17,8 +17,16 @@ from .timeseries import STALE_AFTER_S, PoolTotals, aggregate
 _MIN_FUNCTION_WIDTH = 8
 # header, width; numbers are right-aligned
 _COLUMNS = [
-    ("BACKLOG", 8), ("INSTANCES", 9), ("IN-FLIGHT", 9), ("MSG/S", 8), ("P50 ms", 6), ("P99 ms", 6),
-    ("PROCESSED", 9), ("DEAD", 6), ("PROCS", 5), ("AGE", 5),
+    ("BACKLOG", 8),
+    ("INSTANCES", 9),
+    ("IN-FLIGHT", 9),
+    ("MSG/S", 8),
+    ("P50 ms", 6),
+    ("P99 ms", 6),
+    ("PROCESSED", 9),
+    ("DEAD", 6),
+    ("PROCS", 5),
+    ("AGE", 5),
 ]
 # the columns a narrow terminal loses first; FUNCTION, BACKLOG and INSTANCES always stay
 _DROP_ORDER = ["P50 ms", "PROCESSED", "IN-FLIGHT", "AGE", "PROCS", "DEAD", "P99 ms", "MSG/S"]
@@ -64,8 +72,7 @@ class TopView:
         stale = sum(1 for totals in per_function if totals.processes == 0)
         parts = [
             f"ebbtide top {time.strftime('%H:%M:%S', time.localtime(now))}",
-            f"{len(per_function)} function{'' if len(per_function) == 1 else 's'}"
-            + (f" ({stale} stale)" if stale else ""),
+            f"{len(per_function)} function{'' if len(per_function) == 1 else 's'}" + (f" ({stale} stale)" if stale else ""),
             f"backlog {sum(t.backlog for t in per_function):,}",
             f"instances {sum(t.instances for t in per_function)}",
             f"{sum(t.rate for t in per_function):,.1f} msg/s",

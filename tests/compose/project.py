@@ -23,10 +23,18 @@ BUILD_ENV = {"DOCKER_BUILDKIT": "0", "COMPOSE_DOCKER_CLI_BUILD": "0"}
 ENGINE_SETUP = ".ci/docker-engine"  # installs and starts the engine, makes the CI stand-in images
 
 
-def run(command: list[str], timeout: float, env: dict[str, str] | None = None, cwd: Path | None = None,
-        check: bool = True) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=cwd,
-                          env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)
+def run(
+    command: list[str], timeout: float, env: dict[str, str] | None = None, cwd: Path | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        stdin=subprocess.DEVNULL,
+    )
     if check and done.returncode != 0:
         raise AssertionError(f"{' '.join(command)} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     return done
@@ -63,8 +71,10 @@ def why_not_runnable(compose_file: Path) -> str | None:
         return "neither `docker compose` nor `docker-compose` is installed"
     missing = [image for image in pulled_images(compose_file) if not answers(["docker", "image", "inspect", image])]
     if missing:
-        return (f"images {', '.join(missing)} are not on this engine (`docker compose pull` them, or where Docker Hub "
-                f"cannot be reached run `bash {ENGINE_SETUP}` to make CI stand-ins)")
+        return (
+            f"images {', '.join(missing)} are not on this engine (`docker compose pull` them, or where Docker Hub "
+            f"cannot be reached run `bash {ENGINE_SETUP}` to make CI stand-ins)"
+        )
     return None
 
 
@@ -103,9 +113,15 @@ class Container:
     def from_inspect(cls, data: dict[str, Any]) -> Container:
         state = data["State"]
         networks = data["NetworkSettings"]["Networks"] or {}
-        return cls(data["Id"], data["Config"]["Labels"]["com.docker.compose.service"], state["Status"],
-                   (state.get("Health") or {}).get("Status"), state["ExitCode"], state["StartedAt"],
-                   next((n["IPAddress"] for n in networks.values() if n.get("IPAddress")), ""))
+        return cls(
+            data["Id"],
+            data["Config"]["Labels"]["com.docker.compose.service"],
+            state["Status"],
+            (state.get("Health") or {}).get("Status"),
+            state["ExitCode"],
+            state["StartedAt"],
+            next((n["IPAddress"] for n in networks.values() if n.get("IPAddress")), ""),
+        )
 
 
 class ComposeProject:
@@ -133,9 +149,11 @@ class ComposeProject:
 
     def one_shot(self, service: str) -> bool:
         """A service others wait for to complete (`condition: service_completed_successfully`)."""
-        return any(isinstance(s.get("depends_on"), dict)
-                   and s["depends_on"].get(service, {}).get("condition") == "service_completed_successfully"
-                   for s in self.services.values())
+        return any(
+            isinstance(s.get("depends_on"), dict)
+            and s["depends_on"].get(service, {}).get("condition") == "service_completed_successfully"
+            for s in self.services.values()
+        )
 
     def function_services(self) -> list[str]:
         """The services that run a function (`ebbtide run --function NAME`)."""

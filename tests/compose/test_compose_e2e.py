@@ -49,8 +49,14 @@ from tests.reliability.conftest import (
 
 COMPOSE_FILE = REPO / "docker-compose.yml"
 # Host ports of docker-compose.yml (variables with the usual defaults): free ones here.
-PORT_VARIABLES = ("EBBTIDE_NATS_PORT", "EBBTIDE_NATS_MONITOR_PORT", "EBBTIDE_LOCUST_PORT", "EBBTIDE_JAEGER_UI_PORT",
-                  "EBBTIDE_OTLP_HTTP_PORT", "EBBTIDE_PROMETHEUS_PORT")
+PORT_VARIABLES = (
+    "EBBTIDE_NATS_PORT",
+    "EBBTIDE_NATS_MONITOR_PORT",
+    "EBBTIDE_LOCUST_PORT",
+    "EBBTIDE_JAEGER_UI_PORT",
+    "EBBTIDE_OTLP_HTTP_PORT",
+    "EBBTIDE_PROMETHEUS_PORT",
+)
 BUILT_IMAGES = ("ebbtide:0.1.0", "ebbtide-loadtest:0.1.0")
 ORDERS_PER_PHASE = 2000
 BUILD_TIMEOUT_S = 1200  # from a cold cache: pip installs the dependencies and Zig, then builds the modules
@@ -118,11 +124,20 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 async def connect(url: str, **auth: object) -> NatsClient:
     """Reconnects at once and forever: NATS is restarted under it in one test."""
+
     async def quiet(_error: Exception) -> None:
         pass
 
-    return await nats.connect(url, name="compose-e2e", allow_reconnect=True, max_reconnect_attempts=-1,
-                              reconnect_time_wait=0.2, connect_timeout=2, error_cb=quiet, **auth)
+    return await nats.connect(
+        url,
+        name="compose-e2e",
+        allow_reconnect=True,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.2,
+        connect_timeout=2,
+        error_cb=quiet,
+        **auth,
+    )
 
 
 async def publish_orders(stack: Stack, seed: int, first_id: int, **options: object) -> PublishStats:
@@ -192,8 +207,11 @@ async def test_every_function_replica_is_a_healthy_prometheus_target(stack: Stac
 
     def scraped() -> dict[str, tuple[str, str]]:
         targets = stack.http_json("EBBTIDE_PROMETHEUS_PORT", "/api/v1/targets")["data"]["activeTargets"]
-        return {t["labels"]["instance"].rsplit(":", 1)[0]: (t["labels"].get("service", ""), t["health"])
-                for t in targets if t["labels"]["job"] == "ebbtide"}
+        return {
+            t["labels"]["instance"].rsplit(":", 1)[0]: (t["labels"].get("service", ""), t["health"])
+            for t in targets
+            if t["labels"]["job"] == "ebbtide"
+        }
 
     want = {ip: (service, "up") for ip, service in replicas.items()}
     deadline = time.monotonic() + 90  # DNS discovery every 10 s, a scrape every 5 s
@@ -203,8 +221,10 @@ async def test_every_function_replica_is_a_healthy_prometheus_target(stack: Stac
     # Up with the bearer token it sends: without one, a replica's /metrics refuses (asked from inside it).
     for service in functions:
         port = stack.project.services[service]["environment"]["EBBTIDE_METRICS_PORT"]
-        ask = (f"import urllib.request, urllib.error\ntry: urllib.request.urlopen('http://127.0.0.1:{port}/metrics', timeout=5)\n"
-               "except urllib.error.HTTPError as refused: print(refused.code)")
+        ask = (
+            f"import urllib.request, urllib.error\ntry: urllib.request.urlopen('http://127.0.0.1:{port}/metrics', timeout=5)\n"
+            "except urllib.error.HTTPError as refused: print(refused.code)"
+        )
         container = stack.project.containers(service)[0]
         assert run(["docker", "exec", container.id, "python", "-c", ask], 30).stdout.strip() == "401", service
 
@@ -274,11 +294,32 @@ def test_locust_service_headless_without_failures(stack: Stack) -> None:
     started = time.monotonic()
     service = stack.project.services["locust"]
     done = stack.project.compose(
-        "run", "--rm", "--no-deps", "-T", "locust", *service["command"],
-        "--headless", "-u", "4", "-r", "4", "--user-rate", "50", "-t", "15s", "--e2e-timeout", "30",
-        "--exit-code-on-error", "1", "--json", "--only-summary", timeout=180, check=False)
+        "run",
+        "--rm",
+        "--no-deps",
+        "-T",
+        "locust",
+        *service["command"],
+        "--headless",
+        "-u",
+        "4",
+        "-r",
+        "4",
+        "--user-rate",
+        "50",
+        "-t",
+        "15s",
+        "--e2e-timeout",
+        "30",
+        "--exit-code-on-error",
+        "1",
+        "--json",
+        "--only-summary",
+        timeout=180,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    stats = {(s["method"], s["name"]): s for s in json.loads(done.stdout[done.stdout.index("["):])}
+    stats = {(s["method"], s["name"]): s for s in json.loads(done.stdout[done.stdout.index("[") :])}
     published = stats[("jetstream", INGRESS_SUBJECT)]
     assert published["num_requests"] > 0 and published["num_failures"] == 0, published
     e2e = [s for (kind, _), s in stats.items() if kind == "e2e"]

@@ -91,7 +91,7 @@ def exec_form(args: str) -> list[str]:
     try:
         command = json.loads(args)
     except json.JSONDecodeError:
-        raise DockerfileError(f"{args!r}: use the exec form [\"...\"] so that signals reach the process") from None
+        raise DockerfileError(f'{args!r}: use the exec form ["..."] so that signals reach the process') from None
     if not isinstance(command, list) or not all(isinstance(part, str) for part in command):
         raise DockerfileError(f"{args!r}: not a list of strings")
     return command

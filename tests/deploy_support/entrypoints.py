@@ -32,6 +32,7 @@ STOP_TIMEOUT_S = 40.0
 @dataclass
 class Launch:
     """One container as written: where it came from, its command and its environment."""
+
     label: str  # e.g. "compose service receiver-express #2"
     command: list[str]
     env: dict[str, str]
@@ -69,12 +70,12 @@ def image_root(root: Path, manifest_text: str, wasm_dir: Path) -> Path:
 
 
 def start(launch: Launch, cwd: Path, logs: Path) -> None:
-    env = {"PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", "HOME": str(cwd), "LANG": "C.UTF-8",
-           **launch.env}
+    env = {"PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", "HOME": str(cwd), "LANG": "C.UTF-8", **launch.env}
     launch.log = logs / f"{launch.label.replace(' ', '_').replace('#', '')}.log"
     with launch.log.open("wb") as out:
-        launch.process = subprocess.Popen(local_command(launch.command), cwd=cwd, env=env, stdout=out,
-                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        launch.process = subprocess.Popen(
+            local_command(launch.command), cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
 
 
 def http_status(url: str) -> int:
@@ -222,15 +223,31 @@ class ConfiguredCluster:
         routes = ",".join(f"nats://{host}:{port}" for host, port in zip(self.hosts, self.route_ports))
         for i, (host, port, monitor, route) in enumerate(zip(self.hosts, self.ports, self.monitor_ports, self.route_ports)):
             config = self.config_dir / f"local-nats-{i}.conf"
-            config.write_text(self.config_text.replace("0.0.0.0", host)
-                              .replace("store_dir: /data", f"store_dir: \"{self.root / f'data-{i}'}\""))
+            config.write_text(
+                self.config_text.replace("0.0.0.0", host).replace("store_dir: /data", f'store_dir: "{self.root / f"data-{i}"}"')
+            )
             clustering = ["--cluster", f"nats://{host}:{route}", "--routes", routes] if len(self.ports) > 1 else []
             with (self.root / f"nats-{i}.log").open("wb") as log:
-                self.processes.append(subprocess.Popen(
-                    [nats_server_binary(), "--config", str(config), "--addr", host, "--port", str(port),
-                     "--http_port", str(monitor), *clustering],
-                    env={"POD_NAME": f"nats-{i}", "PATH": os.environ.get("PATH", "")},
-                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
+                self.processes.append(
+                    subprocess.Popen(
+                        [
+                            nats_server_binary(),
+                            "--config",
+                            str(config),
+                            "--addr",
+                            host,
+                            "--port",
+                            str(port),
+                            "--http_port",
+                            str(monitor),
+                            *clustering,
+                        ],
+                        env={"POD_NAME": f"nats-{i}", "PATH": os.environ.get("PATH", "")},
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL,
+                    )
+                )
         return self
 
     def monitor(self, node: int, path: str) -> dict:

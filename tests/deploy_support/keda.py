@@ -41,8 +41,13 @@ TRIGGER = {
         "useCachedMetrics": {"type": "boolean"},
         "metricType": {"enum": ["AverageValue", "Value", "Utilization"]},
         "authenticationRef": {
-            "type": "object", "additionalProperties": False, "required": ["name"],
-            "properties": {"name": {"type": "string"}, "kind": {"enum": ["TriggerAuthentication", "ClusterTriggerAuthentication"]}},
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["name"],
+            "properties": {
+                "name": {"type": "string"},
+                "kind": {"enum": ["TriggerAuthentication", "ClusterTriggerAuthentication"]},
+            },
         },
     },
     "if": {"properties": {"type": {"const": "nats-jetstream"}}},
@@ -59,7 +64,8 @@ SCALED_OBJECT = {
         "apiVersion": {"const": "keda.sh/v1alpha1"},
         "kind": {"const": "ScaledObject"},
         "metadata": {
-            "type": "object", "required": ["name"],
+            "type": "object",
+            "required": ["name"],
             "properties": {"name": _NAME, "namespace": _NAME, "labels": {"type": "object"}, "annotations": {"type": "object"}},
         },
         "spec": {
@@ -68,9 +74,15 @@ SCALED_OBJECT = {
             "required": ["scaleTargetRef", "triggers"],
             "properties": {
                 "scaleTargetRef": {
-                    "type": "object", "additionalProperties": False, "required": ["name"],
-                    "properties": {"apiVersion": {"type": "string"}, "kind": {"type": "string"}, "name": _NAME,
-                                   "envSourceContainerName": {"type": "string"}},
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["name"],
+                    "properties": {
+                        "apiVersion": {"type": "string"},
+                        "kind": {"type": "string"},
+                        "name": _NAME,
+                        "envSourceContainerName": {"type": "string"},
+                    },
                 },
                 "pollingInterval": {"type": "integer", "minimum": 1},
                 "cooldownPeriod": _COUNT,
@@ -79,16 +91,27 @@ SCALED_OBJECT = {
                 "minReplicaCount": _COUNT,
                 "maxReplicaCount": {"type": "integer", "minimum": 1},
                 "fallback": {
-                    "type": "object", "required": ["failureThreshold", "replicas"],
-                    "properties": {"failureThreshold": {"type": "integer", "minimum": 1}, "replicas": _COUNT,
-                                   "behavior": {"type": "string"}},
+                    "type": "object",
+                    "required": ["failureThreshold", "replicas"],
+                    "properties": {
+                        "failureThreshold": {"type": "integer", "minimum": 1},
+                        "replicas": _COUNT,
+                        "behavior": {"type": "string"},
+                    },
                 },
-                "advanced": {"type": "object", "additionalProperties": False, "properties": {
-                    "restoreToOriginalReplicaCount": {"type": "boolean"},
-                    "horizontalPodAutoscalerConfig": {"type": "object", "additionalProperties": False, "properties": {
-                        "name": {"type": "string"}, "behavior": {"type": "object"}}},
-                    "scalingModifiers": {"type": "object", "required": ["target", "formula"]},
-                }},
+                "advanced": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "restoreToOriginalReplicaCount": {"type": "boolean"},
+                        "horizontalPodAutoscalerConfig": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "properties": {"name": {"type": "string"}, "behavior": {"type": "object"}},
+                        },
+                        "scalingModifiers": {"type": "object", "required": ["target", "formula"]},
+                    },
+                },
                 "triggers": {"type": "array", "minItems": 1, "items": TRIGGER},
             },
         },

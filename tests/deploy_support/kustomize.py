@@ -21,8 +21,15 @@ Obj = dict[str, Any]
 SUPPORTED_KEYS = {"apiVersion", "kind", "namespace", "resources", "images", "configMapGenerator", "secretGenerator"}
 GENERATOR_KEYS = {"name", "files", "literals"}
 # Kinds that have no namespace (of those a kustomization like ours may hold).
-CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition",
-                  "PersistentVolume", "StorageClass", "PriorityClass"}
+CLUSTER_SCOPED = {
+    "Namespace",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "CustomResourceDefinition",
+    "PersistentVolume",
+    "StorageClass",
+    "PriorityClass",
+}
 WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
 
 
@@ -97,6 +104,7 @@ def _generate(folder: Path, generator: Obj, kind: str) -> Obj:
 
 def _rename_references(pod: Obj, renames: dict[str, dict[str, str]]) -> None:
     """Point every reference to a generated ConfigMap or Secret at its hashed name."""
+
     def rename(ref: Obj | None, kind: str, field: str = "name") -> None:
         if ref is not None and ref.get(field) in renames[kind]:
             ref[field] = renames[kind][ref[field]]
@@ -129,8 +137,12 @@ def without_hash_suffixes(objects: list[Obj], generated: set[str]) -> list[Obj]:
 
     Secret values are compared without line breaks: kustomize wraps its base64 at 70 columns, the API
     server (Go's decoder) skips them."""
-    objects = [{**obj, "data": {k: "".join(v.split()) for k, v in obj["data"].items()}}
-               if obj["kind"] == "Secret" and obj.get("data") else obj for obj in objects]
+    objects = [
+        {**obj, "data": {k: "".join(v.split()) for k, v in obj["data"].items()}}
+        if obj["kind"] == "Secret" and obj.get("data")
+        else obj
+        for obj in objects
+    ]
     text = json.dumps(objects, sort_keys=True)
     for obj in objects:
         name = obj["metadata"]["name"]

@@ -70,8 +70,14 @@ def unescape_compose(value: str) -> str:
 # -- Kubernetes --------------------------------------------------------------------------------------
 
 
-def pod_mounts(view: ContainerView, pod: Obj, container: Obj, objects: list[Obj], volumes_root: Path,
-               claim_templates: list[Obj] | None = None) -> None:
+def pod_mounts(
+    view: ContainerView,
+    pod: Obj,
+    container: Obj,
+    objects: list[Obj],
+    volumes_root: Path,
+    claim_templates: list[Obj] | None = None,
+) -> None:
     """Materialize the container's configMap, secret, projected and emptyDir volumes and mount them; a
     StatefulSet's volumeClaimTemplates are empty folders, as a new claim is."""
     by_name = {v["name"]: v for v in pod.get("volumes", [])}
@@ -94,11 +100,19 @@ def _materialize(volume: Obj, objects: list[Obj], folder: Path) -> None:
     if "emptyDir" in volume:
         return
     if "configMap" in volume:
-        _write_source(folder, _find(objects, "ConfigMap", volume["configMap"]["name"]), volume["configMap"],
-                      volume["configMap"].get("defaultMode", 0o644))
+        _write_source(
+            folder,
+            _find(objects, "ConfigMap", volume["configMap"]["name"]),
+            volume["configMap"],
+            volume["configMap"].get("defaultMode", 0o644),
+        )
     elif "secret" in volume:
-        _write_source(folder, _find(objects, "Secret", volume["secret"]["secretName"]), volume["secret"],
-                      volume["secret"].get("defaultMode", 0o644))
+        _write_source(
+            folder,
+            _find(objects, "Secret", volume["secret"]["secretName"]),
+            volume["secret"],
+            volume["secret"].get("defaultMode", 0o644),
+        )
     elif "projected" in volume:
         mode = volume["projected"].get("defaultMode", 0o644)
         for source in volume["projected"]["sources"]:

@@ -29,7 +29,10 @@ async def test_quick_bench_completes_with_sane_figures(reference_manifest: Loade
     assert 0 < figures["added RSS per idle instance"] < 10_000  # KiB
     assert 0 < figures["activation from zero, p50"] <= figures["activation from zero, p99"] < 10_000  # ms
     assert 1 <= figures["distributor: peak instances"] <= reference_manifest.function("distributor").scale.max
-    assert figures["distributor: empty backlog to zero instances"] >= reference_manifest.function("distributor").scale.cooldown_s * 0.9
+    assert (
+        figures["distributor: empty backlog to zero instances"]
+        >= reference_manifest.function("distributor").scale.cooldown_s * 0.9
+    )
     assert (tmp_path / "results.json").exists() and (tmp_path / "burst.svg").exists()
     assert "| activation from zero, p50 |" in report.markdown()
 
@@ -90,12 +93,20 @@ async def test_the_search_for_the_fastest_configuration(reference_manifest: Load
 
 
 async def test_faststream_baseline_stores_valid_orders_and_dead_letters_the_rest(
-        reference_manifest: LoadedManifest, nats_server: EmbeddedNats, nc: NatsClient) -> None:
+    reference_manifest: LoadedManifest, nats_server: EmbeddedNats, nc: NatsClient
+) -> None:
     """The FastStream pipeline does what the Wasm functions do, invalid input included (one process, every role)."""
     await provision(nc.jetstream(), reference_manifest)
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "ebbtide.workload.baselines.faststream_pipeline", "--nats-url", nats_server.url, "--role", "all",
-        stdout=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "ebbtide.workload.baselines.faststream_pipeline",
+        "--nats-url",
+        nats_server.url,
+        "--role",
+        "all",
+        stdout=asyncio.subprocess.PIPE,
+    )
     try:
         assert process.stdout is not None
         assert (await asyncio.wait_for(process.stdout.readline(), 60)).strip() == b"ready"
@@ -109,7 +120,8 @@ async def test_faststream_baseline_stores_valid_orders_and_dead_letters_the_rest
         stored = await read_stream(nc, "KV_outbox-express", expected=len(express))
         stored += await read_stream(nc, "KV_outbox-standard", expected=len(good) - len(express))
         assert sorted((m.subject, m.data) for m in stored) == sorted(
-            (f"$KV.outbox-{o.delivery.lower()}.{o.order_id}", encode_order(o)) for o in good)
+            (f"$KV.outbox-{o.delivery.lower()}.{o.order_id}", encode_order(o)) for o in good
+        )
         dead = await read_stream(nc, "DLQ", expected=2)
         assert sorted(m.headers["Ebbtide-Error"].split(":")[0] for m in dead) == ["malformed-json", "unknown-delivery"]
         assert all(m.subject == "dlq.distributor" for m in dead)

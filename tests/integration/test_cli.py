@@ -23,8 +23,13 @@ def ebbtide(*args: str, **kwargs) -> subprocess.CompletedProcess[str]:
 async def test_up_with_embedded_server_publish_and_sigterm(tmp_path: Path, reference_manifest) -> None:
     manifest, port = manifest_copy(tmp_path)
     env = {k: v for k, v in os.environ.items() if k != "EBBTIDE_NATS_URL"}
-    up = subprocess.Popen([sys.executable, "-m", "ebbtide", "-m", str(manifest), "up"], env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    up = subprocess.Popen(
+        [sys.executable, "-m", "ebbtide", "-m", str(manifest), "up"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         url = f"nats://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
@@ -79,14 +84,30 @@ async def test_top_shows_every_function_of_a_running_host(reference_manifest, na
     await provision_for(reference_manifest, nats_server.url)
     async with Host(reference_manifest, nats_server.url):
         done = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "ebbtide", "-m", str(reference_manifest.path), "top", "--nats-url", nats_server.url,
-            "--iterations", "1", "--interval", "1", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            sys.executable,
+            "-m",
+            "ebbtide",
+            "-m",
+            str(reference_manifest.path),
+            "top",
+            "--nats-url",
+            nats_server.url,
+            "--iterations",
+            "1",
+            "--interval",
+            "1",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         stdout, stderr = await asyncio.wait_for(done.communicate(), 60)
     assert done.returncode == 0, stderr.decode()
     screen = stdout.decode()
     assert "FUNCTION" in screen and "BACKLOG" in screen and "INSTANCES" in screen
-    rows = {line.split()[0]: line.split() for line in screen.splitlines() if line.split() and line.split()[0] in reference_manifest.spec.functions}
+    rows = {
+        line.split()[0]: line.split()
+        for line in screen.splitlines()
+        if line.split() and line.split()[0] in reference_manifest.spec.functions
+    }
     assert set(rows) == set(reference_manifest.spec.functions)
     assert all(row[1] == "0" and row[2] == "0" for row in rows.values())  # idle: no backlog, drained to zero
 
@@ -101,8 +122,15 @@ async def test_dlq_commands(reference_manifest, nats_server) -> None:
 
     async def ebbtide_async(*args: str) -> subprocess.CompletedProcess[str]:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "ebbtide", "-m", str(reference_manifest.path), *args,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            sys.executable,
+            "-m",
+            "ebbtide",
+            "-m",
+            str(reference_manifest.path),
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
         out, err = await asyncio.wait_for(process.communicate(), 60)
         return subprocess.CompletedProcess(args, process.returncode or 0, out.decode(), err.decode())
 
@@ -115,8 +143,11 @@ async def test_dlq_commands(reference_manifest, nats_server) -> None:
         assert done.returncode == 0, done.stderr
         lines = done.stdout.splitlines()
         header = lines[1].replace("P50 ms", "P50_ms").replace("P99 ms", "P99_ms").split()
-        return {line.split()[0]: dict(zip(header, line.split()))["DEAD"] for line in lines[2:]
-                if line.split() and line.split()[0] in reference_manifest.spec.functions}
+        return {
+            line.split()[0]: dict(zip(header, line.split()))["DEAD"]
+            for line in lines[2:]
+            if line.split() and line.split()[0] in reference_manifest.spec.functions
+        }
 
     nc = await nats_client.connect(nats_server.url)
     await provision_for(reference_manifest, nats_server.url)

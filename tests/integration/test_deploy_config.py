@@ -119,8 +119,14 @@ def run_auth_services(compose: Obj, app: Path, volumes: Path, views: Path) -> Pa
     view = ContainerView(views / "nats-auth")
     mounts.compose_mounts(view, service, REPO, volumes)
     command = [view.local(arg) for arg in service["command"]]
-    done = subprocess.run(entrypoints.local_command(command), cwd=app, capture_output=True, text=True, timeout=60,
-                          env={"PATH": os.environ.get("PATH", ""), "HOME": str(app)})
+    done = subprocess.run(
+        entrypoints.local_command(command),
+        cwd=app,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": os.environ.get("PATH", ""), "HOME": str(app)},
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     service = compose["services"][CREDENTIALS_SERVICE]
     assert service["user"] == "root"
@@ -128,8 +134,14 @@ def run_auth_services(compose: Obj, app: Path, volumes: Path, views: Path) -> Pa
     mounts.compose_mounts(view, service, REPO, volumes)
     [script] = service["command"]
     command = [*service["entrypoint"], view.localize_text(mounts.unescape_compose(script))]
-    done = subprocess.run(entrypoints.local_command(command), cwd=app, capture_output=True, text=True, timeout=60,
-                          env={"PATH": os.environ.get("PATH", "")})
+    done = subprocess.run(
+        entrypoints.local_command(command),
+        cwd=app,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": os.environ.get("PATH", "")},
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     return volumes / AUTH_VOLUME
 
@@ -223,16 +235,29 @@ def test_docker_compose_config_accepts_the_file() -> None:
     binary = shutil.which("docker-compose")
     if binary is None:
         pytest.skip("no docker-compose binary here (Debian: apt-get install docker-compose)")
-    done = subprocess.run([binary, "--file", str(COMPOSE_FILE), "--project-directory", str(REPO), "config", "--quiet"],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [binary, "--file", str(COMPOSE_FILE), "--project-directory", str(REPO), "config", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_kubernetes_objects_validate_strict(k8s: list[Obj]) -> None:
     version = kubernetes_validate.latest_version()
     kinds = Counter(obj["kind"] for obj in k8s)
-    assert kinds == {"Namespace": 1, "Service": 2, "StatefulSet": 1, "PodDisruptionBudget": 1, "ConfigMap": 2,
-                     "Secret": 2, "Deployment": 3, "ScaledObject": 3, "Job": 1}, kinds
+    assert kinds == {
+        "Namespace": 1,
+        "Service": 2,
+        "StatefulSet": 1,
+        "PodDisruptionBudget": 1,
+        "ConfigMap": 2,
+        "Secret": 2,
+        "Deployment": 3,
+        "ScaledObject": 3,
+        "Job": 1,
+    }, kinds
     for obj in k8s:
         if obj["kind"] != "ScaledObject":  # a CRD: checked against KEDA's fields below
             kubernetes_validate.validate(obj, version, strict=True)
@@ -338,8 +363,9 @@ def test_each_pod_sees_only_its_own_credentials(k8s: list[Obj], manifest: Loaded
     assert secret_items(statefulset["spec"]["template"]["spec"]) <= {(AUTH_VOLUME, SERVER_CONFIG)}, "NATS: the users only"
 
 
-def test_each_compose_service_sees_only_its_own_credentials(tmp_path: Path, compose: Obj, image: dockerfile_reader.Dockerfile,
-                                                            reference_manifest: LoadedManifest) -> None:
+def test_each_compose_service_sees_only_its_own_credentials(
+    tmp_path: Path, compose: Obj, image: dockerfile_reader.Dockerfile, reference_manifest: LoadedManifest
+) -> None:
     """`nats-auth` and `credentials` run as written, then every service's volumes laid out as its container
     sees them: a function its own seed and nothing else, `provision` the admin seed alone, Locust the
     ingress password and the observer seed, NATS the users; each a copy of the generated file, mode 0600,
@@ -350,8 +376,12 @@ def test_each_compose_service_sees_only_its_own_credentials(tmp_path: Path, comp
     image_uid = int(image.user(RUNTIME_STAGE).split(":")[0])
     functions = {name: fn for name, (fn, _) in function_services(compose).items()}
     expected = {name: {f"{fn}.nk", METRICS_TOKEN} for name, fn in functions.items()}
-    expected |= {"provision": {f"{ADMIN_USER}.nk"}, "locust": {INGRESS_ENV, f"{OBSERVER_USER}.nk"}, "nats": {SERVER_CONFIG},
-                 "prometheus": {METRICS_TOKEN}}
+    expected |= {
+        "provision": {f"{ADMIN_USER}.nk"},
+        "locust": {INGRESS_ENV, f"{OBSERVER_USER}.nk"},
+        "nats": {SERVER_CONFIG},
+        "prometheus": {METRICS_TOKEN},
+    }
     seen: dict[str, list[Path]] = {}
     for name, service in compose["services"].items():
         if name in ("nats-auth", CREDENTIALS_SERVICE):
@@ -394,12 +424,19 @@ def nats_view(k8s: list[Obj], root: Path) -> tuple[ContainerView, list[str]]:
     return view, nats_container["args"]
 
 
-def test_nats_configurations_are_valid_with_the_generated_users(k8s: list[Obj], compose: Obj, tmp_path: Path,
-                                                                reference_manifest: LoadedManifest) -> None:
+def test_nats_configurations_are_valid_with_the_generated_users(
+    k8s: list[Obj], compose: Obj, tmp_path: Path, reference_manifest: LoadedManifest
+) -> None:
     """`nats-server -t` on each configuration as its container sees it: the include finds the users."""
+
     def check(config: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([nats_server_binary(), "-t", "-c", config], capture_output=True, text=True, timeout=30,
-                              env={"POD_NAME": "nats-0", "PATH": os.environ.get("PATH", "")})
+        return subprocess.run(
+            [nats_server_binary(), "-t", "-c", config],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={"POD_NAME": "nats-0", "PATH": os.environ.get("PATH", "")},
+        )
 
     view, args = nats_view(k8s, tmp_path / "k8s")
     k8s_config = view.local(args[args.index("--config") + 1])
@@ -440,8 +477,9 @@ def test_dockerfile_builds_modules_in_one_stage_and_runs_without_the_toolchain(i
     options, check = image.healthcheck(RUNTIME_STAGE) or ({}, [])
     assert check[:1] == ["python"] and "/healthz" in " ".join(check), check
     assert image.healthcheck("loadtest") is None  # Locust serves no /healthz
-    ignored = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
-               if line.strip() and not line.startswith("#")]
+    ignored = [
+        line.strip() for line in (REPO / ".dockerignore").read_text().splitlines() if line.strip() and not line.startswith("#")
+    ]
     assert ignored[0] == "**" and "**/*.wasm" in ignored, "built files never enter the build context"
 
 
@@ -449,7 +487,10 @@ def test_dockerfile_builds_modules_in_one_stage_and_runs_without_the_toolchain(i
 
 
 def test_names_and_ports_agree_across_manifest_compose_and_kubernetes(
-    manifest: LoadedManifest, compose: Obj, k8s: list[Obj], image: dockerfile_reader.Dockerfile,
+    manifest: LoadedManifest,
+    compose: Obj,
+    k8s: list[Obj],
+    image: dockerfile_reader.Dockerfile,
 ) -> None:
     functions = set(manifest.spec.functions)
     services = function_services(compose)
@@ -467,8 +508,9 @@ def test_names_and_ports_agree_across_manifest_compose_and_kubernetes(
     nats = compose["services"]["nats"]
     nats_ports = published(nats["ports"])
     embedded = manifest.spec.embedded
-    assert nats_ports == {embedded.port: embedded.port, embedded.monitor_port: embedded.monitor_port}, \
+    assert nats_ports == {embedded.port: embedded.port, embedded.monitor_port: embedded.monitor_port}, (
         "host clients (ebbtide publish, top, dlq) default to the manifest's embedded port"
+    )
     nats_mounts = {target: source for source, target, *_ in (str(v).split(":") for v in nats["volumes"])}
     config_path = nats["command"][nats["command"].index("--config") + 1]
     assert nats_mounts[config_path] == "./" + str(COMPOSE_NATS_CONF.relative_to(REPO))
@@ -544,8 +586,9 @@ def test_names_and_ports_agree_across_manifest_compose_and_kubernetes(
     assert include and Path(include.group(1)).name == SERVER_CONFIG, "nats.conf includes the generated users"
     [config_volume] = [v for v in statefulset["spec"]["template"]["spec"]["volumes"] if v["name"] == "config"]
     sources = config_volume["projected"]["sources"]
-    assert [s["secret"]["items"] for s in sources if "secret" in s] == \
-        [[{"key": SERVER_CONFIG, "path": str(Path(include.group(1)))}]], "only the server's file of the Secret"
+    assert [s["secret"]["items"] for s in sources if "secret" in s] == [
+        [{"key": SERVER_CONFIG, "path": str(Path(include.group(1)))}]
+    ], "only the server's file of the Secret"
     headless = services_k8s[statefulset["spec"]["serviceName"]]
     assert headless["spec"]["clusterIP"] == "None"
     ports = {p["name"]: p["port"] for p in headless["spec"]["ports"]}
@@ -590,8 +633,10 @@ def test_names_and_ports_agree_across_manifest_compose_and_kubernetes(
         assert trigger["stream"] == manifest.stream_for(function.trigger)
         assert trigger["account"] == "$G"
         assert int(trigger["lagThreshold"]) == function.scale.target_backlog * function.scale.max
-        assert trigger["natsServerMonitoringEndpoint"] == \
-            f"{headless['metadata']['name']}.{namespace_name}.svc.cluster.local:{conf_port('http')}"
+        assert (
+            trigger["natsServerMonitoringEndpoint"]
+            == f"{headless['metadata']['name']}.{namespace_name}.svc.cluster.local:{conf_port('http')}"
+        )
 
 
 def test_kubernetes_manifest_is_the_repository_manifest_with_r3_streams(manifest: LoadedManifest, k8s: list[Obj]) -> None:
@@ -599,8 +644,9 @@ def test_kubernetes_manifest_is_the_repository_manifest_with_r3_streams(manifest
     [name] = [n for n in config_maps if n.startswith("ebbtide-manifest-")]
     text = config_maps[name]["data"]["ebbtide.toml"]
     deployed = parse_manifest(text, KUBERNETES / "ebbtide.toml")
-    assert replicas_stripped(deployed) == replicas_stripped(manifest), \
+    assert replicas_stripped(deployed) == replicas_stripped(manifest), (
         "deploy/kubernetes/ebbtide.toml drifted from ebbtide.toml: copy the change over (keep replicas = 3)"
+    )
     nodes = of_kind(k8s, "StatefulSet")["nats"]["spec"]["replicas"]
     spec = deployed.spec
     assert {s.replicas for s in (*spec.streams.values(), *spec.kv.values(), spec.dead_letter)} == {nodes}
@@ -636,13 +682,25 @@ def test_locustfile_agrees_with_the_manifest(manifest: LoadedManifest, compose: 
 def localized(env: dict[str, str], image_env: dict[str, str], nats_url: str, metrics_port: int, otlp: str) -> dict[str, str]:
     """The container's environment (image ENV, then the file's), with container-network addresses local."""
     merged = {k: v for k, v in image_env.items() if k != "PATH"} | env
-    return merged | {"EBBTIDE_NATS_URL": nats_url, "EBBTIDE_METRICS_PORT": str(metrics_port),
-                     "EBBTIDE_METRICS_HOST": "127.0.0.1", "OTEL_EXPORTER_OTLP_ENDPOINT": otlp}
+    return merged | {
+        "EBBTIDE_NATS_URL": nats_url,
+        "EBBTIDE_METRICS_PORT": str(metrics_port),
+        "EBBTIDE_METRICS_HOST": "127.0.0.1",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": otlp,
+    }
 
 
-async def run_pipeline(launches: list[Launch], cwd: Path, logs: Path, nc: NatsClient, publisher: NatsClient,
-                       manifest: LoadedManifest, image: dockerfile_reader.Dockerfile, count: int = 60,
-                       while_running: Callable[[], Awaitable[None]] | None = None) -> dict[str, int | None]:
+async def run_pipeline(
+    launches: list[Launch],
+    cwd: Path,
+    logs: Path,
+    nc: NatsClient,
+    publisher: NatsClient,
+    manifest: LoadedManifest,
+    image: dockerfile_reader.Dockerfile,
+    count: int = 60,
+    while_running: Callable[[], Awaitable[None]] | None = None,
+) -> dict[str, int | None]:
     """Start every launch, check health and the image's HEALTHCHECK, send orders through `publisher`, run
     `while_running`, SIGTERM them all. `nc` (admin) reads the outboxes."""
     try:
@@ -653,8 +711,12 @@ async def run_pipeline(launches: list[Launch], cwd: Path, logs: Path, nc: NatsCl
         for launch in launches:
             assert entrypoints.http_status(f"http://127.0.0.1:{launch.metrics_port}/healthz") == 200
             done = await asyncio.to_thread(
-                subprocess.run, entrypoints.local_command(healthcheck), capture_output=True, timeout=30,
-                env={**launch.env, "PATH": os.environ.get("PATH", "")})
+                subprocess.run,
+                entrypoints.local_command(healthcheck),
+                capture_output=True,
+                timeout=30,
+                env={**launch.env, "PATH": os.environ.get("PATH", "")},
+            )
             assert done.returncode == 0, (launch.label, done.stderr)
 
         orders = generate_orders(count, seed=6)
@@ -701,7 +763,9 @@ def assert_metrics_need_the_token(launches: list[Launch], token: str) -> None:
     for launch in launches:
         url = f"http://127.0.0.1:{launch.metrics_port}/metrics"
         assert entrypoints.http_status(url) == 401, launch.label
-        with urllib.request.urlopen(urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"}), timeout=5) as reply:
+        with urllib.request.urlopen(
+            urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"}), timeout=5
+        ) as reply:
             assert reply.status == 200 and b"ebbtide_" in reply.read(), launch.label
 
 
@@ -733,7 +797,10 @@ def locust_app(root: Path) -> Path:
 
 
 async def test_compose_services_run_here_as_written(
-    tmp_path: Path, compose: Obj, image: dockerfile_reader.Dockerfile, reference_manifest: LoadedManifest,
+    tmp_path: Path,
+    compose: Obj,
+    image: dockerfile_reader.Dockerfile,
+    reference_manifest: LoadedManifest,
 ) -> None:
     """`nats-auth`, then NATS from its configuration with the generated users, then every function service
     (each replica) with its command, environment and mounts; Locust publishes as `ingress` meanwhile."""
@@ -743,8 +810,13 @@ async def test_compose_services_run_here_as_written(
     volumes, views = tmp_path / "volumes", tmp_path / "views"
     auth = AuthBundle(run_auth_services(compose, app, volumes, views / "first"))
     generated = {p.name: p.read_bytes() for p in auth.folder.iterdir()}
-    assert set(generated) == {SERVER_CONFIG, INGRESS_ENV, f"{ADMIN_USER}.nk", f"{OBSERVER_USER}.nk",
-                              *(f"{fn}.nk" for fn in manifest.spec.functions)}
+    assert set(generated) == {
+        SERVER_CONFIG,
+        INGRESS_ENV,
+        f"{ADMIN_USER}.nk",
+        f"{OBSERVER_USER}.nk",
+        *(f"{fn}.nk" for fn in manifest.spec.functions),
+    }
     assert {stat.S_IMODE(p.stat().st_mode) for p in auth.folder.iterdir()} == {0o600}
     run_auth_services(compose, app, volumes, views / "again")  # the next `docker compose up`: same keys
     assert {p.name: p.read_bytes() for p in auth.folder.iterdir()} == generated
@@ -772,7 +844,9 @@ async def test_compose_services_run_here_as_written(
                     port = entrypoints.free_port()
                     env = localized(service["environment"], image.env(RUNTIME_STAGE), url, port, collector.endpoint)
                     env = {key: view.local(value) for key, value in env.items()}
-                    launches.append(Launch(f"compose {name} #{replica + 1}", entrypoint(service, view) + service["command"], env, port))
+                    launches.append(
+                        Launch(f"compose {name} #{replica + 1}", entrypoint(service, view) + service["command"], env, port)
+                    )
 
             async def while_running() -> None:
                 monitors = [f"http://127.0.0.1:{server.monitor_ports[0]}"]
@@ -800,14 +874,17 @@ async def test_compose_services_run_here_as_written(
     assert not (app / "functions").exists() and (app / "build" / "cache").is_dir(), "built modules only, cache written"
 
 
-async def run_provision_service(compose: Obj, app: Path, volumes: Path, views: Path, url: str,
-                                image: dockerfile_reader.Dockerfile) -> None:
+async def run_provision_service(
+    compose: Obj, app: Path, volumes: Path, views: Path, url: str, image: dockerfile_reader.Dockerfile
+) -> None:
     """The one-shot compose service `provision` as written (command, environment, its mounts: the admin seed
     alone), to completion, as compose runs it before the functions."""
     service = compose["services"]["provision"]
     view = ContainerView(views / "provision")
     mounts.compose_mounts(view, service, REPO, volumes)
-    env = {key: view.local(value) for key, value in localized(service["environment"], image.env(RUNTIME_STAGE), url, 0, "").items()}
+    env = {
+        key: view.local(value) for key, value in localized(service["environment"], image.env(RUNTIME_STAGE), url, 0, "").items()
+    }
     launch = Launch("compose provision", service["command"], env)
     entrypoints.start(launch, app, views)
     assert launch.process is not None
@@ -820,8 +897,29 @@ async def run_locust_headless(compose: Obj, image: dockerfile_reader.Dockerfile,
     view = ContainerView(root / "views" / "locust-headless")
     mounts.compose_mounts(view, compose["services"]["locust"], REPO, volumes)
     results = root / "locust-headless"
-    launch = locust_launch(compose, image, view, url, ["--headless", "-u", "2", "-r", "2", "--user-rate", "50", "-t", "3s", "--e2e-timeout", "20",
-                                                       "--exit-code-on-error", "1", "--json-file", str(results)])
+    launch = locust_launch(
+        compose,
+        image,
+        view,
+        url,
+        [
+            "--headless",
+            "-u",
+            "2",
+            "-r",
+            "2",
+            "--user-rate",
+            "50",
+            "-t",
+            "3s",
+            "--e2e-timeout",
+            "20",
+            "--exit-code-on-error",
+            "1",
+            "--json-file",
+            str(results),
+        ],
+    )
     entrypoints.start(launch, locust_app(root), root)
     assert launch.process is not None
     code = await asyncio.to_thread(launch.process.wait, 90)
@@ -858,7 +956,11 @@ async def run_provisioning_job(k8s: list[Obj], app: Path, root: Path, url: str, 
 
 
 async def test_kubernetes_deployments_run_here_as_written(
-    tmp_path: Path, k8s: list[Obj], k8s_folder: Path, image: dockerfile_reader.Dockerfile, reference_manifest: LoadedManifest,
+    tmp_path: Path,
+    k8s: list[Obj],
+    k8s_folder: Path,
+    image: dockerfile_reader.Dockerfile,
+    reference_manifest: LoadedManifest,
 ) -> None:
     """Each Deployment's command, environment and mounts (the ConfigMap's manifest, its seed from the Secret)
     on a 3-node cluster started from the StatefulSet's files (nats.conf including the Secret's users)."""
@@ -883,8 +985,13 @@ async def test_kubernetes_deployments_run_here_as_written(
             launches = []
             for name, deployment in of_kind(k8s, "Deployment").items():
                 pod_view = ContainerView(tmp_path / "pods" / name / "view")
-                mounts.pod_mounts(pod_view, deployment["spec"]["template"]["spec"], container(deployment), k8s,
-                                  tmp_path / "pods" / name / "volumes")
+                mounts.pod_mounts(
+                    pod_view,
+                    deployment["spec"]["template"]["spec"],
+                    container(deployment),
+                    k8s,
+                    tmp_path / "pods" / name / "volumes",
+                )
                 port = entrypoints.free_port()
                 env = localized(env_of(deployment), image.env(RUNTIME_STAGE), cluster.urls[0], port, collector.endpoint)
                 env = {key: pod_view.local(value) for key, value in env.items()}
@@ -910,12 +1017,15 @@ async def test_kubernetes_deployments_run_here_as_written(
         cluster.stop()
 
 
-async def test_locust_service_runs_here_as_written(tmp_path: Path, compose: Obj, image: dockerfile_reader.Dockerfile,
-                                                   reference_manifest: LoadedManifest) -> None:
+async def test_locust_service_runs_here_as_written(
+    tmp_path: Path, compose: Obj, image: dockerfile_reader.Dockerfile, reference_manifest: LoadedManifest
+) -> None:
     """The compose `locust` entrypoint and command: it reads the ingress credentials, loads the Locust file
     and serves its web UI (the load itself: the compose test above, and loadtest/'s tests); only the NATS
     address, the UI's address and port and the mount paths are local."""
-    image_app = entrypoints.image_root(tmp_path / "app", (REPO / "ebbtide.toml").read_text(), reference_manifest.build_dir / "wasm")
+    image_app = entrypoints.image_root(
+        tmp_path / "app", (REPO / "ebbtide.toml").read_text(), reference_manifest.build_dir / "wasm"
+    )
     volumes = tmp_path / "volumes"
     run_auth_services(compose, image_app, volumes, tmp_path / "views")
     view = ContainerView(tmp_path / "views" / "locust")
@@ -927,6 +1037,7 @@ async def test_locust_service_runs_here_as_written(tmp_path: Path, compose: Obj,
         launch.metrics_port = port
         entrypoints.start(launch, locust_app(tmp_path), tmp_path)
         try:
+
             async def web_ui() -> bool:
                 assert launch.process is not None and launch.process.poll() is None, launch.log_tail()
                 return await asyncio.to_thread(entrypoints.http_status, f"http://127.0.0.1:{port}/") == 200

@@ -49,13 +49,28 @@ MALFORMED = b'{"orderId": 1, "delivery": "Express", "items": ['
 
 
 async def dead_letter_by_hand(
-    nc: NatsClient, function: str, payload: bytes, *, sequence: int, reason: Reason = Reason.RETRIES_EXHAUSTED,
+    nc: NatsClient,
+    function: str,
+    payload: bytes,
+    *,
+    sequence: int,
+    reason: Reason = Reason.RETRIES_EXHAUSTED,
     error: str = "failed 5 deliveries; last error: guest fault: trap: out of bounds memory access",
-    delivered: int = 5, subject: str = INGRESS_SUBJECT, msg_id: str | None = None,
+    delivered: int = 5,
+    subject: str = INGRESS_SUBJECT,
+    msg_id: str | None = None,
 ) -> int:
     """Store a dead letter exactly as the pool would (same headers, same Nats-Msg-Id); its DLQ seq."""
-    headers = dead_letter_headers(function=function, reason=reason, error=error, delivered=delivered, subject=subject,
-                                  stream="ORDERS", sequence=sequence, original_msg_id=msg_id)
+    headers = dead_letter_headers(
+        function=function,
+        reason=reason,
+        error=error,
+        delivered=delivered,
+        subject=subject,
+        stream="ORDERS",
+        sequence=sequence,
+        original_msg_id=msg_id,
+    )
     headers["Nats-Msg-Id"] = f"dlq:ORDERS:{sequence}"
     ack = await nc.jetstream().publish(f"dlq.{function}", payload, headers=headers)
     assert not ack.duplicate
@@ -94,9 +109,16 @@ async def test_list_and_show_decode_the_pipelines_dead_letters(
 
     # Someone else's dead letters: another function's (long error), and a bare binary message.
     long_error = "effect refused: kv_put to bucket 'outbox-standard' is not in the allowlist " + "x" * 300
-    receiver_seq = await dead_letter_by_hand(nc, "receiver-express", encode_order(good[0]), sequence=999,
-                                             reason=Reason.EFFECT_REFUSED, error=long_error, delivered=1,
-                                             subject="orders.express")
+    receiver_seq = await dead_letter_by_hand(
+        nc,
+        "receiver-express",
+        encode_order(good[0]),
+        sequence=999,
+        reason=Reason.EFFECT_REFUSED,
+        error=long_error,
+        delivered=1,
+        subject="orders.express",
+    )
     binary = bytes(range(256))
     mystery_seq = (await js.publish("dlq.mystery", binary)).seq
 
@@ -119,11 +141,22 @@ async def test_list_and_show_decode_the_pipelines_dead_letters(
 
     [receiver] = await list_dead_letters(nc, reference_manifest, function="receiver-express")
     assert (receiver.seq, receiver.reason, receiver.delivery_count, receiver.original_subject) == (
-        receiver_seq, "effect-refused", 1, "orders.express")
+        receiver_seq,
+        "effect-refused",
+        1,
+        "orders.express",
+    )
     assert receiver.original_msg_id is None
     [mystery] = await list_dead_letters(nc, reference_manifest, function="mystery")
-    assert mystery == DeadLetter(seq=mystery_seq, subject="dlq.mystery", function="mystery", failed_at=mystery.failed_at,
-                                 size=256, payload=binary, headers={})
+    assert mystery == DeadLetter(
+        seq=mystery_seq,
+        subject="dlq.mystery",
+        function="mystery",
+        failed_at=mystery.failed_at,
+        size=256,
+        payload=binary,
+        headers={},
+    )
     assert ISO_UTC.match(mystery.failed_at)  # the server's storage time when the header is missing
     assert await list_dead_letters(nc, reference_manifest, function="nobody") == []
 
@@ -220,8 +253,10 @@ async def test_an_interrupted_redrive_is_repeated_without_duplicates(
     js = nc.jetstream()
     await provision(js, reference_manifest)
     orders = generate_orders(5, seed=8, first_id=6000, express_share=0.5)
-    dlq_seqs = [await dead_letter_by_hand(nc, "distributor", encode_order(o), sequence=100 + i, msg_id=o.order_guid)
-                for i, o in enumerate(orders)]
+    dlq_seqs = [
+        await dead_letter_by_hand(nc, "distributor", encode_order(o), sequence=100 + i, msg_id=o.order_guid)
+        for i, o in enumerate(orders)
+    ]
 
     async def crash(nc: NatsClient, stream: str, seq: int) -> None:
         raise DeadLetterError("connection lost")
@@ -266,6 +301,7 @@ async def test_a_still_invalid_order_comes_back_as_a_new_dead_letter(
         def dead_lettered(count: int):
             async def check() -> bool:
                 return len(await list_dead_letters(nc, reference_manifest, function="distributor")) == count
+
             return check
 
         await wait_until(dead_lettered(2))

@@ -15,10 +15,17 @@ from tests.conftest import chaos_manifest, provision_for, read_stream, wait_unti
 
 @pytest.mark.parametrize(
     ("payload", "fault"),
-    [(b"T-trap", "trap"), (b"L-loop", "timeout"), (b"M-memory", "memory-limit"), (b"G-garbage", "invalid-output"),
-     (b"B-bad-status", "invalid-output")],
+    [
+        (b"T-trap", "trap"),
+        (b"L-loop", "timeout"),
+        (b"M-memory", "memory-limit"),
+        (b"G-garbage", "invalid-output"),
+        (b"B-bad-status", "invalid-output"),
+    ],
 )
-async def test_guest_fault_fails_only_that_message(tmp_path: Path, nats_server: EmbeddedNats, nc: NatsClient, payload: bytes, fault: str) -> None:
+async def test_guest_fault_fails_only_that_message(
+    tmp_path: Path, nats_server: EmbeddedNats, nc: NatsClient, payload: bytes, fault: str
+) -> None:
     manifest = chaos_manifest(tmp_path)
     js = nc.jetstream()
     await provision_for(manifest, nats_server.url)
@@ -85,7 +92,9 @@ async def test_reject_retry_and_oversized(tmp_path: Path, nats_server: EmbeddedN
     assert by_reason["payload-too-large"].headers["Ebbtide-Original-Subject"] == "in.chaos"
 
 
-async def test_effects_never_confirmed_are_retried_then_dead_lettered(tmp_path: Path, nats_server: EmbeddedNats, nc: NatsClient) -> None:
+async def test_effects_never_confirmed_are_retried_then_dead_lettered(
+    tmp_path: Path, nats_server: EmbeddedNats, nc: NatsClient
+) -> None:
     manifest = chaos_manifest(tmp_path)
     js = nc.jetstream()
     await provision_for(manifest, nats_server.url)

@@ -72,8 +72,9 @@ def server(tmp_path: Path, config: Path) -> Iterator[EmbeddedNats]:
 
 @pytest.fixture
 async def admin(server: EmbeddedNats) -> AsyncIterator[NatsClient]:
-    client = await nats.connect(server.url, user="admin", password=ADMIN_PASSWORD, max_reconnect_attempts=-1,
-                                reconnect_time_wait=0.1)
+    client = await nats.connect(
+        server.url, user="admin", password=ADMIN_PASSWORD, max_reconnect_attempts=-1, reconnect_time_wait=0.1
+    )
     yield client
     await client.close()
 
@@ -84,8 +85,20 @@ async def host(tmp_path: Path, server: EmbeddedNats, admin: NatsClient) -> Async
     await provision(admin.jetstream(), manifest)  # an operator's step: the host's user need not be allowed to
     env = {**os.environ, "EBBTIDE_NATS_USER": "host", "EBBTIDE_NATS_PASSWORD": HOST_PASSWORD}
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "ebbtide", "--manifest", str(manifest.path), "run", "--function", "chaos",
-        "--nats-url", server.url, env=env, stdin=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "ebbtide",
+        "--manifest",
+        str(manifest.path),
+        "run",
+        "--function",
+        "chaos",
+        "--nats-url",
+        server.url,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
     run = RunProcess(process)
     collecting = asyncio.create_task(run.collect())
     try:
@@ -126,8 +139,10 @@ async def test_revoked_credentials_close_the_connection_for_good_and_the_host_ex
     try:
         code = await asyncio.wait_for(host.process.wait(), timeout=20)
     except TimeoutError:
-        raise AssertionError("the host is still running:\n" + "".join(
-            line for line in host.lines if "ebbtide.nats" in line or "ebbtide.host" in line)) from None
+        raise AssertionError(
+            "the host is still running:\n"
+            + "".join(line for line in host.lines if "ebbtide.nats" in line or "ebbtide.host" in line)
+        ) from None
     assert code == 1
     await wait_until(lambda: host.logged("the NATS connection closed for good"), timeout=5)
 

@@ -36,7 +36,9 @@ _COPY = "(memory.copy (i32.const 131098) (local.get $payload) (local.get $len))"
 CHAOS_V2 = CHAOS.replace(_COPY, _COPY + "\n    (i32.store8 (i32.const 131098) (i32.const 86))")
 
 
-async def test_swap_during_a_steady_stream_loses_and_duplicates_nothing(tmp_path: Path, nats_server: EmbeddedNats, nc: NatsClient) -> None:
+async def test_swap_during_a_steady_stream_loses_and_duplicates_nothing(
+    tmp_path: Path, nats_server: EmbeddedNats, nc: NatsClient
+) -> None:
     assert CHAOS_V2 != CHAOS
     manifest: LoadedManifest = chaos_manifest(tmp_path, batch=8)
     wasm = manifest.module_path("chaos")
@@ -87,8 +89,13 @@ async def test_up_watch_rebuilds_and_reloads(tmp_path: Path, reference_manifest)
     text = text.replace(f'build_dir = "{BUILD_DIR}"', f'build_dir = "{tmp_path / "build"}"')
     path.write_text(text)
     env = {k: v for k, v in os.environ.items() if k != "EBBTIDE_NATS_URL"}
-    up = subprocess.Popen([sys.executable, "-m", "ebbtide", "-m", str(path), "up", "--watch", "--processes", "single", "--no-auth"],
-                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    up = subprocess.Popen(
+        [sys.executable, "-m", "ebbtide", "-m", str(path), "up", "--watch", "--processes", "single", "--no-auth"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120  # the first build of the modules into tmp_path
         while True:

@@ -140,13 +140,21 @@ def shipped_triggers(objects: list[dict[str, Any]]) -> dict[str, Trigger]:
     for name, scaled in of_kind(objects, "ScaledObject").items():
         [trigger] = [t for t in scaled["spec"]["triggers"] if t["type"] == "nats-jetstream"]
         meta = trigger["metadata"]
-        triggers[name] = Trigger(name, meta["account"], meta["stream"], meta["consumer"],
-                                 int(meta.get("activationLagThreshold", "0")), float(scaled["spec"].get("pollingInterval", 30)))
+        triggers[name] = Trigger(
+            name,
+            meta["account"],
+            meta["stream"],
+            meta["consumer"],
+            int(meta.get("activationLagThreshold", "0")),
+            float(scaled["spec"].get("pollingInterval", 30)),
+        )
     return triggers
 
 
 async def test_keda_reads_the_backlog_on_every_node_of_the_kubernetes_cluster(
-    tmp_path: Path, deployed: tuple[Path, list[dict[str, Any]]], reference_manifest: LoadedManifest,
+    tmp_path: Path,
+    deployed: tuple[Path, list[dict[str, Any]]],
+    reference_manifest: LoadedManifest,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     folder, objects = deployed
@@ -159,8 +167,9 @@ async def test_keda_reads_the_backlog_on_every_node_of_the_kubernetes_cluster(
     assert all(t.activation_lag_threshold == 0 for t in triggers.values()), "any message wakes a function at zero"
     nodes = of_kind(objects, "StatefulSet")["nats"]["spec"]["replicas"]
     view, args = nats_view(objects, tmp_path / "nats-pod")
-    cluster = ConfiguredCluster(Path(view.local(args[args.index("--config") + 1])), tmp_path / "cluster", nodes,
-                                hosts=NODE_HOSTS[:nodes]).start()
+    cluster = ConfiguredCluster(
+        Path(view.local(args[args.index("--config") + 1])), tmp_path / "cluster", nodes, hosts=NODE_HOSTS[:nodes]
+    ).start()
     endpoints = [f"{host}:{port}" for host, port in zip(cluster.hosts, cluster.monitor_ports)]
     operator = AuthBundle(folder / "auth")
     try:
@@ -174,8 +183,14 @@ async def test_keda_reads_the_backlog_on_every_node_of_the_kubernetes_cluster(
         cluster.stop()
 
 
-async def _run(admin: NatsClient, manifest: LoadedManifest, operator: AuthBundle, cluster: ConfiguredCluster,
-               endpoints: list[str], triggers: dict[str, Trigger]) -> None:
+async def _run(
+    admin: NatsClient,
+    manifest: LoadedManifest,
+    operator: AuthBundle,
+    cluster: ConfiguredCluster,
+    endpoints: list[str],
+    triggers: dict[str, Trigger],
+) -> None:
     js = admin.jetstream()
 
     async def provisioned() -> bool:
@@ -230,9 +245,11 @@ async def _run(admin: NatsClient, manifest: LoadedManifest, operator: AuthBundle
         report.append(f"burst of {BURST}, nothing running: distributor, own numbers per node {own}")
         stale = [e for e, lag in own.items() if lag != BURST]
         # What a scaler reading a stale follower alone would do: see no lag and leave the function at zero.
-        report.append(f"stale followers (num_pending not kept off the leader, keda#7322): {stale}: read alone, they "
-                      "would give lag 0, inactive, the function left at zero; the scaler reads the leader it finds "
-                      "through /varz instead, so it scales on the real backlog")
+        report.append(
+            f"stale followers (num_pending not kept off the leader, keda#7322): {stale}: read alone, they "
+            "would give lag 0, inactive, the function left at zero; the scaler reads the leader it finds "
+            "through /varz instead, so it scales on the real backlog"
+        )
 
         # The distributor drains the burst; the receivers are still at zero: their lag is what it routed to them.
         async with FunctionHosts(manifest, cluster, operator, ["distributor"]):
@@ -272,7 +289,9 @@ async def _run(admin: NatsClient, manifest: LoadedManifest, operator: AuthBundle
         for trigger in triggers.values():
             subject = manifest.function(trigger.function).trigger
             sender = ingress if subject == INGRESS_SUBJECT else admin
-            ack = await sender.jetstream().publish(subject, encode_order(orders[0]), headers={"Nats-Msg-Id": f"activation-{trigger.function}"})
+            ack = await sender.jetstream().publish(
+                subject, encode_order(orders[0]), headers={"Nats-Msg-Id": f"activation-{trigger.function}"}
+            )
             assert not ack.duplicate
             published = time.monotonic()
             active_after: dict[str, float] = {}
@@ -299,11 +318,15 @@ async def _run(admin: NatsClient, manifest: LoadedManifest, operator: AuthBundle
                 await wait_until(every_node_sees_it, timeout=trigger.polling_interval_s, interval=0.05)
                 what = {e: f"{s * 1000:.0f} ms" for e, s in seen_own.items()}
             except AssertionError:
-                what = {e: (f"{seen_own[e] * 1000:.0f} ms" if e in seen_own else f"not within {trigger.polling_interval_s:g} s")
-                        for e in endpoints}
-            report.append(f"activation of {trigger.function}: KEDA lag 1, active after at most "
-                          f"{max(active_after.values()) * 1000:.0f} ms through every node (polling interval "
-                          f"{trigger.polling_interval_s:g} s); own numbers show it after {what}")
+                what = {
+                    e: (f"{seen_own[e] * 1000:.0f} ms" if e in seen_own else f"not within {trigger.polling_interval_s:g} s")
+                    for e in endpoints
+                }
+            report.append(
+                f"activation of {trigger.function}: KEDA lag 1, active after at most "
+                f"{max(active_after.values()) * 1000:.0f} ms through every node (polling interval "
+                f"{trigger.polling_interval_s:g} s); own numbers show it after {what}"
+            )
     finally:
         await ingress.drain()
         print("\n" + "\n".join(report))

@@ -49,7 +49,7 @@ def _with_receiver(text: str, lang: str) -> str:
     """The reference manifest text with its receiver module replaced by the `lang` example."""
     module, folder = EXAMPLES[lang]
     section = f'[modules.{module}]\nsource = "{REPO / folder}"\nlang = "{lang}"\n'
-    text = re.sub(r'\[modules\.receiver\]\n(?:(?:source|sdk) = .*\n)+', section, text)
+    text = re.sub(r"\[modules\.receiver\]\n(?:(?:source|sdk) = .*\n)+", section, text)
     return text.replace('module = "receiver"', f'module = "{module}"')
 
 
@@ -58,8 +58,10 @@ def _build(folder: Path, examples: dict[str, tuple[str, str]]) -> dict[str, Path
     modules = "".join(f'[modules.{m}]\nsource = "{REPO / f}"\nlang = "{lang}"\n' for lang, (m, f) in examples.items())
     path = folder / "ebbtide.toml"
     first = next(iter(examples.values()))[0]
-    path.write_text(f'build_dir = "{BUILD_DIR}"\n[streams.S]\nsubjects = ["s.>"]\n{modules}'
-                    f'[functions.f]\nmodule = "{first}"\ntrigger = "s.in"\n')
+    path.write_text(
+        f'build_dir = "{BUILD_DIR}"\n[streams.S]\nsubjects = ["s.>"]\n{modules}'
+        f'[functions.f]\nmodule = "{first}"\ntrigger = "s.in"\n'
+    )
     manifest = load_manifest(path)
     build_modules(manifest)
     return {lang: manifest.module_path(module) for lang, (module, _) in examples.items()}
@@ -89,17 +91,20 @@ def test_examples_import_nothing_and_speak_abi_v2(examples: dict[str, Path]) -> 
 
 @pytest.mark.parametrize("lang", list(EXAMPLES))
 async def test_example_receiver_stores_orders_through_the_host(
-        lang: str, examples: dict[str, Path], tmp_path: Path, nats_server: EmbeddedNats, nc: NatsClient) -> None:
+    lang: str, examples: dict[str, Path], tmp_path: Path, nats_server: EmbeddedNats, nc: NatsClient
+) -> None:
     path, _ = manifest_copy(tmp_path)
     path.write_text(_with_receiver(path.read_text(), lang))
     manifest = load_manifest(path)
     assert manifest.spec.modules[EXAMPLES[lang][0]].lang == lang
     build_modules(manifest)
     orders = generate_orders(1000, seed=21)
-    bad = {b"{\"delivery\": \"Express\", \"items\": [1]}": "missing-order-id",
-           b"{\"orderId\": \"x\"}": "invalid-order-id: expected an integer, got a string",
-           b"{\"orderId\": 1, \"orderId\": 2}": "malformed-json: duplicate key \"orderId\"",
-           b"[]": "malformed-json: expected an object, got an array"}
+    bad = {
+        b'{"delivery": "Express", "items": [1]}': "missing-order-id",
+        b'{"orderId": "x"}': "invalid-order-id: expected an integer, got a string",
+        b'{"orderId": 1, "orderId": 2}': 'malformed-json: duplicate key "orderId"',
+        b"[]": "malformed-json: expected an object, got an array",
+    }
     express = {o.order_id: o for o in orders if o.delivery == "Express"}
     standard = {o.order_id: o for o in orders if o.delivery == "Standard"}
     await provision_for(manifest, nats_server.url)
@@ -130,14 +135,52 @@ async def test_example_receiver_stores_orders_through_the_host(
 
 
 CRAFTED = [
-    b"", b" ", b"{}", b"[1]", b"null", b'"x"', b'{"orderId": 12}', b'{"orderId": -9223372036854775808}',
-    b'{"orderId": 9223372036854775808}', b'{"orderId": -9223372036854775809}', b'{"orderId": 1.5}',
-    b'{"orderId": 1e3}', b'{"orderId": "1"}', b'{"orderId": true}', b'{"orderId": null}', b'{"orderId": {}}',
-    b'{"orderId":1,"orderId":2}', b'{"order\\u0049d": 5}', b'{"a":"\\ud800"}', b'{"a":"\\udc00"}', b'{"a":"\\ud800\\u0041"}',
-    b'{"a":"\\ud800\\udc00","orderId":0}', b'\xff', b'{"a":"\xc3\xa9", "orderId": -0}', b'{"a":"\xed\xa0\x80"}',
-    b'{"a":"\xc3"}', b'{"a" 1}', b"[" * 64 + b"]" * 64, b"[" * 65 + b"]" * 65, b'{"orderId":01}', b'{"orderId": 3} x',
-    b'{"x": tru}', b'{"x": [1,2,}', b'{"x":"\x01"}', b'{"x":"\\x"}', b'"abc', b'{"x":-}', b'{"x":1.}', b'{"x":1e}',
-    b'{"x":1e+}', b'{"x":"\\u12"}', b'{,}', b'{"a":1,}', b'{"a":1 "b":2}', b'[1 2]', b'\t{\n"orderId"\r: 4 }\n',
+    b"",
+    b" ",
+    b"{}",
+    b"[1]",
+    b"null",
+    b'"x"',
+    b'{"orderId": 12}',
+    b'{"orderId": -9223372036854775808}',
+    b'{"orderId": 9223372036854775808}',
+    b'{"orderId": -9223372036854775809}',
+    b'{"orderId": 1.5}',
+    b'{"orderId": 1e3}',
+    b'{"orderId": "1"}',
+    b'{"orderId": true}',
+    b'{"orderId": null}',
+    b'{"orderId": {}}',
+    b'{"orderId":1,"orderId":2}',
+    b'{"order\\u0049d": 5}',
+    b'{"a":"\\ud800"}',
+    b'{"a":"\\udc00"}',
+    b'{"a":"\\ud800\\u0041"}',
+    b'{"a":"\\ud800\\udc00","orderId":0}',
+    b"\xff",
+    b'{"a":"\xc3\xa9", "orderId": -0}',
+    b'{"a":"\xed\xa0\x80"}',
+    b'{"a":"\xc3"}',
+    b'{"a" 1}',
+    b"[" * 64 + b"]" * 64,
+    b"[" * 65 + b"]" * 65,
+    b'{"orderId":01}',
+    b'{"orderId": 3} x',
+    b'{"x": tru}',
+    b'{"x": [1,2,}',
+    b'{"x":"\x01"}',
+    b'{"x":"\\x"}',
+    b'"abc',
+    b'{"x":-}',
+    b'{"x":1.}',
+    b'{"x":1e}',
+    b'{"x":1e+}',
+    b'{"x":"\\u12"}',
+    b"{,}",
+    b'{"a":1,}',
+    b'{"a":1 "b":2}',
+    b"[1 2]",
+    b'\t{\n"orderId"\r: 4 }\n',
     json.dumps({"orderId": 7, "s": "é" * 600}, ensure_ascii=False).encode(),
     b'{"orderId": 8, "pad": "' + b"x" * 65000 + b'"}',
 ]
@@ -161,7 +204,7 @@ def _run_all(start: Callable[[], Guest], messages: list[tuple[bytes, bytes]], *,
     outcomes: list[object] = []
     guest = start()
     while len(outcomes) < len(messages):
-        rest = messages[len(outcomes):]
+        rest = messages[len(outcomes) :]
         result = guest.handle_batch(rest) if batches else handle_one_by_one(guest, rest)
         outcomes += [str(o) if isinstance(o, Exception) else o for o in result.outcomes]
         if result.instance_failed:
@@ -183,7 +226,11 @@ def test_reference_distributor_gives_the_same_outcomes_in_a_batch(reference_mani
 
     start = starter(fn.limits.fuel)
     assert start().takes_batches
-    payloads = [encode_order(o) for o in generate_orders(200, seed=6)] + CRAFTED + [encode_order(o) for o in generate_orders(200, seed=7)]
+    payloads = (
+        [encode_order(o) for o in generate_orders(200, seed=6)]
+        + CRAFTED
+        + [encode_order(o) for o in generate_orders(200, seed=7)]
+    )
     messages = [(INGRESS_SUBJECT.encode(), payload) for payload in payloads]
     singles = _run_all(start, messages, batches=False)
     unlimited = _run_all(starter(fn.limits.fuel * 1000), messages, batches=False)
@@ -197,17 +244,22 @@ def test_reference_distributor_gives_the_same_outcomes_in_a_batch(reference_mani
 
 
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70) | st.floats(allow_nan=False, allow_infinity=False)
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.sampled_from(["orderId", "a", "é", "x"]), children, max_size=4),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.sampled_from(["orderId", "a", "é", "x"]), children, max_size=4),
     max_leaves=12,
 )
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(value=JSON_VALUES, ascii_only=st.booleans(), cut=st.integers(min_value=0, max_value=40), junk=st.binary(max_size=3))
-def test_same_output_in_every_language_for_generated_json(instances: dict[str, GuestInstance], value: object,
-                                                          ascii_only: bool, cut: int, junk: bytes) -> None:
+def test_same_output_in_every_language_for_generated_json(
+    instances: dict[str, GuestInstance], value: object, ascii_only: bool, cut: int, junk: bytes
+) -> None:
     text = json.dumps(value, ensure_ascii=ascii_only).encode()
     payloads = (text, text[:cut], text[:cut] + junk + text[cut:])
     for payload in payloads:
@@ -256,15 +308,18 @@ def test_instance_memory_does_not_grow_with_messages(instances: dict[str, GuestI
         assert instance.memory_size() == before, lang
 
 
-@pytest.mark.parametrize("config, reason", [
-    (b"{}", "config: bucket is required"),
-    (b'{"bucket": ""}', "config: bucket is required"),
-    (b'{"bucket": "a.b"}', "config: bucket must match [-_a-zA-Z0-9]+"),
-    (b'{"bucket": 5}', "config: bucket must be a string"),
-    (b'{"bucket": "a", "bucket": "b"}', "config: bucket is given more than once"),
-    (b"[]", "config: expected a JSON object, got an array"),
-    (b"{", "config: malformed-json: unexpected end of input at offset 1"),
-])
+@pytest.mark.parametrize(
+    "config, reason",
+    [
+        (b"{}", "config: bucket is required"),
+        (b'{"bucket": ""}', "config: bucket is required"),
+        (b'{"bucket": "a.b"}', "config: bucket must match [-_a-zA-Z0-9]+"),
+        (b'{"bucket": 5}', "config: bucket must be a string"),
+        (b'{"bucket": "a", "bucket": "b"}', "config: bucket is given more than once"),
+        (b"[]", "config: expected a JSON object, got an array"),
+        (b"{", "config: malformed-json: unexpected end of input at offset 1"),
+    ],
+)
 def test_config_refusals_are_the_same(examples: dict[str, Path], config: bytes, reason: str) -> None:
     engine = WasmEngine()
     for path in examples.values():
@@ -273,6 +328,7 @@ def test_config_refusals_are_the_same(examples: dict[str, Path], config: bytes, 
 
 
 # -- Python through the component model (a separate runtime adapter, not the pool's core-module path) --------
+
 
 async def test_python_pipeline_stores_orders_through_the_host(tmp_path: Path, nats_server: EmbeddedNats, nc: NatsClient) -> None:
     """`lang = "python"` in the manifest for the distributor and both receivers: built by componentize-py with
@@ -283,7 +339,7 @@ async def test_python_pipeline_stores_orders_through_the_host(tmp_path: Path, na
     # Modules of their own names: the session's build folder keeps the Zig "distributor" and "receiver".
     for module in ("distributor", "receiver"):
         section = f'[modules.{module}-python]\nsource = "{REPO / "functions/examples" / module}-python"\nlang = "python"\n'
-        text = re.sub(rf'\[modules\.{module}\]\n(?:(?:source|sdk) = .*\n)+', section, text)
+        text = re.sub(rf"\[modules\.{module}\]\n(?:(?:source|sdk) = .*\n)+", section, text)
         text = text.replace(f'module = "{module}"', f'module = "{module}-python"')
     # A Python interpreter per instance: 12.4 MiB of memory at start, ~250,000 fuel per order.
     path.write_text(text.replace("memory_mib = 4, fuel = 5_000_000", "memory_mib = 32, fuel = 50_000_000"))
@@ -359,22 +415,33 @@ def test_python_receiver_gives_the_zig_receivers_effects_byte_for_byte(python_re
     assert _same_as_zig(guest, zig, [(b"orders.express", payload) for payload in CRAFTED]) >= 4
 
 
-def test_python_distributor_routes_like_the_zig_distributor(tmp_path_factory: pytest.TempPathFactory,
-                                                            reference_manifest: LoadedManifest) -> None:
+def test_python_distributor_routes_like_the_zig_distributor(
+    tmp_path_factory: pytest.TempPathFactory, reference_manifest: LoadedManifest
+) -> None:
     pytest.importorskip("componentize_py", reason="componentize-py (pip install componentize-py==0.25.1) builds Python guests")
     path = _build(tmp_path_factory.mktemp("python-distributor"), PYTHON_DISTRIBUTOR)["python"]
     engine = WasmEngine(cache_dir=BUILD_DIR / "cache")
     fn = reference_manifest.function("distributor")
     config = reference_manifest.config_json("distributor")
     guest = start_guest(engine, load_guest_module(engine, path, "python"), COMPONENT_LIMITS, config)
-    zig = GuestInstance(engine, engine.load(reference_manifest.module_path(fn.module)),
-                        GuestLimits(fn.limits.memory_mib << 20, fn.limits.fuel * 10), config)
+    zig = GuestInstance(
+        engine,
+        engine.load(reference_manifest.module_path(fn.module)),
+        GuestLimits(fn.limits.memory_mib << 20, fn.limits.fuel * 10),
+        config,
+    )
     orders = [(INGRESS_SUBJECT.encode(), encode_order(order)) for order in generate_orders(200, seed=6)]
     assert _same_as_zig(guest, zig, orders) == 200
-    odd = [b'{"orderId":1,"delivery":"EXPRESS","items":[1]}', b'{"orderId":1,"delivery":"Sea","items":[1]}',
-           b'{"orderId":1,"delivery":7,"items":[1]}', b'{"orderId":1,"items":[1]}', b'{"orderId":1,"delivery":"standard"}',
-           b'{"orderId":1,"delivery":"standard","items":[]}', b'{"orderId":1,"delivery":"standard","items":{}}',
-           rb'{"orderId":1,"delivery":"expr\u0065ss","items":[0]}']
+    odd = [
+        b'{"orderId":1,"delivery":"EXPRESS","items":[1]}',
+        b'{"orderId":1,"delivery":"Sea","items":[1]}',
+        b'{"orderId":1,"delivery":7,"items":[1]}',
+        b'{"orderId":1,"items":[1]}',
+        b'{"orderId":1,"delivery":"standard"}',
+        b'{"orderId":1,"delivery":"standard","items":[]}',
+        b'{"orderId":1,"delivery":"standard","items":{}}',
+        rb'{"orderId":1,"delivery":"expr\u0065ss","items":[0]}',
+    ]
     assert _same_as_zig(guest, zig, [(INGRESS_SUBJECT.encode(), p) for p in odd + CRAFTED]) == 2
     with pytest.raises(GuestInitError, match="configuration refused: config: express_subject is not a valid NATS subject$"):
         start_guest(engine, load_guest_module(engine, path, "python"), COMPONENT_LIMITS, b'{"express_subject":"a.*"}')
@@ -407,8 +474,9 @@ def test_python_component_refuses_a_bad_config(python_component: Path) -> None:
         start_guest(engine, module, COMPONENT_LIMITS, b"{}")
 
 
-async def test_python_faults_retries_and_dead_letters_through_the_host(tmp_path: Path, nats_server: EmbeddedNats,
-                                                                        nc: NatsClient) -> None:
+async def test_python_faults_retries_and_dead_letters_through_the_host(
+    tmp_path: Path, nats_server: EmbeddedNats, nc: NatsClient
+) -> None:
     """tests/guests/python-chaos: a rejection is dead-lettered at once; a retry, an exception and a runaway
     are retried up to max_deliver, on a fresh instance after each fault, then dead-lettered with why."""
     pytest.importorskip("componentize_py", reason="componentize-py (pip install componentize-py==0.25.1) builds Python guests")

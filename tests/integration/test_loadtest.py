@@ -49,12 +49,19 @@ async def test_headless_locust_run_against_ebbtide_up(tmp_path: Path, reference_
     manifest, port = manifest_copy(tmp_path)
     url = f"nats://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("EBBTIDE_NATS") and k != "NATS_URL"}
-    up = subprocess.Popen([sys.executable, "-m", "ebbtide", "-m", str(manifest), "up"], env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    up = subprocess.Popen(
+        [sys.executable, "-m", "ebbtide", "-m", str(manifest), "up"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 30
         while not port_open(port):
-            assert up.poll() is None and time.monotonic() < deadline, f"ebbtide up did not start its server: {up.stdout.read() if up.poll() is not None else ''}"
+            assert up.poll() is None and time.monotonic() < deadline, (
+                f"ebbtide up did not start its server: {up.stdout.read() if up.poll() is not None else ''}"
+            )
             await asyncio.sleep(0.05)
         # Authentication is on by default: orders go in as the generated `ingress` user (password from the
         # file `up` wrote, given as ebbtide's variables), which may not read the outboxes: the e2e reader
@@ -65,19 +72,47 @@ async def test_headless_locust_run_against_ebbtide_up(tmp_path: Path, reference_
         await wait_for_consumers(nc)
 
         locust = await asyncio.create_subprocess_exec(
-            str(LOCUST), "-f", str(LOADTEST / "locustfile.py"), "--headless", "-u", str(USERS), "-r", str(USERS),
-            "-t", "10s", "--host", url, "--user-rate", str(RATE_PER_USER), "--e2e-timeout", "20",
-            "--csv", str(tmp_path / "run"), "--json-file", str(tmp_path / "run"), "--only-summary",
-            "--exit-code-on-error", "1", "--record-orders", str(tmp_path / "orders.json"),
-            "--e2e-nkey-seed-file", str(auth / "admin.nk"),
-            cwd=tmp_path, env=env | ingress, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+            str(LOCUST),
+            "-f",
+            str(LOADTEST / "locustfile.py"),
+            "--headless",
+            "-u",
+            str(USERS),
+            "-r",
+            str(USERS),
+            "-t",
+            "10s",
+            "--host",
+            url,
+            "--user-rate",
+            str(RATE_PER_USER),
+            "--e2e-timeout",
+            "20",
+            "--csv",
+            str(tmp_path / "run"),
+            "--json-file",
+            str(tmp_path / "run"),
+            "--only-summary",
+            "--exit-code-on-error",
+            "1",
+            "--record-orders",
+            str(tmp_path / "orders.json"),
+            "--e2e-nkey-seed-file",
+            str(auth / "admin.nk"),
+            cwd=tmp_path,
+            env=env | ingress,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
         output = (await asyncio.wait_for(locust.communicate(), 90))[0].decode()
         assert locust.returncode == 0, output
 
         # Locust's own results: the JSON file is written at exit; the CSV must agree with it.
         stats = {(row["method"], row["name"]): row for row in json.loads((tmp_path / "run.json").read_text())}
         rows = {(row["Type"], row["Name"]): row for row in csv.DictReader((tmp_path / "run_stats.csv").open())}
-        assert set(stats) == {("jetstream", "orders.ingress"), ("e2e", "outbox-express"), ("e2e", "outbox-standard")}, stats.keys()
+        assert set(stats) == {("jetstream", "orders.ingress"), ("e2e", "outbox-express"), ("e2e", "outbox-standard")}, (
+            stats.keys()
+        )
         for key, row in stats.items():
             assert row["num_failures"] == 0, (key, output)
             assert row["num_requests"] > 0, key
@@ -118,9 +153,31 @@ async def test_headless_locust_run_against_ebbtide_up(tmp_path: Path, reference_
 async def test_locust_reports_failures_when_no_stream_captures_the_subject(tmp_path: Path, nats_server: EmbeddedNats) -> None:
     """A bare server (no ORDERS stream): every publish fails (no responders), the exit code says so."""
     locust = await asyncio.create_subprocess_exec(
-        str(LOCUST), "-f", str(LOADTEST / "locustfile.py"), "--headless", "-u", "1", "-r", "1", "-t", "2s",
-        "--host", nats_server.url, "--user-rate", "20", "--json-file", str(tmp_path / "run"), "--csv", str(tmp_path / "run"), "--only-summary",
-        "--exit-code-on-error", "3", cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        str(LOCUST),
+        "-f",
+        str(LOADTEST / "locustfile.py"),
+        "--headless",
+        "-u",
+        "1",
+        "-r",
+        "1",
+        "-t",
+        "2s",
+        "--host",
+        nats_server.url,
+        "--user-rate",
+        "20",
+        "--json-file",
+        str(tmp_path / "run"),
+        "--csv",
+        str(tmp_path / "run"),
+        "--only-summary",
+        "--exit-code-on-error",
+        "3",
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
     output = (await asyncio.wait_for(locust.communicate(), 60))[0].decode()
     assert locust.returncode == 3, output
     stats = {(row["method"], row["name"]): row for row in json.loads((tmp_path / "run.json").read_text())}
@@ -128,7 +185,8 @@ async def test_locust_reports_failures_when_no_stream_captures_the_subject(tmp_p
     assert publishes["num_requests"] > 0 and publishes["num_failures"] == publishes["num_requests"]
     failures = list(csv.DictReader((tmp_path / "run_failures.csv").open()))
     assert [(f["Method"], f["Name"], f["Error"]) for f in failures] == [
-        ("jetstream", "orders.ingress", "JetStreamError(\"no responders: no JetStream stream captures 'orders.ingress'\")")]
+        ("jetstream", "orders.ingress", "JetStreamError(\"no responders: no JetStream stream captures 'orders.ingress'\")")
+    ]
     assert ("e2e", "outbox-express") not in stats  # a failed publish is counted once, not again as lost
 
 
@@ -149,7 +207,10 @@ def test_client_publish_subscribe_and_jetstream_acks(nats_server: EmbeddedNats) 
         conn.publish("lt.big", b"x" * (conn.max_payload + 1))
     conn.flush()
     assert [(m.subject, m.payload, m.headers) for m in seen] == [
-        ("lt.a", b"one", {"Nats-Msg-Id": "m-1"}), ("lt.a", b"one", {"Nats-Msg-Id": "m-1"}), ("lt.core", b"two", {})]
+        ("lt.a", b"one", {"Nats-Msg-Id": "m-1"}),
+        ("lt.a", b"one", {"Nats-Msg-Id": "m-1"}),
+        ("lt.core", b"two", {}),
+    ]
     conn.close()
     with pytest.raises(client.ConnectionClosed, match="closed by the client"):
         conn.js_publish("lt.a", b"three")
@@ -191,9 +252,11 @@ def test_client_credentials_and_refused_subscriptions(tmp_path: Path) -> None:
     seed.write_bytes(nkeys.encode_seed(secrets.token_bytes(32), nkeys.PREFIX_BYTE_USER))
     reader_key = nkeys.from_seed(bytearray(seed.read_bytes())).public_key.decode()
     config = tmp_path / "auth.conf"
-    config.write_text('authorization { users = [{user: "ingress", password: "s3cret", permissions: {'
-                      'publish: {allow: ["orders.ingress"]}, subscribe: {allow: ["_INBOX.>"]}}}, '
-                      f'{{nkey: "{reader_key}", permissions: {{subscribe: {{allow: ["$KV.>"]}}}}}}] }}\n')
+    config.write_text(
+        'authorization { users = [{user: "ingress", password: "s3cret", permissions: {'
+        'publish: {allow: ["orders.ingress"]}, subscribe: {allow: ["_INBOX.>"]}}}, '
+        f'{{nkey: "{reader_key}", permissions: {{subscribe: {{allow: ["$KV.>"]}}}}}}] }}\n'
+    )
     with EmbeddedNats(tmp_path / "nats", port=0, monitor_port=0, extra_args=("--config", str(config))) as server:
         address = f"127.0.0.1:{server.port}"
         with pytest.raises(client.ConnectionClosed, match="Authorization Violation"):

@@ -74,7 +74,7 @@ def _parse_labels(text: str, pos: int) -> tuple[dict[str, str], int]:
         if text[pos] == "}":
             return labels, pos + 1
         match = LABEL_NAME.match(text, pos)
-        if not match or text[match.end():match.end() + 2] != '="':
+        if not match or text[match.end() : match.end() + 2] != '="':
             raise ValueError(f"bad label at {text[pos:]!r}")
         name, pos = match.group(), match.end() + 2
         value = []
@@ -147,8 +147,10 @@ def parse_exposition(text: str) -> dict[str, dict]:
         if len(fields) not in (1, 2) or (len(fields) == 2 and not re.fullmatch(r"-?\d+", fields[1])):
             raise ValueError(f"bad value/timestamp in {line!r}")
         value = _parse_value(fields[0])
-        owner = next((name for name, fam in families.items()
-                      if any(sample == name + s for s in SUFFIXES.get(fam["type"] or "", ("",)))), None)
+        owner = next(
+            (name for name, fam in families.items() if any(sample == name + s for s in SUFFIXES.get(fam["type"] or "", ("",)))),
+            None,
+        )
         if owner is None or families[owner]["type"] is None:
             raise ValueError(f"sample {sample} without a TYPE line")
         if owner in closed:
@@ -175,11 +177,11 @@ def test_the_parser_is_strict() -> None:
         "m 1\n",  # no TYPE
         "# TYPE m gauge\nm 1",  # no final newline
         "# TYPE m gauge\nm 1\nm 2\n",  # duplicate series
-        "# TYPE m gauge\nm{a=\"b} 1\n",  # unterminated label value
-        "# TYPE m gauge\nm{a=\"\\t\"} 1\n",  # bad escape
+        '# TYPE m gauge\nm{a="b} 1\n',  # unterminated label value
+        '# TYPE m gauge\nm{a="\\t"} 1\n',  # bad escape
         "# TYPE m gauge\nm one\n",
         "# TYPE m gauge\n# TYPE m counter\nm 1\n",
-        "# TYPE m gauge\n# TYPE n gauge\nm 1\nn 1\nm{a=\"b\"} 2\n",  # not contiguous
+        '# TYPE m gauge\n# TYPE n gauge\nm 1\nn 1\nm{a="b"} 2\n',  # not contiguous
         "# TYPE m gauge\n\nm 1\n",
     ):
         with pytest.raises(ValueError):
@@ -220,12 +222,18 @@ async def test_metrics_and_health_of_a_running_host(
 
         families = await scrape(port)
         expected_types = {
-            "ebbtide_messages_total": "counter", "ebbtide_guest_faults_total": "counter",
-            "ebbtide_instances": "gauge", "ebbtide_in_flight": "gauge", "ebbtide_backlog": "gauge",
-            "ebbtide_instance_starts_total": "counter", "ebbtide_instance_stops_total": "counter",
+            "ebbtide_messages_total": "counter",
+            "ebbtide_guest_faults_total": "counter",
+            "ebbtide_instances": "gauge",
+            "ebbtide_in_flight": "gauge",
+            "ebbtide_backlog": "gauge",
+            "ebbtide_instance_starts_total": "counter",
+            "ebbtide_instance_stops_total": "counter",
             "ebbtide_process_resident_memory_bytes": "gauge",
-            "ebbtide_nats_connected": "gauge", "ebbtide_handle_duration_seconds": "histogram",
-            "ebbtide_end_to_end_seconds": "histogram", "ebbtide_module_reloads_total": "counter",
+            "ebbtide_nats_connected": "gauge",
+            "ebbtide_handle_duration_seconds": "histogram",
+            "ebbtide_end_to_end_seconds": "histogram",
+            "ebbtide_module_reloads_total": "counter",
         }
         assert {name: f["type"] for name, f in families.items()} == expected_types
         assert all(f["help"] for f in families.values())
@@ -235,20 +243,22 @@ async def test_metrics_and_health_of_a_running_host(
         assert value(families, "ebbtide_process_resident_memory_bytes") > 10 * 1024 * 1024
         assert value(families, "ebbtide_nats_connected") == 1
 
-        await publish(nc, [(encode_order(o), o.order_guid) for o in orders[:150]] + bad
-                      + [(encode_order(o), o.order_guid) for o in orders[150:]])
+        await publish(
+            nc,
+            [(encode_order(o), o.order_guid) for o in orders[:150]]
+            + bad
+            + [(encode_order(o), o.order_guid) for o in orders[150:]],
+        )
 
         async def all_done() -> bool:
-            return (sum((await outbox_counts(nc)).values()) >= len(orders)
-                    and (await stream_state(nc, "DLQ")).messages >= len(bad))
+            return sum((await outbox_counts(nc)).values()) >= len(orders) and (await stream_state(nc, "DLQ")).messages >= len(bad)
 
         await wait_until(all_done, timeout=60)
         expected = {"distributor": len(orders), "receiver-express": express, "receiver-standard": standard}
 
         async def counted() -> bool:  # a message is counted right after its ack, a moment after its effect
             families = await scrape(port)
-            return all(value(families, "ebbtide_messages_total", function=fn, outcome="ok") >= n
-                       for fn, n in expected.items())
+            return all(value(families, "ebbtide_messages_total", function=fn, outcome="ok") >= n for fn, n in expected.items())
 
         await wait_until(counted, timeout=10)
         families = await scrape(port)
@@ -265,16 +275,23 @@ async def test_metrics_and_health_of_a_running_host(
         histogram = families["ebbtide_handle_duration_seconds"]["samples"]
         calls = histogram[("ebbtide_handle_duration_seconds_count", frozenset({("function", "distributor")}))]
         assert calls == len(orders) + len(bad) - 1
-        assert histogram[("ebbtide_handle_duration_seconds_bucket",
-                          frozenset({("function", "distributor"), ("le", "+Inf")}))] == calls
+        assert (
+            histogram[("ebbtide_handle_duration_seconds_bucket", frozenset({("function", "distributor"), ("le", "+Inf")}))]
+            == calls
+        )
         assert 0 < histogram[("ebbtide_handle_duration_seconds_sum", frozenset({("function", "distributor")}))] < calls
         for fn in ("receiver-express", "receiver-standard"):
             assert value(families, "ebbtide_messages_total", function=fn, outcome="dead_lettered") == 0
         # End to end, ingress publish -> effects confirmed: one observation per order processed ok, and an
         # order reaches its outbox (receiver) later than it left the distributor.
         latency = families["ebbtide_end_to_end_seconds"]["samples"]
-        e2e = {fn: (latency[("ebbtide_end_to_end_seconds_count", frozenset({("function", fn)}))],
-                    latency[("ebbtide_end_to_end_seconds_sum", frozenset({("function", fn)}))]) for fn in FUNCTIONS}
+        e2e = {
+            fn: (
+                latency[("ebbtide_end_to_end_seconds_count", frozenset({("function", fn)}))],
+                latency[("ebbtide_end_to_end_seconds_sum", frozenset({("function", fn)}))],
+            )
+            for fn in FUNCTIONS
+        }
         assert {fn: count for fn, (count, _) in e2e.items()} == expected
         receivers_sum = e2e["receiver-express"][1] + e2e["receiver-standard"][1]
         assert 0 < e2e["distributor"][1] < receivers_sum < 60 * len(orders)

@@ -26,8 +26,9 @@ async def _host_connects(manifest_path: Path, server: EmbeddedNats) -> None:
         assert (await host.nc.jetstream().consumer_info("ORDERS", "distributor")).config.durable_name == "distributor"
 
 
-async def test_token_from_the_environment(tmp_path: Path, reference_manifest, monkeypatch: pytest.MonkeyPatch,
-                                          caplog: pytest.LogCaptureFixture) -> None:
+async def test_token_from_the_environment(
+    tmp_path: Path, reference_manifest, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     path, _ = manifest_copy(tmp_path)
     caplog.set_level(logging.DEBUG)
     with EmbeddedNats(tmp_path / "nats", port=0, monitor_port=0, extra_args=("--auth", SECRET)) as server:
@@ -40,13 +41,16 @@ async def test_token_from_the_environment(tmp_path: Path, reference_manifest, mo
     assert SECRET not in repr(NatsAuth(token=SECRET, password=SECRET, user="u"))
 
 
-async def test_user_in_the_manifest_password_in_the_environment(tmp_path: Path, reference_manifest,
-                                                                monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+async def test_user_in_the_manifest_password_in_the_environment(
+    tmp_path: Path, reference_manifest, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     path, _ = manifest_copy(tmp_path)
     path.write_text(path.read_text().replace('url = ""', 'url = ""\nuser = "orders-host"'))
     monkeypatch.setenv("EBBTIDE_NATS_PASSWORD", SECRET)
     caplog.set_level(logging.DEBUG)
-    with EmbeddedNats(tmp_path / "nats", port=0, monitor_port=0, extra_args=("--user", "orders-host", "--pass", SECRET)) as server:
+    with EmbeddedNats(
+        tmp_path / "nats", port=0, monitor_port=0, extra_args=("--user", "orders-host", "--pass", SECRET)
+    ) as server:
         await _host_connects(path, server)
     assert SECRET not in caplog.text
 
@@ -55,10 +59,21 @@ async def test_user_in_the_manifest_password_in_the_environment(tmp_path: Path, 
 async def test_tls_with_a_client_certificate(tmp_path: Path, reference_manifest) -> None:
     certs = _certificates(tmp_path / "certs")
     path, _ = manifest_copy(tmp_path)
-    path.write_text(path.read_text().replace('url = ""', f'url = ""\ntls_ca = "{certs / "ca.pem"}"\n'
-                                              f'tls_cert = "{certs / "client.pem"}"\ntls_key = "{certs / "client.key"}"'))
-    tls = ("--tlsverify", "--tlscert", str(certs / "server.pem"), "--tlskey", str(certs / "server.key"),
-           "--tlscacert", str(certs / "ca.pem"))
+    path.write_text(
+        path.read_text().replace(
+            'url = ""',
+            f'url = ""\ntls_ca = "{certs / "ca.pem"}"\ntls_cert = "{certs / "client.pem"}"\ntls_key = "{certs / "client.key"}"',
+        )
+    )
+    tls = (
+        "--tlsverify",
+        "--tlscert",
+        str(certs / "server.pem"),
+        "--tlskey",
+        str(certs / "server.key"),
+        "--tlscacert",
+        str(certs / "ca.pem"),
+    )
     with EmbeddedNats(tmp_path / "nats", port=0, monitor_port=0, extra_args=tls) as server:
         await _host_connects(path, server)
         without_client_certificate = NatsAuth(tls_ca=str(certs / "ca.pem"))
@@ -73,11 +88,39 @@ def _certificates(folder: Path) -> Path:
     def openssl(*args: str) -> None:
         subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
 
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
-            "-subj", "/CN=ebbtide test CA")
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=ebbtide test CA",
+    )
     for name, extension in (("server", "subjectAltName=IP:127.0.0.1"), ("client", "extendedKeyUsage=clientAuth")):
         openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}")
         (folder / f"{name}.ext").write_text(extension + "\n")
-        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-                "-out", f"{name}.pem", "-days", "1", "-extfile", f"{name}.ext")
+        openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.pem",
+            "-days",
+            "1",
+            "-extfile",
+            f"{name}.ext",
+        )
     return folder

@@ -47,9 +47,13 @@ class Collector:
         return [ExportMetricsServiceRequest.FromString(body) for body in self.bodies["/v1/metrics"]]
 
     def spans(self) -> list:  # type: ignore[type-arg]
-        return [span for body in self.bodies["/v1/traces"]
-                for rs in ExportTraceServiceRequest.FromString(body).resource_spans
-                for ss in rs.scope_spans for span in ss.spans]
+        return [
+            span
+            for body in self.bodies["/v1/traces"]
+            for rs in ExportTraceServiceRequest.FromString(body).resource_spans
+            for ss in rs.scope_spans
+            for span in ss.spans
+        ]
 
 
 @pytest.fixture
@@ -76,7 +80,11 @@ def latest_points(request: ExportMetricsServiceRequest) -> dict[str, dict[tuple,
 
 
 async def test_traces_and_metrics_go_to_the_otlp_endpoint(
-    tmp_path: Path, collector: Collector, nats_server, nc: NatsClient, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    collector: Collector,
+    nats_server,
+    nc: NatsClient,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     path, _ = manifest_copy(tmp_path)
     path.write_text(path.read_text() + f'\n[telemetry]\notlp_endpoint = "{collector.url}"\n')

@@ -31,8 +31,16 @@ class RunningUp:
 
     async def cli(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "ebbtide", "-m", str(self.manifest), *args, env=env or self.env,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            sys.executable,
+            "-m",
+            "ebbtide",
+            "-m",
+            str(self.manifest),
+            *args,
+            env=env or self.env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
         out, err = await asyncio.wait_for(process.communicate(), 60)
         return subprocess.CompletedProcess(args, process.returncode, out.decode(), err.decode())
 
@@ -41,8 +49,13 @@ class RunningUp:
 def up(tmp_path: Path, reference_manifest) -> Iterator[RunningUp]:
     manifest, port = manifest_copy(tmp_path)
     env = {k: v for k, v in os.environ.items() if not k.startswith("EBBTIDE_NATS_")}
-    process = subprocess.Popen([sys.executable, "-m", "ebbtide", "-m", str(manifest), "up"], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ebbtide", "-m", str(manifest), "up"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 30
         while not port_open(port):
@@ -138,7 +151,7 @@ def test_keys_and_table() -> None:
     entries = [OutboxEntry("outbox-express", "7", 3, "2026-11-29T10:00:00.000Z", b'{"orderId": 7,\n "x": "' + b"y" * 300 + b'"}')]
     table = format_table(entries, width=80).splitlines()
     assert table[0].split() == ["BUCKET", "KEY", "REV", "STORED", "AT", "SIZE", "VALUE"]
-    assert table[1].startswith("outbox-express    7    3  2026-11-29T10:00:00.000Z   324  {\"orderId\": 7, \"x\"")
+    assert table[1].startswith('outbox-express    7    3  2026-11-29T10:00:00.000Z   324  {"orderId": 7, "x"')
     assert table[1].endswith("…")
     assert len(table[1]) == 80 and "\n" not in table[1]
     assert format_table([]) == "no entries"

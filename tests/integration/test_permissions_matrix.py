@@ -44,23 +44,45 @@ OUTSIDE = "OUTSIDE"  # a stream (and consumer `spy`) the manifest does not know
 ROGUE = "ROGUE"  # a stream nobody created
 STREAMS = ("ORDERS", "DLQ", *KV_STREAMS, OUTSIDE, ROGUE)
 CONSUMERS = (*(("ORDERS", fn) for fn in FUNCTIONS), (OUTSIDE, "spy"))
-STREAM_OPERATIONS = ("STREAM.CREATE", "STREAM.UPDATE", "STREAM.DELETE", "STREAM.PURGE", "STREAM.INFO",
-                     "STREAM.MSG.GET", "STREAM.MSG.DELETE", "DIRECT.GET", "CONSUMER.CREATE")  # the last: ephemeral
-CONSUMER_OPERATIONS = ("CONSUMER.CREATE", "CONSUMER.DURABLE.CREATE", "CONSUMER.DELETE", "CONSUMER.INFO",
-                       "CONSUMER.MSG.NEXT")
+STREAM_OPERATIONS = (
+    "STREAM.CREATE",
+    "STREAM.UPDATE",
+    "STREAM.DELETE",
+    "STREAM.PURGE",
+    "STREAM.INFO",
+    "STREAM.MSG.GET",
+    "STREAM.MSG.DELETE",
+    "DIRECT.GET",
+    "CONSUMER.CREATE",
+)  # the last: ephemeral
+CONSUMER_OPERATIONS = ("CONSUMER.CREATE", "CONSUMER.DURABLE.CREATE", "CONSUMER.DELETE", "CONSUMER.INFO", "CONSUMER.MSG.NEXT")
 ACCOUNT_OPERATIONS = ("INFO", "STREAM.NAMES", "STREAM.LIST")
 DESTRUCTIVE = ("STREAM.DELETE", "CONSUMER.DELETE")  # admin's row runs these last
 
 # Publish and subscribe: every subject of the reference pipeline, the inboxes, and one outside it.
-SUBJECTS = ("orders.ingress", "orders.express", "orders.standard", "$KV.outbox-express.probe", "$KV.outbox-standard.probe",
-            *(f"dlq.{fn}" for fn in FUNCTIONS), *(f"ebbtide.status_reports.{fn}" for fn in FUNCTIONS), "ebbtide.status_reports-request",
-            "outside.x")
+SUBJECTS = (
+    "orders.ingress",
+    "orders.express",
+    "orders.standard",
+    "$KV.outbox-express.probe",
+    "$KV.outbox-standard.probe",
+    *(f"dlq.{fn}" for fn in FUNCTIONS),
+    *(f"ebbtide.status_reports.{fn}" for fn in FUNCTIONS),
+    "ebbtide.status_reports-request",
+    "outside.x",
+)
 INBOXES = ("_INBOX.probe", *(f"_ebbtide_inbox.{user}.probe" for user in (*FUNCTIONS, OBSERVER_USER)))
-STORED_IN = {"orders.": "ORDERS", "$KV.outbox-express.": "KV_outbox-express", "$KV.outbox-standard.": "KV_outbox-standard",
-             "dlq.": "DLQ", "outside.": OUTSIDE}
+STORED_IN = {
+    "orders.": "ORDERS",
+    "$KV.outbox-express.": "KV_outbox-express",
+    "$KV.outbox-standard.": "KV_outbox-standard",
+    "dlq.": "DLQ",
+    "outside.": OUTSIDE,
+}
 
 
 # -- the design ---------------------------------------------------------------------------------------
+
 
 def api_allowed(user: str, subject: str) -> bool:
     """$JS.API.<operation>.<target>: functions read their own consumer and pull from it; observer reads
@@ -87,8 +109,12 @@ SUBSCRIBE = {
     "receiver-express": {"orders.express", "ebbtide.status_reports-request", "_ebbtide_inbox.receiver-express.probe"},
     "receiver-standard": {"orders.standard", "ebbtide.status_reports-request", "_ebbtide_inbox.receiver-standard.probe"},
     INGRESS: {"_INBOX.probe"},
-    OBSERVER_USER: {"$KV.outbox-express.probe", "$KV.outbox-standard.probe", "_ebbtide_inbox.observer.probe",
-                    *(f"ebbtide.status_reports.{fn}" for fn in FUNCTIONS)},
+    OBSERVER_USER: {
+        "$KV.outbox-express.probe",
+        "$KV.outbox-standard.probe",
+        "_ebbtide_inbox.observer.probe",
+        *(f"ebbtide.status_reports.{fn}" for fn in FUNCTIONS),
+    },
 }
 
 
@@ -101,6 +127,7 @@ def subscribe_allowed(user: str, subject: str) -> bool:
 
 
 # -- the server ---------------------------------------------------------------------------------------
+
 
 @dataclass
 class Setup:
@@ -157,8 +184,7 @@ class Probe:
         host, port = url.removeprefix("nats://").rsplit(":", 1)
         self._reader, self._writer = await asyncio.open_connection(host, int(port))
         info = json.loads((await self._reader.readline()).split(b" ", 1)[1])
-        options: dict[str, object] = {"verbose": False, "pedantic": False, "headers": True, "no_responders": True,
-                                      "protocol": 1}
+        options: dict[str, object] = {"verbose": False, "pedantic": False, "headers": True, "no_responders": True, "protocol": 1}
         if auth.nkey_seed_file:
             keys = nkeys.from_seed(bytearray(Path(auth.nkey_seed_file).read_bytes().strip()))
             options["nkey"] = keys.public_key.decode()
@@ -259,6 +285,7 @@ async def snapshot(admin: NatsClient) -> Snapshot:
 
 # -- the requests ------------------------------------------------------------------------------------
 
+
 def api_requests(user: str, before: Snapshot) -> Iterator[tuple[str, bytes]]:
     """(subject, body) of every operation. Refused ones carry a damaging body (if it went through, the
     state check would see it); admin's, which all go through, a harmless one (JetStream answers an error)."""
@@ -266,7 +293,9 @@ def api_requests(user: str, before: Snapshot) -> Iterator[tuple[str, bytes]]:
     for operation in ACCOUNT_OPERATIONS:
         yield f"$JS.API.{operation}", b""
     for stream in STREAMS:
-        config, (_, _, first_seq, _) = before.streams.get(stream, (api.StreamConfig(name=stream, subjects=["rogue.>"]), (0, 0, 1, 0)))
+        config, (_, _, first_seq, _) = before.streams.get(
+            stream, (api.StreamConfig(name=stream, subjects=["rogue.>"]), (0, 0, 1, 0))
+        )
         shrunk = json.dumps({**config.as_dict(), "max_msgs": 1}).encode()
         mismatch = json.dumps({"name": "MISMATCH"}).encode()
         bodies = {
@@ -278,15 +307,18 @@ def api_requests(user: str, before: Snapshot) -> Iterator[tuple[str, bytes]]:
             "STREAM.MSG.GET": json.dumps({"seq": first_seq}).encode(),
             "STREAM.MSG.DELETE": json.dumps({"seq": 1 << 40 if harmless else first_seq}).encode(),
             "DIRECT.GET": json.dumps({"seq": first_seq}).encode(),
-            "CONSUMER.CREATE": json.dumps({"stream_name": "MISMATCH" if harmless else stream,
-                                           "config": {"ack_policy": "explicit"}}).encode(),
+            "CONSUMER.CREATE": json.dumps(
+                {"stream_name": "MISMATCH" if harmless else stream, "config": {"ack_policy": "explicit"}}
+            ).encode(),
         }
         for operation in STREAM_OPERATIONS:
             if not (harmless and operation in DESTRUCTIVE):
                 yield f"$JS.API.{operation}.{stream}", bodies[operation]
     for stream, consumer in CONSUMERS:
-        redefined = {"stream_name": stream, "config": {"durable_name": consumer, "name": consumer,
-                                                       "ack_policy": "none", "deliver_policy": "new"}}
+        redefined = {
+            "stream_name": stream,
+            "config": {"durable_name": consumer, "name": consumer, "ack_policy": "none", "deliver_policy": "new"},
+        }
         if harmless:
             redefined["config"] = {"durable_name": "MISMATCH", "name": "MISMATCH"}
         bodies = {

@@ -30,7 +30,9 @@ async def publish(nc: NatsClient, payloads: list[tuple[bytes, str | None]]) -> N
     assert errors == [] and confirmed == len(payloads)
 
 
-async def test_10000_orders_end_in_the_right_outboxes(reference_manifest: LoadedManifest, nats_server: EmbeddedNats, nc: NatsClient) -> None:
+async def test_10000_orders_end_in_the_right_outboxes(
+    reference_manifest: LoadedManifest, nats_server: EmbeddedNats, nc: NatsClient
+) -> None:
     orders = generate_orders(10_000, seed=7)
     express = {o.order_id for o in orders if o.delivery == "Express"}
     standard = {o.order_id for o in orders if o.delivery == "Standard"}
@@ -81,14 +83,24 @@ BAD_INPUTS = {
 }
 
 EXPECTED_REASON = {
-    "malformed-json": "malformed-json", "binary-garbage": "malformed-json", "empty": "malformed-json",
-    "not-an-object": "malformed-json", "missing-order-id": "missing-order-id", "string-order-id": "invalid-order-id",
-    "float-order-id": "invalid-order-id", "unknown-delivery": "unknown-delivery", "missing-delivery": "unknown-delivery",
-    "no-items": "no-items", "missing-items": "no-items", "too-large": "exceeds limits.max_payload",
+    "malformed-json": "malformed-json",
+    "binary-garbage": "malformed-json",
+    "empty": "malformed-json",
+    "not-an-object": "malformed-json",
+    "missing-order-id": "missing-order-id",
+    "string-order-id": "invalid-order-id",
+    "float-order-id": "invalid-order-id",
+    "unknown-delivery": "unknown-delivery",
+    "missing-delivery": "unknown-delivery",
+    "no-items": "no-items",
+    "missing-items": "no-items",
+    "too-large": "exceeds limits.max_payload",
 }
 
 
-async def test_bad_input_is_dead_lettered_with_its_reason(reference_manifest: LoadedManifest, nats_server: EmbeddedNats, nc: NatsClient) -> None:
+async def test_bad_input_is_dead_lettered_with_its_reason(
+    reference_manifest: LoadedManifest, nats_server: EmbeddedNats, nc: NatsClient
+) -> None:
     good = generate_orders(200, seed=11)
     payloads: list[tuple[bytes, str | None]] = [(encode_order(o), o.order_guid) for o in good[:100]]
     payloads += [(payload, f"bad-{name}") for name, payload in BAD_INPUTS.items()]
@@ -117,7 +129,9 @@ async def test_bad_input_is_dead_lettered_with_its_reason(reference_manifest: Lo
         assert msg.headers[H_REASON] == expected_reason, name
 
 
-async def test_provisioning_is_idempotent_and_updates(reference_manifest: LoadedManifest, nats_server: EmbeddedNats, nc: NatsClient) -> None:
+async def test_provisioning_is_idempotent_and_updates(
+    reference_manifest: LoadedManifest, nats_server: EmbeddedNats, nc: NatsClient
+) -> None:
     js = nc.jetstream()
     await provision(js, reference_manifest)
     await provision(js, reference_manifest)
@@ -125,8 +139,10 @@ async def test_provisioning_is_idempotent_and_updates(reference_manifest: Loaded
     assert info.config.max_ack_pending == reference_manifest.function("distributor").max_ack_pending
     changed = msgspec.structs.replace(
         reference_manifest.spec,
-        functions={**reference_manifest.spec.functions,
-                   "distributor": msgspec.structs.replace(reference_manifest.function("distributor"), max_ack_pending=77)},
+        functions={
+            **reference_manifest.spec.functions,
+            "distributor": msgspec.structs.replace(reference_manifest.function("distributor"), max_ack_pending=77),
+        },
     )
     await provision(js, LoadedManifest(changed, reference_manifest.path))
     assert (await js.consumer_info("ORDERS", "distributor")).config.max_ack_pending == 77

@@ -85,8 +85,13 @@ def _header_time(value: str) -> float:
 async def test_retry_backoff_is_applied_by_the_server_and_the_dead_letter_says_when_it_first_failed(
     tmp_path: Path, nats_server: EmbeddedNats, nc: NatsClient
 ) -> None:
-    manifest = manifest_with(tmp_path, ("retry = { max_deliver = 3, backoff_ms = [50, 100] }",
-                                        f"retry = {{ max_deliver = {MAX_DELIVER}, backoff_ms = {BACKOFF_MS} }}"))
+    manifest = manifest_with(
+        tmp_path,
+        (
+            "retry = { max_deliver = 3, backoff_ms = [50, 100] }",
+            f"retry = {{ max_deliver = {MAX_DELIVER}, backoff_ms = {BACKOFF_MS} }}",
+        ),
+    )
     watch = await NakWatch().start(nc)
     js = nc.jetstream()
     async with Host(await provisioned(nc, manifest), nats_server.url):
@@ -114,7 +119,9 @@ async def test_retry_backoff_is_applied_by_the_server_and_the_dead_letter_says_w
     assert dead[str(rejected)].headers[H_REASON] == "rejected" and H_FIRST_FAILED_AT not in dead[str(rejected)].headers
 
 
-async def test_a_dead_letter_that_cannot_be_stored_keeps_the_input(tmp_path: Path, nats_server: EmbeddedNats, nc: NatsClient) -> None:
+async def test_a_dead_letter_that_cannot_be_stored_keeps_the_input(
+    tmp_path: Path, nats_server: EmbeddedNats, nc: NatsClient
+) -> None:
     manifest = chaos_manifest(tmp_path)
     watch = await NakWatch().start(nc)
     js = nc.jetstream()
@@ -158,9 +165,12 @@ async def test_an_unexpected_host_error_retries_the_message_and_the_worker_goes_
     tmp_path: Path, nats_server: EmbeddedNats, nc: NatsClient
 ) -> None:
     deadline_ns = time.time_ns() + int(LAPSE_MARGIN_S * 1e9)
-    manifest = manifest_with(tmp_path, ('module = "chaos"', 'module = "lapse"\nwasi = ["clock"]'),
-                             ("scale = { min = 2, max = 2 }", "scale = { min = 1, max = 1 }"),
-                             extra='\n[modules.lapse]\nsource = "unused"\n')
+    manifest = manifest_with(
+        tmp_path,
+        ('module = "chaos"', 'module = "lapse"\nwasi = ["clock"]'),
+        ("scale = { min = 2, max = 2 }", "scale = { min = 1, max = 1 }"),
+        extra='\n[modules.lapse]\nsource = "unused"\n',
+    )
     manifest.module_path("lapse").write_bytes(wasmtime.wat2wasm(LAPSE_WAT.replace("DEADLINE_NS", str(deadline_ns))))
     watch = await NakWatch().start(nc)
     js = nc.jetstream()
@@ -179,7 +189,9 @@ async def test_an_unexpected_host_error_retries_the_message_and_the_worker_goes_
         assert "last error: host error: GuestInitError(" in headers[H_ERROR], headers[H_ERROR]
         # Retried with the manifest's backoff like any transient failure, not dropped or redelivered at once.
         assert sorted((d, body.get("delay")) for s, d, body in watch.requested if s == sequence) == [
-            (1, 50_000_000), (2, 100_000_000)]
+            (1, 50_000_000),
+            (2, 100_000_000),
+        ]
 
 
 async def test_a_malformed_ingress_header_is_ignored(tmp_path: Path, nats_server: EmbeddedNats, nc: NatsClient) -> None:

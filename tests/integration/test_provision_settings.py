@@ -61,25 +61,46 @@ async def test_streams_and_consumers_have_the_manifests_settings(tmp_path: Path,
 
     orders = (await js.stream_info("ORDERS")).config
     assert (orders.subjects, orders.retention, orders.storage, orders.num_replicas, orders.duplicate_window) == (
-        ["orders.>"], api.RetentionPolicy.WORK_QUEUE, api.StorageType.MEMORY, 1, 45.0)
+        ["orders.>"],
+        api.RetentionPolicy.WORK_QUEUE,
+        api.StorageType.MEMORY,
+        1,
+        45.0,
+    )
     audit = (await js.stream_info("AUDIT")).config
     assert (audit.subjects, audit.retention, audit.storage, audit.duplicate_window) == (
-        ["audit.>", "trail.*"], api.RetentionPolicy.INTEREST, api.StorageType.FILE, 7.5)
+        ["audit.>", "trail.*"],
+        api.RetentionPolicy.INTEREST,
+        api.StorageType.FILE,
+        7.5,
+    )
 
     dead = (await js.stream_info("DEAD")).config
     assert (dead.subjects, dead.retention, dead.storage, dead.duplicate_window) == (
-        ["dead.>"], api.RetentionPolicy.LIMITS, api.StorageType.MEMORY, 120.0)
+        ["dead.>"],
+        api.RetentionPolicy.LIMITS,
+        api.StorageType.MEMORY,
+        120.0,
+    )
 
     kv = (await js.stream_info("KV_outbox")).config
     assert (kv.subjects, kv.storage, kv.max_msgs_per_subject, kv.discard) == (
-        ["$KV.outbox.>"], api.StorageType.MEMORY, 5, api.DiscardPolicy.NEW)
+        ["$KV.outbox.>"],
+        api.StorageType.MEMORY,
+        5,
+        api.DiscardPolicy.NEW,
+    )
     assert kv.allow_direct and kv.allow_rollup_hdrs and kv.deny_delete
     bucket = await js.key_value("outbox")  # an ordinary KV bucket to any client
     assert (await bucket.status()).history == 5
 
     consumer = (await js.consumer_info("ORDERS", "f")).config
     assert (consumer.durable_name, consumer.filter_subject, consumer.ack_policy, consumer.deliver_policy) == (
-        "f", "orders.in", api.AckPolicy.EXPLICIT, api.DeliverPolicy.ALL)
+        "f",
+        "orders.in",
+        api.AckPolicy.EXPLICIT,
+        api.DeliverPolicy.ALL,
+    )
     assert (consumer.ack_wait, consumer.max_ack_pending) == (12.5, 77)
     # The host counts deliveries and dead-letters; the server must never give up on a message by itself.
     assert consumer.max_deliver == -1
@@ -89,8 +110,11 @@ async def test_provisioning_again_updates_what_the_manifest_changed(tmp_path: Pa
     js = nc.jetstream()
     await provision(js, manifest(tmp_path))
     await js.publish("orders.in", b"kept", headers={"Nats-Msg-Id": "one"})
-    changed = (MANIFEST.replace("duplicate_window_s = 45", "duplicate_window_s = 90")
-               .replace("ack_wait_s = 12.5", "ack_wait_s = 20").replace("max_ack_pending = 77", "max_ack_pending = 99"))
+    changed = (
+        MANIFEST.replace("duplicate_window_s = 45", "duplicate_window_s = 90")
+        .replace("ack_wait_s = 12.5", "ack_wait_s = 20")
+        .replace("max_ack_pending = 77", "max_ack_pending = 99")
+    )
     await provision(js, manifest(tmp_path, changed))
     await provision(js, manifest(tmp_path, changed))  # idempotent: a second run changes nothing and does not fail
 

@@ -39,7 +39,9 @@ def secured(tmp_path: Path, reference_manifest) -> tuple[Path, AuthBundle, Embed
 
 
 async def test_a_host_waits_for_provisioning_and_says_why(
-    secured: tuple[Path, AuthBundle, EmbeddedNats], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    secured: tuple[Path, AuthBundle, EmbeddedNats],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     path, bundle, server = secured
     manifest = load_manifest(path)
@@ -49,6 +51,7 @@ async def test_a_host_waits_for_provisioning_and_says_why(
     starting = asyncio.create_task(host.start())
     admin = await nats.connect(server.url, **bundle.admin().connect_options())
     try:
+
         async def not_ready_because(missing: str) -> bool:
             if host.telemetry is None:
                 return False
@@ -82,15 +85,22 @@ async def test_a_host_waits_for_provisioning_and_says_why(
 
 
 def ebbtide(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ebbtide", *args], capture_output=True, text=True, timeout=120,
-                          env={k: v for k, v in os.environ.items() if not k.startswith("EBBTIDE_")} | env)
+    return subprocess.run(
+        [sys.executable, "-m", "ebbtide", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if not k.startswith("EBBTIDE_")} | env,
+    )
 
 
 async def test_provision_command_creates_everything_as_admin_only(secured: tuple[Path, AuthBundle, EmbeddedNats]) -> None:
     path, bundle, server = secured
     manifest = load_manifest(path)
-    as_distributor = {"EBBTIDE_NATS_NKEY_SEED_FILE": str(bundle.seed_file("distributor")),
-                      "EBBTIDE_NATS_INBOX_PREFIX": bundle.function("distributor").inbox_prefix}
+    as_distributor = {
+        "EBBTIDE_NATS_NKEY_SEED_FILE": str(bundle.seed_file("distributor")),
+        "EBBTIDE_NATS_INBOX_PREFIX": bundle.function("distributor").inbox_prefix,
+    }
     refused = ebbtide("-m", str(path), "provision", "--nats-url", server.url, env=as_distributor)
     assert refused.returncode == 1, refused.stderr
     assert "provisioning needs the admin credentials" in refused.stderr
@@ -104,14 +114,21 @@ async def test_provision_command_creates_everything_as_admin_only(secured: tuple
     admin = await nats.connect(server.url, **bundle.admin().connect_options())
     try:
         js = admin.jetstream()
-        assert sorted(i.config.name for i in await js.streams_info()) == ["DLQ", "KV_outbox-express", "KV_outbox-standard", "ORDERS"]
+        assert sorted(i.config.name for i in await js.streams_info()) == [
+            "DLQ",
+            "KV_outbox-express",
+            "KV_outbox-standard",
+            "ORDERS",
+        ]
         assert sorted(c.name for c in await js.consumers_info("ORDERS")) == sorted(manifest.spec.functions)
     finally:
         await admin.drain()
 
 
 async def test_provisioned_stream_keeps_acked_messages_and_refuses_a_workqueue_in_place(
-    tmp_path: Path, reference_manifest, nats_server: EmbeddedNats  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    reference_manifest,
+    nats_server: EmbeddedNats,  # type: ignore[no-untyped-def]
 ) -> None:
     """The manifest's max_age_s reaches the server; a stream still provisioned as a work queue (before limits
     retention was the default) cannot be changed in place, and provisioning says what to do instead."""
@@ -127,7 +144,10 @@ async def test_provisioned_stream_keeps_acked_messages_and_refuses_a_workqueue_i
         await js.add_stream(api.StreamConfig(name="ORDERS", subjects=["orders.>"], retention=api.RetentionPolicy.WORK_QUEUE))
         refused = ebbtide("-m", str(path), "provision", "--nats-url", nats_server.url, env={})
         assert refused.returncode == 1, refused.stderr
-        assert "stream ORDERS has retention workqueue on the server and limits in the manifest (streams.ORDERS.retention)" in refused.stderr
+        assert (
+            "stream ORDERS has retention workqueue on the server and limits in the manifest (streams.ORDERS.retention)"
+            in refused.stderr
+        )
         assert "nats stream rm ORDERS" in refused.stderr and "Traceback" not in refused.stderr
     finally:
         await nc.drain()

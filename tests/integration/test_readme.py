@@ -52,8 +52,18 @@ README = REPO / "README.md"
 VENV = Path(sys.prefix)
 LOCUST_RUN_TIME = "5s"
 BLOCK_TIMEOUT_S = 300  # the slowest block is `make demo` (10,000 orders; a cold Zig build on a fresh clone)
-COPY_IGNORE = shutil.ignore_patterns(".git", ".venv", "build", ".ebbtide", "node_modules", "__pycache__", "*.egg-info",
-                                     ".pytest_cache", ".hypothesis", ".zig-cache")
+COPY_IGNORE = shutil.ignore_patterns(
+    ".git",
+    ".venv",
+    "build",
+    ".ebbtide",
+    "node_modules",
+    "__pycache__",
+    "*.egg-info",
+    ".pytest_cache",
+    ".hypothesis",
+    ".zig-cache",
+)
 
 NOT_RUN = "not run by tests"
 BACKGROUND = "run in the background by tests"
@@ -79,8 +89,15 @@ def readme_blocks(text: str) -> list[Block]:
     for match in _FENCE.finditer(text):
         before = [line.strip() for line in text[: match.start()].splitlines() if line.strip()]
         marker = _MARKER.match(before[-1]) if before else None
-        blocks.append(Block(text.count("\n", 0, match.start()) + 1, match[1].strip(), match[2],
-                            marker[1] if marker else None, marker[2] if marker else ""))
+        blocks.append(
+            Block(
+                text.count("\n", 0, match.start()) + 1,
+                match[1].strip(),
+                match[2],
+                marker[1] if marker else None,
+                marker[2] if marker else "",
+            )
+        )
     return blocks
 
 
@@ -89,7 +106,8 @@ def test_every_block_is_run_or_says_why_not() -> None:
     assert blocks, "no fenced blocks found in README.md"
     for block in blocks:
         assert block.lang in (*RUNNABLE, "text"), (
-            f"{block}: tag it sh or python (run by this test), or text (a diagram or listing)")
+            f"{block}: tag it sh or python (run by this test), or text (a diagram or listing)"
+        )
         if block.marker is not None:
             assert block.lang in RUNNABLE, f"{block}: a text block needs no marker"
             assert block.reason, f"{block}: say why (<!-- {block.marker}: REASON -->)"
@@ -99,6 +117,7 @@ def test_every_block_is_run_or_says_why_not() -> None:
 
 
 # -- the copy the examples run in --
+
 
 @dataclass
 class Project:
@@ -144,8 +163,9 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Project:
     manifest = root / "ebbtide.toml"
     manifest.write_text(project.adapt(manifest.read_text()))
     assert str(project.port) in manifest.read_text(), "the manifest's embedded port is no longer 4222: adapt() must follow"
-    project.env = {k: v for k, v in os.environ.items()
-                   if not k.startswith(("EBBTIDE_", "NATS_", "OTEL_", "VIRTUAL_ENV", "PYTHON"))}
+    project.env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("EBBTIDE_", "NATS_", "OTEL_", "VIRTUAL_ENV", "PYTHON"))
+    }
     return project
 
 
@@ -171,8 +191,15 @@ def test_examples_run_in_order(project: Project, background) -> None:
         if block.lang not in RUNNABLE or block.marker == NOT_RUN:
             continue
         if block.marker == BACKGROUND:
-            process = subprocess.Popen(project.command(block), cwd=project.root, env=project.env, text=True,
-                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+            process = subprocess.Popen(
+                project.command(block),
+                cwd=project.root,
+                env=project.env,
+                text=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
             background.append((block, process))
             wait_until_serving(project, block, process)
             ran.append(block)
@@ -180,7 +207,8 @@ def test_examples_run_in_order(project: Project, background) -> None:
         done = run_block(project, block)
         assert done.returncode == 0, (
             f"{block} exited {done.returncode}:\n{textwrap.indent(project.adapt(block.code), '  ')}\n"
-            f"stdout:\n{done.stdout[-4000:]}\nstderr:\n{done.stderr[-4000:]}")
+            f"stdout:\n{done.stdout[-4000:]}\nstderr:\n{done.stderr[-4000:]}"
+        )
         check_output(block, done.stdout + done.stderr)
         if "Nats-Msg-Id" in block.code:
             # Run as a reader reuses it: the second run is a new order for JetStream, not a silent duplicate.
@@ -194,8 +222,15 @@ def test_examples_run_in_order(project: Project, background) -> None:
 
 def run_block(project: Project, block: Block) -> subprocess.CompletedProcess[str]:
     """Run a block to its end in a process group of its own: whatever it started is stopped with it."""
-    process = subprocess.Popen(project.command(block), cwd=project.root, env=project.env, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    process = subprocess.Popen(
+        project.command(block),
+        cwd=project.root,
+        env=project.env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         stdout, stderr = process.communicate(timeout=BLOCK_TIMEOUT_S)
     except subprocess.TimeoutExpired:
@@ -298,9 +333,18 @@ def test_every_command_the_readme_names_exists() -> None:
 
 def test_mentions_are_read_as_a_reader_reads_them() -> None:
     assert mentioned_command("ebbtide dlq list\\|show SEQ\\|redrive [SEQ...]\\|purge --yes [--function F]") == (
-        "dlq", ["list", "show", "redrive", "purge"], ["--function", "--yes"])
+        "dlq",
+        ["list", "show", "redrive", "purge"],
+        ["--function", "--yes"],
+    )
     assert mentioned_command("ebbtide --manifest deploy/kubernetes/ebbtide.toml nats-config --out deploy/kubernetes/auth") == (
-        "nats-config", [], ["--manifest", "--out"])
+        "nats-config",
+        [],
+        ["--manifest", "--out"],
+    )
     assert mentioned_command("ebbtide bench [--quick] [--scenario host\\|memory] [--rate 50%\\|4000]") == (
-        "bench", [], ["--quick", "--rate", "--scenario"])
+        "bench",
+        [],
+        ["--quick", "--rate", "--scenario"],
+    )
     assert mentioned_command("ebbtide new NAME [--lang zig\\|c]") == ("new", [], ["--lang"])

@@ -31,8 +31,9 @@ class Client:
         async def on_error(error: Exception) -> None:
             self.errors.append(str(error).lower())
 
-        self.nc = await nats.connect(url, error_cb=on_error, allow_reconnect=False,
-                                     **access.for_functions([function]).connect_options())
+        self.nc = await nats.connect(
+            url, error_cb=on_error, allow_reconnect=False, **access.for_functions([function]).connect_options()
+        )
         return self.nc
 
     async def refused(self, kind: str, subject: str) -> None:
@@ -72,17 +73,26 @@ async def test_a_receiver_may_touch_only_its_own_consumer_outbox_and_dead_letter
         other_consumer = f"ORDERS.receiver-{other}"
         forbidden_publishes = [
             f"$KV.outbox-{other}.1",  # the other outbox
-            "orders.ingress", f"orders.{other}", f"orders.{own}",  # feeding the pipeline
+            "orders.ingress",
+            f"orders.{other}",
+            f"orders.{own}",  # feeding the pipeline
             "dlq.distributor",  # another function's dead letters
             f"$JS.API.CONSUMER.MSG.NEXT.{other_consumer}",  # taking the other receiver's messages
             f"$JS.ACK.{other_consumer}.1.2.2.1.0",  # acking them
-            "$JS.API.STREAM.DELETE.ORDERS", "$JS.API.STREAM.PURGE.DLQ", f"$JS.API.CONSUMER.DELETE.ORDERS.{receiver}",
+            "$JS.API.STREAM.DELETE.ORDERS",
+            "$JS.API.STREAM.PURGE.DLQ",
+            f"$JS.API.CONSUMER.DELETE.ORDERS.{receiver}",
             f"{STATUS_SUBJECT_PREFIX}.distributor",  # speaking for another function
         ]
         for subject in forbidden_publishes:
             await nc.publish(subject, b"{}")
-        forbidden_subscriptions = [f"_ebbtide_inbox.receiver-{other}.>", f"orders.{other}", f"$KV.outbox-{other}.>",
-                                   "_INBOX.>", "dlq.>"]
+        forbidden_subscriptions = [
+            f"_ebbtide_inbox.receiver-{other}.>",
+            f"orders.{other}",
+            f"$KV.outbox-{other}.>",
+            "_INBOX.>",
+            "dlq.>",
+        ]
         for subject in forbidden_subscriptions:
             await nc.subscribe(subject)
         await nc.flush()

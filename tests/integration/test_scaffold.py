@@ -22,12 +22,19 @@ from tests.conftest import manifest_copy, provision_for, read_stream
 # in a session, the reference modules and a toolchain's caches (a Python component takes minutes cold).
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("lang", ["zig", "c", "assemblyscript", "python"])
-async def test_new_function_builds_passes_its_test_and_runs(lang: str, tmp_path: Path, nats_server: EmbeddedNats,
-                                                            nc: NatsClient) -> None:
+async def test_new_function_builds_passes_its_test_and_runs(
+    lang: str, tmp_path: Path, nats_server: EmbeddedNats, nc: NatsClient
+) -> None:
     path, _ = manifest_copy(tmp_path)  # the reference pipeline; builds into the session's build folder
     name = f"hello-{lang[:2]}"
     made = new_function(load_manifest(path), name, lang)
-    assert made.source == tmp_path / "functions" / name / {"zig": "main.zig", "c": "main.c", "assemblyscript": "main.ts", "python": "app.py"}[lang]
+    assert (
+        made.source
+        == tmp_path
+        / "functions"
+        / name
+        / {"zig": "main.zig", "c": "main.c", "assemblyscript": "main.ts", "python": "app.py"}[lang]
+    )
     manifest = load_manifest(path)  # the appended entry is valid and complete
     assert manifest.spec.modules[name].lang == lang
     fn = manifest.function(name)
@@ -36,8 +43,13 @@ async def test_new_function_builds_passes_its_test_and_runs(lang: str, tmp_path:
     assert "distributor" in manifest.spec.functions  # the rest is untouched
 
     # Its generated test, as a user runs it.
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(made.test.parent)],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(made.test.parent)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "4 passed" in done.stdout
 

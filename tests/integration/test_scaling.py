@@ -28,7 +28,9 @@ def quick_cooldown(manifest: LoadedManifest, cooldown_s: float = 1.0) -> LoadedM
     return LoadedManifest(msgspec.structs.replace(manifest.spec, functions=functions), manifest.path)
 
 
-async def test_burst_scales_up_to_max_and_drains_to_zero(reference_manifest: LoadedManifest, nats_server: EmbeddedNats, nc: NatsClient) -> None:
+async def test_burst_scales_up_to_max_and_drains_to_zero(
+    reference_manifest: LoadedManifest, nats_server: EmbeddedNats, nc: NatsClient
+) -> None:
     manifest = quick_cooldown(reference_manifest)
     reports: list[PoolStatus] = []
 
@@ -63,7 +65,9 @@ def subscribed_subjects(server: EmbeddedNats) -> set[str]:
         return {sub["subject"] for sub in json.loads(reply.read()).get("subscriptions_list") or []}
 
 
-async def test_message_at_an_empty_pool_is_woken_by_its_bell(reference_manifest: LoadedManifest, nats_server: EmbeddedNats, nc: NatsClient) -> None:
+async def test_message_at_an_empty_pool_is_woken_by_its_bell(
+    reference_manifest: LoadedManifest, nats_server: EmbeddedNats, nc: NatsClient
+) -> None:
     """An idle pool at zero instances wakes on the message itself (its bell: a subscription on the trigger
     subject), not on the idle lag check every few seconds. Asserted through the wake-up path taken, not a
     time: how long it takes is measured by `ebbtide bench` (activation from zero)."""
@@ -75,8 +79,9 @@ async def test_message_at_an_empty_pool_is_woken_by_its_bell(reference_manifest:
         triggers = {fn.trigger for fn in manifest.spec.functions.values()}
 
         async def asleep() -> bool:  # every pool at zero, its controller subscribed to its bell
-            return (all(pool.instances == 0 for pool in host.pools.values())
-                    and triggers <= await asyncio.to_thread(subscribed_subjects, nats_server))
+            return all(pool.instances == 0 for pool in host.pools.values()) and triggers <= await asyncio.to_thread(
+                subscribed_subjects, nats_server
+            )
 
         await wait_until(asleep)
         woken_before = {name: controller.wakeups for name, controller in host.controllers.items()}

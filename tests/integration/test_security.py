@@ -39,7 +39,9 @@ async def _client(server: EmbeddedNats, access: ServerAccess, functions: list[st
     return nc, errors
 
 
-async def test_authentication_and_least_privilege_are_enforced_by_the_server(reference_manifest: LoadedManifest, tmp_path: Path) -> None:
+async def test_authentication_and_least_privilege_are_enforced_by_the_server(
+    reference_manifest: LoadedManifest, tmp_path: Path
+) -> None:
     path, _ = manifest_copy(tmp_path)
     manifest = load_manifest(path)
     orders = generate_orders(30, seed=21)
@@ -115,8 +117,9 @@ async def test_authentication_and_least_privilege_are_enforced_by_the_server(ref
                 await client.close()
 
 
-def test_nats_config_writes_users_for_an_external_server(reference_manifest: LoadedManifest, tmp_path: Path,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_nats_config_writes_users_for_an_external_server(
+    reference_manifest: LoadedManifest, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "auth"
     assert cli(["--manifest", str(reference_manifest.path), "nats-config", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
@@ -173,7 +176,9 @@ async def test_wasi_is_denied_by_default_and_granted_by_the_manifest(tmp_path: P
 
 async def test_effect_and_header_limits_dead_letter_the_message(tmp_path: Path, nats_server: EmbeddedNats, nc) -> None:  # type: ignore[no-untyped-def]
     manifest = chaos_manifest(tmp_path)
-    text = manifest.path.read_text().replace("max_payload = 4096 }", "max_payload = 4096, max_effect_bytes = 8, max_header_bytes = 300 }")
+    text = manifest.path.read_text().replace(
+        "max_payload = 4096 }", "max_payload = 4096, max_effect_bytes = 8, max_header_bytes = 300 }"
+    )
     limited = parse_manifest(text, manifest.path)
     js = nc.jetstream()
     await provision_for(limited, nats_server.url)

@@ -49,7 +49,9 @@ class AckLog:
         return [e for e in self.events if e.kind == kind]
 
 
-async def test_a_batch_slower_than_the_ack_wait_is_not_redelivered(tmp_path: Path, nats_server: EmbeddedNats, nc: NatsClient) -> None:
+async def test_a_batch_slower_than_the_ack_wait_is_not_redelivered(
+    tmp_path: Path, nats_server: EmbeddedNats, nc: NatsClient
+) -> None:
     # 40 messages of >= 25 ms in one batch take >= 1 s: twice the 0.5 s ack wait, on any machine.
     ack_wait_s, count = 0.5, 40
     manifest = chaos_manifest(tmp_path, ack_wait_s=ack_wait_s, batch=count, **SLOW)
@@ -60,6 +62,7 @@ async def test_a_batch_slower_than_the_ack_wait_is_not_redelivered(tmp_path: Pat
     acks = AckLog()
     await acks.watch(nc, "TEST", "chaos")
     async with Host(manifest, nats_server.url) as host:
+
         async def all_acked() -> bool:
             return len(acks.of("ack")) == count
 
@@ -80,7 +83,9 @@ async def test_a_batch_slower_than_the_ack_wait_is_not_redelivered(tmp_path: Pat
     assert sorted(m.data for m in out) == sorted(b"slow-%d" % i for i in range(count))
 
 
-async def test_stop_past_the_grace_period_naks_the_batch_for_the_next_process(tmp_path: Path, nats_server: EmbeddedNats, nc: NatsClient) -> None:
+async def test_stop_past_the_grace_period_naks_the_batch_for_the_next_process(
+    tmp_path: Path, nats_server: EmbeddedNats, nc: NatsClient
+) -> None:
     manifest = chaos_manifest(tmp_path, batch=64, **SLOW)  # 30 s ack wait: only a nak brings them back soon
     js = nc.jetstream()
     await provision(js, manifest)

@@ -69,7 +69,12 @@ class Ebbtide:
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "ebbtide", "--log-format", "text", "-m", str(manifest), *args],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=tmp_path)
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=tmp_path,
+            )
 
     @property
     def output(self) -> str:
@@ -193,8 +198,10 @@ def test_each_process_of_up_says_what_it_runs(tmp_path: Path) -> None:
     """Issue 13, item 6: a per-function child said "single process mode"; each line now says what is true."""
     up = Ebbtide(tmp_path, _manifest(tmp_path, ("f", "g")), "up", "--processes", "per-function")
     try:
-        up.wait_for("every function running", lambda: "running f in this process" in up.output
-                    and "running g in this process" in up.output)
+        up.wait_for(
+            "every function running",
+            lambda: "running f in this process" in up.output and "running g in this process" in up.output,
+        )
         up.process.send_signal(signal.SIGTERM)
         code = up.stopped_within(STOP_S)
     finally:

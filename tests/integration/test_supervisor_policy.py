@@ -27,21 +27,26 @@ MIN_S, MAX_S = 0.1, 0.4
 
 def restarts_logged(caplog: pytest.LogCaptureFixture) -> list[tuple[float, int, float]]:
     """(when, exit code, backoff chosen) of each 'exited ...; restarting in' line, in order."""
-    return [(r.created, r.args[2], r.args[3]) for r in caplog.records
-            if r.name == "ebbtide.supervisor" and r.msg.startswith("%s (pid %d) exited")]
+    return [
+        (r.created, r.args[2], r.args[3])
+        for r in caplog.records
+        if r.name == "ebbtide.supervisor" and r.msg.startswith("%s (pid %d) exited")
+    ]
 
 
 def starts_logged(caplog: pytest.LogCaptureFixture) -> list[float]:
     return [r.created for r in caplog.records if r.name == "ebbtide.supervisor" and r.msg.startswith("started")]
 
 
-async def test_a_crash_loop_backs_off_doubling_up_to_the_cap(tmp_path: Path, nats_server: EmbeddedNats,
-                                                             caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_crash_loop_backs_off_doubling_up_to_the_cap(
+    tmp_path: Path, nats_server: EmbeddedNats, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="ebbtide.supervisor")
     manifest = chaos_manifest(tmp_path)
     manifest.module_path("chaos").unlink()  # every start fails at once: no module to build or load (exit 1)
-    supervisor = Supervisor(manifest.path, ["chaos"], nats_server.url, restart_min_s=MIN_S, restart_max_s=MAX_S,
-                            healthy_after_s=60)
+    supervisor = Supervisor(
+        manifest.path, ["chaos"], nats_server.url, restart_min_s=MIN_S, restart_max_s=MAX_S, healthy_after_s=60
+    )
     child = supervisor.children["chaos"]
     await supervisor.start()
     try:
@@ -49,7 +54,7 @@ async def test_a_crash_loop_backs_off_doubling_up_to_the_cap(tmp_path: Path, nat
     finally:
         await supervisor.stop(grace_s=5)
     restarts = restarts_logged(caplog)
-    assert [backoff for _, _, backoff in restarts[:5]] == [0.1, 0.2, 0.4, 0.4, 0.4][:len(restarts[:5])]
+    assert [backoff for _, _, backoff in restarts[:5]] == [0.1, 0.2, 0.4, 0.4, 0.4][: len(restarts[:5])]
     assert len(restarts) >= 4 and all(code in (1, 2) for _, code, _ in restarts)  # a failure, not a signal
     starts = starts_logged(caplog)
     for (exited_at, _, backoff), started_at in zip(restarts, starts[1:]):  # each restart waited its backoff
@@ -66,8 +71,9 @@ async def test_the_backoff_starts_again_from_the_minimum_after_a_healthy_run(
     module = wasm.read_bytes()
     wasm.unlink()
     await provision(nc.jetstream(), manifest)  # an operator's step: the child's user need not be allowed to
-    supervisor = Supervisor(manifest.path, ["chaos"], nats_server.url, restart_min_s=MIN_S, restart_max_s=MAX_S,
-                            healthy_after_s=healthy_after_s)
+    supervisor = Supervisor(
+        manifest.path, ["chaos"], nats_server.url, restart_min_s=MIN_S, restart_max_s=MAX_S, healthy_after_s=healthy_after_s
+    )
     child = supervisor.children["chaos"]
     await supervisor.start()
     try:
@@ -90,16 +96,28 @@ async def test_the_backoff_starts_again_from_the_minimum_after_a_healthy_run(
     assert code == -signal.SIGKILL and backoff == MIN_S
 
 
-async def test_sighup_to_up_reloads_the_module_in_every_child_process(tmp_path: Path, nats_server: EmbeddedNats,
-                                                                      nc: NatsClient) -> None:
+async def test_sighup_to_up_reloads_the_module_in_every_child_process(
+    tmp_path: Path, nats_server: EmbeddedNats, nc: NatsClient
+) -> None:
     """`ebbtide up --processes per-function`: SIGHUP to `up` reaches the function processes, which rebuild
     (here: a changed .wasm, no sources) and swap their module without a restart."""
     manifest = chaos_manifest(tmp_path)
     up = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "ebbtide", "--manifest", str(manifest.path), "up", "--processes", "per-function",
-        "--nats-url", nats_server.url, stdin=asyncio.subprocess.DEVNULL)
+        sys.executable,
+        "-m",
+        "ebbtide",
+        "--manifest",
+        str(manifest.path),
+        "up",
+        "--processes",
+        "per-function",
+        "--nats-url",
+        nats_server.url,
+        stdin=asyncio.subprocess.DEVNULL,
+    )
     js = nc.jetstream()
     try:
+
         async def answered(payload: bytes) -> bytes | None:
             for msg in await read_stream(nc, "TEST", "test.out"):
                 if msg.data[1:] == payload[1:]:
@@ -151,8 +169,9 @@ time.sleep(120)
 async def test_terminate_escalates_to_sigkill_after_the_grace_period() -> None:
     processes = []
     for behaviour in ("ignore", "default"):
-        process = await asyncio.create_subprocess_exec(sys.executable, "-c", STUBBORN, behaviour,
-                                                       stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL)
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", STUBBORN, behaviour, stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL
+        )
         assert process.stdout is not None
         assert await asyncio.wait_for(process.stdout.readline(), timeout=30) == b"ready\n"  # its handler is set
         processes.append(process)

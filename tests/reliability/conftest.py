@@ -54,13 +54,21 @@ async def connect_client(urls: str | Sequence[str], name: str = "reliability-tes
         pass
 
     return await nats.connect(
-        servers=servers, name=name, allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=0.1,
-        connect_timeout=2, pending_size=256 * 1024 * 1024, error_cb=quiet, disconnected_cb=None,
+        servers=servers,
+        name=name,
+        allow_reconnect=True,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.1,
+        connect_timeout=2,
+        pending_size=256 * 1024 * 1024,
+        error_cb=quiet,
+        disconnected_cb=None,
     )
 
 
-async def eventually(predicate: Callable[[], Awaitable[bool]], timeout: float = RUN_TIMEOUT_S, interval: float = 0.1,
-                     what: str = "condition") -> None:
+async def eventually(
+    predicate: Callable[[], Awaitable[bool]], timeout: float = RUN_TIMEOUT_S, interval: float = 0.1, what: str = "condition"
+) -> None:
     """Poll until true; a predicate that raises (server down, leader election) counts as not yet."""
     deadline = time.monotonic() + timeout
     last_error: BaseException | None = None
@@ -146,7 +154,7 @@ async def publish_reliably(
         await asyncio.sleep(0.2)
         retry, unconfirmed = unconfirmed, []
         for start in range(0, len(retry), 500):
-            unconfirmed += await send(retry[start:start + 500])
+            unconfirmed += await send(retry[start : start + 500])
     stats.retried = sum(1 for a in attempts if a > 1)
     return stats
 
@@ -191,7 +199,9 @@ _INVALID_SAMPLES = (
 def with_invalid(orders: Sequence[Order], share: float = 0.01, seed: int = 0) -> tuple[list[tuple[bytes, str]], set[str]]:
     """The orders' (payload, Nats-Msg-Id), with about `share` invalid inputs shuffled in; and the invalid ids."""
     messages = [(encode_order(o), o.order_guid) for o in orders]
-    invalid = [(_INVALID_SAMPLES[i % len(_INVALID_SAMPLES)], f"invalid-{seed}-{i}") for i in range(max(5, int(len(orders) * share)))]
+    invalid = [
+        (_INVALID_SAMPLES[i % len(_INVALID_SAMPLES)], f"invalid-{seed}-{i}") for i in range(max(5, int(len(orders) * share)))
+    ]
     messages += invalid
     random.Random(seed).shuffle(messages)
     return messages, {msg_id for _, msg_id in invalid}
@@ -259,9 +269,11 @@ async def run_complete(nc: NatsClient, expected: dict[str, set[int]], dead_lette
     stored = 0
     for bucket in expected:
         stored += (await stream_state(nc, f"KV_{bucket}")).messages
-    return (stored >= sum(len(ids) for ids in expected.values())
-            and (await stream_state(nc, "DLQ")).messages >= dead_letters
-            and await backlog(nc, input_stream) == 0)
+    return (
+        stored >= sum(len(ids) for ids in expected.values())
+        and (await stream_state(nc, "DLQ")).messages >= dead_letters
+        and await backlog(nc, input_stream) == 0
+    )
 
 
 async def outbox_total(nc: NatsClient) -> int:
@@ -340,9 +352,21 @@ class Cluster:
         self.nodes = []
         for i, port in enumerate(route_ports):
             routes = ",".join(f"nats://127.0.0.1:{p}" for p in route_ports if p != port)
-            self.nodes.append(EmbeddedNats(root / f"node-{i}", port=0, monitor_port=0, extra_args=(
-                "--cluster_name", f"ebbtide-reliability-{route_ports[0]}", "--cluster", f"nats://127.0.0.1:{port}",
-                "--routes", routes)))
+            self.nodes.append(
+                EmbeddedNats(
+                    root / f"node-{i}",
+                    port=0,
+                    monitor_port=0,
+                    extra_args=(
+                        "--cluster_name",
+                        f"ebbtide-reliability-{route_ports[0]}",
+                        "--cluster",
+                        f"nats://127.0.0.1:{port}",
+                        "--routes",
+                        routes,
+                    ),
+                )
+            )
 
     def start(self) -> Cluster:
         for node in self.nodes:
@@ -381,9 +405,10 @@ class Row:
         one stored and each invalid one dead-lettered, nothing lost, nothing doubled. (`seconds` is the run's
         duration, printed for reading only: the machines are too noisy for timed assertions.) Doubled
         effects alone raise `Duplicated`, so a row may expect them without hiding anything else."""
-        assert (self.sent, self.stored, self.lost, self.dead_lettered) == (valid + invalid, valid, 0, invalid), \
-            f"{self.test}: sent {self.sent}, stored {self.stored}, lost {self.lost}, dead-lettered " \
+        assert (self.sent, self.stored, self.lost, self.dead_lettered) == (valid + invalid, valid, 0, invalid), (
+            f"{self.test}: sent {self.sent}, stored {self.stored}, lost {self.lost}, dead-lettered "
             f"{self.dead_lettered}; expected {valid + invalid}, {valid}, 0, {invalid}"
+        )
         if self.written_twice:
             raise Duplicated(f"{self.test}: {self.written_twice} outbox write(s) or dead letter(s) beyond one per input")
 
@@ -414,13 +439,26 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # ty
     rows: list[Row] = config.stash.get(_ROWS, [])
     if not rows:
         return
-    outcomes = {report.nodeid: outcome for outcome in ("passed", "failed", "error", "xfailed", "xpassed")
-                for report in terminalreporter.stats.get(outcome, []) if getattr(report, "when", "call") == "call"}
+    outcomes = {
+        report.nodeid: outcome
+        for outcome in ("passed", "failed", "error", "xfailed", "xpassed")
+        for report in terminalreporter.stats.get(outcome, [])
+        if getattr(report, "when", "call") == "call"
+    }
     terminalreporter.write_sep("=", f"reliability: exactly-once accounting ({ORDERS_N} orders per run)")
     header = ("test", "result", "sent", "stored", "lost", "written twice", "dead-lettered", "seconds", "notes")
     table = [header] + [
-        (r.test, outcomes.get(r.nodeid, "?"), str(r.sent), str(r.stored), str(r.lost), str(r.written_twice),
-         str(r.dead_lettered), f"{r.seconds:.1f}", r.notes)
+        (
+            r.test,
+            outcomes.get(r.nodeid, "?"),
+            str(r.sent),
+            str(r.stored),
+            str(r.lost),
+            str(r.written_twice),
+            str(r.dead_lettered),
+            f"{r.seconds:.1f}",
+            r.notes,
+        )
         for r in rows
     ]
     widths = [max(len(line[i]) for line in table) for i in range(len(header) - 1)]

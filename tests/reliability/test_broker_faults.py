@@ -44,10 +44,13 @@ from tests.reliability.conftest import (
 # restart, by the client or by a function whose input was redelivered, is still recognised and dropped:
 # nothing is processed into a second write (issue 17; with a work-queue stream these rows wrote orders twice).
 # Down for longer than the publisher's confirm timeout (1 s), and, per-function, than the ack wait (2 s) too.
-@pytest.mark.parametrize(("mode", "down_s"), [
-    pytest.param("single", 1.5),
-    pytest.param("per-function", 4.0),
-])
+@pytest.mark.parametrize(
+    ("mode", "down_s"),
+    [
+        pytest.param("single", 1.5),
+        pytest.param("per-function", 4.0),
+    ],
+)
 async def test_nats_server_killed_and_restarted_mid_run(
     tmp_path: Path, reference_manifest: LoadedManifest, reliability_report: Report, mode: str, down_s: float
 ) -> None:
@@ -65,8 +68,11 @@ async def test_nats_server_killed_and_restarted_mid_run(
             await wait_for_functions(nc, manifest.spec.functions)
             stats = PublishStats()
             fault = MidRunFault(nc, server.kill, ORDERS_N // 5, stats)  # SIGKILL: no flush, no goodbye
-            publishing = asyncio.create_task(publish_reliably(
-                nc, INGRESS_SUBJECT, messages, spread_s=2.0, confirm_timeout=1.0, stats=stats, after_send=fault.after_send))
+            publishing = asyncio.create_task(
+                publish_reliably(
+                    nc, INGRESS_SUBJECT, messages, spread_s=2.0, confirm_timeout=1.0, stats=stats, after_send=fault.after_send
+                )
+            )
             await fault.wait()
             await asyncio.sleep(down_s)
             server.start()  # same port, same data folder
@@ -82,9 +88,15 @@ async def test_nats_server_killed_and_restarted_mid_run(
         outbox, letters = await account(nc, expected)
         missing, doubled, strays = dead_letter_accounting(letters, invalid)
         row = Row(
-            f"nats-server kill -9, {down_s:g} s down, restart ({mode})", stats.messages, outbox.stored,
-            outbox.lost + missing, outbox.extra_writes + doubled, len(letters), time.monotonic() - started,
-            f"{len(invalid)} invalid; publish retries {stats.retried}, server-deduped {stats.duplicate_acks}")
+            f"nats-server kill -9, {down_s:g} s down, restart ({mode})",
+            stats.messages,
+            outbox.stored,
+            outbox.lost + missing,
+            outbox.extra_writes + doubled,
+            len(letters),
+            time.monotonic() - started,
+            f"{len(invalid)} invalid; publish retries {stats.retried}, server-deduped {stats.duplicate_acks}",
+        )
         reliability_report.add(row)
         row.check(len(orders), len(invalid))
         assert await backlog(nc) == 0
@@ -93,10 +105,13 @@ async def test_nats_server_killed_and_restarted_mid_run(
         server.stop()
 
 
-@pytest.mark.parametrize("url_form", [
-    "all-nodes",
-    "seed-node",
-])
+@pytest.mark.parametrize(
+    "url_form",
+    [
+        "all-nodes",
+        "seed-node",
+    ],
+)
 async def test_cluster_node_killed_mid_run(
     tmp_path: Path, reference_manifest: LoadedManifest, reliability_report: Report, url_form: str
 ) -> None:
@@ -128,8 +143,11 @@ async def test_cluster_node_killed_mid_run(
         async with running(manifest, hosts_url, "single"):
             stats = PublishStats()
             fault = MidRunFault(nc, victim.kill, ORDERS_N // 5, stats)
-            publishing = asyncio.create_task(publish_reliably(
-                nc, INGRESS_SUBJECT, messages, spread_s=2.0, confirm_timeout=1.0, stats=stats, after_send=fault.after_send))
+            publishing = asyncio.create_task(
+                publish_reliably(
+                    nc, INGRESS_SUBJECT, messages, spread_s=2.0, confirm_timeout=1.0, stats=stats, after_send=fault.after_send
+                )
+            )
             await fault.wait()
             await publishing
             assert 0 < fault.confirmed_before < len(messages), "the kill did not land while publishing"
@@ -141,9 +159,15 @@ async def test_cluster_node_killed_mid_run(
         missing, doubled, strays = dead_letter_accounting(letters, invalid)
         # The surviving replicas hold the dedupe state: nothing is redone, not even an outbox write.
         row = Row(
-            f"3-node cluster, ORDERS leader kill -9 ({url_form})", stats.messages, outbox.stored,
-            outbox.lost + missing, outbox.extra_writes + doubled, len(letters), time.monotonic() - started,
-            f"{len(invalid)} invalid; publish retries {stats.retried}, server-deduped {stats.duplicate_acks}")
+            f"3-node cluster, ORDERS leader kill -9 ({url_form})",
+            stats.messages,
+            outbox.stored,
+            outbox.lost + missing,
+            outbox.extra_writes + doubled,
+            len(letters),
+            time.monotonic() - started,
+            f"{len(invalid)} invalid; publish retries {stats.retried}, server-deduped {stats.duplicate_acks}",
+        )
         reliability_report.add(row)
         recorded = True
         row.check(len(orders), len(invalid))
@@ -152,9 +176,18 @@ async def test_cluster_node_killed_mid_run(
         assert consumer.config.num_replicas in (0, 3) and consumer.num_ack_pending == 0
     except Exception as exc:
         if nc is not None and not recorded:
-            reliability_report.add(Row(  # the run never got going: nothing stored, everything lost
-                f"3-node cluster, ORDERS leader kill -9 ({url_form})", 0, 0, len(messages), 0, 0,
-                time.monotonic() - started, f"failed: {type(exc).__name__}: {exc}"[:90]))
+            reliability_report.add(
+                Row(  # the run never got going: nothing stored, everything lost
+                    f"3-node cluster, ORDERS leader kill -9 ({url_form})",
+                    0,
+                    0,
+                    len(messages),
+                    0,
+                    0,
+                    time.monotonic() - started,
+                    f"failed: {type(exc).__name__}: {exc}"[:90],
+                )
+            )
         raise
     finally:
         if nc is not None:

@@ -56,9 +56,21 @@ class Replicas:
         self._started += 1
         with (self.logs / f"{function}-{self._started}.log").open("wb") as log:
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "ebbtide", "-m", str(self.manifest_path), "run", "--function", function,
-                "--nats-url", self.url, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True)
+                sys.executable,
+                "-m",
+                "ebbtide",
+                "-m",
+                str(self.manifest_path),
+                "run",
+                "--function",
+                function,
+                "--nats-url",
+                self.url,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.running.setdefault(function, []).append(process)
 
     async def stop_one(self, function: str) -> None:
@@ -134,8 +146,9 @@ async def test_replicas_scaled_up_and_down_on_a_cluster_losing_a_node(
             await when(lambda: board.processes(function, REPLICAS, since), f"{REPLICAS} replicas of {function} reporting")
 
         stats = PublishStats()
-        publishing = asyncio.create_task(publish_reliably(
-            nc, INGRESS_SUBJECT, messages, spread_s=20.0, confirm_timeout=1.0, stats=stats))
+        publishing = asyncio.create_task(
+            publish_reliably(nc, INGRESS_SUBJECT, messages, spread_s=20.0, confirm_timeout=1.0, stats=stats)
+        )
         events: list[str] = []
 
         async def stored_at_least(share: float) -> bool:
@@ -183,16 +196,23 @@ async def test_replicas_scaled_up_and_down_on_a_cluster_losing_a_node(
         missing, doubled, strays = dead_letter_accounting(letters, invalid)
         row = Row(
             f"3-node cluster, {REPLICAS} processes per function scaled 3-4-2, ORDERS leader kill -9 + restart",
-            stats.messages, outbox.stored, outbox.lost + missing, outbox.extra_writes + doubled, len(letters),
+            stats.messages,
+            outbox.stored,
+            outbox.lost + missing,
+            outbox.extra_writes + doubled,
+            len(letters),
             time.monotonic() - started,
             f"{len(invalid)} invalid; publish retries {stats.retried}, server-deduped {stats.duplicate_acks}; "
-            f"{sum(1 for n in processed.values() if n)} processes did work")
+            f"{sum(1 for n in processed.values() if n)} processes did work",
+        )
         reliability_report.add(row)
         row.check(len(orders), len(invalid))
         assert strays == 0
         assert await backlog(nc) == 0
-        assert [code for _, code in replicas.exit_codes] == [0] * len(replicas.exit_codes), \
-            (replicas.exit_codes, replicas.log_tail())
+        assert [code for _, code in replicas.exit_codes] == [0] * len(replicas.exit_codes), (
+            replicas.exit_codes,
+            replicas.log_tail(),
+        )
         assert len(events) == 4, events
         print("\n" + "; ".join(events))
     except BaseException:

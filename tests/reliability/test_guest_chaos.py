@@ -46,7 +46,9 @@ def bad_payload(kind: bytes, i: int) -> bytes:
     return payload + b"." * (5000 - len(payload)) if kind == b"x" else payload
 
 
-async def test_misbehaving_guests_mixed_into_normal_traffic(tmp_path: Path, nats_server: EmbeddedNats, reliability_report: Report) -> None:
+async def test_misbehaving_guests_mixed_into_normal_traffic(
+    tmp_path: Path, nats_server: EmbeddedNats, reliability_report: Report
+) -> None:
     manifest = chaos_manifest(tmp_path, ack_wait_s=2.0)
     normal = [b"n-%d" % i for i in range(ORDERS_N)]
     kinds = list(BAD)
@@ -63,7 +65,11 @@ async def test_misbehaving_guests_mixed_into_normal_traffic(tmp_path: Path, nats
 
             async def complete() -> bool:
                 info = await js.consumer_info("TEST", "chaos")
-                return info.num_pending == 0 and info.num_ack_pending == 0 and (await js.stream_info("DLQ")).state.messages >= len(bad)
+                return (
+                    info.num_pending == 0
+                    and info.num_ack_pending == 0
+                    and (await js.stream_info("DLQ")).state.messages >= len(bad)
+                )
 
             await eventually(complete, what="every chaos input settled")
 
@@ -87,8 +93,15 @@ async def test_misbehaving_guests_mixed_into_normal_traffic(tmp_path: Path, nats
     lost = len(set(normal) - set(outputs)) + len(set(bad) - set(by_id))
     doubled = (len(outputs) - len(set(outputs))) + sum(len(v) - 1 for v in by_id.values())
     row = Row(
-        "misbehaving guests mixed in", len(messages), len(set(outputs) & set(normal)), lost, doubled, len(letters),
-        time.monotonic() - started, f"{len(bad)} bad ({len(kinds)} kinds), faults {sum(faults.values())}")
+        "misbehaving guests mixed in",
+        len(messages),
+        len(set(outputs) & set(normal)),
+        lost,
+        doubled,
+        len(letters),
+        time.monotonic() - started,
+        f"{len(bad)} bad ({len(kinds)} kinds), faults {sum(faults.values())}",
+    )
     reliability_report.add(row)
     row.check(len(normal), len(bad))
 
@@ -99,8 +112,13 @@ async def test_misbehaving_guests_mixed_into_normal_traffic(tmp_path: Path, nats
     for msg_id, payload in bad.items():
         letter = by_id[msg_id][0]
         reason, phrase, deliveries, _ = BAD[payload[:1]]
-        if not (letter.data == payload and letter.subject == "dlq.chaos" and letter.headers[H_REASON] == reason
-                and phrase in letter.headers[H_ERROR] and letter.headers[H_DELIVERY_COUNT] == str(deliveries)):
+        if not (
+            letter.data == payload
+            and letter.subject == "dlq.chaos"
+            and letter.headers[H_REASON] == reason
+            and phrase in letter.headers[H_ERROR]
+            and letter.headers[H_DELIVERY_COUNT] == str(deliveries)
+        ):
             wrong.append((payload[:12], letter.headers[H_REASON], letter.headers[H_ERROR], letter.headers[H_DELIVERY_COUNT]))
     assert not wrong, wrong[:10]
     # Each faulting delivery was counted once, by kind (no delivery beyond retry.max_deliver).

@@ -54,26 +54,44 @@ POISON = {
     "truncated-json": (lambda r: _dump(_order(r))[: r.randrange(1, 60)], "rejected", "malformed-json"),
     "trailing-garbage": (lambda r: _dump(_order(r)) + b" }{", "rejected", "malformed-json"),
     "deep-nesting": (lambda r: b"[" * 5000 + b"]" * 5000, "rejected", "malformed-json"),
-    "invalid-utf8": (lambda r: _dump(_order(r, description="lab")).replace(b'"lab"', b'"l\xff\xfeb"'), "rejected", "malformed-json"),
+    "invalid-utf8": (
+        lambda r: _dump(_order(r, description="lab")).replace(b'"lab"', b'"l\xff\xfeb"'),
+        "rejected",
+        "malformed-json",
+    ),
     "binary-garbage": (lambda r: b"\xff" + r.randbytes(r.randrange(16, 4096)), "rejected", "malformed-json"),
     "empty": (lambda r: b"", "rejected", "malformed-json"),
     "not-an-object": (lambda r: r.choice([b"[1, 2, 3]", b"null", b'"order"', b"42", b"true"]), "rejected", "malformed-json"),
-    "duplicate-order-id": (lambda r: b'{"orderId": 1, "orderId": 2, "delivery": "Express", "items": [{"sku": "A"}]}',
-                           "rejected", "malformed-json"),
+    "duplicate-order-id": (
+        lambda r: b'{"orderId": 1, "orderId": 2, "delivery": "Express", "items": [{"sku": "A"}]}',
+        "rejected",
+        "malformed-json",
+    ),
     "missing-order-id": (lambda r: _dump(_order(r, orderId=...)), "rejected", "missing-order-id"),
     "string-order-id": (lambda r: _dump(_order(r, orderId=str(r.randrange(1, 10**6)))), "rejected", "invalid-order-id"),
     "float-order-id": (lambda r: _dump(_order(r, orderId=r.randrange(1, 10**6) + 0.5)), "rejected", "invalid-order-id"),
     "null-order-id": (lambda r: _dump(_order(r, orderId=None)), "rejected", "invalid-order-id"),
     "huge-order-id": (lambda r: _dump(_order(r, orderId=2**64 + r.randrange(10**6))), "rejected", "invalid-order-id"),
-    "unknown-delivery": (lambda r: _dump(_order(r, delivery=r.choice(["Drone", "", "Expresss", "standard "]))), "rejected", "unknown-delivery"),
+    "unknown-delivery": (
+        lambda r: _dump(_order(r, delivery=r.choice(["Drone", "", "Expresss", "standard "]))),
+        "rejected",
+        "unknown-delivery",
+    ),
     "missing-delivery": (lambda r: _dump(_order(r, delivery=...)), "rejected", "unknown-delivery"),
-    "non-string-delivery": (lambda r: _dump(_order(r, delivery=r.choice([1, None, ["Express"]]))), "rejected", "unknown-delivery"),
+    "non-string-delivery": (
+        lambda r: _dump(_order(r, delivery=r.choice([1, None, ["Express"]]))),
+        "rejected",
+        "unknown-delivery",
+    ),
     "empty-items": (lambda r: _dump(_order(r, items=[])), "rejected", "no-items"),
     "missing-items": (lambda r: _dump(_order(r, items=...)), "rejected", "no-items"),
     "items-not-an-array": (lambda r: _dump(_order(r, items={"sku": "A"})), "rejected", "no-items"),
     # Over limits.max_payload (65536) but under the server's max_payload: the guest never sees it.
-    "over-max-payload": (lambda r: _dump(_order(r, description="x" * r.randrange(66_000, 980_000))),
-                         "payload-too-large", "exceeds limits.max_payload"),
+    "over-max-payload": (
+        lambda r: _dump(_order(r, description="x" * r.randrange(66_000, 980_000))),
+        "payload-too-large",
+        "exceeds limits.max_payload",
+    ),
 }
 
 
@@ -114,8 +132,15 @@ async def test_poison_messages_mixed_into_good_ones(
     missing = set(poison_ids) - set(by_id)
     doubled = sum(len(v) - 1 for v in by_id.values())
     row = Row(
-        "poison messages mixed in", stats.messages, outbox.stored, outbox.lost + len(missing), outbox.extra_writes + doubled,
-        len(letters), time.monotonic() - started, f"{len(poison)} poison, {len(POISON)} kinds, publish retries {stats.retried}")
+        "poison messages mixed in",
+        stats.messages,
+        outbox.stored,
+        outbox.lost + len(missing),
+        outbox.extra_writes + doubled,
+        len(letters),
+        time.monotonic() - started,
+        f"{len(poison)} poison, {len(POISON)} kinds, publish retries {stats.retried}",
+    )
     reliability_report.add(row)
     row.check(len(good), len(poison))
     outbox.check()
@@ -126,12 +151,14 @@ async def test_poison_messages_mixed_into_good_ones(
     for msg_id, (kind, payload) in poison_ids.items():
         letter = by_id[msg_id][0]
         _, reason, phrase = POISON[kind]
-        ok = ((letter.data or b"") == payload  # nats-py gives None for an empty payload
-              and letter.subject == "dlq.distributor"
-              and letter.headers[H_FUNCTION] == "distributor"
-              and letter.headers[H_ORIGINAL_SUBJECT] == INGRESS_SUBJECT
-              and letter.headers[H_REASON] == reason
-              and phrase in letter.headers[H_ERROR])
+        ok = (
+            (letter.data or b"") == payload  # nats-py gives None for an empty payload
+            and letter.subject == "dlq.distributor"
+            and letter.headers[H_FUNCTION] == "distributor"
+            and letter.headers[H_ORIGINAL_SUBJECT] == INGRESS_SUBJECT
+            and letter.headers[H_REASON] == reason
+            and phrase in letter.headers[H_ERROR]
+        )
         if not ok:
             wrong.append((kind, letter.headers.get(H_REASON), letter.headers.get(H_ERROR), len(letter.data or b""), len(payload)))
     assert not wrong, wrong[:10]
@@ -147,7 +174,10 @@ async def test_poison_just_under_the_server_max_payload(
     expected = expected_outbox(good)
     nc = await connect_client(nats_server.url)
     server_max = nc.max_payload  # the limit the server announced (1 MiB by default)
-    near = [b"x" * (server_max - 256), b'{"orderId": 1, "delivery": "Express", "items": [], "pad": "' + b"y" * (server_max - 400) + b'"}']
+    near = [
+        b"x" * (server_max - 256),
+        b'{"orderId": 1, "delivery": "Express", "items": [], "pad": "' + b"y" * (server_max - 400) + b'"}',
+    ]
     messages = [(encode_order(o), o.order_guid) for o in good]
     half = len(messages) // 2
     messages[half:half] = [(payload, f"near-limit-{i}") for i, payload in enumerate(near)]
@@ -172,10 +202,15 @@ async def test_poison_just_under_the_server_max_payload(
             outbox, letters = await account(nc, expected)
         ids = [letter.headers.get(H_ORIGINAL_MSG_ID) for letter in letters]
         row = Row(
-            "poison just under the server max_payload", len(messages), outbox.stored,
+            "poison just under the server max_payload",
+            len(messages),
+            outbox.stored,
             outbox.lost + sum(1 for i in range(len(near)) if f"near-limit-{i}" not in ids),
-            outbox.extra_writes + len(ids) - len(set(ids)), len(letters), time.monotonic() - started,
-            f"{len(near)} inputs of ~{server_max // 1024} KiB")
+            outbox.extra_writes + len(ids) - len(set(ids)),
+            len(letters),
+            time.monotonic() - started,
+            f"{len(near)} inputs of ~{server_max // 1024} KiB",
+        )
         reliability_report.add(row)
         await nc.close()
     row.check(len(good), len(near))

@@ -38,8 +38,21 @@ from tests.reliability.conftest import (
 async def start_up(manifest_path: Path, url: str, log: Path) -> asyncio.subprocess.Process:
     with log.open("ab") as out:
         return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "ebbtide", "-m", str(manifest_path), "up", "--processes", "per-function", "--nats-url", url,
-            stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+            sys.executable,
+            "-m",
+            "ebbtide",
+            "-m",
+            str(manifest_path),
+            "up",
+            "--processes",
+            "per-function",
+            "--nats-url",
+            url,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=out,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def children(pid: int) -> list[int]:
@@ -92,8 +105,9 @@ async def test_sigterm_mid_run_then_restart(
         fault = MidRunFault(nc, lambda: process.send_signal(signal.SIGTERM), ORDERS_N // 3, stats)
         kids = children(process.pid)
         assert len(kids) == len(functions)
-        publishing = asyncio.create_task(publish_reliably(
-            nc, INGRESS_SUBJECT, messages, spread_s=3.0, stats=stats, after_send=fault.after_send))
+        publishing = asyncio.create_task(
+            publish_reliably(nc, INGRESS_SUBJECT, messages, spread_s=3.0, stats=stats, after_send=fault.after_send)
+        )
         await fault.wait()
         in_flight = await backlog(nc)  # published, not yet acked
         sent = time.monotonic()
@@ -117,10 +131,16 @@ async def test_sigterm_mid_run_then_restart(
         outbox, letters = await account(nc, expected)  # every function stopped: nothing still on its way
         missing, doubled, strays = dead_letter_accounting(letters, invalid)
         row = Row(
-            "SIGTERM `ebbtide up` mid-run + restart", stats.messages, outbox.stored, outbox.lost + missing,
-            outbox.extra_writes + doubled, len(letters), time.monotonic() - started,
+            "SIGTERM `ebbtide up` mid-run + restart",
+            stats.messages,
+            outbox.stored,
+            outbox.lost + missing,
+            outbox.extra_writes + doubled,
+            len(letters),
+            time.monotonic() - started,
             f"{len(invalid)} invalid; in flight at SIGTERM {in_flight}, exit in {first_stop_s:.1f} s, "
-            f"{waiting} waited for the restart")
+            f"{waiting} waited for the restart",
+        )
         reliability_report.add(row)
         assert code == 0 and second_stop_s <= grace_s and not left, (code, second_stop_s, left)
         assert "Traceback" not in log.read_text(), log.read_text()[-3000:]

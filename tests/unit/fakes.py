@@ -62,7 +62,7 @@ class FakeNats:
 
     def _subscriber(self, reply: str):
         for pattern, callback in self.subscriptions.items():
-            if pattern.endswith(".*") and reply.startswith(pattern[:-1]) and "." not in reply[len(pattern) - 1:]:
+            if pattern.endswith(".*") and reply.startswith(pattern[:-1]) and "." not in reply[len(pattern) - 1 :]:
                 return callback
         return None
 
@@ -79,8 +79,17 @@ class FakeNats:
 
     # -- for tests ---------------------------------------------------------------------------------------
 
-    def delivery(self, data: bytes, *, sequence: int, delivered: int = 1, subject: str = "in.chaos",
-                 headers: dict[str, str] | None = None, stream: str = "TEST", consumer: str = "chaos") -> Msg:
+    def delivery(
+        self,
+        data: bytes,
+        *,
+        sequence: int,
+        delivered: int = 1,
+        subject: str = "in.chaos",
+        headers: dict[str, str] | None = None,
+        stream: str = "TEST",
+        consumer: str = "chaos",
+    ) -> Msg:
         """A message as JetStream delivers it: its acks are published back into this fake."""
         reply = f"$JS.ACK.{stream}.{consumer}.{delivered}.{sequence}.{sequence}.1732800000000000000.0"
         return Msg(self, subject=subject, reply=reply, data=data, headers=headers)  # type: ignore[arg-type]
@@ -101,7 +110,7 @@ class FakeNats:
 def nak_delay_s(ack: bytes) -> float | None:
     """The delay of a `-NAK {"delay": ns}` (None for a nak without delay)."""
     assert ack.startswith(b"-NAK"), ack
-    body = ack[len(b"-NAK"):].strip()
+    body = ack[len(b"-NAK") :].strip()
     return json.loads(body)["delay"] / 1e9 if body else None
 
 

@@ -28,8 +28,14 @@ MANIFEST = load_manifest(REPO / "ebbtide.toml")
 
 def test_distributor_may_route_but_not_write_the_outbox() -> None:
     permissions = function_permissions(MANIFEST, "distributor")
-    assert {"orders.express", "orders.standard", "dlq.distributor", "$JS.ACK.ORDERS.distributor.>",
-            "$JS.API.CONSUMER.MSG.NEXT.ORDERS.distributor", "ebbtide.status_reports.distributor"} <= set(permissions.publish)
+    assert {
+        "orders.express",
+        "orders.standard",
+        "dlq.distributor",
+        "$JS.ACK.ORDERS.distributor.>",
+        "$JS.API.CONSUMER.MSG.NEXT.ORDERS.distributor",
+        "ebbtide.status_reports.distributor",
+    } <= set(permissions.publish)
     assert not any(s.startswith("$KV.") or "receiver" in s or s == "orders.ingress" for s in permissions.publish)
     assert permissions.subscribe == [f"{inbox_prefix('distributor')}.>", "orders.ingress", "ebbtide.status_reports-request"]
 
@@ -58,13 +64,21 @@ def test_no_function_holds_jetstream_administration() -> None:
 def test_observer_only_reads() -> None:
     permissions = observer_permissions(MANIFEST)
     assert permissions.publish == [
-        "$JS.API.STREAM.INFO.DLQ", "$JS.API.STREAM.MSG.GET.DLQ",
-        *(f"$JS.API.{op}.KV_{bucket}{tail}" for bucket in ("outbox-express", "outbox-standard")
-          for op, tail in (("STREAM.INFO", ""), ("STREAM.MSG.GET", ""), ("DIRECT.GET", ""), ("DIRECT.GET", ".>"))),
+        "$JS.API.STREAM.INFO.DLQ",
+        "$JS.API.STREAM.MSG.GET.DLQ",
+        *(
+            f"$JS.API.{op}.KV_{bucket}{tail}"
+            for bucket in ("outbox-express", "outbox-standard")
+            for op, tail in (("STREAM.INFO", ""), ("STREAM.MSG.GET", ""), ("DIRECT.GET", ""), ("DIRECT.GET", ".>"))
+        ),
         "ebbtide.status_reports-request",
     ]
-    assert set(permissions.subscribe) == {"_ebbtide_inbox.observer.>", "ebbtide.status_reports.>", "$KV.outbox-express.>",
-                                          "$KV.outbox-standard.>"}
+    assert set(permissions.subscribe) == {
+        "_ebbtide_inbox.observer.>",
+        "ebbtide.status_reports.>",
+        "$KV.outbox-express.>",
+        "$KV.outbox-standard.>",
+    }
 
 
 def test_the_ingress_password_is_stored_hashed(tmp_path: Path) -> None:
@@ -73,7 +87,9 @@ def test_the_ingress_password_is_stored_hashed(tmp_path: Path) -> None:
     config = bundle.server_config.read_text()
     assert password not in config
     [ingress] = [u for u in json.loads(config.split("authorization ", 1)[1])["users"] if u.get("user") == "ingress"]
-    assert ingress["password"].startswith(f"$2b${BCRYPT_COST:02d}$") and bcrypt.checkpw(password.encode(), ingress["password"].encode())
+    assert ingress["password"].startswith(f"$2b${BCRYPT_COST:02d}$") and bcrypt.checkpw(
+        password.encode(), ingress["password"].encode()
+    )
     assert stat.S_IMODE((tmp_path / "auth" / INGRESS_ENV).stat().st_mode) == 0o600
     assert write_bundle(MANIFEST, tmp_path / "auth").ingress().password == password  # kept on regeneration
     assert bundle.server_config.read_text() == config  # the same hash: a Secret made from it keeps its name

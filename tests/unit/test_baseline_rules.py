@@ -9,8 +9,10 @@ from ebbtide.pool import MIB
 from ebbtide.runtime import GuestInstance, GuestLimits, Status, WasmEngine, decode_effects
 from ebbtide.workload.baselines.rules import Rejected, outbox_key, route
 
-ORDER = (b'{"orderId": 7, "orderGuid": "g", "description": "d", "firstName": "A", "lastName": "B", '
-         b'"delivery": "Express", "items": [{"orderItemId": 1, "sku": "LENS-1", "quantity": 2}]}')
+ORDER = (
+    b'{"orderId": 7, "orderGuid": "g", "description": "d", "firstName": "A", "lastName": "B", '
+    b'"delivery": "Express", "items": [{"orderItemId": 1, "sku": "LENS-1", "quantity": 2}]}'
+)
 CASES = [
     ORDER,
     ORDER.replace(b'"Express"', b'"standard"'),
@@ -41,8 +43,12 @@ CASES = [
 def _guest(manifest: LoadedManifest, function: str) -> GuestInstance:
     engine = WasmEngine()
     fn = manifest.function(function)
-    return GuestInstance(engine, engine.load(manifest.module_path(fn.module)),
-                         GuestLimits(fn.limits.memory_mib * MIB, fn.limits.fuel), manifest.config_json(function))
+    return GuestInstance(
+        engine,
+        engine.load(manifest.module_path(fn.module)),
+        GuestLimits(fn.limits.memory_mib * MIB, fn.limits.fuel),
+        manifest.config_json(function),
+    )
 
 
 def _python(rule, payload: bytes) -> tuple[bool, str]:  # type: ignore[no-untyped-def]

@@ -44,7 +44,7 @@ def handle_all(start: Callable[[], Guest], messages: Sequence[tuple[bytes, bytes
     failed = 0
     guest = start()
     while len(outcomes) < len(messages):
-        result = guest.handle_batch(messages[len(outcomes):])
+        result = guest.handle_batch(messages[len(outcomes) :])
         outcomes += result.outcomes
         if result.instance_failed:
             failed += 1
@@ -107,7 +107,8 @@ def test_a_runaway_message_is_charged_only_when_it_used_a_whole_call_alone(start
     assert outcomes[3] == (Status.OK, b"c") and failed == 2
     alone = start().handle_batch(_messages(b"Loop"))
     assert isinstance(alone.outcomes[0], GuestFault) and str(alone.outcomes[0]) == (
-        f"timeout: used its fuel limit of {LIMITS.fuel} for one message")
+        f"timeout: used its fuel limit of {LIMITS.fuel} for one message"
+    )
 
 
 def test_an_unknown_status_mid_batch_fails_its_message(start: Callable[[], GuestInstance]) -> None:
@@ -131,7 +132,9 @@ def test_a_trap_before_the_guest_counts_anything_is_charged_to_the_first_message
     hand its outcomes to this call's messages."""
     entry = "    (i32.store (i32.const 131072) (i32.const 0))\n    (local.set $in"
     assert entry in BATCH_WAT
-    traps_at_entry = BATCH_WAT.replace(entry, "    (if (i32.eq (local.get $count) (i32.const 3)) (then unreachable))\n    (local.set $in")
+    traps_at_entry = BATCH_WAT.replace(
+        entry, "    (if (i32.eq (local.get $count) (i32.const 3)) (then unreachable))\n    (local.set $in"
+    )
     engine = WasmEngine()
     guest = GuestInstance(engine, engine.load(_wasm(tmp_path, traps_at_entry)), LIMITS, b"{}")
     assert guest.handle_batch(_messages(b"a", b"b")).outcomes == [(Status.OK, b"a"), (Status.OK, b"b")]
@@ -158,15 +161,18 @@ def test_a_v1_module_still_loads_and_is_called_once_per_message(tmp_path: Path) 
 WRONG_TYPE = '(func (export "ebbtide_handle_batch") (param i64) (result i32) (i32.const 0))'
 
 
-@pytest.mark.parametrize(("change", "error"), [
-    (("(i32.const 2))", "(i32.const 3))"), "guest ABI version 3, this host speaks 1, 2"),
-    (('(export "ebbtide_handle_batch")', ""), "guest ABI version 2 without `ebbtide_handle_batch`"),
-    (('(export "ebbtide_handle_batch")', ""), "`ebbtide_handle_batch` has type"),
-])
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        (("(i32.const 2))", "(i32.const 3))"), "guest ABI version 3, this host speaks 1, 2"),
+        (('(export "ebbtide_handle_batch")', ""), "guest ABI version 2 without `ebbtide_handle_batch`"),
+        (('(export "ebbtide_handle_batch")', ""), "`ebbtide_handle_batch` has type"),
+    ],
+)
 def test_an_inconsistent_version_is_refused(tmp_path: Path, change: tuple[str, str], error: str) -> None:
     wat = BATCH_WAT.replace(*change, 1)
     if "has type" in error:
-        wat = wat[:wat.rindex(")")] + WRONG_TYPE + ")"
+        wat = wat[: wat.rindex(")")] + WRONG_TYPE + ")"
     assert wat != BATCH_WAT
     engine = WasmEngine()
     with pytest.raises(ModuleLoadError, match=re.escape(error)):

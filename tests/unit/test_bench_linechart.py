@@ -13,9 +13,13 @@ SVG = "{http://www.w3.org/2000/svg}"
 
 def test_chart_has_a_line_per_series_and_skips_missing_values(tmp_path: Path) -> None:
     path = write_line_chart(
-        [("latency (ms)", {"p50": [(0.5, 1.0), (1.5, math.nan), (2.5, 2.0)], "p99": [(0.5, 5.0), (1.5, 9.0), (2.5, 7.0)]}),
-         ("RSS (MiB)", {"RSS": [(0.0, 140.0)]})],
-        tmp_path / "chart.svg", title="a <title> & more")
+        [
+            ("latency (ms)", {"p50": [(0.5, 1.0), (1.5, math.nan), (2.5, 2.0)], "p99": [(0.5, 5.0), (1.5, 9.0), (2.5, 7.0)]}),
+            ("RSS (MiB)", {"RSS": [(0.0, 140.0)]}),
+        ],
+        tmp_path / "chart.svg",
+        title="a <title> & more",
+    )
     root = ET.parse(path).getroot()  # well-formed, title escaped
     texts = [t.text for t in root.iter(f"{SVG}text")]
     assert "a <title> & more" in texts and "latency (ms)" in texts and "RSS (MiB)" in texts

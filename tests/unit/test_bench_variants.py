@@ -16,8 +16,15 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_toml_writer_round_trips_through_tomllib() -> None:
-    table = {"a": 1, "b": 2.5, "c": "x \"quoted\" \\ é", "d": [1, 2], "e": {"f": True, "g": {"h": []}, "skip": None},
-             "weird key": {}, "none": None}
+    table = {
+        "a": 1,
+        "b": 2.5,
+        "c": 'x "quoted" \\ é',
+        "d": [1, 2],
+        "e": {"f": True, "g": {"h": []}, "skip": None},
+        "weird key": {},
+        "none": None,
+    }
     expected = {k: v for k, v in table.items() if v is not None}
     expected["e"] = {"f": True, "g": {"h": []}}
     assert tomllib.loads(tomlwrite.dumps(table)) == expected
@@ -58,11 +65,17 @@ def test_the_known_fastest_is_a_candidate_and_so_is_the_default() -> None:
         candidate("turbo")
 
 
-@pytest.mark.parametrize(("options", "message"), [
-    ({"orders": 0}, "--orders"), ({"repeats": -1}, "--repeats"), ({"sustained_s": 0.0}, "--sustained-s"),
-    ({"rates": ["fast"]}, "rate"), ({"sustained_target": "faststream"}, "sustained target"),
-    ({"candidates": ["turbo"]}, "turbo"),
-])
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"orders": 0}, "--orders"),
+        ({"repeats": -1}, "--repeats"),
+        ({"sustained_s": 0.0}, "--sustained-s"),
+        ({"rates": ["fast"]}, "rate"),
+        ({"sustained_target": "faststream"}, "sustained target"),
+        ({"candidates": ["turbo"]}, "turbo"),
+    ],
+)
 def test_bench_options_refuse_what_cannot_be_measured(options: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         BenchOptions(**options)

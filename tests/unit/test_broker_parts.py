@@ -15,13 +15,22 @@ from .fakes import FakeNats
 def test_header_names_are_the_documented_ones() -> None:
     names = {name: value for name, value in vars(headers).items() if name.startswith("H_")}
     assert names == {
-        "H_MSG_ID": "Nats-Msg-Id", "H_STATUS": "Status", "H_DESCRIPTION": "Description",
-        "H_INGRESS_AT": "Ebbtide-Ingress-At", "H_FUNCTION": "Ebbtide-Function", "H_REASON": "Ebbtide-Reason",
-        "H_ERROR": "Ebbtide-Error", "H_DELIVERY_COUNT": "Ebbtide-Delivery-Count",
-        "H_ORIGINAL_SUBJECT": "Ebbtide-Original-Subject", "H_ORIGINAL_STREAM": "Ebbtide-Original-Stream",
-        "H_ORIGINAL_SEQUENCE": "Ebbtide-Original-Sequence", "H_ORIGINAL_MSG_ID": "Ebbtide-Original-Msg-Id",
-        "H_FAILED_AT": "Ebbtide-Failed-At", "H_FIRST_FAILED_AT": "Ebbtide-First-Failed-At",
-        "H_ORIGINAL_SIZE": "Ebbtide-Original-Size", "H_REDRIVEN_FROM": "Ebbtide-Redriven-From",
+        "H_MSG_ID": "Nats-Msg-Id",
+        "H_STATUS": "Status",
+        "H_DESCRIPTION": "Description",
+        "H_INGRESS_AT": "Ebbtide-Ingress-At",
+        "H_FUNCTION": "Ebbtide-Function",
+        "H_REASON": "Ebbtide-Reason",
+        "H_ERROR": "Ebbtide-Error",
+        "H_DELIVERY_COUNT": "Ebbtide-Delivery-Count",
+        "H_ORIGINAL_SUBJECT": "Ebbtide-Original-Subject",
+        "H_ORIGINAL_STREAM": "Ebbtide-Original-Stream",
+        "H_ORIGINAL_SEQUENCE": "Ebbtide-Original-Sequence",
+        "H_ORIGINAL_MSG_ID": "Ebbtide-Original-Msg-Id",
+        "H_FAILED_AT": "Ebbtide-Failed-At",
+        "H_FIRST_FAILED_AT": "Ebbtide-First-Failed-At",
+        "H_ORIGINAL_SIZE": "Ebbtide-Original-Size",
+        "H_REDRIVEN_FROM": "Ebbtide-Redriven-From",
     }
 
 
@@ -56,7 +65,9 @@ def test_replies_decode_into_their_own_structs() -> None:
         purged: int = 0
 
     assert jsapi.decode(Purged, b'{"purged": 3}').purged == 3
-    assert jsapi.decode(Purged, b'{"error": {"code": 400, "err_code": 1, "description": "no"}}').error == jsapi.ApiError(400, 1, "no")
+    assert jsapi.decode(Purged, b'{"error": {"code": 400, "err_code": 1, "description": "no"}}').error == jsapi.ApiError(
+        400, 1, "no"
+    )
 
 
 def test_a_delivery_reads_its_ack_subject() -> None:

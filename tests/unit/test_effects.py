@@ -16,7 +16,14 @@ def test_abi_round_trip() -> None:
 
 @pytest.mark.parametrize(
     "data",
-    [b"", b"\xc1", b"\x91\x93\xa3bad\xa1x\xc4\x00", b"\x91\x92\xa7publish\xa1x", b"\x81\xa1a\x01", b"\x91\x93\xa7publish\x01\xc4\x00"],
+    [
+        b"",
+        b"\xc1",
+        b"\x91\x93\xa3bad\xa1x\xc4\x00",
+        b"\x91\x92\xa7publish\xa1x",
+        b"\x81\xa1a\x01",
+        b"\x91\x93\xa7publish\x01\xc4\x00",
+    ],
 )
 def test_undecodable_output_is_a_guest_fault(data: bytes) -> None:
     with pytest.raises(GuestFault) as fault:

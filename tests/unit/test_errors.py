@@ -47,8 +47,9 @@ def test_the_hierarchy_has_a_usage_a_run_and_a_per_message_branch() -> None:
     assert {"GuestFault", "EffectRefused"} <= set(branches[MessageError])
 
 
-def test_a_bad_metrics_port_in_the_environment_is_a_usage_error(monkeypatch: pytest.MonkeyPatch,
-                                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_bad_metrics_port_in_the_environment_is_a_usage_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("EBBTIDE_METRICS_PORT", "nine")
     assert cli.main(["up", "--help"]) == 2
     err = capsys.readouterr().err

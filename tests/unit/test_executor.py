@@ -30,7 +30,8 @@ from ebbtide.telemetry.message_trace import MessageTracer
 
 from .fakes import FakeNats, nak_delay_s
 
-MANIFEST = parse_manifest("""
+MANIFEST = parse_manifest(
+    """
 [streams.TEST]
 subjects = ["in.>", "test.>"]
 
@@ -44,7 +45,9 @@ publish = ["test.>"]
 ack_wait_s = 0.4
 limits = { max_payload = 64, max_header_bytes = 200 }
 retry = { max_deliver = 3, backoff_ms = [50, 100] }
-""", Path("ebbtide.toml"))
+""",
+    Path("ebbtide.toml"),
+)
 FUNCTION = MANIFEST.function("chaos")
 ACK = b""  # nats-py acks with an empty payload
 
@@ -59,8 +62,9 @@ def one_by_one(guest: Callable[[Incoming], GuestResult]) -> RunGuests:
     return lambda batch: [guest(incoming) for incoming in batch]
 
 
-async def run(nc: FakeNats, msgs: list[Msg], guest: Callable[[Incoming], GuestResult] = echo,
-              tracer: MessageTracer | None = None) -> PoolStats:
+async def run(
+    nc: FakeNats, msgs: list[Msg], guest: Callable[[Incoming], GuestResult] = echo, tracer: MessageTracer | None = None
+) -> PoolStats:
     publisher = ConfirmedPublisher(nc)  # type: ignore[arg-type]
     await publisher.start()
     stats = PoolStats()
@@ -89,7 +93,10 @@ async def test_a_message_with_several_effects_numbers_their_ids() -> None:
     nc = FakeNats()
     msg = nc.delivery(b"x", sequence=3)
     await run(nc, [msg], lambda i: Effects([Outgoing("test.a", b"1"), Outgoing("test.b", b"2")]))
-    assert [(p.subject, p.headers["Nats-Msg-Id"]) for p in nc.published if p.headers] == [("test.a", "TEST:3:0"), ("test.b", "TEST:3:1")]
+    assert [(p.subject, p.headers["Nats-Msg-Id"]) for p in nc.published if p.headers] == [
+        ("test.a", "TEST:3:0"),
+        ("test.b", "TEST:3:1"),
+    ]
     assert nc.acks(msg) == [ACK]
 
 
@@ -100,12 +107,29 @@ async def test_a_rejected_message_is_dead_lettered_with_headers_that_say_why_the
     [letter] = nc.sent_to("dlq.chaos")
     assert letter.payload == b"bad"
     headers = letter.headers or {}
-    assert {k: headers[k] for k in ("Ebbtide-Function", "Ebbtide-Reason", "Ebbtide-Error", "Ebbtide-Delivery-Count",
-                                    "Ebbtide-Original-Subject", "Ebbtide-Original-Stream", "Ebbtide-Original-Sequence",
-                                    "Ebbtide-Original-Msg-Id", "Nats-Msg-Id")} == {
-        "Ebbtide-Function": "chaos", "Ebbtide-Reason": "rejected", "Ebbtide-Error": "no delivery field",
-        "Ebbtide-Delivery-Count": "2", "Ebbtide-Original-Subject": "in.chaos", "Ebbtide-Original-Stream": "TEST",
-        "Ebbtide-Original-Sequence": "5", "Ebbtide-Original-Msg-Id": "order-5", "Nats-Msg-Id": "dlq:TEST:5",
+    assert {
+        k: headers[k]
+        for k in (
+            "Ebbtide-Function",
+            "Ebbtide-Reason",
+            "Ebbtide-Error",
+            "Ebbtide-Delivery-Count",
+            "Ebbtide-Original-Subject",
+            "Ebbtide-Original-Stream",
+            "Ebbtide-Original-Sequence",
+            "Ebbtide-Original-Msg-Id",
+            "Nats-Msg-Id",
+        )
+    } == {
+        "Ebbtide-Function": "chaos",
+        "Ebbtide-Reason": "rejected",
+        "Ebbtide-Error": "no delivery field",
+        "Ebbtide-Delivery-Count": "2",
+        "Ebbtide-Original-Subject": "in.chaos",
+        "Ebbtide-Original-Stream": "TEST",
+        "Ebbtide-Original-Sequence": "5",
+        "Ebbtide-Original-Msg-Id": "order-5",
+        "Nats-Msg-Id": "dlq:TEST:5",
     }
     assert "Ebbtide-First-Failed-At" not in headers  # it never failed transiently here
     assert nc.acks(msg) == [ACK]
@@ -163,7 +187,9 @@ async def test_the_first_failure_is_remembered_for_the_dead_letter() -> None:
     failed = nc.delivery(b"R", sequence=4, delivered=1)
     await executor.run_batch([failed], one_by_one(lambda i: Declined(Status.RETRY, "busy")), KeepAlive([failed], 10.0))
     rejected = nc.delivery(b"R", sequence=4, delivered=2)
-    await executor.run_batch([rejected], one_by_one(lambda i: Declined(Status.REJECT, "now it is bad")), KeepAlive([rejected], 10.0))
+    await executor.run_batch(
+        [rejected], one_by_one(lambda i: Declined(Status.REJECT, "now it is bad")), KeepAlive([rejected], 10.0)
+    )
     [letter] = nc.sent_to("dlq.chaos")
     assert letter.headers is not None and letter.headers["Ebbtide-Reason"] == "rejected"
     assert letter.headers["Ebbtide-First-Failed-At"].endswith("Z")
@@ -231,6 +257,7 @@ async def test_a_message_without_an_ack_subject_is_ignored(caplog: pytest.LogCap
 
 # -- tracing ----------------------------------------------------------------------------------------------
 
+
 def tracer(sampled: bool) -> tuple[MessageTracer, InMemorySpanExporter]:
     exporter = InMemorySpanExporter()
     provider = TracerProvider(sampler=ALWAYS_ON if sampled else ALWAYS_OFF)
@@ -248,7 +275,9 @@ async def test_a_sampled_message_gets_a_process_span_and_a_send_span_per_effect(
     process = spans["process in.chaos"]
     assert all(spans[n].parent.span_id == process.context.span_id for n in ("send test.a", "send test.b"))
     traceparents = [p.headers["traceparent"] for p in nc.published if p.headers and "traceparent" in p.headers]
-    assert [t.split("-")[2] for t in traceparents] == [format(spans[n].context.span_id, "016x") for n in ("send test.a", "send test.b")]
+    assert [t.split("-")[2] for t in traceparents] == [
+        format(spans[n].context.span_id, "016x") for n in ("send test.a", "send test.b")
+    ]
 
 
 async def test_an_unsampled_message_builds_no_spans_and_passes_the_decision_on() -> None:
@@ -284,7 +313,9 @@ async def test_unconfirmed_effects_end_the_spans_in_error() -> None:
     await run(nc, [nc.delivery(b"a", sequence=1)], echo, traced)
     spans = exporter.get_finished_spans()
     assert len(spans) == 2
-    assert all(s.status.status_code is StatusCode.ERROR and "effects not confirmed" in (s.status.description or "") for s in spans)
+    assert all(
+        s.status.status_code is StatusCode.ERROR and "effects not confirmed" in (s.status.description or "") for s in spans
+    )
 
 
 def test_fake_nak_delay_reads_nats_py_bytes() -> None:

@@ -19,11 +19,21 @@ FUZZ = settings(max_examples=1000, deadline=None, suppress_health_check=[HealthC
 ALLOWLIST = Allowlist(["orders.express", "orders.*"], ["outbox-express"], max_effects=8, max_effect_bytes=1024)
 
 # MessagePack values shaped like effects, near-misses included: wrong tags, arities and types.
-_scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**63, 2**64 - 1), st.floats(allow_nan=True),
-                     st.text(max_size=40), st.binary(max_size=64))
+_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**64 - 1),
+    st.floats(allow_nan=True),
+    st.text(max_size=40),
+    st.binary(max_size=64),
+)
 _tags = st.sampled_from(["publish", "kv_put", "PUBLISH", "", "log"]) | st.text(max_size=8)
 _effect_like = st.lists(st.one_of(_tags, _scalars), min_size=0, max_size=5)
-_values = st.recursive(_scalars | _effect_like, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=12)
+_values = st.recursive(
+    _scalars | _effect_like,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=12,
+)
 
 
 def _check_output(output: bytes) -> None:
@@ -52,13 +62,38 @@ def test_structured_guest_output(value: object) -> None:
 
 
 _REFERENCE = (REPO / "ebbtide.toml").read_text().splitlines()
-_toml_values = st.sampled_from(['""', "0", "-1", "1e309", "true", "[]", "{}", '"x"', "[1, \"a\"]", "{ a = 1 }",
-                                '"orders.>"', '"*"', "99999999999999999999", '"\\u0000"'])
+_toml_values = st.sampled_from(
+    [
+        '""',
+        "0",
+        "-1",
+        "1e309",
+        "true",
+        "[]",
+        "{}",
+        '"x"',
+        '[1, "a"]',
+        "{ a = 1 }",
+        '"orders.>"',
+        '"*"',
+        "99999999999999999999",
+        '"\\u0000"',
+    ]
+)
 
 
 @FUZZ
-@given(st.lists(st.tuples(st.integers(0, len(_REFERENCE) - 1), st.sampled_from(["drop", "value", "garbage", "dup"]),
-                          _toml_values, st.text(max_size=20)), max_size=6))
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, len(_REFERENCE) - 1),
+            st.sampled_from(["drop", "value", "garbage", "dup"]),
+            _toml_values,
+            st.text(max_size=20),
+        ),
+        max_size=6,
+    )
+)
 def test_mutated_manifest(mutations: list[tuple[int, str, str, str]]) -> None:
     lines = list(_REFERENCE)
     for index, action, value, garbage in mutations:

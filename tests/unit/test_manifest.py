@@ -54,14 +54,19 @@ def test_reference_streams_keep_acked_messages_beyond_the_duplicate_window(path:
         (MINIMAL + "\nsurprise = 1\n", "unknown field `surprise`"),
         (MINIMAL.replace('module = "m"', 'module = "nope"'), "functions.f.module: no [modules.nope]"),
         (MINIMAL.replace('trigger = "in.f"', 'trigger = "other.f"'), "functions.f.trigger: no stream captures 'other.f'"),
-        (MINIMAL + '\n[functions.f.scale]\nmin = 5\nmax = 2\n', "functions.f.scale.min: 5 is greater than scale.max 2"),
+        (MINIMAL + "\n[functions.f.scale]\nmin = 5\nmax = 2\n", "functions.f.scale.min: 5 is greater than scale.max 2"),
         (MINIMAL.replace('trigger = "in.f"', 'trigger = "in.f"\nkv = ["b"]'), "functions.f.kv[0]: no [kv.b] bucket"),
         (MINIMAL.replace('trigger = "in.f"', 'trigger = "in.f"\npublish = ["in.>"]'), "would feed the function its own output"),
         (MINIMAL.replace("[functions.f]", "[functions.'bad name']"), "functions"),
         ("[[[", "not valid TOML"),
-        (MINIMAL.replace('subjects = ["in.>"]', 'subjects = ["in.>"]\nmax_age_s = 60'),
-         "streams.S.max_age_s: 60 is shorter than duplicate_window_s 120"),
-        (MINIMAL.replace('subjects = ["in.>"]', 'subjects = ["in.>"]\nmax_age_s = -1'), "streams.S.max_age_s: Expected `float` >= 0"),
+        (
+            MINIMAL.replace('subjects = ["in.>"]', 'subjects = ["in.>"]\nmax_age_s = 60'),
+            "streams.S.max_age_s: 60 is shorter than duplicate_window_s 120",
+        ),
+        (
+            MINIMAL.replace('subjects = ["in.>"]', 'subjects = ["in.>"]\nmax_age_s = -1'),
+            "streams.S.max_age_s: Expected `float` >= 0",
+        ),
     ],
 )
 def test_errors_name_file_and_key(text: str, message: str) -> None:

@@ -36,12 +36,14 @@ def test_inputs_within_the_limits_go_to_the_guest() -> None:
 
 def test_a_payload_over_the_limit_is_dead_lettered_unread() -> None:
     assert check_input(4097, 0, LIMITS) == DeadLetter(
-        Reason.PAYLOAD_TOO_LARGE, "payload of 4097 bytes exceeds limits.max_payload (4096)")
+        Reason.PAYLOAD_TOO_LARGE, "payload of 4097 bytes exceeds limits.max_payload (4096)"
+    )
 
 
 def test_headers_over_the_limit_are_dead_lettered_unread() -> None:
     assert check_input(10, 101, LIMITS) == DeadLetter(
-        Reason.HEADERS_TOO_LARGE, "headers of 101 bytes exceed limits.max_header_bytes (100)")
+        Reason.HEADERS_TOO_LARGE, "headers of 101 bytes exceed limits.max_header_bytes (100)"
+    )
 
 
 def test_the_payload_is_checked_before_the_headers() -> None:
@@ -65,7 +67,8 @@ def test_retry_backs_off_then_dead_letters_at_max_deliver() -> None:
     assert after_guest(declined, 1, RETRY) == Retry(0.05, "guest asked to retry: db busy")
     assert after_guest(declined, 2, RETRY) == Retry(0.1, "guest asked to retry: db busy")
     assert after_guest(declined, 3, RETRY) == DeadLetter(
-        Reason.RETRIES_EXHAUSTED, "failed 3 deliveries; last error: guest asked to retry: db busy")
+        Reason.RETRIES_EXHAUSTED, "failed 3 deliveries; last error: guest asked to retry: db busy"
+    )
 
 
 def test_the_last_backoff_repeats() -> None:
@@ -77,14 +80,18 @@ def test_a_guest_fault_is_transient() -> None:
     fault = Faulted("trap", "trap: wasm trap: unreachable")
     assert after_guest(fault, 1, RETRY) == Retry(0.05, "guest fault: trap: wasm trap: unreachable")
     exhausted = after_guest(fault, 3, RETRY)
-    assert exhausted == DeadLetter(Reason.RETRIES_EXHAUSTED, "failed 3 deliveries; last error: guest fault: trap: wasm trap: unreachable")
+    assert exhausted == DeadLetter(
+        Reason.RETRIES_EXHAUSTED, "failed 3 deliveries; last error: guest fault: trap: wasm trap: unreachable"
+    )
 
 
 def test_a_refused_effect_and_an_input_too_large_for_the_guest_are_permanent() -> None:
     assert after_guest(Refused("publish to 'x' is not allowed"), 1, RETRY) == DeadLetter(
-        Reason.EFFECT_REFUSED, "publish to 'x' is not allowed")
+        Reason.EFFECT_REFUSED, "publish to 'x' is not allowed"
+    )
     assert after_guest(TooLarge("input of 40000 bytes exceeds the guest's buffer"), 1, RETRY) == DeadLetter(
-        Reason.PAYLOAD_TOO_LARGE, "input of 40000 bytes exceeds the guest's buffer")
+        Reason.PAYLOAD_TOO_LARGE, "input of 40000 bytes exceeds the guest's buffer"
+    )
 
 
 def test_max_deliver_one_dead_letters_the_first_transient_failure() -> None:
@@ -101,7 +108,8 @@ def test_unconfirmed_effects_are_a_transient_failure() -> None:
     ack = Ack([Outgoing("test.out", b"x")])
     assert after_unconfirmed(ack, "no PubAck within 5 s", 1, RETRY) == Retry(0.05, "effects not confirmed: no PubAck within 5 s")
     assert after_unconfirmed(ack, "no PubAck within 5 s", 3, RETRY) == DeadLetter(
-        Reason.RETRIES_EXHAUSTED, "failed 3 deliveries; last error: effects not confirmed: no PubAck within 5 s")
+        Reason.RETRIES_EXHAUSTED, "failed 3 deliveries; last error: effects not confirmed: no PubAck within 5 s"
+    )
 
 
 @pytest.mark.parametrize("delivered", [1, 3, 50])

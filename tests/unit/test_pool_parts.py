@@ -5,7 +5,9 @@ from ebbtide.deadletter import Reason, dead_letter_headers, header_safe
 
 
 def test_ack_subject_v1() -> None:
-    assert parse_ack_subject("$JS.ACK.ORDERS.distributor.3.1042.17.1732800000000000000.5") == Delivery("ORDERS", 1042, 3, 1732800000000000000)
+    assert parse_ack_subject("$JS.ACK.ORDERS.distributor.3.1042.17.1732800000000000000.5") == Delivery(
+        "ORDERS", 1042, 3, 1732800000000000000
+    )
 
 
 def test_ack_subject_v2_with_domain_and_account() -> None:
@@ -19,8 +21,16 @@ def test_ack_subject_rejects_other_subjects() -> None:
 
 
 def test_dead_letter_headers_are_single_line_and_bounded() -> None:
-    headers = dead_letter_headers(function="f", reason=Reason.REJECTED, error="line one\r\nline two" + "x" * 5000,
-                                  delivered=2, subject="orders.ingress", stream="ORDERS", sequence=7, original_msg_id=None)
+    headers = dead_letter_headers(
+        function="f",
+        reason=Reason.REJECTED,
+        error="line one\r\nline two" + "x" * 5000,
+        delivered=2,
+        subject="orders.ingress",
+        stream="ORDERS",
+        sequence=7,
+        original_msg_id=None,
+    )
     assert headers["Ebbtide-Error"].startswith("line one line two")
     assert len(headers["Ebbtide-Error"]) == 1024
     assert headers["Ebbtide-Reason"] == "rejected"

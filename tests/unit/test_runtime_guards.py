@@ -35,9 +35,9 @@ EXPORTS = {  # name -> its WAT; a test replaces or leaves out one of them
     "ebbtide_output_capacity": '(func (export "ebbtide_output_capacity") (result i32) (i32.const 65536))',
     "ebbtide_init": f'(func (export "ebbtide_init") (param i32) (result i32) (i32.store (i32.const {OUTPUT_PTR}) (i32.const 0)) (i32.const 0))',
     # Default handle: status REJECT with an output of N bytes, N the first input word (after the subject).
-    "ebbtide_handle": f'''(func (export "ebbtide_handle") (param $subject_len i32) (param $len i32) (result i32)
+    "ebbtide_handle": f"""(func (export "ebbtide_handle") (param $subject_len i32) (param $len i32) (result i32)
         (i32.store (i32.const {OUTPUT_PTR}) (i32.load (i32.add (i32.const {INPUT_PTR}) (local.get $subject_len))))
-        (i32.const 1))''',
+        (i32.const 1))""",
 }
 
 
@@ -88,13 +88,16 @@ def test_another_abi_version_refuses_the_module(tmp_path: Path, engine: WasmEngi
         start(engine, module(tmp_path, ebbtide_abi_version=unknown))
 
 
-@pytest.mark.parametrize(("export", "value"), [
-    ("ebbtide_input_ptr", MEMORY_SIZE - 100),  # input [size-100, +32768) runs past the end
-    ("ebbtide_input_ptr", -1),  # a negative i32 (0xffffffff)
-    ("ebbtide_input_capacity", MEMORY_SIZE),  # from 65536, twice the memory
-    ("ebbtide_output_ptr", OUTPUT_PTR + 4),  # output [131076, +65536) ends 4 bytes past the memory
-    ("ebbtide_output_capacity", 3),  # too small for the 4-byte length header
-])
+@pytest.mark.parametrize(
+    ("export", "value"),
+    [
+        ("ebbtide_input_ptr", MEMORY_SIZE - 100),  # input [size-100, +32768) runs past the end
+        ("ebbtide_input_ptr", -1),  # a negative i32 (0xffffffff)
+        ("ebbtide_input_capacity", MEMORY_SIZE),  # from 65536, twice the memory
+        ("ebbtide_output_ptr", OUTPUT_PTR + 4),  # output [131076, +65536) ends 4 bytes past the memory
+        ("ebbtide_output_capacity", 3),  # too small for the 4-byte length header
+    ],
+)
 def test_a_buffer_outside_memory_refuses_the_module(tmp_path: Path, engine: WasmEngine, export: str, value: int) -> None:
     changed = f'(func (export "{export}") (result i32) (i32.const {value}))'
     with pytest.raises(GuestInitError, match="buffer .* is outside memory"):
@@ -128,11 +131,11 @@ def test_an_input_larger_than_the_input_buffer_is_refused_before_the_call(tmp_pa
 
 # A guest that calls one WASI function with arguments from its input and returns the errno as its output.
 # Input (after the subject): op (i32: 0 random_get, 1 clock_time_get, 2 clock_res_get), pointer, length.
-WASI_IMPORTS = '''
+WASI_IMPORTS = """
   (import "wasi_snapshot_preview1" "random_get" (func $random_get (param i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "clock_time_get" (func $clock_time_get (param i32 i64 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "clock_res_get" (func $clock_res_get (param i32 i32) (result i32)))'''
-WASI_HANDLE = f'''(func (export "ebbtide_handle") (param $subject_len i32) (param $len i32) (result i32)
+  (import "wasi_snapshot_preview1" "clock_res_get" (func $clock_res_get (param i32 i32) (result i32)))"""
+WASI_HANDLE = f"""(func (export "ebbtide_handle") (param $subject_len i32) (param $len i32) (result i32)
     (local $in i32) (local $op i32) (local $ptr i32) (local $n i32) (local $errno i32)
     (local.set $in (i32.add (i32.const {INPUT_PTR}) (local.get $subject_len)))
     (local.set $op (i32.load (local.get $in)))
@@ -146,7 +149,7 @@ WASI_HANDLE = f'''(func (export "ebbtide_handle") (param $subject_len i32) (para
       (then (local.set $errno (call $clock_res_get (i32.const 1) (local.get $ptr)))))
     (i32.store (i32.const {OUTPUT_PTR}) (i32.const 4))
     (i32.store (i32.const {OUTPUT_PTR + 4}) (local.get $errno))
-    (i32.const 1))'''
+    (i32.const 1))"""
 
 
 @pytest.fixture
@@ -160,20 +163,24 @@ def wasi_errno(guest: GuestInstance, op: int, pointer: int, length: int = 0) -> 
     return struct.unpack("<i", output)[0]
 
 
-@pytest.mark.parametrize(("op", "pointer", "length", "errno"), [
-    (0, 4096, 16, ERRNO_SUCCESS),
-    (0, MEMORY_SIZE - 16, 16, ERRNO_SUCCESS),  # ends at the last byte
-    (0, MEMORY_SIZE - 8, 16, ERRNO_FAULT),  # runs 8 bytes past the end
-    (0, -8, 4, ERRNO_FAULT),  # a negative pointer (0xfffffff8), not an index from the end
-    (0, 0, MAX_RANDOM_BYTES + 1, ERRNO_INVAL),  # fits in memory, but more than one call may ask for
-    (0, 0, -1, ERRNO_INVAL),  # 0xffffffff bytes
-    (1, MEMORY_SIZE - 8, 0, ERRNO_SUCCESS),  # 8-byte timestamp at the very end
-    (1, MEMORY_SIZE - 4, 0, ERRNO_FAULT),
-    (1, -4, 0, ERRNO_FAULT),
-    (2, MEMORY_SIZE - 7, 0, ERRNO_FAULT),
-])
-def test_wasi_calls_touch_only_the_callers_memory(wasi_guest: GuestInstance, op: int, pointer: int, length: int,
-                                                  errno: int) -> None:
+@pytest.mark.parametrize(
+    ("op", "pointer", "length", "errno"),
+    [
+        (0, 4096, 16, ERRNO_SUCCESS),
+        (0, MEMORY_SIZE - 16, 16, ERRNO_SUCCESS),  # ends at the last byte
+        (0, MEMORY_SIZE - 8, 16, ERRNO_FAULT),  # runs 8 bytes past the end
+        (0, -8, 4, ERRNO_FAULT),  # a negative pointer (0xfffffff8), not an index from the end
+        (0, 0, MAX_RANDOM_BYTES + 1, ERRNO_INVAL),  # fits in memory, but more than one call may ask for
+        (0, 0, -1, ERRNO_INVAL),  # 0xffffffff bytes
+        (1, MEMORY_SIZE - 8, 0, ERRNO_SUCCESS),  # 8-byte timestamp at the very end
+        (1, MEMORY_SIZE - 4, 0, ERRNO_FAULT),
+        (1, -4, 0, ERRNO_FAULT),
+        (2, MEMORY_SIZE - 7, 0, ERRNO_FAULT),
+    ],
+)
+def test_wasi_calls_touch_only_the_callers_memory(
+    wasi_guest: GuestInstance, op: int, pointer: int, length: int, errno: int
+) -> None:
     memory = wasi_guest._memory
     store = wasi_guest._store
     tail_before = memory.read(store, MEMORY_SIZE - 64, MEMORY_SIZE)
@@ -182,15 +189,22 @@ def test_wasi_calls_touch_only_the_callers_memory(wasi_guest: GuestInstance, op:
         assert memory.read(store, MEMORY_SIZE - 64, MEMORY_SIZE) == tail_before
 
 
-@pytest.mark.parametrize(("name", "signature"), [
-    ("fd_write", "(param i32 i32 i32 i32) (result i32)"),
-    ("path_open", "(param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)"),
-    ("proc_exit", "(param i32)"),
-])
-def test_wasi_functions_outside_the_groups_are_never_provided(tmp_path: Path, engine: WasmEngine, name: str, signature: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "signature"),
+    [
+        ("fd_write", "(param i32 i32 i32 i32) (result i32)"),
+        ("path_open", "(param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)"),
+        ("proc_exit", "(param i32)"),
+    ],
+)
+def test_wasi_functions_outside_the_groups_are_never_provided(
+    tmp_path: Path, engine: WasmEngine, name: str, signature: str
+) -> None:
     imports = f'(import "wasi_snapshot_preview1" "{name}" (func {signature}))'
-    with pytest.raises(ModuleLoadError, match=f"imports wasi_snapshot_preview1.{name} \\(never provided\\); "
-                                              "the function is granted clock, random"):
+    with pytest.raises(
+        ModuleLoadError,
+        match=f"imports wasi_snapshot_preview1.{name} \\(never provided\\); the function is granted clock, random",
+    ):
         engine.load(module(tmp_path, imports), wasi_grants=frozenset({"clock", "random"}))
 
 

@@ -29,7 +29,7 @@ def outcomes(output: bytes) -> Iterator[tuple[int, bytes]]:
     done, pos = struct.unpack_from("<I", output)[0], 4
     for _ in range(done):
         status, length = struct.unpack_from("<II", output, pos)
-        yield status, output[pos + 8:pos + 8 + length]
+        yield status, output[pos + 8 : pos + 8 + length]
         pos += 8 + length
     assert pos == len(output)
 
@@ -46,8 +46,12 @@ def test_effects_are_the_zig_sdks_bytes() -> None:
     [(status, output)] = run(handle, b"x" * 300)
     # array16 of effects, fixstr / str8 and bin8 / bin16, as functions/sdk/ebbtide.zig writes them
     assert status == ebbtide_sdk.OK
-    assert output == (b"\xdc\x00\x02" + b"\x93\xa7publish\xaeorders.express\xc5\x01\x2c" + b"x" * 300
-                      + b"\x94\xa6kv_put\xa6outbox\xa212\xc4\x02\xc3\xa9")
+    assert output == (
+        b"\xdc\x00\x02"
+        + b"\x93\xa7publish\xaeorders.express\xc5\x01\x2c"
+        + b"x" * 300
+        + b"\x94\xa6kv_put\xa6outbox\xa212\xc4\x02\xc3\xa9"
+    )
     assert decode_effects(output) == [Publish("orders.express", b"x" * 300), KvPut("outbox", "12", "é".encode())]
 
 
@@ -116,16 +120,19 @@ def test_effects_that_do_not_fit_the_output_cap_are_an_overflow() -> None:
     assert run(handle, b"70") == [(ebbtide_sdk.REJECT, b"output buffer overflow")]
 
 
-@pytest.mark.parametrize("payload, reason", [
-    (b"\xff", "malformed-json: invalid UTF-8 at offset 0"),
-    (b'{"a":"\xed\xa0\x80"}', "malformed-json: invalid UTF-8 at offset 6"),
-    (b'{"a":1,"a":2}', 'malformed-json: duplicate key "a"'),
-    (b'[{"k":1,"k":1}]', 'malformed-json: duplicate key "k"'),
-    (b'{"a": NaN}', "malformed-json: invalid literal NaN"),
-    (b'{"a":"\\ud800"}', "malformed-json: "),
-    (b"", "malformed-json: "),
-    (b"[1] x", "malformed-json: "),
-])
+@pytest.mark.parametrize(
+    "payload, reason",
+    [
+        (b"\xff", "malformed-json: invalid UTF-8 at offset 0"),
+        (b'{"a":"\xed\xa0\x80"}', "malformed-json: invalid UTF-8 at offset 6"),
+        (b'{"a":1,"a":2}', 'malformed-json: duplicate key "a"'),
+        (b'[{"k":1,"k":1}]', 'malformed-json: duplicate key "k"'),
+        (b'{"a": NaN}', "malformed-json: invalid literal NaN"),
+        (b'{"a":"\\ud800"}', "malformed-json: "),
+        (b"", "malformed-json: "),
+        (b"[1] x", "malformed-json: "),
+    ],
+)
 def test_json_is_strict(payload: bytes, reason: str) -> None:
     [(status, output)] = run(lambda message: message.json(), payload)
     assert status == ebbtide_sdk.REJECT
@@ -137,12 +144,15 @@ def test_json_is_decoded_once() -> None:
     assert message.json() is message.json() == {"a": "\U00010000", "b": [1.5, True, None]}
 
 
-@pytest.mark.parametrize("config, refused", [
-    ('{"bucket":"b"}', None),
-    ("{}", "config: bucket is required"),
-    ("[]", "config: expected a JSON object"),
-    ("{", "config: malformed-json: "),
-])
+@pytest.mark.parametrize(
+    "config, refused",
+    [
+        ('{"bucket":"b"}', None),
+        ("{}", "config: bucket is required"),
+        ("[]", "config: expected a JSON object"),
+        ("{", "config: malformed-json: "),
+    ],
+)
 def test_config_reaches_the_init_hook_as_a_dict(config: str, refused: str | None) -> None:
     seen: list[dict[str, str]] = []
 

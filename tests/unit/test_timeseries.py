@@ -15,8 +15,18 @@ SVG = "{http://www.w3.org/2000/svg}"
 
 
 def report(host: str, t: float, function: str = "receiver", **fields: float) -> PoolStatus:
-    values = dict(backlog=0, instances=0, in_flight=0, processed=0, dead_lettered=0, retried=0, guest_faults=0,
-                  rate=0.0, handle_p50_us=0.0, handle_p99_us=0.0)
+    values = dict(
+        backlog=0,
+        instances=0,
+        in_flight=0,
+        processed=0,
+        dead_lettered=0,
+        retried=0,
+        guest_faults=0,
+        rate=0.0,
+        handle_p50_us=0.0,
+        handle_p99_us=0.0,
+    )
     values.update(fields)
     return PoolStatus(function=function, host_id=host, time=START + t, **values)
 
@@ -74,11 +84,13 @@ def test_json_round_trip() -> None:
 
 
 def test_aggregate_percentiles() -> None:
-    totals = aggregate([
-        report("a:1", 1.0, instances=1, handle_p50_us=100.0, handle_p99_us=900.0),
-        report("b:2", 2.0, instances=3, handle_p50_us=200.0, handle_p99_us=400.0, backlog=42),
-        report("c:3", 0.5, instances=4, handle_p50_us=0.0, handle_p99_us=0.0),  # idle: measured nothing
-    ])
+    totals = aggregate(
+        [
+            report("a:1", 1.0, instances=1, handle_p50_us=100.0, handle_p99_us=900.0),
+            report("b:2", 2.0, instances=3, handle_p50_us=200.0, handle_p99_us=400.0, backlog=42),
+            report("c:3", 0.5, instances=4, handle_p50_us=0.0, handle_p99_us=0.0),  # idle: measured nothing
+        ]
+    )
     assert totals.handle_p99_us == 900.0  # max over processes
     assert totals.handle_p50_us == pytest.approx((100 * 1 + 200 * 3) / 4)  # weighted by instances, idle left out
     assert totals.backlog == 42 and totals.instances == 8 and totals.processes == 3
@@ -99,8 +111,8 @@ def burst() -> dict[str, list[Sample]]:
             backlog = max(0, int(peak * (1 - abs(t - delay - 1))))
             samples.append(Sample(t, backlog, 4 if delay <= t < delay + 4 else 0, 0, 0.0))
         return samples
-    return {"distributor": series(0.2, 10_000), "receiver-express": series(0.5, 3_000),
-            "receiver-standard": series(0.5, 7_000)}
+
+    return {"distributor": series(0.2, 10_000), "receiver-express": series(0.5, 3_000), "receiver-standard": series(0.5, 7_000)}
 
 
 def parse(path: Path) -> ET.Element:
@@ -158,13 +170,16 @@ def test_chart_lines_stay_inside_their_panel(tmp_path: Path) -> None:
         assert peak_y > y0 + 1  # the instance line at its peak stays clear of the frame
 
 
-@pytest.mark.parametrize("series", [
-    {},
-    {"idle": []},
-    {"once": [Sample(3.0, 120, 2, 1, 5.0)]},
-    {"zeros": [Sample(t, 0, 0, 0, 0.0) for t in (0.0, 1.0, 2.0)]},
-    {"instant": [Sample(0.0, 5, 1, 0, 0.0), Sample(0.0, 5, 1, 0, 0.0)]},
-])
+@pytest.mark.parametrize(
+    "series",
+    [
+        {},
+        {"idle": []},
+        {"once": [Sample(3.0, 120, 2, 1, 5.0)]},
+        {"zeros": [Sample(t, 0, 0, 0, 0.0) for t in (0.0, 1.0, 2.0)]},
+        {"instant": [Sample(0.0, 5, 1, 0, 0.0), Sample(0.0, 5, 1, 0, 0.0)]},
+    ],
+)
 def test_chart_edge_cases(tmp_path: Path, series: dict[str, list[Sample]]) -> None:
     root = parse(write_scaling_chart(series, tmp_path / "edge.svg", "edge"))
     labels = texts(root)

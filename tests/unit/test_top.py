@@ -7,8 +7,18 @@ NOW = 1_700_000_100.0
 
 
 def report(function: str, host: str, age: float, **fields: float) -> PoolStatus:
-    values = dict(backlog=0, instances=0, in_flight=0, processed=0, dead_lettered=0, retried=0, guest_faults=0,
-                  rate=0.0, handle_p50_us=0.0, handle_p99_us=0.0)
+    values = dict(
+        backlog=0,
+        instances=0,
+        in_flight=0,
+        processed=0,
+        dead_lettered=0,
+        retried=0,
+        guest_faults=0,
+        rate=0.0,
+        handle_p50_us=0.0,
+        handle_p99_us=0.0,
+    )
     values.update(fields)
     return PoolStatus(function=function, host_id=host, time=NOW - age, **values)
 
@@ -22,10 +32,36 @@ def table(text: str) -> dict[str, dict[str, str]]:
 
 def test_processes_of_one_function_are_added_up() -> None:
     view = TopView()
-    view.update(report("receiver", "a:1", 2.0, backlog=1500, instances=2, in_flight=2, rate=300.0, processed=1000,
-                       dead_lettered=1, handle_p50_us=100.0, handle_p99_us=2000.0))
-    view.update(report("receiver", "b:2", 0.5, backlog=1200, instances=6, in_flight=5, rate=700.5, processed=2500,
-                       dead_lettered=2, handle_p50_us=300.0, handle_p99_us=900.0))
+    view.update(
+        report(
+            "receiver",
+            "a:1",
+            2.0,
+            backlog=1500,
+            instances=2,
+            in_flight=2,
+            rate=300.0,
+            processed=1000,
+            dead_lettered=1,
+            handle_p50_us=100.0,
+            handle_p99_us=2000.0,
+        )
+    )
+    view.update(
+        report(
+            "receiver",
+            "b:2",
+            0.5,
+            backlog=1200,
+            instances=6,
+            in_flight=5,
+            rate=700.5,
+            processed=2500,
+            dead_lettered=2,
+            handle_p50_us=300.0,
+            handle_p99_us=900.0,
+        )
+    )
     row = table(view.render(NOW))["receiver"]
     assert row["BACKLOG"] == "1,200"  # newest report's lag, not a sum
     assert (row["INSTANCES"], row["IN-FLIGHT"], row["MSG/S"]) == ("8", "7", "1,000.5")
@@ -88,8 +124,19 @@ def test_wide_view_has_all_columns_and_squeezes_big_numbers() -> None:
     view = TopView()
     view.update(report("receiver-with-a-very-long-function-name", "a:1", 1.0, processed=123_456_789))
     lines = view.render(NOW, 100).splitlines()
-    for column in ("FUNCTION", "BACKLOG", "INSTANCES", "IN-FLIGHT", "MSG/S", "P50 ms", "P99 ms", "PROCESSED", "DEAD",
-                   "PROCS", "AGE"):
+    for column in (
+        "FUNCTION",
+        "BACKLOG",
+        "INSTANCES",
+        "IN-FLIGHT",
+        "MSG/S",
+        "P50 ms",
+        "P99 ms",
+        "PROCESSED",
+        "DEAD",
+        "PROCS",
+        "AGE",
+    ):
         assert column in lines[1]
     assert "123.5M" in lines[2] and "…" in lines[2]
 

@@ -15,18 +15,22 @@ def test_raw_call_memory_and_fuel() -> None:
     config = wasmtime.Config()
     config.consume_fuel = True
     engine = wasmtime.Engine(config)
-    module = wasmtime.Module(engine, """
+    module = wasmtime.Module(
+        engine,
+        """
         (module (memory (export "memory") 1)
           (func (export "add") (param i32 i32) (result i32)
             (i32.store8 (i32.const 8) (i32.add (i32.load8_u (i32.const 0)) (i32.const 1)))
             (i32.add (local.get 0) (local.get 1)))
-          (func (export "spin") (param i32 i32) (result i32) (loop $l (br $l)) (i32.const 0)))""")
+          (func (export "spin") (param i32 i32) (result i32) (loop $l (br $l)) (i32.const 0)))""",
+    )
     store = wasmtime.Store(engine)
     fast.set_fuel(store, 1000)
     instance = wasmtime.Instance(store, module, [])
     exports = instance.exports(store)
     base = fast.memory_base(store, exports["memory"])
     import ctypes
+
     ctypes.memmove(base, b"\x29", 1)
     assert fast.RawCall(store, exports["add"], 2)(40, 2) == 42
     assert ctypes.string_at(base + 8, 1) == b"\x2a"
@@ -41,9 +45,12 @@ def test_raw_call_memory_and_fuel() -> None:
 
 def test_export_picker_fetches_exports_by_index() -> None:
     engine = wasmtime.Engine()
-    module = wasmtime.Module(engine, """
+    module = wasmtime.Module(
+        engine,
+        """
         (module (func (export "a") (result i32) (i32.const 1)) (memory (export "memory") 1)
-          (func (export "b") (result i32) (i32.const 2)))""")
+          (func (export "b") (result i32) (i32.const 2)))""",
+    )
     first_store = wasmtime.Store(engine)
     picker = fast.ExportPicker(first_store, wasmtime.Instance(first_store, module, []), ("b", "memory"))
     store = wasmtime.Store(engine)

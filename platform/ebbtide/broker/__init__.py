@@ -23,13 +23,22 @@ from importlib import import_module
 from typing import Any
 
 _HOMES = {
-    "NATS_URL_ENV": "access", "configured_url": "access",
+    "NATS_URL_ENV": "access",
+    "configured_url": "access",
     "connect": "connection",
-    "EmbeddedNats": "embedded", "EmbeddedServerError": "embedded", "free_port": "embedded",
-    "kv_stream_name": "names", "kv_subject": "names",
-    "consumer_config": "provisioning", "missing_provisioning": "provisioning", "provision": "provisioning",
+    "EmbeddedNats": "embedded",
+    "EmbeddedServerError": "embedded",
+    "free_port": "embedded",
+    "kv_stream_name": "names",
+    "kv_subject": "names",
+    "consumer_config": "provisioning",
+    "missing_provisioning": "provisioning",
+    "provision": "provisioning",
     "provision_server": "provisioning",
-    "ConfirmedPublisher": "publisher", "PubAck": "publisher", "PublishError": "publisher", "publish_all": "publisher",
+    "ConfirmedPublisher": "publisher",
+    "PubAck": "publisher",
+    "PublishError": "publisher",
+    "publish_all": "publisher",
 }
 
 __all__ = sorted(_HOMES)

@@ -67,7 +67,11 @@ def embedded_client_access(manifest: LoadedManifest) -> ServerAccess:
 
 @contextmanager
 def embedded_server(
-    manifest: LoadedManifest, data_dir: Path | None = None, *, port: int | None = None, monitor_port: int | None = None,
+    manifest: LoadedManifest,
+    data_dir: Path | None = None,
+    *,
+    port: int | None = None,
+    monitor_port: int | None = None,
     auth: bool | None = None,
 ) -> Iterator[tuple[EmbeddedNats, ServerAccess]]:
     """Start the embedded server (settings from [embedded] unless given) and say how to reach it."""
@@ -75,10 +79,15 @@ def embedded_server(
     folder = data_dir or manifest.resolve(embedded.data_dir)
     use_auth = embedded.auth if auth is None else auth
     bundle = write_bundle(manifest, embedded_auth_folder(manifest, folder)) if use_auth else None
-    with EmbeddedNats(folder, host=embedded.host, port=embedded.port if port is None else port,
-                      monitor_port=embedded.monitor_port if monitor_port is None else monitor_port,
-                      config_file=bundle.server_config if bundle else None) as server:
+    with EmbeddedNats(
+        folder,
+        host=embedded.host,
+        port=embedded.port if port is None else port,
+        monitor_port=embedded.monitor_port if monitor_port is None else monitor_port,
+        config_file=bundle.server_config if bundle else None,
+    ) as server:
         yield server, ServerAccess(server.url, bundle.admin() if bundle else NatsAuth(), bundle)
+
 
 def client_access(manifest: LoadedManifest, flag: str | None) -> ServerAccess:
     """For client commands: the configured server, else the embedded one that `ebbtide up` starts

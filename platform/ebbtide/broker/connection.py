@@ -18,7 +18,10 @@ log = logging.getLogger("ebbtide.nats")
 
 
 async def connect(
-    url: str, name: str, give_up_after_s: float | None = None, on_lost: Callable[[], None] | None = None,
+    url: str,
+    name: str,
+    give_up_after_s: float | None = None,
+    on_lost: Callable[[], None] | None = None,
     auth: NatsAuth | None = None,
 ) -> NatsClient:
     """A client that reconnects forever once connected. `url` may list several servers, comma-separated.

@@ -75,9 +75,18 @@ class EmbeddedNats:
             raise EmbeddedServerError("already started")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [
-            nats_server_binary(), "--jetstream", "--store_dir", str(self.data_dir / "jetstream"),
-            "--addr", self.host, "--port", str(self.port),
-            "--http_port", str(self.monitor_port), "--server_name", f"ebbtide-{self.port}",
+            nats_server_binary(),
+            "--jetstream",
+            "--store_dir",
+            str(self.data_dir / "jetstream"),
+            "--addr",
+            self.host,
+            "--port",
+            str(self.port),
+            "--http_port",
+            str(self.monitor_port),
+            "--server_name",
+            f"ebbtide-{self.port}",
             *(("--config", str(self.config_file)) if self.config_file is not None else ()),
             *self.extra_args,
         ]
@@ -85,8 +94,14 @@ class EmbeddedNats:
             # A session of its own: Ctrl-C in the terminal signals the host, which drains its connection
             # first and then stops the server, instead of both going down at once. And if the host is
             # killed outright, the server gets SIGTERM from the kernel instead of running on, orphaned.
-            self._process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                             start_new_session=True, preexec_fn=die_with_parent())
+            self._process = subprocess.Popen(
+                args,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=die_with_parent(),
+            )
         self._wait_ready()
         return self
 

@@ -41,7 +41,8 @@ async def ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None:
                 f"stream {config.name} has retention {existing.value} on the server and "
                 f"{wanted.value} in the manifest (streams.{config.name}.retention): JetStream cannot change a "
                 f"stream to or from workqueue in place. Let the functions drain it (`ebbtide top`: backlog 0), delete "
-                f"it (`nats stream rm {config.name}`), then run `ebbtide provision` again") from None
+                f"it (`nats stream rm {config.name}`), then run `ebbtide provision` again"
+            ) from None
         await js.update_stream(config)
 
 
@@ -112,8 +113,11 @@ def streams_needed(manifest: LoadedManifest, functions: list[str]) -> list[str]:
     for function in functions:
         fn = manifest.function(function)
         names.add(manifest.stream_for(fn.trigger))
-        names.update(stream for stream, section in spec.streams.items()
-                     if any(subject_matches(p, s) or subject_matches(s, p) for p in section.subjects for s in fn.publish))
+        names.update(
+            stream
+            for stream, section in spec.streams.items()
+            if any(subject_matches(p, s) or subject_matches(s, p) for p in section.subjects for s in fn.publish)
+        )
         names.update(kv_stream_name(bucket) for bucket in fn.kv)
     return sorted(names)
 
@@ -138,8 +142,10 @@ async def provision_server(url: str, manifest: LoadedManifest, auth: NatsAuth, g
         await provision(nc.jetstream(), manifest)
     except (TimeoutError, nats.errors.TimeoutError):
         # A user without the rights gets no answer at all (the server drops the request): say what it needs.
-        raise ConnectionError(f"{url}: JetStream did not answer the provisioning requests of {auth.describe()}; "
-                              "provisioning needs the admin credentials") from None
+        raise ConnectionError(
+            f"{url}: JetStream did not answer the provisioning requests of {auth.describe()}; "
+            "provisioning needs the admin credentials"
+        ) from None
     except (nats.js.errors.Error, RunError) as exc:
         raise ConnectionError(f"{url}: provisioning refused: {exc}") from None
     finally:
@@ -156,11 +162,15 @@ async def missing_provisioning(js: JetStreamContext, manifest: LoadedManifest, f
     try:
         await js.consumer_info(stream, function)
     except NotFoundError as exc:
-        missing = f"stream {stream}" if exc.err_code == ERR_STREAM_NOT_FOUND else f"durable consumer {function} on stream {stream}"
+        missing = (
+            f"stream {stream}" if exc.err_code == ERR_STREAM_NOT_FOUND else f"durable consumer {function} on stream {stream}"
+        )
         return f"{missing} does not exist: run `ebbtide provision` with the admin credentials"
     except (nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError):
         return "JetStream is not available yet (no responders)"  # e.g. a cluster still electing its leader
     except (TimeoutError, nats.errors.TimeoutError):
-        return (f"no answer to the info request of consumer {function} on stream {stream} "
-                "(is this user allowed $JS.API.CONSUMER.INFO of it?)")
+        return (
+            f"no answer to the info request of consumer {function} on stream {stream} "
+            "(is this user allowed $JS.API.CONSUMER.INFO of it?)"
+        )
     return None

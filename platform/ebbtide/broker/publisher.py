@@ -57,7 +57,7 @@ class ConfirmedPublisher:
             self._subscription = None
 
     async def _on_reply(self, msg: Msg) -> None:
-        future = self._pending.pop(msg.subject[len(self._prefix):], None)
+        future = self._pending.pop(msg.subject[len(self._prefix) :], None)
         if future is None or future.done():
             return
         if not msg.data and msg.headers and msg.headers.get(H_STATUS) == "503":

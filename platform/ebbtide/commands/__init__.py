@@ -1,7 +1,7 @@
 """The CLI's commands, one module per kind; `ebbtide.cli` imports a module only when its command runs.
 
-    serve     up, run, provision: running functions
-    clients   publish, dlq, outbox, top: talking to a running platform
-    tools     nats-config, new, build: working on the project's files
-    workload  demo, bench: the reference workload (ebbtide.workload)
+serve     up, run, provision: running functions
+clients   publish, dlq, outbox, top: talking to a running platform
+tools     nats-config, new, build: working on the project's files
+workload  demo, bench: the reference workload (ebbtide.workload)
 """

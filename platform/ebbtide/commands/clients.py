@@ -30,6 +30,7 @@ from ..top import TopView
 
 log = logging.getLogger("ebbtide")
 
+
 def publish_command(args: argparse.Namespace, manifest: LoadedManifest) -> int:
     from ..workload.orders import encode_order, generate_orders
 
@@ -67,8 +68,9 @@ def publish_command(args: argparse.Namespace, manifest: LoadedManifest) -> int:
 def _entry_subject(manifest: LoadedManifest) -> str:
     subjects = ingress_subjects(manifest)
     if len(subjects) != 1:
-        raise UsageError(f"{manifest.path}: {len(subjects)} entry subjects ({', '.join(subjects) or 'none'}); "
-                         "choose one with --subject")
+        raise UsageError(
+            f"{manifest.path}: {len(subjects)} entry subjects ({', '.join(subjects) or 'none'}); choose one with --subject"
+        )
     return subjects[0]
 
 
@@ -109,7 +111,9 @@ def dlq_command(args: argparse.Namespace, manifest: LoadedManifest) -> int:
 def outbox_command(args: argparse.Namespace, manifest: LoadedManifest) -> int:
     if args.bucket is not None and args.bucket not in manifest.spec.kv:
         # Reading commands connect as the read-only observer, which may read the manifest's buckets only.
-        raise UsageError(f"{manifest.path}: no KV bucket {args.bucket!r} in the manifest (kv: {', '.join(manifest.spec.kv) or 'none'})")
+        raise UsageError(
+            f"{manifest.path}: no KV bucket {args.bucket!r} in the manifest (kv: {', '.join(manifest.spec.kv) or 'none'})"
+        )
     buckets = outbox.outbox_buckets(manifest, args.bucket)
     if not buckets:
         raise UsageError(f"{manifest.path}: no function writes a KV bucket (functions.*.kv): name one with --bucket")
@@ -134,8 +138,11 @@ def outbox_command(args: argparse.Namespace, manifest: LoadedManifest) -> int:
             print(f"ebbtide: no key {args.key!r} in {', '.join(buckets)}", file=sys.stderr)
             return EXIT_FAILURE
         if len(entries) > 1:
-            print(f"ebbtide: key {args.key!r} is in {len(entries)} buckets: "
-                  f"{', '.join(e.bucket for e in entries)} (one value per line, in that order)", file=sys.stderr)
+            print(
+                f"ebbtide: key {args.key!r} is in {len(entries)} buckets: "
+                f"{', '.join(e.bucket for e in entries)} (one value per line, in that order)",
+                file=sys.stderr,
+            )
         for entry in entries:
             print(outbox.format_value(entry))
         return 0
@@ -155,6 +162,7 @@ def top_command(args: argparse.Namespace, manifest: LoadedManifest) -> int:
     async def watch() -> int:
         nc = await client_connect(server, "ebbtide-top", reading=True)
         try:
+
             async def update(msg: Msg) -> None:
                 try:
                     view.update(decode_status(msg.data))
@@ -184,12 +192,12 @@ def top_command(args: argparse.Namespace, manifest: LoadedManifest) -> int:
         return 0
 
 
-
 async def client_connect(server: ServerAccess, name: str, reading: bool = False) -> NatsClient:
     """`reading`: a command that changes nothing connects as the read-only observer (see ServerAccess)."""
     try:
-        nc: NatsClient = await connect(server.url, name=name, give_up_after_s=5,
-                                       auth=server.for_reading() if reading else server.admin)
+        nc: NatsClient = await connect(
+            server.url, name=name, give_up_after_s=5, auth=server.for_reading() if reading else server.admin
+        )
         return nc
     except ConnectionError as exc:
         raise ConnectionError(f"{exc} (is `ebbtide up` running?)") from None

@@ -34,9 +34,16 @@ if TYPE_CHECKING:  # a supervisor never loads the host (the runtime, the pools)
 log = logging.getLogger("ebbtide")
 
 
-async def _serve(manifest: LoadedManifest, server: ServerAccess, mode: ProcessMode, functions: list[str] | None = None,
-                 verbose: bool = False, metrics_port: int | None = None, watch: bool = False,
-                 provision_as: NatsAuth | None = None) -> int:
+async def _serve(
+    manifest: LoadedManifest,
+    server: ServerAccess,
+    mode: ProcessMode,
+    functions: list[str] | None = None,
+    verbose: bool = False,
+    metrics_port: int | None = None,
+    watch: bool = False,
+    provision_as: NatsAuth | None = None,
+) -> int:
     """Run until SIGINT or SIGTERM, then stop the pools (or child processes) and drain. SIGHUP hot-reloads
     changed modules; `watch` does so whenever a function's sources change.
 
@@ -61,8 +68,9 @@ async def _serve(manifest: LoadedManifest, server: ServerAccess, mode: ProcessMo
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_stop_signal, sig)
-    provisioning = (asyncio.ensure_future(_provision_in_child(manifest, server.url, provision_as))
-                    if provision_as is not None else None)
+    provisioning = (
+        asyncio.ensure_future(_provision_in_child(manifest, server.url, provision_as)) if provision_as is not None else None
+    )
     try:
         async with running(manifest, server, mode, functions, verbose, metrics_port) as runner:
             started = True
@@ -82,8 +90,13 @@ async def _serve(manifest: LoadedManifest, server: ServerAccess, mode: ProcessMo
                 provisioning.exception()  # seen: a child stopped by the same Ctrl-C is no error to report
 
 
-async def _serve_until_stopped(manifest: LoadedManifest, runner: Host | Supervisor, stop: asyncio.Event, watch: bool,
-                               provisioning: asyncio.Future[None] | None = None) -> int:
+async def _serve_until_stopped(
+    manifest: LoadedManifest,
+    runner: Host | Supervisor,
+    stop: asyncio.Event,
+    watch: bool,
+    provisioning: asyncio.Future[None] | None = None,
+) -> int:
     loop = asyncio.get_running_loop()
     background: set[asyncio.Task[None]] = set()
 
@@ -97,11 +110,16 @@ async def _serve_until_stopped(manifest: LoadedManifest, runner: Host | Supervis
 
     loop.add_signal_handler(signal.SIGHUP, reload)
     if not isinstance(runner, Supervisor):
-        log.info("running %s in this process (pid %d); Ctrl-C to stop, SIGHUP to reload changed modules",
-                 ", ".join(runner.function_names), os.getpid())
+        log.info(
+            "running %s in this process (pid %d); Ctrl-C to stop, SIGHUP to reload changed modules",
+            ", ".join(runner.function_names),
+            os.getpid(),
+        )
     else:
-        log.info("running %s, one supervised process each; Ctrl-C to stop, SIGHUP to reload changed modules",
-                 ", ".join(runner.children))
+        log.info(
+            "running %s, one supervised process each; Ctrl-C to stop, SIGHUP to reload changed modules",
+            ", ".join(runner.children),
+        )
     waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait())]
     if watch:
         waits.append(asyncio.ensure_future(_watch_sources(manifest, reload)))
@@ -147,19 +165,40 @@ def up_command(args: argparse.Namespace, manifest: LoadedManifest) -> int:
     build_modules(manifest)
     if url is not None:
         access = external_access(manifest, url)
-        return uvloop.run(_serve(manifest, access, args.processes, verbose=args.verbose, metrics_port=args.metrics_port,
-                                 watch=args.watch, provision_as=access.admin))  # with the credentials `up` was given
+        return uvloop.run(
+            _serve(
+                manifest,
+                access,
+                args.processes,
+                verbose=args.verbose,
+                metrics_port=args.metrics_port,
+                watch=args.watch,
+                provision_as=access.admin,
+            )
+        )  # with the credentials `up` was given
     with embedded_server(manifest, auth=False if args.no_auth else None) as (server, access):
         log.info("embedded nats-server at %s (monitoring %s, data in %s)", server.url, server.monitor_url, server.data_dir)
         if access.bundle is not None:
             # Where the secrets are, never the secrets themselves (logs are often collected).
-            log.info("authentication on: publish orders as the user in %s, or use the admin NKEY seed %s "
-                     "(--no-auth or [embedded] auth = false turns it off)",
-                     access.bundle.folder / INGRESS_ENV, access.bundle.seed_file(ADMIN_USER))
+            log.info(
+                "authentication on: publish orders as the user in %s, or use the admin NKEY seed %s "
+                "(--no-auth or [embedded] auth = false turns it off)",
+                access.bundle.folder / INGRESS_ENV,
+                access.bundle.seed_file(ADMIN_USER),
+            )
         else:
             log.warning("authentication is off: anyone who reaches %s may do anything", server.url)
-        return uvloop.run(_serve(manifest, access, args.processes, verbose=args.verbose, metrics_port=args.metrics_port,
-                                 watch=args.watch, provision_as=access.admin))  # as the generated admin user
+        return uvloop.run(
+            _serve(
+                manifest,
+                access,
+                args.processes,
+                verbose=args.verbose,
+                metrics_port=args.metrics_port,
+                watch=args.watch,
+                provision_as=access.admin,
+            )
+        )  # as the generated admin user
 
 
 def run_command(args: argparse.Namespace, manifest: LoadedManifest) -> int:
@@ -168,8 +207,7 @@ def run_command(args: argparse.Namespace, manifest: LoadedManifest) -> int:
         raise UsageError("`run` needs a NATS server: give --nats-url, EBBTIDE_NATS_URL or [nats] url (or use `ebbtide up`)")
     manifest.function(args.function)
     build_modules(manifest, [manifest.function(args.function).module])
-    return uvloop.run(_serve(manifest, external_access(manifest, url), "single", [args.function],
-                             metrics_port=args.metrics_port))
+    return uvloop.run(_serve(manifest, external_access(manifest, url), "single", [args.function], metrics_port=args.metrics_port))
 
 
 def provision_command(args: argparse.Namespace, manifest: LoadedManifest) -> int:
@@ -177,8 +215,10 @@ def provision_command(args: argparse.Namespace, manifest: LoadedManifest) -> int
 
     server = client_access(manifest, args.nats_url)
     uvloop.run(provision_server(server.url, manifest, server.admin, give_up_after_s=None if args.wait else 5))
-    print(f"provisioned on {server.url}: streams {', '.join(str(config.name) for config in stream_configs(manifest))}; "
-          f"durable consumers {', '.join(manifest.spec.functions)}")
+    print(
+        f"provisioned on {server.url}: streams {', '.join(str(config.name) for config in stream_configs(manifest))}; "
+        f"durable consumers {', '.join(manifest.spec.functions)}"
+    )
     return 0
 
 
@@ -188,9 +228,20 @@ async def _provision_in_child(manifest: LoadedManifest, url: str, auth: NatsAuth
     from ..children import die_with_parent
 
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "ebbtide", "--manifest", str(manifest.path), "provision", "--wait", "--nats-url", url,
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-        env={**os.environ, **auth.child_env()}, preexec_fn=die_with_parent())
+        sys.executable,
+        "-m",
+        "ebbtide",
+        "--manifest",
+        str(manifest.path),
+        "provision",
+        "--wait",
+        "--nats-url",
+        url,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        env={**os.environ, **auth.child_env()},
+        preexec_fn=die_with_parent(),
+    )
     try:
         code = await process.wait()
     except asyncio.CancelledError:

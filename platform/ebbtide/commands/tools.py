@@ -13,15 +13,22 @@ from ..scaffold import new_function
 def nats_config_command(args: argparse.Namespace, manifest: LoadedManifest) -> int:
     bundle = write_bundle(manifest, args.out)
     print(f"wrote {bundle.server_config} (include it in the nats-server configuration) and, readable only by you:")
-    print(f"  {bundle.seed_file(ADMIN_USER)}  admin: everything (`ebbtide provision`, operator tools); "
-          "EBBTIDE_NATS_NKEY_SEED_FILE")
-    print(f"  {bundle.seed_file(OBSERVER_USER)}  observer: read outboxes, dead letters, status (top, Locust); "
-          f"EBBTIDE_NATS_NKEY_SEED_FILE, EBBTIDE_NATS_INBOX_PREFIX={inbox_prefix(OBSERVER_USER)}")
+    print(
+        f"  {bundle.seed_file(ADMIN_USER)}  admin: everything (`ebbtide provision`, operator tools); EBBTIDE_NATS_NKEY_SEED_FILE"
+    )
+    print(
+        f"  {bundle.seed_file(OBSERVER_USER)}  observer: read outboxes, dead letters, status (top, Locust); "
+        f"EBBTIDE_NATS_NKEY_SEED_FILE, EBBTIDE_NATS_INBOX_PREFIX={inbox_prefix(OBSERVER_USER)}"
+    )
     for function in manifest.spec.functions:
-        print(f"  {bundle.seed_file(function)}  {function}: its own consumer and allowed effects; "
-              f"EBBTIDE_NATS_NKEY_SEED_FILE, EBBTIDE_NATS_INBOX_PREFIX={inbox_prefix(function)}")
-    print(f"  {bundle.folder / INGRESS_ENV}  ingress: publish to {', '.join(ingress_subjects(manifest))} only "
-          "(EBBTIDE_NATS_USER / EBBTIDE_NATS_PASSWORD)")
+        print(
+            f"  {bundle.seed_file(function)}  {function}: its own consumer and allowed effects; "
+            f"EBBTIDE_NATS_NKEY_SEED_FILE, EBBTIDE_NATS_INBOX_PREFIX={inbox_prefix(function)}"
+        )
+    print(
+        f"  {bundle.folder / INGRESS_ENV}  ingress: publish to {', '.join(ingress_subjects(manifest))} only "
+        "(EBBTIDE_NATS_USER / EBBTIDE_NATS_PASSWORD)"
+    )
     return 0
 
 

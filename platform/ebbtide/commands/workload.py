@@ -15,8 +15,13 @@ def bench_command(args: argparse.Namespace, manifest: LoadedManifest) -> int:
     from ..workload.bench import SCENARIOS, BenchOptions, run_bench
 
     try:
-        options = BenchOptions(orders=args.orders, repeats=args.repeats, sustained_s=args.sustained_s,
-                               rates=args.rate or [], sustained_target=args.sustained_target)
+        options = BenchOptions(
+            orders=args.orders,
+            repeats=args.repeats,
+            sustained_s=args.sustained_s,
+            rates=args.rate or [],
+            sustained_target=args.sustained_target,
+        )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     report = uvloop.run(run_bench(manifest, args.scenario or list(SCENARIOS), args.quick, args.out, options))

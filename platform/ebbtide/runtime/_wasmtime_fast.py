@@ -79,8 +79,9 @@ class ExportPicker:
         picked: list[wasmtime.Func | wasmtime.Memory] = []
         for index in self.indices:
             item = ffi.wasmtime_extern_t()
-            if not ffi.wasmtime_instance_export_nth(context, instance_ref, index, ctypes.byref(name), ctypes.byref(name_len),
-                                                    ctypes.byref(item)):
+            if not ffi.wasmtime_instance_export_nth(
+                context, instance_ref, index, ctypes.byref(name), ctypes.byref(name_len), ctypes.byref(item)
+            ):
                 raise IndexError(f"export #{index} is missing")
             kind = int(item.kind)  # a c_ubyte field: compare its value
             if kind == _FUNC:

@@ -18,8 +18,9 @@ from ..errors import ModuleLoadError
 Compiled = TypeVar("Compiled")
 
 
-def read_checked(path: Path, sha256: str | None, what: str = "module",
-                 error: type[ModuleLoadError] = ModuleLoadError) -> tuple[bytes, str]:
+def read_checked(
+    path: Path, sha256: str | None, what: str = "module", error: type[ModuleLoadError] = ModuleLoadError
+) -> tuple[bytes, str]:
     """The file's bytes and hex digest; refused (before anything of it is compiled or run) when the
     manifest pins another `sha256`."""
     try:

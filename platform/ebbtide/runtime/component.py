@@ -84,8 +84,9 @@ class ComponentEngine:
         missing = {EXPORT_INIT, EXPORT_HANDLE_BATCH} - exports
         if missing:
             hint = " (built for the ebbtide:function@1 world: rebuild it with `ebbtide build`)" if "handle" in exports else ""
-            raise ComponentLoadError(f"{path}: missing export(s) {', '.join(sorted(missing))} of the "
-                                     f"ebbtide:function/handler@2.0.0 world{hint}")
+            raise ComponentLoadError(
+                f"{path}: missing export(s) {', '.join(sorted(missing))} of the ebbtide:function/handler@2.0.0 world{hint}"
+            )
         loaded = LoadedComponent(path, digest, component)
         self._components[digest] = loaded
         return loaded
@@ -156,8 +157,11 @@ class ComponentGuest:
             start = len(outcomes)
             subject, payload = messages[start]
             if len(subject) + len(payload) > self.input_capacity:
-                outcomes.append(InputTooLarge(f"message of {len(subject) + len(payload)} bytes exceeds the "
-                                              f"guest's input cap ({self.input_capacity})"))
+                outcomes.append(
+                    InputTooLarge(
+                        f"message of {len(subject) + len(payload)} bytes exceeds the guest's input cap ({self.input_capacity})"
+                    )
+                )
                 continue
             records, count = _pack(messages, start)
             if self._call(records, count, outcomes):
@@ -205,7 +209,7 @@ class ComponentGuest:
         for _ in range(count):
             subject_len, payload_len = _U32_PAIR.unpack_from(data, pos)
             pos += 8
-            messages.append((data[pos:pos + subject_len], data[pos + subject_len:pos + subject_len + payload_len]))
+            messages.append((data[pos : pos + subject_len], data[pos + subject_len : pos + subject_len + payload_len]))
             pos += subject_len + payload_len
         result = handle_one_by_one(self, messages)
         outcomes += result.outcomes

@@ -112,8 +112,9 @@ def _check_imports(path: Path, module: wasmtime.Module, grants: frozenset[str]) 
     refused = wasi.refused_imports(module, grants)
     if refused:
         granted = ", ".join(sorted(grants)) or "nothing"
-        raise ModuleLoadError(f"{path}: imports {', '.join(refused)}; the function is granted {granted} "
-                              "(see `wasi` in the manifest reference)")
+        raise ModuleLoadError(
+            f"{path}: imports {', '.join(refused)}; the function is granted {granted} (see `wasi` in the manifest reference)"
+        )
 
 
 def _check_exports(path: Path, module: wasmtime.Module) -> None:

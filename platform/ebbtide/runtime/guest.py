@@ -101,15 +101,15 @@ def cause(exc: BaseException) -> str:
     return text.splitlines()[-1].strip() if text else type(exc).__name__
 
 
-def classify_trap(trap: wasmtime.Trap, limits: GuestLimits, memory_bytes: int | None = None, *,
-                  batch_size: int = 1) -> GuestFault:
+def classify_trap(
+    trap: wasmtime.Trap, limits: GuestLimits, memory_bytes: int | None = None, *, batch_size: int = 1
+) -> GuestFault:
     """The fault a trap stands for: out of fuel is the time limit (in a batch call: the message used the
     fuel of the whole call, `batch_size` messages' worth, by itself); a trap at the memory limit (when the
     guest's memory size is known) is the memory limit; anything else is a trap."""
     if trap.trap_code == wasmtime.TrapCode.OUT_OF_FUEL:
         if batch_size > 1:
-            return GuestFault("timeout", f"used the fuel of a batch of {batch_size} messages "
-                                         f"({limits.fuel} each) by itself")
+            return GuestFault("timeout", f"used the fuel of a batch of {batch_size} messages ({limits.fuel} each) by itself")
         return GuestFault("timeout", f"used its fuel limit of {limits.fuel} for one message")
     if memory_bytes is not None and memory_bytes + WASM_PAGE > limits.memory_bytes:
         return GuestFault("memory-limit", f"trapped at its memory limit of {limits.memory_bytes} bytes: {cause(trap)}")

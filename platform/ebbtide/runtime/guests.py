@@ -30,8 +30,9 @@ def _component_engine(engine: WasmEngine) -> ComponentEngine:
     return engine.component_engine
 
 
-def load_guest_module(engine: WasmEngine, path: Path, lang: str, *, sha256: str | None = None,
-                      wasi_grants: frozenset[str] = frozenset()) -> GuestModule:
+def load_guest_module(
+    engine: WasmEngine, path: Path, lang: str, *, sha256: str | None = None, wasi_grants: frozenset[str] = frozenset()
+) -> GuestModule:
     if lang in COMPONENT_LANGUAGES:
         return _component_engine(engine).load(path, sha256=sha256)
     return engine.load(path, sha256=sha256, wasi_grants=wasi_grants)

@@ -27,8 +27,19 @@ class GuestInstance:
     """A core module's instance (the `Guest` protocol). Not thread-safe; one worker owns it at a time."""
 
     __slots__ = (
-        "module", "limits", "_store", "_memory", "_base", "_in_ptr", "input_capacity",
-        "_out_ptr", "_out_capacity", "_handle", "takes_batches", "_handle_batch", "_buffer_views",
+        "module",
+        "limits",
+        "_store",
+        "_memory",
+        "_base",
+        "_in_ptr",
+        "input_capacity",
+        "_out_ptr",
+        "_out_capacity",
+        "_handle",
+        "takes_batches",
+        "_handle_batch",
+        "_buffer_views",
     )
 
     def __init__(self, engine: WasmEngine, module: LoadedModule, limits: GuestLimits, config_json: bytes) -> None:
@@ -82,7 +93,9 @@ class GuestInstance:
         n_subject = len(subject)
         n_payload = len(payload)
         if n_subject + n_payload > self.input_capacity:
-            raise InputTooLarge(f"message of {n_subject + n_payload} bytes exceeds the guest's input buffer ({self.input_capacity})")
+            raise InputTooLarge(
+                f"message of {n_subject + n_payload} bytes exceeds the guest's input buffer ({self.input_capacity})"
+            )
         address = self._base + self._in_ptr
         ctypes.memmove(address, subject, n_subject)
         ctypes.memmove(address + n_subject, payload, n_payload)
@@ -105,8 +118,10 @@ class GuestInstance:
         if not self.takes_batches:
             return handle_one_by_one(self, messages)
         if self._buffer_views is None:  # the memory never moves: records are packed and read in place
-            self._buffer_views = (fast.memory_view(self._base + self._in_ptr, self.input_capacity),
-                                  fast.memory_view(self._base + self._out_ptr, self._out_capacity))
+            self._buffer_views = (
+                fast.memory_view(self._base + self._in_ptr, self.input_capacity),
+                fast.memory_view(self._base + self._out_ptr, self._out_capacity),
+            )
         input_view, output_view = self._buffer_views
         outcomes: list[Outcome] = []
         total = len(messages)
@@ -114,7 +129,7 @@ class GuestInstance:
             count = self._pack(input_view, messages, len(outcomes))
             if count == 0:
                 # The next message does not fit as a record (8 bytes more than alone): it goes alone.
-                single = handle_one_by_one(self, messages[len(outcomes):len(outcomes) + 1])
+                single = handle_one_by_one(self, messages[len(outcomes) : len(outcomes) + 1])
                 outcomes += single.outcomes
                 if single.instance_failed:
                     return BatchResult(outcomes, instance_failed=True)
@@ -144,7 +159,7 @@ class GuestInstance:
             append(payload)
             index += 1
         records = b"".join(parts)
-        view[:len(records)] = records
+        view[: len(records)] = records
         return index - start
 
     def _call_batch(self, view: memoryview, count: int, outcomes: list[Outcome]) -> bool:
@@ -233,8 +248,10 @@ def _read_layout(module: LoadedModule, store: wasmtime.Store, exports: Mapping[s
     memory = exports[abi.EXPORT_MEMORY]
     assert isinstance(memory, wasmtime.Memory)
     size = memory.data_len(store)
-    for name, ptr, cap in (("input", layout.input_ptr, layout.input_capacity),
-                           ("output", layout.output_ptr, layout.output_capacity)):
+    for name, ptr, cap in (
+        ("input", layout.input_ptr, layout.input_capacity),
+        ("output", layout.output_ptr, layout.output_capacity),
+    ):
         minimum = abi.BATCH_HEADER_SIZE + abi.BATCH_RECORD_HEADER_SIZE if version >= 2 else abi.OUTPUT_HEADER_SIZE
         if ptr < 0 or cap < minimum or ptr + cap > size:
             raise GuestInitError(f"{module.path}: {name} buffer [{ptr}, +{cap}) is outside memory ({size} bytes)")

@@ -31,9 +31,17 @@ METRICS_TOKEN_ENV = "EBBTIDE_METRICS_TOKEN"
 
 Readiness = Callable[[], "bool | tuple[bool, str]"]
 
-_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
-            408: "Request Timeout", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
-            503: "Service Unavailable"}
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
 _TEXT = "text/plain; charset=utf-8"
 
 
@@ -50,8 +58,9 @@ class TelemetryServer:
     `token`: the bearer token /metrics requires; default $EBBTIDE_METRICS_TOKEN, "" or unset: none.
     """
 
-    def __init__(self, render: Callable[[], str], ready: Readiness, *, host: str = "127.0.0.1", port: int = 0,
-                 token: str | None = None) -> None:
+    def __init__(
+        self, render: Callable[[], str], ready: Readiness, *, host: str = "127.0.0.1", port: int = 0, token: str | None = None
+    ) -> None:
         self._render = render
         self._ready = ready
         token = os.environ.get(METRICS_TOKEN_ENV, "") if token is None else token
@@ -69,8 +78,9 @@ class TelemetryServer:
     async def start(self) -> TelemetryServer:
         if self._server is not None:
             raise RuntimeError("already started")
-        self._server = await asyncio.start_server(self._on_connection, self.host, self.port, limit=MAX_REQUEST_LINE,
-                                                  reuse_address=True)
+        self._server = await asyncio.start_server(
+            self._on_connection, self.host, self.port, limit=MAX_REQUEST_LINE, reuse_address=True
+        )
         self.port = int(self._server.sockets[0].getsockname()[1])
         log.info("telemetry: serving /metrics, /healthz, /readyz on %s", self.url)
         return self
@@ -206,12 +216,22 @@ async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, bytes]:
 
 
 async def _respond(
-    writer: asyncio.StreamWriter, status: int, body: str, *, content_type: str = _TEXT,
-    extra: tuple[tuple[str, str], ...] = (), head: bool = False,
+    writer: asyncio.StreamWriter,
+    status: int,
+    body: str,
+    *,
+    content_type: str = _TEXT,
+    extra: tuple[tuple[str, str], ...] = (),
+    head: bool = False,
 ) -> None:
     data = body.encode("utf-8")
-    lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}", f"Content-Type: {content_type}",
-             f"Content-Length: {len(data)}", "Connection: close", "Cache-Control: no-store",
-             *(f"{key}: {value}" for key, value in extra)]
+    lines = [
+        f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}",
+        f"Content-Type: {content_type}",
+        f"Content-Length: {len(data)}",
+        "Connection: close",
+        "Cache-Control: no-store",
+        *(f"{key}: {value}" for key, value in extra),
+    ]
     writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("ascii") + (b"" if head else data))
     await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT_S)

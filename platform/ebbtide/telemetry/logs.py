@@ -34,8 +34,7 @@ class JsonFormatter(logging.Formatter):
 def configure_logging(verbose: bool = False, log_format: LogFormat = "auto") -> None:
     handler = logging.StreamHandler(sys.stderr)
     use_json = log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
-    handler.setFormatter(JsonFormatter() if use_json else
-                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(JsonFormatter() if use_json else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)

@@ -47,9 +47,16 @@ class SampledTrace:
     def effect_headers(self, carried: dict[str, str], subject: str, msg_id: str) -> dict[str, str]:
         """`carried`, plus the context of a new `send <subject>` span (a child of the message's span)."""
         send = self._tracer.start_span(
-            f"send {subject}", context=set_span_in_context(self.span), kind=SpanKind.PRODUCER,
-            attributes={"messaging.system": "nats", "messaging.operation.type": "send", "messaging.operation.name": "send",
-                        "messaging.destination.name": subject, "messaging.message.id": msg_id},
+            f"send {subject}",
+            context=set_span_in_context(self.span),
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.operation.type": "send",
+                "messaging.operation.name": "send",
+                "messaging.destination.name": subject,
+                "messaging.message.id": msg_id,
+            },
         )
         self._sends.append(send)
         headers = inject(send)
@@ -122,12 +129,18 @@ class MessageTracer:
         msg, delivery = incoming.msg, incoming.delivery
         msg_id = msg.headers.get(H_MSG_ID) if msg.headers else None
         span = self._tracer.start_span(
-            f"process {msg.subject}", context=extract(msg.headers), kind=SpanKind.CONSUMER,
+            f"process {msg.subject}",
+            context=extract(msg.headers),
+            kind=SpanKind.CONSUMER,
             attributes={
-                "messaging.system": "nats", "messaging.operation.type": "process", "messaging.operation.name": "process",
-                "messaging.destination.name": msg.subject, "messaging.consumer.group.name": self._function,
+                "messaging.system": "nats",
+                "messaging.operation.type": "process",
+                "messaging.operation.name": "process",
+                "messaging.destination.name": msg.subject,
+                "messaging.consumer.group.name": self._function,
                 "messaging.message.id": msg_id or f"{delivery.stream}:{delivery.sequence}",
-                "messaging.message.body.size": len(msg.data), "ebbtide.function": self._function,
+                "messaging.message.body.size": len(msg.data),
+                "ebbtide.function": self._function,
                 "ebbtide.delivery_count": delivery.delivered,
             },
         )

@@ -18,8 +18,17 @@ from typing import Literal
 from .histogram import END_TO_END_BUCKETS_S, HANDLE_BUCKETS_S, Histogram
 from .snapshot import HostSnapshot
 
-__all__ = ["CONTENT_TYPE", "END_TO_END_BUCKETS_S", "HANDLE_BUCKETS_S", "Family", "Histogram", "collect",
-           "render_metrics", "render_prometheus", "resident_memory_bytes"]
+__all__ = [
+    "CONTENT_TYPE",
+    "END_TO_END_BUCKETS_S",
+    "HANDLE_BUCKETS_S",
+    "Family",
+    "Histogram",
+    "collect",
+    "render_metrics",
+    "render_prometheus",
+    "resident_memory_bytes",
+]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -79,28 +88,47 @@ def resident_memory_bytes() -> int | None:
 
 def collect(snapshot: HostSnapshot) -> list[Family]:
     """Every metric of a host's snapshot (pools not started yet are simply absent)."""
-    messages = Family("ebbtide_messages_total", "counter",
-                      "Message outcomes in this process: ok (effects confirmed, acked), "
-                      "dead_lettered (acked after its dead letter was stored), refused (dead-lettered for an effect "
-                      "outside the allowlist), retried (nak'ed for redelivery).")
-    faults = Family("ebbtide_guest_faults_total", "counter",
-                    "Guest faults (the instance was replaced and the message retried), by kind.")
+    messages = Family(
+        "ebbtide_messages_total",
+        "counter",
+        "Message outcomes in this process: ok (effects confirmed, acked), "
+        "dead_lettered (acked after its dead letter was stored), refused (dead-lettered for an effect "
+        "outside the allowlist), retried (nak'ed for redelivery).",
+    )
+    faults = Family(
+        "ebbtide_guest_faults_total", "counter", "Guest faults (the instance was replaced and the message retried), by kind."
+    )
     instances = Family("ebbtide_instances", "gauge", "Live Wasm instances of the function in this process.")
     in_flight = Family("ebbtide_in_flight", "gauge", "Messages fetched by this process and not yet settled.")
-    backlog = Family("ebbtide_backlog", "gauge",
-                     "Consumer lag (num_pending + num_ack_pending, whole consumer) at the controller's last reading.")
+    backlog = Family(
+        "ebbtide_backlog",
+        "gauge",
+        "Consumer lag (num_pending + num_ack_pending, whole consumer) at the controller's last reading.",
+    )
     starts = Family("ebbtide_instance_starts_total", "counter", "Wasm instances started (scaling up, replacements).")
-    stops = Family("ebbtide_instance_stops_total", "counter",
-                   "Wasm instances stopped (scaling down, shutdown, discarded after a guest fault).")
-    reloads = Family("ebbtide_module_reloads_total", "counter",
-                     "Hot reloads of the function's module: ok (swapped in), refused (did not build, load or start; "
-                     "the old module kept running).")
-    handle = Family("ebbtide_handle_duration_seconds", "histogram",
-                    "Guest time per message (input copy, call, output read): a batch call's time divided among the "
-                    "messages it handled, one observation per message.")
-    end_to_end = Family("ebbtide_end_to_end_seconds", "histogram",
-                        "From the publish of the order to orders.ingress (its server timestamp) until this function's "
-                        "effects were confirmed, per message processed ok; for the receivers: ingress to outbox write.")
+    stops = Family(
+        "ebbtide_instance_stops_total",
+        "counter",
+        "Wasm instances stopped (scaling down, shutdown, discarded after a guest fault).",
+    )
+    reloads = Family(
+        "ebbtide_module_reloads_total",
+        "counter",
+        "Hot reloads of the function's module: ok (swapped in), refused (did not build, load or start; "
+        "the old module kept running).",
+    )
+    handle = Family(
+        "ebbtide_handle_duration_seconds",
+        "histogram",
+        "Guest time per message (input copy, call, output read): a batch call's time divided among the "
+        "messages it handled, one observation per message.",
+    )
+    end_to_end = Family(
+        "ebbtide_end_to_end_seconds",
+        "histogram",
+        "From the publish of the order to orders.ingress (its server timestamp) until this function's "
+        "effects were confirmed, per message processed ok; for the receivers: ingress to outbox write.",
+    )
 
     for stats in snapshot.pools:
         name = stats.function

@@ -58,12 +58,18 @@ def to_metrics_data(families: list[Family], resource: Resource, start_ns: int, n
     for family in families:
         unit = "s" if family.name.endswith("_seconds") else "By" if family.name.endswith("_bytes") else "1"
         if family.kind == "histogram":
-            points = [_histogram_point(labels, value, start_ns, now_ns) for labels, value in family.samples
-                      if isinstance(value, Histogram)]
+            points = [
+                _histogram_point(labels, value, start_ns, now_ns)
+                for labels, value in family.samples
+                if isinstance(value, Histogram)
+            ]
             data: Sum | Gauge | OtelHistogram = OtelHistogram(points, _CUMULATIVE)
         else:
-            numbers = [NumberDataPoint(labels, start_ns, now_ns, value) for labels, value in family.samples
-                       if not isinstance(value, Histogram)]
+            numbers = [
+                NumberDataPoint(labels, start_ns, now_ns, value)
+                for labels, value in family.samples
+                if not isinstance(value, Histogram)
+            ]
             data = Sum(numbers, _CUMULATIVE, is_monotonic=True) if family.kind == "counter" else Gauge(numbers)
         metrics.append(Metric(otlp_name(family), family.help, unit, data))
     return MetricsData([ResourceMetrics(resource, [ScopeMetrics(_SCOPE, metrics, "")], "")])
@@ -72,7 +78,13 @@ def to_metrics_data(families: list[Family], resource: Resource, start_ns: int, n
 def _histogram_point(labels: dict[str, str], histogram: Histogram, start_ns: int, now_ns: int) -> HistogramDataPoint:
     empty = histogram.count == 0
     return HistogramDataPoint(
-        labels, start_ns, now_ns, histogram.count, histogram.sum, list(histogram.counts), list(histogram.bounds),
+        labels,
+        start_ns,
+        now_ns,
+        histogram.count,
+        histogram.sum,
+        list(histogram.counts),
+        list(histogram.bounds),
         min=0.0 if empty or math.isinf(histogram.min) else histogram.min,
         max=0.0 if empty or math.isinf(histogram.max) else histogram.max,
     )
@@ -85,8 +97,9 @@ class OtlpMetricsPusher:
     carries the same cumulative values, so nothing is lost but resolution.
     """
 
-    def __init__(self, collect: Callable[[], list[Family]], exporter: MetricExporter, service: str,
-                 interval_s: float | None = None) -> None:
+    def __init__(
+        self, collect: Callable[[], list[Family]], exporter: MetricExporter, service: str, interval_s: float | None = None
+    ) -> None:
         self._collect = collect
         self._exporter = exporter
         self._resource = Resource.create({"service.name": service})

@@ -37,7 +37,9 @@ def otlp_exporter_module(name: str) -> ModuleType:
     try:
         return importlib.import_module(f"opentelemetry.exporter.otlp.proto.http.{name}")
     except ImportError:
-        raise TracingError("an OTLP endpoint is configured but the OTLP exporter is missing: pip install 'ebbtide[otlp]'") from None
+        raise TracingError(
+            "an OTLP endpoint is configured but the OTLP exporter is missing: pip install 'ebbtide[otlp]'"
+        ) from None
 
 
 def tracer_provider(sample_ratio: float, endpoint: str, service: str) -> TracerProvider | None:
@@ -53,8 +55,9 @@ def tracer_provider(sample_ratio: float, endpoint: str, service: str) -> TracerP
     from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
     exporter = otlp_exporter_module("trace_exporter").OTLPSpanExporter(endpoint=f"{endpoint.rstrip('/')}/v1/traces")
-    provider = TracerProvider(resource=Resource.create({"service.name": service}),
-                              sampler=ParentBased(TraceIdRatioBased(sample_ratio)))
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": service}), sampler=ParentBased(TraceIdRatioBased(sample_ratio))
+    )
     provider.add_span_processor(BatchSpanProcessor(exporter))
     return provider
 

@@ -40,8 +40,7 @@ def write_scaling_chart(series: dict[str, list[Sample]], path: Path, title: str)
     The time axis starts at the run's start: samples from before it (processes reporting ready) only give the
     state at t = 0.
     """
-    path.write_text(_chart({function: _from_start(samples) for function, samples in series.items()}, title),
-                    encoding="utf-8")
+    path.write_text(_chart({function: _from_start(samples) for function, samples in series.items()}, title), encoding="utf-8")
     return path
 
 
@@ -64,8 +63,10 @@ def _chart(series: dict[str, list[Sample]], title: str) -> str:
         *_legend(),
     ]
     if not functions:
-        out.append(f'<text x="{_WIDTH / 2}" y="{_TOP + _PANEL_HEIGHT / 2}" text-anchor="middle" fill="{_AXIS}">'
-                   "no status reports recorded</text>")
+        out.append(
+            f'<text x="{_WIDTH / 2}" y="{_TOP + _PANEL_HEIGHT / 2}" text-anchor="middle" fill="{_AXIS}">'
+            "no status reports recorded</text>"
+        )
     times = [s.t for samples in series.values() for s in samples]
     t0 = 0.0
     t1 = max([t0, *times])
@@ -92,8 +93,9 @@ def _legend() -> list[str]:
     ]
 
 
-def _panel(function: str, samples: list[Sample], top: float, t0: float, t1: float,
-           time_ticks: list[float], *, last: bool) -> list[str]:
+def _panel(
+    function: str, samples: list[Sample], top: float, t0: float, t1: float, time_ticks: list[float], *, last: bool
+) -> list[str]:
     left, right, bottom = _LEFT, _WIDTH - _RIGHT, top + _PANEL_HEIGHT
     peak_backlog = max((s.backlog for s in samples), default=0)
     peak_instances = max((s.instances for s in samples), default=0)
@@ -115,8 +117,7 @@ def _panel(function: str, samples: list[Sample], top: float, t0: float, t1: floa
     for k in range(divisions + 1):
         gy = _f(y(k * b_step, b_step))
         out.append(f'<line x1="{left}" y1="{gy}" x2="{right}" y2="{gy}" stroke="{_GRID}"/>')
-        out.append(f'<text x="{left - 8}" y="{gy}" dy="4" text-anchor="end" fill="{_BACKLOG}">'
-                   f"{short_number(k * b_step)}</text>")
+        out.append(f'<text x="{left - 8}" y="{gy}" dy="4" text-anchor="end" fill="{_BACKLOG}">{short_number(k * b_step)}</text>')
         out.append(f'<text x="{right + 8}" y="{gy}" dy="4" fill="{_INSTANCES}">{k * i_step}</text>')
     for t in time_ticks:
         gx = _f(x(t))
@@ -127,25 +128,30 @@ def _panel(function: str, samples: list[Sample], top: float, t0: float, t1: floa
     if samples:
         base = _f(bottom)
         line = " L".join(f"{_f(x(s.t))},{_f(y(s.backlog, b_step))}" for s in samples)
-        out.append(f'<path d="M{_f(x(samples[0].t))},{base} L{line} L{_f(x(samples[-1].t))},{base} Z" '
-                   f'fill="{_BACKLOG}" fill-opacity="0.3" stroke="none"/>')
+        out.append(
+            f'<path d="M{_f(x(samples[0].t))},{base} L{line} L{_f(x(samples[-1].t))},{base} Z" '
+            f'fill="{_BACKLOG}" fill-opacity="0.3" stroke="none"/>'
+        )
         out.append(f'<path d="M{line}" fill="none" stroke="{_BACKLOG}" stroke-width="1.5" stroke-linejoin="round"/>')
         steps = "".join(f" H{_f(x(s.t))} V{_f(y(s.instances, i_step))}" for s in samples[1:])
         first = samples[0]
-        out.append(f'<path d="M{_f(x(first.t))},{_f(y(first.instances, i_step))}{steps}" fill="none" '
-                   f'stroke="{_INSTANCES}" stroke-width="2.5" stroke-linejoin="miter"/>')
+        out.append(
+            f'<path d="M{_f(x(first.t))},{_f(y(first.instances, i_step))}{steps}" fill="none" '
+            f'stroke="{_INSTANCES}" stroke-width="2.5" stroke-linejoin="miter"/>'
+        )
         if len(samples) == 1:  # a lone point draws no line: mark it
             cx = _f(x(first.t))
             out.append(f'<circle cx="{cx}" cy="{_f(y(first.backlog, b_step))}" r="3.5" fill="{_BACKLOG}"/>')
             out.append(f'<circle cx="{cx}" cy="{_f(y(first.instances, i_step))}" r="3.5" fill="{_INSTANCES}"/>')
     else:
-        out.append(f'<text x="{(left + right) / 2}" y="{top + _PANEL_HEIGHT / 2}" text-anchor="middle" '
-                   f'fill="{_AXIS}">no data</text>')
-    out.append(f'<rect x="{left}" y="{top}" width="{right - left}" height="{_PANEL_HEIGHT}" '
-               f'fill="none" stroke="{_AXIS}"/>')
+        out.append(
+            f'<text x="{(left + right) / 2}" y="{top + _PANEL_HEIGHT / 2}" text-anchor="middle" fill="{_AXIS}">no data</text>'
+        )
+    out.append(f'<rect x="{left}" y="{top}" width="{right - left}" height="{_PANEL_HEIGHT}" fill="none" stroke="{_AXIS}"/>')
     if last:
-        out.append(f'<text x="{(left + right) / 2}" y="{bottom + 40}" text-anchor="middle" fill="{_AXIS}">'
-                   "time since start (s)</text>")
+        out.append(
+            f'<text x="{(left + right) / 2}" y="{bottom + 40}" text-anchor="middle" fill="{_AXIS}">time since start (s)</text>'
+        )
     out.append("</g>")
     return out
 
@@ -191,10 +197,12 @@ def write_line_chart(panels: list[tuple[str, dict[str, list[tuple[float, float]]
     """`panels`: (panel title with unit, {series name: [(t seconds, value), ...]}), drawn top to bottom."""
     height = _LINE_TOP + len(panels) * (_LINE_PANEL + _LINE_GAP) + 50
     t_max = max([t for _, series in panels for points in series.values() for t, _ in points] + [1.0])
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{_WIDTH}" height="{height}" viewBox="0 0 {_WIDTH} {height}" '
-           'font-family="DejaVu Sans, Helvetica, Arial, sans-serif" font-size="12">',
-           f'<rect width="{_WIDTH}" height="{height}" fill="#ffffff"/>',
-           f'<text x="{_WIDTH / 2}" y="28" text-anchor="middle" font-size="18" font-weight="bold">{escape(title)}</text>']
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{_WIDTH}" height="{height}" viewBox="0 0 {_WIDTH} {height}" '
+        'font-family="DejaVu Sans, Helvetica, Arial, sans-serif" font-size="12">',
+        f'<rect width="{_WIDTH}" height="{height}" fill="#ffffff"/>',
+        f'<text x="{_WIDTH / 2}" y="28" text-anchor="middle" font-size="18" font-weight="bold">{escape(title)}</text>',
+    ]
     for index, (name, series) in enumerate(panels):
         top = _LINE_TOP + index * (_LINE_PANEL + _LINE_GAP) + 20
         out += _line_panel(name, series, top, t_max)
@@ -215,8 +223,10 @@ def _line_panel(name: str, series: dict[str, list[tuple[float, float]]], top: fl
     def y(v: float) -> str:
         return f"{bottom - v / v_max * _LINE_PANEL:.1f}"
 
-    out = [f'<text x="{left}" y="{top - 8}" font-size="14" font-weight="bold">{escape(name)}</text>',
-           f'<rect x="{left}" y="{top}" width="{right - left}" height="{_LINE_PANEL}" fill="none" stroke="#4a5568"/>']
+    out = [
+        f'<text x="{left}" y="{top - 8}" font-size="14" font-weight="bold">{escape(name)}</text>',
+        f'<rect x="{left}" y="{top}" width="{right - left}" height="{_LINE_PANEL}" fill="none" stroke="#4a5568"/>',
+    ]
     v_step = nice_step(v_max / 1.1 / 5)
     for k in range(int(v_max / v_step) + 1):
         v = k * v_step

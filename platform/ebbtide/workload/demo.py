@@ -85,8 +85,9 @@ async def run_demo(
                 await _until_drained(series, functions, timeout=max(manifest.function(f).scale.cooldown_s for f in functions) + 5)
         finally:
             await nc.drain()
-    chart = write_scaling_chart(series.series(), data_dir / "scaling.svg",
-                                title=f"ebbtide demo: {orders} orders, {mode} process mode")
+    chart = write_scaling_chart(
+        series.series(), data_dir / "scaling.svg", title=f"ebbtide demo: {orders} orders, {mode} process mode"
+    )
     (data_dir / "scaling.json").write_bytes(series.to_json())
     return DemoResult(orders, published, outbox, dead, max(last_write - started, 0.0), expected, chart)
 

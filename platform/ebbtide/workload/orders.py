@@ -40,17 +40,22 @@ def generate_orders(count: int, seed: int = 1, first_id: int = 1, express_share:
     orders = []
     for order_id in range(first_id, first_id + count):
         items = [
-            OrderItem(order_item_id=i + 1, sku=f"{rng.choice(_PRODUCTS).upper()}-{rng.randrange(10_000, 99_999)}",
-                      quantity=rng.randrange(1, 10))
+            OrderItem(
+                order_item_id=i + 1,
+                sku=f"{rng.choice(_PRODUCTS).upper()}-{rng.randrange(10_000, 99_999)}",
+                quantity=rng.randrange(1, 10),
+            )
             for i in range(rng.randrange(1, 5))
         ]
-        orders.append(Order(
-            order_id=order_id,
-            order_guid=str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-            description=f"Order {order_id}: {len(items)} item(s) for the lab",
-            first_name=rng.choice(_FIRST),
-            last_name=rng.choice(_LAST),
-            delivery="Express" if rng.random() < express_share else "Standard",
-            items=items,
-        ))
+        orders.append(
+            Order(
+                order_id=order_id,
+                order_guid=str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+                description=f"Order {order_id}: {len(items)} item(s) for the lab",
+                first_name=rng.choice(_FIRST),
+                last_name=rng.choice(_LAST),
+                delivery="Express" if rng.random() < express_share else "Standard",
+                items=items,
+            )
+        )
     return orders

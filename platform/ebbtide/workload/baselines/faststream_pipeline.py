@@ -41,12 +41,22 @@ def build(broker: NatsBroker, role: str, batch: int) -> None:
     stream = JStream(STREAM, declare=False)  # provisioned beforehand, like ebbtide's
 
     async def dead_letter(msg: NatsMessage, reason: Rejected, seq: int) -> None:
-        headers = {"Nats-Msg-Id": f"{STREAM}:{seq}:dlq", "Ebbtide-Function": role, "Ebbtide-Reason": "rejected",
-                   "Ebbtide-Error": str(reason), "Ebbtide-Original-Subject": msg.raw_message.subject}
+        headers = {
+            "Nats-Msg-Id": f"{STREAM}:{seq}:dlq",
+            "Ebbtide-Function": role,
+            "Ebbtide-Reason": "rejected",
+            "Ebbtide-Error": str(reason),
+            "Ebbtide-Original-Subject": msg.raw_message.subject,
+        }
         await broker.publish(msg.body, f"dlq.{role}", headers=headers, stream=DLQ_STREAM)
 
-    @broker.subscriber(TRIGGERS[role], stream=stream, durable=role, pull_sub=PullSub(batch_size=batch, timeout=1.0),
-                       ack_policy=AckPolicy.NACK_ON_ERROR)
+    @broker.subscriber(
+        TRIGGERS[role],
+        stream=stream,
+        durable=role,
+        pull_sub=PullSub(batch_size=batch, timeout=1.0),
+        ack_policy=AckPolicy.NACK_ON_ERROR,
+    )
     async def handle(msg: NatsMessage) -> None:
         seq = msg.raw_message.metadata.sequence.stream
         try:
@@ -57,8 +67,12 @@ def build(broker: NatsBroker, role: str, batch: int) -> None:
         except Rejected as reason:
             await dead_letter(msg, reason, seq)
             return
-        await broker.publish(msg.body, subject, headers={"Nats-Msg-Id": f"{STREAM}:{seq}:0"},
-                             stream=STREAM if role == "distributor" else f"KV_{BUCKETS[role]}")
+        await broker.publish(
+            msg.body,
+            subject,
+            headers={"Nats-Msg-Id": f"{STREAM}:{seq}:0"},
+            stream=STREAM if role == "distributor" else f"KV_{BUCKETS[role]}",
+        )
 
 
 async def main(url: str, roles: list[str], batch: int) -> None:

@@ -46,8 +46,9 @@ def output_subject(role: str, payload: bytes) -> str:
     return f"$KV.{BUCKETS[role]}.{found.group(1).decode()}"
 
 
-async def work(subscription: JetStreamContext.PullSubscription, role: str, batch: int, stop: asyncio.Event,
-               publisher: ConfirmedPublisher) -> None:
+async def work(
+    subscription: JetStreamContext.PullSubscription, role: str, batch: int, stop: asyncio.Event, publisher: ConfirmedPublisher
+) -> None:
     wait = IDLE_WAIT_S
     while not stop.is_set():
         try:

@@ -23,8 +23,7 @@ __all__ = ["SCENARIOS", "BenchOptions", "BenchReport", "Figure", "Section", "run
 
 # The CLI's parser needs SCENARIOS only: the rest (the runtime, the baselines, OpenTelemetry) is imported
 # when first used.
-_LAZY = {"BenchOptions": ".options", "BenchReport": ".report", "Figure": ".report", "Section": ".report",
-         "run_bench": ".run"}
+_LAZY = {"BenchOptions": ".options", "BenchReport": ".report", "Figure": ".report", "Section": ".report", "run_bench": ".run"}
 
 
 def __getattr__(name: str) -> Any:

@@ -60,24 +60,40 @@ class ImplResult:
         wall = spread([r.wall_s for r in self.runs])
         rate = spread([r.orders_per_s for r in self.runs])
         return {
-            "label": self.impl.label, "how": self.impl.how,
+            "label": self.impl.label,
+            "how": self.impl.how,
             "wall_s": {"min": wall.min, "median": wall.median, "runs": list(wall.values)},
             "orders_per_s": {"max": rate.max, "median": rate.median, "runs": list(rate.values)},
-            "latency_ms": {q: spread([percentile(r.latencies_ms, p) if r.latencies_ms else math.nan for r in self.runs]).median
-                           for q, p in (("p50", 0.5), ("p99", 0.99), ("max", 1.0))},
-            "sent": [r.sent for r in self.runs], "stored": [r.stored for r in self.runs],
-            "writes": [r.writes for r in self.runs], "dead_letters": [r.dead_letters for r in self.runs],
-            "publish_errors": [r.publish_errors for r in self.runs], "publish_s": [r.publish_s for r in self.runs],
+            "latency_ms": {
+                q: spread([percentile(r.latencies_ms, p) if r.latencies_ms else math.nan for r in self.runs]).median
+                for q, p in (("p50", 0.5), ("p99", 0.99), ("max", 1.0))
+            },
+            "sent": [r.sent for r in self.runs],
+            "stored": [r.stored for r in self.runs],
+            "writes": [r.writes for r in self.runs],
+            "dead_letters": [r.dead_letters for r in self.runs],
+            "publish_errors": [r.publish_errors for r in self.runs],
+            "publish_s": [r.publish_s for r in self.runs],
             "exactly_once": all(r.exactly_once for r in self.runs),
             "cpu_s_per_10k_orders": {
                 "functions": spread([c.per_10k(r.sent)[0] for c, r in zip(self.cpu, self.runs)]).median if self.cpu else math.nan,
-                "nats_server": spread([c.per_10k(r.sent)[1] for c, r in zip(self.cpu, self.runs)]).median if self.cpu else math.nan,
+                "nats_server": spread([c.per_10k(r.sent)[1] for c, r in zip(self.cpu, self.runs)]).median
+                if self.cpu
+                else math.nan,
             },
         }
 
 
-async def bench_comparison(manifest: LoadedManifest, report: BenchReport, quick: bool, out_dir: Path,
-                           options: BenchOptions, *, burst: bool, sustained: bool) -> None:
+async def bench_comparison(
+    manifest: LoadedManifest,
+    report: BenchReport,
+    quick: bool,
+    out_dir: Path,
+    options: BenchOptions,
+    *,
+    burst: bool,
+    sustained: bool,
+) -> None:
     n = options.orders or (2_000 if quick else 10_000)
     repeats = options.repeats or (1 if quick else 3)
     orders = generate_orders(n, seed=7, first_id=1)
@@ -124,9 +140,12 @@ async def bench_comparison(manifest: LoadedManifest, report: BenchReport, quick:
                         after = [cpu_seconds(pid) for pid in (server.pid, *pids)]
                         used = [b - a for a, b in zip(before, after)]
                         cpu = CpuUse(functions_s=sum(used[1:]), server_s=used[0])
-                        print(f"  run {repeat + 1}: {run.wall_s:.3f} s, {run.orders_per_s:,.0f} orders/s, "
-                              f"stored {run.stored}/{run.sent}, writes {run.writes}, CPU s functions "
-                              f"{cpu.functions_s:.2f} / nats-server {cpu.server_s:.2f}", flush=True)
+                        print(
+                            f"  run {repeat + 1}: {run.wall_s:.3f} s, {run.orders_per_s:,.0f} orders/s, "
+                            f"stored {run.stored}/{run.sent}, writes {run.writes}, CPU s functions "
+                            f"{cpu.functions_s:.2f} / nats-server {cpu.server_s:.2f}",
+                            flush=True,
+                        )
                         result.runs.append(run)
                         result.cpu.append(cpu)
                     runs = result.runs
@@ -139,15 +158,26 @@ async def bench_comparison(manifest: LoadedManifest, report: BenchReport, quick:
     if burst:  # the burst's table comes before the sustained load's, which ran in the middle of it
         later_figures, later_sections = report.figures[figures_before:], report.sections[sections_before:]
         del report.figures[figures_before:], report.sections[sections_before:]
-        how_chosen = ("tried in this run, see the configurations table" if tune and burst
-                      else "from the last full run on this machine kind (--quick does not search)")
+        how_chosen = (
+            "tried in this run, see the configurations table"
+            if tune and burst
+            else "from the last full run on this machine kind (--quick does not search)"
+        )
         _report_burst(report, results, n, repeats, len(warm), fastest, how_chosen)
         report.figures += later_figures
         report.sections += later_sections
 
 
-async def _tune(manifest: LoadedManifest, harness: Harness, url: str, orders: list, warm: list, folder: Path,
-                report: BenchReport, candidates: list[impls.Variant]) -> impls.Variant:
+async def _tune(
+    manifest: LoadedManifest,
+    harness: Harness,
+    url: str,
+    orders: list,
+    warm: list,
+    folder: Path,
+    report: BenchReport,
+    candidates: list[impls.Variant],
+) -> impls.Variant:
     """Two bursts per candidate configuration (after a warm-up); the fastest median wall time wins."""
     timings: list[tuple[float, impls.Variant, list[float]]] = []
     for variant in candidates:
@@ -169,39 +199,61 @@ async def _tune(manifest: LoadedManifest, harness: Harness, url: str, orders: li
     return best
 
 
-def _report_burst(report: BenchReport, results: dict[str, ImplResult], n: int, repeats: int, warm: int,
-                  fastest: impls.Variant, how_chosen: str) -> None:
+def _report_burst(
+    report: BenchReport, results: dict[str, ImplResult], n: int, repeats: int, warm: int, fastest: impls.Variant, how_chosen: str
+) -> None:
     summaries = {key: r.summary() for key, r in results.items()}
-    how = (f"{n:,} orders published at once; first publish to the last outbox write (server time); "
-           f"{repeats} timed run(s) after one warm-up of {warm:,} orders (excluded)")
-    lines = ["| implementation | wall s (min / median) | orders/s (median) | latency p50 / p99 / max ms | "
-             "CPU s per 10k orders: functions / nats-server | stored / sent | writes | dead letters |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    how = (
+        f"{n:,} orders published at once; first publish to the last outbox write (server time); "
+        f"{repeats} timed run(s) after one warm-up of {warm:,} orders (excluded)"
+    )
+    lines = [
+        "| implementation | wall s (min / median) | orders/s (median) | latency p50 / p99 / max ms | "
+        "CPU s per 10k orders: functions / nats-server | stored / sent | writes | dead letters |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for s in summaries.values():
         lat = s["latency_ms"]
-        lines.append(f"| {s['label']} | {s['wall_s']['min']:.3f} / {s['wall_s']['median']:.3f} | "
-                     f"{s['orders_per_s']['median']:,.0f} | {lat['p50']:.0f} / {lat['p99']:.0f} / {lat['max']:.0f} | "
-                     f"{s['cpu_s_per_10k_orders']['functions']:.2f} / {s['cpu_s_per_10k_orders']['nats_server']:.2f} | "
-                     f"{min(s['stored'])} / {max(s['sent'])} | {max(s['writes'])} | {max(s['dead_letters'])} |")
-    lines += ["", "How each ran: " + "; ".join(f"**{s['label']}**: {s['how']}" for s in summaries.values()) + ".",
-              "", f"Measured: {how}. Latency per order: its outbox write (server timestamp) minus its publish time; "
-              "median over the timed runs. Writes above the stored count would mean an order written twice. "
-              "CPU: user + system seconds of every process running the functions and of nats-server over each timed "
-              "burst (/proc/PID/stat), per 10,000 orders, median; the server's includes the publisher's load, the same "
-              "for every implementation; `single` process mode runs in the benchmark's own process, so its functions' "
-              "CPU includes the publisher."]
+        lines.append(
+            f"| {s['label']} | {s['wall_s']['min']:.3f} / {s['wall_s']['median']:.3f} | "
+            f"{s['orders_per_s']['median']:,.0f} | {lat['p50']:.0f} / {lat['p99']:.0f} / {lat['max']:.0f} | "
+            f"{s['cpu_s_per_10k_orders']['functions']:.2f} / {s['cpu_s_per_10k_orders']['nats_server']:.2f} | "
+            f"{min(s['stored'])} / {max(s['sent'])} | {max(s['writes'])} | {max(s['dead_letters'])} |"
+        )
+    lines += [
+        "",
+        "How each ran: " + "; ".join(f"**{s['label']}**: {s['how']}" for s in summaries.values()) + ".",
+        "",
+        f"Measured: {how}. Latency per order: its outbox write (server timestamp) minus its publish time; "
+        "median over the timed runs. Writes above the stored count would mean an order written twice. "
+        "CPU: user + system seconds of every process running the functions and of nats-server over each timed "
+        "burst (/proc/PID/stat), per 10,000 orders, median; the server's includes the publisher's load, the same "
+        "for every implementation; `single` process mode runs in the benchmark's own process, so its functions' "
+        "CPU includes the publisher.",
+    ]
     same = " (the default: run once)" if fastest == impls.DEFAULT else ""
     lines += ["", f"Fastest ebbtide configuration: **{fastest.name}**{same}: {fastest.describe()}; {how_chosen}."]
     ratios = _ratios(summaries)
     goals = _goals(summaries, ratios, n)
     lines += ["", *[f"- {line}" for line in goals]]
     report.sections.append(Section(f"ZEISS burst, side by side ({n:,} orders)", "\n".join(lines)))
-    report.details["burst"] = {"orders": n, "repeats": repeats, "warm_up_orders": warm,
-                               "fastest_config": {"name": fastest.name, "settings": fastest.describe()},
-                               "implementations": summaries, "ratios": ratios, "goals": goals}
+    report.details["burst"] = {
+        "orders": n,
+        "repeats": repeats,
+        "warm_up_orders": warm,
+        "fastest_config": {"name": fastest.name, "settings": fastest.describe()},
+        "implementations": summaries,
+        "ratios": ratios,
+        "goals": goals,
+    }
     for key, s in summaries.items():
-        report.add(f"burst {s['label']}: wall time, median", s["wall_s"]["median"], "s", how,
-                   "≤ 1.0 s for 10,000" if key.startswith("ebbtide") else "")
+        report.add(
+            f"burst {s['label']}: wall time, median",
+            s["wall_s"]["median"],
+            "s",
+            how,
+            "≤ 1.0 s for 10,000" if key.startswith("ebbtide") else "",
+        )
         report.add(f"burst {s['label']}: orders/s, median", s["orders_per_s"]["median"], "orders/s", how)
     for name, value in ratios.items():
         report.add(name, value, "×", "median orders/s divided", "≥ 2" if "FastStream" in name else "≥ 0.8")
@@ -236,6 +288,8 @@ def _goals(summaries: dict[str, dict[str, Any]], ratios: dict[str, float], n: in
     if raw is not None:
         ours, theirs = best["cpu_s_per_10k_orders"]["nats_server"], raw["cpu_s_per_10k_orders"]["nats_server"]
         if math.isfinite(ours) and math.isfinite(theirs):
-            out.append(f"goal nats-server CPU per order under {best['label']} ≤ under the raw pass-through: "
-                       f"{ours:.2f} s vs {theirs:.2f} s per 10,000 orders: {'met' if ours <= theirs else 'not met'}")
+            out.append(
+                f"goal nats-server CPU per order under {best['label']} ≤ under the raw pass-through: "
+                f"{ours:.2f} s vs {theirs:.2f} s per 10,000 orders: {'met' if ours <= theirs else 'not met'}"
+            )
     return out

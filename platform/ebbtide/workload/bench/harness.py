@@ -117,7 +117,11 @@ class Harness:
         written = await self.read_writes(before)
         first = min(published.values())
         return BurstResult(
-            sent=sent, publish_errors=len(errors), stored=len(written), writes=writes, dead_letters=dead,
+            sent=sent,
+            publish_errors=len(errors),
+            stored=len(written),
+            writes=writes,
+            dead_letters=dead,
             publish_s=max(published.values()) - first,
             wall_s=max(written.values(), default=first) - first,
             latencies_ms=latencies_ms(published, written),
@@ -131,9 +135,17 @@ class Harness:
             if (await self.js.stream_info(stream)).state.last_seq <= before[stream]:
                 continue
             name = f"bench-read-{time.monotonic_ns()}"
-            await self.js.add_consumer(stream, api.ConsumerConfig(
-                name=name, deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=before[stream] + 1,
-                ack_policy=api.AckPolicy.NONE, mem_storage=True, inactive_threshold=30.0))
+            await self.js.add_consumer(
+                stream,
+                api.ConsumerConfig(
+                    name=name,
+                    deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+                    opt_start_seq=before[stream] + 1,
+                    ack_policy=api.AckPolicy.NONE,
+                    mem_storage=True,
+                    inactive_threshold=30.0,
+                ),
+            )
             subscription = await self.js.pull_subscribe_bind(name, stream=stream)
             try:
                 while True:

@@ -41,6 +41,7 @@ class Implementation:
 
 # -- ebbtide, as configured by a manifest variant ------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Variant:
     """An ebbtide configuration: a process mode and settings applied to every function of the manifest."""
@@ -137,15 +138,26 @@ def _pids(runner: Host | Supervisor) -> list[int]:
 
 # -- baselines: one process per function ---------------------------------------------------------------------
 
+
 def baseline(module: str, key: str, label: str, how: str, roles: tuple[str, ...] = ROLES) -> Implementation:
     @asynccontextmanager
     async def start(url: str, nc: NatsClient) -> AsyncIterator[list[int]]:
         processes: list[asyncio.subprocess.Process] = []
         try:
             for role in roles:
-                processes.append(await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", module, "--nats-url", url, "--role", role,
-                    stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE))
+                processes.append(
+                    await asyncio.create_subprocess_exec(
+                        sys.executable,
+                        "-m",
+                        module,
+                        "--nats-url",
+                        url,
+                        "--role",
+                        role,
+                        stdin=asyncio.subprocess.DEVNULL,
+                        stdout=asyncio.subprocess.PIPE,
+                    )
+                )
             for process, role in zip(processes, roles):
                 assert process.stdout is not None
                 line = await asyncio.wait_for(process.stdout.readline(), 60)
@@ -161,16 +173,22 @@ def baseline(module: str, key: str, label: str, how: str, roles: tuple[str, ...]
 
 def faststream() -> Implementation:
     return baseline(
-        "ebbtide.workload.baselines.faststream_pipeline", "faststream", "FastStream",
+        "ebbtide.workload.baselines.faststream_pipeline",
+        "faststream",
+        "FastStream",
         "FastStream 0.7.8, pure Python handlers, the same validation, routing, streams, durable pull consumers "
-        "(PullSub, batch 256, handled concurrently) and KV writes with Nats-Msg-Id; one process per function")
+        "(PullSub, batch 256, handled concurrently) and KV writes with Nats-Msg-Id; one process per function",
+    )
 
 
 def raw_limit() -> Implementation:
     return baseline(
-        "ebbtide.workload.baselines.raw_pipeline", "raw", "raw nats-py (limit)",
+        "ebbtide.workload.baselines.raw_pipeline",
+        "raw",
+        "raw nats-py (limit)",
         "nats-py pass-through, no validation, no Wasm: batched fetch (256, 4 loops), confirmed-publish pipeline "
-        "with Nats-Msg-Id, ack after confirm; one process per function")
+        "with Nats-Msg-Id, ack after confirm; one process per function",
+    )
 
 
 def have_faststream() -> bool:

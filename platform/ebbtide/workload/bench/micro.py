@@ -20,12 +20,17 @@ def rss_kib() -> float:
 
 # -- host: per-message cost and instance start ----------------------------------------------------------
 
+
 def _distributor(manifest: LoadedManifest) -> tuple[WasmEngine, LoadedModule, GuestLimits, bytes]:
     """What it takes to start distributor instances outside a pool."""
     engine = WasmEngine()
     fn = manifest.function("distributor")
-    return (engine, engine.load(manifest.module_path(fn.module)), GuestLimits(fn.limits.memory_mib * MIB, fn.limits.fuel),
-            manifest.config_json("distributor"))
+    return (
+        engine,
+        engine.load(manifest.module_path(fn.module)),
+        GuestLimits(fn.limits.memory_mib * MIB, fn.limits.fuel),
+        manifest.config_json("distributor"),
+    )
 
 
 def bench_host(manifest: LoadedManifest, report: BenchReport, quick: bool) -> None:
@@ -42,9 +47,14 @@ def bench_host(manifest: LoadedManifest, report: BenchReport, quick: bool) -> No
         for _ in range(calls):
             decode_effects(instance.handle(subject, payload)[1])
         runs.append((time.perf_counter() - started) / calls * 1e6)
-    report.add("guest call, distributor, one order", min(runs), "µs",
-               f"{len(payload)}-byte order: copy in, call, read output, decode effects; min of 5 x {calls:,} calls "
-               f"(median {statistics.median(runs):.2f})", "≤ 10 µs")
+    report.add(
+        "guest call, distributor, one order",
+        min(runs),
+        "µs",
+        f"{len(payload)}-byte order: copy in, call, read output, decode effects; min of 5 x {calls:,} calls "
+        f"(median {statistics.median(runs):.2f})",
+        "≤ 10 µs",
+    )
     _bench_batches(instance, report, quick)
     starts = 2_000 if quick else 20_000
     runs = []
@@ -53,9 +63,13 @@ def bench_host(manifest: LoadedManifest, report: BenchReport, quick: bool) -> No
         for _ in range(starts):
             GuestInstance(engine, module, limits, config)
         runs.append((time.perf_counter() - started) / starts * 1e6)
-    report.add("instance start", min(runs), "µs",
-               f"new Store, instantiate, init with config; min of 5 x {starts:,} (median {statistics.median(runs):.1f})",
-               "≤ 50 µs")
+    report.add(
+        "instance start",
+        min(runs),
+        "µs",
+        f"new Store, instantiate, init with config; min of 5 x {starts:,} (median {statistics.median(runs):.1f})",
+        "≤ 50 µs",
+    )
 
 
 def _bench_batches(instance: GuestInstance, report: BenchReport, quick: bool) -> None:
@@ -75,12 +89,18 @@ def _bench_batches(instance: GuestInstance, report: BenchReport, quick: bool) ->
         for _ in range(passes):
             one_pass()
         runs.append((time.perf_counter() - started) / (passes * len(batch)) * 1e6)
-    report.add("guest call per message, distributor, batches of 64", min(runs), "µs",
-               f"as the one-order call, 64 orders per call (ABI v2 handle_batch); min of 5 x {passes:,} batches "
-               f"(median {statistics.median(runs):.2f})", "≤ 2 µs")
+    report.add(
+        "guest call per message, distributor, batches of 64",
+        min(runs),
+        "µs",
+        f"as the one-order call, 64 orders per call (ABI v2 handle_batch); min of 5 x {passes:,} batches "
+        f"(median {statistics.median(runs):.2f})",
+        "≤ 2 µs",
+    )
 
 
 # -- memory ---------------------------------------------------------------------------------------------
+
 
 def bench_memory(manifest: LoadedManifest, report: BenchReport, quick: bool) -> None:
     engine, module, limits, config = _distributor(manifest)
@@ -94,9 +114,18 @@ def bench_memory(manifest: LoadedManifest, report: BenchReport, quick: bool) -> 
     for instance in instances:
         instance.handle(INGRESS_SUBJECT.encode(), payload)
     busy = rss_kib()
-    report.add("added RSS per idle instance", (idle - before) / count, "KiB",
-               f"RSS delta for {count} live instances of the distributor (Store + instance + buffers)", "≤ 64 KiB")
-    report.add("added RSS per busy instance", (busy - before) / count, "KiB",
-               f"the same {count} after each handled one order (buffers touched)")
+    report.add(
+        "added RSS per idle instance",
+        (idle - before) / count,
+        "KiB",
+        f"RSS delta for {count} live instances of the distributor (Store + instance + buffers)",
+        "≤ 64 KiB",
+    )
+    report.add(
+        "added RSS per busy instance",
+        (busy - before) / count,
+        "KiB",
+        f"the same {count} after each handled one order (buffers touched)",
+    )
     del instances
     gc.collect()

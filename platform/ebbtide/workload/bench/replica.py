@@ -61,8 +61,7 @@ def process_memory(pid: int) -> Memory:
             parts = line.split()
             if len(parts) >= 3 and parts[2] == "kB":
                 fields[parts[0].rstrip(":")] = int(parts[1]) * 1024
-    return Memory(fields.get("Rss", 0), fields.get("Pss", 0),
-                  fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0))
+    return Memory(fields.get("Rss", 0), fields.get("Pss", 0), fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0))
 
 
 def children_of(pid: int) -> list[int]:
@@ -117,16 +116,25 @@ class _Reports:
 
 
 @asynccontextmanager
-async def _ebbtide(nc: NatsClient, manifest: LoadedManifest, args: list[str], reports_expected: int
-                   ) -> AsyncIterator[tuple[asyncio.subprocess.Process, float, float]]:
+async def _ebbtide(
+    nc: NatsClient, manifest: LoadedManifest, args: list[str], reports_expected: int
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, float, float]]:
     """Start `ebbtide --manifest M <args>`; yield (process, exec time, ready time) once it reported ready."""
     reports = _Reports()
     subscription = await nc.subscribe(f"{STATUS_SUBJECT_PREFIX}.>", cb=reports.on_report)
     started = time.monotonic()
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "ebbtide", "--manifest", str(manifest.path), *args,
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-        env={**os.environ, "EBBTIDE_METRICS_PORT": "0"})
+        sys.executable,
+        "-m",
+        "ebbtide",
+        "--manifest",
+        str(manifest.path),
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+        env={**os.environ, "EBBTIDE_METRICS_PORT": "0"},
+    )
     try:
         ready = await reports.wait_for(reports_expected)
         yield process, started, ready
@@ -177,38 +185,63 @@ async def bench_replica(manifest: LoadedManifest, report: BenchReport, quick: bo
 
     median = sorted(replica, key=lambda m: m.private)[len(replica) // 2]
     rss, pss, private = median.mib()
-    report.add("idle function process: private memory", private, "MiB",
-               f"`ebbtide run --function {functions[0]}` against an external nats-server, 1 s after ready; "
-               f"median of {tries} processes (RSS {rss:.1f}, PSS {pss:.1f} MiB); /proc/PID/smaps_rollup", "≤ 12 MiB")
+    report.add(
+        "idle function process: private memory",
+        private,
+        "MiB",
+        f"`ebbtide run --function {functions[0]}` against an external nats-server, 1 s after ready; "
+        f"median of {tries} processes (RSS {rss:.1f}, PSS {pss:.1f} MiB); /proc/PID/smaps_rollup",
+        "≤ 12 MiB",
+    )
     rss, pss, private = supervisor.mib()
-    report.add("supervisor of `up`: private memory", private, "MiB",
-               f"`ebbtide up --processes per-function` runs no function itself (RSS {rss:.1f}, PSS {pss:.1f} MiB); "
-               f"its {len(children)} children: private "
-               + ", ".join(f"{c.private / MIB:.1f}" for c in children) + " MiB", "≤ 10 MiB")
+    report.add(
+        "supervisor of `up`: private memory",
+        private,
+        "MiB",
+        f"`ebbtide up --processes per-function` runs no function itself (RSS {rss:.1f}, PSS {pss:.1f} MiB); "
+        f"its {len(children)} children: private " + ", ".join(f"{c.private / MIB:.1f}" for c in children) + " MiB",
+        "≤ 10 MiB",
+    )
     n = len(functions)
     if n > 1:
         extra = (singles[n].private - singles[1].private) / (n - 1) / MIB
-        report.add("each additional function in one process: private memory", extra, "MiB",
-                   f"(`up --processes single` with {n} functions − with 1) / {n - 1}: "
-                   f"{singles[n].private / MIB:.1f} − {singles[1].private / MIB:.1f} MiB "
-                   f"(ZEISS: {ZEISS_WASM_APP_MIB} MB per Wasm app)", f"≤ {ZEISS_WASM_APP_MIB} MiB")
-    report.add("replica cold start: exec to ready (median)", statistics.median(ready_ms), "ms",
-               f"exec of `ebbtide run --function {functions[0]}` until its first status report (consumer bound); "
-               f"{tries} starts, min {min(ready_ms):.0f} ms (ZEISS: {ZEISS_START_S:.0f} s to start the Wasm deployment)",
-               "≤ 150 ms")
-    report.add("replica cold start: exec to first message processed (median)", statistics.median(first_ms), "ms",
-               f"the same starts, one order waiting in the stream: until its effect reached the output subject; "
-               f"min {min(first_ms):.0f} ms")
+        report.add(
+            "each additional function in one process: private memory",
+            extra,
+            "MiB",
+            f"(`up --processes single` with {n} functions − with 1) / {n - 1}: "
+            f"{singles[n].private / MIB:.1f} − {singles[1].private / MIB:.1f} MiB "
+            f"(ZEISS: {ZEISS_WASM_APP_MIB} MB per Wasm app)",
+            f"≤ {ZEISS_WASM_APP_MIB} MiB",
+        )
+    report.add(
+        "replica cold start: exec to ready (median)",
+        statistics.median(ready_ms),
+        "ms",
+        f"exec of `ebbtide run --function {functions[0]}` until its first status report (consumer bound); "
+        f"{tries} starts, min {min(ready_ms):.0f} ms (ZEISS: {ZEISS_START_S:.0f} s to start the Wasm deployment)",
+        "≤ 150 ms",
+    )
+    report.add(
+        "replica cold start: exec to first message processed (median)",
+        statistics.median(first_ms),
+        "ms",
+        f"the same starts, one order waiting in the stream: until its effect reached the output subject; "
+        f"min {min(first_ms):.0f} ms",
+    )
     report.details["replica"] = {
-        "function_process": [m.__dict__ for m in replica], "supervisor": supervisor.__dict__,
+        "function_process": [m.__dict__ for m in replica],
+        "supervisor": supervisor.__dict__,
         "supervisor_children": [c.__dict__ for c in children],
         "single_process": {str(k): v.__dict__ for k, v in singles.items()},
-        "cold_start_ready_ms": ready_ms, "cold_start_first_message_ms": first_ms,
+        "cold_start_ready_ms": ready_ms,
+        "cold_start_first_message_ms": first_ms,
     }
 
 
-async def _cold_starts(nc: NatsClient, manifest: LoadedManifest, function: str, url: list[str], tries: int
-                       ) -> tuple[list[float], list[float]]:
+async def _cold_starts(
+    nc: NatsClient, manifest: LoadedManifest, function: str, url: list[str], tries: int
+) -> tuple[list[float], list[float]]:
     """Exec to ready and to the first processed message, `tries` times, with one message waiting each time."""
     fn = manifest.function(function)
     outputs = list(fn.publish) or [f"$KV.{bucket}.>" for bucket in fn.kv]

@@ -19,8 +19,9 @@ from .scale import bench_scale
 from .tracing import bench_tracing
 
 
-async def run_bench(manifest: LoadedManifest, scenarios: list[str], quick: bool, out_dir: Path,
-                    options: BenchOptions | None = None) -> BenchReport:
+async def run_bench(
+    manifest: LoadedManifest, scenarios: list[str], quick: bool, out_dir: Path, options: BenchOptions | None = None
+) -> BenchReport:
     options = options or BenchOptions()
     build_modules(manifest)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -41,8 +42,9 @@ async def run_bench(manifest: LoadedManifest, scenarios: list[str], quick: bool,
         print("tracing: burst throughput with tracing off, 1 %, 100 %", flush=True)
         await bench_tracing(manifest, report, quick, out_dir)
     if "burst" in scenarios or "sustained" in scenarios:
-        await bench_comparison(manifest, report, quick, out_dir, options,
-                               burst="burst" in scenarios, sustained="sustained" in scenarios)
+        await bench_comparison(
+            manifest, report, quick, out_dir, options, burst="burst" in scenarios, sustained="sustained" in scenarios
+        )
     results = out_dir / "results.json"
     results.write_text(json.dumps(msgspec.to_builtins(report), indent=2))
     report.files.append(str(results))

@@ -26,6 +26,7 @@ from .stats import percentile as _pct
 
 # -- scale: activation, burst, drain, idle CPU --------------------------------------------------------------
 
+
 def _with_cooldown(manifest: LoadedManifest, cooldown_s: float) -> LoadedManifest:
     functions = {
         name: msgspec.structs.replace(fn, scale=msgspec.structs.replace(fn.scale, cooldown_s=cooldown_s))
@@ -48,8 +49,9 @@ async def bench_scale(manifest: LoadedManifest, report: BenchReport, quick: bool
 
 
 async def _idle(host: Host) -> None:
-    while not all(p.live_instances == 0 and p.in_flight == 0 and c.lag == 0 for p, c in
-                  zip(host.pools.values(), host.controllers.values())):
+    while not all(
+        p.live_instances == 0 and p.in_flight == 0 and c.lag == 0 for p, c in zip(host.pools.values(), host.controllers.values())
+    ):
         await asyncio.sleep(0.005)
 
 
@@ -80,8 +82,12 @@ async def _activation(manifest: LoadedManifest, url: str, nc, report: BenchRepor
     report.add("activation from zero, p50", _pct(latencies, 0.5), "ms", how, "≤ 20 ms")
     report.add("activation from zero, p99", _pct(latencies, 0.99), "ms", how)
     report.add("host CPU while idle at zero", idle_cpu, "%", f"process CPU time / wall time over {idle_s:g} s, all pools at zero")
-    report.add("host RSS at zero instances", idle_rss, "MiB",
-               "the whole process (Python, nats-py, wasmtime, three pools, this benchmark) with every pool at zero")
+    report.add(
+        "host RSS at zero instances",
+        idle_rss,
+        "MiB",
+        "the whole process (Python, nats-py, wasmtime, three pools, this benchmark) with every pool at zero",
+    )
 
 
 async def _idle_cpu(host: Host, seconds: float) -> float:
@@ -127,15 +133,27 @@ async def _burst(manifest: LoadedManifest, url: str, nc, report: BenchReport, or
     for name in host.pools:
         cooldown = manifest.function(name).scale.cooldown_s
         scale = manifest.function(name).scale
-        report.add(f"{name}: peak instances", peak[name], "",
-                   f"of scale.max {scale.max}; target backlog {scale.target_backlog} per instance")
+        report.add(
+            f"{name}: peak instances",
+            peak[name],
+            "",
+            f"of scale.max {scale.max}; target backlog {scale.target_backlog} per instance",
+        )
         if name in reached:
-            report.add(f"{name}: time to max instances", reached[name] * 1000, "ms",
-                       f"from the first of {orders:,} publishes until the pool runs scale.max instances",
-                       "within one control interval of the backlog")
+            report.add(
+                f"{name}: time to max instances",
+                reached[name] * 1000,
+                "ms",
+                f"from the first of {orders:,} publishes until the pool runs scale.max instances",
+                "within one control interval of the backlog",
+            )
         if name in at_zero:
-            report.add(f"{name}: empty backlog to zero instances", at_zero[name], "s",
-                       f"lag 0 and nothing in flight until no instance is left (cooldown {cooldown:g} s + last fetch)")
+            report.add(
+                f"{name}: empty backlog to zero instances",
+                at_zero[name],
+                "s",
+                f"lag 0 and nothing in flight until no instance is left (cooldown {cooldown:g} s + last fetch)",
+            )
     chart = write_scaling_chart(series.series(), out_dir / "burst.svg", title=f"ebbtide bench: burst of {orders:,} orders")
     report.files.append(str(chart))
 
@@ -143,4 +161,5 @@ async def _burst(manifest: LoadedManifest, url: str, nc, report: BenchReport, or
 def _feed(series: TimeSeries):  # type: ignore[no-untyped-def]
     async def on_status(msg) -> None:  # type: ignore[no-untyped-def]
         series.add(decode_status(msg.data))
+
     return on_status

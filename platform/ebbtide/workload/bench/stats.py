@@ -52,8 +52,9 @@ class Window:
     p99_ms: float
 
 
-def windows(published: Mapping[str, float], written: Mapping[str, float], start: float, width_s: float,
-            duration_s: float) -> list[Window]:
+def windows(
+    published: Mapping[str, float], written: Mapping[str, float], start: float, width_s: float, duration_s: float
+) -> list[Window]:
     """Latency percentiles of the orders published in each window of `width_s` (by their publish time)."""
     count = max(1, math.ceil(duration_s / width_s - 1e-9))
     buckets: list[list[float]] = [[] for _ in range(count)]
@@ -63,8 +64,10 @@ def windows(published: Mapping[str, float], written: Mapping[str, float], start:
         sent[index] += 1
         if key in written:
             buckets[index].append((written[key] - t) * 1000)
-    return [Window(i * width_s, sent[i], len(b), percentile(b, 0.5) if b else math.nan, percentile(b, 0.99) if b else math.nan)
-            for i, b in enumerate(buckets)]
+    return [
+        Window(i * width_s, sent[i], len(b), percentile(b, 0.5) if b else math.nan, percentile(b, 0.99) if b else math.nan)
+        for i, b in enumerate(buckets)
+    ]
 
 
 @dataclass(frozen=True)

@@ -54,49 +54,91 @@ except (ValueError, OSError, AttributeError):
     pass
 
 
-async def bench_sustained(harness: Harness, url: str, impl: Implementation, pids: list[int], capacity: float,
-                          report: BenchReport, quick: bool, out_dir: Path, options: BenchOptions) -> None:
+async def bench_sustained(
+    harness: Harness,
+    url: str,
+    impl: Implementation,
+    pids: list[int],
+    capacity: float,
+    report: BenchReport,
+    quick: bool,
+    out_dir: Path,
+    options: BenchOptions,
+) -> None:
     duration = options.sustained_s or (5.0 if quick else 60.0)
     width = 5.0 if duration >= 25 else duration / 5  # five windows at least
     rates = []
     for text in options.rates or ["50%", "90%"]:
         value, percent = parse_rate(text)
         rates.append((text, capacity * value / 100 if percent else value))
-    details: dict[str, Any] = {"implementation": impl.label, "capacity_orders_per_s": capacity, "duration_s": duration,
-                               "window_s": width, "rates": {}}
-    lines = ["| rate | published | stored | latency p50 / p99 first window → last (ms) | worst window p99 | "
-             "backlog first → last | RSS first → last (MiB) | grows? |", "|---|---:|---:|---|---:|---|---|---|"]
+    details: dict[str, Any] = {
+        "implementation": impl.label,
+        "capacity_orders_per_s": capacity,
+        "duration_s": duration,
+        "window_s": width,
+        "rates": {},
+    }
+    lines = [
+        "| rate | published | stored | latency p50 / p99 first window → last (ms) | worst window p99 | "
+        "backlog first → last | RSS first → last (MiB) | grows? |",
+        "|---|---:|---:|---|---:|---|---|---|",
+    ]
     for index, (label, rate) in enumerate(rates):
-        print(f"sustained: {impl.label} at {rate:,.0f} orders/s ({label}) for {duration:g} s "
-              f"(+ {width:g} s not measured)", flush=True)
-        result = await _one_rate(harness, pids, rate, duration, width, first_id=20_000_000 + index * 10_000_000,
-                                 tag=f"{index}", out_dir=out_dir, name=label.replace("%", "pct"))
+        print(
+            f"sustained: {impl.label} at {rate:,.0f} orders/s ({label}) for {duration:g} s (+ {width:g} s not measured)",
+            flush=True,
+        )
+        result = await _one_rate(
+            harness,
+            pids,
+            rate,
+            duration,
+            width,
+            first_id=20_000_000 + index * 10_000_000,
+            tag=f"{index}",
+            out_dir=out_dir,
+            name=label.replace("%", "pct"),
+        )
         details["rates"][label] = result
         w = result["windows"]
         lat, back, mem = result["trend"]["p99_ms"], result["trend"]["backlog"], result["trend"]["rss_mib"]
         grows = [name for name, t in (("latency", lat), ("backlog", back), ("memory", mem)) if t["grows"]]
-        lines.append(f"| {rate:,.0f}/s ({label}) | {result['published']:,} | {result['stored']:,} | "
-                     f"{w[0]['p50_ms']:.1f} / {w[0]['p99_ms']:.1f} → {w[-1]['p50_ms']:.1f} / {w[-1]['p99_ms']:.1f} | "
-                     f"{max(x['p99_ms'] for x in w if not math.isnan(x['p99_ms'])):.1f} | "
-                     f"{back['first']:,.0f} → {back['last']:,.0f} | {mem['first']:.0f} → {mem['last']:.0f} | "
-                     f"{', '.join(grows) or 'no'} |")
+        lines.append(
+            f"| {rate:,.0f}/s ({label}) | {result['published']:,} | {result['stored']:,} | "
+            f"{w[0]['p50_ms']:.1f} / {w[0]['p99_ms']:.1f} → {w[-1]['p50_ms']:.1f} / {w[-1]['p99_ms']:.1f} | "
+            f"{max(x['p99_ms'] for x in w if not math.isnan(x['p99_ms'])):.1f} | "
+            f"{back['first']:,.0f} → {back['last']:,.0f} | {mem['first']:.0f} → {mem['last']:.0f} | "
+            f"{', '.join(grows) or 'no'} |"
+        )
         how = f"{duration:g} s at {rate:,.0f} orders/s ({label} of {capacity:,.0f}, the burst's median)"
         report.add(f"sustained {label}: latency p99, last window", w[-1]["p99_ms"], "ms", how)
         report.add(f"sustained {label}: backlog slope", back["slope_per_min"], "msgs/min", how, "no growth")
         report.add(f"sustained {label}: RSS slope", mem["slope_per_min"], "MiB/min", how, "no growth")
         report.files += result["charts"]
-    lines += ["", f"{impl.label} ({impl.how}); capacity {capacity:,.0f} orders/s from the burst in this run. "
-              f"Windows of {width:g} s by publish time (the load goes on for one more window, not measured, so "
-              f"that the end of publishing does not distort the last one); backlog = pending + unacked over every consumer, sampled every "
-              f"{SAMPLE_EVERY_S:g} s; RSS = the implementation's processes. 'Grows' means the last value exceeds the "
-              f"first by more than a tolerance (latency: max(5 ms, first); backlog: one second of orders; RSS: "
-              f"{RSS_TOLERANCE_MIB:g} MiB) with an upward least-squares slope."]
+    lines += [
+        "",
+        f"{impl.label} ({impl.how}); capacity {capacity:,.0f} orders/s from the burst in this run. "
+        f"Windows of {width:g} s by publish time (the load goes on for one more window, not measured, so "
+        f"that the end of publishing does not distort the last one); backlog = pending + unacked over every consumer, sampled every "
+        f"{SAMPLE_EVERY_S:g} s; RSS = the implementation's processes. 'Grows' means the last value exceeds the "
+        f"first by more than a tolerance (latency: max(5 ms, first); backlog: one second of orders; RSS: "
+        f"{RSS_TOLERANCE_MIB:g} MiB) with an upward least-squares slope.",
+    ]
     report.sections.append(Section(f"Sustained load ({duration:g} s per rate)", "\n".join(lines)))
     report.details["sustained"] = details
 
 
-async def _one_rate(harness: Harness, pids: list[int], rate: float, duration: float, width: float, first_id: int,
-                    tag: str, out_dir: Path, name: str) -> dict[str, Any]:
+async def _one_rate(
+    harness: Harness,
+    pids: list[int],
+    rate: float,
+    duration: float,
+    width: float,
+    first_id: int,
+    tag: str,
+    out_dir: Path,
+    name: str,
+) -> dict[str, Any]:
     template = generate_orders(1000, seed=11)
     before = await harness.last_seqs()
     published: dict[str, float] = {}
@@ -152,18 +194,39 @@ async def _one_rate(harness: Harness, pids: list[int], rate: float, duration: fl
     mids = [w.start_s + width / 2 for w in wins]
     during = [s for s in samples if s[0] <= duration] or samples
     lat_first = wins[0].p99_ms if not math.isnan(wins[0].p99_ms) else 0.0
-    charts = [str(write_line_chart(
-        [("latency per window (ms), by publish time", {"p50": [(m, w.p50_ms) for m, w in zip(mids, wins)],
-                                                       "p99": [(m, w.p99_ms) for m, w in zip(mids, wins)]}),
-         ("backlog (messages, every consumer)", {"backlog": [(t, float(b)) for t, b, _ in samples]}),
-         ("RSS of the implementation's processes (MiB)", {"RSS": [(t, r) for t, _, r in samples]})],
-        out_dir / f"sustained-{name}.svg", title=f"sustained load: {rate:,.0f} orders/s for {duration:g} s"))]
+    charts = [
+        str(
+            write_line_chart(
+                [
+                    (
+                        "latency per window (ms), by publish time",
+                        {"p50": [(m, w.p50_ms) for m, w in zip(mids, wins)], "p99": [(m, w.p99_ms) for m, w in zip(mids, wins)]},
+                    ),
+                    ("backlog (messages, every consumer)", {"backlog": [(t, float(b)) for t, b, _ in samples]}),
+                    ("RSS of the implementation's processes (MiB)", {"RSS": [(t, r) for t, _, r in samples]}),
+                ],
+                out_dir / f"sustained-{name}.svg",
+                title=f"sustained load: {rate:,.0f} orders/s for {duration:g} s",
+            )
+        )
+    ]
     if series.functions():  # ebbtide's status reports: backlog and instances per function
-        charts.append(str(write_scaling_chart(series.series(), out_dir / f"sustained-{name}-scaling.svg",
-                                              title=f"sustained load: {rate:,.0f} orders/s, pools")))
+        charts.append(
+            str(
+                write_scaling_chart(
+                    series.series(),
+                    out_dir / f"sustained-{name}-scaling.svg",
+                    title=f"sustained load: {rate:,.0f} orders/s, pools",
+                )
+            )
+        )
     return {
-        "rate": rate, "published": sent, "publish_errors": errors, "stored": len(written),
-        "measured": len(measured), "measured_stored": sum(w.stored for w in wins),
+        "rate": rate,
+        "published": sent,
+        "publish_errors": errors,
+        "stored": len(written),
+        "measured": len(measured),
+        "measured_stored": sum(w.stored for w in wins),
         "windows": [asdict(w) for w in wins],
         "samples": [{"t": t, "backlog": b, "rss_mib": r} for t, b, r in samples],
         "trend": {

@@ -21,6 +21,7 @@ from .report import BenchReport
 
 # -- tracing overhead -------------------------------------------------------------------------------------------
 
+
 class _DroppingExporter(SpanExporter):
     """Spans are built, sampled and batched as with a real exporter, then dropped: measures the host's cost."""
 
