@@ -1,6 +1,6 @@
 # Two commands on a fresh machine (Python 3.11+ with venv):
 #   make demo   set up, then run the 10,000-order demo on the embedded NATS server
-#   make test   set up, then lint (ruff, mypy) and run the test suite
+#   make test   set up, then lint (ruff check and format, mypy) and run the test suite
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
@@ -23,6 +23,7 @@ test: setup lint
 
 lint: setup
 	$(BIN)/ruff check platform tests loadtest
+	$(BIN)/ruff format --check platform tests loadtest
 	$(BIN)/mypy
 
 clean:
