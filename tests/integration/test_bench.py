@@ -28,11 +28,7 @@ async def test_quick_bench_completes_with_sane_figures(reference_manifest: Loade
     assert all(v >= 0 for name, v in figures.items() if "slope" not in name and name != added_function)
     assert -1 < figures[added_function] < 64  # MiB
     assert 0 < figures["idle function process: private memory"] < 1024  # MiB
-    assert (
-        0
-        < figures["replica cold start: exec to ready (median)"]
-        <= figures["replica cold start: exec to first message processed (median)"]
-    )
+    assert 0 < figures["replica cold start: exec to ready (median)"] < 60_000  # ms
     assert 0 < figures["guest call, distributor, one order"] < 10_000  # µs
     assert 0 < figures["guest call per message, distributor, batches of 64"] < 10_000  # µs
     assert 0 < figures["instance start"] < 100_000  # µs
