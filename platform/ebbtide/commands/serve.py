@@ -165,17 +165,7 @@ def up_command(args: argparse.Namespace, manifest: LoadedManifest) -> int:
     build_modules(manifest)
     if url is not None:
         access = external_access(manifest, url)
-        return uvloop.run(
-            _serve(
-                manifest,
-                access,
-                args.processes,
-                verbose=args.verbose,
-                metrics_port=args.metrics_port,
-                watch=args.watch,
-                provision_as=access.admin,
-            )
-        )  # with the credentials `up` was given
+        return _serve_up(args, manifest, access)  # provisioned with the credentials `up` was given
     with embedded_server(manifest, auth=False if args.no_auth else None) as (server, access):
         log.info("embedded nats-server at %s (monitoring %s, data in %s)", server.url, server.monitor_url, server.data_dir)
         if access.bundle is not None:
@@ -188,17 +178,21 @@ def up_command(args: argparse.Namespace, manifest: LoadedManifest) -> int:
             )
         else:
             log.warning("authentication is off: anyone who reaches %s may do anything", server.url)
-        return uvloop.run(
-            _serve(
-                manifest,
-                access,
-                args.processes,
-                verbose=args.verbose,
-                metrics_port=args.metrics_port,
-                watch=args.watch,
-                provision_as=access.admin,
-            )
-        )  # as the generated admin user
+        return _serve_up(args, manifest, access)  # provisioned as the generated admin user
+
+
+def _serve_up(args: argparse.Namespace, manifest: LoadedManifest, access: ServerAccess) -> int:
+    return uvloop.run(
+        _serve(
+            manifest,
+            access,
+            args.processes,
+            verbose=args.verbose,
+            metrics_port=args.metrics_port,
+            watch=args.watch,
+            provision_as=access.admin,
+        )
+    )
 
 
 def run_command(args: argparse.Namespace, manifest: LoadedManifest) -> int:
