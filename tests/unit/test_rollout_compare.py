@@ -34,3 +34,11 @@ def test_render_shows_the_changed_effect_only() -> None:
     assert "-publish orders.express: x" in text and "+publish orders.standard: x" in text
     assert " kv_put outbox/k1" in text
     assert render(live, live) == "same"
+
+
+def test_a_sample_survives_its_encoding() -> None:
+    from ebbtide.rollout.samples import Sample, decode_sample, encode_sample, sample_subject
+
+    sample = Sample("receiver", Verdict.DIFFERENT, "orders.express", b'{"x":1}', ok(), ok(Publish("a", b"\xff")), "ab" * 32, 1)
+    assert decode_sample(encode_sample(sample)) == sample
+    assert sample_subject("receiver", Verdict.CANDIDATE_FAULT) == "ebbtide.shadow.receiver.candidate_fault"
