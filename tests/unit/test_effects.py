@@ -23,6 +23,7 @@ def test_abi_round_trip() -> None:
         b"\x91\x92\xa7publish\xa1x",
         b"\x81\xa1a\x01",
         b"\x91\x93\xa7publish\x01\xc4\x00",
+        b"\x91\x93\xa7publish\xa1\xff\xc4\x011",  # a subject that is not UTF-8
     ],
 )
 def test_undecodable_output_is_a_guest_fault(data: bytes) -> None:

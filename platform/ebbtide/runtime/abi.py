@@ -59,7 +59,7 @@ _effects_decoder = msgspec.msgpack.Decoder(list[Effect])
 def decode_effects(data: bytes) -> list[Effect]:
     try:
         return _effects_decoder.decode(data)
-    except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # ValidationError is a DecodeError; a str not UTF-8 raises
         raise GuestFault("invalid-output", f"effects do not decode: {exc}") from None
 
 
