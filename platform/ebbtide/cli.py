@@ -24,6 +24,8 @@ from .telemetry.logs import configure_logging
 from .workload.bench import SCENARIOS as BENCH_SCENARIOS
 
 METRICS_PORT_ENV = "EBBTIDE_METRICS_PORT"
+LOG_FORMAT_ENV = "EBBTIDE_LOG_FORMAT"
+LOG_FORMATS = ("auto", "json", "text")
 
 Handler = Callable[[argparse.Namespace, LoadedManifest], int]
 
@@ -36,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ebbtide: {exc}", file=sys.stderr)
         return EXIT_USAGE
     configure_logging(args.verbose, args.log_format)
+    os.environ[LOG_FORMAT_ENV] = args.log_format  # the processes it starts (up's functions) log the same way
     try:
         manifest = load_manifest(args.manifest)
         return _handler(args.command)(args, manifest)
@@ -58,19 +61,24 @@ def _handler(spec: str) -> Handler:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ebbtide", description="Event-driven WebAssembly functions on NATS JetStream.")
     parser.add_argument("--manifest", "-m", default=DEFAULT_MANIFEST, help="manifest file (default: %(default)s)")
-    parser.add_argument("--verbose", "-v", action="store_true")
-    parser.add_argument(
-        "--log-format",
-        choices=("auto", "json", "text"),
-        default="auto",
-        help="auto: JSON lines when stderr is not a terminal (default: %(default)s)",
-    )
+
+    def logging_options(parser: argparse.ArgumentParser, default: Callable[[str], object]) -> None:
+        parser.add_argument("--verbose", "-v", action="store_true", default=default("verbose"))
+        parser.add_argument(
+            "--log-format",
+            choices=LOG_FORMATS,
+            default=default("log_format"),
+            help=f"auto: JSON lines when stderr is not a terminal (default: ${LOG_FORMAT_ENV}, then auto)",
+        )
+
+    logging_options(parser, {"verbose": False, "log_format": _env_log_format()}.__getitem__)
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     def command(name: str, handler: str, help: str) -> argparse.ArgumentParser:
         """`handler`: "module:function" in ebbtide.commands, imported only when this command runs."""
         sub = commands.add_parser(name, help=help, description=help)
         sub.set_defaults(command=handler)
+        logging_options(sub, lambda _: argparse.SUPPRESS)  # also after the command; absent there: the value before stays
         return sub
 
     def nats_url_option(sub: argparse.ArgumentParser, default: object = None) -> None:
@@ -229,3 +237,10 @@ def _env_int(name: str) -> int | None:
         return int(value)
     except ValueError:
         raise UsageError(f"${name} must be a port number, not {value!r}") from None
+
+
+def _env_log_format() -> str:
+    value = os.environ.get(LOG_FORMAT_ENV) or "auto"
+    if value not in LOG_FORMATS:
+        raise UsageError(f"${LOG_FORMAT_ENV} must be one of {', '.join(LOG_FORMATS)}, not {value!r}")
+    return value

@@ -67,7 +67,7 @@ class Supervisor:
         self._watchers: list[asyncio.Task[None]] = []
 
     def _command(self, function: str) -> list[str]:
-        # Children write to the same stderr, so `--log-format auto` makes the same choice there.
+        # Children log like their parent: they inherit $EBBTIDE_LOG_FORMAT, which cli.main sets.
         command = [sys.executable, "-m", "ebbtide", "--manifest", str(self.manifest_path)]
         if self.verbose:
             command.append("--verbose")

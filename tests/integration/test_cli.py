@@ -24,7 +24,8 @@ async def test_up_with_embedded_server_publish_and_sigterm(tmp_path: Path, refer
     manifest, port = manifest_copy(tmp_path)
     env = {k: v for k, v in os.environ.items() if k != "EBBTIDE_NATS_URL"}
     up = subprocess.Popen(
-        [sys.executable, "-m", "ebbtide", "-m", str(manifest), "up"],
+        # stdout is a pipe: `auto` would be JSON lines; the option after the command holds for the children too
+        [sys.executable, "-m", "ebbtide", "-m", str(manifest), "up", "--log-format", "text"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -58,6 +59,8 @@ async def test_up_with_embedded_server_publish_and_sigterm(tmp_path: Path, refer
     assert "authentication on: publish orders as the user in" in output
     assert "could not drain" not in output  # the host drained before the server stopped
     assert not port_open(port), "the embedded server must stop with the host"
+    assert "function distributor on orders.ingress" in output  # a function process's own log line
+    assert not [line for line in output.splitlines() if line.startswith("{")], "every process logs as text"
 
 
 def test_run_without_a_server_is_a_usage_error(tmp_path: Path) -> None:
