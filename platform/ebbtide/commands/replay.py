@@ -72,6 +72,8 @@ def replay_command(args: argparse.Namespace, manifest: LoadedManifest) -> int:
         raise UsageError("--stream needs --from-seq (and optionally --to-seq)")
     if (args.from_seq is not None or args.to_seq is not None) and args.stream is None:
         raise UsageError("--from-seq/--to-seq need --stream")
+    if args.stream is not None:
+        _check_stream(manifest, args.stream, fn.trigger)
     server = client_access(manifest, args.nats_url)
     with tempfile.TemporaryDirectory(prefix="ebbtide-replay-") as scratch:
         candidate = args.module
@@ -113,6 +115,14 @@ def replay_command(args: argparse.Namespace, manifest: LoadedManifest) -> int:
         args.json,
     )
     return 0
+
+
+def _check_stream(manifest: LoadedManifest, stream: str, trigger: str) -> None:
+    """The manifest's streams are what the observer may read; the one holding the trigger is the one to read."""
+    if stream not in manifest.spec.streams:
+        raise UsageError(f"{manifest.path}: no stream {stream!r} under [streams] (streams: {', '.join(manifest.spec.streams)})")
+    if manifest.stream_for(trigger) != stream:
+        raise UsageError(f"stream {stream!r} does not hold {trigger!r}, the function's trigger (it is in {manifest.stream_for(trigger)!r})")
 
 
 def _limit(value: int | None) -> int | None:
