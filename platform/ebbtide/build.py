@@ -416,7 +416,9 @@ def build_module(manifest: LoadedManifest, name: str, force: bool = False, *, in
     section = manifest.spec.modules[name]
     output = into or manifest.module_path(name)
     if into is not None and (section.prebuilt or prebuilt_by_environment()):
-        raise ManifestError(f"{manifest.path}: modules.{name} ships built (prebuilt): there is no source to build another version from")
+        raise ManifestError(
+            f"{manifest.path}: modules.{name} ships built (prebuilt): there is no source to build another version from"
+        )
     if section.prebuilt or prebuilt_by_environment():
         if not output.is_file():
             key = f"modules.{name}.prebuilt" if section.prebuilt else f"modules.{name} (${PREBUILT_ENV}=1)"

@@ -212,6 +212,7 @@ def _parser() -> argparse.ArgumentParser:
     for action in (outbox_get, outbox_list):
         action.add_argument("--bucket", "-b", help="this bucket only (default: every bucket the manifest's functions write)")
         action.add_argument("--nats-url", default=argparse.SUPPRESS, help="as before the action")
+
     # -- rollout, the reading side: `shadow report` and `replay` (commands/replay.py) --
     def report_options(sub: argparse.ArgumentParser) -> None:
         sub.add_argument(
@@ -243,10 +244,14 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--function", "-f", required=True, help="function name from the manifest")
     candidate = replay.add_mutually_exclusive_group(required=True)
     candidate.add_argument("--module", type=Path, help="the candidate module (.wasm)")
-    candidate.add_argument("--build", action="store_true", help="build the candidate from the module's source into a temporary folder")
+    candidate.add_argument(
+        "--build", action="store_true", help="build the candidate from the module's source into a temporary folder"
+    )
     source = replay.add_mutually_exclusive_group(required=True)
     source.add_argument("--from-dlq", action="store_true", help="the function's dead letters (with their original subject)")
-    source.add_argument("--stream", metavar="S", help="a stream that retains messages: its range, filtered on the function's trigger")
+    source.add_argument(
+        "--stream", metavar="S", help="a stream that retains messages: its range, filtered on the function's trigger"
+    )
     replay.add_argument("--from-seq", type=int, metavar="A", help="first sequence of the range (with --stream)")
     replay.add_argument("--to-seq", type=int, metavar="B", help="last sequence of the range (default: the stream's last)")
     report_options(replay)

@@ -40,9 +40,13 @@ DISTRIBUTOR = REPO / "functions" / "distributor" / "main.zig"
 EXPRESS_TEST = 'if (kind.eqlIgnoreCase("express"))'
 STANDARD_ROUTE = 'else if (kind.eqlIgnoreCase("standard"))\n        standard_subject'
 # The fix: "Drone" orders go the express way too.
-ACCEPTS_DRONES = DISTRIBUTOR.read_text().replace(EXPRESS_TEST, 'if (kind.eqlIgnoreCase("express") or kind.eqlIgnoreCase("drone"))')
+ACCEPTS_DRONES = DISTRIBUTOR.read_text().replace(
+    EXPRESS_TEST, 'if (kind.eqlIgnoreCase("express") or kind.eqlIgnoreCase("drone"))'
+)
 # A change of routing for one delivery type: Standard orders go to orders.express.
-REROUTES_STANDARD = DISTRIBUTOR.read_text().replace(STANDARD_ROUTE, 'else if (kind.eqlIgnoreCase("standard"))\n        express_subject')
+REROUTES_STANDARD = DISTRIBUTOR.read_text().replace(
+    STANDARD_ROUTE, 'else if (kind.eqlIgnoreCase("standard"))\n        express_subject'
+)
 
 
 @pytest.fixture
@@ -131,10 +135,45 @@ def test_shadow_report_shows_the_kept_samples_side_by_side(
         )
         stored = []
         samples = [
-            *(Sample("distributor", Verdict.DIFFERENT, INGRESS_SUBJECT, encode_order(o), live[i], moved[i], "c" * 64, time.time_ns(), 100 + i) for i, o in enumerate(express[:5])),
-            Sample("distributor", Verdict.SAME, INGRESS_SUBJECT, encode_order(express[5]), live[5], live[5], "c" * 64, time.time_ns(), 106),
-            Sample("distributor", Verdict.CANDIDATE_FAULT, INGRESS_SUBJECT, b"\x00\xff", live[0], Answer("fault", b"trap: unreachable"), "c" * 64, time.time_ns(), 107),
-            Sample("receiver-express", Verdict.DIFFERENT, "orders.express", b"{}", live[0], moved[0], "d" * 64, time.time_ns(), 5),
+            *(
+                Sample(
+                    "distributor",
+                    Verdict.DIFFERENT,
+                    INGRESS_SUBJECT,
+                    encode_order(o),
+                    live[i],
+                    moved[i],
+                    "c" * 64,
+                    time.time_ns(),
+                    100 + i,
+                )
+                for i, o in enumerate(express[:5])
+            ),
+            Sample(
+                "distributor",
+                Verdict.SAME,
+                INGRESS_SUBJECT,
+                encode_order(express[5]),
+                live[5],
+                live[5],
+                "c" * 64,
+                time.time_ns(),
+                106,
+            ),
+            Sample(
+                "distributor",
+                Verdict.CANDIDATE_FAULT,
+                INGRESS_SUBJECT,
+                b"\x00\xff",
+                live[0],
+                Answer("fault", b"trap: unreachable"),
+                "c" * 64,
+                time.time_ns(),
+                107,
+            ),
+            Sample(
+                "receiver-express", Verdict.DIFFERENT, "orders.express", b"{}", live[0], moved[0], "d" * 64, time.time_ns(), 5
+            ),
         ]
         for sample in samples:
             try:
@@ -226,7 +265,7 @@ def test_replay_from_the_dlq_and_a_stream_range_judges_exactly_the_changed_messa
     for i, block in enumerate(blocks):
         assert f"different {i + 1} of 3: orders.ingress, DLQ #{i + 1}" in block
         assert '-REJECT: unknown-delivery: "Drone"' in block
-        assert f'+publish orders.express: {drone_order(900 + i).decode()}' in block
+        assert f"+publish orders.express: {drone_order(900 + i).decode()}" in block
 
     # A stream range: the Standard orders of it, and only they, would be routed differently.
     rerouting = tmp_path / "reroutes-standard.wasm"
@@ -285,6 +324,15 @@ def test_replay_from_the_dlq_and_a_stream_range_judges_exactly_the_changed_messa
 
     # A server that does not answer: a run-time failure (exit 1), no traceback.
     code, _, err = ebbtide(
-        capsys, manifest, "replay", "--nats-url", "nats://127.0.0.1:1", "--function", "distributor", "--module", str(rerouting), "--from-dlq"
+        capsys,
+        manifest,
+        "replay",
+        "--nats-url",
+        "nats://127.0.0.1:1",
+        "--function",
+        "distributor",
+        "--module",
+        str(rerouting),
+        "--from-dlq",
     )
     assert code == 1 and "Traceback" not in err

@@ -134,7 +134,9 @@ async def stream_info(nc: NatsClient, stream: str, subjects_filter: str | None =
     return await request(nc, f"STREAM.INFO.{stream}", body, StreamInfoReply)
 
 
-async def stored_messages(nc: NatsClient, stream: str, subject_filter: str, first: int, last: int) -> AsyncIterator[StoredMessage]:
+async def stored_messages(
+    nc: NatsClient, stream: str, subject_filter: str, first: int, last: int
+) -> AsyncIterator[StoredMessage]:
     """The messages of `stream` on `subject_filter` with a sequence in [first, last], oldest first.
 
     Each request returns the first stored message at or after a sequence whose subject matches
@@ -143,7 +145,9 @@ async def stored_messages(nc: NatsClient, stream: str, subject_filter: str, firs
     seq = max(first, 1)
     while seq <= last:
         try:
-            reply = await request(nc, f"STREAM.MSG.GET.{stream}", {"seq": seq, "next_by_subj": subject_filter}, StoredMessageReply)
+            reply = await request(
+                nc, f"STREAM.MSG.GET.{stream}", {"seq": seq, "next_by_subj": subject_filter}, StoredMessageReply
+            )
         except JetStreamError as exc:
             if exc.err_code in (ERR_NO_MESSAGE_FOUND, ERR_SEQUENCE_NOT_FOUND):
                 return

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import uvloop
 
+from ..broker.access import client_access
 from ..build import build_module
 from ..errors import UsageError
 from ..manifest import LoadedManifest
-from ..broker.access import client_access
 from ..rollout import report, stored
 from ..rollout.compare import Verdict
 from ..rollout.replay import StoredInput, load_versions, replay
@@ -101,7 +101,9 @@ def replay_command(args: argparse.Namespace, manifest: LoadedManifest) -> int:
         inputs, sequences_of, notes = uvloop.run(read())
         result = replay(versions, inputs, keep=limit if limit is not None else len(inputs), dead_letters=args.from_dlq)
     for reason, seqs in result.skipped.items():
-        notes.append(f"not replayed, {reason}: {len(seqs)} ({', '.join(f'#{s}' for s in seqs[:20])}{' …' if len(seqs) > 20 else ''})")
+        notes.append(
+            f"not replayed, {reason}: {len(seqs)} ({', '.join(f'#{s}' for s in seqs[:20])}{' …' if len(seqs) > 20 else ''})"
+        )
     candidate_name = "built from source" if args.build else str(args.module)
     _print(
         report.Report(
@@ -122,7 +124,9 @@ def _check_stream(manifest: LoadedManifest, stream: str, trigger: str) -> None:
     if stream not in manifest.spec.streams:
         raise UsageError(f"{manifest.path}: no stream {stream!r} under [streams] (streams: {', '.join(manifest.spec.streams)})")
     if manifest.stream_for(trigger) != stream:
-        raise UsageError(f"stream {stream!r} does not hold {trigger!r}, the function's trigger (it is in {manifest.stream_for(trigger)!r})")
+        raise UsageError(
+            f"stream {stream!r} does not hold {trigger!r}, the function's trigger (it is in {manifest.stream_for(trigger)!r})"
+        )
 
 
 def _limit(value: int | None) -> int | None:

@@ -17,9 +17,9 @@ from ..effects import Allowlist
 from ..errors import EffectRefused, GuestFault, GuestInitError, ModuleLoadError, UsageError
 from ..manifest import LoadedManifest
 from ..runtime.abi import Status, decode_effects
+from ..runtime.engine import WasmEngine
 from ..runtime.guest import GuestLimits, Outcome
 from ..runtime.guests import Guest, GuestModule, load_guest_module, start_guest
-from ..runtime.engine import WasmEngine
 from .compare import Answer, Verdict, answer_of, compare
 from .samples import Sample
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from .compare import Verdict, render as render_diff
+from .compare import Verdict
+from .compare import render as render_diff
 from .samples import Sample
 
 # What a report shows first: what would change, then what broke, then what agrees.
