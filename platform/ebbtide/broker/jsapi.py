@@ -7,7 +7,7 @@ Spoken raw (not through nats-py's JetStreamContext) where nats-py hides what ebb
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any, TypeVar
 
 import msgspec
@@ -136,7 +136,7 @@ async def stream_info(nc: NatsClient, stream: str, subjects_filter: str | None =
 
 async def stored_messages(
     nc: NatsClient, stream: str, subject_filter: str, first: int, last: int
-) -> AsyncIterator[StoredMessage]:
+) -> AsyncGenerator[StoredMessage, None]:
     """The messages of `stream` on `subject_filter` with a sequence in [first, last], oldest first.
 
     Each request returns the first stored message at or after a sequence whose subject matches

@@ -99,7 +99,7 @@ def replay_command(args: argparse.Namespace, manifest: LoadedManifest) -> int:
                 await nc.close()
 
         inputs, sequences_of, notes = uvloop.run(read())
-        result = replay(versions, inputs, keep=limit if limit is not None else len(inputs), dead_letters=args.from_dlq)
+        result = replay(versions, inputs, keep=limit, dead_letters=args.from_dlq)
     for reason, seqs in result.skipped.items():
         notes.append(
             f"not replayed, {reason}: {len(seqs)} ({', '.join(f'#{s}' for s in seqs[:20])}{' …' if len(seqs) > 20 else ''})"
@@ -129,7 +129,7 @@ def _check_stream(manifest: LoadedManifest, stream: str, trigger: str) -> None:
         )
 
 
-def _limit(value: int | None) -> int | None:
+def _limit(value: int | None) -> int:
     """--limit N (samples shown per verdict); 0: counts only."""
     if value is None:
         return DEFAULT_LIMIT

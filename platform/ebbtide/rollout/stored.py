@@ -51,6 +51,7 @@ class KeptSamples:
 
 
 async def shadow_samples(nc: NatsClient, function: str, verdicts: Sequence[Verdict], limit: int | None) -> KeptSamples:
+    """The counts of `function`'s kept samples, and the first `limit` of each of `verdicts` (oldest first)."""
     with _jetstream(f"reading the {SHADOW_STREAM} stream"):
         try:
             info = await jsapi.stream_info(nc, SHADOW_STREAM, subjects_filter=function_filter(function))
@@ -67,20 +68,20 @@ async def shadow_samples(nc: NatsClient, function: str, verdicts: Sequence[Verdi
         samples: list[Sample] = []
         unreadable = 0
         for verdict in verdicts:
-            kept = 0
-            if not counts[verdict]:
+            if not counts[verdict] or limit == 0:
                 continue
-            async for stored in jsapi.stored_messages(
-                nc, SHADOW_STREAM, sample_subject(function, verdict), state.first_seq, state.last_seq
-            ):
-                if limit is not None and kept >= limit:
-                    break
-                try:
-                    samples.append(decode_sample(stored.payload))
-                except msgspec.DecodeError:
-                    unreadable += 1
-                    continue
-                kept += 1
+            kept = 0
+            walk = jsapi.stored_messages(nc, SHADOW_STREAM, sample_subject(function, verdict), state.first_seq, state.last_seq)
+            async with contextlib.aclosing(walk) as messages:
+                async for stored in messages:
+                    try:
+                        samples.append(decode_sample(stored.payload))
+                    except msgspec.DecodeError:
+                        unreadable += 1
+                        continue
+                    kept += 1
+                    if limit is not None and kept >= limit:
+                        break
     config = info.config or jsapi.StreamConfig()
     return KeptSamples(counts, samples, config.max_msgs_per_subject, unreadable)
 
