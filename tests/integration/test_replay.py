@@ -254,8 +254,11 @@ def test_replay_from_the_dlq_and_a_stream_range_judges_exactly_the_changed_messa
 
     # The distributor's source is edited to accept drones; its built module (what runs) is still the old one.
     edited = with_distributor_source(manifest, candidate_source(tmp_path, ACCEPTS_DRONES))
+    built = manifest.module_path("distributor")
+    built_before = (built.read_bytes(), built.with_suffix(".recipe").read_text())
     code, out, err = ebbtide(capsys, edited, "replay", "--function", "distributor", "--build", "--from-dlq")
     assert code == 0, err
+    assert (built.read_bytes(), built.with_suffix(".recipe").read_text()) == built_before  # build/ left as it was
     lines = out.splitlines()
     assert lines[1:4] == ["  different              3", "  candidate_fault        0", "  same                   0"]
     assert "  would now handle 3 dead letter(s): DLQ #1, #2, #3" in lines

@@ -7,8 +7,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import wasmtime
 
+from ebbtide.build import build_module
+from ebbtide.errors import ManifestError
 from ebbtide.rollout.compare import Answer, Verdict, answer_of
 from ebbtide.rollout.replay import StoredInput, load_versions, replay, run_all
 from ebbtide.rollout.report import Report, preview, render, select, to_json
@@ -164,3 +167,9 @@ def test_a_fault_mid_chunk_restarts_the_instance_for_the_rest(tmp_path: Path) ->
     outcomes = run_all(start, messages, chunk=4)
     assert [answer_of(o).status for o in outcomes] == ["ok", "fault", "ok", "ok", "fault", "ok"]
     assert len(started) == 3  # the first instance, and one after each trap
+
+
+def test_a_candidate_cannot_be_built_from_a_module_that_ships_built(tmp_path: Path) -> None:
+    manifest = chaos_manifest(tmp_path)  # prebuilt = true
+    with pytest.raises(ManifestError, match="modules.chaos ships built"):
+        build_module(manifest, "chaos", into=tmp_path / "candidate.wasm")
