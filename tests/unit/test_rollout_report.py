@@ -13,7 +13,7 @@ import wasmtime
 from ebbtide.build import build_module
 from ebbtide.errors import ManifestError
 from ebbtide.rollout.compare import Answer, Verdict, answer_of
-from ebbtide.rollout.replay import StoredInput, load_versions, replay, run_all
+from ebbtide.rollout.replay import Replay, ReplayResult, StoredInput, Versions, load_versions, run_all
 from ebbtide.rollout.report import Report, preview, render, select, to_json
 from ebbtide.rollout.samples import Sample
 from ebbtide.runtime.abi import KvPut, Publish, Status, decode_effects, encode_effects
@@ -125,6 +125,13 @@ def candidate_file(tmp_path: Path, wat: str = CHAOS_V2) -> Path:
     return path
 
 
+def replay(versions: Versions, inputs: list[StoredInput], *, keep: int, dead_letters: bool = False) -> ReplayResult:
+    judge = Replay(versions, keep=keep, dead_letters=dead_letters)
+    for stored in inputs:
+        judge.add(stored)
+    return judge.finish()
+
+
 def test_replay_judges_every_message_and_says_which_dead_letters_the_candidate_handles(tmp_path: Path) -> None:
     manifest = chaos_manifest(tmp_path)  # max_payload 4096, publish ["test.out"]
     versions = load_versions(manifest, "chaos", candidate_file(tmp_path))
@@ -133,6 +140,7 @@ def test_replay_judges_every_message_and_says_which_dead_letters_the_candidate_h
     inputs.append(StoredInput("in.chaos", b"a4", 9, unusable="payload cut when dead-lettered"))
 
     result = replay(versions, inputs, keep=10, dead_letters=True)
+    assert replay(versions, inputs * 100, keep=10).counts[Verdict.DIFFERENT] == 300  # several chunks
 
     # a1, a2, a3: published with a "V" by the candidate. T traps in both (a candidate fault); F (a forbidden
     # subject) and X (reject) answer the same in both.

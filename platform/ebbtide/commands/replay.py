@@ -18,7 +18,7 @@ from ..errors import UsageError
 from ..manifest import LoadedManifest
 from ..rollout import report, stored
 from ..rollout.compare import Verdict
-from ..rollout.replay import StoredInput, load_versions, replay
+from ..rollout.replay import Replay, load_versions
 from ..rollout.samples import SHADOW_STREAM
 from .clients import client_connect
 
@@ -83,23 +83,31 @@ def replay_command(args: argparse.Namespace, manifest: LoadedManifest) -> int:
             build_module(manifest, fn.module, into=candidate)
         versions = load_versions(manifest, args.function, candidate)
 
-        async def read() -> tuple[list[StoredInput], str, list[str]]:
+        judge = Replay(versions, keep=limit, dead_letters=args.from_dlq)
+
+        async def read() -> tuple[str, list[str]]:
+            """Reads the inputs into `judge`; returns the stream the sequences number, and notes on what was read."""
             nc = await client_connect(server, "ebbtide-replay", reading=True)
             try:
                 if args.from_dlq:
-                    inputs = await stored.dead_letter_inputs(nc, manifest, args.function)
-                    return inputs, manifest.spec.dead_letter.stream, [f"{len(inputs):,} dead letter(s) of {args.function}"]
+                    letters = await stored.dead_letter_inputs(nc, manifest, args.function)
+                    for letter in letters:
+                        judge.add(letter)
+                    return manifest.spec.dead_letter.stream, [f"{len(letters):,} dead letter(s) of {args.function}"]
                 selected = await stored.stream_range(nc, args.stream, args.from_seq, args.to_seq)
-                inputs = [i async for i in stored.stream_inputs(nc, selected, fn.trigger)]
-                notes = [f"{len(inputs):,} message(s) on {fn.trigger} in {selected.stream} #{selected.first}..#{selected.last}"]
+                count = 0
+                async for message in stored.stream_inputs(nc, selected, fn.trigger):
+                    judge.add(message)
+                    count += 1
+                notes = [f"{count:,} message(s) on {fn.trigger} in {selected.stream} #{selected.first}..#{selected.last}"]
                 if selected.retention == "workqueue":
                     notes.append(f"{selected.stream} is a work queue: it holds only the messages not handled yet")
-                return inputs, selected.stream, notes
+                return selected.stream, notes
             finally:
                 await nc.close()
 
-        inputs, sequences_of, notes = uvloop.run(read())
-        result = replay(versions, inputs, keep=limit, dead_letters=args.from_dlq)
+        sequences_of, notes = uvloop.run(read())
+        result = judge.finish()
     for reason, seqs in result.skipped.items():
         notes.append(
             f"not replayed, {reason}: {len(seqs)} ({', '.join(f'#{s}' for s in seqs[:20])}{' …' if len(seqs) > 20 else ''})"

@@ -1,6 +1,6 @@
 """Offline replay: the live module and a candidate run side by side over stored messages (no NATS here).
 
-`ebbtide replay` reads the messages (dead letters, or a range of a stream) and hands them to `replay`,
+`ebbtide replay` reads the messages (dead letters, or a range of a stream) and hands them to a `Replay`,
 which runs both versions with the function's config and limits, judges each pair with `compare`, and
 keeps the counts, the first samples of each verdict and, for dead letters, which ones the candidate would
 now handle. Nothing is carried out: the answers are only compared.
@@ -9,7 +9,7 @@ now handle. Nothing is carried out: the answers are only compared.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -123,14 +123,39 @@ def would_handle(answer: Answer, allowlist: Allowlist) -> bool:
     return True
 
 
-def replay(versions: Versions, inputs: Iterable[StoredInput], *, keep: int, dead_letters: bool = False) -> ReplayResult:
-    """Judge the candidate against the live module on every input; keep the first `keep` samples of each verdict.
+class Replay:
+    """Judges the candidate against the live module on each input as it is read, a chunk at a time (a long
+    stream range is never held whole), keeping the counts and the first `keep` samples of each verdict.
 
     `dead_letters`: also list the inputs the candidate would now handle."""
-    result = ReplayResult()
-    batch: list[StoredInput] = []
 
-    def judge() -> None:
+    def __init__(self, versions: Versions, *, keep: int, dead_letters: bool = False) -> None:
+        self.versions = versions
+        self.keep = keep
+        self.dead_letters = dead_letters
+        self.result = ReplayResult()
+        self._batch: list[StoredInput] = []
+
+    def add(self, stored: StoredInput) -> None:
+        unusable = stored.unusable or (
+            f"over limits.max_payload ({self.versions.max_payload} bytes): never handed to a guest"
+            if len(stored.payload) > self.versions.max_payload
+            else ""
+        )
+        if unusable:
+            self.result.skipped.setdefault(unusable, []).append(stored.sequence)
+            return
+        self._batch.append(stored)
+        if len(self._batch) >= CHUNK:
+            self._judge()
+
+    def finish(self) -> ReplayResult:
+        if self._batch:
+            self._judge()
+        return self.result
+
+    def _judge(self) -> None:
+        versions, result, batch = self.versions, self.result, self._batch
         pairs = [(stored.subject.encode(), stored.payload) for stored in batch]
         live = run_all(lambda: versions.start(versions.live), pairs)
         candidate = run_all(lambda: versions.start(versions.candidate), pairs)
@@ -139,7 +164,7 @@ def replay(versions: Versions, inputs: Iterable[StoredInput], *, keep: int, dead
             live_answer, candidate_answer = answer_of(live_outcome), answer_of(candidate_outcome)
             verdict = compare(live_answer, candidate_answer)
             result.counts[verdict] += 1
-            if result.counts[verdict] <= keep:
+            if result.counts[verdict] <= self.keep:
                 result.samples.append(
                     Sample(
                         function=versions.function,
@@ -153,22 +178,6 @@ def replay(versions: Versions, inputs: Iterable[StoredInput], *, keep: int, dead
                         stream_sequence=stored.sequence,
                     )
                 )
-            if dead_letters and would_handle(candidate_answer, versions.allowlist):
+            if self.dead_letters and would_handle(candidate_answer, versions.allowlist):
                 result.would_handle.append(stored.sequence)
         batch.clear()
-
-    for stored in inputs:
-        unusable = stored.unusable or (
-            f"over limits.max_payload ({versions.max_payload} bytes): never handed to a guest"
-            if len(stored.payload) > versions.max_payload
-            else ""
-        )
-        if unusable:
-            result.skipped.setdefault(unusable, []).append(stored.sequence)
-            continue
-        batch.append(stored)
-        if len(batch) >= CHUNK:
-            judge()
-    if batch:
-        judge()
-    return result
