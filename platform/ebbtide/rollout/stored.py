@@ -25,10 +25,6 @@ from .replay import StoredInput
 from .samples import SHADOW_STREAM, Sample, decode_sample, function_filter, sample_subject
 
 
-class NoShadowStream(RunError):
-    """No shadow run has kept a sample on this server yet."""
-
-
 @contextlib.contextmanager
 def _jetstream(what: str) -> Iterator[None]:
     """JetStream not answering is a run-time failure (exit 1) that says what was being read."""
@@ -57,7 +53,7 @@ async def shadow_samples(nc: NatsClient, function: str, verdicts: Sequence[Verdi
             info = await jsapi.stream_info(nc, SHADOW_STREAM, subjects_filter=function_filter(function))
         except JetStreamError as exc:
             if exc.err_code == jsapi.ERR_STREAM_NOT_FOUND:
-                raise NoShadowStream(
+                raise RunError(  # exit 1: no shadow run has kept a sample on this server yet
                     f"no shadow samples: the {SHADOW_STREAM} stream does not exist on this server "
                     "(it is created when the first shadow run starts)"
                 ) from None
