@@ -54,6 +54,9 @@ def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Lo
     """The reference manifest's embedded server with its generated users, as `ebbtide up` runs it."""
     assert ACCEPTS_DRONES != DISTRIBUTOR.read_text() != REROUTES_STANDARD
     monkeypatch.delenv("EBBTIDE_NATS_URL", raising=False)
+    # cli.main, run in this process, passes its log format to the processes it starts through this variable:
+    # set here, it is taken away again when the test ends.
+    monkeypatch.setenv("EBBTIDE_LOG_FORMAT", "auto")
     path, _ = manifest_copy(tmp_path)
     manifest = load_manifest(path)
     with embedded_server(manifest) as (_, access):
