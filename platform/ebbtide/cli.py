@@ -24,8 +24,6 @@ from .telemetry.logs import configure_logging
 from .workload.bench import SCENARIOS as BENCH_SCENARIOS
 
 METRICS_PORT_ENV = "EBBTIDE_METRICS_PORT"
-# rollout.compare.Verdict's values, named here: importing it would load the Wasm runtime into every command.
-VERDICTS = ("different", "candidate_fault", "same")
 
 Handler = Callable[[argparse.Namespace, LoadedManifest], int]
 
@@ -214,11 +212,14 @@ def _parser() -> argparse.ArgumentParser:
         action.add_argument("--nats-url", default=argparse.SUPPRESS, help="as before the action")
 
     # -- rollout, the reading side: `shadow report` and `replay` (commands/replay.py) --
+    # rollout.compare.Verdict's values, named here: importing it would load the Wasm runtime into every command.
+    verdicts = ("different", "candidate_fault", "same")
+
     def report_options(sub: argparse.ArgumentParser) -> None:
         sub.add_argument(
             "--verdict",
             action="append",
-            choices=VERDICTS,
+            choices=verdicts,
             help="show samples of this verdict (repeatable; default: different and candidate_fault)",
         )
         sub.add_argument("--limit", type=int, help="samples shown per verdict, 0: counts only (default: 10)")
