@@ -218,6 +218,52 @@ def _parser() -> argparse.ArgumentParser:
     for action in (outbox_get, outbox_list):
         action.add_argument("--bucket", "-b", help="this bucket only (default: every bucket the manifest's functions write)")
         action.add_argument("--nats-url", default=argparse.SUPPRESS, help="as before the action")
+
+    # -- rollout, the reading side: `shadow report` and `replay` (commands/replay.py) --
+    # rollout.compare.Verdict's values, named here: importing it would load the Wasm runtime into every command.
+    verdicts = ("different", "candidate_fault", "same")
+
+    def report_options(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--verdict",
+            action="append",
+            choices=verdicts,
+            help="show samples of this verdict (repeatable; default: different and candidate_fault)",
+        )
+        sub.add_argument("--limit", type=int, help="samples shown per verdict, 0: counts only (default: 10)")
+        sub.add_argument("--json", action="store_true", help="one JSON document instead of text")
+
+    shadow_action = actions_of(
+        command("shadow", "replay:shadow_report_command", "shadow runs of a candidate module beside the live one"),
+        "shadow_action",
+    )
+    shadow_report = shadow_action(
+        "report", "what a shadow run kept: counts per verdict, then each sample's input and the diff of the two answers"
+    )
+    shadow_report.add_argument("function", metavar="FUNCTION", help="function name from the manifest")
+    shadow_report.set_defaults(command="replay:shadow_report_command")
+    report_options(shadow_report)
+    replay = command(
+        "replay",
+        "replay:replay_command",
+        "run a candidate module offline beside the live one over stored messages (dead letters or a stream "
+        "range) and report how their answers differ; carries out no effect",
+    )
+    nats_url_option(replay)
+    replay.add_argument("--function", "-f", required=True, help="function name from the manifest")
+    candidate = replay.add_mutually_exclusive_group(required=True)
+    candidate.add_argument("--module", type=Path, help="the candidate module (.wasm)")
+    candidate.add_argument(
+        "--build", action="store_true", help="build the candidate from the module's source into a temporary folder"
+    )
+    source = replay.add_mutually_exclusive_group(required=True)
+    source.add_argument("--from-dlq", action="store_true", help="the function's dead letters (with their original subject)")
+    source.add_argument(
+        "--stream", metavar="S", help="a stream that retains messages: its range, filtered on the function's trigger"
+    )
+    replay.add_argument("--from-seq", type=int, metavar="A", help="first sequence of the range (with --stream)")
+    replay.add_argument("--to-seq", type=int, metavar="B", help="last sequence of the range (default: the stream's last)")
+    report_options(replay)
     top = command(
         "top",
         "clients:top_command",

@@ -20,7 +20,6 @@ are idempotent per `orderId`, so the outbox still holds one entry.)
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import re
 from collections.abc import AsyncIterator, Iterable
@@ -104,16 +103,8 @@ class RedriveResult(msgspec.Struct):
 # -- the JetStream API, raw (error codes, no_erase deletes and purge counts are not all exposed by nats-py) --
 
 
-class _StoredMsg(msgspec.Struct):
-    subject: str
-    seq: int
-    hdrs: str | None = None
-    data: str | None = None
-    time: str = ""
-
-
 class _Reply(jsapi.ApiResponse):
-    message: _StoredMsg | None = None  # STREAM.MSG.GET
+    message: jsapi.StoredMessage | None = None  # STREAM.MSG.GET
     purged: int = 0  # STREAM.PURGE
     state: dict[str, Any] | None = None  # STREAM.INFO
 
@@ -164,16 +155,6 @@ async def _last_seq(nc: NatsClient, stream: str) -> tuple[int, int]:
     return int(state.get("first_seq", 0)), int(state.get("last_seq", 0))
 
 
-def _parse_headers(block: bytes) -> dict[str, str]:
-    # "NATS/1.0\r\nKey: value\r\n...\r\n\r\n"
-    headers: dict[str, str] = {}
-    for line in block.decode("utf-8", "replace").split("\r\n")[1:]:
-        key, sep, value = line.partition(":")
-        if sep and key.strip():
-            headers.setdefault(key.strip(), value.strip())
-    return headers
-
-
 def _int_or(value: str | None, default: int | None) -> int | None:
     try:
         return int(value) if value is not None else default
@@ -181,9 +162,9 @@ def _int_or(value: str | None, default: int | None) -> int | None:
         return default
 
 
-def _decode_letter(stored: _StoredMsg, prefix: str) -> DeadLetter:
-    headers = _parse_headers(base64.b64decode(stored.hdrs)) if stored.hdrs else {}
-    payload = base64.b64decode(stored.data) if stored.data else b""
+def _decode_letter(stored: jsapi.StoredMessage, prefix: str) -> DeadLetter:
+    headers = stored.headers
+    payload = stored.payload
     function = headers.get(H_FUNCTION) or stored.subject.removeprefix(prefix + ".")
     failed_at = headers.get(H_FAILED_AT, "")
     if not failed_at and stored.time:

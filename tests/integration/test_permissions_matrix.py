@@ -86,13 +86,13 @@ STORED_IN = {
 
 def api_allowed(user: str, subject: str) -> bool:
     """$JS.API.<operation>.<target>: functions read their own consumer and pull from it; observer reads
-    the outboxes and the dead letters; ingress nothing; admin everything."""
+    the outboxes, the dead letters and the manifest's streams (`replay`); ingress nothing; admin everything."""
     if user == ADMIN_USER:
         return True
     if user in FUNCTIONS:
         return subject in {f"$JS.API.CONSUMER.INFO.ORDERS.{user}", f"$JS.API.CONSUMER.MSG.NEXT.ORDERS.{user}"}
     if user == OBSERVER_USER:
-        reads = {f"$JS.API.STREAM.{op}.{stream}" for op in ("INFO", "MSG.GET") for stream in ("DLQ", *KV_STREAMS)}
+        reads = {f"$JS.API.STREAM.{op}.{stream}" for op in ("INFO", "MSG.GET") for stream in ("DLQ", "ORDERS", *KV_STREAMS)}
         return subject in reads | {f"$JS.API.DIRECT.GET.{stream}" for stream in KV_STREAMS}
     return False
 

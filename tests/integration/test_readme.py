@@ -271,6 +271,8 @@ def check_output(block: Block, output: str) -> None:
         assert "10000" in output.replace(",", ""), output[-3000:]
     if "ebbtide outbox get" in block.code:
         assert '"orderId"' in output, output
+    if "ebbtide replay" in block.code and "--from-dlq" in block.code:
+        assert "would now handle 1 dead letter(s): DLQ #1" in output, output
     if "locust" in block.code:
         # Locust's tables (while running and at the end): every aggregated row counts requests and 0 failures.
         rows = [line.split() for line in output.splitlines() if line.strip().startswith("Aggregated")]

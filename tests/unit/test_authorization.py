@@ -64,8 +64,7 @@ def test_no_function_holds_jetstream_administration() -> None:
 def test_observer_only_reads() -> None:
     permissions = observer_permissions(MANIFEST)
     assert permissions.publish == [
-        "$JS.API.STREAM.INFO.DLQ",
-        "$JS.API.STREAM.MSG.GET.DLQ",
+        *(f"$JS.API.STREAM.{op}.{stream}" for stream in ("DLQ", "ORDERS", "SHADOW") for op in ("INFO", "MSG.GET")),
         *(
             f"$JS.API.{op}.KV_{bucket}{tail}"
             for bucket in ("outbox-express", "outbox-standard")

@@ -42,3 +42,11 @@ def test_a_sample_survives_its_encoding() -> None:
     sample = Sample("receiver", Verdict.DIFFERENT, "orders.express", b'{"x":1}', ok(), ok(Publish("a", b"\xff")), "ab" * 32, 1)
     assert decode_sample(encode_sample(sample)) == sample
     assert sample_subject("receiver", Verdict.CANDIDATE_FAULT) == "ebbtide.shadow.receiver.candidate_fault"
+
+
+def test_the_command_line_takes_every_verdict() -> None:
+    from ebbtide.cli import _parser
+
+    for verdict in Verdict:
+        args = _parser().parse_args(["shadow", "report", "distributor", "--verdict", verdict.value])
+        assert args.verdict == [verdict.value]

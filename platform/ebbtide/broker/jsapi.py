@@ -6,6 +6,8 @@ Spoken raw (not through nats-py's JetStreamContext) where nats-py hides what ebb
 
 from __future__ import annotations
 
+import base64
+from collections.abc import AsyncGenerator
 from typing import Any, TypeVar
 
 import msgspec
@@ -71,3 +73,87 @@ async def request(
 def next_message_subject(stream: str, consumer: str) -> str:
     """Where a pull consumer's requests for messages go."""
     return f"{API_PREFIX}.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+
+
+# -- reading stored messages (dead letters, shadow samples, a stream range for replay) --------------------
+
+
+class StoredMessage(msgspec.Struct):
+    """A message as STREAM.MSG.GET returns it: headers and data base64-encoded, `time` when it was stored."""
+
+    subject: str
+    seq: int
+    hdrs: str | None = None
+    data: str | None = None
+    time: str = ""  # ISO 8601, UTC, ns
+
+    @property
+    def payload(self) -> bytes:
+        return base64.b64decode(self.data) if self.data else b""
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return parse_headers(base64.b64decode(self.hdrs)) if self.hdrs else {}
+
+
+class StoredMessageReply(ApiResponse):
+    message: StoredMessage | None = None
+
+
+class StreamConfig(msgspec.Struct):
+    subjects: list[str] = []
+    retention: str = "limits"
+    max_msgs_per_subject: int = -1
+
+
+class StreamState(msgspec.Struct):
+    messages: int = 0
+    first_seq: int = 0
+    last_seq: int = 0
+    subjects: dict[str, int] | None = None  # per subject, when asked for with `subjects_filter`
+
+
+class StreamInfoReply(ApiResponse):
+    config: StreamConfig | None = None
+    state: StreamState | None = None
+
+
+def parse_headers(block: bytes) -> dict[str, str]:
+    """A stored header block ("NATS/1.0\\r\\nKey: value\\r\\n...\\r\\n\\r\\n"), the first value of each key."""
+    headers: dict[str, str] = {}
+    for line in block.decode("utf-8", "replace").split("\r\n")[1:]:
+        key, sep, value = line.partition(":")
+        if sep and key.strip():
+            headers.setdefault(key.strip(), value.strip())
+    return headers
+
+
+async def stream_info(nc: NatsClient, stream: str, subjects_filter: str | None = None) -> StreamInfoReply:
+    """STREAM.INFO; with `subjects_filter`, `state.subjects` counts the messages of each matching subject."""
+    body: dict[str, object] | None = {"subjects_filter": subjects_filter} if subjects_filter else None
+    return await request(nc, f"STREAM.INFO.{stream}", body, StreamInfoReply)
+
+
+async def stored_messages(
+    nc: NatsClient, stream: str, subject_filter: str, first: int, last: int
+) -> AsyncGenerator[StoredMessage, None]:
+    """The messages of `stream` on `subject_filter` with a sequence in [first, last], oldest first.
+
+    Each request returns the first stored message at or after a sequence whose subject matches
+    (`next_by_subj`), so deleted sequences and other subjects cost nothing and nothing is created on the
+    server (no consumer to clean up)."""
+    seq = max(first, 1)
+    while seq <= last:
+        try:
+            reply = await request(
+                nc, f"STREAM.MSG.GET.{stream}", {"seq": seq, "next_by_subj": subject_filter}, StoredMessageReply
+            )
+        except JetStreamError as exc:
+            if exc.err_code in (ERR_NO_MESSAGE_FOUND, ERR_SEQUENCE_NOT_FOUND):
+                return
+            raise
+        stored = reply.message
+        if stored is None or stored.seq > last:
+            return
+        yield stored
+        seq = stored.seq + 1

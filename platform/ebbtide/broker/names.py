@@ -11,3 +11,7 @@ def kv_stream_name(bucket: str) -> str:
 def kv_subject(bucket: str, key: str) -> str:
     """The subject a KV bucket stores `key` under."""
     return f"$KV.{bucket}.{key}"
+
+
+# Where shadow runs keep their samples (rollout/samples.py): the observer reads it for `shadow report`.
+SHADOW_STREAM = "SHADOW"

@@ -12,8 +12,9 @@ Users (see SECURITY.md):
 - `ingress`: publish to the pipeline's entry subjects (triggers no function publishes to), and read
   replies (JetStream acks) below `_INBOX.`, the default of every NATS client.
 - `observer`: read only. The KV outboxes (stream info, get, direct get, and the writes as they happen),
-  the dead letters (stream info, get), and the functions' status reports. `ebbtide top`,
-  `ebbtide outbox`, `ebbtide dlq list/show` and Locust's end-to-end timing use it.
+  the dead letters, the manifest's streams and the shadow samples (stream info, get), and the functions'
+  status reports. `ebbtide top`, `outbox`, `dlq list/show`, `shadow report`, `replay` and Locust's
+  end-to-end timing use it.
 
 Functions, observer and admin authenticate with NKEYs: the server configuration holds only public keys,
 and each seed stays in its own file (mode 0600). `ingress` has a password, since any client must be able
@@ -36,7 +37,7 @@ import nkeys
 from ..manifest import LoadedManifest, subject_matches
 from ..status_reports import STATUS_REQUEST_SUBJECT, STATUS_SUBJECT_PREFIX
 from .credentials import NatsAuth
-from .names import kv_stream_name
+from .names import SHADOW_STREAM, kv_stream_name
 
 ADMIN_USER = "admin"
 INGRESS_USER = "ingress"
@@ -79,9 +80,11 @@ def function_permissions(manifest: LoadedManifest, function: str) -> Permissions
 
 
 def observer_permissions(manifest: LoadedManifest) -> Permissions:
-    """Read the outboxes, the dead letters and the status reports; change nothing."""
+    """Read the outboxes, the dead letters, the streams (`replay`), the shadow samples and the status
+    reports; change nothing."""
     spec = manifest.spec
-    publish = [f"{JS_API}.STREAM.{action}.{spec.dead_letter.stream}" for action in ("INFO", "MSG.GET")]
+    read = (spec.dead_letter.stream, *spec.streams, SHADOW_STREAM)
+    publish = [f"{JS_API}.STREAM.{action}.{stream}" for stream in read for action in ("INFO", "MSG.GET")]
     subscribe = [f"{inbox_prefix(OBSERVER_USER)}.>", f"{STATUS_SUBJECT_PREFIX}.>"]
     for bucket in spec.kv:
         stream = kv_stream_name(bucket)

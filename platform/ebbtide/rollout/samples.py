@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import msgspec
 
+from ..broker.names import SHADOW_STREAM
 from .compare import Answer, Verdict
 
-SHADOW_STREAM = "SHADOW"
+__all__ = ["SHADOW_STREAM", "Sample", "decode_sample", "encode_sample", "function_filter", "sample_subject"]
 SHADOW_SUBJECT_PREFIX = "ebbtide.shadow"
 
 
