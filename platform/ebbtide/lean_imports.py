@@ -54,7 +54,7 @@ class _NatsClientWithoutMetadata:
                 del sys.modules["importlib.metadata"]
             version = distribution_version("nats", "nats-py")
             if version is not None:
-                setattr(module, "__version__", version)  # read when it sends CONNECT
+                module.__version__ = version  # type: ignore[attr-defined]  # read when it sends CONNECT
 
         spec.loader.exec_module = exec_without_metadata  # type: ignore[method-assign]
         return spec
