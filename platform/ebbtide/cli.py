@@ -139,6 +139,12 @@ def _parser() -> argparse.ArgumentParser:
     build = command("build", "tools:build_command", "compile the guest functions from source into the build folder")
     build.add_argument("modules", nargs="*", help="modules to build (default: all)")
     build.add_argument("--force", action="store_true", help="rebuild even when up to date")
+    build.add_argument(
+        "--precompile",
+        action="store_true",
+        help="also compile each function's module into the compiled-module cache, so that a replica's first start "
+        "only reads it (as the image ships it)",
+    )
     new = command("new", "tools:new_command", "scaffold a function: source from a template, a manifest entry and a test")
     new.add_argument("name", help="function and module name (lowercase letters, digits, _ and -)")
     new.add_argument("--lang", choices=MODULE_LANGUAGES, default="zig", help="(default: %(default)s)")
