@@ -11,7 +11,9 @@ what a user pays for. Measured on real processes started as compose and Kubernet
 - each additional function in one process: (`up --processes single` with every function − with one) / (n − 1);
 - cold start: from exec of `ebbtide run --function distributor` to ready (first status report) and to the
   first message processed (its effect seen on the output subject), with one order already waiting, as when
-  KEDA scales a Deployment from zero on a backlog.
+  KEDA scales a Deployment from zero on a backlog;
+- the floor: a bare interpreter, and one that imported only the libraries a function process needs
+  (asyncio, msgspec, uvloop, nats-py, wasmtime-py): their private dirty memory and exec-to-imported time.
 
 Every process runs with ebbtide's bytecode compiled first (compile_package), as in an installed package or
 the image.
@@ -166,6 +168,27 @@ async def _ebbtide(
                 await process.wait()
 
 
+# What every function process imports before any of ebbtide's own code runs (`ebbtide` itself only installs
+# lean_imports' hook, as a function process has it): the floor under the replica's figures.
+LIBRARIES = ("ebbtide", "asyncio", "msgspec", "uvloop", "nats.aio.client", "wasmtime")
+
+
+async def _floor(imports: tuple[str, ...]) -> tuple[Memory, float]:
+    """A Python process that imports `imports` and waits: its memory once idle, and exec to imported (ms)."""
+    code = f"import sys; import {', '.join(imports) or 'sys'}; print(flush=True); sys.stdin.read()"
+    started = time.monotonic()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+    )
+    assert process.stdin is not None and process.stdout is not None
+    await process.stdout.readline()
+    imported_ms = (time.monotonic() - started) * 1000
+    memory = await _settled_memory(process.pid, quiet_s=0.2)
+    process.stdin.close()
+    await process.wait()
+    return memory, imported_ms
+
+
 async def _settled_memory(pid: int, quiet_s: float = 1.0) -> Memory:
     await asyncio.sleep(quiet_s)  # start-up garbage collected, first idle ticks done
     return process_memory(pid)
@@ -200,6 +223,7 @@ async def bench_replica(manifest: LoadedManifest, report: BenchReport, quick: bo
             ready_ms, first_ms = await _cold_starts(nc, one, functions[0], url, tries)
         finally:
             await nc.close()
+    floors = {imports: [await _floor(imports) for _ in range(tries)] for imports in ((), LIBRARIES)}
 
     median = sorted(replica, key=lambda m: m.private)[len(replica) // 2]
     rss, pss, private = median.mib()
@@ -257,6 +281,17 @@ async def bench_replica(manifest: LoadedManifest, report: BenchReport, quick: bo
         f"the same starts, one order waiting in the stream: until its effect reached the output subject; "
         f"min {min(first_ms):.0f} ms",
     )
+    for imports, label in (((), "the interpreter alone"), (LIBRARIES, "the interpreter and the libraries")):
+        dirty = sorted(memory.private_dirty for memory, _ in floors[imports])[tries // 2] / MIB
+        fastest = min(ms for _, ms in floors[imports])
+        report.add(
+            f"floor: {label}, private dirty memory",
+            dirty,
+            "MiB",
+            (f"`python -c 'import {', '.join(imports)}'`" if imports else "`python -c pass`")
+            + f", idle; median of {tries} (exec to imported: min {fastest:.0f} ms). What a function process cannot go below"
+            + ("" if imports else " without another runtime"),
+        )
     report.details["replica"] = {
         "function_process": [m.__dict__ for m in replica],
         "supervisor": supervisor.__dict__,
@@ -264,6 +299,10 @@ async def bench_replica(manifest: LoadedManifest, report: BenchReport, quick: bo
         "single_process": {str(k): v.__dict__ for k, v in singles.items()},
         "cold_start_ready_ms": ready_ms,
         "cold_start_first_message_ms": first_ms,
+        "floor": {
+            " ".join(imports) or "python": [{**m.__dict__, "imported_ms": ms} for m, ms in runs]
+            for imports, runs in floors.items()
+        },
     }
 
 
