@@ -2,13 +2,16 @@
 
 A function process (one Kubernetes replica) pays its imports in memory and in cold start. nats-py 2.16
 reads its own version at import time with `importlib.metadata.version("nats-py")`, which imports
-importlib.metadata with email, zipfile, csv, tempfile and importlib.resources and scans every installed
+importlib.metadata with zipfile, csv, tempfile and importlib.resources and scans every installed
 distribution: ≈ 2.4 MiB of private memory and ≈ 20 ms per process on the 2-core machine (README,
-"Memory per replica"), for a string nats-py only sends in its CONNECT. `install()` (called by
+"Memory per replica and cold start"), for a string nats-py only sends in its CONNECT. `install()` (called by
 ebbtide/__init__.py, before anything imports nats) hides importlib.metadata while `nats.aio.client`
 executes, which makes nats-py fall back to "0.0.0", then sets the real version read from the
-distribution's `.dist-info` folder name. tests/unit/test_lean_imports.py fails if nats-py stops doing this
-or the version sent changes; nats-py is pinned in pyproject.toml.
+distribution's `.dist-info` folder name. A process that already imported importlib.metadata imports
+nats-py as usual, and so does one that imports it elsewhere than through the import system's path finder.
+tests/integration/test_lean_imports.py fails if nats-py stops doing this or the version it sends changes;
+nats-py is pinned in pyproject.toml. (While nats.aio.client executes, any other import of
+importlib.metadata fails: processes import nats-py at start-up, from their one thread.)
 """
 
 from __future__ import annotations
