@@ -44,7 +44,7 @@ COPY --from=build /src/build/cache ./build/cache
 # The standard library's bytecode, written here as root: the replica's user cannot write it, and a base
 # image without it would compile asyncio and the rest at every start (+ ~120 ms, measured on the 2-core
 # machine for ebbtide's own modules). Tests and tools no replica imports are left out.
-RUN python -m compileall -q -j 0 -x '/(test|tests|idle_test|idlelib|lib2to3|tkinter|turtledemo|ensurepip)/' \
+RUN python -m compileall -q -x '/(test|tests|idle_test|idlelib|lib2to3|tkinter|turtledemo|ensurepip)/' \
     "$(python -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')"
 # The compiled-module cache takes what a changed manifest needs at run time (where it may be written), and
 # `ebbtide up`'s data folder.

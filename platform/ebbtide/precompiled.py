@@ -6,6 +6,8 @@ machine, deserializing the cached code about 0.5 ms (README, "Memory per replica
 `ebbtide build --precompile` fills the cache for every engine a host of the manifest uses (one function per
 process, as each replica runs it, and all of them in one process), so that a replica started from zero
 deserializes: the image ships the cache, and a read-only root filesystem (Kubernetes) only reads it.
+Code compiled for another engine configuration (a manifest with other memory limits) or for a CPU with
+features the node lacks does not deserialize: that host compiles, as it would without the cache.
 """
 
 from __future__ import annotations
