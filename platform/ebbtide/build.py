@@ -27,10 +27,10 @@ import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 from .errors import BuildError, ManifestError
+from .lean_imports import distribution_version
 from .manifest import LoadedManifest
 
 # The SDKs shipped with ebbtide, relative to the manifest's folder or, failing that, to this checkout
@@ -373,18 +373,28 @@ def _sources(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
     ]
 
 
-def _recipe(language: Language, main: Path, sdk: Path) -> str:
+def _ziglang_version() -> str:
+    """The installed ziglang's version ("none" without it). Read cheaply (lean_imports): `ebbtide run`
+    checks its module is up to date at every start."""
+    version = distribution_version("ziglang", "ziglang")
+    if version is not None:
+        return version
+    from importlib import metadata  # installed otherwise (e.g. an .egg-info): the slow, general way
+
     try:
-        ziglang = metadata.version("ziglang")
+        return metadata.version("ziglang")
     except metadata.PackageNotFoundError:
-        ziglang = "none"
+        return "none"
+
+
+def _recipe(language: Language, main: Path, sdk: Path) -> str:
     return json.dumps(
         {
             "lang": language.name,
             "main": str(main),
             "sdk": str(sdk),
             "flags": language.recipe,
-            "ziglang": ziglang if language.name in ("zig", "c") else None,
+            "ziglang": _ziglang_version() if language.name in ("zig", "c") else None,
         }
     )
 

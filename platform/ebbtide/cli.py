@@ -18,8 +18,7 @@ from pathlib import Path
 from .errors import RunError, UsageError
 from .exit_codes import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE
 from .launch import DEFAULT_PROCESS_MODE, PROCESS_MODES
-from .manifest import DEFAULT_MANIFEST, LoadedManifest, load_manifest
-from .scaffold import TEMPLATES as SCAFFOLD_LANGUAGES
+from .manifest import DEFAULT_MANIFEST, MODULE_LANGUAGES, LoadedManifest, load_manifest
 from .telemetry.logs import configure_logging
 from .workload.bench import SCENARIOS as BENCH_SCENARIOS
 
@@ -148,9 +147,15 @@ def _parser() -> argparse.ArgumentParser:
     build = command("build", "tools:build_command", "compile the guest functions from source into the build folder")
     build.add_argument("modules", nargs="*", help="modules to build (default: all)")
     build.add_argument("--force", action="store_true", help="rebuild even when up to date")
+    build.add_argument(
+        "--precompile",
+        action="store_true",
+        help="also compile each function's module into the compiled-module cache, so that a replica's first start "
+        "only reads it (as the image ships it)",
+    )
     new = command("new", "tools:new_command", "scaffold a function: source from a template, a manifest entry and a test")
     new.add_argument("name", help="function and module name (lowercase letters, digits, _ and -)")
-    new.add_argument("--lang", choices=list(SCAFFOLD_LANGUAGES), default="zig", help="(default: %(default)s)")
+    new.add_argument("--lang", choices=MODULE_LANGUAGES, default="zig", help="(default: %(default)s)")
     new.add_argument("--dir", help="source folder, relative to the manifest (default: functions/NAME)")
     new.add_argument("--trigger", help="subject it consumes (default: NAME.in)")
     new.add_argument("--output", help="subject it publishes to (default: NAME.out)")

@@ -20,6 +20,7 @@ from .controller import PoolController
 from .errors import BuildError, GuestInitError, ManifestError, ModuleLoadError
 from .manifest import LoadedManifest
 from .pool import FunctionPool
+from .precompiled import function_engine
 from .runtime import WasmEngine
 from .telemetry import HostSnapshot, PoolSnapshot, TelemetryServer, collect, render_metrics, tracing
 
@@ -82,10 +83,7 @@ class Host:
                 host=os.environ.get(METRICS_HOST_ENV) or self.manifest.spec.telemetry.metrics_host,
                 port=self.metrics_port,
             ).start()
-        memory_limit = max(self.manifest.function(n).limits.memory_mib for n in self.function_names)
-        engine = self.engine = WasmEngine(
-            memory_reservation=max(memory_limit, 16) * 1024 * 1024, cache_dir=self.manifest.build_dir / "cache"
-        )
+        engine = self.engine = function_engine(self.manifest, self.function_names)
         self.nc = await connect(
             self.nats_url, name=f"ebbtide-host[{','.join(self.function_names)}]", on_lost=self._on_lost, auth=self.auth
         )

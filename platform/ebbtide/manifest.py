@@ -9,7 +9,7 @@ import json
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import msgspec
 from msgspec import Meta, Struct
@@ -91,11 +91,15 @@ class DeadLetterSection(_Section, frozen=True):
     replicas: Annotated[int, Meta(ge=1, le=5)] = 1
 
 
+ModuleLanguage = Literal["zig", "c", "assemblyscript", "python"]  # one builder each in build.py
+MODULE_LANGUAGES: tuple[str, ...] = get_args(ModuleLanguage)
+
+
 class ModuleSection(_Section, frozen=True):
     # Folder holding the function's source (main.zig, main.c, main.ts or app.py), relative to the manifest;
     # required unless the module is prebuilt.
     source: str = ""
-    lang: Literal["zig", "c", "assemblyscript", "python"] = "zig"  # one builder each in build.py
+    lang: ModuleLanguage = "zig"
     # The guest SDK it builds against, relative to the manifest; empty: the language's own
     # (functions/sdk, functions/sdk-c, functions/sdk-assemblyscript; see build.sdk_folder).
     sdk: str = ""

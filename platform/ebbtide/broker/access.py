@@ -12,11 +12,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..manifest import LoadedManifest
 from .credentials import NatsAuth, client_auth
-from .embedded import EmbeddedNats
 from .users import AuthBundle, write_bundle
+
+if TYPE_CHECKING:  # a function process never starts a server: it does not load the code that does
+    from .embedded import EmbeddedNats
 
 NATS_URL_ENV = "EBBTIDE_NATS_URL"
 
@@ -75,6 +78,8 @@ def embedded_server(
     auth: bool | None = None,
 ) -> Iterator[tuple[EmbeddedNats, ServerAccess]]:
     """Start the embedded server (settings from [embedded] unless given) and say how to reach it."""
+    from .embedded import EmbeddedNats
+
     embedded = manifest.spec.embedded
     folder = data_dir or manifest.resolve(embedded.data_dir)
     use_auth = embedded.auth if auth is None else auth

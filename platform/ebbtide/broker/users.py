@@ -31,9 +31,6 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-import bcrypt
-import nkeys
-
 from ..manifest import LoadedManifest, subject_matches
 from ..status_reports import STATUS_REQUEST_SUBJECT, STATUS_SUBJECT_PREFIX
 from .credentials import NatsAuth
@@ -174,6 +171,8 @@ def _password_hash(bundle: AuthBundle, user: NatsAuth) -> str:
     """The bcrypt hash nats-server checks the password against (it reads any value starting with `$2` as
     one). The one already in server.conf while it still matches: regenerating changes nothing, so a
     Kubernetes Secret made from the file keeps its name and no pod rolls for nothing."""
+    import bcrypt  # here: only the process that writes the server's authorization needs it
+
     try:
         text = bundle.server_config.read_text()
         users = json.loads(text[text.index("authorization ") + len("authorization ") :])["users"]
@@ -187,6 +186,8 @@ def _password_hash(bundle: AuthBundle, user: NatsAuth) -> str:
 
 def _public_key(seed_file: Path) -> str:
     """The user's public key; its seed is created on first use and kept."""
+    import nkeys  # here, as bcrypt: a function process does not load it (nor PyNaCl) unless it signs in with a seed
+
     if not seed_file.exists():
         _write_secret(seed_file, nkeys.encode_seed(secrets.token_bytes(32), nkeys.PREFIX_BYTE_USER).decode() + "\n")
     seed = bytearray(seed_file.read_bytes().strip())

@@ -13,10 +13,8 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
-
-import uvloop
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..broker.access import ServerAccess, client_access, configured_url, embedded_server, external_access
 from ..broker.credentials import NatsAuth
@@ -32,6 +30,7 @@ if TYPE_CHECKING:  # a supervisor never loads the host (the runtime, the pools)
     from ..host import Host
 
 log = logging.getLogger("ebbtide")
+T = TypeVar("T")
 
 
 async def _serve(
@@ -182,17 +181,25 @@ def up_command(args: argparse.Namespace, manifest: LoadedManifest) -> int:
 
 
 def _serve_up(args: argparse.Namespace, manifest: LoadedManifest, access: ServerAccess) -> int:
-    return uvloop.run(
-        _serve(
-            manifest,
-            access,
-            args.processes,
-            verbose=args.verbose,
-            metrics_port=args.metrics_port,
-            watch=args.watch,
-            provision_as=access.admin,
-        )
+    serving = _serve(
+        manifest,
+        access,
+        args.processes,
+        verbose=args.verbose,
+        metrics_port=args.metrics_port,
+        watch=args.watch,
+        provision_as=access.admin,
     )
+    if args.processes == "per-function":  # a supervisor only waits on its children: the standard loop does, lighter
+        return asyncio.run(serving)
+    return _run_fast(serving)
+
+
+def _run_fast(main: Coroutine[Any, Any, T]) -> T:
+    """Where messages flow (a host, provisioning): uvloop's event loop."""
+    import uvloop
+
+    return uvloop.run(main)
 
 
 def run_command(args: argparse.Namespace, manifest: LoadedManifest) -> int:
@@ -201,14 +208,14 @@ def run_command(args: argparse.Namespace, manifest: LoadedManifest) -> int:
         raise UsageError("`run` needs a NATS server: give --nats-url, EBBTIDE_NATS_URL or [nats] url (or use `ebbtide up`)")
     manifest.function(args.function)
     build_modules(manifest, [manifest.function(args.function).module])
-    return uvloop.run(_serve(manifest, external_access(manifest, url), "single", [args.function], metrics_port=args.metrics_port))
+    return _run_fast(_serve(manifest, external_access(manifest, url), "single", [args.function], metrics_port=args.metrics_port))
 
 
 def provision_command(args: argparse.Namespace, manifest: LoadedManifest) -> int:
     from ..broker.provisioning import provision_server, stream_configs
 
     server = client_access(manifest, args.nats_url)
-    uvloop.run(provision_server(server.url, manifest, server.admin, give_up_after_s=None if args.wait else 5))
+    _run_fast(provision_server(server.url, manifest, server.admin, give_up_after_s=None if args.wait else 5))
     print(
         f"provisioned on {server.url}: streams {', '.join(str(config.name) for config in stream_configs(manifest))}; "
         f"durable consumers {', '.join(manifest.spec.functions)}"

@@ -43,4 +43,12 @@ def build_command(args: argparse.Namespace, manifest: LoadedManifest) -> int:
     for result in build_modules(manifest, args.modules or None, force=args.force):
         state = "prebuilt" if result.prebuilt else "built" if result.rebuilt else "up to date"
         print(f"{result.module:<16} {state:<11} {result.output} ({result.output.stat().st_size} bytes)")
+    if args.precompile:
+        from ..precompiled import precompile
+
+        for entry in precompile(manifest):
+            print(
+                f"{entry.function:<16} {'precompiled':<11} into {manifest.build_dir / 'cache'} "
+                f"(for a {entry.memory_reservation >> 20} MiB memory reservation)"
+            )
     return 0

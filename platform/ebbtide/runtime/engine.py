@@ -73,6 +73,13 @@ class WasmEngine:
         # processes never load the component runtime.
         self.component_engine: object | None = None
 
+    def cache_name(self, digest: str) -> str:
+        """The module's compiled code in the cache, for this engine's configuration: code compiled for another
+        memory reservation does not deserialize here, so engines configured differently (a host per
+        function, all functions in one host, the tests) each keep their own file instead of recompiling and
+        overwriting one another's at every start."""
+        return f"{digest}.r{self.memory_reservation}.cwasm"
+
     def load(self, path: Path, *, sha256: str | None = None, wasi_grants: frozenset[str] = frozenset()) -> LoadedModule:
         """Compile (or fetch from the cache) and check a guest module.
 
@@ -104,7 +111,7 @@ class WasmEngine:
             except wasmtime.WasmtimeError as exc:
                 raise ModuleLoadError(f"{path}: not a valid WebAssembly module: {exc}") from None
 
-        cached_file = self.cache_dir / f"{digest}.cwasm" if self.cache_dir else None
+        cached_file = self.cache_dir / self.cache_name(digest) if self.cache_dir else None
         return compile_cached(cached_file, lambda file: wasmtime.Module.deserialize_file(self.engine, file), compile_module)
 
 
