@@ -10,9 +10,17 @@ from __future__ import annotations
 import msgspec
 
 from .compare import Answer, Verdict
+from .state import SHADOW_STREAM, SHADOW_SUBJECT_PREFIX
 
-SHADOW_STREAM = "SHADOW"
-SHADOW_SUBJECT_PREFIX = "ebbtide.shadow"
+__all__ = [
+    "SHADOW_STREAM",
+    "SHADOW_SUBJECT_PREFIX",
+    "Sample",
+    "decode_sample",
+    "encode_sample",
+    "function_filter",
+    "sample_subject",
+]
 
 
 class Sample(msgspec.Struct, frozen=True):
