@@ -14,7 +14,7 @@ from nats.js.errors import BadRequestError, NotFoundError
 
 from ..errors import RunError
 from ..manifest import LoadedManifest, subject_matches
-from ..rollout.state import MODULES_BUCKET, ROLLOUTS_BUCKET, SHADOW_STREAM, SHADOW_SUBJECT_PREFIX
+from ..rollout.state import MODULES_BUCKET, MODULES_STREAM, ROLLOUTS_BUCKET, SHADOW_STREAM, SHADOW_SUBJECT_PREFIX
 from .connection import connect
 from .credentials import NatsAuth
 from .names import kv_stream_name
@@ -115,7 +115,7 @@ def rollout_stream_configs(manifest: LoadedManifest) -> list[api.StreamConfig]:
         ),
         # The same layout as nats-py's create_object_store, so clients see an ordinary object store.
         api.StreamConfig(
-            name=f"OBJ_{MODULES_BUCKET}",
+            name=MODULES_STREAM,
             subjects=[f"$O.{MODULES_BUCKET}.C.>", f"$O.{MODULES_BUCKET}.M.>"],
             max_bytes=-1,
             storage=storage,

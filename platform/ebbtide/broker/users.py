@@ -34,7 +34,7 @@ import bcrypt
 import nkeys
 
 from ..manifest import LoadedManifest, subject_matches
-from ..rollout.state import MODULES_BUCKET, ROLLOUTS_BUCKET, SHADOW_SUBJECT_PREFIX
+from ..rollout.state import MODULES_STREAM, ROLLOUTS_BUCKET, SHADOW_SUBJECT_PREFIX
 from ..status_reports import STATUS_REQUEST_SUBJECT, STATUS_SUBJECT_PREFIX
 from .credentials import NatsAuth
 from .names import kv_stream_name
@@ -85,10 +85,11 @@ def rollout_publish(function: str) -> list[str]:
     the bucket's stream), download candidate modules (an ordered consumer on the object store's), write its
     own function's record (a canary's rollback) and publish its shadow samples. It can create consumers on
     these two streams only, and change no stream."""
-    rollouts, modules = kv_stream_name(ROLLOUTS_BUCKET), f"OBJ_{MODULES_BUCKET}"
+    rollouts, modules = kv_stream_name(ROLLOUTS_BUCKET), MODULES_STREAM
     return [
         *(f"{JS_API}.{api}.{stream}" for stream in (rollouts, modules) for api in ("STREAM.INFO", "CONSUMER.CREATE")),
         *(f"{JS_API}.{api}.{stream}.*" for stream in (rollouts, modules) for api in ("CONSUMER.INFO", "CONSUMER.DELETE")),
+        *(f"{JS_API}.CONSUMER.CREATE.{stream}.>" for stream in (rollouts, modules)),  # a named one, with its filter
         f"{JS_API}.DIRECT.GET.{rollouts}.>",
         f"{JS_API}.STREAM.MSG.GET.{modules}",
         f"$KV.{ROLLOUTS_BUCKET}.{function}",

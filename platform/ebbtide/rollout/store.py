@@ -16,7 +16,9 @@ from nats.js import JetStreamContext
 from nats.js.errors import BucketNotFoundError, ObjectNotFoundError
 
 from ..errors import RunError
-from .state import MODULES_BUCKET
+from .state import MODULES_BUCKET, MODULES_STREAM
+
+DOWNLOAD_CHUNK_TIMEOUT_S = 10.0
 
 
 def sha256_of(data: bytes) -> str:
@@ -45,12 +47,7 @@ async def fetch_module(js: JetStreamContext, digest: str, folder: Path) -> Path:
             return path
     except OSError:
         pass
-    store = await _store(js)
-    try:
-        result = await store.get(digest)
-    except ObjectNotFoundError:
-        raise RunError(f"module {digest[:12]} is not in the {MODULES_BUCKET} object store") from None
-    data = bytes(result.data or b"")
+    data = await _download(js, digest)
     if sha256_of(data) != digest:
         raise RunError(f"module {digest[:12]} in the {MODULES_BUCKET} object store does not match its digest")
     folder.mkdir(parents=True, exist_ok=True)
@@ -58,6 +55,28 @@ async def fetch_module(js: JetStreamContext, digest: str, folder: Path) -> Path:
     temporary.write_bytes(data)
     temporary.replace(path)  # processes on one machine may share the folder
     return path
+
+
+async def _download(js: JetStreamContext, digest: str) -> bytes:
+    """The object's bytes, read the way nats-py's `ObjectStore.get` does, but naming the stream: a
+    function's user may not list streams ($JS.API.STREAM.NAMES), only read this one."""
+    store = await _store(js)
+    try:
+        info = await store.get_info(digest)
+    except ObjectNotFoundError:
+        raise RunError(f"module {digest[:12]} is not in the {MODULES_BUCKET} object store") from None
+    chunks: list[bytes] = []
+    if info.size:
+        subscription = await js.subscribe(f"$O.{MODULES_BUCKET}.C.{info.nuid}", stream=MODULES_STREAM, ordered_consumer=True)
+        try:
+            received = 0
+            while received < (info.size or 0):
+                msg = await subscription.next_msg(timeout=DOWNLOAD_CHUNK_TIMEOUT_S)
+                chunks.append(msg.data)
+                received += len(msg.data)
+        finally:
+            await subscription.unsubscribe()
+    return b"".join(chunks)
 
 
 async def _store(js: JetStreamContext):  # type: ignore[no-untyped-def]
