@@ -239,12 +239,19 @@ def _parser() -> argparse.ArgumentParser:
         shadow_action("start", "start a shadow run: the candidate answers the same messages, nothing it does is carried out"),
         "100%",
     )
-    shadow_action(
-        "promote", "swap the candidate in for the live module on every replica (hot reload; kept across restarts)"
-    ).add_argument("function", help="function name from the manifest")
-    shadow_action("abort", "drop the candidate (after a promotion: return to the manifest's module)").add_argument(
-        "function", help="function name from the manifest"
-    )
+    for name, help in (
+        ("promote", "swap the candidate in for the live module on every replica (hot reload; kept across restarts)"),
+        ("abort", "drop the candidate (after a promotion: return to the manifest's module)"),
+    ):
+        change = shadow_action(name, help)
+        change.add_argument("function", help="function name from the manifest")
+        change.add_argument(
+            "--wait",
+            type=float,
+            default=10.0,
+            metavar="S",
+            help="wait up to S s for every replica to follow (default: %(default)s)",
+        )
     shadow_action("status", "each function's rollout and what its replicas count").add_argument(
         "function", nargs="?", help="only this function"
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -187,19 +188,37 @@ async def _change_phase(args: argparse.Namespace, manifest: LoadedManifest, phas
             )
         after = changed(record, phase, f"{phase.value} by an operator")
         await _write(kv, after, revision)
+        if phase is Phase.PROMOTED:
+            what = f"promoted {record.candidate_sha256[:12]}; it is kept across restarts"
+            followed = await _replicas_following(
+                nc, args.function, lambda r: r.module_sha256 == record.candidate_sha256, args.wait
+            )
+        elif record.phase is Phase.PROMOTED:
+            what = f"promotion of {record.candidate_sha256[:12]} undone: back to the manifest's module"
+            followed = await _replicas_following(
+                nc, args.function, lambda r: r.module_sha256 != record.candidate_sha256, args.wait
+            )
+        else:
+            what = f"{record.mode.value} of {record.candidate_sha256[:12]} aborted; the live module runs alone"
+            followed = await _replicas_following(nc, args.function, lambda r: not r.candidate_sha256, args.wait)
     finally:
         await nc.drain()
-    if phase is Phase.PROMOTED:
-        print(
-            f"{args.function}: promoted {record.candidate_sha256[:12]}; every replica swaps it in (hot reload) and keeps it across restarts"
-        )
-    elif record.phase is Phase.PROMOTED:
-        print(
-            f"{args.function}: promotion of {record.candidate_sha256[:12]} undone; every replica returns to the manifest's module"
-        )
-    else:
-        print(f"{args.function}: {record.mode.value} of {record.candidate_sha256[:12]} aborted; the live module runs alone")
+    print(f"{args.function}: {what}; {followed}")
     return 0
+
+
+async def _replicas_following(nc: NatsClient, function: str, follows: Callable[[PoolStatus], bool], wait_s: float) -> str:
+    """Until every replica that reports says it follows the record (their own status reports), or `wait_s`."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        reports = [r for r in (await _reports(nc, [function])).values()]
+        behind = [r.host_id for r in reports if not follows(r)]
+        if not behind and reports:
+            return f"{len(reports)} replica(s) follow"
+        if time.monotonic() >= deadline:
+            if not reports:
+                return "no replica reported (the record applies when the function starts)"
+            return f"{len(reports) - len(behind)} of {len(reports)} replica(s) follow so far (not yet: {', '.join(behind)})"
 
 
 # -- status ----------------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import statistics
 import time
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from ..orders import INGRESS_SUBJECT, encode_order, generate_orders
 from .harness import stored_orders
 from .report import BenchReport
 
-RUNS: list[tuple[str, float | None]] = [("off", None), ("10 %", 0.1), ("100 %", 1.0), ("off again", None)]
+SETTINGS: list[tuple[str, float | None]] = [("none", None), ("10 %", 0.1), ("100 %", 1.0)]
 
 
 async def bench_shadow(manifest: LoadedManifest, report: BenchReport, quick: bool, out_dir: Path) -> None:
@@ -36,9 +37,10 @@ async def bench_shadow(manifest: LoadedManifest, report: BenchReport, quick: boo
             await publisher.start()
             await provision(js, manifest)
             rollouts = await js.key_value(ROLLOUTS_BUCKET)
-            throughput: dict[str, float] = {}
-            candidate_share: dict[str, float] = {}
-            for run, (label, share) in enumerate(RUNS):
+            throughput: dict[str, list[float]] = {label: [] for label, _ in SETTINGS}
+            candidate_share: dict[str, list[float]] = {label: [] for label, _ in SETTINGS}
+            rounds = 1 if quick else 3  # interleaved, so that the machine's other load falls on every setting alike
+            for run, (label, share) in enumerate(SETTINGS * rounds):
                 for function, fn in manifest.spec.functions.items():
                     if share is None:
                         await rollouts.delete(function)
@@ -55,18 +57,19 @@ async def bench_shadow(manifest: LoadedManifest, report: BenchReport, quick: boo
                     await publish_all(publisher, INGRESS_SUBJECT, payloads)
                     while await stored_orders(nc, manifest) < before + orders:
                         await asyncio.sleep(0.005)
-                    throughput[label] = orders / (time.time() - started)
+                    throughput[label].append(orders / (time.time() - started))
                     live_s = sum(pool.stats.handle.sum for pool in host.pools.values())
                     candidate_s = sum(pool.rollout_stats.candidate_s for pool in host.pools.values())
-                    candidate_share[label] = candidate_s / live_s * 100 if live_s else 0.0
+                    candidate_share[label].append(candidate_s / live_s * 100 if live_s else 0.0)
         finally:
             await nc.drain()
-    baseline = (throughput["off"] + throughput["off again"]) / 2
     how = (
         f"{orders:,}-order burst, all functions in one process, pools from zero; every function shadows its own "
-        "module; mean of the two 'off' runs as baseline"
+        f"module; median of {rounds} interleaved run(s) per setting"
     )
+    baseline = statistics.median(throughput["none"])
     report.add("throughput, no shadow", baseline, "orders/s", how)
     for label in ("10 %", "100 %"):
-        report.add(f"throughput, shadow {label} / none", throughput[label] / baseline * 100, "%", how)
-        report.add(f"candidate guest time, shadow {label} / live guest time", candidate_share[label], "%", how)
+        report.add(f"throughput, shadow {label}", statistics.median(throughput[label]), "orders/s", how)
+        report.add(f"throughput, shadow {label} / none", statistics.median(throughput[label]) / baseline * 100, "%", how)
+        report.add(f"candidate guest time, shadow {label} / live guest time", statistics.median(candidate_share[label]), "%", how)
