@@ -268,6 +268,7 @@ class _Worker:
         rollout = pool.rollout
         if rollout is not None:
             return rollout.run_guests(self, batch, pairs)
+        self.candidate = None  # a rollout that ended: release its instance's memory
         return self.run_live(batch, pairs)
 
     def run_live(

@@ -241,6 +241,8 @@ async def test_promotion_during_a_steady_stream_loses_nothing_and_survives_a_res
         await wait_until(lambda: pool.module.sha256 == digest)
         promoted_at = pool.stats.processed
         assert pool.candidate_sha256 == "" and pool.rollout_stats.shadow["different"] > 0
+        await host.reload()  # SIGHUP or `up --watch`: the promoted module stays until an abort
+        assert pool.module.sha256 == digest
         await publishing
         out = await read_stream(nc, "TEST", "test.out", expected=total)
     bodies = bodies_exactly_once(out, [f"m{i:05d}".encode() for i in range(total)])

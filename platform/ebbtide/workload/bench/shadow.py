@@ -2,7 +2,9 @@
 
 The candidate of each function is its own module (so every verdict is `same` and the candidate does the
 full work of a real one): what is measured is the cost of running a second guest beside the live one and
-judging the answers, on the same cores.
+judging the answers, on the same cores. Throughput is the wall-clock figure; the host's CPU per order (this
+process: the publisher and the hosts, not nats-server) says the same without the noise of other load on
+the machine.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ async def bench_shadow(manifest: LoadedManifest, report: BenchReport, quick: boo
             rollouts = await js.key_value(ROLLOUTS_BUCKET)
             throughput: dict[str, list[float]] = {label: [] for label, _ in SETTINGS}
             candidate_share: dict[str, list[float]] = {label: [] for label, _ in SETTINGS}
+            cpu_ms: dict[str, list[float]] = {label: [] for label, _ in SETTINGS}  # host CPU per order: robust to other load
             rounds = 1 if quick else 3  # interleaved, so that the machine's other load falls on every setting alike
             for run, (label, share) in enumerate(SETTINGS * rounds):
                 for function, fn in manifest.spec.functions.items():
@@ -53,11 +56,12 @@ async def bench_shadow(manifest: LoadedManifest, report: BenchReport, quick: boo
                 payloads = [(encode_order(o), o.order_guid) for o in batch]
                 async with Host(manifest, server.url) as host:  # reads the records before it takes a message
                     before = await stored_orders(nc, manifest)
-                    started = time.time()
+                    started, cpu_started = time.time(), time.process_time()
                     await publish_all(publisher, INGRESS_SUBJECT, payloads)
                     while await stored_orders(nc, manifest) < before + orders:
                         await asyncio.sleep(0.005)
                     throughput[label].append(orders / (time.time() - started))
+                    cpu_ms[label].append((time.process_time() - cpu_started) / orders * 1000)
                     live_s = sum(pool.stats.handle.sum for pool in host.pools.values())
                     candidate_s = sum(pool.rollout_stats.candidate_s for pool in host.pools.values())
                     candidate_share[label].append(candidate_s / live_s * 100 if live_s else 0.0)
@@ -68,7 +72,9 @@ async def bench_shadow(manifest: LoadedManifest, report: BenchReport, quick: boo
         f"module; median of {rounds} interleaved run(s) per setting"
     )
     baseline = statistics.median(throughput["none"])
+    cpu_baseline = statistics.median(cpu_ms["none"])
     report.add("throughput, no shadow", baseline, "orders/s", how)
+    report.add("host CPU per order, no shadow", cpu_baseline, "ms", how + "; this process (publisher and hosts), not nats-server")
     for label in ("10 %", "100 %"):
         report.add(f"throughput, shadow {label}", statistics.median(throughput[label]), "orders/s", how)
         report.add(f"throughput, shadow {label} / none", statistics.median(throughput[label]) / baseline * 100, "%", how)
