@@ -78,4 +78,7 @@ async def bench_shadow(manifest: LoadedManifest, report: BenchReport, quick: boo
     for label in ("10 %", "100 %"):
         report.add(f"throughput, shadow {label}", statistics.median(throughput[label]), "orders/s", how)
         report.add(f"throughput, shadow {label} / none", statistics.median(throughput[label]) / baseline * 100, "%", how)
+        cpu = statistics.median(cpu_ms[label])
+        report.add(f"host CPU per order, shadow {label}", cpu, "ms", how)
+        report.add(f"host CPU per order, shadow {label} / none", cpu / cpu_baseline * 100, "%", how)
         report.add(f"candidate guest time, shadow {label} / live guest time", statistics.median(candidate_share[label]), "%", how)
