@@ -231,14 +231,14 @@ def _parser() -> argparse.ArgumentParser:
             help="of the function's messages, chosen by a stable hash: 5%% or 0.05"
             + (" (default: %(default)s)" if share_default else ""),
         )
-        sub.add_argument(
-            "--keep", type=int, default=10, help="shadow: samples kept per verdict for the report (default: %(default)s)"
-        )
 
-    candidate_options(
-        shadow_action("start", "start a shadow run: the candidate answers the same messages, nothing it does is carried out"),
-        "100%",
+    shadow_start = shadow_action(
+        "start", "start a shadow run: the candidate answers the same messages, nothing it does is carried out"
     )
+    shadow_start.add_argument(
+        "--keep", type=int, default=10, help="samples kept per verdict for the report (default: %(default)s)"
+    )
+    candidate_options(shadow_start, "100%")
     for name, help in (
         ("promote", "swap the candidate in for the live module on every replica (hot reload; kept across restarts)"),
         ("abort", "drop the candidate (after a promotion: return to the manifest's module)"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +26,7 @@ from ..broker.access import client_access
 from ..build import build_modules
 from ..errors import GuestInitError, ModuleLoadError, RunError, UsageError
 from ..manifest import LoadedManifest
+from ..pool import MIB
 from ..rollout.samples import function_filter
 from ..rollout.state import (
     ROLLOUTS_BUCKET,
@@ -38,10 +40,13 @@ from ..rollout.state import (
     parse_share,
 )
 from ..rollout.store import sha256_of, upload_module
+from ..runtime import GuestLimits, WasmEngine
+from ..runtime.guests import load_guest_module, start_guest
 from ..status_reports import STATUS_REQUEST_SUBJECT, STATUS_SUBJECT_PREFIX, PoolStatus, decode_status
 from .clients import client_connect
 
 STATUS_WAIT_S = 0.5  # how long `shadow status` listens for the replicas' reports
+MIN_CANARY_MESSAGES = 20  # a canary is judged (rolled back or not) after this many of its messages on a host
 
 
 def shadow_command(args: argparse.Namespace, manifest: LoadedManifest) -> int:
@@ -67,21 +72,23 @@ def canary_command(args: argparse.Namespace, manifest: LoadedManifest) -> int:
 def _start(args: argparse.Namespace, manifest: LoadedManifest, mode: Mode) -> int:
     fn = manifest.function(args.function)
     lang = manifest.spec.modules[fn.module].lang
-    share = parse_share(args.share)
-    if args.keep < 1:
-        raise UsageError("--keep must be at least 1")
-    data = _candidate_bytes(args, manifest)
-    _check_loads(manifest, args.function, data, lang)
-    settings = {}
-    if mode is Mode.CANARY:
-        settings = {
-            "max_fault_rate": parse_share(args.max_fault_rate, "--max-fault-rate"),
-            "max_dead_letter_rate": parse_share(args.max_dead_letter_rate, "--max-dead-letter-rate"),
-            "window": args.window,
-            "min_messages": min(args.window, 20),
-        }
+    settings = Rollout(function=args.function, mode=mode, candidate_sha256="", lang=lang, share=parse_share(args.share))
+    if mode is Mode.SHADOW:
+        if args.keep < 1:
+            raise UsageError("--keep must be at least 1")
+        settings = msgspec.structs.replace(settings, keep=args.keep)
+    else:
         if args.window < 1:
             raise UsageError("--window must be at least 1")
+        settings = msgspec.structs.replace(
+            settings,
+            max_fault_rate=parse_share(args.max_fault_rate, "--max-fault-rate"),
+            max_dead_letter_rate=parse_share(args.max_dead_letter_rate, "--max-dead-letter-rate"),
+            window=args.window,
+            min_messages=min(args.window, MIN_CANARY_MESSAGES),
+        )
+    data = _candidate_bytes(args, manifest)
+    _check_loads(manifest, args.function, data, lang)
 
     async def start() -> int:
         nc = await client_connect(client_access(manifest, args.nats_url), f"ebbtide-{mode.value}")
@@ -90,21 +97,16 @@ def _start(args: argparse.Namespace, manifest: LoadedManifest, mode: Mode) -> in
             digest = await upload_module(js, data)
             kv = await _bucket(nc)
             previous, revision = await _read(kv, args.function)
-            record = Rollout(
-                function=args.function,
-                mode=mode,
+            record = msgspec.structs.replace(
+                settings,
                 candidate_sha256=digest,
-                lang=lang,
-                share=share,
-                keep=args.keep,
                 why=f"started by {mode.value}",
-                live_sha256=previous.live_sha256 if previous is not None else "",
+                live_sha256=previous.live_sha256 if previous is not None else "",  # a promotion stays live
                 live_lang=previous.live_lang if previous is not None else "",
                 changed_at=time.time(),
-                **settings,  # type: ignore[arg-type]
             )
             if mode is Mode.SHADOW:
-                await _fresh_samples(nc, args.function, args.keep)
+                await _fresh_samples(nc, args.function, record.keep)
             await _write(kv, record, revision)
         finally:
             await nc.drain()
@@ -114,7 +116,7 @@ def _start(args: argparse.Namespace, manifest: LoadedManifest, mode: Mode) -> in
             else ""
         )
         print(
-            f"{mode.value} of {args.function}: candidate {digest[:12]} on {share:.1%} of its messages{replaced}; "
+            f"{mode.value} of {args.function}: candidate {digest[:12]} on {record.share:.1%} of its messages{replaced}; "
             f"`ebbtide shadow status {args.function}` to follow it"
         )
         return 0
@@ -136,12 +138,6 @@ def _candidate_bytes(args: argparse.Namespace, manifest: LoadedManifest) -> byte
 
 def _check_loads(manifest: LoadedManifest, function: str, data: bytes, lang: str) -> None:
     """The candidate loads and starts with the function's limits and config, here, before any host sees it."""
-    import tempfile
-
-    from ..pool import MIB
-    from ..runtime import GuestLimits, WasmEngine
-    from ..runtime.guests import load_guest_module, start_guest
-
     fn = manifest.function(function)
     with tempfile.TemporaryDirectory(prefix="ebbtide-candidate-") as folder:
         path = Path(folder) / "candidate.wasm"

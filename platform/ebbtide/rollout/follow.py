@@ -148,8 +148,8 @@ class RolloutFollower:
                 )
             pool.rollout = None
             return
-        current = getattr(pool.rollout, "candidate", None)
-        if isinstance(current, Candidate) and current.rollout == record:
+        running = pool.rollout
+        if isinstance(running, ShadowRun | CanaryRun) and running.candidate.rollout == record:
             return
         module = await self._load(pool, record.candidate_sha256, record.lang)
         candidate = Candidate(record, module, self._engine, pool.limits, pool.config_json, pool.rollout_stats)
