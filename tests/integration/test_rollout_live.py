@@ -19,6 +19,7 @@ from ebbtide.cli import main as cli
 from ebbtide.host import Host
 from ebbtide.launch import running
 from ebbtide.manifest import LoadedManifest, load_manifest
+from ebbtide.rollout import follow
 from ebbtide.rollout.samples import SHADOW_STREAM, decode_sample
 from ebbtide.rollout.state import ROLLOUTS_BUCKET, Phase, decode_rollout
 from ebbtide.rollout.store import sha256_of
@@ -255,6 +256,24 @@ async def test_promotion_during_a_steady_stream_loses_nothing_and_survives_a_res
         assert pool.module.sha256 == digest
         assert await ebbtide(manifest, "shadow", *url, "abort", "chaos") == 0
         await wait_until(lambda: pool.module.sha256 == manifest_sha)
+
+
+async def test_a_host_without_the_rollouts_bucket_runs_and_follows_once_it_exists(
+    tmp_path: Path, nats_server: EmbeddedNats, nc: NatsClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server provisioned by an older version: the functions run, and rollouts start once provisioned."""
+    monkeypatch.setattr(follow, "BUCKET_RETRY_S", 0.2)
+    manifest = chaos_manifest(tmp_path)
+    await provision_for(manifest, nats_server.url)
+    await nc.jetstream().delete_stream("KV_ebbtide-rollouts")
+    async with Host(manifest, nats_server.url) as host:
+        pool = host.pools["chaos"]
+        await nc.jetstream().publish("in.chaos", b"m1")
+        await read_stream(nc, "TEST", "test.out", expected=1)
+        await provision_for(manifest, nats_server.url)
+        v2 = candidate_file(tmp_path, CHAOS_V2)
+        assert await ebbtide(manifest, "shadow", "--nats-url", nats_server.url, "start", "-f", "chaos", "--module", str(v2)) == 0
+        await wait_until(lambda: pool.candidate_sha256 == sha256_of(v2.read_bytes()))
 
 
 async def test_usage_errors(tmp_path: Path, nats_server: EmbeddedNats) -> None:

@@ -81,9 +81,9 @@ def test_a_candidate_that_traps_or_cannot_start_answers_faults_and_never_raises(
     stats = RolloutStats()
     candidate = Candidate(RECORD, module, engine, GuestLimits(2 * 1024 * 1024, 2_000_000), b"{}", stats)
     slot = _Slot()
-    outcomes = candidate.handle(slot, [(b"in", b"ok1"), (b"in", b"T"), (b"in", b"L"), (b"in", b"ok2")])
-    assert [type(o).__name__ for o in outcomes] == ["tuple", "GuestFault", "GuestFault", "tuple"]
-    assert [o.kind for o in outcomes if isinstance(o, GuestFault)] == ["trap", "timeout"]
+    outcomes = candidate.handle(slot, [(b"in", b"ok1"), (b"in", b"T"), (b"in", b"L"), (b"in", b"M"), (b"in", b"ok2")])
+    assert [type(o).__name__ for o in outcomes] == ["tuple", "GuestFault", "GuestFault", "GuestFault", "tuple"]
+    assert [o.kind for o in outcomes if isinstance(o, GuestFault)] == ["trap", "timeout", "memory-limit"]
     assert slot.candidate is not None and stats.candidate_s > 0
 
     # An instance that cannot start (memory below the module's minimum): every message is the candidate's fault.

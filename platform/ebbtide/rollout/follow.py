@@ -61,24 +61,42 @@ class RolloutFollower:
         self._promoted: dict[str, str] = {}  # function -> the promoted module's sha256 it runs (none: the manifest's)
 
     async def start(self) -> None:
-        """Apply each function's current record, then follow it (in the background)."""
+        """Apply each function's current record, then follow it (in the background). Rollouts that cannot be
+        followed (no bucket yet: a server provisioned by an older version; a user without the rights) are
+        off, said once, and tried again every BUCKET_RETRY_S: the functions run as they are meanwhile."""
         try:
-            self._kv = await self._js.key_value(ROLLOUTS_BUCKET)
-        except (nats.js.errors.BucketNotFoundError, nats.js.errors.NotFoundError, nats.errors.TimeoutError) as exc:
-            log.warning("no %s bucket (%r): rollouts are off until `ebbtide provision` creates it", ROLLOUTS_BUCKET, exc)
+            await self._watch_all()
+        except Exception as exc:
+            log.warning(
+                "rollouts are off for now (%r): is the %s bucket provisioned (`ebbtide provision`) and may this "
+                "user read it (`ebbtide nats-config`)? trying again every %.0f s",
+                exc,
+                ROLLOUTS_BUCKET,
+                BUCKET_RETRY_S,
+            )
             self._spawn(self._start_later())
-            return
-        for name in self._pools:
-            watcher = await self._kv.watch(name)
-            while (entry := await watcher.updates(timeout=30)) is not None:  # type: ignore[no-untyped-call]  # the current record, then None
-                await self._apply(name, entry)
+
+    async def _watch_all(self) -> None:
+        self._kv = kv = await self._js.key_value(ROLLOUTS_BUCKET)
+        watchers: dict[str, KeyValue.KeyWatcher] = {}
+        try:
+            for name in self._pools:
+                watcher = watchers[name] = await kv.watch(name)
+                while (entry := await watcher.updates(timeout=30)) is not None:  # type: ignore[no-untyped-call]  # the current record, then None
+                    await self._apply(name, entry)
+        except BaseException:
+            for watcher in watchers.values():
+                await _stop(watcher)
+            raise
+        for name, watcher in watchers.items():
             self._spawn(self._follow(name, watcher))
 
     async def _start_later(self) -> None:
         while True:
             await asyncio.sleep(BUCKET_RETRY_S)
             try:
-                await self.start()
+                await self._watch_all()
+                log.info("rollouts: following %s", ", ".join(self._pools))
                 return
             except Exception as exc:
                 log.debug("rollouts still off: %r", exc)
@@ -89,10 +107,7 @@ class RolloutFollower:
                 if entry is not None:
                     await self._apply(name, entry)
         finally:
-            try:
-                await watcher.stop()  # type: ignore[no-untyped-call]
-            except Exception:
-                pass
+            await _stop(watcher)
 
     def pinned(self, function: str) -> str:
         """The promoted module this function runs instead of the manifest's ("" when none)."""
@@ -210,3 +225,10 @@ class RolloutFollower:
             log.debug("%s: shadow sample not kept: %s", sample.function, exc)
         except (nats.errors.Error, RunError, TimeoutError) as exc:
             log.warning("%s: shadow sample not published: %r", sample.function, exc)
+
+
+async def _stop(watcher: KeyValue.KeyWatcher) -> None:
+    try:
+        await watcher.stop()  # type: ignore[no-untyped-call]
+    except Exception:
+        pass  # the connection is already closed: nothing to unsubscribe
