@@ -211,9 +211,10 @@ def _parser() -> argparse.ArgumentParser:
     for action in (outbox_get, outbox_list):
         action.add_argument("--bucket", "-b", help="this bucket only (default: every bucket the manifest's functions write)")
         action.add_argument("--nats-url", default=argparse.SUPPRESS, help="as before the action")
-    # -- rollouts (issue 21): shadow start|promote|abort|status, canary ------------------------------------
+    # -- rollouts, the live side (commands/rollout.py): shadow start|promote|abort|status, canary ----------------
+    # Each action names its own handler (set_defaults), so `shadow` can hold actions of other modules too.
     shadow_action = actions_of(
-        command("shadow", "rollout:shadow_command", "run a candidate module beside the live one on live traffic, compared only"),
+        command("shadow", "rollout:shadow_status_command", "shadow runs of a candidate module beside the live one"),
         "shadow_action",
     )
 
@@ -239,11 +240,13 @@ def _parser() -> argparse.ArgumentParser:
         "--keep", type=int, default=10, help="samples kept per verdict for the report (default: %(default)s)"
     )
     candidate_options(shadow_start, "100%")
+    shadow_start.set_defaults(command="rollout:shadow_start_command")
     for name, help in (
         ("promote", "swap the candidate in for the live module on every replica (hot reload; kept across restarts)"),
         ("abort", "drop the candidate (after a promotion: return to the manifest's module)"),
     ):
         change = shadow_action(name, help)
+        change.set_defaults(command=f"rollout:shadow_{name}_command")
         change.add_argument("function", help="function name from the manifest")
         change.add_argument(
             "--wait",
@@ -252,9 +255,9 @@ def _parser() -> argparse.ArgumentParser:
             metavar="S",
             help="wait up to S s for every replica to follow (default: %(default)s)",
         )
-    shadow_action("status", "each function's rollout and what its replicas count").add_argument(
-        "function", nargs="?", help="only this function"
-    )
+    shadow_status = shadow_action("status", "each function's rollout and what its replicas count")
+    shadow_status.add_argument("function", nargs="?", help="only this function")
+    shadow_status.set_defaults(command="rollout:shadow_status_command")
     canary = command(
         "canary",
         "rollout:canary_command",

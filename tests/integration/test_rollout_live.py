@@ -14,6 +14,7 @@ from nats.aio.client import Client as NatsClient
 
 from ebbtide.broker import ConfirmedPublisher, EmbeddedNats, free_port, publish_all
 from ebbtide.broker.access import embedded_server
+from ebbtide.broker.names import ROLLOUTS_BUCKET
 from ebbtide.build import build_modules
 from ebbtide.cli import main as cli
 from ebbtide.host import Host
@@ -21,7 +22,7 @@ from ebbtide.launch import running
 from ebbtide.manifest import LoadedManifest, load_manifest
 from ebbtide.rollout import follow
 from ebbtide.rollout.samples import SHADOW_STREAM, decode_sample
-from ebbtide.rollout.state import ROLLOUTS_BUCKET, Phase, decode_rollout
+from ebbtide.rollout.state import Phase, decode_rollout
 from ebbtide.rollout.store import sha256_of
 from ebbtide.workload.orders import INGRESS_SUBJECT, encode_order, generate_orders
 from tests.conftest import (

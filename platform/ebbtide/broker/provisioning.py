@@ -14,10 +14,9 @@ from nats.js.errors import BadRequestError, NotFoundError
 
 from ..errors import RunError
 from ..manifest import LoadedManifest, subject_matches
-from ..rollout.state import MODULES_BUCKET, MODULES_STREAM, ROLLOUTS_BUCKET, SHADOW_STREAM, SHADOW_SUBJECT_PREFIX
 from .connection import connect
 from .credentials import NatsAuth
-from .names import kv_stream_name
+from .names import MODULES_BUCKET, MODULES_STREAM, ROLLOUTS_BUCKET, SHADOW_STREAM, SHADOW_SUBJECT_PREFIX, kv_stream_name
 
 ERR_STREAM_NAME_IN_USE = 10058
 ERR_STREAM_NOT_FOUND = 10059

@@ -34,10 +34,9 @@ import bcrypt
 import nkeys
 
 from ..manifest import LoadedManifest, subject_matches
-from ..rollout.state import MODULES_STREAM, ROLLOUTS_BUCKET, SHADOW_SUBJECT_PREFIX
 from ..status_reports import STATUS_REQUEST_SUBJECT, STATUS_SUBJECT_PREFIX
 from .credentials import NatsAuth
-from .names import kv_stream_name
+from .names import MODULES_STREAM, ROLLOUTS_BUCKET, SHADOW_SUBJECT_PREFIX, kv_stream_name
 
 ADMIN_USER = "admin"
 INGRESS_USER = "ingress"

@@ -23,14 +23,13 @@ from nats.aio.msg import Msg
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from ..broker.access import client_access
+from ..broker.names import ROLLOUTS_BUCKET, SHADOW_STREAM
 from ..build import build_modules
 from ..errors import GuestInitError, ModuleLoadError, RunError, UsageError
 from ..manifest import LoadedManifest
 from ..pool import MIB
 from ..rollout.samples import function_filter
 from ..rollout.state import (
-    ROLLOUTS_BUCKET,
-    SHADOW_STREAM,
     Mode,
     Phase,
     Rollout,
@@ -49,17 +48,24 @@ STATUS_WAIT_S = 0.5  # how long `shadow status` listens for the replicas' report
 MIN_CANARY_MESSAGES = 20  # a canary is judged (rolled back or not) after this many of its messages on a host
 
 
-def shadow_command(args: argparse.Namespace, manifest: LoadedManifest) -> int:
-    action = args.shadow_action
-    if action == "start":
-        return _start(args, manifest, Mode.SHADOW)
-    if action == "status":
-        if args.function is not None:
-            manifest.function(args.function)
-        return uvloop.run(_status(args, manifest))
+def shadow_start_command(args: argparse.Namespace, manifest: LoadedManifest) -> int:
+    return _start(args, manifest, Mode.SHADOW)
+
+
+def shadow_promote_command(args: argparse.Namespace, manifest: LoadedManifest) -> int:
     manifest.function(args.function)
-    phase = Phase.PROMOTED if action == "promote" else Phase.ABORTED
-    return uvloop.run(_change_phase(args, manifest, phase))
+    return uvloop.run(_change_phase(args, manifest, Phase.PROMOTED))
+
+
+def shadow_abort_command(args: argparse.Namespace, manifest: LoadedManifest) -> int:
+    manifest.function(args.function)
+    return uvloop.run(_change_phase(args, manifest, Phase.ABORTED))
+
+
+def shadow_status_command(args: argparse.Namespace, manifest: LoadedManifest) -> int:
+    if args.function is not None:
+        manifest.function(args.function)
+    return uvloop.run(_status(args, manifest))
 
 
 def canary_command(args: argparse.Namespace, manifest: LoadedManifest) -> int:

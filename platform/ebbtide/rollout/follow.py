@@ -29,6 +29,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from ..broker.headers import H_MSG_ID
+from ..broker.names import ROLLOUTS_BUCKET
 from ..errors import RunError
 from ..manifest import LoadedManifest
 from ..pool import FunctionPool
@@ -38,7 +39,7 @@ from .canary import CanaryRun
 from .candidate import Candidate
 from .samples import Sample, encode_sample, sample_subject
 from .shadow import ShadowRun
-from .state import ROLLOUTS_BUCKET, Mode, Phase, Rollout, changed, decode_rollout, encode_rollout
+from .state import Mode, Phase, Rollout, changed, decode_rollout, encode_rollout
 from .store import fetch_module
 
 log = logging.getLogger("ebbtide.rollout")

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import msgspec
 
+from ..broker.names import SHADOW_STREAM, SHADOW_SUBJECT_PREFIX
 from .compare import Answer, Verdict
-from .state import SHADOW_STREAM, SHADOW_SUBJECT_PREFIX
 
 __all__ = [
     "SHADOW_STREAM",

@@ -20,13 +20,6 @@ import msgspec
 
 from ..errors import UsageError
 
-ROLLOUTS_BUCKET = "ebbtide-rollouts"
-MODULES_BUCKET = "ebbtide-modules"  # candidate modules' bytes, keyed by their sha256
-MODULES_STREAM = f"OBJ_{MODULES_BUCKET}"  # its stream (nats-py's object store layout)
-# Shadow samples (rollout/samples.py); here, so that provisioning and the users' permissions need no runtime.
-SHADOW_STREAM = "SHADOW"
-SHADOW_SUBJECT_PREFIX = "ebbtide.shadow"
-
 
 class Mode(enum.StrEnum):
     SHADOW = "shadow"  # the candidate runs after the live module on the same messages; only compared

@@ -15,8 +15,8 @@ from pathlib import Path
 from nats.js import JetStreamContext
 from nats.js.errors import BucketNotFoundError, ObjectNotFoundError
 
+from ..broker.names import MODULES_BUCKET, MODULES_STREAM
 from ..errors import RunError
-from .state import MODULES_BUCKET, MODULES_STREAM
 
 DOWNLOAD_CHUNK_TIMEOUT_S = 10.0
 

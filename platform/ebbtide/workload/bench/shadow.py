@@ -16,9 +16,10 @@ import time
 from pathlib import Path
 
 from ...broker import ConfirmedPublisher, EmbeddedNats, connect, provision, publish_all
+from ...broker.names import ROLLOUTS_BUCKET
 from ...host import Host
 from ...manifest import LoadedManifest
-from ...rollout.state import ROLLOUTS_BUCKET, Mode, Rollout, encode_rollout
+from ...rollout.state import Mode, Rollout, encode_rollout
 from ...rollout.store import upload_module
 from ..orders import INGRESS_SUBJECT, encode_order, generate_orders
 from .harness import stored_orders
