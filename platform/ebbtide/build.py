@@ -409,9 +409,16 @@ def prebuilt_by_environment() -> bool:
     raise ManifestError(f"${PREBUILT_ENV} must be 1 (every module ships built) or 0, not {value!r}")
 
 
-def build_module(manifest: LoadedManifest, name: str, force: bool = False) -> BuildResult:
+def build_module(manifest: LoadedManifest, name: str, force: bool = False, *, into: Path | None = None) -> BuildResult:
+    """`into`: compile the module's sources into this file instead (a candidate version, `ebbtide replay
+    --build`): always compiled, the module's own build and recipe stamp left alone; the toolchains' caches
+    are still the build folder's."""
     section = manifest.spec.modules[name]
-    output = manifest.module_path(name)
+    output = into or manifest.module_path(name)
+    if into is not None and (section.prebuilt or prebuilt_by_environment()):
+        raise ManifestError(
+            f"{manifest.path}: modules.{name} ships built (prebuilt): there is no source to build another version from"
+        )
     if section.prebuilt or prebuilt_by_environment():
         if not output.is_file():
             key = f"modules.{name}.prebuilt" if section.prebuilt else f"modules.{name} (${PREBUILT_ENV}=1)"
@@ -440,6 +447,7 @@ def build_module(manifest: LoadedManifest, name: str, force: bool = False) -> Bu
     inputs = _sources(source_dir, language.suffixes) + _sources(sdk, language.suffixes)
     if (
         not force
+        and into is None
         and output.exists()
         and stamp.exists()
         and stamp.read_text() == recipe
@@ -453,5 +461,6 @@ def build_module(manifest: LoadedManifest, name: str, force: bool = False) -> Bu
         tmp_output.replace(output)  # an interrupted build never leaves a half-written module
     finally:
         tmp_output.unlink(missing_ok=True)
-    stamp.write_text(recipe)
+    if into is None:
+        stamp.write_text(recipe)
     return BuildResult(name, output, rebuilt=True)

@@ -287,6 +287,7 @@ async def test_usage_errors(tmp_path: Path, nats_server: EmbeddedNats) -> None:
     assert await ebbtide(manifest, "shadow", *url, "start", "-f", "chaos", "--module", str(tmp_path / "absent.wasm")) == 2
     v2 = candidate_file(tmp_path, CHAOS_V2)
     assert await ebbtide(manifest, "canary", *url, "-f", "chaos", "--module", str(v2), "--share", "120%") == 2
+    assert await ebbtide(manifest, "canary", *url, "-f", "chaos", "--build", "--share", "5%") == 2  # ships built: no source
     assert await ebbtide(manifest, "shadow", *url, "promote", "nope") == 2
 
 

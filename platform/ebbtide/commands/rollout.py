@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from ..broker.access import client_access
 from ..broker.names import ROLLOUTS_BUCKET, SHADOW_STREAM
-from ..build import build_modules
+from ..build import build_module
 from ..errors import GuestInitError, ModuleLoadError, RunError, UsageError
 from ..manifest import LoadedManifest
 from ..pool import MIB
@@ -132,9 +133,12 @@ def _start(args: argparse.Namespace, manifest: LoadedManifest, mode: Mode) -> in
 
 def _candidate_bytes(args: argparse.Namespace, manifest: LoadedManifest) -> bytes:
     if args.build:
+        # Into a folder of its own: the function's own build (what `up` runs, and loads after a restart) stays.
         module = manifest.function(args.function).module
-        (result,) = build_modules(manifest, [module])
-        return result.output.read_bytes()
+        with tempfile.TemporaryDirectory(prefix="ebbtide-candidate-") as scratch:
+            candidate = Path(scratch) / f"{module}.candidate.wasm"
+            print(f"building the candidate of {module} from its source ...", file=sys.stderr)
+            return build_module(manifest, module, into=candidate).output.read_bytes()
     path: Path = args.module
     try:
         return path.read_bytes()
