@@ -24,6 +24,7 @@ from ebbtide.rollout import follow
 from ebbtide.rollout.samples import SHADOW_STREAM, decode_sample
 from ebbtide.rollout.state import Phase, decode_rollout
 from ebbtide.rollout.store import sha256_of
+from ebbtide.telemetry import render_metrics
 from ebbtide.workload.orders import INGRESS_SUBJECT, encode_order, generate_orders
 from tests.conftest import (
     BUILD_DIR,
@@ -101,6 +102,9 @@ async def test_a_faulting_candidate_leaves_the_live_path_untouched(
         stats = pool.stats
         assert (stats.processed, stats.dead_lettered, stats.retried, stats.guest_faults) == (len(payloads), 0, 0, {})
         assert pool.rollout_stats.shadow == {"candidate_fault": len(payloads)}
+        metrics = render_metrics(host.snapshot())
+        assert f'ebbtide_shadow_total{{function="chaos",result="candidate_fault"}} {len(payloads)}' in metrics
+        assert 'ebbtide_shadow_total{function="chaos",result="different"} 0' in metrics
         samples = await read_stream(nc, SHADOW_STREAM, "ebbtide.shadow.chaos.candidate_fault", expected=4)
     bodies_exactly_once(await read_stream(nc, "TEST", "test.out"), payloads)
     assert await dead_letters(nc) == 0
@@ -173,10 +177,13 @@ async def test_a_canary_acts_on_its_share_and_is_counted_by_version(
         out = await read_stream(nc, "TEST", "test.out", expected=total, timeout=60)
         await wait_until(lambda: pool.stats.processed == total)
         canary = dict(pool.rollout_stats.canary)
+        metrics = render_metrics(host.snapshot())
     bodies = bodies_exactly_once(out, payloads)
     by_candidate = sum(b.startswith(b"V") for b in bodies)
     assert abs(by_candidate - total // 10) <= total // 50, by_candidate  # 10 % +- 2 %
     assert canary == {("candidate", "ok"): by_candidate, ("live", "ok"): total - by_candidate}
+    assert f'ebbtide_canary_total{{function="chaos",version="candidate",result="ok"}} {by_candidate}' in metrics
+    assert f'ebbtide_canary_total{{function="chaos",version="live",result="ok"}} {total - by_candidate}' in metrics
 
 
 async def test_a_failing_canary_is_rolled_back_and_loses_nothing(
