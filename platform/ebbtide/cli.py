@@ -1,4 +1,5 @@
-"""The `ebbtide` command line: up, run, provision, build, new, publish, demo, bench, top, dlq, outbox, nats-config.
+"""The `ebbtide` command line: up, run, provision, build, new, publish, demo, bench, top, dlq, outbox, nats-config,
+shadow, canary.
 
 This module only parses; each command lives in ebbtide.commands and is imported when it runs, so that
 `ebbtide up`'s supervisor never loads the Wasm runtime and `ebbtide run` never loads the benchmark.
@@ -269,6 +270,65 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--from-seq", type=int, metavar="A", help="first sequence of the range (with --stream)")
     replay.add_argument("--to-seq", type=int, metavar="B", help="last sequence of the range (default: the stream's last)")
     report_options(replay)
+
+    # -- rollouts, the live side (commands/rollout.py): shadow start|promote|abort|status, canary ----------------
+    # Each action names its own handler (set_defaults), so `shadow` can hold actions of other modules too.
+
+    def candidate_options(sub: argparse.ArgumentParser, share_default: str | None) -> None:
+        sub.add_argument("--function", "-f", required=True, help="function name from the manifest")
+        source = sub.add_mutually_exclusive_group(required=True)
+        source.add_argument("--module", type=Path, help="the candidate's built .wasm file")
+        source.add_argument(
+            "--build", action="store_true", help="build the candidate from the function's sources in the manifest"
+        )
+        sub.add_argument(
+            "--share",
+            default=share_default,
+            required=share_default is None,
+            help="of the function's messages, chosen by a stable hash: 5%% or 0.05"
+            + (" (default: %(default)s)" if share_default else ""),
+        )
+
+    shadow_start = shadow_action(
+        "start", "start a shadow run: the candidate answers the same messages, nothing it does is carried out"
+    )
+    shadow_start.add_argument(
+        "--keep", type=int, default=10, help="samples kept per verdict for the report (default: %(default)s)"
+    )
+    candidate_options(shadow_start, "100%")
+    shadow_start.set_defaults(command="rollout:shadow_start_command")
+    for name, help in (
+        ("promote", "swap the candidate in for the live module on every replica (hot reload; kept across restarts)"),
+        ("abort", "drop the candidate (after a promotion: return to the manifest's module)"),
+    ):
+        change = shadow_action(name, help)
+        change.set_defaults(command=f"rollout:shadow_{name}_command")
+        change.add_argument("function", help="function name from the manifest")
+        change.add_argument(
+            "--wait",
+            type=float,
+            default=10.0,
+            metavar="S",
+            help="wait up to S s for every replica to follow (default: %(default)s)",
+        )
+    shadow_status = shadow_action("status", "each function's rollout and what its replicas count")
+    shadow_status.add_argument("function", nargs="?", help="only this function")
+    shadow_status.set_defaults(command="rollout:shadow_status_command")
+    canary = command(
+        "canary",
+        "rollout:canary_command",
+        "let a candidate module handle a share of a function's messages, rolled back on faults",
+    )
+    nats_url_option(canary)
+    candidate_options(canary, None)
+    canary.add_argument("--max-fault-rate", default="5%", help="roll back past this share of faults (default: %(default)s)")
+    canary.add_argument(
+        "--max-dead-letter-rate", default="5%", help="... or of messages dead-lettered at once (default: %(default)s)"
+    )
+    canary.add_argument(
+        "--window", type=int, default=200, help="... over the candidate's last N messages on a host (default: %(default)s)"
+    )
+    # -- end of rollouts --------------------------------------------------------------------------------------
     top = command(
         "top",
         "clients:top_command",

@@ -161,6 +161,9 @@ class PoolController:
             rate=(settled - self._last_settled) / elapsed,
             handle_p50_us=handle.quantile_since(earlier, 0.5) * 1e6,
             handle_p99_us=handle.quantile_since(earlier, 0.99) * 1e6,
+            module_sha256=pool.module.sha256,
+            candidate_sha256=pool.candidate_sha256,
+            rollout=pool.rollout_stats.counts(),
         )
         self._last_report, self._last_settled = now, settled
         if self._nc.is_connected:

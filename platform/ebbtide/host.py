@@ -21,6 +21,7 @@ from .errors import BuildError, GuestInitError, ManifestError, ModuleLoadError
 from .manifest import LoadedManifest
 from .pool import FunctionPool
 from .precompiled import function_engine
+from .rollout.follow import RolloutFollower
 from .runtime import WasmEngine
 from .telemetry import HostSnapshot, PoolSnapshot, TelemetryServer, collect, render_metrics, tracing
 
@@ -56,6 +57,7 @@ class Host:
             manifest.function(name)  # unknown names fail here, before connecting
         self.pools: dict[str, FunctionPool] = {}
         self.controllers: dict[str, PoolController] = {}
+        self.rollouts: RolloutFollower | None = None
         self.nc: NatsClient | None = None
         self.connection_lost = asyncio.Event()  # set if NATS closed the connection for good while running
         self.metrics_port = manifest.spec.telemetry.metrics_port if metrics_port is None else metrics_port
@@ -96,8 +98,12 @@ class Host:
             self.pools[name] = FunctionPool(
                 name, self.manifest, engine, self.nc, publisher, tracing.tracer_of(self.tracer_provider)
             )
-        for name, pool in self.pools.items():
+        for pool in self.pools.values():
             pool.probe()
+        # Before any message is taken: a promoted module, or a candidate, recorded for these functions.
+        self.rollouts = RolloutFollower(self.nc, self.manifest, engine, self.pools)
+        await self.rollouts.start()
+        for name, pool in self.pools.items():
             controller = PoolController(pool, self.nc, js)
             await controller.start()
             self.controllers[name] = controller
@@ -131,6 +137,15 @@ class Host:
         async with self._reloading:
             for name, pool in self.pools.items():
                 fn = pool.function
+                if self.rollouts is not None and (promoted := self.rollouts.pinned(name)):
+                    log.warning(
+                        "function %s runs the promoted module %s: a rebuilt module is not swapped in "
+                        "(`ebbtide shadow abort %s` returns it to the manifest's module)",
+                        name,
+                        promoted[:12],
+                        name,
+                    )
+                    continue
                 try:
                     await asyncio.to_thread(build_modules, self.manifest, [fn.module])
                     module = await asyncio.to_thread(pool.load_module)
@@ -165,6 +180,9 @@ class Host:
                     backlog=controller.lag if controller is not None else None,
                     handle=stats.handle,
                     end_to_end=stats.end_to_end,
+                    shadow=dict(pool.rollout_stats.shadow),
+                    canary=dict(pool.rollout_stats.canary),
+                    candidate_s=pool.rollout_stats.candidate_s,
                 )
             )
         return HostSnapshot(pools, nats_connected=self.nc is not None and self.nc.is_connected)
@@ -203,6 +221,8 @@ class Host:
         try:
             for controller in self.controllers.values():
                 await controller.stop()
+            if self.rollouts is not None:
+                await self.rollouts.stop()
             # Every pool finishes its batches at the same time, within its own grace period.
             await asyncio.gather(*(pool.stop() for pool in self.pools.values()))
             if self.nc is not None and not self.nc.is_closed:

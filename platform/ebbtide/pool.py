@@ -28,6 +28,7 @@ from .executor import Executor, PoolStats
 from .manifest import LoadedManifest
 from .outcome import Declined, Effects, Faulted, GuestResult, Refused, TooLarge
 from .precompiled import load_function_module
+from .rollout.candidate import RolloutStats
 from .runtime import GuestFault, GuestLimits, InputTooLarge, Status, WasmEngine, decode_effects
 from .runtime.guest import Outcome as GuestOutcome
 from .runtime.guests import Guest, GuestModule, start_guest
@@ -54,6 +55,16 @@ class Consumer(Protocol):
     async def fetch(self, batch: int, wait_s: float) -> list[Msg]: ...
 
     async def close(self) -> None: ...
+
+
+class RolloutRun(Protocol):
+    """A candidate module beside the live one (rollout/shadow.py, rollout/canary.py): it runs the guests
+    of a batch in the worker's place, and answers for each message as `_Worker.run_live` would."""
+
+    @property
+    def candidate_sha256(self) -> str: ...
+
+    def run_guests(self, worker: _Worker, batch: Sequence[Incoming], pairs: list[tuple[bytes, bytes]]) -> list[GuestResult]: ...
 
 
 class FunctionPool:
@@ -94,6 +105,13 @@ class FunctionPool:
         self._open_consumer = open_consumer or self._pull_consumer
         self._workers: list[_Worker] = []
         self._subject_bytes: dict[str, bytes] = {}
+        self.rollout: RolloutRun | None = None  # set and cleared by the host's rollout follower
+        self.rollout_stats = RolloutStats()
+
+    @property
+    def candidate_sha256(self) -> str:
+        """The rollout candidate running beside the live module ("" when none)."""
+        return self.rollout.candidate_sha256 if self.rollout is not None else ""
 
     async def _pull_consumer(self) -> Consumer:
         assert self._nc is not None, "a pool without a NATS connection needs open_consumer"
@@ -219,6 +237,7 @@ class _Worker:
         self.pool = pool
         self.consumer = consumer
         self.instance: Guest | None = instance
+        self.candidate: Guest | None = None  # a rollout's candidate instance (rollout/candidate.py)
         self.stopping = False  # finish the current batch, then exit
         self.abandon = False  # shutdown past its grace period: hand back anything fetched from now on
         self.in_batch = False
@@ -229,12 +248,8 @@ class _Worker:
         return self.task.done()
 
     def run_guests(self, batch: Sequence[Incoming]) -> list[GuestResult]:
-        """The guest's answers to `batch`, in order, from `Guest.handle_batch` on this worker's instance (one
-        call per input buffer's worth of messages for an ABI v2 guest, one per message otherwise).
-
-        A message that faults fails alone: the instance is discarded (never reuse a faulted instance: its
-        state may be corrupt) and the messages after it run on a fresh one, once each. A new instance is
-        also started when a new module was swapped in (hot reload: between calls)."""
+        """The guest's answers to `batch`, in order: the live module's (`run_live`), or, while a rollout is
+        on, what it makes of the live module's and the candidate's."""
         pool = self.pool
         subjects = pool._subject_bytes
         pairs = []
@@ -244,6 +259,23 @@ class _Worker:
             if subject is None:
                 subject = subjects.setdefault(msg.subject, msg.subject.encode())
             pairs.append((subject, msg.data))
+        rollout = pool.rollout
+        if rollout is not None:
+            return rollout.run_guests(self, batch, pairs)
+        self.candidate = None  # a rollout that ended: release its instance's memory
+        return self.run_live(batch, pairs)
+
+    def run_live(
+        self, batch: Sequence[Incoming], pairs: list[tuple[bytes, bytes]], outcomes: list[GuestOutcome] | None = None
+    ) -> list[GuestResult]:
+        """The live module's answers to `batch` (`pairs`: their subjects and payloads), in order, from
+        `Guest.handle_batch` on this worker's instance (one call per input buffer's worth of messages for an
+        ABI v2 guest, one per message otherwise); the guest's own outcomes go to `outcomes` when given.
+
+        A message that faults fails alone: the instance is discarded (never reuse a faulted instance: its
+        state may be corrupt) and the messages after it run on a fresh one, once each. A new instance is
+        also started when a new module was swapped in (hot reload: between calls)."""
+        pool = self.pool
         results: list[GuestResult] = []
         observe = pool.stats.handle.observe
         while len(results) < len(pairs):
@@ -256,7 +288,9 @@ class _Worker:
             per_message_s = (time.perf_counter() - started) / len(answer.outcomes)
             for outcome in answer.outcomes:
                 observe(per_message_s)
-                result = self._result(outcome)
+                if outcomes is not None:
+                    outcomes.append(outcome)
+                result = self.result_of(outcome)
                 results.append(result)
                 if type(result) is Faulted:
                     # Trapped, or output that does not decode: later outcomes of this instance are not
@@ -280,7 +314,7 @@ class _Worker:
             instance = self.instance = pool.new_instance()
         return instance
 
-    def _result(self, outcome: GuestOutcome) -> GuestResult:
+    def result_of(self, outcome: GuestOutcome) -> GuestResult:
         """What one message's outcome in a batch means to the policy (outcome.py)."""
         if type(outcome) is tuple:
             status, output = outcome
@@ -340,6 +374,7 @@ class _Worker:
             if self.instance is not None:
                 self.instance = None  # release the Wasm memory now
                 pool.stats.instances_stopped += 1
+            self.candidate = None
             await self.consumer.close()
 
 

@@ -32,6 +32,11 @@ class PoolStatus(msgspec.Struct, frozen=True, kw_only=True):
     rate: float  # messages settled per second since the previous report
     handle_p50_us: float  # guest call time percentiles since the previous report (0 when idle)
     handle_p99_us: float
+    # Rollouts (rollout/): the live module this process runs, the candidate beside it ("" when none) and its
+    # counts, cumulative: "shadow.<verdict>", "canary.<version>.<result>" (`ebbtide shadow status` adds them up).
+    module_sha256: str = ""
+    candidate_sha256: str = ""
+    rollout: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 encode_status = msgspec.json.Encoder().encode

@@ -45,6 +45,8 @@ async def test_quick_bench_completes_with_sane_figures(reference_manifest: Loade
         figures["distributor: empty backlog to zero instances"]
         >= reference_manifest.function("distributor").scale.cooldown_s * 0.9
     )
+    assert 0 < figures["host CPU per order, shadow 100 % / none"] < 1000  # %
+    assert 30 < figures["candidate guest time, shadow 100 % / live guest time"] < 300  # its candidate is its own module
     assert (tmp_path / "results.json").exists() and (tmp_path / "burst.svg").exists()
     assert "| activation from zero, p50 |" in report.markdown()
 

@@ -42,7 +42,9 @@ BUCKETS = ("outbox-express", "outbox-standard")
 KV_STREAMS = tuple(f"KV_{bucket}" for bucket in BUCKETS)
 OUTSIDE = "OUTSIDE"  # a stream (and consumer `spy`) the manifest does not know
 ROGUE = "ROGUE"  # a stream nobody created
-STREAMS = ("ORDERS", "DLQ", *KV_STREAMS, OUTSIDE, ROGUE)
+# Rollouts (issue 21): the records every host watches, the candidates' bytes, the shadow samples.
+ROLLOUTS, MODULES, SHADOW = "KV_ebbtide-rollouts", "OBJ_ebbtide-modules", "SHADOW"
+STREAMS = ("ORDERS", "DLQ", *KV_STREAMS, ROLLOUTS, MODULES, SHADOW, OUTSIDE, ROGUE)
 CONSUMERS = (*(("ORDERS", fn) for fn in FUNCTIONS), (OUTSIDE, "spy"))
 STREAM_OPERATIONS = (
     "STREAM.CREATE",
@@ -69,6 +71,8 @@ SUBJECTS = (
     *(f"dlq.{fn}" for fn in FUNCTIONS),
     *(f"ebbtide.status_reports.{fn}" for fn in FUNCTIONS),
     "ebbtide.status_reports-request",
+    *(f"$KV.ebbtide-rollouts.{fn}" for fn in FUNCTIONS),
+    *(f"ebbtide.shadow.{fn}.probe" for fn in FUNCTIONS),
     "outside.x",
 )
 INBOXES = ("_INBOX.probe", *(f"_ebbtide_inbox.{user}.probe" for user in (*FUNCTIONS, OBSERVER_USER)))
@@ -77,6 +81,8 @@ STORED_IN = {
     "$KV.outbox-express.": "KV_outbox-express",
     "$KV.outbox-standard.": "KV_outbox-standard",
     "dlq.": "DLQ",
+    "$KV.ebbtide-rollouts.": ROLLOUTS,
+    "ebbtide.shadow.": SHADOW,
     "outside.": OUTSIDE,
 }
 
@@ -86,21 +92,48 @@ STORED_IN = {
 
 def api_allowed(user: str, subject: str) -> bool:
     """$JS.API.<operation>.<target>: functions read their own consumer and pull from it; observer reads
-    the outboxes, the dead letters and the manifest's streams (`replay`); ingress nothing; admin everything."""
+    the outboxes, the dead letters, the manifest's streams (`replay`) and the shadow samples; ingress nothing;
+    admin everything."""
     if user == ADMIN_USER:
         return True
     if user in FUNCTIONS:
-        return subject in {f"$JS.API.CONSUMER.INFO.ORDERS.{user}", f"$JS.API.CONSUMER.MSG.NEXT.ORDERS.{user}"}
+        # Following rollouts: read the records and the candidates' bytes (ephemeral consumers on those two
+        # streams only; no stream changed).
+        rollouts = {f"$JS.API.{op}.{stream}" for op in ("STREAM.INFO", "CONSUMER.CREATE") for stream in (ROLLOUTS, MODULES)}
+        rollouts.add(f"$JS.API.STREAM.MSG.GET.{MODULES}")
+        own = {f"$JS.API.CONSUMER.INFO.ORDERS.{user}", f"$JS.API.CONSUMER.MSG.NEXT.ORDERS.{user}"}
+        return subject in own | rollouts
     if user == OBSERVER_USER:
-        reads = {f"$JS.API.STREAM.{op}.{stream}" for op in ("INFO", "MSG.GET") for stream in ("DLQ", "ORDERS", *KV_STREAMS)}
+        reads = {f"$JS.API.STREAM.{op}.{stream}" for op in ("INFO", "MSG.GET") for stream in ("DLQ", "ORDERS", *KV_STREAMS, SHADOW)}
         return subject in reads | {f"$JS.API.DIRECT.GET.{stream}" for stream in KV_STREAMS}
     return False
 
 
+def rollout_writes(function: str) -> set[str]:
+    """A host writes its own function's rollout record (a canary's rollback) and its own shadow samples."""
+    return {f"$KV.ebbtide-rollouts.{function}", f"ebbtide.shadow.{function}.probe"}
+
+
 PUBLISH = {
-    "distributor": {"orders.express", "orders.standard", "dlq.distributor", "ebbtide.status_reports.distributor"},
-    "receiver-express": {"$KV.outbox-express.probe", "dlq.receiver-express", "ebbtide.status_reports.receiver-express"},
-    "receiver-standard": {"$KV.outbox-standard.probe", "dlq.receiver-standard", "ebbtide.status_reports.receiver-standard"},
+    "distributor": {
+        "orders.express",
+        "orders.standard",
+        "dlq.distributor",
+        "ebbtide.status_reports.distributor",
+        *rollout_writes("distributor"),
+    },
+    "receiver-express": {
+        "$KV.outbox-express.probe",
+        "dlq.receiver-express",
+        "ebbtide.status_reports.receiver-express",
+        *rollout_writes("receiver-express"),
+    },
+    "receiver-standard": {
+        "$KV.outbox-standard.probe",
+        "dlq.receiver-standard",
+        "ebbtide.status_reports.receiver-standard",
+        *rollout_writes("receiver-standard"),
+    },
     INGRESS: {"orders.ingress"},
     OBSERVER_USER: {"ebbtide.status_reports-request"},
 }
@@ -153,6 +186,9 @@ async def setup(tmp_path: Path, reference_manifest) -> AsyncIterator[Setup]:  # 
                 await js.publish(subject, b'{"orderId": 1}')
             for bucket in BUCKETS:
                 await (await js.key_value(bucket)).put("1", b'{"orderId": 1}')
+            await (await js.key_value("ebbtide-rollouts")).put("other", b"{}")  # a function writes its own key
+            await (await js.object_store("ebbtide-modules")).put("probe", b"\x00asm")
+            await js.publish("ebbtide.shadow.distributor.same", b"{}")
             yield Setup(server, bundle, admin)
         finally:
             await admin.drain()
@@ -372,6 +408,15 @@ async def test_each_user_may_do_exactly_what_the_design_says(setup: Setup, user:
             assert config_after == config, stream
             grown = published.get(stream, 0)
             assert (messages_after, first_after, last_after) == (messages + grown, first_seq, last_seq + grown), stream
+        # A function's allowed ephemeral consumers on the rollout streams are reads; every other consumer is as it was.
+        new_readers = {
+            stream: set(after.consumers.get(stream, {})) - set(before.consumers.get(stream, {})) for stream in (ROLLOUTS, MODULES)
+        }
+        if user not in FUNCTIONS:
+            assert not any(new_readers.values())
+        for stream in (ROLLOUTS, MODULES):
+            for name in new_readers[stream]:
+                del after.consumers[stream][name]
         assert after.consumers == before.consumers
     finally:
         await probe.close()

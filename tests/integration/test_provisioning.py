@@ -116,9 +116,12 @@ async def test_provision_command_creates_everything_as_admin_only(secured: tuple
         js = admin.jetstream()
         assert sorted(i.config.name for i in await js.streams_info()) == [
             "DLQ",
+            "KV_ebbtide-rollouts",  # rollouts: records, candidates' bytes, shadow samples
             "KV_outbox-express",
             "KV_outbox-standard",
+            "OBJ_ebbtide-modules",
             "ORDERS",
+            "SHADOW",
         ]
         assert sorted(c.name for c in await js.consumers_info("ORDERS")) == sorted(manifest.spec.functions)
     finally:

@@ -18,6 +18,7 @@ from ebbtide.broker.users import (
     inbox_prefix,
     ingress_permissions,
     observer_permissions,
+    rollout_publish,
     write_bundle,
 )
 from ebbtide.manifest import load_manifest
@@ -36,7 +37,8 @@ def test_distributor_may_route_but_not_write_the_outbox() -> None:
         "$JS.API.CONSUMER.MSG.NEXT.ORDERS.distributor",
         "ebbtide.status_reports.distributor",
     } <= set(permissions.publish)
-    assert not any(s.startswith("$KV.") or "receiver" in s or s == "orders.ingress" for s in permissions.publish)
+    outside_rollouts = set(permissions.publish) - set(rollout_publish("distributor"))
+    assert not any(s.startswith("$KV.") or "receiver" in s or s == "orders.ingress" for s in outside_rollouts)
     assert permissions.subscribe == [f"{inbox_prefix('distributor')}.>", "orders.ingress", "ebbtide.status_reports-request"]
 
 
@@ -54,11 +56,24 @@ def test_ingress_may_only_publish_orders() -> None:
 
 
 def test_no_function_holds_jetstream_administration() -> None:
-    """Its own consumer's info and pull requests are its only $JS.API subjects: no create, update, delete,
-    purge, no wildcard."""
+    """Its own consumer's info and pull requests are its only $JS.API subjects on the pipeline's streams: no
+    create, update, delete, purge, no wildcard. Beside them, what following rollouts takes (below)."""
     for function in MANIFEST.spec.functions:
-        api = [s for s in function_permissions(MANIFEST, function).publish if s.startswith("$JS.API")]
+        publish = function_permissions(MANIFEST, function).publish
+        api = [s for s in publish if s.startswith("$JS.API") and s not in rollout_publish(function)]
         assert api == [f"$JS.API.CONSUMER.INFO.ORDERS.{function}", f"$JS.API.CONSUMER.MSG.NEXT.ORDERS.{function}"]
+
+
+def test_following_rollouts_reads_two_streams_and_writes_only_its_own_record() -> None:
+    """A host watches rollout records and downloads candidates (consumers on those two streams only, no
+    stream changed), writes its own function's record (a canary's rollback) and its own shadow samples."""
+    rollouts = rollout_publish("distributor")
+    assert "$JS.API.STREAM.NAMES" not in rollouts
+    for subject in (s for s in rollouts if s.startswith("$JS.API")):
+        assert any(f".{stream}" in subject for stream in ("KV_ebbtide-rollouts", "OBJ_ebbtide-modules")), subject
+        assert not any(word in subject for word in ("UPDATE", "PURGE", "STREAM.CREATE", "STREAM.DELETE", "MSG.DELETE")), subject
+    writes = [s for s in rollouts if not s.startswith("$JS.API")]
+    assert writes == ["$KV.ebbtide-rollouts.distributor", "ebbtide.shadow.distributor.>"]
 
 
 def test_observer_only_reads() -> None:

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+# Rollouts (rollout/): the records every host follows, the candidates' bytes, where hosts publish shadow samples.
+ROLLOUTS_BUCKET = "ebbtide-rollouts"
+MODULES_BUCKET = "ebbtide-modules"
+MODULES_STREAM = f"OBJ_{MODULES_BUCKET}"  # the object store's stream (nats-py's layout)
+SHADOW_SUBJECT_PREFIX = "ebbtide.shadow"
+
 
 def kv_stream_name(bucket: str) -> str:
     """The stream behind a KV bucket, as every NATS client names it."""

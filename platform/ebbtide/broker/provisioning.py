@@ -16,11 +16,12 @@ from ..errors import RunError
 from ..manifest import LoadedManifest, subject_matches
 from .connection import connect
 from .credentials import NatsAuth
-from .names import kv_stream_name
+from .names import MODULES_BUCKET, MODULES_STREAM, ROLLOUTS_BUCKET, SHADOW_STREAM, SHADOW_SUBJECT_PREFIX, kv_stream_name
 
 ERR_STREAM_NAME_IN_USE = 10058
 ERR_STREAM_NOT_FOUND = 10059
 KV_DUPLICATE_WINDOW_S = 120.0
+DEFAULT_SHADOW_KEEP = 10  # shadow samples kept per function and verdict (`shadow start --keep` raises it)
 
 
 def _storage(kind: str) -> api.StorageType:
@@ -90,6 +91,54 @@ def stream_configs(manifest: LoadedManifest) -> list[api.StreamConfig]:
     return configs
 
 
+def rollout_stream_configs(manifest: LoadedManifest) -> list[api.StreamConfig]:
+    """Rollouts (rollout/state.py): the records every host watches, the candidates' bytes, the shadow samples.
+
+    Samples: the stream keeps the first N per subject (function and verdict) and refuses the rest (discard
+    new, per subject), so the first N survive whichever replica sent them; `shadow start` purges a
+    function's old ones and may raise N."""
+    storage = _storage(manifest.spec.dead_letter.storage)
+    replicas = manifest.spec.dead_letter.replicas
+    return [
+        api.StreamConfig(
+            name=kv_stream_name(ROLLOUTS_BUCKET),
+            subjects=[f"$KV.{ROLLOUTS_BUCKET}.>"],
+            allow_direct=True,
+            allow_rollup_hdrs=True,
+            deny_delete=True,
+            discard=api.DiscardPolicy.NEW,
+            duplicate_window=KV_DUPLICATE_WINDOW_S,
+            max_msgs_per_subject=1,
+            num_replicas=replicas,
+            storage=storage,
+        ),
+        # The same layout as nats-py's create_object_store, so clients see an ordinary object store.
+        api.StreamConfig(
+            name=MODULES_STREAM,
+            subjects=[f"$O.{MODULES_BUCKET}.C.>", f"$O.{MODULES_BUCKET}.M.>"],
+            max_bytes=-1,
+            storage=storage,
+            num_replicas=replicas,
+            discard=api.DiscardPolicy.NEW,
+            allow_rollup_hdrs=True,
+            allow_direct=True,
+        ),
+        api.StreamConfig(
+            name=SHADOW_STREAM,
+            subjects=[f"{SHADOW_SUBJECT_PREFIX}.>"],
+            retention=api.RetentionPolicy.LIMITS,
+            storage=storage,
+            num_replicas=replicas,
+            discard=api.DiscardPolicy.NEW,
+            discard_new_per_subject=True,
+            max_msgs_per_subject=DEFAULT_SHADOW_KEEP,
+            max_msgs=-1,
+            max_bytes=-1,
+            duplicate_window=KV_DUPLICATE_WINDOW_S,
+        ),
+    ]
+
+
 def consumer_config(manifest: LoadedManifest, function: str) -> api.ConsumerConfig:
     fn = manifest.function(function)
     return api.ConsumerConfig(
@@ -130,9 +179,19 @@ async def provision(js: JetStreamContext, manifest: LoadedManifest, functions: l
     for config in stream_configs(manifest):
         if config.name in needed:
             await ensure_stream(js, config)
+    for config in rollout_stream_configs(manifest):
+        await _ensure_rollout_stream(js, config)
     for function in names:
         stream = manifest.stream_for(manifest.function(function).trigger)
         await js.add_consumer(stream, consumer_config(manifest, function))
+
+
+async def _ensure_rollout_stream(js: JetStreamContext, config: api.StreamConfig) -> None:
+    """Created when missing; an existing one is left as it is (`shadow start` may have raised the samples' N)."""
+    try:
+        await js.stream_info(str(config.name))
+    except NotFoundError:
+        await ensure_stream(js, config)
 
 
 async def provision_server(url: str, manifest: LoadedManifest, auth: NatsAuth, give_up_after_s: float | None = 30) -> None:

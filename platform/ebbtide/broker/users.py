@@ -34,7 +34,7 @@ from pathlib import Path
 from ..manifest import LoadedManifest, subject_matches
 from ..status_reports import STATUS_REQUEST_SUBJECT, STATUS_SUBJECT_PREFIX
 from .credentials import NatsAuth
-from .names import SHADOW_STREAM, kv_stream_name
+from .names import MODULES_STREAM, ROLLOUTS_BUCKET, SHADOW_STREAM, SHADOW_SUBJECT_PREFIX, kv_stream_name
 
 ADMIN_USER = "admin"
 INGRESS_USER = "ingress"
@@ -71,9 +71,27 @@ def function_permissions(manifest: LoadedManifest, function: str) -> Permissions
         *(f"$KV.{bucket}.>" for bucket in fn.kv),
         manifest.dead_letter_subject(function),
         f"{STATUS_SUBJECT_PREFIX}.{function}",
+        *rollout_publish(function),
     ]
     subscribe = [f"{inbox_prefix(function)}.>", fn.trigger, STATUS_REQUEST_SUBJECT]  # trigger: the wake-up bell
     return Permissions(publish, subscribe)
+
+
+def rollout_publish(function: str) -> list[str]:
+    """What a host needs to follow rollouts (rollout/follow.py): watch the records (an ordered consumer on
+    the bucket's stream), download candidate modules (an ordered consumer on the object store's), write its
+    own function's record (a canary's rollback) and publish its shadow samples. It can create consumers on
+    these two streams only, and change no stream."""
+    rollouts, modules = kv_stream_name(ROLLOUTS_BUCKET), MODULES_STREAM
+    return [
+        *(f"{JS_API}.{api}.{stream}" for stream in (rollouts, modules) for api in ("STREAM.INFO", "CONSUMER.CREATE")),
+        *(f"{JS_API}.{api}.{stream}.*" for stream in (rollouts, modules) for api in ("CONSUMER.INFO", "CONSUMER.DELETE")),
+        *(f"{JS_API}.CONSUMER.CREATE.{stream}.>" for stream in (rollouts, modules)),  # a named one, with its filter
+        f"{JS_API}.DIRECT.GET.{rollouts}.>",
+        f"{JS_API}.STREAM.MSG.GET.{modules}",
+        f"$KV.{ROLLOUTS_BUCKET}.{function}",
+        f"{SHADOW_SUBJECT_PREFIX}.{function}.>",
+    ]
 
 
 def observer_permissions(manifest: LoadedManifest) -> Permissions:

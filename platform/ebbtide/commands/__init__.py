@@ -4,4 +4,5 @@ serve     up, run, provision: running functions
 clients   publish, dlq, outbox, top: talking to a running platform
 tools     nats-config, new, build: working on the project's files
 workload  demo, bench: the reference workload (ebbtide.workload)
+rollout   shadow, canary: a candidate module beside the live one (ebbtide.rollout)
 """

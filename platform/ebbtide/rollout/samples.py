@@ -9,11 +9,18 @@ from __future__ import annotations
 
 import msgspec
 
-from ..broker.names import SHADOW_STREAM
+from ..broker.names import SHADOW_STREAM, SHADOW_SUBJECT_PREFIX
 from .compare import Answer, Verdict
 
-__all__ = ["SHADOW_STREAM", "Sample", "decode_sample", "encode_sample", "function_filter", "sample_subject"]
-SHADOW_SUBJECT_PREFIX = "ebbtide.shadow"
+__all__ = [
+    "SHADOW_STREAM",
+    "SHADOW_SUBJECT_PREFIX",
+    "Sample",
+    "decode_sample",
+    "encode_sample",
+    "function_filter",
+    "sample_subject",
+]
 
 
 class Sample(msgspec.Struct, frozen=True):

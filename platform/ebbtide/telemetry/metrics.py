@@ -34,6 +34,8 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # Reported at 0 before they first happen, so that the series exist and rate()/increase() see the first one.
 GUEST_FAULT_KINDS = ("trap", "timeout", "memory-limit", "invalid-output")
+SHADOW_RESULTS = ("same", "different", "candidate_fault")
+CANARY_RESULTS = ("ok", "dead_letter", "retry", "fault")
 
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -129,6 +131,20 @@ def collect(snapshot: HostSnapshot) -> list[Family]:
         "From the publish of the order to orders.ingress (its server timestamp) until this function's "
         "effects were confirmed, per message processed ok; for the receivers: ingress to outbox write.",
     )
+    shadow = Family(
+        "ebbtide_shadow_total",
+        "counter",
+        "Shadow runs: messages the candidate module also answered, by verdict against the live module "
+        "(same status and effects byte for byte; different; candidate_fault: it trapped, timed out, hit its memory limit).",
+    )
+    canary = Family(
+        "ebbtide_canary_total",
+        "counter",
+        "Canary: messages answered by each version (live, candidate), by result: ok, dead_letter (at once), retry, fault.",
+    )
+    candidate_time = Family(
+        "ebbtide_candidate_seconds_total", "counter", "Guest time spent running rollout candidates (shadow and canary)."
+    )
 
     for stats in snapshot.pools:
         name = stats.function
@@ -150,10 +166,20 @@ def collect(snapshot: HostSnapshot) -> list[Family]:
             reloads.add(stats.reloads.get(outcome, 0), function=name, outcome=outcome)
         handle.add(stats.handle, function=name)
         end_to_end.add(stats.end_to_end, function=name)
+        if stats.shadow or stats.canary:  # only functions that ran a candidate in this process
+            for result in SHADOW_RESULTS:
+                shadow.add(stats.shadow.get(result, 0), function=name, result=result)
+            for version in ("live", "candidate"):
+                for result in CANARY_RESULTS:
+                    canary.add(stats.canary.get((version, result), 0), function=name, version=version, result=result)
+            candidate_time.add(stats.candidate_s, function=name)
 
     connected = Family("ebbtide_nats_connected", "gauge", "1 while the host's NATS connection is up, else 0.")
     connected.add(1 if snapshot.nats_connected else 0)
-    families = [messages, faults, instances, in_flight, backlog, starts, stops, reloads, handle, end_to_end, connected]
+    families = [
+        *(messages, faults, instances, in_flight, backlog, starts, stops, reloads, handle, end_to_end, connected),
+        *(family for family in (shadow, canary, candidate_time) if family.samples),
+    ]
     rss = resident_memory_bytes()
     if rss is not None:
         memory = Family("ebbtide_process_resident_memory_bytes", "gauge", "Resident memory of this process in bytes.")

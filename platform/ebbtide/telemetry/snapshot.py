@@ -27,6 +27,9 @@ class PoolSnapshot:
     backlog: int | None  # the consumer's lag at the controller's last reading (None: not read yet)
     handle: Histogram  # guest call time (live: read it while rendering, do not keep it)
     end_to_end: Histogram  # ingress -> effects confirmed
+    shadow: dict[str, int] = field(default_factory=dict)  # shadow verdicts: same, different, candidate_fault
+    canary: dict[tuple[str, str], int] = field(default_factory=dict)  # canary answers by (version, result)
+    candidate_s: float = 0.0  # guest time spent in rollout candidates
 
 
 @dataclass(frozen=True, slots=True)

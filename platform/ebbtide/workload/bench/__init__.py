@@ -6,6 +6,8 @@ Scenarios (pick with --scenario; --quick shrinks every size so the whole run tak
 - replica:   one function process idle (RSS, PSS, private), the supervisor, each added function, cold start
 - scale:     activation latency from zero, the burst's time to max instances and back to zero, idle CPU
 - tracing:   the same burst with tracing off, sampling 1 % and 100 % (spans built and batched, then dropped)
+- shadow:    the same burst with no shadow run, and every function shadowing 10 % and 100 % of its messages
+             (its candidate: its own module), and the candidates' guest time beside the live one's
 - burst:     the ZEISS burst side by side: ebbtide (default and fastest configuration), FastStream and a raw
              nats-py pass-through (the limit), on one embedded nats-server, with repeats (burst.py)
 - sustained: fixed publish rates for a while, latency per window, backlog and RSS over time (sustained.py)
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-SCENARIOS = ("host", "memory", "replica", "scale", "tracing", "burst", "sustained")
+SCENARIOS = ("host", "memory", "replica", "scale", "tracing", "shadow", "burst", "sustained")
 
 __all__ = ["SCENARIOS", "BenchOptions", "BenchReport", "Figure", "Section", "run_bench"]
 

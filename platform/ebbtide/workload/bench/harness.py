@@ -19,8 +19,14 @@ from nats.js import api
 
 from ...broker import ConfirmedPublisher, kv_stream_name, provision, publish_all
 from ...manifest import LoadedManifest
+from ...stream_state import stream_state
 from ..orders import INGRESS_SUBJECT, Order, encode_order
 from .stats import latencies_ms
+
+
+async def stored_orders(nc: NatsClient, manifest: LoadedManifest) -> int:
+    """Entries in every KV bucket of the manifest (the outboxes)."""
+    return sum([(await stream_state(nc, kv_stream_name(bucket))).messages for bucket in manifest.spec.kv])
 
 
 @dataclass

@@ -16,6 +16,7 @@ from .options import BenchOptions
 from .replica import bench_replica
 from .report import BenchReport
 from .scale import bench_scale
+from .shadow import bench_shadow
 from .tracing import bench_tracing
 
 
@@ -41,6 +42,9 @@ async def run_bench(
     if "tracing" in scenarios:
         print("tracing: burst throughput with tracing off, 1 %, 100 %", flush=True)
         await bench_tracing(manifest, report, quick, out_dir)
+    if "shadow" in scenarios:
+        print("shadow: burst throughput with no shadow, every function shadowing 10 % and 100 %", flush=True)
+        await bench_shadow(manifest, report, quick, out_dir)
     if "burst" in scenarios or "sustained" in scenarios:
         await bench_comparison(
             manifest, report, quick, out_dir, options, burst="burst" in scenarios, sustained="sustained" in scenarios

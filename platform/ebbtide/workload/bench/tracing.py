@@ -12,11 +12,11 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
-from ...broker import ConfirmedPublisher, EmbeddedNats, connect, kv_stream_name, provision, publish_all
+from ...broker import ConfirmedPublisher, EmbeddedNats, connect, provision, publish_all
 from ...host import Host
 from ...manifest import LoadedManifest
-from ...stream_state import stream_state
 from ..orders import INGRESS_SUBJECT, encode_order, generate_orders
+from .harness import stored_orders
 from .report import BenchReport
 
 # -- tracing overhead -------------------------------------------------------------------------------------------
@@ -48,10 +48,10 @@ async def bench_tracing(manifest: LoadedManifest, report: BenchReport, quick: bo
                 batch = generate_orders(orders, seed=run, first_id=3_000_000 + run * orders)
                 payloads = [(encode_order(o), o.order_guid) for o in batch]
                 async with Host(manifest, server.url, tracer_provider=provider):
-                    before = await _stored(nc, manifest)
+                    before = await stored_orders(nc, manifest)
                     started = time.time()
                     await publish_all(publisher, INGRESS_SUBJECT, payloads)
-                    while await _stored(nc, manifest) < before + orders:
+                    while await stored_orders(nc, manifest) < before + orders:
                         await asyncio.sleep(0.005)
                     results[label] = orders / (time.time() - started)
                 if provider is not None:
@@ -63,8 +63,3 @@ async def bench_tracing(manifest: LoadedManifest, report: BenchReport, quick: bo
     report.add("throughput, tracing off", baseline, "orders/s", how)
     for label in ("1 %", "100 %"):
         report.add(f"throughput, tracing {label} / off", results[label] / baseline * 100, "%", how)
-
-
-async def _stored(nc, manifest: LoadedManifest) -> int:  # type: ignore[no-untyped-def]
-    """Entries in every KV bucket of the manifest (the outboxes)."""
-    return sum([(await stream_state(nc, kv_stream_name(bucket))).messages for bucket in manifest.spec.kv])
