@@ -104,7 +104,9 @@ def api_allowed(user: str, subject: str) -> bool:
         own = {f"$JS.API.CONSUMER.INFO.ORDERS.{user}", f"$JS.API.CONSUMER.MSG.NEXT.ORDERS.{user}"}
         return subject in own | rollouts
     if user == OBSERVER_USER:
-        reads = {f"$JS.API.STREAM.{op}.{stream}" for op in ("INFO", "MSG.GET") for stream in ("DLQ", "ORDERS", *KV_STREAMS, SHADOW)}
+        reads = {
+            f"$JS.API.STREAM.{op}.{stream}" for op in ("INFO", "MSG.GET") for stream in ("DLQ", "ORDERS", *KV_STREAMS, SHADOW)
+        }
         return subject in reads | {f"$JS.API.DIRECT.GET.{stream}" for stream in KV_STREAMS}
     return False
 
