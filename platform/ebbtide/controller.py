@@ -21,6 +21,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
+from .broker.partitions import keyed_subject
 from .pool import FunctionPool
 from .scaler import ScalePolicy, Scaler
 from .status_reports import STATUS_REQUEST_SUBJECT, PoolStatus, encode_status, status_subject
@@ -113,7 +114,10 @@ class PoolController:
         async def ring(_msg: Msg) -> None:
             bell.set()
 
-        subscription = await self._nc.subscribe(self.pool.function.trigger, cb=ring)
+        trigger = self.pool.function.trigger
+        subscriptions = [await self._nc.subscribe(trigger, cb=ring)]
+        if self.pool.function.order_by:  # keyed publishes: <trigger>.<key>
+            subscriptions.append(await self._nc.subscribe(keyed_subject(trigger, "*"), cb=ring))
         try:
             while True:
                 # Checked after subscribing, so a message published just before is not missed.
@@ -130,13 +134,16 @@ class PoolController:
                 except TimeoutError:
                     continue
         finally:
-            await subscription.unsubscribe()
+            for subscription in subscriptions:
+                await subscription.unsubscribe()
         self.wakeups += 1
         await self.pool.set_instances(self.scaler.wake(time.monotonic()))
 
     async def _read_lag(self) -> int:
-        info = await self._js.consumer_info(self.pool.stream, self.pool.name)
-        return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+        """The backlog of the function's consumers (an ordered function's: its partitions', summed)."""
+        stream = self.pool.stream
+        infos = await asyncio.gather(*(self._js.consumer_info(stream, consumer) for consumer in self.pool.consumers))
+        return sum(int(info.num_pending or 0) + int(info.num_ack_pending or 0) for info in infos)
 
     async def _report(self) -> None:
         pool = self.pool
