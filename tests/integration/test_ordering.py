@@ -1,0 +1,132 @@
+"""Per-key ordering on a real nats-server with real Wasm: the server partitions keyed subjects as
+`fnv1a_partition` says, a retried message holds back its key's later messages until it is dead-lettered
+(the dead letter says which sequence it broke), and the ordered order pipeline applies every order's
+events in sequence; keyless and unkeyable messages are handled, never left behind."""
+
+from __future__ import annotations
+
+import collections
+import json
+from pathlib import Path
+
+import msgspec
+from nats.aio.client import Client as NatsClient
+
+from ebbtide.broker import EmbeddedNats
+from ebbtide.broker.headers import H_ORDER_KEY, H_REASON, H_SEQUENCE_BROKEN
+from ebbtide.broker.partitions import fnv1a_partition
+from ebbtide.host import Host
+from ebbtide.manifest import LoadedManifest, load_manifest, parse_manifest
+from ebbtide.ordering import entry_subject
+from ebbtide.workload.orders import INGRESS_SUBJECT, encode_order, event_msg_id, generate_order_events, generate_orders
+from tests.conftest import backlog, chaos_manifest, manifest_copy, provision_for, read_stream, wait_until
+from tests.ordering_check import check_outboxes
+
+PARTITIONS = 4
+
+
+def ordered_chaos(tmp_path: Path) -> LoadedManifest:
+    """The chaos guest as an ordered function on in.chaos.<key>, retrying RETRY answers for ~0.8 s."""
+    path = chaos_manifest(tmp_path, 'order_by = "k"\n').path
+    text = path.read_text().replace('retention = "workqueue"', f'retention = "workqueue"\npartitions = {PARTITIONS}')
+    text = text.replace("retry = { max_deliver = 3, backoff_ms = [50, 100] }", "retry = { max_deliver = 3, backoff_ms = [400] }")
+    path.write_text(text)
+    return parse_manifest(text, path)
+
+
+def keys_in_different_partitions(count: int) -> list[str]:
+    keys: dict[int, str] = {}
+    for i in range(100):
+        keys.setdefault(fnv1a_partition(f"key{i}", PARTITIONS), f"key{i}")
+    return list(keys.values())[:count]
+
+
+async def test_a_retried_message_holds_back_its_key_until_it_is_dead_lettered(
+    tmp_path: Path, nats_server: EmbeddedNats, nc: NatsClient
+) -> None:
+    manifest = ordered_chaos(tmp_path)
+    js = nc.jetstream()
+    blocked, free = keys_in_different_partitions(2)
+    # R: the chaos guest answers RETRY, every time: three deliveries 0.4 s apart, then a dead letter.
+    sent = [(blocked, b"R " + blocked.encode() + b" 1"), (free, b"free 1"), (blocked, b"blocked 2"), (free, b"free 2")]
+    sent += [(blocked, b"blocked 3"), (free, b"free 3")]
+    await provision_for(manifest, nats_server.url)
+    async with Host(manifest, nats_server.url):
+        for key, payload in sent:
+            await js.publish(f"in.chaos.{key}", payload)
+        outputs = await read_stream(nc, "TEST", "test.out", expected=5)
+        letters = await read_stream(nc, "DLQ", expected=1)
+
+    assert [m.data for m in outputs] == [m.data for m in sorted(outputs, key=lambda m: m.seq)]
+    assert [m.data for m in outputs if m.data.startswith(b"free")] == [b"free 1", b"free 2", b"free 3"]
+    assert [m.data for m in outputs if m.data.startswith(b"blocked")] == [b"blocked 2", b"blocked 3"]
+    (letter,) = letters
+    assert letter.data == b"R " + blocked.encode() + b" 1"
+    assert letter.headers[H_REASON] == "retries-exhausted"
+    assert letter.headers[H_ORDER_KEY] == blocked and letter.headers[H_SEQUENCE_BROKEN] == "true"
+    assert letter.headers["Ebbtide-Original-Subject"] == f"in.chaos.{fnv1a_partition(blocked, PARTITIONS)}.{blocked}"
+    # The key's next message was handled only once the retried one had been given up on: not while it
+    # waited its 0.4 s backoffs (without ordering it is handled at once, long before the dead letter).
+    blocked_2 = next(m for m in outputs if m.data == b"blocked 2")
+    assert blocked_2.time > letter.time, (blocked_2.time, letter.time)
+
+
+async def test_the_ordered_pipeline_applies_every_orders_events_in_sequence(
+    tmp_path: Path, nats_server: EmbeddedNats, nc: NatsClient
+) -> None:
+    path, _ = manifest_copy(tmp_path, 'order_by = "orderGuid"')
+    text = path.read_text().replace("max_age_s = 86400", "max_age_s = 86400\npartitions = 8")
+    text = text.replace("[kv.outbox-express]", "[kv.outbox-express]\nhistory = 8").replace(
+        "[kv.outbox-standard]", "[kv.outbox-standard]\nhistory = 8"
+    )
+    path.write_text(text)
+    manifest = load_manifest(path)
+    js = nc.jetstream()
+    events = generate_order_events(300, 3, seed=21)
+    keyless = generate_orders(1, seed=22, first_id=900)[0]  # on the bare entry subject: no key
+    unkeyable = json.loads(encode_order(generate_orders(1, seed=23, first_id=901)[0]))
+    del unkeyable["orderGuid"]  # keyed on ingress, but the distributor's effect has no key to carry on
+
+    subject_of = entry_subject(manifest, INGRESS_SUBJECT)
+    assert callable(subject_of)
+    await provision_for(manifest, nats_server.url)
+    async with Host(manifest, nats_server.url):
+        for event in events:
+            payload = encode_order(event)
+            await js.publish(subject_of(payload), payload, headers={"Nats-Msg-Id": event_msg_id(event)})
+        await js.publish(INGRESS_SUBJECT, encode_order(keyless))
+        await js.publish(f"{INGRESS_SUBJECT}.no-guid", json.dumps(unkeyable).encode())
+        bucket_of = {"Express": "outbox-express", "Standard": "outbox-standard"}
+        expected: dict[str, dict[str, int]] = {b: {} for b in bucket_of.values()}
+        for event in events:
+            expected[bucket_of[event.delivery]][str(event.order_id)] = 3
+        total = len(events) + 1
+
+        async def settled() -> bool:
+            writes = sum([(await js.stream_info(f"KV_{b}")).state.last_seq for b in expected])
+            return writes >= total and await backlog(nc) == 0
+
+        await wait_until(settled, timeout=60)
+    keyless_bucket = bucket_of[keyless.delivery]
+    stored_keyless = await js.get_last_msg(f"KV_{keyless_bucket}", f"$KV.{keyless_bucket}.{keyless.order_id}")
+    assert stored_keyless.data == encode_order(keyless)
+    expected[keyless_bucket][str(keyless.order_id)] = 0  # no eventSeq: written once, as event 0
+    checks = await check_outboxes(nc, expected)
+    for bucket, check in checks.items():
+        assert (check.violations, check.applied_twice, check.strays) == (0, 0, 0), (bucket, check)
+        assert check.lost == 0 and check.writes == sum(expected[bucket].values()) + (bucket == keyless_bucket), (bucket, check)
+
+    (letter,) = await read_stream(nc, "DLQ", expected=1)
+    assert letter.headers[H_REASON] == "effect-refused" and "no field 'orderGuid'" in letter.headers["Ebbtide-Error"]
+    assert letter.headers[H_ORDER_KEY] == "no-guid"
+
+    # The server stored each keyed message under the partition fnv1a_partition names.
+    stored = await read_stream(nc, "ORDERS", expected=len(events))
+    partitions = collections.Counter()
+    for msg in stored:
+        tokens = msg.subject.split(".")
+        if tokens[1] == "ingress" and len(tokens) == 4:
+            assert int(tokens[2]) == fnv1a_partition(tokens[3], 8), msg.subject
+            partitions[tokens[2]] += 1
+    assert len(partitions) == 8
+    assert msgspec.json.decode(stored[0].data)["eventSeq"] == 1
