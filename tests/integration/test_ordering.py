@@ -5,8 +5,11 @@ events in sequence; keyless and unkeyable messages are handled, never left behin
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import msgspec
@@ -19,7 +22,7 @@ from ebbtide.host import Host
 from ebbtide.manifest import LoadedManifest, load_manifest, parse_manifest
 from ebbtide.ordering import entry_subject
 from ebbtide.workload.orders import INGRESS_SUBJECT, encode_order, event_msg_id, generate_order_events, generate_orders
-from tests.conftest import backlog, chaos_manifest, manifest_copy, provision_for, read_stream, wait_until
+from tests.conftest import REPO, backlog, chaos_manifest, manifest_copy, provision_for, read_stream, wait_until
 from tests.ordering_check import check_outboxes
 
 PARTITIONS = 4
@@ -130,3 +133,29 @@ async def test_the_ordered_pipeline_applies_every_orders_events_in_sequence(
             partitions[tokens[2]] += 1
     assert len(partitions) == 8
     assert msgspec.json.decode(stored[0].data)["eventSeq"] == 1
+
+
+def ebbtide_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ebbtide", *args], capture_output=True, text=True, timeout=60)
+
+
+async def test_publish_sends_each_event_to_its_keyed_subject(tmp_path: Path, nats_server: EmbeddedNats, nc: NatsClient) -> None:
+    manifest = str(REPO / "deploy/ordered/ebbtide.toml")
+    await provision_for(load_manifest(manifest), nats_server.url)
+    done = await asyncio.to_thread(
+        ebbtide_cli, "-m", manifest, "publish", "--count", "4", "--events-per-order", "3", "--nats-url", nats_server.url
+    )
+    assert done.returncode == 0, done.stderr
+    stored = await read_stream(nc, "ORDERS", expected=12)
+    events = [msgspec.json.decode(m.data) for m in stored]
+    assert [m.subject for m in stored] == [
+        f"orders.ingress.{fnv1a_partition(e['orderGuid'], 32)}.{e['orderGuid']}" for e in events
+    ]
+    for guid in {e["orderGuid"] for e in events}:
+        assert [e["eventSeq"] for e in events if e["orderGuid"] == guid] == [1, 2, 3]
+
+    lines = tmp_path / "orders.jsonl"
+    lines.write_text('{"orderId": 1, "orderGuid": "g-1"}\n{"orderId": 2}\n')
+    refused = await asyncio.to_thread(ebbtide_cli, "-m", manifest, "publish", "--file", str(lines), "--nats-url", nats_server.url)
+    assert refused.returncode == 2 and f"{lines}:2: orders.ingress is ordered" in refused.stderr, refused.stderr
+    assert (await nc.jetstream().stream_info("ORDERS")).state.messages == 12  # nothing of the file published
