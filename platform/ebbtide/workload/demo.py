@@ -26,11 +26,12 @@ from .orders import INGRESS_SUBJECT, encode_order, event_msg_id, generate_order_
 class DemoResult:
     orders: int
     published: int
-    outbox: dict[str, int]  # bucket -> entries
+    outbox: dict[str, int]  # bucket -> entries (writes, with several events per order)
     dead_letters: int
     wall_s: float  # first publish -> last outbox write (server time of the write)
     expected: dict[str, int]  # bucket -> entries the generated orders should produce
     chart: Path  # SVG of backlog and instances over time, per function
+    events_per_order: int = 1
 
     @property
     def complete(self) -> bool:
@@ -105,7 +106,7 @@ async def run_demo(
         series.series(), data_dir / "scaling.svg", title=f"ebbtide demo: {orders} orders, {mode} process mode"
     )
     (data_dir / "scaling.json").write_bytes(series.to_json())
-    return DemoResult(orders, published, outbox, dead, max(last_write - started, 0.0), expected, chart)
+    return DemoResult(orders, published, outbox, dead, max(last_write - started, 0.0), expected, chart, events_per_order)
 
 
 async def _until_drained(series: TimeSeries, functions: list[str], timeout: float) -> None:
@@ -143,11 +144,17 @@ async def _watch(
 
 def print_summary(result: DemoResult) -> None:
     print()
-    print(f"orders published     {result.published} / {result.orders}")
+    events = result.events_per_order
+    print(
+        f"orders published     {result.published} / {result.orders}"
+        if events == 1
+        else f"events published     {result.published} / {result.orders * events} ({result.orders} orders x {events})"
+    )
     for bucket, count in result.outbox.items():
         print(f"{bucket:<20} {count} (expected {result.expected[bucket]})")
     print(f"dead letters         {result.dead_letters}")
     print(f"wall time            {result.wall_s:.3f} s (first publish -> last outbox write)")
-    print(f"throughput           {result.orders_per_s:,.0f} orders/s")
+    print(f"throughput           {result.orders_per_s:,.0f} {'orders' if events == 1 else 'events'}/s")
     print(f"scaling chart        {result.chart}")
-    print("result               " + ("OK: every order is in its outbox exactly once" if result.complete else "INCOMPLETE"))
+    done = "every order is in its outbox exactly once" if events == 1 else "every event written to its order's outbox once"
+    print("result               " + (f"OK: {done}" if result.complete else "INCOMPLETE"))
