@@ -13,14 +13,17 @@ import sys
 from pathlib import Path
 
 import msgspec
+import pytest
 from nats.aio.client import Client as NatsClient
 
+from ebbtide import controller
 from ebbtide.broker import EmbeddedNats
 from ebbtide.broker.headers import H_ORDER_KEY, H_REASON, H_SEQUENCE_BROKEN
 from ebbtide.broker.partitions import fnv1a_partition
 from ebbtide.host import Host
 from ebbtide.manifest import LoadedManifest, load_manifest, parse_manifest
 from ebbtide.ordering import entry_subject
+from ebbtide.status_reports import status_subject
 from ebbtide.workload.orders import INGRESS_SUBJECT, encode_order, event_msg_id, generate_order_events, generate_orders
 from tests.conftest import REPO, backlog, chaos_manifest, manifest_copy, provision_for, read_stream, wait_until
 from tests.ordering_check import check_outboxes
@@ -159,3 +162,39 @@ async def test_publish_sends_each_event_to_its_keyed_subject(tmp_path: Path, nat
     refused = await asyncio.to_thread(ebbtide_cli, "-m", manifest, "publish", "--file", str(lines), "--nats-url", nats_server.url)
     assert refused.returncode == 2 and f"{lines}:2: orders.ingress is ordered" in refused.stderr, refused.stderr
     assert (await nc.jetstream().stream_info("ORDERS")).state.messages == 12  # nothing of the file published
+
+
+async def test_an_ordered_function_at_zero_wakes_on_a_keyed_publish(
+    tmp_path: Path, nats_server: EmbeddedNats, nc: NatsClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At zero instances the pool listens on its trigger; keyed messages come on `<trigger>.<key>`, so that
+    rings the bell too (the idle lag check is pushed out of the test's reach: only the bell can wake it)."""
+    monkeypatch.setattr(controller, "IDLE_REPORT_S", 600.0)
+    manifest = ordered_chaos(tmp_path)
+    manifest = LoadedManifest(
+        msgspec.structs.replace(
+            manifest.spec,
+            functions={
+                "chaos": msgspec.structs.replace(
+                    manifest.function("chaos"), scale=msgspec.structs.replace(manifest.function("chaos").scale, min=0)
+                )
+            },
+        ),
+        manifest.path,
+    )
+    await provision_for(manifest, nats_server.url)
+    # The idle pool reports once it listens for the bell (and found nothing waiting): publish after that.
+    reported = asyncio.Event()
+
+    async def on_report(_msg: object) -> None:
+        reported.set()
+
+    reports = await nc.subscribe(status_subject("chaos"), cb=on_report)
+    async with Host(manifest, nats_server.url) as host:
+        chaos = host.controllers["chaos"]
+        await asyncio.wait_for(reported.wait(), 30)
+        await reports.unsubscribe()
+        await nc.jetstream().publish("in.chaos.k-1", b"wake up")
+        (output,) = await read_stream(nc, "TEST", "test.out", expected=1)
+        assert output.data == b"wake up"
+        assert (chaos.wakeups, chaos.bell_wakeups) == (1, 1)
