@@ -24,6 +24,7 @@ from ...broker import EmbeddedNats, connect
 from ...manifest import LoadedManifest
 from ..orders import generate_order_events
 from . import implementations as impls
+from .comparison import cpu_seconds
 from .harness import BurstResult, Harness
 from .options import BenchOptions
 from .report import BenchReport, Section
@@ -51,6 +52,8 @@ class CaseResult:
     events: int
     burst: BurstResult
     out_of_order: int
+    cpu_functions_s: float  # CPU seconds of the function processes over the burst
+    cpu_server_s: float  # ... and of nats-server (the publisher's load included, the same for both)
 
     @property
     def events_per_s(self) -> float:
@@ -109,18 +112,23 @@ async def bench_ordering(
                 harness = Harness(nc, impls.write_variant(loaded, ORDERED if key == "ordered" else impls.DEFAULT, folder))
                 print(f"ordering: {impl.label}", flush=True)
                 await harness.reset()
-                async with impl.start(server.url, nc):
+                async with impl.start(server.url, nc) as pids:
                     await harness.burst(warm, tag=f"{key}-warm-up")
                     results[key] = []
+                    assert server.pid is not None
                     for case, events in zip(CASES, workloads):
                         await harness.settle()
                         before = await harness.last_seqs()
+                        cpu_before = [cpu_seconds(pid) for pid in (server.pid, *pids)]
                         run = await harness.burst(events, tag=key, timeout=600.0)
+                        cpu = [b - a for a, b in zip(cpu_before, (cpu_seconds(pid) for pid in (server.pid, *pids)))]
                         late = await out_of_order(harness, before)
-                        results[key].append(CaseResult(len(events), run, late))
+                        result = CaseResult(len(events), run, late, sum(cpu[1:]), cpu[0])
+                        results[key].append(result)
                         print(
                             f"  {case.name}: {len(events):,} events in {run.wall_s:.3f} s, "
-                            f"{results[key][-1].events_per_s:,.0f} events/s, writes {run.writes}, out of order {late}",
+                            f"{result.events_per_s:,.0f} events/s, writes {run.writes}, out of order {late}, "
+                            f"CPU s functions {result.cpu_functions_s:.2f} / nats-server {result.cpu_server_s:.2f}",
                             flush=True,
                         )
         finally:
@@ -131,8 +139,8 @@ async def bench_ordering(
 def _report(report: BenchReport, results: dict[str, list[CaseResult]], n: int) -> None:
     lines = [
         "| case | events | unordered: wall s / events/s / out of order | ordered: wall s / events/s / out of order "
-        "| ordered / unordered wall time |",
-        "|---|---:|---:|---:|---:|",
+        "| ordered / unordered wall time | CPU s, unordered → ordered: functions / nats-server |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     details = []
     for i, case in enumerate(CASES):
@@ -140,7 +148,8 @@ def _report(report: BenchReport, results: dict[str, list[CaseResult]], n: int) -
         ratio = keyed.burst.wall_s / plain.burst.wall_s if plain.burst.wall_s > 0 else float("nan")
         lines.append(
             f"| {case.name} | {plain.events:,} | {plain.burst.wall_s:.3f} / {plain.events_per_s:,.0f} / {plain.out_of_order} "
-            f"| {keyed.burst.wall_s:.3f} / {keyed.events_per_s:,.0f} / {keyed.out_of_order} | {ratio:.1f}× |"
+            f"| {keyed.burst.wall_s:.3f} / {keyed.events_per_s:,.0f} / {keyed.out_of_order} | {ratio:.1f}× "
+            f"| {plain.cpu_functions_s:.1f} → {keyed.cpu_functions_s:.1f} / {plain.cpu_server_s:.1f} → {keyed.cpu_server_s:.1f} |"
         )
         details.append(
             {
@@ -152,6 +161,7 @@ def _report(report: BenchReport, results: dict[str, list[CaseResult]], n: int) -
                         "events_per_s": r.events_per_s,
                         "writes": r.burst.writes,
                         "out_of_order": r.out_of_order,
+                        "cpu_s": {"functions": r.cpu_functions_s, "nats_server": r.cpu_server_s},
                     }
                     for key, r in (("unordered", plain), ("ordered", keyed))
                 },
@@ -165,7 +175,8 @@ def _report(report: BenchReport, results: dict[str, list[CaseResult]], n: int) -
         f"Both in per-function process mode on one embedded nats-server, one warm-up burst each (excluded); ordered: "
         f'every function `order_by = "orderGuid"`, ORDERS in {PARTITIONS} partitions, one consumer per partition '
         "delivering one message at a time. Out of order: outbox writes of an event older than one already written "
-        "for the same order (read back from the buckets' streams).",
+        "for the same order (read back from the buckets' streams). CPU: user + system seconds over the burst "
+        "(/proc/PID/stat) of the function processes and of nats-server (the publisher's load is in the server's).",
     ]
     report.sections.append(Section(f"Per-key ordering: its cost ({n:,} orders)", "\n".join(lines)))
     report.details["ordering"] = {"orders": n, "partitions": PARTITIONS, "cases": details}
