@@ -47,7 +47,8 @@ class PartitionedFeed:
         self._inbox = nc.new_inbox()
         self._renew_at = [0.0] * len(consumers)  # when each lane's request is to be sent again
         self._ready: deque[Msg] = deque()
-        self._arrived = asyncio.Event()
+        # Workers waiting for a message, first come first served: an arrival wakes one, not all.
+        self._waiting: deque[asyncio.Future[None]] = deque()
         self._subscriptions: list[Subscription] = []
         self._watchdog: asyncio.Task[None] | None = None
         self._closed = False
@@ -76,7 +77,7 @@ class PartitionedFeed:
         status = msg.headers.get(H_STATUS) if msg.headers and not msg.data else None
         if status is None:
             self._ready.append(msg)
-            self._arrived.set()
+            self._wake_one()
             await self._request(lane)  # served once this message is settled, by whoever settles it
         elif status == HEARTBEAT:
             return
@@ -99,18 +100,27 @@ class PartitionedFeed:
                     except Exception as exc:  # connection closing: the next round, or close(), decides
                         log.debug("cannot renew a pull request: %r", exc)
 
+    def _wake_one(self) -> None:
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():  # else it gave up waiting (timed out)
+                waiter.set_result(None)
+                return
+
     async def fetch(self, batch: int, wait_s: float) -> list[Msg]:
-        """Up to `batch` messages that are here (at most one per lane); else the first within `wait_s`."""
-        if not self._ready:
-            self._arrived.clear()
+        """Up to `batch` messages that are here (at most one per lane); else the first within `wait_s`
+        ([] if none came, or another worker took it first)."""
+        ready = self._ready
+        if not ready:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiting.append(waiter)
             try:
-                await asyncio.wait_for(self._arrived.wait(), wait_s)
+                await asyncio.wait_for(waiter, wait_s)
             except TimeoutError:
                 return []
-        ready = self._ready
         taken = [ready.popleft() for _ in range(min(batch, len(ready)))]
-        if not ready:
-            self._arrived.clear()
+        if ready:
+            self._wake_one()  # more than this batch: for the next worker waiting
         return taken
 
     async def close(self) -> None:
