@@ -165,6 +165,12 @@ def _parser() -> argparse.ArgumentParser:
     publish.add_argument("--count", "-n", type=int, default=10, help="orders to generate (default: %(default)s)")
     publish.add_argument("--seed", type=int, default=1, help="generator seed (default: %(default)s)")
     publish.add_argument("--first-id", type=int, default=1, help="orderId of the first generated order")
+    publish.add_argument(
+        "--events-per-order",
+        type=int,
+        default=1,
+        help="events per generated order (created, amended..., cancelled; eventSeq 1..N); default: %(default)s",
+    )
     publish.add_argument("--file", type=Path, help="JSON Lines file: each line is published as it is (no generation)")
     publish.add_argument("--subject", help="(default: the manifest's entry subject, the trigger no function publishes to)")
     demo = command(
@@ -172,6 +178,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--orders", type=int, default=10_000, help="(default: %(default)s)")
     demo.add_argument("--seed", type=int, default=1)
+    demo.add_argument(
+        "--events-per-order", type=int, default=1, help="events per order (ordered pipelines; default: %(default)s)"
+    )
     demo.add_argument("--data-dir", type=Path, default=Path(".ebbtide/demo"), help="wiped at start (default: %(default)s)")
     processes_option(demo)
     bench = command(

@@ -21,6 +21,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
+from .broker.partitions import keyed_subject
 from .pool import FunctionPool
 from .scaler import ScalePolicy, Scaler
 from .status_reports import STATUS_REQUEST_SUBJECT, PoolStatus, encode_status, status_subject
@@ -28,6 +29,7 @@ from .status_reports import STATUS_REQUEST_SUBJECT, PoolStatus, encode_status, s
 log = logging.getLogger("ebbtide.controller")
 
 TICK_S = 0.05  # control interval while the pool is active
+LANES_PER_TICK = 4  # consumers of an ordered function whose lag one tick reads (each read costs the server ~0.15 ms of CPU)
 IDLE_REPORT_S = 5.0  # status report (and a lag check) interval while idle at zero
 
 
@@ -53,6 +55,8 @@ class PoolController:
         self._task: asyncio.Task[None] | None = None
         self._request_subscription: Subscription | None = None
         self._stopping = False
+        self._lane_lags = [0] * len(pool.consumers)  # the last lag read of each consumer (see _read_lag)
+        self._next_lane = 0
 
     async def start(self) -> None:
         await self.pool.set_instances(self.scaler.policy.min)
@@ -113,11 +117,14 @@ class PoolController:
         async def ring(_msg: Msg) -> None:
             bell.set()
 
-        subscription = await self._nc.subscribe(self.pool.function.trigger, cb=ring)
+        trigger = self.pool.function.trigger
+        subscriptions = [await self._nc.subscribe(trigger, cb=ring)]
+        if self.pool.function.order_by:  # keyed publishes: <trigger>.<key>
+            subscriptions.append(await self._nc.subscribe(keyed_subject(trigger, "*"), cb=ring))
         try:
             while True:
                 # Checked after subscribing, so a message published just before is not missed.
-                self.lag = await self._read_lag()
+                self.lag = await self._read_lag(every_lane=True)
                 if self.lag > 0:
                     break
                 if self.scaler.desired(lag=0, in_flight=0, current=0, now=time.monotonic()) > 0:
@@ -130,13 +137,25 @@ class PoolController:
                 except TimeoutError:
                     continue
         finally:
-            await subscription.unsubscribe()
+            for subscription in subscriptions:
+                await subscription.unsubscribe()
         self.wakeups += 1
         await self.pool.set_instances(self.scaler.wake(time.monotonic()))
 
-    async def _read_lag(self) -> int:
-        info = await self._js.consumer_info(self.pool.stream, self.pool.name)
-        return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+    async def _read_lag(self, every_lane: bool = False) -> int:
+        """The backlog of the function's consumers: an ordered function's partitions', summed. Those are read
+        LANES_PER_TICK at a time in turn (the others' last reading stands), so the requests per tick stay
+        few however many partitions there are; `every_lane`: all at once (waking from zero)."""
+        stream, consumers, lags = self.pool.stream, self.pool.consumers, self._lane_lags
+        if every_lane or len(consumers) <= LANES_PER_TICK:
+            lanes = list(range(len(consumers)))
+        else:
+            lanes = [(self._next_lane + i) % len(consumers) for i in range(LANES_PER_TICK)]
+            self._next_lane = (self._next_lane + LANES_PER_TICK) % len(consumers)
+        infos = await asyncio.gather(*(self._js.consumer_info(stream, consumers[lane]) for lane in lanes))
+        for lane, info in zip(lanes, infos):
+            lags[lane] = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+        return sum(lags)
 
     async def _report(self) -> None:
         pool = self.pool

@@ -12,12 +12,14 @@ from .broker.headers import (
     H_FAILED_AT,
     H_FIRST_FAILED_AT,
     H_FUNCTION,
+    H_ORDER_KEY,
     H_ORIGINAL_MSG_ID,
     H_ORIGINAL_SEQUENCE,
     H_ORIGINAL_SIZE,
     H_ORIGINAL_STREAM,
     H_ORIGINAL_SUBJECT,
     H_REASON,
+    H_SEQUENCE_BROKEN,
     header_lines_size,
 )
 
@@ -55,7 +57,10 @@ def dead_letter_headers(
     sequence: int,
     original_msg_id: str | None,
     first_failed_at: float | None = None,
+    order_key: str | None = None,
 ) -> dict[str, str]:
+    """`order_key`: the message's key when its function is ordered ("" without one): the dead letter then
+    says that the key's sequence goes on without it."""
     headers = {
         H_FUNCTION: function,
         H_REASON: reason.value,
@@ -70,6 +75,9 @@ def dead_letter_headers(
         headers[H_FIRST_FAILED_AT] = _timestamp(first_failed_at)
     if original_msg_id:
         headers[H_ORIGINAL_MSG_ID] = header_safe(original_msg_id)
+    if order_key is not None:
+        headers[H_ORDER_KEY] = order_key
+        headers[H_SEQUENCE_BROKEN] = "true"
     return headers
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from .broker.names import kv_subject
 from .errors import EffectRefused
 from .manifest import FunctionSection, subject_matches
+from .ordering import KeyedSubjects
 from .runtime.abi import Effect, KvPut, Publish
 
 KV_KEY = re.compile(r"^[-/_=.a-zA-Z0-9]+$")
@@ -27,8 +28,17 @@ class Outgoing:
 
 
 class Allowlist:
-    def __init__(self, publish: list[str], kv: list[str], max_effects: int = 64, max_effect_bytes: int = 1 << 20) -> None:
+    def __init__(
+        self,
+        publish: list[str],
+        kv: list[str],
+        max_effects: int = 64,
+        max_effect_bytes: int = 1 << 20,
+        keyed: KeyedSubjects | None = None,
+    ) -> None:
+        """`keyed`: the ordered functions' triggers, whose publishes get the payload's key appended."""
         self.publish = tuple(publish)
+        self.keyed = keyed or KeyedSubjects({})
         self.kv = frozenset(kv)
         self.max_effects = max_effects
         self.max_effect_bytes = max_effect_bytes
@@ -37,8 +47,10 @@ class Allowlist:
         self._checked_subjects: dict[str, str | None] = {}  # subject -> None (allowed) or why not
 
     @classmethod
-    def of(cls, function: FunctionSection) -> Allowlist:
-        return cls(function.publish, function.kv, function.limits.max_effects, function.limits.max_effect_bytes)
+    def of(cls, function: FunctionSection, ordered: dict[str, str] | None = None) -> Allowlist:
+        """`ordered`: trigger -> order_by field of the manifest's ordered functions (partitions.ordered_triggers)."""
+        limits = function.limits
+        return cls(function.publish, function.kv, limits.max_effects, limits.max_effect_bytes, KeyedSubjects(ordered or {}))
 
     def plan(self, effects: list[Effect]) -> list[Outgoing]:
         """The publishes that carry out `effects`; raises EffectRefused on the first one not allowed."""
@@ -58,6 +70,8 @@ class Allowlist:
                         self._checked_subjects[subject] = refusal
                 if refusal is not None:
                     raise EffectRefused(refusal)
+                if self.keyed:
+                    subject = self.keyed.subject_for(subject, effect.payload)
                 outgoing.append(Outgoing(subject, effect.payload))
             elif isinstance(effect, KvPut):
                 if effect.bucket not in self.kv:

@@ -31,6 +31,7 @@ from nats.aio.msg import Msg
 
 from .broker.delivery import Incoming, KeepAlive, parse_ack_subject
 from .broker.headers import H_ERROR, H_INGRESS_AT, H_MSG_ID, header_lines_size
+from .broker.partitions import key_of_stored_subject
 from .broker.publisher import ConfirmedPublisher, PubAck
 from .deadletter import Reason, dead_letter_headers, fit_payload
 from .errors import PublishError
@@ -298,6 +299,12 @@ class Executor:
                 self._first_failures.pop(next(iter(self._first_failures)))  # oldest first: dicts keep order
             self._first_failures[key] = time.time()
 
+    def _order_key(self, subject: str) -> str | None:
+        """The key of a message of an ordered function ("" for one published without a key), else None."""
+        if not self.function.order_by:
+            return None
+        return key_of_stored_subject(subject, self.function.trigger) or ""
+
     async def _dead_letter(self, incoming: Incoming, outcome: DeadLetter, trace: MessageTrace | None) -> _Pending:
         msg, delivery, reason = incoming.msg, incoming.delivery, outcome.reason
         first_failed_at = self._first_failures.pop((delivery.stream, delivery.sequence), None)
@@ -313,6 +320,7 @@ class Executor:
             sequence=delivery.sequence,
             original_msg_id=msg.headers.get(H_MSG_ID) if msg.headers else None,
             first_failed_at=first_failed_at,
+            order_key=self._order_key(msg.subject),
         )
         context = {"function": self.name, "stream": delivery.stream, "sequence": delivery.sequence, "reason": reason.value}
         if trace is not None:

@@ -76,6 +76,9 @@ class StreamSection(_Section, frozen=True):
     # messages it still stores, still knows its Nats-Msg-Id: it must be at least duplicate_window_s. A
     # message no function handled within max_age_s is removed unhandled: keep it longer than any outage.
     max_age_s: NonNegativeFloat = 0.0
+    # Partitions of the ordered functions' triggers in this stream (functions.X.order_by): how many keys
+    # can be worked on at once. Fixed: changing it needs a drained stream (see README: Ordering by key).
+    partitions: Annotated[int, Meta(ge=1, le=1024)] = 16
 
 
 class KvSection(_Section, frozen=True):
@@ -135,6 +138,10 @@ WasiGrant = Literal["clock", "random"]
 class FunctionSection(_Section, frozen=True):
     module: Name
     trigger: Subject  # subject of the function's durable pull consumer
+    # Per-key ordering: the JSON field of the payload whose value is the key (e.g. "orderGuid"). Messages of
+    # one key are handled one at a time in stream order; publishers send them to `<trigger>.<key>` (a
+    # function's effects get the key appended by the host). Empty: no ordering (the fastest).
+    order_by: Annotated[str, Meta(pattern=r"^([A-Za-z_][A-Za-z0-9_]{0,63})?$")] = ""
     # Hex SHA-256 of the built module; when set, a module with any other digest is refused before loading.
     sha256: Annotated[str, Meta(pattern=r"^[0-9a-fA-F]{64}$")] | None = None
     # WASI functions the guest may import, by group; none by default. Filesystem, environment, arguments,
@@ -309,8 +316,36 @@ def _check_references(loaded: LoadedManifest) -> list[str]:
             problems.append(f"{key}.scale.min: {fn.scale.min} is greater than scale.max {fn.scale.max}")
         if not fn.retry.backoff_ms:
             problems.append(f"{key}.retry.backoff_ms: give at least one delay")
-        if fn.batch > fn.max_ack_pending:
+        if fn.batch > fn.max_ack_pending and not fn.order_by:  # ordered: one message per partition at a time
             problems.append(f"{key}.batch: {fn.batch} is greater than max_ack_pending {fn.max_ack_pending}")
+    problems += _check_ordering(loaded)
+    return problems
+
+
+def _check_ordering(loaded: LoadedManifest) -> list[str]:
+    """Ordered triggers must share their stream's one subject transform, and it must catch no other trigger."""
+    from .broker.partitions import ordered_triggers, stream_transform
+
+    problems: list[str] = []
+    spec = loaded.spec
+    for stream_name in spec.streams:
+        try:
+            ordered = ordered_triggers(loaded, stream_name)
+        except ManifestError:
+            return problems  # a trigger no stream captures: reported above
+        if not ordered:
+            continue
+        try:
+            src, _ = stream_transform(sorted(ordered), spec.streams[stream_name].partitions)
+        except ValueError as exc:
+            problems.append(f"functions.*.order_by: streams.{stream_name}: {exc}")
+            continue
+        for name, fn in spec.functions.items():
+            if fn.trigger not in ordered and (subject_matches(src, fn.trigger) or subject_matches(fn.trigger, src)):
+                problems.append(
+                    f"functions.{name}.trigger: {fn.trigger!r} is caught by stream {stream_name}'s partitioning of "
+                    f"ordered subjects ({src}); give it another subject or order it too"
+                )
     return problems
 
 

@@ -20,6 +20,8 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
 from .broker.delivery import Incoming, KeepAlive, nak_all
+from .broker.partitioned_pull import PartitionedFeed, SharedFeed
+from .broker.partitions import consumer_names, ordered_triggers
 from .broker.publisher import ConfirmedPublisher
 from .broker.pull import PullConsumer
 from .effects import Allowlist
@@ -89,8 +91,9 @@ class FunctionPool:
         self.module = self.load_module()
         self.limits = GuestLimits(memory_bytes=fn.limits.memory_mib * MIB, fuel=fn.limits.fuel)
         self.config_json = manifest.config_json(name)
-        self.allowlist = Allowlist.of(fn)
+        self.allowlist = Allowlist.of(fn, ordered_triggers(manifest))
         self.stream = manifest.stream_for(fn.trigger)
+        self.consumers = consumer_names(manifest, name)  # its own; an ordered function's partitions first
         self.stats = PoolStats()
         self.in_flight = 0  # messages fetched and not yet settled
         self.executor = Executor(
@@ -102,7 +105,8 @@ class FunctionPool:
             _message_tracer(tracer, name) if tracer is not None else None,
         )
         self._nc = nc
-        self._open_consumer = open_consumer or self._pull_consumer
+        self._open_consumer = open_consumer or (self._ordered_consumer if fn.order_by else self._pull_consumer)
+        self._ordered_feed = SharedFeed(self._open_ordered_feed)  # the workers of an ordered function share it
         self._workers: list[_Worker] = []
         self._subject_bytes: dict[str, bytes] = {}
         self.rollout: RolloutRun | None = None  # set and cleared by the host's rollout follower
@@ -116,6 +120,13 @@ class FunctionPool:
     async def _pull_consumer(self) -> Consumer:
         assert self._nc is not None, "a pool without a NATS connection needs open_consumer"
         return await PullConsumer(self._nc, self.stream, self.name).start()
+
+    async def _ordered_consumer(self) -> Consumer:
+        return await self._ordered_feed.view()
+
+    async def _open_ordered_feed(self) -> PartitionedFeed:
+        assert self._nc is not None, "a pool without a NATS connection needs open_consumer"
+        return await PartitionedFeed(self._nc, self.stream, self.consumers).start()
 
     # -- instances -------------------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from .errors import JetStreamError
 
 class StreamState(msgspec.Struct):
     messages: int = 0
+    last_seq: int = 0  # of a KV bucket's stream: the writes it stored (nothing is deleted but by a rewrite)
     last_ts: datetime | None = None  # when the newest message was stored (server clock)
 
 

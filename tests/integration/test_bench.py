@@ -14,6 +14,7 @@ from nats.aio.client import Client as NatsClient
 from ebbtide.broker import EmbeddedNats, provision
 from ebbtide.manifest import LoadedManifest
 from ebbtide.workload.bench import SCENARIOS, BenchOptions, run_bench
+from ebbtide.workload.bench.ordering import CASES as ORDERING_CASES
 from ebbtide.workload.orders import INGRESS_SUBJECT, encode_order, generate_orders
 from tests.conftest import read_stream
 
@@ -76,7 +77,14 @@ async def test_quick_bench_completes_with_sane_figures(reference_manifest: Loade
         for name in ("p99_ms", "backlog", "rss_mib"):
             assert math.isfinite(run["trend"][name]["slope_per_min"]), (label, name)
         assert all(Path(chart).exists() for chart in run["charts"]), label
+    ordering = saved["details"]["ordering"]
+    assert [case["case"] for case in ordering["cases"]] == [case.name for case in ORDERING_CASES]
+    for case in ordering["cases"]:
+        for key in ("unordered", "ordered"):
+            assert case[key]["writes"] == case["events"] and case[key]["wall_s"] > 0, (case, key)
+        assert case["ordered"]["out_of_order"] == 0, case
     markdown = report.markdown()
+    assert "Per-key ordering: its cost" in markdown
     assert "ZEISS burst, side by side" in markdown and "Sustained load" in markdown
     assert markdown.index("ZEISS burst, side by side") < markdown.index("Sustained load")
 

@@ -97,7 +97,7 @@ class PublishStats:
 
 async def publish_reliably(
     nc: NatsClient,
-    subject: str,
+    subject: str | Callable[[bytes], str],
     messages: Sequence[tuple[bytes, str]],
     *,
     spread_s: float = 0.0,
@@ -114,6 +114,7 @@ async def publish_reliably(
     in `chunks` chunks, so a fault can be injected while publishing is under way; `after_send` runs
     after each first-pass chunk is sent and before its confirmations are awaited (a fault injected
     there hits publishes in flight). Fails the test if anything is still unconfirmed after `deadline_s`.
+    `subject`: one for all, or each payload's (an ordered entry's keyed subject).
     """
     stats = stats or PublishStats()
     stats.messages = len(messages)
@@ -128,7 +129,7 @@ async def publish_reliably(
             payload, msg_id = messages[i]
             attempts[i] += 1
             stats.attempts += 1
-            futures.append(await publisher.publish(subject, payload, msg_id))
+            futures.append(await publisher.publish(subject if isinstance(subject, str) else subject(payload), payload, msg_id))
         if hook is not None:
             await hook()
         failed = []

@@ -30,6 +30,8 @@ def test_header_names_are_the_documented_ones() -> None:
         "H_FAILED_AT": "Ebbtide-Failed-At",
         "H_FIRST_FAILED_AT": "Ebbtide-First-Failed-At",
         "H_ORIGINAL_SIZE": "Ebbtide-Original-Size",
+        "H_ORDER_KEY": "Ebbtide-Order-Key",
+        "H_SEQUENCE_BROKEN": "Ebbtide-Sequence-Broken",
         "H_REDRIVEN_FROM": "Ebbtide-Redriven-From",
     }
 

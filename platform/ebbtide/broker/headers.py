@@ -48,6 +48,10 @@ H_FAILED_AT = "Ebbtide-Failed-At"
 H_FIRST_FAILED_AT = "Ebbtide-First-Failed-At"
 #: The payload's original size, set only when the stored payload was cut to fit the server's max_payload.
 H_ORIGINAL_SIZE = "Ebbtide-Original-Size"
+#: On a dead letter of an ordered function (functions.X.order_by): the message's key ("" for a message
+#: published without one), and `H_SEQUENCE_BROKEN: true`: the key's later messages went on without it.
+H_ORDER_KEY = "Ebbtide-Order-Key"
+H_SEQUENCE_BROKEN = "Ebbtide-Sequence-Broken"
 
 # -- on a redriven message (see dlq.py) ----------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from ..manifest import LoadedManifest, subject_matches
 from .connection import connect
 from .credentials import NatsAuth
 from .names import MODULES_BUCKET, MODULES_STREAM, ROLLOUTS_BUCKET, SHADOW_STREAM, SHADOW_SUBJECT_PREFIX, kv_stream_name
+from .partitions import lanes, stream_transform_of
 
 ERR_STREAM_NAME_IN_USE = 10058
 ERR_STREAM_NOT_FOUND = 10059
@@ -34,7 +35,17 @@ async def ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None:
     except BadRequestError as exc:
         if exc.err_code != ERR_STREAM_NAME_IN_USE:
             raise
-        existing = api.RetentionPolicy((await js.stream_info(str(config.name))).config.retention or "limits")
+        on_server = (await js.stream_info(str(config.name))).config
+        existing = api.RetentionPolicy(on_server.retention or "limits")
+        had, wants = on_server.subject_transform, config.subject_transform
+        if had is not None and (wants is None or (had.src, had.dest) != (wants.src, wants.dest)):
+            # Partitioned messages stored under the old layout would no longer match any partition's consumer.
+            raise RunError(
+                f"stream {config.name} partitions ordered subjects as {had.src} -> {had.dest} on the server, and the "
+                f"manifest wants {f'{wants.src} -> {wants.dest}' if wants else 'no partitioning'} (streams.{config.name}."
+                f"partitions, functions.*.order_by): let the functions drain it (`ebbtide top`: backlog 0), delete it "
+                f"(`nats stream rm {config.name}`), then run `ebbtide provision` again"
+            ) from None
         wanted = api.RetentionPolicy(config.retention or "limits")
         if existing != wanted and api.RetentionPolicy.WORK_QUEUE in (existing, wanted):
             # The server refuses this update with a bare "can not change retention policy": say what to do.
@@ -58,6 +69,7 @@ def stream_configs(manifest: LoadedManifest) -> list[api.StreamConfig]:
             num_replicas=stream.replicas,
             duplicate_window=stream.duplicate_window_s,
             max_age=stream.max_age_s,
+            subject_transform=_subject_transform(manifest, name),
         )
         for name, stream in spec.streams.items()
     ]
@@ -139,20 +151,36 @@ def rollout_stream_configs(manifest: LoadedManifest) -> list[api.StreamConfig]:
     ]
 
 
-def consumer_config(manifest: LoadedManifest, function: str) -> api.ConsumerConfig:
+def _subject_transform(manifest: LoadedManifest, stream: str) -> api.SubjectTransform | None:
+    """Ordered functions' keyed subjects stored with their partition (broker/partitions.py)."""
+    transform = stream_transform_of(manifest, stream)
+    return api.SubjectTransform(src=transform[0], dest=transform[1]) if transform is not None else None
+
+
+def consumer_configs(manifest: LoadedManifest, function: str) -> list[api.ConsumerConfig]:
+    """The durable consumers a function reads: its own; when ordered, also one per partition (see
+    broker/partitions.py), each delivering one message at a time."""
     fn = manifest.function(function)
-    return api.ConsumerConfig(
-        name=function,
-        durable_name=function,
-        filter_subject=fn.trigger,
-        ack_policy=api.AckPolicy.EXPLICIT,
-        ack_wait=fn.ack_wait_s,
-        # The host counts deliveries and dead-letters after retry.max_deliver; the server must never
-        # stop redelivering on its own, or a message would be dropped without a dead letter.
-        max_deliver=-1,
-        max_ack_pending=fn.max_ack_pending,
-        deliver_policy=api.DeliverPolicy.ALL,
-    )
+    return [
+        api.ConsumerConfig(
+            name=lane.consumer,
+            durable_name=lane.consumer,
+            filter_subject=lane.filter_subject,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            ack_wait=fn.ack_wait_s,
+            # The host counts deliveries and dead-letters after retry.max_deliver; the server must never
+            # stop redelivering on its own, or a message would be dropped without a dead letter.
+            max_deliver=-1,
+            max_ack_pending=1 if fn.order_by else fn.max_ack_pending,
+            deliver_policy=api.DeliverPolicy.ALL,
+        )
+        for lane in lanes(manifest, function)
+    ]
+
+
+def consumer_config(manifest: LoadedManifest, function: str) -> api.ConsumerConfig:
+    """The function's own durable consumer (named after it; KEDA's trigger names it)."""
+    return consumer_configs(manifest, function)[-1]
 
 
 def streams_needed(manifest: LoadedManifest, functions: list[str]) -> list[str]:
@@ -183,7 +211,8 @@ async def provision(js: JetStreamContext, manifest: LoadedManifest, functions: l
         await _ensure_rollout_stream(js, config)
     for function in names:
         stream = manifest.stream_for(manifest.function(function).trigger)
-        await js.add_consumer(stream, consumer_config(manifest, function))
+        for consumer in consumer_configs(manifest, function):
+            await js.add_consumer(stream, consumer)
 
 
 async def _ensure_rollout_stream(js: JetStreamContext, config: api.StreamConfig) -> None:
@@ -214,8 +243,9 @@ async def provision_server(url: str, manifest: LoadedManifest, auth: NatsAuth, g
 async def missing_provisioning(js: JetStreamContext, manifest: LoadedManifest, function: str) -> str | None:
     """Why this function cannot start yet (its stream or durable consumer does not exist), or None.
 
-    Provisioning creates every stream before any consumer, so the consumer's existence is the sign that
-    it has run; that check needs only the consumer info the function reads for its lag anyway.
+    Provisioning creates every stream before any consumer, and a function's own consumer after its
+    partitions' (ordered functions), so its existence is the sign that it has run; that check needs only
+    the consumer info the function reads for its lag anyway.
     """
     stream = manifest.stream_for(manifest.function(function).trigger)
     try:

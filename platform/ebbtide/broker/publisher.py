@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import msgspec
 import nats
@@ -128,13 +128,16 @@ class ConfirmedPublisher:
 
 async def publish_all(
     publisher: ConfirmedPublisher,
-    subject: str,
+    subject: str | Callable[[bytes], str],
     messages: Iterable[tuple[bytes, str | None]],
     *,
     window: int = 2000,
     timeout: float = 10.0,
 ) -> tuple[int, list[PublishError]]:
-    """Publish (payload, msg_id) pairs with up to `window` unconfirmed at once; (confirmed, errors)."""
+    """Publish (payload, msg_id) pairs with up to `window` unconfirmed at once; (confirmed, errors).
+
+    `subject`: one for all, or the subject of each payload (an ordered entry's `<trigger>.<key>`)."""
+    fixed = subject if isinstance(subject, str) else None
     confirmed = 0
     errors: list[PublishError] = []
     in_flight: list[asyncio.Future[PubAck]] = []
@@ -149,7 +152,8 @@ async def publish_all(
         in_flight.clear()
 
     for payload, msg_id in messages:
-        in_flight.append(await publisher.publish(subject, payload, msg_id))
+        to = fixed if fixed is not None else subject(payload)  # type: ignore[operator]
+        in_flight.append(await publisher.publish(to, payload, msg_id))
         if len(in_flight) >= window:
             await drain()
     await drain()

@@ -122,11 +122,13 @@ class PullConsumer:
             self._subscription = None
         leftovers, self._arrived = self._arrived, []
         if connected:
-            await asyncio.gather(*(self._hand_back(msg) for msg in leftovers))
+            await asyncio.gather(*(hand_back(self._nc, msg) for msg in leftovers))
         # else the server redelivers them after the ack wait
 
-    async def _hand_back(self, msg: Msg) -> None:
-        try:
-            await self._nc.request(msg.reply, NAK, timeout=NAK_CONFIRM_S)  # the server answers once it is done
-        except Exception:
-            pass  # connection gone or no answer: the server redelivers after the ack wait
+
+async def hand_back(nc: NatsClient, msg: Msg) -> None:
+    """Nak `msg` for redelivery at once, and wait until the server confirms it."""
+    try:
+        await nc.request(msg.reply, NAK, timeout=NAK_CONFIRM_S)  # the server answers once it is done
+    except Exception:
+        pass  # connection gone or no answer: the server redelivers after the ack wait

@@ -35,6 +35,7 @@ from ..manifest import LoadedManifest, subject_matches
 from ..status_reports import STATUS_REQUEST_SUBJECT, STATUS_SUBJECT_PREFIX
 from .credentials import NatsAuth
 from .names import MODULES_STREAM, ROLLOUTS_BUCKET, SHADOW_STREAM, SHADOW_SUBJECT_PREFIX, kv_stream_name
+from .partitions import consumer_names, keyed_subject, ordered_triggers
 
 ADMIN_USER = "admin"
 INGRESS_USER = "ingress"
@@ -62,18 +63,24 @@ def inbox_prefix(function: str) -> str:
 def function_permissions(manifest: LoadedManifest, function: str) -> Permissions:
     """The hot path and nothing more: no `$JS.API` subject but its own consumer's info and pull requests."""
     fn = manifest.function(function)
-    consumer = f"{manifest.stream_for(fn.trigger)}.{function}"
-    publish = [
-        f"{JS_API}.CONSUMER.INFO.{consumer}",  # the lag, and whether provisioning has created it yet
-        f"{JS_API}.CONSUMER.MSG.NEXT.{consumer}",
-        f"$JS.ACK.{consumer}.>",  # ack, nak, in-progress of its own messages only
-        *fn.publish,
+    stream = manifest.stream_for(fn.trigger)
+    publish: list[str] = []
+    for name in consumer_names(manifest, function):  # its own; an ordered function's partitions too
+        consumer = f"{stream}.{name}"
+        publish += [
+            f"{JS_API}.CONSUMER.INFO.{consumer}",  # the lag, and whether provisioning has created it yet
+            f"{JS_API}.CONSUMER.MSG.NEXT.{consumer}",
+            f"$JS.ACK.{consumer}.>",  # ack, nak, in-progress of its own messages only
+        ]
+    publish += [
+        *with_keyed_subjects(manifest, fn.publish),
         *(f"$KV.{bucket}.>" for bucket in fn.kv),
         manifest.dead_letter_subject(function),
         f"{STATUS_SUBJECT_PREFIX}.{function}",
         *rollout_publish(function),
     ]
-    subscribe = [f"{inbox_prefix(function)}.>", fn.trigger, STATUS_REQUEST_SUBJECT]  # trigger: the wake-up bell
+    # trigger: the wake-up bell (and its keyed subjects, when ordered)
+    subscribe = [f"{inbox_prefix(function)}.>", *with_keyed_subjects(manifest, [fn.trigger]), STATUS_REQUEST_SUBJECT]
     return Permissions(publish, subscribe)
 
 
@@ -92,6 +99,16 @@ def rollout_publish(function: str) -> list[str]:
         f"$KV.{ROLLOUTS_BUCKET}.{function}",
         f"{SHADOW_SUBJECT_PREFIX}.{function}.>",
     ]
+
+
+def with_keyed_subjects(manifest: LoadedManifest, subjects: list[str]) -> list[str]:
+    """`subjects`, each ordered trigger among them followed by its keyed form `<trigger>.*`."""
+    ordered = ordered_triggers(manifest)
+    out: list[str] = []
+    for subject in subjects:
+        out.append(subject)
+        out += [keyed_subject(t, "*") for t in ordered if subject_matches(subject, t)]
+    return out
 
 
 def observer_permissions(manifest: LoadedManifest) -> Permissions:
@@ -121,7 +138,8 @@ def ingress_subjects(manifest: LoadedManifest) -> list[str]:
 
 
 def ingress_permissions(manifest: LoadedManifest) -> Permissions:
-    return Permissions(publish=ingress_subjects(manifest), subscribe=["_INBOX.>"])
+    """The entry subjects; an ordered one also with a key (`<trigger>.<key>`)."""
+    return Permissions(publish=with_keyed_subjects(manifest, ingress_subjects(manifest)), subscribe=["_INBOX.>"])
 
 
 @dataclass(frozen=True)

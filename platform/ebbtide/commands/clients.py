@@ -22,7 +22,7 @@ from .. import dlq_admin, outbox
 from ..broker import ConfirmedPublisher, connect, publish_all
 from ..broker.access import ServerAccess, client_access
 from ..broker.users import ingress_subjects
-from ..errors import OutboxError, UsageError
+from ..errors import EffectRefused, OutboxError, UsageError
 from ..exit_codes import EXIT_FAILURE
 from ..manifest import LoadedManifest
 from ..status_reports import STATUS_REQUEST_SUBJECT, STATUS_SUBJECT_PREFIX, decode_status
@@ -32,10 +32,13 @@ log = logging.getLogger("ebbtide")
 
 
 def publish_command(args: argparse.Namespace, manifest: LoadedManifest) -> int:
-    from ..workload.orders import encode_order, generate_orders
+    from ..ordering import entry_subject
+    from ..workload.orders import encode_order, event_msg_id, generate_order_events, generate_orders
 
     server = client_access(manifest, args.nats_url)
     subject = args.subject or _entry_subject(manifest)
+    # An ordered entry (its function has order_by) takes each message on <subject>.<key>.
+    subject_of = entry_subject(manifest, subject)
     if args.file is not None:
         try:
             lines = [line for line in args.file.read_bytes().splitlines() if line.strip()]
@@ -47,14 +50,27 @@ def publish_command(args: argparse.Namespace, manifest: LoadedManifest) -> int:
     else:
         if args.count < 1:
             raise UsageError("--count must be at least 1")
-        messages = [(encode_order(o), o.order_guid) for o in generate_orders(args.count, args.seed, args.first_id)]
+        if args.events_per_order < 1:
+            raise UsageError("--events-per-order must be at least 1")
+        if args.events_per_order == 1:
+            messages = [(encode_order(o), o.order_guid) for o in generate_orders(args.count, args.seed, args.first_id)]
+        else:
+            events = generate_order_events(args.count, args.events_per_order, args.seed, args.first_id)
+            messages = [(encode_order(e), event_msg_id(e)) for e in events]
+    if callable(subject_of):
+        for number, (payload, _) in enumerate(messages, 1):
+            try:
+                subject_of(payload)
+            except EffectRefused as exc:
+                where = f"{args.file}:{number}" if args.file is not None else f"message {number}"
+                raise UsageError(f"{where}: {subject} is ordered and {exc}") from None
 
     async def publish() -> int:
         nc = await client_connect(server, "ebbtide-publish")
         try:
             publisher = ConfirmedPublisher(nc)
             await publisher.start()
-            confirmed, errors = await publish_all(publisher, subject, messages)
+            confirmed, errors = await publish_all(publisher, subject_of, messages)
         finally:
             await nc.drain()
         print(f"published {confirmed} message(s) to {subject} on {server.url}")

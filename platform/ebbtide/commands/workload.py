@@ -38,6 +38,10 @@ def demo_command(args: argparse.Namespace, manifest: LoadedManifest) -> int:
         raise UsageError("--orders must be at least 1")
     from ..workload.demo import print_summary, run_demo
 
-    result = uvloop.run(run_demo(manifest, args.orders, args.seed, args.data_dir, args.processes))
+    if args.events_per_order < 1:
+        raise UsageError("--events-per-order must be at least 1")
+    result = uvloop.run(
+        run_demo(manifest, args.orders, args.seed, args.data_dir, args.processes, events_per_order=args.events_per_order)
+    )
     print_summary(result)
     return 0 if result.complete else EXIT_FAILURE

@@ -14,22 +14,24 @@ from ..broker.access import embedded_server
 from ..build import build_modules
 from ..launch import ProcessMode, running
 from ..manifest import LoadedManifest
+from ..ordering import entry_subject
 from ..status_reports import STATUS_SUBJECT_PREFIX, decode_status
 from ..stream_state import stream_state
 from ..timeseries import TimeSeries
 from .charts import write_scaling_chart
-from .orders import INGRESS_SUBJECT, encode_order, generate_orders
+from .orders import INGRESS_SUBJECT, encode_order, event_msg_id, generate_order_events, generate_orders
 
 
 @dataclass
 class DemoResult:
     orders: int
     published: int
-    outbox: dict[str, int]  # bucket -> entries
+    outbox: dict[str, int]  # bucket -> entries (writes, with several events per order)
     dead_letters: int
     wall_s: float  # first publish -> last outbox write (server time of the write)
     expected: dict[str, int]  # bucket -> entries the generated orders should produce
     chart: Path  # SVG of backlog and instances over time, per function
+    events_per_order: int = 1
 
     @property
     def complete(self) -> bool:
@@ -41,16 +43,30 @@ class DemoResult:
 
 
 async def run_demo(
-    manifest: LoadedManifest, orders: int, seed: int, data_dir: Path, mode: ProcessMode, timeout: float = 120.0
+    manifest: LoadedManifest,
+    orders: int,
+    seed: int,
+    data_dir: Path,
+    mode: ProcessMode,
+    timeout: float = 120.0,
+    events_per_order: int = 1,
 ) -> DemoResult:
+    """With `events_per_order` > 1, each order's events (created, amended..., cancelled) are published on
+    the entry's keyed subject when it is ordered, and the outboxes are counted in writes (one per event)."""
     build_modules(manifest)
     shutil.rmtree(data_dir, ignore_errors=True)  # every demo starts from empty streams
-    generated = generate_orders(orders, seed=seed)
     buckets = {"Express": "outbox-express", "Standard": "outbox-standard"}
     expected = {bucket: 0 for bucket in manifest.spec.kv}
+    if events_per_order == 1:
+        generated = generate_orders(orders, seed=seed)
+        payloads = [(encode_order(order), order.order_guid) for order in generated]
+    else:
+        events = generate_order_events(orders, events_per_order, seed=seed)
+        generated, payloads = list(events), [(encode_order(event), event_msg_id(event)) for event in events]
     for order in generated:
         expected[buckets[order.delivery]] += 1
-    payloads = [(encode_order(order), order.order_guid) for order in generated]
+    subject = entry_subject(manifest, INGRESS_SUBJECT)
+    count_writes = events_per_order > 1
     functions = list(manifest.spec.functions)
 
     with embedded_server(manifest, data_dir / "nats", port=0, monitor_port=0) as (server, access):
@@ -72,11 +88,12 @@ async def run_demo(
                 print(f"embedded nats-server at {server.url}; functions ({mode} process mode): {', '.join(functions)}")
                 publisher = ConfirmedPublisher(nc)
                 await publisher.start()
-                print(f"publishing {orders} orders to {INGRESS_SUBJECT} ...")
+                what = f"{orders} orders" + (f" x {events_per_order} events" if events_per_order > 1 else "")
+                print(f"publishing {what} to {INGRESS_SUBJECT}{'.<key>' if callable(subject) else ''} ...")
                 started = time.time()
                 series.start = started
-                publishing = asyncio.create_task(publish_all(publisher, INGRESS_SUBJECT, payloads))
-                outbox, dead = await _watch(nc, manifest, sum(expected.values()), started, timeout)
+                publishing = asyncio.create_task(publish_all(publisher, subject, payloads))
+                outbox, dead = await _watch(nc, manifest, sum(expected.values()), started, timeout, count_writes)
                 published, errors = await publishing
                 if errors:
                     print(f"{len(errors)} publishes failed, first: {errors[0]}", file=sys.stderr)
@@ -89,7 +106,7 @@ async def run_demo(
         series.series(), data_dir / "scaling.svg", title=f"ebbtide demo: {orders} orders, {mode} process mode"
     )
     (data_dir / "scaling.json").write_bytes(series.to_json())
-    return DemoResult(orders, published, outbox, dead, max(last_write - started, 0.0), expected, chart)
+    return DemoResult(orders, published, outbox, dead, max(last_write - started, 0.0), expected, chart, events_per_order)
 
 
 async def _until_drained(series: TimeSeries, functions: list[str], timeout: float) -> None:
@@ -102,12 +119,16 @@ async def _until_drained(series: TimeSeries, functions: list[str], timeout: floa
         await asyncio.sleep(0.1)
 
 
-async def _watch(nc, manifest: LoadedManifest, total: int, started: float, timeout: float) -> tuple[dict[str, int], int]:
-    """Show progress until every order is in an outbox (or dead-lettered), or the timeout."""
+async def _watch(
+    nc, manifest: LoadedManifest, total: int, started: float, timeout: float, count_writes: bool = False
+) -> tuple[dict[str, int], int]:
+    """Show progress until every order is in an outbox (or dead-lettered), or the timeout. `count_writes`:
+    count an outbox's writes (every event of an order), not its entries."""
     live = sys.stdout.isatty()
     last_print = 0.0
     while True:
-        outbox = {b: (await stream_state(nc, kv_stream_name(b))).messages for b in manifest.spec.kv}
+        states = {b: await stream_state(nc, kv_stream_name(b)) for b in manifest.spec.kv}
+        outbox = {b: state.last_seq if count_writes else state.messages for b, state in states.items()}
         dead = (await stream_state(nc, manifest.spec.dead_letter.stream)).messages
         done = sum(outbox.values()) + dead
         now = time.time()
@@ -123,11 +144,17 @@ async def _watch(nc, manifest: LoadedManifest, total: int, started: float, timeo
 
 def print_summary(result: DemoResult) -> None:
     print()
-    print(f"orders published     {result.published} / {result.orders}")
+    events = result.events_per_order
+    print(
+        f"orders published     {result.published} / {result.orders}"
+        if events == 1
+        else f"events published     {result.published} / {result.orders * events} ({result.orders} orders x {events})"
+    )
     for bucket, count in result.outbox.items():
         print(f"{bucket:<20} {count} (expected {result.expected[bucket]})")
     print(f"dead letters         {result.dead_letters}")
     print(f"wall time            {result.wall_s:.3f} s (first publish -> last outbox write)")
-    print(f"throughput           {result.orders_per_s:,.0f} orders/s")
+    print(f"throughput           {result.orders_per_s:,.0f} {'orders' if events == 1 else 'events'}/s")
     print(f"scaling chart        {result.chart}")
-    print("result               " + ("OK: every order is in its outbox exactly once" if result.complete else "INCOMPLETE"))
+    done = "every order is in its outbox exactly once" if events == 1 else "every event written to its order's outbox once"
+    print("result               " + (f"OK: {done}" if result.complete else "INCOMPLETE"))

@@ -59,3 +59,50 @@ def generate_orders(count: int, seed: int = 1, first_id: int = 1, express_share:
             )
         )
     return orders
+
+
+class OrderEvent(Order, rename="camel", frozen=True):
+    """One event in an order's life: the order as it stands after it, and where it falls in the order's
+    sequence (eventSeq 1, 2, ...). Stored as is, the outbox entry of an order is its latest event's state."""
+
+    event: Literal["created", "amended", "cancelled"]
+    event_seq: int
+
+
+def event_name(event_seq: int, events: int) -> Literal["created", "amended", "cancelled"]:
+    if event_seq == 1:
+        return "created"
+    return "cancelled" if event_seq == events else "amended"
+
+
+def generate_order_events(
+    count: int, events_per_order: int, seed: int = 1, first_id: int = 1, hot_share: float = 0.0
+) -> list[OrderEvent]:
+    """The events of `count` orders, `events_per_order` each (created, amended..., cancelled), in publish
+    order: the orders interleaved at random, each order's events in their sequence. `hot_share` > 0 gives
+    the first order that share of all events (a hot key: the skew case of the bench)."""
+    if events_per_order < 1:
+        raise ValueError("events_per_order must be at least 1")
+    orders = generate_orders(count, seed, first_id)
+    per_order = [events_per_order] * count
+    if hot_share > 0 and count > 1:
+        others = (count - 1) * events_per_order
+        per_order[0] = max(events_per_order, round(hot_share * others / (1 - hot_share)))
+    rng = random.Random(seed + 1)
+    slots = [i for i, n in enumerate(per_order) for _ in range(n)]
+    rng.shuffle(slots)
+    seen = [0] * count
+    events = []
+    for i in slots:
+        seen[i] += 1
+        order = orders[i]
+        quantity_change = 0 if seen[i] == 1 else seen[i]
+        items = [msgspec.structs.replace(item, quantity=item.quantity + quantity_change) for item in order.items]
+        fields = {f: getattr(order, f) for f in order.__struct_fields__ if f != "items"}
+        events.append(OrderEvent(**fields, items=items, event=event_name(seen[i], per_order[i]), event_seq=seen[i]))
+    return events
+
+
+def event_msg_id(event: OrderEvent) -> str:
+    """An event's Nats-Msg-Id: publishing it twice within the duplicate window stores it once."""
+    return f"{event.order_guid}:{event.event_seq}"

@@ -11,6 +11,8 @@ Scenarios (pick with --scenario; --quick shrinks every size so the whole run tak
 - burst:     the ZEISS burst side by side: ebbtide (default and fastest configuration), FastStream and a raw
              nats-py pass-through (the limit), on one embedded nats-server, with repeats (burst.py)
 - sustained: fixed publish rates for a while, latency per window, backlog and RSS over time (sustained.py)
+- ordering:  the burst with and without per-key ordering side by side, 3 events per order, and one hot
+             key holding 30 % of the events (ordering.py)
 
 All figures come from one run on one machine, with warm-up excluded where stated.
 """
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-SCENARIOS = ("host", "memory", "replica", "scale", "tracing", "shadow", "burst", "sustained")
+SCENARIOS = ("host", "memory", "replica", "scale", "tracing", "shadow", "burst", "sustained", "ordering")
 
 __all__ = ["SCENARIOS", "BenchOptions", "BenchReport", "Figure", "Section", "run_bench"]
 

@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import api
 
 from ...broker import ConfirmedPublisher, kv_stream_name, provision, publish_all
+from ...broker.partitions import consumer_names
 from ...manifest import LoadedManifest
+from ...ordering import entry_subject
 from ...stream_state import stream_state
-from ..orders import INGRESS_SUBJECT, Order, encode_order
+from ..orders import INGRESS_SUBJECT, Order, OrderEvent, encode_order, event_msg_id
 from .stats import latencies_ms
 
 
@@ -57,7 +60,11 @@ class Harness:
         self.js = nc.jetstream()
         self.manifest = manifest
         self.buckets = list(manifest.spec.kv)
-        self.consumers = [(manifest.stream_for(fn.trigger), name) for name, fn in manifest.spec.functions.items()]
+        self.consumers = [
+            (manifest.stream_for(fn.trigger), consumer)
+            for name, fn in manifest.spec.functions.items()
+            for consumer in consumer_names(manifest, name)  # an ordered function's partitions too
+        ]
         self.publisher = ConfirmedPublisher(nc)
 
     async def reset(self) -> None:
@@ -100,8 +107,14 @@ class Harness:
         return writes, now[dlq] - before[dlq]
 
     async def burst(self, orders: Sequence[Order], tag: str, timeout: float = 120.0) -> BurstResult:
-        """Publish every order at once (ids made unique by `tag`), wait until all are stored, read the times."""
-        payloads = [(str(o.order_id), encode_order(o), f"{o.order_guid}:{tag}") for o in orders]
+        """Publish every order at once (ids made unique by `tag`), wait until all are stored, read the times.
+
+        `orders` may be order events (several per order): then an order's latency is its last event's, and
+        an ordered entry subject gets each event's key (ordering.entry_subject)."""
+        payloads = [
+            (str(o.order_id), encode_order(o), f"{event_msg_id(o) if isinstance(o, OrderEvent) else o.order_guid}:{tag}")
+            for o in orders
+        ]
         before = await self.last_seqs()
         published: dict[str, float] = {}
 
@@ -110,7 +123,7 @@ class Harness:
                 published[key] = time.time()
                 yield payload, msg_id
 
-        sending = asyncio.create_task(publish_all(self.publisher, INGRESS_SUBJECT, timed()))
+        sending = asyncio.create_task(publish_all(self.publisher, entry_subject(self.manifest, INGRESS_SUBJECT), timed()))
         deadline = time.monotonic() + timeout
         while True:
             writes, dead = await self.counts_since(before)
@@ -134,8 +147,14 @@ class Harness:
         )
 
     async def read_writes(self, before: dict[str, int]) -> dict[str, float]:
-        """Every outbox entry written after `before`: orderId -> server time of the write (unix seconds)."""
+        """Every outbox entry written after `before`: orderId -> server time of its last write (unix seconds)."""
         written: dict[str, float] = {}
+        async for msg in self.writes_since(before):
+            written[msg.subject.rsplit(".", 1)[1]] = msg.metadata.timestamp.timestamp()
+        return written
+
+    async def writes_since(self, before: dict[str, int]) -> AsyncIterator[Msg]:
+        """Every outbox write after `before`, bucket by bucket, each in the order it was stored."""
         for bucket in self.buckets:
             stream = kv_stream_name(bucket)
             if (await self.js.stream_info(stream)).state.last_seq <= before[stream]:
@@ -160,10 +179,9 @@ class Harness:
                     except (TimeoutError, NatsTimeout):
                         break
                     for msg in msgs:
-                        written[msg.subject.rsplit(".", 1)[1]] = msg.metadata.timestamp.timestamp()
+                        yield msg
                     if msgs[-1].metadata.num_pending == 0:
                         break
             finally:
                 await subscription.unsubscribe()
                 await self.js.delete_consumer(stream, name)
-        return written

@@ -13,6 +13,7 @@ from ...manifest import LoadedManifest
 from .comparison import bench_comparison
 from .micro import bench_host, bench_memory
 from .options import BenchOptions
+from .ordering import bench_ordering
 from .replica import bench_replica
 from .report import BenchReport
 from .scale import bench_scale
@@ -49,6 +50,9 @@ async def run_bench(
         await bench_comparison(
             manifest, report, quick, out_dir, options, burst="burst" in scenarios, sustained="sustained" in scenarios
         )
+    if "ordering" in scenarios:
+        print("ordering: the burst with and without per-key ordering, 3 events per order, one hot key", flush=True)
+        await bench_ordering(manifest, report, quick, out_dir, options)
     results = out_dir / "results.json"
     results.write_text(json.dumps(msgspec.to_builtins(report), indent=2))
     report.files.append(str(results))

@@ -1,0 +1,82 @@
+"""Reading every write of every outbox key back in the order the bucket stored them, and judging it
+against the events each order was sent (tests of per-key ordering)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import msgspec
+from nats.aio.client import Client as NatsClient
+from nats.js import api
+
+
+class _Written(msgspec.Struct):
+    event_seq: int = msgspec.field(name="eventSeq", default=0)
+
+
+_decode = msgspec.json.Decoder(_Written).decode
+
+
+@dataclass(frozen=True)
+class SequenceCheck:
+    keys: int  # orders that should have been written
+    writes: int
+    violations: int  # writes of an event older than one already written for the key (out of order)
+    lost: int  # events never written
+    applied_twice: int  # writes of an event already written for the key
+    strays: int  # keys nobody sent
+
+    @property
+    def clean(self) -> bool:
+        return self.violations == self.lost == self.applied_twice == self.strays == 0
+
+
+async def bucket_writes(nc: NatsClient, bucket: str) -> list[tuple[str, int]]:
+    """(key, eventSeq) of every write the bucket's stream holds, in stream order (its history must keep
+    every write: kv history >= events per order)."""
+    js = nc.jetstream()
+    stream = f"KV_{bucket}"
+    total = (await js.stream_info(stream)).state.messages
+    writes: list[tuple[str, int]] = []
+    if not total:
+        return writes
+    prefix = f"$KV.{bucket}."
+    sub = await js.pull_subscribe(
+        f"{prefix}>",
+        stream=stream,
+        config=api.ConsumerConfig(ack_policy=api.AckPolicy.NONE, deliver_policy=api.DeliverPolicy.ALL),
+    )
+    try:
+        while len(writes) < total:
+            for msg in await sub.fetch(min(1000, total - len(writes)), timeout=5):
+                writes.append((msg.subject.removeprefix(prefix), _decode(msg.data).event_seq))
+    finally:
+        await sub.unsubscribe()
+    return writes
+
+
+def judge(writes: Iterable[tuple[str, int]], expected: Mapping[str, int]) -> SequenceCheck:
+    """`expected`: key -> the number of events sent for it (eventSeq 1..n)."""
+    latest: dict[str, int] = {}
+    written: dict[str, set[int]] = {}
+    violations = twice = strays = count = 0
+    for key, seq in writes:
+        count += 1
+        if key not in expected:
+            strays += 1
+            continue
+        seen = written.setdefault(key, set())
+        if seq in seen:
+            twice += 1
+        elif seq < latest.get(key, 0):
+            violations += 1
+        seen.add(seq)
+        latest[key] = max(latest.get(key, 0), seq)
+    lost = sum(n - len(written.get(key, set()) & set(range(1, n + 1))) for key, n in expected.items())
+    return SequenceCheck(len(expected), count, violations, lost, twice, strays)
+
+
+async def check_outboxes(nc: NatsClient, expected: Mapping[str, Mapping[str, int]]) -> dict[str, SequenceCheck]:
+    """`expected`: bucket -> key -> events sent."""
+    return {bucket: judge(await bucket_writes(nc, bucket), keys) for bucket, keys in expected.items()}
