@@ -92,3 +92,16 @@ def test_a_candidate_that_traps_or_cannot_start_answers_faults_and_never_raises(
     outcomes = tiny.handle(slot, [(b"in", b"a"), (b"in", b"b")])
     assert all(isinstance(o, GuestFault) and o.kind == "candidate-error" for o in outcomes)
     assert slot.candidate is None
+
+
+def test_an_ordered_functions_canary_splits_by_key_so_a_keys_events_go_to_one_version() -> None:
+    share = Share(0.5, ordered_trigger="orders.express")
+
+    def event(key: str, n: int) -> Msg:
+        return Msg(None, subject=f"orders.express.3.{key}", data=b"%d" % n, headers={"Nats-Msg-Id": f"{key}-{n}"})  # type: ignore[arg-type]
+
+    keys = [f"order-{i}" for i in range(200)]
+    decisions = [{share.takes(event(key, n)) for n in range(3)} for key in keys]
+    assert all(len(versions) == 1 for versions in decisions)  # every event of a key: the same version
+    assert 60 < sum(True in versions for versions in decisions) < 140  # and still about half of the keys
+    assert share.takes(_msg(b"keyless", "id-1")) == Share(0.5).takes(_msg(b"keyless", "id-1"))  # bare trigger: by id

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 from nats.aio.msg import Msg
 
 from ..broker.headers import H_MSG_ID
+from ..broker.partitions import key_of_stored_subject
 from ..errors import GuestFault
 from ..runtime.guest import Guest, GuestLimits, GuestModule, Outcome
 from ..runtime.guests import start_guest
@@ -39,9 +40,14 @@ def fnv1a_32(data: bytes) -> int:
     return value
 
 
-def message_key(msg: Msg) -> bytes:
-    """What the share is decided on: the message's Nats-Msg-Id (the same across redeliveries and replicas),
+def message_key(msg: Msg, ordered_trigger: str | None = None) -> bytes:
+    """What the share is decided on: for an ordered function (`ordered_trigger`), the message's key, so all
+    of a key's events go to one version; else its Nats-Msg-Id (the same across redeliveries and replicas),
     else its payload. So a message, and a key, always goes to the same version."""
+    if ordered_trigger is not None and msg.subject.startswith(ordered_trigger + "."):
+        key = key_of_stored_subject(msg.subject, ordered_trigger)
+        if key is not None:
+            return key.encode()
     headers = msg.headers
     msg_id = headers.get(H_MSG_ID) if headers else None
     return msg_id.encode() if msg_id else msg.data
@@ -50,12 +56,13 @@ def message_key(msg: Msg) -> bytes:
 class Share:
     """A stable choice of `share` of the messages, by FNV-1a of `message_key`."""
 
-    def __init__(self, share: float) -> None:
+    def __init__(self, share: float, ordered_trigger: str | None = None) -> None:
         self.share = share
         self._below = int(share * _HASH_SPACE)
+        self._ordered_trigger = ordered_trigger
 
     def takes(self, msg: Msg) -> bool:
-        return self.share >= 1.0 or fnv1a_32(message_key(msg)) < self._below
+        return self.share >= 1.0 or fnv1a_32(message_key(msg, self._ordered_trigger)) < self._below
 
 
 @dataclass
@@ -98,10 +105,12 @@ class Candidate:
         limits: GuestLimits,
         config_json: bytes,
         stats: RolloutStats,
+        ordered_trigger: str | None = None,
     ) -> None:
+        """`ordered_trigger`: the function's trigger when it has `order_by` (a canary then splits by key)."""
         self.rollout = rollout
         self.module = module
-        self.share = Share(rollout.share)
+        self.share = Share(rollout.share, ordered_trigger)
         self.stats = stats
         self._engine = engine
         self._limits = limits

@@ -168,7 +168,8 @@ class RolloutFollower:
         if isinstance(running, ShadowRun | CanaryRun) and running.candidate.rollout == record:
             return
         module = await self._load(pool, record.candidate_sha256, record.lang)
-        candidate = Candidate(record, module, self._engine, pool.limits, pool.config_json, pool.rollout_stats)
+        ordered_trigger = pool.function.trigger if pool.function.order_by else None
+        candidate = Candidate(record, module, self._engine, pool.limits, pool.config_json, pool.rollout_stats, ordered_trigger)
         if record.mode is Mode.SHADOW:
             pool.rollout = ShadowRun(candidate, self._publisher(pool))
         else:
