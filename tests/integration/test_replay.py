@@ -30,6 +30,7 @@ from ebbtide.host import Host
 from ebbtide.manifest import LoadedManifest, load_manifest
 from ebbtide.rollout.compare import Answer, Verdict, answer_of
 from ebbtide.rollout.samples import Sample, encode_sample, sample_subject
+from ebbtide.rollout.stored import stream_inputs, stream_range
 from ebbtide.runtime.abi import Publish, Status, encode_effects
 from ebbtide.workload.orders import INGRESS_SUBJECT, encode_order, generate_orders
 from tests.conftest import REPO, backlog, manifest_copy, provision_for, wait_until
@@ -342,3 +343,21 @@ def test_replay_from_the_dlq_and_a_stream_range_judges_exactly_the_changed_messa
         "--from-dlq",
     )
     assert code == 1 and "Traceback" not in err
+
+
+async def test_a_stream_range_of_an_ordered_function_holds_its_keyed_and_its_bare_messages_in_stream_order(nc) -> None:
+    """An ordered function's messages are stored as `<trigger>.<partition>.<key>` (and keyless ones on the
+    bare trigger): a replay reads them all, in stream order, and nothing of other subjects."""
+    js = nc.jetstream()
+    await js.add_stream(StreamConfig(name="ORDERS", subjects=["orders.>"]))
+    sent = ["orders.ingress.3.k1", "orders.express", "orders.ingress", "orders.ingress.0.k2", "orders.ingress.3.k1"]
+    for n, subject in enumerate(sent):
+        await js.publish(subject, b"%d" % n)
+    selected = await stream_range(nc, "ORDERS", 1, None)
+    read = [
+        (m.subject, m.payload)
+        async for m in stream_inputs(nc, selected, ["orders.ingress.0.*", "orders.ingress.3.*", "orders.ingress"])
+    ]
+    assert read == [(s, b"%d" % n) for n, s in enumerate(sent) if s != "orders.express"]
+    only_bare = [m.subject async for m in stream_inputs(nc, selected, ["orders.ingress"])]
+    assert only_bare == ["orders.ingress"]

@@ -13,6 +13,7 @@ from pathlib import Path
 import uvloop
 
 from ..broker.access import client_access
+from ..broker.partitions import lanes
 from ..build import build_module
 from ..errors import UsageError
 from ..manifest import LoadedManifest
@@ -96,10 +97,12 @@ def replay_command(args: argparse.Namespace, manifest: LoadedManifest) -> int:
                     return manifest.spec.dead_letter.stream, [f"{len(letters):,} dead letter(s) of {args.function}"]
                 selected = await stored.stream_range(nc, args.stream, args.from_seq, args.to_seq)
                 count = 0
-                async for message in stored.stream_inputs(nc, selected, fn.trigger):
+                filters = [lane.filter_subject for lane in lanes(manifest, args.function)]
+                async for message in stored.stream_inputs(nc, selected, filters):
                     judge.add(message)
                     count += 1
-                notes = [f"{count:,} message(s) on {fn.trigger} in {selected.stream} #{selected.first}..#{selected.last}"]
+                keyed = f" and its keyed subjects {fn.trigger}.<partition>.<key>" if fn.order_by else ""
+                notes = [f"{count:,} message(s) on {fn.trigger}{keyed} in {selected.stream} #{selected.first}..#{selected.last}"]
                 if selected.retention == "workqueue":
                     notes.append(f"{selected.stream} is a work queue: it holds only the messages not handled yet")
                 return selected.stream, notes

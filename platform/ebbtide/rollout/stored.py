@@ -19,7 +19,7 @@ from .. import dlq_admin
 from ..broker import jsapi
 from ..broker.headers import H_ORIGINAL_SIZE
 from ..errors import JetStreamError, RunError, UsageError
-from ..manifest import LoadedManifest
+from ..manifest import LoadedManifest, subject_matches
 from .compare import Verdict
 from .replay import StoredInput
 from .samples import SHADOW_STREAM, Sample, decode_sample, function_filter, sample_subject
@@ -125,8 +125,13 @@ async def stream_range(nc: NatsClient, stream: str, first: int, last: int | None
     return StreamRange(stream, first, min(last, state.last_seq) if last is not None else state.last_seq, retention)
 
 
-async def stream_inputs(nc: NatsClient, selected: StreamRange, subject_filter: str) -> AsyncIterator[StoredInput]:
-    """The messages of the range on `subject_filter` (a function's trigger), oldest first."""
+async def stream_inputs(nc: NatsClient, selected: StreamRange, subject_filters: Sequence[str]) -> AsyncIterator[StoredInput]:
+    """The messages of the range on any of `subject_filters` (what a function's consumers filter), oldest first.
+
+    The server filters on one subject: several (an ordered function's trigger and its partitions' keyed
+    subjects) are read as one walk over the whole range, in stream order, the others skipped here."""
+    one = subject_filters[0] if len(subject_filters) == 1 else None
     with _jetstream(f"reading stream {selected.stream}"):
-        async for stored in jsapi.stored_messages(nc, selected.stream, subject_filter, selected.first, selected.last):
-            yield StoredInput(stored.subject, stored.payload, stored.seq)
+        async for stored in jsapi.stored_messages(nc, selected.stream, one or ">", selected.first, selected.last):
+            if one is not None or any(subject_matches(f, stored.subject) for f in subject_filters):
+                yield StoredInput(stored.subject, stored.payload, stored.seq)
