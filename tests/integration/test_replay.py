@@ -199,7 +199,7 @@ def test_shadow_report_shows_the_kept_samples_side_by_side(
         "  candidate_fault        1",
         "  same                   1",
     ]
-    assert f"candidate sha256 {'c' * 64}" in out and "keeps the first 3 of each verdict" in out
+    assert f"candidate sha256 {'c' * 64}" in out and "keeps at most 3 of each" in out
     blocks = out.split("── ")[1:]
     assert [block.splitlines()[0].split(":")[0] for block in blocks] == [
         "different 1 of 3",

@@ -43,8 +43,9 @@ def shadow_report_command(args: argparse.Namespace, manifest: LoadedManifest) ->
     notes = []
     if kept.per_subject_limit > 0:
         notes.append(
-            f"(counts of the samples kept: the {SHADOW_STREAM} stream keeps the first {kept.per_subject_limit:,} of each "
-            "verdict; the running totals are ebbtide_shadow_total on /metrics)"
+            f"(counts of the samples kept: hosts send the first `shadow start --keep` of each verdict, and the "
+            f"{SHADOW_STREAM} stream keeps at most {kept.per_subject_limit:,} of each; the running totals are "
+            "ebbtide_shadow_total on /metrics)"
         )
     if kept.unreadable:
         notes.append(f"{kept.unreadable} stored message(s) that are not samples skipped")
