@@ -73,7 +73,8 @@ def publish_command(args: argparse.Namespace, manifest: LoadedManifest) -> int:
             confirmed, errors = await publish_all(publisher, subject_of, messages)
         finally:
             await nc.drain()
-        print(f"published {confirmed} message(s) to {subject} on {server.url}")
+        where = f"{subject}.<key> (ordered)" if callable(subject_of) else subject
+        print(f"published {confirmed} message(s) to {where} on {server.url}")
         for error in errors[:5]:
             print(f"  failed: {error}", file=sys.stderr)
         return EXIT_FAILURE if errors else 0
