@@ -1,10 +1,16 @@
 """Drives one pool: instances follow the consumer's lag, an idle pool sleeps at zero until a message
 rings its bell, and every tick a status report goes out on NATS.
 
-While active, the controller reads the consumer's lag every TICK_S (one `consumer_info`, ~0.3 ms) and
-asks the `Scaler` for the instance count. At zero instances it stops polling: it subscribes to the
-trigger subject (core NATS, so a publish reaches it at once) and waits. The bell is unsubscribed while
-the pool is active, so a burst does not cost the process a second copy of every message.
+While messages flow, the controller reads the consumer's lag every TICK_S (one `consumer_info`, ~0.3 ms)
+and asks the `Scaler` for the instance count. A pool that is running but quiet (no lag, nothing in flight,
+no fetch brought anything since the last tick: e.g. `scale.min` >= 1, or the cooldown after a burst) is
+not polled every tick: its own workers' fetches see new work first, and the first one that brings any
+wakes the controller (`FunctionPool.activity`); until then it looks again only when the scaler's cooldown
+may end, or after IDLE_REPORT_S. At zero instances it stops polling: it subscribes to the trigger
+subject (core NATS, so a publish reaches it at once) and waits. The bell is unsubscribed while the pool
+is active, so a burst does not cost the process a second copy of every message. Asleep at zero with a lag
+of 0, nothing can arrive but a publish, which rings the bell: the lag is read again only after a reconnect
+(the bell may have missed a publish meanwhile) or every IDLE_LAG_CHECK_S as a safety net.
 """
 
 from __future__ import annotations
@@ -27,8 +33,9 @@ from .status_reports import STATUS_REQUEST_SUBJECT, PoolStatus, encode_status, s
 
 log = logging.getLogger("ebbtide.controller")
 
-TICK_S = 0.05  # control interval while the pool is active
-IDLE_REPORT_S = 5.0  # status report (and a lag check) interval while idle at zero
+TICK_S = 0.05  # control interval while messages flow
+IDLE_REPORT_S = 5.0  # status report interval while quiet or idle at zero (`top` counts a process live for 10 s)
+IDLE_LAG_CHECK_S = 60.0  # asleep at zero: a lag check in case the bell missed a publish for a reason not seen
 
 
 def host_id() -> str:
@@ -43,6 +50,7 @@ class PoolController:
         self.lag = 0
         self.wakeups = 0  # times the pool woke from zero instances
         self.bell_wakeups = 0  # ... of which by a message on the trigger subject (not by a lag check)
+        self.lag_reads_asleep = 0  # lag checks made while asleep at zero (what idling costs the server)
         self._nc = nc
         self._js = js
         self._host_id = host_id()
@@ -95,9 +103,26 @@ class PoolController:
                 log.warning("%s: control tick failed: %r", pool.name, exc)
                 await asyncio.sleep(1.0)
                 continue
+            await self._until_next_tick()
+
+    async def _until_next_tick(self) -> None:
+        """TICK_S while messages flow; while the pool is quiet, until a fetch brings something, the cooldown
+        may end, or the next idle report is due."""
+        pool = self.pool
+        if self.lag > 0 or pool.in_flight > 0 or pool.activity.is_set():
             await asyncio.sleep(TICK_S)
+            return
+        timeout = IDLE_REPORT_S
+        change_at = self.scaler.next_change_at()
+        if change_at is not None:
+            timeout = min(timeout, max(TICK_S, change_at - time.monotonic()))
+        try:
+            await asyncio.wait_for(pool.activity.wait(), timeout)
+        except TimeoutError:
+            pass
 
     async def _tick(self) -> None:
+        self.pool.activity.clear()  # set again by the next fetch that brings messages
         self.lag = await self._read_lag()
         pool = self.pool
         desired = self.scaler.desired(lag=self.lag, in_flight=pool.in_flight, current=pool.instances, now=time.monotonic())
@@ -115,9 +140,15 @@ class PoolController:
 
         subscription = await self._nc.subscribe(self.pool.function.trigger, cb=ring)
         try:
+            lag_checked = reconnects = None
             while True:
-                # Checked after subscribing, so a message published just before is not missed.
-                self.lag = await self._read_lag()
+                # Checked after subscribing, so a message published just before is not missed; again only
+                # when the bell may have missed one (a reconnect), or now and then as a safety net.
+                now = time.monotonic()
+                if reconnects != self._nc.stats["reconnects"] or lag_checked is None or now - lag_checked >= IDLE_LAG_CHECK_S:
+                    reconnects, lag_checked = self._nc.stats["reconnects"], now
+                    self.lag = await self._read_lag()
+                    self.lag_reads_asleep += 1
                 if self.lag > 0:
                     break
                 if self.scaler.desired(lag=0, in_flight=0, current=0, now=time.monotonic()) > 0:

@@ -39,12 +39,16 @@ if TYPE_CHECKING:  # OpenTelemetry is loaded only when tracing is on
 log = logging.getLogger("ebbtide.pool")
 
 MIB = 1024 * 1024
-FETCH_WAIT_S = 1.0  # long-poll length of an idle fetch; also how long a stopping idle worker may take
+FETCH_WAIT_S = 1.0  # long-poll length of a fetch after one that brought messages
+# An idle worker's long poll doubles up to this: a pull request per IDLE_FETCH_WAIT_S, not per second, while
+# nothing comes (a message still arrives at once: the server answers a waiting request as soon as it has one).
+# It is also how long a stopping idle worker may take: its request is not cancelled (see stop).
+IDLE_FETCH_WAIT_S = 4.0
 # A batch handed back at shutdown is redelivered after this: it outlives this process's pull requests
-# (<= FETCH_WAIT_S), which would otherwise take the redelivery into an inbox nobody reads, until the ack wait.
-HAND_BACK_DELAY_S = FETCH_WAIT_S + 0.5
+# (<= IDLE_FETCH_WAIT_S), which would otherwise take the redelivery into an inbox nobody reads, until the ack wait.
+HAND_BACK_DELAY_S = IDLE_FETCH_WAIT_S + 0.5
 
-__all__ = ["FETCH_WAIT_S", "MIB", "Consumer", "FunctionPool", "PoolStats"]
+__all__ = ["FETCH_WAIT_S", "IDLE_FETCH_WAIT_S", "MIB", "Consumer", "FunctionPool", "PoolStats"]
 
 
 class Consumer(Protocol):
@@ -81,6 +85,7 @@ class FunctionPool:
         self.stream = manifest.stream_for(fn.trigger)
         self.stats = PoolStats()
         self.in_flight = 0  # messages fetched and not yet settled
+        self.activity = asyncio.Event()  # set by each fetch that brings messages (wakes a quiet controller)
         self.executor = Executor(
             name,
             fn,
@@ -152,7 +157,7 @@ class FunctionPool:
 
     @property
     def live_instances(self) -> int:
-        """Instances holding Wasm memory, including stopped ones finishing their last fetch (<= FETCH_WAIT_S)."""
+        """Instances holding Wasm memory, including stopped ones finishing their last fetch (<= IDLE_FETCH_WAIT_S)."""
         return sum(1 for worker in self._workers if worker.instance is not None)
 
     async def set_instances(self, count: int) -> None:
@@ -193,9 +198,9 @@ class FunctionPool:
                 if worker.in_batch:
                     task.cancel()  # the batch is nak'ed (see process)
                 # A worker waiting in fetch is not cancelled: its pull request would still take messages
-                # into an inbox nobody reads. It naks whatever the fetch brings (<= FETCH_WAIT_S).
+                # into an inbox nobody reads. It naks whatever the fetch brings (<= IDLE_FETCH_WAIT_S).
             if late:
-                _, stuck = await asyncio.wait(late, timeout=FETCH_WAIT_S + 1.0)
+                _, stuck = await asyncio.wait(late, timeout=IDLE_FETCH_WAIT_S + 1.0)
                 for task in stuck:
                     task.cancel()
                 await asyncio.gather(*late, return_exceptions=True)
@@ -320,12 +325,16 @@ class _Worker:
     async def _run(self) -> None:
         pool = self.pool
         batch = pool.function.batch
+        wait_s = FETCH_WAIT_S
         try:
             while not self.stopping:
                 try:
-                    msgs = await self.consumer.fetch(batch, wait_s=FETCH_WAIT_S)
-                    if not msgs:  # nothing arrived within the long poll
+                    msgs = await self.consumer.fetch(batch, wait_s=wait_s)
+                    if not msgs:  # nothing arrived within the long poll: the next one waits longer
+                        wait_s = min(wait_s * 2, IDLE_FETCH_WAIT_S)
                         continue
+                    wait_s = FETCH_WAIT_S
+                    pool.activity.set()
                 except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
                     return
                 except Exception as exc:
