@@ -9,8 +9,10 @@ wakes the controller (`FunctionPool.activity`); until then it looks again only w
 may end, or after IDLE_REPORT_S. At zero instances it stops polling: it subscribes to the trigger
 subject (core NATS, so a publish reaches it at once) and waits. The bell is unsubscribed while the pool
 is active, so a burst does not cost the process a second copy of every message. Asleep at zero with a lag
-of 0, nothing can arrive but a publish, which rings the bell: the lag is read again only after a reconnect
-(the bell may have missed a publish meanwhile) or every IDLE_LAG_CHECK_S as a safety net.
+of 0, nothing can arrive but a publish, which rings the bell: once the lag has read 0 twice (the server
+counts a stored message into a consumer's `num_pending` a moment after its PubAck, so a publish just before
+the bell was subscribed can read as 0 once), it is read again only after a reconnect (the bell may have
+missed a publish meanwhile) or every IDLE_LAG_CHECK_S as a safety net.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ log = logging.getLogger("ebbtide.controller")
 TICK_S = 0.05  # control interval while messages flow
 IDLE_REPORT_S = 5.0  # status report interval while quiet or idle at zero (`top` counts a process live for 10 s)
 IDLE_LAG_CHECK_S = 60.0  # asleep at zero: a lag check in case the bell missed a publish for a reason not seen
+LAG_CONFIRM_S = 0.25  # asleep at zero: the second lag check, for a publish stored just before the bell rang
 
 
 def host_id() -> str:
@@ -140,22 +143,25 @@ class PoolController:
 
         subscription = await self._nc.subscribe(self.pool.function.trigger, cb=ring)
         try:
-            lag_checked = reconnects = None
+            zeros_read, lag_checked, reconnects = 0, 0.0, self._nc.stats["reconnects"]
             while True:
-                # Checked after subscribing, so a message published just before is not missed; again only
-                # when the bell may have missed one (a reconnect), or now and then as a safety net.
+                # Checked after subscribing, so a message published just before is not missed (twice: see the
+                # module's docstring); again only when the bell may have missed one (a reconnect), or now and
+                # then as a safety net.
                 now = time.monotonic()
-                if reconnects != self._nc.stats["reconnects"] or lag_checked is None or now - lag_checked >= IDLE_LAG_CHECK_S:
-                    reconnects, lag_checked = self._nc.stats["reconnects"], now
+                if reconnects != self._nc.stats["reconnects"]:
+                    zeros_read, reconnects = 0, self._nc.stats["reconnects"]
+                if zeros_read < 2 or now - lag_checked >= IDLE_LAG_CHECK_S:
                     self.lag = await self._read_lag()
                     self.lag_reads_asleep += 1
+                    zeros_read, lag_checked = zeros_read + 1, now
                 if self.lag > 0:
                     break
                 if self.scaler.desired(lag=0, in_flight=0, current=0, now=time.monotonic()) > 0:
                     return  # still inside a cooldown: not idle yet
                 await self._report()
                 try:
-                    await asyncio.wait_for(bell.wait(), IDLE_REPORT_S)
+                    await asyncio.wait_for(bell.wait(), IDLE_REPORT_S if zeros_read >= 2 else LAG_CONFIRM_S)
                     self.bell_wakeups += 1
                     break
                 except TimeoutError:

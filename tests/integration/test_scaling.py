@@ -153,7 +153,7 @@ async def test_a_pool_asleep_at_zero_reports_without_reading_its_lag(
     reference_manifest: LoadedManifest, nats_server: EmbeddedNats, nc: NatsClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Asleep at zero with no lag, only a publish can bring work, and it rings the bell: the idle loop keeps
-    sending its status reports but reads the lag once, not once per report."""
+    sending its status reports but reads the lag twice (a confirmation), not once per report."""
     monkeypatch.setattr(controller_module, "IDLE_REPORT_S", 0.05)  # many idle rounds, quickly
     manifest = quick_cooldown(reference_manifest, cooldown_s=0.2)
     await provision_for(manifest, nats_server.url)
@@ -162,13 +162,14 @@ async def test_a_pool_asleep_at_zero_reports_without_reading_its_lag(
     await wire.watch(nc, "reports", "ebbtide.status_reports.distributor")
     async with Host(manifest, nats_server.url, ["distributor"]) as host:
         controller = host.controllers["distributor"]
-        await wait_until(lambda: controller.lag_reads_asleep >= 1)
+        await wait_until(lambda: controller.lag_reads_asleep >= 2)
+        await nc.flush()
         reads = wire.counts["lag reads"]
         reports = wire.counts["reports"]
         await wait_until(lambda: wire.counts["reports"] >= reports + 10)  # ten idle rounds
         await nc.flush()
         assert wire.counts["lag reads"] - reads <= 1, wire.counts  # before: one per round (10)
-        assert controller.lag_reads_asleep == 1
+        assert controller.lag_reads_asleep == 2
         order = generate_orders(1, seed=5)[0]
         await publish(nc, [(encode_order(order), order.order_guid)])
         await wait_until(lambda: host.pools["distributor"].stats.processed == 1)

@@ -29,6 +29,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from ..errors import FetchError
+from . import _nats_fast
 from .headers import H_DESCRIPTION, H_STATUS
 from .jsapi import next_message_subject
 
@@ -55,10 +56,10 @@ class PullConsumer:
         self.requests = 0  # pull requests sent (what this consumer costs the server)
 
     async def start(self) -> PullConsumer:
-        self._subscription = await self._nc.subscribe(self._inbox, cb=self._on_message)
+        self._subscription = await _nats_fast.subscribe_direct(self._nc, self._inbox, self._on_message)
         return self
 
-    async def _on_message(self, msg: Msg) -> None:
+    def _on_message(self, msg: Msg) -> None:
         status = msg.headers.get(H_STATUS) if msg.headers and not msg.data else None
         if status is None:
             self._arrived.append(msg)
