@@ -135,7 +135,8 @@ class PoolController:
         await self._report()
 
     async def _sleep_until_work(self) -> None:
-        await self.pool.released()  # so the idle report says 0 live instances
+        # Not waiting for stopped workers' last long polls (pool.released): their instances are gone already
+        # (`_Worker.stop`), and the bell must listen from now on.
         bell = asyncio.Event()
 
         async def ring(_msg: Msg) -> None:

@@ -39,16 +39,15 @@ if TYPE_CHECKING:  # OpenTelemetry is loaded only when tracing is on
 log = logging.getLogger("ebbtide.pool")
 
 MIB = 1024 * 1024
-FETCH_WAIT_S = 1.0  # long-poll length of a fetch after one that brought messages
-# An idle worker's long poll doubles up to this: a pull request per IDLE_FETCH_WAIT_S, not per second, while
-# nothing comes (a message still arrives at once: the server answers a waiting request as soon as it has one).
-# It is also how long a stopping idle worker may take: its request is not cancelled (see stop).
-IDLE_FETCH_WAIT_S = 4.0
+# Long-poll length of an idle fetch; also how long a stopping idle worker may take: its pull request is not
+# cancelled (see stop). Longer polls would cost an idle worker fewer requests (one per poll: broker/pull.py)
+# but make every stop and shutdown wait as long.
+FETCH_WAIT_S = 1.0
 # A batch handed back at shutdown is redelivered after this: it outlives this process's pull requests
-# (<= IDLE_FETCH_WAIT_S), which would otherwise take the redelivery into an inbox nobody reads, until the ack wait.
-HAND_BACK_DELAY_S = IDLE_FETCH_WAIT_S + 0.5
+# (<= FETCH_WAIT_S), which would otherwise take the redelivery into an inbox nobody reads, until the ack wait.
+HAND_BACK_DELAY_S = FETCH_WAIT_S + 0.5
 
-__all__ = ["FETCH_WAIT_S", "IDLE_FETCH_WAIT_S", "MIB", "Consumer", "FunctionPool", "PoolStats"]
+__all__ = ["FETCH_WAIT_S", "MIB", "Consumer", "FunctionPool", "PoolStats"]
 
 
 class Consumer(Protocol):
@@ -157,7 +156,7 @@ class FunctionPool:
 
     @property
     def live_instances(self) -> int:
-        """Instances holding Wasm memory, including stopped ones finishing their last fetch (<= IDLE_FETCH_WAIT_S)."""
+        """Instances holding Wasm memory, including stopped ones finishing their last fetch (<= FETCH_WAIT_S)."""
         return sum(1 for worker in self._workers if worker.instance is not None)
 
     async def set_instances(self, count: int) -> None:
@@ -169,7 +168,7 @@ class FunctionPool:
         self._workers = [w for w in self._workers if not w.done]
         running = [w for w in self._workers if not w.stopping]
         for worker in running[count:]:
-            worker.stopping = True
+            worker.stop()
         for _ in range(count - len(running)):
             consumer = await self._open_consumer()
             worker = _Worker(self, consumer, self.new_instance())
@@ -198,9 +197,9 @@ class FunctionPool:
                 if worker.in_batch:
                     task.cancel()  # the batch is nak'ed (see process)
                 # A worker waiting in fetch is not cancelled: its pull request would still take messages
-                # into an inbox nobody reads. It naks whatever the fetch brings (<= IDLE_FETCH_WAIT_S).
+                # into an inbox nobody reads. It naks whatever the fetch brings (<= FETCH_WAIT_S).
             if late:
-                _, stuck = await asyncio.wait(late, timeout=IDLE_FETCH_WAIT_S + 1.0)
+                _, stuck = await asyncio.wait(late, timeout=FETCH_WAIT_S + 1.0)
                 for task in stuck:
                     task.cancel()
                 await asyncio.gather(*late, return_exceptions=True)
@@ -238,6 +237,13 @@ class _Worker:
     @property
     def done(self) -> bool:
         return self.task.done()
+
+    def stop(self) -> None:
+        """Finish the current batch, then exit. A worker waiting in its fetch drops its instance now (its Wasm
+        memory is freed at once; should the fetch still bring messages, a new instance runs them)."""
+        self.stopping = True
+        if not self.in_batch:
+            self._discard_instance()
 
     def run_guests(self, batch: Sequence[Incoming]) -> list[GuestResult]:
         """The guest's answers to `batch`, in order, from `Guest.handle_batch` on this worker's instance (one
@@ -319,21 +325,19 @@ class _Worker:
         self.instance = pool._replacement()
 
     def _discard_instance(self) -> None:
-        self.instance = None
-        self.pool.stats.instances_stopped += 1
+        if self.instance is not None:
+            self.instance = None
+            self.pool.stats.instances_stopped += 1
 
     async def _run(self) -> None:
         pool = self.pool
         batch = pool.function.batch
-        wait_s = FETCH_WAIT_S
         try:
             while not self.stopping:
                 try:
-                    msgs = await self.consumer.fetch(batch, wait_s=wait_s)
-                    if not msgs:  # nothing arrived within the long poll: the next one waits longer
-                        wait_s = min(wait_s * 2, IDLE_FETCH_WAIT_S)
+                    msgs = await self.consumer.fetch(batch, wait_s=FETCH_WAIT_S)
+                    if not msgs:  # nothing arrived within the long poll
                         continue
-                    wait_s = FETCH_WAIT_S
                     pool.activity.set()
                 except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
                     return
@@ -352,9 +356,7 @@ class _Worker:
                 finally:
                     self.in_batch = False
         finally:
-            if self.instance is not None:
-                self.instance = None  # release the Wasm memory now
-                pool.stats.instances_stopped += 1
+            self._discard_instance()  # the Wasm memory, now
             await self.consumer.close()
 
 

@@ -34,6 +34,7 @@ HEADER_BLOCKS = [
     b"A:b\r\nA: c\r\n\r\n",  # the later one wins, as in nats-py
     b"Bad Name: x\r\nTab\tName: y\r\nOk:\tz \r\n:empty name\r\nno colon\r\n\xff\xfe: v\r\nK: \xff\r\n\r\n",
     b"Fs\x1cName: x\r\n\r\n",  # \x1c is whitespace to str.isspace and to str.split alike
+    b"\x00\x1c: x\r\n\r\n",  # ... and bytes.strip leaves it at the end of a name (found by hypothesis)
     b"",
 ]
 

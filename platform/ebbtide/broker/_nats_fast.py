@@ -87,7 +87,7 @@ def parse_header_lines(raw: bytes) -> dict[str, str]:
             key = name.strip().decode("ascii")
         except UnicodeDecodeError:
             continue
-        if key and len(key.split()) != 1:
+        if key and key.split() != [key]:
             continue
         out[key] = value.strip().decode("utf-8", "replace")
     return out
