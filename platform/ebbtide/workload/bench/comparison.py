@@ -297,7 +297,7 @@ def _ratios(summaries: dict[str, dict[str, Any]]) -> dict[str, float]:
 
 
 def _goals(summaries: dict[str, dict[str, Any]], ratios: dict[str, float], n: int) -> list[str]:
-    best = summaries.get("ebbtide-fastest", summaries.get("ebbtide-default"))
+    best = summaries.get("ebbtide-default")  # issue 18: the default is what is judged (and should be the fastest)
     if best is None:
         return []
     out = []
