@@ -95,10 +95,12 @@ async def ack_all(settled: Sequence[Incoming]) -> None:
 
 
 async def nak_all(msgs: Sequence[Msg], delay_s: float) -> None:
-    """Hand a batch back for redelivery after `delay_s`. A nak for a message already acked is ignored by
-    the server. Stops at the first failure: with the connection gone, the server redelivers after the
-    ack wait anyway."""
+    """Hand a batch back for redelivery after `delay_s`, but for the messages already settled (acked, or
+    nak'ed as a retry): nats-py refuses a second ack of those, which would otherwise end the loop. Stops at
+    the first failure: with the connection gone, the server redelivers after the ack wait anyway."""
     for msg in msgs:
+        if msg.is_acked:
+            continue
         try:
             await msg.nak(delay=delay_s)
         except Exception:
