@@ -2,7 +2,7 @@
 rings its bell, and every tick a status report goes out on NATS.
 
 While messages flow, the controller reads the consumer's lag every TICK_S (one `consumer_info`, ~0.3 ms)
-and asks the `Scaler` for the instance count. A pool that is running but quiet (no lag, nothing in flight,
+and asks the `Scaler` for the instance count (every AT_MAX_TICK_S once it runs `scale.max` instances). A pool that is running but quiet (no lag, nothing in flight,
 no fetch brought anything since the last tick: e.g. `scale.min` >= 1, or the cooldown after a burst) is
 not polled every tick: its own workers' fetches see new work first, and the first one that brings any
 wakes the controller (`FunctionPool.activity`); until then it looks again only when the scaler's cooldown
@@ -36,6 +36,9 @@ from .status_reports import STATUS_REQUEST_SUBJECT, PoolStatus, encode_status, s
 log = logging.getLogger("ebbtide.controller")
 
 TICK_S = 0.05  # control interval while messages flow
+# ... and while the pool already runs scale.max instances with a backlog: nothing to scale up to, and the lag
+# matters again only for the cooldown (seconds), so a lag read and a report 4 times a second, not 20.
+AT_MAX_TICK_S = 0.25
 IDLE_REPORT_S = 5.0  # status report interval while quiet or idle at zero (`top` counts a process live for 10 s)
 IDLE_LAG_CHECK_S = 60.0  # asleep at zero: a lag check in case the bell missed a publish for a reason not seen
 LAG_CONFIRM_S = 0.25  # asleep at zero: the second lag check, for a publish stored just before the bell rang
@@ -113,7 +116,7 @@ class PoolController:
         may end, or the next idle report is due."""
         pool = self.pool
         if self.lag > 0 or pool.in_flight > 0 or pool.activity.is_set():
-            await asyncio.sleep(TICK_S)
+            await asyncio.sleep(AT_MAX_TICK_S if self.lag > 0 and pool.instances >= self.scaler.policy.max else TICK_S)
             return
         timeout = IDLE_REPORT_S
         change_at = self.scaler.next_change_at()

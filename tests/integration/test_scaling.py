@@ -179,3 +179,25 @@ async def test_a_pool_asleep_at_zero_reports_without_reading_its_lag(
         await publish(nc, [(encode_order(order), order.order_guid)])
         await wait_until(lambda: host.pools["distributor"].stats.processed == 1)
         assert controller.bell_wakeups == 1
+
+
+async def test_a_pool_at_its_maximum_reads_its_lag_a_few_times_a_second(
+    reference_manifest: LoadedManifest, nats_server: EmbeddedNats, nc: NatsClient
+) -> None:
+    """Running scale.max instances with a backlog there is nothing to scale up to: the lag is read (and a
+    report sent) every AT_MAX_TICK_S, not every TICK_S. Counted on the wire while the backlog lasts: a slower
+    machine can only count less."""
+    manifest = with_scale(reference_manifest, max=1)
+    orders = generate_orders(8_000, seed=9)
+    await provision_for(manifest, nats_server.url)
+    await publish(nc, [(encode_order(o), o.order_guid) for o in orders])  # the backlog, before the pool wakes
+    wire = OnTheWire()
+    await wire.watch(nc, "lag reads", "$JS.API.CONSUMER.INFO.ORDERS.distributor")
+    async with Host(manifest, nats_server.url, ["distributor"]) as host:
+        pool = host.pools["distributor"]
+        started = asyncio.get_running_loop().time()
+        await wait_until(lambda: pool.stats.processed == len(orders), timeout=120)
+        took = asyncio.get_running_loop().time() - started
+        await nc.flush()
+        # Before: one read per TICK_S (20 a second); now 4 a second, plus the first ones and the last.
+        assert wire.counts["lag reads"] <= took / controller_module.AT_MAX_TICK_S + 4, (wire.counts, took)
