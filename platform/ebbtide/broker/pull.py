@@ -53,7 +53,6 @@ class PullConsumer:
         self._wanted = 0  # messages the request in progress may still bring
         self._answered: asyncio.Future[str | None] | None = None  # a status, or None: enough messages
         self._idle = False  # the last fetch brought nothing: the next skips the no_wait request
-        self.requests = 0  # pull requests sent (what this consumer costs the server)
 
     async def start(self) -> PullConsumer:
         self._subscription = await _nats_fast.subscribe_direct(self._nc, self._inbox, self._on_message)
@@ -83,7 +82,6 @@ class PullConsumer:
         else:
             body["expires"] = int(wait_s * 1e9)
         await self._nc.publish(self._next_subject, json.dumps(body).encode(), reply=self._inbox)
-        self.requests += 1
         try:
             return await asyncio.wait_for(self._answered, (wait_s or 0) + LATE_MARGIN_S)
         except TimeoutError:
