@@ -18,6 +18,7 @@ from ebbtide.broker.delivery import Incoming, ack_all, parse_ack_subject
 from ebbtide.broker.publisher import ConfirmedPublisher, PubAck, PublishBatch
 from ebbtide.broker.pull import FetchError, PullConsumer
 from ebbtide.errors import PublishError
+from tests.conftest import wait_until
 
 WAIT_S = 30.0  # a long poll far longer than any of these tests: returning early is the behaviour under test
 
@@ -161,8 +162,12 @@ async def test_a_rounds_acks_go_out_in_one_write_one_ack_per_message(nats_server
     await watcher.flush()
     assert seen == [b""] * 5  # an empty ack is +ACK, as nats-py's Msg.ack sends it
     assert nc.stats["out_msgs"] - writes_before == 5
-    info = await nc.jetstream().consumer_info("P", "c")
-    assert info.num_ack_pending == 0 and info.ack_floor.stream_seq == 5
+
+    async def all_acked() -> bool:  # the server works through acks on a queue of their own: a moment later
+        info = await nc.jetstream().consumer_info("P", "c")
+        return info.num_ack_pending == 0 and info.ack_floor.stream_seq == 5
+
+    await wait_until(all_acked)
     with pytest.raises(nats.errors.MsgAlreadyAckdError):
         await msgs[0].ack()  # nats-py knows it was acked
     await consumer.close()
