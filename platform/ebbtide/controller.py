@@ -1,10 +1,18 @@
 """Drives one pool: instances follow the consumer's lag, an idle pool sleeps at zero until a message
 rings its bell, and every tick a status report goes out on NATS.
 
-While active, the controller reads the consumer's lag every TICK_S (one `consumer_info`, ~0.3 ms) and
-asks the `Scaler` for the instance count. At zero instances it stops polling: it subscribes to the
-trigger subject (core NATS, so a publish reaches it at once) and waits. The bell is unsubscribed while
-the pool is active, so a burst does not cost the process a second copy of every message.
+While messages flow, the controller reads the consumer's lag every TICK_S (one `consumer_info`, ~0.3 ms)
+and asks the `Scaler` for the instance count (every AT_MAX_TICK_S once it runs `scale.max` instances). A pool that is running but quiet (no lag, nothing in flight,
+no fetch brought anything since the last tick: e.g. `scale.min` >= 1, or the cooldown after a burst) is
+not polled every tick: its own workers' fetches see new work first, and the first one that brings any
+wakes the controller (`FunctionPool.activity`); until then it looks again only when the scaler's cooldown
+may end, or after IDLE_REPORT_S. At zero instances it stops polling: it subscribes to the trigger
+subject (core NATS, so a publish reaches it at once) and waits. The bell is unsubscribed while the pool
+is active, so a burst does not cost the process a second copy of every message. Asleep at zero with a lag
+of 0, nothing can arrive but a publish, which rings the bell: once the lag has read 0 twice (the server
+counts a stored message into a consumer's `num_pending` a moment after its PubAck, so a publish just before
+the bell was subscribed can read as 0 once), it is read again only after a reconnect (the bell may have
+missed a publish meanwhile) or every IDLE_LAG_CHECK_S as a safety net.
 """
 
 from __future__ import annotations
@@ -28,9 +36,14 @@ from .status_reports import STATUS_REQUEST_SUBJECT, PoolStatus, encode_status, s
 
 log = logging.getLogger("ebbtide.controller")
 
-TICK_S = 0.05  # control interval while the pool is active
+TICK_S = 0.05  # control interval while messages flow
+# ... and while the pool already runs scale.max instances with a backlog: nothing to scale up to, and the lag
+# matters again only for the cooldown (seconds), so a lag read and a report 4 times a second, not 20.
+AT_MAX_TICK_S = 0.25
 LANES_PER_TICK = 4  # consumers of an ordered function whose lag one tick reads (each read costs the server ~0.15 ms of CPU)
-IDLE_REPORT_S = 5.0  # status report (and a lag check) interval while idle at zero
+IDLE_REPORT_S = 5.0  # status report interval while quiet or idle at zero (`top` counts a process live for 10 s)
+IDLE_LAG_CHECK_S = 60.0  # asleep at zero: a lag check in case the bell missed a publish for a reason not seen
+LAG_CONFIRM_S = 0.25  # asleep at zero: the second lag check, for a publish stored just before the bell rang
 
 
 def host_id() -> str:
@@ -45,6 +58,7 @@ class PoolController:
         self.lag = 0
         self.wakeups = 0  # times the pool woke from zero instances
         self.bell_wakeups = 0  # ... of which by a message on the trigger subject (not by a lag check)
+        self.lag_reads_asleep = 0  # lag checks made while asleep at zero (what idling costs the server)
         self._nc = nc
         self._js = js
         self._host_id = host_id()
@@ -99,9 +113,26 @@ class PoolController:
                 log.warning("%s: control tick failed: %r", pool.name, exc)
                 await asyncio.sleep(1.0)
                 continue
-            await asyncio.sleep(TICK_S)
+            await self._until_next_tick()
+
+    async def _until_next_tick(self) -> None:
+        """TICK_S while messages flow; while the pool is quiet, until a fetch brings something, the cooldown
+        may end, or the next idle report is due."""
+        pool = self.pool
+        if self.lag > 0 or pool.in_flight > 0 or pool.activity.is_set():
+            await asyncio.sleep(AT_MAX_TICK_S if self.lag > 0 and pool.instances >= self.scaler.policy.max else TICK_S)
+            return
+        timeout = IDLE_REPORT_S
+        change_at = self.scaler.next_change_at()
+        if change_at is not None:
+            timeout = min(timeout, max(TICK_S, change_at - time.monotonic()))
+        try:
+            await asyncio.wait_for(pool.activity.wait(), timeout)
+        except TimeoutError:
+            pass
 
     async def _tick(self) -> None:
+        self.pool.activity.clear()  # set again by the next fetch that brings messages
         self.lag = await self._read_lag()
         pool = self.pool
         desired = self.scaler.desired(lag=self.lag, in_flight=pool.in_flight, current=pool.instances, now=time.monotonic())
@@ -111,7 +142,8 @@ class PoolController:
         await self._report()
 
     async def _sleep_until_work(self) -> None:
-        await self.pool.released()  # so the idle report says 0 live instances
+        # Not waiting for stopped workers' last long polls (pool.released): their instances are gone already
+        # (`_Worker.stop`), and the bell must listen from now on.
         bell = asyncio.Event()
 
         async def ring(_msg: Msg) -> None:
@@ -122,16 +154,25 @@ class PoolController:
         if self.pool.function.order_by:  # keyed publishes: <trigger>.<key>
             subscriptions.append(await self._nc.subscribe(keyed_subject(trigger, "*"), cb=ring))
         try:
+            zeros_read, lag_checked, reconnects = 0, 0.0, self._nc.stats["reconnects"]
             while True:
-                # Checked after subscribing, so a message published just before is not missed.
-                self.lag = await self._read_lag(every_lane=True)
+                # Checked after subscribing, so a message published just before is not missed (twice: see the
+                # module's docstring); again only when the bell may have missed one (a reconnect), or now and
+                # then as a safety net.
+                now = time.monotonic()
+                if reconnects != self._nc.stats["reconnects"]:
+                    zeros_read, reconnects = 0, self._nc.stats["reconnects"]
+                if zeros_read < 2 or now - lag_checked >= IDLE_LAG_CHECK_S:
+                    self.lag = await self._read_lag(every_lane=True)
+                    self.lag_reads_asleep += 1
+                    zeros_read, lag_checked = zeros_read + 1, now
                 if self.lag > 0:
                     break
                 if self.scaler.desired(lag=0, in_flight=0, current=0, now=time.monotonic()) > 0:
                     return  # still inside a cooldown: not idle yet
                 await self._report()
                 try:
-                    await asyncio.wait_for(bell.wait(), IDLE_REPORT_S)
+                    await asyncio.wait_for(bell.wait(), IDLE_REPORT_S if zeros_read >= 2 else LAG_CONFIRM_S)
                     self.bell_wakeups += 1
                     break
                 except TimeoutError:

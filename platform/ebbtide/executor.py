@@ -9,8 +9,9 @@ checks before the guest and the guest's answer (the pool runs the guest), and st
   dlq:<stream>:<sequence>` and headers that say why;
 - `Retry`: the input is nak'ed at once, with the policy's delay.
 
-Then it waits for the server's confirmations of the whole batch (one wait, many publishes in flight) and
-settles each message: ack when every publish of it was confirmed; otherwise the policy says again
+The publishes go out chunk by chunk, written together (`PublishBatch`). Then it waits for the server's
+confirmations of the whole batch (one wait, many publishes in flight) and settles each message: ack when
+every publish of it was confirmed (the round's acks written together); otherwise the policy says again
 (`after_unconfirmed`): effects not confirmed are retried (or dead-lettered once retries are exhausted:
 a second, last round of confirmations), a dead letter not confirmed is nak'ed for later.
 
@@ -20,7 +21,6 @@ that is told what happened and gives the effects' headers; without one, nothing 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING
 
 from nats.aio.msg import Msg
 
-from .broker.delivery import Incoming, KeepAlive, parse_ack_subject
+from .broker.delivery import Incoming, KeepAlive, ack_all, parse_ack_subject
 from .broker.headers import H_ERROR, H_INGRESS_AT, H_MSG_ID, header_lines_size
 from .broker.partitions import key_of_stored_subject
-from .broker.publisher import ConfirmedPublisher, PubAck
+from .broker.publisher import ConfirmedPublisher, PublishBatch
 from .deadletter import Reason, dead_letter_headers, fit_payload
 from .errors import PublishError
 from .manifest import FunctionSection
@@ -103,7 +103,8 @@ class _Pending:
 
     incoming: Incoming
     outcome: Ack | DeadLetter
-    futures: list[asyncio.Future[PubAck]]
+    first: int  # its publishes: results[first:end] of the round's PublishBatch
+    end: int
     trace: MessageTrace | None
     ingress_ns: int = 0  # for the end-to-end latency of messages processed ok
 
@@ -140,6 +141,7 @@ class Executor:
         in chunks short enough that the keep-alive and the other workers get the event loop between
         them (see `_chunk_size`); each chunk is carried out, in order, before the next runs."""
         pending: list[_Pending] = []
+        batch = PublishBatch()
         entries = self._checked(msgs)
         budget_s = keep_alive.interval / 4  # how often KeepAlive.maybe_send wants to run
         start = 0
@@ -149,10 +151,11 @@ class Executor:
             chunk = entries[start:end]
             self._run_guests(chunk, run_guests)
             for entry in chunk:
-                await self._decide_and_carry_out(entry, pending)
+                await self._decide_and_carry_out(entry, pending, batch)
+            await self._publisher.send(batch)  # this chunk's publishes, while the next one runs
             start = end
         if pending:
-            await self.settle(pending)
+            await self.settle(pending, batch)
 
     def _checked(self, msgs: Sequence[Msg]) -> list[_Entry]:
         """The batch's messages with the outcome of the checks before the guest (None: to the guest)."""
@@ -201,7 +204,7 @@ class Executor:
         for entry, result in zip(to_guest, results):
             entry.result = result
 
-    async def _decide_and_carry_out(self, entry: _Entry, pending: list[_Pending]) -> None:
+    async def _decide_and_carry_out(self, entry: _Entry, pending: list[_Pending], batch: PublishBatch) -> None:
         incoming, trace = entry.incoming, entry.trace
         delivered = incoming.delivery.delivered
         try:
@@ -212,40 +215,42 @@ class Executor:
                 if trace is not None and type(result) is Faulted:
                     trace.fault(result.kind, result.error)
                 outcome = after_guest(result, delivered, self.function.retry)
-            await self.carry_out(incoming, outcome, pending, trace)
+            await self.carry_out(incoming, outcome, pending, batch, trace)
         except Exception as exc:  # a host bug must not take the worker down; the message is retried
-            await self.carry_out(incoming, self._host_error(incoming, exc), pending, trace)
+            await self.carry_out(incoming, self._host_error(incoming, exc), pending, batch, trace)
 
     def _host_error(self, incoming: Incoming, exc: Exception) -> Retry | DeadLetter:
         delivery = incoming.delivery
         log.error("%s: unexpected error on %s #%d", self.name, delivery.stream, delivery.sequence, exc_info=exc)
         return after_host_error(exc, delivery.delivered, self.function.retry)
 
-    async def carry_out(self, incoming: Incoming, outcome: Outcome, pending: list[_Pending], trace: MessageTrace | None) -> None:
-        """Start carrying out `outcome`: publish (to `pending`, settled later) or nak at once."""
+    async def carry_out(
+        self, incoming: Incoming, outcome: Outcome, pending: list[_Pending], batch: PublishBatch, trace: MessageTrace | None
+    ) -> None:
+        """Start carrying out `outcome`: publish (into `batch`; to `pending`, settled later) or nak at once."""
         if type(outcome) is Ack:
             delivery = incoming.delivery
             ingress = ingress_ns(incoming)
             carried = {H_INGRESS_AT: str(ingress)}
             id_prefix = f"{delivery.stream}:{delivery.sequence}:"
-            publish = self._publisher.publish
-            futures = []
+            add = self._publisher.add
+            first = len(batch)
             for i, out in enumerate(outcome.effects):
                 msg_id = f"{id_prefix}{i}"
                 headers = carried if trace is None else trace.effect_headers(carried, out.subject, msg_id)
-                futures.append(await publish(out.subject, out.payload, msg_id, headers))
-            pending.append(_Pending(incoming, outcome, futures, trace, ingress))
+                add(batch, out.subject, out.payload, msg_id, headers)
+            pending.append(_Pending(incoming, outcome, first, len(batch), trace, ingress))
         elif isinstance(outcome, Retry):
             self._remember_failure(incoming)
             if trace is not None:
                 trace.retried(outcome.error)
             await self._nak(incoming, outcome)
         elif isinstance(outcome, DeadLetter):
-            pending.append(await self._dead_letter(incoming, outcome, trace))
+            pending.append(self._dead_letter(incoming, outcome, batch, trace))
         else:
             raise TypeError(f"not an outcome: {outcome!r}")
 
-    async def settle(self, pending: list[_Pending]) -> None:
+    async def settle(self, pending: list[_Pending], batch: PublishBatch) -> None:
         """Wait for every confirmation of the batch, then ack what is done and nak what is not.
 
         Effects not confirmed may end in a dead letter, which is confirmed in one more round; a dead
@@ -253,21 +258,18 @@ class Executor:
         """
         retry = self.function.retry
         while pending:
-            results = iter(
-                await self._publisher.confirm(
-                    (future for item in pending for future in item.futures), timeout=self.confirm_timeout
-                )
-            )
+            await self._publisher.send(batch)  # anything not sent yet
+            results = await self._publisher.wait(batch, timeout=self.confirm_timeout)
             follow_up: list[_Pending] = []
-            confirmed_at_ns = time.time_ns()
+            follow_up_batch = PublishBatch()
+            done: list[_Pending] = []
             for item in pending:
-                errors = [r for r in (next(results) for _ in item.futures) if isinstance(r, PublishError)]
+                errors = [r for r in results[item.first : item.end] if isinstance(r, PublishError)]
                 if item.trace is not None:
                     item.trace.settled(str(errors[0]) if errors else None)
                 incoming, outcome = item.incoming, item.outcome
                 if not errors:
-                    await incoming.ack()
-                    self._count_done(outcome, confirmed_at_ns - item.ingress_ns)
+                    done.append(item)
                     continue
                 delivery = incoming.delivery
                 log.warning("%s: effects of %s #%d not confirmed: %s", self.name, delivery.stream, delivery.sequence, errors[0])
@@ -276,8 +278,13 @@ class Executor:
                     assert isinstance(next_outcome, Retry)
                     await self._nak(incoming, next_outcome)
                 else:  # a transient failure like any other; no trace: its spans have ended
-                    await self.carry_out(incoming, next_outcome, follow_up, None)
-            pending = follow_up  # dead letters only
+                    await self.carry_out(incoming, next_outcome, follow_up, follow_up_batch, None)
+            # One write for the round's acks (still one ack per message: JetStream has no batched explicit ack).
+            await ack_all([item.incoming for item in done])
+            confirmed_at_ns = time.time_ns()
+            for item in done:
+                self._count_done(item.outcome, confirmed_at_ns - item.ingress_ns)
+            pending, batch = follow_up, follow_up_batch  # dead letters only
 
     def _count_done(self, outcome: Ack | DeadLetter, since_ingress_ns: int) -> None:
         if type(outcome) is Ack:
@@ -305,7 +312,7 @@ class Executor:
             return None
         return key_of_stored_subject(subject, self.function.trigger) or ""
 
-    async def _dead_letter(self, incoming: Incoming, outcome: DeadLetter, trace: MessageTrace | None) -> _Pending:
+    def _dead_letter(self, incoming: Incoming, outcome: DeadLetter, batch: PublishBatch, trace: MessageTrace | None) -> _Pending:
         msg, delivery, reason = incoming.msg, incoming.delivery, outcome.reason
         first_failed_at = self._first_failures.pop((delivery.stream, delivery.sequence), None)
         if first_failed_at is None and reason is Reason.RETRIES_EXHAUSTED:
@@ -335,9 +342,9 @@ class Executor:
             extra=context,
         )
         payload = fit_payload(msg.data, headers, self._publisher.max_payload)
-        future = await self._publisher.publish(
-            self.dead_letter_subject, payload, f"dlq:{delivery.stream}:{delivery.sequence}", headers
+        index = self._publisher.add(
+            batch, self.dead_letter_subject, payload, f"dlq:{delivery.stream}:{delivery.sequence}", headers
         )
         if trace is not None:
             trace.dead_lettered(reason.value, headers[H_ERROR])
-        return _Pending(incoming, outcome, [future], trace)
+        return _Pending(incoming, outcome, index, index + 1, trace)

@@ -43,7 +43,10 @@ if TYPE_CHECKING:  # OpenTelemetry is loaded only when tracing is on
 log = logging.getLogger("ebbtide.pool")
 
 MIB = 1024 * 1024
-FETCH_WAIT_S = 1.0  # long-poll length of an idle fetch; also how long a stopping idle worker may take
+# Long-poll length of an idle fetch; also how long a stopping idle worker may take: its pull request is not
+# cancelled (see stop). Longer polls would cost an idle worker fewer requests (one per poll: broker/pull.py)
+# but make every stop and shutdown wait as long.
+FETCH_WAIT_S = 1.0
 # A batch handed back at shutdown is redelivered after this: it outlives this process's pull requests
 # (<= FETCH_WAIT_S), which would otherwise take the redelivery into an inbox nobody reads, until the ack wait.
 HAND_BACK_DELAY_S = FETCH_WAIT_S + 0.5
@@ -96,6 +99,7 @@ class FunctionPool:
         self.consumers = consumer_names(manifest, name)  # its own; an ordered function's partitions first
         self.stats = PoolStats()
         self.in_flight = 0  # messages fetched and not yet settled
+        self.activity = asyncio.Event()  # set by each fetch that brings messages (wakes a quiet controller)
         self.executor = Executor(
             name,
             fn,
@@ -187,7 +191,7 @@ class FunctionPool:
         self._workers = [w for w in self._workers if not w.done]
         running = [w for w in self._workers if not w.stopping]
         for worker in running[count:]:
-            worker.stopping = True
+            worker.stop()
         for _ in range(count - len(running)):
             consumer = await self._open_consumer()
             worker = _Worker(self, consumer, self.new_instance())
@@ -257,6 +261,14 @@ class _Worker:
     @property
     def done(self) -> bool:
         return self.task.done()
+
+    def stop(self) -> None:
+        """Finish the current batch, then exit. A worker waiting in its fetch drops its instance now (its Wasm
+        memory is freed at once; should the fetch still bring messages, a new instance runs them)."""
+        self.stopping = True
+        if not self.in_batch:
+            self._discard_instance()
+            self.candidate = None
 
     def run_guests(self, batch: Sequence[Incoming]) -> list[GuestResult]:
         """The guest's answers to `batch`, in order: the live module's (`run_live`), or, while a rollout is
@@ -353,8 +365,9 @@ class _Worker:
         self.instance = pool._replacement()
 
     def _discard_instance(self) -> None:
-        self.instance = None
-        self.pool.stats.instances_stopped += 1
+        if self.instance is not None:
+            self.instance = None
+            self.pool.stats.instances_stopped += 1
 
     async def _run(self) -> None:
         pool = self.pool
@@ -365,6 +378,7 @@ class _Worker:
                     msgs = await self.consumer.fetch(batch, wait_s=FETCH_WAIT_S)
                     if not msgs:  # nothing arrived within the long poll
                         continue
+                    pool.activity.set()
                 except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
                     return
                 except Exception as exc:
@@ -382,9 +396,7 @@ class _Worker:
                 finally:
                     self.in_batch = False
         finally:
-            if self.instance is not None:
-                self.instance = None  # release the Wasm memory now
-                pool.stats.instances_stopped += 1
+            self._discard_instance()  # the Wasm memory, now
             self.candidate = None
             await self.consumer.close()
 

@@ -59,6 +59,12 @@ class Scaler:
             window.popleft()
         return window[0][1]
 
+    def next_change_at(self) -> float | None:
+        """When `desired` may next drop with the lag unchanged: the oldest larger want leaves the cooldown
+        window. None: nothing left to drop (the controller then need not look before the next message)."""
+        window = self._window
+        return window[0][0] + self.policy.cooldown_s if len(window) > 1 else None
+
     def wake(self, now: float) -> int:
         """A message arrived at an idle pool: run at least one instance (counts as a want of 1)."""
         return self.desired(lag=1, in_flight=0, current=0, now=now)

@@ -14,6 +14,7 @@ from nats.aio.client import Client as NatsClient
 from ebbtide.broker import EmbeddedNats, provision
 from ebbtide.manifest import LoadedManifest
 from ebbtide.workload.bench import SCENARIOS, BenchOptions, run_bench
+from ebbtide.workload.bench.comparison import TUNING_ROUNDS
 from ebbtide.workload.bench.ordering import CASES as ORDERING_CASES
 from ebbtide.workload.orders import INGRESS_SUBJECT, encode_order, generate_orders
 from tests.conftest import read_stream
@@ -101,12 +102,13 @@ async def test_sustained_alone_at_given_rates(reference_manifest: LoadedManifest
 
 
 async def test_the_search_for_the_fastest_configuration(reference_manifest: LoadedManifest, tmp_path: Path) -> None:
-    """The full run's search (two bursts per configuration), here over two configurations and a small burst."""
+    """The full run's search (alternating rounds of one burst per configuration), here over two configurations
+    and a small burst."""
     options = BenchOptions(orders=300, tune=True, candidates=["default", "single"])
     report = await run_bench(reference_manifest, ["burst"], quick=True, out_dir=tmp_path, options=options)
     tuning = report.details["tuning"]
     assert set(tuning) == {"default", "single"}
-    assert all(len(t["wall_s"]) == 2 and 0 < t["median_s"] for t in tuning.values())
+    assert all(len(t["wall_s"]) == TUNING_ROUNDS and 0 < t["median_s"] for t in tuning.values())
     fastest = report.details["burst"]["fastest_config"]["name"]
     assert tuning[fastest]["median_s"] == min(t["median_s"] for t in tuning.values())
     ran = set(report.details["burst"]["implementations"])

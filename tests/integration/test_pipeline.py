@@ -8,9 +8,10 @@ from pathlib import Path
 import msgspec
 import pytest
 from nats.aio.client import Client as NatsClient
-from nats.aio.msg import Msg
 
+from ebbtide import executor as executor_module
 from ebbtide.broker import ConfirmedPublisher, EmbeddedNats, provision, publish_all
+from ebbtide.broker.delivery import Incoming
 from ebbtide.broker.headers import H_ERROR, H_FUNCTION, H_ORIGINAL_SUBJECT, H_REASON
 from ebbtide.host import Host
 from ebbtide.manifest import LoadedManifest, load_manifest
@@ -162,17 +163,20 @@ async def test_redelivered_order_is_written_once(
     subject = f"orders.{order.delivery.lower()}"
     bucket = f"outbox-{order.delivery.lower()}"
     acks: list[tuple[int, bool]] = []  # the receiver's acks: (delivery count, sent)
-    send_ack = Msg.ack
+    send_acks = executor_module.ack_all  # the executor acks each settled round with it
 
-    async def first_ack_lost(msg: Msg) -> None:
-        if msg.subject != subject:
-            return await send_ack(msg)
-        sent = bool(acks)  # the first is lost on its way
-        acks.append((msg.metadata.num_delivered, sent))
-        if sent:
-            await send_ack(msg)
+    async def first_ack_lost(settled: list[Incoming]) -> None:
+        sent = []
+        for incoming in settled:
+            if incoming.subject == subject:
+                lost = not acks  # the first is lost on its way
+                acks.append((incoming.delivery.delivered, not lost))
+                if lost:
+                    continue
+            sent.append(incoming)
+        await send_acks(sent)
 
-    monkeypatch.setattr(Msg, "ack", first_ack_lost)
+    monkeypatch.setattr(executor_module, "ack_all", first_ack_lost)
     await provision_for(load_manifest(path), nats_server.url)
     async with Host(load_manifest(path), nats_server.url):
         await publish(nc, [(encode_order(order), order.order_guid)])

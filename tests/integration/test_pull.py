@@ -7,12 +7,18 @@ import asyncio
 import sys
 import textwrap
 
+import nats
+import nats.errors
 import pytest
 from nats.aio.client import Client as NatsClient
 from nats.js import api
 
 from ebbtide.broker import EmbeddedNats
+from ebbtide.broker.delivery import Incoming, ack_all, parse_ack_subject
+from ebbtide.broker.publisher import ConfirmedPublisher, PubAck, PublishBatch
 from ebbtide.broker.pull import FetchError, PullConsumer
+from ebbtide.errors import PublishError
+from tests.conftest import wait_until
 
 WAIT_S = 30.0  # a long poll far longer than any of these tests: returning early is the behaviour under test
 
@@ -135,3 +141,54 @@ async def test_workers_sharing_a_consumer_each_get_messages(nc: NatsClient) -> N
     assert sorted(m.data for m in got) == [f"{i}".encode() for i in range(6)]
     for closing in (first, second):
         await closing.close()
+
+
+async def test_a_rounds_acks_go_out_in_one_write_one_ack_per_message(nats_server: EmbeddedNats, nc: NatsClient) -> None:
+    """The executor acks a settled round with `ack_all`: one write, still one +ACK per message (JetStream has
+    no batched explicit ack). Counted on the wire; the consumer then holds nothing unacked."""
+    consumer = await _consumer(nc, messages=5)
+    msgs = await consumer.fetch(100, WAIT_S)
+    watcher = await nats.connect(nats_server.url)
+    seen: list[bytes] = []
+
+    async def record(msg) -> None:
+        seen.append(msg.data)
+
+    await watcher.subscribe("$JS.ACK.P.c.>", cb=record)
+    await watcher.flush()
+    writes_before = nc.stats["out_msgs"]
+    await ack_all([Incoming(m, parse_ack_subject(m.reply)) for m in msgs])
+    await nc.flush()
+    await watcher.flush()
+    assert seen == [b""] * 5  # an empty ack is +ACK, as nats-py's Msg.ack sends it
+    assert nc.stats["out_msgs"] - writes_before == 5
+
+    async def all_acked() -> bool:  # the server works through acks on a queue of their own: a moment later
+        info = await nc.jetstream().consumer_info("P", "c")
+        return info.num_ack_pending == 0 and info.ack_floor.stream_seq == 5
+
+    await wait_until(all_acked)
+    with pytest.raises(nats.errors.MsgAlreadyAckdError):
+        await msgs[0].ack()  # nats-py knows it was acked
+    await consumer.close()
+    await watcher.close()
+
+
+async def test_a_publish_batch_is_confirmed_with_one_wait(nc: NatsClient) -> None:
+    """The executor's publishes: built together, written together, each PubAck (or refusal) in its place."""
+    await _stream_with_messages(nc, 0)
+    publisher = ConfirmedPublisher(nc)
+    await publisher.start()
+    batch = PublishBatch()
+    publisher.add(batch, "p.out", b"one", "id-1", {"Ebbtide-Ingress-At": "1"})
+    publisher.add(batch, "p.out", b"again", "id-1", {})  # the same id: stored once
+    publisher.add(batch, "p.out", b"x" * (nc.max_payload + 1), "id-2", {})  # refused here, never sent
+    publisher.add(batch, "nowhere.out", b"lost", "id-3", {})  # no stream: 503 no responders
+    await publisher.send(batch)
+    first, duplicate, too_big, no_stream = await publisher.wait(batch, timeout=10)
+    assert isinstance(first, PubAck) and first.seq == 1 and not first.duplicate
+    assert isinstance(duplicate, PubAck) and duplicate.duplicate and duplicate.seq == 1
+    assert isinstance(too_big, PublishError) and "max_payload" in str(too_big)
+    assert isinstance(no_stream, PublishError) and "503" in str(no_stream)
+    stored = await nc.jetstream().get_msg("P", 1)
+    assert stored.data == b"one" and stored.headers == {"Ebbtide-Ingress-At": "1", "Nats-Msg-Id": "id-1"}

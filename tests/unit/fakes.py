@@ -1,7 +1,8 @@
 """Small in-memory stand-ins for the broker, for unit tests of the pool and the executor.
 
 `FakeNats` plays nats-py's Client as far as ebbtide's broker code uses it (publish, subscribe,
-max_payload): the real `ConfirmedPublisher` and real nats-py `Msg` objects run on it unchanged, so a test
+max_payload, and the internals broker/_nats_fast.py writes protocol bytes and dispatches messages
+through): the real `ConfirmedPublisher` and real nats-py `Msg` objects run on it unchanged, so a test
 sees the bytes they would send (effects with their headers, `+ACK`, `-NAK {"delay": ...}`, `+WPI`).
 Publishes that ask for a reply are answered like a JetStream stream would: a PubAck (duplicates by
 `Nats-Msg-Id` recognised), or an error for the subjects a test says to refuse, or nothing at all for the
@@ -28,6 +29,8 @@ class Published:
 class _Subscription:
     def __init__(self, fake: FakeNats, subject: str) -> None:
         self._fake, self.subject = fake, subject
+        self._pending_queue: asyncio.Queue[Msg] = asyncio.Queue()  # replaced by _nats_fast.subscribe_direct
+        self._pending_size = 0
 
     async def unsubscribe(self) -> None:
         self._fake.subscriptions.pop(self.subject, None)
@@ -43,27 +46,65 @@ class FakeNats:
     _inbox_prefix: bytes = b"_INBOX"
     _seen_ids: dict[str, int] = field(default_factory=dict)
     _replies: set[asyncio.Task] = field(default_factory=set)
+    # nats-py internals that broker/_nats_fast.py reads
+    is_closed: bool = False
+    is_draining_pubs: bool = False
+    is_connected: bool = True
+    _max_pending_size: int = 1 << 21
+    _pending_data_size: int = 0
+    _flush_queue: None = None
+    stats: dict[str, int] = field(default_factory=lambda: {"out_msgs": 0, "out_bytes": 0})
 
     # -- what nats-py's Client offers --------------------------------------------------------------------
 
     async def subscribe(self, subject: str, cb=None, **_: object) -> _Subscription:
-        self.subscriptions[subject] = cb
-        return _Subscription(self, subject)
+        subscription = _Subscription(self, subject)
+        self.subscriptions[subject] = cb or subscription
+        return subscription
 
     async def publish(self, subject: str, payload: bytes = b"", reply: str = "", headers: dict[str, str] | None = None) -> None:
-        self.published.append(Published(subject, payload, reply, dict(headers) if headers else None))
-        callback = self._subscriber(reply) if reply else None
-        if callback is None or subject in self.unanswered:
+        self._receive(subject, payload, reply, dict(headers) if headers else None)
+
+    async def _send_command(self, cmd: bytes) -> None:
+        """Protocol bytes as _nats_fast.write sends them: PUB and HPUB commands, one after another."""
+        pos = 0
+        while pos < len(cmd):
+            eol = cmd.index(b"\r\n", pos)
+            verb, subject, *sizes = cmd[pos:eol].decode().split(" ")
+            pos = eol + 2
+            headers = None
+            if verb == "PUB":
+                reply = sizes[0] if len(sizes) == 2 else ""
+                header_size, total = 0, int(sizes[-1])
+            else:
+                assert verb == "HPUB", verb
+                reply = sizes[0] if len(sizes) == 3 else ""
+                header_size, total = int(sizes[-2]), int(sizes[-1])
+                lines = cmd[pos : pos + header_size].decode().split("\r\n")
+                assert lines[0] == "NATS/1.0" and lines[-2:] == ["", ""], lines
+                headers = dict(line.split(": ", 1) for line in lines[1:-2])
+            payload = cmd[pos + header_size : pos + total]
+            assert cmd[pos + total : pos + total + 2] == b"\r\n"
+            pos += total + 2
+            self._receive(subject, payload, reply, headers)
+
+    def _receive(self, subject: str, payload: bytes, reply: str, headers: dict[str, str] | None) -> None:
+        self.published.append(Published(subject, payload, reply, headers))
+        subscriber = self._subscriber(reply) if reply else None
+        if subscriber is None or subject in self.unanswered:
             return
         answer = Msg(self, subject=reply, data=self._pub_ack(subject, headers))  # type: ignore[arg-type]
-        task = asyncio.get_running_loop().create_task(callback(answer))  # later, as from the socket
+        if isinstance(subscriber, _Subscription):  # no callback: through its queue, as nats-py's read loop does
+            asyncio.get_running_loop().call_soon(subscriber._pending_queue.put_nowait, answer)
+            return
+        task = asyncio.get_running_loop().create_task(subscriber(answer))  # later, as from the socket
         self._replies.add(task)
         task.add_done_callback(self._replies.discard)
 
     def _subscriber(self, reply: str):
-        for pattern, callback in self.subscriptions.items():
+        for pattern, subscriber in self.subscriptions.items():
             if pattern.endswith(".*") and reply.startswith(pattern[:-1]) and "." not in reply[len(pattern) - 1 :]:
-                return callback
+                return subscriber
         return None
 
     def _pub_ack(self, subject: str, headers: dict[str, str] | None) -> bytes:
@@ -103,6 +144,7 @@ class FakeNats:
 
     async def settled(self) -> None:
         """Let the PubAcks in flight arrive."""
+        await asyncio.sleep(0)  # answers handed to a subscription's queue arrive on the next loop iteration
         while self._replies:
             await asyncio.gather(*self._replies)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ebbtide.broker import headers, jsapi
-from ebbtide.broker.delivery import Incoming, parse_ack_subject
+from ebbtide.broker.delivery import Incoming, nak_all, parse_ack_subject
 from ebbtide.broker.publisher import ConfirmedPublisher, PublishError
 from ebbtide.errors import JetStreamError
 
@@ -80,3 +80,15 @@ def test_a_delivery_reads_its_ack_subject() -> None:
     assert (incoming.subject, incoming.data, incoming.headers) == ("in.chaos", b"x", None)
     with pytest.raises(ValueError):
         parse_ack_subject("_INBOX.1")
+
+
+async def test_handing_a_batch_back_skips_what_was_settled_and_naks_the_rest() -> None:
+    """At shutdown past the grace period a batch is nak'ed whole; a message of it already acked (or nak'ed as
+    a retry) is skipped, not the end of the loop (nats-py refuses to settle a message twice)."""
+    nc = FakeNats()
+    acked, retried, waiting = (nc.delivery(b"x", sequence=i) for i in (1, 2, 3))
+    await acked.ack()
+    await retried.nak(delay=5)
+    await nak_all([acked, retried, waiting], 1.5)
+    assert nc.acks(acked) == [b""] and nc.acks(retried) == [b'-NAK {"delay": 5000000000}']
+    assert nc.acks(waiting) == [b'-NAK {"delay": 1500000000}']  # before: never sent

@@ -71,3 +71,16 @@ def test_invalid_policies_are_refused(bad: dict) -> None:
     values = dict(min=0, max=4, target_backlog=10, cooldown_s=1.0) | bad
     with pytest.raises(ValueError):
         ScalePolicy(**values)
+
+
+def test_next_change_is_when_the_cooldown_lets_the_count_drop() -> None:
+    """A quiet controller sleeps until then (controller.py), not a tick at a time."""
+    scaler = Scaler(POLICY)
+    assert scaler.desired(lag=0, in_flight=0, current=0, now=0) == 0
+    assert scaler.next_change_at() is None  # nothing to drop
+    scaler.desired(lag=1000, in_flight=0, current=0, now=1.0)
+    assert scaler.desired(lag=0, in_flight=0, current=2, now=2.0) > 0
+    change_at = scaler.next_change_at()
+    assert change_at == 1.0 + POLICY.cooldown_s
+    assert scaler.desired(lag=0, in_flight=0, current=2, now=change_at + 0.001) == 0
+    assert scaler.next_change_at() is None

@@ -12,7 +12,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import nats.errors
 from nats.aio.msg import Msg
+
+from . import _nats_fast
 
 _V1_TOKENS = 9  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
 _V2_MIN_TOKENS = 11  # $JS.ACK.<domain>.<account>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>[.<token>]
@@ -75,11 +78,29 @@ class Incoming:
         await self.msg.nak(delay=delay_s)
 
 
-async def nak_all(msgs: Sequence[Msg], delay_s: float) -> None:
-    """Hand a batch back for redelivery after `delay_s`. A nak for a message already acked is ignored by
-    the server. Stops at the first failure: with the connection gone, the server redelivers after the
-    ack wait anyway."""
+async def ack_all(settled: Sequence[Incoming]) -> None:
+    """+ACK each message, in one write (an ack per message all the same: JetStream's only batched ack,
+    AckAll, would also ack other workers' and replicas' messages still in progress). Raises as
+    `Msg.ack` does when the connection is closed."""
+    if not settled:
+        return
+    msgs = [incoming.msg for incoming in settled]
     for msg in msgs:
+        if msg.is_acked:
+            raise nats.errors.MsgAlreadyAckdError(msg)
+    pub = _nats_fast.pub
+    await _nats_fast.write(_nats_fast.client_of(msgs[0]), b"".join([pub(msg.reply) for msg in msgs]), len(msgs))
+    for msg in msgs:
+        _nats_fast.mark_settled(msg)
+
+
+async def nak_all(msgs: Sequence[Msg], delay_s: float) -> None:
+    """Hand a batch back for redelivery after `delay_s`, but for the messages already settled (acked, or
+    nak'ed as a retry): nats-py refuses a second ack of those, which would otherwise end the loop. Stops at
+    the first failure: with the connection gone, the server redelivers after the ack wait anyway."""
+    for msg in msgs:
+        if msg.is_acked:
+            continue
         try:
             await msg.nak(delay=delay_s)
         except Exception:

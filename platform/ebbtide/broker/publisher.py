@@ -3,6 +3,10 @@
 Each publish carries a reply subject under one wildcard inbox; the server's PubAck arrives there and
 resolves that publish's future. Cheaper than nats-py's `publish_async` (no task or semaphore per
 message) and it always sets `Nats-Msg-Id`, so a redelivered input's effects are deduplicated.
+
+On the hot path (the executor: a batch's effects and dead letters) a `PublishBatch` goes further: its
+publishes are built as protocol bytes and written together (`_nats_fast.write`), and the PubAcks fill one
+list that a single wait returns, with no future per publish.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from ..errors import PublishError
-from . import jsapi
+from . import _nats_fast, jsapi
 from .headers import H_MSG_ID, H_STATUS, message_size
 
 
@@ -33,12 +37,36 @@ class PubAck(jsapi.ApiResponse):
 _decode_ack = msgspec.json.Decoder(PubAck).decode  # on the hot path: one per effect
 
 
+class PublishBatch:
+    """Publishes sent together and confirmed together (`ConfirmedPublisher.add`, `send`, `wait`)."""
+
+    __slots__ = ("results", "_commands", "_tokens", "_waiting", "_all_answered")
+
+    def __init__(self) -> None:
+        self.results: list[PubAck | PublishError | None] = []  # by index; None: not answered yet
+        self._commands: list[bytes] = []  # built, not sent yet
+        self._tokens: list[str] = []  # of the publishes not answered yet, when the wait ends
+        self._waiting = 0
+        self._all_answered: asyncio.Future[None] | None = None
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def _answer(self, index: int, result: PubAck | PublishError) -> None:
+        if self.results[index] is not None:
+            return
+        self.results[index] = result
+        self._waiting -= 1
+        if self._waiting == 0 and self._all_answered is not None and not self._all_answered.done():
+            self._all_answered.set_result(None)
+
+
 class ConfirmedPublisher:
     def __init__(self, nc: NatsClient) -> None:
         self._nc = nc
         self._prefix = f"{nc._inbox_prefix.decode()}.{nats.nuid.NUID().next().decode()}."
         self._tokens = itertools.count()
-        self._pending: dict[str, asyncio.Future[PubAck]] = {}
+        self._pending: dict[str, asyncio.Future[PubAck] | tuple[PublishBatch, int]] = {}
         self._subscription: Subscription | None = None
 
     @property
@@ -48,7 +76,7 @@ class ConfirmedPublisher:
 
     async def start(self) -> None:
         if self._subscription is None:
-            self._subscription = await self._nc.subscribe(self._prefix + "*", cb=self._on_reply)
+            self._subscription = await _nats_fast.subscribe_direct(self._nc, self._prefix + "*", self._on_reply)
 
     async def stop(self) -> None:
         """Stop listening for confirmations; unconfirmed publishes stay unresolved."""
@@ -56,22 +84,66 @@ class ConfirmedPublisher:
             await self._subscription.unsubscribe()
             self._subscription = None
 
-    async def _on_reply(self, msg: Msg) -> None:
-        future = self._pending.pop(msg.subject[len(self._prefix) :], None)
-        if future is None or future.done():
+    def _on_reply(self, msg: Msg) -> None:
+        waiting = self._pending.pop(msg.subject[len(self._prefix) :], None)
+        if waiting is None:
             return
-        if not msg.data and msg.headers and msg.headers.get(H_STATUS) == "503":
-            future.set_exception(PublishError("no stream captures this subject (503 no responders)"))
+        result = _pub_ack(msg)
+        if type(waiting) is tuple:
+            batch, index = waiting
+            batch._answer(index, result)
+        elif not waiting.done():  # type: ignore[union-attr]
+            if isinstance(result, PublishError):
+                waiting.set_exception(result)  # type: ignore[union-attr]
+            else:
+                waiting.set_result(result)  # type: ignore[union-attr]
+
+    # -- a batch: built together, sent together, confirmed together ----------------------------------------
+
+    def add(self, batch: PublishBatch, subject: str, payload: bytes, msg_id: str, headers: dict[str, str]) -> int:
+        """Build a publish into `batch` (sent by `send`); its index in `batch.results`. `headers` are
+        ebbtide's own names (broker/headers.py); `msg_id` becomes `Nats-Msg-Id`."""
+        index = len(batch.results)
+        header = _nats_fast.header_block({**headers, H_MSG_ID: msg_id})
+        size = len(header) + len(payload)
+        if size > self._nc.max_payload:  # the server would answer by closing the connection
+            batch.results.append(PublishError(f"message of {size} bytes exceeds the server's max_payload {self._nc.max_payload}"))
+            return index
+        token = str(next(self._tokens))
+        batch.results.append(None)
+        batch._waiting += 1
+        batch._tokens.append(token)
+        self._pending[token] = (batch, index)
+        batch._commands.append(_nats_fast.hpub(subject, self._prefix + token, header, payload))
+        return index
+
+    async def send(self, batch: PublishBatch) -> None:
+        """Write what was added to `batch` since the last send, in one go."""
+        commands, batch._commands = batch._commands, []
+        if not commands:
             return
         try:
-            ack = _decode_ack(msg.data)
-        except msgspec.DecodeError:
-            future.set_exception(PublishError(f"unreadable PubAck: {msg.data[:200]!r}"))
-            return
-        if ack.error is not None:
-            future.set_exception(PublishError(f"server refused publish: {ack.error.description} (err_code {ack.error.err_code})"))
-        else:
-            future.set_result(ack)
+            await _nats_fast.write(self._nc, b"".join(commands), len(commands))
+        except Exception as exc:
+            for token in batch._tokens[-len(commands) :]:
+                waiting = self._pending.pop(token, None)
+                if type(waiting) is tuple:
+                    waiting[0]._answer(waiting[1], PublishError(f"publish failed: {exc!r}"))
+
+    async def wait(self, batch: PublishBatch, timeout: float) -> list[PubAck | PublishError]:
+        """Every publish's answer, in the order added; a publish not answered within `timeout` is a
+        PublishError (and forgotten: a late PubAck changes nothing)."""
+        if batch._waiting > 0:
+            batch._all_answered = asyncio.get_running_loop().create_future()
+            await asyncio.wait([batch._all_answered], timeout=timeout)
+        if batch._waiting > 0:
+            for token in batch._tokens:
+                self._pending.pop(token, None)
+            missing = PublishError(f"no PubAck within {timeout} s")
+            batch.results = [missing if r is None else r for r in batch.results]
+            batch._waiting = 0
+        batch._tokens.clear()
+        return batch.results  # type: ignore[return-value]  # every entry answered now
 
     async def publish(
         self, subject: str, payload: bytes, msg_id: str | None, headers: dict[str, str] | None = None
@@ -124,6 +196,19 @@ class ConfirmedPublisher:
         for token, future in list(self._pending.items()):
             if future in futures:
                 del self._pending[token]
+
+
+def _pub_ack(msg: Msg) -> PubAck | PublishError:
+    """What the server answered to a publish: its PubAck, or why it was not stored."""
+    if not msg.data and msg.headers and msg.headers.get(H_STATUS) == "503":
+        return PublishError("no stream captures this subject (503 no responders)")
+    try:
+        ack = _decode_ack(msg.data)
+    except msgspec.DecodeError:
+        return PublishError(f"unreadable PubAck: {msg.data[:200]!r}")
+    if ack.error is not None:
+        return PublishError(f"server refused publish: {ack.error.description} (err_code {ack.error.err_code})")
+    return ack
 
 
 async def publish_all(

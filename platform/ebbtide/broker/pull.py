@@ -9,7 +9,8 @@ fills. Here a fetch is:
 2. only when that brought nothing, a waiting request for one message (`expires` = the long poll), and
    as soon as it comes, a `no_wait` request for the rest.
 
-So a fetch returns as soon as anything is there, with as much as there is (up to n).
+So a fetch returns as soon as anything is there, with as much as there is (up to n). After a fetch that
+brought nothing, the next one starts at step 2: an idle consumer costs the server one request per long poll.
 
 Messages that arrive after their fetch gave up waiting (a slow server, a reconnect) are kept for the next
 fetch, never dropped; `close()` hands back (naks) whatever nobody fetched, and returns only once the
@@ -28,6 +29,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from ..errors import FetchError
+from . import _nats_fast
 from .headers import H_DESCRIPTION, H_STATUS
 from .jsapi import next_message_subject
 
@@ -50,12 +52,13 @@ class PullConsumer:
         self._arrived: list[Msg] = []  # delivered, not yet handed out by a fetch
         self._wanted = 0  # messages the request in progress may still bring
         self._answered: asyncio.Future[str | None] | None = None  # a status, or None: enough messages
+        self._idle = False  # the last fetch brought nothing: the next skips the no_wait request
 
     async def start(self) -> PullConsumer:
-        self._subscription = await self._nc.subscribe(self._inbox, cb=self._on_message)
+        self._subscription = await _nats_fast.subscribe_direct(self._nc, self._inbox, self._on_message)
         return self
 
-    async def _on_message(self, msg: Msg) -> None:
+    def _on_message(self, msg: Msg) -> None:
         status = msg.headers.get(H_STATUS) if msg.headers and not msg.data else None
         if status is None:
             self._arrived.append(msg)
@@ -89,15 +92,18 @@ class PullConsumer:
     async def fetch(self, batch: int, wait_s: float) -> list[Msg]:
         """Up to `batch` messages: those there now, else the first to come within `wait_s`. [] if none."""
         if len(self._arrived) < batch:
-            status = await self._request(batch - len(self._arrived), None)
+            if not self._idle:
+                status = await self._request(batch - len(self._arrived), None)
+                self._raise_for(status if not self._arrived else None, NO_MESSAGES, REQUEST_TIMEOUT)
             if not self._arrived:
-                self._raise_for(status, NO_MESSAGES, REQUEST_TIMEOUT)
                 status = await self._request(1, wait_s)
                 if not self._arrived:
                     self._raise_for(status, REQUEST_TIMEOUT, NO_MESSAGES)
+                    self._idle = True
                     return []
                 if batch > 1:
                     await self._request(batch - len(self._arrived), None)
+        self._idle = False
         taken, self._arrived = self._arrived[:batch], self._arrived[batch:]
         return taken
 

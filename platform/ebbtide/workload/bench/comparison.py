@@ -2,7 +2,8 @@
 
 Implementations (implementations.py): a raw nats-py pass-through (the practical limit), FastStream, ebbtide
 with the default manifest and ebbtide in its fastest configuration (a manifest variant: the full run tries
-CANDIDATES, the default among them, with two bursts each and keeps the fastest median; --quick takes
+CANDIDATES, the default among them, in TUNING_ROUNDS alternating rounds of one burst each, so a slow minute of
+a shared machine hits every candidate alike, and keeps the fastest median; --quick takes
 FASTEST_KNOWN; when that is the default it is not run twice). For each: streams and
 consumers deleted and provisioned again, the implementation started, one warm-up burst (excluded), then
 `repeats` timed bursts of the same orders (ingress ids made unique per run, so no publish is deduplicated).
@@ -26,6 +27,13 @@ from .options import BenchOptions
 from .report import BenchReport, Section
 from .stats import percentile, spread
 from .sustained import bench_sustained
+
+TUNING_ROUNDS = 3  # each candidate: one burst per round, after a warm-up, restarted every round
+# Issue 18's goals, judged in the burst's table (the ZEISS figures are the anchor: 10,000 orders, 2.4 s of host
+# CPU in the three function processes measured before it).
+GOAL_VS_RAW = 1.0
+GOAL_VS_FASTSTREAM = 8.0
+GOAL_FUNCTIONS_CPU_S_PER_10K = 1.2
 
 
 def cpu_seconds(pid: int) -> float:
@@ -178,24 +186,34 @@ async def _tune(
     report: BenchReport,
     candidates: list[impls.Variant],
 ) -> impls.Variant:
-    """Two bursts per candidate configuration (after a warm-up); the fastest median wall time wins."""
-    timings: list[tuple[float, impls.Variant, list[float]]] = []
-    for variant in candidates:
-        impl = impls.ebbtide(manifest, variant, folder, f"tune-{variant.name}", variant.name)
-        await harness.reset()
-        walls = []
-        async with impl.start(url, harness.nc):
-            await harness.burst(warm, tag=f"tune-{variant.name}-warm-up")
-            for repeat in range(2):
+    """TUNING_ROUNDS alternating rounds: in each, every candidate started, warmed up, one burst; the fastest
+    median wall time wins."""
+    walls: dict[str, list[float]] = {variant.name: [] for variant in candidates}
+    for round_ in range(TUNING_ROUNDS):
+        for variant in candidates:
+            impl = impls.ebbtide(manifest, variant, folder, f"tune-{variant.name}", variant.name)
+            await harness.reset()
+            async with impl.start(url, harness.nc):
+                await harness.burst(warm, tag=f"tune-{variant.name}-{round_}-warm-up")
                 await harness.settle()
-                walls.append((await harness.burst(orders, tag=f"tune-{variant.name}-{repeat}")).wall_s)
-        print(f"tune: {variant.name} ({variant.describe()}): {', '.join(f'{w:.3f}' for w in walls)} s", flush=True)
-        timings.append((spread(walls).median, variant, walls))
+                walls[variant.name].append((await harness.burst(orders, tag=f"tune-{variant.name}-{round_}")).wall_s)
+            print(f"tune: round {round_ + 1}: {variant.name} ({variant.describe()}): {walls[variant.name][-1]:.3f} s", flush=True)
+    timings = [(spread(walls[v.name]).median, v, walls[v.name]) for v in candidates]
     best = min(timings, key=lambda t: t[0])[1]
-    lines = ["| configuration | settings | wall time (median of 2 bursts) |", "|---|---|---:|"]
-    lines += [f"| {v.name}{' (fastest)' if v is best else ''} | {v.describe()} | {t:.3f} s |" for t, v, _ in timings]
-    report.sections.append(Section("ebbtide configurations tried (two bursts each after a warm-up)", "\n".join(lines)))
-    report.details["tuning"] = {v.name: {"settings": v.describe(), "wall_s": walls, "median_s": t} for t, v, walls in timings}
+    lines = [
+        f"| configuration | settings | wall time, median of {TUNING_ROUNDS} | each round |",
+        "|---|---|---:|---|",
+    ]
+    lines += [
+        f"| {v.name}{' (fastest)' if v is best else ''} | {v.describe()} | {t:.3f} s | {', '.join(f'{w:.3f}' for w in ws)} |"
+        for t, v, ws in timings
+    ]
+    report.sections.append(
+        Section(
+            f"ebbtide configurations tried ({TUNING_ROUNDS} alternating rounds, one burst each after a warm-up)", "\n".join(lines)
+        )
+    )
+    report.details["tuning"] = {v.name: {"settings": v.describe(), "wall_s": ws, "median_s": t} for t, v, ws in timings}
     return best
 
 
@@ -256,7 +274,13 @@ def _report_burst(
         )
         report.add(f"burst {s['label']}: orders/s, median", s["orders_per_s"]["median"], "orders/s", how)
     for name, value in ratios.items():
-        report.add(name, value, "×", "median orders/s divided", "≥ 2" if "FastStream" in name else "≥ 0.8")
+        report.add(
+            name,
+            value,
+            "×",
+            "median orders/s divided",
+            f"≥ {GOAL_VS_FASTSTREAM:g}" if "FastStream" in name else f"≥ {GOAL_VS_RAW:g}",
+        )
 
 
 def _ratios(summaries: dict[str, dict[str, Any]]) -> dict[str, float]:
@@ -273,7 +297,7 @@ def _ratios(summaries: dict[str, dict[str, Any]]) -> dict[str, float]:
 
 
 def _goals(summaries: dict[str, dict[str, Any]], ratios: dict[str, float], n: int) -> list[str]:
-    best = summaries.get("ebbtide-fastest", summaries.get("ebbtide-default"))
+    best = summaries.get("ebbtide-default")  # issue 18: the default is what is judged (and should be the fastest)
     if best is None:
         return []
     out = []
@@ -282,8 +306,15 @@ def _goals(summaries: dict[str, dict[str, Any]], ratios: dict[str, float], n: in
     out.append(f"goal 10,000 orders in ≤ 1.0 s: {best['label']} took {wall:.3f} s for {n:,}: {verdict}")
     for name, value in ratios.items():
         if name.startswith(best["label"]):
-            goal = 2.0 if "FastStream" in name else 0.8
+            goal = GOAL_VS_FASTSTREAM if "FastStream" in name else GOAL_VS_RAW
             out.append(f"goal {name} ≥ {goal:g}: {value:.2f}: {'met' if value >= goal else 'not met'}")
+    functions_cpu = best["cpu_s_per_10k_orders"]["functions"]
+    if math.isfinite(functions_cpu):
+        out.append(
+            f"goal host CPU of {best['label']}'s function processes ≤ {GOAL_FUNCTIONS_CPU_S_PER_10K:g} s per 10,000 orders "
+            f"(half of the 2.4 s measured when issue 18 was filed): {functions_cpu:.2f} s: "
+            f"{'met' if functions_cpu <= GOAL_FUNCTIONS_CPU_S_PER_10K else 'not met'}"
+        )
     raw = summaries.get("raw")
     if raw is not None:
         ours, theirs = best["cpu_s_per_10k_orders"]["nats_server"], raw["cpu_s_per_10k_orders"]["nats_server"]

@@ -1,0 +1,59 @@
+"""broker/_nats_fast.py leans on nats-py internals: this fails loudly when a nats-py release changes them."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import inspect
+
+from hypothesis import given
+from hypothesis import strategies as st
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from ebbtide.broker import _nats_fast
+
+
+def test_nats_py_is_the_pinned_release_with_the_internals_used() -> None:
+    assert importlib.metadata.version("nats-py") == "2.16.0"  # pyproject.toml pins it; _nats_fast.py relies on it
+    client_source = inspect.getsource(NatsClient)
+    for name in ("_send_command", "_flush_pending", "_flush_queue", "_max_pending_size", "_pending_data_size"):
+        assert name in client_source, name
+    assert "sub._pending_queue.put_nowait(msg)" in inspect.getsource(NatsClient._process_msg)  # where _Dispatch sits
+    assert "sub._pending_size += payload_size" in inspect.getsource(NatsClient._process_msg)
+    subscription_source = inspect.getsource(Subscription.__init__)
+    assert "self._pending_queue" in subscription_source and "self._pending_size" in subscription_source
+    msg_source = inspect.getsource(Msg)
+    assert "self._ackd = True" in msg_source and "_client" in msg_source
+    assert "_parse_header_lines(raw_headers)" in inspect.getsource(NatsClient._process_headers)
+    assert NatsClient._parse_header_lines is _nats_fast.parse_header_lines  # installed
+
+
+HEADER_BLOCKS = [
+    b"Nats-Msg-Id: ORDERS:1:0\r\nEbbtide-Ingress-At: 1732800000000000000\r\n\r\n",
+    b"A:b\r\nA: c\r\n\r\n",  # the later one wins, as in nats-py
+    b"Bad Name: x\r\nTab\tName: y\r\nOk:\tz \r\n:empty name\r\nno colon\r\n\xff\xfe: v\r\nK: \xff\r\n\r\n",
+    b"Fs\x1cName: x\r\n\r\n",  # \x1c is whitespace to str.isspace and to str.split alike
+    b"\x00\x1c: x\r\n\r\n",  # ... and bytes.strip leaves it at the end of a name (found by hypothesis)
+    b"",
+]
+
+
+def test_the_header_parser_reads_as_nats_py_does() -> None:
+    for raw in HEADER_BLOCKS:
+        assert _nats_fast.parse_header_lines(raw) == _nats_fast.NATS_PY_PARSE_HEADER_LINES(raw), raw
+
+
+@given(st.lists(st.tuples(st.binary(max_size=12), st.sampled_from([b":", b": ", b""]), st.binary(max_size=12)), max_size=6))
+def test_the_header_parser_reads_any_bytes_as_nats_py_does(lines: list[tuple[bytes, bytes, bytes]]) -> None:
+    raw = b"".join(name + sep + value + b"\r\n" for name, sep, value in lines) + b"\r\n"
+    assert _nats_fast.parse_header_lines(raw) == _nats_fast.NATS_PY_PARSE_HEADER_LINES(raw)
+
+
+def test_protocol_commands_are_what_nats_py_sends() -> None:
+    assert _nats_fast.pub("$JS.ACK.S.c.1.2.2.0.0") == b"PUB $JS.ACK.S.c.1.2.2.0.0 0\r\n\r\n"
+    header = _nats_fast.header_block({"Nats-Msg-Id": "S:2:0", "Why": "two\r\nlines"})
+    assert header == b"NATS/1.0\r\nNats-Msg-Id: S:2:0\r\nWhy: two  lines\r\n\r\n"
+    assert _nats_fast.hpub("a.b", "_INBOX.x.1", header, b"{}") == (
+        f"HPUB a.b _INBOX.x.1 {len(header)} {len(header) + 2}\r\n".encode() + header + b"{}\r\n"
+    )
