@@ -86,6 +86,14 @@ class Replicas:
     async def stop_all(self) -> None:
         await asyncio.gather(*(self.stop_one(f) for f, processes in self.running.items() for _ in list(processes)))
 
+    async def kill_left_over(self) -> None:
+        """After a test, passed or not: kill what still runs."""
+        for processes in self.running.values():
+            for process in processes:
+                if process.returncode is None:
+                    process.kill()
+                    await process.wait()
+
     def count(self, function: str) -> int:
         return sum(1 for p in self.running.get(function, []) if p.returncode is None)
 
@@ -219,11 +227,7 @@ async def test_replicas_scaled_up_and_down_on_a_cluster_losing_a_node(
         print(replicas.log_tail()[-6000:])
         raise
     finally:
-        for processes in replicas.running.values():
-            for process in processes:
-                if process.returncode is None:
-                    process.kill()
-                    await process.wait()
+        await replicas.kill_left_over()
         if nc is not None:
             await nc.close()
         cluster.stop()

@@ -150,10 +150,6 @@ async def test_every_orders_events_in_sequence_through_scaling_kill_9_and_a_serv
         print(replicas.log_tail()[-6000:])
         raise
     finally:
-        for processes in replicas.running.values():
-            for process in processes:
-                if process.returncode is None:
-                    process.kill()
-                    await process.wait()
+        await replicas.kill_left_over()
         await nc.close()
         server.stop()
