@@ -103,6 +103,11 @@ class PublishError(RunError):
     """The server did not confirm a publish (error reply, no stream, or timeout)."""
 
 
+class PublishUnanswered(PublishError):
+    """No answer to a publish in time, or it could not be sent (disconnected): the server, not the message,
+    is the trouble (e.g. a stream electing a new leader after a node failed)."""
+
+
 class DeadLetterError(RunError):
     """A dead letter cannot be read, shown or redriven."""
 

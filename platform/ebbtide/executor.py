@@ -34,7 +34,7 @@ from .broker.headers import H_ERROR, H_INGRESS_AT, H_MSG_ID, header_lines_size
 from .broker.partitions import key_of_stored_subject
 from .broker.publisher import ConfirmedPublisher, PublishBatch
 from .deadletter import Reason, dead_letter_headers, fit_payload
-from .errors import PublishError
+from .errors import PublishError, PublishUnanswered
 from .manifest import FunctionSection
 from .outcome import (
     Ack,
@@ -273,7 +273,8 @@ class Executor:
                     continue
                 delivery = incoming.delivery
                 log.warning("%s: effects of %s #%d not confirmed: %s", self.name, delivery.stream, delivery.sequence, errors[0])
-                next_outcome = after_unconfirmed(outcome, str(errors[0]), delivery.delivered, retry)
+                unanswered = all(isinstance(error, PublishUnanswered) for error in errors)
+                next_outcome = after_unconfirmed(outcome, str(errors[0]), delivery.delivered, retry, unanswered=unanswered)
                 if isinstance(outcome, DeadLetter):  # the dead letter itself was not stored: try it all again later
                     assert isinstance(next_outcome, Retry)
                     await self._nak(incoming, next_outcome)

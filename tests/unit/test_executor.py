@@ -231,6 +231,15 @@ async def test_publishes_that_get_no_answer_time_out_and_are_retried() -> None:
     assert stats.retried == 1
 
 
+async def test_publishes_that_get_no_answer_past_max_deliver_are_still_retried_not_dead_lettered() -> None:
+    # The server, not the message, is the trouble (a stream electing its leader): the retries are not used up.
+    nc = FakeNats(unanswered={"test.out"})
+    msg = nc.delivery(b"a", sequence=1, delivered=3)  # max_deliver 3: a failure the guest caused would end here
+    stats = await run(nc, [msg])
+    assert [nak_delay_s(a) for a in nc.acks(msg)] == [0.1]  # the last backoff, as for any later delivery
+    assert (stats.retried, stats.dead_lettered) == (1, 0) and not nc.sent_to("dlq.chaos")
+
+
 async def test_a_host_error_does_not_stop_the_batch() -> None:
     nc = FakeNats()
     boom, fine = nc.delivery(b"boom", sequence=1), nc.delivery(b"fine", sequence=2)

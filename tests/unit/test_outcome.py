@@ -113,6 +113,13 @@ def test_unconfirmed_effects_are_a_transient_failure() -> None:
 
 
 @pytest.mark.parametrize("delivered", [1, 3, 50])
+def test_effects_the_server_never_answered_are_retried_without_using_up_the_retries(delivered: int) -> None:
+    ack = Ack([Outgoing("test.out", b"x")])
+    outcome = after_unconfirmed(ack, "no PubAck within 1 s", delivered, RETRY, unanswered=True)
+    assert outcome == Retry(backoff_s(delivered, RETRY), "effects not confirmed: no PubAck within 1 s")
+
+
+@pytest.mark.parametrize("delivered", [1, 3, 50])
 def test_an_unconfirmed_dead_letter_is_tried_again_later_never_dead_lettered_twice(delivered: int) -> None:
     letter = DeadLetter(Reason.REJECTED, "bad order")
     outcome = after_unconfirmed(letter, "no stream", delivered, RETRY)

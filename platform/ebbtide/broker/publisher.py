@@ -21,7 +21,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from ..errors import PublishError
+from ..errors import PublishError, PublishUnanswered
 from . import _nats_fast, jsapi
 from .headers import H_MSG_ID, H_STATUS, message_size
 
@@ -128,7 +128,7 @@ class ConfirmedPublisher:
             for token in batch._tokens[-len(commands) :]:
                 waiting = self._pending.pop(token, None)
                 if type(waiting) is tuple:
-                    waiting[0]._answer(waiting[1], PublishError(f"publish failed: {exc!r}"))
+                    waiting[0]._answer(waiting[1], PublishUnanswered(f"publish failed: {exc!r}"))
 
     async def wait(self, batch: PublishBatch, timeout: float) -> list[PubAck | PublishError]:
         """Every publish's answer, in the order added; a publish not answered within `timeout` is a
@@ -139,7 +139,7 @@ class ConfirmedPublisher:
         if batch._waiting > 0:
             for token in batch._tokens:
                 self._pending.pop(token, None)
-            missing = PublishError(f"no PubAck within {timeout} s")
+            missing = PublishUnanswered(f"no PubAck within {timeout} s")
             batch.results = [missing if r is None else r for r in batch.results]
             batch._waiting = 0
         batch._tokens.clear()
@@ -169,7 +169,7 @@ class ConfirmedPublisher:
             await self._nc.publish(subject, payload, reply=self._prefix + token, headers=all_headers or None)
         except Exception as exc:
             self._pending.pop(token, None)
-            future.set_exception(PublishError(f"publish to {subject} failed: {exc}"))
+            future.set_exception(PublishUnanswered(f"publish to {subject} failed: {exc}"))
         return future
 
     async def confirm(self, futures: Iterable[asyncio.Future[PubAck]], timeout: float) -> list[PubAck | PublishError]:
@@ -182,7 +182,7 @@ class ConfirmedPublisher:
         for future in futures:
             if future in not_done:
                 future.cancel()
-                results.append(PublishError(f"no PubAck within {timeout} s"))
+                results.append(PublishUnanswered(f"no PubAck within {timeout} s"))
             elif future.exception() is not None:
                 exc = future.exception()
                 results.append(exc if isinstance(exc, PublishError) else PublishError(str(exc)))
