@@ -13,7 +13,8 @@ The publishes go out chunk by chunk, written together (`PublishBatch`). Then it 
 confirmations of the whole batch (one wait, many publishes in flight) and settles each message: ack when
 every publish of it was confirmed (the round's acks written together); otherwise the policy says again
 (`after_unconfirmed`): effects not confirmed are retried (or dead-lettered once retries are exhausted:
-a second, last round of confirmations), a dead letter not confirmed is nak'ed for later.
+a second, last round of confirmations; effects the server never answered do not use up the retries), a
+dead letter not confirmed is nak'ed for later.
 
 Tracing observes, it does not steer: with a tracer, each message gets a trace object (telemetry/message_trace.py)
 that is told what happened and gives the effects' headers; without one, nothing of it runs.

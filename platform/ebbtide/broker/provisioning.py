@@ -85,22 +85,24 @@ def stream_configs(manifest: LoadedManifest) -> list[api.StreamConfig]:
         )
     )
     for bucket, kv in spec.kv.items():
-        # The same stream layout as nats-py's create_key_value, so clients see an ordinary KV bucket.
-        configs.append(
-            api.StreamConfig(
-                name=kv_stream_name(bucket),
-                subjects=[f"$KV.{bucket}.>"],
-                allow_direct=True,
-                allow_rollup_hdrs=True,
-                deny_delete=True,
-                discard=api.DiscardPolicy.NEW,
-                duplicate_window=KV_DUPLICATE_WINDOW_S,
-                max_msgs_per_subject=kv.history,
-                num_replicas=kv.replicas,
-                storage=_storage(kv.storage),
-            )
-        )
+        configs.append(_kv_stream_config(bucket, kv.history, kv.replicas, _storage(kv.storage)))
     return configs
+
+
+def _kv_stream_config(bucket: str, history: int, replicas: int, storage: api.StorageType) -> api.StreamConfig:
+    """The same stream layout as nats-py's create_key_value, so clients see an ordinary KV bucket."""
+    return api.StreamConfig(
+        name=kv_stream_name(bucket),
+        subjects=[f"$KV.{bucket}.>"],
+        allow_direct=True,
+        allow_rollup_hdrs=True,
+        deny_delete=True,
+        discard=api.DiscardPolicy.NEW,
+        duplicate_window=KV_DUPLICATE_WINDOW_S,
+        max_msgs_per_subject=history,
+        num_replicas=replicas,
+        storage=storage,
+    )
 
 
 def rollout_stream_configs(manifest: LoadedManifest) -> list[api.StreamConfig]:
@@ -112,18 +114,7 @@ def rollout_stream_configs(manifest: LoadedManifest) -> list[api.StreamConfig]:
     storage = _storage(manifest.spec.dead_letter.storage)
     replicas = manifest.spec.dead_letter.replicas
     return [
-        api.StreamConfig(
-            name=kv_stream_name(ROLLOUTS_BUCKET),
-            subjects=[f"$KV.{ROLLOUTS_BUCKET}.>"],
-            allow_direct=True,
-            allow_rollup_hdrs=True,
-            deny_delete=True,
-            discard=api.DiscardPolicy.NEW,
-            duplicate_window=KV_DUPLICATE_WINDOW_S,
-            max_msgs_per_subject=1,
-            num_replicas=replicas,
-            storage=storage,
-        ),
+        _kv_stream_config(ROLLOUTS_BUCKET, 1, replicas, storage),
         # The same layout as nats-py's create_object_store, so clients see an ordinary object store.
         api.StreamConfig(
             name=MODULES_STREAM,
