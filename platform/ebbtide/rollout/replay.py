@@ -16,6 +16,7 @@ from pathlib import Path
 from ..effects import Allowlist
 from ..errors import EffectRefused, GuestFault, GuestInitError, ModuleLoadError, UsageError
 from ..manifest import LoadedManifest
+from ..precompiled import function_engine
 from ..runtime.abi import Status, decode_effects
 from ..runtime.engine import WasmEngine
 from ..runtime.guest import GuestLimits, Outcome
@@ -68,7 +69,7 @@ def load_versions(manifest: LoadedManifest, function: str, candidate_path: Path)
     fn = manifest.function(function)
     lang = manifest.spec.modules[fn.module].lang
     grants = frozenset(fn.wasi)
-    engine = WasmEngine(memory_reservation=max(fn.limits.memory_mib, 16) * MIB, cache_dir=manifest.build_dir / "cache")
+    engine = function_engine(manifest, [function])  # as a host running it: its compiled code is reused
     versions = Versions(
         function=function,
         engine=engine,
