@@ -12,9 +12,9 @@ Users (see SECURITY.md):
 - `ingress`: publish to the pipeline's entry subjects (triggers no function publishes to), and read
   replies (JetStream acks) below `_INBOX.`, the default of every NATS client.
 - `observer`: read only. The KV outboxes (stream info, get, direct get, and the writes as they happen),
-  the dead letters, the manifest's streams and the shadow samples (stream info, get), and the functions'
-  status reports. `ebbtide top`, `outbox`, `dlq list/show`, `shadow report`, `replay` and Locust's
-  end-to-end timing use it.
+  the dead letters, the manifest's streams, the shadow samples and the rollout records (stream info, get),
+  and the functions' status reports. `ebbtide top`, `outbox`, `dlq list/show`, `shadow report`, `replay`,
+  `console` and Locust's end-to-end timing use it.
 
 Functions, observer and admin authenticate with NKEYs: the server configuration holds only public keys,
 and each seed stays in its own file (mode 0600). `ingress` has a password, since any client must be able
@@ -112,10 +112,11 @@ def with_keyed_subjects(manifest: LoadedManifest, subjects: list[str]) -> list[s
 
 
 def observer_permissions(manifest: LoadedManifest) -> Permissions:
-    """Read the outboxes, the dead letters, the streams (`replay`), the shadow samples and the status
-    reports; change nothing."""
+    """Read the outboxes, the dead letters, the streams (`replay`), the shadow samples, the rollout records
+    and the status reports; change nothing."""
     spec = manifest.spec
-    read = (spec.dead_letter.stream, *spec.streams, SHADOW_STREAM)
+    # The rollout records too (`ebbtide console` shows each function's rollout): read, never written.
+    read = (spec.dead_letter.stream, *spec.streams, SHADOW_STREAM, kv_stream_name(ROLLOUTS_BUCKET))
     publish = [f"{JS_API}.STREAM.{action}.{stream}" for stream in read for action in ("INFO", "MSG.GET")]
     subscribe = [f"{inbox_prefix(OBSERVER_USER)}.>", f"{STATUS_SUBJECT_PREFIX}.>"]
     for bucket in spec.kv:
