@@ -38,6 +38,10 @@ NOT_IN_A_FUNCTION_PROCESS = (
     "ebbtide.workload.bench.run",
     "ebbtide.workload.orders",
     "ebbtide.commands.workload",
+    "ebbtide.console",  # `up --console` runs it as a process of its own
+    "ebbtide.commands.console",
+    "starlette",
+    "uvicorn",
 )
 # Never in the supervisor: it runs no function, so none of what runs one, and no fast event loop.
 NOT_IN_THE_SUPERVISOR = NOT_IN_A_FUNCTION_PROCESS + (

@@ -17,6 +17,7 @@ const state = (window.ebbtide = {
   charts: {}, // function -> uPlot
   selectedLetter: null,
   deadTotal: null,
+  events: null, // the EventSource: a test listens to every tick on it
 });
 
 // -- small helpers ------------------------------------------------------------------------------------------
@@ -142,7 +143,7 @@ window.addEventListener("hashchange", () => show(location.hash.slice(1)));
 // -- the live stream ----------------------------------------------------------------------------------------
 
 function connect() {
-  const events = new EventSource("/api/events");
+  const events = (state.events = new EventSource("/api/events"));
   events.addEventListener("open", () => {
     $("connection").textContent = "live";
     $("connection").className = "badge live";
@@ -606,9 +607,11 @@ async function loadSamples(name) {
   $("samples").hidden = false;
   $("samples").dataset.function = name;
   $("samples-title").textContent = `Kept samples of ${name}`;
+  const record = state.tick && state.tick.rollouts[name];
+  const keep = record ? Math.min(record.keep, kept.kept_per_verdict > 0 ? kept.kept_per_verdict : record.keep) : kept.kept_per_verdict;
   $("samples-counts").textContent =
     `kept: ${Object.entries(kept.counts).map(([v, n]) => `${v} ${n}`).join(", ")}` +
-    (kept.kept_per_verdict > 0 ? ` (the first ${kept.kept_per_verdict} of each verdict are kept; the counts above are the replicas' running totals)` : "");
+    (keep > 0 ? ` (the first ${keep} of each verdict are kept; the verdicts above are the replicas' running totals)` : "");
   $("samples-list").replaceChildren(
     ...kept.samples.map((sample) =>
       el(
