@@ -216,7 +216,7 @@ def test_a_burst_rises_and_drains_to_zero_on_the_chart(platform: Platform, brows
         """window.peaks = {};
         ebbtide.events.addEventListener('tick', (event) => {
           const tick = JSON.parse(event.data);
-          for (const [id, rate] of Object.entries({...tick.edges, ...tick.inflow})) peaks[id] = Math.max(peaks[id] || 0, rate);
+          for (const [id, rate] of Object.entries({...ebbtide.edgeRates(tick), ...tick.inflow})) peaks[id] = Math.max(peaks[id] || 0, rate);
         });"""
     )
     platform.ebbtide("publish", "--count", str(BURST), "--first-id", "100000", "--seed", "7")

@@ -176,17 +176,36 @@ def test_a_burst_between_two_ticks_still_shows_on_the_chart() -> None:
 
 def test_rows_sum_replicas_rollout_counts_and_go_stale_without_reports() -> None:
     live = Live(["f", "quiet"], history_s=5.0)
-    live.update(report("f", "h1", 10.0, 7, 1, rate=100.0, rollout={"shadow.same": 3}, module_sha256="aa", candidate_sha256="bb"))
-    live.update(report("f", "h2", 10.0, 7, 2, rate=50.0, rollout={"shadow.same": 2, "shadow.different": 1}))
+    live.update(report("f", "h1", 9.0, 7, 1, processed=1000))
+    live.tick(9.5)  # h1 seen: it counts from here
+    live.update(
+        report(
+            "f",
+            "h1",
+            10.0,
+            7,
+            1,
+            processed=1100,
+            dead_lettered=50,
+            rollout={"shadow.same": 3},
+            module_sha256="aa",
+            candidate_sha256="bb",
+        )
+    )
+    live.update(report("f", "h2", 10.0, 7, 2, processed=400, rollout={"shadow.same": 2, "shadow.different": 1}))
     live.update(report("f", "h2", 9.0, 99, 9))  # older than what h2 already said: ignored
     rows, _ = live.tick(11.0)
     f, quiet = rows
-    assert (f.instances, f.rate, f.replicas, f.stale) == (3, 150.0, 2, False)
+    # settled over the 1.5 s tick: h1 handled 100 and dead-lettered 50; h2 is new and counts from now on
+    assert (f.instances, f.rate, f.replicas, f.stale) == (3, 100.0, 2, False)
     assert f.rollout == {"shadow.same": 5, "shadow.different": 1}
     assert [(r.host_id, r.candidate_sha256) for r in f.modules] == [("h1", "bb"), ("h2", "")]
     assert (quiet.stale, quiet.age_s, quiet.replicas) == (False, -1.0, 0)  # never reported: not stale, unknown
+    live.update(report("f", "h2", 11.5, 7, 2, processed=100))  # h2 restarted: it settled 100 since
+    rows, _ = live.tick(12.0)
+    assert rows[0].rate == 100.0
     rows, _ = live.tick(30.0)
-    assert (rows[0].stale, rows[0].backlog, rows[0].instances) == (True, 7, 0)  # last known lag, no live instance
+    assert (rows[0].stale, rows[0].backlog, rows[0].instances, rows[0].rate) == (True, 7, 0, 0.0)  # last known lag
     assert [p.t for p in live.history()["f"]] == [30.0]  # older than history_s: dropped
 
 

@@ -7,6 +7,10 @@ and calls `tick` once a second: one row per function (its live processes added u
 A burst on a small machine can rise and drain within a second, between two ticks. So a chart point holds
 the peak of the interval it closes: the largest backlog and instance count any report showed since the
 previous tick (or the current value, when larger). The table shows the current values.
+
+The rate is the messages settled (handled or dead-lettered) over the tick, from the processes' cumulative
+counts: a process reports its own rate over its last report's interval, a few milliseconds while it is
+busy, which swings between 0 and thousands from one report to the next.
 """
 
 from __future__ import annotations
@@ -22,10 +26,13 @@ from ..timeseries import STALE_AFTER_S, aggregate
 HISTORY_S = 600.0  # what the charts keep: the last ten minutes
 
 
+SHA_SHOWN = 12  # hex digits of a module's digest the page shows (as `shadow status` does)
+
+
 class Replica(msgspec.Struct, frozen=True):
     host_id: str
-    module_sha256: str
-    candidate_sha256: str
+    module_sha256: str  # its first SHA_SHOWN hex digits
+    candidate_sha256: str  # the same, "" when none
 
 
 class FunctionRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -35,7 +42,7 @@ class FunctionRow(msgspec.Struct, frozen=True, kw_only=True):
     backlog: int
     instances: int
     in_flight: int
-    rate: float  # messages settled per second
+    rate: float  # messages settled (handled or dead-lettered) per second over the last tick
     p50_ms: float  # guest call time since the processes' previous reports (0: no calls)
     p99_ms: float
     processed: int  # since the processes started
@@ -43,7 +50,9 @@ class FunctionRow(msgspec.Struct, frozen=True, kw_only=True):
     stale: bool  # reports were seen, but no process has reported for `stale_after` seconds
     age_s: float  # since the newest report (-1: never reported)
     rollout: dict[str, int]  # running counts of the replicas: "shadow.<verdict>", "canary.<version>.<result>"
-    modules: list[Replica]  # what each live replica runs
+    # What each live replica runs, when it matters: a rollout has run, or the replicas differ (not sent
+    # otherwise: with hundreds of functions the tick stays small).
+    modules: list[Replica]
 
 
 class Point(msgspec.Struct, frozen=True, array_like=True):
@@ -60,6 +69,7 @@ class _Function:
     peak_backlog: int = 0
     peak_instances: int = 0
     history: deque[Point] = field(default_factory=deque)
+    settled: dict[str, int] = field(default_factory=dict)  # host_id -> messages it had settled at the last tick
 
 
 class Live:
@@ -67,6 +77,7 @@ class Live:
         self.history_s = history_s
         self.stale_after = stale_after
         self._functions: dict[str, _Function] = {name: _Function() for name in functions}  # the manifest's first
+        self._last_tick: float | None = None
 
     def update(self, status: PoolStatus) -> None:
         """Keep the report if it is its process's newest (core NATS may deliver out of order)."""
@@ -83,7 +94,10 @@ class Live:
         """Every function's row now, and the chart point that closes the interval since the last tick."""
         rows: list[FunctionRow] = []
         points: dict[str, Point] = {}
+        elapsed = now - self._last_tick if self._last_tick is not None else 0.0
+        self._last_tick = now
         for name, function in self._functions.items():
+            settled = _settled_since(function, elapsed > 0)
             live = self._live(function, now)
             totals = aggregate(live)
             # With every process gone, the backlog is still the consumer's last known lag, not zero.
@@ -99,17 +113,15 @@ class Live:
                     backlog=backlog,
                     instances=totals.instances,
                     in_flight=totals.in_flight,
-                    rate=totals.rate,
-                    p50_ms=totals.handle_p50_us / 1000,
-                    p99_ms=totals.handle_p99_us / 1000,
+                    rate=round(settled / elapsed, 1) if elapsed > 0 else 0.0,
+                    p50_ms=round(totals.handle_p50_us / 1000, 3),
+                    p99_ms=round(totals.handle_p99_us / 1000, 3),
                     processed=totals.processed,
                     replicas=totals.processes,
                     stale=bool(function.latest) and not live,
-                    age_s=max(0.0, now - newest) if newest is not None else -1.0,
+                    age_s=round(max(0.0, now - newest), 1) if newest is not None else -1.0,
                     rollout=rollout,
-                    modules=[
-                        Replica(r.host_id, r.module_sha256, r.candidate_sha256) for r in sorted(live, key=lambda r: r.host_id)
-                    ],
+                    modules=_modules(live) if rollout or len({r.module_sha256 for r in live}) > 1 else [],
                 )
             )
             point = Point(now, max(function.peak_backlog, backlog), max(function.peak_instances, totals.instances))
@@ -130,3 +142,23 @@ class Live:
 
 def _time(report: PoolStatus) -> float:
     return report.time
+
+
+def _settled_since(function: _Function, counting: bool) -> int:
+    """Messages the function's processes settled since the last tick. A process seen for the first time
+    counts from now on (its total covers its whole life); one that restarted, from its new start."""
+    total = 0
+    for host, report in function.latest.items():
+        settled = report.processed + report.dead_lettered
+        before = function.settled.get(host)
+        if counting and before is not None:
+            total += settled - before if settled >= before else settled
+        function.settled[host] = settled
+    return total
+
+
+def _modules(live: list[PoolStatus]) -> list[Replica]:
+    return [
+        Replica(r.host_id, r.module_sha256[:SHA_SHOWN], r.candidate_sha256[:SHA_SHOWN])
+        for r in sorted(live, key=lambda r: r.host_id)
+    ]

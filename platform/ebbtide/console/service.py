@@ -76,7 +76,7 @@ class Tick(msgspec.Struct, frozen=True):
     t: float
     functions: list[live.FunctionRow]
     points: dict[str, live.Point]
-    edges: dict[str, float]  # edge id -> per second
+    edges: list[float]  # per second, in the order of the snapshot's `graph.edges` (no ids: hundreds of edges)
     inflow: dict[str, float]  # subject node id -> per second
     dead_letters: dict[str, int] | None  # function -> letters in the DLQ now; None: could not be read
     rollouts: dict[str, RolloutView]
@@ -184,7 +184,16 @@ class Console:
                 function_rates={row.name: row.rate for row in rows},
             )
         )
-        self._latest = Tick(now, rows, points, rates, inflow, dead_letters, dict(self._rollouts), problems)
+        self._latest = Tick(
+            now,
+            rows,
+            points,
+            [round(rates[edge.id], 1) for edge in self.graph.edges],
+            {node: round(rate, 1) for node, rate in inflow.items()},
+            dead_letters,
+            dict(self._rollouts),
+            problems,
+        )
         return self._latest
 
     async def _read(self, what: str, reading: Awaitable[T], problems: list[str]) -> T | None:

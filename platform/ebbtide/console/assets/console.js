@@ -8,7 +8,8 @@ const SVG = "http://www.w3.org/2000/svg";
 const CSRF = document.querySelector('meta[name="ebbtide-csrf"]').content;
 const MAX_CHARTS = 24; // charts drawn at once (the most active first); the filter picks others
 
-// What the tests (and a curious person in the developer tools) can read: the charts' own data included.
+// What the tests (and a curious person in the developer tools) can read: the charts' own data included
+// (`edgeRates(tick)` names a tick's edge rates).
 const state = (window.ebbtide = {
   session: null,
   graph: null,
@@ -18,6 +19,7 @@ const state = (window.ebbtide = {
   selectedLetter: null,
   deadTotal: null,
   events: null, // the EventSource: a test listens to every tick on it
+  edgeRates: (tick) => edgeRates(tick),
 });
 
 // -- small helpers ------------------------------------------------------------------------------------------
@@ -259,9 +261,9 @@ function rolloutSummary(name, tick) {
 
 // -- the pipeline graph -------------------------------------------------------------------------------------
 
-const NODE_W = 190;
+const NODE_W = 200;
 const NODE_H = 46;
-const COLUMN_GAP = 90;
+const COLUMN_GAP = 70;
 const ROW_GAP = 26;
 
 function nodeBox(node) {
@@ -273,7 +275,9 @@ function drawGraph(graph) {
   const rows = Math.max(...graph.nodes.map((n) => n.row)) + 1;
   const width = 40 + columns * NODE_W + (columns - 1) * COLUMN_GAP;
   const height = 40 + rows * NODE_H + (rows - 1) * ROW_GAP;
-  const picture = svg("svg", { width, height, viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": "the pipeline" });
+  // Scaled down to the page's width (never up): the whole pipeline in view, left to right.
+  const picture = svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": "the pipeline" });
+  picture.style.maxWidth = `${width}px`;
   const byId = Object.fromEntries(graph.nodes.map((n) => [n.id, n]));
   const edges = svg("g", { class: "edges" });
   const labels = svg("g", { class: "edge-labels" });
@@ -302,17 +306,23 @@ function drawGraph(graph) {
   $("graph").replaceChildren(picture);
 }
 
+// A tick's edge rates come as a list in the order of the graph's edges.
+function edgeRates(tick) {
+  return Object.fromEntries(state.graph.edges.map((edge, index) => [edge.id, tick.edges[index] || 0]));
+}
+
 function renderGraphRates(tick) {
   if (!state.graph) return;
   const shared = Object.fromEntries(state.graph.edges.map((e) => [e.id, e.shared]));
+  const rates = edgeRates(tick);
   for (const label of document.querySelectorAll("#graph text.edge-rate")) {
     const id = label.dataset.edge;
-    const rate = tick.edges[id] || 0;
+    const rate = rates[id];
     const deadLetter = label.classList.contains("dead_letter");
     label.textContent = deadLetter && !rate ? "" : `${shared[id] ? "Σ " : ""}${perSecond(rate)}`;
     label.classList.toggle("active", rate > 0);
   }
-  for (const path of document.querySelectorAll("#graph path.edge")) path.classList.toggle("active", (tick.edges[path.dataset.edge] || 0) > 0);
+  for (const path of document.querySelectorAll("#graph path.edge")) path.classList.toggle("active", rates[path.dataset.edge] > 0);
   const functions = Object.fromEntries(tick.functions.map((f) => [`function:${f.name}`, f]));
   const dead = tick.dead_letters ? Object.values(tick.dead_letters).reduce((a, b) => a + b, 0) : null;
   for (const detail of document.querySelectorAll("#graph text.node-detail")) {
@@ -320,7 +330,7 @@ function renderGraphRates(tick) {
     let text = null;
     if (functions[id]) {
       const f = functions[id];
-      text = f.stale ? "stale" : `backlog ${integer.format(f.backlog)} · ${f.instances} inst · ${decimal.format(f.rate)}/s`;
+      text = f.stale ? "stale" : `backlog ${integer.format(f.backlog)} · ${f.instances} inst · ${perSecond(f.rate)}`;
     } else if (id in tick.inflow) {
       text = `in ${perSecond(tick.inflow[id])}`;
     } else if (id.startsWith("dlq:")) {
