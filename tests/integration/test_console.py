@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -27,6 +28,7 @@ import pytest
 
 from ebbtide.broker import free_port
 from tests.conftest import REPO, manifest_copy, port_open
+from tests.integration.test_otlp_export import Collector
 
 CHROMIUM = Path("/usr/bin/chromium")
 # As root in a container, without a GPU, and nothing that reaches the network by itself.
@@ -104,9 +106,12 @@ class Process:
 
 
 class Platform:
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, collector: Collector) -> None:
         self.folder = folder
         self.manifest, self.nats_port = manifest_copy(folder)
+        # Tracing on, to a collector of our own: an order's trace is found from the console.
+        self.manifest.write_text(self.manifest.read_text() + f'\n[telemetry]\notlp_endpoint = "{collector.url}"\n')
+        self.collector = collector
         self.console_port = free_port()
         self.up = Process(folder, self.manifest, "up", "up", "--console", str(self.console_port))
         self.url = f"http://127.0.0.1:{self.console_port}"
@@ -132,11 +137,14 @@ class Platform:
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    running = Platform(tmp_path_factory.mktemp("console"))
+    collector = Collector()
+    threading.Thread(target=collector.server.serve_forever, daemon=True).start()
+    running = Platform(tmp_path_factory.mktemp("console"), collector)
     try:
         running.up.wait_for_port(running.console_port)
         yield running
     finally:
+        collector.server.shutdown()
         code = running.up.stop()
         assert code == 0, f"`up --console` exited {code} after Ctrl-C:\n{running.up.output}"
         assert not port_open(running.console_port), "the console outlived `up`"
@@ -201,6 +209,20 @@ class Page:
         self.page.wait_for_selector("#confirm[open]")
         assert expected in self.text("#confirm-text"), self.text("#confirm-text")
         self.page.click("#confirm-ok")
+
+    def look_up(self, order_id: str) -> None:
+        """The Orders view, as a person uses it: look again until the order has made its way to an outbox."""
+        self.view("orders")
+        self.page.fill("#order-key", order_id)
+        deadline = time.monotonic() + STEP_S
+        while True:
+            self.page.click("#order-form button[type=submit]")
+            self.until("document.getElementById('order-status').textContent !== 'looking…'", "an answer")
+            if self.page.evaluate("document.querySelector('#order-result .order') !== null"):
+                return
+            assert "not in outbox-express, outbox-standard" in self.text("#order-status")
+            assert time.monotonic() < deadline, f"order {order_id} never reached an outbox"
+            time.sleep(0.2)
 
     def shot(self, folder: Path, name: str) -> None:
         self.page.screenshot(path=str(folder / f"{name}.png"), full_page=True)
@@ -350,19 +372,15 @@ def test_poison_is_dead_lettered_then_redriven_after_a_fix_tried_in_a_shadow_run
         "only the HTML letter left",
     )
 
-    page.view("orders")
-    page.page.fill("#order-key", "9003")
-    deadline = time.monotonic() + STEP_S
-    while True:  # as a person would: look again until the redriven order has made its way to an outbox
-        page.page.click("#order-form button[type=submit]")
-        page.until("document.getElementById('order-status').textContent !== 'looking…'", "an answer")
-        if page.page.evaluate("document.querySelector('#order-result .order') !== null"):
-            break
-        assert "not in outbox-express, outbox-standard" in page.text("#order-status")
-        assert time.monotonic() < deadline, "the redriven order never reached an outbox"
-        time.sleep(0.2)
+    page.look_up("9003")
     assert page.page.evaluate("document.querySelector('#order-result .order').dataset.bucket") == "outbox-express"
     assert '"delivery": "Drone"' in page.text("#order-result pre")
+    # Where its trace is: the id of the trace that the functions exported for it, to the collector.
+    trace_id = page.page.evaluate("document.querySelector('#order-result .trace').dataset.traceId")
+    deadline = time.monotonic() + STEP_S
+    while trace_id not in {span.trace_id.hex() for span in platform.collector.spans()}:
+        assert time.monotonic() < deadline, f"no span of trace {trace_id} reached the collector"
+        time.sleep(0.2)
     page.shot(screens, "orders")
 
     # This test leaves the distributor as the manifest has it.
@@ -374,7 +392,18 @@ def test_poison_is_dead_lettered_then_redriven_after_a_fix_tried_in_a_shadow_run
 def test_a_read_only_console_and_requests_from_elsewhere_are_refused(platform: Platform, browser: Any, screens: Path) -> None:
     platform.publish_lines("refused.jsonl", ['{"orderId": 7007, "delivery": "Standard"}'])  # no items: rejected
     port = free_port()
-    reader = Process(platform.folder, platform.manifest, "console-read-only", "console", "--read-only", "--port", str(port))
+    viewer = "http://127.0.0.1:16686/trace/{trace_id}"  # only linked to, never fetched
+    reader = Process(
+        platform.folder,
+        platform.manifest,
+        "console-read-only",
+        "console",
+        "--read-only",
+        "--port",
+        str(port),
+        "--trace-url",
+        viewer,
+    )
     try:
         reader.wait_for_port(port)
         page = Page(browser, f"http://127.0.0.1:{port}", "dead-letters")
@@ -395,6 +424,12 @@ def test_a_read_only_console_and_requests_from_elsewhere_are_refused(platform: P
         )
         assert refused[0] == 403 and "read-only (started with --read-only)" in refused[1], refused
         page.shot(screens, "read-only")
+        # Reading stays open: an order, with its trace linked to the viewer given by --trace-url.
+        platform.ebbtide("publish", "--count", "1", "--first-id", "7100", "--seed", "11")
+        page.look_up("7100")
+        link = page.page.evaluate("document.querySelector('#order-result .trace a').href")
+        trace_id = page.page.evaluate("document.querySelector('#order-result .trace').dataset.traceId")
+        assert link == viewer.replace("{trace_id}", trace_id) and len(trace_id) == 32, (link, trace_id)
         # From this page (another origin) to the admin console: the request is sent, and refused.
         page.page.evaluate(
             f"""fetch('{platform.url}/api/dead-letters/purge', {{method: 'POST', mode: 'no-cors', body: '{{}}',

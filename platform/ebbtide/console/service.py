@@ -149,8 +149,7 @@ class Console:
         if self._ticking is not None:
             self._ticking.cancel()
             await asyncio.gather(self._ticking, return_exceptions=True)
-        for page in list(self._pages):
-            page.put_nowait(b"")  # ends its stream
+        self._publish(b"")  # ends every page's stream
         if self._nc is not None:
             await self._nc.drain()
 
@@ -321,7 +320,6 @@ class Console:
             "key": key,
             "buckets": buckets,
             "entries": [views.order_entry(entry, self.trace_url) for entry in entries],
-            "tracing": bool(self.manifest.spec.telemetry.otlp_endpoint),
         }
 
     # -- actions (admin) -------------------------------------------------------------------------------------

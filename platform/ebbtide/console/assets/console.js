@@ -662,9 +662,9 @@ $("order-form").addEventListener("submit", async (event) => {
   result.replaceChildren(
     ...found.entries.map((entry) => {
       let trace;
-      if (entry.trace_url) trace = el("p", {}, "trace: ", el("a", { href: entry.trace_url, rel: "noopener noreferrer", target: "_blank" }, entry.trace_id));
-      else if (entry.trace_id) trace = el("p", {}, `trace id ${entry.trace_id} (give the console --trace-url to link it to your trace viewer)`);
-      else trace = el("p", { class: "muted" }, found.tracing ? "no trace context on this write (not sampled)" : "tracing is off ([telemetry] otlp_endpoint)");
+      if (entry.trace_url) trace = el("p", { class: "trace", "data-trace-id": entry.trace_id }, "trace: ", el("a", { href: entry.trace_url, rel: "noopener noreferrer", target: "_blank" }, entry.trace_id));
+      else if (entry.trace_id) trace = el("p", { class: "trace", "data-trace-id": entry.trace_id }, `trace ${entry.trace_id} (\`ebbtide console --trace-url\` links it to your trace viewer)`);
+      else trace = el("p", { class: "trace muted" }, "no trace context on this write: tracing was off, or this order not sampled");
       return el(
         "div",
         { class: "order", "data-bucket": entry.bucket },
