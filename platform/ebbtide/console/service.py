@@ -237,15 +237,19 @@ class Console:
             return
         stream = kv_stream_name(ROLLOUTS_BUCKET)
         try:
-            info = await jsapi.stream_info(self._reader, stream)
+            # Within the tick's own bound: credentials that may not read the records get no answer at all.
+            info = await asyncio.wait_for(jsapi.stream_info(self._reader, stream), READ_TIMEOUT_S / 2)
         except JetStreamError as exc:
             if exc.err_code == jsapi.ERR_STREAM_NOT_FOUND:
                 self._rollouts = {}
                 return
-            raise
-        except Exception:
             self._rollouts_retry_at = now + ROLLOUTS_RETRY_S
             raise
+        except (TimeoutError, NatsError) as exc:
+            self._rollouts_retry_at = now + ROLLOUTS_RETRY_S
+            raise RunError(
+                f"no answer (an observer from before the console may not read them; retried every {ROLLOUTS_RETRY_S:.0f} s)"
+            ) from exc
         state = info.state or jsapi.StreamState()
         if state.last_seq == self._rollouts_seq:
             return
