@@ -91,7 +91,7 @@ class Host:
         )
         js = self.nc.jetstream()
         await self._wait_until_provisioned(js)
-        publisher = ConfirmedPublisher(self.nc)
+        publisher = ConfirmedPublisher(self.nc, self.manifest.batched_stream_of())
         await publisher.start()
         for name in self.function_names:
             # Loading and a first instance happen here, so a bad module fails the start, not a message.

@@ -8,12 +8,14 @@ from __future__ import annotations
 import json
 import re
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 import msgspec
 from msgspec import Meta, Struct
 
+from .broker.names import kv_stream_name
 from .errors import ManifestError
 
 DEFAULT_MANIFEST = "ebbtide.toml"
@@ -79,12 +81,16 @@ class StreamSection(_Section, frozen=True):
     # Partitions of the ordered functions' triggers in this stream (functions.X.order_by): how many keys
     # can be worked on at once. Fixed: changing it needs a drained stream (see README: Ordering by key).
     partitions: Annotated[int, Meta(ge=1, le=1024)] = 16
+    # Fast batches (nats-server 2.14+, ADR-50): the functions publish a round of effects to this stream as one
+    # batch with one PubAck, each message still checked for its Nats-Msg-Id (README: Performance).
+    allow_batched: bool = True
 
 
 class KvSection(_Section, frozen=True):
     storage: Literal["file", "memory"] = "file"
     replicas: Annotated[int, Meta(ge=1, le=5)] = 1
     history: Annotated[int, Meta(ge=1, le=64)] = 1
+    allow_batched: bool = True  # as streams.X.allow_batched, for the bucket's stream
 
 
 class DeadLetterSection(_Section, frozen=True):
@@ -92,6 +98,7 @@ class DeadLetterSection(_Section, frozen=True):
     subject_prefix: Subject = "dlq"  # a function's dead letters go to <prefix>.<function>
     storage: Literal["file", "memory"] = "file"
     replicas: Annotated[int, Meta(ge=1, le=5)] = 1
+    allow_batched: bool = True  # as streams.X.allow_batched
 
 
 ModuleLanguage = Literal["zig", "c", "assemblyscript", "python"]  # one builder each in build.py
@@ -202,6 +209,20 @@ class LoadedManifest:
             if any(subject_matches(pattern, subject) for pattern in stream.subjects):
                 return name
         raise ManifestError(f"{self.path}: no stream captures subject {subject!r}")
+
+    def batched_stream_of(self) -> Callable[[str], str | None]:
+        """For a publisher (broker/publisher.py): the stream a subject's publishes go to when that stream
+        allows fast batches (`allow_batched` on a stream, a KV bucket, the dead letters), else None."""
+        spec = self.spec
+        routes = [
+            (pattern, name if stream.allow_batched else None)
+            for name, stream in spec.streams.items()
+            for pattern in stream.subjects
+        ]
+        routes += [(f"$KV.{bucket}.>", kv_stream_name(bucket) if kv.allow_batched else None) for bucket, kv in spec.kv.items()]
+        dlq = spec.dead_letter
+        routes.append((f"{dlq.subject_prefix}.>", dlq.stream if dlq.allow_batched else None))
+        return SubjectRoutes(routes).get
 
     def dead_letter_subject(self, function: str) -> str:
         return f"{self.spec.dead_letter.subject_prefix}.{function}"
@@ -368,6 +389,28 @@ def _check_credentials(nats: NatsSection) -> list[str]:
     if bool(nats.tls_cert) != bool(nats.tls_key):
         problems.append("nats.tls_cert: a client certificate needs both tls_cert and tls_key")
     return problems
+
+
+class SubjectRoutes:
+    """The value of the first pattern that matches a subject (`get`), with no cache to grow (KV keys are
+    unbounded): a pattern `a.b.>` is a prefix test, a literal one a comparison, others go token by token."""
+
+    def __init__(self, routes: list[tuple[str, str | None]]) -> None:
+        self._routes = [(pattern, _prefix_of(pattern), value) for pattern, value in routes]
+
+    def get(self, subject: str) -> str | None:
+        for pattern, prefix, value in self._routes:
+            if prefix is not None:
+                if subject.startswith(prefix) and len(subject) > len(prefix):
+                    return value
+            elif subject == pattern or subject_matches(pattern, subject):
+                return value
+        return None
+
+
+def _prefix_of(pattern: str) -> str | None:
+    """`a.b.` for `a.b.>`; None for a pattern with `*` or without `>`."""
+    return pattern[:-1] if pattern.endswith(".>") and "*" not in pattern else None
 
 
 def subject_matches(pattern: str, subject: str) -> bool:

@@ -31,7 +31,7 @@ def _storage(kind: str) -> api.StorageType:
 
 async def ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None:
     try:
-        await js.add_stream(config)
+        info = await js.add_stream(config)
     except BadRequestError as exc:
         if exc.err_code != ERR_STREAM_NAME_IN_USE:
             raise
@@ -55,7 +55,13 @@ async def ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None:
                 f"stream to or from workqueue in place. Let the functions drain it (`ebbtide top`: backlog 0), delete "
                 f"it (`nats stream rm {config.name}`), then run `ebbtide provision` again"
             ) from None
-        await js.update_stream(config)
+        info = await js.update_stream(config)
+    if config.allow_batched and not info.config.allow_batched:
+        # A server before 2.14 ignores the setting: the functions would have every fast batch refused.
+        raise RunError(
+            f"stream {config.name}: the server did not keep allow_batched (fast batches need nats-server 2.14 or "
+            f"later): set allow_batched = false for it in the manifest (streams.X, kv.X or dead_letter)"
+        )
 
 
 def stream_configs(manifest: LoadedManifest) -> list[api.StreamConfig]:
@@ -70,6 +76,7 @@ def stream_configs(manifest: LoadedManifest) -> list[api.StreamConfig]:
             duplicate_window=stream.duplicate_window_s,
             max_age=stream.max_age_s,
             subject_transform=_subject_transform(manifest, name),
+            allow_batched=stream.allow_batched,
         )
         for name, stream in spec.streams.items()
     ]
@@ -82,14 +89,17 @@ def stream_configs(manifest: LoadedManifest) -> list[api.StreamConfig]:
             storage=_storage(dlq.storage),
             num_replicas=dlq.replicas,
             duplicate_window=KV_DUPLICATE_WINDOW_S,
+            allow_batched=dlq.allow_batched,
         )
     )
     for bucket, kv in spec.kv.items():
-        configs.append(_kv_stream_config(bucket, kv.history, kv.replicas, _storage(kv.storage)))
+        configs.append(_kv_stream_config(bucket, kv.history, kv.replicas, _storage(kv.storage), kv.allow_batched))
     return configs
 
 
-def _kv_stream_config(bucket: str, history: int, replicas: int, storage: api.StorageType) -> api.StreamConfig:
+def _kv_stream_config(
+    bucket: str, history: int, replicas: int, storage: api.StorageType, allow_batched: bool = False
+) -> api.StreamConfig:
     """The same stream layout as nats-py's create_key_value, so clients see an ordinary KV bucket."""
     return api.StreamConfig(
         name=kv_stream_name(bucket),
@@ -102,6 +112,7 @@ def _kv_stream_config(bucket: str, history: int, replicas: int, storage: api.Sto
         max_msgs_per_subject=history,
         num_replicas=replicas,
         storage=storage,
+        allow_batched=allow_batched,
     )
 
 
