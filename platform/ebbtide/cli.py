@@ -202,7 +202,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="small sizes, well under a minute (CI smoke test)")
     bench.add_argument("--out", type=Path, default=Path(".ebbtide/bench"), help="results folder (default: %(default)s)")
     bench.add_argument("--orders", type=int, help="burst size (default 10,000; 2,000 with --quick)")
-    bench.add_argument("--repeats", type=int, help="timed bursts per implementation (default 3; 1 with --quick)")
+    bench.add_argument(
+        "--repeats", type=int, help="alternating rounds, each implementation timed once per round (default 5; 1 with --quick)"
+    )
     bench.add_argument("--sustained-s", type=float, help="seconds of load per rate (default 60; 5 with --quick)")
     bench.add_argument(
         "--rate",

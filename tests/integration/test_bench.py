@@ -55,17 +55,23 @@ async def test_quick_bench_completes_with_sane_figures(reference_manifest: Loade
     saved = json.loads((tmp_path / "results.json").read_text())
     burst = saved["details"]["burst"]
     ebbtides = {"ebbtide-default"} if burst["fastest_config"]["name"] == "default" else {"ebbtide-default", "ebbtide-fastest"}
-    assert set(burst["implementations"]) == {"raw", "faststream"} | ebbtides
+    assert set(burst["implementations"]) == {"raw", "raw-batched", "faststream"} | ebbtides
     for key, impl in burst["implementations"].items():
-        n = burst["orders"]
-        assert impl["sent"] == impl["stored"] == impl["writes"] == [n] * burst["repeats"], key  # each order once
-        assert impl["dead_letters"] == [0] * burst["repeats"] and impl["exactly_once"], key
+        n, rounds = burst["orders"], burst["rounds"]
+        assert impl["sent"] == impl["stored"] == impl["writes"] == [n] * rounds, key  # each order once
+        assert impl["mismatched"] == impl["dead_letters"] == [0] * rounds and impl["exactly_once"], key
+        wire = impl["messages_per_order"]
+        assert 2 < wire["in"] < 20 and 2 < wire["out"] < 20, key  # a publish, a delivery, an ack... per hop
+        if key != "faststream":  # each of the others had a counted burst: every order acked on both hops
+            assert 1.99 <= wire["acks"] < 3, key
         assert 0 < impl["wall_s"]["min"] <= impl["wall_s"]["median"] < 120, key
         assert 0 < impl["orders_per_s"]["median"] <= impl["orders_per_s"]["max"], key
         lat = impl["latency_ms"]
         assert 0 < lat["p50"] <= lat["p99"] <= lat["max"] <= impl["wall_s"]["median"] * 1000 + 1, key
-    assert len(burst["ratios"]) == 2 * len(ebbtides) and all(0 < r < math.inf for r in burst["ratios"].values())
-    assert any("FastStream" in goal for goal in burst["goals"])
+    # throughput and both CPUs against raw and raw-batched, throughput and the server's CPU against FastStream
+    assert len(burst["ratios"]) >= 8 * len(ebbtides) and all(0 < r < math.inf for r, _ in burst["ratios"].values())
+    assert any("FastStream: throughput" in goal for goal in burst["goals"])
+    assert any(goal.startswith("every burst exactly once") and goal.endswith("yes") for goal in burst["goals"])
 
     sustained = saved["details"]["sustained"]
     assert sustained["capacity_orders_per_s"] > 0 and len(sustained["rates"]) == 2

@@ -130,7 +130,9 @@ async def test_a_refused_message_ends_the_fast_batch_and_the_pub_ack_counts_thos
 async def test_a_missing_message_ends_a_fail_mode_fast_batch_before_the_gap(nc: NatsClient) -> None:
     answers = await _setup(nc, allow_batched=True)
     for n in (1, 2, 4):  # 3 never arrives (lost on the way)
-        await nc.publish("s.x", b"m", reply=f"{INBOX}.gap.500.fail.{n}.{0 if n == 1 else 1}.$FI", headers={"Nats-Msg-Id": f"g{n}"})
+        await nc.publish(
+            "s.x", b"m", reply=f"{INBOX}.gap.500.fail.{n}.{0 if n == 1 else 1}.$FI", headers={"Nats-Msg-Id": f"g{n}"}
+        )
     await nc.publish("s.x", b"", reply=f"{INBOX}.gap.500.fail.5.3.$FI")
     got = await answers.final("gap")
     assert (4, "gap") in _kinds(got)

@@ -67,4 +67,3 @@ HEADER_BLOCK_FRAMING = 12
 def header_lines_size(headers: Mapping[str, str]) -> int:
     """Bytes the `Key: value\\r\\n` lines take (characters, as the limits count them), without the framing."""
     return sum(len(key) + len(value) + 4 for key, value in headers.items())
-

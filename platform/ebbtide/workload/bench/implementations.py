@@ -142,7 +142,9 @@ def _pids(runner: Host | Supervisor) -> list[int]:
 # -- baselines: one process per function ---------------------------------------------------------------------
 
 
-def baseline(module: str, key: str, label: str, how: str, roles: tuple[str, ...] = ROLES) -> Implementation:
+def baseline(
+    module: str, key: str, label: str, how: str, roles: tuple[str, ...] = ROLES, args: tuple[str, ...] = ()
+) -> Implementation:
     @asynccontextmanager
     async def start(url: str, nc: NatsClient) -> AsyncIterator[list[int]]:
         processes: list[asyncio.subprocess.Process] = []
@@ -157,6 +159,7 @@ def baseline(module: str, key: str, label: str, how: str, roles: tuple[str, ...]
                         url,
                         "--role",
                         role,
+                        *args,
                         stdin=asyncio.subprocess.DEVNULL,
                         stdout=asyncio.subprocess.PIPE,
                     )
@@ -191,6 +194,17 @@ def raw_limit() -> Implementation:
         "raw nats-py (limit)",
         "nats-py pass-through, no validation, no Wasm: batched fetch (256, 4 loops), confirmed-publish pipeline "
         "with Nats-Msg-Id, ack after confirm; one process per function",
+    )
+
+
+def raw_batched() -> Implementation:
+    return baseline(
+        "ebbtide.workload.baselines.raw_pipeline",
+        "raw-batched",
+        "raw nats-py, fast batches",
+        "the same pass-through, with the server features ebbtide's host uses, by hand: each fetched batch's "
+        "outputs published as one fast batch (ADR-50), confirmed by one PubAck; one process per function",
+        args=("--fast-batches",),
     )
 
 

@@ -187,7 +187,7 @@ async def _one_rate(
     stop_sampling.set()
     await sampler
     await status.unsubscribe()
-    written = await harness.read_writes(before)
+    written, _ = await harness.read_writes(before, {})  # values are checked by the burst
     measured = {key: t for key, t in published.items() if t - start < duration}
     wins = windows(measured, written, start, width, duration)
     mids = [w.start_s + width / 2 for w in wins]
