@@ -27,7 +27,15 @@ class KedaProto:
 def compile_proto(folder: Path) -> KedaProto:
     folder.mkdir(parents=True, exist_ok=True)
     done = subprocess.run(
-        [sys.executable, "-m", "grpc_tools.protoc", f"-I{PROTO.parent}", f"--python_out={folder}", f"--grpc_python_out={folder}", str(PROTO)],
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            f"-I{PROTO.parent}",
+            f"--python_out={folder}",
+            f"--grpc_python_out={folder}",
+            str(PROTO),
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -40,6 +48,7 @@ def compile_proto(folder: Path) -> KedaProto:
         sys.path.remove(str(folder))
 
 
-@pytest.fixture(scope="session")
-def keda_proto(tmp_path_factory: pytest.TempPathFactory) -> KedaProto:
+@pytest.fixture(scope="session", name="keda_proto")
+def keda_proto_fixture(tmp_path_factory: pytest.TempPathFactory) -> KedaProto:
+    """Import this into a test module to use the fixture `keda_proto`."""
     return compile_proto(tmp_path_factory.mktemp("keda-proto"))

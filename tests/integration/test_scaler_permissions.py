@@ -13,9 +13,9 @@ from ebbtide.broker.users import SCALER_USER
 from tests.integration.test_permissions_matrix import (  # noqa: F401 (setup: the fixture)
     FUNCTIONS,
     INBOXES,
+    ROGUE,
     STREAMS,
     SUBJECTS,
-    ROGUE,
     Probe,
     Setup,
     api_requests,

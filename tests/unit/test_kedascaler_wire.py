@@ -18,7 +18,7 @@ from ebbtide.kedascaler.wire import (
     MetricValue,
     ScaledObjectRef,
 )
-from tests.keda_proto import KedaProto, keda_proto  # noqa: F401 (the fixture)
+from tests.keda_proto import KedaProto, keda_proto_fixture  # noqa: F401 (the fixture keda_proto)
 
 text = st.text(max_size=40)
 int64 = st.integers(min_value=-(1 << 63), max_value=(1 << 63) - 1)
@@ -52,7 +52,9 @@ def test_requests_as_keda_sends_them(keda_proto: KedaProto, ref: ScaledObjectRef
     values=st.lists(st.builds(MetricValue, text, int64, double), max_size=3),
     active=st.booleans(),
 )
-def test_answers_as_keda_reads_them(keda_proto: KedaProto, specs: list[MetricSpec], values: list[MetricValue], active: bool) -> None:
+def test_answers_as_keda_reads_them(
+    keda_proto: KedaProto, specs: list[MetricSpec], values: list[MetricValue], active: bool
+) -> None:
     pb = keda_proto.messages
     theirs = pb.GetMetricSpecResponse.FromString(GetMetricSpecResponse(specs).encode())
     assert [(s.metricName, s.targetSize, s.targetSizeFloat) for s in theirs.metricSpecs] == [

@@ -186,14 +186,6 @@ class ScalerServer:
 
     async def start(self) -> ScalerServer:
         settings = self.settings
-        if settings.metrics_port:
-            self._http = await TelemetryServer(
-                lambda: render(self.watches, self.nc),
-                lambda: readiness(self.watches, self.nc),
-                host=settings.metrics_host,
-                port=settings.metrics_port,
-            ).start()
-            self.metrics_port = self._http.port
         self.nc = await connect(settings.url, "ebbtide-scaler", auth=settings.auth)
         self.watches = {name: FunctionWatch(target, self.nc) for name, target in self.targets.items()}
         for watch in self.watches.values():
@@ -207,6 +199,14 @@ class ScalerServer:
             self.grpc_port = server.add_insecure_port(address)
         await server.start()
         self._grpc = server
+        if settings.metrics_port:  # last: /readyz says ready only once gRPC answers
+            self._http = await TelemetryServer(
+                lambda: render(self.watches, self.nc),
+                lambda: readiness(self.watches, self.nc),
+                host=settings.metrics_host,
+                port=settings.metrics_port,
+            ).start()
+            self.metrics_port = self._http.port
         log.info(
             "scaler: KEDA external scaler on %s:%d (%s) for %s",
             settings.grpc_host,
