@@ -81,9 +81,10 @@ def run_plan(args: argparse.Namespace, manifest: LoadedManifest) -> int:
     retention = max((s.max_age_s for s in manifest.spec.streams.values()), default=0) or 86_400.0
     cluster = ClusterSettings(pod_start_s=args.pod_start, stream_replicas=args.stream_replicas, retention_s=retention)
     policies = policies_of(manifest)
+    batches = {name: fn.batch for name, fn in manifest.spec.functions.items()}
 
     def plan(orders_per_minute: float) -> Plan:
-        return make_plan(pipeline, profile, policies, load_shape(args, orders_per_minute), keda, hpa, cluster, DAY_STEPS)
+        return make_plan(pipeline, profile, policies, load_shape(args, orders_per_minute), keda, hpa, cluster, DAY_STEPS, batches)
 
     print(f"profile: {profile.source}")
     print(

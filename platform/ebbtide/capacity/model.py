@@ -2,19 +2,20 @@
 function's pods and each pod's pool scaling its Wasm instances. Pure: no clock, no I/O; deterministic.
 
 A fluid model, stepped in time (`busy_dt_s` while anything waits, longer steps while all is quiet):
-- orders arrive by the load shape, into the entry function's backlog (through a publisher of limited rate,
-  for bench runs); each function's handled messages become its downstream functions' backlog, in the
-  proportions of the profile (messages per order);
+- orders arrive by the load shape, into the entry function's backlog (a bench run's publisher spends its
+  CPU on the same cores meanwhile); each function's handled messages become its downstream functions'
+  backlog, in the proportions of the profile (messages per order), once their batch is done: a batch of
+  `batches[f]` messages (fewer when fewer wait) takes its CPU time at the pace the process gets;
 - each function's Deployment: KEDA and the HPA (kube.py) decide its replicas from its lag; a new pod is
   ready after KEDA's reaction, the pod's start and the process's cold start; with `fixed_pods`, a fixed
   number of pods ready from the start (pods kept running, or a bench run's replicas);
 - each ready pod runs its pool by the real policy (ebbtide.scaler.Scaler, the manifest's `scale`), on the
   function's whole lag (every replica reads the same consumer); it handles up to one core's worth of
   messages (1 / cpu_s per second: one Python process);
-- CPU: with `cores` set (a machine, as in bench runs), the functions, nats-server and the publisher share
-  them: what they ask for beyond it is scaled down, every process alike; `background_load` other runnable
-  processes take their fair share too. Without it, each pod has its core and nats-server what it needs,
-  and the model reports how many cores that is.
+- CPU: with `cores` set (a machine, as in bench runs: the cores its processes get), the functions,
+  nats-server and the publisher share them in proportion to what each asks for: beyond it, everything is
+  slowed alike. Without it, each pod has its core and nats-server what it needs, and the model reports how
+  many cores that is.
 
 Per function it gives pods over time, the worst wait of a message in its backlog, pod-seconds,
 memory-seconds and instance-seconds; for the run, the drain time, the worst wait from publish to the last
@@ -23,6 +24,8 @@ function, nats-server cores (peak over one second, and the mean) and JetStream s
 
 from __future__ import annotations
 
+import bisect
+import heapq
 import math
 from collections import deque
 from dataclasses import dataclass, field
@@ -38,9 +41,8 @@ EPSILON = 1e-6  # messages: less than this left is nothing left
 @dataclass(frozen=True)
 class ClusterSettings:
     pod_start_s: float = 2.0  # scheduling and container start, before the process's own cold start
-    cores: float | None = None  # one machine's cores shared by everything (bench runs); None: a pod per core
-    background_load: float = 0.0  # other runnable processes on those cores (a shared machine)
-    publish_limited: bool = False  # orders go through one publisher at the profile's publish_rate (bench runs)
+    cores: float | None = None  # the cores one machine gives everything (bench runs); None: a pod per core
+    publisher_cpu: bool = False  # the publisher's CPU counts against `cores` (a bench run publishes from the machine)
     stream_replicas: int = 3  # JetStream copies of every message (R3 on deploy/kubernetes's cluster)
     retention_s: float = 86_400.0  # how long ORDERS keeps a handled message (max_age_s)
 
@@ -90,7 +92,8 @@ class _Function:
         self.name = name
         self.policy = policy
         self.deployment = deployment
-        self.pods_ready_at: list[float] = [0.0] * fixed_pods  # one entry per pod: when it is ready
+        self.pods_ready_at: list[float] = [0.0] * fixed_pods  # one entry per pod: when it is ready (sorted)
+        self.ready = fixed_pods  # pods ready now (this step)
         self.scaler = Scaler(policy)
         self.instances = 0  # per ready pod
         self.backlog = 0.0
@@ -112,6 +115,7 @@ def simulate(
     cluster: ClusterSettings | None = None,
     steps: StepSettings | None = None,
     fixed_pods: dict[str, int] | None = None,
+    batches: dict[str, int] | None = None,
 ) -> SimulationResult:
     """Run `load` through the pipeline. Without `fixed_pods`, KEDA and the HPA scale each function from zero;
     with it, each function has that many pods, ready from t = 0, and nothing scales them."""
@@ -131,7 +135,10 @@ def simulate(
     downstream = {name: [f for f in pipeline.order if name in pipeline.upstream[f]] for name in pipeline.order}
 
     t = 0.0
-    to_publish = 0.0  # orders arrived but not yet published (publish_limited)
+    to_publish = 0.0  # orders arrived, not yet in the entry functions' streams
+    publish_debt = 0.0  # CPU seconds the publisher still has to spend on what it published (publisher_cpu)
+    in_transit: list[tuple[float, int, str, float]] = []  # heap: (when, tie, function, messages) a batch hands on
+    sent = 0
     orders_in = 0.0  # published into the entry functions' streams
     orders_done = 0.0
     order_waits: deque[tuple[float, float]] = deque()
@@ -148,11 +155,11 @@ def simulate(
     end = load.duration_s
 
     while True:
-        busy = to_publish > EPSILON or any(f.backlog > EPSILON for f in functions.values())
+        busy = to_publish > EPSILON or bool(in_transit) or any(f.backlog > EPSILON for f in functions.values())
         next_arrival = load.next_arrival_after(t)
         if t >= end and next_arrival is None and (not busy or t >= end + steps.drain_limit_s):
             break
-        starting = any(t < ready for f in functions.values() for ready in f.pods_ready_at)
+        starting = any(f.pods_ready_at and f.pods_ready_at[-1] > t for f in functions.values())
         if busy or starting or (next_arrival is not None and next_arrival < t + steps.busy_dt_s):
             dt = steps.busy_dt_s
         else:
@@ -161,7 +168,7 @@ def simulate(
                 dt = min(dt, max(next_arrival - t, steps.busy_dt_s))
 
         # Arrivals: into the publisher, or straight into the entry functions' streams.
-        arriving = load.orders_between(t, t + dt) if t < end else 0.0
+        arriving = load.orders_between(t, t + dt)
         if arriving:
             order_waits.append((orders_in + to_publish + arriving, t))
             stored.append((t, arriving))
@@ -176,17 +183,24 @@ def simulate(
             f.pushed = False
             want = f.deployment.replicas
             while len(f.pods_ready_at) < want:
-                f.pods_ready_at.append(t + start_delay)
-            if len(f.pods_ready_at) > want:  # the newest (or still starting) pods go first
-                f.pods_ready_at.sort()
-                del f.pods_ready_at[want:]
+                f.pods_ready_at.append(t + start_delay)  # later than every other: the list stays sorted
+            del f.pods_ready_at[want:]  # the newest (or still starting) pods go first
+
+        # Batches done: their effects reach the next function.
+        while in_transit and in_transit[0][0] <= t:
+            _, _, child, amount = heapq.heappop(in_transit)
+            target = functions[child]
+            target.backlog += amount
+            target.arrived += amount
+            target.waiting.append((target.arrived, t))
+            if target.deployment is not None:
+                target.pushed = True  # the scaler's bell (KEDA acts on it at once when at zero)
 
         # What each process would do in this step, then the CPU they share.
-        publish = min(to_publish, profile.publish_rate * dt) if cluster.publish_limited else to_publish
+        publish = to_publish
         wanted: dict[str, float] = {}
-        runnable = 1.0 if publish > EPSILON and cluster.publish_limited else 0.0
         for f in functions.values():
-            ready = sum(1 for r in f.pods_ready_at if r <= t)
+            f.ready = ready = bisect.bisect_right(f.pods_ready_at, t)
             if ready == 0:
                 if f.instances:
                     f.instances, f.scaler = 0, Scaler(f.policy)  # the next pod's pool starts afresh
@@ -196,23 +210,17 @@ def simulate(
             f.instances = f.scaler.desired(lag=math.ceil(f.backlog - EPSILON), in_flight=in_flight, current=f.instances, now=t)
             capacity = ready * costs[f.name].replica_rate * dt if f.instances > 0 else 0.0
             wanted[f.name] = min(f.backlog, capacity)
-            if wanted[f.name] > EPSILON:
-                runnable += min(ready, math.ceil(f.backlog / max(costs[f.name].replica_rate * dt, EPSILON)))
         cpu = sum(wanted[n] * (costs[n].cpu_s + costs[n].server_cpu_s) for n in wanted)
-        if cluster.publish_limited:
-            cpu += publish * (profile.publish_cpu_s + profile.server_publish_cpu_s)
+        if cluster.publisher_cpu:
+            publish_debt += publish * (profile.publish_cpu_s + profile.server_publish_cpu_s)
+            cpu += publish_debt
         share = 1.0
         if cluster.cores is not None and cpu > 0:
-            runnable += 1.0  # nats-server
-            cores = (
-                cluster.cores * min(1.0, runnable / (runnable + cluster.background_load))
-                if cluster.background_load
-                else cluster.cores
-            )
-            share = min(1.0, cores * dt / cpu)
+            share = min(1.0, cluster.cores * dt / cpu)
 
         # Carry it out: publish, handle, hand on downstream.
-        published = publish * share
+        published = publish
+        publish_debt -= publish_debt * share
         to_publish -= published
         orders_in += published
         server_cpu = published * profile.server_publish_cpu_s
@@ -236,14 +244,15 @@ def simulate(
             cost = costs[name]
             f.result.cpu_seconds += handled * cost.cpu_s
             server_cpu += handled * cost.server_cpu_s
-            for child in downstream[name]:
-                share_of = costs[child].messages_per_order / cost.messages_per_order / len(pipeline.upstream[child])
-                functions[child].backlog += handled * share_of
-                functions[child].arrived += handled * share_of
-                if handled:
-                    functions[child].waiting.append((functions[child].arrived, t))
-                    if functions[child].deployment is not None:
-                        functions[child].pushed = True
+            if handled and downstream[name]:
+                # A batch is done after its messages' CPU time at this step's pace (a whole core: share 1).
+                pods = max(1, f.ready * max(f.instances, 1))
+                batch = min(float((batches or {}).get(name, 1)), (f.backlog + handled) / pods)
+                done_at = t + dt + batch * (cost.cpu_s + cost.server_cpu_s) / share
+                for child in downstream[name]:
+                    share_of = costs[child].messages_per_order / cost.messages_per_order / len(pipeline.upstream[child])
+                    sent += 1
+                    heapq.heappush(in_transit, (done_at, sent, child, handled * share_of))
             while f.waiting and f.waiting[0][0] <= f.handled + EPSILON + 1e-9 * f.arrived:
                 f.result.worst_wait_s = max(f.result.worst_wait_s, t + dt - f.waiting.popleft()[1])
             if name in pipeline.leaves and leaves_share:
@@ -269,7 +278,7 @@ def simulate(
         for f in functions.values():
             r = f.result
             pods = len(f.pods_ready_at)
-            ready = sum(1 for ready_at in f.pods_ready_at if ready_at <= t)
+            ready = f.ready
             live = ready * f.instances
             r.pod_seconds += pods * dt
             r.instance_seconds += live * dt

@@ -44,10 +44,11 @@ def make_plan(
     hpa: HpaSettings,
     cluster: ClusterSettings,
     steps: StepSettings,
+    batches: dict[str, int] | None = None,
 ) -> Plan:
-    autoscaled = simulate(pipeline, profile, policies, load, keda=keda, hpa=hpa, cluster=cluster, steps=steps)
+    autoscaled = simulate(pipeline, profile, policies, load, keda=keda, hpa=hpa, cluster=cluster, steps=steps, batches=batches)
     peak = {name: max(1, f.peak_pods) for name, f in autoscaled.functions.items()}
-    always_on = simulate(pipeline, profile, policies, load, cluster=cluster, steps=steps, fixed_pods=peak)
+    always_on = simulate(pipeline, profile, policies, load, cluster=cluster, steps=steps, fixed_pods=peak, batches=batches)
     return Plan(load, autoscaled, always_on, peak)
 
 
