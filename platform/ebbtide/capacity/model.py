@@ -11,7 +11,8 @@ A fluid model, stepped in time (`busy_dt_s` while anything waits, longer steps w
   number of pods ready from the start (pods kept running, or a bench run's replicas);
 - each ready pod runs its pool by the real policy (ebbtide.scaler.Scaler, the manifest's `scale`), on the
   function's whole lag (every replica reads the same consumer); it handles up to one core's worth of
-  messages (1 / cpu_s per second: one Python process);
+  messages (1 / cpu_s per second: one Python process), less its own overhead while busy (control loop,
+  pull requests: the profile's `replica_overhead_cores`);
 - CPU: with `cores` set (a machine, as in bench runs: the cores its processes get), the functions,
   nats-server and the publisher share them in proportion to what each asks for: beyond it, everything is
   slowed alike. Without it, each pod has its core and nats-server what it needs, and the model reports how
@@ -132,6 +133,7 @@ def simulate(
         functions[name] = _Function(name, policy, deployment, fixed_pods.get(name, 0) if fixed_pods is not None else 0)
     costs = {name: profile.functions[name] for name in pipeline.order}
     start_delay = keda.reaction_s + cluster.pod_start_s + profile.cold_start_s
+    overhead = min(profile.replica_overhead_cores, 0.5)
     downstream = {name: [f for f in pipeline.order if name in pipeline.upstream[f]] for name in pipeline.order}
 
     t = 0.0
@@ -199,6 +201,7 @@ def simulate(
         # What each process would do in this step, then the CPU they share.
         publish = to_publish
         wanted: dict[str, float] = {}
+        busy_replicas = 0
         for f in functions.values():
             f.ready = ready = bisect.bisect_right(f.pods_ready_at, t)
             if ready == 0:
@@ -208,15 +211,19 @@ def simulate(
                 continue
             in_flight = 1 if f.backlog > EPSILON else 0  # a pool at zero wakes on its bell at once
             f.instances = f.scaler.desired(lag=math.ceil(f.backlog - EPSILON), in_flight=in_flight, current=f.instances, now=t)
-            capacity = ready * costs[f.name].replica_rate * dt if f.instances > 0 else 0.0
+            # A replica's core, less what its control loop and fetches cost while there is work.
+            capacity = ready * (1 - overhead) * costs[f.name].replica_rate * dt if f.instances > 0 else 0.0
             wanted[f.name] = min(f.backlog, capacity)
+            if wanted[f.name] > 0:
+                busy_replicas += ready
         cpu = sum(wanted[n] * (costs[n].cpu_s + costs[n].server_cpu_s) for n in wanted)
         if cluster.publisher_cpu:
             publish_debt += publish * (profile.publish_cpu_s + profile.server_publish_cpu_s)
             cpu += publish_debt
         share = 1.0
         if cluster.cores is not None and cpu > 0:
-            share = min(1.0, cluster.cores * dt / cpu)
+            # The busy replicas' overhead is spent whatever else runs; the messages share what is left.
+            share = min(1.0, max(cluster.cores - busy_replicas * overhead, 0.01 * cluster.cores) * dt / cpu)
 
         # Carry it out: publish, handle, hand on downstream.
         published = publish

@@ -34,6 +34,9 @@ class Profile:
     cold_start_s: float  # a replica's process, exec to ready
     stored_bytes_per_order: float  # JetStream bytes per order over every stream (one copy: R1)
     instance_memory_mib: float = 0.02  # each live Wasm instance
+    # What a replica costs while its function has work, beyond its messages (its control loop's lag reads and
+    # status reports, its workers' pull requests), its process's and the server's, in cores.
+    replica_overhead_cores: float = 0.0
     source: str = ""  # where it was measured, when, and how loaded the machine was
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -53,6 +53,7 @@ from .report import BenchReport, Section
 MIB = 1024 * 1024
 REPLICAS = (1, 2, 4)
 TOLERANCE = 0.25  # the model's goal: within ±25 % of what was measured
+OVERHEAD_PROCESSES = 4  # the first function's messages through this many processes: what a busy replica costs
 
 
 def background_load(samples: int = 20, interval_s: float = 0.05) -> float:
@@ -242,30 +243,48 @@ async def _profile(
     available: list[float] = []  # cores the run's processes got together, per run that was not held by one process
     if max(publish_cpu, server_publish_cpu) / publish_s < 0.85:
         available.append((publish_cpu + server_publish_cpu) / publish_s)
-    for function, fn in manifest.spec.functions.items():
+
+    async def alone(function: str, count: int) -> tuple[float, float, float, float]:
+        """`count` processes of `function` through the N messages: (their CPU, the server's, wall, RSS MiB)."""
+        fn = manifest.function(function)
         await harness.reset()
-        share = {"orders.express": express, "orders.standard": 1 - express}.get(fn.trigger, 1.0)
         async with Processes(nc, manifest, server.url) as processes:
-            await processes.start(function, 1)
-            [pid] = processes.pids(function)
-            await asyncio.sleep(0.5)  # its start-up done
-            before = (cpu_seconds(pid), cpu_seconds(server.pid), cpu_seconds(me), time.monotonic())
-            await publish_all(harness.publisher, fn.trigger, ((p, f"profile-{function}:{i}") for i, p in enumerate(payloads)))
+            await processes.start(function, count)
+            pids = processes.pids(function)
+            await asyncio.sleep(0.5)  # their start-up done
+            before = (sum(map(cpu_seconds, pids)), cpu_seconds(server.pid), cpu_seconds(me), time.monotonic())
+            await publish_all(
+                harness.publisher, fn.trigger, ((p, f"profile-{function}-{count}:{i}") for i, p in enumerate(payloads))
+            )
             await _drained(nc, manifest.stream_for(fn.trigger), function, timeout=300)
-            after = (cpu_seconds(pid), cpu_seconds(server.pid), cpu_seconds(me), time.monotonic())
+            after = (sum(map(cpu_seconds, pids)), cpu_seconds(server.pid), cpu_seconds(me), time.monotonic())
             cpu, server_cpu, own_cpu, wall = ((a - b) for a, b in zip(after, before))
-            if max(cpu, server_cpu) / wall < 0.85:
+            if max(cpu / count, server_cpu) / wall < 0.85:
                 available.append((cpu + server_cpu + own_cpu) / wall)
-            rss = process_memory(pid).rss / MIB
-            cold += processes.cold_start_s
+            cold.extend(processes.cold_start_s)
+            return cpu, server_cpu - server_publish_cpu, wall, process_memory(pids[0]).rss / MIB
+
+    first = next(iter(manifest.spec.functions))
+    for function, fn in manifest.spec.functions.items():
+        share = {"orders.express": express, "orders.standard": 1 - express}.get(fn.trigger, 1.0)
+        cpu, server_cpu, wall, rss = await alone(function, 1)
         functions[function] = FunctionProfile(
             cpu_s=cpu / n,
-            server_cpu_s=max(server_cpu - server_publish_cpu, 0.0) / n,
+            server_cpu_s=max(server_cpu, 0.0) / n,
             messages_per_order=per_order.get(function, share),
             memory_mib=rss,
             rate_per_s=n / wall,
         )
         print(f"capacity: {function} alone: {n / wall:,.0f}/s, {cpu / n * 1e6:.0f} µs CPU per message", flush=True)
+        if function == first:
+            one = (cpu + server_cpu, wall)
+    # What each busy replica costs beyond its messages (its control loop's lag reads and reports, its workers'
+    # pull requests): the same messages through 4 processes instead of 1, the difference per process-second.
+    cpu4, server_cpu4, wall4, _ = await alone(first, OVERHEAD_PROCESSES)
+    overhead = max(0.0, (cpu4 + server_cpu4 - one[0]) / (OVERHEAD_PROCESSES * wall4 - one[1]))
+    print(
+        f"capacity: {first} in {OVERHEAD_PROCESSES} processes: {overhead * 1000:.1f} ms CPU per busy replica-second", flush=True
+    )
     cores = os.cpu_count() or 1
     profile = Profile(
         functions=functions,
@@ -274,6 +293,7 @@ async def _profile(
         publish_rate=n / publish_s,
         cold_start_s=statistics.median(cold),
         stored_bytes_per_order=0.0,
+        replica_overhead_cores=overhead,
     )
     return profile, Machine(cores, min(float(cores), statistics.median(available)) if available else float(cores), load_average())
 
