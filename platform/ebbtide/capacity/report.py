@@ -3,6 +3,7 @@ autoscaled run's peak size, and the text that shows it. Pure."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ..scaler import ScalePolicy
@@ -105,9 +106,13 @@ def pods_over_time(result: SimulationResult, buckets: int = 24) -> list[str]:
     return lines
 
 
-def summary(plan: Plan) -> str:
+def summary(plan: Plan, node_cores: int = 4) -> str:
     auto = plan.autoscaled
+    pods = sum(f.peak_pods for f in auto.functions.values())  # an upper bound: the functions' peaks may not coincide
+    nodes = math.ceil(pods / node_cores)
     return (
+        f"at the peak, {pods} pods of one core each: {nodes} node{'s' if nodes != 1 else ''} of {node_cores} cores "
+        f"for the functions (always-on: {math.ceil(sum(plan.always_on_pods.values()) / node_cores)} all day)\n"
         f"nats-server: {auto.server_cores_peak:.2f} cores in the busiest second, {auto.server_cores_mean:.3f} on average "
         f"(one server's work; each node of a cluster stores every replica); JetStream storage: "
         f"{storage(auto.storage_bytes_peak)} at most (every replica, the retention window's orders)"

@@ -67,6 +67,26 @@ def background_load(samples: int = 20, interval_s: float = 0.05) -> float:
     return max(0.0, statistics.mean(counts))
 
 
+PROBE = "import time\nstart, wall = time.process_time(), time.monotonic()\nwhile time.monotonic() - wall < {seconds}: pass\nprint(time.process_time() - start, time.monotonic() - wall)"
+
+
+async def cores_probe(processes: int = 2, seconds: float = 1.0) -> float:
+    """The cores this session's processes get right now: `processes` busy loops for `seconds`, their CPU time
+    over the wall time (the kernel shares the CPU between sessions, whatever their process counts)."""
+    runs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-c", PROBE.format(seconds=seconds), stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL
+        )
+        for _ in range(processes)
+    ]
+    total = 0.0
+    for run in runs:
+        out, _ = await run.communicate()
+        cpu, wall = (float(x) for x in out.split())
+        total += cpu / wall
+    return total
+
+
 def load_average() -> float:
     with open("/proc/loadavg") as loadavg:
         return float(loadavg.read().split()[0])
@@ -177,6 +197,7 @@ class Measured:
     publish_s: float
     background: float  # other runnable processes, just before
     load_average: float
+    cores_probed: float  # the cores a busy process pair got just before (cores_probe)
     instance_seconds: dict[str, float]
     peak_instances: dict[str, int]
     stored: int
@@ -318,6 +339,7 @@ async def _pipeline_run(nc: NatsClient, harness: Harness, manifest: LoadedManife
         await asyncio.sleep(1.0)  # start-up done, every pool asleep at zero
         background = await asyncio.to_thread(background_load)
         load = load_average()
+        probed = await cores_probe()
         t0 = time.time()
         result = await harness.burst(generate_orders(n, seed=43), f"capacity-{replicas}-{time.time_ns()}", timeout=600)
         end = t0 + result.wall_s
@@ -328,6 +350,7 @@ async def _pipeline_run(nc: NatsClient, harness: Harness, manifest: LoadedManife
             publish_s=result.publish_s,
             background=background,
             load_average=load,
+            cores_probed=probed,
             instance_seconds={f: processes.samples.instance_seconds(f, t0, end) for f in manifest.spec.functions},
             peak_instances={f: processes.samples.peak(f, t0, end) for f in manifest.spec.functions},
             stored=result.stored,
@@ -345,9 +368,9 @@ async def _stored_bytes(nc: NatsClient, manifest: LoadedManifest, n: int) -> flo
 
 
 def predict(
-    manifest: LoadedManifest, profile: Profile, machine: Machine, run: Measured
+    manifest: LoadedManifest, profile: Profile, cores: float, run: Measured
 ) -> tuple[float, dict[str, float], dict[str, int]]:
-    """The model's drain time, instance-seconds and peak instances for a measured run's setting."""
+    """The model's drain time, instance-seconds and peak instances for a measured run's setting, on `cores`."""
     policies = {
         name: ScalePolicy(fn.scale.min, fn.scale.max, fn.scale.target_backlog, fn.scale.cooldown_s)
         for name, fn in manifest.spec.functions.items()
@@ -357,7 +380,7 @@ def predict(
         profile,
         policies,
         burst(run.orders),
-        cluster=ClusterSettings(cores=machine.cores_available, publisher_cpu=True),
+        cluster=ClusterSettings(cores=cores, publisher_cpu=True),
         fixed_pods={name: run.replicas for name in manifest.spec.functions},
         batches={name: fn.batch for name, fn in manifest.spec.functions.items()},
     )
@@ -373,14 +396,15 @@ def predict(
 def _report(report: BenchReport, manifest: LoadedManifest, profile: Profile, machine: Machine, runs: list[Measured]) -> None:
     functions = list(manifest.spec.functions)
     lines = [
-        "| processes per function | other runnable processes (load avg) | drain s: measured / predicted (error) | "
+        "| processes per function | other runnable processes (load avg) | cores probed before | drain s: measured / predicted (error) | "
         + " | ".join(f"{f} instance-s: measured / predicted (error)" for f in functions)
         + " | peak instances, measured / predicted |",
-        "|---:|---:|---:|" + "---:|" * len(functions) + "---|",
+        "|---:|---:|---:|---:|" + "---:|" * len(functions) + "---|",
     ]
     details = []
     for run in runs:
-        drain, instance_s, peaks = predict(manifest, profile, machine, run)
+        drain, instance_s, peaks = predict(manifest, profile, run.cores_probed, run)
+        profile_drain, _, _ = predict(manifest, profile, machine.cores_available, run)
         errors = {"drain": drain / run.wall_s - 1}
         cells = []
         for f in functions:
@@ -388,7 +412,7 @@ def _report(report: BenchReport, manifest: LoadedManifest, profile: Profile, mac
             errors[f] = predicted / measured - 1 if measured else 0.0
             cells.append(f"{measured:.2f} / {predicted:.2f} ({errors[f]:+.0%})")
         lines.append(
-            f"| {run.replicas} | {run.background:.1f} ({run.load_average:.1f}) | {run.wall_s:.2f} / {drain:.2f} "
+            f"| {run.replicas} | {run.background:.1f} ({run.load_average:.1f}) | {run.cores_probed:.2f} | {run.wall_s:.2f} / {drain:.2f} "
             f"({errors['drain']:+.0%}) | "
             + " | ".join(cells)
             + " | "
@@ -398,7 +422,12 @@ def _report(report: BenchReport, manifest: LoadedManifest, profile: Profile, mac
         details.append(
             {
                 "measured": run.__dict__,
-                "predicted": {"drain_s": drain, "instance_seconds": instance_s, "peak_instances": peaks},
+                "predicted": {
+                    "drain_s": drain,
+                    "instance_seconds": instance_s,
+                    "peak_instances": peaks,
+                    "drain_s_on_the_profiles_cores": profile_drain,
+                },
                 "errors": errors,
                 "within_tolerance": all(abs(e) <= TOLERANCE for e in errors.values()),
             }
@@ -420,8 +449,11 @@ def _report(report: BenchReport, manifest: LoadedManifest, profile: Profile, mac
         )
         + f"; publisher {profile.publish_rate:,.0f} orders/s ({profile.publish_cpu_s * 1e6:.0f} µs + "
         f"{profile.server_publish_cpu_s * 1e6:.0f} µs server per order); cold start {profile.cold_start_s * 1000:.0f} ms; "
-        f"{profile.stored_bytes_per_order:,.0f} bytes stored per order. The cores this run's processes got together: "
-        f"{machine.cores_available:.2f} of {machine.cores}.",
+        f"{profile.stored_bytes_per_order:,.0f} bytes stored per order. Each run is predicted on the cores two busy "
+        f"processes of this session got just before it (the machine is shared: its other work moves within a minute); "
+        f"on the cores found while profiling ({machine.cores_available:.2f} of {machine.cores}) the drain times would be "
+        + ", ".join(f"{d['predicted']['drain_s_on_the_profiles_cores']:.2f} s" for d in details)
+        + ".",
     ]
     report.sections.append(Section("Capacity model against this machine's runs", "\n".join(lines)))
     report.details["capacity"] = {
