@@ -104,8 +104,8 @@ def run_plan(args: argparse.Namespace, manifest: LoadedManifest) -> int:
     result = plan(args.orders_per_minute)
     print(f"load: {result.load.name}; {result.load.total_orders:,.0f} orders\n")
     print("\n".join(plan_table(result)))
-    print(f"\npods over time (most in each of 24 slices of {result.autoscaled.duration_s / 24 / 60:.0f} min):")
-    print("\n".join(pods_over_time(result.autoscaled)))
+    print(f"\npods over time (most in each of 24 slices of {result.load.duration_s / 24 / 60:.0f} min):")
+    print("\n".join(pods_over_time(result.autoscaled, result.load.duration_s)))
     print("\n" + summary(result))
     left = {name: f.left for name, f in result.autoscaled.functions.items() if f.left > 1}
     if left:

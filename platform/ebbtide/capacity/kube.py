@@ -34,6 +34,9 @@ class HpaSettings:
     """Kubernetes' defaults (autoscaling/v2 behavior), the HPA controller's sync period and tolerance."""
 
     sync_s: float = 15.0
+    # The HPA controller's clock against the load's: bursts at whole minutes would otherwise always meet a
+    # sync at the very instant they land (and never be seen by the next); halfway is the average case.
+    phase_s: float = 7.5
     tolerance: float = 0.1
     up_window_s: float = 0.0
     up_pods: int = 4  # per up_period_s ...
@@ -55,7 +58,7 @@ class DeploymentScaler:
         self.replicas = 0
         self._last_active = -math.inf
         self._next_poll = 0.0
-        self._next_sync = 0.0
+        self._next_sync = hpa.phase_s
         self._recommendations: deque[tuple[float, int]] = deque()
         self._events: deque[tuple[float, int]] = deque()  # (time, replicas added (+) or removed (-))
 
@@ -76,7 +79,7 @@ class DeploymentScaler:
                 self._set(now, 0)
                 self._recommendations.clear()
         if now >= self._next_sync:
-            self._next_sync = _next_tick(now, self.hpa.sync_s)
+            self._next_sync = _next_tick(now - self.hpa.phase_s, self.hpa.sync_s) + self.hpa.phase_s
             if self.replicas > 0:  # at zero replicas the HPA does nothing ("scaling is disabled")
                 self._set(now, self._hpa_desired(now, lag))
 

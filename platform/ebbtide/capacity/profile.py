@@ -82,6 +82,7 @@ DEFAULT = Profile(
     publish_rate=4_013.0,
     cold_start_s=0.32,
     stored_bytes_per_order=1_369.0,
+    replica_overhead_cores=0.010,  # 6.3 and 14.0 ms per busy replica-second in two runs of the same hour
     source="built in: ebbtide bench --scenario capacity on the project's 2-core machine, 2026-12-07 (CPU per message, "
     "memory, storage); cold start 0.32 s from --scenario replica, 2026-11-29",
 )

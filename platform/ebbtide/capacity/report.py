@@ -92,9 +92,9 @@ def plan_table(plan: Plan) -> list[str]:
     return lines
 
 
-def pods_over_time(result: SimulationResult, buckets: int = 24) -> list[str]:
-    """Per function, the most pods within each of `buckets` equal slices of the run."""
-    span = max(result.duration_s, 1e-9)
+def pods_over_time(result: SimulationResult, span: float, buckets: int = 24) -> list[str]:
+    """Per function, the most pods within each of `buckets` equal slices of `span` seconds (the load's)."""
+    span = max(span, 1e-9)
     width = max(len(name) for name in result.functions)
     lines = []
     for name, f in result.functions.items():
