@@ -1,5 +1,5 @@
 """The `ebbtide` command line: up, run, provision, build, new, publish, demo, bench, top, console, dlq, outbox,
-nats-config, shadow, canary.
+nats-config, shadow, canary, scaler, plan.
 
 This module only parses; each command lives in ebbtide.commands and is imported when it runs, so that
 `ebbtide up`'s supervisor never loads the Wasm runtime and `ebbtide run` never loads the benchmark.
@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from .capacity.options import add_plan_options  # the options only: the model is imported when `plan` runs
 from .errors import RunError, UsageError
 from .exit_codes import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE
 from .launch import DEFAULT_PROCESS_MODE, PROCESS_MODES
@@ -349,6 +350,17 @@ def _parser() -> argparse.ArgumentParser:
         "--window", type=int, default=200, help="... over the candidate's last N messages on a host (default: %(default)s)"
     )
     # -- end of rollouts --------------------------------------------------------------------------------------
+    # -- scaling beyond one machine (commands/scaling.py): scaler, plan ---------------------------------------
+    scaler = command("scaler", "scaling:scaler_command", "KEDA external scaler (gRPC): each function's lag and activation")
+    nats_url_option(scaler)
+    metrics_option(scaler)
+    scaler.add_argument("--listen", default="127.0.0.1:9090", help="gRPC address, HOST:PORT (default: %(default)s)")
+    scaler.add_argument("--tls-cert", type=Path, help="serve gRPC over TLS with this certificate (PEM) ...")
+    scaler.add_argument("--tls-key", type=Path, help="... and its key")
+    scaler.add_argument("--tls-client-ca", type=Path, help="require client certificates (KEDA's) signed by this CA")
+    add_plan_options(
+        command("plan", "scaling:plan_command", "capacity model: what a load costs in pods, nats-server cores and storage")
+    )
     top = command(
         "top",
         "clients:top_command",
