@@ -14,6 +14,7 @@ from nats.aio.client import Client as NatsClient
 from ebbtide.broker import EmbeddedNats, provision
 from ebbtide.manifest import LoadedManifest
 from ebbtide.workload.bench import SCENARIOS, BenchOptions, run_bench
+from ebbtide.workload.bench import server as server_bench
 from ebbtide.workload.bench.comparison import TUNING_ROUNDS
 from ebbtide.workload.bench.ordering import CASES as ORDERING_CASES
 from ebbtide.workload.orders import INGRESS_SUBJECT, encode_order, generate_orders
@@ -30,6 +31,8 @@ async def test_quick_bench_completes_with_sane_figures(reference_manifest: Loade
     added_function = "each additional function in one process: private memory"
     assert all(v >= 0 for name, v in figures.items() if "slope" not in name and name != added_function)
     assert -1 < figures[added_function] < 64  # MiB
+    for form in (*server_bench.PUBLISH_FORMS, *server_bench.SETTLE_FORMS):  # every form measured, all stored / settled
+        assert 0 < figures[f"nats-server CPU per message: {form}"] < 10_000  # µs
     assert 0 < figures["idle function process: private memory"] < 1024  # MiB
     assert 0 < figures["replica cold start: exec to ready (median)"] < 60_000  # ms
     assert 0 < figures["replica cold start: CPU time to first message processed (median)"] < 60_000  # ms

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 
 import msgspec
+import nats.errors
+import nats.js.errors
 import pytest
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
@@ -25,6 +27,7 @@ from ebbtide.broker.publisher import (
     PublishBatch,
 )
 from ebbtide.errors import PublishError, PublishUnanswered
+from tests.conftest import wait_until
 
 INBOX = "_INBOX.facts"
 
@@ -242,3 +245,32 @@ async def test_the_publisher_goes_message_by_message_to_a_stream_that_does_not_a
     publisher.add(second, "s.x", b"m", "id-2")
     assert all(isinstance(r, PubAck) for r in await publisher.wait(second, timeout=5))
     assert (await nc.jetstream().stream_info("S")).state.messages == 2
+
+
+# -- acks: why a round of acks is still one ack per message ---------------------------------------------------
+
+
+async def test_ack_all_settles_a_message_handed_back_below_it_and_its_policy_cannot_be_changed(nc: NatsClient) -> None:
+    """AckAll (ack policy `all`) settles every pending message up to the one acked: a message nak'ed for a
+    retry below it is never redelivered. So a round's acks could be one AckAll only on a consumer whose every
+    pending message is the acker's own and settled; and an existing consumer cannot be switched to it."""
+    js = nc.jetstream()
+    await js.add_stream(api.StreamConfig(name="S", subjects=["s.>"]))
+    for i in range(10):
+        await js.publish("s.x", b"%d" % i)
+    await js.add_consumer("S", api.ConsumerConfig(durable_name="c", ack_policy=api.AckPolicy.ALL, ack_wait=30))
+    subscription = await js.pull_subscribe_bind("c", stream="S")
+    msgs = await subscription.fetch(10, timeout=5)
+    await msgs[2].nak(delay=0.5)  # a retry, due in half a second
+    await msgs[9].ack()
+    await nc.flush()
+
+    async def settled() -> bool:
+        info = await js.consumer_info("S", "c")
+        return info.num_ack_pending == 0 and info.ack_floor.stream_seq == 10
+
+    await wait_until(settled)
+    with pytest.raises(nats.errors.TimeoutError):
+        await subscription.fetch(1, timeout=1.5)  # the retry never comes
+    with pytest.raises(nats.js.errors.APIError, match="ack policy can not be updated"):  # err_code 10012
+        await js.add_consumer("S", api.ConsumerConfig(durable_name="c", ack_policy=api.AckPolicy.EXPLICIT, ack_wait=30))
