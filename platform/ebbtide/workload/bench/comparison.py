@@ -145,6 +145,11 @@ async def bench_comparison(
             else:
                 print("burst: FastStream is not installed (pip install -e '.[baseline]'): skipped", flush=True)
             chosen += [default] if best is default else [default, best]
+            chosen.append(
+                impls.ebbtide(
+                    manifest, impls.PUBACK_PER_EFFECT, variants, "ebbtide-puback", "ebbtide, a PubAck per effect (before)"
+                )
+            )
             target = best if options.sustained_target == "ebbtide-fastest" else default
             if not burst:
                 chosen = [target]
@@ -351,6 +356,7 @@ def _ratios(summaries: dict[str, dict[str, Any]]) -> dict[str, tuple[float, str]
             ("faststream", f"≥ {GOAL_VS_FASTSTREAM:g}", "", ""),
             ("raw", f"≥ {GOAL_VS_RAW:g}", f"≤ {GOAL_SERVER_CPU_VS_RAW:g}", f"≤ {GOAL_FUNCTIONS_CPU_VS_RAW:g}"),
             ("raw-batched", "", "", ""),
+            ("ebbtide-puback", "", "", ""),
         ):
             base = summaries.get(base_key)
             if base is None:

@@ -49,9 +49,12 @@ class Variant:
     name: str
     mode: ProcessMode
     settings: dict[str, Any] = field(default_factory=dict)  # FunctionSection fields; `scale` merges key by key
+    batched: bool = True  # False: allow_batched off on every stream, a PubAck per effect (as before issue 29)
 
     def describe(self) -> str:
         parts = [f"{self.mode} process mode"] + [f"{k} {v}" for k, v in _flat(self.settings).items()]
+        if not self.batched:
+            parts.append("allow_batched off (a PubAck per effect)")
         return ", ".join(parts)
 
 
@@ -66,6 +69,9 @@ def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 DEFAULT = Variant("default", "per-function")
+# The default with a PubAck per effect, as ebbtide published before fast batches (issue 29): run beside the
+# default in the burst, so the table shows what they changed.
+PUBACK_PER_EFFECT = Variant("puback-per-effect", "per-function", batched=False)
 # What the full run tries (the default too); the fastest is kept. --quick does not search: it takes
 # FASTEST_KNOWN, the winner of the last full run on this machine kind (README, Performance).
 CANDIDATES = (
@@ -102,6 +108,9 @@ def write_variant(manifest: LoadedManifest, variant: Variant, folder: Path) -> L
         module["source"] = str(manifest.resolve(module["source"]))
         if module.get("sdk"):  # empty: the language's own SDK folder, found by the build
             module["sdk"] = str(manifest.resolve(module["sdk"]))
+    if not variant.batched:
+        for section in (*raw["streams"].values(), *raw["kv"].values(), raw["dead_letter"]):
+            section["allow_batched"] = False
     for function in raw["functions"].values():
         for key, value in variant.settings.items():
             function[key] = {**function[key], **value} if isinstance(value, dict) else value
