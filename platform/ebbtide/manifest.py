@@ -392,13 +392,27 @@ def _check_credentials(nats: NatsSection) -> list[str]:
 
 
 class SubjectRoutes:
-    """The value of the first pattern that matches a subject (`get`), with no cache to grow (KV keys are
-    unbounded): a pattern `a.b.>` is a prefix test, a literal one a comparison, others go token by token."""
+    """The value of the first pattern that matches a subject (`get`): a pattern `a.b.>` is a prefix test, a
+    literal one a comparison, others go token by token. The first CACHED subjects asked for are remembered
+    (a distributor's few routes); the cache never grows past that (a receiver's KV keys are unbounded)."""
+
+    CACHED = 256
 
     def __init__(self, routes: list[tuple[str, str | None]]) -> None:
         self._routes = [(pattern, _prefix_of(pattern), value) for pattern, value in routes]
+        self._known: dict[str, str | None] = {}
 
     def get(self, subject: str) -> str | None:
+        try:
+            return self._known[subject]
+        except KeyError:
+            pass
+        found = self._match(subject)
+        if len(self._known) < self.CACHED:
+            self._known[subject] = found
+        return found
+
+    def _match(self, subject: str) -> str | None:
         for pattern, prefix, value in self._routes:
             if prefix is not None:
                 if subject.startswith(prefix) and len(subject) > len(prefix):
