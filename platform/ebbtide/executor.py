@@ -9,7 +9,8 @@ checks before the guest and the guest's answer (the pool runs the guest), and st
   dlq:<stream>:<sequence>` and headers that say why;
 - `Retry`: the input is nak'ed at once, with the policy's delay.
 
-The publishes go out chunk by chunk, written together (`PublishBatch`). Then it waits for the server's
+The publishes go out chunk by chunk, written together (`PublishBatch`; a round's publishes to a stream that
+allows it are one fast batch with one PubAck, see broker/publisher.py). Then it waits for the server's
 confirmations of the whole batch (one wait, many publishes in flight) and settles each message: ack when
 every publish of it was confirmed (the round's acks written together); otherwise the policy says again
 (`after_unconfirmed`): effects not confirmed are retried (or dead-lettered once retries are exhausted:

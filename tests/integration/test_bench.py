@@ -73,7 +73,7 @@ async def test_quick_bench_completes_with_sane_figures(reference_manifest: Loade
         lat = impl["latency_ms"]
         assert 0 < lat["p50"] <= lat["p99"] <= lat["max"] <= impl["wall_s"]["median"] * 1000 + 1, key
     # throughput and both CPUs against each baseline and against ebbtide with a PubAck per effect
-    assert len(burst["ratios"]) >= 12 * len(ebbtides) and all(0 < r < math.inf for r, _ in burst["ratios"].values())
+    assert len(burst["ratios"]) >= 12 * len(ebbtides) and all(0 < r < math.inf for r, _, _ in burst["ratios"].values())
     assert any("FastStream: throughput" in goal for goal in burst["goals"])
     assert any(goal.startswith("every burst exactly once") and goal.endswith("yes") for goal in burst["goals"])
 

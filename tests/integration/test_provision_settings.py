@@ -150,7 +150,7 @@ async def test_allow_batched_is_provisioned_and_changed_in_place(tmp_path: Path,
     await provision(js, manifest(tmp_path))
     assert [(await js.stream_info(name)).config.allow_batched for name in names] == [True] * 4
     await js.publish("orders.in", b"kept")
-    off = MANIFEST.replace('duplicate_window_s = 45\n', 'duplicate_window_s = 45\nallow_batched = false\n').replace(
+    off = MANIFEST.replace("duplicate_window_s = 45\n", "duplicate_window_s = 45\nallow_batched = false\n").replace(
         "history = 5\n", "history = 5\nallow_batched = false\n"
     )
     await provision(js, manifest(tmp_path, off))
