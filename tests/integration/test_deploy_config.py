@@ -48,6 +48,7 @@ from ebbtide.broker.users import ADMIN_USER, INGRESS_ENV, OBSERVER_USER, SERVER_
 from ebbtide.manifest import LoadedManifest, parse_manifest
 from ebbtide.stream_state import stream_state
 from ebbtide.workload.orders import INGRESS_SUBJECT, encode_order, generate_orders
+from tests.components import may_skip, require
 from tests.conftest import REPO, backlog, wait_until
 from tests.deploy_support import dockerfile as dockerfile_reader
 from tests.deploy_support import entrypoints, keda, kustomize, mounts
@@ -114,7 +115,7 @@ def run_auth_services(compose: Obj, app: Path, volumes: Path, views: Path) -> Pa
     """Run compose's one-shot `nats-auth`, then `credentials` (each file into its own service's volume), as
     written; the folder of the volume `nats-auth`, which holds every generated file."""
     if os.geteuid() != 0:  # CI runs as root
-        pytest.skip("the compose service `credentials` runs as root (it gives each file to its reader's uid)")
+        may_skip("not root: the compose service `credentials` runs as root (it gives each file to its reader's uid)")
     service = compose["services"]["nats-auth"]
     view = ContainerView(views / "nats-auth")
     mounts.compose_mounts(view, service, REPO, volumes)
@@ -233,8 +234,8 @@ def test_compose_file_follows_the_compose_specification(tmp_path: Path) -> None:
 
 def test_docker_compose_config_accepts_the_file() -> None:
     binary = shutil.which("docker-compose")
-    if binary is None:
-        pytest.skip("no docker-compose binary here (Debian: apt-get install docker-compose)")
+    require(None if binary else "no docker-compose command (`bash .ci/docker-engine` installs it)", "docker-compose")
+    assert binary is not None
     done = subprocess.run(
         [binary, "--file", str(COMPOSE_FILE), "--project-directory", str(REPO), "config", "--quiet"],
         capture_output=True,
@@ -293,7 +294,7 @@ def test_kustomize_rendering_matches_kubectl(k8s: list[Obj], k8s_folder: Path) -
     """Our renderer against the real kustomize (built into kubectl), where kubectl is installed."""
     kubectl = shutil.which("kubectl")
     if kubectl is None:
-        pytest.skip("no kubectl here: the Python rendering is validated on its own")
+        may_skip("no kubectl (no Kubernetes on these machines): the Python rendering is validated on its own")
     done = subprocess.run([kubectl, "kustomize", str(k8s_folder)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     theirs = [doc for doc in yaml.safe_load_all(done.stdout) if doc]
