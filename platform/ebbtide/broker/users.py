@@ -87,13 +87,15 @@ def function_permissions(manifest: LoadedManifest, function: str) -> Permissions
 def rollout_publish(function: str) -> list[str]:
     """What a host needs to follow rollouts (rollout/follow.py): watch the records (an ordered consumer on
     the bucket's stream), download candidate modules (an ordered consumer on the object store's), write its
-    own function's record (a canary's rollback) and publish its shadow samples. It can create consumers on
-    these two streams only, and change no stream."""
+    own function's record (a canary's rollback) and publish its shadow samples. On these two streams only,
+    it can create unnamed (ephemeral) consumers, as nats-py's KV watch and ordered subscriptions do, and
+    read a consumer's info (the watch reads its own); it can neither create one by name, nor delete, list
+    or pause one: another replica's watcher is out of its reach but through its name, which the server
+    makes up and no function can list. It changes no stream."""
     rollouts, modules = kv_stream_name(ROLLOUTS_BUCKET), MODULES_STREAM
     return [
         *(f"{JS_API}.{api}.{stream}" for stream in (rollouts, modules) for api in ("STREAM.INFO", "CONSUMER.CREATE")),
-        *(f"{JS_API}.{api}.{stream}.*" for stream in (rollouts, modules) for api in ("CONSUMER.INFO", "CONSUMER.DELETE")),
-        *(f"{JS_API}.CONSUMER.CREATE.{stream}.>" for stream in (rollouts, modules)),  # a named one, with its filter
+        *(f"{JS_API}.CONSUMER.INFO.{stream}.*" for stream in (rollouts, modules)),
         f"{JS_API}.DIRECT.GET.{rollouts}.>",
         f"{JS_API}.STREAM.MSG.GET.{modules}",
         f"$KV.{ROLLOUTS_BUCKET}.{function}",
