@@ -283,6 +283,14 @@ def _parser() -> argparse.ArgumentParser:
     # -- rollouts, the live side (commands/rollout.py): shadow start|promote|abort|status, canary ----------------
     # Each action names its own handler (set_defaults), so `shadow` can hold actions of other modules too.
 
+    def pin_override_option(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--override-pin",
+            action="store_true",
+            help="the function's manifest pins its module (functions.F.sha256): let another module act for it anyway "
+            "(recorded in the rollout; without it, refused)",
+        )
+
     def candidate_options(sub: argparse.ArgumentParser, share_default: str | None) -> None:
         sub.add_argument("--function", "-f", required=True, help="function name from the manifest")
         source = sub.add_mutually_exclusive_group(required=True)
@@ -313,6 +321,8 @@ def _parser() -> argparse.ArgumentParser:
         change = shadow_action(name, help)
         change.set_defaults(command=f"rollout:shadow_{name}_command")
         change.add_argument("function", help="function name from the manifest")
+        if name == "promote":
+            pin_override_option(change)
         change.add_argument(
             "--wait",
             type=float,
@@ -337,6 +347,7 @@ def _parser() -> argparse.ArgumentParser:
     canary.add_argument(
         "--window", type=int, default=200, help="... over the candidate's last N messages on a host (default: %(default)s)"
     )
+    pin_override_option(canary)
     # -- end of rollouts --------------------------------------------------------------------------------------
     top = command(
         "top",

@@ -95,6 +95,10 @@ def _start(args: argparse.Namespace, manifest: LoadedManifest, mode: Mode) -> in
             min_messages=min(args.window, MIN_CANARY_MESSAGES),
         )
     data = _candidate_bytes(args, manifest)
+    if mode is Mode.CANARY:  # a shadow run carries nothing out: a pin does not stop it
+        settings = msgspec.structs.replace(
+            settings, pin_override=_pin_allows(manifest, args.function, sha256_of(data), args.override_pin, "run as a canary")
+        )
     _check_loads(manifest, args.function, data, lang)
 
     async def start() -> int:
@@ -174,6 +178,21 @@ async def _fresh_samples(nc: NatsClient, function: str, keep: int) -> None:
         await js.update_stream(config)
 
 
+def _pin_allows(manifest: LoadedManifest, function: str, digest: str, override: bool, what: str) -> bool:
+    """Whether a module of `digest` may act for `function`: raises UsageError when the manifest pins another
+    module (functions.F.sha256) and the operator did not override the pin. True when it was overridden."""
+    pin = manifest.function(function).sha256
+    if not pin or pin.lower() == digest:
+        return False
+    if not override:
+        raise UsageError(
+            f"{function}: the manifest pins its module to sha256 {pin.lower()[:12]} (functions.{function}.sha256); "
+            f"refusing to {what} {digest[:12]}. Change the pin in the manifest, or pass --override-pin to let it act anyway"
+        )
+    print(f"{function}: overriding the pin {pin.lower()[:12]} for {digest[:12]} (--override-pin)", file=sys.stderr)
+    return True
+
+
 # -- promote, abort ----------------------------------------------------------------------------------------
 
 
@@ -188,6 +207,9 @@ async def _change_phase(args: argparse.Namespace, manifest: LoadedManifest, phas
             raise RunError(
                 f"{args.function}: the {record.mode.value} of {record.candidate_sha256[:12]} is {record.phase.value} ({record.why}); nothing to promote"
             )
+        if phase is Phase.PROMOTED:
+            overridden = _pin_allows(manifest, args.function, record.candidate_sha256, args.override_pin, "promote")
+            record = msgspec.structs.replace(record, pin_override=record.pin_override or overridden)
         if phase is Phase.ABORTED and not (record.active or record.phase is Phase.PROMOTED):
             raise RunError(
                 f"{args.function}: the {record.mode.value} of {record.candidate_sha256[:12]} is already {record.phase.value}"

@@ -23,6 +23,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
@@ -141,7 +142,33 @@ class RolloutFollower:
                 self._pools[name].rollout = None
             self.records[name] = (record, entry.revision or 0)
 
+    def _unpinned(self, name: str, record: Rollout | None) -> Rollout | None:
+        """The record as this host may follow it: a function whose manifest pins its module (sha256) runs no
+        other module live, neither promoted nor as a canary, unless the record says an operator overrode the
+        pin (`--override-pin`). A shadow run acts on nothing and is followed."""
+        pin = (self._pools[name].function.sha256 or "").lower()
+        if record is None or not pin or record.pin_override:
+            return record
+        if record.live_sha256 and record.live_sha256 != pin:
+            log.error(
+                "%s: the manifest pins module %s; the promoted %s is not run (promote with --override-pin to allow it)",
+                name,
+                pin[:12],
+                record.live_sha256[:12],
+            )
+            record = msgspec.structs.replace(record, live_sha256="", live_lang="")
+        if record.active and record.mode is Mode.CANARY and record.candidate_sha256 != pin:
+            log.error(
+                "%s: the manifest pins module %s; the canary %s is not run (start it with --override-pin to allow it)",
+                name,
+                pin[:12],
+                record.candidate_sha256[:12],
+            )
+            record = msgspec.structs.replace(record, phase=Phase.ABORTED, why="refused: the manifest pins the module")
+        return record
+
     async def _apply_record(self, name: str, record: Rollout | None) -> None:
+        record = self._unpinned(name, record)
         pool = self._pools[name]
         wanted = record.live_sha256 if record is not None else ""
         if wanted != self._promoted.get(name, ""):
