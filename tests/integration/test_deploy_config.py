@@ -815,12 +815,13 @@ async def test_compose_services_run_here_as_written(
     volumes, views = tmp_path / "volumes", tmp_path / "views"
     auth = AuthBundle(run_auth_services(compose, app, volumes, views / "first"))
     generated = {p.name: p.read_bytes() for p in auth.folder.iterdir()}
+    users = (ADMIN_USER, OBSERVER_USER, *manifest.spec.functions)
     assert set(generated) == {
         SERVER_CONFIG,
         INGRESS_ENV,
-        f"{ADMIN_USER}.nk",
-        f"{OBSERVER_USER}.nk",
-        *(f"{fn}.nk" for fn in manifest.spec.functions),
+        *(f"{user}.nk" for user in users),
+        *(f"{user}.env" for user in users),  # how another client connects as each user (README)
+        *(f"{user}.context.json" for user in (*users, "ingress")),
     }
     assert {stat.S_IMODE(p.stat().st_mode) for p in auth.folder.iterdir()} == {0o600}
     run_auth_services(compose, app, volumes, views / "again")  # the next `docker compose up`: same keys

@@ -140,9 +140,14 @@ class Design:
         return ("ORDERS", "DLQ", *self.kv_streams, ROLLOUTS, MODULES, SHADOW, OUTSIDE, ROGUE)
 
     @property
+    def kv_readers(self) -> tuple[tuple[str, str], ...]:
+        """A consumer on each outbox's stream: what a KV client's keys or watch leaves (made here by admin)."""
+        return tuple((stream, "reader") for stream in self.kv_streams)
+
+    @property
     def probed_consumers(self) -> tuple[tuple[str, str], ...]:
         own = [("ORDERS", c) for f in self.functions for c in self.consumers[f]]
-        return (*own, *WATCHERS, (OUTSIDE, "spy"))
+        return (*own, *WATCHERS, *self.kv_readers, (OUTSIDE, "spy"))
 
     @property
     def users(self) -> tuple[str, ...]:
@@ -218,7 +223,13 @@ class Design:
             }
             direct = {f"$JS.API.DIRECT.GET.{stream}" for stream in self.kv_streams}
             direct |= {f"$JS.API.DIRECT.GET.KV_{bucket}.$KV.{bucket}.1" for bucket in self.buckets}
-            return subject in reads | direct
+            # What KV clients (nats-py, nats.js, the nats CLI) do to list keys, read history, watch: the
+            # account's JetStream info, ordered consumers on the outboxes' streams (unnamed, or named with a
+            # filter inside the bucket), their info. No consumer deleted, listed, paused or filtered outside.
+            kv_clients = {"$JS.API.INFO", *(f"$JS.API.CONSUMER.CREATE.{stream}" for stream in self.kv_streams)}
+            kv_clients |= {f"$JS.API.CONSUMER.CREATE.KV_{bucket}.observer-probe.$KV.{bucket}.probe" for bucket in self.buckets}
+            kv_clients |= {f"$JS.API.CONSUMER.INFO.{stream}.{consumer}" for stream, consumer in self.kv_readers}
+            return subject in reads | direct | kv_clients
         return False
 
     def publish_allowed(self, user: str, subject: str) -> bool:
@@ -284,7 +295,7 @@ async def setup(request: pytest.FixtureRequest, tmp_path: Path, reference_manife
             await provision(js, manifest)
             await js.add_stream(name=OUTSIDE, subjects=["outside.>"])
             await js.add_consumer(OUTSIDE, api.ConsumerConfig(durable_name="spy", ack_policy=api.AckPolicy.EXPLICIT))
-            for stream, consumer in WATCHERS:  # as a replica's KV watch or module download leaves them
+            for stream, consumer in (*WATCHERS, *design.kv_readers):  # as a KV watch or module download leaves them
                 await js.add_consumer(
                     stream, api.ConsumerConfig(name=consumer, ack_policy=api.AckPolicy.NONE, inactive_threshold=3600)
                 )
@@ -478,6 +489,16 @@ def api_requests(design: Design, user: str, before: Snapshot) -> Iterator[tuple[
         yield f"$JS.API.DIRECT.GET.KV_{bucket}.$KV.{bucket}.1", b""
     for fn in design.functions:
         yield f"$JS.API.DIRECT.GET.{ROLLOUTS}.$KV.ebbtide-rollouts.{fn}", b""
+    # A KV client's watch of one key: a consumer it names, filtered inside the bucket (a reader of its own).
+    for bucket in design.buckets:
+        config = {
+            "name": "observer-probe",
+            "filter_subject": f"$KV.{bucket}.probe",
+            "ack_policy": "none",
+            "deliver_policy": "new",
+        }
+        body = json.dumps({"stream_name": f"KV_{bucket}", "config": config}).encode()
+        yield f"$JS.API.CONSUMER.CREATE.KV_{bucket}.observer-probe.$KV.{bucket}.probe", body
     for stream, consumer in design.probed_consumers:
         redefined = {
             "stream_name": stream,
@@ -548,14 +569,15 @@ async def _check_user(setup: Setup, design: Design, user: str) -> None:
             assert config_after == config, stream
             grown = published.get(stream, 0)
             assert (messages_after, first_after, last_after) == (messages + grown, first_seq, last_seq + grown), (user, stream)
-        # A function's allowed ephemeral consumers on the rollout streams are reads; every other consumer is as it was.
+        # A function's allowed ephemeral consumers on the rollout streams are reads, and so are observer's on
+        # the outboxes' streams; every other consumer is as it was.
+        readable = (ROLLOUTS, MODULES) if user in design.functions else design.kv_streams if user == OBSERVER_USER else ()
         new_readers = {
-            stream: set(after.consumers.get(stream, {})) - set(before.consumers.get(stream, {})) for stream in (ROLLOUTS, MODULES)
+            stream: set(after.consumers.get(stream, {})) - set(before.consumers.get(stream, {})) for stream in after.consumers
         }
-        if user not in design.functions:
-            assert not any(new_readers.values()), (user, new_readers)
-        for stream in (ROLLOUTS, MODULES):
-            for name in new_readers[stream]:
+        assert not any(names for stream, names in new_readers.items() if stream not in readable), (user, new_readers)
+        for stream in readable:
+            for name in new_readers.get(stream, ()):
                 del after.consumers[stream][name]
         assert after.consumers == before.consumers, user
     finally:

@@ -29,6 +29,10 @@ def nats_config_command(args: argparse.Namespace, manifest: LoadedManifest) -> i
         f"  {bundle.folder / INGRESS_ENV}  ingress: publish to {', '.join(ingress_subjects(manifest))} only "
         "(EBBTIDE_NATS_USER / EBBTIDE_NATS_PASSWORD)"
     )
+    print(
+        f"  {bundle.folder}/<user>.env and <user>.context.json: how another client (nats-py, nats.js, the nats CLI) "
+        "connects as each user (URL, key, inbox prefix; README: Connecting with other clients)"
+    )
     return 0
 
 
