@@ -49,7 +49,15 @@ def nodejs_client() -> Iterator[tuple[str, Path]]:
             shutil.copy(CLIENT / name, folder / name)
         try:
             done = subprocess.run(
-                [*npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts", "--loglevel=error"],
+                [
+                    *npm,
+                    "ci",
+                    "--prefer-offline",
+                    "--no-audit",
+                    "--no-fund",
+                    "--ignore-scripts",
+                    "--loglevel=error",
+                ],  # .ci/run fills the cache
                 cwd=folder,
                 capture_output=True,
                 text=True,
