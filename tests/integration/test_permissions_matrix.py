@@ -42,6 +42,7 @@ from ebbtide.broker.partitions import consumer_names, keyed_subject, ordered_tri
 from ebbtide.broker.users import ADMIN_USER, OBSERVER_USER, AuthBundle, write_bundle
 from ebbtide.manifest import LoadedManifest, load_manifest
 from tests.conftest import REPO, manifest_copy
+from tests.nats_subjects import subject_matches
 
 INGRESS = "ingress"
 OUTSIDE = "OUTSIDE"  # a stream (and consumer `spy`) the manifest does not know
@@ -79,17 +80,6 @@ CONSUMER_OPERATIONS = (
 ACCOUNT_OPERATIONS = ("INFO", "STREAM.NAMES", "STREAM.LIST")
 DESTRUCTIVE = ("STREAM.DELETE", "CONSUMER.DELETE")  # admin's row runs these last
 MANIFESTS = {"reference": REPO / "ebbtide.toml", "ordered": REPO / "deploy" / "ordered" / "ebbtide.toml"}
-
-
-def subject_matches(pattern: str, subject: str) -> bool:
-    """NATS matching: `*` one token, a final `>` one or more."""
-    want, have = pattern.split("."), subject.split(".")
-    for i, token in enumerate(want):
-        if token == ">":
-            return len(have) > i
-        if i >= len(have) or token not in ("*", have[i]):
-            return False
-    return len(want) == len(have)
 
 
 # -- the design ---------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from ebbtide.effects import Allowlist, EffectRefused, Outgoing
 from ebbtide.manifest import ManifestError, parse_manifest
 from ebbtide.runtime import GuestFault, decode_effects
 from ebbtide.runtime.abi import Effect, KvPut, Publish
+from tests.nats_subjects import subject_matches
 
 REPO = Path(__file__).resolve().parents[2]
 FUZZ = settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -34,17 +35,6 @@ def _valid_subject(subject: str) -> bool:
     return all(token and not any(c in token for c in "*> \t\r\n\f\v") for token in subject.split("."))
 
 
-def _matches(pattern: str, subject: str) -> bool:
-    """NATS subject matching: `*` is one token, a final `>` one or more."""
-    want, have = pattern.split("."), subject.split(".")
-    for i, token in enumerate(want):
-        if token == ">":
-            return len(have) > i
-        if i >= len(have) or (token != "*" and token != have[i]):
-            return False
-    return len(want) == len(have)
-
-
 def _valid_key(key: str) -> bool:
     """A NATS KV key: letters, digits and -/_=, in dot-separated tokens none of them empty."""
     return all(token and all(c.isascii() and (c.isalnum() or c in "-/_=") for c in token) for token in key.split("."))
@@ -57,7 +47,7 @@ def may_carry_out(effects: list[Effect]) -> bool:
         if isinstance(effect, Publish):
             if len(effect.payload) > MAX_EFFECT_BYTES or not _valid_subject(effect.subject):
                 return False
-            if not any(_matches(pattern, effect.subject) for pattern in ALLOWED_SUBJECTS):
+            if not any(subject_matches(pattern, effect.subject) for pattern in ALLOWED_SUBJECTS):
                 return False
         elif len(effect.value) > MAX_EFFECT_BYTES or effect.bucket not in ALLOWED_BUCKETS or not _valid_key(effect.key):
             return False
@@ -85,7 +75,7 @@ def _plan_checked(effects: list[Effect]) -> None:
     assert len(planned) <= MAX_EFFECTS
     for outgoing in planned:
         assert len(outgoing.payload) <= MAX_EFFECT_BYTES and _valid_subject(outgoing.subject)
-        assert any(_matches(p, outgoing.subject) for p in ALLOWED_SUBJECTS) or any(
+        assert any(subject_matches(p, outgoing.subject) for p in ALLOWED_SUBJECTS) or any(
             outgoing.subject.startswith(f"$KV.{bucket}.") for bucket in ALLOWED_BUCKETS
         )
 
