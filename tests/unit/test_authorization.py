@@ -83,8 +83,17 @@ def test_observer_only_reads() -> None:
         *(
             f"$JS.API.{op}.KV_{bucket}{tail}"
             for bucket in ("outbox-express", "outbox-standard")
-            for op, tail in (("STREAM.INFO", ""), ("STREAM.MSG.GET", ""), ("DIRECT.GET", ""), ("DIRECT.GET", ".>"))
+            for op, tail in (
+                ("STREAM.INFO", ""),
+                ("STREAM.MSG.GET", ""),
+                ("DIRECT.GET", ""),
+                ("DIRECT.GET", ".>"),
+                ("CONSUMER.CREATE", ""),  # a KV client's keys, history, watch: an ordered consumer ...
+                ("CONSUMER.CREATE", f".*.$KV.{bucket}.>"),  # ... or one it names, filtered inside the bucket
+                ("CONSUMER.INFO", ".*"),
+            )
         ),
+        "$JS.API.INFO",  # the account's JetStream info, which nats.js and the nats CLI ask first
         "ebbtide.status_reports-request",
     ]
     assert set(permissions.subscribe) == {
