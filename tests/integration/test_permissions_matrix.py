@@ -49,7 +49,7 @@ OUTSIDE = "OUTSIDE"  # a stream (and consumer `spy`) the manifest does not know
 ROGUE = "ROGUE"  # a stream nobody created
 # Rollouts (issue 21): the records every host watches, the candidates' bytes, the shadow samples.
 ROLLOUTS, MODULES, SHADOW = "KV_ebbtide-rollouts", "OBJ_ebbtide-modules", "SHADOW"
-# A consumer on each: what a replica's KV watch and module download create (made here by admin).
+# A consumer on each (made here by admin, as another client of these streams leaves one): no function may touch it.
 WATCHERS = ((ROLLOUTS, "watcher"), (MODULES, "reader"))
 STREAM_OPERATIONS = (
     "STREAM.CREATE",
@@ -193,11 +193,9 @@ class Design:
         if user == ADMIN_USER:
             return True
         if user in self.functions:
-            # Following rollouts: read the records and the candidates' bytes through ephemeral consumers on those
-            # two streams (create them unnamed, read their info); no stream changed, no consumer deleted, none
-            # listed, none created by name.
-            rollouts = {f"$JS.API.{op}.{stream}" for op in ("STREAM.INFO", "CONSUMER.CREATE") for stream in (ROLLOUTS, MODULES)}
-            rollouts |= {f"$JS.API.CONSUMER.INFO.{stream}.{consumer}" for stream, consumer in WATCHERS}
+            # Following rollouts: read the records (direct gets) and the candidates' bytes (message gets) of
+            # those two streams, their stream info; no consumer created there, none deleted, listed or changed.
+            rollouts = {f"$JS.API.STREAM.INFO.{stream}" for stream in (ROLLOUTS, MODULES)}
             rollouts.add(f"$JS.API.STREAM.MSG.GET.{MODULES}")
             rollouts |= {
                 f"$JS.API.DIRECT.GET.{ROLLOUTS}.$KV.ebbtide-rollouts.{fn}" for fn in self.functions
@@ -249,7 +247,8 @@ class Design:
                 *(f"ebbtide.status_reports.{fn}" for fn in self.functions),
             }
         trigger = self.triggers[user]
-        return subject in {*self.keyed(trigger)[:2], "ebbtide.status_reports-request", f"_ebbtide_inbox.{user}.probe"}
+        own = {*self.keyed(trigger)[:2], "ebbtide.status_reports-request", f"_ebbtide_inbox.{user}.probe"}
+        return subject in own | {f"$KV.ebbtide-rollouts.{user}"}  # its own rollout record's writes (the follower's bell)
 
 
 # -- the server ---------------------------------------------------------------------------------------
@@ -285,7 +284,7 @@ async def setup(request: pytest.FixtureRequest, tmp_path: Path, reference_manife
             await provision(js, manifest)
             await js.add_stream(name=OUTSIDE, subjects=["outside.>"])
             await js.add_consumer(OUTSIDE, api.ConsumerConfig(durable_name="spy", ack_policy=api.AckPolicy.EXPLICIT))
-            for stream, consumer in (*WATCHERS, *design.kv_readers):  # as a KV watch or module download leaves them
+            for stream, consumer in (*WATCHERS, *design.kv_readers):  # as other clients of these streams leave them
                 await js.add_consumer(
                     stream, api.ConsumerConfig(name=consumer, ack_policy=api.AckPolicy.NONE, inactive_threshold=3600)
                 )
@@ -559,9 +558,9 @@ async def _check_user(setup: Setup, design: Design, user: str) -> None:
             assert config_after == config, stream
             grown = published.get(stream, 0)
             assert (messages_after, first_after, last_after) == (messages + grown, first_seq, last_seq + grown), (user, stream)
-        # A function's allowed ephemeral consumers on the rollout streams are reads, and so are observer's on
-        # the outboxes' streams; every other consumer is as it was.
-        readable = (ROLLOUTS, MODULES) if user in design.functions else design.kv_streams if user == OBSERVER_USER else ()
+        # Observer's ephemeral consumers on the outboxes' streams are reads (a KV client's keys or watch); every
+        # other consumer is as it was.
+        readable = design.kv_streams if user == OBSERVER_USER else ()
         new_readers = {
             stream: set(after.consumers.get(stream, {})) - set(before.consumers.get(stream, {})) for stream in after.consumers
         }

@@ -83,21 +83,19 @@ def function_permissions(manifest: LoadedManifest, function: str) -> Permissions
     ]
     # trigger: the wake-up bell (and its keyed subjects, when ordered)
     subscribe = [f"{inbox_prefix(function)}.>", *with_keyed_subjects(manifest, [fn.trigger]), STATUS_REQUEST_SUBJECT]
+    subscribe.append(f"$KV.{ROLLOUTS_BUCKET}.{function}")  # its rollout record's bell (rollout/follow.py)
     return Permissions(publish, subscribe)
 
 
 def rollout_publish(function: str) -> list[str]:
-    """What a host needs to follow rollouts (rollout/follow.py): watch the records (an ordered consumer on
-    the bucket's stream), download candidate modules (an ordered consumer on the object store's), write its
-    own function's record (a canary's rollback) and publish its shadow samples. On these two streams only,
-    it can create unnamed (ephemeral) consumers, as nats-py's KV watch and ordered subscriptions do, and
-    read a consumer's info (the watch reads its own); it can neither create one by name, nor delete, list
-    or pause one: another replica's watcher is out of its reach but through its name, which the server
-    makes up and no function can list. It changes no stream."""
+    """What a host needs to follow rollouts (rollout/follow.py): read the records (the bucket's stream info,
+    direct gets of a record's last value), download candidate modules (the object store's stream info and
+    its messages by subject), write its own function's record (a canary's rollback) and publish its shadow
+    samples. No consumer is created on these streams, none deleted, listed or changed: another replica's
+    reads are out of its reach. It changes no stream."""
     rollouts, modules = kv_stream_name(ROLLOUTS_BUCKET), MODULES_STREAM
     return [
-        *(f"{JS_API}.{api}.{stream}" for stream in (rollouts, modules) for api in ("STREAM.INFO", "CONSUMER.CREATE")),
-        *(f"{JS_API}.CONSUMER.INFO.{stream}.*" for stream in (rollouts, modules)),
+        *(f"{JS_API}.STREAM.INFO.{stream}" for stream in (rollouts, modules)),
         f"{JS_API}.DIRECT.GET.{rollouts}.>",
         f"{JS_API}.STREAM.MSG.GET.{modules}",
         f"$KV.{ROLLOUTS_BUCKET}.{function}",
