@@ -18,7 +18,7 @@ WORKDIR /src
 # Dependencies first (pinned in pyproject.toml), so a change in the sources does not reinstall them.
 COPY pyproject.toml README.md ./
 COPY platform ./platform
-RUN pip install ".[build,otlp]"
+RUN pip install ".[build,otlp,scaler]"
 COPY ebbtide.toml ./
 COPY functions ./functions
 # --precompile: each function's compiled code into build/cache, so that a replica's first start reads it

@@ -39,7 +39,7 @@ from nats.js import api
 from ebbtide.broker import EmbeddedNats, provision
 from ebbtide.broker.credentials import NatsAuth
 from ebbtide.broker.partitions import consumer_names, keyed_subject, ordered_triggers
-from ebbtide.broker.users import ADMIN_USER, OBSERVER_USER, AuthBundle, write_bundle
+from ebbtide.broker.users import ADMIN_USER, OBSERVER_USER, SCALER_USER, AuthBundle, write_bundle
 from ebbtide.manifest import LoadedManifest, load_manifest
 from tests.conftest import REPO, manifest_copy
 from tests.nats_subjects import subject_matches
@@ -141,7 +141,7 @@ class Design:
 
     @property
     def users(self) -> tuple[str, ...]:
-        return (*self.functions, INGRESS, OBSERVER_USER, ADMIN_USER)
+        return (*self.functions, INGRESS, OBSERVER_USER, SCALER_USER, ADMIN_USER)
 
     def keyed(self, subject: str) -> list[str]:
         """A subject, and for an ordered trigger its keyed form (`<trigger>.<key>`) and the partitioned form
@@ -172,7 +172,7 @@ class Design:
 
     @property
     def inboxes(self) -> tuple[str, ...]:
-        return ("_INBOX.probe", *(f"_ebbtide_inbox.{user}.probe" for user in (*self.functions, OBSERVER_USER)))
+        return ("_INBOX.probe", *(f"_ebbtide_inbox.{user}.probe" for user in (*self.functions, OBSERVER_USER, SCALER_USER)))
 
     def stored_in(self, subject: str) -> str | None:
         prefixes = {
@@ -204,10 +204,10 @@ class Design:
             own = {f"$JS.API.CONSUMER.{op}.{stream}.{c}" for c in self.consumers[user] for op in ("INFO", "MSG.NEXT")}
             return subject in own | rollouts
         if user == OBSERVER_USER:
-            reads = {
+            reads = {  # the rollout records too (`console`)
                 f"$JS.API.STREAM.{op}.{stream}"
                 for op in ("INFO", "MSG.GET")
-                for stream in ("DLQ", "ORDERS", *self.kv_streams, SHADOW)
+                for stream in ("DLQ", "ORDERS", *self.kv_streams, SHADOW, ROLLOUTS)
             }
             direct = {f"$JS.API.DIRECT.GET.{stream}" for stream in self.kv_streams}
             direct |= {f"$JS.API.DIRECT.GET.KV_{bucket}.$KV.{bucket}.1" for bucket in self.buckets}
@@ -218,6 +218,8 @@ class Design:
             kv_clients |= {f"$JS.API.CONSUMER.CREATE.KV_{bucket}.observer-probe.$KV.{bucket}.probe" for bucket in self.buckets}
             kv_clients |= {f"$JS.API.CONSUMER.INFO.{stream}.{consumer}" for stream, consumer in self.kv_readers}
             return subject in reads | direct | kv_clients
+        if user == SCALER_USER:  # the KEDA external scaler: every function's lag, from each of its consumers
+            return subject in {f"$JS.API.CONSUMER.INFO.ORDERS.{c}" for f in self.functions for c in self.consumers[f]}
         return False
 
     def publish_allowed(self, user: str, subject: str) -> bool:
@@ -227,6 +229,8 @@ class Design:
             return subject in {s for entry in self.entries for s in self.keyed(entry)[:2]}
         if user == OBSERVER_USER:
             return subject == "ebbtide.status_reports-request"
+        if user == SCALER_USER:
+            return False
         mine = {
             s for p in self.publishes[user] for s in self.keyed(p)[:2]
         }  # the keyed form of an ordered trigger, not the stored one
@@ -246,6 +250,8 @@ class Design:
                 "_ebbtide_inbox.observer.probe",
                 *(f"ebbtide.status_reports.{fn}" for fn in self.functions),
             }
+        if user == SCALER_USER:  # the triggers' bell: every function's trigger, keyed too, and its own replies
+            return subject in {s for t in self.triggers.values() for s in self.keyed(t)[:2]} | {"_ebbtide_inbox.scaler.probe"}
         trigger = self.triggers[user]
         own = {*self.keyed(trigger)[:2], "ebbtide.status_reports-request", f"_ebbtide_inbox.{user}.probe"}
         return subject in own | {f"$KV.ebbtide-rollouts.{user}"}  # its own rollout record's writes (the follower's bell)
@@ -314,6 +320,8 @@ def credentials(bundle: AuthBundle, user: str) -> NatsAuth:
         return bundle.observer()
     if user == INGRESS:
         return bundle.ingress()
+    if user == SCALER_USER:
+        return bundle.scaler()
     return bundle.function(user)
 
 
@@ -590,7 +598,7 @@ def written_grants(bundle: AuthBundle, design: Design) -> dict[str, dict[str, li
     text = bundle.server_config.read_text()
     users = json.loads(text[text.index("authorization ") + len("authorization ") :])["users"]
     by_key = {}
-    for user in (*design.functions, OBSERVER_USER, ADMIN_USER):
+    for user in (*design.functions, OBSERVER_USER, SCALER_USER, ADMIN_USER):
         seed = bytearray(bundle.seed_file(user).read_bytes().strip())
         by_key[nkeys.from_seed(seed).public_key.decode()] = user
     grants = {}
