@@ -217,6 +217,8 @@ async def test_a_failing_canary_is_rolled_back_and_loses_nothing(
         assert pool.candidate_sha256 == ""
         faults = pool.rollout_stats.canary[("candidate", "fault")]
         assert 20 <= faults < len(payloads) // 2  # stopped early, then the live module took them
+        # Counted once, for the alert EbbtideCanaryRolledBack (deploy/prometheus/alerts.yml).
+        assert 'ebbtide_canary_rollbacks_total{function="chaos"} 1\n' in render_metrics(host.snapshot())
         # A rolled-back canary cannot be promoted.
         assert await ebbtide(manifest, "shadow", "--nats-url", nats_server.url, "promote", "chaos") == 1
     bodies_exactly_once(out, payloads)

@@ -195,7 +195,9 @@ class RolloutFollower:
         """What a canary calls when it passes its threshold: stop it here now, then record why."""
 
         def roll_back(why: str) -> None:
-            self._pools[name].rollout = None
+            pool = self._pools[name]
+            pool.rollout = None
+            pool.rollout_stats.rollbacks += 1
             self._spawn(self._record_rollback(name, record, why))
 
         return roll_back
