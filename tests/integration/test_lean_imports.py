@@ -38,6 +38,8 @@ NOT_IN_A_FUNCTION_PROCESS = (
     "ebbtide.workload.bench.run",
     "ebbtide.workload.orders",
     "ebbtide.commands.workload",
+    "ebbtide.commands.exporter",  # `ebbtide nats-exporter`: a process of its own
+    "ebbtide.telemetry.nats_monitor",
 )
 # Never in the supervisor: it runs no function, so none of what runs one, and no fast event loop.
 NOT_IN_THE_SUPERVISOR = NOT_IN_A_FUNCTION_PROCESS + (
