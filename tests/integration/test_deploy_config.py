@@ -65,7 +65,7 @@ AUTH_VOLUME = "nats-auth"  # compose's named volume and Kubernetes' Secret of ge
 # Compose: the one-shot service that copies each generated file into the volume of the service using it.
 CREDENTIALS_SERVICE = "credentials"
 ADMIN_SECRET = "nats-admin"  # Kubernetes: the admin seed, for the provisioning Job alone
-PROMETHEUS_FILE = REPO / "deploy" / "prometheus.yml"
+PROMETHEUS_FILE = REPO / "deploy" / "prometheus" / "prometheus.yml"
 METRICS_TOKEN = "metrics.token"  # compose: made by `credentials` for the functions' /metrics and Prometheus
 NOBODY_UID = 65534  # prom/prometheus runs as nobody
 LOCUSTFILE = REPO / "loadtest" / "locustfile.py"
@@ -565,7 +565,7 @@ def test_names_and_ports_agree_across_manifest_compose_and_kubernetes(
     dns = [sd for job in scrape for sd in job.get("dns_sd_configs", [])]
     assert sorted(n for sd in dns for n in sd["names"]) == sorted(services) and {sd["port"] for sd in dns} == {metrics_port}
     prometheus = compose["services"]["prometheus"]
-    assert any(v.startswith("./deploy/prometheus.yml:") for v in prometheus["volumes"])
+    assert any(v.startswith("./deploy/prometheus/prometheus.yml:") for v in prometheus["volumes"])
     [function_job] = [job for job in scrape if job.get("dns_sd_configs")]
     token_file = Path(function_job["authorization"]["credentials_file"])
     assert function_job["authorization"].get("type", "Bearer") == "Bearer" and token_file.name == METRICS_TOKEN
