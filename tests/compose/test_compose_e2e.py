@@ -302,7 +302,7 @@ def ebbtide_as_admin(stack: Stack, *args: str) -> str:
     """The `ebbtide` CLI on the host against the project's NATS, as `admin` (its seed, read as a user would)."""
     command = [sys.executable, "-m", "ebbtide", "--manifest", str(REPO / "ebbtide.toml"), *args]
     env = {"EBBTIDE_NATS_URL": stack.nats_url, "EBBTIDE_NATS_NKEY_SEED_FILE": str(stack.admin_seed)}
-    return run(command, 120, env=env, cwd=REPO).stdout
+    return run(command, 120, env=env, cwd=stack.admin_seed.parent).stdout  # a folder of the test's own
 
 
 async def every_replica_runs_the_candidate(stack: Stack, function: str, sha256: str) -> None:
