@@ -113,6 +113,27 @@ async def test_a_faulting_candidate_leaves_the_live_path_untouched(
     assert kinds <= {b"trap", b"timeout"} and all(decode_sample(s.data).live.status == "ok" for s in samples)
 
 
+async def test_a_host_that_cannot_write_its_build_folder_keeps_candidates_in_its_scratch_folder(
+    tmp_path: Path, nats_server: EmbeddedNats, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As in the image (its /app/build is root's) and on Kubernetes (read-only root filesystem, /tmp an
+    emptyDir): build_dir/rollout cannot be made (here a file in its way, which stops root too), so the
+    candidate is kept in $TMPDIR's scratch folder and the shadow runs."""
+    manifest = chaos_manifest(tmp_path, batch=32)
+    (manifest.build_dir / "rollout").write_text("in the way")
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "scratch"))
+    await provision_for(manifest, nats_server.url)
+    candidate = candidate_file(tmp_path, CHAOS_V2)
+    digest = sha256_of(candidate.read_bytes())
+    async with Host(manifest, nats_server.url) as host:
+        pool = host.pools["chaos"]
+        argv = ["shadow", "--nats-url", nats_server.url, "start", "--function", "chaos", "--module", str(candidate)]
+        assert await ebbtide(manifest, *argv) == 0
+        await wait_until(lambda: pool.candidate_sha256 == digest)
+    assert (follow.scratch_folder() / f"{digest}.wasm").read_bytes() == candidate.read_bytes()
+    assert follow.scratch_folder().is_relative_to(tmp_path / "scratch")
+
+
 async def test_a_candidate_routing_one_delivery_type_differently_shows_exactly_those_orders(
     tmp_path: Path, reference_manifest: LoadedManifest, nc: NatsClient, nats_server: EmbeddedNats
 ) -> None:
