@@ -1,5 +1,5 @@
 """The `ebbtide` command line: up, run, provision, build, new, publish, demo, bench, top, console, dlq, outbox,
-nats-config, shadow, canary, scaler, plan.
+nats-config, shadow, canary, scaler, plan, nats-exporter.
 
 This module only parses; each command lives in ebbtide.commands and is imported when it runs, so that
 `ebbtide up`'s supervisor never loads the Wasm runtime and `ebbtide run` never loads the benchmark.
@@ -398,6 +398,25 @@ def _parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="link an order to its trace: a URL with {trace_id}, e.g. http://localhost:16686/trace/{trace_id}",
     )
+    exporter = command(
+        "nats-exporter",
+        "exporter:nats_exporter_command",
+        "serve JetStream's store and stream figures (read from nats-server's monitoring port) on /metrics for Prometheus",
+    )
+    exporter.add_argument(
+        "--monitor-url",
+        action="append",
+        metavar="URL",
+        help="a nats-server monitoring port, e.g. http://nats:8222; once per node of a cluster "
+        "(default: the embedded server's, [embedded] monitor_port)",
+    )
+    exporter.add_argument("--port", type=int, default=9465, help="serve /metrics, /healthz, /readyz here (default: %(default)s)")
+    exporter.add_argument(
+        "--host",
+        default=os.environ.get("EBBTIDE_METRICS_HOST") or "127.0.0.1",
+        help="the address to serve on (default: $EBBTIDE_METRICS_HOST, then %(default)s)",
+    )
+    exporter.add_argument("--interval", type=float, default=5.0, help="read the servers every S seconds (default: %(default)s)")
     return parser
 
 

@@ -16,11 +16,15 @@ EBBTIDE_E2E_KEEP_IMAGES=1 (they are ~1 GB).
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import importlib.util
 import json
 import os
 import secrets
+import sys
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,13 +32,16 @@ from pathlib import Path
 
 import nats
 import pytest
+import yaml
 from nats.aio.client import Client as NatsClient
 
 from ebbtide.broker import free_port
+from ebbtide.manifest import LoadedManifest, load_manifest
 from ebbtide.workload.orders import INGRESS_SUBJECT, generate_orders
 from tests.components import require
 from tests.compose.project import ComposeProject, image_ids, remove_images, run, why_not_runnable
 from tests.conftest import REPO
+from tests.deploy_support import dashboard
 from tests.reliability.conftest import (
     PublishStats,
     account,
@@ -47,6 +54,7 @@ from tests.reliability.conftest import (
 )
 
 COMPOSE_FILE = REPO / "docker-compose.yml"
+ALERT_RULES = REPO / "deploy" / "prometheus" / "alerts.yml"
 # Host ports of docker-compose.yml (variables with the usual defaults): free ones here.
 PORT_VARIABLES = (
     "EBBTIDE_NATS_PORT",
@@ -287,6 +295,102 @@ async def test_receiver_replica_killed_and_nats_restarted_mid_run_lose_no_order(
     await check_ledger(stack, "every order stored after the faults")
     stack.timings["faults"] = time.monotonic() - started
     print(f"\npublishes retried across the NATS restart: {stats.retried}")
+
+
+# -- alerts and the dashboard on the pipeline's own metrics (deploy/prometheus/, deploy/grafana/) ----------
+
+
+def ebbtide_as_admin(stack: Stack, *args: str) -> str:
+    """The `ebbtide` CLI on the host against the project's NATS, as `admin` (its seed, read as a user would)."""
+    command = [sys.executable, "-m", "ebbtide", "--manifest", str(REPO / "ebbtide.toml"), *args]
+    env = {"EBBTIDE_NATS_URL": stack.nats_url, "EBBTIDE_NATS_NKEY_SEED_FILE": str(stack.admin_seed)}
+    return run(command, 120, env=env, cwd=stack.admin_seed.parent).stdout  # a folder of the test's own
+
+
+async def every_replica_runs_the_candidate(stack: Stack, function: str, sha256: str) -> None:
+    """Until `shadow status` shows each replica of `function` with the candidate loaded."""
+    deadline = time.monotonic() + 60
+    while True:
+        status = await asyncio.to_thread(ebbtide_as_admin, stack, "shadow", "status", function)
+        replicas = [line for line in status.splitlines() if line.strip().startswith("replica ")]
+        if replicas and all(f"candidate {sha256[:12]}" in line for line in replicas):
+            return
+        assert time.monotonic() < deadline, status
+        await asyncio.sleep(1)
+
+
+async def test_a_shadow_and_a_canary_run_lose_nothing(stack: Stack, reference_manifest: LoadedManifest) -> None:
+    """A shadow run of the distributor and a canary of receiver-express (each with the module it runs, from
+    the host as `admin`), orders through each: every order stored once; their counts are on /metrics for
+    the dashboard's rollout panels."""
+    started = time.monotonic()
+    wasm = reference_manifest.build_dir / "wasm"
+    for function, module, start, first_id in (
+        ("distributor", "distributor", ("shadow", "start", "--share", "100%"), 200_001),
+        ("receiver-express", "receiver", ("canary", "--share", "50%"), 210_001),
+    ):
+        path = wasm / f"{module}.wasm"
+        await asyncio.to_thread(ebbtide_as_admin, stack, *start, "--function", function, "--module", str(path))
+        await every_replica_runs_the_candidate(stack, function, hashlib.sha256(path.read_bytes()).hexdigest())
+        await publish_orders(stack, seed=first_id, first_id=first_id)
+        await check_ledger(stack, f"every order stored during the {start[0]} of {function}")
+        await asyncio.to_thread(ebbtide_as_admin, stack, "shadow", "abort", function)
+    stack.timings["rollouts"] = time.monotonic() - started
+
+
+def prometheus_query(stack: Stack, path: str, **params: str) -> dict:
+    answer = stack.http_json("EBBTIDE_PROMETHEUS_PORT", f"{path}?{urllib.parse.urlencode(params)}")
+    assert answer["status"] == "success", answer
+    return answer["data"]
+
+
+async def test_prometheus_evaluates_the_rules_and_the_dead_letters_alert_fires(stack: Stack) -> None:
+    """deploy/prometheus/alerts.yml loaded by compose's Prometheus: every rule evaluated without error on the
+    pipeline's metrics, and the poison published so far raises EbbtideDeadLetters (distributor, rejected)."""
+    expected = {r.get("alert") or r["record"] for g in yaml.safe_load(ALERT_RULES.read_text())["groups"] for r in g["rules"]}
+    deadline = time.monotonic() + 90  # rules are evaluated every 15 s
+    while True:
+        groups = prometheus_query(stack, "/api/v1/rules")["groups"]
+        health = {rule["name"]: (rule["health"], rule.get("lastError", "")) for g in groups for rule in g["rules"]}
+        firing = {
+            (a["labels"]["function"], a["labels"]["reason"])
+            for a in prometheus_query(stack, "/api/v1/alerts")["alerts"]
+            if a["labels"]["alertname"] == "EbbtideDeadLetters" and a["state"] == "firing"
+        }
+        if set(health) == expected and all(h == "ok" for h, _ in health.values()) and ("distributor", "rejected") in firing:
+            break
+        assert time.monotonic() < deadline, (health, firing)
+        await asyncio.sleep(2)
+
+
+async def test_every_dashboard_query_returns_data(stack: Stack) -> None:
+    """Each query of every panel of deploy/grafana/ebbtide.json (listed from the JSON, with the variables
+    Grafana puts in) over the run so far, against compose's Prometheus: series, with values that are numbers.
+    The nats-exporter's figures are the server's (the trigger stream's max_age per function)."""
+    queries = dashboard.queries(dashboard.load())
+    assert queries
+    end = time.time()
+    start = end - 900
+    missing: dict[str, str] = {}
+    deadline = time.monotonic() + 90  # the last scrapes and rule evaluations of the rollouts' counts
+    while True:
+        missing.clear()
+        for query in queries:
+            result = prometheus_query(
+                stack, "/api/v1/query_range", query=query.promql, start=f"{start:.3f}", end=f"{time.time():.3f}", step="15"
+            )["result"]
+            finite = [v for series in result for _, v in series["values"] if v not in ("NaN", "+Inf", "-Inf")]
+            if not finite:
+                missing[f"{query.panel} [{query.ref_id}]"] = query.promql
+        if not missing:
+            break
+        assert time.monotonic() < deadline, f"queries without data: {missing}"
+        await asyncio.sleep(5)
+    ages = prometheus_query(stack, "/api/v1/query", query="ebbtide_trigger_max_age_seconds")["result"]
+    manifest = load_manifest(REPO / "ebbtide.toml")
+    assert {a["metric"]["function"]: float(a["value"][1]) for a in ages} == {
+        name: manifest.spec.streams[manifest.stream_for(fn.trigger)].max_age_s for name, fn in manifest.spec.functions.items()
+    }
 
 
 def test_locust_service_headless_without_failures(stack: Stack) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,14 @@ log = logging.getLogger("ebbtide.rollout")
 
 BUCKET_RETRY_S = 5.0  # while the rollouts bucket does not exist (a server provisioned by an older version)
 RECONCILE_S = 5.0  # each record is read this often besides its bell: a write while disconnected rang none
+
+
+def scratch_folder() -> Path:
+    """Where candidates go when build_dir cannot be written (the image's /app/build belongs to root, and
+    Kubernetes mounts the root filesystem read-only with an emptyDir at /tmp). Not `tempfile`: a function
+    process does not load it (tests/integration/test_lean_imports.py); each file is checked against its
+    digest before it is used, whoever could write there."""
+    return Path(os.environ.get("TMPDIR") or "/tmp") / f"ebbtide-rollout-{os.getuid()}"
 
 
 class RolloutFollower:
@@ -236,7 +245,14 @@ class RolloutFollower:
         )
 
     async def _load(self, pool: FunctionPool, digest: str, lang: str) -> GuestModule:
-        path: Path = await fetch_module(self._js, digest, self._folder)
+        try:
+            path: Path = await fetch_module(self._js, digest, self._folder)
+        except OSError as exc:  # build_dir not writable here: from now on the scratch folder
+            if self._folder == scratch_folder():
+                raise
+            log.info("%s: cannot keep candidates in %s (%s); using %s", pool.name, self._folder, exc, scratch_folder())
+            self._folder = scratch_folder()
+            path = await fetch_module(self._js, digest, self._folder)
         language = lang or self._manifest.spec.modules[pool.function.module].lang
         return await asyncio.to_thread(
             load_guest_module, self._engine, path, language, sha256=digest, wasi_grants=frozenset(pool.function.wasi)
@@ -248,7 +264,9 @@ class RolloutFollower:
         """What a canary calls when it passes its threshold: stop it here now, then record why."""
 
         def roll_back(why: str) -> None:
-            self._pools[name].rollout = None
+            pool = self._pools[name]
+            pool.rollout = None
+            pool.rollout_stats.rollbacks += 1
             self._spawn(self._record_rollback(name, record, why))
 
         return roll_back
