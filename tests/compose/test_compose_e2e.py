@@ -16,7 +16,6 @@ EBBTIDE_E2E_KEEP_IMAGES=1 (they are ~1 GB).
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import importlib.util
 import json
