@@ -4,7 +4,8 @@
     ├── UsageError                  exit 2: the command line or the configuration is wrong
     │   ├── ManifestError           ebbtide.toml: names the file and the key
     │   ├── AuthConfigError         NATS credentials that cannot be used as configured
-    │   └── ScaffoldError           `ebbtide new` cannot scaffold what was asked
+    │   ├── ScaffoldError           `ebbtide new` cannot scaffold what was asked
+    │   └── EmbeddedServerConflict  the embedded server's ports or data folder are another process's
     └── RunError                    exit 1: the configuration is fine, running it failed
         ├── BuildError              a guest did not compile (or its toolchain is missing)
         ├── ModuleLoadError         a module is missing, invalid, tampered with, or not the guest ABI
@@ -54,6 +55,11 @@ class AuthConfigError(UsageError):
 
 class ScaffoldError(UsageError):
     """`ebbtide new` cannot scaffold what was asked (a name taken, an unknown language, ...)."""
+
+
+class EmbeddedServerConflict(UsageError):
+    """The embedded server's ports, or its data folder, are in use by another process (another `ebbtide up`):
+    the message says which and, where it can tell, by what."""
 
 
 class BuildError(RunError):
