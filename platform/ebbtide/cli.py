@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import RunError, UsageError
+from .errors import Interrupted, RunError, UsageError
 from .exit_codes import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE
 from .launch import DEFAULT_PROCESS_MODE, PROCESS_MODES
 from .manifest import DEFAULT_MANIFEST, MODULE_LANGUAGES, LoadedManifest, load_manifest
@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"ebbtide: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except Interrupted as exc:
+        print(f"ebbtide: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except (RunError, ConnectionError, OSError) as exc:
         print(f"ebbtide: {exc}", file=sys.stderr)
         return EXIT_FAILURE

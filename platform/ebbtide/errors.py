@@ -18,7 +18,8 @@
         ├── FetchError              the server answered a pull request with an error status
         ├── PublishError            a publish was not confirmed by the server
         ├── DeadLetterError         a dead letter cannot be read or redriven
-        └── OutboxError             an outbox cannot be read (no such bucket, JetStream not answering)
+        ├── OutboxError             an outbox cannot be read (no such bucket, JetStream not answering)
+        └── Interrupted             exit 130: a stop signal ended a command that stops only when done (`demo`)
 
     Per message, never seen by the CLI (each decides one message's outcome, not the process's):
     MessageError
@@ -31,6 +32,8 @@ concept re-export their errors under the old names.
 """
 
 from __future__ import annotations
+
+import signal
 
 
 class EbbtideError(Exception):
@@ -120,6 +123,15 @@ class DeadLetterError(RunError):
 
 class OutboxError(RunError):
     """An outbox cannot be read: no such bucket on the server, JetStream not answering."""
+
+
+class Interrupted(RunError):
+    """SIGINT or SIGTERM stopped a command that stops only when done (`ebbtide demo`), once it stopped what it
+    started: `ebbtide` exits 130 with the message."""
+
+    def __init__(self, message: str, sig: signal.Signals) -> None:
+        super().__init__(message)
+        self.signal = sig
 
 
 class MessageError(EbbtideError):

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 import uvloop
 
 from ..errors import UsageError
-from ..exit_codes import EXIT_FAILURE, EXIT_INTERRUPTED
+from ..exit_codes import EXIT_FAILURE
 from ..manifest import LoadedManifest
 
 
@@ -37,16 +36,12 @@ def bench_command(args: argparse.Namespace, manifest: LoadedManifest) -> int:
 def demo_command(args: argparse.Namespace, manifest: LoadedManifest) -> int:
     if args.orders < 1:
         raise UsageError("--orders must be at least 1")
-    from ..workload.demo import DemoInterrupted, print_summary, run_demo
+    from ..workload.demo import print_summary, run_demo
 
     if args.events_per_order < 1:
         raise UsageError("--events-per-order must be at least 1")
-    try:
-        result = uvloop.run(
-            run_demo(manifest, args.orders, args.seed, args.data_dir, args.processes, events_per_order=args.events_per_order)
-        )
-    except DemoInterrupted as stopped:
-        print(f"ebbtide: demo {stopped}: the functions and the embedded server have stopped", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    result = uvloop.run(  # Ctrl-C: errors.Interrupted, exit code 130
+        run_demo(manifest, args.orders, args.seed, args.data_dir, args.processes, events_per_order=args.events_per_order)
+    )
     print_summary(result)
     return 0 if result.complete else EXIT_FAILURE

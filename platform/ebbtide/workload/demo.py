@@ -21,6 +21,7 @@ from typing import TypeVar
 from ..broker import ConfirmedPublisher, connect, kv_stream_name, provision, publish_all
 from ..broker.access import embedded_server
 from ..build import build_modules
+from ..errors import Interrupted
 from ..launch import ProcessMode, running
 from ..manifest import LoadedManifest
 from ..ordering import entry_subject
@@ -31,14 +32,6 @@ from .charts import write_scaling_chart
 from .orders import INGRESS_SUBJECT, encode_order, event_msg_id, generate_order_events, generate_orders
 
 T = TypeVar("T")
-
-
-class DemoInterrupted(Exception):
-    """A stop signal arrived: the demo stopped what it started and has no result."""
-
-    def __init__(self, sig: signal.Signals) -> None:
-        super().__init__(f"stopped by {sig.name}")
-        self.signal = sig
 
 
 class StopSignals:
@@ -65,10 +58,12 @@ class StopSignals:
 
     def check(self) -> None:
         if self.received is not None:
-            raise DemoInterrupted(self.received)
+            raise Interrupted(
+                f"demo stopped by {self.received.name}: the functions and the embedded server have stopped", self.received
+            )
 
     async def unless_stopped(self, waiting: Awaitable[T]) -> T:
-        """`waiting`'s result, or DemoInterrupted when a signal comes first (`waiting` is then cancelled)."""
+        """`waiting`'s result, or Interrupted when a signal comes first (`waiting` is then cancelled)."""
         work = asyncio.ensure_future(waiting)
         stopped = asyncio.ensure_future(self.stop.wait())
         await asyncio.wait([work, stopped], return_when=asyncio.FIRST_COMPLETED)
@@ -112,7 +107,7 @@ async def run_demo(
     """With `events_per_order` > 1, each order's events (created, amended..., cancelled) are published on
     the entry's keyed subject when it is ordered, and the outboxes are counted in writes (one per event).
 
-    Raises DemoInterrupted on SIGINT or SIGTERM, once what it started has stopped."""
+    Raises Interrupted on SIGINT or SIGTERM, once what it started has stopped."""
     build_modules(manifest)  # before the signals are ours: Ctrl-C during a build interrupts it at once
     signals = StopSignals()
     signals.install()
