@@ -175,7 +175,13 @@ def _parser() -> argparse.ArgumentParser:
         help="events per generated order (created, amended..., cancelled; eventSeq 1..N); default: %(default)s",
     )
     publish.add_argument("--file", type=Path, help="JSON Lines file: each line is published as it is (no generation)")
-    publish.add_argument("--subject", help="(default: the manifest's entry subject, the trigger no function publishes to)")
+    publish.add_argument(
+        "--subject",
+        help="(default: the manifest's entry subject, the trigger no function publishes to; with several, orders.ingress)",
+    )
+    publish.add_argument(
+        "--force", action="store_true", help="publish to a subject no function's trigger matches (default: refused)"
+    )
     demo = command(
         "demo", "workload:demo_command", "the ZEISS burst: embedded NATS, the pipeline, N orders at once, live view, summary"
     )
