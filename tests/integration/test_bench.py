@@ -46,10 +46,10 @@ async def test_quick_bench_completes_with_sane_figures(reference_manifest: Loade
         assert 0 < figures[f"activation from zero {moment}, p50"] <= figures[f"activation from zero {moment}, max"] < 30_000
         assert f"activation from zero {moment}, p99" not in figures
     assert 1 <= figures["distributor: peak instances"] <= reference_manifest.function("distributor").scale.max
-    assert (
-        figures["distributor: empty backlog to zero instances"]
-        >= reference_manifest.function("distributor").scale.cooldown_s * 0.9
-    )
+    # Measured, and the pool did get back to zero. That it waits for the cooldown first is the scaler's rule,
+    # tested without a clock (tests/unit/test_scaler.py): a bound in seconds here failed on a loaded machine,
+    # where this benchmark saw the backlog gone late (4.3 s < 0.9 x 5 s; issue 27).
+    assert figures["distributor: empty backlog to zero instances"] > 0
     assert 0 < figures["host CPU per order, shadow 100 % / none"] < 1000  # %
     assert (tmp_path / "results.json").exists() and (tmp_path / "burst.svg").exists()
     assert "| activation from zero right after a burst, p50 |" in report.markdown()

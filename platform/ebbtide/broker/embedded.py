@@ -124,6 +124,7 @@ class EmbeddedNats:
             os.close(fd)  # releases the lock (a killed process's lock is released by the kernel)
 
     def _check_ports(self) -> None:
+        """EmbeddedServerConflict, naming the holder, when something listens on a port of this server."""
         for port, role in ((self.port, "client"), (self.monitor_port, "monitoring")):
             if port_taken(self.host, port):
                 raise self._port_conflict(port, role)
@@ -183,9 +184,7 @@ class EmbeddedNats:
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 self._process = None
-                for port, role in ((self.port, "client"), (self.monitor_port, "monitoring")):
-                    if port_taken(self.host, port):  # taken since _check_ports
-                        raise self._port_conflict(port, role)
+                self._check_ports()  # one taken since it was checked (by what?), or another reason:
                 raise EmbeddedServerError(f"nats-server exited at start; last lines of {self.log_file}:\n{self._log_tail()}")
             if any(self._ports_dir.glob(ports_file)):
                 try:

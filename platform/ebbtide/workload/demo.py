@@ -168,10 +168,10 @@ async def _run_demo(
                 publishing = asyncio.create_task(publish_all(publisher, subject, payloads))
                 try:
                     outbox, dead = await _watch(nc, manifest, sum(expected.values()), started, timeout, signals, count_writes)
-                finally:
-                    if not publishing.done():  # interrupted: publish no more
-                        publishing.cancel()
-                        await asyncio.gather(publishing, return_exceptions=True)
+                except Interrupted:
+                    publishing.cancel()  # publish no more
+                    await asyncio.gather(publishing, return_exceptions=True)
+                    raise
                 published, errors = await publishing
                 if errors:
                     print(f"{len(errors)} publishes failed, first: {errors[0]}", file=sys.stderr)
