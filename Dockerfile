@@ -21,7 +21,7 @@ WORKDIR /src
 # builds here with no change to this file.
 COPY pyproject.toml README.md ./
 COPY platform ./platform
-RUN pip install ".[build,component,otlp]"
+RUN pip install ".[build,component,otlp,scaler]"
 COPY ebbtide.toml ./
 COPY functions ./functions
 # --precompile: each function's compiled code into build/cache, so that a replica's first start reads it

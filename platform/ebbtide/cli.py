@@ -1,5 +1,5 @@
-"""The `ebbtide` command line: up, run, provision, build, new, publish, demo, bench, top, dlq, outbox, nats-config,
-shadow, canary.
+"""The `ebbtide` command line: up, run, provision, build, new, publish, demo, bench, top, console, dlq, outbox,
+nats-config, shadow, canary, scaler, plan.
 
 This module only parses; each command lives in ebbtide.commands and is imported when it runs, so that
 `ebbtide up`'s supervisor never loads the Wasm runtime and `ebbtide run` never loads the benchmark.
@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from .capacity.options import add_plan_options  # the options only: the model is imported when `plan` runs
 from .errors import Interrupted, RunError, UsageError
 from .exit_codes import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE
 from .launch import DEFAULT_PROCESS_MODE, PROCESS_MODES
@@ -26,6 +27,7 @@ from .workload.bench import SCENARIOS as BENCH_SCENARIOS
 METRICS_PORT_ENV = "EBBTIDE_METRICS_PORT"
 LOG_FORMAT_ENV = "EBBTIDE_LOG_FORMAT"
 LOG_FORMATS = ("auto", "json", "text")
+CONSOLE_PORT = 8090
 
 Handler = Callable[[argparse.Namespace, LoadedManifest], int]
 
@@ -127,6 +129,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     up.add_argument(
         "--no-auth", action="store_true", help="embedded server without authentication (default: [embedded] auth, on)"
+    )
+    up.add_argument(
+        "--console",
+        nargs="?",
+        type=int,
+        const=CONSOLE_PORT,
+        metavar="PORT",
+        help=f"also serve the console (`ebbtide console`) on 127.0.0.1:PORT (default {CONSOLE_PORT})",
     )
     run = command("run", "serve:run_command", "run one function in this process (as in compose or Kubernetes)")
     run.add_argument("--function", "-f", required=True, help="function name from the manifest")
@@ -347,6 +357,17 @@ def _parser() -> argparse.ArgumentParser:
         "--window", type=int, default=200, help="... over the candidate's last N messages on a host (default: %(default)s)"
     )
     # -- end of rollouts --------------------------------------------------------------------------------------
+    # -- scaling beyond one machine (commands/scaling.py): scaler, plan ---------------------------------------
+    scaler = command("scaler", "scaling:scaler_command", "KEDA external scaler (gRPC): each function's lag and activation")
+    nats_url_option(scaler)
+    metrics_option(scaler)
+    scaler.add_argument("--listen", default="127.0.0.1:9090", help="gRPC address, HOST:PORT (default: %(default)s)")
+    scaler.add_argument("--tls-cert", type=Path, help="serve gRPC over TLS with this certificate (PEM) ...")
+    scaler.add_argument("--tls-key", type=Path, help="... and its key")
+    scaler.add_argument("--tls-client-ca", type=Path, help="require client certificates (KEDA's) signed by this CA")
+    add_plan_options(
+        command("plan", "scaling:plan_command", "capacity model: what a load costs in pods, nats-server cores and storage")
+    )
     top = command(
         "top",
         "clients:top_command",
@@ -355,6 +376,26 @@ def _parser() -> argparse.ArgumentParser:
     nats_url_option(top)
     top.add_argument("--interval", type=float, default=1.0, help="refresh every N seconds (default: %(default)s)")
     top.add_argument("--iterations", type=int, default=0, help="stop after N refreshes (default: run until Ctrl-C)")
+    console = command(
+        "console",
+        "console:console_command",
+        "a live web page: the pipeline, backlog and instances over time, dead letters, rollouts, orders",
+    )
+    nats_url_option(console)
+    console.add_argument("--port", type=int, default=CONSOLE_PORT, help="(default: %(default)s)")
+    console.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default: %(default)s); any other than loopback needs $EBBTIDE_CONSOLE_TOKEN",
+    )
+    console.add_argument(
+        "--read-only", action="store_true", help="offer no action (redrive, purge, promote, abort), whatever the credentials"
+    )
+    console.add_argument(
+        "--trace-url",
+        metavar="URL",
+        help="link an order to its trace: a URL with {trace_id}, e.g. http://localhost:16686/trace/{trace_id}",
+    )
     return parser
 
 

@@ -100,6 +100,10 @@ class JetStreamError(RunError):
         self.err_code = err_code
 
 
+class WireError(RunError):
+    """Bytes that are not the protobuf message expected (a KEDA request to `ebbtide scaler`)."""
+
+
 class UnreadableReply(RunError):
     """The server's reply to a JetStream API request is not what the API says."""
 

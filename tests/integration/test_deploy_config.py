@@ -44,7 +44,7 @@ from ebbtide.broker import EmbeddedNats, connect
 from ebbtide.broker.embedded import nats_server_binary
 from ebbtide.broker.names import kv_stream_name
 from ebbtide.broker.provisioning import consumer_config
-from ebbtide.broker.users import ADMIN_USER, INGRESS_ENV, OBSERVER_USER, SERVER_CONFIG, AuthBundle, inbox_prefix
+from ebbtide.broker.users import ADMIN_USER, INGRESS_ENV, OBSERVER_USER, SCALER_USER, SERVER_CONFIG, AuthBundle, inbox_prefix
 from ebbtide.manifest import LoadedManifest, parse_manifest
 from ebbtide.stream_state import stream_state
 from ebbtide.workload.orders import INGRESS_SUBJECT, encode_order, generate_orders
@@ -57,6 +57,10 @@ from tests.deploy_support.mounts import ContainerView
 COMPOSE_FILE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"
 KUBERNETES = REPO / "deploy" / "kubernetes"
+# KEDA's built-in nats-jetstream trigger on /jsz, kept as the alternative to `ebbtide scaler` (not in the kustomization).
+JSZ_SCALED_OBJECTS = KUBERNETES / "alternatives" / "keda-jsz-scaledobjects.yaml"
+SCALER_DEPLOYMENT = "ebbtide-scaler"  # `ebbtide scaler`: the ScaledObjects' external-push triggers point at its Service
+SCALER_SECRET = "nats-scaler"  # Kubernetes: the scaler user's seed, for the scaler's pods alone
 COMPOSE_NATS_CONF = REPO / "deploy" / "compose" / "nats.conf"
 DEPLOY_README = REPO / "deploy" / "README.md"
 # The one manual step before `kubectl apply -k` (deploy/README.md), run from the repository's root.
@@ -174,6 +178,19 @@ def of_kind(objects: list[Obj], kind: str) -> dict[str, Obj]:
     return {obj["metadata"]["name"]: obj for obj in objects if obj["kind"] == kind}
 
 
+def function_deployments(k8s: list[Obj]) -> dict[str, Obj]:
+    """The Deployments that run a function (`ebbtide run --function`), by name; not the scaler's."""
+    return {name: d for name, d in of_kind(k8s, "Deployment").items() if name != SCALER_DEPLOYMENT}
+
+
+def jsz_scaled_objects(namespace: str) -> dict[str, Obj]:
+    """The alternative ScaledObjects (nats-jetstream on /jsz), as `kubectl -n NAMESPACE apply -f` creates them."""
+    objects = kustomize.load_documents(JSZ_SCALED_OBJECTS)
+    for obj in objects:
+        obj["metadata"]["namespace"] = namespace
+    return of_kind(objects, "ScaledObject")
+
+
 def container(deployment: Obj) -> Obj:
     containers = deployment["spec"]["template"]["spec"]["containers"]
     assert len(containers) == 1, deployment["metadata"]["name"]
@@ -249,14 +266,15 @@ def test_kubernetes_objects_validate_strict(k8s: list[Obj]) -> None:
     kinds = Counter(obj["kind"] for obj in k8s)
     assert kinds == {
         "Namespace": 1,
-        "Service": 2,
+        "Service": 3,
         "StatefulSet": 1,
         "PodDisruptionBudget": 1,
         "ConfigMap": 2,
-        "Secret": 2,
-        "Deployment": 3,
+        "Secret": 3,
+        "Deployment": 4,
         "ScaledObject": 3,
         "Job": 1,
+        "NetworkPolicy": 1,
     }, kinds
     for obj in k8s:
         if obj["kind"] != "ScaledObject":  # a CRD: checked against KEDA's fields below
@@ -270,23 +288,44 @@ def test_kubernetes_objects_validate_strict(k8s: list[Obj]) -> None:
 
 def test_scaled_objects_have_only_fields_keda_documents(k8s: list[Obj]) -> None:
     scaled = of_kind(k8s, "ScaledObject")
-    for name, obj in scaled.items():
-        assert keda.scaled_object_errors(obj) == [], name
-        spec = obj["spec"]
-        assert spec["minReplicaCount"] == 0 and spec["maxReplicaCount"] >= 1
-        assert [t["type"] for t in spec["triggers"]] == ["nats-jetstream"]
+    [namespace] = of_kind(k8s, "Namespace")
+    alternative = jsz_scaled_objects(namespace)
+    assert set(alternative) == set(scaled), "the /jsz alternative replaces each shipped ScaledObject"
+    for expected, objects in (("external-push", scaled), ("nats-jetstream", alternative)):
+        for name, obj in objects.items():
+            assert keda.scaled_object_errors(obj) == [], name
+            spec = obj["spec"]
+            assert spec["minReplicaCount"] == 0 and spec["maxReplicaCount"] >= 1
+            assert [t["type"] for t in spec["triggers"]] == [expected]
+            other = scaled if objects is alternative else alternative
+            assert {k: v for k, v in spec.items() if k != "triggers"} == {
+                k: v for k, v in other[name]["spec"].items() if k != "triggers"
+            }, f"{name}: the alternative differs only in its trigger"
     # The schema catches what KEDA would silently ignore or refuse.
-    sample = next(iter(scaled.values()))
-    for break_it in (
-        lambda o: o["spec"]["triggers"][0]["metadata"].update(lagTreshold="10"),  # misspelt: ignored by KEDA
-        lambda o: o["spec"]["triggers"][0]["metadata"].update(lagThreshold=2000),  # metadata values are strings
-        lambda o: o["spec"]["triggers"][0]["metadata"].pop("consumer"),
-        lambda o: o["spec"].update(minReplicas=0),
-        lambda o: o["spec"].update(minReplicaCount=5, maxReplicaCount=2),
+    for sample, breakers in (
+        (
+            next(iter(alternative.values())),
+            (
+                lambda o: o["spec"]["triggers"][0]["metadata"].update(lagTreshold="10"),  # misspelt: ignored by KEDA
+                lambda o: o["spec"]["triggers"][0]["metadata"].update(lagThreshold=2000),  # metadata values are strings
+                lambda o: o["spec"]["triggers"][0]["metadata"].pop("consumer"),
+            ),
+        ),
+        (
+            next(iter(scaled.values())),
+            (
+                lambda o: o["spec"]["triggers"][0]["metadata"].update(functon="distributor"),  # misspelt: the scaler refuses it
+                lambda o: o["spec"]["triggers"][0]["metadata"].pop("function"),
+                lambda o: o["spec"]["triggers"][0]["metadata"].update(scalerAddress="grpc://ebbtide-scaler:9090"),
+                lambda o: o["spec"].update(minReplicas=0),
+                lambda o: o["spec"].update(minReplicaCount=5, maxReplicaCount=2),
+            ),
+        ),
     ):
-        broken = copy.deepcopy(sample)
-        break_it(broken)
-        assert keda.scaled_object_errors(broken), broken["spec"]
+        for break_it in breakers:
+            broken = copy.deepcopy(sample)
+            break_it(broken)
+            assert keda.scaled_object_errors(broken), broken["spec"]
 
 
 def test_kustomize_rendering_matches_kubectl(k8s: list[Obj], k8s_folder: Path) -> None:
@@ -327,6 +366,10 @@ def test_secret_holds_only_what_the_cluster_needs(k8s: list[Obj], k8s_folder: Pa
     assert all(admin_seed not in text for text in data.values())
     [admin] = [obj for name, obj in secrets.items() if name.startswith(f"{ADMIN_SECRET}-")]
     assert {key: base64_text(value).strip() for key, value in admin["data"].items()} == {f"{ADMIN_USER}.nk": admin_seed}
+    [scaler] = [obj for name, obj in secrets.items() if name.startswith(f"{SCALER_SECRET}-")]
+    scaler_seed = (k8s_folder / "auth" / f"{SCALER_USER}.nk").read_text()
+    assert {key: base64_text(value) for key, value in scaler["data"].items()} == {f"{SCALER_USER}.nk": scaler_seed}
+    assert all(scaler_seed.strip() not in text for text in data.values())
 
 
 def secret_items(pod: Obj) -> set[tuple[str, str]]:
@@ -350,8 +393,10 @@ def secret_items(pod: Obj) -> set[tuple[str, str]]:
 
 def test_each_pod_sees_only_its_own_credentials(k8s: list[Obj], manifest: LoadedManifest) -> None:
     """A function pod: its own seed and nothing else; the admin seed only in the provisioning Job."""
-    for name, deployment in of_kind(k8s, "Deployment").items():
+    for name, deployment in function_deployments(k8s).items():
         assert secret_items(deployment["spec"]["template"]["spec"]) == {(AUTH_VOLUME, f"{name}.nk")}, name
+    scaler = of_kind(k8s, "Deployment")[SCALER_DEPLOYMENT]["spec"]["template"]["spec"]
+    assert secret_items(scaler) == {(SCALER_SECRET, f"{SCALER_USER}.nk")}, "the scaler: its own seed alone"
     [job] = of_kind(k8s, "Job").values()
     pod = job["spec"]["template"]["spec"]
     assert secret_items(pod) == {(ADMIN_SECRET, f"{ADMIN_USER}.nk")}
@@ -495,7 +540,7 @@ def test_names_and_ports_agree_across_manifest_compose_and_kubernetes(
 ) -> None:
     functions = set(manifest.spec.functions)
     services = function_services(compose)
-    deployments = of_kind(k8s, "Deployment")
+    deployments = function_deployments(k8s)
     scaled = of_kind(k8s, "ScaledObject")
     assert {fn for fn, _ in services.values()} == functions
     assert set(services) == functions, "each compose service is named after its function"
@@ -631,8 +676,17 @@ def test_names_and_ports_agree_across_manifest_compose_and_kubernetes(
         assert secret["items"] == [{"key": f"{name}.nk", "path": seed.name}], "only its own seed"
 
         function = manifest.function(name)
-        trigger = scaled[name]["spec"]["triggers"][0]["metadata"]
         assert scaled[name]["spec"]["scaleTargetRef"] == {"name": name}
+        # The shipped trigger: `ebbtide scaler`'s Service, for this function.
+        scaler_service = services_k8s[SCALER_DEPLOYMENT]
+        grpc_port = {p["name"]: p["port"] for p in scaler_service["spec"]["ports"]}["grpc"]
+        pushed = scaled[name]["spec"]["triggers"][0]["metadata"]
+        assert pushed == {
+            "scalerAddress": f"{scaler_service['metadata']['name']}.{namespace_name}.svc.cluster.local:{grpc_port}",
+            "function": name,
+        }
+        # The alternative's: KEDA's nats-jetstream scaler on /jsz.
+        trigger = jsz_scaled_objects(namespace_name)[name]["spec"]["triggers"][0]["metadata"]
         assert trigger["consumer"] == consumer_config(manifest, name).durable_name
         assert trigger["stream"] == manifest.stream_for(function.trigger)
         assert trigger["account"] == "$G"
@@ -641,6 +695,33 @@ def test_names_and_ports_agree_across_manifest_compose_and_kubernetes(
             trigger["natsServerMonitoringEndpoint"]
             == f"{headless['metadata']['name']}.{namespace_name}.svc.cluster.local:{conf_port('http')}"
         )
+
+    # The scaler: its Service's ports are its container's, it reads the same manifest and NATS service as
+    # the functions, as its own user; probes; gRPC reachable from KEDA's namespace only.
+    scaler = of_kind(k8s, "Deployment")[SCALER_DEPLOYMENT]
+    spec = container(scaler)
+    ports = {p["name"]: p["containerPort"] for p in spec["ports"]}
+    assert ports["metrics"] == metrics_port
+    assert spec["command"] == ["ebbtide", "scaler", "--listen", f"0.0.0.0:{ports['grpc']}"]
+    service_ports = {p["name"]: (p["port"], p["targetPort"]) for p in services_k8s[SCALER_DEPLOYMENT]["spec"]["ports"]}
+    assert service_ports == {name: (port, name) for name, port in ports.items()}
+    assert services_k8s[SCALER_DEPLOYMENT]["spec"]["selector"] == scaler["spec"]["selector"]["matchLabels"]
+    env = env_of(scaler)
+    assert host_port(env["EBBTIDE_NATS_URL"]) == ("nats", conf_port("listen"))
+    assert env["EBBTIDE_NATS_INBOX_PREFIX"] == inbox_prefix(SCALER_USER)
+    assert Path(env["EBBTIDE_NATS_NKEY_SEED_FILE"]).name == f"{SCALER_USER}.nk"
+    assert int(env["EBBTIDE_METRICS_PORT"]) == metrics_port and env["EBBTIDE_METRICS_HOST"] == "0.0.0.0"
+    assert spec["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert spec["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert spec["securityContext"]["readOnlyRootFilesystem"] is True
+    assert {m["mountPath"] for m in spec["volumeMounts"]} >= {f"{image.workdir(RUNTIME_STAGE)}/ebbtide.toml"}
+    [policy] = of_kind(k8s, "NetworkPolicy").values()
+    assert policy["spec"]["podSelector"]["matchLabels"] == scaler["spec"]["selector"]["matchLabels"]
+    grpc_rule, metrics_rule = policy["spec"]["ingress"]
+    assert grpc_rule["ports"] == [{"port": "grpc"}] and grpc_rule["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "keda"}}}
+    ]
+    assert metrics_rule == {"ports": [{"port": "metrics"}]}
 
 
 def test_kubernetes_manifest_is_the_repository_manifest_with_r3_streams(manifest: LoadedManifest, k8s: list[Obj]) -> None:
@@ -819,6 +900,7 @@ async def test_compose_services_run_here_as_written(
         INGRESS_ENV,
         f"{ADMIN_USER}.nk",
         f"{OBSERVER_USER}.nk",
+        f"{SCALER_USER}.nk",  # generated with the others; compose runs no KEDA scaler, so no service gets it
         *(f"{fn}.nk" for fn in manifest.spec.functions),
     }
     assert {stat.S_IMODE(p.stat().st_mode) for p in auth.folder.iterdir()} == {0o600}
@@ -987,7 +1069,7 @@ async def test_kubernetes_deployments_run_here_as_written(
         try:
             await run_provisioning_job(k8s, app, tmp_path, cluster.urls[0], image)
             launches = []
-            for name, deployment in of_kind(k8s, "Deployment").items():
+            for name, deployment in function_deployments(k8s).items():  # the scaler's: test_keda_scaler.py
                 pod_view = ContainerView(tmp_path / "pods" / name / "view")
                 mounts.pod_mounts(
                     pod_view,

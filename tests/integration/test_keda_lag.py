@@ -12,7 +12,8 @@ changes). Lag = `num_pending + num_ack_pending`; the trigger is active while lag
 The cluster is the one deploy/kubernetes configures: nats.conf as the StatefulSet mounts it (server_name
 from POD_NAME, cluster routes, JetStream, the generated users), three nodes, each on a loopback address of
 its own with the same ports (as pods), R3 streams from deploy/kubernetes/ebbtide.toml. The account, stream
-and consumer are read from the shipped ScaledObjects.
+and consumer are read from the ScaledObjects of deploy/kubernetes/alternatives/keda-jsz-scaledobjects.yaml,
+the alternative to `ebbtide scaler` (whose own test is test_keda_scaler.py).
 
 Followers' own numbers are stale (keda#7322): a follower reports `num_pending` 0 however much is waiting
 (only the leader counts what it has not delivered yet; followers see the deliveries, `num_ack_pending`).
@@ -45,7 +46,7 @@ from ebbtide.workload.orders import INGRESS_SUBJECT, encode_order, generate_orde
 from tests.conftest import wait_until
 from tests.deploy_support import entrypoints, kustomize
 from tests.deploy_support.entrypoints import ConfiguredCluster
-from tests.integration.test_deploy_config import K8S_AUTH_COMMAND, KUBERNETES, nats_view, of_kind
+from tests.integration.test_deploy_config import K8S_AUTH_COMMAND, KUBERNETES, jsz_scaled_objects, nats_view, of_kind
 
 NODE_HOSTS = ["127.0.0.11", "127.0.0.12", "127.0.0.13"]  # one loopback address per pod
 BURST = 3000
@@ -158,7 +159,8 @@ async def test_keda_reads_the_backlog_on_every_node_of_the_kubernetes_cluster(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     folder, objects = deployed
-    triggers = shipped_triggers(objects)
+    [namespace] = of_kind(objects, "Namespace")
+    triggers = shipped_triggers(list(jsz_scaled_objects(namespace).values()))  # the alternative to `ebbtide scaler`
     # The functions run as the image runs them: the ConfigMap's manifest beside the built modules.
     app = entrypoints.image_root(tmp_path / "app", (folder / "ebbtide.toml").read_text(), reference_manifest.build_dir / "wasm")
     monkeypatch.setenv(PREBUILT_ENV, "1")

@@ -92,7 +92,8 @@ STORED_IN = {
 
 def api_allowed(user: str, subject: str) -> bool:
     """$JS.API.<operation>.<target>: functions read their own consumer and pull from it; observer reads
-    the outboxes, the dead letters, the manifest's streams (`replay`) and the shadow samples; ingress nothing;
+    the outboxes, the dead letters, the manifest's streams (`replay`), the shadow samples and the rollout
+    records (`console`); ingress nothing;
     admin everything."""
     if user == ADMIN_USER:
         return True
@@ -105,7 +106,9 @@ def api_allowed(user: str, subject: str) -> bool:
         return subject in own | rollouts
     if user == OBSERVER_USER:
         reads = {
-            f"$JS.API.STREAM.{op}.{stream}" for op in ("INFO", "MSG.GET") for stream in ("DLQ", "ORDERS", *KV_STREAMS, SHADOW)
+            f"$JS.API.STREAM.{op}.{stream}"
+            for op in ("INFO", "MSG.GET")
+            for stream in ("DLQ", "ORDERS", *KV_STREAMS, SHADOW, ROLLOUTS)
         }
         return subject in reads | {f"$JS.API.DIRECT.GET.{stream}" for stream in KV_STREAMS}
     return False

@@ -79,7 +79,11 @@ def test_following_rollouts_reads_two_streams_and_writes_only_its_own_record() -
 def test_observer_only_reads() -> None:
     permissions = observer_permissions(MANIFEST)
     assert permissions.publish == [
-        *(f"$JS.API.STREAM.{op}.{stream}" for stream in ("DLQ", "ORDERS", "SHADOW") for op in ("INFO", "MSG.GET")),
+        *(
+            f"$JS.API.STREAM.{op}.{stream}"
+            for stream in ("DLQ", "ORDERS", "SHADOW", "KV_ebbtide-rollouts")  # the rollout records: `console`
+            for op in ("INFO", "MSG.GET")
+        ),
         *(
             f"$JS.API.{op}.KV_{bucket}{tail}"
             for bucket in ("outbox-express", "outbox-standard")

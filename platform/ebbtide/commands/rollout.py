@@ -180,37 +180,39 @@ async def _fresh_samples(nc: NatsClient, function: str, keep: int) -> None:
 async def _change_phase(args: argparse.Namespace, manifest: LoadedManifest, phase: Phase) -> int:
     nc = await client_connect(client_access(manifest, args.nats_url), f"ebbtide-{phase.value}")
     try:
-        kv = await _bucket(nc)
-        record, revision = await _read(kv, args.function)
-        if record is None:
-            raise RunError(f"{args.function} has no rollout to {'promote' if phase is Phase.PROMOTED else 'abort'}")
-        if phase is Phase.PROMOTED and not record.active:
-            raise RunError(
-                f"{args.function}: the {record.mode.value} of {record.candidate_sha256[:12]} is {record.phase.value} ({record.why}); nothing to promote"
-            )
-        if phase is Phase.ABORTED and not (record.active or record.phase is Phase.PROMOTED):
-            raise RunError(
-                f"{args.function}: the {record.mode.value} of {record.candidate_sha256[:12]} is already {record.phase.value}"
-            )
-        after = changed(record, phase, f"{phase.value} by an operator")
-        await _write(kv, after, revision)
-        if phase is Phase.PROMOTED:
-            what = f"promoted {record.candidate_sha256[:12]}; it is kept across restarts"
-            followed = await _replicas_following(
-                nc, args.function, lambda r: r.module_sha256 == record.candidate_sha256, args.wait
-            )
-        elif record.phase is Phase.PROMOTED:
-            what = f"promotion of {record.candidate_sha256[:12]} undone: back to the manifest's module"
-            followed = await _replicas_following(
-                nc, args.function, lambda r: r.module_sha256 != record.candidate_sha256, args.wait
-            )
-        else:
-            what = f"{record.mode.value} of {record.candidate_sha256[:12]} aborted; the live module runs alone"
-            followed = await _replicas_following(nc, args.function, lambda r: not r.candidate_sha256, args.wait)
+        done = await change_phase(nc, args.function, phase, args.wait)
     finally:
         await nc.drain()
-    print(f"{args.function}: {what}; {followed}")
+    print(done)
     return 0
+
+
+async def change_phase(nc: NatsClient, function: str, phase: Phase, wait_s: float) -> str:
+    """Promote or abort `function`'s rollout (admin), then wait up to `wait_s` for its replicas to follow;
+    says what was done and how many follow. Raises RunError when there is nothing to change. The console's
+    promote and abort call this too."""
+    kv = await _bucket(nc)
+    record, revision = await _read(kv, function)
+    if record is None:
+        raise RunError(f"{function} has no rollout to {'promote' if phase is Phase.PROMOTED else 'abort'}")
+    if phase is Phase.PROMOTED and not record.active:
+        raise RunError(
+            f"{function}: the {record.mode.value} of {record.candidate_sha256[:12]} is {record.phase.value} ({record.why}); nothing to promote"
+        )
+    if phase is Phase.ABORTED and not (record.active or record.phase is Phase.PROMOTED):
+        raise RunError(f"{function}: the {record.mode.value} of {record.candidate_sha256[:12]} is already {record.phase.value}")
+    after = changed(record, phase, f"{phase.value} by an operator")
+    await _write(kv, after, revision)
+    if phase is Phase.PROMOTED:
+        what = f"promoted {record.candidate_sha256[:12]}; it is kept across restarts"
+        followed = await _replicas_following(nc, function, lambda r: r.module_sha256 == record.candidate_sha256, wait_s)
+    elif record.phase is Phase.PROMOTED:
+        what = f"promotion of {record.candidate_sha256[:12]} undone: back to the manifest's module"
+        followed = await _replicas_following(nc, function, lambda r: r.module_sha256 != record.candidate_sha256, wait_s)
+    else:
+        what = f"{record.mode.value} of {record.candidate_sha256[:12]} aborted; the live module runs alone"
+        followed = await _replicas_following(nc, function, lambda r: not r.candidate_sha256, wait_s)
+    return f"{function}: {what}; {followed}"
 
 
 async def _replicas_following(nc: NatsClient, function: str, follows: Callable[[PoolStatus], bool], wait_s: float) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..broker.users import ADMIN_USER, INGRESS_ENV, OBSERVER_USER, inbox_prefix, ingress_subjects, write_bundle
+from ..broker.users import ADMIN_USER, INGRESS_ENV, OBSERVER_USER, SCALER_USER, inbox_prefix, ingress_subjects, write_bundle
 from ..build import build_modules
 from ..manifest import LoadedManifest
 from ..scaffold import new_function
@@ -19,6 +19,10 @@ def nats_config_command(args: argparse.Namespace, manifest: LoadedManifest) -> i
     print(
         f"  {bundle.seed_file(OBSERVER_USER)}  observer: read outboxes, dead letters, status (top, Locust); "
         f"EBBTIDE_NATS_NKEY_SEED_FILE, EBBTIDE_NATS_INBOX_PREFIX={inbox_prefix(OBSERVER_USER)}"
+    )
+    print(
+        f"  {bundle.seed_file(SCALER_USER)}  scaler: every function's lag and its trigger (`ebbtide scaler`, KEDA); "
+        f"EBBTIDE_NATS_NKEY_SEED_FILE, EBBTIDE_NATS_INBOX_PREFIX={inbox_prefix(SCALER_USER)}"
     )
     for function in manifest.spec.functions:
         print(
