@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .capacity.options import add_plan_options  # the options only: the model is imported when `plan` runs
-from .errors import RunError, UsageError
+from .errors import Interrupted, RunError, UsageError
 from .exit_codes import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE
 from .launch import DEFAULT_PROCESS_MODE, PROCESS_MODES
 from .manifest import DEFAULT_MANIFEST, MODULE_LANGUAGES, LoadedManifest, load_manifest
@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"ebbtide: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except Interrupted as exc:
+        print(f"ebbtide: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except (RunError, ConnectionError, OSError) as exc:
         print(f"ebbtide: {exc}", file=sys.stderr)
         return EXIT_FAILURE
@@ -182,7 +185,13 @@ def _parser() -> argparse.ArgumentParser:
         help="events per generated order (created, amended..., cancelled; eventSeq 1..N); default: %(default)s",
     )
     publish.add_argument("--file", type=Path, help="JSON Lines file: each line is published as it is (no generation)")
-    publish.add_argument("--subject", help="(default: the manifest's entry subject, the trigger no function publishes to)")
+    publish.add_argument(
+        "--subject",
+        help="(default: the manifest's entry subject, the trigger no function publishes to; with several, orders.ingress)",
+    )
+    publish.add_argument(
+        "--force", action="store_true", help="publish to a subject no function's trigger matches (default: refused)"
+    )
     demo = command(
         "demo", "workload:demo_command", "the ZEISS burst: embedded NATS, the pipeline, N orders at once, live view, summary"
     )

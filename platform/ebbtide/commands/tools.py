@@ -43,6 +43,8 @@ def nats_config_command(args: argparse.Namespace, manifest: LoadedManifest) -> i
 def new_command(args: argparse.Namespace, manifest: LoadedManifest) -> int:
     made = new_function(manifest, args.name, args.lang, folder=args.dir, trigger=args.trigger, output=args.output)
     print(f"wrote {made.source} and {made.test}; added [functions.{args.name}] to {made.manifest}")
+    for note in made.notes:
+        print(f"note: {note}")
     print(f"next: ebbtide build {args.name} && pytest {made.test.parent}")
     return 0
 
