@@ -1,5 +1,5 @@
 """The `ebbtide` command line: up, run, provision, build, new, publish, demo, bench, top, console, dlq, outbox,
-nats-config, shadow, canary, scaler, plan.
+nats-config, shadow, canary, scaler, plan, nats-exporter.
 
 This module only parses; each command lives in ebbtide.commands and is imported when it runs, so that
 `ebbtide up`'s supervisor never loads the Wasm runtime and `ebbtide run` never loads the benchmark.
@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .capacity.options import add_plan_options  # the options only: the model is imported when `plan` runs
-from .errors import RunError, UsageError
+from .errors import Interrupted, RunError, UsageError
 from .exit_codes import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE
 from .launch import DEFAULT_PROCESS_MODE, PROCESS_MODES
 from .manifest import DEFAULT_MANIFEST, MODULE_LANGUAGES, LoadedManifest, load_manifest
@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"ebbtide: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except Interrupted as exc:
+        print(f"ebbtide: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except (RunError, ConnectionError, OSError) as exc:
         print(f"ebbtide: {exc}", file=sys.stderr)
         return EXIT_FAILURE
@@ -182,7 +185,13 @@ def _parser() -> argparse.ArgumentParser:
         help="events per generated order (created, amended..., cancelled; eventSeq 1..N); default: %(default)s",
     )
     publish.add_argument("--file", type=Path, help="JSON Lines file: each line is published as it is (no generation)")
-    publish.add_argument("--subject", help="(default: the manifest's entry subject, the trigger no function publishes to)")
+    publish.add_argument(
+        "--subject",
+        help="(default: the manifest's entry subject, the trigger no function publishes to; with several, orders.ingress)",
+    )
+    publish.add_argument(
+        "--force", action="store_true", help="publish to a subject no function's trigger matches (default: refused)"
+    )
     demo = command(
         "demo", "workload:demo_command", "the ZEISS burst: embedded NATS, the pipeline, N orders at once, live view, summary"
     )
@@ -295,6 +304,14 @@ def _parser() -> argparse.ArgumentParser:
     # -- rollouts, the live side (commands/rollout.py): shadow start|promote|abort|status, canary ----------------
     # Each action names its own handler (set_defaults), so `shadow` can hold actions of other modules too.
 
+    def pin_override_option(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--override-pin",
+            action="store_true",
+            help="the function's manifest pins its module (functions.F.sha256): let another module act for it anyway "
+            "(recorded in the rollout; without it, refused)",
+        )
+
     def candidate_options(sub: argparse.ArgumentParser, share_default: str | None) -> None:
         sub.add_argument("--function", "-f", required=True, help="function name from the manifest")
         source = sub.add_mutually_exclusive_group(required=True)
@@ -325,6 +342,8 @@ def _parser() -> argparse.ArgumentParser:
         change = shadow_action(name, help)
         change.set_defaults(command=f"rollout:shadow_{name}_command")
         change.add_argument("function", help="function name from the manifest")
+        if name == "promote":
+            pin_override_option(change)
         change.add_argument(
             "--wait",
             type=float,
@@ -349,6 +368,7 @@ def _parser() -> argparse.ArgumentParser:
     canary.add_argument(
         "--window", type=int, default=200, help="... over the candidate's last N messages on a host (default: %(default)s)"
     )
+    pin_override_option(canary)
     # -- end of rollouts --------------------------------------------------------------------------------------
     # -- scaling beyond one machine (commands/scaling.py): scaler, plan ---------------------------------------
     scaler = command("scaler", "scaling:scaler_command", "KEDA external scaler (gRPC): each function's lag and activation")
@@ -389,6 +409,25 @@ def _parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="link an order to its trace: a URL with {trace_id}, e.g. http://localhost:16686/trace/{trace_id}",
     )
+    exporter = command(
+        "nats-exporter",
+        "exporter:nats_exporter_command",
+        "serve JetStream's store and stream figures (read from nats-server's monitoring port) on /metrics for Prometheus",
+    )
+    exporter.add_argument(
+        "--monitor-url",
+        action="append",
+        metavar="URL",
+        help="a nats-server monitoring port, e.g. http://nats:8222; once per node of a cluster "
+        "(default: the embedded server's, [embedded] monitor_port)",
+    )
+    exporter.add_argument("--port", type=int, default=9465, help="serve /metrics, /healthz, /readyz here (default: %(default)s)")
+    exporter.add_argument(
+        "--host",
+        default=os.environ.get("EBBTIDE_METRICS_HOST") or "127.0.0.1",
+        help="the address to serve on (default: $EBBTIDE_METRICS_HOST, then %(default)s)",
+    )
+    exporter.add_argument("--interval", type=float, default=5.0, help="read the servers every S seconds (default: %(default)s)")
     return parser
 
 

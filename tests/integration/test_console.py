@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from ebbtide.broker import free_port
+from tests.components import require
 from tests.conftest import REPO, manifest_copy, port_open
 from tests.integration.test_otlp_export import Collector
 
@@ -57,11 +58,7 @@ def browser_missing() -> str | None:
 
 @pytest.fixture(scope="module", autouse=True)
 def _browser_present() -> None:
-    missing = browser_missing()
-    if missing is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"the console's browser test cannot run under CI: {missing}")
-        pytest.skip(missing)
+    require(browser_missing(), "the console's browser (Debian's chromium, driven by Playwright)")
 
 
 class Process:

@@ -48,11 +48,13 @@ from ebbtide.broker.users import ADMIN_USER, INGRESS_ENV, OBSERVER_USER, SCALER_
 from ebbtide.manifest import LoadedManifest, parse_manifest
 from ebbtide.stream_state import stream_state
 from ebbtide.workload.orders import INGRESS_SUBJECT, encode_order, generate_orders
+from tests.components import may_skip, require
 from tests.conftest import REPO, backlog, wait_until
 from tests.deploy_support import dockerfile as dockerfile_reader
 from tests.deploy_support import entrypoints, keda, kustomize, mounts
 from tests.deploy_support.entrypoints import Collector, ConfiguredCluster, Launch
 from tests.deploy_support.mounts import ContainerView
+from tests.deploy_support.prometheus_operator import prometheus_rule_errors
 
 COMPOSE_FILE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"
@@ -61,6 +63,10 @@ KUBERNETES = REPO / "deploy" / "kubernetes"
 JSZ_SCALED_OBJECTS = KUBERNETES / "alternatives" / "keda-jsz-scaledobjects.yaml"
 SCALER_DEPLOYMENT = "ebbtide-scaler"  # `ebbtide scaler`: the ScaledObjects' external-push triggers point at its Service
 SCALER_SECRET = "nats-scaler"  # Kubernetes: the scaler user's seed, for the scaler's pods alone
+MONITORING = KUBERNETES / "monitoring"  # the PrometheusRule and the dashboard's ConfigMap
+ALERT_RULES = REPO / "deploy" / "prometheus" / "alerts.yml"
+DASHBOARD = REPO / "deploy" / "grafana" / "ebbtide.json"
+EXPORTER = "nats-exporter"  # the Deployment (and compose service) of `ebbtide nats-exporter`
 COMPOSE_NATS_CONF = REPO / "deploy" / "compose" / "nats.conf"
 DEPLOY_README = REPO / "deploy" / "README.md"
 # The one manual step before `kubectl apply -k` (deploy/README.md), run from the repository's root.
@@ -69,7 +75,7 @@ AUTH_VOLUME = "nats-auth"  # compose's named volume and Kubernetes' Secret of ge
 # Compose: the one-shot service that copies each generated file into the volume of the service using it.
 CREDENTIALS_SERVICE = "credentials"
 ADMIN_SECRET = "nats-admin"  # Kubernetes: the admin seed, for the provisioning Job alone
-PROMETHEUS_FILE = REPO / "deploy" / "prometheus.yml"
+PROMETHEUS_FILE = REPO / "deploy" / "prometheus" / "prometheus.yml"
 METRICS_TOKEN = "metrics.token"  # compose: made by `credentials` for the functions' /metrics and Prometheus
 NOBODY_UID = 65534  # prom/prometheus runs as nobody
 LOCUSTFILE = REPO / "loadtest" / "locustfile.py"
@@ -118,7 +124,7 @@ def run_auth_services(compose: Obj, app: Path, volumes: Path, views: Path) -> Pa
     """Run compose's one-shot `nats-auth`, then `credentials` (each file into its own service's volume), as
     written; the folder of the volume `nats-auth`, which holds every generated file."""
     if os.geteuid() != 0:  # CI runs as root
-        pytest.skip("the compose service `credentials` runs as root (it gives each file to its reader's uid)")
+        may_skip("not root: the compose service `credentials` runs as root (it gives each file to its reader's uid)")
     service = compose["services"]["nats-auth"]
     view = ContainerView(views / "nats-auth")
     mounts.compose_mounts(view, service, REPO, volumes)
@@ -178,9 +184,13 @@ def of_kind(objects: list[Obj], kind: str) -> dict[str, Obj]:
     return {obj["metadata"]["name"]: obj for obj in objects if obj["kind"] == kind}
 
 
-def function_deployments(k8s: list[Obj]) -> dict[str, Obj]:
-    """The Deployments that run a function (`ebbtide run --function`), by name; not the scaler's."""
-    return {name: d for name, d in of_kind(k8s, "Deployment").items() if name != SCALER_DEPLOYMENT}
+def function_deployments(objects: list[Obj]) -> dict[str, Obj]:
+    """The Deployments that run a function (`ebbtide run --function NAME`), by name: not the scaler's, not the exporter's."""
+    return {
+        name: d
+        for name, d in of_kind(objects, "Deployment").items()
+        if (container(d)["command"] + container(d).get("args", []))[:3] == ["ebbtide", "run", "--function"]
+    }
 
 
 def jsz_scaled_objects(namespace: str) -> dict[str, Obj]:
@@ -250,8 +260,8 @@ def test_compose_file_follows_the_compose_specification(tmp_path: Path) -> None:
 
 def test_docker_compose_config_accepts_the_file() -> None:
     binary = shutil.which("docker-compose")
-    if binary is None:
-        pytest.skip("no docker-compose binary here (Debian: apt-get install docker-compose)")
+    require(None if binary else "no docker-compose command (`bash .ci/docker-engine` installs it)", "docker-compose")
+    assert binary is not None
     done = subprocess.run(
         [binary, "--file", str(COMPOSE_FILE), "--project-directory", str(REPO), "config", "--quiet"],
         capture_output=True,
@@ -271,7 +281,7 @@ def test_kubernetes_objects_validate_strict(k8s: list[Obj]) -> None:
         "PodDisruptionBudget": 1,
         "ConfigMap": 2,
         "Secret": 3,
-        "Deployment": 4,
+        "Deployment": 5,  # a function each, ebbtide-scaler and nats-exporter
         "ScaledObject": 3,
         "Job": 1,
         "NetworkPolicy": 1,
@@ -284,6 +294,52 @@ def test_kubernetes_objects_validate_strict(k8s: list[Obj]) -> None:
     deployment["spec"]["template"]["spec"]["containers"][0]["livenesProbe"] = {}
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(deployment, version, strict=True)
+
+
+def test_monitoring_kustomization_holds_the_rules_and_the_dashboard() -> None:
+    """deploy/kubernetes/monitoring: alerts.yml's groups as a PrometheusRule (its fields those the Prometheus
+    Operator documents, strictly), deploy/grafana/ebbtide.json as a ConfigMap Grafana's sidecar loads."""
+    objects = kustomize.render(MONITORING)
+    assert Counter(obj["kind"] for obj in objects) == {"PrometheusRule": 1, "ConfigMap": 1}
+    assert {obj["metadata"]["namespace"] for obj in objects} == {"ebbtide"}
+    [rule] = of_kind(objects, "PrometheusRule").values()
+    assert prometheus_rule_errors(rule) == []
+    assert rule["spec"]["groups"] == yaml.safe_load(ALERT_RULES.read_text())["groups"], (
+        "deploy/kubernetes/monitoring/prometheus-rules.yaml: copy the groups of deploy/prometheus/alerts.yml"
+    )
+    [config_map] = of_kind(objects, "ConfigMap").values()
+    kubernetes_validate.validate(config_map, kubernetes_validate.latest_version(), strict=True)
+    assert config_map["metadata"]["labels"] == {"grafana_dashboard": "1"}
+    assert config_map["data"] == {DASHBOARD.name: DASHBOARD.read_text()}
+    # The schema really is strict: a misspelt field of a rule, a rule both alert and record.
+    broken = copy.deepcopy(rule)
+    broken["spec"]["groups"][1]["rules"][0]["annotation"] = {}
+    broken["spec"]["groups"][0]["rules"][0]["alert"] = "X"
+    assert len(prometheus_rule_errors(broken)) == 2, prometheus_rule_errors(broken)
+
+
+def test_exporter_deployment_reads_each_nats_node_with_least_privilege(k8s: list[Obj]) -> None:
+    """nats-exporter: a --monitor-url per node of the StatefulSet at its monitoring port, the manifest
+    mounted, no Secret, not root, read-only, no capabilities; scraped like the functions."""
+    deployment = of_kind(k8s, "Deployment")[EXPORTER]
+    pod = deployment["spec"]["template"]["spec"]
+    statefulset = of_kind(k8s, "StatefulSet")["nats"]
+    monitor = {p["name"]: p["port"] for p in of_kind(k8s, "Service")[statefulset["spec"]["serviceName"]]["spec"]["ports"]}[
+        "monitor"
+    ]
+    command = container(deployment)["command"]
+    assert command[:2] == ["ebbtide", EXPORTER]
+    urls = [command[i + 1] for i, arg in enumerate(command) if arg == "--monitor-url"]
+    headless = statefulset["spec"]["serviceName"]
+    assert urls == [f"http://nats-{i}.{headless}:{monitor}" for i in range(statefulset["spec"]["replicas"])]
+    port = int(command[command.index("--port") + 1])
+    assert pod["containers"][0]["ports"] == [{"name": "metrics", "containerPort": port}]
+    assert deployment["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == str(port)
+    assert {m["mountPath"] for m in container(deployment)["volumeMounts"]} == {"/app/ebbtide.toml"}
+    assert [v["configMap"]["name"].startswith("ebbtide-manifest") for v in pod["volumes"]] == [True]
+    security = container(deployment)["securityContext"]
+    assert security["readOnlyRootFilesystem"] and not security["allowPrivilegeEscalation"]
+    assert security["capabilities"]["drop"] == ["ALL"] and pod["securityContext"]["runAsNonRoot"]
 
 
 def test_scaled_objects_have_only_fields_keda_documents(k8s: list[Obj]) -> None:
@@ -332,7 +388,7 @@ def test_kustomize_rendering_matches_kubectl(k8s: list[Obj], k8s_folder: Path) -
     """Our renderer against the real kustomize (built into kubectl), where kubectl is installed."""
     kubectl = shutil.which("kubectl")
     if kubectl is None:
-        pytest.skip("no kubectl here: the Python rendering is validated on its own")
+        may_skip("no kubectl (no Kubernetes on these machines): the Python rendering is validated on its own")
     done = subprocess.run([kubectl, "kustomize", str(k8s_folder)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     theirs = [doc for doc in yaml.safe_load_all(done.stdout) if doc]
@@ -397,6 +453,8 @@ def test_each_pod_sees_only_its_own_credentials(k8s: list[Obj], manifest: Loaded
         assert secret_items(deployment["spec"]["template"]["spec"]) == {(AUTH_VOLUME, f"{name}.nk")}, name
     scaler = of_kind(k8s, "Deployment")[SCALER_DEPLOYMENT]["spec"]["template"]["spec"]
     assert secret_items(scaler) == {(SCALER_SECRET, f"{SCALER_USER}.nk")}, "the scaler: its own seed alone"
+    exporter = of_kind(k8s, "Deployment")[EXPORTER]["spec"]["template"]["spec"]
+    assert secret_items(exporter) == set() and exporter["automountServiceAccountToken"] is False, "no credentials at all"
     [job] = of_kind(k8s, "Job").values()
     pod = job["spec"]["template"]["spec"]
     assert secret_items(pod) == {(ADMIN_SECRET, f"{ADMIN_USER}.nk")}
@@ -610,7 +668,7 @@ def test_names_and_ports_agree_across_manifest_compose_and_kubernetes(
     dns = [sd for job in scrape for sd in job.get("dns_sd_configs", [])]
     assert sorted(n for sd in dns for n in sd["names"]) == sorted(services) and {sd["port"] for sd in dns} == {metrics_port}
     prometheus = compose["services"]["prometheus"]
-    assert any(v.startswith("./deploy/prometheus.yml:") for v in prometheus["volumes"])
+    assert any(v.startswith("./deploy/prometheus/prometheus.yml:") for v in prometheus["volumes"])
     [function_job] = [job for job in scrape if job.get("dns_sd_configs")]
     token_file = Path(function_job["authorization"]["credentials_file"])
     assert function_job["authorization"].get("type", "Bearer") == "Bearer" and token_file.name == METRICS_TOKEN
@@ -843,6 +901,32 @@ def assert_each_function_has_its_own_user(monitor_urls: list[str], auth: AuthBun
     assert set(users) <= allowed, users
 
 
+def exporter_launch(deployment: Obj, image: dockerfile_reader.Dockerfile, cluster: ConfiguredCluster) -> Launch:
+    """The nats-exporter Deployment's command with each node's monitoring address (written as the
+    StatefulSet pod's name on the headless service) and its port made local."""
+    command = container(deployment)["command"] + container(deployment).get("args", [])
+    port = entrypoints.free_port()
+    nodes = {f"http://nats-{i}.nats-headless:8222": cluster.monitor_url(i) for i in range(len(cluster.monitor_ports))}
+    assert [a for a in command if a.startswith("http://")] == list(nodes), "one --monitor-url per node"
+    command = [nodes.get(arg, arg) for arg in command]
+    command[command.index("--port") + 1] = str(port)
+    env = localized(env_of(deployment), image.env(RUNTIME_STAGE), "", port, "")
+    return Launch(f"deployment {EXPORTER}", command, env, port)
+
+
+def assert_exporter_reads_every_node(launch: Launch, nodes: int, manifest: LoadedManifest) -> None:
+    """Every node's store, the R3 streams once each, the trigger streams' max_age per function."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{launch.metrics_port}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    assert len(re.findall(r"^ebbtide_nats_monitor_up\{.*\} 1$", text, re.M)) == nodes, text
+    assert len(re.findall(r"^ebbtide_jetstream_storage_bytes\{", text, re.M)) == nodes, text
+    assert len(re.findall(r'^ebbtide_stream_messages\{stream="ORDERS"\}', text, re.M)) == 1, text
+    for name, fn in manifest.spec.functions.items():
+        age = manifest.spec.streams[manifest.stream_for(fn.trigger)].max_age_s
+        line = f'ebbtide_trigger_max_age_seconds{{function="{name}",stream="{manifest.stream_for(fn.trigger)}"}} {float(age)!r}'
+        assert line in text.splitlines(), (line, text)
+
+
 def assert_metrics_need_the_token(launches: list[Launch], token: str) -> None:
     """Each function's /metrics: 401 without a token, 200 with the token Prometheus sends."""
     for launch in launches:
@@ -895,13 +979,13 @@ async def test_compose_services_run_here_as_written(
     volumes, views = tmp_path / "volumes", tmp_path / "views"
     auth = AuthBundle(run_auth_services(compose, app, volumes, views / "first"))
     generated = {p.name: p.read_bytes() for p in auth.folder.iterdir()}
+    users = (ADMIN_USER, OBSERVER_USER, SCALER_USER, *manifest.spec.functions)
     assert set(generated) == {
         SERVER_CONFIG,
         INGRESS_ENV,
-        f"{ADMIN_USER}.nk",
-        f"{OBSERVER_USER}.nk",
-        f"{SCALER_USER}.nk",  # generated with the others; compose runs no KEDA scaler, so no service gets it
-        *(f"{fn}.nk" for fn in manifest.spec.functions),
+        *(f"{user}.nk" for user in users),  # the scaler's too: compose runs no KEDA scaler, so no service gets it
+        *(f"{user}.env" for user in users),  # how another client connects as each user (README)
+        *(f"{user}.context.json" for user in (*users, "ingress")),
     }
     assert {stat.S_IMODE(p.stat().st_mode) for p in auth.folder.iterdir()} == {0o600}
     run_auth_services(compose, app, volumes, views / "again")  # the next `docker compose up`: same keys
@@ -1086,9 +1170,14 @@ async def test_kubernetes_deployments_run_here_as_written(
                 command = container(deployment)["command"] + container(deployment).get("args", [])
                 launches.append(Launch(f"deployment {name}", command, env, port))
 
+            functions = list(launches)
+            exporter = exporter_launch(of_kind(k8s, "Deployment")[EXPORTER], image, cluster)
+            launches.append(exporter)
+
             async def while_running() -> None:
                 monitors = [f"http://127.0.0.1:{port}" for port in cluster.monitor_ports]
-                await asyncio.to_thread(assert_each_function_has_its_own_user, monitors, operator, launches)
+                await asyncio.to_thread(assert_each_function_has_its_own_user, monitors, operator, functions)
+                await asyncio.to_thread(assert_exporter_reads_every_node, exporter, nodes, manifest)
 
             codes = await run_pipeline(launches, app, tmp_path, nc, ingress, manifest, image, while_running=while_running)
             assert all(code == 0 for code in codes.values()), codes

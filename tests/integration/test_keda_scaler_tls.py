@@ -4,7 +4,6 @@ client certificate, or trusting another CA, is not."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import grpc
@@ -19,7 +18,6 @@ from tests.integration.test_nats_credentials import _certificates
 from tests.keda_proto import KedaProto, keda_proto_fixture  # noqa: F401 (the fixture keda_proto)
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make test certificates")
 async def test_grpc_over_tls_answers_only_clients_with_a_certificate(
     tmp_path: Path, reference_manifest: LoadedManifest, keda_proto: KedaProto
 ) -> None:

@@ -46,6 +46,8 @@ NOT_IN_A_FUNCTION_PROCESS = (
     "ebbtide.kedascaler",
     "ebbtide.capacity.model",
     "ebbtide.commands.scaling",
+    "ebbtide.commands.exporter",  # `ebbtide nats-exporter`: a process of its own
+    "ebbtide.telemetry.nats_monitor",
 )
 # Never in the supervisor: it runs no function, so none of what runs one, and no fast event loop.
 NOT_IN_THE_SUPERVISOR = NOT_IN_A_FUNCTION_PROCESS + (

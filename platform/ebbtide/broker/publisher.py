@@ -34,6 +34,7 @@ import asyncio
 import itertools
 import logging
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 
 import msgspec
 import nats
@@ -339,6 +340,16 @@ def _pub_ack(msg: Msg) -> _Answer | PublishError:
     return ack
 
 
+@dataclass
+class PublishTally:
+    """What the server did with the publishes it confirmed: stored them, or dropped them as duplicates (their
+    Nats-Msg-Id was stored within the stream's duplicate window). A fast batch's PubAck does not say which of
+    its messages were duplicates: a publisher with `batched` counts them all as stored."""
+
+    stored: int = 0
+    duplicates: int = 0
+
+
 async def publish_all(
     publisher: ConfirmedPublisher,
     subject: str | Callable[[bytes], str],
@@ -346,9 +357,11 @@ async def publish_all(
     *,
     window: int = 2000,
     timeout: float = 10.0,
+    tally: PublishTally | None = None,
 ) -> tuple[int, list[PublishError]]:
     """Publish (payload, msg_id) pairs, `window` at a time, each window confirmed before the next; (confirmed,
-    errors). `subject`: one for all, or the subject of each payload (an ordered entry's `<trigger>.<key>`)."""
+    errors). `subject`: one for all, or the subject of each payload (an ordered entry's `<trigger>.<key>`).
+    `tally`: counts the confirmed ones stored and dropped as duplicates."""
     fixed = subject if isinstance(subject, str) else None
     confirmed = 0
     errors: list[PublishError] = []
@@ -358,13 +371,23 @@ async def publish_all(
         if len(batch) % 256 == 0:
             await publisher.send(batch)  # on its way while the next ones are built
         if len(batch) >= window:
-            confirmed += _count(await publisher.wait(batch, timeout), errors)
+            confirmed += _count(await publisher.wait(batch, timeout), errors, tally)
             batch = PublishBatch()
-    confirmed += _count(await publisher.wait(batch, timeout), errors)
+    confirmed += _count(await publisher.wait(batch, timeout), errors, tally)
     return confirmed, errors
 
 
-def _count(results: list[PubAck | PublishError], errors: list[PublishError]) -> int:
-    failed = [result for result in results if isinstance(result, PublishError)]
-    errors.extend(failed)
-    return len(results) - len(failed)
+def _count(results: list[PubAck | PublishError], errors: list[PublishError], tally: PublishTally | None) -> int:
+    """How many of `results` were confirmed; the others go to `errors`, the confirmed ones to `tally`."""
+    confirmed = 0
+    for result in results:
+        if isinstance(result, PublishError):
+            errors.append(result)
+            continue
+        confirmed += 1
+        if tally is not None:
+            if result.duplicate:
+                tally.duplicates += 1
+            else:
+                tally.stored += 1
+    return confirmed

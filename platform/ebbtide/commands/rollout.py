@@ -95,6 +95,11 @@ def _start(args: argparse.Namespace, manifest: LoadedManifest, mode: Mode) -> in
             min_messages=min(args.window, MIN_CANARY_MESSAGES),
         )
     data = _candidate_bytes(args, manifest)
+    if mode is Mode.CANARY:  # a shadow run carries nothing out: a pin does not stop it
+        settings = msgspec.structs.replace(
+            settings,
+            pin_override=_pin_allows(fn.sha256 or "", args.function, sha256_of(data), args.override_pin, "run as a canary"),
+        )
     _check_loads(manifest, args.function, data, lang)
 
     async def start() -> int:
@@ -174,23 +179,41 @@ async def _fresh_samples(nc: NatsClient, function: str, keep: int) -> None:
         await js.update_stream(config)
 
 
+def _pin_allows(pin: str, function: str, digest: str, override: bool, what: str) -> bool:
+    """Whether a module of `digest` may act for `function`: raises UsageError when the manifest pins another
+    module (`pin`, functions.F.sha256) and the operator did not override the pin. True when it was overridden."""
+    if not pin or pin.lower() == digest:
+        return False
+    if not override:
+        raise UsageError(
+            f"{function}: the manifest pins its module to sha256 {pin.lower()[:12]} (functions.{function}.sha256); "
+            f"refusing to {what} {digest[:12]}. Change the pin in the manifest, or pass --override-pin to let it act anyway"
+        )
+    print(f"{function}: overriding the pin {pin.lower()[:12]} for {digest[:12]} (--override-pin)", file=sys.stderr)
+    return True
+
+
 # -- promote, abort ----------------------------------------------------------------------------------------
 
 
 async def _change_phase(args: argparse.Namespace, manifest: LoadedManifest, phase: Phase) -> int:
     nc = await client_connect(client_access(manifest, args.nats_url), f"ebbtide-{phase.value}")
     try:
-        done = await change_phase(nc, args.function, phase, args.wait)
+        pin = manifest.function(args.function).sha256 or ""
+        done = await change_phase(nc, args.function, phase, args.wait, pin=pin, override_pin=getattr(args, "override_pin", False))
     finally:
         await nc.drain()
     print(done)
     return 0
 
 
-async def change_phase(nc: NatsClient, function: str, phase: Phase, wait_s: float) -> str:
+async def change_phase(
+    nc: NatsClient, function: str, phase: Phase, wait_s: float, pin: str = "", override_pin: bool = False
+) -> str:
     """Promote or abort `function`'s rollout (admin), then wait up to `wait_s` for its replicas to follow;
-    says what was done and how many follow. Raises RunError when there is nothing to change. The console's
-    promote and abort call this too."""
+    says what was done and how many follow. Raises RunError when there is nothing to change, UsageError
+    when a promotion would replace the module the manifest pins (`pin`, its sha256) without `override_pin`.
+    The console's promote and abort call this too."""
     kv = await _bucket(nc)
     record, revision = await _read(kv, function)
     if record is None:
@@ -199,6 +222,9 @@ async def change_phase(nc: NatsClient, function: str, phase: Phase, wait_s: floa
         raise RunError(
             f"{function}: the {record.mode.value} of {record.candidate_sha256[:12]} is {record.phase.value} ({record.why}); nothing to promote"
         )
+    if phase is Phase.PROMOTED:
+        overridden = _pin_allows(pin, function, record.candidate_sha256, override_pin, "promote")
+        record = msgspec.structs.replace(record, pin_override=record.pin_override or overridden)
     if phase is Phase.ABORTED and not (record.active or record.phase is Phase.PROMOTED):
         raise RunError(f"{function}: the {record.mode.value} of {record.candidate_sha256[:12]} is already {record.phase.value}")
     after = changed(record, phase, f"{phase.value} by an operator")

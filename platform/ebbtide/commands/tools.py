@@ -33,12 +33,18 @@ def nats_config_command(args: argparse.Namespace, manifest: LoadedManifest) -> i
         f"  {bundle.folder / INGRESS_ENV}  ingress: publish to {', '.join(ingress_subjects(manifest))} only "
         "(EBBTIDE_NATS_USER / EBBTIDE_NATS_PASSWORD)"
     )
+    print(
+        f"  {bundle.folder}/<user>.env and <user>.context.json: how another client (nats-py, nats.js, the nats CLI) "
+        "connects as each user (URL, key, inbox prefix; README: Connecting with other clients)"
+    )
     return 0
 
 
 def new_command(args: argparse.Namespace, manifest: LoadedManifest) -> int:
     made = new_function(manifest, args.name, args.lang, folder=args.dir, trigger=args.trigger, output=args.output)
     print(f"wrote {made.source} and {made.test}; added [functions.{args.name}] to {made.manifest}")
+    for note in made.notes:
+        print(f"note: {note}")
     print(f"next: ebbtide build {args.name} && pytest {made.test.parent}")
     return 0
 

@@ -346,9 +346,9 @@ class Console:
         from ..commands.rollout import change_phase
         from ..rollout.state import Phase
 
-        self.manifest.function(function)
+        pin = self.manifest.function(function).sha256 or ""  # a pinned module is not replaced from the page
         phase = Phase.PROMOTED if promote else Phase.ABORTED
-        return await self._as_admin(phase.value, lambda nc: change_phase(nc, function, phase, ACTION_WAIT_S))
+        return await self._as_admin(phase.value, lambda nc: change_phase(nc, function, phase, ACTION_WAIT_S, pin=pin))
 
     async def _as_admin(self, what: str, action: Callable[[NatsClient], Awaitable[T]]) -> T:
         if not self.session.actions:
