@@ -27,6 +27,7 @@ import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
 
 log = logging.getLogger("ebbtide.broker")
 
@@ -67,6 +68,12 @@ async def write(nc: NatsClient, data: bytes, messages: int) -> None:
 def client_of(msg: Msg) -> NatsClient:
     """The connection a delivered message came on (its acks go back on it)."""
     return msg._client
+
+
+def client_of_jetstream(js: JetStreamContext) -> NatsClient:
+    """The connection a JetStreamContext speaks on (for the API requests nats-py has no method for)."""
+    client: NatsClient = js._nc
+    return client
 
 
 def mark_settled(msg: Msg) -> None:
