@@ -154,7 +154,13 @@ def after_host_error(error: BaseException, delivered: int, retry: RetrySection) 
 
 
 def after_unconfirmed(
-    outcome: Ack | DeadLetter, error: str, delivered: int, retry: RetrySection, *, unanswered: bool = False
+    outcome: Ack | DeadLetter,
+    error: str,
+    delivered: int,
+    retry: RetrySection,
+    *,
+    unanswered: bool = False,
+    overtaken: bool = False,
 ) -> Retry | DeadLetter:
     """The server did not confirm every publish of `outcome` (`error` says why for the first one).
 
@@ -164,10 +170,13 @@ def after_unconfirmed(
     without using up its retries (dead-lettering healthy orders during a failover would lose nothing but
     still be wrong). A dead letter not confirmed was not stored: the input is nak'ed to try it all again
     later (never dead-lettered a second time here, so carrying out outcomes ends after at most two rounds
-    of confirmations).
+    of confirmations). Effects of an ordered function's message refused after a later message of its key
+    was stored (`overtaken`) cannot be applied in order any more: dead-lettered at once, the sequence broken.
     """
     if isinstance(outcome, DeadLetter):
         return Retry(backoff_s(1, retry), f"dead letter not confirmed: {error}")
+    if overtaken:
+        return DeadLetter(Reason.OVERTAKEN, f"effects refused after a later message of the same key was applied: {error}")
     if unanswered:
         return Retry(backoff_s(delivered, retry), f"effects not confirmed: {error}")
     return transient(f"effects not confirmed: {error}", delivered, retry)

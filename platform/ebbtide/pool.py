@@ -20,8 +20,8 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
 from .broker.delivery import Incoming, KeepAlive, nak_all
-from .broker.partitioned_pull import PartitionedFeed, SharedFeed
-from .broker.partitions import consumer_names, ordered_triggers
+from .broker.partitioned_pull import FeedView, LaneFeed, SharedFeed
+from .broker.partitions import consumer_names, ordered_triggers, pin_timeout_s
 from .broker.publisher import ConfirmedPublisher
 from .broker.pull import PullConsumer
 from .effects import Allowlist
@@ -128,9 +128,19 @@ class FunctionPool:
     async def _ordered_consumer(self) -> Consumer:
         return await self._ordered_feed.view()
 
-    async def _open_ordered_feed(self) -> PartitionedFeed:
+    async def _open_ordered_feed(self) -> LaneFeed:
         assert self._nc is not None, "a pool without a NATS connection needs open_consumer"
-        return await PartitionedFeed(self._nc, self.stream, self.consumers).start()
+        fn = self.function
+        return await LaneFeed(
+            self._nc,
+            self.stream,
+            self.name,
+            fn.trigger,
+            self.consumers,
+            pin_timeout_s=pin_timeout_s(fn),
+            ack_wait_s=fn.ack_wait_s,
+            hold_max=fn.batch,
+        ).start()
 
     # -- instances -------------------------------------------------------------------------------------
 
@@ -231,18 +241,22 @@ class FunctionPool:
     # -- one batch -------------------------------------------------------------------------------------
 
     async def process(self, msgs: list[Msg], worker: _Worker) -> None:
-        """Hand a fetched batch to the executor, the guest running on `worker`'s instance."""
+        """Hand a fetched batch to the executor, the guest running on `worker`'s instance (an ordered
+        function's batch: with its feed as the key order, told at the end what was not settled)."""
         self.in_flight += len(msgs)
-        keep_alive = KeepAlive(msgs, self.function.ack_wait_s / 3)
+        order = worker.order
+        keep_alive = KeepAlive(msgs, self.function.ack_wait_s / 3, order.still_held if order is not None else None)
         keep_alive_task = asyncio.create_task(keep_alive.run())  # for the waits: effects being confirmed
         try:
-            await self.executor.run_batch(msgs, worker.run_guests, keep_alive)
+            await self.executor.run_batch(msgs, worker.run_guests, keep_alive, order)
         except asyncio.CancelledError:
             await nak_all(msgs, HAND_BACK_DELAY_S)  # shutdown past its grace period
             raise
         finally:
             keep_alive_task.cancel()
             self.in_flight -= len(msgs)
+            if order is not None:
+                await order.finish(msgs)
 
 
 class _Worker:
@@ -251,6 +265,7 @@ class _Worker:
     def __init__(self, pool: FunctionPool, consumer: Consumer, instance: Guest) -> None:
         self.pool = pool
         self.consumer = consumer
+        self.order = consumer if isinstance(consumer, FeedView) else None  # an ordered function's lanes
         self.instance: Guest | None = instance
         self.candidate: Guest | None = None  # a rollout's candidate instance (rollout/candidate.py)
         self.stopping = False  # finish the current batch, then exit
