@@ -134,6 +134,7 @@ class LaneFeed:
             for consumer in consumers
         ]
         self._waiting: deque[asyncio.Future[None]] = deque()  # workers waiting for a batch, first come first served
+        self._wake_scheduled = False
         self._subscriptions: list[Subscription] = []
         self._peers: dict[str, tuple[int, float]] = {}  # feed -> (lanes held, when heard)
         self._announced = -2
@@ -256,7 +257,7 @@ class LaneFeed:
         new_tenure = book.pinned(lane, pin, requested_at)
         if book.arrived(lane, msg, seq, self._key_of(msg.subject), delivery):
             if book.is_clear(lane):
-                self._wake_one()
+                self._wake_soon()
             else:
                 io.arrived_since_probe = True
         if new_tenure:
@@ -364,6 +365,17 @@ class LaneFeed:
 
     # -- what the workers call -----------------------------------------------------------------------
 
+    def _wake_soon(self) -> None:
+        """Wake a waiting worker once the messages being read now are all in: a batch then takes them together
+        (the read loop hands over every message of what it received before the event loop runs this)."""
+        if not self._wake_scheduled and self._waiting:
+            self._wake_scheduled = True
+            asyncio.get_running_loop().call_soon(self._wake_scheduled_one)
+
+    def _wake_scheduled_one(self) -> None:
+        self._wake_scheduled = False
+        self._wake_one()
+
     def _wake_one(self) -> None:
         while self._waiting:
             waiter = self._waiting.popleft()
@@ -407,7 +419,7 @@ class LaneFeed:
             self.book.retried(lane, incoming.delivery.sequence)
         else:
             self.book.acked(lane, incoming.delivery.sequence)
-        self._wake_one()
+        self._wake_soon()
 
     def still_held(self, msg: Msg) -> bool:
         """Whether `msg`'s lane is still this process's to keep its messages alive (KeepAlive)."""

@@ -33,7 +33,7 @@ from .harness import BurstResult, Harness
 from .options import BenchOptions
 from .report import BenchReport, Section
 
-PARTITIONS = 32
+PARTITIONS = 8
 ORDERED = impls.Variant("ordered", "per-function", {"order_by": "orderGuid"})
 KINDS = ("unordered", "ordered")
 
