@@ -65,7 +65,7 @@ def test_keys_come_from_the_stored_subject() -> None:
 
 def test_an_ordered_function_reads_one_lane_per_partition_and_its_own_for_keyless_messages() -> None:
     receiver = lanes(ORDERED, "receiver-express")
-    assert len(receiver) == 33
+    assert len(receiver) == 9
     assert receiver[0].consumer == "receiver-express-p0" and receiver[0].filter_subject == "orders.express.0.*"
     assert receiver[-1].consumer == "receiver-express" and receiver[-1].filter_subject == "orders.express"
     function = ORDERED.function("receiver-express")
@@ -84,9 +84,12 @@ def test_an_ordered_function_reads_one_lane_per_partition_and_its_own_for_keyles
 
 def test_ordered_permissions_cover_every_lane_and_the_keyed_subjects() -> None:
     distributor = function_permissions(ORDERED, "distributor")
-    for p in (0, 31):
+    for p in (0, 7):
         assert f"$JS.API.CONSUMER.MSG.NEXT.ORDERS.distributor-p{p}" in distributor.publish
         assert f"$JS.ACK.ORDERS.distributor-p{p}.>" in distributor.publish
+        assert f"$JS.API.CONSUMER.UNPIN.ORDERS.distributor-p{p}" in distributor.publish  # hands its lanes over
+    assert "ebbtide.lane_holdings.distributor" in distributor.publish  # holdings spread over the replicas
+    assert "ebbtide.lane_holdings.distributor" in distributor.subscribe
     assert {"orders.express.*", "orders.standard.*"} <= set(distributor.publish)
     assert {"orders.ingress", "orders.ingress.*"} <= set(distributor.subscribe)  # the bell, keyed or not
     assert ingress_permissions(ORDERED).publish == ["orders.ingress", "orders.ingress.*"]

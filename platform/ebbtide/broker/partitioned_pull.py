@@ -174,7 +174,7 @@ class LaneFeed:
             if book.holds(lane) and not book.may_act(lane, now):
                 # This process did not renew in time (frozen, or its loop stalled): the pin may be gone.
                 io.pin_to_ask = book.pin(lane)
-                await self._lose(lane, "its lease lapsed")
+                self._spawn(self._lose(lane, "its lease lapsed"))
             await self._maybe_request(lane, io, now)
             if io.probe_at is not None and now >= io.probe_at and not io.probing:
                 self._spawn(self._probe(lane, io))
@@ -310,6 +310,9 @@ class LaneFeed:
     # -- losing, keeping alive, balancing ------------------------------------------------------------
 
     async def _lose(self, lane: int, why: str) -> None:
+        """The lane is no longer held here: its queued messages handed back, each confirmed (the book forgets
+        them at once; the caller awaits the confirmations, or spawns this, as the watchdog does: it must
+        not wait for them while other lanes' renewals are due)."""
         if not self.book.holds(lane):
             return
         log.info("lane %s: no longer held here (%s)", self._lanes[lane].next_subject.rsplit(".", 1)[1], why)
@@ -345,7 +348,8 @@ class LaneFeed:
             # Half the difference at once (the fewest held messages first), then look again.
             self._next_release_at = now + RELEASE_EVERY_S
             surplus = sorted(held, key=self.book.held_count)[: (len(held) - min(live)) // 2]
-            await asyncio.gather(*(self._hand_over(lane, now) for lane in surplus))
+            for lane in surplus:
+                self._spawn(self._hand_over(lane, now))
 
     async def _announce(self, held: int, now: float) -> None:
         self._announced, self._announce_at = held, now + HOLDINGS_EVERY_S
