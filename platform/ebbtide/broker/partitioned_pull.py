@@ -56,6 +56,7 @@ PEER_LIVE_S = 3 * HOLDINGS_EVERY_S  # a peer not heard of for this long is gone 
 RELEASE_EVERY_S = 0.5  # at most one lane handed over per this interval, while unbalanced
 REST_AFTER_RELEASE_S = 5.0  # no bid for a lane just handed over, so that another process gets it
 WRONG_PIN = "423"
+BARRIER_REPORT_S = 10.0
 
 
 class _PendingInfo(jsapi.ApiResponse):
@@ -94,6 +95,7 @@ class _LaneIO:
     quiet_until: float = 0.0  # no request before this (after an error, or a lane just handed over)
     probing: bool = False
     arrived_since_probe: bool = False
+    barrier_report_at: float = 0.0  # a barrier waited for this long is logged (then every BARRIER_REPORT_S)
     probe_at: float | None = None  # next barrier read (None: none needed)
     probe_wait_s: float = PROBE_FIRST_S
     next_number: int = 0
@@ -195,7 +197,9 @@ class LaneFeed:
             return
         book = self.book
         if book.holds(lane) or io.pin_to_ask is not None:
-            room = book.room(lane)
+            # Waiting for its barrier, a holder takes whatever comes (what it waits for is among it: the previous
+            # holder's messages, redelivered); once clear, what it has room for.
+            room = book.room(lane) if book.is_clear(lane) else book.hold_max
             wanted = sum(request.remaining for request in io.requests)
             if book.renew_due(lane, now) or (io.pin_to_ask is not None and not io.requests):
                 await self._request(lane, io, max(1, room - wanted), now)  # keeps the pin
@@ -262,6 +266,7 @@ class LaneFeed:
                 io.arrived_since_probe = True
         if new_tenure:
             io.pin_to_ask, io.probe_wait_s, io.probe_at = None, PROBE_FIRST_S, None
+            io.barrier_report_at = time.monotonic() + BARRIER_REPORT_S
             if io.probing:
                 io.arrived_since_probe = True
             else:
@@ -291,7 +296,16 @@ class LaneFeed:
         try:
             probe: Probe = self.book.barrier_probe(lane)
             reply = await jsapi.request(self._nc, io.info_subject, None, _PendingInfo)
-            clear = self.book.barrier_answer(probe, reply.num_ack_pending, reply.delivered.consumer_seq, time.monotonic())
+            now = time.monotonic()
+            clear = self.book.barrier_answer(probe, reply.num_ack_pending, reply.delivered.consumer_seq, now)
+            if not clear and now >= io.barrier_report_at:
+                io.barrier_report_at = now + BARRIER_REPORT_S
+                log.info(
+                    "%s: waiting for its barrier: the server counts %d unacked, %d held here",
+                    io.info_subject.rsplit(".", 1)[1],
+                    reply.num_ack_pending,
+                    self.book.held_count(lane),
+                )
         except Exception as exc:
             log.debug("barrier read of %s: %r", io.info_subject, exc)
             clear = False
