@@ -173,6 +173,7 @@ async def run_ordered(
                 confirm_timeout=1.0,
                 stats=stats,
                 in_order=True,
+                deadline_s=300.0,  # 30,000 publishes on a loaded cluster, each chunk confirmed before the next
             )
         )
         buckets = list(BUCKETS.values())
