@@ -66,6 +66,7 @@ if TYPE_CHECKING:  # tracing's module (and OpenTelemetry) is loaded only when tr
 log = logging.getLogger("ebbtide.pool")  # the name operators filter on: one log for a function's messages
 
 MAX_REMEMBERED_FAILURES = 100_000
+ORDERED_CHUNK_S = 0.02  # guest time per chunk of an ordered function's batch, at most
 
 
 @dataclass
@@ -171,6 +172,10 @@ class Executor:
         batch = PublishBatch()
         entries = self._checked(msgs)
         budget_s = keep_alive.interval / 4  # how often KeepAlive.maybe_send wants to run
+        if order is not None:
+            # An ordered function's feed renews its lanes' pins from the event loop: a long chunk starving it
+            # (a CPU-starved process runs a chunk many times slower than measured) lets leases lapse.
+            budget_s = min(budget_s, ORDERED_CHUNK_S)
         held_back: set[str] = set()  # ordered: keys (stored subjects) with a message not acked in this batch
         start = 0
         while start < len(entries):
