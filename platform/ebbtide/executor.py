@@ -359,9 +359,9 @@ class Executor:
 
     async def _nak(self, incoming: Incoming, retry: Retry, order: KeyOrder | None) -> None:
         self.stats.retried += 1
-        await incoming.nak(retry.delay_s)
-        if order is not None:
+        if order is not None:  # first: its redelivery may come in while the nak is being sent
             order.settled(incoming, retried=True)
+        await incoming.nak(retry.delay_s)
 
     def _remember_failure(self, incoming: Incoming) -> None:
         key = (incoming.delivery.stream, incoming.delivery.sequence)

@@ -459,8 +459,10 @@ class LaneFeed:
             if msg.is_acked:
                 book.retried(lane, seq)
             elif not book.returned(lane, seq, msg):
-                await hand_back(self._nc, msg)
+                # Forgotten before the nak goes: its redelivery may come in while the nak is confirmed (held
+                # still, it would be taken for a duplicate, and its key would wait for it forever).
                 book.retried(lane, seq)
+                await hand_back(self._nc, msg)
         self._wake_all()
 
     async def close(self) -> None:
