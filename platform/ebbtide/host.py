@@ -171,6 +171,7 @@ class Host:
                     dead_lettered=stats.dead_lettered,
                     refused=stats.refused,
                     retried=stats.retried,
+                    dead_letters=dict(stats.dead_letters),
                     guest_faults=dict(stats.guest_faults),
                     instances_started=stats.instances_started,
                     instances_stopped=stats.instances_stopped,
@@ -183,9 +184,10 @@ class Host:
                     shadow=dict(pool.rollout_stats.shadow),
                     canary=dict(pool.rollout_stats.canary),
                     candidate_s=pool.rollout_stats.candidate_s,
+                    canary_rollbacks=pool.rollout_stats.rollbacks,
                 )
             )
-        return HostSnapshot(pools, nats_connected=self.nc is not None and self.nc.is_connected)
+        return HostSnapshot(pools, nats_connected=self.nc is not None and self.nc.is_connected, ready=self.readiness()[0])
 
     def readiness(self) -> tuple[bool, str]:
         """/readyz: connected to NATS, and every function's pool created and its controller running.

@@ -13,6 +13,10 @@ Scenarios (pick with --scenario; --quick shrinks every size so the whole run tak
 - sustained: fixed publish rates for a while, latency per window, backlog and RSS over time (sustained.py)
 - ordering:  the burst with and without per-key ordering side by side, 3 events per order, and one hot
              key holding 30 % of the events (ordering.py)
+- capacity:  the profile `ebbtide plan` reads (each function alone: CPU per message of the process and of
+             nats-server, memory, cold start; the publisher; storage per order), then the burst with 1, 2
+             and 4 processes per function, measured beside the model's prediction from that profile
+             (capacity.py)
 
 All figures come from one run on one machine, with warm-up excluded where stated.
 """
@@ -21,7 +25,7 @@ from __future__ import annotations
 
 from typing import Any
 
-SCENARIOS = ("host", "memory", "replica", "scale", "tracing", "shadow", "burst", "sustained", "ordering")
+SCENARIOS = ("host", "memory", "replica", "scale", "tracing", "shadow", "burst", "sustained", "ordering", "capacity")
 
 __all__ = ["SCENARIOS", "BenchOptions", "BenchReport", "Figure", "Section", "run_bench"]
 
