@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import inspect
 
+import nats.protocol.parser
 from hypothesis import given
 from hypothesis import strategies as st
 from nats.aio.client import Client as NatsClient
@@ -17,16 +18,33 @@ from ebbtide.broker import _nats_fast
 def test_nats_py_is_the_pinned_release_with_the_internals_used() -> None:
     assert importlib.metadata.version("nats-py") == "2.16.0"  # pyproject.toml pins it; _nats_fast.py relies on it
     client_source = inspect.getsource(NatsClient)
-    for name in ("_send_command", "_flush_pending", "_flush_queue", "_max_pending_size", "_pending_data_size"):
+    for name in ("_send_command", "_flush_pending", "_flush_queue", "_max_pending_size", "_pending_data_size", "self._subs"):
         assert name in client_source, name
-    assert "sub._pending_queue.put_nowait(msg)" in inspect.getsource(NatsClient._process_msg)  # where _Dispatch sits
-    assert "sub._pending_size += payload_size" in inspect.getsource(NatsClient._process_msg)
+    # FastNatsClient._process_msg takes over from nats-py's for direct subscriptions: the same arguments,
+    # and the same steps before a message reaches a subscription (counted, headers parsed, message built).
+    process_msg = inspect.getsource(NatsClient._process_msg)
+    assert list(inspect.signature(NatsClient._process_msg).parameters) == ["self", "sid", "subject", "reply", "data", "headers"]
+    for step in ('self.stats["in_msgs"] += 1', 'self.stats["in_bytes"] += payload_size', "sub = self._subs.get(sid)"):
+        assert step in process_msg, step
+    assert "hdr = await self._process_headers(headers)" in process_msg
+    assert "msg = self._build_message(sid, subject, reply, data, hdr)" in process_msg
+    assert "await self.nc._process_msg(sid, subject, reply, payload, hdr)" in inspect.getsource(
+        nats.protocol.parser
+    )  # the read loop
     subscription_source = inspect.getsource(Subscription.__init__)
     assert "self._pending_queue" in subscription_source and "self._pending_size" in subscription_source
+    assert "self._id = id" in subscription_source
     msg_source = inspect.getsource(Msg)
     assert "self._ackd = True" in msg_source and "_client" in msg_source
     assert "_parse_header_lines(raw_headers)" in inspect.getsource(NatsClient._process_headers)
-    assert NatsClient._parse_header_lines is _nats_fast.parse_header_lines  # installed
+
+
+def test_the_fast_path_is_ebbtides_own_client_only() -> None:
+    """Nothing of nats-py is replaced: the parser and the direct dispatch belong to FastNatsClient."""
+    assert NatsClient.__dict__["_parse_header_lines"].__func__ is _nats_fast.NATS_PY_PARSE_HEADER_LINES
+    assert _nats_fast.FastNatsClient._parse_header_lines is _nats_fast.parse_header_lines
+    assert issubclass(_nats_fast.FastNatsClient, NatsClient)
+    assert "_process_msg" not in vars(Subscription) and "put_nowait" not in vars(Subscription)
 
 
 HEADER_BLOCKS = [

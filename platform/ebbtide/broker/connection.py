@@ -9,6 +9,7 @@ from collections.abc import Callable
 import nats.errors
 from nats.aio.client import Client as NatsClient
 
+from ._nats_fast import FastNatsClient
 from .credentials import NatsAuth
 
 RETRY_WAIT_S = 0.25
@@ -34,7 +35,7 @@ async def connect(
     two apart (e.g. the server refused a protocol violation: the process should exit and be restarted
     instead of idling without a connection). `auth`: credentials and TLS (none by default).
     """
-    nc = NatsClient()
+    nc = FastNatsClient()  # ebbtide's hot path, on this connection only (see _nats_fast)
     refused = asyncio.Event()  # wrong credentials: retrying will not help, so the first connect fails at once
     failure = ""  # the latest error, logged once until it changes or a connection succeeds
     established = False  # the first connection succeeded: from then on, a refusal comes on a reconnect
