@@ -116,5 +116,11 @@ def classify_trap(
     return GuestFault("trap", cause(trap))
 
 
+def host_import_failed(exc: Exception) -> GuestFault:
+    """A Python host import (WASI) raised during the call: the call was cut short, so the instance's state
+    is not trusted (replaced, as after a trap) and the message is retried."""
+    return GuestFault("trap", f"a host import raised {exc!r}")
+
+
 def unknown_status(status: int) -> GuestFault:
     return GuestFault("invalid-output", f"unknown status {status}")

@@ -14,7 +14,7 @@ from ..errors import GuestFault, GuestInitError, InputTooLarge, ModuleLoadError
 from . import _wasmtime_fast as fast
 from . import abi
 from .engine import BufferLayout, LoadedModule, WasmEngine
-from .guest import BatchResult, GuestLimits, Outcome, classify_trap, handle_one_by_one, unknown_status
+from .guest import BatchResult, GuestLimits, Outcome, classify_trap, handle_one_by_one, host_import_failed, unknown_status
 
 _BASE_EXPORTS = (abi.EXPORT_MEMORY, abi.EXPORT_INIT, abi.EXPORT_HANDLE)
 _U32 = struct.Struct("<I")
@@ -87,6 +87,8 @@ class GuestInstance:
                 raise GuestInitError(f"{module.path}: configuration refused: {self._read_output().decode('utf-8', 'replace')}")
         except (wasmtime.Trap, wasmtime.WasmtimeError, GuestFault) as exc:
             raise GuestInitError(f"{module.path}: init failed: {exc}") from None
+        except Exception as exc:
+            raise GuestInitError(f"{module.path}: init failed: {host_import_failed(exc)}") from exc
 
     def handle(self, subject: bytes, payload: bytes) -> tuple[abi.Status, bytes]:
         """Run the guest on one message. Raises InputTooLarge or GuestFault."""
@@ -106,6 +108,8 @@ class GuestInstance:
             raise classify_trap(trap, self.limits, self._memory.data_len(self._store)) from None
         except wasmtime.WasmtimeError as exc:
             raise GuestFault("trap", str(exc)) from None
+        except Exception as exc:
+            raise host_import_failed(exc) from exc
         output = self._read_output()
         try:
             return abi.Status(status), output
@@ -182,6 +186,8 @@ class GuestInstance:
                 fault = classify_trap(trap, self.limits, self._memory.data_len(self._store), batch_size=count)
         except wasmtime.WasmtimeError as exc:
             handled, fault = -1, GuestFault("trap", str(exc))
+        except Exception as exc:
+            handled, fault = -1, host_import_failed(exc)
         done: int = _U32.unpack_from(view, 0)[0]
         if not 0 <= done <= count or (handled >= 0 and handled != done):
             outcomes.append(GuestFault("invalid-output", f"batch of {count}: handled {handled}, counter {done}"))
