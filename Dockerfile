@@ -15,10 +15,11 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-# Dependencies first (pinned in pyproject.toml), so a change in the sources does not reinstall them.
-COPY pyproject.toml README.md ./
+# Dependencies first (pinned in pyproject.toml, nats-py and wasmtime in constraints.txt), so a change in the
+# sources does not reinstall them.
+COPY pyproject.toml README.md constraints.txt ./
 COPY platform ./platform
-RUN pip install ".[build,otlp]"
+RUN pip install -c constraints.txt ".[build,otlp]"
 COPY ebbtide.toml ./
 COPY functions ./functions
 # --precompile: each function's compiled code into build/cache, so that a replica's first start reads it
@@ -62,9 +63,9 @@ CMD ["ebbtide", "run", "--function", "distributor"]
 # -- loadtest: the runtime image plus Locust and loadtest/ (compose service `locust`) ----------------------
 FROM runtime AS loadtest
 USER root
-COPY pyproject.toml README.md /tmp/ebbtide-src/
+COPY pyproject.toml README.md constraints.txt /tmp/ebbtide-src/
 COPY platform /tmp/ebbtide-src/platform
-RUN pip install --no-cache-dir "/tmp/ebbtide-src[loadtest]" && rm -rf /tmp/ebbtide-src
+RUN pip install --no-cache-dir -c /tmp/ebbtide-src/constraints.txt "/tmp/ebbtide-src[loadtest]" && rm -rf /tmp/ebbtide-src
 COPY loadtest ./loadtest
 USER 10001:10001
 HEALTHCHECK NONE

@@ -7,10 +7,11 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test lint setup clean
 
-$(BIN)/.installed: pyproject.toml
+# constraints.txt: the exact nats-py and wasmtime the README's figures were measured with (the package accepts a range).
+$(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'  # test pulls in build, otlp, loadtest, baseline
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'  # test pulls in build, otlp, loadtest, baseline
 	touch $@
 
 setup: $(BIN)/.installed

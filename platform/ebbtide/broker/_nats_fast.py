@@ -92,7 +92,9 @@ def parse_header_lines(raw: bytes) -> dict[str, str]:
     return out
 
 
-NATS_PY_PARSE_HEADER_LINES = NatsClient._parse_header_lines  # what FastNatsClient's parser must equal (tests)
+# nats-py's own header-line parser (2.15 and later), which FastNatsClient's replaces and must equal (tests);
+# None in older releases, which parse headers their own way: FastNatsClient then leaves that as it is.
+NATS_PY_PARSE_HEADER_LINES: Callable[[bytes], dict[str, str]] | None = getattr(NatsClient, "_parse_header_lines", None)
 
 OnMessage = Callable[[Msg], None]
 
@@ -101,12 +103,13 @@ class FastNatsClient(NatsClient):
     """nats-py's client with ebbtide's hot path; the class of every connection ebbtide makes itself.
 
     Two differences from its base class, both confined to instances of this class: header blocks are
-    parsed by `parse_header_lines`, and a subscription made with `subscribe_direct` has each message
+    parsed by `parse_header_lines` (where nats-py has the parser it replaces), and a subscription made with `subscribe_direct` has each message
     handed to a plain function by the read loop itself (`_process_msg`), instead of through the
     subscription's queue and a task awaiting a callback.
     """
 
-    _parse_header_lines = staticmethod(parse_header_lines)
+    if NATS_PY_PARSE_HEADER_LINES is not None:
+        _parse_header_lines = staticmethod(parse_header_lines)
 
     def __init__(self) -> None:
         super().__init__()
