@@ -11,6 +11,7 @@
         │   └── ComponentLoadError  ... a component (Python guest)
         ├── GuestInitError          a guest refused its configuration or could not be instantiated
         ├── EmbeddedServerError     the embedded nats-server did not start
+        ├── NatsConnectionError     no connection to NATS: not reachable in time, or credentials refused
         ├── TracingError            the tracing exporter cannot be set up
         ├── JetStreamError          the server refused a JetStream API request (carries its codes)
         ├── UnreadableReply         ... or answered something the API does not say
@@ -74,6 +75,11 @@ class GuestInitError(RunError):
 
 class EmbeddedServerError(RunError):
     """The embedded nats-server could not be started."""
+
+
+class NatsConnectionError(RunError, ConnectionError):
+    """No connection to NATS: the server did not answer in time, or refused the credentials. Also a builtin
+    ConnectionError, so code written against `except ConnectionError` keeps working."""
 
 
 class TracingError(RunError):
