@@ -32,6 +32,7 @@ from .outcome import Declined, Effects, Faulted, GuestResult, Refused, TooLarge
 from .precompiled import load_function_module
 from .rollout.candidate import RolloutStats
 from .runtime import GuestFault, GuestLimits, InputTooLarge, Status, WasmEngine, decode_effects
+from .runtime.guest import MIB
 from .runtime.guest import Outcome as GuestOutcome
 from .runtime.guests import Guest, GuestModule, start_guest
 
@@ -42,7 +43,6 @@ if TYPE_CHECKING:  # OpenTelemetry is loaded only when tracing is on
 
 log = logging.getLogger("ebbtide.pool")
 
-MIB = 1024 * 1024
 # Long-poll length of an idle fetch; also how long a stopping idle worker may take: its pull request is not
 # cancelled (see stop). Longer polls would cost an idle worker fewer requests (one per poll: broker/pull.py)
 # but make every stop and shutdown wait as long.

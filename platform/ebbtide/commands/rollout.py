@@ -28,7 +28,7 @@ from ..broker.names import ROLLOUTS_BUCKET, SHADOW_STREAM
 from ..build import build_module
 from ..errors import GuestInitError, ModuleLoadError, RunError, UsageError
 from ..manifest import LoadedManifest
-from ..pool import MIB
+from ..precompiled import memory_reservation
 from ..rollout.samples import function_filter
 from ..rollout.state import (
     Mode,
@@ -41,6 +41,7 @@ from ..rollout.state import (
 )
 from ..rollout.store import sha256_of, upload_module
 from ..runtime import GuestLimits, WasmEngine
+from ..runtime.guest import MIB
 from ..runtime.guests import load_guest_module, start_guest
 from ..status_reports import STATUS_REQUEST_SUBJECT, STATUS_SUBJECT_PREFIX, PoolStatus, decode_status
 from .clients import client_connect
@@ -152,7 +153,7 @@ def _check_loads(manifest: LoadedManifest, function: str, data: bytes, lang: str
     with tempfile.TemporaryDirectory(prefix="ebbtide-candidate-") as folder:
         path = Path(folder) / "candidate.wasm"
         path.write_bytes(data)
-        engine = WasmEngine(memory_reservation=max(fn.limits.memory_mib, 16) * MIB)
+        engine = WasmEngine(memory_reservation=memory_reservation(fn.limits.memory_mib))
         try:
             module = load_guest_module(engine, path, lang, sha256=sha256_of(data), wasi_grants=frozenset(fn.wasi))
             start_guest(engine, module, GuestLimits(fn.limits.memory_mib * MIB, fn.limits.fuel), manifest.config_json(function))

@@ -19,12 +19,11 @@ from ..manifest import LoadedManifest
 from ..precompiled import function_engine
 from ..runtime.abi import Status, decode_effects
 from ..runtime.engine import WasmEngine
-from ..runtime.guest import GuestLimits, Outcome
+from ..runtime.guest import MIB, GuestLimits, Outcome
 from ..runtime.guests import Guest, GuestModule, load_guest_module, start_guest
 from .compare import Answer, Verdict, answer_of, compare
 from .samples import Sample
 
-MIB = 1024 * 1024
 CHUNK = 256  # messages per handle_batch call, as a pool's fetch would bring them
 
 

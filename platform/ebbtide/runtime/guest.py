@@ -17,6 +17,7 @@ from ..errors import GuestFault, InputTooLarge
 from .abi import Status
 
 WASM_PAGE = 65536
+MIB = 1024 * 1024  # the manifest's limits are in MiB
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +121,3 @@ def host_import_failed(exc: Exception) -> GuestFault:
     """A Python host import (WASI) raised during the call: the call was cut short, so the instance's state
     is not trusted (replaced, as after a trap) and the message is retried."""
     return GuestFault("trap", f"a host import raised {exc!r}")
-
-
-def unknown_status(status: int) -> GuestFault:
-    return GuestFault("invalid-output", f"unknown status {status}")
