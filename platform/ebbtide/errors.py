@@ -32,6 +32,14 @@ concept re-export their errors under the old names.
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
+# What a guest fault was (the `kind` of GuestFault and of outcome.Faulted, and the label of
+# ebbtide_guest_faults_total): a trap, its time limit (fuel), its memory limit, output the host cannot read, or
+# the host could not run it at all (no instance would start: rollout candidates).
+FaultKind = Literal["trap", "timeout", "memory-limit", "invalid-output", "host-error"]
+FAULT_KINDS: tuple[FaultKind, ...] = get_args(FaultKind)
+
 
 class EbbtideError(Exception):
     """Base of every error ebbtide raises on purpose."""
@@ -129,9 +137,9 @@ class MessageError(EbbtideError):
 class GuestFault(MessageError):
     """The guest failed this message (trap, time limit, memory limit, bad output). Replace the instance."""
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: FaultKind, message: str) -> None:
         super().__init__(f"{kind}: {message}")
-        self.kind = kind  # "trap" | "timeout" | "memory-limit" | "invalid-output"
+        self.kind: FaultKind = kind
 
 
 class InputTooLarge(MessageError):

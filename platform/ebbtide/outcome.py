@@ -29,6 +29,7 @@ import msgspec
 
 from .deadletter import Reason
 from .effects import Outgoing
+from .errors import FaultKind
 from .manifest import LimitsSection, RetrySection
 from .runtime import Status
 
@@ -89,7 +90,7 @@ class Declined(_Value, frozen=True):
 class Faulted(_Value, frozen=True):
     """The instance failed (trap, timeout, memory-limit, invalid-output): transient, on a new instance."""
 
-    kind: str
+    kind: FaultKind
     error: str
 
 

@@ -32,8 +32,7 @@ from .outcome import Declined, Effects, Faulted, GuestResult, Refused, TooLarge
 from .precompiled import load_function_module
 from .rollout.candidate import RolloutStats
 from .runtime import GuestFault, GuestLimits, InputTooLarge, Status, WasmEngine, decode_effects
-from .runtime.guest import MIB
-from .runtime.guest import Outcome as GuestOutcome
+from .runtime.guest import MIB, GuestReply
 from .runtime.guests import Guest, GuestModule, start_guest
 
 if TYPE_CHECKING:  # OpenTelemetry is loaded only when tracing is on
@@ -289,7 +288,7 @@ class _Worker:
         return self.run_live(batch, pairs)
 
     def run_live(
-        self, batch: Sequence[Incoming], pairs: list[tuple[bytes, bytes]], outcomes: list[GuestOutcome] | None = None
+        self, batch: Sequence[Incoming], pairs: list[tuple[bytes, bytes]], outcomes: list[GuestReply] | None = None
     ) -> list[GuestResult]:
         """The live module's answers to `batch` (`pairs`: their subjects and payloads), in order, from
         `Guest.handle_batch` on this worker's instance (one call per input buffer's worth of messages for an
@@ -337,7 +336,7 @@ class _Worker:
             instance = self.instance = pool.new_instance()
         return instance
 
-    def result_of(self, outcome: GuestOutcome) -> GuestResult:
+    def result_of(self, outcome: GuestReply) -> GuestResult:
         """What one message's outcome in a batch means to the policy (outcome.py)."""
         if type(outcome) is tuple:
             status, output = outcome

@@ -19,7 +19,7 @@ from ..manifest import LoadedManifest
 from ..precompiled import function_engine
 from ..runtime.abi import Status, decode_effects
 from ..runtime.engine import WasmEngine
-from ..runtime.guest import MIB, GuestLimits, Outcome
+from ..runtime.guest import MIB, GuestLimits, GuestReply
 from ..runtime.guests import Guest, GuestModule, load_guest_module, start_guest
 from .compare import Answer, Verdict, answer_of, compare
 from .samples import Sample
@@ -95,10 +95,10 @@ def _load(engine: WasmEngine, which: str, path: Path, lang: str, sha256: str | N
         raise UsageError(f"the {which} module does not load: {exc}{hint}") from None
 
 
-def run_all(start: Callable[[], Guest], messages: Sequence[tuple[bytes, bytes]], chunk: int = CHUNK) -> list[Outcome]:
+def run_all(start: Callable[[], Guest], messages: Sequence[tuple[bytes, bytes]], chunk: int = CHUNK) -> list[GuestReply]:
     """Every message's outcome, in order, `chunk` messages per `handle_batch` call, as a pool would get them:
     after a fault the instance is dropped and the messages after it run on a fresh one."""
-    outcomes: list[Outcome] = []
+    outcomes: list[GuestReply] = []
     guest = start()
     while len(outcomes) < len(messages):
         answer = guest.handle_batch(messages[len(outcomes) : len(outcomes) + chunk])

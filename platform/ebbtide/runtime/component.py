@@ -28,7 +28,7 @@ import wasmtime.component as wc
 from ..errors import ComponentLoadError, GuestFault, GuestInitError, InputTooLarge
 from . import abi
 from .cache import compile_cached, read_checked
-from .guest import BatchResult, GuestLimits, Outcome, cause, classify_trap, handle_one_by_one
+from .guest import BatchResult, GuestLimits, GuestReply, cause, classify_trap, handle_one_by_one
 
 EXPORT_INIT = "init"
 EXPORT_HANDLE_BATCH = "handle-batch"
@@ -146,7 +146,7 @@ class ComponentGuest:
 
     def handle_batch(self, messages: Sequence[tuple[bytes, bytes]]) -> BatchResult:
         """Up to MAX_BATCH_BYTES of records per call; see `Guest.handle_batch` and BatchResult."""
-        outcomes: list[Outcome] = []
+        outcomes: list[GuestReply] = []
         total = len(messages)
         while len(outcomes) < total:
             start = len(outcomes)
@@ -163,7 +163,7 @@ class ComponentGuest:
                 return BatchResult(outcomes, instance_failed=True)
         return BatchResult(outcomes)
 
-    def _call(self, records: str, batch: Sequence[tuple[bytes, bytes]], outcomes: list[Outcome]) -> bool:
+    def _call(self, records: str, batch: Sequence[tuple[bytes, bytes]], outcomes: list[GuestReply]) -> bool:
         """One `handle-batch` call on the records of `batch`, with its messages' worth of fuel; appends their
         outcomes (up to and including a fault). Returns whether the instance failed.
 
@@ -192,7 +192,7 @@ class ComponentGuest:
             return GuestFault("timeout", f"used its fuel limit of {self.limits.fuel} for one message")
         return GuestFault("trap", cause(exc))
 
-    def _rerun_one_by_one(self, batch: Sequence[tuple[bytes, bytes]], outcomes: list[Outcome]) -> bool:
+    def _rerun_one_by_one(self, batch: Sequence[tuple[bytes, bytes]], outcomes: list[GuestReply]) -> bool:
         try:
             self._start()
         except GuestInitError as exc:  # the batch's first message is charged; the pool replaces the instance
@@ -219,7 +219,7 @@ def _raised(status: int, output: bytes) -> GuestFault:
     return abi.unknown_status(status)
 
 
-def _read_outcomes(data: bytes, count: int, outcomes: list[Outcome]) -> bool:
+def _read_outcomes(data: bytes, count: int, outcomes: list[GuestReply]) -> bool:
     """Appends the outcomes in a `handle-batch` output; returns whether the instance failed (a handler
     that raised, or output that is not what the world says)."""
     done = abi.BATCH_COUNT.unpack_from(data, 0)[0] if len(data) >= abi.BATCH_HEADER_SIZE else "no"

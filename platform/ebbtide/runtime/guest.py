@@ -26,9 +26,11 @@ class GuestLimits:
     fuel: int  # per message: the time limit, in wasmtime fuel units (about one per instruction)
 
 
-# What became of one message in a batch: its status and output (what `Guest.handle` returns), or the error
-# `Guest.handle` would have raised for it (InputTooLarge: dead-letter it; GuestFault: it failed).
-Outcome = tuple[Status, bytes] | GuestFault | InputTooLarge
+# What the guest gave for one message of a batch: its status and output (what `Guest.handle` returns), or the
+# error `Guest.handle` would have raised for it (InputTooLarge: dead-letter it; GuestFault: it failed). The
+# host reads it as an outcome.GuestResult (effects decoded, allowlist applied), which decides the message's
+# outcome.Outcome (ack, retry, dead letter).
+GuestReply = tuple[Status, bytes] | GuestFault | InputTooLarge
 
 
 @dataclass(slots=True)
@@ -40,7 +42,7 @@ class BatchResult:
     hand the messages not handled to a fresh instance. Messages before the fault keep their outcome.
     """
 
-    outcomes: list[Outcome]
+    outcomes: list[GuestReply]
     instance_failed: bool = False
 
 
@@ -84,7 +86,7 @@ class Guest(Protocol):
 
 def handle_one_by_one(guest: Guest, messages: Sequence[tuple[bytes, bytes]]) -> BatchResult:
     """`handle_batch` for a guest called once per message (ABI v1, components), stopping at a fault."""
-    outcomes: list[Outcome] = []
+    outcomes: list[GuestReply] = []
     for subject, payload in messages:
         try:
             outcomes.append(guest.handle(subject, payload))

@@ -14,7 +14,7 @@ from . import _wasmtime_fast as fast
 from . import abi
 from .abi import unknown_status
 from .engine import BufferLayout, LoadedModule, WasmEngine
-from .guest import BatchResult, GuestLimits, Outcome, classify_trap, handle_one_by_one, host_import_failed
+from .guest import BatchResult, GuestLimits, GuestReply, classify_trap, handle_one_by_one, host_import_failed
 
 _BASE_EXPORTS = (abi.EXPORT_MEMORY, abi.EXPORT_INIT, abi.EXPORT_HANDLE)
 _DONE = abi.BATCH_COUNT  # the batch output's count of messages done
@@ -124,7 +124,7 @@ class GuestInstance:
                 fast.memory_view(self._base + self._out_ptr, self._out_capacity),
             )
         input_view, output_view = self._buffer_views
-        outcomes: list[Outcome] = []
+        outcomes: list[GuestReply] = []
         total = len(messages)
         while len(outcomes) < total:
             count = self._pack(input_view, messages, len(outcomes))
@@ -144,7 +144,7 @@ class GuestInstance:
         view[: len(records)] = records
         return count
 
-    def _call_batch(self, view: memoryview, count: int, outcomes: list[Outcome]) -> bool:
+    def _call_batch(self, view: memoryview, count: int, outcomes: list[GuestReply]) -> bool:
         """One `ebbtide_handle_batch` call on the `count` packed records; appends the outcomes of the messages
         it finished (and of the one that faulted). Returns whether the instance failed.
 
