@@ -211,6 +211,8 @@ class LoadedManifest:
 
 
 def load_manifest(path: str | Path = DEFAULT_MANIFEST) -> LoadedManifest:
+    """Read and check a manifest (`ebbtide.toml`): ManifestError, naming the file and the key, if it is not
+    valid. Relative paths in it are relative to its folder."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -220,6 +222,8 @@ def load_manifest(path: str | Path = DEFAULT_MANIFEST) -> LoadedManifest:
 
 
 def parse_manifest(data: bytes | str, path: Path) -> LoadedManifest:
+    """A manifest from its TOML text, as if read from `path` (named in errors; relative paths in it are
+    relative to its folder)."""
     try:
         raw = tomllib.loads(data.decode() if isinstance(data, bytes) else data)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
