@@ -25,13 +25,12 @@ from .broker.partitions import consumer_names, ordered_triggers
 from .broker.publisher import ConfirmedPublisher
 from .broker.pull import PullConsumer
 from .effects import Allowlist
-from .errors import EffectRefused
 from .executor import Executor, PoolStats
 from .manifest import LoadedManifest
-from .outcome import Declined, Effects, Faulted, GuestResult, Refused, TooLarge
+from .outcome import Faulted, GuestResult, guest_result
 from .precompiled import load_function_module
 from .rollout.candidate import RolloutStats
-from .runtime import GuestFault, GuestLimits, InputTooLarge, Status, WasmEngine, decode_effects
+from .runtime import GuestLimits, WasmEngine
 from .runtime.guest import MIB, GuestReply
 from .runtime.guests import Guest, GuestModule, start_guest
 
@@ -338,20 +337,7 @@ class _Worker:
 
     def result_of(self, outcome: GuestReply) -> GuestResult:
         """What one message's outcome in a batch means to the policy (outcome.py)."""
-        if type(outcome) is tuple:
-            status, output = outcome
-            if status is not Status.OK:
-                return Declined(status, output.decode("utf-8", "replace"))
-            try:
-                return Effects(self.pool.allowlist.plan(decode_effects(output)))
-            except EffectRefused as exc:
-                return Refused(str(exc))
-            except GuestFault as exc:
-                return Faulted(exc.kind, str(exc))
-        if isinstance(outcome, InputTooLarge):
-            return TooLarge(str(outcome))
-        assert isinstance(outcome, GuestFault)
-        return Faulted(outcome.kind, str(outcome))
+        return guest_result(outcome, self.pool.allowlist)
 
     def _discard_faulted(self, incoming: Incoming, fault: Faulted) -> None:
         pool = self.pool
