@@ -95,6 +95,8 @@ class Host:
         self.waiting_for = ""  # why the host cannot start its functions yet (nothing provisioned), for /readyz
 
     async def start(self) -> None:
+        """Connect (unless given a connection), wait for provisioning, load each function's module and start
+        its pool and controller. A module that cannot load or start fails here, not at the first message."""
         if self.metrics_port:  # first, so /healthz answers during start-up and /readyz says why not yet
             self.telemetry = await TelemetryServer(
                 lambda: render_metrics(self.snapshot()),
@@ -236,6 +238,8 @@ class Host:
             self.connection_lost.set()
 
     async def stop(self) -> None:
+        """Stop taking messages, let every pool finish its batches within its grace period, then close the
+        connection the host made (a given one stays open)."""
         self.stopping = True
         try:
             for controller in self.controllers.values():

@@ -180,16 +180,20 @@ class LoadedManifest:
         self.root = path.parent
 
     def resolve(self, relative: str) -> Path:
+        """A path of the manifest (relative to its folder), absolute."""
         return (self.root / relative).resolve()
 
     @property
     def build_dir(self) -> Path:
+        """Where built modules (`wasm/`) and compiled code (`cache/`) go."""
         return self.resolve(self.spec.build_dir)
 
     def module_path(self, module: str) -> Path:
+        """The built file of module `module`."""
         return self.build_dir / "wasm" / f"{module}.wasm"
 
     def function(self, name: str) -> FunctionSection:
+        """The `[functions.NAME]` section; ManifestError, naming the known ones, if there is none."""
         try:
             return self.spec.functions[name]
         except KeyError:
@@ -204,9 +208,11 @@ class LoadedManifest:
         raise ManifestError(f"{self.path}: no stream captures subject {subject!r}")
 
     def dead_letter_subject(self, function: str) -> str:
+        """Where the function's dead letters go: `<dead_letter.subject_prefix>.<function>`."""
         return f"{self.spec.dead_letter.subject_prefix}.{function}"
 
     def config_json(self, function: str) -> bytes:
+        """The function's `config`, as the JSON object its guest's init receives."""
         return json.dumps(self.function(function).config, separators=(",", ":")).encode()
 
 
