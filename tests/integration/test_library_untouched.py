@@ -9,11 +9,17 @@ are parsed by nats-py's parser; ebbtide's connection has its fast path."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
 
+import pytest
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
 from ebbtide.broker import EmbeddedNats
+from ebbtide.broker._nats_fast import subscribe_direct
 
 PROBE = r"""
 import asyncio, importlib, inspect, json, pkgutil, sys
@@ -109,3 +115,38 @@ def test_importing_ebbtide_changes_no_other_library(nats_server: EmbeddedNats) -
     expected = {"Kept": "value", "Other": "two words"}
     assert beside["plain_got"] == ["to plain", expected]
     assert beside["ours_got"] == [["to ebbtide", expected]]
+
+
+async def test_a_direct_subscription_delivers_what_came_while_subscribing_first(
+    nats_server: EmbeddedNats, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A message the read loop took while `subscribe` was still flushing went into the subscription's queue
+    (the direct function was not registered yet): it is handed on first, and the queue stays balanced, so
+    the subscription's drain() (which joins that queue) still ends."""
+    from ebbtide.broker import connect
+    from ebbtide.broker._nats_fast import FastNatsClient
+
+    subscribe = FastNatsClient.subscribe
+
+    async def subscribe_while_one_arrives(self: FastNatsClient, subject: str, **options: object) -> Subscription:
+        subscription = await subscribe(self, subject, **options)  # type: ignore[arg-type]
+        await self._process_msg(subscription._id, subject.encode(), b"", b"early", b"")  # the read loop, meanwhile
+        return subscription
+
+    nc = await connect(nats_server.url, name="ebbtide-direct")
+    monkeypatch.setattr(FastNatsClient, "subscribe", subscribe_while_one_arrives)
+    got: list[bytes] = []
+    arrived = asyncio.Event()
+
+    def on_message(msg: Msg) -> None:
+        got.append(msg.data)
+        if len(got) == 2:
+            arrived.set()
+
+    subscription = await subscribe_direct(nc, "direct.early", on_message)
+    monkeypatch.undo()
+    await nc.publish("direct.early", b"later")
+    await asyncio.wait_for(arrived.wait(), 10)
+    assert got == [b"early", b"later"]
+    await asyncio.wait_for(subscription.drain(), 10)
+    await nc.drain()

@@ -75,8 +75,9 @@ def mark_settled(msg: Msg) -> None:
 
 
 def parse_header_lines(raw: bytes) -> dict[str, str]:
-    """`Client._parse_header_lines` of nats-py 2.16.0 (FastNatsClient's), line for line, with its whitespace test on a name
-    (`any(c.isspace() for c in key)`) as one `str.split` (the same characters count as whitespace)."""
+    """FastNatsClient's header parser: `Client._parse_header_lines` of nats-py 2.16.0, line for line, with
+    its whitespace test on a name (`any(c.isspace() for c in key)`) as one `str.split` (the same characters
+    count as whitespace)."""
     out: dict[str, str] = {}
     for line in raw.split(b"\r\n"):
         name, sep, value = line.partition(b":")
@@ -103,9 +104,9 @@ class FastNatsClient(NatsClient):
     """nats-py's client with ebbtide's hot path; the class of every connection ebbtide makes itself.
 
     Two differences from its base class, both confined to instances of this class: header blocks are
-    parsed by `parse_header_lines` (where nats-py has the parser it replaces), and a subscription made with `subscribe_direct` has each message
-    handed to a plain function by the read loop itself (`_process_msg`), instead of through the
-    subscription's queue and a task awaiting a callback.
+    parsed by `parse_header_lines` (where nats-py has the parser it replaces), and a subscription made
+    with `subscribe_direct` has each message handed to a plain function by the read loop itself
+    (`_process_msg`), instead of through the subscription's queue and a task awaiting a callback.
     """
 
     if NATS_PY_PARSE_HEADER_LINES is not None:
@@ -126,6 +127,7 @@ class FastNatsClient(NatsClient):
         queued = subscription._pending_queue
         while not queued.empty():
             msg = queued.get_nowait()
+            queued.task_done()  # the subscription's drain() joins this queue
             subscription._pending_size -= len(msg.data)
             _deliver(on_message, msg)
         return subscription
