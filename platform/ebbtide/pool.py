@@ -31,7 +31,7 @@ from .outcome import Faulted, GuestResult, guest_result
 from .precompiled import load_function_module
 from .rollout.candidate import RolloutStats
 from .runtime import GuestLimits, WasmEngine
-from .runtime.guest import MIB, GuestReply
+from .runtime.guest import GuestReply
 from .runtime.guests import Guest, GuestModule, start_guest
 
 if TYPE_CHECKING:  # OpenTelemetry is loaded only when tracing is on
@@ -49,7 +49,7 @@ FETCH_WAIT_S = 1.0
 # (<= FETCH_WAIT_S), which would otherwise take the redelivery into an inbox nobody reads, until the ack wait.
 HAND_BACK_DELAY_S = FETCH_WAIT_S + 0.5
 
-__all__ = ["FETCH_WAIT_S", "MIB", "Consumer", "FunctionPool", "PoolStats"]
+__all__ = ["FETCH_WAIT_S", "Consumer", "FunctionPool", "PoolStats"]
 
 
 class Consumer(Protocol):
@@ -90,7 +90,7 @@ class FunctionPool:
         self.engine = engine
         self._manifest = manifest
         self.module = self.load_module()
-        self.limits = GuestLimits(memory_bytes=fn.limits.memory_mib * MIB, fuel=fn.limits.fuel)
+        self.limits = GuestLimits.of(fn.limits)
         self.config_json = manifest.config_json(name)
         self.allowlist = Allowlist.of(fn, ordered_triggers(manifest))
         self.stream = manifest.stream_for(fn.trigger)

@@ -34,7 +34,7 @@ from .outcome import Ack, DeadLetter, Faulted, GuestResult, Retry, after_guest, 
 from .precompiled import memory_reservation
 from .runtime import WasmEngine
 from .runtime.abi import Effect, KvPut, Publish, Status, decode_effects
-from .runtime.guest import MIB, Guest, GuestLimits, GuestReply
+from .runtime.guest import Guest, GuestLimits, GuestReply
 from .runtime.guests import load_guest_module, start_guest
 
 __all__ = ["FunctionUnderTest", "KvPut", "Publish", "Result", "Status"]
@@ -74,7 +74,7 @@ class FunctionUnderTest:
         """Prefer `from_manifest` or `from_module`. `function`: the function's manifest section; `module`: its
         built file; `ordered`: the manifest's ordered triggers (their publishes get the key appended)."""
         self.function = function
-        self.limits = GuestLimits(function.limits.memory_mib * MIB, function.limits.fuel)
+        self.limits = GuestLimits.of(function.limits)
         self.allowlist = Allowlist.of(function, ordered)
         self._config = json.dumps(function.config, separators=(",", ":")).encode()
         self._engine = WasmEngine(memory_reservation=memory_reservation(function.limits.memory_mib), cache_dir=cache_dir)

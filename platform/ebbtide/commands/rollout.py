@@ -41,7 +41,6 @@ from ..rollout.state import (
 )
 from ..rollout.store import sha256_of, upload_module
 from ..runtime import GuestLimits, WasmEngine
-from ..runtime.guest import MIB
 from ..runtime.guests import load_guest_module, start_guest
 from ..status_reports import STATUS_REQUEST_SUBJECT, STATUS_SUBJECT_PREFIX, PoolStatus, decode_status
 from .clients import client_connect
@@ -156,7 +155,7 @@ def _check_loads(manifest: LoadedManifest, function: str, data: bytes, lang: str
         engine = WasmEngine(memory_reservation=memory_reservation(fn.limits.memory_mib))
         try:
             module = load_guest_module(engine, path, lang, sha256=sha256_of(data), wasi_grants=frozenset(fn.wasi))
-            start_guest(engine, module, GuestLimits(fn.limits.memory_mib * MIB, fn.limits.fuel), manifest.config_json(function))
+            start_guest(engine, module, GuestLimits.of(fn.limits), manifest.config_json(function))
         except (ModuleLoadError, GuestInitError) as exc:
             raise UsageError(f"the candidate for {function} does not load: {exc}") from None
 

@@ -19,7 +19,7 @@ from ..manifest import LoadedManifest
 from ..precompiled import function_engine
 from ..runtime.abi import Status, decode_effects
 from ..runtime.engine import WasmEngine
-from ..runtime.guest import MIB, GuestLimits, GuestReply
+from ..runtime.guest import GuestLimits, GuestReply
 from ..runtime.guests import Guest, GuestModule, load_guest_module, start_guest
 from .compare import Answer, Verdict, answer_of, compare
 from .samples import Sample
@@ -74,7 +74,7 @@ def load_versions(manifest: LoadedManifest, function: str, candidate_path: Path)
         engine=engine,
         live=_load(engine, "live", manifest.module_path(fn.module), lang, fn.sha256, grants),
         candidate=_load(engine, "candidate", candidate_path, lang, None, grants),
-        limits=GuestLimits(memory_bytes=fn.limits.memory_mib * MIB, fuel=fn.limits.fuel),
+        limits=GuestLimits.of(fn.limits),
         config_json=manifest.config_json(function),
         allowlist=Allowlist.of(fn),
         max_payload=fn.limits.max_payload,

@@ -9,12 +9,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import wasmtime
 
 from ..errors import GuestFault, InputTooLarge
 from .abi import Status
+
+if TYPE_CHECKING:
+    from ..manifest import LimitsSection
 
 WASM_PAGE = 65536
 MIB = 1024 * 1024  # the manifest's limits are in MiB
@@ -24,6 +27,11 @@ MIB = 1024 * 1024  # the manifest's limits are in MiB
 class GuestLimits:
     memory_bytes: int
     fuel: int  # per message: the time limit, in wasmtime fuel units (about one per instruction)
+
+    @classmethod
+    def of(cls, limits: LimitsSection) -> GuestLimits:
+        """A function's `limits` from its manifest section."""
+        return cls(limits.memory_mib * MIB, limits.fuel)
 
 
 # What the guest gave for one message of a batch: its status and output (what `Guest.handle` returns), or the
