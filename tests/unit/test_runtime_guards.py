@@ -190,6 +190,14 @@ def test_wasi_calls_touch_only_the_callers_memory(
         assert memory.read(store, MEMORY_SIZE - 64, MEMORY_SIZE) == tail_before
 
 
+def test_a_refused_configuration_says_the_guests_words(tmp_path: Path, engine: WasmEngine) -> None:
+    refusing = f"""(func (export "ebbtide_init") (param i32) (result i32)
+        (i32.store (i32.const {OUTPUT_PTR}) (i32.const 2)) (i32.store16 (i32.const {OUTPUT_PTR + 4}) (i32.const 0x6f6e))
+        (i32.const 1))"""
+    with pytest.raises(GuestInitError, match=r"guest-\d+\.wasm: configuration refused: no$"):
+        start(engine, module(tmp_path, ebbtide_init=refusing))
+
+
 def test_a_host_import_that_raises_fails_the_message_and_only_that_message(
     tmp_path: Path, engine: WasmEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -80,12 +80,13 @@ class GuestInstance:
         ctypes.memmove(self._base + self._in_ptr, config_json, len(config_json))
         try:
             status = fast.RawCall(store, init, 1)(len(config_json))
-            if status != abi.Status.OK:
-                raise GuestInitError(f"{module.path}: configuration refused: {self._read_output().decode('utf-8', 'replace')}")
+            refusal = self._read_output().decode("utf-8", "replace") if status != abi.Status.OK else None
         except (wasmtime.Trap, wasmtime.WasmtimeError, GuestFault) as exc:
             raise GuestInitError(f"{module.path}: init failed: {exc}") from None
-        except Exception as exc:
+        except Exception as exc:  # a host import (WASI) raised
             raise GuestInitError(f"{module.path}: init failed: {host_import_failed(exc)}") from exc
+        if refusal is not None:
+            raise GuestInitError(f"{module.path}: configuration refused: {refusal}")
 
     def handle(self, subject: bytes, payload: bytes) -> tuple[abi.Status, bytes]:
         """Run the guest on one message. Raises InputTooLarge or GuestFault."""
