@@ -213,7 +213,12 @@ class LoadedManifest:
 
     def config_json(self, function: str) -> bytes:
         """The function's `config`, as the JSON object its guest's init receives."""
-        return json.dumps(self.function(function).config, separators=(",", ":")).encode()
+        return config_json(self.function(function))
+
+
+def config_json(function: FunctionSection) -> bytes:
+    """A function's `config`, as the JSON object its guest's init receives."""
+    return json.dumps(function.config, separators=(",", ":")).encode()
 
 
 def load_manifest(path: str | Path = DEFAULT_MANIFEST) -> LoadedManifest:

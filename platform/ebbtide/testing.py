@@ -18,7 +18,6 @@ Importing this module needs neither a nats-server nor a build toolchain (buildin
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -29,7 +28,7 @@ from .broker.headers import header_lines_size
 from .broker.partitions import ordered_triggers
 from .effects import Allowlist
 from .errors import FaultKind, GuestFault, ManifestError
-from .manifest import FunctionSection, LoadedManifest, ModuleLanguage, load_manifest
+from .manifest import FunctionSection, LoadedManifest, ModuleLanguage, config_json, load_manifest
 from .outcome import Ack, DeadLetter, Faulted, GuestResult, Retry, after_guest, check_input, guest_result
 from .precompiled import memory_reservation
 from .runtime import WasmEngine
@@ -76,7 +75,7 @@ class FunctionUnderTest:
         self.function = function
         self.limits = GuestLimits.of(function.limits)
         self.allowlist = Allowlist.of(function, ordered)
-        self._config = json.dumps(function.config, separators=(",", ":")).encode()
+        self._config = config_json(function)
         self._engine = WasmEngine(memory_reservation=memory_reservation(function.limits.memory_mib), cache_dir=cache_dir)
         self.module = load_guest_module(
             self._engine, Path(module), lang, sha256=function.sha256, wasi_grants=frozenset(function.wasi)
