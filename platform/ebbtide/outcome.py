@@ -11,7 +11,7 @@ The inputs are what happened to the message, in the order they can happen:
 
 1. the checks before the guest runs (`check_input`): a payload or header block over the function's
    limits is dead-lettered unread;
-2. the guest's answer (`after_guest`): effects within the allowlist (`Effects`), a refused effect
+2. the guest's answer (`guest_result`, then `after_guest`): effects within the allowlist (`Effects`), a refused effect
    (`Refused`), REJECT or RETRY (`Declined`), a fault of the instance (`Faulted`) or an input larger than
    the guest's buffer (`TooLarge`);
 3. the server's confirmations (`after_unconfirmed`): effects not confirmed are a transient failure like
@@ -28,9 +28,11 @@ from collections.abc import Sequence
 import msgspec
 
 from .deadletter import Reason
-from .effects import Outgoing
+from .effects import Allowlist, Outgoing
+from .errors import EffectRefused, FaultKind, GuestFault, InputTooLarge
 from .manifest import LimitsSection, RetrySection
-from .runtime import Status
+from .runtime.abi import Status, decode_effects
+from .runtime.guest import GuestReply
 
 
 class _Value(msgspec.Struct, frozen=True, gc=False):
@@ -89,7 +91,7 @@ class Declined(_Value, frozen=True):
 class Faulted(_Value, frozen=True):
     """The instance failed (trap, timeout, memory-limit, invalid-output): transient, on a new instance."""
 
-    kind: str
+    kind: FaultKind
     error: str
 
 
@@ -100,6 +102,25 @@ class TooLarge(_Value, frozen=True):
 
 
 GuestResult = Effects | Refused | Declined | Faulted | TooLarge
+
+
+def guest_result(reply: GuestReply, allowlist: Allowlist) -> GuestResult:
+    """What the guest's reply to one message means: its effects decoded and held against the function's
+    allowlist and limits (what a host and `ebbtide.testing` make of it alike)."""
+    if type(reply) is tuple:
+        status, output = reply
+        if status is not Status.OK:
+            return Declined(status, output.decode("utf-8", "replace"))
+        try:
+            return Effects(allowlist.plan(decode_effects(output)))
+        except EffectRefused as exc:
+            return Refused(str(exc))
+        except GuestFault as exc:
+            return Faulted(exc.kind, str(exc))
+    if isinstance(reply, InputTooLarge):
+        return TooLarge(str(reply))
+    assert isinstance(reply, GuestFault)
+    return Faulted(reply.kind, str(reply))
 
 
 # -- the policy ------------------------------------------------------------------------------------------

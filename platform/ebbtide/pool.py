@@ -25,14 +25,13 @@ from .broker.partitions import consumer_names, ordered_triggers, pin_timeout_s
 from .broker.publisher import ConfirmedPublisher
 from .broker.pull import PullConsumer
 from .effects import Allowlist
-from .errors import EffectRefused
 from .executor import Executor, PoolStats
 from .manifest import LoadedManifest
-from .outcome import Declined, Effects, Faulted, GuestResult, Refused, TooLarge
+from .outcome import Faulted, GuestResult, guest_result
 from .precompiled import load_function_module
 from .rollout.candidate import RolloutStats
-from .runtime import GuestFault, GuestLimits, InputTooLarge, Status, WasmEngine, decode_effects
-from .runtime.guest import Outcome as GuestOutcome
+from .runtime import GuestLimits, WasmEngine
+from .runtime.guest import GuestReply
 from .runtime.guests import Guest, GuestModule, start_guest
 
 if TYPE_CHECKING:  # OpenTelemetry is loaded only when tracing is on
@@ -42,7 +41,6 @@ if TYPE_CHECKING:  # OpenTelemetry is loaded only when tracing is on
 
 log = logging.getLogger("ebbtide.pool")
 
-MIB = 1024 * 1024
 # Long-poll length of an idle fetch; also how long a stopping idle worker may take: its pull request is not
 # cancelled (see stop). Longer polls would cost an idle worker fewer requests (one per poll: broker/pull.py)
 # but make every stop and shutdown wait as long.
@@ -51,7 +49,7 @@ FETCH_WAIT_S = 1.0
 # (<= FETCH_WAIT_S), which would otherwise take the redelivery into an inbox nobody reads, until the ack wait.
 HAND_BACK_DELAY_S = FETCH_WAIT_S + 0.5
 
-__all__ = ["FETCH_WAIT_S", "MIB", "Consumer", "FunctionPool", "PoolStats"]
+__all__ = ["FETCH_WAIT_S", "Consumer", "FunctionPool", "PoolStats"]
 
 
 class Consumer(Protocol):
@@ -92,7 +90,7 @@ class FunctionPool:
         self.engine = engine
         self._manifest = manifest
         self.module = self.load_module()
-        self.limits = GuestLimits(memory_bytes=fn.limits.memory_mib * MIB, fuel=fn.limits.fuel)
+        self.limits = GuestLimits.of(fn.limits)
         self.config_json = manifest.config_json(name)
         self.allowlist = Allowlist.of(fn, ordered_triggers(manifest))
         self.stream = manifest.stream_for(fn.trigger)
@@ -304,7 +302,7 @@ class _Worker:
         return self.run_live(batch, pairs)
 
     def run_live(
-        self, batch: Sequence[Incoming], pairs: list[tuple[bytes, bytes]], outcomes: list[GuestOutcome] | None = None
+        self, batch: Sequence[Incoming], pairs: list[tuple[bytes, bytes]], outcomes: list[GuestReply] | None = None
     ) -> list[GuestResult]:
         """The live module's answers to `batch` (`pairs`: their subjects and payloads), in order, from
         `Guest.handle_batch` on this worker's instance (one call per input buffer's worth of messages for an
@@ -352,22 +350,9 @@ class _Worker:
             instance = self.instance = pool.new_instance()
         return instance
 
-    def result_of(self, outcome: GuestOutcome) -> GuestResult:
+    def result_of(self, outcome: GuestReply) -> GuestResult:
         """What one message's outcome in a batch means to the policy (outcome.py)."""
-        if type(outcome) is tuple:
-            status, output = outcome
-            if status is not Status.OK:
-                return Declined(status, output.decode("utf-8", "replace"))
-            try:
-                return Effects(self.pool.allowlist.plan(decode_effects(output)))
-            except EffectRefused as exc:
-                return Refused(str(exc))
-            except GuestFault as exc:
-                return Faulted(exc.kind, str(exc))
-        if isinstance(outcome, InputTooLarge):
-            return TooLarge(str(outcome))
-        assert isinstance(outcome, GuestFault)
-        return Faulted(outcome.kind, str(outcome))
+        return guest_result(outcome, self.pool.allowlist)
 
     def _discard_faulted(self, incoming: Incoming, fault: Faulted) -> None:
         pool = self.pool

@@ -18,11 +18,10 @@ from ..manifest import LoadedManifest, subject_matches
 from . import _nats_fast, jsapi
 from .connection import connect
 from .credentials import NatsAuth
+from .jsapi import ERR_STREAM_NAME_IN_USE, ERR_STREAM_NOT_FOUND
 from .names import MODULES_BUCKET, MODULES_STREAM, ROLLOUTS_BUCKET, SHADOW_STREAM, SHADOW_SUBJECT_PREFIX, kv_stream_name
 from .partitions import PINNED_CLIENT, lane_consumer_config, lanes, stream_transform_of
 
-ERR_STREAM_NAME_IN_USE = 10058
-ERR_STREAM_NOT_FOUND = 10059
 KV_DUPLICATE_WINDOW_S = 120.0
 DEFAULT_SHADOW_KEEP = 10  # shadow samples kept per function and verdict (`shadow start --keep` raises it)
 
