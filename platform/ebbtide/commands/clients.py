@@ -21,7 +21,7 @@ from nats.aio.msg import Msg
 from .. import dlq_admin, outbox
 from ..broker import ConfirmedPublisher, PublishTally, connect, publish_all
 from ..broker.access import ServerAccess, client_access
-from ..broker.users import ingress_subjects, with_keyed_subjects
+from ..broker.users import with_keyed_subjects
 from ..errors import EffectRefused, NatsConnectionError, OutboxError, UsageError
 from ..exit_codes import EXIT_FAILURE
 from ..manifest import LoadedManifest, subject_matches
