@@ -187,16 +187,20 @@ class LoadedManifest:
         self.root = path.parent
 
     def resolve(self, relative: str) -> Path:
+        """A path of the manifest (relative to its folder), absolute."""
         return (self.root / relative).resolve()
 
     @property
     def build_dir(self) -> Path:
+        """Where built modules (`wasm/`) and compiled code (`cache/`) go."""
         return self.resolve(self.spec.build_dir)
 
     def module_path(self, module: str) -> Path:
+        """The built file of module `module`."""
         return self.build_dir / "wasm" / f"{module}.wasm"
 
     def function(self, name: str) -> FunctionSection:
+        """The `[functions.NAME]` section; ManifestError, naming the known ones, if there is none."""
         try:
             return self.spec.functions[name]
         except KeyError:
@@ -225,13 +229,22 @@ class LoadedManifest:
         return SubjectRoutes(routes).get
 
     def dead_letter_subject(self, function: str) -> str:
+        """Where the function's dead letters go: `<dead_letter.subject_prefix>.<function>`."""
         return f"{self.spec.dead_letter.subject_prefix}.{function}"
 
     def config_json(self, function: str) -> bytes:
-        return json.dumps(self.function(function).config, separators=(",", ":")).encode()
+        """The function's `config`, as the JSON object its guest's init receives."""
+        return config_json(self.function(function))
+
+
+def config_json(function: FunctionSection) -> bytes:
+    """A function's `config`, as the JSON object its guest's init receives."""
+    return json.dumps(function.config, separators=(",", ":")).encode()
 
 
 def load_manifest(path: str | Path = DEFAULT_MANIFEST) -> LoadedManifest:
+    """Read and check a manifest (`ebbtide.toml`): ManifestError, naming the file and the key, if it is not
+    valid. Relative paths in it are relative to its folder."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -241,6 +254,8 @@ def load_manifest(path: str | Path = DEFAULT_MANIFEST) -> LoadedManifest:
 
 
 def parse_manifest(data: bytes | str, path: Path) -> LoadedManifest:
+    """A manifest from its TOML text, as if read from `path` (named in errors; relative paths in it are
+    relative to its folder)."""
     try:
         raw = tomllib.loads(data.decode() if isinstance(data, bytes) else data)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:

@@ -107,6 +107,7 @@ async def publish_reliably(
     deadline_s: float = 90.0,
     stats: PublishStats | None = None,
     after_send: Callable[[], Awaitable[None]] | None = None,
+    in_order: bool = False,
 ) -> PublishStats:
     """Publish every (payload, msg_id) until the server confirms it, retrying with the same Nats-Msg-Id.
 
@@ -115,7 +116,9 @@ async def publish_reliably(
     in `chunks` chunks, so a fault can be injected while publishing is under way; `after_send` runs
     after each first-pass chunk is sent and before its confirmations are awaited (a fault injected
     there hits publishes in flight). Fails the test if anything is still unconfirmed after `deadline_s`.
-    `subject`: one for all, or each payload's (an ordered entry's keyed subject).
+    `subject`: one for all, or each payload's (an ordered entry's keyed subject). `in_order`: a chunk's
+    unconfirmed publishes are sent again until confirmed before the next chunk goes (a publisher of a key's
+    events in sequence: retried at the end, they would be stored after later events of their keys).
     """
     stats = stats or PublishStats()
     stats.messages = len(messages)
@@ -146,7 +149,13 @@ async def publish_reliably(
     size = max(1, -(-len(messages) // chunks))
     unconfirmed: list[int] = []
     for n, start in enumerate(range(0, len(messages), size)):
-        unconfirmed += await send(list(range(start, min(start + size, len(messages)))), after_send)
+        failed = await send(list(range(start, min(start + size, len(messages)))), after_send)
+        while in_order and failed:
+            if time.monotonic() - started > deadline_s:
+                raise AssertionError(f"{len(failed)} publish(es) still unconfirmed after {deadline_s:.0f} s")
+            await asyncio.sleep(0.2)
+            failed = await send(failed)
+        unconfirmed += failed
         if spread_s:
             ahead = started + spread_s * (n + 1) / chunks - time.monotonic()
             if ahead > 0:

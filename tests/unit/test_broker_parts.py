@@ -18,6 +18,7 @@ def test_header_names_are_the_documented_ones() -> None:
         "H_MSG_ID": "Nats-Msg-Id",
         "H_STATUS": "Status",
         "H_DESCRIPTION": "Description",
+        "H_PIN_ID": "Nats-Pin-Id",
         "H_INGRESS_AT": "Ebbtide-Ingress-At",
         "H_FUNCTION": "Ebbtide-Function",
         "H_REASON": "Ebbtide-Reason",

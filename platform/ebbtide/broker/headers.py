@@ -19,6 +19,8 @@ H_MSG_ID = "Nats-Msg-Id"
 H_STATUS = "Status"
 #: Beside `Status`: the server's words for it ("No Messages", "Request Timeout", ...).
 H_DESCRIPTION = "Description"
+#: On a message of a pinned consumer (ordered lanes, ADR-42): the pin id its pull requests must carry.
+H_PIN_ID = "Nats-Pin-Id"
 
 # -- carried along the pipeline ------------------------------------------------------------------------
 

@@ -7,20 +7,21 @@ that its consumer exists (`missing_provisioning`) and waits until it does.
 
 from __future__ import annotations
 
+import msgspec
 import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError, NotFoundError
 
-from ..errors import RunError
+from ..errors import JetStreamError, RunError
 from ..manifest import LoadedManifest, subject_matches
+from . import _nats_fast, jsapi
 from .connection import connect
 from .credentials import NatsAuth
+from .jsapi import ERR_STREAM_NAME_IN_USE, ERR_STREAM_NOT_FOUND
 from .names import MODULES_BUCKET, MODULES_STREAM, ROLLOUTS_BUCKET, SHADOW_STREAM, SHADOW_SUBJECT_PREFIX, kv_stream_name
-from .partitions import lanes, stream_transform_of
+from .partitions import PINNED_CLIENT, lane_consumer_config, lanes, stream_transform_of
 
-ERR_STREAM_NAME_IN_USE = 10058
-ERR_STREAM_NOT_FOUND = 10059
 KV_DUPLICATE_WINDOW_S = 120.0
 DEFAULT_SHADOW_KEEP = 10  # shadow samples kept per function and verdict (`shadow start --keep` raises it)
 
@@ -160,8 +161,9 @@ def _subject_transform(manifest: LoadedManifest, stream: str) -> api.SubjectTran
 
 
 def consumer_configs(manifest: LoadedManifest, function: str) -> list[api.ConsumerConfig]:
-    """The durable consumers a function reads: its own; when ordered, also one per partition (see
-    broker/partitions.py), each delivering one message at a time."""
+    """The durable consumers a function reads, as nats-py describes them: its own; when ordered, also one
+    per partition (see broker/partitions.py; provisioned with `lane_consumer_config`, which adds the
+    priority group nats-py has no field for)."""
     fn = manifest.function(function)
     return [
         api.ConsumerConfig(
@@ -173,7 +175,7 @@ def consumer_configs(manifest: LoadedManifest, function: str) -> list[api.Consum
             # The host counts deliveries and dead-letters after retry.max_deliver; the server must never
             # stop redelivering on its own, or a message would be dropped without a dead letter.
             max_deliver=-1,
-            max_ack_pending=1 if fn.order_by else fn.max_ack_pending,
+            max_ack_pending=fn.max_ack_pending,
             deliver_policy=api.DeliverPolicy.ALL,
         )
         for lane in lanes(manifest, function)
@@ -212,9 +214,35 @@ async def provision(js: JetStreamContext, manifest: LoadedManifest, functions: l
     for config in rollout_stream_configs(manifest):
         await _ensure_rollout_stream(js, config)
     for function in names:
-        stream = manifest.stream_for(manifest.function(function).trigger)
+        fn = manifest.function(function)
+        stream = manifest.stream_for(fn.trigger)
+        if fn.order_by:
+            await _ensure_lanes(js, manifest, function)
+            continue
         for consumer in consumer_configs(manifest, function):
             await js.add_consumer(stream, consumer)
+
+
+async def _ensure_lanes(js: JetStreamContext, manifest: LoadedManifest, function: str) -> None:
+    """An ordered function's lanes: created, or updated in place. Lanes of the earlier layout (one message at
+    a time, max_ack_pending 1, no priority group) become pinned lanes with their pending messages and ack
+    floor kept (nats-server 2.15 updates a consumer's priority policy in place; checked by
+    tests/integration/test_pinned_lanes.py). A host of the earlier version still running then gets its
+    pull requests refused (400, no priority group), so it takes nothing more from them."""
+    fn = manifest.function(function)
+    stream = manifest.stream_for(fn.trigger)
+    nc = _nats_fast.client_of_jetstream(js)
+    for lane in lanes(manifest, function):  # the partitions first, the function's own consumer last
+        body: dict[str, object] = {"stream_name": stream, "config": lane_consumer_config(fn, lane)}
+        await jsapi.request(nc, f"CONSUMER.CREATE.{stream}.{lane.consumer}", body, jsapi.ApiResponse)
+
+
+class LaneConfig(msgspec.Struct):
+    priority_policy: str = "none"
+
+
+class LaneInfo(jsapi.ApiResponse):
+    config: LaneConfig | None = None
 
 
 async def _ensure_rollout_stream(js: JetStreamContext, config: api.StreamConfig) -> None:
@@ -243,16 +271,31 @@ async def provision_server(url: str, manifest: LoadedManifest, auth: NatsAuth, g
 
 
 async def missing_provisioning(js: JetStreamContext, manifest: LoadedManifest, function: str) -> str | None:
-    """Why this function cannot start yet (its stream or durable consumer does not exist), or None.
+    """Why this function cannot start yet (its stream or durable consumer does not exist, or an ordered
+    function's consumer has the earlier one-at-a-time layout), or None.
 
     Provisioning creates every stream before any consumer, and a function's own consumer after its
-    partitions' (ordered functions), so its existence is the sign that it has run; that check needs only
-    the consumer info the function reads for its lag anyway.
+    partitions' (ordered functions), so its existence, and its layout, are the sign that it has run; that
+    check needs only the consumer info the function reads for its lag anyway.
     """
-    stream = manifest.stream_for(manifest.function(function).trigger)
+    fn = manifest.function(function)
+    stream = manifest.stream_for(fn.trigger)
     try:
+        if fn.order_by:
+            reply = await jsapi.request(_nats_fast.client_of_jetstream(js), f"CONSUMER.INFO.{stream}.{function}", None, LaneInfo)
+            if reply.config is None or reply.config.priority_policy != PINNED_CLIENT:
+                return (
+                    f"the consumers of ordered function {function} on stream {stream} take one message at a time "
+                    "(the earlier layout): run `ebbtide provision` with the admin credentials, which makes them "
+                    "pinned lanes in place"
+                )
+            return None
         await js.consumer_info(stream, function)
-    except NotFoundError as exc:
+    except (NotFoundError, JetStreamError) as exc:
+        if isinstance(exc, JetStreamError) and exc.code != 404:
+            if exc.code == 503:
+                return "JetStream is not available yet (no responders)"
+            raise
         missing = (
             f"stream {stream}" if exc.err_code == ERR_STREAM_NOT_FOUND else f"durable consumer {function} on stream {stream}"
         )

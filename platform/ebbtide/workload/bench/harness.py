@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import msgspec
@@ -120,11 +120,14 @@ class Harness:
         writes = sum(now[name] - seq for name, seq in before.items() if name != dlq)
         return writes, now[dlq] - before[dlq]
 
-    async def burst(self, orders: Sequence[Order], tag: str, timeout: float = 120.0) -> BurstResult:
+    async def burst(
+        self, orders: Sequence[Order], tag: str, timeout: float = 120.0, on_stored: Callable[[], None] | None = None
+    ) -> BurstResult:
         """Publish every order at once (ids made unique by `tag`), wait until all are stored, read the times.
 
         `orders` may be order events (several per order): then an order's latency is its last event's, and
-        an ordered entry subject gets each event's key (ordering.entry_subject)."""
+        an ordered entry subject gets each event's key (ordering.entry_subject). `on_stored`: called as soon
+        as every write is seen (before the consumers are read until they settle: e.g. to stop a CPU count)."""
         payloads = [
             (str(o.order_id), encode_order(o), f"{event_msg_id(o) if isinstance(o, OrderEvent) else o.order_guid}:{tag}")
             for o in orders
@@ -144,6 +147,8 @@ class Harness:
             if writes + dead >= len(orders) or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.01)
+        if on_stored is not None:
+            on_stored()
         sent, errors = await sending
         await self.settle(timeout=max(1.0, deadline - time.monotonic()))
         writes, dead = await self.counts_since(before)

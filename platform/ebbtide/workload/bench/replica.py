@@ -40,12 +40,12 @@ from nats.aio.client import Client as NatsClient
 from ...broker import ConfirmedPublisher, EmbeddedNats, connect, provision
 from ...broker.publisher import PublishBatch
 from ...manifest import LoadedManifest, load_manifest
+from ...runtime.guest import MIB
 from ...status_reports import STATUS_SUBJECT_PREFIX, decode_status
 from ..orders import encode_order, generate_orders
 from .report import BenchReport
 from .tomlwrite import dumps
 
-MIB = 1024 * 1024
 ZEISS_WASM_APP_MIB = 2.4  # KubeCon EU 2024: one Spin (Wasm) app, against 423 MB for the container
 ZEISS_START_S = 34.0  # the same talk: start-up of the Wasm deployment (containers: 60 s)
 
