@@ -141,7 +141,9 @@ async def test_the_search_for_the_fastest_configuration(reference_manifest: Load
     fastest = report.details["burst"]["fastest_config"]["name"]
     assert tuning[fastest]["median_s"] == min(t["median_s"] for t in tuning.values())
     ran = set(report.details["burst"]["implementations"])
-    assert ran == {"raw", "faststream", "ebbtide-default"} | ({"ebbtide-fastest"} if fastest != "default" else set())
+    assert ran == {"raw", "raw-batched", "faststream", "ebbtide-default", "ebbtide-puback"} | (
+        {"ebbtide-fastest"} if fastest != "default" else set()
+    )
     assert "configurations tried" in report.markdown()
 
 
