@@ -117,8 +117,13 @@ class PoolController:
 
     async def _until_next_tick(self) -> None:
         """TICK_S while messages flow; while the pool is quiet, until a fetch brings something, the cooldown
-        may end, or the next idle report is due."""
+        may end, or the next idle report is due; not at all once it has drained to zero."""
         pool = self.pool
+        if pool.instances == 0 and pool.in_flight == 0:
+            # Drained to zero: no worker is left whose fetch would set `activity`, so this wait would be deaf
+            # until the idle report (5 s; issue 25: single orders after a burst waited seconds). `_run` goes to
+            # sleep on the bell at once instead.
+            return
         if self.lag > 0 or pool.in_flight > 0 or pool.activity.is_set():
             await asyncio.sleep(AT_MAX_TICK_S if self.lag > 0 and pool.instances >= self.scaler.policy.max else TICK_S)
             return
