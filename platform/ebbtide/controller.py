@@ -29,7 +29,9 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
+from .broker.jsapi import first_stored_at
 from .broker.partitions import keyed_subject
+from .oldest_pending import OldestPending
 from .pool import FunctionPool
 from .scaler import ScalePolicy, Scaler
 from .status_reports import STATUS_REQUEST_SUBJECT, PoolStatus, encode_status, status_subject
@@ -44,6 +46,7 @@ LANES_PER_TICK = 4  # consumers of an ordered function whose lag one tick reads 
 IDLE_REPORT_S = 5.0  # status report interval while quiet or idle at zero (`top` counts a process live for 10 s)
 IDLE_LAG_CHECK_S = 60.0  # asleep at zero: a lag check in case the bell missed a publish for a reason not seen
 LAG_CONFIRM_S = 0.25  # asleep at zero: the second lag check, for a publish stored just before the bell rang
+OLDEST_READ_TIMEOUT_S = 2.0  # reading the oldest unhandled message's time (oldest_pending.py)
 
 
 def host_id() -> str:
@@ -71,6 +74,9 @@ class PoolController:
         self._stopping = False
         self._lane_lags = [0] * len(pool.consumers)  # the last lag read of each consumer (see _read_lag)
         self._next_lane = 0
+        self.oldest_pending = OldestPending(len(pool.consumers))
+        self._lane_filters = [pool.function.trigger] * len(pool.consumers)  # each consumer's filter subject
+        self._oldest_read: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.pool.set_instances(self.scaler.policy.min)
@@ -86,6 +92,8 @@ class PoolController:
 
     async def stop(self) -> None:
         self._stopping = True
+        if self._oldest_read is not None:
+            self._oldest_read.cancel()
         if self._request_subscription is not None:
             try:
                 await self._request_subscription.unsubscribe()
@@ -201,7 +209,34 @@ class PoolController:
         infos = await asyncio.gather(*(self._js.consumer_info(stream, consumers[lane]) for lane in lanes))
         for lane, info in zip(lanes, infos):
             lags[lane] = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+            self._lane_filters[lane] = info.config.filter_subject or self.pool.function.trigger
+            self.oldest_pending.update(lane, info.ack_floor.stream_seq if info.ack_floor else 0, lags[lane])
+        self._read_oldest_pending()
         return sum(lags)
+
+    def _read_oldest_pending(self) -> None:
+        """Start reading the stored time of a consumer's oldest unhandled message, when one is due (see
+        oldest_pending.py); in a task of its own, so a slow or refused read never holds up a control tick."""
+        if self._oldest_read is not None and not self._oldest_read.done():
+            return
+        due = self.oldest_pending.lane_to_read(time.monotonic())
+        if due is None:
+            return
+        lane, first = due
+        self._oldest_read = asyncio.create_task(self._read_stored_at(lane, first), name=f"{self.pool.name}-oldest-pending")
+
+    async def _read_stored_at(self, lane: int, first: int) -> None:
+        try:
+            stored_at = await first_stored_at(self._nc, self.pool.stream, self._lane_filters[lane], first, OLDEST_READ_TIMEOUT_S)
+        except Exception as exc:  # e.g. credentials generated before this read was granted: the age stays unknown
+            log.debug("%s: cannot read the oldest pending message's time: %r", self.pool.name, exc)
+            stored_at = None
+        self.oldest_pending.read(lane, first - 1, stored_at, time.monotonic())
+
+    @property
+    def oldest_pending_s(self) -> float:
+        """Age of the function's oldest unhandled message, at the last readings (0: none)."""
+        return self.oldest_pending.age(time.time())
 
     async def _report(self) -> None:
         pool = self.pool
@@ -226,6 +261,7 @@ class PoolController:
             rate=(settled - self._last_settled) / elapsed,
             handle_p50_us=handle.quantile_since(earlier, 0.5) * 1e6,
             handle_p99_us=handle.quantile_since(earlier, 0.99) * 1e6,
+            oldest_pending_s=self.oldest_pending_s,
             module_sha256=pool.module.sha256,
             candidate_sha256=pool.candidate_sha256,
             rollout=pool.rollout_stats.counts(),

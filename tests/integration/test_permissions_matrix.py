@@ -91,7 +91,8 @@ STORED_IN = {
 
 
 def api_allowed(user: str, subject: str) -> bool:
-    """$JS.API.<operation>.<target>: functions read their own consumer and pull from it; observer reads
+    """$JS.API.<operation>.<target>: functions read their own consumer and pull from it, and read a message of
+    their trigger's stream (the age of the oldest unhandled one); observer reads
     the outboxes, the dead letters, the manifest's streams (`replay`) and the shadow samples; ingress nothing;
     admin everything."""
     if user == ADMIN_USER:
@@ -102,6 +103,9 @@ def api_allowed(user: str, subject: str) -> bool:
         rollouts = {f"$JS.API.{op}.{stream}" for op in ("STREAM.INFO", "CONSUMER.CREATE") for stream in (ROLLOUTS, MODULES)}
         rollouts.add(f"$JS.API.STREAM.MSG.GET.{MODULES}")
         own = {f"$JS.API.CONSUMER.INFO.ORDERS.{user}", f"$JS.API.CONSUMER.MSG.NEXT.ORDERS.{user}"}
+        # The stored time of its oldest unhandled message (ebbtide_oldest_pending_seconds): a read of its
+        # trigger's stream (issue 25). Reading only: nothing of ORDERS can be changed through it.
+        own.add("$JS.API.STREAM.MSG.GET.ORDERS")
         return subject in own | rollouts
     if user == OBSERVER_USER:
         reads = {

@@ -25,6 +25,7 @@ class PoolSnapshot:
     live_instances: int  # instances holding Wasm memory
     in_flight: int  # messages fetched and not yet settled
     backlog: int | None  # the consumer's lag at the controller's last reading (None: not read yet)
+    oldest_pending_s: float | None  # age of the oldest unhandled message (oldest_pending.py; None: no controller)
     handle: Histogram  # guest call time (live: read it while rendering, do not keep it)
     end_to_end: Histogram  # ingress -> effects confirmed
     shadow: dict[str, int] = field(default_factory=dict)  # shadow verdicts: same, different, candidate_fault
@@ -36,3 +37,4 @@ class PoolSnapshot:
 class HostSnapshot:
     pools: list[PoolSnapshot] = field(default_factory=list)
     nats_connected: bool = False
+    asyncio_tasks: int | None = None  # tasks alive on the host's event loop (None: not taken on the loop)
