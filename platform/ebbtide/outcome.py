@@ -154,20 +154,21 @@ def after_host_error(error: BaseException, delivered: int, retry: RetrySection) 
 
 
 def after_unconfirmed(
-    outcome: Ack | DeadLetter, error: str, delivered: int, retry: RetrySection, *, unanswered: bool = False
+    outcome: Ack | DeadLetter, error: str, delivered: int, retry: RetrySection, *, server_side: bool = False
 ) -> Retry | DeadLetter:
     """The server did not confirm every publish of `outcome` (`error` says why for the first one).
 
-    Effects not confirmed are a transient failure like any other, except when the server answered none of
-    them (`unanswered`: timeouts, or not sent while disconnected): then the server is the trouble, e.g. a
-    stream electing a new leader for longer than the retries last, and the message is retried with backoff
-    without using up its retries (dead-lettering healthy orders during a failover would lose nothing but
-    still be wrong). A dead letter not confirmed was not stored: the input is nak'ed to try it all again
+    Effects not confirmed are a transient failure like any other, except when every one of them failed for
+    a reason of the server's (`server_side`: no answer in time, not sent while disconnected, or refused for
+    lack of space: errors.PublishRetryLater): then the server is the trouble, e.g. a stream electing a new
+    leader, or a full store, for longer than the retries last, and the message is retried with backoff
+    without using up its retries (dead-lettering healthy orders during a failover or while the disk is full
+    would lose nothing but still be wrong). A dead letter not confirmed was not stored: the input is nak'ed to try it all again
     later (never dead-lettered a second time here, so carrying out outcomes ends after at most two rounds
     of confirmations).
     """
     if isinstance(outcome, DeadLetter):
         return Retry(backoff_s(1, retry), f"dead letter not confirmed: {error}")
-    if unanswered:
+    if server_side:
         return Retry(backoff_s(delivered, retry), f"effects not confirmed: {error}")
     return transient(f"effects not confirmed: {error}", delivered, retry)

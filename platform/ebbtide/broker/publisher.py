@@ -21,7 +21,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from ..errors import PublishError, PublishUnanswered
+from ..errors import PublishError, PublishUnanswered, StoreFull
 from . import _nats_fast, jsapi
 from .headers import H_MSG_ID, H_STATUS, message_size
 
@@ -207,8 +207,27 @@ def _pub_ack(msg: Msg) -> PubAck | PublishError:
     except msgspec.DecodeError:
         return PublishError(f"unreadable PubAck: {msg.data[:200]!r}")
     if ack.error is not None:
-        return PublishError(f"server refused publish: {ack.error.description} (err_code {ack.error.err_code})")
+        refusal = f"server refused publish: {ack.error.description} (err_code {ack.error.err_code})"
+        if is_store_full(ack.error):
+            return StoreFull(f"{refusal}: stream {ack.stream or '?'} or the server's store is full; retry once space frees")
+        return PublishError(refusal)
     return ack
+
+
+# The server's refusals for lack of space (nats-server errors.json): the account's or the server's JetStream
+# store is full, or a stream with discard new holds its limit (10077 is also any other store failure: the
+# description tells them apart).
+ERR_ACCOUNT_RESOURCES = 10002  # "resource limits exceeded for account"
+ERR_INSUFFICIENT_RESOURCES = 10023  # "insufficient resources": the server's store (max_file_store, disk) is full
+ERR_STREAM_STORE_FAILED = 10077  # "maximum bytes exceeded", "maximum messages exceeded", ...
+_FULL_STORE_WORDS = ("maximum bytes", "maximum messages", "no space", "insufficient")
+
+
+def is_store_full(error: jsapi.ApiError) -> bool:
+    """Whether a publish was refused for lack of space (see StoreFull)."""
+    if error.err_code in (ERR_ACCOUNT_RESOURCES, ERR_INSUFFICIENT_RESOURCES):
+        return True
+    return error.err_code == ERR_STREAM_STORE_FAILED and any(w in error.description.lower() for w in _FULL_STORE_WORDS)
 
 
 async def publish_all(
