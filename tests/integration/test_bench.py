@@ -13,7 +13,7 @@ from nats.aio.client import Client as NatsClient
 
 from ebbtide.broker import EmbeddedNats, provision
 from ebbtide.manifest import LoadedManifest
-from ebbtide.workload.bench import SCENARIOS, BenchOptions, run_bench
+from ebbtide.workload.bench import DEFAULT_SCENARIOS, BenchOptions, run_bench
 from ebbtide.workload.bench.comparison import TUNING_ROUNDS
 from ebbtide.workload.bench.ordering import CASES as ORDERING_CASES
 from ebbtide.workload.orders import INGRESS_SUBJECT, encode_order, generate_orders
@@ -21,7 +21,7 @@ from tests.conftest import read_stream
 
 
 async def test_quick_bench_completes_with_sane_figures(reference_manifest: LoadedManifest, tmp_path: Path) -> None:
-    report = await run_bench(reference_manifest, list(SCENARIOS), quick=True, out_dir=tmp_path)
+    report = await run_bench(reference_manifest, list(DEFAULT_SCENARIOS), quick=True, out_dir=tmp_path)
     figures = {f.name: f.value for f in report.figures}
     assert all(math.isfinite(v) for v in figures.values())
     # A slope may be negative, and so may the memory of one more function in a process: a difference of two

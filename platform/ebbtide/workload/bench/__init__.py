@@ -13,6 +13,9 @@ Scenarios (pick with --scenario; --quick shrinks every size so the whole run tak
 - sustained: fixed publish rates for a while, latency per window, backlog and RSS over time (sustained.py)
 - ordering:  the burst with and without per-key ordering side by side, 3 events per order, and one hot
              key holding 30 % of the events (ordering.py)
+- soak:      the ZEISS day shape for --minutes M per manifest (30 by default; not part of the default run):
+             a burst a minute and a trickle between, memory, fds, tasks and objects of every process over
+             time, their slopes, latency, exactly-once at the end (soak.py)
 
 All figures come from one run on one machine, with warm-up excluded where stated.
 """
@@ -21,9 +24,10 @@ from __future__ import annotations
 
 from typing import Any
 
-SCENARIOS = ("host", "memory", "replica", "scale", "tracing", "shadow", "burst", "sustained", "ordering")
+SCENARIOS = ("host", "memory", "replica", "scale", "tracing", "shadow", "burst", "sustained", "ordering", "soak")
+DEFAULT_SCENARIOS = SCENARIOS[:-1]  # the soak takes an hour: only when asked for
 
-__all__ = ["SCENARIOS", "BenchOptions", "BenchReport", "Figure", "Section", "run_bench"]
+__all__ = ["DEFAULT_SCENARIOS", "SCENARIOS", "BenchOptions", "BenchReport", "Figure", "Section", "run_bench"]
 
 # The CLI's parser needs SCENARIOS only: the rest (the runtime, the baselines, OpenTelemetry) is imported
 # when first used.

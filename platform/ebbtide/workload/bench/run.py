@@ -18,6 +18,7 @@ from .replica import bench_replica
 from .report import BenchReport
 from .scale import bench_scale
 from .shadow import bench_shadow
+from .soak import bench_soak
 from .tracing import bench_tracing
 
 
@@ -53,6 +54,9 @@ async def run_bench(
     if "ordering" in scenarios:
         print("ordering: the burst with and without per-key ordering, 3 events per order, one hot key", flush=True)
         await bench_ordering(manifest, report, quick, out_dir, options)
+    if "soak" in scenarios:
+        print("soak: a burst a minute and a trickle between, per process memory, fds, tasks, objects over time", flush=True)
+        await bench_soak(manifest, report, quick, out_dir, options)
     results = out_dir / "results.json"
     results.write_text(json.dumps(msgspec.to_builtins(report), indent=2))
     report.files.append(str(results))
