@@ -369,12 +369,13 @@ async def run_soak(manifest: LoadedManifest, label: str, minutes: int, burst: in
                     trickle_ms += [(writes.at.get(key, math.inf) - sent) * 1000 for _, _, key, _ in one]
                 await asyncio.sleep(max(0.0, minute_start + MINUTE_S - 1.0 - time.monotonic()))
                 watcher.cancel()
-                # The sample, at the quiet end of the minute.
+                # The sample, at the quiet end of the minute, once every pool is at rest (no instance, nothing
+                # in flight), so that every minute's sample is taken in the same state.
+                scraped = await _at_rest(processes, deadline=minute_start + MINUTE_S + 30)
                 samples: dict[str, ProcessSample] = {}
                 handle_p99: dict[str, float] = {}
                 per_function: dict[str, list[float]] = {}
-                for name, port in processes.ports.items():
-                    metrics = await asyncio.to_thread(_scrape, port)
+                for name, metrics in scraped.items():
                     samples[name] = ProcessSample(
                         rss_mib=metrics.get("ebbtide_process_resident_memory_bytes", math.nan) / 2**20,
                         private_mib=metrics.get("ebbtide_process_private_memory_bytes", math.nan) / 2**20,
@@ -422,6 +423,21 @@ async def run_soak(manifest: LoadedManifest, label: str, minutes: int, burst: in
             await nc.close()
     _fit(result)
     return result
+
+
+async def _at_rest(processes: _Processes, deadline: float) -> dict[str, dict[str, float]]:
+    """Every process's /metrics once all its pools hold no instance and nothing in flight (or at `deadline`)."""
+    while True:
+        scraped = {name: await asyncio.to_thread(_scrape, port) for name, port in processes.ports.items()}
+        busy = sum(
+            value
+            for metrics in scraped.values()
+            for name, value in metrics.items()
+            if name.startswith(("ebbtide_instances{", "ebbtide_in_flight{"))
+        )
+        if busy == 0 or time.monotonic() > deadline:
+            return scraped
+        await asyncio.sleep(0.5)
 
 
 def _sync(callback: Callable[[Msg], None]) -> Callable[[Msg], Any]:
