@@ -228,9 +228,10 @@ class PoolController:
     async def _read_stored_at(self, lane: int, first: int) -> None:
         try:
             stored_at = await first_stored_at(self._nc, self.pool.stream, self._lane_filters[lane], first, OLDEST_READ_TIMEOUT_S)
-        except Exception as exc:  # e.g. credentials generated before this read was granted: the age stays unknown
+        except Exception as exc:  # no answer in time, or refused (credentials generated before this read was granted)
             log.debug("%s: cannot read the oldest pending message's time: %r", self.pool.name, exc)
-            stored_at = None
+            self.oldest_pending.read_failed(lane, time.monotonic())
+            return
         self.oldest_pending.read(lane, first - 1, stored_at, time.monotonic())
 
     @property
@@ -247,10 +248,11 @@ class PoolController:
         elapsed = max(now - self._last_report, 1e-6)
         handle, earlier = stats.handle, self._last_handle_counts
         self._last_handle_counts = list(handle.counts)
+        sampled = time.time()  # one clock reading for the report's time and the age in it
         status = PoolStatus(
             function=pool.name,
             host_id=self._host_id,
-            time=time.time(),
+            time=sampled,
             backlog=self.lag,
             instances=pool.live_instances,
             in_flight=pool.in_flight,
@@ -261,7 +263,7 @@ class PoolController:
             rate=(settled - self._last_settled) / elapsed,
             handle_p50_us=handle.quantile_since(earlier, 0.5) * 1e6,
             handle_p99_us=handle.quantile_since(earlier, 0.99) * 1e6,
-            oldest_pending_s=self.oldest_pending_s,
+            oldest_pending_s=self.oldest_pending.age(sampled),
             module_sha256=pool.module.sha256,
             candidate_sha256=pool.candidate_sha256,
             rollout=pool.rollout_stats.counts(),

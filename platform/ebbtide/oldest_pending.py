@@ -26,11 +26,11 @@ REFRESH_S = 1.0  # a consumer whose floor moved is read again at most this often
 
 @dataclass(slots=True)
 class _Lane:
-    floor: int = -1  # the consumer's ack floor (stream sequence) at its latest info
+    floor: int = 0  # the consumer's ack floor (stream sequence) at its latest info
     lag: int = 0  # num_pending + num_ack_pending at its latest info
-    read_floor: int = -1  # the floor the stored time below was read at
-    stored_at: float | None = None  # unix seconds: when its first unhandled message was stored (None: unknown)
-    read_at: float = -math.inf  # monotonic seconds of that read
+    read_floor: int | None = None  # the floor its reading was made at (None: no reading)
+    stored_at: float | None = None  # unix seconds: when the first message after read_floor was stored (None: none)
+    read_at: float = -math.inf  # monotonic seconds of its latest read, or attempt
 
 
 class OldestPending:
@@ -43,31 +43,35 @@ class OldestPending:
         """A consumer's info, as the controller read it: its ack floor's stream sequence and its lag."""
         state = self._lanes[lane]
         state.floor, state.lag = floor, lag
-        if lag == 0:  # nothing unhandled: nothing to read until it has a lag again
-            state.read_floor, state.stored_at = floor, None
+        if lag == 0:  # nothing unhandled: no reading holds once something arrives
+            state.read_floor, state.stored_at = None, None
 
     def lane_to_read(self, now: float) -> tuple[int, int] | None:
         """(lane, first sequence to look from) of the consumer to read next, or None when every reading
         stands. `now`: monotonic seconds."""
         due: list[tuple[float, int]] = []
         for index, state in enumerate(self._lanes):
-            if state.lag == 0:
-                continue
-            if state.stored_at is None and state.read_floor != state.floor:
-                due.append((-math.inf, index))  # never read at this floor: its age is unknown
-            elif state.read_floor != state.floor and now - state.read_at >= REFRESH_S:
-                due.append((state.stored_at if state.stored_at is not None else -math.inf, index))
+            if state.lag == 0 or state.read_floor == state.floor:
+                continue  # nothing unhandled, or its reading stands (its floor has not moved)
+            if now - state.read_at < REFRESH_S:
+                continue  # read, or tried, a moment ago: an older reading overstates the age until the next
+            due.append((state.stored_at if state.stored_at is not None else -math.inf, index))  # unknown first
         if not due:
             return None
         _, index = min(due)
         return index, self._lanes[index].floor + 1
 
+    def read_failed(self, lane: int, now: float) -> None:
+        """The read could not be made (no answer, refused): the consumer is read again after REFRESH_S."""
+        self._lanes[lane].read_at = now
+
     def read(self, lane: int, floor: int, stored_at: float | None, now: float) -> None:
         """The stored time of the first message after `floor` on the consumer's filter (None: none stored
         any more, e.g. removed by max_age); `now`: monotonic seconds of the read."""
         state = self._lanes[lane]
-        state.read_floor, state.read_at = floor, now
-        state.stored_at = stored_at if state.lag > 0 else None
+        state.read_at = now
+        if state.lag > 0:  # else it was handled meanwhile: nothing to hold
+            state.read_floor, state.stored_at = floor, stored_at
 
     def age(self, now: float) -> float:
         """Seconds since the oldest unhandled message of any consumer was stored (0: none, or not read yet).

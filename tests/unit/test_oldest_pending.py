@@ -84,3 +84,20 @@ def test_the_age_is_never_negative() -> None:
     oldest.update(0, floor=0, lag=1)
     oldest.read(0, floor=0, stored_at=1_005.0, now=0.0)
     assert oldest.age(now=1_000.0) == 0.0
+
+
+def test_a_message_arriving_after_the_floor_was_read_empty_is_read() -> None:
+    """Nothing unhandled at floor 10; then a message arrives after it (the floor stays at 10): it is read."""
+    oldest = OldestPending(1)
+    oldest.update(0, floor=10, lag=0)
+    oldest.update(0, floor=10, lag=1)
+    assert oldest.lane_to_read(now=0.0) == (0, 11)
+
+
+def test_a_failed_read_is_tried_again_after_the_refresh_interval() -> None:
+    oldest = OldestPending(1)
+    oldest.update(0, floor=10, lag=1)
+    assert oldest.lane_to_read(now=0.0) == (0, 11)
+    oldest.read_failed(0, now=0.0)
+    assert oldest.lane_to_read(now=REFRESH_S / 2) is None
+    assert oldest.lane_to_read(now=REFRESH_S) == (0, 11)

@@ -58,6 +58,7 @@ MINUTE_S = 60.0
 WARM_UP_MIN = 3  # minutes left out of the slopes (fewer in a short run: at least two minutes are fitted)
 TRICKLE_EVERY_S = 2.0
 QUIET_S = 12.0  # the end of each minute: nothing published, pools drain (cooldown 5 s), then the sample
+AT_REST_WAIT_S = 120.0  # past the minute's end, the longest the sample waits for every pool to be at rest
 EVENTS_PER_ORDER = 3  # the ordered manifest's orders: created, amended, cancelled
 REPLICAS = {"receiver-express": 2}  # processes per function (others: 1)
 ORDER_ID_STRIDE = 1_000_000  # minute k's orders: ids from 1 + k * stride (trickle from the middle of it)
@@ -91,6 +92,7 @@ class Minute:
     server_rss_mib: float
     store_mib: float
     load_average: float
+    at_rest: bool  # sampled with every pool at zero and nothing in flight (else: at AT_REST_WAIT_S past the minute)
 
 
 @dataclass
@@ -371,7 +373,7 @@ async def run_soak(manifest: LoadedManifest, label: str, minutes: int, burst: in
                 watcher.cancel()
                 # The sample, at the quiet end of the minute, once every pool is at rest (no instance, nothing
                 # in flight), so that every minute's sample is taken in the same state.
-                scraped = await _at_rest(processes, deadline=minute_start + MINUTE_S + 30)
+                scraped, at_rest = await _at_rest(processes, deadline=minute_start + MINUTE_S + AT_REST_WAIT_S)
                 samples: dict[str, ProcessSample] = {}
                 handle_p99: dict[str, float] = {}
                 per_function: dict[str, list[float]] = {}
@@ -406,6 +408,7 @@ async def run_soak(manifest: LoadedManifest, label: str, minutes: int, burst: in
                     server_rss_mib=server_rss,
                     store_mib=await asyncio.to_thread(_store_mib, server),
                     load_average=os.getloadavg()[0],
+                    at_rest=at_rest,
                 )
                 result.minutes.append(minute)
                 trickle = f"{percentile(trickle_ms, 0.99):.1f}" if trickle_ms else "-"
@@ -425,8 +428,9 @@ async def run_soak(manifest: LoadedManifest, label: str, minutes: int, burst: in
     return result
 
 
-async def _at_rest(processes: _Processes, deadline: float) -> dict[str, dict[str, float]]:
-    """Every process's /metrics once all its pools hold no instance and nothing in flight (or at `deadline`)."""
+async def _at_rest(processes: _Processes, deadline: float) -> tuple[dict[str, dict[str, float]], bool]:
+    """Every process's /metrics once all its pools hold no instance and nothing in flight (True), or as they
+    are at `deadline` (False)."""
     while True:
         scraped = {name: await asyncio.to_thread(_scrape, port) for name, port in processes.ports.items()}
         busy = sum(
@@ -436,7 +440,7 @@ async def _at_rest(processes: _Processes, deadline: float) -> dict[str, dict[str
             if name.startswith(("ebbtide_instances{", "ebbtide_in_flight{"))
         )
         if busy == 0 or time.monotonic() > deadline:
-            return scraped
+            return scraped, busy == 0
         await asyncio.sleep(0.5)
 
 
