@@ -530,17 +530,24 @@ def markdown(results: Sequence[SoakResult]) -> str:
         )
     lines += [
         "",
-        "| manifest | minutes (warm-up) | orders | burst p99 ms, first → last third | ratio | trickle p99 ms (worst minute) / max "
-        "| handle p99 ms (median minute) | burst drained in s (median) | stored / lost / written twice / values differing / dead letters |",
+        "| manifest | minutes (warm-up) | orders | burst p99 ms, first → last third (load average) | ratio "
+        "| trickle p99 ms: median minute / worst minute / max | handle p99 ms (median minute; a bucket's upper bound) "
+        "| burst drained in s (median) | stored / lost / written twice / values differing / dead letters |",
         "|---|---:|---:|---:|---:|---:|---|---:|---|",
     ]
     for result in results:
         functions = sorted({f for m in result.minutes for f in m.handle_p99_ms})
         handle = ", ".join(f"{f} {statistics.median(m.handle_p99_ms.get(f, 0.0) for m in result.minutes):.2f}" for f in functions)
+        after = [m for m in result.minutes if m.index >= result.warm_up] or list(result.minutes)
+        third = max(1, len(after) // 3)
+        early_load = statistics.fmean(m.load_average for m in after[:third])
+        late_load = statistics.fmean(m.load_average for m in after[-third:])
+        trickles = [percentile(m.trickle_ms, 0.99) for m in result.minutes if m.trickle_ms]
+        median_trickle = statistics.median(trickles) if trickles else math.nan
         lines.append(
             f"| {result.manifest} | {len(result.minutes)} ({result.warm_up}) | {sum(m.orders for m in result.minutes):,} "
-            f"| {result.burst_p99_early_ms:,.0f} → {result.burst_p99_late_ms:,.0f} | {result.burst_ratio:.2f} "
-            f"| {result.trickle_p99_ms:.1f} / {result.trickle_max_ms:.1f} | {handle} "
+            f"| {result.burst_p99_early_ms:,.0f} ({early_load:.1f}) → {result.burst_p99_late_ms:,.0f} ({late_load:.1f}) "
+            f"| {result.burst_ratio:.2f} | {median_trickle:.1f} / {result.trickle_p99_ms:.1f} / {result.trickle_max_ms:.1f} | {handle} "
             f"| {statistics.median(m.burst_drain_s for m in result.minutes):.1f} "
             f"| {result.stored:,} / {result.lost} / {result.written_twice} / {result.values_differing} / {result.dead_letters} |"
         )
