@@ -58,6 +58,7 @@ MINUTE_S = 60.0
 WARM_UP_MIN = 3  # minutes left out of the slopes (fewer in a short run: at least two minutes are fitted)
 TRICKLE_EVERY_S = 2.0
 QUIET_S = 12.0  # the end of each minute: nothing published, pools drain (cooldown 5 s), then the sample
+REST_CHECK_S = 1.5  # at rest: two scrapes this far apart agree on every process's task count
 AT_REST_WAIT_S = 120.0  # past the minute's end, the longest the sample waits for every pool to be at rest
 EVENTS_PER_ORDER = 3  # the ordered manifest's orders: created, amended, cancelled
 REPLICAS = {"receiver-express": 2}  # processes per function (others: 1)
@@ -429,8 +430,10 @@ async def run_soak(manifest: LoadedManifest, label: str, minutes: int, burst: in
 
 
 async def _at_rest(processes: _Processes, deadline: float) -> tuple[dict[str, dict[str, float]], bool]:
-    """Every process's /metrics once all its pools hold no instance and nothing in flight (True), or as they
-    are at `deadline` (False)."""
+    """Every process's /metrics once all its pools hold no instance and nothing in flight, and its tasks have
+    stopped changing (a stopped worker ends its last long poll, an ordered pool's feed closes, a moment after
+    its instance is gone): (metrics, True); or as they are at `deadline`: (metrics, False)."""
+    previous: dict[str, float] | None = None
     while True:
         scraped = {name: await asyncio.to_thread(_scrape, port) for name, port in processes.ports.items()}
         busy = sum(
@@ -439,9 +442,13 @@ async def _at_rest(processes: _Processes, deadline: float) -> tuple[dict[str, di
             for name, value in metrics.items()
             if name.startswith(("ebbtide_instances{", "ebbtide_in_flight{"))
         )
-        if busy == 0 or time.monotonic() > deadline:
-            return scraped, busy == 0
-        await asyncio.sleep(0.5)
+        tasks = {name: metrics.get("ebbtide_process_asyncio_tasks", math.nan) for name, metrics in scraped.items()}
+        if busy == 0 and tasks == previous:
+            return scraped, True
+        if time.monotonic() > deadline:
+            return scraped, False
+        previous = tasks if busy == 0 else None
+        await asyncio.sleep(REST_CHECK_S)
 
 
 def _sync(callback: Callable[[Msg], None]) -> Callable[[Msg], Any]:
