@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -304,7 +305,10 @@ async def run_soak(manifest: LoadedManifest, label: str, minutes: int, burst: in
     writes = _Writes(ordered)
     expected_last: dict[tuple[str, str], int] = {}  # (bucket, order id) -> hash of its last payload
     expected_writes: dict[str, int] = {"express": 0, "standard": 0}
-    with EmbeddedNats(out_dir / f"nats-soak-{label}", port=0, monitor_port=0) as server:
+    data_dir = out_dir / f"nats-soak-{label}"
+    # A fresh store: an earlier run's orders (same ids, same keys) would count as this run's writes.
+    shutil.rmtree(data_dir, ignore_errors=True)
+    with EmbeddedNats(data_dir, port=0, monitor_port=0) as server:
         nc = await connect(server.url, name=f"ebbtide-bench-soak-{label}")
         processes = _Processes(loaded, server.url)
         try:
