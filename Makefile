@@ -19,7 +19,7 @@ demo: setup
 	$(BIN)/ebbtide demo --orders 10000
 
 test: setup lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -rs  # -rs: each skipped test with its reason (the README names what may skip)
 
 lint: setup
 	$(BIN)/ruff check platform tests loadtest

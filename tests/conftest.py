@@ -16,6 +16,7 @@ from pathlib import Path
 
 import msgspec
 import nats
+import nats.js.api
 import pytest
 import wasmtime
 from nats.aio.client import Client as NatsClient
@@ -24,6 +25,7 @@ from ebbtide.broker import EmbeddedNats, free_port, provision_server
 from ebbtide.broker.credentials import NatsAuth
 from ebbtide.build import build_modules
 from ebbtide.manifest import LoadedManifest, load_manifest, parse_manifest
+from ebbtide.workload.orders import Order, encode_order
 
 REPO = Path(__file__).resolve().parent.parent
 GUESTS = Path(__file__).resolve().parent / "guests"
@@ -232,19 +234,35 @@ async def read_stream(
     return messages
 
 
+# bucket -> key (the orderId) -> the body that was sent: the receivers store an order's payload unchanged.
+ExpectedOutboxes = Mapping[str, Mapping[str, bytes]]
+
+
+def outbox_bodies(orders: Iterable[Order]) -> dict[str, dict[str, bytes]]:
+    """Where each order belongs (`outbox-<delivery>`, key = orderId) and the body it was published with
+    (`encode_order`): what `outboxes_writes` compares the buckets with."""
+    expected: dict[str, dict[str, bytes]] = {"outbox-express": {}, "outbox-standard": {}}
+    for order in orders:
+        expected[f"outbox-{order.delivery.lower()}"][str(order.order_id)] = encode_order(order)
+    return expected
+
+
 @dataclass(frozen=True)
 class OutboxWrites:
-    """An outbox bucket compared with the orders that belong in it, counted in writes, not keys.
+    """An outbox bucket compared with the orders that belong in it: every key's last value against the
+    body that was sent, and the writes counted, not the keys.
 
     A bucket keeps one message per key (history 1), so a second write of an order replaces the first and
     counting keys or messages cannot see it. Every write takes the bucket stream's next sequence number
     and nothing is ever removed from it but by a later write of the same key (deletes are denied, tests
     never purge), so the stream's last sequence is the number of writes it stored."""
 
-    stored: int  # orders of `expected` whose key is in the bucket
-    lost: int  # orders of `expected` whose key is not
+    stored: int  # orders of `expected` whose key holds exactly the body sent
+    lost: int  # orders of `expected` whose key is not in the bucket
     written_twice: int  # writes beyond one per key: a redone effect that was not deduplicated
     strays: int  # keys that do not belong in this bucket
+    wrong_body: int = 0  # keys of `expected` whose last value differs from the body sent (empty, truncated, other)
+    deleted: int = 0  # keys of `expected` whose last entry is a delete or purge marker
 
     @classmethod
     def exactly_once(cls, count: int) -> OutboxWrites:
@@ -252,27 +270,62 @@ class OutboxWrites:
         return cls(stored=count, lost=0, written_twice=0, strays=0)
 
 
-async def outbox_writes(nc: NatsClient, bucket: str, expected: Iterable[int | str]) -> OutboxWrites:
+async def last_values(nc: NatsClient, bucket: str) -> dict[str, tuple[str, bytes]]:
+    """key -> (operation, value) of each key's last entry in the bucket (operation: PUT, DEL or PURGE)."""
+    js = nc.jetstream()
+    stream = f"KV_{bucket}"
+    prefix = f"$KV.{bucket}."
+    keys = (await js.stream_info(stream, subjects_filter=f"{prefix}>")).state.subjects or {}
+    found: dict[str, tuple[str, bytes]] = {}
+    if not keys:
+        return found
+    sub = await js.pull_subscribe(
+        f"{prefix}>",
+        stream=stream,
+        config=nats.js.api.ConsumerConfig(
+            ack_policy=nats.js.api.AckPolicy.NONE, deliver_policy=nats.js.api.DeliverPolicy.LAST_PER_SUBJECT
+        ),
+    )
+    try:
+        while len(found) < len(keys):
+            for msg in await sub.fetch(min(1000, len(keys) - len(found)), timeout=10):
+                found[msg.subject.removeprefix(prefix)] = ((msg.headers or {}).get("KV-Operation", "PUT"), msg.data)
+    finally:
+        await sub.unsubscribe()
+    return found
+
+
+async def outbox_writes(nc: NatsClient, bucket: str, expected: Mapping[str, bytes]) -> OutboxWrites:
+    """`expected`: key -> the body sent for it."""
     stream = f"KV_{bucket}"
     js = nc.jetstream()
     state = (await js.stream_info(stream)).state
     per_key: dict[str, int] = {}
     if state.messages:
         per_key = (await js.stream_info(stream, subjects_filter=f"$KV.{bucket}.>")).state.subjects or {}
-    keys = {subject.removeprefix(f"$KV.{bucket}.") for subject in per_key}
-    wanted = {str(key) for key in expected}
     writes = state.last_seq
     assert writes >= sum(per_key.values()), (bucket, writes, sum(per_key.values()))  # the premise above
+    values = await last_values(nc, bucket) if per_key else {}
+    wanted = {str(key): body for key, body in expected.items()}
+    deleted = {key for key, (operation, _) in values.items() if operation != "PUT"}
+    present = set(values) & set(wanted)
+    wrong = {key for key in present - deleted if values[key][1] != wanted[key]}
     return OutboxWrites(
-        stored=len(keys & wanted), lost=len(wanted - keys), written_twice=writes - len(keys), strays=len(keys - wanted)
+        stored=len(present - deleted - wrong),
+        lost=len(set(wanted) - set(values)),
+        written_twice=writes - len(per_key),
+        strays=len(set(values) - set(wanted)),
+        wrong_body=len(wrong),
+        deleted=len(present & deleted),
     )
 
 
-async def outboxes_writes(nc: NatsClient, expected: Mapping[str, Iterable[int | str]]) -> dict[str, OutboxWrites]:
-    """`outbox_writes` for every bucket of `expected` (bucket -> the orders that belong there)."""
-    return {bucket: await outbox_writes(nc, bucket, keys) for bucket, keys in expected.items()}
+async def outboxes_writes(nc: NatsClient, expected: ExpectedOutboxes) -> dict[str, OutboxWrites]:
+    """`outbox_writes` for every bucket of `expected` (bucket -> key -> the body sent)."""
+    return {bucket: await outbox_writes(nc, bucket, bodies) for bucket, bodies in expected.items()}
 
 
-def exactly_once(expected: Mapping[str, Iterable[int | str]]) -> dict[str, OutboxWrites]:
-    """What `outboxes_writes` returns when every order of `expected` was written once, and nothing else."""
-    return {bucket: OutboxWrites.exactly_once(len(set(map(str, keys)))) for bucket, keys in expected.items()}
+def exactly_once(expected: ExpectedOutboxes) -> dict[str, OutboxWrites]:
+    """What `outboxes_writes` returns when every order of `expected` was written once, with the body sent,
+    and nothing else."""
+    return {bucket: OutboxWrites.exactly_once(len(bodies)) for bucket, bodies in expected.items()}

@@ -1,5 +1,5 @@
-"""The `ebbtide` command line: up, run, provision, build, new, publish, demo, bench, top, dlq, outbox, nats-config,
-shadow, canary.
+"""The `ebbtide` command line: up, run, provision, build, new, publish, demo, bench, top, console, dlq, outbox,
+nats-config, shadow, canary, scaler, plan, nats-exporter.
 
 This module only parses; each command lives in ebbtide.commands and is imported when it runs, so that
 `ebbtide up`'s supervisor never loads the Wasm runtime and `ebbtide run` never loads the benchmark.
@@ -16,7 +16,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import RunError, UsageError
+from .capacity.options import add_plan_options  # the options only: the model is imported when `plan` runs
+from .errors import Interrupted, RunError, UsageError
 from .exit_codes import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE
 from .launch import DEFAULT_PROCESS_MODE, PROCESS_MODES
 from .manifest import DEFAULT_MANIFEST, MODULE_LANGUAGES, LoadedManifest, load_manifest
@@ -26,6 +27,7 @@ from .workload.bench import SCENARIOS as BENCH_SCENARIOS
 METRICS_PORT_ENV = "EBBTIDE_METRICS_PORT"
 LOG_FORMAT_ENV = "EBBTIDE_LOG_FORMAT"
 LOG_FORMATS = ("auto", "json", "text")
+CONSOLE_PORT = 8090
 
 Handler = Callable[[argparse.Namespace, LoadedManifest], int]
 
@@ -45,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"ebbtide: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except Interrupted as exc:
+        print(f"ebbtide: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except (RunError, ConnectionError, OSError) as exc:
         print(f"ebbtide: {exc}", file=sys.stderr)
         return EXIT_FAILURE
@@ -125,6 +130,14 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--no-auth", action="store_true", help="embedded server without authentication (default: [embedded] auth, on)"
     )
+    up.add_argument(
+        "--console",
+        nargs="?",
+        type=int,
+        const=CONSOLE_PORT,
+        metavar="PORT",
+        help=f"also serve the console (`ebbtide console`) on 127.0.0.1:PORT (default {CONSOLE_PORT})",
+    )
     run = command("run", "serve:run_command", "run one function in this process (as in compose or Kubernetes)")
     run.add_argument("--function", "-f", required=True, help="function name from the manifest")
     nats_url_option(run)
@@ -172,7 +185,13 @@ def _parser() -> argparse.ArgumentParser:
         help="events per generated order (created, amended..., cancelled; eventSeq 1..N); default: %(default)s",
     )
     publish.add_argument("--file", type=Path, help="JSON Lines file: each line is published as it is (no generation)")
-    publish.add_argument("--subject", help="(default: the manifest's entry subject, the trigger no function publishes to)")
+    publish.add_argument(
+        "--subject",
+        help="(default: the manifest's entry subject, the trigger no function publishes to; with several, orders.ingress)",
+    )
+    publish.add_argument(
+        "--force", action="store_true", help="publish to a subject no function's trigger matches (default: refused)"
+    )
     demo = command(
         "demo", "workload:demo_command", "the ZEISS burst: embedded NATS, the pipeline, N orders at once, live view, summary"
     )
@@ -292,6 +311,14 @@ def _parser() -> argparse.ArgumentParser:
     # -- rollouts, the live side (commands/rollout.py): shadow start|promote|abort|status, canary ----------------
     # Each action names its own handler (set_defaults), so `shadow` can hold actions of other modules too.
 
+    def pin_override_option(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--override-pin",
+            action="store_true",
+            help="the function's manifest pins its module (functions.F.sha256): let another module act for it anyway "
+            "(recorded in the rollout; without it, refused)",
+        )
+
     def candidate_options(sub: argparse.ArgumentParser, share_default: str | None) -> None:
         sub.add_argument("--function", "-f", required=True, help="function name from the manifest")
         source = sub.add_mutually_exclusive_group(required=True)
@@ -322,6 +349,8 @@ def _parser() -> argparse.ArgumentParser:
         change = shadow_action(name, help)
         change.set_defaults(command=f"rollout:shadow_{name}_command")
         change.add_argument("function", help="function name from the manifest")
+        if name == "promote":
+            pin_override_option(change)
         change.add_argument(
             "--wait",
             type=float,
@@ -346,7 +375,19 @@ def _parser() -> argparse.ArgumentParser:
     canary.add_argument(
         "--window", type=int, default=200, help="... over the candidate's last N messages on a host (default: %(default)s)"
     )
+    pin_override_option(canary)
     # -- end of rollouts --------------------------------------------------------------------------------------
+    # -- scaling beyond one machine (commands/scaling.py): scaler, plan ---------------------------------------
+    scaler = command("scaler", "scaling:scaler_command", "KEDA external scaler (gRPC): each function's lag and activation")
+    nats_url_option(scaler)
+    metrics_option(scaler)
+    scaler.add_argument("--listen", default="127.0.0.1:9090", help="gRPC address, HOST:PORT (default: %(default)s)")
+    scaler.add_argument("--tls-cert", type=Path, help="serve gRPC over TLS with this certificate (PEM) ...")
+    scaler.add_argument("--tls-key", type=Path, help="... and its key")
+    scaler.add_argument("--tls-client-ca", type=Path, help="require client certificates (KEDA's) signed by this CA")
+    add_plan_options(
+        command("plan", "scaling:plan_command", "capacity model: what a load costs in pods, nats-server cores and storage")
+    )
     top = command(
         "top",
         "clients:top_command",
@@ -355,6 +396,45 @@ def _parser() -> argparse.ArgumentParser:
     nats_url_option(top)
     top.add_argument("--interval", type=float, default=1.0, help="refresh every N seconds (default: %(default)s)")
     top.add_argument("--iterations", type=int, default=0, help="stop after N refreshes (default: run until Ctrl-C)")
+    console = command(
+        "console",
+        "console:console_command",
+        "a live web page: the pipeline, backlog and instances over time, dead letters, rollouts, orders",
+    )
+    nats_url_option(console)
+    console.add_argument("--port", type=int, default=CONSOLE_PORT, help="(default: %(default)s)")
+    console.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default: %(default)s); any other than loopback needs $EBBTIDE_CONSOLE_TOKEN",
+    )
+    console.add_argument(
+        "--read-only", action="store_true", help="offer no action (redrive, purge, promote, abort), whatever the credentials"
+    )
+    console.add_argument(
+        "--trace-url",
+        metavar="URL",
+        help="link an order to its trace: a URL with {trace_id}, e.g. http://localhost:16686/trace/{trace_id}",
+    )
+    exporter = command(
+        "nats-exporter",
+        "exporter:nats_exporter_command",
+        "serve JetStream's store and stream figures (read from nats-server's monitoring port) on /metrics for Prometheus",
+    )
+    exporter.add_argument(
+        "--monitor-url",
+        action="append",
+        metavar="URL",
+        help="a nats-server monitoring port, e.g. http://nats:8222; once per node of a cluster "
+        "(default: the embedded server's, [embedded] monitor_port)",
+    )
+    exporter.add_argument("--port", type=int, default=9465, help="serve /metrics, /healthz, /readyz here (default: %(default)s)")
+    exporter.add_argument(
+        "--host",
+        default=os.environ.get("EBBTIDE_METRICS_HOST") or "127.0.0.1",
+        help="the address to serve on (default: $EBBTIDE_METRICS_HOST, then %(default)s)",
+    )
+    exporter.add_argument("--interval", type=float, default=5.0, help="read the servers every S seconds (default: %(default)s)")
     return parser
 
 

@@ -15,7 +15,9 @@ from .manifest import FunctionSection, subject_matches
 from .ordering import KeyedSubjects
 from .runtime.abi import Effect, KvPut, Publish
 
-KV_KEY = re.compile(r"^[-/_=.a-zA-Z0-9]+$")
+# NATS KV key characters, dot-separated tokens none of them empty: "a.b" is a key, ".", ".a", "a." and "a..b" are not
+# (their subject `$KV.<bucket>.<key>` would have an empty token, which the server refuses).
+KV_KEY = re.compile(r"^[-/_=a-zA-Z0-9]+(\.[-/_=a-zA-Z0-9]+)*$")
 SUBJECT_TOKEN = re.compile(r"^[^\s.*>]+$")
 MAX_CHECKED_SUBJECTS = 1024
 _UNCHECKED = object()  # not in the cache below yet

@@ -4,7 +4,8 @@
     ├── UsageError                  exit 2: the command line or the configuration is wrong
     │   ├── ManifestError           ebbtide.toml: names the file and the key
     │   ├── AuthConfigError         NATS credentials that cannot be used as configured
-    │   └── ScaffoldError           `ebbtide new` cannot scaffold what was asked
+    │   ├── ScaffoldError           `ebbtide new` cannot scaffold what was asked
+    │   └── EmbeddedServerConflict  the embedded server's ports or data folder are another process's
     └── RunError                    exit 1: the configuration is fine, running it failed
         ├── BuildError              a guest did not compile (or its toolchain is missing)
         ├── ModuleLoadError         a module is missing, invalid, tampered with, or not the guest ABI
@@ -17,7 +18,8 @@
         ├── FetchError              the server answered a pull request with an error status
         ├── PublishError            a publish was not confirmed by the server
         ├── DeadLetterError         a dead letter cannot be read or redriven
-        └── OutboxError             an outbox cannot be read (no such bucket, JetStream not answering)
+        ├── OutboxError             an outbox cannot be read (no such bucket, JetStream not answering)
+        └── Interrupted             exit 130: a stop signal ended a command that stops only when done (`demo`)
 
     Per message, never seen by the CLI (each decides one message's outcome, not the process's):
     MessageError
@@ -30,6 +32,8 @@ concept re-export their errors under the old names.
 """
 
 from __future__ import annotations
+
+import signal
 
 
 class EbbtideError(Exception):
@@ -54,6 +58,11 @@ class AuthConfigError(UsageError):
 
 class ScaffoldError(UsageError):
     """`ebbtide new` cannot scaffold what was asked (a name taken, an unknown language, ...)."""
+
+
+class EmbeddedServerConflict(UsageError):
+    """The embedded server's ports, or its data folder, are in use by another process (another `ebbtide up`):
+    the message says which and, where it can tell, by what."""
 
 
 class BuildError(RunError):
@@ -91,6 +100,10 @@ class JetStreamError(RunError):
         self.err_code = err_code
 
 
+class WireError(RunError):
+    """Bytes that are not the protobuf message expected (a KEDA request to `ebbtide scaler`)."""
+
+
 class UnreadableReply(RunError):
     """The server's reply to a JetStream API request is not what the API says."""
 
@@ -125,6 +138,15 @@ class DeadLetterError(RunError):
 
 class OutboxError(RunError):
     """An outbox cannot be read: no such bucket on the server, JetStream not answering."""
+
+
+class Interrupted(RunError):
+    """SIGINT or SIGTERM stopped a command that stops only when done (`ebbtide demo`), once it stopped what it
+    started: `ebbtide` exits 130 with the message."""
+
+    def __init__(self, message: str, sig: signal.Signals) -> None:
+        super().__init__(message)
+        self.signal = sig
 
 
 class MessageError(EbbtideError):

@@ -67,6 +67,7 @@ class PoolStats:
     dead_lettered: int = 0  # for any reason but a refused effect
     refused: int = 0  # dead-lettered because the guest asked for an effect outside its allowlist
     retried: int = 0  # nak'ed for redelivery
+    dead_letters: dict[str, int] = field(default_factory=dict)  # by reason (deadletter.Reason's values), refused included
     guest_faults: dict[str, int] = field(default_factory=dict)  # by kind: trap, timeout, memory-limit, invalid-output
     instances_started: int = 0
     instances_stopped: int = 0  # scaled down, shut down, or discarded after a fault
@@ -309,13 +310,16 @@ class Executor:
         log.warning("%s: effects of %s #%d not confirmed: %s%s", self.name, delivery.stream, delivery.sequence, error, also)
 
     def _count_done(self, outcome: Ack | DeadLetter, since_ingress_ns: int) -> None:
-        if type(outcome) is Ack:
+        if not isinstance(outcome, DeadLetter):
             self.stats.processed += 1
             self.stats.end_to_end.observe(max(0, since_ingress_ns) / 1e9)
-        elif isinstance(outcome, DeadLetter) and outcome.reason is Reason.EFFECT_REFUSED:
-            self.stats.refused += 1
         else:
-            self.stats.dead_lettered += 1
+            reason = outcome.reason
+            self.stats.dead_letters[reason.value] = self.stats.dead_letters.get(reason.value, 0) + 1
+            if reason is Reason.EFFECT_REFUSED:
+                self.stats.refused += 1
+            else:
+                self.stats.dead_lettered += 1
 
     async def _nak(self, incoming: Incoming, retry: Retry) -> None:
         self.stats.retried += 1

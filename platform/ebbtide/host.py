@@ -171,6 +171,7 @@ class Host:
                     dead_lettered=stats.dead_lettered,
                     refused=stats.refused,
                     retried=stats.retried,
+                    dead_letters=dict(stats.dead_letters),
                     guest_faults=dict(stats.guest_faults),
                     instances_started=stats.instances_started,
                     instances_stopped=stats.instances_stopped,
@@ -184,9 +185,15 @@ class Host:
                     shadow=dict(pool.rollout_stats.shadow),
                     canary=dict(pool.rollout_stats.canary),
                     candidate_s=pool.rollout_stats.candidate_s,
+                    canary_rollbacks=pool.rollout_stats.rollbacks,
                 )
             )
-        return HostSnapshot(pools, nats_connected=self.nc is not None and self.nc.is_connected, asyncio_tasks=_asyncio_tasks())
+        return HostSnapshot(
+            pools,
+            nats_connected=self.nc is not None and self.nc.is_connected,
+            ready=self.readiness()[0],
+            asyncio_tasks=_asyncio_tasks(),
+        )
 
     def readiness(self) -> tuple[bool, str]:
         """/readyz: connected to NATS, and every function's pool created and its controller running.

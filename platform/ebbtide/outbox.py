@@ -43,6 +43,7 @@ class OutboxEntry(msgspec.Struct, frozen=True):
     revision: int  # its sequence in the bucket's stream
     stored_at: str  # server time of the write, ISO 8601 UTC with ms
     value: bytes
+    headers: dict[str, str] = {}  # of the write (e.g. `traceparent` when it was traced)
 
 
 def is_valid_key(key: str) -> bool:
@@ -150,7 +151,7 @@ async def _read_key(nc: NatsClient, bucket: str, key: str) -> OutboxEntry | None
         raise OutboxError(f"JetStream did not answer within {API_TIMEOUT_S} s") from None
     if msg.headers and msg.headers.get(KV_OPERATION) in ("DEL", "PURGE"):
         return None
-    return OutboxEntry(bucket, key, msg.seq or 0, _iso(msg.time), msg.data or b"")
+    return OutboxEntry(bucket, key, msg.seq or 0, _iso(msg.time), msg.data or b"", dict(msg.headers or {}))
 
 
 class _StreamInfoPage(msgspec.Struct):

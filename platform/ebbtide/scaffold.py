@@ -16,7 +16,7 @@ from pathlib import Path
 from string import Template
 
 from .build import LANGUAGES
-from .errors import ManifestError, ScaffoldError
+from .errors import ManifestError, ScaffoldError, UsageError
 from .manifest import LoadedManifest, parse_manifest, subject_matches
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,47}$")
@@ -27,6 +27,7 @@ class Scaffolded:
     source: Path
     test: Path
     manifest: Path
+    notes: tuple[str, ...] = ()  # what the other commands now need to know about the new function
 
 
 def new_function(
@@ -57,7 +58,7 @@ def new_function(
     addition = _manifest_entry(manifest, name, lang, folder, trigger, output)
     new_text = text + ("" if text.endswith("\n") else "\n") + addition
     try:
-        parse_manifest(new_text, manifest.path)  # validate before writing anything
+        scaffolded = parse_manifest(new_text, manifest.path)  # validated before anything is written
     except ManifestError as exc:
         raise ScaffoldError(f"the new entry would make the manifest invalid:\n{exc}") from None
 
@@ -76,7 +77,29 @@ def new_function(
     tmp = manifest.path.with_name(f".{manifest.path.name}.{os.getpid()}.tmp")
     tmp.write_text(new_text)
     tmp.replace(manifest.path)  # all or nothing
-    return Scaffolded(main, test, manifest.path)
+    return Scaffolded(main, test, manifest.path, _notes(scaffolded, name, trigger))
+
+
+def _notes(manifest: LoadedManifest, name: str, trigger: str) -> tuple[str, ...]:
+    """What changes for the other commands (README) now that `name` is in the manifest."""
+    from .broker.users import ingress_subjects
+    from .workload.orders import default_entry_subject
+
+    notes = []
+    if trigger in ingress_subjects(manifest):  # nothing publishes to it: clients do (`ingress` may)
+        try:
+            default = default_entry_subject(manifest)
+        except UsageError:
+            notes.append(f"`ebbtide publish` now needs --subject: give --subject {trigger} to publish to {name}")
+        else:
+            if default != trigger:
+                notes.append(f"`ebbtide publish` still sends orders to {default}; --subject {trigger} publishes to {name}")
+    if (manifest.path.parent / "docker-compose.yml").exists():
+        notes.append(
+            f"`ebbtide up` runs {name}; docker-compose.yml (and deploy/kubernetes) run one service per function: "
+            f"add one for {name} (as distributor's, with --function {name}) to run it there"
+        )
+    return tuple(notes)
 
 
 def _manifest_entry(manifest: LoadedManifest, name: str, lang: str, folder: str, trigger: str, output: str) -> str:

@@ -88,8 +88,16 @@ class Supervisor:
 
     async def _spawn(self, child: Child) -> None:
         env = {**os.environ, **self.child_env(child.function)} if self.child_env is not None else None
+        # A session of its own, as the embedded server's: Ctrl-C in a terminal signals the whole foreground
+        # process group, and a child that stopped on it would be restarted here before its parent (`up`,
+        # `demo`) had told the supervisor to stop. The parent stops its children itself (`stop`), and a
+        # killed parent's children get SIGTERM from the kernel (die_with_parent).
         child.process = await asyncio.create_subprocess_exec(
-            *self._command(child.function), stdin=asyncio.subprocess.DEVNULL, env=env, preexec_fn=die_with_parent()
+            *self._command(child.function),
+            stdin=asyncio.subprocess.DEVNULL,
+            env=env,
+            preexec_fn=die_with_parent(),
+            start_new_session=True,
         )
         child.started_at = time.monotonic()
         log.info("started %s (pid %d)", child.function, child.process.pid)

@@ -79,9 +79,10 @@ def why_not_runnable(compose_file: Path) -> str | None:
 
 
 def pulled_images(compose_file: Path) -> list[str]:
-    """The images the project uses but does not build: the compose file's, and the Dockerfile's base."""
+    """The images the project uses but does not build: the compose file's (but for services under a profile,
+    which `up` does not start), and the Dockerfile's base."""
     services = yaml.safe_load(compose_file.read_text())["services"]
-    images = {s["image"] for s in services.values() if "image" in s and "build" not in s}
+    images = {s["image"] for s in services.values() if "image" in s and "build" not in s and not s.get("profiles")}
     dockerfile = (compose_file.parent / "Dockerfile").read_text()
     images |= {line.split("=", 1)[1].strip() for line in dockerfile.splitlines() if line.startswith("ARG PYTHON_IMAGE=")}
     return sorted(images)
@@ -132,7 +133,9 @@ class ComposeProject:
         self.name = name
         self.env = {**BUILD_ENV, **env}
         self.base = [*compose, "--project-name", name, "--file", str(repo / "docker-compose.yml")]
-        self.services: dict[str, Any] = yaml.safe_load((repo / "docker-compose.yml").read_text())["services"]
+        services = yaml.safe_load((repo / "docker-compose.yml").read_text())["services"]
+        # What `up` starts: not the services under a profile (Grafana's).
+        self.services: dict[str, Any] = {name: s for name, s in services.items() if not s.get("profiles")}
 
     def compose(self, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
         return run([*self.base, *args], timeout, self.env, self.repo, check)

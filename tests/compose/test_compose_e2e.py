@@ -1,14 +1,14 @@
 """`docker compose up` for real: the project's images built from the Dockerfile, the whole compose file run
 on this machine's Docker engine, driven from the host through the published ports as a user would.
 
-Runs where a Docker engine answers and the images the compose file pulls are present; skips saying why
-elsewhere. CI has no Docker Hub: `.ci/docker-engine` (called by `.ci/run`) starts an engine and makes CI
+Runs where a Docker engine answers and the images the compose file pulls are present; elsewhere it skips
+saying why, and under CI it fails saying why (tests/components.py). CI has no Docker Hub: `.ci/docker-engine` (called by `.ci/run`) starts an engine and makes CI
 stand-ins with the compose file's image names (deploy/ci-standins/; Jaeger's is an OTLP recorder).
 
 One project (own name, free host ports) for the module; the tests run in file order and share its
 ledger of published orders, so each checks the outboxes against everything published so far:
 orders and poison -> exactly once / DLQ; each container's credentials its own; Prometheus targets;
-traces; a receiver replica killed and NATS restarted mid-run; Locust headless (last: its orders are its
+traces read through Jaeger's query API; a receiver replica killed and NATS restarted mid-run; Locust headless (last: its orders are its
 own). `docker compose down -v` at the end, always; the images built here are removed unless
 EBBTIDE_E2E_KEEP_IMAGES=1 (they are ~1 GB).
 """
@@ -16,12 +16,14 @@ EBBTIDE_E2E_KEEP_IMAGES=1 (they are ~1 GB).
 from __future__ import annotations
 
 import asyncio
-import base64
+import hashlib
 import importlib.util
 import json
 import os
 import secrets
+import sys
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,13 +31,16 @@ from pathlib import Path
 
 import nats
 import pytest
+import yaml
 from nats.aio.client import Client as NatsClient
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from ebbtide.broker import free_port
+from ebbtide.manifest import LoadedManifest, load_manifest
 from ebbtide.workload.orders import INGRESS_SUBJECT, generate_orders
+from tests.components import require
 from tests.compose.project import ComposeProject, image_ids, remove_images, run, why_not_runnable
 from tests.conftest import REPO
+from tests.deploy_support import dashboard
 from tests.reliability.conftest import (
     PublishStats,
     account,
@@ -48,6 +53,7 @@ from tests.reliability.conftest import (
 )
 
 COMPOSE_FILE = REPO / "docker-compose.yml"
+ALERT_RULES = REPO / "deploy" / "prometheus" / "alerts.yml"
 # Host ports of docker-compose.yml (variables with the usual defaults): free ones here.
 PORT_VARIABLES = (
     "EBBTIDE_NATS_PORT",
@@ -62,10 +68,14 @@ ORDERS_PER_PHASE = 2000
 BUILD_TIMEOUT_S = 1200  # from a cold cache: pip installs the dependencies and Zig, then builds the modules
 READY_TIMEOUT_S = 180
 
-skip_reason = why_not_runnable(COMPOSE_FILE)
-pytestmark = [pytest.mark.skipif(skip_reason is not None, reason=f"docker compose end-to-end: {skip_reason}")]
-if importlib.util.find_spec("pytest_timeout"):  # a per-test timeout is set elsewhere: this module needs more
-    pytestmark.append(pytest.mark.timeout(BUILD_TIMEOUT_S + 600))
+pytestmark = [pytest.mark.timeout(BUILD_TIMEOUT_S + 600)] if importlib.util.find_spec("pytest_timeout") else []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compose_runnable() -> None:
+    """The engine, compose and the images (the CI stand-ins, made by .ci/docker-engine): skipped without
+    them on a developer's machine, failed under CI (tests/components.py)."""
+    require(why_not_runnable(COMPOSE_FILE), "docker compose end-to-end (a Docker engine, compose, the images)")
 
 
 @dataclass
@@ -229,31 +239,29 @@ async def test_every_function_replica_is_a_healthy_prometheus_target(stack: Stac
         assert run(["docker", "exec", container.id, "python", "-c", ask], 30).stdout.strip() == "401", service
 
 
-async def test_traces_of_every_function_reached_the_otlp_endpoint(stack: Stack) -> None:
-    """Jaeger's OTLP/HTTP port received spans of every function, and one order's trace spans two hops.
-    (In CI the `jaeger` service is the recording stand-in of deploy/ci-standins/otlp-recorder.)"""
-
-    def traces() -> dict[str, set[bytes]]:
-        """service.name -> trace ids of its spans."""
-        recorded = stack.http_json("EBBTIDE_JAEGER_UI_PORT", "/recorded")["requests"]
-        found: dict[str, set[bytes]] = {}
-        for request in recorded:
-            if request["path"] != "/v1/traces":
-                continue
-            export = ExportTraceServiceRequest.FromString(base64.b64decode(request["body_base64"]))
-            for resource_spans in export.resource_spans:
-                name = next(a.value.string_value for a in resource_spans.resource.attributes if a.key == "service.name")
-                found.setdefault(name, set()).update(s.trace_id for ss in resource_spans.scope_spans for s in ss.spans)
-        return found
-
+async def test_traces_of_every_function_reached_jaeger(stack: Stack) -> None:
+    """Jaeger holds spans of every function, and one order's trace spans the distributor and a receiver: read
+    through Jaeger's HTTP query API (`/api/services`, `/api/traces?service=`), as a user's tools read it. In CI
+    the `jaeger` service is the stand-in of deploy/ci-standins/otlp-recorder, which answers the same calls."""
     want = {f"ebbtide-{service}" for service in stack.project.function_services()}
+    receivers = {"ebbtide-receiver-express", "ebbtide-receiver-standard"}
+
+    def two_hops() -> int:
+        """Traces found by the distributor's service whose spans include a receiver's."""
+        now_us = int(time.time() * 1e6)  # Jaeger's start and end, in microseconds: the last hour
+        query = f"service=ebbtide-distributor&limit=50&start={now_us - 3_600_000_000}&end={now_us + 60_000_000}"
+        traces = stack.http_json("EBBTIDE_JAEGER_UI_PORT", f"/api/traces?{query}")
+        services = [{p["serviceName"] for p in trace["processes"].values()} for trace in traces["data"]]
+        return sum(1 for found in services if "ebbtide-distributor" in found and found & receivers)
+
     deadline = time.monotonic() + 60  # spans are exported in batches every few seconds
     while True:
-        found = traces()
-        receivers = found.get("ebbtide-receiver-express", set()) | found.get("ebbtide-receiver-standard", set())
-        if want <= set(found) and found["ebbtide-distributor"] & receivers:
+        services = set(stack.http_json("EBBTIDE_JAEGER_UI_PORT", "/api/services")["data"] or [])
+        if want <= services and two_hops() > 0:
             break
-        assert time.monotonic() < deadline, f"traces by service: { {k: len(v) for k, v in found.items()} }"
+        assert time.monotonic() < deadline, (
+            f"services in Jaeger: {sorted(services)}, want {sorted(want)}; two-hop traces: {two_hops()}"
+        )
         await asyncio.sleep(1)
 
 
@@ -286,6 +294,102 @@ async def test_receiver_replica_killed_and_nats_restarted_mid_run_lose_no_order(
     await check_ledger(stack, "every order stored after the faults")
     stack.timings["faults"] = time.monotonic() - started
     print(f"\npublishes retried across the NATS restart: {stats.retried}")
+
+
+# -- alerts and the dashboard on the pipeline's own metrics (deploy/prometheus/, deploy/grafana/) ----------
+
+
+def ebbtide_as_admin(stack: Stack, *args: str) -> str:
+    """The `ebbtide` CLI on the host against the project's NATS, as `admin` (its seed, read as a user would)."""
+    command = [sys.executable, "-m", "ebbtide", "--manifest", str(REPO / "ebbtide.toml"), *args]
+    env = {"EBBTIDE_NATS_URL": stack.nats_url, "EBBTIDE_NATS_NKEY_SEED_FILE": str(stack.admin_seed)}
+    return run(command, 120, env=env, cwd=stack.admin_seed.parent).stdout  # a folder of the test's own
+
+
+async def every_replica_runs_the_candidate(stack: Stack, function: str, sha256: str) -> None:
+    """Until `shadow status` shows each replica of `function` with the candidate loaded."""
+    deadline = time.monotonic() + 60
+    while True:
+        status = await asyncio.to_thread(ebbtide_as_admin, stack, "shadow", "status", function)
+        replicas = [line for line in status.splitlines() if line.strip().startswith("replica ")]
+        if replicas and all(f"candidate {sha256[:12]}" in line for line in replicas):
+            return
+        assert time.monotonic() < deadline, status
+        await asyncio.sleep(1)
+
+
+async def test_a_shadow_and_a_canary_run_lose_nothing(stack: Stack, reference_manifest: LoadedManifest) -> None:
+    """A shadow run of the distributor and a canary of receiver-express (each with the module it runs, from
+    the host as `admin`), orders through each: every order stored once; their counts are on /metrics for
+    the dashboard's rollout panels."""
+    started = time.monotonic()
+    wasm = reference_manifest.build_dir / "wasm"
+    for function, module, start, first_id in (
+        ("distributor", "distributor", ("shadow", "start", "--share", "100%"), 200_001),
+        ("receiver-express", "receiver", ("canary", "--share", "50%"), 210_001),
+    ):
+        path = wasm / f"{module}.wasm"
+        await asyncio.to_thread(ebbtide_as_admin, stack, *start, "--function", function, "--module", str(path))
+        await every_replica_runs_the_candidate(stack, function, hashlib.sha256(path.read_bytes()).hexdigest())
+        await publish_orders(stack, seed=first_id, first_id=first_id)
+        await check_ledger(stack, f"every order stored during the {start[0]} of {function}")
+        await asyncio.to_thread(ebbtide_as_admin, stack, "shadow", "abort", function)
+    stack.timings["rollouts"] = time.monotonic() - started
+
+
+def prometheus_query(stack: Stack, path: str, **params: str) -> dict:
+    answer = stack.http_json("EBBTIDE_PROMETHEUS_PORT", f"{path}?{urllib.parse.urlencode(params)}")
+    assert answer["status"] == "success", answer
+    return answer["data"]
+
+
+async def test_prometheus_evaluates_the_rules_and_the_dead_letters_alert_fires(stack: Stack) -> None:
+    """deploy/prometheus/alerts.yml loaded by compose's Prometheus: every rule evaluated without error on the
+    pipeline's metrics, and the poison published so far raises EbbtideDeadLetters (distributor, rejected)."""
+    expected = {r.get("alert") or r["record"] for g in yaml.safe_load(ALERT_RULES.read_text())["groups"] for r in g["rules"]}
+    deadline = time.monotonic() + 90  # rules are evaluated every 15 s
+    while True:
+        groups = prometheus_query(stack, "/api/v1/rules")["groups"]
+        health = {rule["name"]: (rule["health"], rule.get("lastError", "")) for g in groups for rule in g["rules"]}
+        firing = {
+            (a["labels"]["function"], a["labels"]["reason"])
+            for a in prometheus_query(stack, "/api/v1/alerts")["alerts"]
+            if a["labels"]["alertname"] == "EbbtideDeadLetters" and a["state"] == "firing"
+        }
+        if set(health) == expected and all(h == "ok" for h, _ in health.values()) and ("distributor", "rejected") in firing:
+            break
+        assert time.monotonic() < deadline, (health, firing)
+        await asyncio.sleep(2)
+
+
+async def test_every_dashboard_query_returns_data(stack: Stack) -> None:
+    """Each query of every panel of deploy/grafana/ebbtide.json (listed from the JSON, with the variables
+    Grafana puts in) over the run so far, against compose's Prometheus: series, with values that are numbers.
+    The nats-exporter's figures are the server's (the trigger stream's max_age per function)."""
+    queries = dashboard.queries(dashboard.load())
+    assert queries
+    end = time.time()
+    start = end - 900
+    missing: dict[str, str] = {}
+    deadline = time.monotonic() + 90  # the last scrapes and rule evaluations of the rollouts' counts
+    while True:
+        missing.clear()
+        for query in queries:
+            result = prometheus_query(
+                stack, "/api/v1/query_range", query=query.promql, start=f"{start:.3f}", end=f"{time.time():.3f}", step="15"
+            )["result"]
+            finite = [v for series in result for _, v in series["values"] if v not in ("NaN", "+Inf", "-Inf")]
+            if not finite:
+                missing[f"{query.panel} [{query.ref_id}]"] = query.promql
+        if not missing:
+            break
+        assert time.monotonic() < deadline, f"queries without data: {missing}"
+        await asyncio.sleep(5)
+    ages = prometheus_query(stack, "/api/v1/query", query="ebbtide_trigger_max_age_seconds")["result"]
+    manifest = load_manifest(REPO / "ebbtide.toml")
+    assert {a["metric"]["function"]: float(a["value"][1]) for a in ages} == {
+        name: manifest.spec.streams[manifest.stream_for(fn.trigger)].max_age_s for name, fn in manifest.spec.functions.items()
+    }
 
 
 def test_locust_service_headless_without_failures(stack: Stack) -> None:

@@ -1,5 +1,5 @@
-"""The KEDA ScaledObject fields KEDA documents (keda.sh/docs/2.15+/reference/scaledobject-spec and
-scalers/nats-jetstream), as a JSON schema: kubernetes-validate knows no CRDs.
+"""The KEDA ScaledObject fields KEDA documents (keda.sh/docs/2.15+/reference/scaledobject-spec,
+scalers/nats-jetstream and scalers/external-push), as a JSON schema: kubernetes-validate knows no CRDs.
 
 Strict like `kubernetes-validate --strict`: unknown fields are errors, so a misspelt key (which KEDA
 would ignore, falling back to a default) fails the test.
@@ -30,6 +30,20 @@ NATS_JETSTREAM_METADATA = {
     },
 }
 
+# `external` / `external-push` (keda.sh/docs/2.15+/scalers/external-push): KEDA's own keys, plus what it passes
+# on to the scaler in ScaledObjectRef.scalerMetadata; `ebbtide scaler` reads `function` alone.
+EXTERNAL_METADATA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["scalerAddress", "function"],
+    "properties": {
+        "scalerAddress": {"type": "string", "pattern": r"^[A-Za-z0-9.-]+:[0-9]+$"},  # host:port, no scheme
+        "enableTLS": {"type": "string", "enum": ["true", "false"]},
+        "unsafeSsl": {"type": "string", "enum": ["true", "false"]},
+        "function": {"type": "string", "minLength": 1},
+    },
+}
+
 TRIGGER = {
     "type": "object",
     "additionalProperties": False,
@@ -50,8 +64,16 @@ TRIGGER = {
             },
         },
     },
-    "if": {"properties": {"type": {"const": "nats-jetstream"}}},
-    "then": {"properties": {"metadata": NATS_JETSTREAM_METADATA}},
+    "allOf": [
+        {
+            "if": {"properties": {"type": {"const": "nats-jetstream"}}},
+            "then": {"properties": {"metadata": NATS_JETSTREAM_METADATA}},
+        },
+        {
+            "if": {"properties": {"type": {"enum": ["external", "external-push"]}}},
+            "then": {"properties": {"metadata": EXTERNAL_METADATA}},
+        },
+    ],
 }
 
 _COUNT = {"type": "integer", "minimum": 0}

@@ -1,7 +1,9 @@
 """Renders a kustomization the way `kubectl apply -k` does, for the subset deploy/kubernetes uses.
 
 No kustomize binary on the CI machines: this implements resources, namespace, images,
-configMapGenerator and secretGenerator (type Opaque, values base64 as kustomize writes them), and refuses any other key so that it can never silently render less than kustomize.
+configMapGenerator and secretGenerator (type Opaque, values base64 as kustomize writes them; options labels,
+annotations, disableNameSuffixHash), and refuses any other key so that it can never silently render less
+than kustomize.
 The generated names get a content hash suffix like kustomize's (not the same digits; the test compares
 with `kubectl kustomize` where that exists, ignoring the suffix).
 """
@@ -19,7 +21,8 @@ import yaml
 Obj = dict[str, Any]
 
 SUPPORTED_KEYS = {"apiVersion", "kind", "namespace", "resources", "images", "configMapGenerator", "secretGenerator"}
-GENERATOR_KEYS = {"name", "files", "literals"}
+GENERATOR_KEYS = {"name", "files", "literals", "options"}
+GENERATOR_OPTIONS = {"labels", "annotations", "disableNameSuffixHash"}
 # Kinds that have no namespace (of those a kustomization like ours may hold).
 CLUSTER_SCOPED = {
     "Namespace",
@@ -92,8 +95,15 @@ def _generate(folder: Path, generator: Obj, kind: str) -> Obj:
     for literal in generator.get("literals", []):
         key, _, value = literal.partition("=")
         data[key] = value
+    options = generator.get("options", {})
+    if unknown := set(options) - GENERATOR_OPTIONS:
+        raise KustomizeError(f"{kind} generator {generator['name']}: options not implemented: {sorted(unknown)}")
     digest = hashlib.sha256(json.dumps([kind, data], sort_keys=True).encode()).hexdigest()[:10]
-    obj: Obj = {"apiVersion": "v1", "kind": kind, "metadata": {"name": f"{generator['name']}-{digest}"}}
+    name = generator["name"] if options.get("disableNameSuffixHash") else f"{generator['name']}-{digest}"
+    obj: Obj = {"apiVersion": "v1", "kind": kind, "metadata": {"name": name}}
+    for key in ("labels", "annotations"):
+        if options.get(key):
+            obj["metadata"][key] = dict(options[key])
     if kind == "Secret":
         obj["type"] = "Opaque"
         obj["data"] = {key: base64.b64encode(value.encode()).decode() for key, value in data.items()}

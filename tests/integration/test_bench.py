@@ -9,6 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
+import pytest
 from nats.aio.client import Client as NatsClient
 
 from ebbtide.broker import EmbeddedNats, provision
@@ -20,8 +21,13 @@ from ebbtide.workload.orders import INGRESS_SUBJECT, encode_order, generate_orde
 from tests.conftest import read_stream
 
 
+# Every scenario at its quick size, after the session's module build: past the default 300 s on the shared
+# 2-core machine at load average 25-30 (2026-12-07: 227 s for the call alone; its activation tries right after
+# a burst may wait ~5 s each, see README: Activation from zero).
+@pytest.mark.timeout(600)
 async def test_quick_bench_completes_with_sane_figures(reference_manifest: LoadedManifest, tmp_path: Path) -> None:
-    report = await run_bench(reference_manifest, list(DEFAULT_SCENARIOS), quick=True, out_dir=tmp_path)
+    scenarios = [s for s in DEFAULT_SCENARIOS if s != "capacity"]  # its own test: test_capacity_bench.py
+    report = await run_bench(reference_manifest, scenarios, quick=True, out_dir=tmp_path)
     figures = {f.name: f.value for f in report.figures}
     assert all(math.isfinite(v) for v in figures.values())
     # A slope may be negative, and so may the memory of one more function in a process: a difference of two
@@ -41,18 +47,32 @@ async def test_quick_bench_completes_with_sane_figures(reference_manifest: Loade
     assert 0 < figures["guest call per message, distributor, batches of 64"] < 10_000  # µs
     assert 0 < figures["instance start"] < 100_000  # µs
     assert 0 < figures["added RSS per idle instance"] < 10_000  # KiB
-    assert 0 < figures["activation from zero, p50"] <= figures["activation from zero, p99"] < 10_000  # ms
+    for moment in ("right after a burst", "after a long idle"):
+        # --quick has too few tries for a p99: it says so and prints the max instead (issue 27: "p99" of 8 tries)
+        assert 0 < figures[f"activation from zero {moment}, p50"] <= figures[f"activation from zero {moment}, max"] < 30_000
+        assert f"activation from zero {moment}, p99" not in figures
     assert 1 <= figures["distributor: peak instances"] <= reference_manifest.function("distributor").scale.max
-    assert (
-        figures["distributor: empty backlog to zero instances"]
-        >= reference_manifest.function("distributor").scale.cooldown_s * 0.9
-    )
+    # Measured, and the pool did get back to zero. That it waits for the cooldown first is the scaler's rule,
+    # tested without a clock (tests/unit/test_scaler.py): a bound in seconds here failed on a loaded machine,
+    # where this benchmark saw the backlog gone late (4.3 s < 0.9 x 5 s; issue 27).
+    assert figures["distributor: empty backlog to zero instances"] > 0
     assert 0 < figures["host CPU per order, shadow 100 % / none"] < 1000  # %
-    assert 30 < figures["candidate guest time, shadow 100 % / live guest time"] < 300  # its candidate is its own module
     assert (tmp_path / "results.json").exists() and (tmp_path / "burst.svg").exists()
-    assert "| activation from zero, p50 |" in report.markdown()
+    assert "| activation from zero right after a burst, p50 |" in report.markdown()
 
     saved = json.loads((tmp_path / "results.json").read_text())
+    activation = saved["details"]["activation"]
+    assert len(activation["after_burst_ms"]) == 10 and len(activation["after_long_idle_ms"]) == 2
+    # The shadow rows compare a candidate that is the live module itself. That it did the live guests' work is
+    # a count, not a time ratio (which moved out of 30-300 % on a loaded machine): at 100 % it judged every
+    # message a live guest ran, each "same"; at 10 % a part of them; with no shadow, none. Its time was measured.
+    for run in saved["details"]["shadow"]["runs"]:
+        judged, ran = sum(run["verdicts"].values()), run["live_ran"]
+        assert ran >= 2 * saved["details"]["shadow"]["orders"], run  # the distributor's and a receiver's call per order
+        assert set(run["verdicts"]) <= {"same"}, run
+        assert {"none": judged == 0, "10 %": 0 < judged < ran, "100 %": judged == ran}[run["setting"]], run
+    for share in ("10 %", "100 %"):
+        assert figures[f"candidate guest time, shadow {share} / live guest time"] > 0
     burst = saved["details"]["burst"]
     ebbtides = {"ebbtide-default"} if burst["fastest_config"]["name"] == "default" else {"ebbtide-default", "ebbtide-fastest"}
     assert set(burst["implementations"]) == {"raw", "faststream"} | ebbtides

@@ -44,19 +44,29 @@ from ebbtide.broker import EmbeddedNats, connect
 from ebbtide.broker.embedded import nats_server_binary
 from ebbtide.broker.names import kv_stream_name
 from ebbtide.broker.provisioning import consumer_config
-from ebbtide.broker.users import ADMIN_USER, INGRESS_ENV, OBSERVER_USER, SERVER_CONFIG, AuthBundle, inbox_prefix
+from ebbtide.broker.users import ADMIN_USER, INGRESS_ENV, OBSERVER_USER, SCALER_USER, SERVER_CONFIG, AuthBundle, inbox_prefix
 from ebbtide.manifest import LoadedManifest, parse_manifest
 from ebbtide.stream_state import stream_state
 from ebbtide.workload.orders import INGRESS_SUBJECT, encode_order, generate_orders
+from tests.components import may_skip, require
 from tests.conftest import REPO, backlog, wait_until
 from tests.deploy_support import dockerfile as dockerfile_reader
 from tests.deploy_support import entrypoints, keda, kustomize, mounts
 from tests.deploy_support.entrypoints import Collector, ConfiguredCluster, Launch
 from tests.deploy_support.mounts import ContainerView
+from tests.deploy_support.prometheus_operator import prometheus_rule_errors
 
 COMPOSE_FILE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"
 KUBERNETES = REPO / "deploy" / "kubernetes"
+# KEDA's built-in nats-jetstream trigger on /jsz, kept as the alternative to `ebbtide scaler` (not in the kustomization).
+JSZ_SCALED_OBJECTS = KUBERNETES / "alternatives" / "keda-jsz-scaledobjects.yaml"
+SCALER_DEPLOYMENT = "ebbtide-scaler"  # `ebbtide scaler`: the ScaledObjects' external-push triggers point at its Service
+SCALER_SECRET = "nats-scaler"  # Kubernetes: the scaler user's seed, for the scaler's pods alone
+MONITORING = KUBERNETES / "monitoring"  # the PrometheusRule and the dashboard's ConfigMap
+ALERT_RULES = REPO / "deploy" / "prometheus" / "alerts.yml"
+DASHBOARD = REPO / "deploy" / "grafana" / "ebbtide.json"
+EXPORTER = "nats-exporter"  # the Deployment (and compose service) of `ebbtide nats-exporter`
 COMPOSE_NATS_CONF = REPO / "deploy" / "compose" / "nats.conf"
 DEPLOY_README = REPO / "deploy" / "README.md"
 # The one manual step before `kubectl apply -k` (deploy/README.md), run from the repository's root.
@@ -65,7 +75,7 @@ AUTH_VOLUME = "nats-auth"  # compose's named volume and Kubernetes' Secret of ge
 # Compose: the one-shot service that copies each generated file into the volume of the service using it.
 CREDENTIALS_SERVICE = "credentials"
 ADMIN_SECRET = "nats-admin"  # Kubernetes: the admin seed, for the provisioning Job alone
-PROMETHEUS_FILE = REPO / "deploy" / "prometheus.yml"
+PROMETHEUS_FILE = REPO / "deploy" / "prometheus" / "prometheus.yml"
 METRICS_TOKEN = "metrics.token"  # compose: made by `credentials` for the functions' /metrics and Prometheus
 NOBODY_UID = 65534  # prom/prometheus runs as nobody
 LOCUSTFILE = REPO / "loadtest" / "locustfile.py"
@@ -114,7 +124,7 @@ def run_auth_services(compose: Obj, app: Path, volumes: Path, views: Path) -> Pa
     """Run compose's one-shot `nats-auth`, then `credentials` (each file into its own service's volume), as
     written; the folder of the volume `nats-auth`, which holds every generated file."""
     if os.geteuid() != 0:  # CI runs as root
-        pytest.skip("the compose service `credentials` runs as root (it gives each file to its reader's uid)")
+        may_skip("not root: the compose service `credentials` runs as root (it gives each file to its reader's uid)")
     service = compose["services"]["nats-auth"]
     view = ContainerView(views / "nats-auth")
     mounts.compose_mounts(view, service, REPO, volumes)
@@ -172,6 +182,23 @@ def function_services(compose: Obj) -> dict[str, tuple[str, Obj]]:
 
 def of_kind(objects: list[Obj], kind: str) -> dict[str, Obj]:
     return {obj["metadata"]["name"]: obj for obj in objects if obj["kind"] == kind}
+
+
+def function_deployments(objects: list[Obj]) -> dict[str, Obj]:
+    """The Deployments that run a function (`ebbtide run --function NAME`), by name: not the scaler's, not the exporter's."""
+    return {
+        name: d
+        for name, d in of_kind(objects, "Deployment").items()
+        if (container(d)["command"] + container(d).get("args", []))[:3] == ["ebbtide", "run", "--function"]
+    }
+
+
+def jsz_scaled_objects(namespace: str) -> dict[str, Obj]:
+    """The alternative ScaledObjects (nats-jetstream on /jsz), as `kubectl -n NAMESPACE apply -f` creates them."""
+    objects = kustomize.load_documents(JSZ_SCALED_OBJECTS)
+    for obj in objects:
+        obj["metadata"]["namespace"] = namespace
+    return of_kind(objects, "ScaledObject")
 
 
 def container(deployment: Obj) -> Obj:
@@ -233,8 +260,8 @@ def test_compose_file_follows_the_compose_specification(tmp_path: Path) -> None:
 
 def test_docker_compose_config_accepts_the_file() -> None:
     binary = shutil.which("docker-compose")
-    if binary is None:
-        pytest.skip("no docker-compose binary here (Debian: apt-get install docker-compose)")
+    require(None if binary else "no docker-compose command (`bash .ci/docker-engine` installs it)", "docker-compose")
+    assert binary is not None
     done = subprocess.run(
         [binary, "--file", str(COMPOSE_FILE), "--project-directory", str(REPO), "config", "--quiet"],
         capture_output=True,
@@ -249,14 +276,15 @@ def test_kubernetes_objects_validate_strict(k8s: list[Obj]) -> None:
     kinds = Counter(obj["kind"] for obj in k8s)
     assert kinds == {
         "Namespace": 1,
-        "Service": 2,
+        "Service": 3,
         "StatefulSet": 1,
         "PodDisruptionBudget": 1,
         "ConfigMap": 2,
-        "Secret": 2,
-        "Deployment": 3,
+        "Secret": 3,
+        "Deployment": 5,  # a function each, ebbtide-scaler and nats-exporter
         "ScaledObject": 3,
         "Job": 1,
+        "NetworkPolicy": 1,
     }, kinds
     for obj in k8s:
         if obj["kind"] != "ScaledObject":  # a CRD: checked against KEDA's fields below
@@ -268,32 +296,99 @@ def test_kubernetes_objects_validate_strict(k8s: list[Obj]) -> None:
         kubernetes_validate.validate(deployment, version, strict=True)
 
 
+def test_monitoring_kustomization_holds_the_rules_and_the_dashboard() -> None:
+    """deploy/kubernetes/monitoring: alerts.yml's groups as a PrometheusRule (its fields those the Prometheus
+    Operator documents, strictly), deploy/grafana/ebbtide.json as a ConfigMap Grafana's sidecar loads."""
+    objects = kustomize.render(MONITORING)
+    assert Counter(obj["kind"] for obj in objects) == {"PrometheusRule": 1, "ConfigMap": 1}
+    assert {obj["metadata"]["namespace"] for obj in objects} == {"ebbtide"}
+    [rule] = of_kind(objects, "PrometheusRule").values()
+    assert prometheus_rule_errors(rule) == []
+    assert rule["spec"]["groups"] == yaml.safe_load(ALERT_RULES.read_text())["groups"], (
+        "deploy/kubernetes/monitoring/prometheus-rules.yaml: copy the groups of deploy/prometheus/alerts.yml"
+    )
+    [config_map] = of_kind(objects, "ConfigMap").values()
+    kubernetes_validate.validate(config_map, kubernetes_validate.latest_version(), strict=True)
+    assert config_map["metadata"]["labels"] == {"grafana_dashboard": "1"}
+    assert config_map["data"] == {DASHBOARD.name: DASHBOARD.read_text()}
+    # The schema really is strict: a misspelt field of a rule, a rule both alert and record.
+    broken = copy.deepcopy(rule)
+    broken["spec"]["groups"][1]["rules"][0]["annotation"] = {}
+    broken["spec"]["groups"][0]["rules"][0]["alert"] = "X"
+    assert len(prometheus_rule_errors(broken)) == 2, prometheus_rule_errors(broken)
+
+
+def test_exporter_deployment_reads_each_nats_node_with_least_privilege(k8s: list[Obj]) -> None:
+    """nats-exporter: a --monitor-url per node of the StatefulSet at its monitoring port, the manifest
+    mounted, no Secret, not root, read-only, no capabilities; scraped like the functions."""
+    deployment = of_kind(k8s, "Deployment")[EXPORTER]
+    pod = deployment["spec"]["template"]["spec"]
+    statefulset = of_kind(k8s, "StatefulSet")["nats"]
+    monitor = {p["name"]: p["port"] for p in of_kind(k8s, "Service")[statefulset["spec"]["serviceName"]]["spec"]["ports"]}[
+        "monitor"
+    ]
+    command = container(deployment)["command"]
+    assert command[:2] == ["ebbtide", EXPORTER]
+    urls = [command[i + 1] for i, arg in enumerate(command) if arg == "--monitor-url"]
+    headless = statefulset["spec"]["serviceName"]
+    assert urls == [f"http://nats-{i}.{headless}:{monitor}" for i in range(statefulset["spec"]["replicas"])]
+    port = int(command[command.index("--port") + 1])
+    assert pod["containers"][0]["ports"] == [{"name": "metrics", "containerPort": port}]
+    assert deployment["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == str(port)
+    assert {m["mountPath"] for m in container(deployment)["volumeMounts"]} == {"/app/ebbtide.toml"}
+    assert [v["configMap"]["name"].startswith("ebbtide-manifest") for v in pod["volumes"]] == [True]
+    security = container(deployment)["securityContext"]
+    assert security["readOnlyRootFilesystem"] and not security["allowPrivilegeEscalation"]
+    assert security["capabilities"]["drop"] == ["ALL"] and pod["securityContext"]["runAsNonRoot"]
+
+
 def test_scaled_objects_have_only_fields_keda_documents(k8s: list[Obj]) -> None:
     scaled = of_kind(k8s, "ScaledObject")
-    for name, obj in scaled.items():
-        assert keda.scaled_object_errors(obj) == [], name
-        spec = obj["spec"]
-        assert spec["minReplicaCount"] == 0 and spec["maxReplicaCount"] >= 1
-        assert [t["type"] for t in spec["triggers"]] == ["nats-jetstream"]
+    [namespace] = of_kind(k8s, "Namespace")
+    alternative = jsz_scaled_objects(namespace)
+    assert set(alternative) == set(scaled), "the /jsz alternative replaces each shipped ScaledObject"
+    for expected, objects in (("external-push", scaled), ("nats-jetstream", alternative)):
+        for name, obj in objects.items():
+            assert keda.scaled_object_errors(obj) == [], name
+            spec = obj["spec"]
+            assert spec["minReplicaCount"] == 0 and spec["maxReplicaCount"] >= 1
+            assert [t["type"] for t in spec["triggers"]] == [expected]
+            other = scaled if objects is alternative else alternative
+            assert {k: v for k, v in spec.items() if k != "triggers"} == {
+                k: v for k, v in other[name]["spec"].items() if k != "triggers"
+            }, f"{name}: the alternative differs only in its trigger"
     # The schema catches what KEDA would silently ignore or refuse.
-    sample = next(iter(scaled.values()))
-    for break_it in (
-        lambda o: o["spec"]["triggers"][0]["metadata"].update(lagTreshold="10"),  # misspelt: ignored by KEDA
-        lambda o: o["spec"]["triggers"][0]["metadata"].update(lagThreshold=2000),  # metadata values are strings
-        lambda o: o["spec"]["triggers"][0]["metadata"].pop("consumer"),
-        lambda o: o["spec"].update(minReplicas=0),
-        lambda o: o["spec"].update(minReplicaCount=5, maxReplicaCount=2),
+    for sample, breakers in (
+        (
+            next(iter(alternative.values())),
+            (
+                lambda o: o["spec"]["triggers"][0]["metadata"].update(lagTreshold="10"),  # misspelt: ignored by KEDA
+                lambda o: o["spec"]["triggers"][0]["metadata"].update(lagThreshold=2000),  # metadata values are strings
+                lambda o: o["spec"]["triggers"][0]["metadata"].pop("consumer"),
+            ),
+        ),
+        (
+            next(iter(scaled.values())),
+            (
+                lambda o: o["spec"]["triggers"][0]["metadata"].update(functon="distributor"),  # misspelt: the scaler refuses it
+                lambda o: o["spec"]["triggers"][0]["metadata"].pop("function"),
+                lambda o: o["spec"]["triggers"][0]["metadata"].update(scalerAddress="grpc://ebbtide-scaler:9090"),
+                lambda o: o["spec"].update(minReplicas=0),
+                lambda o: o["spec"].update(minReplicaCount=5, maxReplicaCount=2),
+            ),
+        ),
     ):
-        broken = copy.deepcopy(sample)
-        break_it(broken)
-        assert keda.scaled_object_errors(broken), broken["spec"]
+        for break_it in breakers:
+            broken = copy.deepcopy(sample)
+            break_it(broken)
+            assert keda.scaled_object_errors(broken), broken["spec"]
 
 
 def test_kustomize_rendering_matches_kubectl(k8s: list[Obj], k8s_folder: Path) -> None:
     """Our renderer against the real kustomize (built into kubectl), where kubectl is installed."""
     kubectl = shutil.which("kubectl")
     if kubectl is None:
-        pytest.skip("no kubectl here: the Python rendering is validated on its own")
+        may_skip("no kubectl (no Kubernetes on these machines): the Python rendering is validated on its own")
     done = subprocess.run([kubectl, "kustomize", str(k8s_folder)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     theirs = [doc for doc in yaml.safe_load_all(done.stdout) if doc]
@@ -327,6 +422,10 @@ def test_secret_holds_only_what_the_cluster_needs(k8s: list[Obj], k8s_folder: Pa
     assert all(admin_seed not in text for text in data.values())
     [admin] = [obj for name, obj in secrets.items() if name.startswith(f"{ADMIN_SECRET}-")]
     assert {key: base64_text(value).strip() for key, value in admin["data"].items()} == {f"{ADMIN_USER}.nk": admin_seed}
+    [scaler] = [obj for name, obj in secrets.items() if name.startswith(f"{SCALER_SECRET}-")]
+    scaler_seed = (k8s_folder / "auth" / f"{SCALER_USER}.nk").read_text()
+    assert {key: base64_text(value) for key, value in scaler["data"].items()} == {f"{SCALER_USER}.nk": scaler_seed}
+    assert all(scaler_seed.strip() not in text for text in data.values())
 
 
 def secret_items(pod: Obj) -> set[tuple[str, str]]:
@@ -350,8 +449,12 @@ def secret_items(pod: Obj) -> set[tuple[str, str]]:
 
 def test_each_pod_sees_only_its_own_credentials(k8s: list[Obj], manifest: LoadedManifest) -> None:
     """A function pod: its own seed and nothing else; the admin seed only in the provisioning Job."""
-    for name, deployment in of_kind(k8s, "Deployment").items():
+    for name, deployment in function_deployments(k8s).items():
         assert secret_items(deployment["spec"]["template"]["spec"]) == {(AUTH_VOLUME, f"{name}.nk")}, name
+    scaler = of_kind(k8s, "Deployment")[SCALER_DEPLOYMENT]["spec"]["template"]["spec"]
+    assert secret_items(scaler) == {(SCALER_SECRET, f"{SCALER_USER}.nk")}, "the scaler: its own seed alone"
+    exporter = of_kind(k8s, "Deployment")[EXPORTER]["spec"]["template"]["spec"]
+    assert secret_items(exporter) == set() and exporter["automountServiceAccountToken"] is False, "no credentials at all"
     [job] = of_kind(k8s, "Job").values()
     pod = job["spec"]["template"]["spec"]
     assert secret_items(pod) == {(ADMIN_SECRET, f"{ADMIN_USER}.nk")}
@@ -495,7 +598,7 @@ def test_names_and_ports_agree_across_manifest_compose_and_kubernetes(
 ) -> None:
     functions = set(manifest.spec.functions)
     services = function_services(compose)
-    deployments = of_kind(k8s, "Deployment")
+    deployments = function_deployments(k8s)
     scaled = of_kind(k8s, "ScaledObject")
     assert {fn for fn, _ in services.values()} == functions
     assert set(services) == functions, "each compose service is named after its function"
@@ -565,7 +668,7 @@ def test_names_and_ports_agree_across_manifest_compose_and_kubernetes(
     dns = [sd for job in scrape for sd in job.get("dns_sd_configs", [])]
     assert sorted(n for sd in dns for n in sd["names"]) == sorted(services) and {sd["port"] for sd in dns} == {metrics_port}
     prometheus = compose["services"]["prometheus"]
-    assert any(v.startswith("./deploy/prometheus.yml:") for v in prometheus["volumes"])
+    assert any(v.startswith("./deploy/prometheus/prometheus.yml:") for v in prometheus["volumes"])
     [function_job] = [job for job in scrape if job.get("dns_sd_configs")]
     token_file = Path(function_job["authorization"]["credentials_file"])
     assert function_job["authorization"].get("type", "Bearer") == "Bearer" and token_file.name == METRICS_TOKEN
@@ -631,8 +734,17 @@ def test_names_and_ports_agree_across_manifest_compose_and_kubernetes(
         assert secret["items"] == [{"key": f"{name}.nk", "path": seed.name}], "only its own seed"
 
         function = manifest.function(name)
-        trigger = scaled[name]["spec"]["triggers"][0]["metadata"]
         assert scaled[name]["spec"]["scaleTargetRef"] == {"name": name}
+        # The shipped trigger: `ebbtide scaler`'s Service, for this function.
+        scaler_service = services_k8s[SCALER_DEPLOYMENT]
+        grpc_port = {p["name"]: p["port"] for p in scaler_service["spec"]["ports"]}["grpc"]
+        pushed = scaled[name]["spec"]["triggers"][0]["metadata"]
+        assert pushed == {
+            "scalerAddress": f"{scaler_service['metadata']['name']}.{namespace_name}.svc.cluster.local:{grpc_port}",
+            "function": name,
+        }
+        # The alternative's: KEDA's nats-jetstream scaler on /jsz.
+        trigger = jsz_scaled_objects(namespace_name)[name]["spec"]["triggers"][0]["metadata"]
         assert trigger["consumer"] == consumer_config(manifest, name).durable_name
         assert trigger["stream"] == manifest.stream_for(function.trigger)
         assert trigger["account"] == "$G"
@@ -641,6 +753,33 @@ def test_names_and_ports_agree_across_manifest_compose_and_kubernetes(
             trigger["natsServerMonitoringEndpoint"]
             == f"{headless['metadata']['name']}.{namespace_name}.svc.cluster.local:{conf_port('http')}"
         )
+
+    # The scaler: its Service's ports are its container's, it reads the same manifest and NATS service as
+    # the functions, as its own user; probes; gRPC reachable from KEDA's namespace only.
+    scaler = of_kind(k8s, "Deployment")[SCALER_DEPLOYMENT]
+    spec = container(scaler)
+    ports = {p["name"]: p["containerPort"] for p in spec["ports"]}
+    assert ports["metrics"] == metrics_port
+    assert spec["command"] == ["ebbtide", "scaler", "--listen", f"0.0.0.0:{ports['grpc']}"]
+    service_ports = {p["name"]: (p["port"], p["targetPort"]) for p in services_k8s[SCALER_DEPLOYMENT]["spec"]["ports"]}
+    assert service_ports == {name: (port, name) for name, port in ports.items()}
+    assert services_k8s[SCALER_DEPLOYMENT]["spec"]["selector"] == scaler["spec"]["selector"]["matchLabels"]
+    env = env_of(scaler)
+    assert host_port(env["EBBTIDE_NATS_URL"]) == ("nats", conf_port("listen"))
+    assert env["EBBTIDE_NATS_INBOX_PREFIX"] == inbox_prefix(SCALER_USER)
+    assert Path(env["EBBTIDE_NATS_NKEY_SEED_FILE"]).name == f"{SCALER_USER}.nk"
+    assert int(env["EBBTIDE_METRICS_PORT"]) == metrics_port and env["EBBTIDE_METRICS_HOST"] == "0.0.0.0"
+    assert spec["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert spec["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert spec["securityContext"]["readOnlyRootFilesystem"] is True
+    assert {m["mountPath"] for m in spec["volumeMounts"]} >= {f"{image.workdir(RUNTIME_STAGE)}/ebbtide.toml"}
+    [policy] = of_kind(k8s, "NetworkPolicy").values()
+    assert policy["spec"]["podSelector"]["matchLabels"] == scaler["spec"]["selector"]["matchLabels"]
+    grpc_rule, metrics_rule = policy["spec"]["ingress"]
+    assert grpc_rule["ports"] == [{"port": "grpc"}] and grpc_rule["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "keda"}}}
+    ]
+    assert metrics_rule == {"ports": [{"port": "metrics"}]}
 
 
 def test_kubernetes_manifest_is_the_repository_manifest_with_r3_streams(manifest: LoadedManifest, k8s: list[Obj]) -> None:
@@ -762,6 +901,32 @@ def assert_each_function_has_its_own_user(monitor_urls: list[str], auth: AuthBun
     assert set(users) <= allowed, users
 
 
+def exporter_launch(deployment: Obj, image: dockerfile_reader.Dockerfile, cluster: ConfiguredCluster) -> Launch:
+    """The nats-exporter Deployment's command with each node's monitoring address (written as the
+    StatefulSet pod's name on the headless service) and its port made local."""
+    command = container(deployment)["command"] + container(deployment).get("args", [])
+    port = entrypoints.free_port()
+    nodes = {f"http://nats-{i}.nats-headless:8222": cluster.monitor_url(i) for i in range(len(cluster.monitor_ports))}
+    assert [a for a in command if a.startswith("http://")] == list(nodes), "one --monitor-url per node"
+    command = [nodes.get(arg, arg) for arg in command]
+    command[command.index("--port") + 1] = str(port)
+    env = localized(env_of(deployment), image.env(RUNTIME_STAGE), "", port, "")
+    return Launch(f"deployment {EXPORTER}", command, env, port)
+
+
+def assert_exporter_reads_every_node(launch: Launch, nodes: int, manifest: LoadedManifest) -> None:
+    """Every node's store, the R3 streams once each, the trigger streams' max_age per function."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{launch.metrics_port}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    assert len(re.findall(r"^ebbtide_nats_monitor_up\{.*\} 1$", text, re.M)) == nodes, text
+    assert len(re.findall(r"^ebbtide_jetstream_storage_bytes\{", text, re.M)) == nodes, text
+    assert len(re.findall(r'^ebbtide_stream_messages\{stream="ORDERS"\}', text, re.M)) == 1, text
+    for name, fn in manifest.spec.functions.items():
+        age = manifest.spec.streams[manifest.stream_for(fn.trigger)].max_age_s
+        line = f'ebbtide_trigger_max_age_seconds{{function="{name}",stream="{manifest.stream_for(fn.trigger)}"}} {float(age)!r}'
+        assert line in text.splitlines(), (line, text)
+
+
 def assert_metrics_need_the_token(launches: list[Launch], token: str) -> None:
     """Each function's /metrics: 401 without a token, 200 with the token Prometheus sends."""
     for launch in launches:
@@ -814,12 +979,13 @@ async def test_compose_services_run_here_as_written(
     volumes, views = tmp_path / "volumes", tmp_path / "views"
     auth = AuthBundle(run_auth_services(compose, app, volumes, views / "first"))
     generated = {p.name: p.read_bytes() for p in auth.folder.iterdir()}
+    users = (ADMIN_USER, OBSERVER_USER, SCALER_USER, *manifest.spec.functions)
     assert set(generated) == {
         SERVER_CONFIG,
         INGRESS_ENV,
-        f"{ADMIN_USER}.nk",
-        f"{OBSERVER_USER}.nk",
-        *(f"{fn}.nk" for fn in manifest.spec.functions),
+        *(f"{user}.nk" for user in users),  # the scaler's too: compose runs no KEDA scaler, so no service gets it
+        *(f"{user}.env" for user in users),  # how another client connects as each user (README)
+        *(f"{user}.context.json" for user in (*users, "ingress")),
     }
     assert {stat.S_IMODE(p.stat().st_mode) for p in auth.folder.iterdir()} == {0o600}
     run_auth_services(compose, app, volumes, views / "again")  # the next `docker compose up`: same keys
@@ -987,7 +1153,7 @@ async def test_kubernetes_deployments_run_here_as_written(
         try:
             await run_provisioning_job(k8s, app, tmp_path, cluster.urls[0], image)
             launches = []
-            for name, deployment in of_kind(k8s, "Deployment").items():
+            for name, deployment in function_deployments(k8s).items():  # the scaler's: test_keda_scaler.py
                 pod_view = ContainerView(tmp_path / "pods" / name / "view")
                 mounts.pod_mounts(
                     pod_view,
@@ -1004,9 +1170,14 @@ async def test_kubernetes_deployments_run_here_as_written(
                 command = container(deployment)["command"] + container(deployment).get("args", [])
                 launches.append(Launch(f"deployment {name}", command, env, port))
 
+            functions = list(launches)
+            exporter = exporter_launch(of_kind(k8s, "Deployment")[EXPORTER], image, cluster)
+            launches.append(exporter)
+
             async def while_running() -> None:
                 monitors = [f"http://127.0.0.1:{port}" for port in cluster.monitor_ports]
-                await asyncio.to_thread(assert_each_function_has_its_own_user, monitors, operator, launches)
+                await asyncio.to_thread(assert_each_function_has_its_own_user, monitors, operator, functions)
+                await asyncio.to_thread(assert_exporter_reads_every_node, exporter, nodes, manifest)
 
             codes = await run_pipeline(launches, app, tmp_path, nc, ingress, manifest, image, while_running=while_running)
             assert all(code == 0 for code in codes.values()), codes

@@ -29,7 +29,7 @@ from ebbtide.host import Host
 from ebbtide.manifest import LoadedManifest
 from ebbtide.stream_state import stream_state
 from ebbtide.workload.orders import INGRESS_SUBJECT, Order, encode_order, generate_orders
-from tests.conftest import backlog, exactly_once, outboxes_writes, provision_for, read_stream, wait_until
+from tests.conftest import backlog, exactly_once, outbox_bodies, outboxes_writes, provision_for, read_stream, wait_until
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")  # as deadletter.py writes it
 OUTBOXES = ("outbox-express", "outbox-standard")
@@ -84,8 +84,8 @@ async def settled(nc: NatsClient, expected: dict[str, int]) -> bool:
     return {b: (await stream_state(nc, f"KV_{b}")).messages for b in OUTBOXES} == expected
 
 
-def by_bucket(orders: list[Order]) -> dict[str, list[int]]:
-    return {bucket: [o.order_id for o in orders if bucket_of(o) == bucket] for bucket in OUTBOXES}
+def by_bucket(orders: list[Order]) -> dict[str, dict[str, bytes]]:
+    return {bucket: bodies for bucket, bodies in outbox_bodies(orders).items() if bucket in OUTBOXES}
 
 
 async def test_list_and_show_decode_the_pipelines_dead_letters(

@@ -7,6 +7,7 @@ byte for byte on crafted and generated inputs.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from ebbtide.runtime.guest import handle_one_by_one
 from ebbtide.runtime.guests import Guest, load_guest_module, start_guest
 from ebbtide.stream_state import stream_state
 from ebbtide.workload.orders import INGRESS_SUBJECT, Order, encode_order, generate_orders
+from tests.components import require
 from tests.conftest import BUILD_DIR, REPO, backlog, manifest_copy, provision_for, read_stream, wait_until
 
 # lang -> (module name in the test manifests, source folder)
@@ -327,13 +329,19 @@ def test_config_refusals_are_the_same(examples: dict[str, Path], config: bytes, 
             GuestInstance(engine, engine.load(path), LIMITS, config)
 
 
+def require_componentize_py() -> None:
+    """componentize-py builds Python guests; it is in the project's `test` extra (via `component`)."""
+    missing = None if importlib.util.find_spec("componentize_py") else "pip install componentize-py==0.25.1 (the component extra)"
+    require(missing, "componentize-py")
+
+
 # -- Python through the component model (a separate runtime adapter, not the pool's core-module path) --------
 
 
 async def test_python_pipeline_stores_orders_through_the_host(tmp_path: Path, nats_server: EmbeddedNats, nc: NatsClient) -> None:
     """`lang = "python"` in the manifest for the distributor and both receivers: built by componentize-py with
     the SDK, run by the pools as components; bad orders are dead-lettered with the function's reason."""
-    pytest.importorskip("componentize_py", reason="componentize-py (pip install componentize-py==0.25.1) builds Python guests")
+    require_componentize_py()
     path, _ = manifest_copy(tmp_path)
     text = path.read_text()
     # Modules of their own names: the session's build folder keeps the Zig "distributor" and "receiver".
@@ -374,7 +382,7 @@ PYTHON_DISTRIBUTOR = {"python": ("distributor-python", "functions/examples/distr
 
 @pytest.fixture(scope="module")
 def python_component(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("componentize_py", reason="componentize-py (pip install componentize-py==0.25.1) builds Python guests")
+    require_componentize_py()
     return _build(tmp_path_factory.mktemp("python"), PYTHON_EXAMPLE)["python"]
 
 
@@ -418,7 +426,7 @@ def test_python_receiver_gives_the_zig_receivers_effects_byte_for_byte(python_re
 def test_python_distributor_routes_like_the_zig_distributor(
     tmp_path_factory: pytest.TempPathFactory, reference_manifest: LoadedManifest
 ) -> None:
-    pytest.importorskip("componentize_py", reason="componentize-py (pip install componentize-py==0.25.1) builds Python guests")
+    require_componentize_py()
     path = _build(tmp_path_factory.mktemp("python-distributor"), PYTHON_DISTRIBUTOR)["python"]
     engine = WasmEngine(cache_dir=BUILD_DIR / "cache")
     fn = reference_manifest.function("distributor")
@@ -479,7 +487,7 @@ async def test_python_faults_retries_and_dead_letters_through_the_host(
 ) -> None:
     """tests/guests/python-chaos: a rejection is dead-lettered at once; a retry, an exception and a runaway
     are retried up to max_deliver, on a fresh instance after each fault, then dead-lettered with why."""
-    pytest.importorskip("componentize_py", reason="componentize-py (pip install componentize-py==0.25.1) builds Python guests")
+    require_componentize_py()
     path = tmp_path / "ebbtide.toml"
     path.write_text(f"""
 build_dir = "{BUILD_DIR}"

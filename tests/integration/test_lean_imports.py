@@ -38,6 +38,16 @@ NOT_IN_A_FUNCTION_PROCESS = (
     "ebbtide.workload.bench.run",
     "ebbtide.workload.orders",
     "ebbtide.commands.workload",
+    "ebbtide.console",  # `up --console` runs it as a process of its own
+    "ebbtide.commands.console",
+    "starlette",
+    "uvicorn",
+    "grpc",  # `ebbtide scaler` (KEDA's external scaler) and `ebbtide plan` run apart from the functions
+    "ebbtide.kedascaler",
+    "ebbtide.capacity.model",
+    "ebbtide.commands.scaling",
+    "ebbtide.commands.exporter",  # `ebbtide nats-exporter`: a process of its own
+    "ebbtide.telemetry.nats_monitor",
 )
 # Never in the supervisor: it runs no function, so none of what runs one, and no fast event loop.
 NOT_IN_THE_SUPERVISOR = NOT_IN_A_FUNCTION_PROCESS + (

@@ -21,7 +21,7 @@ import pytest
 from nats.aio.client import Client as NatsClient
 
 from ebbtide.broker import EmbeddedNats
-from tests.conftest import REPO, manifest_copy, outbox_writes, port_open, wait_for_consumers
+from tests.conftest import REPO, manifest_copy, outbox_writes, port_open, read_stream, wait_for_consumers
 
 LOADTEST = REPO / "loadtest"
 LOCUST = Path(sys.executable).with_name("locust")
@@ -43,6 +43,11 @@ async def outbox_keys(nc: NatsClient, bucket: str) -> set[int]:
     """The keys of a KV bucket (from the stream's subjects)."""
     info = await nc.jetstream().stream_info(f"KV_{bucket}", subjects_filter=f"$KV.{bucket}.>")
     return {int(subject.rsplit(".", 1)[1]) for subject in (info.state.subjects or {})}
+
+
+async def published_bodies(nc: NatsClient) -> dict[str, bytes]:
+    """orderId -> the body of each order published to orders.ingress, as the ORDERS stream stored it."""
+    return {str(json.loads(msg.data)["orderId"]): msg.data for msg in await read_stream(nc, "ORDERS", "orders.ingress")}
 
 
 async def test_headless_locust_run_against_ebbtide_up(tmp_path: Path, reference_manifest) -> None:
@@ -134,15 +139,20 @@ async def test_headless_locust_run_against_ebbtide_up(tmp_path: Path, reference_
         record = json.loads((tmp_path / "orders.json").read_text())
         assert record["failed"] == [] and len(record["interrupted"]) <= USERS, record["interrupted"]
         assert sum(len(record[b]) for b in ("outbox-express", "outbox-standard")) == measured
+        sent = await published_bodies(nc)
         for bucket in ("outbox-express", "outbox-standard"):
             keys = await outbox_keys(nc, bucket)
             confirmed = set(record[bucket])
             assert confirmed, bucket
             assert len(confirmed) == len(record[bucket]), "order ids repeat"
             assert keys - confirmed <= set(record["interrupted"]), (bucket, sorted(keys - confirmed)[:10])
-            # Each written once, counted in writes (an order written twice keeps one key).
-            writes = await outbox_writes(nc, bucket, confirmed)
-            assert (writes.stored, writes.lost, writes.written_twice) == (len(confirmed), 0, 0), (bucket, writes)
+            # Each written once, counted in writes (an order written twice keeps one key), with the body
+            # Locust published: as the ORDERS stream stored it (limits retention keeps the published orders).
+            writes = await outbox_writes(nc, bucket, {key: sent[key] for key in map(str, confirmed)})
+            assert (writes.stored, writes.lost, writes.written_twice, writes.wrong_body) == (len(confirmed), 0, 0, 0), (
+                bucket,
+                writes,
+            )
         await nc.close()
     finally:
         up.send_signal(signal.SIGTERM)

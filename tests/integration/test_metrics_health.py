@@ -239,12 +239,19 @@ async def test_metrics_and_health_of_a_running_host(
             "ebbtide_handle_duration_seconds": "histogram",
             "ebbtide_end_to_end_seconds": "histogram",
             "ebbtide_module_reloads_total": "counter",
+            "ebbtide_dead_letters_total": "counter",
+            "ebbtide_canary_rollbacks_total": "counter",
+            "ebbtide_ready": "gauge",
         }
         assert {name: f["type"] for name, f in families.items()} == expected_types
         assert all(f["help"] for f in families.values())
         for fn in FUNCTIONS:
             for outcome in ("ok", "dead_lettered", "refused", "retried"):
                 assert value(families, "ebbtide_messages_total", function=fn, outcome=outcome) == 0
+            for reason in ("rejected", "payload-too-large", "headers-too-large", "effect-refused", "retries-exhausted"):
+                assert value(families, "ebbtide_dead_letters_total", function=fn, reason=reason) == 0
+            assert value(families, "ebbtide_canary_rollbacks_total", function=fn) == 0
+            assert value(families, "ebbtide_ready", function=fn) == 1
         assert value(families, "ebbtide_process_resident_memory_bytes") > 10 * 1024 * 1024
         assert (
             0
@@ -287,6 +294,9 @@ async def test_metrics_and_health_of_a_running_host(
             assert value(families, "ebbtide_backlog", function=fn) >= 0
             assert value(families, "ebbtide_oldest_pending_seconds", function=fn) >= 0
         assert value(families, "ebbtide_messages_total", function="distributor", outcome="dead_lettered") == len(bad)
+        # By reason: the guest rejected three; the fourth never reached it.
+        assert value(families, "ebbtide_dead_letters_total", function="distributor", reason="rejected") == len(bad) - 1
+        assert value(families, "ebbtide_dead_letters_total", function="distributor", reason="payload-too-large") == 1
         # One guest call per message that reached the guest (the too-large one did not).
         histogram = families["ebbtide_handle_duration_seconds"]["samples"]
         calls = histogram[("ebbtide_handle_duration_seconds_count", frozenset({("function", "distributor")}))]
@@ -339,7 +349,9 @@ async def test_metrics_and_health_of_a_running_host(
         status, _, body = await get(port, "/readyz")
         assert status == 503 and b"NATS" in body
         assert (await get(port, "/healthz"))[0] == 200
-        assert value(await scrape(port), "ebbtide_nats_connected") == 0
+        families = await scrape(port)
+        assert value(families, "ebbtide_nats_connected") == 0
+        assert all(value(families, "ebbtide_ready", function=fn) == 0 for fn in FUNCTIONS)
 
         nats_server.start()  # same port, same data folder
         await wait_until(lambda: readyz(200), timeout=20)

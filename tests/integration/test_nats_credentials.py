@@ -14,6 +14,7 @@ from ebbtide.broker import EmbeddedNats, connect
 from ebbtide.broker.credentials import NatsAuth, client_auth
 from ebbtide.host import Host
 from ebbtide.manifest import load_manifest
+from tests.components import require
 from tests.conftest import manifest_copy, provision_for
 
 SECRET = "s3cret-Value-that-must-not-leak"
@@ -55,7 +56,6 @@ async def test_user_in_the_manifest_password_in_the_environment(
     assert SECRET not in caplog.text
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make test certificates")
 async def test_tls_with_a_client_certificate(tmp_path: Path, reference_manifest) -> None:
     certs = _certificates(tmp_path / "certs")
     path, _ = manifest_copy(tmp_path)
@@ -83,6 +83,7 @@ async def test_tls_with_a_client_certificate(tmp_path: Path, reference_manifest)
 
 def _certificates(folder: Path) -> Path:
     """A CA, a server certificate for 127.0.0.1 and a client certificate, all signed by the CA."""
+    require(None if shutil.which("openssl") else "no openssl command (Debian: apt-get install openssl)", "openssl")
     folder.mkdir()
 
     def openssl(*args: str) -> None:

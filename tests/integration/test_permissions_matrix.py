@@ -1,16 +1,23 @@
-"""Every generated NATS user against every JetStream API operation and every subject of the manifest.
+"""Every generated NATS user against every JetStream API operation and every subject of a manifest.
 
-A real nats-server configured only with what `ebbtide nats-config` generates from the reference manifest,
-provisioned by `admin` and holding data in every stream. For each user (each function, ingress, observer,
-admin), each JetStream API operation on each stream and consumer of the manifest, on one stream and
-consumer outside it and on one that does not exist yet, and a publish and a subscription on each subject:
-the outcome must be exactly what the design below says (SECURITY.md). Refused means the server answered
-with a permissions violation; allowed means the request reached JetStream (whatever it answered). Refused
-requests carry what would do damage if they went through (shrink a stream to one message, purge it, delete
-a message, redefine a consumer), and afterwards every stream's configuration and contents and every
+A real nats-server configured only with what `ebbtide nats-config` generates, provisioned by `admin` and
+holding data in every stream; run for the repository's ebbtide.toml and for the ordered one
+(deploy/ordered/ebbtide.toml: partition consumers, keyed subjects). For each user (each function, ingress,
+observer, admin), each JetStream API operation (stream, consumer and account ones: create, update,
+delete, purge, info, get, snapshot, restore, leader stepdown, names and lists, pause, the filtered create
+form) on each stream and consumer of the manifest, on a consumer on the rollouts and modules streams (a
+replica's watcher), on one stream and consumer outside it and on one that does not exist yet, and a
+publish and a subscription on each subject (acks of every function's consumer among them): the outcome
+must be exactly what the design below says (SECURITY.md). Refused means the server answered with a
+permissions violation; allowed means the request reached JetStream (whatever it answered). Refused requests
+carry what would do damage if they went through (shrink a stream to one message, purge it, delete a
+message, redefine or pause a consumer), and afterwards every stream's configuration and contents and every
 consumer's configuration are checked unchanged: nothing was written.
 
-The design is written out here, on purpose not computed by the code under test.
+The design is written out here, on purpose not computed by the code under test; only the names come from
+the manifest (a partition consumer's name from ebbtide.broker.partitions). A second test reads the
+grants users.py writes into server.conf and fails for any grant that no probe here exercises: a new grant
+comes with its probe and its line in the design.
 """
 
 from __future__ import annotations
@@ -31,21 +38,19 @@ from nats.js import api
 
 from ebbtide.broker import EmbeddedNats, provision
 from ebbtide.broker.credentials import NatsAuth
-from ebbtide.broker.users import ADMIN_USER, OBSERVER_USER, AuthBundle, write_bundle
-from ebbtide.manifest import load_manifest
-from tests.conftest import manifest_copy
+from ebbtide.broker.partitions import consumer_names, keyed_subject, ordered_triggers
+from ebbtide.broker.users import ADMIN_USER, OBSERVER_USER, SCALER_USER, AuthBundle, write_bundle
+from ebbtide.manifest import LoadedManifest, load_manifest
+from tests.conftest import REPO, manifest_copy
+from tests.nats_subjects import subject_matches
 
-FUNCTIONS = ("distributor", "receiver-express", "receiver-standard")
 INGRESS = "ingress"
-USERS = (*FUNCTIONS, INGRESS, OBSERVER_USER, ADMIN_USER)
-BUCKETS = ("outbox-express", "outbox-standard")
-KV_STREAMS = tuple(f"KV_{bucket}" for bucket in BUCKETS)
 OUTSIDE = "OUTSIDE"  # a stream (and consumer `spy`) the manifest does not know
 ROGUE = "ROGUE"  # a stream nobody created
 # Rollouts (issue 21): the records every host watches, the candidates' bytes, the shadow samples.
 ROLLOUTS, MODULES, SHADOW = "KV_ebbtide-rollouts", "OBJ_ebbtide-modules", "SHADOW"
-STREAMS = ("ORDERS", "DLQ", *KV_STREAMS, ROLLOUTS, MODULES, SHADOW, OUTSIDE, ROGUE)
-CONSUMERS = (*(("ORDERS", fn) for fn in FUNCTIONS), (OUTSIDE, "spy"))
+# A consumer on each (made here by admin, as another client of these streams leaves one): no function may touch it.
+WATCHERS = ((ROLLOUTS, "watcher"), (MODULES, "reader"))
 STREAM_OPERATIONS = (
     "STREAM.CREATE",
     "STREAM.UPDATE",
@@ -54,115 +59,206 @@ STREAM_OPERATIONS = (
     "STREAM.INFO",
     "STREAM.MSG.GET",
     "STREAM.MSG.DELETE",
+    "STREAM.SNAPSHOT",
+    "STREAM.RESTORE",
+    "STREAM.LEADER.STEPDOWN",
     "DIRECT.GET",
+    "CONSUMER.CREATE",  # ephemeral
+    "CONSUMER.NAMES",
+    "CONSUMER.LIST",
+)
+CONSUMER_OPERATIONS = (
     "CONSUMER.CREATE",
-)  # the last: ephemeral
-CONSUMER_OPERATIONS = ("CONSUMER.CREATE", "CONSUMER.DURABLE.CREATE", "CONSUMER.DELETE", "CONSUMER.INFO", "CONSUMER.MSG.NEXT")
+    "CONSUMER.CREATE+filter",  # $JS.API.CONSUMER.CREATE.<stream>.<consumer>.<filter subject>
+    "CONSUMER.DURABLE.CREATE",
+    "CONSUMER.DELETE",
+    "CONSUMER.INFO",
+    "CONSUMER.MSG.NEXT",
+    "CONSUMER.PAUSE",
+    "CONSUMER.LEADER.STEPDOWN",
+)
 ACCOUNT_OPERATIONS = ("INFO", "STREAM.NAMES", "STREAM.LIST")
 DESTRUCTIVE = ("STREAM.DELETE", "CONSUMER.DELETE")  # admin's row runs these last
-
-# Publish and subscribe: every subject of the reference pipeline, the inboxes, and one outside it.
-SUBJECTS = (
-    "orders.ingress",
-    "orders.express",
-    "orders.standard",
-    "$KV.outbox-express.probe",
-    "$KV.outbox-standard.probe",
-    *(f"dlq.{fn}" for fn in FUNCTIONS),
-    *(f"ebbtide.status_reports.{fn}" for fn in FUNCTIONS),
-    "ebbtide.status_reports-request",
-    *(f"$KV.ebbtide-rollouts.{fn}" for fn in FUNCTIONS),
-    *(f"ebbtide.shadow.{fn}.probe" for fn in FUNCTIONS),
-    "outside.x",
-)
-INBOXES = ("_INBOX.probe", *(f"_ebbtide_inbox.{user}.probe" for user in (*FUNCTIONS, OBSERVER_USER)))
-STORED_IN = {
-    "orders.": "ORDERS",
-    "$KV.outbox-express.": "KV_outbox-express",
-    "$KV.outbox-standard.": "KV_outbox-standard",
-    "dlq.": "DLQ",
-    "$KV.ebbtide-rollouts.": ROLLOUTS,
-    "ebbtide.shadow.": SHADOW,
-    "outside.": OUTSIDE,
-}
+MANIFESTS = {"reference": REPO / "ebbtide.toml", "ordered": REPO / "deploy" / "ordered" / "ebbtide.toml"}
 
 
 # -- the design ---------------------------------------------------------------------------------------
 
 
-def api_allowed(user: str, subject: str) -> bool:
-    """$JS.API.<operation>.<target>: functions read their own consumer and pull from it, and read a message of
-    their trigger's stream (the age of the oldest unhandled one); observer reads
-    the outboxes, the dead letters, the manifest's streams (`replay`) and the shadow samples; ingress nothing;
-    admin everything."""
-    if user == ADMIN_USER:
-        return True
-    if user in FUNCTIONS:
-        # Following rollouts: read the records and the candidates' bytes (ephemeral consumers on those two
-        # streams only; no stream changed).
-        rollouts = {f"$JS.API.{op}.{stream}" for op in ("STREAM.INFO", "CONSUMER.CREATE") for stream in (ROLLOUTS, MODULES)}
-        rollouts.add(f"$JS.API.STREAM.MSG.GET.{MODULES}")
-        own = {f"$JS.API.CONSUMER.INFO.ORDERS.{user}", f"$JS.API.CONSUMER.MSG.NEXT.ORDERS.{user}"}
-        # The stored time of its oldest unhandled message (ebbtide_oldest_pending_seconds): a read of its
-        # trigger's stream (issue 25). Reading only: nothing of ORDERS can be changed through it.
-        own.add("$JS.API.STREAM.MSG.GET.ORDERS")
-        return subject in own | rollouts
-    if user == OBSERVER_USER:
-        reads = {
-            f"$JS.API.STREAM.{op}.{stream}" for op in ("INFO", "MSG.GET") for stream in ("DLQ", "ORDERS", *KV_STREAMS, SHADOW)
+@dataclass(frozen=True)
+class Design:
+    """What each user may do, for one manifest. Names from the manifest; the rules in the methods."""
+
+    functions: tuple[str, ...]
+    buckets: tuple[str, ...]
+    triggers: dict[str, str]  # function -> trigger
+    publishes: dict[str, tuple[str, ...]]  # function -> its publish allowlist
+    kv: dict[str, tuple[str, ...]]  # function -> its buckets
+    consumers: dict[str, tuple[str, ...]]  # function -> its consumers probed (its own; of an ordered one, two partitions too)
+    all_consumers: dict[str, tuple[str, ...]]  # function -> every consumer it reads
+    ordered: tuple[str, ...]  # the ordered triggers
+    entries: tuple[str, ...]  # triggers no function publishes to: where ingress feeds the pipeline
+
+    @classmethod
+    def of(cls, manifest: LoadedManifest) -> Design:
+        spec = manifest.spec
+        functions = tuple(spec.functions)
+        published = [s for fn in spec.functions.values() for s in fn.publish]
+        every = {f: tuple(consumer_names(manifest, f)) for f in functions}
+        return cls(
+            functions=functions,
+            buckets=tuple(spec.kv),
+            triggers={f: fn.trigger for f, fn in spec.functions.items()},
+            publishes={f: tuple(fn.publish) for f, fn in spec.functions.items()},
+            kv={f: tuple(fn.kv) for f, fn in spec.functions.items()},
+            consumers={
+                f: tuple(dict.fromkeys([names[-1], names[0], names[-2] if len(names) > 1 else names[0]]))
+                for f, names in every.items()
+            },
+            all_consumers=every,
+            ordered=tuple(ordered_triggers(manifest)),
+            entries=tuple(fn.trigger for fn in spec.functions.values() if fn.trigger not in published),
+        )
+
+    # The names probed.
+    @property
+    def kv_streams(self) -> tuple[str, ...]:
+        return tuple(f"KV_{bucket}" for bucket in self.buckets)
+
+    @property
+    def streams(self) -> tuple[str, ...]:
+        return ("ORDERS", "DLQ", *self.kv_streams, ROLLOUTS, MODULES, SHADOW, OUTSIDE, ROGUE)
+
+    @property
+    def kv_readers(self) -> tuple[tuple[str, str], ...]:
+        """A consumer on each outbox's stream: what a KV client's keys or watch leaves (made here by admin)."""
+        return tuple((stream, "reader") for stream in self.kv_streams)
+
+    @property
+    def probed_consumers(self) -> tuple[tuple[str, str], ...]:
+        own = [("ORDERS", c) for f in self.functions for c in self.consumers[f]]
+        return (*own, *WATCHERS, *self.kv_readers, (OUTSIDE, "spy"))
+
+    @property
+    def users(self) -> tuple[str, ...]:
+        return (*self.functions, INGRESS, OBSERVER_USER, SCALER_USER, ADMIN_USER)
+
+    def keyed(self, subject: str) -> list[str]:
+        """A subject, and for an ordered trigger its keyed form (`<trigger>.<key>`) and the partitioned form
+        the stream stores (`<trigger>.<partition>.<key>`), which nobody may publish to directly."""
+        if subject not in self.ordered:
+            return [subject]
+        return [subject, keyed_subject(subject, "k1"), f"{subject}.0.k1"]
+
+    @property
+    def subjects(self) -> tuple[str, ...]:
+        """Every subject published to and subscribed to: the pipeline's, the outboxes, the dead letters, the
+        status reports, the rollout records and samples, every probed consumer's acks, one outside."""
+        pipeline = sorted(
+            {s for t in self.triggers.values() for s in self.keyed(t)}
+            | {s for ps in self.publishes.values() for p in ps for s in self.keyed(p)}
+        )
+        return (
+            *pipeline,
+            *(f"$KV.{bucket}.probe" for bucket in self.buckets),
+            *(f"dlq.{fn}" for fn in self.functions),
+            *(f"ebbtide.status_reports.{fn}" for fn in self.functions),
+            "ebbtide.status_reports-request",
+            *(f"$KV.ebbtide-rollouts.{fn}" for fn in self.functions),
+            *(f"ebbtide.shadow.{fn}.probe" for fn in self.functions),
+            *(f"$JS.ACK.{stream}.{consumer}.1.1.1.1.0" for stream, consumer in self.probed_consumers),
+            "outside.x",
+        )
+
+    @property
+    def inboxes(self) -> tuple[str, ...]:
+        return ("_INBOX.probe", *(f"_ebbtide_inbox.{user}.probe" for user in (*self.functions, OBSERVER_USER, SCALER_USER)))
+
+    def stored_in(self, subject: str) -> str | None:
+        prefixes = {
+            "orders.": "ORDERS",
+            "dlq.": "DLQ",
+            "$KV.ebbtide-rollouts.": ROLLOUTS,
+            "ebbtide.shadow.": SHADOW,
+            "outside.": OUTSIDE,
+            **{f"$KV.{bucket}.": f"KV_{bucket}" for bucket in self.buckets},
         }
-        return subject in reads | {f"$JS.API.DIRECT.GET.{stream}" for stream in KV_STREAMS}
-    return False
+        return next((stream for prefix, stream in prefixes.items() if subject.startswith(prefix)), None)
 
+    # The rules.
+    def api_allowed(self, user: str, subject: str) -> bool:
+        """$JS.API.<operation>.<target>: functions read their own consumers and pull from them, and read messages
+        of their trigger's stream (the age of the oldest unhandled one); observer reads
+        the outboxes, the dead letters, the manifest's streams (`replay`) and the shadow samples; ingress
+        nothing; admin everything."""
+        if user == ADMIN_USER:
+            return True
+        if user in self.functions:
+            # Following rollouts: read the records (direct gets) and the candidates' bytes (message gets) of
+            # those two streams, their stream info; no consumer created there, none deleted, listed or changed.
+            rollouts = {f"$JS.API.STREAM.INFO.{stream}" for stream in (ROLLOUTS, MODULES)}
+            rollouts.add(f"$JS.API.STREAM.MSG.GET.{MODULES}")
+            rollouts |= {
+                f"$JS.API.DIRECT.GET.{ROLLOUTS}.$KV.ebbtide-rollouts.{fn}" for fn in self.functions
+            }  # records are not secret
+            stream = "ORDERS"
+            own = {f"$JS.API.CONSUMER.{op}.{stream}.{c}" for c in self.consumers[user] for op in ("INFO", "MSG.NEXT")}
+            # The stored time of its oldest unhandled message (ebbtide_oldest_pending_seconds, issue 25): a
+            # message get on its trigger's stream. Reading only: nothing of ORDERS can be changed through it.
+            own.add(f"$JS.API.STREAM.MSG.GET.{stream}")
+            return subject in own | rollouts
+        if user == OBSERVER_USER:
+            reads = {  # the rollout records too (`console`)
+                f"$JS.API.STREAM.{op}.{stream}"
+                for op in ("INFO", "MSG.GET")
+                for stream in ("DLQ", "ORDERS", *self.kv_streams, SHADOW, ROLLOUTS)
+            }
+            direct = {f"$JS.API.DIRECT.GET.{stream}" for stream in self.kv_streams}
+            direct |= {f"$JS.API.DIRECT.GET.KV_{bucket}.$KV.{bucket}.1" for bucket in self.buckets}
+            # What KV clients (nats-py, nats.js, the nats CLI) do to list keys, read history, watch: the
+            # account's JetStream info, ordered consumers on the outboxes' streams (unnamed, or named with a
+            # filter inside the bucket), their info. No consumer deleted, listed, paused or filtered outside.
+            kv_clients = {"$JS.API.INFO", *(f"$JS.API.CONSUMER.CREATE.{stream}" for stream in self.kv_streams)}
+            kv_clients |= {f"$JS.API.CONSUMER.CREATE.KV_{bucket}.observer-probe.$KV.{bucket}.probe" for bucket in self.buckets}
+            kv_clients |= {f"$JS.API.CONSUMER.INFO.{stream}.{consumer}" for stream, consumer in self.kv_readers}
+            return subject in reads | direct | kv_clients
+        if user == SCALER_USER:  # the KEDA external scaler: every function's lag, from each of its consumers
+            return subject in {f"$JS.API.CONSUMER.INFO.ORDERS.{c}" for f in self.functions for c in self.consumers[f]}
+        return False
 
-def rollout_writes(function: str) -> set[str]:
-    """A host writes its own function's rollout record (a canary's rollback) and its own shadow samples."""
-    return {f"$KV.ebbtide-rollouts.{function}", f"ebbtide.shadow.{function}.probe"}
+    def publish_allowed(self, user: str, subject: str) -> bool:
+        if user == ADMIN_USER:
+            return True
+        if user == INGRESS:
+            return subject in {s for entry in self.entries for s in self.keyed(entry)[:2]}
+        if user == OBSERVER_USER:
+            return subject == "ebbtide.status_reports-request"
+        if user == SCALER_USER:
+            return False
+        mine = {
+            s for p in self.publishes[user] for s in self.keyed(p)[:2]
+        }  # the keyed form of an ordered trigger, not the stored one
+        mine |= {f"$KV.{bucket}.probe" for bucket in self.kv[user]}
+        mine |= {f"dlq.{user}", f"ebbtide.status_reports.{user}", f"$KV.ebbtide-rollouts.{user}", f"ebbtide.shadow.{user}.probe"}
+        mine |= {f"$JS.ACK.ORDERS.{c}.1.1.1.1.0" for c in self.consumers[user]}  # its own messages' acks, no one else's
+        return subject in mine
 
-
-PUBLISH = {
-    "distributor": {
-        "orders.express",
-        "orders.standard",
-        "dlq.distributor",
-        "ebbtide.status_reports.distributor",
-        *rollout_writes("distributor"),
-    },
-    "receiver-express": {
-        "$KV.outbox-express.probe",
-        "dlq.receiver-express",
-        "ebbtide.status_reports.receiver-express",
-        *rollout_writes("receiver-express"),
-    },
-    "receiver-standard": {
-        "$KV.outbox-standard.probe",
-        "dlq.receiver-standard",
-        "ebbtide.status_reports.receiver-standard",
-        *rollout_writes("receiver-standard"),
-    },
-    INGRESS: {"orders.ingress"},
-    OBSERVER_USER: {"ebbtide.status_reports-request"},
-}
-SUBSCRIBE = {
-    "distributor": {"orders.ingress", "ebbtide.status_reports-request", "_ebbtide_inbox.distributor.probe"},
-    "receiver-express": {"orders.express", "ebbtide.status_reports-request", "_ebbtide_inbox.receiver-express.probe"},
-    "receiver-standard": {"orders.standard", "ebbtide.status_reports-request", "_ebbtide_inbox.receiver-standard.probe"},
-    INGRESS: {"_INBOX.probe"},
-    OBSERVER_USER: {
-        "$KV.outbox-express.probe",
-        "$KV.outbox-standard.probe",
-        "_ebbtide_inbox.observer.probe",
-        *(f"ebbtide.status_reports.{fn}" for fn in FUNCTIONS),
-    },
-}
-
-
-def publish_allowed(user: str, subject: str) -> bool:
-    return user == ADMIN_USER or subject in PUBLISH[user]
-
-
-def subscribe_allowed(user: str, subject: str) -> bool:
-    return user == ADMIN_USER or subject in SUBSCRIBE[user]
+    def subscribe_allowed(self, user: str, subject: str) -> bool:
+        if user == ADMIN_USER:
+            return True
+        if user == INGRESS:
+            return subject == "_INBOX.probe"
+        if user == OBSERVER_USER:
+            return subject in {
+                *(f"$KV.{bucket}.probe" for bucket in self.buckets),
+                "_ebbtide_inbox.observer.probe",
+                *(f"ebbtide.status_reports.{fn}" for fn in self.functions),
+            }
+        if user == SCALER_USER:  # the triggers' bell: every function's trigger, keyed too, and its own replies
+            return subject in {s for t in self.triggers.values() for s in self.keyed(t)[:2]} | {"_ebbtide_inbox.scaler.probe"}
+        trigger = self.triggers[user]
+        own = {*self.keyed(trigger)[:2], "ebbtide.status_reports-request", f"_ebbtide_inbox.{user}.probe"}
+        return subject in own | {f"$KV.ebbtide-rollouts.{user}"}  # its own rollout record's writes (the follower's bell)
 
 
 # -- the server ---------------------------------------------------------------------------------------
@@ -173,13 +269,23 @@ class Setup:
     server: EmbeddedNats
     bundle: AuthBundle
     admin: NatsClient
+    design: Design
+    manifest: LoadedManifest
 
 
-@pytest.fixture
-async def setup(tmp_path: Path, reference_manifest) -> AsyncIterator[Setup]:  # type: ignore[no-untyped-def]
-    path, _ = manifest_copy(tmp_path)
-    manifest = load_manifest(path)
-    assert tuple(manifest.spec.functions) == FUNCTIONS and tuple(manifest.spec.kv) == BUCKETS
+def manifest_for(kind: str, tmp_path: Path) -> LoadedManifest:
+    """The reference manifest (a copy with its own ports), or the ordered one as shipped (only its streams,
+    buckets and consumers are used: nothing is built or written beside it)."""
+    if kind == "reference":
+        path, _ = manifest_copy(tmp_path)
+        return load_manifest(path)
+    return load_manifest(MANIFESTS[kind])
+
+
+@pytest.fixture(params=list(MANIFESTS))
+async def setup(request: pytest.FixtureRequest, tmp_path: Path, reference_manifest) -> AsyncIterator[Setup]:  # type: ignore[no-untyped-def]
+    manifest = manifest_for(request.param, tmp_path)
+    design = Design.of(manifest)
     bundle = write_bundle(manifest, tmp_path / "auth")
     with EmbeddedNats(tmp_path / "nats", port=0, monitor_port=0, config_file=bundle.server_config) as server:
         admin = await nats.connect(server.url, **bundle.admin().connect_options())
@@ -188,14 +294,25 @@ async def setup(tmp_path: Path, reference_manifest) -> AsyncIterator[Setup]:  # 
             await provision(js, manifest)
             await js.add_stream(name=OUTSIDE, subjects=["outside.>"])
             await js.add_consumer(OUTSIDE, api.ConsumerConfig(durable_name="spy", ack_policy=api.AckPolicy.EXPLICIT))
-            for subject in ("orders.ingress", "orders.ingress", "orders.express", "dlq.distributor", "outside.x"):
+            for stream, consumer in (*WATCHERS, *design.kv_readers):  # as other clients of these streams leave them
+                await js.add_consumer(
+                    stream, api.ConsumerConfig(name=consumer, ack_policy=api.AckPolicy.NONE, inactive_threshold=3600)
+                )
+            entry = design.entries[0]
+            for subject in (
+                entry,
+                design.keyed(entry)[:2][-1],  # with a key, when ordered
+                design.triggers[design.functions[-1]],
+                "dlq.distributor",
+                "outside.x",
+            ):
                 await js.publish(subject, b'{"orderId": 1}')
-            for bucket in BUCKETS:
+            for bucket in design.buckets:
                 await (await js.key_value(bucket)).put("1", b'{"orderId": 1}')
             await (await js.key_value("ebbtide-rollouts")).put("other", b"{}")  # a function writes its own key
             await (await js.object_store("ebbtide-modules")).put("probe", b"\x00asm")
             await js.publish("ebbtide.shadow.distributor.same", b"{}")
-            yield Setup(server, bundle, admin)
+            yield Setup(server, bundle, admin, design, manifest)
         finally:
             await admin.drain()
 
@@ -207,6 +324,8 @@ def credentials(bundle: AuthBundle, user: str) -> NatsAuth:
         return bundle.observer()
     if user == INGRESS:
         return bundle.ingress()
+    if user == SCALER_USER:
+        return bundle.scaler()
     return bundle.function(user)
 
 
@@ -328,18 +447,21 @@ async def snapshot(admin: NatsClient) -> Snapshot:
 # -- the requests ------------------------------------------------------------------------------------
 
 
-def api_requests(user: str, before: Snapshot) -> Iterator[tuple[str, bytes]]:
+def api_requests(design: Design, user: str, before: Snapshot) -> Iterator[tuple[str, bytes]]:
     """(subject, body) of every operation. Refused ones carry a damaging body (if it went through, the
     state check would see it); admin's, which all go through, a harmless one (JetStream answers an error)."""
     harmless = user == ADMIN_USER
     for operation in ACCOUNT_OPERATIONS:
         yield f"$JS.API.{operation}", b""
-    for stream in STREAMS:
+    for stream in design.streams:
         config, (_, _, first_seq, _) = before.streams.get(
             stream, (api.StreamConfig(name=stream, subjects=["rogue.>"]), (0, 0, 1, 0))
         )
         shrunk = json.dumps({**config.as_dict(), "max_msgs": 1}).encode()
         mismatch = json.dumps({"name": "MISMATCH"}).encode()
+        # The ephemeral create names an existing consumer of the stream where there is one: the server would
+        # redefine it, so a refused one must not reach it (an allowed one is a function's on the rollout
+        # streams, which creates a reader of its own).
         bodies = {
             "STREAM.CREATE": mismatch if harmless else shrunk,
             "STREAM.UPDATE": mismatch if harmless else shrunk,
@@ -348,64 +470,98 @@ def api_requests(user: str, before: Snapshot) -> Iterator[tuple[str, bytes]]:
             "STREAM.INFO": b"",
             "STREAM.MSG.GET": json.dumps({"seq": first_seq}).encode(),
             "STREAM.MSG.DELETE": json.dumps({"seq": 1 << 40 if harmless else first_seq}).encode(),
+            "STREAM.SNAPSHOT": json.dumps({"deliver_subject": "" if harmless else "_INBOX.stolen"}).encode(),
+            "STREAM.RESTORE": b"{}"
+            if harmless
+            else json.dumps({"config": {**config.as_dict(), "max_msgs": 1}, "state": {}}).encode(),
+            "STREAM.LEADER.STEPDOWN": b"",
             "DIRECT.GET": json.dumps({"seq": first_seq}).encode(),
             "CONSUMER.CREATE": json.dumps(
-                {"stream_name": "MISMATCH" if harmless else stream, "config": {"ack_policy": "explicit"}}
+                {"stream_name": "MISMATCH" if harmless else stream, "config": {"ack_policy": "none", "deliver_policy": "new"}}
             ).encode(),
+            "CONSUMER.NAMES": b"",
+            "CONSUMER.LIST": b"",
         }
         for operation in STREAM_OPERATIONS:
             if not (harmless and operation in DESTRUCTIVE):
                 yield f"$JS.API.{operation}.{stream}", bodies[operation]
-    for stream, consumer in CONSUMERS:
+    # Direct gets by subject (the form KV clients use): the outboxes' keys, every function's rollout record.
+    for bucket in design.buckets:
+        yield f"$JS.API.DIRECT.GET.KV_{bucket}.$KV.{bucket}.1", b""
+    for fn in design.functions:
+        yield f"$JS.API.DIRECT.GET.{ROLLOUTS}.$KV.ebbtide-rollouts.{fn}", b""
+    # A KV client's watch of one key: a consumer it names, filtered inside the bucket (a reader of its own).
+    for bucket in design.buckets:
+        config = {
+            "name": "observer-probe",
+            "filter_subject": f"$KV.{bucket}.probe",
+            "ack_policy": "none",
+            "deliver_policy": "new",
+        }
+        body = json.dumps({"stream_name": f"KV_{bucket}", "config": config}).encode()
+        yield f"$JS.API.CONSUMER.CREATE.KV_{bucket}.observer-probe.$KV.{bucket}.probe", body
+    for stream, consumer in design.probed_consumers:
         redefined = {
             "stream_name": stream,
             "config": {"durable_name": consumer, "name": consumer, "ack_policy": "none", "deliver_policy": "new"},
         }
+        filtered = {**redefined, "config": {**redefined["config"], "filter_subject": "probe.filter"}}  # type: ignore[dict-item]
         if harmless:
-            redefined["config"] = {"durable_name": "MISMATCH", "name": "MISMATCH"}
+            redefined["config"] = filtered["config"] = {"durable_name": "MISMATCH", "name": "MISMATCH"}
         bodies = {
             "CONSUMER.CREATE": json.dumps(redefined).encode(),
+            "CONSUMER.CREATE+filter": json.dumps(filtered).encode(),
             "CONSUMER.DURABLE.CREATE": json.dumps(redefined).encode(),
             "CONSUMER.DELETE": b"",
             "CONSUMER.INFO": b"",
-            "CONSUMER.MSG.NEXT": json.dumps({"batch": 1, "no_wait": True}).encode(),
+            "CONSUMER.MSG.NEXT": json.dumps(
+                {"batch": 1, "expires": 200_000_000}
+            ).encode(),  # answered (408) even where a partition is busy
+            "CONSUMER.PAUSE": json.dumps(
+                {"pause_until": "2000-01-01T00:00:00Z" if harmless else "2100-01-01T00:00:00Z"}
+            ).encode(),
+            "CONSUMER.LEADER.STEPDOWN": b"",
         }
         for operation in CONSUMER_OPERATIONS:
             if not (harmless and operation in DESTRUCTIVE):
-                yield f"$JS.API.{operation}.{stream}.{consumer}", bodies[operation]
+                if operation == "CONSUMER.CREATE+filter":
+                    yield f"$JS.API.CONSUMER.CREATE.{stream}.{consumer}.probe.filter", bodies[operation]
+                else:
+                    yield f"$JS.API.{operation}.{stream}.{consumer}", bodies[operation]
 
 
-def stored_in(subject: str) -> str | None:
-    return next((stream for prefix, stream in STORED_IN.items() if subject.startswith(prefix)), None)
+async def test_each_user_may_do_exactly_what_the_design_says(setup: Setup) -> None:
+    design = setup.design
+    for user in design.users:
+        await _check_user(setup, design, user)
 
 
-@pytest.mark.parametrize("user", USERS)
-async def test_each_user_may_do_exactly_what_the_design_says(setup: Setup, user: str) -> None:
+async def _check_user(setup: Setup, design: Design, user: str) -> None:
     before = await snapshot(setup.admin)
-    assert set(before.streams) == set(STREAMS) - {ROGUE}
+    assert set(before.streams) == set(design.streams) - {ROGUE}
     auth = credentials(setup.bundle, user)
     probe = await Probe(auth.inbox_prefix).connect(setup.server.url, auth)
     wrong: list[str] = []
     try:
-        for subject, body in api_requests(user, before):
+        for subject, body in api_requests(design, user, before):
             allowed = await probe.request(subject, body)
-            if allowed != api_allowed(user, subject):
+            if allowed != design.api_allowed(user, subject):
                 wrong.append(f"{subject}: {'allowed' if allowed else 'refused'}")
-        for subject in (*SUBJECTS, *INBOXES):
-            if await probe.subscribe(subject) != subscribe_allowed(user, subject):
-                wrong.append(f"subscribe {subject}: {'refused' if subscribe_allowed(user, subject) else 'allowed'}")
+        for subject in (*design.subjects, *design.inboxes):
+            if await probe.subscribe(subject) != design.subscribe_allowed(user, subject):
+                wrong.append(f"subscribe {subject}: {'refused' if design.subscribe_allowed(user, subject) else 'allowed'}")
         published: dict[str, int] = {}
-        for subject in SUBJECTS:
+        for subject in design.subjects:
             allowed = await probe.publish(subject)
-            if allowed != publish_allowed(user, subject):
+            if allowed != design.publish_allowed(user, subject):
                 wrong.append(f"publish {subject}: {'allowed' if allowed else 'refused'}")
-            if allowed and (stream := stored_in(subject)) is not None:
+            if allowed and (stream := design.stored_in(subject)) is not None:
                 published[stream] = published.get(stream, 0) + 1
         assert not wrong, f"{user}, against the design:\n  " + "\n  ".join(wrong)
 
         after = await snapshot(setup.admin)
         if user == ADMIN_USER:
-            await _admin_deletes(probe, after, setup.admin)
+            await _admin_deletes(design, probe, after, setup.admin)
             return
         # Nothing written but the allowed publishes: same streams, settings, consumers; contents grown by those alone.
         assert set(after.streams) == set(before.streams)
@@ -413,25 +569,86 @@ async def test_each_user_may_do_exactly_what_the_design_says(setup: Setup, user:
             config_after, (messages_after, _, first_after, last_after) = after.streams[stream]
             assert config_after == config, stream
             grown = published.get(stream, 0)
-            assert (messages_after, first_after, last_after) == (messages + grown, first_seq, last_seq + grown), stream
-        # A function's allowed ephemeral consumers on the rollout streams are reads; every other consumer is as it was.
+            assert (messages_after, first_after, last_after) == (messages + grown, first_seq, last_seq + grown), (user, stream)
+        # Observer's ephemeral consumers on the outboxes' streams are reads (a KV client's keys or watch); every
+        # other consumer is as it was.
+        readable = design.kv_streams if user == OBSERVER_USER else ()
         new_readers = {
-            stream: set(after.consumers.get(stream, {})) - set(before.consumers.get(stream, {})) for stream in (ROLLOUTS, MODULES)
+            stream: set(after.consumers.get(stream, {})) - set(before.consumers.get(stream, {})) for stream in after.consumers
         }
-        if user not in FUNCTIONS:
-            assert not any(new_readers.values())
-        for stream in (ROLLOUTS, MODULES):
-            for name in new_readers[stream]:
+        assert not any(names for stream, names in new_readers.items() if stream not in readable), (user, new_readers)
+        for stream in readable:
+            for name in new_readers.get(stream, ()):
                 del after.consumers[stream][name]
-        assert after.consumers == before.consumers
+        assert after.consumers == before.consumers, user
     finally:
         await probe.close()
 
 
-async def _admin_deletes(probe: Probe, before: Snapshot, admin: NatsClient) -> None:
+async def _admin_deletes(design: Design, probe: Probe, before: Snapshot, admin: NatsClient) -> None:
     """Admin's destructive operations, last: each goes through and does what it says."""
-    for stream, consumer in CONSUMERS:
+    for stream, consumer in design.probed_consumers:
         assert await probe.request(f"$JS.API.CONSUMER.DELETE.{stream}.{consumer}", b"")
     for stream in before.streams:
         assert await probe.request(f"$JS.API.STREAM.DELETE.{stream}", b"")
     assert await admin.jetstream().streams_info() == []
+
+
+# -- every grant has its probe --------------------------------------------------------------------------
+
+
+def written_grants(bundle: AuthBundle, design: Design) -> dict[str, dict[str, list[str]]]:
+    """user -> {"publish": [...], "subscribe": [...]} as server.conf holds them (users known by their key)."""
+    text = bundle.server_config.read_text()
+    users = json.loads(text[text.index("authorization ") + len("authorization ") :])["users"]
+    by_key = {}
+    for user in (*design.functions, OBSERVER_USER, SCALER_USER, ADMIN_USER):
+        seed = bytearray(bundle.seed_file(user).read_bytes().strip())
+        by_key[nkeys.from_seed(seed).public_key.decode()] = user
+    grants = {}
+    for entry in users:
+        user = by_key[entry["nkey"]] if "nkey" in entry else entry["user"]
+        permissions = entry.get("permissions")
+        if permissions is None:
+            assert user == ADMIN_USER, f"{user} has no permissions: everything"
+            continue
+        grants[user] = {kind: permissions[kind]["allow"] for kind in ("publish", "subscribe")}
+    assert set(grants) == set(design.users) - {ADMIN_USER}, sorted(grants)
+    return grants
+
+
+@pytest.mark.parametrize("kind", list(MANIFESTS))
+def test_every_grant_users_py_writes_is_probed_by_the_matrix(tmp_path: Path, kind: str) -> None:
+    """Each subject pattern of each user's grants (server.conf, as written) matches a subject the matrix
+    probes and expects allowed for that user: a grant added to users.py without a probe (and a line in the
+    design above) fails here."""
+    manifest = load_manifest(MANIFESTS[kind])
+    design = Design.of(manifest)
+    bundle = write_bundle(manifest, tmp_path / "auth")
+    probe_subjects = [subject for subject, _ in api_requests(design, "any", Snapshot())] + list(design.subjects)
+    # The matrix probes an ordered function's first and last partition consumers: a grant on another
+    # partition is the same grant with another index, and is covered by the probes of the first.
+    stand_in = {
+        name: design.consumers[fn][1]
+        for fn in design.functions
+        for name in design.all_consumers[fn]
+        if name not in design.consumers[fn]
+    }
+
+    def probed_form(pattern: str) -> str:
+        return ".".join(stand_in.get(token, token) for token in pattern.split("."))
+
+    unprobed = []
+    for user, grants in written_grants(bundle, design).items():
+        for pattern in map(probed_form, grants["publish"]):
+            if not any(
+                subject_matches(pattern, s) and (design.api_allowed(user, s) or design.publish_allowed(user, s))
+                for s in probe_subjects
+            ):
+                unprobed.append(f"{user} publish {pattern}")
+        for pattern in map(probed_form, grants["subscribe"]):
+            if not any(
+                subject_matches(pattern, s) and design.subscribe_allowed(user, s) for s in (*design.subjects, *design.inboxes)
+            ):
+                unprobed.append(f"{user} subscribe {pattern}")
+    assert not unprobed, f"{kind}: grants no probe of the matrix exercises:\n  " + "\n  ".join(unprobed)

@@ -17,7 +17,16 @@ from ebbtide.host import Host
 from ebbtide.manifest import LoadedManifest, load_manifest
 from ebbtide.stream_state import stream_state
 from ebbtide.workload.orders import INGRESS_SUBJECT, Order, encode_order, generate_orders
-from tests.conftest import backlog, exactly_once, manifest_copy, outboxes_writes, provision_for, read_stream, wait_until
+from tests.conftest import (
+    backlog,
+    exactly_once,
+    manifest_copy,
+    outbox_bodies,
+    outboxes_writes,
+    provision_for,
+    read_stream,
+    wait_until,
+)
 
 
 async def outbox_counts(nc: NatsClient) -> dict[str, int]:
@@ -47,7 +56,7 @@ async def test_10000_orders_end_in_the_right_outboxes(
 
         await wait_until(all_stored, timeout=120)
     # Counted after the host stopped (every effect confirmed, nothing in flight): each order written once.
-    expected = {"outbox-express": express, "outbox-standard": standard}
+    expected = outbox_bodies(orders)
     assert await outboxes_writes(nc, expected) == exactly_once(expected)
     js = nc.jetstream()
     sample = orders[0]
@@ -115,7 +124,7 @@ async def test_bad_input_is_dead_lettered_with_its_reason(
             return sum((await outbox_counts(nc)).values()) >= len(good)
 
         await wait_until(all_stored)
-    expected = {f"outbox-{d}": [o.order_id for o in good if o.delivery.lower() == d] for d in ("express", "standard")}
+    expected = outbox_bodies(good)
     assert await outboxes_writes(nc, expected) == exactly_once(expected)  # no bad input reached an outbox
     assert len(dead) == len(BAD_INPUTS)
     by_name = {m.headers["Ebbtide-Original-Msg-Id"].removeprefix("bad-"): m for m in dead}
@@ -189,5 +198,6 @@ async def test_redelivered_order_is_written_once(
         retry = await nc.jetstream().publish(INGRESS_SUBJECT, encode_order(order), headers={"Nats-Msg-Id": order.order_guid})
         assert retry.duplicate
     # Counted after the host stopped: the first write only (the redone one was deduplicated by the server).
-    assert await outboxes_writes(nc, {bucket: [order.order_id]}) == exactly_once({bucket: [order.order_id]})
+    expected = {bucket: outbox_bodies([order])[bucket]}
+    assert await outboxes_writes(nc, expected) == exactly_once(expected)
     assert len(acks) == 2

@@ -46,12 +46,14 @@ import pytest
 
 from ebbtide import cli
 from ebbtide.broker import free_port
+from ebbtide.workload.orders import generate_orders
 from tests.conftest import REPO, port_open, wait_for_consumers
 
 README = REPO / "README.md"
 VENV = Path(sys.prefix)
 LOCUST_RUN_TIME = "5s"
 BLOCK_TIMEOUT_S = 300  # the slowest block is `make demo` (10,000 orders; a cold Zig build on a fresh clone)
+STATUS_SETTLE_S = 30  # `shadow status` asked again until the replicas' counts include every message (see below)
 COPY_IGNORE = shutil.ignore_patterns(
     ".git",
     ".venv",
@@ -185,6 +187,15 @@ def background(project: Project) -> Iterator[list[tuple[Block, subprocess.Popen[
         assert process.returncode == 0, f"{block} exited {process.returncode} after Ctrl-C:\n{output[-4000:]}"
 
 
+def examples_time_limit() -> float:
+    """Every block may take its BLOCK_TIMEOUT_S (run to its end, or a background one until it serves), and a
+    second run of the Nats-Msg-Id example; plus the status re-reads and Ctrl-C of the background blocks."""
+    blocks = [b for b in readme_blocks(README.read_text()) if b.lang in RUNNABLE and b.marker != NOT_RUN]
+    runs = len(blocks) + sum(1 for b in blocks if "Nats-Msg-Id" in b.code)
+    return runs * BLOCK_TIMEOUT_S + sum(STATUS_SETTLE_S for b in blocks if "shadow status" in b.code) + 120
+
+
+@pytest.mark.timeout(examples_time_limit())
 def test_examples_run_in_order(project: Project, background) -> None:
     ran = []
     for block in readme_blocks(README.read_text()):
@@ -210,6 +221,8 @@ def test_examples_run_in_order(project: Project, background) -> None:
             f"stdout:\n{done.stdout[-4000:]}\nstderr:\n{done.stderr[-4000:]}"
         )
         check_output(block, done.stdout + done.stderr)
+        if "ebbtide shadow status" in block.code:
+            check_rollout_counts(project, block, done.stdout)
         if "Nats-Msg-Id" in block.code:
             # Run as a reader reuses it: the second run is a new order for JetStream, not a silent duplicate.
             again = run_block(project, block)
@@ -281,6 +294,76 @@ def check_output(block: Block, output: str) -> None:
         assert aggregated, output[-3000:]
         assert all(row[2] == "0(0.00%)" for row in aggregated), f"Locust reported failures:\n{output[-3000:]}"
         assert int(aggregated[-1][1]) > 0, output[-3000:]
+
+
+# -- what `shadow status` counts --
+
+_STATUS = re.compile(r"^ebbtide shadow status (\S+)\s*$", re.M)
+_SHADOW_COUNTS = re.compile(r"shadow: same (\d+), different (\d+), candidate_fault (\d+)")
+_CANARY_COUNTS = re.compile(r"^  canary (live|candidate): (.*)$", re.M)
+
+
+def counts_of(status: str) -> tuple[tuple[int, int, int] | None, dict[str, dict[str, int]]]:
+    """(same, different, candidate_fault) of a shadow run, and a canary's version -> result -> count."""
+    shadow = _SHADOW_COUNTS.search(status)
+    canary = {
+        version: {result: int(n) for result, n in (item.rsplit(" ", 1) for item in counts.split(", "))}
+        for version, counts in _CANARY_COUNTS.findall(status)
+    }
+    return (tuple(map(int, shadow.groups())) if shadow else None), canary  # type: ignore[return-value]
+
+
+def promised_shadow_counts() -> tuple[int, int, int]:
+    """What the README shows `shadow status` counting for its worked example (its text block)."""
+    text_blocks = "\n".join(b.code for b in readme_blocks(README.read_text()) if b.lang == "text")
+    match = _SHADOW_COUNTS.search(text_blocks)
+    assert match, "the README no longer shows the shadow example's counts"
+    return tuple(map(int, match.groups()))  # type: ignore[return-value]
+
+
+def express_orders_published(code: str) -> int:
+    """Express orders among those the block's `ebbtide publish --count N --first-id F --seed S` sent: what
+    receiver-express handles, on its live module or its canary."""
+    match = re.search(r"ebbtide publish --count (\d+) --first-id (\d+) --seed (\d+)", code)
+    assert match, code
+    count, first_id, seed = map(int, match.groups())
+    return sum(1 for o in generate_orders(count, seed=seed, first_id=first_id) if o.delivery == "Express")
+
+
+def check_rollout_counts(project: Project, block: Block, output: str) -> None:
+    """`shadow status` sums what the replicas report when asked: every message of the example counted, as
+    the README says. A message still in flight when the block asked (the block waits for the last order's
+    outbox write, and another instance may still be finishing one before it) is counted a moment later:
+    the status is asked again until it is, within STATUS_SETTLE_S, never beyond."""
+    [function] = _STATUS.findall(block.code)
+    if "canary --function" in block.code:
+        express = express_orders_published(block.code)
+
+        def settled(status: str) -> bool:
+            _, canary = counts_of(status)
+            return sum(sum(c.values()) for c in canary.values()) >= express
+
+        def check(status: str) -> None:
+            _, canary = counts_of(status)
+            assert set(canary) <= {"live", "candidate"} and "live" in canary, status
+            assert all(set(c) == {"ok"} for c in canary.values()), f"the canary example had faults:\n{status}"
+            assert sum(c["ok"] for c in canary.values()) == express, f"{express} Express orders, counted:\n{status}"
+    else:
+        promised = promised_shadow_counts()
+
+        def settled(status: str) -> bool:
+            shadow, _ = counts_of(status)
+            return shadow is not None and sum(shadow) >= sum(promised)
+
+        def check(status: str) -> None:
+            assert counts_of(status)[0] == promised, f"the README shows {promised} (same, different, candidate_fault):\n{status}"
+
+    status, deadline = output, time.monotonic() + STATUS_SETTLE_S
+    while not settled(status) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        again = Block(block.line, "sh", f"ebbtide shadow status {function}\n", None, "")
+        status = run_block(project, again).stdout
+    check(status)
 
 
 # -- commands named in tables and prose --

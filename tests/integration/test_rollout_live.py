@@ -32,6 +32,7 @@ from tests.conftest import (
     chaos_manifest,
     exactly_once,
     manifest_copy,
+    outbox_bodies,
     outboxes_writes,
     provision_for,
     read_stream,
@@ -113,6 +114,27 @@ async def test_a_faulting_candidate_leaves_the_live_path_untouched(
     assert kinds <= {b"trap", b"timeout"} and all(decode_sample(s.data).live.status == "ok" for s in samples)
 
 
+async def test_a_host_that_cannot_write_its_build_folder_keeps_candidates_in_its_scratch_folder(
+    tmp_path: Path, nats_server: EmbeddedNats, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As in the image (its /app/build is root's) and on Kubernetes (read-only root filesystem, /tmp an
+    emptyDir): build_dir/rollout cannot be made (here a file in its way, which stops root too), so the
+    candidate is kept in $TMPDIR's scratch folder and the shadow runs."""
+    manifest = chaos_manifest(tmp_path, batch=32)
+    (manifest.build_dir / "rollout").write_text("in the way")
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "scratch"))
+    await provision_for(manifest, nats_server.url)
+    candidate = candidate_file(tmp_path, CHAOS_V2)
+    digest = sha256_of(candidate.read_bytes())
+    async with Host(manifest, nats_server.url) as host:
+        pool = host.pools["chaos"]
+        argv = ["shadow", "--nats-url", nats_server.url, "start", "--function", "chaos", "--module", str(candidate)]
+        assert await ebbtide(manifest, *argv) == 0
+        await wait_until(lambda: pool.candidate_sha256 == digest)
+    assert (follow.scratch_folder() / f"{digest}.wasm").read_bytes() == candidate.read_bytes()
+    assert follow.scratch_folder().is_relative_to(tmp_path / "scratch")
+
+
 async def test_a_candidate_routing_one_delivery_type_differently_shows_exactly_those_orders(
     tmp_path: Path, reference_manifest: LoadedManifest, nc: NatsClient, nats_server: EmbeddedNats
 ) -> None:
@@ -148,10 +170,7 @@ async def test_a_candidate_routing_one_delivery_type_differently_shows_exactly_t
             assert sample.live.status == "ok" and sample.candidate.status == "reject"
             assert b'"Express"' in sample.payload
         # The live distributor's effects alone were carried out: every order once in its outbox.
-        expected = {
-            "outbox-express": [o.order_id for o in orders if o.delivery == "Express"],
-            "outbox-standard": [o.order_id for o in orders if o.delivery != "Express"],
-        }
+        expected = outbox_bodies(orders)
 
         async def stored() -> bool:
             return await outboxes_writes(nc, expected) == exactly_once(expected)
@@ -217,6 +236,8 @@ async def test_a_failing_canary_is_rolled_back_and_loses_nothing(
         assert pool.candidate_sha256 == ""
         faults = pool.rollout_stats.canary[("candidate", "fault")]
         assert 20 <= faults < len(payloads) // 2  # stopped early, then the live module took them
+        # Counted once, for the alert EbbtideCanaryRolledBack (deploy/prometheus/alerts.yml).
+        assert 'ebbtide_canary_rollbacks_total{function="chaos"} 1\n' in render_metrics(host.snapshot())
         # A rolled-back canary cannot be promoted.
         assert await ebbtide(manifest, "shadow", "--nats-url", nats_server.url, "promote", "chaos") == 1
     bodies_exactly_once(out, payloads)

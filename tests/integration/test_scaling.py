@@ -42,16 +42,20 @@ async def test_burst_scales_up_to_max_and_drains_to_zero(
     await nc.subscribe("ebbtide.status_reports.>", cb=record)
     orders = generate_orders(5_000, seed=21)
     await provision_for(manifest, nats_server.url)
+    # The whole burst waits before the pools start: its backlog (5,000, ten times target_backlog) asks for more
+    # than scale.max at the first lag read. Published to running pools, a fast machine handled the orders as
+    # they came, the backlog never asked for scale.max, and `peak == max` failed (issue 27).
+    await publish(nc, [(encode_order(o), o.order_guid) for o in orders])
+    distributor = manifest.function("distributor").scale
+    assert len(orders) > distributor.max * distributor.target_backlog
     async with Host(manifest, nats_server.url) as host:
-        assert all(pool.instances == 0 for pool in host.pools.values())
-        await publish(nc, [(encode_order(o), o.order_guid) for o in orders])
 
         async def stored() -> bool:
             return sum((await outbox_counts(nc)).values()) == len(orders)
 
         await wait_until(stored, timeout=60)
         peak = max(r.instances for r in reports if r.function == "distributor")
-        assert peak == manifest.function("distributor").scale.max
+        assert peak == distributor.max
 
         async def all_zero() -> bool:  # and every instance's Wasm memory released
             return all(pool.live_instances == 0 and pool.in_flight == 0 for pool in host.pools.values())

@@ -2,12 +2,15 @@
 
 A process that cannot reach NATS stops on SIGTERM or SIGINT with a clear error instead of retrying forever;
 `up` in that state stops without killing its children; and the children of `up` (the functions' processes
-and the embedded nats-server) die with it even when it is killed with SIGKILL.
+and the embedded nats-server) die with it even when it is killed with SIGKILL. Ctrl-C stops `ebbtide demo`
+(issue 27), and a second `up` whose embedded server cannot have its ports or data folder says so and exits
+2, never joining the first one's server.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,7 +23,7 @@ import pytest
 import wasmtime
 
 from ebbtide.broker import free_port
-from tests.conftest import GUESTS
+from tests.conftest import GUESTS, manifest_copy
 
 # Bounds on waiting for an outcome, far above what it takes: a slow machine passes, a hang fails.
 START_S = 60.0
@@ -63,8 +66,9 @@ def _manifest(tmp_path: Path, functions: tuple[str, ...] = ("f",)) -> Path:
 class Ebbtide:
     """`ebbtide ...` in a process of its own, its output (both streams) in a file read while it runs."""
 
-    def __init__(self, tmp_path: Path, manifest: Path, *args: str) -> None:
-        self.log = tmp_path / f"ebbtide-{args[0]}.log"
+    def __init__(self, tmp_path: Path, manifest: Path, *args: str, own_group: bool = False) -> None:
+        """`own_group`: in a process group of its own, as a shell runs a command (Ctrl-C signals the group)."""
+        self.log = tmp_path / f"ebbtide-{args[0]}-{time.monotonic_ns()}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("EBBTIDE_")}
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(
@@ -74,6 +78,7 @@ class Ebbtide:
                 stdin=subprocess.DEVNULL,
                 env=env,
                 cwd=tmp_path,
+                process_group=0 if own_group else None,
             )
 
     @property
@@ -181,6 +186,10 @@ def test_the_children_of_up_die_with_it_when_it_is_killed(tmp_path: Path) -> Non
     children: list[int] = []
     try:
         up.wait_for("every function running", lambda: "function f on" in up.output and "function g on" in up.output)
+        # `up` provisions in a child of its own (`ebbtide provision --wait`): the functions start once it has
+        # created their consumers, which may be before it has exited. `up` says "provisioned" once it has
+        # (it waited for that child): counting earlier found it still running, 4 children (issue 27).
+        up.wait_for("provisioning to end", lambda: "provisioned: streams" in up.output)
         children = children_of(up.process.pid)
         assert len(children) == 3, up.output  # nats-server, f, g
         up.process.kill()
@@ -211,3 +220,81 @@ def test_each_process_of_up_says_what_it_runs(tmp_path: Path) -> None:
     assert code == 0, up.output
     assert "running f, g, one supervised process each" in up.output
     assert "process mode" not in up.output, up.output
+
+
+@pytest.mark.parametrize("to", ["pid", "group"])
+def test_ctrl_c_stops_the_demo(tmp_path: Path, to: str) -> None:
+    """Issue 27: SIGINT to the demo's pid, while orders flowed, was ignored (the cancellation it caused was
+    lost in a request), and SIGINT to its process group (Ctrl-C in a terminal) stopped the functions'
+    processes, which the supervisor restarted: the demo ended "OK" with exit code 0."""
+    manifest, _ = manifest_copy(tmp_path)
+    orders = 50_000  # many seconds of flow on any machine (the raw limit is ~13,000/s on a quiet 2-core one)
+    demo = Ebbtide(tmp_path, manifest, "demo", "--orders", str(orders), "--data-dir", str(tmp_path / "demo"), own_group=True)
+    children: list[int] = []
+    try:
+        demo.wait_for("the demo's first progress line", lambda: "dead letters: " in demo.output)
+        children = children_of(demo.process.pid)
+        assert len(children) == 4, demo.output  # nats-server and one process per function
+        if to == "pid":
+            demo.process.send_signal(signal.SIGINT)
+        else:
+            os.killpg(demo.process.pid, signal.SIGINT)
+        code = demo.stopped_within(STOP_S)
+    finally:
+        demo.kill()
+        orphans = [pid for pid in children if alive(pid)]
+        for pid in orphans:
+            os.kill(pid, signal.SIGKILL)
+    output = demo.output
+    assert "restarting" not in output, output
+    assert code == 130, output
+    assert "result" not in output, output  # no summary
+    assert "ebbtide: demo stopped by SIGINT: the functions and the embedded server have stopped" in output
+    assert not orphans, f"still running after the demo stopped: {orphans}\n{output}"
+
+
+def test_a_second_up_never_joins_the_first_ones_server(tmp_path: Path) -> None:
+    """Issue 27: a second `up` whose embedded server could not bind its ports printed "embedded nats-server
+    at ..." and ran its functions on the first `up`'s server. Now it names what holds the port or the data
+    folder, exits 2, and starts nothing."""
+    first_dir, second_dir = tmp_path / "first", tmp_path / "second"
+    first_dir.mkdir()
+    second_dir.mkdir()
+    first_manifest = _manifest(first_dir)
+    first = Ebbtide(first_dir, first_manifest, "up", "--processes", "per-function")
+    try:
+        first.wait_for("the function running", lambda: "running f in this process" in first.output)
+        second_manifest = _manifest(second_dir)  # a folder of its own, on free ports
+        second_text = second_manifest.read_text()
+
+        def with_port_of_first(key: str) -> str:
+            """The second manifest, with the first one's `key` (port or monitor_port) in [embedded]."""
+            taken = re.search(rf"^{key} = (\d+)$", first_manifest.read_text(), re.M)
+            assert taken is not None
+            return re.sub(rf"^{key} = \d+$", f"{key} = {taken[1]}", second_text, flags=re.M)
+
+        cases = {
+            # the same folder: its data folder (and ports) are the first `up`'s
+            "data folder": (first_dir, first_manifest.read_text()),
+            "client port": (second_dir, with_port_of_first("port")),
+            "monitoring port": (second_dir, with_port_of_first("monitor_port")),
+        }
+        for what, (folder, text) in cases.items():
+            manifest = folder / "ebbtide.toml"
+            manifest.write_text(text)
+            second = Ebbtide(folder, manifest, "up", "--processes", "per-function")
+            try:
+                code = second.stopped_within(START_S)
+            finally:
+                second.kill()
+            output = second.output
+            assert code == 2, f"{what}:\n{output}"
+            assert f"{what} " in output and "is in use by" in output, f"{what}:\n{output}"
+            # by what: the first `up` (its pid and folder), or its nats-server, the embedded server of that `up`
+            assert f"(pid {first.process.pid}, in {first_dir})" in output, f"{what}:\n{output}"
+            assert "embedded nats-server at" not in output and "running f" not in output, f"{what}:\n{output}"
+        assert first.process.poll() is None, first.output  # the first `up` runs on, undisturbed
+        first.process.send_signal(signal.SIGTERM)
+        assert first.stopped_within(STOP_S) == 0, first.output
+    finally:
+        first.kill()

@@ -14,7 +14,16 @@ from ebbtide.manifest import LoadedManifest, load_manifest
 from ebbtide.stream_state import stream_state
 from ebbtide.supervisor import Supervisor
 from ebbtide.workload.orders import encode_order, generate_orders
-from tests.conftest import backlog, exactly_once, manifest_copy, outboxes_writes, provision_for, wait_for_consumers, wait_until
+from tests.conftest import (
+    backlog,
+    exactly_once,
+    manifest_copy,
+    outbox_bodies,
+    outboxes_writes,
+    provision_for,
+    wait_for_consumers,
+    wait_until,
+)
 from tests.integration.test_pipeline import outbox_counts, publish
 
 
@@ -26,7 +35,7 @@ async def test_killed_function_process_is_restarted_and_nothing_is_lost(
     manifest = load_manifest(path)
     orders = generate_orders(10_000, seed=9)
     await provision_for(manifest, nats_server.url)
-    expected = {f"outbox-{d}": [o.order_id for o in orders if o.delivery.lower() == d] for d in ("express", "standard")}
+    expected = outbox_bodies(orders)
     supervisor = Supervisor(path, list(manifest.spec.functions), nats_server.url)
     await supervisor.start()
     try:

@@ -26,7 +26,7 @@ from ebbtide.manifest import LoadedManifest
 from ebbtide.status_reports import STATUS_REQUEST_SUBJECT, STATUS_SUBJECT_PREFIX, decode_status
 from ebbtide.stream_state import stream_state
 from ebbtide.workload.orders import Order, encode_order
-from tests.conftest import OutboxWrites, backlog, exactly_once, outboxes_writes
+from tests.conftest import OutboxWrites, backlog, exactly_once, outbox_bodies, outboxes_writes
 
 ORDERS_N = int(os.environ.get("EBBTIDE_RELIABILITY_ORDERS", "3000"))
 OUTBOXES = ("outbox-express", "outbox-standard")
@@ -233,7 +233,7 @@ async def subject_counts(nc: NatsClient, stream: str, subjects_filter: str) -> d
 class Outbox:
     """The outbox buckets compared with the valid orders of a run, in writes (tests.conftest.outbox_writes)."""
 
-    expected: dict[str, set[int]]  # bucket -> orderIds that belong there
+    expected: dict[str, dict[str, bytes]]  # bucket -> orderId -> the body sent
     writes: dict[str, OutboxWrites] = field(default_factory=dict)
 
     @property
@@ -254,18 +254,19 @@ class Outbox:
         assert self.writes == exactly_once(self.expected)
 
 
-def expected_outbox(orders: Iterable[Order]) -> dict[str, set[int]]:
-    expected: dict[str, set[int]] = {b: set() for b in OUTBOXES}
-    for order in orders:
-        expected[f"outbox-{order.delivery.lower()}"].add(order.order_id)
-    return expected
+def expected_outbox(orders: Iterable[Order]) -> dict[str, dict[str, bytes]]:
+    """bucket -> orderId -> the body sent (tests.conftest.outbox_bodies), for every outbox bucket."""
+    bodies = outbox_bodies(orders)
+    return {bucket: bodies.get(bucket, {}) for bucket in OUTBOXES}
 
 
-async def read_outbox(nc: NatsClient, expected: dict[str, set[int]]) -> Outbox:
+async def read_outbox(nc: NatsClient, expected: dict[str, dict[str, bytes]]) -> Outbox:
     return Outbox(expected, await outboxes_writes(nc, expected))
 
 
-async def run_complete(nc: NatsClient, expected: dict[str, set[int]], dead_letters: int, input_stream: str = "ORDERS") -> bool:
+async def run_complete(
+    nc: NatsClient, expected: dict[str, dict[str, bytes]], dead_letters: int, input_stream: str = "ORDERS"
+) -> bool:
     """Every valid order stored, every bad input dead-lettered, every input handled (its consumer's lag 0)."""
     stored = 0
     for bucket in expected:
@@ -470,7 +471,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # ty
             terminalreporter.write_line("  ".join("-" * w for w in widths))
 
 
-async def finished_run(nc: NatsClient, expected: dict[str, set[int]], dead_letters: int, what: str) -> None:
+async def finished_run(nc: NatsClient, expected: dict[str, dict[str, bytes]], dead_letters: int, what: str) -> None:
     """Wait until every order is stored, every invalid input dead-lettered and every input handled.
 
     Count with `account` only after the functions stopped: then no effect can still be on its way."""
@@ -481,7 +482,7 @@ async def finished_run(nc: NatsClient, expected: dict[str, set[int]], dead_lette
     await eventually(complete, what=what)
 
 
-async def account(nc: NatsClient, expected: dict[str, set[int]]) -> tuple[Outbox, list]:
+async def account(nc: NatsClient, expected: dict[str, dict[str, bytes]]) -> tuple[Outbox, list]:
     """The outboxes (in writes) and the dead letters, once the functions have stopped."""
     return await read_outbox(nc, expected), await read_dead_letters(nc)
 

@@ -39,7 +39,12 @@ def test_distributor_may_route_but_not_write_the_outbox() -> None:
     } <= set(permissions.publish)
     outside_rollouts = set(permissions.publish) - set(rollout_publish("distributor"))
     assert not any(s.startswith("$KV.") or "receiver" in s or s == "orders.ingress" for s in outside_rollouts)
-    assert permissions.subscribe == [f"{inbox_prefix('distributor')}.>", "orders.ingress", "ebbtide.status_reports-request"]
+    assert permissions.subscribe == [
+        f"{inbox_prefix('distributor')}.>",
+        "orders.ingress",
+        "ebbtide.status_reports-request",
+        "$KV.ebbtide-rollouts.distributor",  # its own rollout record's writes: the follower's bell
+    ]
 
 
 def test_receiver_may_write_only_its_own_bucket() -> None:
@@ -70,13 +75,14 @@ def test_no_function_holds_jetstream_administration() -> None:
 
 
 def test_following_rollouts_reads_two_streams_and_writes_only_its_own_record() -> None:
-    """A host watches rollout records and downloads candidates (consumers on those two streams only, no
-    stream changed), writes its own function's record (a canary's rollback) and its own shadow samples."""
+    """A host reads rollout records and downloads candidates (stream info and message reads of those two
+    streams; no consumer created, no stream changed), writes its own function's record (a canary's
+    rollback) and its own shadow samples."""
     rollouts = rollout_publish("distributor")
     assert "$JS.API.STREAM.NAMES" not in rollouts
     for subject in (s for s in rollouts if s.startswith("$JS.API")):
         assert any(f".{stream}" in subject for stream in ("KV_ebbtide-rollouts", "OBJ_ebbtide-modules")), subject
-        assert not any(word in subject for word in ("UPDATE", "PURGE", "STREAM.CREATE", "STREAM.DELETE", "MSG.DELETE")), subject
+        assert not any(word in subject for word in ("UPDATE", "PURGE", "CREATE", "DELETE", "CONSUMER")), subject
     writes = [s for s in rollouts if not s.startswith("$JS.API")]
     assert writes == ["$KV.ebbtide-rollouts.distributor", "ebbtide.shadow.distributor.>"]
 
@@ -84,12 +90,25 @@ def test_following_rollouts_reads_two_streams_and_writes_only_its_own_record() -
 def test_observer_only_reads() -> None:
     permissions = observer_permissions(MANIFEST)
     assert permissions.publish == [
-        *(f"$JS.API.STREAM.{op}.{stream}" for stream in ("DLQ", "ORDERS", "SHADOW") for op in ("INFO", "MSG.GET")),
+        *(
+            f"$JS.API.STREAM.{op}.{stream}"
+            for stream in ("DLQ", "ORDERS", "SHADOW", "KV_ebbtide-rollouts")  # the rollout records: `console`
+            for op in ("INFO", "MSG.GET")
+        ),
         *(
             f"$JS.API.{op}.KV_{bucket}{tail}"
             for bucket in ("outbox-express", "outbox-standard")
-            for op, tail in (("STREAM.INFO", ""), ("STREAM.MSG.GET", ""), ("DIRECT.GET", ""), ("DIRECT.GET", ".>"))
+            for op, tail in (
+                ("STREAM.INFO", ""),
+                ("STREAM.MSG.GET", ""),
+                ("DIRECT.GET", ""),
+                ("DIRECT.GET", ".>"),
+                ("CONSUMER.CREATE", ""),  # a KV client's keys, history, watch: an ordered consumer ...
+                ("CONSUMER.CREATE", f".*.$KV.{bucket}.>"),  # ... or one it names, filtered inside the bucket
+                ("CONSUMER.INFO", ".*"),
+            )
         ),
+        "$JS.API.INFO",  # the account's JetStream info, which nats.js and the nats CLI ask first
         "ebbtide.status_reports-request",
     ]
     assert set(permissions.subscribe) == {

@@ -38,6 +38,7 @@ _HOMES = {
     "ConfirmedPublisher": "publisher",
     "PubAck": "publisher",
     "PublishError": "publisher",
+    "PublishTally": "publisher",
     "publish_all": "publisher",
 }
 

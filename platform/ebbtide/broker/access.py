@@ -40,6 +40,13 @@ class ServerAccess:
             return self.admin.with_credentials(self.bundle.observer())
         return self.admin
 
+    def for_scaler(self) -> NatsAuth:
+        """`ebbtide scaler` reads the lag as the generated `scaler` user; against an external server, with the
+        configured credentials (give it the scaler's seed: EBBTIDE_NATS_NKEY_SEED_FILE=scaler.nk)."""
+        if self.bundle is not None:
+            return self.admin.with_credentials(self.bundle.scaler())
+        return self.admin
+
     def for_functions(self, functions: list[str]) -> NatsAuth:
         """A host running exactly one function uses that function's user (when there are generated users)."""
         if self.bundle is not None and len(functions) == 1:

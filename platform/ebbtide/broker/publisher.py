@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import msgspec
 import nats
@@ -230,6 +231,15 @@ def is_store_full(error: jsapi.ApiError) -> bool:
     return error.err_code == ERR_STREAM_STORE_FAILED and any(w in error.description.lower() for w in _FULL_STORE_WORDS)
 
 
+@dataclass
+class PublishTally:
+    """What the server did with the publishes it confirmed: stored them, or dropped them as duplicates (their
+    Nats-Msg-Id was stored within the stream's duplicate window)."""
+
+    stored: int = 0
+    duplicates: int = 0
+
+
 async def publish_all(
     publisher: ConfirmedPublisher,
     subject: str | Callable[[bytes], str],
@@ -237,10 +247,12 @@ async def publish_all(
     *,
     window: int = 2000,
     timeout: float = 10.0,
+    tally: PublishTally | None = None,
 ) -> tuple[int, list[PublishError]]:
     """Publish (payload, msg_id) pairs with up to `window` unconfirmed at once; (confirmed, errors).
 
-    `subject`: one for all, or the subject of each payload (an ordered entry's `<trigger>.<key>`)."""
+    `subject`: one for all, or the subject of each payload (an ordered entry's `<trigger>.<key>`).
+    `tally`: counts the confirmed ones stored and dropped as duplicates."""
     fixed = subject if isinstance(subject, str) else None
     confirmed = 0
     errors: list[PublishError] = []
@@ -251,8 +263,13 @@ async def publish_all(
         for result in await publisher.confirm(in_flight, timeout):
             if isinstance(result, PublishError):
                 errors.append(result)
-            else:
-                confirmed += 1
+                continue
+            confirmed += 1
+            if tally is not None:
+                if result.duplicate:
+                    tally.duplicates += 1
+                else:
+                    tally.stored += 1
         in_flight.clear()
 
     for payload, msg_id in messages:

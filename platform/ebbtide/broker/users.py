@@ -12,15 +12,20 @@ Users (see SECURITY.md):
   arrive below its own inbox prefix, which no other user may read.
 - `ingress`: publish to the pipeline's entry subjects (triggers no function publishes to), and read
   replies (JetStream acks) below `_INBOX.`, the default of every NATS client.
-- `observer`: read only. The KV outboxes (stream info, get, direct get, and the writes as they happen),
-  the dead letters, the manifest's streams and the shadow samples (stream info, get), and the functions'
-  status reports. `ebbtide top`, `outbox`, `dlq list/show`, `shadow report`, `replay` and Locust's
-  end-to-end timing use it.
+- `observer`: read only. The KV outboxes (stream info, get, direct get, the writes as they happen, and the
+  ordered consumers KV clients list keys, read history and watch with, plus the account's JetStream info),
+  the dead letters, the manifest's streams, the shadow samples and the rollout records (stream info, get),
+  and the functions' status reports. `ebbtide top`, `outbox`, `dlq list/show`, `shadow report`, `replay`,
+  `console` and Locust's end-to-end timing use it.
+- `scaler`: the KEDA external scaler (`ebbtide scaler`). Read every function's consumer info (the lag; an
+  ordered function's partition consumers too) and listen on the triggers (the bell that wakes a function
+  at zero replicas). Nothing else: no fetch, no ack, no publish but its own requests.
 
 Functions, observer and admin authenticate with NKEYs: the server configuration holds only public keys,
 and each seed stays in its own file (mode 0600). `ingress` has a password, since any client must be able
 to use it; the configuration holds only its bcrypt hash, the password itself is in ingress.env (0600).
-`write_bundle` creates the keys once and keeps them; the permissions are recomputed from the manifest
+Beside each key, `<user>.env` and `<user>.context.json` say how another client connects as that user (URL,
+key, inbox prefix). `write_bundle` creates the keys once and keeps them; the permissions are recomputed from the manifest
 each time, so a changed manifest changes what each user may do.
 """
 
@@ -41,6 +46,7 @@ from .partitions import consumer_names, keyed_subject, ordered_triggers
 ADMIN_USER = "admin"
 INGRESS_USER = "ingress"
 OBSERVER_USER = "observer"
+SCALER_USER = "scaler"
 SERVER_CONFIG = "server.conf"
 INGRESS_ENV = "ingress.env"
 JS_API = "$JS.API"
@@ -86,19 +92,19 @@ def function_permissions(manifest: LoadedManifest, function: str) -> Permissions
     ]
     # trigger: the wake-up bell (and its keyed subjects, when ordered)
     subscribe = [f"{inbox_prefix(function)}.>", *with_keyed_subjects(manifest, [fn.trigger]), STATUS_REQUEST_SUBJECT]
+    subscribe.append(f"$KV.{ROLLOUTS_BUCKET}.{function}")  # its rollout record's bell (rollout/follow.py)
     return Permissions(publish, subscribe)
 
 
 def rollout_publish(function: str) -> list[str]:
-    """What a host needs to follow rollouts (rollout/follow.py): watch the records (an ordered consumer on
-    the bucket's stream), download candidate modules (an ordered consumer on the object store's), write its
-    own function's record (a canary's rollback) and publish its shadow samples. It can create consumers on
-    these two streams only, and change no stream."""
+    """What a host needs to follow rollouts (rollout/follow.py): read the records (the bucket's stream info,
+    direct gets of a record's last value), download candidate modules (the object store's stream info and
+    its messages by subject), write its own function's record (a canary's rollback) and publish its shadow
+    samples. No consumer is created on these streams, none deleted, listed or changed: another replica's
+    reads are out of its reach. It changes no stream."""
     rollouts, modules = kv_stream_name(ROLLOUTS_BUCKET), MODULES_STREAM
     return [
-        *(f"{JS_API}.{api}.{stream}" for stream in (rollouts, modules) for api in ("STREAM.INFO", "CONSUMER.CREATE")),
-        *(f"{JS_API}.{api}.{stream}.*" for stream in (rollouts, modules) for api in ("CONSUMER.INFO", "CONSUMER.DELETE")),
-        *(f"{JS_API}.CONSUMER.CREATE.{stream}.>" for stream in (rollouts, modules)),  # a named one, with its filter
+        *(f"{JS_API}.STREAM.INFO.{stream}" for stream in (rollouts, modules)),
         f"{JS_API}.DIRECT.GET.{rollouts}.>",
         f"{JS_API}.STREAM.MSG.GET.{modules}",
         f"$KV.{ROLLOUTS_BUCKET}.{function}",
@@ -117,10 +123,11 @@ def with_keyed_subjects(manifest: LoadedManifest, subjects: list[str]) -> list[s
 
 
 def observer_permissions(manifest: LoadedManifest) -> Permissions:
-    """Read the outboxes, the dead letters, the streams (`replay`), the shadow samples and the status
-    reports; change nothing."""
+    """Read the outboxes, the dead letters, the streams (`replay`), the shadow samples, the rollout records
+    and the status reports; change nothing."""
     spec = manifest.spec
-    read = (spec.dead_letter.stream, *spec.streams, SHADOW_STREAM)
+    # The rollout records too (`ebbtide console` shows each function's rollout): read, never written.
+    read = (spec.dead_letter.stream, *spec.streams, SHADOW_STREAM, kv_stream_name(ROLLOUTS_BUCKET))
     publish = [f"{JS_API}.STREAM.{action}.{stream}" for stream in read for action in ("INFO", "MSG.GET")]
     subscribe = [f"{inbox_prefix(OBSERVER_USER)}.>", f"{STATUS_SUBJECT_PREFIX}.>"]
     for bucket in spec.kv:
@@ -130,9 +137,29 @@ def observer_permissions(manifest: LoadedManifest) -> Permissions:
             f"{JS_API}.STREAM.MSG.GET.{stream}",
             f"{JS_API}.DIRECT.GET.{stream}",
             f"{JS_API}.DIRECT.GET.{stream}.>",
+            # A KV client's keys, history and watch read through an ordered consumer: created unnamed
+            # (nats-py), or named by the client with its filter inside the bucket (nats.js watching a key),
+            # and its info read; none deleted, listed or paused.
+            f"{JS_API}.CONSUMER.CREATE.{stream}",
+            f"{JS_API}.CONSUMER.CREATE.{stream}.*.$KV.{bucket}.>",
+            f"{JS_API}.CONSUMER.INFO.{stream}.*",
         ]
         subscribe.append(f"$KV.{bucket}.>")  # each write as it happens (Locust's end-to-end timing)
+    publish.append(f"{JS_API}.INFO")  # the account's JetStream usage: what nats.js and the nats CLI ask first
     publish.append(STATUS_REQUEST_SUBJECT)  # every pool reports at once (`ebbtide top`)
+    return Permissions(publish, subscribe)
+
+
+def scaler_permissions(manifest: LoadedManifest) -> Permissions:
+    """Every function's consumer info (what KEDA scales on), and the triggers' bell. The bell shows it the
+    messages as they are published (a core subscription cannot be had without them); it cannot take,
+    ack or change any."""
+    publish: list[str] = []
+    subscribe = [f"{inbox_prefix(SCALER_USER)}.>"]
+    for function, fn in manifest.spec.functions.items():
+        stream = manifest.stream_for(fn.trigger)
+        publish += [f"{JS_API}.CONSUMER.INFO.{stream}.{name}" for name in consumer_names(manifest, function)]
+        subscribe += [s for s in with_keyed_subjects(manifest, [fn.trigger]) if s not in subscribe]
     return Permissions(publish, subscribe)
 
 
@@ -160,6 +187,10 @@ class AuthBundle:
     def seed_file(self, user: str) -> Path:
         return self.folder / f"{user}.nk"
 
+    def env_file(self, user: str) -> Path:
+        """How another client connects as `user` (NATS_URL, the key, NATS_INBOX_PREFIX); ingress.env for ingress."""
+        return self.folder / (INGRESS_ENV if user == INGRESS_USER else f"{user}.env")
+
     def admin(self) -> NatsAuth:
         return NatsAuth(nkey_seed_file=str(self.seed_file(ADMIN_USER)))
 
@@ -169,8 +200,12 @@ class AuthBundle:
     def observer(self) -> NatsAuth:
         return NatsAuth(nkey_seed_file=str(self.seed_file(OBSERVER_USER)), inbox_prefix=inbox_prefix(OBSERVER_USER))
 
+    def scaler(self) -> NatsAuth:
+        return NatsAuth(nkey_seed_file=str(self.seed_file(SCALER_USER)), inbox_prefix=inbox_prefix(SCALER_USER))
+
     def ingress(self) -> NatsAuth:
-        values = dict(line.split("=", 1) for line in (self.folder / INGRESS_ENV).read_text().splitlines() if "=" in line)
+        lines = (self.folder / INGRESS_ENV).read_text().splitlines()
+        values = dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
         return NatsAuth(user=values["EBBTIDE_NATS_USER"], password=values["EBBTIDE_NATS_PASSWORD"])
 
 
@@ -197,11 +232,52 @@ def write_bundle(manifest: LoadedManifest, folder: Path) -> AuthBundle:
     users.append(
         {"nkey": _public_key(bundle.seed_file(OBSERVER_USER)), "permissions": _permission_block(observer_permissions(manifest))}
     )
+    users.append(
+        {"nkey": _public_key(bundle.seed_file(SCALER_USER)), "permissions": _permission_block(scaler_permissions(manifest))}
+    )
+    _write_client_files(manifest, bundle, ingress)
     # JSON is valid NATS configuration syntax, and json.dumps quotes every subject safely.
     config = "# Generated by ebbtide from " + manifest.path.name + "; regenerate with `ebbtide nats-config`.\n"
     config += "authorization " + json.dumps({"users": users}, indent=2) + "\n"
     _write_secret(bundle.server_config, config)  # public keys and a password hash: private all the same
     return bundle
+
+
+def client_url(manifest: LoadedManifest) -> str:
+    """The URL a client of this manifest's server connects to: its [nats] url, else the embedded server's."""
+    embedded = manifest.spec.embedded
+    return manifest.spec.nats.url or f"nats://{embedded.host}:{embedded.port}"
+
+
+def _write_client_files(manifest: LoadedManifest, bundle: AuthBundle, ingress: NatsAuth) -> None:
+    """For every user, how another client connects as it: `<user>.env` (NATS_URL, NATS_NKEY (the seed file) or
+    NATS_USER/NATS_PASSWORD, NATS_INBOX_PREFIX: the variables the nats CLI reads, and what nats.js and nats-py
+    take as options) and `<user>.context.json` (a nats CLI context: copy it into ~/.config/nats/context/).
+    The ingress user's file is ingress.env, which also keeps its password for ebbtide (EBBTIDE_NATS_*)."""
+    url = client_url(manifest)
+    prefixes = {
+        ADMIN_USER: "",
+        INGRESS_USER: "",
+        OBSERVER_USER: inbox_prefix(OBSERVER_USER),
+        SCALER_USER: inbox_prefix(SCALER_USER),
+    }
+    prefixes |= {function: inbox_prefix(function) for function in manifest.spec.functions}
+    for user, prefix in prefixes.items():
+        env = {"NATS_URL": url}
+        context: dict[str, str] = {"description": f"ebbtide {user} ({manifest.path.name})", "url": url}
+        if user == INGRESS_USER:
+            env |= {"NATS_USER": ingress.user, "NATS_PASSWORD": ingress.password}
+            context |= {"user": ingress.user, "password": ingress.password}
+        else:
+            env["NATS_NKEY"] = context["nkey"] = str(bundle.seed_file(user).resolve())
+        if prefix:
+            env["NATS_INBOX_PREFIX"] = context["inbox_prefix"] = prefix
+        lines: list[str] = []
+        if user == INGRESS_USER:
+            lines += [f"EBBTIDE_NATS_USER={ingress.user}", f"EBBTIDE_NATS_PASSWORD={ingress.password}"]
+        lines += [f"{name}={value}" for name, value in env.items()]
+        _write_secret(bundle.env_file(user), "\n".join(lines) + "\n")
+        _write_secret(bundle.folder / f"{user}.context.json", json.dumps(context, indent=2) + "\n")
 
 
 def _permission_block(permissions: Permissions) -> dict[str, object]:

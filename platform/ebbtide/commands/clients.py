@@ -19,12 +19,12 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
 from .. import dlq_admin, outbox
-from ..broker import ConfirmedPublisher, connect, publish_all
+from ..broker import ConfirmedPublisher, PublishTally, connect, publish_all
 from ..broker.access import ServerAccess, client_access
-from ..broker.users import ingress_subjects
+from ..broker.users import with_keyed_subjects
 from ..errors import EffectRefused, OutboxError, StoreFull, UsageError
 from ..exit_codes import EXIT_FAILURE
-from ..manifest import LoadedManifest
+from ..manifest import LoadedManifest, subject_matches
 from ..status_reports import STATUS_REQUEST_SUBJECT, STATUS_SUBJECT_PREFIX, decode_status
 from ..top import TopView
 
@@ -33,10 +33,11 @@ log = logging.getLogger("ebbtide")
 
 def publish_command(args: argparse.Namespace, manifest: LoadedManifest) -> int:
     from ..ordering import entry_subject
-    from ..workload.orders import encode_order, event_msg_id, generate_order_events, generate_orders
+    from ..workload.orders import default_entry_subject, encode_order, event_msg_id, generate_order_events, generate_orders
 
     server = client_access(manifest, args.nats_url)
-    subject = args.subject or _entry_subject(manifest)
+    subject = args.subject or default_entry_subject(manifest)
+    _check_some_function_reads(manifest, subject, args.force)
     # An ordered entry (its function has order_by) takes each message on <subject>.<key>.
     subject_of = entry_subject(manifest, subject)
     if args.file is not None:
@@ -67,14 +68,19 @@ def publish_command(args: argparse.Namespace, manifest: LoadedManifest) -> int:
 
     async def publish() -> int:
         nc = await client_connect(server, "ebbtide-publish")
+        tally = PublishTally()
         try:
             publisher = ConfirmedPublisher(nc)
             await publisher.start()
-            confirmed, errors = await publish_all(publisher, subject_of, messages)
+            confirmed, errors = await publish_all(publisher, subject_of, messages, tally=tally)
         finally:
             await nc.drain()
         where = f"{subject}.<key> (ordered)" if callable(subject_of) else subject
-        print(f"published {confirmed} message(s) to {where} on {server.url}")
+        print(
+            f"published {confirmed} message(s) to {where} on {server.url}: {tally.stored} stored, "
+            f"{tally.duplicates} dropped as duplicates"
+            + (" (their Nats-Msg-Id was stored before, within the stream's duplicate window)" if tally.duplicates else "")
+        )
         full = [error for error in errors if isinstance(error, StoreFull)]
         if full:
             print(
@@ -90,13 +96,19 @@ def publish_command(args: argparse.Namespace, manifest: LoadedManifest) -> int:
     return uvloop.run(publish())
 
 
-def _entry_subject(manifest: LoadedManifest) -> str:
-    subjects = ingress_subjects(manifest)
-    if len(subjects) != 1:
-        raise UsageError(
-            f"{manifest.path}: {len(subjects)} entry subjects ({', '.join(subjects) or 'none'}); choose one with --subject"
-        )
-    return subjects[0]
+def _check_some_function_reads(manifest: LoadedManifest, subject: str, force: bool) -> None:
+    """A subject no function's trigger matches is refused (a typo: the stream would store the messages and
+    nothing would ever read them), unless --force."""
+    triggers = [fn.trigger for fn in manifest.spec.functions.values()]
+    if any(subject_matches(pattern, subject) for pattern in with_keyed_subjects(manifest, triggers)):
+        return
+    if force:
+        log.warning("no function of %s reads %s: publishing there anyway (--force)", manifest.path, subject)
+        return
+    raise UsageError(
+        f"no function of {manifest.path} reads {subject!r} (their triggers: {', '.join(triggers) or 'none'}): "
+        "a stream may store the messages, but nothing would handle them; correct --subject, or add --force"
+    )
 
 
 def dlq_command(args: argparse.Namespace, manifest: LoadedManifest) -> int:

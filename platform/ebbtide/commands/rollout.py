@@ -95,6 +95,11 @@ def _start(args: argparse.Namespace, manifest: LoadedManifest, mode: Mode) -> in
             min_messages=min(args.window, MIN_CANARY_MESSAGES),
         )
     data = _candidate_bytes(args, manifest)
+    if mode is Mode.CANARY:  # a shadow run carries nothing out: a pin does not stop it
+        settings = msgspec.structs.replace(
+            settings,
+            pin_override=_pin_allows(fn.sha256 or "", args.function, sha256_of(data), args.override_pin, "run as a canary"),
+        )
     _check_loads(manifest, args.function, data, lang)
 
     async def start() -> int:
@@ -174,43 +179,66 @@ async def _fresh_samples(nc: NatsClient, function: str, keep: int) -> None:
         await js.update_stream(config)
 
 
+def _pin_allows(pin: str, function: str, digest: str, override: bool, what: str) -> bool:
+    """Whether a module of `digest` may act for `function`: raises UsageError when the manifest pins another
+    module (`pin`, functions.F.sha256) and the operator did not override the pin. True when it was overridden."""
+    if not pin or pin.lower() == digest:
+        return False
+    if not override:
+        raise UsageError(
+            f"{function}: the manifest pins its module to sha256 {pin.lower()[:12]} (functions.{function}.sha256); "
+            f"refusing to {what} {digest[:12]}. Change the pin in the manifest, or pass --override-pin to let it act anyway"
+        )
+    print(f"{function}: overriding the pin {pin.lower()[:12]} for {digest[:12]} (--override-pin)", file=sys.stderr)
+    return True
+
+
 # -- promote, abort ----------------------------------------------------------------------------------------
 
 
 async def _change_phase(args: argparse.Namespace, manifest: LoadedManifest, phase: Phase) -> int:
     nc = await client_connect(client_access(manifest, args.nats_url), f"ebbtide-{phase.value}")
     try:
-        kv = await _bucket(nc)
-        record, revision = await _read(kv, args.function)
-        if record is None:
-            raise RunError(f"{args.function} has no rollout to {'promote' if phase is Phase.PROMOTED else 'abort'}")
-        if phase is Phase.PROMOTED and not record.active:
-            raise RunError(
-                f"{args.function}: the {record.mode.value} of {record.candidate_sha256[:12]} is {record.phase.value} ({record.why}); nothing to promote"
-            )
-        if phase is Phase.ABORTED and not (record.active or record.phase is Phase.PROMOTED):
-            raise RunError(
-                f"{args.function}: the {record.mode.value} of {record.candidate_sha256[:12]} is already {record.phase.value}"
-            )
-        after = changed(record, phase, f"{phase.value} by an operator")
-        await _write(kv, after, revision)
-        if phase is Phase.PROMOTED:
-            what = f"promoted {record.candidate_sha256[:12]}; it is kept across restarts"
-            followed = await _replicas_following(
-                nc, args.function, lambda r: r.module_sha256 == record.candidate_sha256, args.wait
-            )
-        elif record.phase is Phase.PROMOTED:
-            what = f"promotion of {record.candidate_sha256[:12]} undone: back to the manifest's module"
-            followed = await _replicas_following(
-                nc, args.function, lambda r: r.module_sha256 != record.candidate_sha256, args.wait
-            )
-        else:
-            what = f"{record.mode.value} of {record.candidate_sha256[:12]} aborted; the live module runs alone"
-            followed = await _replicas_following(nc, args.function, lambda r: not r.candidate_sha256, args.wait)
+        pin = manifest.function(args.function).sha256 or ""
+        done = await change_phase(nc, args.function, phase, args.wait, pin=pin, override_pin=getattr(args, "override_pin", False))
     finally:
         await nc.drain()
-    print(f"{args.function}: {what}; {followed}")
+    print(done)
     return 0
+
+
+async def change_phase(
+    nc: NatsClient, function: str, phase: Phase, wait_s: float, pin: str = "", override_pin: bool = False
+) -> str:
+    """Promote or abort `function`'s rollout (admin), then wait up to `wait_s` for its replicas to follow;
+    says what was done and how many follow. Raises RunError when there is nothing to change, UsageError
+    when a promotion would replace the module the manifest pins (`pin`, its sha256) without `override_pin`.
+    The console's promote and abort call this too."""
+    kv = await _bucket(nc)
+    record, revision = await _read(kv, function)
+    if record is None:
+        raise RunError(f"{function} has no rollout to {'promote' if phase is Phase.PROMOTED else 'abort'}")
+    if phase is Phase.PROMOTED and not record.active:
+        raise RunError(
+            f"{function}: the {record.mode.value} of {record.candidate_sha256[:12]} is {record.phase.value} ({record.why}); nothing to promote"
+        )
+    if phase is Phase.PROMOTED:
+        overridden = _pin_allows(pin, function, record.candidate_sha256, override_pin, "promote")
+        record = msgspec.structs.replace(record, pin_override=record.pin_override or overridden)
+    if phase is Phase.ABORTED and not (record.active or record.phase is Phase.PROMOTED):
+        raise RunError(f"{function}: the {record.mode.value} of {record.candidate_sha256[:12]} is already {record.phase.value}")
+    after = changed(record, phase, f"{phase.value} by an operator")
+    await _write(kv, after, revision)
+    if phase is Phase.PROMOTED:
+        what = f"promoted {record.candidate_sha256[:12]}; it is kept across restarts"
+        followed = await _replicas_following(nc, function, lambda r: r.module_sha256 == record.candidate_sha256, wait_s)
+    elif record.phase is Phase.PROMOTED:
+        what = f"promotion of {record.candidate_sha256[:12]} undone: back to the manifest's module"
+        followed = await _replicas_following(nc, function, lambda r: r.module_sha256 != record.candidate_sha256, wait_s)
+    else:
+        what = f"{record.mode.value} of {record.candidate_sha256[:12]} aborted; the live module runs alone"
+        followed = await _replicas_following(nc, function, lambda r: not r.candidate_sha256, wait_s)
+    return f"{function}: {what}; {followed}"
 
 
 async def _replicas_following(nc: NatsClient, function: str, follows: Callable[[PoolStatus], bool], wait_s: float) -> str:

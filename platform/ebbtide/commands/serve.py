@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..broker.access import ServerAccess, client_access, configured_url, embedded_server, external_access
@@ -164,7 +165,8 @@ def up_command(args: argparse.Namespace, manifest: LoadedManifest) -> int:
     build_modules(manifest)
     if url is not None:
         access = external_access(manifest, url)
-        return _serve_up(args, manifest, access)  # provisioned with the credentials `up` was given
+        with _console_beside(args, manifest, url):
+            return _serve_up(args, manifest, access)  # provisioned with the credentials `up` was given
     with embedded_server(manifest, auth=False if args.no_auth else None) as (server, access):
         log.info("embedded nats-server at %s (monitoring %s, data in %s)", server.url, server.monitor_url, server.data_dir)
         if access.bundle is not None:
@@ -177,7 +179,18 @@ def up_command(args: argparse.Namespace, manifest: LoadedManifest) -> int:
             )
         else:
             log.warning("authentication is off: anyone who reaches %s may do anything", server.url)
-        return _serve_up(args, manifest, access)  # provisioned as the generated admin user
+        # With generated users, the console finds their credentials where `ebbtide dlq` finds them.
+        with _console_beside(args, manifest, None if access.bundle is not None else server.url):
+            return _serve_up(args, manifest, access)  # provisioned as the generated admin user
+
+
+def _console_beside(args: argparse.Namespace, manifest: LoadedManifest, url: str | None) -> AbstractContextManager[None]:
+    """`up --console`: the console's own process beside the functions (`up` itself never loads it)."""
+    if args.console is None:
+        return nullcontext()
+    from .console import console_beside
+
+    return console_beside(manifest, url, args.console)
 
 
 def _serve_up(args: argparse.Namespace, manifest: LoadedManifest, access: ServerAccess) -> int:

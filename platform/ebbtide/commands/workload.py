@@ -42,7 +42,7 @@ def demo_command(args: argparse.Namespace, manifest: LoadedManifest) -> int:
 
     if args.events_per_order < 1:
         raise UsageError("--events-per-order must be at least 1")
-    result = uvloop.run(
+    result = uvloop.run(  # Ctrl-C: errors.Interrupted, exit code 130
         run_demo(manifest, args.orders, args.seed, args.data_dir, args.processes, events_per_order=args.events_per_order)
     )
     print_summary(result)

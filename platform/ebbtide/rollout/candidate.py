@@ -73,6 +73,7 @@ class RolloutStats:
     canary: dict[tuple[str, str], int] = field(default_factory=dict)  # by (version, result)
     candidate_s: float = 0.0  # guest time spent in candidates (shadow and canary)
     samples_published: int = 0
+    rollbacks: int = 0  # canaries this host stopped past a threshold (rollout/follow.py)
 
     def counts(self) -> dict[str, int]:
         """Flat, for status reports: "shadow.<verdict>" and "canary.<version>.<result>"."""

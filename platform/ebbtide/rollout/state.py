@@ -49,6 +49,9 @@ class Rollout(msgspec.Struct, frozen=True, kw_only=True):
     live_sha256: str = ""  # the live module when it is not the manifest's: a promoted candidate
     live_lang: str = ""
     changed_at: float = 0.0
+    # The function's manifest pins its module (functions.F.sha256) and an operator overrode the pin for this
+    # rollout (`--override-pin`): only then do hosts carry out a canary's answers or a promotion to another digest.
+    pin_override: bool = False
 
     @property
     def active(self) -> bool:

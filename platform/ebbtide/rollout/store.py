@@ -13,12 +13,10 @@ import os
 from pathlib import Path
 
 from nats.js import JetStreamContext
-from nats.js.errors import BucketNotFoundError, ObjectNotFoundError
+from nats.js.errors import BucketNotFoundError, NotFoundError, ObjectNotFoundError
 
 from ..broker.names import MODULES_BUCKET, MODULES_STREAM
 from ..errors import RunError
-
-DOWNLOAD_CHUNK_TIMEOUT_S = 10.0
 
 
 def sha256_of(data: bytes) -> str:
@@ -58,24 +56,25 @@ async def fetch_module(js: JetStreamContext, digest: str, folder: Path) -> Path:
 
 
 async def _download(js: JetStreamContext, digest: str) -> bytes:
-    """The object's bytes, read the way nats-py's `ObjectStore.get` does, but naming the stream: a
-    function's user may not list streams ($JS.API.STREAM.NAMES), only read this one."""
+    """The object's bytes, chunk by chunk with `STREAM.MSG.GET` (the next message on the object's chunk
+    subject after the last one read), naming the stream: a function's user may read this stream's messages
+    but create no consumer on it, nor list streams."""
     store = await _store(js)
     try:
         info = await store.get_info(digest)
     except ObjectNotFoundError:
         raise RunError(f"module {digest[:12]} is not in the {MODULES_BUCKET} object store") from None
     chunks: list[bytes] = []
-    if info.size:
-        subscription = await js.subscribe(f"$O.{MODULES_BUCKET}.C.{info.nuid}", stream=MODULES_STREAM, ordered_consumer=True)
+    chunk_subject = f"$O.{MODULES_BUCKET}.C.{info.nuid}"
+    received, seq = 0, 1
+    while received < (info.size or 0):
         try:
-            received = 0
-            while received < (info.size or 0):
-                msg = await subscription.next_msg(timeout=DOWNLOAD_CHUNK_TIMEOUT_S)
-                chunks.append(msg.data)
-                received += len(msg.data)
-        finally:
-            await subscription.unsubscribe()
+            msg = await js.get_msg(MODULES_STREAM, seq=seq, subject=chunk_subject, next=True)
+        except NotFoundError:
+            raise RunError(f"module {digest[:12]}: the object store holds {received} of its {info.size} bytes") from None
+        chunks.append(msg.data or b"")
+        received += len(msg.data or b"")
+        seq = (msg.seq or seq) + 1
     return b"".join(chunks)
 
 

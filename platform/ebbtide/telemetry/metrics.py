@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ..deadletter import Reason
 from .histogram import END_TO_END_BUCKETS_S, HANDLE_BUCKETS_S, Histogram
 from .snapshot import HostSnapshot
 
@@ -37,6 +38,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 GUEST_FAULT_KINDS = ("trap", "timeout", "memory-limit", "invalid-output")
 SHADOW_RESULTS = ("same", "different", "candidate_fault")
 CANARY_RESULTS = ("ok", "dead_letter", "retry", "fault")
+DEAD_LETTER_REASONS = tuple(reason.value for reason in Reason)
 
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -116,6 +118,12 @@ def collect(snapshot: HostSnapshot) -> list[Family]:
         "dead_lettered (acked after its dead letter was stored), refused (dead-lettered for an effect "
         "outside the allowlist), retried (nak'ed for redelivery).",
     )
+    dead_letters = Family(
+        "ebbtide_dead_letters_total",
+        "counter",
+        "Messages dead-lettered, by reason (the dead letter's Ebbtide-Reason header): rejected, payload-too-large, "
+        "headers-too-large, effect-refused, retries-exhausted.",
+    )
     faults = Family(
         "ebbtide_guest_faults_total", "counter", "Guest faults (the instance was replaced and the message retried), by kind."
     )
@@ -171,6 +179,17 @@ def collect(snapshot: HostSnapshot) -> list[Family]:
     candidate_time = Family(
         "ebbtide_candidate_seconds_total", "counter", "Guest time spent running rollout candidates (shadow and canary)."
     )
+    rollbacks = Family(
+        "ebbtide_canary_rollbacks_total",
+        "counter",
+        "Canaries this process rolled back: the candidate passed its fault or dead-letter threshold.",
+    )
+    ready = Family(
+        "ebbtide_ready",
+        "gauge",
+        "1 while this process is ready (/readyz: connected to NATS, every pool and controller running), for each "
+        "function it runs; else 0.",
+    )
 
     for stats in snapshot.pools:
         name = stats.function
@@ -178,6 +197,10 @@ def collect(snapshot: HostSnapshot) -> list[Family]:
         messages.add(stats.dead_lettered, function=name, outcome="dead_lettered")
         messages.add(stats.refused, function=name, outcome="refused")
         messages.add(stats.retried, function=name, outcome="retried")
+        reasons = dict.fromkeys(DEAD_LETTER_REASONS, 0)
+        reasons.update(stats.dead_letters)
+        for reason, count in reasons.items():
+            dead_letters.add(count, function=name, reason=reason)
         kinds = dict.fromkeys(GUEST_FAULT_KINDS, 0)
         kinds.update(stats.guest_faults)
         for kind, count in kinds.items():
@@ -194,6 +217,8 @@ def collect(snapshot: HostSnapshot) -> list[Family]:
             reloads.add(stats.reloads.get(outcome, 0), function=name, outcome=outcome)
         handle.add(stats.handle, function=name)
         end_to_end.add(stats.end_to_end, function=name)
+        rollbacks.add(stats.canary_rollbacks, function=name)
+        ready.add(1 if snapshot.ready else 0, function=name)
         if stats.shadow or stats.canary:  # only functions that ran a candidate in this process
             for result in SHADOW_RESULTS:
                 shadow.add(stats.shadow.get(result, 0), function=name, result=result)
@@ -205,8 +230,8 @@ def collect(snapshot: HostSnapshot) -> list[Family]:
     connected = Family("ebbtide_nats_connected", "gauge", "1 while the host's NATS connection is up, else 0.")
     connected.add(1 if snapshot.nats_connected else 0)
     families = [
-        *(messages, faults, instances, in_flight, backlog, oldest_pending, starts, stops, reloads, handle, end_to_end),
-        connected,
+        *(messages, dead_letters, faults, instances, in_flight, backlog, oldest_pending, starts, stops, reloads),
+        *(handle, end_to_end, rollbacks, ready, connected),
         *(family for family in (shadow, canary, candidate_time) if family.samples),
     ]
     families += _process_families(snapshot)

@@ -18,6 +18,7 @@ class PoolSnapshot:
     dead_lettered: int  # for any reason but a refused effect
     refused: int  # dead-lettered because the guest asked for an effect outside its allowlist
     retried: int  # nak'ed for redelivery
+    dead_letters: dict[str, int]  # by reason (the Ebbtide-Reason header), refused included
     guest_faults: dict[str, int]  # by kind: trap, timeout, memory-limit, invalid-output
     instances_started: int
     instances_stopped: int
@@ -31,10 +32,12 @@ class PoolSnapshot:
     shadow: dict[str, int] = field(default_factory=dict)  # shadow verdicts: same, different, candidate_fault
     canary: dict[tuple[str, str], int] = field(default_factory=dict)  # canary answers by (version, result)
     candidate_s: float = 0.0  # guest time spent in rollout candidates
+    canary_rollbacks: int = 0  # canaries this process stopped past their thresholds
 
 
 @dataclass(frozen=True, slots=True)
 class HostSnapshot:
     pools: list[PoolSnapshot] = field(default_factory=list)
     nats_connected: bool = False
+    ready: bool = False  # what /readyz answers: connected, every pool started and its controller running
     asyncio_tasks: int | None = None  # tasks alive on the host's event loop (None: not taken on the loop)

@@ -34,13 +34,17 @@ _TEXT = "#1a202c"
 _FONT = "DejaVu Sans, Helvetica, Arial, sans-serif"
 
 
-def write_scaling_chart(series: dict[str, list[Sample]], path: Path, title: str) -> Path:
+def write_scaling_chart(
+    series: dict[str, list[Sample]], path: Path, title: str, *, count: str = "instances", time_unit: str = "s"
+) -> Path:
     """Draw backlog (filled, left axis) and instances (step line, right axis) over time, one panel per function.
 
     The time axis starts at the run's start: samples from before it (processes reporting ready) only give the
-    state at t = 0.
+    state at t = 0. `count` names what the step line counts (the capacity model draws pods), `time_unit` the
+    unit of the samples' `t`.
     """
-    path.write_text(_chart({function: _from_start(samples) for function, samples in series.items()}, title), encoding="utf-8")
+    chart = _chart({function: _from_start(samples) for function, samples in series.items()}, title, count, time_unit)
+    path.write_text(chart, encoding="utf-8")
     return path
 
 
@@ -52,7 +56,7 @@ def _from_start(samples: list[Sample]) -> list[Sample]:
     return after
 
 
-def _chart(series: dict[str, list[Sample]], title: str) -> str:
+def _chart(series: dict[str, list[Sample]], title: str, count: str = "instances", time_unit: str = "s") -> str:
     functions = sorted(series)
     height = _TOP + max(len(functions), 1) * (_PANEL_HEIGHT + _PANEL_GAP) - _PANEL_GAP + _BOTTOM
     out = [
@@ -60,7 +64,7 @@ def _chart(series: dict[str, list[Sample]], title: str) -> str:
         f'viewBox="0 0 {_WIDTH} {height}" font-family={quoteattr(_FONT)} font-size="12" fill="{_TEXT}">',
         f'<rect width="{_WIDTH}" height="{height}" fill="#ffffff"/>',
         f'<text x="{_WIDTH / 2}" y="30" text-anchor="middle" font-size="18" font-weight="bold">{escape(title)}</text>',
-        *_legend(),
+        *_legend(count),
     ]
     if not functions:
         out.append(
@@ -77,24 +81,43 @@ def _chart(series: dict[str, list[Sample]], title: str) -> str:
     time_ticks = _multiples(t0, t1, t_step)
     for index, function in enumerate(functions):
         top = _TOP + index * (_PANEL_HEIGHT + _PANEL_GAP)
-        out += _panel(function, series[function], top, t0, t1, time_ticks, last=index == len(functions) - 1)
+        out += _panel(
+            function,
+            series[function],
+            top,
+            t0,
+            t1,
+            time_ticks,
+            last=index == len(functions) - 1,
+            count=count,
+            time_unit=time_unit,
+        )
     out.append("</svg>")
     return "\n".join(out) + "\n"
 
 
-def _legend() -> list[str]:
+def _legend(count: str) -> list[str]:
     y = 56
     x = _WIDTH / 2 - 200
     return [
         f'<rect x="{x}" y="{y - 10}" width="22" height="12" fill="{_BACKLOG}" fill-opacity="0.3" stroke="{_BACKLOG}"/>',
         f'<text x="{x + 30}" y="{y}">backlog (messages, left axis)</text>',
         f'<path d="M{x + 240},{y} h8 v-10 h14" fill="none" stroke="{_INSTANCES}" stroke-width="2.5"/>',
-        f'<text x="{x + 270}" y="{y}">instances (right axis)</text>',
+        f'<text x="{x + 270}" y="{y}">{escape(count)} (right axis)</text>',
     ]
 
 
 def _panel(
-    function: str, samples: list[Sample], top: float, t0: float, t1: float, time_ticks: list[float], *, last: bool
+    function: str,
+    samples: list[Sample],
+    top: float,
+    t0: float,
+    t1: float,
+    time_ticks: list[float],
+    *,
+    last: bool,
+    count: str = "instances",
+    time_unit: str = "s",
 ) -> list[str]:
     left, right, bottom = _LEFT, _WIDTH - _RIGHT, top + _PANEL_HEIGHT
     peak_backlog = max((s.backlog for s in samples), default=0)
@@ -112,7 +135,7 @@ def _panel(
         f'<g class="panel" id={quoteattr("panel-" + function)}>',
         f'<text x="{left}" y="{top - 10}" font-size="14" font-weight="bold">{escape(function)}</text>',
         f'<text x="{right}" y="{top - 10}" text-anchor="end" fill="{_AXIS}">'
-        f"peak backlog {peak_backlog:,} · max {peak_instances} instance{'s' if peak_instances != 1 else ''}</text>",
+        f"peak backlog {peak_backlog:,} · max {peak_instances} {escape(count if peak_instances != 1 else count.rstrip('s'))}</text>",
     ]
     for k in range(divisions + 1):
         gy = _f(y(k * b_step, b_step))
@@ -150,7 +173,7 @@ def _panel(
     out.append(f'<rect x="{left}" y="{top}" width="{right - left}" height="{_PANEL_HEIGHT}" fill="none" stroke="{_AXIS}"/>')
     if last:
         out.append(
-            f'<text x="{(left + right) / 2}" y="{bottom + 40}" text-anchor="middle" fill="{_AXIS}">time since start (s)</text>'
+            f'<text x="{(left + right) / 2}" y="{bottom + 40}" text-anchor="middle" fill="{_AXIS}">time since start ({escape(time_unit)})</text>'
         )
     out.append("</g>")
     return out

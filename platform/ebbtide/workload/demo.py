@@ -1,17 +1,27 @@
-"""`ebbtide demo`: the ZEISS burst on the embedded server, with a live view and a summary."""
+"""`ebbtide demo`: the ZEISS burst on the embedded server, with a live view and a summary.
+
+Ctrl-C (SIGINT, or SIGTERM) stops it where it is: nothing more is published, the functions and the
+embedded server stop, and `ebbtide demo` exits with 130 and no summary. The demo waits on a stop event
+rather than being cancelled, because a cancellation can be lost: on Python 3.11, `asyncio.wait_for` (which
+nats-py's requests use) returns a reply that arrived together with the cancellation and drops the cancel.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import shutil
+import signal
 import sys
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from ..broker import ConfirmedPublisher, connect, kv_stream_name, provision, publish_all
 from ..broker.access import embedded_server
 from ..build import build_modules
+from ..errors import Interrupted
 from ..launch import ProcessMode, running
 from ..manifest import LoadedManifest
 from ..ordering import entry_subject
@@ -20,6 +30,49 @@ from ..stream_state import stream_state
 from ..timeseries import TimeSeries
 from .charts import write_scaling_chart
 from .orders import INGRESS_SUBJECT, encode_order, event_msg_id, generate_order_events, generate_orders
+
+T = TypeVar("T")
+
+
+class StopSignals:
+    """SIGINT and SIGTERM, while installed, set `stop` (the first one's name in `received`)."""
+
+    def __init__(self) -> None:
+        self.stop = asyncio.Event()
+        self.received: signal.Signals | None = None
+
+    def install(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def remove(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        if self.received is None:
+            self.received = sig
+        self.stop.set()
+
+    def check(self) -> None:
+        if self.received is not None:
+            raise Interrupted(
+                f"demo stopped by {self.received.name}: the functions and the embedded server have stopped", self.received
+            )
+
+    async def unless_stopped(self, waiting: Awaitable[T]) -> T:
+        """`waiting`'s result, or Interrupted when a signal comes first (`waiting` is then cancelled)."""
+        work = asyncio.ensure_future(waiting)
+        stopped = asyncio.ensure_future(self.stop.wait())
+        await asyncio.wait([work, stopped], return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if not work.done():
+            work.cancel()
+            await asyncio.gather(work, return_exceptions=True)
+            self.check()
+        return work.result()
 
 
 @dataclass
@@ -52,8 +105,28 @@ async def run_demo(
     events_per_order: int = 1,
 ) -> DemoResult:
     """With `events_per_order` > 1, each order's events (created, amended..., cancelled) are published on
-    the entry's keyed subject when it is ordered, and the outboxes are counted in writes (one per event)."""
-    build_modules(manifest)
+    the entry's keyed subject when it is ordered, and the outboxes are counted in writes (one per event).
+
+    Raises Interrupted on SIGINT or SIGTERM, once what it started has stopped."""
+    build_modules(manifest)  # before the signals are ours: Ctrl-C during a build interrupts it at once
+    signals = StopSignals()
+    signals.install()
+    try:
+        return await _run_demo(manifest, orders, seed, data_dir, mode, timeout, events_per_order, signals)
+    finally:
+        signals.remove()
+
+
+async def _run_demo(
+    manifest: LoadedManifest,
+    orders: int,
+    seed: int,
+    data_dir: Path,
+    mode: ProcessMode,
+    timeout: float,
+    events_per_order: int,
+    signals: StopSignals,
+) -> DemoResult:
     shutil.rmtree(data_dir, ignore_errors=True)  # every demo starts from empty streams
     buckets = {"Express": "outbox-express", "Standard": "outbox-standard"}
     expected = {bucket: 0 for bucket in manifest.spec.kv}
@@ -84,7 +157,7 @@ async def run_demo(
             # Subscribed before the functions start, so their first reports say when they are ready.
             await nc.subscribe(f"{STATUS_SUBJECT_PREFIX}.>", cb=record)
             async with running(manifest, access, mode):
-                await asyncio.wait_for(ready.wait(), 60)
+                await signals.unless_stopped(asyncio.wait_for(ready.wait(), 60))
                 print(f"embedded nats-server at {server.url}; functions ({mode} process mode): {', '.join(functions)}")
                 publisher = ConfirmedPublisher(nc)
                 await publisher.start()
@@ -93,13 +166,19 @@ async def run_demo(
                 started = time.time()
                 series.start = started
                 publishing = asyncio.create_task(publish_all(publisher, subject, payloads))
-                outbox, dead = await _watch(nc, manifest, sum(expected.values()), started, timeout, count_writes)
+                try:
+                    outbox, dead = await _watch(nc, manifest, sum(expected.values()), started, timeout, signals, count_writes)
+                except Interrupted:
+                    publishing.cancel()  # publish no more
+                    await asyncio.gather(publishing, return_exceptions=True)
+                    raise
                 published, errors = await publishing
                 if errors:
                     print(f"{len(errors)} publishes failed, first: {errors[0]}", file=sys.stderr)
                 states = [await stream_state(nc, kv_stream_name(b)) for b in expected]
                 last_write = max((s.last_ts.timestamp() for s in states if s.last_ts is not None), default=started)
-                await _until_drained(series, functions, timeout=max(manifest.function(f).scale.cooldown_s for f in functions) + 5)
+                drain_s = max(manifest.function(f).scale.cooldown_s for f in functions) + 5
+                await signals.unless_stopped(_until_drained(series, functions, timeout=drain_s))
         finally:
             await nc.drain()
     chart = write_scaling_chart(
@@ -120,13 +199,17 @@ async def _until_drained(series: TimeSeries, functions: list[str], timeout: floa
 
 
 async def _watch(
-    nc, manifest: LoadedManifest, total: int, started: float, timeout: float, count_writes: bool = False
+    nc, manifest: LoadedManifest, total: int, started: float, timeout: float, signals: StopSignals, count_writes: bool = False
 ) -> tuple[dict[str, int], int]:
-    """Show progress until every order is in an outbox (or dead-lettered), or the timeout. `count_writes`:
-    count an outbox's writes (every event of an order), not its entries."""
+    """Show progress until every order is in an outbox (or dead-lettered), the timeout, or a stop signal.
+    `count_writes`: count an outbox's writes (every event of an order), not its entries."""
     live = sys.stdout.isatty()
     last_print = 0.0
     while True:
+        if signals.stop.is_set():
+            if live:
+                print(flush=True)  # end the live line
+            signals.check()
         states = {b: await stream_state(nc, kv_stream_name(b)) for b in manifest.spec.kv}
         outbox = {b: state.last_seq if count_writes else state.messages for b, state in states.items()}
         dead = (await stream_state(nc, manifest.spec.dead_letter.stream)).messages

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import random
 import uuid
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import msgspec
 
-INGRESS_SUBJECT = "orders.ingress"
+from ..errors import UsageError
+
+if TYPE_CHECKING:
+    from ..manifest import LoadedManifest
+
+INGRESS_SUBJECT = "orders.ingress"  # the API: any client publishes an order's JSON here
 
 
 class OrderItem(msgspec.Struct, rename="camel", frozen=True):
@@ -27,6 +32,23 @@ class Order(msgspec.Struct, rename="camel", frozen=True):
     items: list[OrderItem]
 
 
+def default_entry_subject(manifest: LoadedManifest) -> str:
+    """Where `ebbtide publish` sends orders without --subject: the manifest's one entry subject (a trigger no
+    function publishes to); with several (a function added by `ebbtide new` has an entry of its own),
+    INGRESS_SUBJECT when it is one of them. UsageError otherwise: --subject must choose."""
+    from ..broker.users import ingress_subjects
+
+    subjects = ingress_subjects(manifest)
+    if len(subjects) == 1:
+        return subjects[0]
+    if INGRESS_SUBJECT in subjects:
+        return INGRESS_SUBJECT
+    raise UsageError(
+        f"{manifest.path}: {len(subjects)} entry subjects ({', '.join(subjects) or 'none'}) and none is "
+        f"{INGRESS_SUBJECT}; choose one with --subject"
+    )
+
+
 _FIRST = ["Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Margaret", "Ken", "Radia", "Linus"]
 _LAST = ["Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Knuth", "Hamilton", "Thompson", "Perlman", "Torvalds"]
 _PRODUCTS = ["lens", "frame", "coating", "case", "cloth", "objective", "eyepiece", "filter", "mount", "sensor"]
@@ -35,10 +57,14 @@ encode_order = msgspec.json.Encoder().encode
 
 
 def generate_orders(count: int, seed: int = 1, first_id: int = 1, express_share: float = 0.3) -> list[Order]:
-    """`count` orders with ids first_id.. ; the same seed gives the same orders."""
-    rng = random.Random(seed)
+    """`count` orders with ids first_id.. ; each order, its `orderGuid` (the Nats-Msg-Id it is published with)
+    included, comes from the seed and its order id alone: the same seed gives order 7 the same content and
+    guid whatever the first id, and different order ids get different guids. (The guid once came from the
+    seed and the order's position: `--first-id 1001` repeated the first run's guids, and JetStream dropped
+    those orders as duplicates.)"""
     orders = []
     for order_id in range(first_id, first_id + count):
+        rng = random.Random(f"{seed}/{order_id}")  # a string seed is hashed whole (sha512): no two pairs collide
         items = [
             OrderItem(
                 order_item_id=i + 1,

@@ -13,6 +13,10 @@ Scenarios (pick with --scenario; --quick shrinks every size so the whole run tak
 - sustained: fixed publish rates for a while, latency per window, backlog and RSS over time (sustained.py)
 - ordering:  the burst with and without per-key ordering side by side, 3 events per order, and one hot
              key holding 30 % of the events (ordering.py)
+- capacity:  the profile `ebbtide plan` reads (each function alone: CPU per message of the process and of
+             nats-server, memory, cold start; the publisher; storage per order), then the burst with 1, 2
+             and 4 processes per function, measured beside the model's prediction from that profile
+             (capacity.py)
 - soak:      the ZEISS day shape for --minutes M per manifest (30 by default; not part of the default run):
              a burst a minute and a trickle between, memory, fds, tasks and objects of every process over
              time, their slopes, latency, exactly-once at the end (soak.py)
@@ -24,8 +28,8 @@ from __future__ import annotations
 
 from typing import Any
 
-SCENARIOS = ("host", "memory", "replica", "scale", "tracing", "shadow", "burst", "sustained", "ordering", "soak")
-DEFAULT_SCENARIOS = SCENARIOS[:-1]  # the soak takes an hour: only when asked for
+SCENARIOS = ("host", "memory", "replica", "scale", "tracing", "shadow", "burst", "sustained", "ordering", "capacity", "soak")
+DEFAULT_SCENARIOS = tuple(s for s in SCENARIOS if s != "soak")  # the soak takes an hour: only when asked for
 
 __all__ = ["DEFAULT_SCENARIOS", "SCENARIOS", "BenchOptions", "BenchReport", "Figure", "Section", "run_bench"]
 

@@ -10,6 +10,7 @@ import msgspec
 
 from ...build import build_modules
 from ...manifest import LoadedManifest
+from .capacity import bench_capacity
 from .comparison import bench_comparison
 from .micro import bench_host, bench_memory
 from .options import BenchOptions
@@ -54,6 +55,12 @@ async def run_bench(
     if "ordering" in scenarios:
         print("ordering: the burst with and without per-key ordering, 3 events per order, one hot key", flush=True)
         await bench_ordering(manifest, report, quick, out_dir, options)
+    if "capacity" in scenarios:
+        print(
+            "capacity: the profile of `ebbtide plan`, then the burst with 1, 2, 4 processes per function beside the model",
+            flush=True,
+        )
+        await bench_capacity(manifest, report, quick, out_dir, options.orders)
     if "soak" in scenarios:
         print("soak: a burst a minute and a trickle between, per process memory, fds, tasks, objects over time", flush=True)
         await bench_soak(manifest, report, quick, out_dir, options)

@@ -43,6 +43,7 @@ async def bench_shadow(manifest: LoadedManifest, report: BenchReport, quick: boo
             throughput: dict[str, list[float]] = {label: [] for label, _ in SETTINGS}
             candidate_share: dict[str, list[float]] = {label: [] for label, _ in SETTINGS}
             cpu_ms: dict[str, list[float]] = {label: [] for label, _ in SETTINGS}  # host CPU per order: robust to other load
+            runs: list[dict[str, object]] = []  # per run: messages the live guests ran, the candidates' verdicts
             rounds = 1 if quick else 3  # interleaved, so that the machine's other load falls on every setting alike
             for run, (label, share) in enumerate(SETTINGS * rounds):
                 for function, fn in manifest.spec.functions.items():
@@ -66,12 +67,19 @@ async def bench_shadow(manifest: LoadedManifest, report: BenchReport, quick: boo
                     live_s = sum(pool.stats.handle.sum for pool in host.pools.values())
                     candidate_s = sum(pool.rollout_stats.candidate_s for pool in host.pools.values())
                     candidate_share[label].append(candidate_s / live_s * 100 if live_s else 0.0)
+                    verdicts: dict[str, int] = {}
+                    for pool in host.pools.values():
+                        for verdict, count in pool.rollout_stats.shadow.items():
+                            verdicts[verdict] = verdicts.get(verdict, 0) + count
+                    ran = sum(pool.stats.handle.count for pool in host.pools.values())
+                    runs.append({"setting": label, "share": share, "live_ran": ran, "verdicts": verdicts})
         finally:
             await nc.drain()
     how = (
         f"{orders:,}-order burst, all functions in one process, pools from zero; every function shadows its own "
         f"module; median of {rounds} interleaved run(s) per setting"
     )
+    report.details["shadow"] = {"orders": orders, "runs": runs}
     baseline = statistics.median(throughput["none"])
     cpu_baseline = statistics.median(cpu_ms["none"])
     report.add("throughput, no shadow", baseline, "orders/s", how)

@@ -1,0 +1,464 @@
+"""The capacity model's profile, and the model checked against runs of this machine, in one bench run.
+
+1. The profile `ebbtide plan` reads (results.json, details.capacity.profile), measured on real processes
+   (`ebbtide run --function F` against one embedded nats-server, as compose and Kubernetes run them):
+   - publishing alone: N orders to the entry subject, no function running: the publisher's and the
+     server's CPU per order, and the publisher's rate;
+   - each function alone: one process, N messages published to its trigger at once, until its consumer is
+     drained: CPU per message of the process and of the server (its publish share taken off), its rate,
+     its resident memory after, its cold start (exec to its first status report);
+   - storage: the streams' bytes per order after a pipeline run;
+   - the cores this run's processes get: on a machine shared with other work, the kernel shares the CPU
+     between sessions (autogroup), so the benchmark's processes together get a share of the cores however
+     many they are: (CPU of every process of the run) / wall time while each function ran alone and the
+     server and the function were not waiting on each other (no process near a full core). Unshared, the
+     machine's cores.
+2. The check: the 10,000-order burst through the pipeline with 1, 2 and 4 processes per function (as
+   Deployment replicas sharing each consumer), predicted by the model from that profile (the same processes,
+   the same publisher, the cores found above) and measured: drain time (first publish to the last outbox
+   write) and instance-seconds per function while draining (from the status reports), side by side.
+
+Everything here runs in one `ebbtide bench --scenario capacity`: the profile and the runs it predicts are
+measured in the same few minutes, so the machine's load is the same for both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nats.aio.client import Client as NatsClient
+
+from ...broker import EmbeddedNats, connect, kv_stream_name, publish_all
+from ...capacity.load import burst
+from ...capacity.model import ClusterSettings, simulate
+from ...capacity.profile import FunctionProfile, Profile, pipeline_of
+from ...manifest import LoadedManifest
+from ...scaler import ScalePolicy
+from ...status_reports import STATUS_SUBJECT_PREFIX, decode_status
+from ..orders import INGRESS_SUBJECT, encode_order, generate_orders
+from .comparison import cpu_seconds
+from .harness import Harness
+from .replica import compile_package, manifest_with, process_memory
+from .report import BenchReport, Section
+
+MIB = 1024 * 1024
+REPLICAS = (1, 2, 4)
+TOLERANCE = 0.25  # the model's goal: within ±25 % of what was measured
+OVERHEAD_PROCESSES = 4  # the first function's messages through this many processes: what a busy replica costs
+
+
+def background_load(samples: int = 20, interval_s: float = 0.05) -> float:
+    """Runnable processes other than this one, on average over a second (/proc/stat procs_running): the
+    other work the machine's cores are shared with, right now (the load average lags by a minute)."""
+    counts = []
+    for _ in range(samples):
+        with open("/proc/stat") as stat:
+            counts += [int(line.split()[1]) - 1 for line in stat if line.startswith("procs_running")]
+        time.sleep(interval_s)
+    return max(0.0, statistics.mean(counts))
+
+
+PROBE = "import time\nstart, wall = time.process_time(), time.monotonic()\nwhile time.monotonic() - wall < {seconds}: pass\nprint(time.process_time() - start, time.monotonic() - wall)"
+
+
+async def cores_probe(processes: int = 2, seconds: float = 1.0) -> float:
+    """The cores this session's processes get right now: `processes` busy loops for `seconds`, their CPU time
+    over the wall time (the kernel shares the CPU between sessions, whatever their process counts)."""
+    runs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-c", PROBE.format(seconds=seconds), stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL
+        )
+        for _ in range(processes)
+    ]
+    total = 0.0
+    for run in runs:
+        out, _ = await run.communicate()
+        cpu, wall = (float(x) for x in out.split())
+        total += cpu / wall
+    return total
+
+
+def load_average() -> float:
+    with open("/proc/loadavg") as loadavg:
+        return float(loadavg.read().split()[0])
+
+
+@dataclass
+class HostSamples:
+    """Each process's reported instance count over time (unix time of the report, instances)."""
+
+    by_host: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
+    function_of: dict[str, str] = field(default_factory=dict)
+
+    async def on_report(self, msg: Any) -> None:
+        status = decode_status(msg.data)
+        self.by_host.setdefault(status.host_id, []).append((status.time, status.instances))
+        self.function_of[status.host_id] = status.function
+
+    def instance_seconds(self, function: str, start: float, end: float) -> float:
+        """The integral of the reported instances over [start, end], each report holding until the next."""
+        total = 0.0
+        for host, samples in self.by_host.items():
+            if self.function_of[host] != function:
+                continue
+            for (t, count), (t_next, _) in zip(samples, [*samples[1:], (end, 0)]):
+                lo, hi = max(t, start), min(t_next, end)
+                if hi > lo:
+                    total += count * (hi - lo)
+        return total
+
+    def peak(self, function: str, start: float, end: float) -> int:
+        """The most instances running at once over every process of `function` within [start, end]."""
+        events = sorted((t, host, n) for host, s in self.by_host.items() if self.function_of[host] == function for t, n in s)
+        current: dict[str, int] = {}
+        peak = 0
+        for t, host, count in events:
+            current[host] = count
+            if start <= t <= end:
+                peak = max(peak, sum(current.values()))
+        return peak
+
+
+class Processes:
+    """`ebbtide run --function F` processes, started together; ready once each has reported."""
+
+    def __init__(self, nc: NatsClient, manifest: LoadedManifest, url: str) -> None:
+        self.nc, self.manifest, self.url = nc, manifest, url
+        self.processes: dict[str, list[asyncio.subprocess.Process]] = {}
+        self.samples = HostSamples()
+        self.started: dict[int, float] = {}  # pid -> monotonic exec time
+        self.cold_start_s: list[float] = []
+
+    async def __aenter__(self) -> Processes:
+        self._subscription = await self.nc.subscribe(f"{STATUS_SUBJECT_PREFIX}.>", cb=self.samples.on_report)
+        return self
+
+    async def start(self, function: str, count: int) -> None:
+        for _ in range(count):
+            exec_at = time.monotonic()
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "ebbtide",
+                "--manifest",
+                str(self.manifest.path),
+                "run",
+                "--function",
+                function,
+                "--nats-url",
+                self.url,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+                env={**os.environ, "EBBTIDE_METRICS_PORT": "0"},
+            )
+            self.started[process.pid] = exec_at
+            self.processes.setdefault(function, []).append(process)
+        deadline = time.monotonic() + 120
+        want = sum(len(p) for p in self.processes.values())
+        while len(self.samples.by_host) < want:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{len(self.samples.by_host)} of {want} function processes reported within 120 s")
+            await asyncio.sleep(0.01)
+        ready = time.monotonic()
+        self.cold_start_s += [ready - self.started[p.pid] for p in self.processes[function][-count:]]
+
+    def pids(self, function: str) -> list[int]:
+        return [p.pid for p in self.processes.get(function, [])]
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._subscription.unsubscribe()
+        everything = [p for ps in self.processes.values() for p in ps]
+        for process in everything:
+            if process.returncode is None:
+                process.send_signal(signal.SIGTERM)
+        for process in everything:
+            try:
+                await asyncio.wait_for(process.wait(), 30)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+
+
+@dataclass
+class Measured:
+    replicas: int
+    orders: int
+    wall_s: float
+    publish_s: float
+    background: float  # other runnable processes, just before
+    load_average: float
+    cores_probed: float  # the cores a busy process pair got just before (cores_probe)
+    instance_seconds: dict[str, float]
+    peak_instances: dict[str, int]
+    stored: int
+
+
+@dataclass
+class Machine:
+    cores: int
+    cores_available: float  # what this run's processes got together (see the module's docstring)
+    load_average: float
+
+
+async def bench_capacity(manifest: LoadedManifest, report: BenchReport, quick: bool, out_dir: Path, orders: int | None) -> None:
+    n = orders or (2_000 if quick else 10_000)
+    replica_counts = REPLICAS[:2] if quick else REPLICAS
+    data_dir = out_dir / "nats-capacity"
+    shutil.rmtree(data_dir, ignore_errors=True)
+    functions = list(manifest.spec.functions)
+    processes_manifest = manifest_with(manifest, functions, out_dir / "capacity")
+    compile_package()
+    with EmbeddedNats(data_dir, port=0, monitor_port=0) as server:
+        assert server.pid is not None
+        nc = await connect(server.url, name="ebbtide-bench-capacity")
+        try:
+            harness = Harness(nc, manifest)
+            started = time.strftime("%Y-%m-%d %H:%M")
+            load_before = load_average()
+            profile, machine = await _profile(nc, harness, processes_manifest, server, n)
+            runs: list[Measured] = []
+            for replicas in replica_counts:
+                print(f"capacity: the burst of {n:,} with {replicas} process(es) per function", flush=True)
+                runs.append(await _pipeline_run(nc, harness, processes_manifest, server.url, replicas, n))
+            profile = Profile(**{**profile.__dict__, "stored_bytes_per_order": await _stored_bytes(nc, manifest, n)})
+        finally:
+            await nc.drain()
+    profile = Profile(
+        **{
+            **profile.__dict__,
+            "source": f"ebbtide bench --scenario capacity, {started}, {os.cpu_count()} cores, load average "
+            f"{load_before:.1f} -> {load_average():.1f}",
+        }
+    )
+    _report(report, manifest, profile, machine, runs)
+
+
+async def _profile(
+    nc: NatsClient, harness: Harness, manifest: LoadedManifest, server: EmbeddedNats, n: int
+) -> tuple[Profile, Machine]:
+    assert server.pid is not None
+    orders = generate_orders(n, seed=41)
+    payloads = [encode_order(o) for o in orders]
+    me = os.getpid()
+    # Publishing alone.
+    await harness.reset()
+    before = (cpu_seconds(me), cpu_seconds(server.pid), time.monotonic())
+    await publish_all(harness.publisher, INGRESS_SUBJECT, ((p, f"profile-publish:{i}") for i, p in enumerate(payloads)))
+    after = (cpu_seconds(me), cpu_seconds(server.pid), time.monotonic())
+    publish_cpu, server_publish_cpu, publish_s = ((a - b) for a, b in zip(after, before))
+    print(f"capacity: publishing alone: {n / publish_s:,.0f} orders/s", flush=True)
+    per_order = {"distributor": 1.0}
+    express = sum(1 for o in orders if o.delivery == "Express") / n
+    functions: dict[str, FunctionProfile] = {}
+    cold: list[float] = []
+    available: list[float] = []  # cores the run's processes got together, per run that was not held by one process
+    if max(publish_cpu, server_publish_cpu) / publish_s < 0.85:
+        available.append((publish_cpu + server_publish_cpu) / publish_s)
+
+    async def alone(function: str, count: int) -> tuple[float, float, float, float]:
+        """`count` processes of `function` through the N messages: (their CPU, the server's, wall, RSS MiB)."""
+        fn = manifest.function(function)
+        await harness.reset()
+        async with Processes(nc, manifest, server.url) as processes:
+            await processes.start(function, count)
+            pids = processes.pids(function)
+            await asyncio.sleep(0.5)  # their start-up done
+            before = (sum(map(cpu_seconds, pids)), cpu_seconds(server.pid), cpu_seconds(me), time.monotonic())
+            await publish_all(
+                harness.publisher, fn.trigger, ((p, f"profile-{function}-{count}:{i}") for i, p in enumerate(payloads))
+            )
+            await _drained(nc, manifest.stream_for(fn.trigger), function, timeout=300)
+            after = (sum(map(cpu_seconds, pids)), cpu_seconds(server.pid), cpu_seconds(me), time.monotonic())
+            cpu, server_cpu, own_cpu, wall = ((a - b) for a, b in zip(after, before))
+            if max(cpu / count, server_cpu) / wall < 0.85:
+                available.append((cpu + server_cpu + own_cpu) / wall)
+            cold.extend(processes.cold_start_s)
+            return cpu, server_cpu - server_publish_cpu, wall, process_memory(pids[0]).rss / MIB
+
+    first = next(iter(manifest.spec.functions))
+    for function, fn in manifest.spec.functions.items():
+        share = {"orders.express": express, "orders.standard": 1 - express}.get(fn.trigger, 1.0)
+        cpu, server_cpu, wall, rss = await alone(function, 1)
+        functions[function] = FunctionProfile(
+            cpu_s=cpu / n,
+            server_cpu_s=max(server_cpu, 0.0) / n,
+            messages_per_order=per_order.get(function, share),
+            memory_mib=rss,
+            rate_per_s=n / wall,
+        )
+        print(f"capacity: {function} alone: {n / wall:,.0f}/s, {cpu / n * 1e6:.0f} µs CPU per message", flush=True)
+        if function == first:
+            one = (cpu + server_cpu, wall)
+    # What each busy replica costs beyond its messages (its control loop's lag reads and reports, its workers'
+    # pull requests): the same messages through 4 processes instead of 1, the difference per process-second.
+    cpu4, server_cpu4, wall4, _ = await alone(first, OVERHEAD_PROCESSES)
+    overhead = max(0.0, (cpu4 + server_cpu4 - one[0]) / (OVERHEAD_PROCESSES * wall4 - one[1]))
+    print(
+        f"capacity: {first} in {OVERHEAD_PROCESSES} processes: {overhead * 1000:.1f} ms CPU per busy replica-second", flush=True
+    )
+    cores = os.cpu_count() or 1
+    profile = Profile(
+        functions=functions,
+        publish_cpu_s=publish_cpu / n,
+        server_publish_cpu_s=server_publish_cpu / n,
+        publish_rate=n / publish_s,
+        cold_start_s=statistics.median(cold),
+        stored_bytes_per_order=0.0,
+        replica_overhead_cores=overhead,
+    )
+    return profile, Machine(cores, min(float(cores), statistics.median(available)) if available else float(cores), load_average())
+
+
+async def _drained(nc: NatsClient, stream: str, consumer: str, timeout: float) -> None:
+    """Until the function's own consumer has nothing pending or unacked (its effects wait downstream)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        info = await nc.jetstream().consumer_info(stream, consumer)
+        if (info.num_pending or 0) + (info.num_ack_pending or 0) == 0:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{consumer} still holds messages after {timeout:g} s")
+        await asyncio.sleep(0.02)
+
+
+async def _pipeline_run(nc: NatsClient, harness: Harness, manifest: LoadedManifest, url: str, replicas: int, n: int) -> Measured:
+    await harness.reset()
+    async with Processes(nc, manifest, url) as processes:
+        for function in manifest.spec.functions:
+            await processes.start(function, replicas)
+        await asyncio.sleep(1.0)  # start-up done, every pool asleep at zero
+        background = await asyncio.to_thread(background_load)
+        load = load_average()
+        probed = await cores_probe()
+        t0 = time.time()
+        result = await harness.burst(generate_orders(n, seed=43), f"capacity-{replicas}-{time.time_ns()}", timeout=600)
+        end = t0 + result.wall_s
+        return Measured(
+            replicas=replicas,
+            orders=n,
+            wall_s=result.wall_s,
+            publish_s=result.publish_s,
+            background=background,
+            load_average=load,
+            cores_probed=probed,
+            instance_seconds={f: processes.samples.instance_seconds(f, t0, end) for f in manifest.spec.functions},
+            peak_instances={f: processes.samples.peak(f, t0, end) for f in manifest.spec.functions},
+            stored=result.stored,
+        )
+
+
+async def _stored_bytes(nc: NatsClient, manifest: LoadedManifest, n: int) -> float:
+    """Bytes of every stream the pipeline writes (the orders' and the outboxes'), per order of the last run."""
+    names = [*manifest.spec.streams, *(kv_stream_name(b) for b in manifest.spec.kv)]
+    total = 0
+    for name in names:
+        info = await nc.jetstream().stream_info(name)
+        total += info.state.bytes
+    return total / n
+
+
+def predict(
+    manifest: LoadedManifest, profile: Profile, cores: float, run: Measured
+) -> tuple[float, dict[str, float], dict[str, int]]:
+    """The model's drain time, instance-seconds and peak instances for a measured run's setting, on `cores`."""
+    policies = {
+        name: ScalePolicy(fn.scale.min, fn.scale.max, fn.scale.target_backlog, fn.scale.cooldown_s)
+        for name, fn in manifest.spec.functions.items()
+    }
+    result = simulate(
+        pipeline_of(manifest),
+        profile,
+        policies,
+        burst(run.orders),
+        cluster=ClusterSettings(cores=cores, publisher_cpu=True),
+        fixed_pods={name: run.replicas for name in manifest.spec.functions},
+        batches={name: fn.batch for name, fn in manifest.spec.functions.items()},
+    )
+    assert result.drain_s is not None
+    drain = result.drain_s
+    return (
+        drain,
+        {name: f.instance_seconds for name, f in result.functions.items()},  # the run ends as it drains
+        {name: f.peak_instances for name, f in result.functions.items()},
+    )
+
+
+def _report(report: BenchReport, manifest: LoadedManifest, profile: Profile, machine: Machine, runs: list[Measured]) -> None:
+    functions = list(manifest.spec.functions)
+    lines = [
+        "| processes per function | other runnable processes (load avg) | cores probed before | drain s: measured / predicted (error) | "
+        + " | ".join(f"{f} instance-s: measured / predicted (error)" for f in functions)
+        + " | peak instances, measured / predicted |",
+        "|---:|---:|---:|---:|" + "---:|" * len(functions) + "---|",
+    ]
+    details = []
+    for run in runs:
+        drain, instance_s, peaks = predict(manifest, profile, run.cores_probed, run)
+        profile_drain, _, _ = predict(manifest, profile, machine.cores_available, run)
+        errors = {"drain": drain / run.wall_s - 1}
+        cells = []
+        for f in functions:
+            measured, predicted = run.instance_seconds[f], instance_s[f]
+            errors[f] = predicted / measured - 1 if measured else 0.0
+            cells.append(f"{measured:.2f} / {predicted:.2f} ({errors[f]:+.0%})")
+        lines.append(
+            f"| {run.replicas} | {run.background:.1f} ({run.load_average:.1f}) | {run.cores_probed:.2f} | {run.wall_s:.2f} / {drain:.2f} "
+            f"({errors['drain']:+.0%}) | "
+            + " | ".join(cells)
+            + " | "
+            + ", ".join(f"{run.peak_instances[f]} / {peaks[f]}" for f in functions)
+            + " |"
+        )
+        details.append(
+            {
+                "measured": run.__dict__,
+                "predicted": {
+                    "drain_s": drain,
+                    "instance_seconds": instance_s,
+                    "peak_instances": peaks,
+                    "drain_s_on_the_profiles_cores": profile_drain,
+                },
+                "errors": errors,
+                "within_tolerance": all(abs(e) <= TOLERANCE for e in errors.values()),
+            }
+        )
+        report.add(
+            f"capacity: burst with {run.replicas} process(es) per function, drain predicted / measured",
+            drain / run.wall_s * 100,
+            "%",
+            "the model from this run's profile, against the measured drain time",
+            f"{100 - TOLERANCE * 100:.0f}-{100 + TOLERANCE * 100:.0f} %",
+        )
+    lines += [
+        "",
+        f"Profile ({profile.source}): "
+        + "; ".join(
+            f"{name} {p.cpu_s * 1e6:.0f} µs CPU + {p.server_cpu_s * 1e6:.0f} µs nats-server per message, "
+            f"{p.rate_per_s:,.0f}/s alone, {p.memory_mib:.0f} MiB"
+            for name, p in profile.functions.items()
+        )
+        + f"; publisher {profile.publish_rate:,.0f} orders/s ({profile.publish_cpu_s * 1e6:.0f} µs + "
+        f"{profile.server_publish_cpu_s * 1e6:.0f} µs server per order); cold start {profile.cold_start_s * 1000:.0f} ms; "
+        f"{profile.stored_bytes_per_order:,.0f} bytes stored per order. Each run is predicted on the cores two busy "
+        f"processes of this session got just before it (the machine is shared: its other work moves within a minute); "
+        f"on the cores found while profiling ({machine.cores_available:.2f} of {machine.cores}) the drain times would be "
+        + ", ".join(f"{d['predicted']['drain_s_on_the_profiles_cores']:.2f} s" for d in details)
+        + ".",
+    ]
+    report.sections.append(Section("Capacity model against this machine's runs", "\n".join(lines)))
+    report.details["capacity"] = {
+        "profile": profile.to_dict(),
+        "machine": machine.__dict__,
+        "runs": details,
+        "tolerance": TOLERANCE,
+    }
