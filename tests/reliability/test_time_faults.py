@@ -274,14 +274,16 @@ async def test_a_functions_connection_cut_and_restored_again_and_again(
 async def test_a_function_process_paused_past_its_ack_wait_then_continued(
     tmp_path: Path, reference_manifest: LoadedManifest, reliability_report: Report, ordered: bool
 ) -> None:
-    """One of two receiver-express replicas is stopped (SIGSTOP) with messages in hand for twice its ack wait:
-    the server gives them to the other replica, which handles them; then the paused one continues, with
-    effects and acks for deliveries that are long over. Its late effects are dropped as duplicates (their
-    Nats-Msg-Id), its late acks change nothing, and, ordered, no order's events are applied out of sequence."""
+    """A receiver-express replica working through a backlog is stopped (SIGSTOP) with messages in hand, for
+    twice its ack wait; a second replica starts meanwhile, and the server gives it what the paused one held;
+    then the paused one continues, with effects and acks for deliveries that are long over. Its late effects
+    are dropped as duplicates (their Nats-Msg-Id), its late acks change nothing, and, ordered, no order's
+    events are applied out of sequence. The pause lands on work by construction: while the victim is the only
+    replica, the consumer's unacked messages are all in its hands, and the test pauses it again until some are."""
     run = Run(tmp_path, time_fault_manifest(tmp_path, ordered))
     stats = PublishStats()
     try:
-        nc = await run.start({"distributor": (1, None), "receiver-express": (2, None), "receiver-standard": (1, None)})
+        nc = await run.start({"distributor": (1, None), "receiver-express": (1, None), "receiver-standard": (1, None)})
         express = run.replicas[1]
         if ordered:
             events = generate_order_events(ORDERS_N // 3, 3, seed=2503)
@@ -306,10 +308,28 @@ async def test_a_function_process_paused_past_its_ack_wait_then_continued(
                 for host, status in board.latest.items()
             )
 
-        await eventually(victim_busy, timeout=120, interval=0.0, what="the receiver-express replica to pause busy")
-        os.kill(victim.pid, signal.SIGSTOP)
+        async def unacked() -> int:
+            infos = await nc.jetstream().consumers_info("ORDERS")
+            return sum(
+                i.num_ack_pending for i in infos if i.name == "receiver-express" or i.name.startswith("receiver-express-p")
+            )
+
+        held = 0
+        for _ in range(100):
+            await eventually(victim_busy, timeout=120, interval=0.0, what="the receiver-express replica to pause busy")
+            os.kill(victim.pid, signal.SIGSTOP)
+            paused_at = time.monotonic()
+            held = await unacked()  # the only replica: what the consumer has out, the victim holds
+            if held:
+                break
+            os.kill(victim.pid, signal.SIGCONT)  # it was between batches: again
         try:
-            await asyncio.sleep(ACK_WAIT_S * 2 + 1)  # past its ack wait: the server redelivers what it held
+            assert held > 0, "the replica to pause never held a message when paused"
+            since = time.time()
+            await express.start("receiver-express")  # the second replica, to take over what the paused one held
+            # (the paused one cannot report: one report since the pause is the new replica's)
+            await when(lambda: board.processes("receiver-express", 1, since), "the second receiver-express replica reporting")
+            await asyncio.sleep(max(0.0, paused_at + ACK_WAIT_S * 2 + 1 - time.monotonic()))  # past its ack wait
         finally:
             os.kill(victim.pid, signal.SIGCONT)
         await board.stop()
@@ -317,7 +337,7 @@ async def test_a_function_process_paused_past_its_ack_wait_then_continued(
         await run.finish(len(orders))
         routed = sum(1 for payload, _ in messages if b'"delivery":"Express"' in payload)
         redelivered = await deliveries(nc, "receiver-express") - routed
-        notes = f"paused {ACK_WAIT_S * 2 + 1} s with messages in hand; {redelivered} deliveries redone"
+        notes = f"paused {ACK_WAIT_S * 2 + 1} s holding {held}; {redelivered} deliveries redone"
         if ordered:
             expected = {f"outbox-{b}": {} for b in ("express", "standard")}  # type: dict[str, dict[str, int]]
             for event in events:
