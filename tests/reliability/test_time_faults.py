@@ -21,7 +21,15 @@ from ebbtide.broker import EmbeddedNats, free_port
 from ebbtide.manifest import LoadedManifest, load_manifest
 from ebbtide.ordering import entry_subject
 from ebbtide.status_reports import STATUS_REQUEST_SUBJECT
-from ebbtide.workload.orders import INGRESS_SUBJECT, Order, encode_order, event_msg_id, generate_order_events, generate_orders
+from ebbtide.workload.orders import (
+    INGRESS_SUBJECT,
+    Order,
+    OrderEvent,
+    encode_order,
+    event_msg_id,
+    generate_order_events,
+    generate_orders,
+)
 from tests.conftest import backlog, manifest_copy, provision_for
 from tests.ordering_check import check_outboxes
 from tests.reliability.conftest import (
@@ -285,16 +293,35 @@ async def test_a_function_process_paused_past_its_ack_wait_then_continued(
     try:
         nc = await run.start({"distributor": (1, None), "receiver-express": (1, None), "receiver-standard": (1, None)})
         express = run.replicas[1]
-        if ordered:
-            events = generate_order_events(ORDERS_N // 3, 3, seed=2503)
-            messages = [(encode_order(e), event_msg_id(e)) for e in events]
-            orders: list[Order] = list({e.order_id: e for e in events}.values())  # each order's last event
-            subject: str | Callable[[bytes], str] = entry_subject(run.manifest, INGRESS_SUBJECT)
-        else:
-            orders = generate_orders(ORDERS_N, seed=2503)
-            messages = [(encode_order(o), o.order_guid) for o in orders]
-            subject = INGRESS_SUBJECT
-        publishing = asyncio.create_task(publish_reliably(nc, subject, messages, spread_s=10.0, confirm_timeout=1.0, stats=stats))
+        subject: str | Callable[[bytes], str] = entry_subject(run.manifest, INGRESS_SUBJECT) if ordered else INGRESS_SUBJECT
+        chunk_size = ORDERS_N // 6
+        events: list[OrderEvent] = []
+        orders: list[Order] = []  # ordered: each order's last event (its outbox entry)
+        messages: list[tuple[bytes, str]] = []
+        stop_feeding = asyncio.Event()
+
+        async def feed() -> None:
+            """Orders in chunks, one after another, until the pause has landed (at least ORDERS_N of them):
+            a quiet machine handles a chunk in a blink, and the pause needs the victim to be working."""
+            for n in range(60):
+                if stop_feeding.is_set() and len(messages) >= ORDERS_N:
+                    return
+                first = 1 + n * 100_000
+                if ordered:
+                    chunk_events = generate_order_events(chunk_size // 3, 3, seed=2503 + n, first_id=first)
+                    events.extend(chunk_events)
+                    orders.extend({e.order_id: e for e in chunk_events}.values())
+                    chunk = [(encode_order(e), event_msg_id(e)) for e in chunk_events]
+                else:
+                    chunk_orders = generate_orders(chunk_size, seed=2503 + n, first_id=first)
+                    orders.extend(chunk_orders)
+                    chunk = [(encode_order(o), o.order_guid) for o in chunk_orders]
+                messages.extend(chunk)
+                done = await publish_reliably(nc, subject, chunk, spread_s=2.0, confirm_timeout=1.0)
+                stats.messages += done.messages
+            raise AssertionError("60 chunks published and the pause never landed on work")
+
+        feeder = asyncio.create_task(feed())
         victim = express.running["receiver-express"][0]
         board = await StatusBoard(nc).start()
 
@@ -315,16 +342,14 @@ async def test_a_function_process_paused_past_its_ack_wait_then_continued(
             )
 
         held = 0
-        for _ in range(100):
+        while not held:
             await eventually(victim_busy, timeout=120, interval=0.0, what="the receiver-express replica to pause busy")
             os.kill(victim.pid, signal.SIGSTOP)
             paused_at = time.monotonic()
             held = await unacked()  # the only replica: what the consumer has out, the victim holds
-            if held:
-                break
-            os.kill(victim.pid, signal.SIGCONT)  # it was between batches: again
+            if not held:
+                os.kill(victim.pid, signal.SIGCONT)  # it was between batches: again
         try:
-            assert held > 0, "the replica to pause never held a message when paused"
             since = time.time()
             await express.start("receiver-express")  # the second replica, to take over what the paused one held
             # (the paused one cannot report: one report since the pause is the new replica's)
@@ -332,8 +357,9 @@ async def test_a_function_process_paused_past_its_ack_wait_then_continued(
             await asyncio.sleep(max(0.0, paused_at + ACK_WAIT_S * 2 + 1 - time.monotonic()))  # past its ack wait
         finally:
             os.kill(victim.pid, signal.SIGCONT)
+        stop_feeding.set()
+        await feeder
         await board.stop()
-        await publishing
         await run.finish(len(orders))
         routed = sum(1 for payload, _ in messages if b'"delivery":"Express"' in payload)
         redelivered = await deliveries(nc, "receiver-express") - routed
