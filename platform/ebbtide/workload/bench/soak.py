@@ -6,9 +6,11 @@ of its own, with one `ebbtide run` process per function and REPLICAS of `receive
 
 - a burst at its start (10,000 orders; --orders changes it; for the ordered manifest that many events, in
   orders of EVENTS_PER_ORDER), published at once;
-- once the burst is in its outboxes, a trickle: one order every TRICKLE_EVERY_S, each timed from its publish
-  to its outbox write, through every pool's cooldown and wake-up from zero;
-- QUIET_S without publishing at its end, so the pools drain to zero, then the sample: every process's
+- once the burst is in its outboxes, a trickle: one order every TRICKLE_EVERY_S (ordered: its events at once,
+  each waiting for the one before), each message timed from its publish to its outbox write, through every
+  pool's cooldown and wake-up from zero;
+- QUIET_S without publishing at its end, so the pools drain to zero, then the sample, once every pool is at
+  rest (no instance, nothing in flight, its task count settled): every process's
   `/metrics` (resident and private memory, open fds, asyncio tasks, gc-tracked objects, each function's
   handle-time histogram), the server's resident memory and JetStream store size, the backlog.
 
@@ -300,7 +302,6 @@ async def run_soak(manifest: LoadedManifest, label: str, minutes: int, burst: in
         if ordered
         else impls.write_variant(manifest, impls.DEFAULT, folder)
     )
-    # write_variant names the file after the variant: the soak's own name keeps other scenarios' files apart
     result = SoakResult(label, warm_up=warm_up)
     writes = _Writes(ordered)
     expected_last: dict[tuple[str, str], int] = {}  # (bucket, order id) -> hash of its last payload
@@ -358,7 +359,7 @@ async def run_soak(manifest: LoadedManifest, label: str, minutes: int, burst: in
                 while time.monotonic() + TRICKLE_EVERY_S < quiet_at:
                     await asyncio.sleep(TRICKLE_EVERY_S)
                     one = _messages(
-                        1 + index * ORDER_ID_STRIDE + ORDER_ID_STRIDE // 2 + n * 10,
+                        1 + index * ORDER_ID_STRIDE + ORDER_ID_STRIDE // 2 + n,
                         EVENTS_PER_ORDER if ordered else 1,
                         10_000 + index * 1000 + n,
                         ordered,
