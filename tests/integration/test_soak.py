@@ -9,11 +9,12 @@ What three loaded minutes can assert without flaking, and what they cannot:
 - private memory: at most CI_PRIVATE_SLOPE_MIB per 10,000 orders per process, 10x the 30-minute bound
   (0.1) unordered. Over three minutes the slope is fitted on two samples, and the allocator moves in steps
   (arenas, pools) of up to a few tenths of a MiB between two minutes; 0.1 would fail on noise (measured in
-  CI-like runs, load average ~20: unordered 0.004 to 0.043, ordered 0.23 to 0.81 MiB per 10,000 orders).
-  Ordered, the minute holds 1,000 orders (3,000 events), so the same steps weigh ten times as much per
-  10,000 orders: its bound is 3.0 (1.0 per 10,000 events). A leak of 1 MiB per 10,000 messages still fails
-  them; the leak issue 25 found (one cache entry per subject, 1.4-2.4 MiB per 10,000 orders ordered) is held
-  down exactly, and at once, by tests/unit/test_pool.py::test_the_pool_keeps_nothing_per_subject_it_has_seen.
+  three CI-like runs, load average 7 to 20: unordered 0.004 to 0.129, ordered 0.0 to 1.76 MiB per 10,000
+  orders). Ordered, the minute holds 1,000 orders (3,000 events), so the same steps weigh ten times as much
+  per 10,000 orders: its bound is 5.0 (0.5 MiB a minute), which only a gross leak fails. The leak issue 25
+  found (one cache entry per subject, 1.4-2.4 MiB per 10,000 orders ordered) is held down exactly, and at
+  once, by tests/unit/test_pool.py::test_the_pool_keeps_nothing_per_subject_it_has_seen; slower drifts are
+  what the 30-minute run is for (README, Performance).
 - latency (burst p99 drift, trickle p99) is printed, not asserted: under CI load it measures the other
   processes on the machine as much as ebbtide, and the suite asserts no timing. The 30-minute run's table
   (README, Performance) gives the figures with the load average beside them.
@@ -30,7 +31,7 @@ from ebbtide.workload.bench.soak import markdown, run_soak
 
 CI_MINUTES = 3
 CI_WARM_UP = 1
-CI_PRIVATE_SLOPE_MIB = {"unordered": 1.0, "ordered": 3.0}  # per 10,000 orders (see the module's docstring)
+CI_PRIVATE_SLOPE_MIB = {"unordered": 1.0, "ordered": 5.0}  # per 10,000 orders (see the module's docstring)
 # 10,000 orders a minute unordered (the ZEISS burst); ordered, 3,000 events (1,000 orders x 3): one event at a
 # time per partition, a loaded CI machine takes most of a minute for 10,000 (the README's ordering figures).
 BURSTS = {"unordered": 10_000, "ordered": 3_000}
