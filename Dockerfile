@@ -15,13 +15,13 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-# Dependencies first (pinned in pyproject.toml), so a change in the sources does not reinstall them.
-# Every language's toolchain (build: Zig for Zig and C, Node.js for AssemblyScript; component:
-# componentize-py for Python), whatever the manifest uses: a function added with `ebbtide new --lang ...`
-# builds here with no change to this file.
-COPY pyproject.toml README.md ./
+# Dependencies first (pinned in pyproject.toml, nats-py and wasmtime in constraints.txt), so a change in the
+# sources does not reinstall them. Every language's toolchain (build: Zig for Zig and C, Node.js for
+# AssemblyScript; component: componentize-py for Python), whatever the manifest uses: a function added with
+# `ebbtide new --lang ...` builds here with no change to this file.
+COPY pyproject.toml README.md constraints.txt ./
 COPY platform ./platform
-RUN pip install ".[build,component,otlp,scaler]"
+RUN pip install -c constraints.txt ".[build,component,otlp,scaler]"
 COPY ebbtide.toml ./
 COPY functions ./functions
 # --precompile: each function's compiled code into build/cache, so that a replica's first start reads it
@@ -65,9 +65,9 @@ CMD ["ebbtide", "run", "--function", "distributor"]
 # -- loadtest: the runtime image plus Locust and loadtest/ (compose service `locust`) ----------------------
 FROM runtime AS loadtest
 USER root
-COPY pyproject.toml README.md /tmp/ebbtide-src/
+COPY pyproject.toml README.md constraints.txt /tmp/ebbtide-src/
 COPY platform /tmp/ebbtide-src/platform
-RUN pip install --no-cache-dir "/tmp/ebbtide-src[loadtest]" && rm -rf /tmp/ebbtide-src
+RUN pip install --no-cache-dir -c /tmp/ebbtide-src/constraints.txt "/tmp/ebbtide-src[loadtest]" && rm -rf /tmp/ebbtide-src
 COPY loadtest ./loadtest
 USER 10001:10001
 HEALTHCHECK NONE

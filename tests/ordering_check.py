@@ -94,3 +94,41 @@ async def check_outboxes(nc: NatsClient, expected: Mapping[str, Mapping[str, int
         history = (await js.stream_info(f"KV_{bucket}")).config.max_msgs_per_subject
         checks[bucket] = judge(await bucket_writes(nc, bucket), keys, history if history and history > 0 else None)
     return checks
+
+
+class _Event(msgspec.Struct):
+    order_id: int = msgspec.field(name="orderId", default=0)
+    event_seq: int = msgspec.field(name="eventSeq", default=0)
+
+
+_decode_event = msgspec.json.Decoder(_Event).decode
+
+
+async def input_order(nc: NatsClient, stream: str, subjects: str) -> dict[str, list[int]]:
+    """Each order's eventSeqs in the order `stream` stored them on `subjects` (a limits stream keeps them)."""
+    js = nc.jetstream()
+    total = (await js.stream_info(stream, subjects_filter=subjects)).state.subjects or {}
+    count = sum(total.values())
+    order: dict[str, list[int]] = {}
+    sub = await js.pull_subscribe(
+        subjects,
+        stream=stream,
+        config=api.ConsumerConfig(ack_policy=api.AckPolicy.NONE, deliver_policy=api.DeliverPolicy.ALL),
+    )
+    try:
+        seen = 0
+        while seen < count:
+            for msg in await sub.fetch(min(1000, count - seen), timeout=5):
+                event = _decode_event(msg.data)
+                order.setdefault(str(event.order_id), []).append(event.event_seq)
+                seen += 1
+    finally:
+        await sub.unsubscribe()
+    return order
+
+
+def as_stored(writes: Iterable[tuple[str, int]], order: Mapping[str, list[int]]) -> list[tuple[str, int]]:
+    """`writes` with each eventSeq replaced by its place (1, 2, ...) in the order the input stream holds its
+    key's events: what a pipeline that keeps the stream's order per key must write in ascending order."""
+    ranks = {key: {seq: rank for rank, seq in enumerate(seqs, 1)} for key, seqs in order.items()}
+    return [(key, ranks.get(key, {}).get(seq, seq)) for key, seq in writes]

@@ -400,6 +400,9 @@ def _recipe(language: Language, main: Path, sdk: Path) -> str:
 
 
 def build_modules(manifest: LoadedManifest, modules: list[str] | None = None, force: bool = False) -> list[BuildResult]:
+    """Compile the manifest's modules (or those named) from their sources into its build folder, as `ebbtide
+    build` does: only what changed, unless `force`. Needs each language's toolchain (the `build` extra);
+    BuildError says what is missing or what did not compile."""
     spec = manifest.spec
     names = modules if modules is not None else list(spec.modules)
     results = []

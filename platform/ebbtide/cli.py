@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from . import lean_imports
 from .capacity.options import add_plan_options  # the options only: the model is imported when `plan` runs
 from .errors import Interrupted, RunError, UsageError
 from .exit_codes import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE
@@ -34,6 +35,7 @@ Handler = Callable[[argparse.Namespace, LoadedManifest], int]
 
 def main(argv: list[str] | None = None) -> int:
     """The one place where errors become exit codes (see ebbtide.errors for the hierarchy)."""
+    lean_imports.install()  # this process is ebbtide's own program: it may import nats-py leaner (see there)
     try:
         args = _parser().parse_args(argv)  # argparse itself exits 2 on bad usage
     except UsageError as exc:  # e.g. a bad $EBBTIDE_METRICS_PORT, read for a default
@@ -214,7 +216,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="small sizes, well under a minute (CI smoke test)")
     bench.add_argument("--out", type=Path, default=Path(".ebbtide/bench"), help="results folder (default: %(default)s)")
     bench.add_argument("--orders", type=int, help="burst size (default 10,000; 2,000 with --quick)")
-    bench.add_argument("--repeats", type=int, help="timed bursts per implementation (default 3; 1 with --quick)")
+    bench.add_argument(
+        "--repeats", type=int, help="alternating rounds, each implementation timed once per round (default 5; 1 with --quick)"
+    )
     bench.add_argument("--sustained-s", type=float, help="seconds of load per rate (default 60; 5 with --quick)")
     bench.add_argument(
         "--rate",

@@ -34,6 +34,8 @@ class Reason(str, Enum):
     HEADERS_TOO_LARGE = "headers-too-large"
     EFFECT_REFUSED = "effect-refused"  # an effect outside the allowlist
     RETRIES_EXHAUSTED = "retries-exhausted"  # transient failures until retry.max_deliver
+    # Ordered functions: its effects were refused after a later message of its key was applied (executor.py).
+    OVERTAKEN = "overtaken"
 
 
 def header_safe(text: str) -> str:

@@ -12,6 +12,7 @@
         │   └── ComponentLoadError  ... a component (Python guest)
         ├── GuestInitError          a guest refused its configuration or could not be instantiated
         ├── EmbeddedServerError     the embedded nats-server did not start
+        ├── NatsConnectionError     no connection to NATS: not reachable in time, or credentials refused
         ├── TracingError            the tracing exporter cannot be set up
         ├── JetStreamError          the server refused a JetStream API request (carries its codes)
         ├── UnreadableReply         ... or answered something the API does not say
@@ -34,6 +35,13 @@ concept re-export their errors under the old names.
 from __future__ import annotations
 
 import signal
+from typing import Literal, get_args
+
+# What a guest fault was (the `kind` of GuestFault and of outcome.Faulted, and the label of
+# ebbtide_guest_faults_total): a trap, its time limit (fuel), its memory limit, output the host cannot read, or
+# the host could not run it at all (no instance would start: rollout candidates).
+FaultKind = Literal["trap", "timeout", "memory-limit", "invalid-output", "host-error"]
+FAULT_KINDS: tuple[FaultKind, ...] = get_args(FaultKind)
 
 
 class EbbtideError(Exception):
@@ -83,6 +91,11 @@ class GuestInitError(RunError):
 
 class EmbeddedServerError(RunError):
     """The embedded nats-server could not be started."""
+
+
+class NatsConnectionError(RunError, ConnectionError):
+    """No connection to NATS: the server did not answer in time, or refused the credentials. Also a builtin
+    ConnectionError, so code written against `except ConnectionError` keeps working."""
 
 
 class TracingError(RunError):
@@ -156,9 +169,9 @@ class MessageError(EbbtideError):
 class GuestFault(MessageError):
     """The guest failed this message (trap, time limit, memory limit, bad output). Replace the instance."""
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: FaultKind, message: str) -> None:
         super().__init__(f"{kind}: {message}")
-        self.kind = kind  # "trap" | "timeout" | "memory-limit" | "invalid-output"
+        self.kind: FaultKind = kind
 
 
 class InputTooLarge(MessageError):

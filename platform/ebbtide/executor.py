@@ -9,13 +9,23 @@ checks before the guest and the guest's answer (the pool runs the guest), and st
   dlq:<stream>:<sequence>` and headers that say why;
 - `Retry`: the input is nak'ed at once, with the policy's delay.
 
-The publishes go out chunk by chunk, written together (`PublishBatch`). Then it waits for the server's
+The publishes go out chunk by chunk, written together (`PublishBatch`; a round's publishes to a stream that
+allows it are one fast batch with one PubAck, see broker/publisher.py). Then it waits for the server's
 confirmations of the whole batch (one wait, many publishes in flight) and settles each message: ack when
 every publish of it was confirmed (the round's acks written together); otherwise the policy says again
 (`after_unconfirmed`): effects not confirmed are retried (or dead-lettered once retries are exhausted:
 a second, last round of confirmations; effects the server never answered, or refused for lack of space, do
 not use up the retries), a
 dead letter not confirmed is nak'ed for later.
+
+For an ordered function the batch comes from its lanes (broker/partitioned_pull.py) with each key's
+messages in stream order, and `run_batch` gets the feed as `order` (`KeyOrder`): a key's messages after one
+that is retried or dead-lettered are not carried out in this batch (the feed queues them again behind it); a message is
+acked only while its process still holds its lane (`may_ack`); the feed is told how each message ended
+(`settled`). Effects of one key go out in order on one connection, so JetStream stores them in order; when
+the server refuses an effect after it stored a later message's of the same key (a full stream that made
+room in between), retrying it would apply it out of order: it is dead-lettered instead, its sequence broken
+(Reason.OVERTAKEN).
 
 Tracing observes, it does not steer: with a tracer, each message gets a trace object (telemetry/message_trace.py)
 that is told what happened and gives the effects' headers; without one, nothing of it runs.
@@ -27,7 +37,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from nats.aio.msg import Msg
 
@@ -36,7 +46,7 @@ from .broker.headers import H_ERROR, H_INGRESS_AT, H_MSG_ID, header_lines_size
 from .broker.partitions import key_of_stored_subject
 from .broker.publisher import ConfirmedPublisher, PublishBatch
 from .deadletter import Reason, dead_letter_headers, fit_payload
-from .errors import PublishError, PublishRetryLater
+from .errors import PublishError, PublishRetryLater, PublishUnanswered
 from .manifest import FunctionSection
 from .outcome import (
     Ack,
@@ -59,6 +69,7 @@ log = logging.getLogger("ebbtide.pool")  # the name operators filter on: one log
 
 MAX_REMEMBERED_FAILURES = 100_000
 SERVER_TROUBLE_LOG_S = 10.0
+ORDERED_CHUNK_S = 0.02  # guest time per chunk of an ordered function's batch, at most
 
 
 @dataclass
@@ -91,6 +102,19 @@ RunGuests = Callable[[Sequence[Incoming]], list[GuestResult]]
 """The guest's answers to messages, one per message and in their order (the pool: one batch call)."""
 
 
+class KeyOrder(Protocol):
+    """An ordered function's feed (broker/partitioned_pull.py), for the batches it gave out: a message's
+    key is its stored subject (`<trigger>.<partition>.<key>`, the bare trigger for keyless messages)."""
+
+    def may_ack(self, incoming: Incoming) -> bool:
+        """Whether this process still holds the message's lane (else another may run it: no ack)."""
+        ...
+
+    def settled(self, incoming: Incoming, retried: bool) -> None:
+        """`incoming` was acked (done or dead-lettered), or nak'ed for a retry (`retried`)."""
+        ...
+
+
 @dataclass(slots=True)
 class _Entry:
     """A message of the batch on its way: the checks' outcome, or the guest's answer that leads to one."""
@@ -99,6 +123,7 @@ class _Entry:
     trace: MessageTrace | None
     outcome: Outcome | None = None  # decided before the guest ran (checks, host error)
     result: GuestResult | None = None  # the guest's answer
+    held_back: bool = False  # ordered: an earlier message of its key in the batch was not acked
 
 
 @dataclass(slots=True)
@@ -140,28 +165,46 @@ class Executor:
         # Guest time per message in the last chunk (shared by the workers: one guest): sizes the next chunk.
         self._guest_s_per_message: float | None = None
 
-    async def run_batch(self, msgs: Sequence[Msg], run_guests: RunGuests, keep_alive: KeepAlive) -> None:
+    async def run_batch(
+        self, msgs: Sequence[Msg], run_guests: RunGuests, keep_alive: KeepAlive, order: KeyOrder | None = None
+    ) -> None:
         """Decide and carry out every message of a fetched batch, then settle them all.
 
         The messages that pass the input checks go to the guest together (`run_guests`: one batch call),
         in chunks short enough that the keep-alive and the other workers get the event loop between
-        them (see `_chunk_size`); each chunk is carried out, in order, before the next runs."""
+        them (see `_chunk_size`); each chunk is carried out, in order, before the next runs. `order`: an
+        ordered function's feed (see the module's docstring)."""
         pending: list[_Pending] = []
         batch = PublishBatch()
         entries = self._checked(msgs)
         budget_s = keep_alive.interval / 4  # how often KeepAlive.maybe_send wants to run
+        if order is not None:
+            # An ordered function's feed renews its lanes' pins from the event loop: a long chunk starving it
+            # (a CPU-starved process runs a chunk many times slower than measured) lets leases lapse.
+            budget_s = min(budget_s, ORDERED_CHUNK_S)
+        held_back: set[str] = set()  # ordered: keys (stored subjects) with a message not acked in this batch
         start = 0
         while start < len(entries):
             await keep_alive.maybe_send()
             end = start + self._chunk_size(len(entries) - start, budget_s)
             chunk = entries[start:end]
+            if held_back:
+                for entry in chunk:
+                    entry.held_back = entry.incoming.msg.subject in held_back
             self._run_guests(chunk, run_guests)
             for entry in chunk:
-                await self._decide_and_carry_out(entry, pending, batch)
+                if order is None:
+                    await self._decide_and_carry_out(entry, pending, batch, None)
+                elif entry.held_back or entry.incoming.msg.subject in held_back:
+                    entry.held_back = True  # left to the feed: it runs again after the retried one
+                elif type(await self._decide_and_carry_out(entry, pending, batch, order)) is not Ack:
+                    # Retried or dead-lettered: the key's next message waits until that is settled (acked
+                    # once its dead letter is stored, or redelivered).
+                    held_back.add(entry.incoming.msg.subject)
             await self._publisher.send(batch)  # this chunk's publishes, while the next one runs
             start = end
         if pending:
-            await self.settle(pending, batch)
+            await self.settle(pending, batch, order)
 
     def _checked(self, msgs: Sequence[Msg]) -> list[_Entry]:
         """The batch's messages with the outcome of the checks before the guest (None: to the guest)."""
@@ -194,7 +237,7 @@ class Executor:
 
     def _run_guests(self, chunk: list[_Entry], run_guests: RunGuests) -> None:
         """The guest's answers to the chunk's messages that passed the checks, in one call."""
-        to_guest = [entry for entry in chunk if entry.outcome is None]
+        to_guest = [entry for entry in chunk if entry.outcome is None and not entry.held_back]
         if not to_guest:
             return
         started = time.perf_counter()
@@ -210,7 +253,10 @@ class Executor:
         for entry, result in zip(to_guest, results):
             entry.result = result
 
-    async def _decide_and_carry_out(self, entry: _Entry, pending: list[_Pending], batch: PublishBatch) -> None:
+    async def _decide_and_carry_out(
+        self, entry: _Entry, pending: list[_Pending], batch: PublishBatch, order: KeyOrder | None
+    ) -> Outcome:
+        """Decide the entry's outcome and start carrying it out; returns it."""
         incoming, trace = entry.incoming, entry.trace
         delivered = incoming.delivery.delivered
         try:
@@ -221,9 +267,11 @@ class Executor:
                 if trace is not None and type(result) is Faulted:
                     trace.fault(result.kind, result.error)
                 outcome = after_guest(result, delivered, self.function.retry)
-            await self.carry_out(incoming, outcome, pending, batch, trace)
+            await self.carry_out(incoming, outcome, pending, batch, trace, order)
         except Exception as exc:  # a host bug must not take the worker down; the message is retried
-            await self.carry_out(incoming, self._host_error(incoming, exc), pending, batch, trace)
+            outcome = self._host_error(incoming, exc)
+            await self.carry_out(incoming, outcome, pending, batch, trace, order)
+        return outcome
 
     def _host_error(self, incoming: Incoming, exc: Exception) -> Retry | DeadLetter:
         delivery = incoming.delivery
@@ -231,7 +279,13 @@ class Executor:
         return after_host_error(exc, delivery.delivered, self.function.retry)
 
     async def carry_out(
-        self, incoming: Incoming, outcome: Outcome, pending: list[_Pending], batch: PublishBatch, trace: MessageTrace | None
+        self,
+        incoming: Incoming,
+        outcome: Outcome,
+        pending: list[_Pending],
+        batch: PublishBatch,
+        trace: MessageTrace | None,
+        order: KeyOrder | None = None,
     ) -> None:
         """Start carrying out `outcome`: publish (into `batch`; to `pending`, settled later) or nak at once."""
         if type(outcome) is Ack:
@@ -250,13 +304,13 @@ class Executor:
             self._remember_failure(incoming)
             if trace is not None:
                 trace.retried(outcome.error)
-            await self._nak(incoming, outcome)
+            await self._nak(incoming, outcome, order)
         elif isinstance(outcome, DeadLetter):
             pending.append(self._dead_letter(incoming, outcome, batch, trace))
         else:
             raise TypeError(f"not an outcome: {outcome!r}")
 
-    async def settle(self, pending: list[_Pending], batch: PublishBatch) -> None:
+    async def settle(self, pending: list[_Pending], batch: PublishBatch, order: KeyOrder | None = None) -> None:
         """Wait for every confirmation of the batch, then ack what is done and nak what is not.
 
         Effects not confirmed may end in a dead letter, which is confirmed in one more round; a dead
@@ -269,6 +323,7 @@ class Executor:
             follow_up: list[_Pending] = []
             follow_up_batch = PublishBatch()
             done: list[_Pending] = []
+            overtaken = _overtaken(pending, results) if order is not None else set()
             for item in pending:
                 errors = [r for r in results[item.first : item.end] if isinstance(r, PublishError)]
                 if item.trace is not None:
@@ -280,17 +335,23 @@ class Executor:
                 delivery = incoming.delivery
                 server_side = all(isinstance(error, PublishRetryLater) for error in errors)  # unanswered, store full
                 self._warn_unconfirmed(incoming, errors[0], server_side)
-                next_outcome = after_unconfirmed(outcome, str(errors[0]), delivery.delivered, retry, server_side=server_side)
+                next_outcome = after_unconfirmed(
+                    outcome, str(errors[0]), delivery.delivered, retry, server_side=server_side, overtaken=id(item) in overtaken
+                )
                 if isinstance(outcome, DeadLetter):  # the dead letter itself was not stored: try it all again later
                     assert isinstance(next_outcome, Retry)
-                    await self._nak(incoming, next_outcome)
+                    await self._nak(incoming, next_outcome, order)
                 else:  # a transient failure like any other; no trace: its spans have ended
-                    await self.carry_out(incoming, next_outcome, follow_up, follow_up_batch, None)
+                    await self.carry_out(incoming, next_outcome, follow_up, follow_up_batch, None, order)
+            if order is not None:  # no ack for a lane this process may no longer hold: its next holder runs it
+                done = [item for item in done if order.may_ack(item.incoming)]
             # One write for the round's acks (still one ack per message: JetStream has no batched explicit ack).
             await ack_all([item.incoming for item in done])
             confirmed_at_ns = time.time_ns()
             for item in done:
                 self._count_done(item.outcome, confirmed_at_ns - item.ingress_ns)
+                if order is not None:
+                    order.settled(item.incoming, retried=False)
             pending, batch = follow_up, follow_up_batch  # dead letters only
 
     def _warn_unconfirmed(self, incoming: Incoming, error: PublishError, server_side: bool) -> None:
@@ -321,8 +382,10 @@ class Executor:
             else:
                 self.stats.dead_lettered += 1
 
-    async def _nak(self, incoming: Incoming, retry: Retry) -> None:
+    async def _nak(self, incoming: Incoming, retry: Retry, order: KeyOrder | None) -> None:
         self.stats.retried += 1
+        if order is not None:  # first: its redelivery may come in while the nak is being sent
+            order.settled(incoming, retried=True)
         await incoming.nak(retry.delay_s)
 
     def _remember_failure(self, incoming: Incoming) -> None:
@@ -374,3 +437,20 @@ class Executor:
         if trace is not None:
             trace.dead_lettered(reason.value, headers[H_ERROR])
         return _Pending(incoming, outcome, index, index + 1, trace)
+
+
+def _overtaken(pending: Sequence[_Pending], results: Sequence[object]) -> set[int]:
+    """Ordered batches: the pending items (by id) whose effects the server refused (an error, not a missing
+    answer) after it stored every effect of a later message of the same key. A missing answer is most
+    likely stored (the server takes one connection's publishes in order, and it stored the later ones): it
+    is retried, and its effects, if stored, are dropped as duplicates."""
+    overtaken: set[int] = set()
+    stored_later: set[str] = set()  # keys with a later message whose effects were all stored
+    for item in reversed(pending):
+        errors = [r for r in results[item.first : item.end] if isinstance(r, PublishError)]
+        key = item.incoming.msg.subject
+        if not errors:
+            stored_later.add(key)
+        elif key in stored_later and not all(isinstance(error, PublishUnanswered) for error in errors):
+            overtaken.add(id(item))
+    return overtaken

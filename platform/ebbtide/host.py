@@ -1,6 +1,7 @@
 """The host: one NATS connection, one Wasm engine, and a pool per function of the manifest.
 
-Used by `ebbtide up` (every function), `ebbtide run --function NAME` (one), the demo and the tests.
+Used by `ebbtide up` (every function), `ebbtide run --function NAME` (one), the demo and the tests, and by an
+application that runs functions in its own event loop (`ebbtide.Host`, on a connection it may pass in).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from .broker import ConfirmedPublisher, connect, missing_provisioning
 from .broker.credentials import NatsAuth, client_auth
 from .build import build_modules
 from .controller import PoolController
-from .errors import BuildError, GuestInitError, ManifestError, ModuleLoadError
+from .errors import BuildError, GuestInitError, ManifestError, ModuleLoadError, UsageError
 from .manifest import LoadedManifest
 from .pool import FunctionPool
 from .precompiled import function_engine
@@ -38,19 +39,35 @@ PROVISIONING_POLL_S = 0.5  # while a function's consumer does not exist yet
 
 
 class Host:
+    """Runs the functions of a manifest in the running event loop: `async with Host(...)`, or `start()` and
+    `stop()`. Each function's durable consumer must exist (`ebbtide.provision`); until it does, the host
+    waits for it."""
+
     def __init__(
         self,
         manifest: LoadedManifest,
-        nats_url: str,
+        nats_url: str | None = None,
         functions: list[str] | None = None,
         metrics_port: int | None = None,
         tracer_provider: TracerProvider | None = None,
         auth: NatsAuth | None = None,
+        *,
+        connection: NatsClient | None = None,
     ) -> None:
-        """`tracer_provider`: where spans go (tests pass an in-memory one); default: from [telemetry].
-        `auth`: NATS credentials; default: EBBTIDE_NATS_* or the manifest's [nats]."""
+        """Either `nats_url` (the host connects, with `auth`, and closes that connection when it stops) or
+        `connection`: a connection of the application's, left open at stop (what the host subscribed on it
+        is removed). `ebbtide.connect` makes one with ebbtide's fast path; any nats-py client works.
+
+        `functions`: which of the manifest's (default: all). `metrics_port`: /metrics, /healthz and /readyz
+        (0: none; default: the manifest's [telemetry]). `tracer_provider`: where spans go (tests pass an
+        in-memory one); default: from [telemetry]. `auth`: NATS credentials; default: EBBTIDE_NATS_* or the
+        manifest's [nats]."""
+        if (nats_url is None) == (connection is None):
+            raise UsageError("a Host needs either a NATS URL to connect to or a connection, not both")
         self.manifest = manifest
         self.nats_url = nats_url
+        self._own_connection = connection is None
+        self._publisher: ConfirmedPublisher | None = None
         self.auth = auth if auth is not None else client_auth(manifest)
         self.function_names = functions if functions is not None else list(manifest.spec.functions)
         for name in self.function_names:
@@ -58,7 +75,7 @@ class Host:
         self.pools: dict[str, FunctionPool] = {}
         self.controllers: dict[str, PoolController] = {}
         self.rollouts: RolloutFollower | None = None
-        self.nc: NatsClient | None = None
+        self.nc: NatsClient | None = connection
         self.connection_lost = asyncio.Event()  # set if NATS closed the connection for good while running
         self.metrics_port = manifest.spec.telemetry.metrics_port if metrics_port is None else metrics_port
         self.telemetry: TelemetryServer | None = None
@@ -78,6 +95,8 @@ class Host:
         self.waiting_for = ""  # why the host cannot start its functions yet (nothing provisioned), for /readyz
 
     async def start(self) -> None:
+        """Connect (unless given a connection), wait for provisioning, load each function's module and start
+        its pool and controller. A module that cannot load or start fails here, not at the first message."""
         if self.metrics_port:  # first, so /healthz answers during start-up and /readyz says why not yet
             self.telemetry = await TelemetryServer(
                 lambda: render_metrics(self.snapshot()),
@@ -86,12 +105,14 @@ class Host:
                 port=self.metrics_port,
             ).start()
         engine = self.engine = function_engine(self.manifest, self.function_names)
-        self.nc = await connect(
-            self.nats_url, name=f"ebbtide-host[{','.join(self.function_names)}]", on_lost=self._on_lost, auth=self.auth
-        )
+        if self.nats_url is not None:
+            self.nc = await connect(
+                self.nats_url, name=f"ebbtide-host[{','.join(self.function_names)}]", on_lost=self._on_lost, auth=self.auth
+            )
+        assert self.nc is not None
         js = self.nc.jetstream()
         await self._wait_until_provisioned(js)
-        publisher = ConfirmedPublisher(self.nc)
+        publisher = self._publisher = ConfirmedPublisher(self.nc, self.manifest.batched_stream_of())
         await publisher.start()
         for name in self.function_names:
             # Loading and a first instance happen here, so a bad module fails the start, not a message.
@@ -225,6 +246,8 @@ class Host:
             self.connection_lost.set()
 
     async def stop(self) -> None:
+        """Stop taking messages, let every pool finish its batches within its grace period, then close the
+        connection the host made (a given one stays open)."""
         self.stopping = True
         try:
             for controller in self.controllers.values():
@@ -233,7 +256,10 @@ class Host:
                 await self.rollouts.stop()
             # Every pool finishes its batches at the same time, within its own grace period.
             await asyncio.gather(*(pool.stop() for pool in self.pools.values()))
-            if self.nc is not None and not self.nc.is_closed:
+            if not self._own_connection:  # the application's: what the host added to it goes, it stays open
+                if self._publisher is not None and self.nc is not None and not self.nc.is_closed:
+                    await self._publisher.stop()
+            elif self.nc is not None and not self.nc.is_closed:
                 try:
                     await self.nc.drain()
                 except Exception as exc:  # server already gone: nothing left to flush

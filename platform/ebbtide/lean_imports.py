@@ -5,7 +5,8 @@ reads its own version at import time with `importlib.metadata.version("nats-py")
 importlib.metadata with zipfile, csv, tempfile and importlib.resources and scans every installed
 distribution: ≈ 2.4 MiB of private memory and ≈ 20 ms per process on the 2-core machine (README,
 "Memory per replica and cold start"), for a string nats-py only sends in its CONNECT. `install()` (called by
-ebbtide/__init__.py, before anything imports nats) hides importlib.metadata while `nats.aio.client`
+the `ebbtide` command line as it starts, before anything imports nats: never by `import ebbtide`, so an
+application that embeds ebbtide imports nats-py as published) hides importlib.metadata while `nats.aio.client`
 executes, which makes nats-py fall back to "0.0.0", then sets the real version read from the
 distribution's `.dist-info` folder name. A process that already imported importlib.metadata imports
 nats-py as usual, and so does one that imports it elsewhere than through the import system's path finder.

@@ -8,12 +8,14 @@ from __future__ import annotations
 import json
 import re
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 import msgspec
 from msgspec import Meta, Struct
 
+from .broker.names import kv_stream_name
 from .errors import ManifestError
 
 DEFAULT_MANIFEST = "ebbtide.toml"
@@ -91,12 +93,16 @@ class StreamSection(_Section, frozen=True):
     # Partitions of the ordered functions' triggers in this stream (functions.X.order_by): how many keys
     # can be worked on at once. Fixed: changing it needs a drained stream (see README: Ordering by key).
     partitions: Annotated[int, Meta(ge=1, le=1024)] = 16
+    # Fast batches (nats-server 2.14+, ADR-50): the functions publish a round of effects to this stream as one
+    # batch with one PubAck, each message still checked for its Nats-Msg-Id (README: Performance).
+    allow_batched: bool = True
 
 
 class KvSection(_Section, frozen=True):
     storage: Literal["file", "memory"] = "file"
     replicas: Annotated[int, Meta(ge=1, le=5)] = 1
     history: Annotated[int, Meta(ge=1, le=64)] = 1
+    allow_batched: bool = True  # as streams.X.allow_batched, for the bucket's stream
 
 
 class DeadLetterSection(_Section, frozen=True):
@@ -104,6 +110,7 @@ class DeadLetterSection(_Section, frozen=True):
     subject_prefix: Subject = "dlq"  # a function's dead letters go to <prefix>.<function>
     storage: Literal["file", "memory"] = "file"
     replicas: Annotated[int, Meta(ge=1, le=5)] = 1
+    allow_batched: bool = True  # as streams.X.allow_batched
 
 
 ModuleLanguage = Literal["zig", "c", "assemblyscript", "python"]  # one builder each in build.py
@@ -192,16 +199,20 @@ class LoadedManifest:
         self.root = path.parent
 
     def resolve(self, relative: str) -> Path:
+        """A path of the manifest (relative to its folder), absolute."""
         return (self.root / relative).resolve()
 
     @property
     def build_dir(self) -> Path:
+        """Where built modules (`wasm/`) and compiled code (`cache/`) go."""
         return self.resolve(self.spec.build_dir)
 
     def module_path(self, module: str) -> Path:
+        """The built file of module `module`."""
         return self.build_dir / "wasm" / f"{module}.wasm"
 
     def function(self, name: str) -> FunctionSection:
+        """The `[functions.NAME]` section; ManifestError, naming the known ones, if there is none."""
         try:
             return self.spec.functions[name]
         except KeyError:
@@ -215,14 +226,37 @@ class LoadedManifest:
                 return name
         raise ManifestError(f"{self.path}: no stream captures subject {subject!r}")
 
+    def batched_stream_of(self) -> Callable[[str], str | None]:
+        """For a publisher (broker/publisher.py): the stream a subject's publishes go to when that stream
+        allows fast batches (`allow_batched` on a stream, a KV bucket, the dead letters), else None."""
+        spec = self.spec
+        routes = [
+            (pattern, name if stream.allow_batched else None)
+            for name, stream in spec.streams.items()
+            for pattern in stream.subjects
+        ]
+        routes += [(f"$KV.{bucket}.>", kv_stream_name(bucket) if kv.allow_batched else None) for bucket, kv in spec.kv.items()]
+        dlq = spec.dead_letter
+        routes.append((f"{dlq.subject_prefix}.>", dlq.stream if dlq.allow_batched else None))
+        return SubjectRoutes(routes).get
+
     def dead_letter_subject(self, function: str) -> str:
+        """Where the function's dead letters go: `<dead_letter.subject_prefix>.<function>`."""
         return f"{self.spec.dead_letter.subject_prefix}.{function}"
 
     def config_json(self, function: str) -> bytes:
-        return json.dumps(self.function(function).config, separators=(",", ":")).encode()
+        """The function's `config`, as the JSON object its guest's init receives."""
+        return config_json(self.function(function))
+
+
+def config_json(function: FunctionSection) -> bytes:
+    """A function's `config`, as the JSON object its guest's init receives."""
+    return json.dumps(function.config, separators=(",", ":")).encode()
 
 
 def load_manifest(path: str | Path = DEFAULT_MANIFEST) -> LoadedManifest:
+    """Read and check a manifest (`ebbtide.toml`): ManifestError, naming the file and the key, if it is not
+    valid. Relative paths in it are relative to its folder."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -232,6 +266,8 @@ def load_manifest(path: str | Path = DEFAULT_MANIFEST) -> LoadedManifest:
 
 
 def parse_manifest(data: bytes | str, path: Path) -> LoadedManifest:
+    """A manifest from its TOML text, as if read from `path` (named in errors; relative paths in it are
+    relative to its folder)."""
     try:
         raw = tomllib.loads(data.decode() if isinstance(data, bytes) else data)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
@@ -398,6 +434,42 @@ def _check_credentials(nats: NatsSection) -> list[str]:
     if bool(nats.tls_cert) != bool(nats.tls_key):
         problems.append("nats.tls_cert: a client certificate needs both tls_cert and tls_key")
     return problems
+
+
+class SubjectRoutes:
+    """The value of the first pattern that matches a subject (`get`): a pattern `a.b.>` is a prefix test, a
+    literal one a comparison, others go token by token. The first CACHED subjects asked for are remembered
+    (a distributor's few routes); the cache never grows past that (a receiver's KV keys are unbounded)."""
+
+    CACHED = 256
+
+    def __init__(self, routes: list[tuple[str, str | None]]) -> None:
+        self._routes = [(pattern, _prefix_of(pattern), value) for pattern, value in routes]
+        self._known: dict[str, str | None] = {}
+
+    def get(self, subject: str) -> str | None:
+        try:
+            return self._known[subject]
+        except KeyError:
+            pass
+        found = self._match(subject)
+        if len(self._known) < self.CACHED:
+            self._known[subject] = found
+        return found
+
+    def _match(self, subject: str) -> str | None:
+        for pattern, prefix, value in self._routes:
+            if prefix is not None:
+                if subject.startswith(prefix) and len(subject) > len(prefix):
+                    return value
+            elif subject == pattern or subject_matches(pattern, subject):
+                return value
+        return None
+
+
+def _prefix_of(pattern: str) -> str | None:
+    """`a.b.` for `a.b.>`; None for a pattern with `*` or without `>`."""
+    return pattern[:-1] if pattern.endswith(".>") and "*" not in pattern else None
 
 
 def subject_matches(pattern: str, subject: str) -> bool:

@@ -25,13 +25,13 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import NotFoundError
 
 from .broker import kv_stream_name, kv_subject
+from .broker.jsapi import ERR_STREAM_NOT_FOUND
 from .errors import OutboxError
 from .manifest import LoadedManifest
 
 API_TIMEOUT_S = 5.0
 READ_WINDOW = 256  # message gets in flight at once while listing
 KV_OPERATION = "KV-Operation"  # header of a delete or purge marker
-ERR_STREAM_NOT_FOUND = 10059
 
 # NATS KV keys: letters, digits and - / _ = . (no leading or trailing dot).
 _VALID_KEY = re.compile(r"^[-/_=a-zA-Z0-9]+(\.[-/_=a-zA-Z0-9]+)*$")

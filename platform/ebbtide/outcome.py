@@ -11,7 +11,7 @@ The inputs are what happened to the message, in the order they can happen:
 
 1. the checks before the guest runs (`check_input`): a payload or header block over the function's
    limits is dead-lettered unread;
-2. the guest's answer (`after_guest`): effects within the allowlist (`Effects`), a refused effect
+2. the guest's answer (`guest_result`, then `after_guest`): effects within the allowlist (`Effects`), a refused effect
    (`Refused`), REJECT or RETRY (`Declined`), a fault of the instance (`Faulted`) or an input larger than
    the guest's buffer (`TooLarge`);
 3. the server's confirmations (`after_unconfirmed`): effects not confirmed are a transient failure like
@@ -28,9 +28,11 @@ from collections.abc import Sequence
 import msgspec
 
 from .deadletter import Reason
-from .effects import Outgoing
+from .effects import Allowlist, Outgoing
+from .errors import EffectRefused, FaultKind, GuestFault, InputTooLarge
 from .manifest import LimitsSection, RetrySection
-from .runtime import Status
+from .runtime.abi import Status, decode_effects
+from .runtime.guest import GuestReply
 
 
 class _Value(msgspec.Struct, frozen=True, gc=False):
@@ -89,7 +91,7 @@ class Declined(_Value, frozen=True):
 class Faulted(_Value, frozen=True):
     """The instance failed (trap, timeout, memory-limit, invalid-output): transient, on a new instance."""
 
-    kind: str
+    kind: FaultKind
     error: str
 
 
@@ -100,6 +102,25 @@ class TooLarge(_Value, frozen=True):
 
 
 GuestResult = Effects | Refused | Declined | Faulted | TooLarge
+
+
+def guest_result(reply: GuestReply, allowlist: Allowlist) -> GuestResult:
+    """What the guest's reply to one message means: its effects decoded and held against the function's
+    allowlist and limits (what a host and `ebbtide.testing` make of it alike)."""
+    if type(reply) is tuple:
+        status, output = reply
+        if status is not Status.OK:
+            return Declined(status, output.decode("utf-8", "replace"))
+        try:
+            return Effects(allowlist.plan(decode_effects(output)))
+        except EffectRefused as exc:
+            return Refused(str(exc))
+        except GuestFault as exc:
+            return Faulted(exc.kind, str(exc))
+    if isinstance(reply, InputTooLarge):
+        return TooLarge(str(reply))
+    assert isinstance(reply, GuestFault)
+    return Faulted(reply.kind, str(reply))
 
 
 # -- the policy ------------------------------------------------------------------------------------------
@@ -154,7 +175,13 @@ def after_host_error(error: BaseException, delivered: int, retry: RetrySection) 
 
 
 def after_unconfirmed(
-    outcome: Ack | DeadLetter, error: str, delivered: int, retry: RetrySection, *, server_side: bool = False
+    outcome: Ack | DeadLetter,
+    error: str,
+    delivered: int,
+    retry: RetrySection,
+    *,
+    server_side: bool = False,
+    overtaken: bool = False,
 ) -> Retry | DeadLetter:
     """The server did not confirm every publish of `outcome` (`error` says why for the first one).
 
@@ -165,10 +192,13 @@ def after_unconfirmed(
     without using up its retries (dead-lettering healthy orders during a failover or while the disk is full
     would lose nothing but still be wrong). A dead letter not confirmed was not stored: the input is nak'ed to try it all again
     later (never dead-lettered a second time here, so carrying out outcomes ends after at most two rounds
-    of confirmations).
+    of confirmations). Effects of an ordered function's message refused after a later message of its key
+    was stored (`overtaken`) cannot be applied in order any more: dead-lettered at once, the sequence broken.
     """
     if isinstance(outcome, DeadLetter):
         return Retry(backoff_s(1, retry), f"dead letter not confirmed: {error}")
+    if overtaken:
+        return DeadLetter(Reason.OVERTAKEN, f"effects refused after a later message of the same key was applied: {error}")
     if server_side:
         return Retry(backoff_s(delivered, retry), f"effects not confirmed: {error}")
     return transient(f"effects not confirmed: {error}", delivered, retry)

@@ -20,19 +20,18 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
 from .broker.delivery import Incoming, KeepAlive, nak_all
-from .broker.partitioned_pull import PartitionedFeed, SharedFeed
-from .broker.partitions import consumer_names, ordered_triggers
+from .broker.partitioned_pull import FeedView, LaneFeed, SharedFeed
+from .broker.partitions import consumer_names, ordered_triggers, pin_timeout_s
 from .broker.publisher import ConfirmedPublisher
 from .broker.pull import PullConsumer
 from .effects import Allowlist
-from .errors import EffectRefused
 from .executor import Executor, PoolStats
 from .manifest import LoadedManifest
-from .outcome import Declined, Effects, Faulted, GuestResult, Refused, TooLarge
+from .outcome import Faulted, GuestResult, guest_result
 from .precompiled import load_function_module
 from .rollout.candidate import RolloutStats
-from .runtime import GuestFault, GuestLimits, InputTooLarge, Status, WasmEngine, decode_effects
-from .runtime.guest import Outcome as GuestOutcome
+from .runtime import GuestLimits, WasmEngine
+from .runtime.guest import GuestReply
 from .runtime.guests import Guest, GuestModule, start_guest
 
 if TYPE_CHECKING:  # OpenTelemetry is loaded only when tracing is on
@@ -42,7 +41,6 @@ if TYPE_CHECKING:  # OpenTelemetry is loaded only when tracing is on
 
 log = logging.getLogger("ebbtide.pool")
 
-MIB = 1024 * 1024
 # Long-poll length of an idle fetch; also how long a stopping idle worker may take: its pull request is not
 # cancelled (see stop). Longer polls would cost an idle worker fewer requests (one per poll: broker/pull.py)
 # but make every stop and shutdown wait as long.
@@ -51,7 +49,7 @@ FETCH_WAIT_S = 1.0
 # (<= FETCH_WAIT_S), which would otherwise take the redelivery into an inbox nobody reads, until the ack wait.
 HAND_BACK_DELAY_S = FETCH_WAIT_S + 0.5
 
-__all__ = ["FETCH_WAIT_S", "MIB", "Consumer", "FunctionPool", "PoolStats"]
+__all__ = ["FETCH_WAIT_S", "Consumer", "FunctionPool", "PoolStats"]
 
 
 class Consumer(Protocol):
@@ -92,7 +90,7 @@ class FunctionPool:
         self.engine = engine
         self._manifest = manifest
         self.module = self.load_module()
-        self.limits = GuestLimits(memory_bytes=fn.limits.memory_mib * MIB, fuel=fn.limits.fuel)
+        self.limits = GuestLimits.of(fn.limits)
         self.config_json = manifest.config_json(name)
         self.allowlist = Allowlist.of(fn, ordered_triggers(manifest))
         self.stream = manifest.stream_for(fn.trigger)
@@ -127,9 +125,19 @@ class FunctionPool:
     async def _ordered_consumer(self) -> Consumer:
         return await self._ordered_feed.view()
 
-    async def _open_ordered_feed(self) -> PartitionedFeed:
+    async def _open_ordered_feed(self) -> LaneFeed:
         assert self._nc is not None, "a pool without a NATS connection needs open_consumer"
-        return await PartitionedFeed(self._nc, self.stream, self.consumers).start()
+        fn = self.function
+        return await LaneFeed(
+            self._nc,
+            self.stream,
+            self.name,
+            fn.trigger,
+            self.consumers,
+            pin_timeout_s=pin_timeout_s(fn),
+            ack_wait_s=fn.ack_wait_s,
+            hold_max=fn.batch,
+        ).start()
 
     # -- instances -------------------------------------------------------------------------------------
 
@@ -230,18 +238,22 @@ class FunctionPool:
     # -- one batch -------------------------------------------------------------------------------------
 
     async def process(self, msgs: list[Msg], worker: _Worker) -> None:
-        """Hand a fetched batch to the executor, the guest running on `worker`'s instance."""
+        """Hand a fetched batch to the executor, the guest running on `worker`'s instance (an ordered
+        function's batch: with its feed as the key order, told at the end what was not settled)."""
         self.in_flight += len(msgs)
-        keep_alive = KeepAlive(msgs, self.function.ack_wait_s / 3)
+        order = worker.order
+        keep_alive = KeepAlive(msgs, self.function.ack_wait_s / 3, order.still_held if order is not None else None)
         keep_alive_task = asyncio.create_task(keep_alive.run())  # for the waits: effects being confirmed
         try:
-            await self.executor.run_batch(msgs, worker.run_guests, keep_alive)
+            await self.executor.run_batch(msgs, worker.run_guests, keep_alive, order)
         except asyncio.CancelledError:
             await nak_all(msgs, HAND_BACK_DELAY_S)  # shutdown past its grace period
             raise
         finally:
             keep_alive_task.cancel()
             self.in_flight -= len(msgs)
+            if order is not None:
+                await order.finish(msgs)
 
 
 class _Worker:
@@ -250,6 +262,7 @@ class _Worker:
     def __init__(self, pool: FunctionPool, consumer: Consumer, instance: Guest) -> None:
         self.pool = pool
         self.consumer = consumer
+        self.order = consumer if isinstance(consumer, FeedView) else None  # an ordered function's lanes
         self.instance: Guest | None = instance
         self.candidate: Guest | None = None  # a rollout's candidate instance (rollout/candidate.py)
         self.stopping = False  # finish the current batch, then exit
@@ -283,7 +296,7 @@ class _Worker:
         return self.run_live(batch, pairs)
 
     def run_live(
-        self, batch: Sequence[Incoming], pairs: list[tuple[bytes, bytes]], outcomes: list[GuestOutcome] | None = None
+        self, batch: Sequence[Incoming], pairs: list[tuple[bytes, bytes]], outcomes: list[GuestReply] | None = None
     ) -> list[GuestResult]:
         """The live module's answers to `batch` (`pairs`: their subjects and payloads), in order, from
         `Guest.handle_batch` on this worker's instance (one call per input buffer's worth of messages for an
@@ -331,22 +344,9 @@ class _Worker:
             instance = self.instance = pool.new_instance()
         return instance
 
-    def result_of(self, outcome: GuestOutcome) -> GuestResult:
+    def result_of(self, outcome: GuestReply) -> GuestResult:
         """What one message's outcome in a batch means to the policy (outcome.py)."""
-        if type(outcome) is tuple:
-            status, output = outcome
-            if status is not Status.OK:
-                return Declined(status, output.decode("utf-8", "replace"))
-            try:
-                return Effects(self.pool.allowlist.plan(decode_effects(output)))
-            except EffectRefused as exc:
-                return Refused(str(exc))
-            except GuestFault as exc:
-                return Faulted(exc.kind, str(exc))
-        if isinstance(outcome, InputTooLarge):
-            return TooLarge(str(outcome))
-        assert isinstance(outcome, GuestFault)
-        return Faulted(outcome.kind, str(outcome))
+        return guest_result(outcome, self.pool.allowlist)
 
     def _discard_faulted(self, incoming: Incoming, fault: Faulted) -> None:
         pool = self.pool

@@ -16,18 +16,22 @@ from dataclasses import dataclass
 
 from .manifest import LoadedManifest
 from .runtime import WasmEngine
+from .runtime.guest import MIB
 from .runtime.guests import GuestModule, load_guest_module
 
-MIB = 1024 * 1024
 MIN_MEMORY_RESERVATION_MIB = 16
 
 
 def function_engine(manifest: LoadedManifest, functions: list[str]) -> WasmEngine:
     """The engine of a host that runs `functions`: compiled code fits only an engine configured alike."""
     memory_limit = max(manifest.function(name).limits.memory_mib for name in functions)
-    return WasmEngine(
-        memory_reservation=max(memory_limit, MIN_MEMORY_RESERVATION_MIB) * MIB, cache_dir=manifest.build_dir / "cache"
-    )
+    return WasmEngine(memory_reservation=memory_reservation(memory_limit), cache_dir=manifest.build_dir / "cache")
+
+
+def memory_reservation(memory_mib: int) -> int:
+    """The address space (bytes) each instance of an engine reserves, for functions whose largest memory
+    limit is `memory_mib`: that, at least MIN_MEMORY_RESERVATION_MIB."""
+    return max(memory_mib, MIN_MEMORY_RESERVATION_MIB) * MIB
 
 
 def load_function_module(engine: WasmEngine, manifest: LoadedManifest, function: str) -> GuestModule:

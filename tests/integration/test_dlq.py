@@ -9,20 +9,20 @@ import msgspec
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from ebbtide import dlq_admin as dlq
 from ebbtide.broker import EmbeddedNats, provision
 from ebbtide.broker.headers import H_ORIGINAL_SUBJECT
 from ebbtide.deadletter import Reason, dead_letter_headers
 from ebbtide.dlq_admin import (
     H_REDRIVEN_FROM,
-    DeadLetter,
     DeadLetterError,
     RedriveResult,
+    StoredDeadLetter,
     format_detail,
     format_table,
     list_dead_letters,
     purge,
     redrive,
+    redriving,
     show_dead_letter,
 )
 from ebbtide.host import Host
@@ -148,7 +148,7 @@ async def test_list_and_show_decode_the_pipelines_dead_letters(
     )
     assert receiver.original_msg_id is None
     [mystery] = await list_dead_letters(nc, reference_manifest, function="mystery")
-    assert mystery == DeadLetter(
+    assert mystery == StoredDeadLetter(
         seq=mystery_seq,
         subject="dlq.mystery",
         function="mystery",
@@ -261,7 +261,7 @@ async def test_an_interrupted_redrive_is_repeated_without_duplicates(
     async def crash(nc: NatsClient, stream: str, seq: int) -> None:
         raise DeadLetterError("connection lost")
 
-    monkeypatch.setattr(dlq, "_delete", crash)  # the tool dies between the server's confirmation and the delete
+    monkeypatch.setattr(redriving, "delete", crash)  # the tool dies between the server's confirmation and the delete
     first = await redrive(nc, reference_manifest)
     monkeypatch.undo()
     assert first.redriven == [] and [f.seq for f in first.failed] == dlq_seqs

@@ -131,12 +131,20 @@ async def test_the_supervisor_loads_no_function_runtime(tmp_path: Path, nats_ser
 
 
 def test_nats_client_is_imported_without_package_metadata_and_says_its_own_version() -> None:
-    """lean_imports: nats-py reads its version through importlib.metadata at import time; ebbtide hides that
-    module while nats.aio.client executes and sets the version from the .dist-info folder. If nats-py stops
-    doing so (or the version it would send changes), this fails."""
+    """lean_imports: nats-py reads its version through importlib.metadata at import time; the `ebbtide`
+    command line hides that module while nats.aio.client executes and sets the version from the .dist-info
+    folder. If nats-py stops doing so (or the version it would send changes), this fails. `import ebbtide`
+    alone does none of it (tests/integration/test_library_untouched.py)."""
     probe = (
-        "import sys, ebbtide, nats.aio.client as client; "
+        "import sys, ebbtide.lean_imports; ebbtide.lean_imports.install(); import nats.aio.client as client; "
         "print(client.__version__, 'importlib.metadata' in sys.modules, sys.modules.get('importlib.metadata', 1) is None)"
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.split() == [importlib.metadata.version("nats-py"), "False", "False"]
+    # Without the command line, nats-py imports as it does without ebbtide (2.13 and later: with the metadata).
+    metadata_loaded = "import sys, {}nats.aio.client; print('importlib.metadata' in sys.modules)"
+    beside = [
+        subprocess.run([sys.executable, "-c", metadata_loaded.format(first)], capture_output=True, text=True, check=True).stdout
+        for first in ("ebbtide, ", "")
+    ]
+    assert beside[0] == beside[1]

@@ -12,6 +12,7 @@ import pytest
 
 from ebbtide.broker import EmbeddedNats, connect
 from ebbtide.broker.credentials import NatsAuth, client_auth
+from ebbtide.errors import NatsConnectionError
 from ebbtide.host import Host
 from ebbtide.manifest import load_manifest
 from tests.components import require
@@ -36,7 +37,7 @@ async def test_token_from_the_environment(
         monkeypatch.setenv("EBBTIDE_NATS_TOKEN", SECRET)
         await _host_connects(path, server)
         monkeypatch.setenv("EBBTIDE_NATS_TOKEN", "wrong-" + SECRET)
-        with pytest.raises(ConnectionError, match=r"refused the credentials \(token\)") as refused:
+        with pytest.raises(NatsConnectionError, match=r"refused the credentials \(token\)") as refused:
             await connect(server.url, "test", give_up_after_s=10, auth=client_auth(load_manifest(path)))
     assert SECRET not in str(refused.value) and SECRET not in caplog.text
     assert SECRET not in repr(NatsAuth(token=SECRET, password=SECRET, user="u"))

@@ -38,6 +38,7 @@ from nats.js import api
 
 from ebbtide.broker import EmbeddedNats, provision
 from ebbtide.broker.credentials import NatsAuth
+from ebbtide.broker.names import lane_holdings_subject
 from ebbtide.broker.partitions import consumer_names, keyed_subject, ordered_triggers
 from ebbtide.broker.users import ADMIN_USER, OBSERVER_USER, SCALER_USER, AuthBundle, write_bundle
 from ebbtide.manifest import LoadedManifest, load_manifest
@@ -75,6 +76,7 @@ CONSUMER_OPERATIONS = (
     "CONSUMER.INFO",
     "CONSUMER.MSG.NEXT",
     "CONSUMER.PAUSE",
+    "CONSUMER.UNPIN",  # a pinned lane's holder hands it over (ordered functions)
     "CONSUMER.LEADER.STEPDOWN",
 )
 ACCOUNT_OPERATIONS = ("INFO", "STREAM.NAMES", "STREAM.LIST")
@@ -164,6 +166,7 @@ class Design:
             *(f"dlq.{fn}" for fn in self.functions),
             *(f"ebbtide.status_reports.{fn}" for fn in self.functions),
             "ebbtide.status_reports-request",
+            *(lane_holdings_subject(fn) for fn in self.functions),
             *(f"$KV.ebbtide-rollouts.{fn}" for fn in self.functions),
             *(f"ebbtide.shadow.{fn}.probe" for fn in self.functions),
             *(f"$JS.ACK.{stream}.{consumer}.1.1.1.1.0" for stream, consumer in self.probed_consumers),
@@ -202,7 +205,9 @@ class Design:
                 f"$JS.API.DIRECT.GET.{ROLLOUTS}.$KV.ebbtide-rollouts.{fn}" for fn in self.functions
             }  # records are not secret
             stream = "ORDERS"
-            own = {f"$JS.API.CONSUMER.{op}.{stream}.{c}" for c in self.consumers[user] for op in ("INFO", "MSG.NEXT")}
+            # An ordered function's holder also unpins its own lanes when it hands them over.
+            ops = ("INFO", "MSG.NEXT", "UNPIN") if self.triggers[user] in self.ordered else ("INFO", "MSG.NEXT")
+            own = {f"$JS.API.CONSUMER.{op}.{stream}.{c}" for c in self.consumers[user] for op in ops}
             # The stored time of its oldest unhandled message (ebbtide_oldest_pending_seconds, issue 25): a
             # message get on its trigger's stream. Reading only: nothing of ORDERS can be changed through it.
             own.add(f"$JS.API.STREAM.MSG.GET.{stream}")
@@ -226,6 +231,10 @@ class Design:
             return subject in {f"$JS.API.CONSUMER.INFO.ORDERS.{c}" for f in self.functions for c in self.consumers[f]}
         return False
 
+    def holdings(self, user: str) -> set[str]:
+        """An ordered function's replicas announce the lanes they hold to one another (broker/partitioned_pull.py)."""
+        return {lane_holdings_subject(user)} if self.triggers[user] in self.ordered else set()
+
     def publish_allowed(self, user: str, subject: str) -> bool:
         if user == ADMIN_USER:
             return True
@@ -240,6 +249,7 @@ class Design:
         }  # the keyed form of an ordered trigger, not the stored one
         mine |= {f"$KV.{bucket}.probe" for bucket in self.kv[user]}
         mine |= {f"dlq.{user}", f"ebbtide.status_reports.{user}", f"$KV.ebbtide-rollouts.{user}", f"ebbtide.shadow.{user}.probe"}
+        mine |= self.holdings(user)
         mine |= {f"$JS.ACK.ORDERS.{c}.1.1.1.1.0" for c in self.consumers[user]}  # its own messages' acks, no one else's
         return subject in mine
 
@@ -257,7 +267,7 @@ class Design:
         if user == SCALER_USER:  # the triggers' bell: every function's trigger, keyed too, and its own replies
             return subject in {s for t in self.triggers.values() for s in self.keyed(t)[:2]} | {"_ebbtide_inbox.scaler.probe"}
         trigger = self.triggers[user]
-        own = {*self.keyed(trigger)[:2], "ebbtide.status_reports-request", f"_ebbtide_inbox.{user}.probe"}
+        own = {*self.keyed(trigger)[:2], "ebbtide.status_reports-request", f"_ebbtide_inbox.{user}.probe", *self.holdings(user)}
         return subject in own | {f"$KV.ebbtide-rollouts.{user}"}  # its own rollout record's writes (the follower's bell)
 
 
@@ -520,6 +530,7 @@ def api_requests(design: Design, user: str, before: Snapshot) -> Iterator[tuple[
             "CONSUMER.PAUSE": json.dumps(
                 {"pause_until": "2000-01-01T00:00:00Z" if harmless else "2100-01-01T00:00:00Z"}
             ).encode(),
+            "CONSUMER.UNPIN": json.dumps({"group": "MISMATCH" if harmless else "holder"}).encode(),
             "CONSUMER.LEADER.STEPDOWN": b"",
         }
         for operation in CONSUMER_OPERATIONS:

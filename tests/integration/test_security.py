@@ -17,6 +17,7 @@ from ebbtide.broker import EmbeddedNats, connect
 from ebbtide.broker.access import ServerAccess, embedded_server
 from ebbtide.broker.headers import H_ERROR, H_REASON
 from ebbtide.cli import main as cli
+from ebbtide.errors import NatsConnectionError
 from ebbtide.host import Host
 from ebbtide.launch import running
 from ebbtide.manifest import LoadedManifest, load_manifest, parse_manifest
@@ -54,7 +55,7 @@ async def test_authentication_and_least_privilege_are_enforced_by_the_server(
 
         with pytest.raises(nats.errors.Error, match="Authorization Violation"):
             await nats.connect(server.url, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=2)
-        with pytest.raises(ConnectionError, match="refused the credentials"):
+        with pytest.raises(NatsConnectionError, match="refused the credentials"):
             await connect(server.url, "stranger", give_up_after_s=5)
 
         # The pipeline works with one least-privilege user per function process ...

@@ -22,6 +22,7 @@ import pytest
 from nats.aio.client import Client as NatsClient
 
 from ebbtide.broker import ConfirmedPublisher, EmbeddedNats, PublishError, free_port, provision
+from ebbtide.broker.publisher import PublishBatch
 from ebbtide.manifest import LoadedManifest
 from ebbtide.status_reports import STATUS_REQUEST_SUBJECT, STATUS_SUBJECT_PREFIX, decode_status
 from ebbtide.stream_state import stream_state
@@ -106,6 +107,7 @@ async def publish_reliably(
     deadline_s: float = 90.0,
     stats: PublishStats | None = None,
     after_send: Callable[[], Awaitable[None]] | None = None,
+    in_order: bool = False,
 ) -> PublishStats:
     """Publish every (payload, msg_id) until the server confirms it, retrying with the same Nats-Msg-Id.
 
@@ -114,7 +116,9 @@ async def publish_reliably(
     in `chunks` chunks, so a fault can be injected while publishing is under way; `after_send` runs
     after each first-pass chunk is sent and before its confirmations are awaited (a fault injected
     there hits publishes in flight). Fails the test if anything is still unconfirmed after `deadline_s`.
-    `subject`: one for all, or each payload's (an ordered entry's keyed subject).
+    `subject`: one for all, or each payload's (an ordered entry's keyed subject). `in_order`: a chunk's
+    unconfirmed publishes are sent again until confirmed before the next chunk goes (a publisher of a key's
+    events in sequence: retried at the end, they would be stored after later events of their keys).
     """
     stats = stats or PublishStats()
     stats.messages = len(messages)
@@ -124,16 +128,17 @@ async def publish_reliably(
     started = time.monotonic()
 
     async def send(indices: list[int], hook: Callable[[], Awaitable[None]] | None = None) -> list[int]:
-        futures = []
+        batch = PublishBatch()
         for i in indices:
             payload, msg_id = messages[i]
             attempts[i] += 1
             stats.attempts += 1
-            futures.append(await publisher.publish(subject if isinstance(subject, str) else subject(payload), payload, msg_id))
+            publisher.add(batch, subject if isinstance(subject, str) else subject(payload), payload, msg_id)
+        await publisher.send(batch)
         if hook is not None:
             await hook()
         failed = []
-        for i, result in zip(indices, await publisher.confirm(futures, confirm_timeout)):
+        for i, result in zip(indices, await publisher.wait(batch, confirm_timeout)):
             if isinstance(result, PublishError):
                 failed.append(i)
             else:
@@ -144,7 +149,13 @@ async def publish_reliably(
     size = max(1, -(-len(messages) // chunks))
     unconfirmed: list[int] = []
     for n, start in enumerate(range(0, len(messages), size)):
-        unconfirmed += await send(list(range(start, min(start + size, len(messages)))), after_send)
+        failed = await send(list(range(start, min(start + size, len(messages)))), after_send)
+        while in_order and failed:
+            if time.monotonic() - started > deadline_s:
+                raise AssertionError(f"{len(failed)} publish(es) still unconfirmed after {deadline_s:.0f} s")
+            await asyncio.sleep(0.2)
+            failed = await send(failed)
+        unconfirmed += failed
         if spread_s:
             ahead = started + spread_s * (n + 1) / chunks - time.monotonic()
             if ahead > 0:

@@ -106,6 +106,8 @@ class FakeNats:
         for pattern, subscriber in self.subscriptions.items():
             if pattern.endswith(".*") and reply.startswith(pattern[:-1]) and "." not in reply[len(pattern) - 1 :]:
                 return subscriber
+            if pattern.endswith(".>") and reply.startswith(pattern[:-1]) and len(reply) > len(pattern) - 1:
+                return subscriber
         return None
 
     def _pub_ack(self, subject: str, headers: dict[str, str] | None) -> bytes:

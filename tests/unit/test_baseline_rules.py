@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from ebbtide.manifest import LoadedManifest
-from ebbtide.pool import MIB
 from ebbtide.runtime import GuestInstance, GuestLimits, Status, WasmEngine, decode_effects
+from ebbtide.runtime.guest import MIB
 from ebbtide.workload.baselines.rules import Rejected, outbox_key, route
 
 ORDER = (

@@ -15,7 +15,7 @@ import wasmtime
 
 from ebbtide.errors import GuestFault, InputTooLarge, ModuleLoadError
 from ebbtide.runtime import GuestInstance, GuestLimits, Status, WasmEngine
-from ebbtide.runtime.guest import Guest, Outcome
+from ebbtide.runtime.guest import Guest, GuestReply
 from tests.conftest import GUESTS
 
 LIMITS = GuestLimits(memory_bytes=1 << 20, fuel=200_000)
@@ -37,10 +37,10 @@ def start(tmp_path: Path) -> Callable[[], GuestInstance]:
     return lambda: GuestInstance(engine, module, LIMITS, b"{}")
 
 
-def handle_all(start: Callable[[], Guest], messages: Sequence[tuple[bytes, bytes]]) -> tuple[list[Outcome], int]:
+def handle_all(start: Callable[[], Guest], messages: Sequence[tuple[bytes, bytes]]) -> tuple[list[GuestReply], int]:
     """What a pool does with a fetched batch: hand it over, and the messages not handled to a fresh instance
     after a fault. Returns one outcome per message and how many instances failed."""
-    outcomes: list[Outcome] = []
+    outcomes: list[GuestReply] = []
     failed = 0
     guest = start()
     while len(outcomes) < len(messages):

@@ -126,3 +126,36 @@ def test_unknown_function() -> None:
 )
 def test_subject_matching(pattern: str, subject: str, matches: bool) -> None:
     assert subject_matches(pattern, subject) is matches
+
+
+def test_the_streams_that_take_fast_batches() -> None:
+    """A subject's publishes go as fast batches to the stream capturing it, if that stream allows them."""
+    manifest = parse(
+        MINIMAL
+        + """
+[streams.T]
+subjects = ["t.*.x", "literal"]
+allow_batched = false
+[streams.U]
+subjects = ["u.*.y"]
+[kv.box]
+[kv.plain]
+allow_batched = false
+[dead_letter]
+stream = "DEAD"
+"""
+    )
+    stream_of = manifest.batched_stream_of()
+    assert [stream_of(s) for s in ("in.f", "in.a.b", "$KV.box.7", "dlq.f")] == ["S", "S", "KV_box", "DEAD"]
+    assert [stream_of(s) for s in ("t.1.x", "literal", "$KV.plain.7", "u.1.y", "u.1.z", "in", "elsewhere")] == [
+        None,
+        None,
+        None,
+        "U",
+        None,
+        None,
+        None,
+    ]
+    assert parse(MINIMAL).spec.streams["S"].allow_batched  # on by default
+    many = [stream_of(f"$KV.box.{n}") for n in range(1000)]  # unbounded keys: answered, not all remembered
+    assert set(many) == {"KV_box"}

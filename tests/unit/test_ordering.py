@@ -12,8 +12,10 @@ import pytest
 from ebbtide.broker.partitions import (
     fnv1a_partition,
     key_of_stored_subject,
+    lane_consumer_config,
     lanes,
     ordered_triggers,
+    pin_timeout_s,
     stream_transform,
     stream_transform_of,
 )
@@ -63,12 +65,18 @@ def test_keys_come_from_the_stored_subject() -> None:
 
 def test_an_ordered_function_reads_one_lane_per_partition_and_its_own_for_keyless_messages() -> None:
     receiver = lanes(ORDERED, "receiver-express")
-    assert len(receiver) == 33
+    assert len(receiver) == 9
     assert receiver[0].consumer == "receiver-express-p0" and receiver[0].filter_subject == "orders.express.0.*"
     assert receiver[-1].consumer == "receiver-express" and receiver[-1].filter_subject == "orders.express"
-    configs = consumer_configs(ORDERED, "receiver-express")
-    assert {c.max_ack_pending for c in configs} == {1}  # one message at a time, whoever holds it
-    assert {c.max_deliver for c in configs} == {-1}  # the host dead-letters, the server never drops
+    function = ORDERED.function("receiver-express")
+    configs = [lane_consumer_config(function, lane) for lane in receiver]
+    # One holder at a time per lane, pinned by the server; it takes them in batches.
+    assert {(c["priority_policy"], tuple(c["priority_groups"])) for c in configs} == {("pinned_client", ("holder",))}  # type: ignore[arg-type]
+    assert {c["priority_timeout"] for c in configs} == {int(pin_timeout_s(function) * 1e9)}
+    assert 2.0 <= pin_timeout_s(function) <= 10.0
+    assert {c["max_ack_pending"] for c in configs} == {function.max_ack_pending}
+    assert {c["max_deliver"] for c in configs} == {-1}  # the host dead-letters, the server never drops
+    assert [c["filter_subject"] for c in configs[:2]] == ["orders.express.0.*", "orders.express.1.*"]
     assert consumer_config(ORDERED, "receiver-express").durable_name == "receiver-express"  # KEDA's name
     assert [c.durable_name for c in consumer_configs(UNORDERED, "receiver-express")] == ["receiver-express"]
     assert stream_transform_of(UNORDERED, "ORDERS") is None  # the speed reference stays unpartitioned
@@ -76,9 +84,12 @@ def test_an_ordered_function_reads_one_lane_per_partition_and_its_own_for_keyles
 
 def test_ordered_permissions_cover_every_lane_and_the_keyed_subjects() -> None:
     distributor = function_permissions(ORDERED, "distributor")
-    for p in (0, 31):
+    for p in (0, 7):
         assert f"$JS.API.CONSUMER.MSG.NEXT.ORDERS.distributor-p{p}" in distributor.publish
         assert f"$JS.ACK.ORDERS.distributor-p{p}.>" in distributor.publish
+        assert f"$JS.API.CONSUMER.UNPIN.ORDERS.distributor-p{p}" in distributor.publish  # hands its lanes over
+    assert "ebbtide.lane_holdings.distributor" in distributor.publish  # holdings spread over the replicas
+    assert "ebbtide.lane_holdings.distributor" in distributor.subscribe
     assert {"orders.express.*", "orders.standard.*"} <= set(distributor.publish)
     assert {"orders.ingress", "orders.ingress.*"} <= set(distributor.subscribe)  # the bell, keyed or not
     assert ingress_permissions(ORDERED).publish == ["orders.ingress", "orders.ingress.*"]

@@ -90,7 +90,7 @@ def test_a_candidate_that_traps_or_cannot_start_answers_faults_and_never_raises(
     tiny = Candidate(RECORD, module, engine, GuestLimits(65536, 2_000_000), b"{}", stats)
     slot = _Slot()
     outcomes = tiny.handle(slot, [(b"in", b"a"), (b"in", b"b")])
-    assert all(isinstance(o, GuestFault) and o.kind == "candidate-error" for o in outcomes)
+    assert all(isinstance(o, GuestFault) and o.kind == "host-error" for o in outcomes)
     assert slot.candidate is None
 
 

@@ -18,6 +18,7 @@ from ebbtide.runtime import (
     ModuleLoadError,
     Status,
     WasmEngine,
+    wasi,
 )
 from ebbtide.runtime.wasi import ERRNO_FAULT, ERRNO_INVAL, ERRNO_SUCCESS, MAX_RANDOM_BYTES
 
@@ -187,6 +188,39 @@ def test_wasi_calls_touch_only_the_callers_memory(
     assert wasi_errno(wasi_guest, op, pointer, length) == errno
     if errno != ERRNO_SUCCESS:  # a refused call wrote nothing (a negative pointer must not wrap to the end)
         assert memory.read(store, MEMORY_SIZE - 64, MEMORY_SIZE) == tail_before
+
+
+def test_a_refused_configuration_says_the_guests_words(tmp_path: Path, engine: WasmEngine) -> None:
+    refusing = f"""(func (export "ebbtide_init") (param i32) (result i32)
+        (i32.store (i32.const {OUTPUT_PTR}) (i32.const 2)) (i32.store16 (i32.const {OUTPUT_PTR + 4}) (i32.const 0x6f6e))
+        (i32.const 1))"""
+    with pytest.raises(GuestInitError, match=r"guest-\d+\.wasm: configuration refused: no$"):
+        start(engine, module(tmp_path, ebbtide_init=refusing))
+
+
+def test_a_host_import_that_raises_fails_the_message_and_only_that_message(
+    tmp_path: Path, engine: WasmEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A WASI function of the host that raises (here the realtime clock, made to fail) cuts the call short:
+    a guest fault for that message (its instance is replaced, the message retried), and nothing left
+    behind in wasmtime-py: the next trap of another instance is that instance's own."""
+    path = module(tmp_path, WASI_IMPORTS, ebbtide_handle=WASI_HANDLE)
+    guest = start(engine, path, frozenset({"clock", "random"}))
+
+    def clock_broken() -> int:
+        raise OSError("clock unavailable")
+
+    monkeypatch.setitem(wasi._CLOCKS, 0, clock_broken)
+    with pytest.raises(GuestFault, match=r"^trap: a host import raised OSError\('clock unavailable'\)") as fault:
+        wasi_errno(guest, 1, 4096)
+    assert fault.value.kind == "trap"
+    monkeypatch.undo()
+    trapping = start(
+        engine, module(tmp_path, ebbtide_handle='(func (export "ebbtide_handle") (param i32 i32) (result i32) unreachable)')
+    )
+    with pytest.raises(GuestFault, match="^trap: .*unreachable"):
+        trapping.handle(b"s", b"")
+    assert wasi_errno(start(engine, path, frozenset({"clock", "random"})), 1, 4096) == ERRNO_SUCCESS
 
 
 @pytest.mark.parametrize(

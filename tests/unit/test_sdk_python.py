@@ -4,16 +4,15 @@ The same code runs inside the component (tests/integration/test_languages.py run
 
 from __future__ import annotations
 
-import struct
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import msgspec
 import pytest
 
+from ebbtide.errors import GuestFault
 from ebbtide.runtime import decode_effects
-from ebbtide.runtime.abi import KvPut, Publish
+from ebbtide.runtime.abi import BATCH_COUNT, KvPut, Publish, Status, pack_records, read_output_records
 from tests.conftest import REPO
 
 sys.path.insert(0, str(REPO / "functions/sdk-python"))
@@ -21,21 +20,29 @@ import ebbtide_sdk  # noqa: E402
 from ebbtide_sdk import Function, Message, Reject, Retry, kv_put, publish  # noqa: E402
 
 
-def records(*messages: tuple[bytes, bytes]) -> bytes:
-    return b"".join(struct.pack("<II", len(s), len(p)) + s + p for s, p in messages)
-
-
-def outcomes(output: bytes) -> Iterator[tuple[int, bytes]]:
-    done, pos = struct.unpack_from("<I", output)[0], 4
-    for _ in range(done):
-        status, length = struct.unpack_from("<II", output, pos)
-        yield status, output[pos + 8 : pos + 8 + length]
-        pos += 8 + length
-    assert pos == len(output)
-
-
 def run(handler: Any, *payloads: bytes, subject: bytes = b"in") -> list[tuple[int, bytes]]:
-    return list(outcomes(Function(handler).handle_batch(records(*((subject, p) for p in payloads)))))
+    """The SDK's `handle_batch` on records the host packs, its output read as the host reads it (runtime/abi.py:
+    the same functions serve core modules and components): (status, output) per message; a handler that
+    raised reads as (RAISED, its text)."""
+    messages = [(subject, p) for p in payloads]
+    packed, count = pack_records(messages, 0, 1 << 20)
+    assert count == len(messages)
+    output = Function(handler).handle_batch(packed)
+    assert BATCH_COUNT.unpack_from(output)[0] == count
+    read: list[tuple[int, bytes]] = []
+    raised_fault = GuestFault("trap", "the handler raised")
+
+    def append(outcome: tuple[Status, bytes] | GuestFault) -> None:
+        if outcome is not raised_fault:
+            assert not isinstance(outcome, GuestFault), outcome
+            read.append(outcome)
+
+    def raised(status: int, text: bytes) -> GuestFault:
+        read.append((status, text))
+        return raised_fault
+
+    read_output_records(output, count, len(output), append, raised)
+    return read
 
 
 def test_effects_are_the_zig_sdks_bytes() -> None:

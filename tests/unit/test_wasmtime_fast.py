@@ -1,14 +1,16 @@
 """Fails loudly if the wasmtime-py internals behind the fast path change (see runtime/_wasmtime_fast.py)."""
 
-from importlib.metadata import version
-
+import pytest
 import wasmtime
 
 from ebbtide.runtime import _wasmtime_fast as fast
+from tests.dependency_range import installed_is_declared
 
 
-def test_pinned_version() -> None:
-    assert version("wasmtime") == fast.SUPPORTED_WASMTIME, "update _wasmtime_fast.py and its pin together"
+def test_a_declared_release() -> None:
+    """The internals used are checked by the tests below, on every release ebbtide declares
+    (.ci/dependency-range runs them on the lowest and the highest)."""
+    installed_is_declared("wasmtime")
 
 
 def test_raw_call_memory_and_fuel() -> None:
@@ -57,3 +59,45 @@ def test_export_picker_fetches_exports_by_index() -> None:
     func, memory = picker.pick(store, wasmtime.Instance(store, module, []))  # another instance of the module
     assert isinstance(func, wasmtime.Func) and func(store) == 2
     assert isinstance(memory, wasmtime.Memory) and memory.data_len(store) == 65536
+
+
+class HostImportFailed(Exception):
+    pass
+
+
+def test_an_exception_in_a_host_import_is_raised_by_its_call_not_by_a_later_trap() -> None:
+    """wasmtime-py keeps an exception raised by a Python host import in `_func.LAST_EXCEPTION` and raises it
+    from the call that ran the import (`maybe_raise_last_exn`). RawCall must do the same: else the call
+    raised a bare "python exception" trap, and the exception stayed behind to surface at the next
+    unrelated trap, of any instance, through wasmtime-py's own API."""
+    engine = wasmtime.Engine()
+    module = wasmtime.Module(
+        engine,
+        """
+        (module (import "host" "fail" (func $fail))
+          (func (export "calls_host") (param i32) (result i32) (call $fail) (i32.const 0))
+          (func (export "traps") (param i32) (result i32) unreachable))""",
+    )
+    failing = HostImportFailed("raised by the host import")
+
+    def fail() -> None:
+        raise failing
+
+    linker = wasmtime.Linker(engine)
+    linker.define_func("host", "fail", wasmtime.FuncType([], []), fail)
+    store = wasmtime.Store(engine)
+    instance = linker.instantiate(store, module)
+    exports = instance.exports(store)
+    calls_host = exports["calls_host"]
+    traps = exports["traps"]
+    assert isinstance(calls_host, wasmtime.Func) and isinstance(traps, wasmtime.Func)
+
+    with pytest.raises(HostImportFailed) as raised:
+        fast.RawCall(store, calls_host, 1)(0)
+    assert raised.value is failing  # the exception itself, as wasmtime-py's Func.__call__ raises it
+    # ... and nothing left behind: the next trap is that trap, through RawCall and through wasmtime-py alike.
+    with pytest.raises(wasmtime.Trap) as trapped:
+        fast.RawCall(store, traps, 1)(0)
+    assert trapped.value.trap_code == wasmtime.TrapCode.UNREACHABLE
+    with pytest.raises(wasmtime.Trap):
+        traps(store, 0)

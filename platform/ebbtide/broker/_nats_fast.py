@@ -1,25 +1,24 @@
-"""The nats-py internals ebbtide's hot path relies on, in one place (nats-py is pinned in pyproject.toml).
+"""The nats-py internals ebbtide's hot path relies on, in one place (tests/unit/test_nats_fast.py guards them).
 
 Profiled through 10,000 messages, a function process spent most of its host time in nats-py's per-message
 path: each `publish()` (one per effect and one per ack) validates its subject, encodes its headers key by
 key and checks the flusher's queue; each delivered message and each PubAck goes through a queue, a task
 switch and an `await` of the subscription's callback. Here instead:
 
+- `FastNatsClient`: the class of ebbtide's own connections (broker/connection.py makes them), a subclass
+  of nats-py's `Client`. It parses header blocks with `parse_header_lines` (nats-py's own parser, the
+  same result at half the cost), and its `subscribe_direct` hands each message to a plain function as the
+  read loop parses it, with no queue or task in between. Nothing else changes: nats-py's `Client`, its
+  subscriptions and any client an application makes itself are left exactly as published.
+- `subscribe_direct(nc, ...)`: that, on a `FastNatsClient`; on any other client (one an application
+  passed in) nats-py's public `subscribe(cb=...)`, the same messages in the same order, at nats-py's cost;
 - `write`: protocol bytes for many messages (built with `pub`/`hpub`) appended in one `_send_command`,
   then the flusher kicked, as `publish()` does;
-- `subscribe_direct`: each message handed to a plain function as the read loop parses it, with no queue
-  or task in between (nats-py's `_process_msg` puts it into `Subscription._pending_queue`; that queue is
-  replaced by one that calls the function);
-- `mark_settled`: a message acked through `write` is marked as acked, so nats-py refuses a second ack;
-- `parse_header_lines`: nats-py's own header parser, the same result at half the cost (it tests each
-  name's characters one by one in a generator); installed in place of nats-py's when this module loads.
-
-tests/unit/test_nats_fast.py fails loudly when a nats-py release changes what this relies on.
+- `mark_settled`: a message acked through `write` is marked as acked, so nats-py refuses a second ack.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Mapping
 
@@ -27,6 +26,7 @@ import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
 
 log = logging.getLogger("ebbtide.broker")
 
@@ -44,9 +44,10 @@ def hpub(subject: str, reply: str, header: bytes, payload: bytes) -> bytes:
     return b"".join((f"HPUB {subject} {reply} {len(header)} {len(header) + len(payload)}\r\n".encode(), header, payload, b"\r\n"))
 
 
-def pub(subject: str, payload: bytes = b"") -> bytes:
-    """A publish without headers or reply (an ack: `pub(msg.reply)`, empty as nats-py's `Msg.ack`)."""
-    return b"".join((f"PUB {subject} {len(payload)}\r\n".encode(), payload, b"\r\n"))
+def pub(subject: str, payload: bytes = b"", reply: str = "") -> bytes:
+    """A publish without headers (an ack: `pub(msg.reply)`, empty as nats-py's `Msg.ack`)."""
+    head = f"PUB {subject} {reply} {len(payload)}\r\n" if reply else f"PUB {subject} {len(payload)}\r\n"
+    return b"".join((head.encode(), payload, b"\r\n"))
 
 
 async def write(nc: NatsClient, data: bytes, messages: int) -> None:
@@ -69,6 +70,12 @@ def client_of(msg: Msg) -> NatsClient:
     return msg._client
 
 
+def client_of_jetstream(js: JetStreamContext) -> NatsClient:
+    """The connection a JetStreamContext speaks on (for the API requests nats-py has no method for)."""
+    client: NatsClient = js._nc
+    return client
+
+
 def mark_settled(msg: Msg) -> None:
     """`msg` was acked through `write`: nats-py's own ack/nak/term now raise MsgAlreadyAckdError, as after
     its `Msg.ack()`."""
@@ -76,8 +83,9 @@ def mark_settled(msg: Msg) -> None:
 
 
 def parse_header_lines(raw: bytes) -> dict[str, str]:
-    """`Client._parse_header_lines` of nats-py 2.16.0, line for line, with its whitespace test on a name
-    (`any(c.isspace() for c in key)`) as one `str.split` (the same characters count as whitespace)."""
+    """FastNatsClient's header parser: `Client._parse_header_lines` of nats-py 2.16.0, line for line, with
+    its whitespace test on a name (`any(c.isspace() for c in key)`) as one `str.split` (the same characters
+    count as whitespace)."""
     out: dict[str, str] = {}
     for line in raw.split(b"\r\n"):
         name, sep, value = line.partition(b":")
@@ -93,28 +101,72 @@ def parse_header_lines(raw: bytes) -> dict[str, str]:
     return out
 
 
-NATS_PY_PARSE_HEADER_LINES = NatsClient._parse_header_lines  # kept for the test that compares the two
-NatsClient._parse_header_lines = staticmethod(parse_header_lines)  # type: ignore[method-assign]
+# nats-py's own header-line parser (2.15 and later), which FastNatsClient's replaces and must equal (tests);
+# None in older releases, which parse headers their own way: FastNatsClient then leaves that as it is.
+NATS_PY_PARSE_HEADER_LINES: Callable[[bytes], dict[str, str]] | None = getattr(NatsClient, "_parse_header_lines", None)
+
+OnMessage = Callable[[Msg], None]
 
 
-class _Dispatch(asyncio.Queue[Msg]):
-    """Stands in for a subscription's pending queue: each message goes straight to `on_message`."""
+class FastNatsClient(NatsClient):
+    """nats-py's client with ebbtide's hot path; the class of every connection ebbtide makes itself.
 
-    def __init__(self, subscription: Subscription, on_message: Callable[[Msg], None]) -> None:
+    Two differences from its base class, both confined to instances of this class: header blocks are
+    parsed by `parse_header_lines` (where nats-py has the parser it replaces), and a subscription made
+    with `subscribe_direct` has each message handed to a plain function by the read loop itself
+    (`_process_msg`), instead of through the subscription's queue and a task awaiting a callback.
+    """
+
+    if NATS_PY_PARSE_HEADER_LINES is not None:
+        _parse_header_lines = staticmethod(parse_header_lines)
+
+    def __init__(self) -> None:
         super().__init__()
-        self._subscription = subscription
-        self._on_message = on_message
+        self._direct: dict[int, OnMessage] = {}  # subscription id -> the function its messages go to
 
-    def put_nowait(self, item: Msg) -> None:
-        self._subscription._pending_size -= len(item.data)  # counted by _process_msg, never dequeued
-        try:
-            self._on_message(item)
-        except Exception:  # an exception here would end the connection's read loop
-            log.exception("message handler failed on %s", item.subject)
+    async def subscribe_direct(self, subject: str, on_message: OnMessage) -> Subscription:
+        """Subscribe with `on_message` called synchronously for each message, in the order they arrive."""
+        subscription = await self.subscribe(subject)
+        live = self._subs
+        for gone in [sid for sid in self._direct if sid not in live]:  # unsubscribed since: forget them
+            del self._direct[gone]
+        self._direct[subscription._id] = on_message
+        # Anything the read loop took while `subscribe` awaited its flush went into the queue: first, in order.
+        queued = subscription._pending_queue
+        while not queued.empty():
+            msg = queued.get_nowait()
+            queued.task_done()  # the subscription's drain() joins this queue
+            subscription._pending_size -= len(msg.data)
+            _deliver(on_message, msg)
+        return subscription
+
+    async def _process_msg(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> None:
+        on_message = self._direct.get(sid)
+        if on_message is None or sid not in self._subs:  # not direct, or unsubscribed: nats-py's own way
+            await super()._process_msg(sid, subject, reply, data, headers)
+            return
+        stats = self.stats
+        stats["in_msgs"] += 1
+        stats["in_bytes"] += len(data)
+        msg = self._build_message(sid, subject, reply, data, await self._process_headers(headers))
+        if msg:
+            _deliver(on_message, msg)
 
 
-async def subscribe_direct(nc: NatsClient, subject: str, on_message: Callable[[Msg], None]) -> Subscription:
-    """Subscribe with `on_message` called synchronously for each message, in the order they arrive."""
-    subscription = await nc.subscribe(subject)
-    subscription._pending_queue = _Dispatch(subscription, on_message)
-    return subscription
+def _deliver(on_message: OnMessage, msg: Msg) -> None:
+    try:
+        on_message(msg)
+    except Exception:  # an exception here would end the connection's read loop
+        log.exception("message handler failed on %s", msg.subject)
+
+
+async def subscribe_direct(nc: NatsClient, subject: str, on_message: OnMessage) -> Subscription:
+    """Subscribe with `on_message` called for each message, in the order they arrive: synchronously by the
+    read loop on ebbtide's own connections, through nats-py's public callback on any other client."""
+    if isinstance(nc, FastNatsClient):
+        return await nc.subscribe_direct(subject, on_message)
+
+    async def callback(msg: Msg) -> None:
+        _deliver(on_message, msg)
+
+    return await nc.subscribe(subject, cb=callback)

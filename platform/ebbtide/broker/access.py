@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..errors import NatsConnectionError
 from ..manifest import LoadedManifest
 from .credentials import NatsAuth, client_auth
 from .users import AuthBundle, write_bundle
@@ -71,7 +72,7 @@ def embedded_client_access(manifest: LoadedManifest) -> ServerAccess:
     folder = embedded_auth_folder(manifest)
     bundle = AuthBundle(folder)
     if not bundle.seed_file("admin").exists():
-        raise ConnectionError(f"no credentials in {folder}: start the embedded server with `ebbtide up` first")
+        raise NatsConnectionError(f"no credentials in {folder}: start the embedded server with `ebbtide up` first")
     return ServerAccess(url, bundle.admin(), bundle)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import nats.errors
@@ -46,6 +46,17 @@ def parse_ack_subject(reply: str) -> Delivery:
     else:
         raise ValueError(f"not a JetStream ack subject: {reply!r}")
     return Delivery(tokens[base], int(tokens[base + 3]), int(tokens[base + 2]), int(tokens[base + 5]))
+
+
+def delivery_sequence(reply: str) -> int:
+    """The consumer's delivery sequence in an ack subject (each delivery, redeliveries too, has its own);
+    ValueError if `reply` is not one."""
+    tokens = reply.split(".")
+    if len(tokens) == _V1_TOKENS:
+        return int(tokens[6])
+    if len(tokens) >= _V2_MIN_TOKENS:
+        return int(tokens[8])
+    raise ValueError(f"not a JetStream ack subject: {reply!r}")
 
 
 class Incoming:
@@ -111,9 +122,12 @@ class KeepAlive:
     """Tells the server (+WPI, "in progress") every `interval` that a batch is still being worked on, so
     messages that are merely slow (a long batch, effects waiting to be confirmed) are not redelivered."""
 
-    def __init__(self, msgs: Sequence[Msg], interval: float) -> None:
+    def __init__(self, msgs: Sequence[Msg], interval: float, still_held: Callable[[Msg], bool] | None = None) -> None:
+        """`still_held`: whether a message is still this process's to keep alive (an ordered function's lane
+        may have gone to another process: its messages must then come back to that one at their ack wait)."""
         self.msgs = msgs
         self.interval = interval
+        self.still_held = still_held
         self.last = self.last_yield = time.monotonic()
 
     async def maybe_send(self) -> None:
@@ -121,8 +135,10 @@ class KeepAlive:
         now = time.monotonic()
         if now - self.last >= self.interval:
             self.last = now
+            still_held = self.still_held
             for msg in self.msgs:
-                await msg.in_progress()  # the server ignores it for a message already acked
+                if still_held is None or still_held(msg):
+                    await msg.in_progress()  # the server ignores it for a message already acked
         if now - self.last_yield >= self.interval / 4:
             # Let the other workers' keep-alives run: their batches wait while this one computes.
             self.last_yield = now

@@ -19,6 +19,8 @@ H_MSG_ID = "Nats-Msg-Id"
 H_STATUS = "Status"
 #: Beside `Status`: the server's words for it ("No Messages", "Request Timeout", ...).
 H_DESCRIPTION = "Description"
+#: On a message of a pinned consumer (ordered lanes, ADR-42): the pin id its pull requests must carry.
+H_PIN_ID = "Nats-Pin-Id"
 
 # -- carried along the pipeline ------------------------------------------------------------------------
 
@@ -67,9 +69,3 @@ HEADER_BLOCK_FRAMING = 12
 def header_lines_size(headers: Mapping[str, str]) -> int:
     """Bytes the `Key: value\\r\\n` lines take (characters, as the limits count them), without the framing."""
     return sum(len(key) + len(value) + 4 for key, value in headers.items())
-
-
-def message_size(payload: bytes, headers: Mapping[str, str] | None) -> int:
-    """What a publish counts against the server's max_payload: payload and header block (its framing
-    counted even when there are no headers: a few bytes on the safe side)."""
-    return len(payload) + (header_lines_size(headers) if headers else 0) + HEADER_BLOCK_FRAMING

@@ -22,6 +22,7 @@ API_TIMEOUT_S = 5.0
 # The server's err_code values that callers tell apart (nats-server's errors.json).
 ERR_NO_MESSAGE_FOUND = 10037
 ERR_SEQUENCE_NOT_FOUND = 10057  # e.g. deleting a sequence that is already gone
+ERR_STREAM_NAME_IN_USE = 10058
 ERR_STREAM_NOT_FOUND = 10059
 
 

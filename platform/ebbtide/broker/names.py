@@ -21,3 +21,12 @@ def kv_subject(bucket: str, key: str) -> str:
 
 # Where shadow runs keep their samples (rollout/samples.py): the observer reads it for `shadow report`.
 SHADOW_STREAM = "SHADOW"
+
+
+# Where the processes of an ordered function tell each other how many of its lanes each holds
+# (broker/partitioned_pull.py), so that holders spread over the replicas.
+LANE_HOLDINGS_PREFIX = "ebbtide.lane_holdings"
+
+
+def lane_holdings_subject(function: str) -> str:
+    return f"{LANE_HOLDINGS_PREFIX}.{function}"

@@ -1,15 +1,25 @@
-"""Reading an ordered function's lanes (broker/partitions.py): a long pull request open on every one.
+"""Reading an ordered function's lanes (broker/partitions.py): holding them, in batches, one process a lane.
 
-Each lane is a durable consumer that delivers one message at a time (max_ack_pending = 1), so a request
-for one message per lane is all there is to ask. The feed keeps such a request open on every lane, each
-answered into an inbox of its own (`<inbox>.<lane>`: a delivered message carries its stream subject, not
-the inbox, so the subscription says which lane it came from); when a lane's message arrives, the next request for
-that lane goes out at once: the server holds it until the message is settled (by this process or any
-other), then sends the lane's next message. So at most one message of a lane is here at a time, and a
-batch a worker takes holds at most one message per partition.
+Each lane is a pinned consumer (ADR-42). A process's `LaneFeed` bids for the lanes nobody holds (a pull
+request without a pin id: the server pins the first it serves), holds those it wins (every request then
+carries the pin id, and one goes out at least every third of the pin timeout: the server keeps the pin only
+while the holder keeps asking), and takes each lane's messages in batches of up to `hold_max`. What may run
+and when is the `LaneBook`'s (broker/lanes.py): a lane's messages run only after its tenure's barrier, each
+key's in stream order, different keys in parallel; the workers (pool.py) take batches with `fetch` and tell
+the feed how each message ended (`settled`, `finish`), which frees the key's next messages.
 
-A process's workers share one feed (`SharedFeed`): it opens with the first worker and closes with the
-last, handing back (nak, confirmed) what no worker took, as PullConsumer.close does.
+Holders spread over the replicas: each feed announces how many lanes it holds on
+`ebbtide.lane_holdings.<function>`; a feed holding two or more than the fewest any live peer holds hands one
+over (its queued messages handed back, then the lane unpinned through `$JS.API.CONSUMER.UNPIN`, so a
+bidder gets it at once), every `RELEASE_EVERY_S` until balanced. Closing (the pool scaled to zero, the
+process stopping) hands every lane over the same way, at once, not after the pin timeout.
+
+Requests answer into an inbox per lane (`<inbox>.<lane>.<request>`): a status (408 expired, 423 wrong pin
+id) names the request it answers. Messages the book does not hold (a lane lost meanwhile) are handed back
+(nak, so the lane's holder gets them at once); a message held here stays alive with in-progress acks
+(`+WPI`) while it waits in a queue, as a batch's messages do while they run.
+
+A process's workers share one feed (`SharedFeed`): it opens with the first worker and closes with the last.
 """
 
 from __future__ import annotations
@@ -19,86 +29,370 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 
+import msgspec
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from .headers import H_DESCRIPTION, H_STATUS
-from .jsapi import next_message_subject
+from . import _nats_fast, jsapi
+from .delivery import Incoming, delivery_sequence, parse_ack_subject
+from .headers import H_DESCRIPTION, H_PIN_ID, H_STATUS
+from .lanes import RENEW_AFTER, LaneBook, Probe
+from .names import lane_holdings_subject
+from .partitions import PRIORITY_GROUP
 from .pull import HEARTBEAT, LATE_MARGIN_S, hand_back
 
 log = logging.getLogger("ebbtide.pool")
 
-LANE_EXPIRES_S = 5.0  # a lane's open request is renewed this often (after a lost reply: its deadline)
+WATCHDOG_S = 0.1  # renewals, bids, keep-alives, barrier reads and the balance are looked at this often
 RETRY_AFTER_ERROR_S = 1.0  # a lane whose request was refused (e.g. consumer deleted) asks again after this
-WATCHDOG_S = 0.5
+PROBE_FIRST_S = 0.02  # a tenure's barrier is read again after this, doubling up to PROBE_MAX_S ...
+PROBE_MAX_S = 0.5  # ... and at once after each message that comes in for it
+HOLDINGS_EVERY_S = 2.0  # each feed announces its holdings this often (and at once when they change)
+PEER_LIVE_S = 3 * HOLDINGS_EVERY_S  # a peer not heard of for this long is gone (killed)
+RELEASE_EVERY_S = 0.5  # at most one lane handed over per this interval, while unbalanced
+REST_AFTER_RELEASE_S = 5.0  # no bid for a lane just handed over, so that another process gets it
+WRONG_PIN = "423"
+BARRIER_REPORT_S = 10.0
 
 
-class PartitionedFeed:
-    """Every lane of one ordered function, read through one inbox."""
+class _PendingInfo(jsapi.ApiResponse):
+    """What a barrier read needs of CONSUMER.INFO."""
 
-    def __init__(self, nc: NatsClient, stream: str, consumers: list[str], expires_s: float = LANE_EXPIRES_S) -> None:
+    class Delivered(msgspec.Struct):
+        consumer_seq: int = 0
+
+    num_ack_pending: int = 0
+    delivered: Delivered = msgspec.field(default_factory=Delivered)
+
+
+class _Holdings(msgspec.Struct):
+    feed: str
+    held: int  # lanes held; -1: this feed closed (takes no lane)
+
+
+@dataclass(slots=True)
+class _Request:
+    number: int
+    sent_at: float
+    expires_at: float
+    remaining: int  # messages it may still bring
+    pin: str | None
+
+
+@dataclass(slots=True)
+class _LaneIO:
+    """One lane's requests and reads."""
+
+    next_subject: str
+    info_subject: str
+    unpin_subject: str
+    requests: deque[_Request] = field(default_factory=deque)
+    pin_to_ask: str | None = None  # the pin id requests carry (kept after a lapsed lease until refused)
+    quiet_until: float = 0.0  # no request before this (after an error, or a lane just handed over)
+    probing: bool = False
+    arrived_since_probe: bool = False
+    barrier_report_at: float = 0.0  # a barrier waited for this long is logged (then every BARRIER_REPORT_S)
+    probe_at: float | None = None  # next barrier read (None: none needed)
+    probe_wait_s: float = PROBE_FIRST_S
+    next_number: int = 0
+
+
+class LaneFeed:
+    """Every lane of one ordered function this process holds or bids for."""
+
+    def __init__(
+        self,
+        nc: NatsClient,
+        stream: str,
+        function: str,
+        trigger: str,
+        consumers: list[str],
+        *,
+        pin_timeout_s: float,
+        ack_wait_s: float,
+        hold_max: int,
+    ) -> None:
         self._nc = nc
-        self._next_subjects = [next_message_subject(stream, consumer) for consumer in consumers]
-        self._expires_s = expires_s
-        self._request_body = json.dumps({"batch": 1, "expires": int(expires_s * 1e9)}).encode()
+        self._stream = stream
+        self._trigger = trigger
+        self._keyless_lane = len(consumers) - 1  # the function's own consumer: messages without a key
+        self._holdings_subject = lane_holdings_subject(function)
+        self.book: LaneBook[Msg] = LaneBook(len(consumers), pin_timeout_s, hold_max, ack_wait_s)
+        self._pin_timeout_s = pin_timeout_s
+        self._keep_alive_s = ack_wait_s / 3
+        self._request_min = max(1, hold_max // 4)  # a held lane asks for more once it has room for this many
         self._inbox = nc.new_inbox()
-        self._renew_at = [0.0] * len(consumers)  # when each lane's request is to be sent again
-        self._ready: deque[Msg] = deque()
-        # Workers waiting for a message, first come first served: an arrival wakes one, not all.
-        self._waiting: deque[asyncio.Future[None]] = deque()
+        self._feed_id = self._inbox.rsplit(".", 1)[1]  # unique: how peers tell this feed's announcements apart
+        self._lanes = [
+            _LaneIO(
+                jsapi.next_message_subject(stream, consumer),
+                f"CONSUMER.INFO.{stream}.{consumer}",
+                f"CONSUMER.UNPIN.{stream}.{consumer}",
+            )
+            for consumer in consumers
+        ]
+        self._waiting: deque[asyncio.Future[None]] = deque()  # workers waiting for a batch, first come first served
+        self._wake_scheduled = False
         self._subscriptions: list[Subscription] = []
+        self._peers: dict[str, tuple[int, float]] = {}  # feed -> (lanes held, when heard)
+        self._announced = -2
+        self._announce_at = 0.0
+        self._next_release_at = 0.0
+        self._next_keep_alive = 0.0
         self._watchdog: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
 
-    async def start(self) -> PartitionedFeed:
-        for lane in range(len(self._next_subjects)):
-            self._subscriptions.append(await self._nc.subscribe(f"{self._inbox}.{lane}", cb=self._receiver(lane)))
-        for lane in range(len(self._next_subjects)):
-            await self._request(lane)
-        self._watchdog = asyncio.create_task(self._renew_lost(), name="ordered-feed-watchdog")
+    # -- starting and the watchdog -------------------------------------------------------------------
+
+    async def start(self) -> LaneFeed:
+        for lane in range(len(self._lanes)):
+            subject = f"{self._inbox}.{lane}.*"
+            self._subscriptions.append(await _nats_fast.subscribe_direct(self._nc, subject, self._receiver(lane)))
+        self._subscriptions.append(await _nats_fast.subscribe_direct(self._nc, self._holdings_subject, self._on_holdings))
+        await self._tend(time.monotonic())
+        self._watchdog = asyncio.create_task(self._run_watchdog(), name="ordered-feed-watchdog")
         return self
 
-    async def _request(self, lane: int) -> None:
-        if self._closed or not self._nc.is_connected:
-            return  # the watchdog asks again once connected
-        self._renew_at[lane] = time.monotonic() + self._expires_s + LATE_MARGIN_S
-        await self._nc.publish(self._next_subjects[lane], self._request_body, reply=f"{self._inbox}.{lane}")
+    async def _run_watchdog(self) -> None:
+        while not self._closed:
+            await asyncio.sleep(WATCHDOG_S)
+            try:
+                await self._tend(time.monotonic())
+            except Exception as exc:  # connection closing: the next round, or close(), decides
+                log.debug("ordered feed: %r", exc)
 
-    def _receiver(self, lane: int) -> Callable[[Msg], Awaitable[None]]:
-        async def receive(msg: Msg) -> None:
-            await self._on_message(lane, msg)
+    async def _tend(self, now: float) -> None:
+        """Everything that is due: lapsed leases, requests (renewals, refills, bids), barrier reads,
+        keep-alives of queued messages, the holdings announcement and the balance."""
+        book = self.book
+        for lane, io in enumerate(self._lanes):
+            while io.requests and now > io.requests[0].expires_at + LATE_MARGIN_S:
+                io.requests.popleft()  # its answer was lost (a reconnect, a restarted server)
+            if book.holds(lane) and not book.may_act(lane, now):
+                # This process did not renew in time (frozen, or its loop stalled): the pin may be gone.
+                io.pin_to_ask = book.pin(lane)
+                self._spawn(self._lose(lane, "its lease lapsed"))
+            await self._maybe_request(lane, io, now)
+            if io.probe_at is not None and now >= io.probe_at and not io.probing:
+                self._spawn(self._probe(lane, io))
+        if now >= self._next_keep_alive:
+            self._next_keep_alive = now + self._keep_alive_s
+            await self._keep_queued_alive(now)
+        await self._balance(now)
+
+    def _spawn(self, coroutine: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- requests ------------------------------------------------------------------------------------
+
+    async def _maybe_request(self, lane: int, io: _LaneIO, now: float) -> None:
+        if self._closed or now < io.quiet_until or not self._nc.is_connected:
+            return
+        book = self.book
+        if book.holds(lane) or io.pin_to_ask is not None:
+            # Waiting for its barrier, a holder takes whatever comes (what it waits for is among it: the previous
+            # holder's messages, redelivered); once clear, what it has room for.
+            room = book.room(lane) if book.is_clear(lane) else book.hold_max
+            wanted = sum(request.remaining for request in io.requests)
+            if book.renew_due(lane, now) or (io.pin_to_ask is not None and not io.requests):
+                await self._request(lane, io, max(1, room - wanted), now)  # keeps the pin
+            elif room - wanted >= self._request_min:
+                await self._request(lane, io, room - wanted, now)
+        elif not io.requests:
+            await self._request(lane, io, book.hold_max, now)  # a bid
+
+    async def _request(self, lane: int, io: _LaneIO, batch: int, now: float) -> None:
+        pin = self.book.pin(lane) or io.pin_to_ask
+        # A holder's request lapses when the next renewal is due; a bid waits a pin timeout.
+        expires_s = self._pin_timeout_s * (RENEW_AFTER if pin else 1.0)
+        body: dict[str, object] = {"batch": batch, "expires": int(expires_s * 1e9), "group": PRIORITY_GROUP}
+        if pin:
+            body["id"] = pin
+        io.next_number += 1
+        request = _Request(io.next_number, now, now + expires_s, batch, pin)
+        io.requests.append(request)
+        await self._nc.publish(io.next_subject, json.dumps(body).encode(), reply=f"{self._inbox}.{lane}.{request.number}")
+        if pin:
+            self.book.requested(lane, now)
+
+    def _receiver(self, lane: int) -> Callable[[Msg], None]:
+        def receive(msg: Msg) -> None:
+            self._on_message(lane, msg)
 
         return receive
 
-    async def _on_message(self, lane: int, msg: Msg) -> None:
-        status = msg.headers.get(H_STATUS) if msg.headers and not msg.data else None
-        if status is None:
-            self._ready.append(msg)
-            self._wake_one()
-            await self._request(lane)  # served once this message is settled, by whoever settles it
-        elif status == HEARTBEAT:
+    def _on_message(self, lane: int, msg: Msg) -> None:
+        headers = msg.headers
+        status = headers.get(H_STATUS) if headers and not msg.data else None
+        io = self._lanes[lane]
+        if status is not None:
+            if status != HEARTBEAT:
+                self._on_status(lane, io, msg.subject.rsplit(".", 1)[1], status, headers or {})
             return
-        elif status.startswith("408") or status.startswith("404"):
-            await self._request(lane)  # expired: open another
+        book = self.book
+        pin = headers.get(H_PIN_ID) if headers else None
+        for request in io.requests:  # the server fills a client's requests in the order it got them
+            if request.remaining > 0:
+                requested_at = request.sent_at
+                request.remaining -= 1
+                if request.remaining == 0:
+                    io.requests.remove(request)
+                break
         else:
-            description = msg.headers.get(H_DESCRIPTION, "") if msg.headers else ""
-            log.warning("pull request on %s answered %s %s", self._next_subjects[lane], status, description)
-            self._renew_at[lane] = time.monotonic() + RETRY_AFTER_ERROR_S
+            requested_at = time.monotonic() - self._pin_timeout_s  # its request was given up on: no lease from it
+        if pin is None or self._closed:
+            if pin is None:
+                log.warning("%s: message without a pin id (not a pinned lane: run `ebbtide provision`)", msg.subject)
+            self._spawn(hand_back(self._nc, msg))
+            return
+        try:
+            seq = parse_ack_subject(msg.reply).sequence
+            delivery = delivery_sequence(msg.reply)
+        except ValueError:
+            log.error("%s: message without a JetStream ack subject; ignored", msg.subject)
+            return
+        new_tenure = book.pinned(lane, pin, requested_at)
+        if book.arrived(lane, msg, seq, self._key_of(msg.subject), delivery):
+            if book.is_clear(lane):
+                self._wake_soon()
+            else:
+                io.arrived_since_probe = True
+        if new_tenure:
+            io.pin_to_ask, io.probe_wait_s, io.probe_at = None, PROBE_FIRST_S, None
+            io.barrier_report_at = time.monotonic() + BARRIER_REPORT_S
+            if io.probing:
+                io.arrived_since_probe = True
+            else:
+                self._spawn(self._probe(lane, io))
 
-    async def _renew_lost(self) -> None:
-        """Ask again on lanes whose request got no answer in time (a reconnect, a restarted server)."""
-        while not self._closed:
-            await asyncio.sleep(WATCHDOG_S)
+    def _on_status(self, lane: int, io: _LaneIO, number: str, status: str, headers: dict[str, str]) -> None:
+        request = next((r for r in io.requests if str(r.number) == number), None)
+        if request is not None:
+            io.requests.remove(request)
+        code = status.split(" ", 1)[0]
+        if code == WRONG_PIN:
+            if request is not None and request.pin is not None and request.pin in (self.book.pin(lane), io.pin_to_ask):
+                io.pin_to_ask = None
+                self._spawn(self._lose(lane, "another process holds it now"))
+        elif code not in ("408", "404", "409"):
+            log.warning("pull request on %s answered %s %s", io.next_subject, status, headers.get(H_DESCRIPTION, ""))
+            io.quiet_until = time.monotonic() + RETRY_AFTER_ERROR_S
+
+    def _key_of(self, subject: str) -> str:
+        """A lane's message's key: `<trigger>.<partition>.<key>`, or "" on the bare trigger (keyless)."""
+        return subject.rsplit(".", 1)[1] if subject != self._trigger else ""
+
+    # -- the barrier ---------------------------------------------------------------------------------
+
+    async def _probe(self, lane: int, io: _LaneIO) -> None:
+        io.probing, io.arrived_since_probe = True, False
+        try:
+            probe: Probe = self.book.barrier_probe(lane)
+            reply = await jsapi.request(self._nc, io.info_subject, None, _PendingInfo)
             now = time.monotonic()
-            for lane, renew_at in enumerate(self._renew_at):
-                if now >= renew_at:
-                    try:
-                        await self._request(lane)
-                    except Exception as exc:  # connection closing: the next round, or close(), decides
-                        log.debug("cannot renew a pull request: %r", exc)
+            clear = self.book.barrier_answer(probe, reply.num_ack_pending, reply.delivered.consumer_seq, now)
+            if not clear and now >= io.barrier_report_at:
+                io.barrier_report_at = now + BARRIER_REPORT_S
+                log.info(
+                    "%s: waiting for its barrier: the server counts %d unacked, %d held here",
+                    io.info_subject.rsplit(".", 1)[1],
+                    reply.num_ack_pending,
+                    self.book.held_count(lane),
+                )
+        except Exception as exc:
+            log.debug("barrier read of %s: %r", io.info_subject, exc)
+            clear = False
+        finally:
+            io.probing = False
+        if clear or not self.book.holds(lane):
+            io.probe_at = None
+            if clear:
+                self._wake_all()
+            return
+        if io.arrived_since_probe:  # what the barrier waited for may have come in: look again soon
+            io.arrived_since_probe, io.probe_wait_s = False, PROBE_FIRST_S
+        io.probe_at = time.monotonic() + io.probe_wait_s
+        io.probe_wait_s = min(io.probe_wait_s * 2, PROBE_MAX_S)
+
+    # -- losing, keeping alive, balancing ------------------------------------------------------------
+
+    async def _lose(self, lane: int, why: str) -> None:
+        """The lane is no longer held here: its queued messages handed back, each confirmed (the book forgets
+        them at once; the caller awaits the confirmations, or spawns this, as the watchdog does: it must
+        not wait for them while other lanes' renewals are due)."""
+        if not self.book.holds(lane):
+            return
+        log.info("lane %s: no longer held here (%s)", self._lanes[lane].next_subject.rsplit(".", 1)[1], why)
+        self._lanes[lane].probe_at = None
+        queued = self.book.lose(lane)
+        await asyncio.gather(*(hand_back(self._nc, msg) for msg in queued))
+
+    async def _keep_queued_alive(self, now: float) -> None:
+        """+WPI for the messages held here that wait in a queue (a batch's messages get theirs from the pool)."""
+        book = self.book
+        replies = [msg.reply for lane in book.held_lanes if book.may_act(lane, now) for msg in book.queued_messages(lane)]
+        if replies and self._nc.is_connected:
+            await _nats_fast.write(self._nc, b"".join([_nats_fast.pub(reply, b"+WPI") for reply in replies]), len(replies))
+
+    def _on_holdings(self, msg: Msg) -> None:
+        try:
+            holdings = msgspec.json.decode(msg.data, type=_Holdings)
+        except msgspec.DecodeError:
+            return
+        if holdings.feed != self._feed_id:
+            self._peers[holdings.feed] = (holdings.held, time.monotonic())
+
+    async def _balance(self, now: float) -> None:
+        held = self.book.held_lanes
+        if self._closed:
+            return
+        if len(held) != self._announced or now >= self._announce_at:
+            await self._announce(len(held), now)
+        if now < self._next_release_at or not held:
+            return
+        live = [count for count, heard in self._peers.values() if now - heard < PEER_LIVE_S and count >= 0]
+        if live and len(held) >= min(live) + 2:
+            # Half the difference at once (the fewest held messages first), then look again.
+            self._next_release_at = now + RELEASE_EVERY_S
+            surplus = sorted(held, key=self.book.held_count)[: (len(held) - min(live)) // 2]
+            for lane in surplus:
+                self._spawn(self._hand_over(lane, now))
+
+    async def _announce(self, held: int, now: float) -> None:
+        self._announced, self._announce_at = held, now + HOLDINGS_EVERY_S
+        if self._nc.is_connected:
+            await self._nc.publish(self._holdings_subject, msgspec.json.encode(_Holdings(self._feed_id, held)))
+
+    async def _hand_over(self, lane: int, now: float) -> None:
+        """Let the lane go at once: its queued messages handed back (confirmed), then the pin dropped, so
+        that the server pins a bidder now (its barrier waits for what still runs here)."""
+        io = self._lanes[lane]
+        io.quiet_until, io.pin_to_ask = now + REST_AFTER_RELEASE_S, None
+        await self._lose(lane, "handed over")
+        try:
+            await jsapi.request(self._nc, io.unpin_subject, {"group": PRIORITY_GROUP}, jsapi.ApiResponse)
+        except Exception as exc:  # the pin times out by itself
+            log.warning("could not unpin %s: %r", io.unpin_subject, exc)
+
+    # -- what the workers call -----------------------------------------------------------------------
+
+    def _wake_soon(self) -> None:
+        """Wake a waiting worker once the messages being read now are all in: a batch then takes them together
+        (the read loop hands over every message of what it received before the event loop runs this)."""
+        if not self._wake_scheduled and self._waiting:
+            self._wake_scheduled = True
+            asyncio.get_running_loop().call_soon(self._wake_scheduled_one)
+
+    def _wake_scheduled_one(self) -> None:
+        self._wake_scheduled = False
+        self._wake_one()
 
     def _wake_one(self) -> None:
         while self._waiting:
@@ -107,24 +401,72 @@ class PartitionedFeed:
                 waiter.set_result(None)
                 return
 
+    def _wake_all(self) -> None:
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+
     async def fetch(self, batch: int, wait_s: float) -> list[Msg]:
-        """Up to `batch` messages that are here (at most one per lane); else the first within `wait_s`
-        ([] if none came, or another worker took it first)."""
-        ready = self._ready
-        if not ready:
+        """Up to `batch` messages that may run now (see LaneBook.take); else the first to become ready
+        within `wait_s` ([] if none did, or another worker took them first)."""
+        taken = self.book.take(batch, time.monotonic())
+        if not taken:
             waiter = asyncio.get_running_loop().create_future()
             self._waiting.append(waiter)
             try:
                 await asyncio.wait_for(waiter, wait_s)
             except TimeoutError:
                 return []
-        taken = [ready.popleft() for _ in range(min(batch, len(ready)))]
-        if ready:
-            self._wake_one()  # more than this batch: for the next worker waiting
+            taken = self.book.take(batch, time.monotonic())
+        if taken:
+            self._wake_one()  # there may be more, for the next worker waiting
         return taken
 
+    def lane_of(self, subject: str) -> int:
+        if subject == self._trigger:
+            return self._keyless_lane
+        return int(subject[len(self._trigger) + 1 :].split(".", 1)[0])
+
+    def may_ack(self, incoming: Incoming) -> bool:
+        return self.book.may_act(self.lane_of(incoming.msg.subject), time.monotonic())
+
+    def settled(self, incoming: Incoming, retried: bool) -> None:
+        lane = self.lane_of(incoming.msg.subject)
+        if retried:
+            self.book.retried(lane, incoming.delivery.sequence)
+        else:
+            self.book.acked(lane, incoming.delivery.sequence)
+        self._wake_soon()
+
+    def still_held(self, msg: Msg) -> bool:
+        """Whether `msg`'s lane is still this process's to keep its messages alive (KeepAlive)."""
+        return self.book.may_act(self.lane_of(msg.subject), time.monotonic())
+
+    async def finish(self, msgs: Sequence[Msg]) -> None:
+        """A batch is over: its messages not settled go back to their keys' queues, or are handed back when
+        their lane is no longer held here; those the pool handed back (nak'ed at shutdown) wait for their
+        redelivery as retried ones do."""
+        book = self.book
+        for msg in msgs:
+            try:
+                seq = parse_ack_subject(msg.reply).sequence
+            except ValueError:
+                continue  # never held (the executor ignored it)
+            lane = self.lane_of(msg.subject)
+            if not book.in_batch(lane, seq, msg):
+                continue  # settled: `settled` was told
+            if msg.is_acked:
+                book.retried(lane, seq)
+            elif not book.returned(lane, seq, msg):
+                # Forgotten before the nak goes: its redelivery may come in while the nak is confirmed (held
+                # still, it would be taken for a duplicate, and its key would wait for it forever).
+                book.retried(lane, seq)
+                await hand_back(self._nc, msg)
+        self._wake_all()
+
     async def close(self) -> None:
-        """Stop asking; hand back (nak, confirmed by the server) what arrived and nobody took."""
+        """Hand every lane over: stop asking, hand back (nak, confirmed) what nobody took, unpin."""
         self._closed = True
         if self._watchdog is not None:
             self._watchdog.cancel()
@@ -135,23 +477,43 @@ class PartitionedFeed:
                 await (subscription.drain() if connected else subscription.unsubscribe())  # type: ignore[no-untyped-call]
             except Exception:
                 pass  # connection gone or draining: nothing more can arrive here
-        leftovers = list(self._ready)
-        self._ready.clear()
+        now = time.monotonic()
         if connected:
-            await asyncio.gather(*(hand_back(self._nc, msg) for msg in leftovers))
-        # else the server redelivers them after the ack wait, before anything later of their lanes
+            await asyncio.gather(*(self._hand_over(lane, now) for lane in self.book.held_lanes))
+            try:
+                await self._nc.publish(self._holdings_subject, msgspec.json.encode(_Holdings(self._feed_id, -1)))
+            except Exception:
+                pass
+        # else the server redelivers them after the ack wait, and the pins time out
+        for task in list(self._tasks):
+            task.cancel()
+        self._wake_all()
 
 
 class FeedView:
-    """One worker's handle on a shared feed (the pool's Consumer): closing it lets the feed go."""
+    """One worker's handle on a shared feed: the pool's Consumer, and the executor's KeyOrder for the
+    batches it fetched. Closing it lets the feed go."""
 
-    def __init__(self, shared: SharedFeed, feed: PartitionedFeed) -> None:
+    def __init__(self, shared: SharedFeed, feed: LaneFeed) -> None:
         self._shared = shared
-        self._feed: PartitionedFeed | None = feed
+        self._feed: LaneFeed | None = feed
+        self._last = feed  # for the batch still being settled when the view closes
 
     async def fetch(self, batch: int, wait_s: float) -> list[Msg]:
         assert self._feed is not None, "fetch on a closed view"
         return await self._feed.fetch(batch, wait_s)
+
+    def may_ack(self, incoming: Incoming) -> bool:
+        return self._last.may_ack(incoming)
+
+    def settled(self, incoming: Incoming, retried: bool) -> None:
+        self._last.settled(incoming, retried)
+
+    def still_held(self, msg: Msg) -> bool:
+        return self._last.still_held(msg)
+
+    async def finish(self, msgs: Sequence[Msg]) -> None:
+        await self._last.finish(msgs)
 
     async def close(self) -> None:
         feed, self._feed = self._feed, None
@@ -160,11 +522,11 @@ class FeedView:
 
 
 class SharedFeed:
-    """One PartitionedFeed for all of a pool's workers: opened by the first, closed with the last."""
+    """One LaneFeed for all of a pool's workers: opened by the first, closed with the last."""
 
-    def __init__(self, open_feed: Callable[[], Awaitable[PartitionedFeed]]) -> None:
+    def __init__(self, open_feed: Callable[[], Awaitable[LaneFeed]]) -> None:
         self._open_feed = open_feed
-        self._feed: PartitionedFeed | None = None
+        self._feed: LaneFeed | None = None
         self._users = 0
         self._lock = asyncio.Lock()
 
@@ -175,7 +537,7 @@ class SharedFeed:
             self._users += 1
             return FeedView(self, self._feed)
 
-    async def release(self, feed: PartitionedFeed) -> None:
+    async def release(self, feed: LaneFeed) -> None:
         async with self._lock:
             self._users -= 1
             if self._users == 0 and self._feed is feed:

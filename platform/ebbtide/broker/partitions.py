@@ -6,14 +6,17 @@ stores each such message as `T.<partition>.<key>`, the partition being the serve
 `{{partition(P, i)}}` (FNV-1a of the key token, modulo P): no client hashes anything, and subjects the
 transform does not match (the bare trigger, other functions' subjects) are stored unchanged.
 
-Each partition p has a durable consumer `<function>-p<p>` filtered on `T.<p>.*` with max_ack_pending = 1:
-the server delivers a partition's next message only once the one before was acked or terminated, by
-whichever replica holds it. A nak with a delay keeps it pending, so a retried message blocks its partition
-until it succeeds or is dead-lettered; a killed holder's message comes back after the ack wait, before
-anything later. Messages on the bare trigger (published without a key) go to the function's usual consumer
-`<function>`, also one at a time: they are one sequence of their own, never left unconsumed.
+Each partition p has a durable consumer `<function>-p<p>` (a *lane*) filtered on `T.<p>.*`, in a priority
+group with the `pinned_client` policy (ADR-42, nats-server >= 2.11): the server delivers a lane's messages
+to one client at a time, the one it pinned, and pins another only once the holder has sent no pull request
+for `priority_timeout` (or was unpinned through the API). So one process holds a lane and takes its
+messages in batches; what keeps each key in order through a change of holder is the holder's own
+discipline (broker/lanes.py, broker/partitioned_pull.py), since a new holder gets the lane's newer
+messages first and the old holder's unacked ones only at their ack wait. Messages on the bare trigger
+(published without a key) go to the function's own consumer `<function>`, a lane of its own: one sequence.
 
-Pure: names, subjects and the transform, computed from the manifest; no NATS client needed.
+Pure: names, subjects, the transform and the lanes' consumer configuration, computed from the manifest;
+no NATS client needed.
 """
 
 from __future__ import annotations
@@ -23,15 +26,18 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..manifest import LoadedManifest
+    from ..manifest import FunctionSection, LoadedManifest
 
 KEY_TOKEN = re.compile(r"^[^\s.*>]{1,128}$")  # one NATS subject token: no dots, wildcards or whitespace
 MAX_PARTITIONS = 1024
+# The priority group of every lane (ADR-42: 1-16 characters); pull requests name it.
+PRIORITY_GROUP = "holder"
+PINNED_CLIENT = "pinned_client"
 
 
 @dataclass(frozen=True, slots=True)
 class Lane:
-    """One durable consumer an ordered function reads, one message at a time."""
+    """One durable consumer an ordered function reads, held by one process at a time."""
 
     consumer: str
     filter_subject: str
@@ -123,3 +129,32 @@ def lanes(manifest: LoadedManifest, function: str) -> list[Lane]:
 
 def consumer_names(manifest: LoadedManifest, function: str) -> list[str]:
     return [lane.consumer for lane in lanes(manifest, function)]
+
+
+def pin_timeout_s(function: FunctionSection) -> float:
+    """How long a lane stays pinned to a holder that sends no pull request (the consumers'
+    `priority_timeout`): how soon another process takes over the lanes of a holder that died or froze.
+    Its ack wait, within 2-10 s: a holder renews its pin three times per timeout (broker/partitioned_pull.py),
+    and a dead holder's unacked messages come back only after the ack wait anyway."""
+    return min(max(function.ack_wait_s, 2.0), 10.0)
+
+
+def lane_consumer_config(function: FunctionSection, lane: Lane) -> dict[str, object]:
+    """A lane's durable consumer, as JetStream's API takes it (nats-py 2.16 has no priority groups).
+
+    max_ack_pending is the function's: the holder bounds what it holds itself (broker/lanes.py); the
+    server's bound only stops a runaway. The server never stops redelivering on its own (max_deliver -1):
+    the host counts deliveries and dead-letters after retry.max_deliver."""
+    return {
+        "durable_name": lane.consumer,
+        "name": lane.consumer,
+        "filter_subject": lane.filter_subject,
+        "ack_policy": "explicit",
+        "ack_wait": int(function.ack_wait_s * 1e9),
+        "max_deliver": -1,
+        "max_ack_pending": function.max_ack_pending,
+        "deliver_policy": "all",
+        "priority_groups": [PRIORITY_GROUP],
+        "priority_policy": PINNED_CLIENT,
+        "priority_timeout": int(pin_timeout_s(function) * 1e9),
+    }

@@ -7,20 +7,21 @@ that its consumer exists (`missing_provisioning`) and waits until it does.
 
 from __future__ import annotations
 
+import msgspec
 import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError, NotFoundError
 
-from ..errors import RunError
+from ..errors import JetStreamError, RunError
 from ..manifest import LoadedManifest, subject_matches
+from . import _nats_fast, jsapi
 from .connection import connect
 from .credentials import NatsAuth
+from .jsapi import ERR_STREAM_NAME_IN_USE, ERR_STREAM_NOT_FOUND
 from .names import MODULES_BUCKET, MODULES_STREAM, ROLLOUTS_BUCKET, SHADOW_STREAM, SHADOW_SUBJECT_PREFIX, kv_stream_name
-from .partitions import lanes, stream_transform_of
+from .partitions import PINNED_CLIENT, lane_consumer_config, lanes, stream_transform_of
 
-ERR_STREAM_NAME_IN_USE = 10058
-ERR_STREAM_NOT_FOUND = 10059
 ERR_INSUFFICIENT_STORAGE = 10047  # "insufficient storage resources available": max_bytes beyond the server's store
 KV_DUPLICATE_WINDOW_S = 120.0
 DEFAULT_SHADOW_KEEP = 10  # shadow samples kept per function and verdict (`shadow start --keep` raises it)
@@ -46,7 +47,7 @@ async def ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None:
 
 async def _create_or_update_stream(js: JetStreamContext, config: api.StreamConfig) -> None:
     try:
-        await js.add_stream(config)
+        info = await js.add_stream(config)
     except BadRequestError as exc:
         if exc.err_code != ERR_STREAM_NAME_IN_USE:
             raise
@@ -70,7 +71,13 @@ async def _create_or_update_stream(js: JetStreamContext, config: api.StreamConfi
                 f"stream to or from workqueue in place. Let the functions drain it (`ebbtide top`: backlog 0), delete "
                 f"it (`nats stream rm {config.name}`), then run `ebbtide provision` again"
             ) from None
-        await js.update_stream(config)
+        info = await js.update_stream(config)
+    if config.allow_batched and not info.config.allow_batched:
+        # A server before 2.14 ignores the setting: the functions would have every fast batch refused.
+        raise RunError(
+            f"stream {config.name}: the server did not keep allow_batched (fast batches need nats-server 2.14 or "
+            f"later): set allow_batched = false for it in the manifest (streams.X, kv.X or dead_letter)"
+        )
 
 
 def stream_configs(manifest: LoadedManifest) -> list[api.StreamConfig]:
@@ -88,6 +95,7 @@ def stream_configs(manifest: LoadedManifest) -> list[api.StreamConfig]:
             max_bytes=stream.max_bytes or -1,
             discard=api.DiscardPolicy.NEW,
             subject_transform=_subject_transform(manifest, name),
+            allow_batched=stream.allow_batched,
         )
         for name, stream in spec.streams.items()
     ]
@@ -100,14 +108,17 @@ def stream_configs(manifest: LoadedManifest) -> list[api.StreamConfig]:
             storage=_storage(dlq.storage),
             num_replicas=dlq.replicas,
             duplicate_window=KV_DUPLICATE_WINDOW_S,
+            allow_batched=dlq.allow_batched,
         )
     )
     for bucket, kv in spec.kv.items():
-        configs.append(_kv_stream_config(bucket, kv.history, kv.replicas, _storage(kv.storage)))
+        configs.append(_kv_stream_config(bucket, kv.history, kv.replicas, _storage(kv.storage), kv.allow_batched))
     return configs
 
 
-def _kv_stream_config(bucket: str, history: int, replicas: int, storage: api.StorageType) -> api.StreamConfig:
+def _kv_stream_config(
+    bucket: str, history: int, replicas: int, storage: api.StorageType, allow_batched: bool = False
+) -> api.StreamConfig:
     """The same stream layout as nats-py's create_key_value, so clients see an ordinary KV bucket."""
     return api.StreamConfig(
         name=kv_stream_name(bucket),
@@ -120,6 +131,7 @@ def _kv_stream_config(bucket: str, history: int, replicas: int, storage: api.Sto
         max_msgs_per_subject=history,
         num_replicas=replicas,
         storage=storage,
+        allow_batched=allow_batched,
     )
 
 
@@ -167,8 +179,9 @@ def _subject_transform(manifest: LoadedManifest, stream: str) -> api.SubjectTran
 
 
 def consumer_configs(manifest: LoadedManifest, function: str) -> list[api.ConsumerConfig]:
-    """The durable consumers a function reads: its own; when ordered, also one per partition (see
-    broker/partitions.py), each delivering one message at a time."""
+    """The durable consumers a function reads, as nats-py describes them: its own; when ordered, also one
+    per partition (see broker/partitions.py; provisioned with `lane_consumer_config`, which adds the
+    priority group nats-py has no field for)."""
     fn = manifest.function(function)
     return [
         api.ConsumerConfig(
@@ -180,7 +193,7 @@ def consumer_configs(manifest: LoadedManifest, function: str) -> list[api.Consum
             # The host counts deliveries and dead-letters after retry.max_deliver; the server must never
             # stop redelivering on its own, or a message would be dropped without a dead letter.
             max_deliver=-1,
-            max_ack_pending=1 if fn.order_by else fn.max_ack_pending,
+            max_ack_pending=fn.max_ack_pending,
             deliver_policy=api.DeliverPolicy.ALL,
         )
         for lane in lanes(manifest, function)
@@ -219,9 +232,35 @@ async def provision(js: JetStreamContext, manifest: LoadedManifest, functions: l
     for config in rollout_stream_configs(manifest):
         await _ensure_rollout_stream(js, config)
     for function in names:
-        stream = manifest.stream_for(manifest.function(function).trigger)
+        fn = manifest.function(function)
+        stream = manifest.stream_for(fn.trigger)
+        if fn.order_by:
+            await _ensure_lanes(js, manifest, function)
+            continue
         for consumer in consumer_configs(manifest, function):
             await js.add_consumer(stream, consumer)
+
+
+async def _ensure_lanes(js: JetStreamContext, manifest: LoadedManifest, function: str) -> None:
+    """An ordered function's lanes: created, or updated in place. Lanes of the earlier layout (one message at
+    a time, max_ack_pending 1, no priority group) become pinned lanes with their pending messages and ack
+    floor kept (nats-server 2.15 updates a consumer's priority policy in place; checked by
+    tests/integration/test_pinned_lanes.py). A host of the earlier version still running then gets its
+    pull requests refused (400, no priority group), so it takes nothing more from them."""
+    fn = manifest.function(function)
+    stream = manifest.stream_for(fn.trigger)
+    nc = _nats_fast.client_of_jetstream(js)
+    for lane in lanes(manifest, function):  # the partitions first, the function's own consumer last
+        body: dict[str, object] = {"stream_name": stream, "config": lane_consumer_config(fn, lane)}
+        await jsapi.request(nc, f"CONSUMER.CREATE.{stream}.{lane.consumer}", body, jsapi.ApiResponse)
+
+
+class LaneConfig(msgspec.Struct):
+    priority_policy: str = "none"
+
+
+class LaneInfo(jsapi.ApiResponse):
+    config: LaneConfig | None = None
 
 
 async def _ensure_rollout_stream(js: JetStreamContext, config: api.StreamConfig) -> None:
@@ -250,16 +289,31 @@ async def provision_server(url: str, manifest: LoadedManifest, auth: NatsAuth, g
 
 
 async def missing_provisioning(js: JetStreamContext, manifest: LoadedManifest, function: str) -> str | None:
-    """Why this function cannot start yet (its stream or durable consumer does not exist), or None.
+    """Why this function cannot start yet (its stream or durable consumer does not exist, or an ordered
+    function's consumer has the earlier one-at-a-time layout), or None.
 
     Provisioning creates every stream before any consumer, and a function's own consumer after its
-    partitions' (ordered functions), so its existence is the sign that it has run; that check needs only
-    the consumer info the function reads for its lag anyway.
+    partitions' (ordered functions), so its existence, and its layout, are the sign that it has run; that
+    check needs only the consumer info the function reads for its lag anyway.
     """
-    stream = manifest.stream_for(manifest.function(function).trigger)
+    fn = manifest.function(function)
+    stream = manifest.stream_for(fn.trigger)
     try:
+        if fn.order_by:
+            reply = await jsapi.request(_nats_fast.client_of_jetstream(js), f"CONSUMER.INFO.{stream}.{function}", None, LaneInfo)
+            if reply.config is None or reply.config.priority_policy != PINNED_CLIENT:
+                return (
+                    f"the consumers of ordered function {function} on stream {stream} take one message at a time "
+                    "(the earlier layout): run `ebbtide provision` with the admin credentials, which makes them "
+                    "pinned lanes in place"
+                )
+            return None
         await js.consumer_info(stream, function)
-    except NotFoundError as exc:
+    except (NotFoundError, JetStreamError) as exc:
+        if isinstance(exc, JetStreamError) and exc.code != 404:
+            if exc.code == 503:
+                return "JetStream is not available yet (no responders)"
+            raise
         missing = (
             f"stream {stream}" if exc.err_code == ERR_STREAM_NOT_FOUND else f"durable consumer {function} on stream {stream}"
         )

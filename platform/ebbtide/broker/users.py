@@ -40,7 +40,7 @@ from pathlib import Path
 from ..manifest import LoadedManifest, subject_matches
 from ..status_reports import STATUS_REQUEST_SUBJECT, STATUS_SUBJECT_PREFIX
 from .credentials import NatsAuth
-from .names import MODULES_STREAM, ROLLOUTS_BUCKET, SHADOW_STREAM, SHADOW_SUBJECT_PREFIX, kv_stream_name
+from .names import MODULES_STREAM, ROLLOUTS_BUCKET, SHADOW_STREAM, SHADOW_SUBJECT_PREFIX, kv_stream_name, lane_holdings_subject
 from .partitions import consumer_names, keyed_subject, ordered_triggers
 
 ADMIN_USER = "admin"
@@ -79,11 +79,15 @@ def function_permissions(manifest: LoadedManifest, function: str) -> Permissions
             f"{JS_API}.CONSUMER.MSG.NEXT.{consumer}",
             f"$JS.ACK.{consumer}.>",  # ack, nak, in-progress of its own messages only
         ]
+        if fn.order_by:  # a holder hands its lanes over at once when it stops (broker/partitioned_pull.py)
+            publish.append(f"{JS_API}.CONSUMER.UNPIN.{consumer}")
     # The stored time of its oldest unhandled message (`ebbtide_oldest_pending_seconds`, oldest_pending.py): a
     # message get on its trigger's stream. Read only; the subject is per stream, so it could read the stream's
     # other subjects too (the same orders, routed): see SECURITY.md.
     publish.append(f"{JS_API}.STREAM.MSG.GET.{stream}")
+    holdings = [lane_holdings_subject(function)] if fn.order_by else []
     publish += [
+        *holdings,
         *with_keyed_subjects(manifest, fn.publish),
         *(f"$KV.{bucket}.>" for bucket in fn.kv),
         manifest.dead_letter_subject(function),
@@ -91,7 +95,12 @@ def function_permissions(manifest: LoadedManifest, function: str) -> Permissions
         *rollout_publish(function),
     ]
     # trigger: the wake-up bell (and its keyed subjects, when ordered)
-    subscribe = [f"{inbox_prefix(function)}.>", *with_keyed_subjects(manifest, [fn.trigger]), STATUS_REQUEST_SUBJECT]
+    subscribe = [
+        f"{inbox_prefix(function)}.>",
+        *with_keyed_subjects(manifest, [fn.trigger]),
+        STATUS_REQUEST_SUBJECT,
+        *holdings,
+    ]
     subscribe.append(f"$KV.{ROLLOUTS_BUCKET}.{function}")  # its rollout record's bell (rollout/follow.py)
     return Permissions(publish, subscribe)
 

@@ -22,7 +22,7 @@ from .. import dlq_admin, outbox
 from ..broker import ConfirmedPublisher, PublishTally, connect, publish_all
 from ..broker.access import ServerAccess, client_access
 from ..broker.users import with_keyed_subjects
-from ..errors import EffectRefused, OutboxError, StoreFull, UsageError
+from ..errors import EffectRefused, NatsConnectionError, OutboxError, StoreFull, UsageError
 from ..exit_codes import EXIT_FAILURE
 from ..manifest import LoadedManifest, subject_matches
 from ..status_reports import STATUS_REQUEST_SUBJECT, STATUS_SUBJECT_PREFIX, decode_status
@@ -236,8 +236,8 @@ async def client_connect(server: ServerAccess, name: str, reading: bool = False)
             server.url, name=name, give_up_after_s=5, auth=server.for_reading() if reading else server.admin
         )
         return nc
-    except ConnectionError as exc:
-        raise ConnectionError(f"{exc} (is `ebbtide up` running?)") from None
+    except NatsConnectionError as exc:
+        raise NatsConnectionError(f"{exc} (is `ebbtide up` running?)") from None
 
 
 def screen_width() -> int:

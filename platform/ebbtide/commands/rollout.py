@@ -28,7 +28,7 @@ from ..broker.names import ROLLOUTS_BUCKET, SHADOW_STREAM
 from ..build import build_module
 from ..errors import GuestInitError, ModuleLoadError, RunError, UsageError
 from ..manifest import LoadedManifest
-from ..pool import MIB
+from ..precompiled import memory_reservation
 from ..rollout.samples import function_filter
 from ..rollout.state import (
     Mode,
@@ -157,10 +157,10 @@ def _check_loads(manifest: LoadedManifest, function: str, data: bytes, lang: str
     with tempfile.TemporaryDirectory(prefix="ebbtide-candidate-") as folder:
         path = Path(folder) / "candidate.wasm"
         path.write_bytes(data)
-        engine = WasmEngine(memory_reservation=max(fn.limits.memory_mib, 16) * MIB)
+        engine = WasmEngine(memory_reservation=memory_reservation(fn.limits.memory_mib))
         try:
             module = load_guest_module(engine, path, lang, sha256=sha256_of(data), wasi_grants=frozenset(fn.wasi))
-            start_guest(engine, module, GuestLimits(fn.limits.memory_mib * MIB, fn.limits.fuel), manifest.config_json(function))
+            start_guest(engine, module, GuestLimits.of(fn.limits), manifest.config_json(function))
         except (ModuleLoadError, GuestInitError) as exc:
             raise UsageError(f"the candidate for {function} does not load: {exc}") from None
 

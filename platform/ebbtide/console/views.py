@@ -14,7 +14,7 @@ import re
 
 import msgspec
 
-from ..dlq_admin import DeadLetter
+from ..dlq_admin import StoredDeadLetter
 from ..outbox import OutboxEntry
 from ..rollout.compare import describe
 from ..rollout.report import preview
@@ -73,7 +73,7 @@ class LetterDetail(msgspec.Struct, frozen=True):
     payload: Payload
 
 
-def letter_row(letter: DeadLetter) -> LetterRow:
+def letter_row(letter: StoredDeadLetter) -> LetterRow:
     return LetterRow(
         letter.seq,
         letter.function,
@@ -86,7 +86,7 @@ def letter_row(letter: DeadLetter) -> LetterRow:
     )
 
 
-def letter_detail(letter: DeadLetter) -> LetterDetail:
+def letter_detail(letter: StoredDeadLetter) -> LetterDetail:
     return LetterDetail(letter_row(letter), list(letter.headers.items()), payload_view(letter.payload))
 
 

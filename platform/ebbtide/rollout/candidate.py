@@ -19,7 +19,7 @@ from nats.aio.msg import Msg
 from ..broker.headers import H_MSG_ID
 from ..broker.partitions import key_of_stored_subject
 from ..errors import GuestFault
-from ..runtime.guest import Guest, GuestLimits, GuestModule, Outcome
+from ..runtime.guest import Guest, GuestLimits, GuestModule, GuestReply
 from ..runtime.guests import start_guest
 from .state import Rollout
 
@@ -117,9 +117,9 @@ class Candidate:
         self._limits = limits
         self._config_json = config_json
 
-    def handle(self, slot: CandidateSlot, pairs: Sequence[tuple[bytes, bytes]]) -> list[Outcome]:
+    def handle(self, slot: CandidateSlot, pairs: Sequence[tuple[bytes, bytes]]) -> list[GuestReply]:
         """The candidate's outcome for every pair, in order; never raises."""
-        outcomes: list[Outcome] = []
+        outcomes: list[GuestReply] = []
         instance = slot.candidate if slot.candidate is not None and slot.candidate.module is self.module else None
         started = time.perf_counter()
         while len(outcomes) < len(pairs):
@@ -130,12 +130,12 @@ class Candidate:
                 answer = instance.handle_batch(rest)
             except Exception as exc:  # cannot start, or a host error around it: the candidate's fault alone
                 log.warning("%s: candidate %s failed: %r", self.rollout.function, self.rollout.candidate_sha256[:12], exc)
-                fault = GuestFault("candidate-error", repr(exc))
+                fault = GuestFault("host-error", repr(exc))
                 outcomes.extend(fault for _ in rest)
                 instance = None
                 break
             if not answer.outcomes:
-                outcomes.extend(GuestFault("candidate-error", "answered for no message") for _ in rest)
+                outcomes.extend(GuestFault("host-error", "answered for no message") for _ in rest)
                 instance = None
                 break
             for outcome in answer.outcomes:

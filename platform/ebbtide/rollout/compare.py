@@ -15,7 +15,7 @@ import msgspec
 
 from ..errors import GuestFault, InputTooLarge
 from ..runtime.abi import KvPut, Publish, Status, decode_effects
-from ..runtime.guest import Outcome
+from ..runtime.guest import GuestReply
 
 
 class Verdict(enum.StrEnum):
@@ -35,7 +35,7 @@ class Answer(msgspec.Struct, frozen=True):
     output: bytes
 
 
-def answer_of(outcome: Outcome) -> Answer:
+def answer_of(outcome: GuestReply) -> Answer:
     """The `Answer` for one entry of `BatchResult.outcomes` (or what `Guest.handle` returned or raised)."""
     if isinstance(outcome, tuple):
         status, output = outcome

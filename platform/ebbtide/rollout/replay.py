@@ -19,12 +19,11 @@ from ..manifest import LoadedManifest
 from ..precompiled import function_engine
 from ..runtime.abi import Status, decode_effects
 from ..runtime.engine import WasmEngine
-from ..runtime.guest import GuestLimits, Outcome
+from ..runtime.guest import GuestLimits, GuestReply
 from ..runtime.guests import Guest, GuestModule, load_guest_module, start_guest
 from .compare import Answer, Verdict, answer_of, compare
 from .samples import Sample
 
-MIB = 1024 * 1024
 CHUNK = 256  # messages per handle_batch call, as a pool's fetch would bring them
 
 
@@ -75,7 +74,7 @@ def load_versions(manifest: LoadedManifest, function: str, candidate_path: Path)
         engine=engine,
         live=_load(engine, "live", manifest.module_path(fn.module), lang, fn.sha256, grants),
         candidate=_load(engine, "candidate", candidate_path, lang, None, grants),
-        limits=GuestLimits(memory_bytes=fn.limits.memory_mib * MIB, fuel=fn.limits.fuel),
+        limits=GuestLimits.of(fn.limits),
         config_json=manifest.config_json(function),
         allowlist=Allowlist.of(fn),
         max_payload=fn.limits.max_payload,
@@ -96,10 +95,10 @@ def _load(engine: WasmEngine, which: str, path: Path, lang: str, sha256: str | N
         raise UsageError(f"the {which} module does not load: {exc}{hint}") from None
 
 
-def run_all(start: Callable[[], Guest], messages: Sequence[tuple[bytes, bytes]], chunk: int = CHUNK) -> list[Outcome]:
+def run_all(start: Callable[[], Guest], messages: Sequence[tuple[bytes, bytes]], chunk: int = CHUNK) -> list[GuestReply]:
     """Every message's outcome, in order, `chunk` messages per `handle_batch` call, as a pool would get them:
     after a fault the instance is dropped and the messages after it run on a fresh one."""
-    outcomes: list[Outcome] = []
+    outcomes: list[GuestReply] = []
     guest = start()
     while len(outcomes) < len(messages):
         answer = guest.handle_batch(messages[len(outcomes) : len(outcomes) + chunk])

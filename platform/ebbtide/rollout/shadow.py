@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from ..broker.delivery import Incoming
 from ..outcome import GuestResult
-from ..runtime.guest import Outcome
+from ..runtime.guest import GuestReply
 from .candidate import Candidate
 from .compare import Verdict, answer_of, compare
 from .samples import Sample
@@ -41,7 +41,7 @@ class ShadowRun:
         return self.candidate.rollout.candidate_sha256
 
     def run_guests(self, worker: _Worker, batch: Sequence[Incoming], pairs: list[tuple[bytes, bytes]]) -> list[GuestResult]:
-        live: list[Outcome] = []
+        live: list[GuestReply] = []
         results = worker.run_live(batch, pairs, live)
         try:
             self._judge(worker, batch, pairs, live)
@@ -49,7 +49,9 @@ class ShadowRun:
             log.exception("%s: shadow run failed on a batch; the live answers stand", self.candidate.rollout.function)
         return results
 
-    def _judge(self, worker: _Worker, batch: Sequence[Incoming], pairs: list[tuple[bytes, bytes]], live: list[Outcome]) -> None:
+    def _judge(
+        self, worker: _Worker, batch: Sequence[Incoming], pairs: list[tuple[bytes, bytes]], live: list[GuestReply]
+    ) -> None:
         share = self.candidate.share
         chosen = [i for i, incoming in enumerate(batch) if share.takes(incoming.msg)]
         if not chosen:

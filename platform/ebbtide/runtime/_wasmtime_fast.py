@@ -2,9 +2,11 @@
 
 `Func.__call__` costs ~10 µs per call (type checks, `Val` boxing); `Memory.read/write` copy through
 Python lists. On the hot path we instead call `wasmtime_func_call_unchecked` with a preallocated
-argument array and copy bytes with `ctypes.memmove` on the memory's base address: ~1 µs per call.
+argument array and copy bytes with `ctypes.memmove` on the memory's base address: ~1 µs per call. A
+failed call does what wasmtime-py's own call does after a trap: it raises the exception a Python host
+import (runtime/wasi.py) raised during it, if any, and leaves nothing behind in wasmtime-py.
 
-These internals are not a public API: wasmtime is pinned in pyproject.toml and
+These internals are not a public API: pyproject.toml accepts the wasmtime releases they are tested on, and
 tests/unit/test_wasmtime_fast.py fails loudly if the names used here change.
 """
 
@@ -15,8 +17,8 @@ from typing import Any
 
 import wasmtime
 from wasmtime import _ffi as ffi  # private: pinned version, see module docstring
+from wasmtime import _func
 
-SUPPORTED_WASMTIME = "50.0.1"
 _FUNC = ffi.WASMTIME_EXTERN_FUNC.value
 _MEMORY = ffi.WASMTIME_EXTERN_MEMORY.value
 
@@ -44,12 +46,22 @@ class RawCall:
             args[i].i32 = value
         error = ffi.wasmtime_func_call_unchecked(self._context, self._func_ref, args, self._nargs, self._trap_ref)
         if error:
-            raise wasmtime.WasmtimeError._from_ptr(error)
+            failure = wasmtime.WasmtimeError._from_ptr(error)
+            raise_host_exception()
+            raise failure
         if self._trap:
             trap = wasmtime.Trap._from_ptr(self._trap)  # takes ownership of the pointer
             self._new_trap_slot()
+            raise_host_exception()
             raise trap
         return args[0].i32
+
+
+def raise_host_exception() -> None:
+    """After a failed call: the exception a Python host import raised during it, if any, as wasmtime-py's
+    own `Func.__call__` raises it (else it stays in `_func.LAST_EXCEPTION` and wasmtime-py raises it at
+    the next unrelated trap, of any store)."""
+    _func.maybe_raise_last_exn()
 
 
 class ExportPicker:

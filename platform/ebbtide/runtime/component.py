@@ -21,7 +21,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from struct import Struct
 
 import wasmtime
 import wasmtime.component as wc
@@ -29,7 +28,7 @@ import wasmtime.component as wc
 from ..errors import ComponentLoadError, GuestFault, GuestInitError, InputTooLarge
 from . import abi
 from .cache import compile_cached, read_checked
-from .guest import BatchResult, GuestLimits, Outcome, cause, classify_trap, handle_one_by_one
+from .guest import BatchResult, GuestLimits, GuestReply, cause, classify_trap, handle_one_by_one
 
 EXPORT_INIT = "init"
 EXPORT_HANDLE_BATCH = "handle-batch"
@@ -38,10 +37,6 @@ MAX_INPUT = 64 * 1024
 # Records handed to the guest per call: what a core module's input buffer takes (docs/abi.md).
 MAX_BATCH_BYTES = 64 * 1024
 STATUS_RAISED = 3  # the SDK's status for a handler that raised: failed like a trap (see the world)
-
-_U32 = Struct("<I")
-_U32_PAIR = Struct("<II")
-_STATUSES = tuple(abi.Status)
 
 
 @dataclass(eq=False)
@@ -151,7 +146,7 @@ class ComponentGuest:
 
     def handle_batch(self, messages: Sequence[tuple[bytes, bytes]]) -> BatchResult:
         """Up to MAX_BATCH_BYTES of records per call; see `Guest.handle_batch` and BatchResult."""
-        outcomes: list[Outcome] = []
+        outcomes: list[GuestReply] = []
         total = len(messages)
         while len(outcomes) < total:
             start = len(outcomes)
@@ -164,29 +159,29 @@ class ComponentGuest:
                 )
                 continue
             records, count = _pack(messages, start)
-            if self._call(records, count, outcomes):
+            if self._call(records, messages[start : start + count], outcomes):
                 return BatchResult(outcomes, instance_failed=True)
         return BatchResult(outcomes)
 
-    def _call(self, records: str, count: int, outcomes: list[Outcome]) -> bool:
-        """One `handle-batch` call with `count` messages' worth of fuel; appends their outcomes (up to and
-        including a fault). Returns whether the instance failed.
+    def _call(self, records: str, batch: Sequence[tuple[bytes, bytes]], outcomes: list[GuestReply]) -> bool:
+        """One `handle-batch` call on the records of `batch`, with its messages' worth of fuel; appends their
+        outcomes (up to and including a fault). Returns whether the instance failed.
 
         After a trap the component cannot say which message it was in (its memory is not the host's to
         read), so a trapped batch of several runs again one message per call on a fresh instance, each
         with its own fuel: the faulty message gets the fault it gets alone, and no other message is charged.
         """
         store = self._store
-        store.set_fuel(self.limits.fuel * count)
+        store.set_fuel(self.limits.fuel * len(batch))
         try:
             output = self._handle_batch(store, records)
             self._handle_batch.post_return(store)
         except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
-            if count > 1:
-                return self._rerun_one_by_one(records, count, outcomes)
+            if len(batch) > 1:
+                return self._rerun_one_by_one(batch, outcomes)
             outcomes.append(self._fault(exc))
             return True
-        return _read_outcomes(output.encode("latin-1"), count, outcomes)
+        return _read_outcomes(output.encode("latin-1"), len(batch), outcomes)
 
     def _fault(self, exc: wasmtime.Trap | wasmtime.WasmtimeError) -> GuestFault:
         """What a failed one-message call stands for. A component's trap reaches wasmtime-py as a WasmtimeError
@@ -197,71 +192,38 @@ class ComponentGuest:
             return GuestFault("timeout", f"used its fuel limit of {self.limits.fuel} for one message")
         return GuestFault("trap", cause(exc))
 
-    def _rerun_one_by_one(self, records: str, count: int, outcomes: list[Outcome]) -> bool:
+    def _rerun_one_by_one(self, batch: Sequence[tuple[bytes, bytes]], outcomes: list[GuestReply]) -> bool:
         try:
             self._start()
         except GuestInitError as exc:  # the batch's first message is charged; the pool replaces the instance
             outcomes.append(GuestFault("trap", f"a batch trapped and a fresh instance did not start: {exc}"))
             return True
-        data = records.encode("latin-1")
-        messages: list[tuple[bytes, bytes]] = []
-        pos = 0
-        for _ in range(count):
-            subject_len, payload_len = _U32_PAIR.unpack_from(data, pos)
-            pos += 8
-            messages.append((data[pos : pos + subject_len], data[pos + subject_len : pos + subject_len + payload_len]))
-            pos += subject_len + payload_len
-        result = handle_one_by_one(self, messages)
+        result = handle_one_by_one(self, batch)
         outcomes += result.outcomes
         return result.instance_failed
 
 
 def _pack(messages: Sequence[tuple[bytes, bytes]], start: int) -> tuple[str, int]:
-    """Records for messages[start:] while they fit MAX_BATCH_BYTES (at least one, which fits MAX_INPUT), as
-    Latin-1 text, and how many. A message too large for the input cap ends the batch: it is refused next."""
-    room = MAX_BATCH_BYTES
-    pack_header = _U32_PAIR.pack
-    parts: list[bytes] = []
-    append = parts.append
-    index = start
-    total = len(messages)
-    while index < total:
-        subject, payload = messages[index]
-        n_subject, n_payload = len(subject), len(payload)
-        size = 8 + n_subject + n_payload
-        if index > start and (size > room or n_subject + n_payload > MAX_INPUT):
-            break
-        room -= size
-        append(pack_header(n_subject, n_payload))
-        append(subject)
-        append(payload)
-        index += 1
-    return b"".join(parts).decode("latin-1"), index - start
+    """Records for messages[start:] while they fit MAX_BATCH_BYTES, as Latin-1 text, and how many. Room for
+    any one message within the input cap: a batch holds at least the first (which fits the cap); a later
+    message too large for the cap ends it (it is refused next)."""
+    records, count = abi.pack_records(messages, start, MAX_BATCH_BYTES + abi.BATCH_RECORD_HEADER_SIZE)
+    return records.decode("latin-1"), count
 
 
-def _read_outcomes(data: bytes, count: int, outcomes: list[Outcome]) -> bool:
+def _raised(status: int, output: bytes) -> GuestFault:
+    """The fault an output record with a status above RETRY stands for: the SDK's handler that raised (its
+    text), or a status the world does not have."""
+    if status == STATUS_RAISED:
+        return GuestFault("trap", output.decode("utf-8", "replace"))
+    return abi.unknown_status(status)
+
+
+def _read_outcomes(data: bytes, count: int, outcomes: list[GuestReply]) -> bool:
     """Appends the outcomes in a `handle-batch` output; returns whether the instance failed (a handler
     that raised, or output that is not what the world says)."""
-    if len(data) < 4 or _U32.unpack_from(data, 0)[0] != count:
-        done = _U32.unpack_from(data, 0)[0] if len(data) >= 4 else "no"
+    done = abi.BATCH_COUNT.unpack_from(data, 0)[0] if len(data) >= abi.BATCH_HEADER_SIZE else "no"
+    if done != count:
         outcomes.append(GuestFault("invalid-output", f"batch of {count}: {done} outcome(s) reported"))
         return True
-    pos, end = 4, len(data)
-    unpack_header = _U32_PAIR.unpack_from
-    for _ in range(count):
-        if pos + 8 > end:
-            outcomes.append(GuestFault("invalid-output", "batch output record cut short"))
-            return True
-        status, length = unpack_header(data, pos)
-        start, pos = pos + 8, pos + 8 + length
-        if pos > end:
-            outcomes.append(GuestFault("invalid-output", f"output length {length} exceeds the batch output"))
-            return True
-        if status == STATUS_RAISED:
-            outcomes.append(GuestFault("trap", data[start:pos].decode("utf-8", "replace")))
-            return True
-        if status > 2:
-            outcomes.append(GuestFault("invalid-output", f"unknown status {status}"))
-            return True
-        outcomes.append((_STATUSES[status], data[start:pos]))
-    return False
+    return abi.read_output_records(data, count, len(data), outcomes.append, _raised)

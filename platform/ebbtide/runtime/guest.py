@@ -9,14 +9,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import wasmtime
 
 from ..errors import GuestFault, InputTooLarge
 from .abi import Status
 
+if TYPE_CHECKING:
+    from ..manifest import LimitsSection
+
 WASM_PAGE = 65536
+MIB = 1024 * 1024  # the manifest's limits are in MiB
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,10 +28,17 @@ class GuestLimits:
     memory_bytes: int
     fuel: int  # per message: the time limit, in wasmtime fuel units (about one per instruction)
 
+    @classmethod
+    def of(cls, limits: LimitsSection) -> GuestLimits:
+        """A function's `limits` from its manifest section."""
+        return cls(limits.memory_mib * MIB, limits.fuel)
 
-# What became of one message in a batch: its status and output (what `Guest.handle` returns), or the error
-# `Guest.handle` would have raised for it (InputTooLarge: dead-letter it; GuestFault: it failed).
-Outcome = tuple[Status, bytes] | GuestFault | InputTooLarge
+
+# What the guest gave for one message of a batch: its status and output (what `Guest.handle` returns), or the
+# error `Guest.handle` would have raised for it (InputTooLarge: dead-letter it; GuestFault: it failed). The
+# host reads it as an outcome.GuestResult (effects decoded, allowlist applied), which decides the message's
+# outcome.Outcome (ack, retry, dead letter).
+GuestReply = tuple[Status, bytes] | GuestFault | InputTooLarge
 
 
 @dataclass(slots=True)
@@ -39,7 +50,7 @@ class BatchResult:
     hand the messages not handled to a fresh instance. Messages before the fault keep their outcome.
     """
 
-    outcomes: list[Outcome]
+    outcomes: list[GuestReply]
     instance_failed: bool = False
 
 
@@ -83,7 +94,7 @@ class Guest(Protocol):
 
 def handle_one_by_one(guest: Guest, messages: Sequence[tuple[bytes, bytes]]) -> BatchResult:
     """`handle_batch` for a guest called once per message (ABI v1, components), stopping at a fault."""
-    outcomes: list[Outcome] = []
+    outcomes: list[GuestReply] = []
     for subject, payload in messages:
         try:
             outcomes.append(guest.handle(subject, payload))
@@ -116,5 +127,7 @@ def classify_trap(
     return GuestFault("trap", cause(trap))
 
 
-def unknown_status(status: int) -> GuestFault:
-    return GuestFault("invalid-output", f"unknown status {status}")
+def host_import_failed(exc: Exception) -> GuestFault:
+    """A Python host import (WASI) raised during the call: the call was cut short, so the instance's state
+    is not trusted (replaced, as after a trap) and the message is retried."""
+    return GuestFault("trap", f"a host import raised {exc!r}")

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import ctypes
-import struct
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -13,14 +12,12 @@ import wasmtime
 from ..errors import GuestFault, GuestInitError, InputTooLarge, ModuleLoadError
 from . import _wasmtime_fast as fast
 from . import abi
+from .abi import unknown_status
 from .engine import BufferLayout, LoadedModule, WasmEngine
-from .guest import BatchResult, GuestLimits, Outcome, classify_trap, handle_one_by_one, unknown_status
+from .guest import BatchResult, GuestLimits, GuestReply, classify_trap, handle_one_by_one, host_import_failed
 
 _BASE_EXPORTS = (abi.EXPORT_MEMORY, abi.EXPORT_INIT, abi.EXPORT_HANDLE)
-_U32 = struct.Struct("<I")
-_U32_PAIR = struct.Struct("<II")  # a batch record's header, in and out
-_STATUSES = tuple(abi.Status)  # by value: 0, 1, 2
-assert [status.value for status in _STATUSES] == [0, 1, 2]
+_DONE = abi.BATCH_COUNT  # the batch output's count of messages done
 
 
 class GuestInstance:
@@ -83,10 +80,13 @@ class GuestInstance:
         ctypes.memmove(self._base + self._in_ptr, config_json, len(config_json))
         try:
             status = fast.RawCall(store, init, 1)(len(config_json))
-            if status != abi.Status.OK:
-                raise GuestInitError(f"{module.path}: configuration refused: {self._read_output().decode('utf-8', 'replace')}")
+            refusal = self._read_output().decode("utf-8", "replace") if status != abi.Status.OK else None
         except (wasmtime.Trap, wasmtime.WasmtimeError, GuestFault) as exc:
             raise GuestInitError(f"{module.path}: init failed: {exc}") from None
+        except Exception as exc:  # a host import (WASI) raised
+            raise GuestInitError(f"{module.path}: init failed: {host_import_failed(exc)}") from exc
+        if refusal is not None:
+            raise GuestInitError(f"{module.path}: configuration refused: {refusal}")
 
     def handle(self, subject: bytes, payload: bytes) -> tuple[abi.Status, bytes]:
         """Run the guest on one message. Raises InputTooLarge or GuestFault."""
@@ -106,6 +106,8 @@ class GuestInstance:
             raise classify_trap(trap, self.limits, self._memory.data_len(self._store)) from None
         except wasmtime.WasmtimeError as exc:
             raise GuestFault("trap", str(exc)) from None
+        except Exception as exc:
+            raise host_import_failed(exc) from exc
         output = self._read_output()
         try:
             return abi.Status(status), output
@@ -123,7 +125,7 @@ class GuestInstance:
                 fast.memory_view(self._base + self._out_ptr, self._out_capacity),
             )
         input_view, output_view = self._buffer_views
-        outcomes: list[Outcome] = []
+        outcomes: list[GuestReply] = []
         total = len(messages)
         while len(outcomes) < total:
             count = self._pack(input_view, messages, len(outcomes))
@@ -138,31 +140,12 @@ class GuestInstance:
         return BatchResult(outcomes)
 
     def _pack(self, view: memoryview, messages: Sequence[tuple[bytes, bytes]], start: int) -> int:
-        """Writes records for messages[start:] into the input buffer while they fit; returns how many.
-        (Joined in Python and copied once: cheaper than a copy per field.)"""
-        room = self.input_capacity
-        header_size = abi.BATCH_RECORD_HEADER_SIZE
-        pack_header = _U32_PAIR.pack
-        parts: list[bytes] = []
-        append = parts.append
-        index = start
-        total = len(messages)
-        while index < total:
-            subject, payload = messages[index]
-            n_subject = len(subject)
-            n_payload = len(payload)
-            room -= header_size + n_subject + n_payload
-            if room < 0:
-                break
-            append(pack_header(n_subject, n_payload))
-            append(subject)
-            append(payload)
-            index += 1
-        records = b"".join(parts)
+        """Writes records for messages[start:] into the input buffer while they fit; returns how many."""
+        records, count = abi.pack_records(messages, start, self.input_capacity)
         view[: len(records)] = records
-        return index - start
+        return count
 
-    def _call_batch(self, view: memoryview, count: int, outcomes: list[Outcome]) -> bool:
+    def _call_batch(self, view: memoryview, count: int, outcomes: list[GuestReply]) -> bool:
         """One `ebbtide_handle_batch` call on the `count` packed records; appends the outcomes of the messages
         it finished (and of the one that faulted). Returns whether the instance failed.
 
@@ -172,40 +155,24 @@ class GuestInstance:
         earlier messages may have spent the budget, so it and the rest are left for a fresh instance,
         where it runs first."""
         fast.set_fuel(self._store, self.limits.fuel * count)
-        _U32.pack_into(view, 0, 0)  # `done`: a trap before the guest's first write reads 0, not a stale count
+        _DONE.pack_into(view, 0, 0)  # `done`: a trap before the guest's first write reads 0, not a stale count
         fault: GuestFault | None = None
         try:
             handled = self._handle_batch(count)
         except wasmtime.Trap as trap:
             handled = -1
-            if trap.trap_code != wasmtime.TrapCode.OUT_OF_FUEL or _U32.unpack_from(view, 0)[0] == 0:
+            if trap.trap_code != wasmtime.TrapCode.OUT_OF_FUEL or _DONE.unpack_from(view, 0)[0] == 0:
                 fault = classify_trap(trap, self.limits, self._memory.data_len(self._store), batch_size=count)
         except wasmtime.WasmtimeError as exc:
             handled, fault = -1, GuestFault("trap", str(exc))
-        done: int = _U32.unpack_from(view, 0)[0]
+        except Exception as exc:
+            handled, fault = -1, host_import_failed(exc)
+        done: int = _DONE.unpack_from(view, 0)[0]
         if not 0 <= done <= count or (handled >= 0 and handled != done):
             outcomes.append(GuestFault("invalid-output", f"batch of {count}: handled {handled}, counter {done}"))
             return True
-        limit = self._out_capacity
-        header_size = abi.BATCH_RECORD_HEADER_SIZE
-        unpack_header = _U32_PAIR.unpack_from
-        statuses = _STATUSES
-        append = outcomes.append
-        pos = abi.BATCH_HEADER_SIZE
-        for _ in range(done):
-            start = pos + header_size
-            if start > limit:
-                append(GuestFault("invalid-output", "batch output record outside the output buffer"))
-                return True
-            status, length = unpack_header(view, pos)
-            pos = start + length
-            if pos > limit:
-                append(GuestFault("invalid-output", f"output length {length} exceeds the output buffer"))
-                return True
-            if status > 2:
-                append(unknown_status(status))
-                return True
-            append((statuses[status], view[start:pos].tobytes()))
+        if abi.read_output_records(view, done, self._out_capacity, outcomes.append):
+            return True
         if handled < 0:  # trapped
             if fault is not None:
                 outcomes.append(fault)

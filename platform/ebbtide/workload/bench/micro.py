@@ -7,7 +7,6 @@ import statistics
 import time
 
 from ...manifest import LoadedManifest
-from ...pool import MIB
 from ...runtime import GuestInstance, GuestLimits, LoadedModule, WasmEngine, decode_effects
 from ...telemetry import resident_memory_bytes
 from ..orders import INGRESS_SUBJECT, encode_order, generate_orders
@@ -28,7 +27,7 @@ def _distributor(manifest: LoadedManifest) -> tuple[WasmEngine, LoadedModule, Gu
     return (
         engine,
         engine.load(manifest.module_path(fn.module)),
-        GuestLimits(fn.limits.memory_mib * MIB, fn.limits.fuel),
+        GuestLimits.of(fn.limits),
         manifest.config_json("distributor"),
     )
 

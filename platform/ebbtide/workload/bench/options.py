@@ -11,7 +11,7 @@ from .stats import parse_rate
 @dataclass
 class BenchOptions:
     orders: int | None = None  # burst size: 10,000 (2,000 with --quick)
-    repeats: int | None = None  # timed bursts per implementation: 3 (1 with --quick)
+    repeats: int | None = None  # alternating rounds, one timed burst of each implementation per round: 5 (1 with --quick)
     sustained_s: float | None = None  # seconds of load per rate: 60 (5 with --quick)
     rates: list[str] = field(default_factory=list)  # '50%' of the measured capacity, or orders/s; default 50% 90%
     sustained_target: str = "ebbtide-default"  # or ebbtide-fastest
