@@ -14,7 +14,8 @@ allows it are one fast batch with one PubAck, see broker/publisher.py). Then it 
 confirmations of the whole batch (one wait, many publishes in flight) and settles each message: ack when
 every publish of it was confirmed (the round's acks written together); otherwise the policy says again
 (`after_unconfirmed`): effects not confirmed are retried (or dead-lettered once retries are exhausted:
-a second, last round of confirmations; effects the server never answered do not use up the retries), a
+a second, last round of confirmations; effects the server never answered, or refused for lack of space, do
+not use up the retries), a
 dead letter not confirmed is nak'ed for later.
 
 For an ordered function the batch comes from its lanes (broker/partitioned_pull.py) with each key's
@@ -45,7 +46,7 @@ from .broker.headers import H_ERROR, H_INGRESS_AT, H_MSG_ID, header_lines_size
 from .broker.partitions import key_of_stored_subject
 from .broker.publisher import ConfirmedPublisher, PublishBatch
 from .deadletter import Reason, dead_letter_headers, fit_payload
-from .errors import PublishError, PublishUnanswered
+from .errors import PublishError, PublishRetryLater, PublishUnanswered
 from .manifest import FunctionSection
 from .outcome import (
     Ack,
@@ -67,6 +68,7 @@ if TYPE_CHECKING:  # tracing's module (and OpenTelemetry) is loaded only when tr
 log = logging.getLogger("ebbtide.pool")  # the name operators filter on: one log for a function's messages
 
 MAX_REMEMBERED_FAILURES = 100_000
+SERVER_TROUBLE_LOG_S = 10.0
 ORDERED_CHUNK_S = 0.02  # guest time per chunk of an ordered function's batch, at most
 
 
@@ -158,6 +160,8 @@ class Executor:
         # When each retried message first failed, for its dead letter. Per process: after a restart, or
         # when another replica got the earlier deliveries, the dead letter says the first failure is unknown.
         self._first_failures: dict[tuple[str, int], float] = {}
+        self._quiet_until = 0.0  # server-side failures are logged once per SERVER_TROUBLE_LOG_S (_warn_unconfirmed)
+        self._quieted = 0
         # Guest time per message in the last chunk (shared by the workers: one guest): sizes the next chunk.
         self._guest_s_per_message: float | None = None
 
@@ -329,10 +333,10 @@ class Executor:
                     done.append(item)
                     continue
                 delivery = incoming.delivery
-                log.warning("%s: effects of %s #%d not confirmed: %s", self.name, delivery.stream, delivery.sequence, errors[0])
-                unanswered = all(isinstance(error, PublishUnanswered) for error in errors)
+                server_side = all(isinstance(error, PublishRetryLater) for error in errors)  # unanswered, store full
+                self._warn_unconfirmed(incoming, errors[0], server_side)
                 next_outcome = after_unconfirmed(
-                    outcome, str(errors[0]), delivery.delivered, retry, unanswered=unanswered, overtaken=id(item) in overtaken
+                    outcome, str(errors[0]), delivery.delivered, retry, server_side=server_side, overtaken=id(item) in overtaken
                 )
                 if isinstance(outcome, DeadLetter):  # the dead letter itself was not stored: try it all again later
                     assert isinstance(next_outcome, Retry)
@@ -349,6 +353,22 @@ class Executor:
                 if order is not None:
                     order.settled(item.incoming, retried=False)
             pending, batch = follow_up, follow_up_batch  # dead letters only
+
+    def _warn_unconfirmed(self, incoming: Incoming, error: PublishError, server_side: bool) -> None:
+        """One line per message; for the server's own trouble (a full store, no answers), which hits every
+        message alike and may last hours, at most one line per SERVER_TROUBLE_LOG_S, saying how many it stands for."""
+        delivery = incoming.delivery
+        if server_side:
+            now = time.monotonic()
+            if now < self._quiet_until:
+                self._quieted += 1
+                return
+            self._quiet_until = now + SERVER_TROUBLE_LOG_S
+            also = f" (and {self._quieted} more since the last such line)" if self._quieted else ""
+            self._quieted = 0
+        else:
+            also = ""
+        log.warning("%s: effects of %s #%d not confirmed: %s%s", self.name, delivery.stream, delivery.sequence, error, also)
 
     def _count_done(self, outcome: Ack | DeadLetter, since_ingress_ns: int) -> None:
         if not isinstance(outcome, DeadLetter):

@@ -110,7 +110,6 @@ class FunctionPool:
         self._open_consumer = open_consumer or (self._ordered_consumer if fn.order_by else self._pull_consumer)
         self._ordered_feed = SharedFeed(self._open_ordered_feed)  # the workers of an ordered function share it
         self._workers: list[_Worker] = []
-        self._subject_bytes: dict[str, bytes] = {}
         self.rollout: RolloutRun | None = None  # set and cleared by the host's rollout follower
         self.rollout_stats = RolloutStats()
 
@@ -287,14 +286,9 @@ class _Worker:
         """The guest's answers to `batch`, in order: the live module's (`run_live`), or, while a rollout is
         on, what it makes of the live module's and the candidate's."""
         pool = self.pool
-        subjects = pool._subject_bytes
-        pairs = []
-        for incoming in batch:
-            msg = incoming.msg
-            subject = subjects.get(msg.subject)
-            if subject is None:
-                subject = subjects.setdefault(msg.subject, msg.subject.encode())
-            pairs.append((subject, msg.data))
+        # Encoded per message, not cached: an ordered function's subjects are one per key (a cache of them grew
+        # by every order ever handled), and a cache hit measured no faster than encoding (issue 25).
+        pairs = [(incoming.msg.subject.encode(), incoming.msg.data) for incoming in batch]
         rollout = pool.rollout
         if rollout is not None:
             return rollout.run_guests(self, batch, pairs)

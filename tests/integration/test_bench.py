@@ -14,7 +14,7 @@ from nats.aio.client import Client as NatsClient
 
 from ebbtide.broker import EmbeddedNats, provision
 from ebbtide.manifest import LoadedManifest
-from ebbtide.workload.bench import SCENARIOS, BenchOptions, run_bench
+from ebbtide.workload.bench import DEFAULT_SCENARIOS, BenchOptions, run_bench
 from ebbtide.workload.bench import server as server_bench
 from ebbtide.workload.bench.comparison import TUNING_ROUNDS
 from ebbtide.workload.bench.ordering import CASES as ORDERING_CASES
@@ -27,7 +27,7 @@ from tests.conftest import read_stream
 # a burst may wait ~5 s each, see README: Activation from zero).
 @pytest.mark.timeout(600)
 async def test_quick_bench_completes_with_sane_figures(reference_manifest: LoadedManifest, tmp_path: Path) -> None:
-    scenarios = [s for s in SCENARIOS if s != "capacity"]  # its own test: test_capacity_bench.py
+    scenarios = [s for s in DEFAULT_SCENARIOS if s != "capacity"]  # its own test: test_capacity_bench.py
     report = await run_bench(reference_manifest, scenarios, quick=True, out_dir=tmp_path)
     figures = {f.name: f.value for f in report.figures}
     assert all(math.isfinite(v) for v in figures.values())

@@ -22,6 +22,7 @@ from .jsapi import ERR_STREAM_NAME_IN_USE, ERR_STREAM_NOT_FOUND
 from .names import MODULES_BUCKET, MODULES_STREAM, ROLLOUTS_BUCKET, SHADOW_STREAM, SHADOW_SUBJECT_PREFIX, kv_stream_name
 from .partitions import PINNED_CLIENT, lane_consumer_config, lanes, stream_transform_of
 
+ERR_INSUFFICIENT_STORAGE = 10047  # "insufficient storage resources available": max_bytes beyond the server's store
 KV_DUPLICATE_WINDOW_S = 120.0
 DEFAULT_SHADOW_KEEP = 10  # shadow samples kept per function and verdict (`shadow start --keep` raises it)
 
@@ -31,6 +32,20 @@ def _storage(kind: str) -> api.StorageType:
 
 
 async def ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None:
+    try:
+        await _create_or_update_stream(js, config)
+    except nats.js.errors.APIError as exc:
+        if exc.err_code != ERR_INSUFFICIENT_STORAGE:
+            raise
+        # The server reserves a stream's max_bytes from its store when the stream is created or raised.
+        raise RunError(
+            f"stream {config.name}: the server cannot reserve max_bytes {config.max_bytes} (streams.{config.name}."
+            f"max_bytes): its JetStream store (max_file_store / max_memory_store) has less than that left for it; "
+            f"lower max_bytes, or give the server a larger store"
+        ) from None
+
+
+async def _create_or_update_stream(js: JetStreamContext, config: api.StreamConfig) -> None:
     try:
         info = await js.add_stream(config)
     except BadRequestError as exc:
@@ -76,6 +91,9 @@ def stream_configs(manifest: LoadedManifest) -> list[api.StreamConfig]:
             num_replicas=stream.replicas,
             duplicate_window=stream.duplicate_window_s,
             max_age=stream.max_age_s,
+            # Full: refuse the publish (the publisher retries), never drop a stored, maybe unhandled, message.
+            max_bytes=stream.max_bytes or -1,
+            discard=api.DiscardPolicy.NEW,
             subject_transform=_subject_transform(manifest, name),
             allow_batched=stream.allow_batched,
         )

@@ -42,7 +42,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from ..errors import PublishError, PublishUnanswered
+from ..errors import PublishError, PublishUnanswered, StoreFull
 from . import _nats_fast, jsapi
 from .headers import H_MSG_ID, H_STATUS
 
@@ -323,6 +323,8 @@ def _refused(error: jsapi.ApiError) -> PublishError:
     text = f"server refused publish: {error.description} (err_code {error.err_code})"
     if error.err_code in (ERR_BATCH_DISABLED, ERR_BATCH_UNKNOWN):
         return _BatchRefused(text, error.err_code)
+    if is_store_full(error):
+        return StoreFull(f"{text}: the stream or the server's store is full; retry once space frees")
     return PublishError(text)
 
 
@@ -338,6 +340,22 @@ def _pub_ack(msg: Msg) -> _Answer | PublishError:
     if ack.error is not None and not ack.type:
         return _refused(ack.error)
     return ack
+
+
+# The server's refusals for lack of space (nats-server errors.json): the account's or the server's JetStream
+# store is full, or a stream with discard new holds its limit (10077 is also any other store failure: the
+# description tells them apart).
+ERR_ACCOUNT_RESOURCES = 10002  # "resource limits exceeded for account"
+ERR_INSUFFICIENT_RESOURCES = 10023  # "insufficient resources": the server's store (max_file_store, disk) is full
+ERR_STREAM_STORE_FAILED = 10077  # "maximum bytes exceeded", "maximum messages exceeded", ...
+_FULL_STORE_WORDS = ("maximum bytes", "maximum messages", "no space", "insufficient")
+
+
+def is_store_full(error: jsapi.ApiError) -> bool:
+    """Whether a publish was refused for lack of space (see StoreFull)."""
+    if error.err_code in (ERR_ACCOUNT_RESOURCES, ERR_INSUFFICIENT_RESOURCES):
+        return True
+    return error.err_code == ERR_STREAM_STORE_FAILED and any(w in error.description.lower() for w in _FULL_STORE_WORDS)
 
 
 @dataclass

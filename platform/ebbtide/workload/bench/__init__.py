@@ -20,6 +20,9 @@ Scenarios (pick with --scenario; --quick shrinks every size so the whole run tak
              nats-server, memory, cold start; the publisher; storage per order), then the burst with 1, 2
              and 4 processes per function, measured beside the model's prediction from that profile
              (capacity.py)
+- soak:      the ZEISS day shape for --minutes M per manifest (30 by default; not part of the default run):
+             a burst a minute and a trickle between, memory, fds, tasks and objects of every process over
+             time, their slopes, latency, exactly-once at the end (soak.py)
 
 All figures come from one run on one machine, with warm-up excluded where stated.
 """
@@ -28,9 +31,13 @@ from __future__ import annotations
 
 from typing import Any
 
-SCENARIOS = ("host", "memory", "replica", "scale", "tracing", "shadow", "server", "burst", "sustained", "ordering", "capacity")
+SCENARIOS = (
+    *("host", "memory", "replica", "scale", "tracing", "shadow", "server", "burst", "sustained", "ordering", "capacity"),
+    "soak",
+)
+DEFAULT_SCENARIOS = tuple(s for s in SCENARIOS if s != "soak")  # the soak takes an hour: only when asked for
 
-__all__ = ["SCENARIOS", "BenchOptions", "BenchReport", "Figure", "Section", "run_bench"]
+__all__ = ["DEFAULT_SCENARIOS", "SCENARIOS", "BenchOptions", "BenchReport", "Figure", "Section", "run_bench"]
 
 # The CLI's parser needs SCENARIOS only: the rest (the runtime, the baselines, OpenTelemetry) is imported
 # when first used.

@@ -17,10 +17,15 @@ class BenchOptions:
     sustained_target: str = "ebbtide-default"  # or ebbtide-fastest
     tune: bool | None = None  # search the fastest ebbtide configuration (default: yes, not with --quick)
     candidates: list[str] | None = None  # configurations the search tries (default: every one of CANDIDATES)
+    soak_minutes: int | None = None  # the soak's minutes per manifest: 30 (2 with --quick)
+    soak_manifests: list[str] = field(default_factory=list)  # unordered, ordered (default: both, one after the other)
 
     def __post_init__(self) -> None:
         """Refuse what cannot be measured, with the option's name (ValueError)."""
-        for name in ("orders", "repeats", "sustained_s"):
+        for manifest in self.soak_manifests:
+            if manifest not in ("unordered", "ordered"):
+                raise ValueError(f"--soak-manifest {manifest!r}: expected unordered or ordered")
+        for name in ("orders", "repeats", "sustained_s", "soak_minutes"):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")

@@ -20,6 +20,7 @@ from .report import BenchReport
 from .scale import bench_scale
 from .server import bench_server
 from .shadow import bench_shadow
+from .soak import bench_soak
 from .tracing import bench_tracing
 
 
@@ -64,6 +65,9 @@ async def run_bench(
             flush=True,
         )
         await bench_capacity(manifest, report, quick, out_dir, options.orders)
+    if "soak" in scenarios:
+        print("soak: a burst a minute and a trickle between, per process memory, fds, tasks, objects over time", flush=True)
+        await bench_soak(manifest, report, quick, out_dir, options)
     results = out_dir / "results.json"
     results.write_text(json.dumps(msgspec.to_builtins(report), indent=2))
     report.files.append(str(results))
