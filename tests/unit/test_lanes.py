@@ -69,21 +69,35 @@ def test_a_retried_message_holds_back_its_key_until_it_comes_back() -> None:
     assert b.take(10, 0.1) == ["a#1", "a#2"]
 
 
-def test_a_holding_whose_lease_lapsed_runs_nothing_and_hands_its_queue_back() -> None:
+def test_a_lapsed_lease_runs_nothing_until_the_server_confirms_the_pin_and_then_goes_on_with_what_it_held() -> None:
     b = book()
     hold(b, 0, (1, "a"), (2, "b"), at=0.0)
     assert clear(b, 0)
-    late = PIN_S * ACT_WITHIN + 0.01
-    assert b.may_act(0, late - 0.02) and not b.may_act(0, late)
+    lease = PIN_S * ACT_WITHIN
+    assert b.may_act(0, lease - 0.01) and b.lapsed(0, lease + 0.01)
+    assert b.requested(0, 1.0)  # sent within the lease: extends it
+    late = 1.0 + lease + 0.01
+    assert b.may_act(0, late - 0.02) and b.lapsed(0, late)
     (first,) = b.take(1, 0.1)
     assert first == "a#1"
-    assert b.take(10, late) == []  # past the lease: nothing
-    b.requested(0, late)  # a request with the pin went out: the lease runs again
-    assert b.take(10, late) == ["b#2"]
+    assert b.take(10, late) == []  # past the lease: nothing runs
+    # A request sent after the lapse may reach a server that dropped the pin: it renews nothing by itself.
+    assert not b.requested(0, late)
+    assert b.lapsed(0, late + 0.01) and b.take(10, late + 0.01) == []
+    # The server names another pin: no lease from it. It names this pin: the lease runs from that request,
+    # the holding goes on (no new tenure, no barrier), what it held still held.
+    assert not b.confirmed(0, "pin-b", late)
+    assert b.confirmed(0, "pin-a", late)
+    assert b.is_clear(0) and b.may_act(0, late + 0.01) and not b.confirmed(0, "pin-a", late)
+    (second,) = b.take(10, late + 0.01)
+    assert second == "b#2"
+    b.acked(0, 1)  # the one carried out while lapsed is acked, not run again
     hold(b, 0, (3, "c"))
-    assert b.lose(0) == ["c#3"]  # queued: handed back at once
-    assert not b.returned(0, 1, first)  # in a batch: the caller hands it back
-    assert not b.holds(0)
+    b.void_lease(0)  # the connection was lost: lapsed until confirmed again
+    assert b.lapsed(0, late + 0.02)
+    assert b.lose(0) == ["c#3"]  # lost (another pin): queued messages handed back at once
+    assert not b.returned(0, 2, second)  # in a batch: the caller hands it back
+    assert not b.holds(0) and not b.confirmed(0, "pin-a", late + 1)
 
 
 def test_a_message_delivered_again_is_held_once_and_a_new_pin_is_a_new_tenure() -> None:

@@ -18,12 +18,30 @@ its lane's key is pending anywhere**:
   of the lane sent meanwhile. Anything pending elsewhere (the old holder's unacked messages) either gets
   acked by it or comes back here at its ack wait; then each key's messages, old and new, run in stream
   order.
-- *A stale holder* (frozen past the pin timeout, then continued) acks nothing once its pin may be gone:
-  a holder acks a lane's messages only within its lease, two thirds of the pin timeout after its last pull
-  request (every request carrying the pin id restarts the server's timer, and is sent every third of it).
-  Its late effects carry the input's stream sequence in `Nats-Msg-Id`, so JetStream drops them as
-  duplicates of the new holder's; and since it acks nothing, the new holder's count is never fooled by a
-  message acked behind its back.
+- *A holder acts on a lane only within its lease*: it acks, and takes messages to run, only while the
+  server surely still pins it. Every pull request carrying the pin restarts the server's pin timer; one is
+  sent every third of the pin timeout, and the lease runs two thirds of it from the last one sent while the
+  lease ran (such a request reaches the server before the pin could time out: the last third is the margin
+  for what is on its way, acks included). A request sent after the lease lapsed (the process was starved
+  or frozen) may reach a server that has dropped the pin, so it proves nothing by being sent: the lane is
+  *lapsed*, and this process runs and acks nothing of it, until the server answers such a request in a way
+  that names the pin (`confirmed`: then its timer restarted when it took the request, and the lease runs
+  from that request) or refuses it (423: another process holds it now; `lose`). The pin id being the same,
+  no other process had the lane in between: nothing of it can be pending elsewhere, and the holding goes
+  on (no barrier) with the messages it held, whose effects may already be confirmed: they are acked, not
+  run again. (Before this, a lapsed lease gave the lane up: held messages ran again after it came back; in
+  a bench at load 25 a message ran again past the streams' duplicate window, 416 outbox writes repeated.)
+- *Why an ack only within the lease*: the server acks by stream sequence, whoever the message is now with.
+  A stale holder's ack of a message the server has since redelivered to a new holder would take one off the
+  new holder's count while something else is still pending elsewhere, and clear its barrier too early. A
+  message can be redelivered to another process only once the pin moved, which it cannot within the lease.
+  A stale holder (frozen past the pin timeout, then continued) finds its pin refused and acks nothing; its
+  late effects carry the input's stream sequence in `Nats-Msg-Id`, so JetStream drops them as duplicates of
+  the new holder's (within the stream's duplicate window).
+- *What a holder may assume*: within its lease it is the only process the lane's messages go to; its own
+  messages are pending nowhere else. Not that the lane's messages finish in stream order: keys run in
+  parallel, so an ack of one message says nothing of the lane's earlier ones (a cumulative ack, AckAll,
+  would ack messages still queued or retrying here: never use it on a lane).
 
 Messages are opaque here (`M`): the I/O (broker/partitioned_pull.py) reads the stream sequence, the key,
 the delivery sequence and the pin id from each, and sends the acks, naks and requests this book implies.
@@ -107,20 +125,44 @@ class LaneBook(Generic[M]):
     def is_clear(self, lane: int) -> bool:
         return self._lanes[lane].clear
 
-    def requested(self, lane: int, at: float) -> None:
-        """A pull request carrying the lane's pin went out at `at` (monotonic): the server's timer restarts."""
+    def requested(self, lane: int, at: float) -> bool:
+        """A pull request carrying the lane's pin went out at `at` (monotonic). True when it was sent within
+        the lease, which it then extends (the server restarts the pin's timer when it takes it); False when
+        the lease had lapsed: it may reach a server that dropped the pin, so only the server's answer says
+        (`confirmed`)."""
         state = self._lanes[lane]
-        if state.pin is not None:
+        if state.pin is not None and self.may_act(lane, at):
             state.last_request_at = at
+            return True
+        return False
+
+    def confirmed(self, lane: int, pin: str, requested_at: float) -> bool:
+        """The server still had `pin` when it took the request sent at `requested_at`: its timer restarted
+        then, so the lease runs from that request. True when that renews the lease of a lane held here under
+        `pin` (a lapsed lane holds on, with what it held)."""
+        state = self._lanes[lane]
+        if state.pin != pin or requested_at <= state.last_request_at:
+            return False
+        state.last_request_at = requested_at
+        return True
+
+    def void_lease(self, lane: int) -> None:
+        """What the lease rests on may be gone (the connection was lost: the server may have restarted and
+        forgotten the pin): the lane is lapsed until the server confirms the pin again."""
+        self._lanes[lane].last_request_at = float("-inf")
 
     def renew_due(self, lane: int, now: float) -> bool:
         state = self._lanes[lane]
         return state.pin is not None and now >= state.last_request_at + self.pin_timeout_s * RENEW_AFTER
 
     def may_act(self, lane: int, now: float) -> bool:
-        """Whether this process may still ack the lane's messages (its lease: see the module's docstring)."""
+        """Whether this process may run and ack the lane's messages now (its lease: see the module's docstring)."""
         state = self._lanes[lane]
         return state.pin is not None and now < state.last_request_at + self.pin_timeout_s * ACT_WITHIN
+
+    def lapsed(self, lane: int, now: float) -> bool:
+        """Held here, but past its lease: nothing of it runs or is acked until the server confirms the pin."""
+        return self._lanes[lane].pin is not None and not self.may_act(lane, now)
 
     def room(self, lane: int) -> int:
         return self.hold_max - len(self._lanes[lane].held)
@@ -138,6 +180,8 @@ class LaneBook(Generic[M]):
         its own."""
         state = self._lanes[lane]
         if pin == state.pin:
+            # No lease from it: which request a message answers is known only by order, and answers to a
+            # request given up on may still be on their way (only `requested` and `confirmed` renew it).
             return False
         state.pin, state.clear, state.short_since = pin, False, None
         state.last_request_at = requested_at
@@ -255,7 +299,7 @@ class LaneBook(Generic[M]):
         return True
 
     def lose(self, lane: int) -> list[M]:
-        """The lane is no longer held here (refused pin, lapsed lease, or handed over): its queued messages,
+        """The lane is no longer held here (its pin refused or timed out, or handed over): its queued messages,
         to hand back (nak) at once; its messages in batches finish (or come back) as they will."""
         state = self._lanes[lane]
         state.pin, state.clear, state.short_since = None, False, None
