@@ -319,7 +319,8 @@ class Executor:
             follow_up: list[_Pending] = []
             follow_up_batch = PublishBatch()
             done: list[_Pending] = []
-            overtaken = _overtaken(pending, results) if order is not None else set()
+            refused = order is not None and any(isinstance(r, PublishError) for r in results)
+            overtaken = _overtaken(pending, results) if refused else set()
             for item in pending:
                 errors = [r for r in results[item.first : item.end] if isinstance(r, PublishError)]
                 if item.trace is not None:

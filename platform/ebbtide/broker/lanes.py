@@ -62,8 +62,12 @@ ACT_WITHIN = 2 / 3  # ... and ack nothing of the lane past this (the pin may be 
 
 
 @dataclass(slots=True)
-class _Held(Generic[M]):
+class Held(Generic[M]):
+    """A message held here: `take` hands these out, and they come back settled (`acked`, `retried`) or not
+    (`returned`)."""
+
     msg: M
+    lane: int
     seq: int  # stream sequence
     key: str
     delivery: int  # the consumer's delivery sequence of the delivery held
@@ -74,7 +78,7 @@ class _Held(Generic[M]):
 class _Key:
     queued: list[int] = field(default_factory=list)  # stream sequences, ascending
     busy: int = 0  # its messages in a batch, or retried and not redelivered yet
-    retrying: set[int] = field(default_factory=set)
+    retrying: set[int] | None = None  # made when first needed: most keys never retry
     listed: bool = False  # on the ready list
 
 
@@ -83,7 +87,7 @@ class _Lane(Generic[M]):
     pin: str | None = None  # the pin id while this process holds the lane
     clear: bool = False  # the tenure's barrier has passed
     last_request_at: float = float("-inf")  # the last pull request carrying the pin (or the bid that won it)
-    held: dict[int, _Held[M]] = field(default_factory=dict)  # by stream sequence
+    held: dict[int, Held[M]] = field(default_factory=dict)  # by stream sequence
     keys: dict[str, _Key] = field(default_factory=dict)
     settlements: int = 0  # acks and naks sent: a barrier read spanning one is inconclusive
     short_since: float | None = None  # since when the server has counted fewer pending than held here
@@ -164,6 +168,10 @@ class LaneBook(Generic[M]):
         """Held here, but past its lease: nothing of it runs or is acked until the server confirms the pin."""
         return self._lanes[lane].pin is not None and not self.may_act(lane, now)
 
+    def holding(self, lane: int, seq: int) -> Held[M] | None:
+        """The message of `lane` with stream sequence `seq`, when held here."""
+        return self._lanes[lane].held.get(seq)
+
     def room(self, lane: int) -> int:
         return self.hold_max - len(self._lanes[lane].held)
 
@@ -193,11 +201,11 @@ class LaneBook(Generic[M]):
         state = self._lanes[lane]
         if seq in state.held or state.pin is None:
             return False
-        state.held[seq] = _Held(msg, seq, key, delivery)
+        state.held[seq] = Held(msg, lane, seq, key, delivery)
         entry = state.keys.get(key)
         if entry is None:
             entry = state.keys[key] = _Key()
-        if seq in entry.retrying:
+        elif entry.retrying and seq in entry.retrying:
             entry.retrying.discard(seq)
             entry.busy -= 1
         bisect.insort(entry.queued, seq)
@@ -230,10 +238,10 @@ class LaneBook(Generic[M]):
 
     # -- running -------------------------------------------------------------------------------------
 
-    def take(self, batch: int, now: float) -> list[M]:
+    def take(self, batch: int, now: float) -> list[Held[M]]:
         """Up to `batch` messages that may run now: for each key taken, its queued messages in stream
         order, together (its next ones wait until these are settled)."""
-        taken: list[M] = []
+        taken: list[Held[M]] = []
         ready = self._ready
         later: list[tuple[int, str]] = []  # lanes whose lease is short right now: renewed soon, or lost
         while ready and len(taken) < batch:
@@ -254,48 +262,49 @@ class LaneBook(Generic[M]):
             for seq in run:
                 held = state.held[seq]
                 held.in_batch = True
-                taken.append(held.msg)
+                taken.append(held)
         ready.extend(later)
         return taken
 
-    def acked(self, lane: int, seq: int) -> None:
+    def acked(self, held: Held[M]) -> None:
         """Settled for good (acked: effects confirmed, or dead-lettered)."""
-        state = self._lanes[lane]
+        state = self._lanes[held.lane]
         state.settlements += 1
-        held = state.held.pop(seq, None)
-        if held is not None:
-            self._release_key(lane, state, held.key)
+        if state.held.get(held.seq) is held:
+            del state.held[held.seq]
+            held.in_batch = False
+            self._release_key(held.lane, state, held.key)
 
-    def retried(self, lane: int, seq: int) -> None:
+    def retried(self, held: Held[M]) -> None:
         """Nak'ed: to be redelivered; its key's later messages wait for it (here, or with the next holder)."""
-        state = self._lanes[lane]
+        state = self._lanes[held.lane]
         state.settlements += 1
-        held = state.held.pop(seq, None)
-        if held is not None and state.pin is not None:
-            state.keys[held.key].retrying.add(seq)  # still busy until it comes back
-        elif held is not None:
-            self._release_key(lane, state, held.key)
+        if state.held.get(held.seq) is not held:
+            return
+        del state.held[held.seq]
+        held.in_batch = False
+        if state.pin is not None:
+            entry = state.keys[held.key]
+            if entry.retrying is None:
+                entry.retrying = set()
+            entry.retrying.add(held.seq)  # still busy until it comes back
+        else:
+            self._release_key(held.lane, state, held.key)
 
-    def in_batch(self, lane: int, seq: int, msg: M) -> bool:
-        """Whether `msg` is held here in a batch, not settled yet."""
-        held = self._lanes[lane].held.get(seq)
-        return held is not None and held.msg is msg and held.in_batch
-
-    def returned(self, lane: int, seq: int, msg: M) -> bool:
-        """`msg`, of a batch, not carried out (an earlier one of its key held it back, or the holding lapsed):
+    def returned(self, held: Held[M]) -> bool:
+        """`held`, of a batch, not carried out (an earlier one of its key held it back, or the holding lapsed):
         back to the head of its key's queue, True; False when the lane is no longer held here (the caller
         hands it back, then calls `retried`)."""
-        state = self._lanes[lane]
-        held = state.held.get(seq)
-        if held is None or held.msg is not msg or not held.in_batch:
+        state = self._lanes[held.lane]
+        if state.held.get(held.seq) is not held or not held.in_batch:
             return True  # settled meanwhile (and maybe delivered again since)
         if state.pin is None:
             return False
         held.in_batch = False
         entry = state.keys[held.key]
         entry.busy -= 1
-        bisect.insort(entry.queued, seq)
-        self._list_if_ready(lane, held.key, entry)
+        bisect.insort(entry.queued, held.seq)
+        self._list_if_ready(held.lane, held.key, entry)
         return True
 
     def lose(self, lane: int) -> list[M]:
@@ -309,8 +318,9 @@ class LaneBook(Generic[M]):
         for key, entry in list(state.keys.items()):
             entry.listed = False  # its place on the ready list is skipped
             entry.queued.clear()
-            entry.busy -= len(entry.retrying)
-            entry.retrying.clear()
+            if entry.retrying:
+                entry.busy -= len(entry.retrying)
+                entry.retrying = None
             if entry.busy == 0:
                 del state.keys[key]
         state.settlements += len(queued)

@@ -46,9 +46,9 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from . import _nats_fast, jsapi
-from .delivery import Incoming, delivery_sequence, parse_ack_subject
+from .delivery import Incoming
 from .headers import H_DESCRIPTION, H_PIN_ID, H_STATUS
-from .lanes import RENEW_AFTER, LaneBook, Probe
+from .lanes import RENEW_AFTER, Held, LaneBook, Probe
 from .names import lane_holdings_subject
 from .partitions import PRIORITY_GROUP
 from .pull import HEARTBEAT, LATE_MARGIN_S, hand_back
@@ -68,6 +68,17 @@ TOO_LARGE = "409"  # a confirming request's answer when a message was there for 
 EXPIRED = "408"
 CONFIRM_EXPIRES_S = 0.1  # a confirming request on an idle lane expires this soon (then a consumer info says)
 BARRIER_REPORT_S = 10.0
+
+
+def _sequences(reply: str) -> tuple[int, int]:
+    """The stream sequence and the consumer's delivery sequence of a JetStream ack subject (one split: this
+    runs for every message; broker/delivery.py reads the rest)."""
+    tokens = reply.split(".")
+    if len(tokens) == 9:  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
+        return int(tokens[5]), int(tokens[6])
+    if len(tokens) >= 11:  # $JS.ACK.<domain>.<account>.<stream>... (broker/delivery.py)
+        return int(tokens[7]), int(tokens[8])
+    raise ValueError(f"not a JetStream ack subject: {reply!r}")
 
 
 class _PendingInfo(jsapi.ApiResponse):
@@ -163,6 +174,7 @@ class LaneFeed:
         self._watchdog: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._handed: dict[int, Held[Msg]] = {}  # id(message) -> its holding, while it is in a batch
         self._reconnects = nc.stats["reconnects"]
         self._lease_changed = asyncio.Event()  # set (and replaced) when a lapsed lane is confirmed or lost
         self.lapses = 0  # leases seen lapsed (a starved or frozen process)
@@ -283,8 +295,7 @@ class LaneFeed:
             self._spawn(hand_back(self._nc, msg))
             return
         try:
-            seq = parse_ack_subject(msg.reply).sequence
-            delivery = delivery_sequence(msg.reply)
+            seq, delivery = _sequences(msg.reply)
         except ValueError:
             log.error("%s: message without a JetStream ack subject; ignored", msg.subject)
             return
@@ -504,21 +515,22 @@ class LaneFeed:
             except TimeoutError:
                 return []
             taken = self.book.take(batch, time.monotonic())
-        if taken:
-            self._wake_one()  # there may be more, for the next worker waiting
-        return taken
-
-    def lane_of(self, subject: str) -> int:
-        if subject == self._trigger:
-            return self._keyless_lane
-        return int(subject[len(self._trigger) + 1 :].split(".", 1)[0])
+        if not taken:
+            return []
+        self._wake_one()  # there may be more, for the next worker waiting
+        handed = self._handed
+        for held in taken:
+            handed[id(held.msg)] = held  # unique while it is in a batch: the batch keeps the message alive
+        return [held.msg for held in taken]
 
     async def may_ack(self, incoming: Incoming) -> bool:
         """Whether this process may ack `incoming` now: at once within its lane's lease; a lapsed lane's
         message once the server has confirmed the pin (False when it went to another process, or no answer
         came within a pin timeout: the message is then queued again, or handed back)."""
-        lane = self.lane_of(incoming.msg.subject)
-        book = self.book
+        held = self._handed.get(id(incoming.msg))
+        if held is None:
+            return False  # not in a batch of this feed's
+        lane, book = held.lane, self.book
         self._check_connection()
         if book.may_act(lane, time.monotonic()):
             return True
@@ -531,17 +543,20 @@ class LaneFeed:
         return book.may_act(lane, time.monotonic())
 
     def settled(self, incoming: Incoming, retried: bool) -> None:
-        lane = self.lane_of(incoming.msg.subject)
+        held = self._handed.pop(id(incoming.msg), None)
+        if held is None:
+            return
         if retried:
-            self.book.retried(lane, incoming.delivery.sequence)
+            self.book.retried(held)
         else:
-            self.book.acked(lane, incoming.delivery.sequence)
+            self.book.acked(held)
         self._wake_soon()
 
     def still_held(self, msg: Msg) -> bool:
         """Whether `msg`'s lane is still this process's to keep its messages alive (KeepAlive): a lapsed lane's
         too (see `_keep_queued_alive`), not one lost."""
-        return self.book.holds(self.lane_of(msg.subject))
+        held = self._handed.get(id(msg))
+        return held is not None and self.book.holds(held.lane)
 
     async def finish(self, msgs: Sequence[Msg]) -> None:
         """A batch is over: its messages not settled go back to their keys' queues, or are handed back when
@@ -549,19 +564,15 @@ class LaneFeed:
         redelivery as retried ones do."""
         book = self.book
         for msg in msgs:
-            try:
-                seq = parse_ack_subject(msg.reply).sequence
-            except ValueError:
-                continue  # never held (the executor ignored it)
-            lane = self.lane_of(msg.subject)
-            if not book.in_batch(lane, seq, msg):
-                continue  # settled: `settled` was told
+            held = self._handed.pop(id(msg), None)
+            if held is None:
+                continue  # settled (`settled` was told), or never held (the executor ignored it)
             if msg.is_acked:
-                book.retried(lane, seq)
-            elif not book.returned(lane, seq, msg):
+                book.retried(held)
+            elif not book.returned(held):
                 # Forgotten before the nak goes: its redelivery may come in while the nak is confirmed (held
                 # still, it would be taken for a duplicate, and its key would wait for it forever).
-                book.retried(lane, seq)
+                book.retried(held)
                 await hand_back(self._nc, msg)
         self._wake_all()
 
