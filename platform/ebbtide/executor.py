@@ -106,8 +106,9 @@ class KeyOrder(Protocol):
     """An ordered function's feed (broker/partitioned_pull.py), for the batches it gave out: a message's
     key is its stored subject (`<trigger>.<partition>.<key>`, the bare trigger for keyless messages)."""
 
-    def may_ack(self, incoming: Incoming) -> bool:
-        """Whether this process still holds the message's lane (else another may run it: no ack)."""
+    async def may_ack(self, incoming: Incoming) -> bool:
+        """Whether this process still holds the message's lane (else another may run it: no ack); for a lane
+        whose lease lapsed, once the server has said."""
         ...
 
     def settled(self, incoming: Incoming, retried: bool) -> None:
@@ -323,7 +324,8 @@ class Executor:
             follow_up: list[_Pending] = []
             follow_up_batch = PublishBatch()
             done: list[_Pending] = []
-            overtaken = _overtaken(pending, results) if order is not None else set()
+            refused = order is not None and any(isinstance(r, PublishError) for r in results)
+            overtaken = _overtaken(pending, results) if refused else set()
             for item in pending:
                 errors = [r for r in results[item.first : item.end] if isinstance(r, PublishError)]
                 if item.trace is not None:
@@ -344,7 +346,7 @@ class Executor:
                 else:  # a transient failure like any other; no trace: its spans have ended
                     await self.carry_out(incoming, next_outcome, follow_up, follow_up_batch, None, order)
             if order is not None:  # no ack for a lane this process may no longer hold: its next holder runs it
-                done = [item for item in done if order.may_ack(item.incoming)]
+                done = [item for item in done if await order.may_ack(item.incoming)]
             # One write for the round's acks (still one ack per message: JetStream has no batched explicit ack).
             await ack_all([item.incoming for item in done])
             confirmed_at_ns = time.time_ns()
