@@ -38,6 +38,7 @@ REQUIRED_PANELS = (
     "End-to-end latency p50 / p99",
     "Dead letters by reason",
     "Retries and guest faults",
+    "Oldest pending message",
     "Shadow verdicts",
     "Canary results",
     "Replicas ready",
