@@ -29,10 +29,10 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
-from .broker.partitions import keyed_subject
 from .pool import FunctionPool
 from .scaler import ScalePolicy, Scaler
 from .status_reports import STATUS_REQUEST_SUBJECT, PoolStatus, encode_status, status_subject
+from .subjects import keyed_subject
 
 log = logging.getLogger("ebbtide.controller")
 

@@ -15,6 +15,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from .errors import ManifestError
+from .subjects import stream_transform, subject_matches
 
 DEFAULT_MANIFEST = "ebbtide.toml"
 
@@ -207,6 +208,14 @@ class LoadedManifest:
                 return name
         raise ManifestError(f"{self.path}: no stream captures subject {subject!r}")
 
+    def ordered_triggers(self, stream: str | None = None) -> dict[str, str]:
+        """Trigger -> order_by field of every ordered function (of `stream` only, when given)."""
+        return {
+            fn.trigger: fn.order_by
+            for fn in self.spec.functions.values()
+            if fn.order_by and (stream is None or self.stream_for(fn.trigger) == stream)
+        }
+
     def dead_letter_subject(self, function: str) -> str:
         """Where the function's dead letters go: `<dead_letter.subject_prefix>.<function>`."""
         return f"{self.spec.dead_letter.subject_prefix}.{function}"
@@ -339,13 +348,11 @@ def _check_references(loaded: LoadedManifest) -> list[str]:
 
 def _check_ordering(loaded: LoadedManifest) -> list[str]:
     """Ordered triggers must share their stream's one subject transform, and it must catch no other trigger."""
-    from .broker.partitions import ordered_triggers, stream_transform
-
     problems: list[str] = []
     spec = loaded.spec
     for stream_name in spec.streams:
         try:
-            ordered = ordered_triggers(loaded, stream_name)
+            ordered = loaded.ordered_triggers(stream_name)
         except ManifestError:
             return problems  # a trigger no stream captures: reported above
         if not ordered:
@@ -383,17 +390,3 @@ def _check_credentials(nats: NatsSection) -> list[str]:
     if bool(nats.tls_cert) != bool(nats.tls_key):
         problems.append("nats.tls_cert: a client certificate needs both tls_cert and tls_key")
     return problems
-
-
-def subject_matches(pattern: str, subject: str) -> bool:
-    """NATS subject matching: `*` matches one token, `>` one or more trailing tokens."""
-    p_tokens = pattern.split(".")
-    s_tokens = subject.split(".")
-    for i, token in enumerate(p_tokens):
-        if token == ">":
-            return len(s_tokens) > i
-        if i >= len(s_tokens):
-            return False
-        if token != "*" and token != s_tokens[i]:
-            return False
-    return len(p_tokens) == len(s_tokens)

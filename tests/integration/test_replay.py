@@ -28,7 +28,7 @@ from ebbtide.broker.access import ServerAccess, embedded_server
 from ebbtide.build import build_module
 from ebbtide.host import Host
 from ebbtide.manifest import LoadedManifest, load_manifest
-from ebbtide.rollout.compare import Answer, Verdict, answer_of
+from ebbtide.rollout.compare import RecordedReply, Verdict, recorded
 from ebbtide.rollout.samples import Sample, encode_sample, sample_subject
 from ebbtide.rollout.stored import stream_inputs, stream_range
 from ebbtide.runtime.abi import Publish, Status, encode_effects
@@ -121,8 +121,8 @@ def test_shadow_report_shows_the_kept_samples_side_by_side(
     assert "the SHADOW stream does not exist" in err and "Traceback" not in err
 
     express = generate_orders(6, seed=4, express_share=1.0)
-    live = [answer_of((Status.OK, encode_effects([Publish("orders.express", encode_order(o))]))) for o in express]
-    moved = [answer_of((Status.OK, encode_effects([Publish("orders.standard", encode_order(o))]))) for o in express]
+    live = [recorded((Status.OK, encode_effects([Publish("orders.express", encode_order(o))]))) for o in express]
+    moved = [recorded((Status.OK, encode_effects([Publish("orders.standard", encode_order(o))]))) for o in express]
 
     async def publish_samples() -> list[bool]:
         nc = await nats.connect(access.url, **access.admin.connect_options())
@@ -170,7 +170,7 @@ def test_shadow_report_shows_the_kept_samples_side_by_side(
                 INGRESS_SUBJECT,
                 b"\x00\xff",
                 live[0],
-                Answer("fault", b"trap: unreachable"),
+                RecordedReply("fault", b"trap: unreachable"),
                 "c" * 64,
                 time.time_ns(),
                 107,
