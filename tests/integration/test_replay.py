@@ -272,7 +272,8 @@ def test_replay_from_the_dlq_and_a_stream_range_judges_exactly_the_changed_messa
     for i, block in enumerate(blocks):
         assert f"different {i + 1} of 3: orders.ingress, DLQ #{i + 1}" in block
         assert '-REJECT: unknown-delivery: "Drone"' in block
-        assert f"+publish orders.express: {drone_order(900 + i).decode()}" in block
+        # The diff shows an effect's first 400 characters (rollout/compare.py): this order is longer.
+        assert f"+publish orders.express: {drone_order(900 + i).decode()[:300]}" in block
 
     # A stream range: the Standard orders of it, and only they, would be routed differently.
     rerouting = tmp_path / "reroutes-standard.wasm"

@@ -15,6 +15,7 @@ import enum
 import msgspec
 
 from ..errors import GuestFault, InputTooLarge
+from ..outcome import Faulted, GuestResult
 from ..runtime.abi import KvPut, Publish, Status, decode_effects
 from ..runtime.guest import GuestReply
 
@@ -36,8 +37,12 @@ class RecordedReply(msgspec.Struct, frozen=True):
     output: bytes
 
 
-def recorded(reply: GuestReply) -> RecordedReply:
-    """The `RecordedReply` of one entry of `BatchResult.replies` (or what `Guest.handle` returned or raised)."""
+def recorded(reply: GuestReply, result: GuestResult | None = None) -> RecordedReply:
+    """The `RecordedReply` of one entry of `BatchResult.replies` (or what `Guest.handle` returned or raised).
+    `result`: what the guest loop made of it (function.GuestLoop): output that does not decode is a fault
+    there, and so here."""
+    if type(result) is Faulted and isinstance(reply, tuple):
+        return RecordedReply("fault", result.error.encode())
     if isinstance(reply, tuple):
         status, output = reply
         return RecordedReply(Status(status).name.lower(), output)

@@ -127,12 +127,14 @@ class Replay:
         messages = [(stored.subject.encode(), stored.payload) for stored in batch]
         live: list[GuestReply] = []
         candidate: list[GuestReply] = []
-        self._live.run(messages, live)
-        # What a pool would make of the candidate's answers (its allowlist: keys of ordered triggers too).
+        live_results = self._live.run(messages, live)
+        # What a pool makes of the answers (its allowlist: keys of ordered triggers too).
         candidate_results = self._candidate.run(messages, candidate)
         now = time.time_ns()
-        for stored, live_reply, candidate_reply, candidate_result in zip(batch, live, candidate, candidate_results, strict=True):
-            live_answer, candidate_answer = recorded(live_reply), recorded(candidate_reply)
+        for stored, live_reply, live_result, candidate_reply, candidate_result in zip(
+            batch, live, live_results, candidate, candidate_results, strict=True
+        ):
+            live_answer, candidate_answer = recorded(live_reply, live_result), recorded(candidate_reply, candidate_result)
             verdict = compare(live_answer, candidate_answer)
             result.counts[verdict] += 1
             if result.counts[verdict] <= self.keep:

@@ -41,21 +41,29 @@ class ShadowRun:
         live: list[GuestReply] = []
         results = guests.run_live(batch, messages, live)
         try:
-            self._judge(guests, batch, messages, live)
+            self._judge(guests, batch, messages, live, results)
         except Exception:  # a bug here must not touch the live answers: those are already decided
             log.exception("%s: shadow run failed on a batch; the live answers stand", self.candidate.rollout.function)
         return results
 
-    def _judge(self, guests: WorkerGuests, batch: Sequence[Incoming], messages: list[Message], live: list[GuestReply]) -> None:
+    def _judge(
+        self,
+        guests: WorkerGuests,
+        batch: Sequence[Incoming],
+        messages: list[Message],
+        live: list[GuestReply],
+        live_results: list[GuestResult],
+    ) -> None:
         share = self.candidate.share
         chosen = [i for i, incoming in enumerate(batch) if share.takes(incoming.msg)]
         if not chosen:
             return
         replies: list[GuestReply] = []
-        self.candidate.run(guests, [messages[i] for i in chosen], replies)
+        results = self.candidate.run(guests, [messages[i] for i in chosen], replies)
         stats = self.candidate.stats
-        for i, candidate_reply in zip(chosen, replies, strict=True):
-            live_answer, candidate_answer = recorded(live[i]), recorded(candidate_reply)
+        for i, candidate_reply, candidate_result in zip(chosen, replies, results, strict=True):
+            live_answer = recorded(live[i], live_results[i])
+            candidate_answer = recorded(candidate_reply, candidate_result)
             verdict = compare(live_answer, candidate_answer)
             stats.count_shadow(verdict.value)
             if self._sent.get(verdict, 0) < self.candidate.rollout.keep:
