@@ -210,16 +210,27 @@ def _parser() -> argparse.ArgumentParser:
         "measure: guest call and instance start, memory per instance, scaling from zero and back, "
         "the burst side by side with FastStream and raw nats-py, sustained load",
     )
-    bench.add_argument("--scenario", action="append", choices=BENCH_SCENARIOS, help="repeatable (default: all)")
+    bench.add_argument(
+        "--scenario", action="append", choices=BENCH_SCENARIOS, help="repeatable (default: all but soak, which takes an hour)"
+    )
     bench.add_argument("--quick", action="store_true", help="small sizes, well under a minute (CI smoke test)")
     bench.add_argument("--out", type=Path, default=Path(".ebbtide/bench"), help="results folder (default: %(default)s)")
     bench.add_argument("--orders", type=int, help="burst size (default 10,000; 2,000 with --quick)")
-    bench.add_argument("--repeats", type=int, help="timed bursts per implementation (default 3; 1 with --quick)")
+    bench.add_argument(
+        "--repeats", type=int, help="alternating rounds, each implementation timed once per round (default 5; 1 with --quick)"
+    )
     bench.add_argument("--sustained-s", type=float, help="seconds of load per rate (default 60; 5 with --quick)")
     bench.add_argument(
         "--rate",
         action="append",
         help="sustained rate: orders/s or a share of the burst's capacity, e.g. 50%% (repeatable; default 50%% and 90%%)",
+    )
+    bench.add_argument("--minutes", type=int, help="soak: minutes per manifest (default 30; 2 with --quick)")
+    bench.add_argument(
+        "--soak-manifest",
+        action="append",
+        choices=["unordered", "ordered"],
+        help="soak: which manifests, one after the other (repeatable; default both)",
     )
     bench.add_argument("--sustained-target", choices=["ebbtide-default", "ebbtide-fastest"], default="ebbtide-default")
     dlq_action = actions_of(

@@ -29,6 +29,8 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
+from .broker.jsapi import first_stored_at
+from .oldest_pending import OldestPending
 from .pool import FunctionPool
 from .scaler import ScalePolicy, Scaler
 from .status_reports import STATUS_REQUEST_SUBJECT, PoolStatus, encode_status, status_subject
@@ -47,6 +49,7 @@ LANES_PER_TICK = 1
 IDLE_REPORT_S = 5.0  # status report interval while quiet or idle at zero (`top` counts a process live for 10 s)
 IDLE_LAG_CHECK_S = 60.0  # asleep at zero: a lag check in case the bell missed a publish for a reason not seen
 LAG_CONFIRM_S = 0.25  # asleep at zero: the second lag check, for a publish stored just before the bell rang
+OLDEST_READ_TIMEOUT_S = 2.0  # reading the oldest unhandled message's time (oldest_pending.py)
 
 
 def host_id() -> str:
@@ -74,6 +77,9 @@ class PoolController:
         self._stopping = False
         self._lane_lags = [0] * len(pool.consumers)  # the last lag read of each consumer (see _read_lag)
         self._next_lane = 0
+        self.oldest_pending = OldestPending(len(pool.consumers))
+        self._lane_filters = [pool.function.trigger] * len(pool.consumers)  # each consumer's filter subject
+        self._oldest_read: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.pool.set_instances(self.scaler.policy.min)
@@ -89,6 +95,8 @@ class PoolController:
 
     async def stop(self) -> None:
         self._stopping = True
+        if self._oldest_read is not None:
+            self._oldest_read.cancel()
         if self._request_subscription is not None:
             try:
                 await self._request_subscription.unsubscribe()
@@ -120,8 +128,13 @@ class PoolController:
 
     async def _until_next_tick(self) -> None:
         """TICK_S while messages flow; while the pool is quiet, until a fetch brings something, the cooldown
-        may end, or the next idle report is due."""
+        may end, or the next idle report is due; not at all once it has drained to zero."""
         pool = self.pool
+        if pool.instances == 0 and pool.in_flight == 0:
+            # Drained to zero: no worker is left whose fetch would set `activity`, so this wait would be deaf
+            # until the idle report (5 s; issue 25: single orders after a burst waited seconds). `_run` goes to
+            # sleep on the bell at once instead.
+            return
         if self.lag > 0 or pool.in_flight > 0 or pool.activity.is_set():
             await asyncio.sleep(AT_MAX_TICK_S if self.lag > 0 and pool.instances >= self.scaler.policy.max else TICK_S)
             return
@@ -199,7 +212,35 @@ class PoolController:
         infos = await asyncio.gather(*(self._js.consumer_info(stream, consumers[lane]) for lane in lanes))
         for lane, info in zip(lanes, infos):
             lags[lane] = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+            self._lane_filters[lane] = info.config.filter_subject or self.pool.function.trigger
+            self.oldest_pending.update(lane, info.ack_floor.stream_seq if info.ack_floor else 0, lags[lane])
+        self._read_oldest_pending()
         return sum(lags)
+
+    def _read_oldest_pending(self) -> None:
+        """Start reading the stored time of a consumer's oldest unhandled message, when one is due (see
+        oldest_pending.py); in a task of its own, so a slow or refused read never holds up a control tick."""
+        if self._oldest_read is not None and not self._oldest_read.done():
+            return
+        due = self.oldest_pending.lane_to_read(time.monotonic())
+        if due is None:
+            return
+        lane, first = due
+        self._oldest_read = asyncio.create_task(self._read_stored_at(lane, first), name=f"{self.pool.name}-oldest-pending")
+
+    async def _read_stored_at(self, lane: int, first: int) -> None:
+        try:
+            stored_at = await first_stored_at(self._nc, self.pool.stream, self._lane_filters[lane], first, OLDEST_READ_TIMEOUT_S)
+        except Exception as exc:  # no answer in time, or refused (credentials generated before this read was granted)
+            log.debug("%s: cannot read the oldest pending message's time: %r", self.pool.name, exc)
+            self.oldest_pending.read_failed(lane, time.monotonic())
+            return
+        self.oldest_pending.read(lane, first - 1, stored_at, time.monotonic())
+
+    @property
+    def oldest_pending_s(self) -> float:
+        """Age of the function's oldest unhandled message, at the last readings (0: none)."""
+        return self.oldest_pending.age(time.time())
 
     async def _report(self) -> None:
         pool = self.pool
@@ -210,10 +251,11 @@ class PoolController:
         elapsed = max(now - self._last_report, 1e-6)
         handle, earlier = stats.handle, self._last_handle_counts
         self._last_handle_counts = list(handle.counts)
+        sampled = time.time()  # one clock reading for the report's time and the age in it
         status = PoolStatus(
             function=pool.name,
             host_id=self._host_id,
-            time=time.time(),
+            time=sampled,
             backlog=self.lag,
             instances=pool.live_instances,
             in_flight=pool.in_flight,
@@ -224,6 +266,7 @@ class PoolController:
             rate=(settled - self._last_settled) / elapsed,
             handle_p50_us=handle.quantile_since(earlier, 0.5) * 1e6,
             handle_p99_us=handle.quantile_since(earlier, 0.99) * 1e6,
+            oldest_pending_s=self.oldest_pending.age(sampled),
             module_sha256=pool.module.sha256,
             candidate_sha256=pool.candidate_sha256,
             rollout=pool.rollout_stats.counts(),

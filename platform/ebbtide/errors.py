@@ -129,9 +129,20 @@ class PublishError(RunError):
     """The server did not confirm a publish (error reply, no stream, or timeout)."""
 
 
-class PublishUnanswered(PublishError):
+class PublishRetryLater(PublishError):
+    """The server did not store a publish for a reason of its own, not the message's: try again later. A
+    function's message whose effects meet only these keeps its retries (outcome.after_unconfirmed)."""
+
+
+class PublishUnanswered(PublishRetryLater):
     """No answer to a publish in time, or it could not be sent (disconnected): the server, not the message,
     is the trouble (e.g. a stream electing a new leader after a node failed)."""
+
+
+class StoreFull(PublishRetryLater):
+    """Refused for lack of space: the stream holds its `max_bytes` (discard new), or the server's JetStream
+    store (max_file_store, the disk) is full. Nothing stored was removed to make room; retry once space frees
+    (handled messages age out with `max_age_s`, or an operator frees space)."""
 
 
 class DeadLetterError(RunError):

@@ -9,11 +9,13 @@ checks before the guest and the guest's answer (the pool runs the guest), and st
   dlq:<stream>:<sequence>` and headers that say why;
 - `Retry`: the input is nak'ed at once, with the policy's delay.
 
-The publishes go out chunk by chunk, written together (`PublishBatch`). Then it waits for the server's
+The publishes go out chunk by chunk, written together (`PublishBatch`; a round's publishes to a stream that
+allows it are one fast batch with one PubAck, see broker/publisher.py). Then it waits for the server's
 confirmations of the whole batch (one wait, many publishes in flight) and settles each message: ack when
 every publish of it was confirmed (the round's acks written together); otherwise the policy says again
 (`after_unconfirmed`): effects not confirmed are retried (or dead-lettered once retries are exhausted:
-a second, last round of confirmations; effects the server never answered do not use up the retries), a
+a second, last round of confirmations; effects the server never answered, or refused for lack of space, do
+not use up the retries), a
 dead letter not confirmed is nak'ed for later.
 
 For an ordered function the batch comes from its lanes (broker/partitioned_pull.py) with each key's
@@ -43,7 +45,7 @@ from .broker.delivery import Incoming, KeepAlive, ack_all, parse_ack_subject
 from .broker.headers import H_ERROR, H_INGRESS_AT, H_MSG_ID, header_lines_size
 from .broker.publisher import ConfirmedPublisher, PublishBatch
 from .deadletter import Reason, dead_letter_headers, fit_payload
-from .errors import PublishError, PublishUnanswered
+from .errors import PublishError, PublishRetryLater, PublishUnanswered
 from .manifest import FunctionSection
 from .outcome import (
     Ack,
@@ -66,6 +68,7 @@ if TYPE_CHECKING:  # tracing's module (and OpenTelemetry) is loaded only when tr
 log = logging.getLogger("ebbtide.pool")  # the name operators filter on: one log for a function's messages
 
 MAX_REMEMBERED_FAILURES = 100_000
+SERVER_TROUBLE_LOG_S = 10.0
 ORDERED_CHUNK_S = 0.02  # guest time per chunk of an ordered function's batch, at most
 
 
@@ -103,8 +106,9 @@ class KeyOrder(Protocol):
     """An ordered function's feed (broker/partitioned_pull.py), for the batches it gave out: a message's
     key is its stored subject (`<trigger>.<partition>.<key>`, the bare trigger for keyless messages)."""
 
-    def may_ack(self, incoming: Incoming) -> bool:
-        """Whether this process still holds the message's lane (else another may run it: no ack)."""
+    async def may_ack(self, incoming: Incoming) -> bool:
+        """Whether this process still holds the message's lane (else another may run it: no ack); for a lane
+        whose lease lapsed, once the server has said."""
         ...
 
     def settled(self, incoming: Incoming, retried: bool) -> None:
@@ -157,6 +161,8 @@ class Executor:
         # When each retried message first failed, for its dead letter. Per process: after a restart, or
         # when another replica got the earlier deliveries, the dead letter says the first failure is unknown.
         self._first_failures: dict[tuple[str, int], float] = {}
+        self._quiet_until = 0.0  # server-side failures are logged once per SERVER_TROUBLE_LOG_S (_warn_unconfirmed)
+        self._quieted = 0
         # Guest time per message in the last chunk (shared by the workers: one guest): sizes the next chunk.
         self._guest_s_per_message: float | None = None
 
@@ -318,7 +324,8 @@ class Executor:
             follow_up: list[_Pending] = []
             follow_up_batch = PublishBatch()
             done: list[_Pending] = []
-            overtaken = _overtaken(pending, results) if order is not None else set()
+            refused = order is not None and any(isinstance(r, PublishError) for r in results)
+            overtaken = _overtaken(pending, results) if refused else set()
             for item in pending:
                 errors = [r for r in results[item.first : item.end] if isinstance(r, PublishError)]
                 if item.trace is not None:
@@ -328,10 +335,10 @@ class Executor:
                     done.append(item)
                     continue
                 delivery = incoming.delivery
-                log.warning("%s: effects of %s #%d not confirmed: %s", self.name, delivery.stream, delivery.sequence, errors[0])
-                unanswered = all(isinstance(error, PublishUnanswered) for error in errors)
+                server_side = all(isinstance(error, PublishRetryLater) for error in errors)  # unanswered, store full
+                self._warn_unconfirmed(incoming, errors[0], server_side)
                 next_outcome = after_unconfirmed(
-                    outcome, str(errors[0]), delivery.delivered, retry, unanswered=unanswered, overtaken=id(item) in overtaken
+                    outcome, str(errors[0]), delivery.delivered, retry, server_side=server_side, overtaken=id(item) in overtaken
                 )
                 if isinstance(outcome, DeadLetter):  # the dead letter itself was not stored: try it all again later
                     assert isinstance(next_outcome, Retry)
@@ -339,7 +346,7 @@ class Executor:
                 else:  # a transient failure like any other; no trace: its spans have ended
                     await self.carry_out(incoming, next_outcome, follow_up, follow_up_batch, None, order)
             if order is not None:  # no ack for a lane this process may no longer hold: its next holder runs it
-                done = [item for item in done if order.may_ack(item.incoming)]
+                done = [item for item in done if await order.may_ack(item.incoming)]
             # One write for the round's acks (still one ack per message: JetStream has no batched explicit ack).
             await ack_all([item.incoming for item in done])
             confirmed_at_ns = time.time_ns()
@@ -348,6 +355,22 @@ class Executor:
                 if order is not None:
                     order.settled(item.incoming, retried=False)
             pending, batch = follow_up, follow_up_batch  # dead letters only
+
+    def _warn_unconfirmed(self, incoming: Incoming, error: PublishError, server_side: bool) -> None:
+        """One line per message; for the server's own trouble (a full store, no answers), which hits every
+        message alike and may last hours, at most one line per SERVER_TROUBLE_LOG_S, saying how many it stands for."""
+        delivery = incoming.delivery
+        if server_side:
+            now = time.monotonic()
+            if now < self._quiet_until:
+                self._quieted += 1
+                return
+            self._quiet_until = now + SERVER_TROUBLE_LOG_S
+            also = f" (and {self._quieted} more since the last such line)" if self._quieted else ""
+            self._quieted = 0
+        else:
+            also = ""
+        log.warning("%s: effects of %s #%d not confirmed: %s%s", self.name, delivery.stream, delivery.sequence, error, also)
 
     def _count_done(self, outcome: Ack | DeadLetter, since_ingress_ns: int) -> None:
         if not isinstance(outcome, DeadLetter):

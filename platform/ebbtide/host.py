@@ -112,7 +112,7 @@ class Host:
         assert self.nc is not None
         js = self.nc.jetstream()
         await self._wait_until_provisioned(js)
-        publisher = self._publisher = ConfirmedPublisher(self.nc)
+        publisher = self._publisher = ConfirmedPublisher(self.nc, self.manifest.batched_stream_of())
         await publisher.start()
         for name in self.function_names:
             # Loading and a first instance happen here, so a bad module fails the start, not a message.
@@ -200,6 +200,7 @@ class Host:
                     live_instances=pool.live_instances,
                     in_flight=pool.in_flight,
                     backlog=controller.lag if controller is not None else None,
+                    oldest_pending_s=controller.oldest_pending_s if controller is not None else None,
                     handle=stats.handle,
                     end_to_end=stats.end_to_end,
                     shadow=dict(pool.rollout_stats.shadow),
@@ -208,7 +209,12 @@ class Host:
                     canary_rollbacks=pool.rollout_stats.rollbacks,
                 )
             )
-        return HostSnapshot(pools, nats_connected=self.nc is not None and self.nc.is_connected, ready=self.readiness()[0])
+        return HostSnapshot(
+            pools,
+            nats_connected=self.nc is not None and self.nc.is_connected,
+            ready=self.readiness()[0],
+            asyncio_tasks=_asyncio_tasks(),
+        )
 
     def readiness(self) -> tuple[bool, str]:
         """/readyz: connected to NATS, and every function's pool created and its controller running.
@@ -277,3 +283,11 @@ class Host:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+def _asyncio_tasks() -> int | None:
+    """Tasks alive on the running event loop (None when called off it)."""
+    try:
+        return len(asyncio.all_tasks())
+    except RuntimeError:
+        return None

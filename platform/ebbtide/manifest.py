@@ -8,14 +8,16 @@ from __future__ import annotations
 import json
 import re
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 import msgspec
 from msgspec import Meta, Struct
 
+from .broker.names import kv_stream_name
 from .errors import ManifestError
-from .subjects import stream_transform, subject_matches
+from .subjects import SubjectRoutes, stream_transform, subject_matches
 
 DEFAULT_MANIFEST = "ebbtide.toml"
 
@@ -26,6 +28,14 @@ NonNegativeFloat = Annotated[float, Meta(ge=0)]
 # NATS names used in stream, consumer and bucket names: no dots, wildcards or whitespace.
 Name = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]+$", max_length=64)]
 Subject = Annotated[str, Meta(pattern=r"^[^\s]+$", max_length=255)]
+
+# streams.X.max_bytes by default. Measured 2026-12 (issue 25: 5,000 orders through the reference pipeline,
+# stream_info bytes / orders): ORDERS stores 882 bytes per order (the ingress copy and the routed one; ordered,
+# per event alike). A million orders, rounded up to 1 GiB: two hours of the ZEISS rate (10,000 orders a
+# minute), or a week at 100 orders a minute. A day at the ZEISS rate needs 12.7 GB: size it to your day, and
+# keep the streams' max_bytes together below the server's max_file_store (the server reserves it up front).
+BYTES_PER_ORDER = 882
+DEFAULT_STREAM_MAX_BYTES = 1 << 30
 
 
 class _Section(Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -77,15 +87,23 @@ class StreamSection(_Section, frozen=True):
     # messages it still stores, still knows its Nats-Msg-Id: it must be at least duplicate_window_s. A
     # message no function handled within max_age_s is removed unhandled: keep it longer than any outage.
     max_age_s: NonNegativeFloat = 0.0
+    # The most the stream stores, in bytes. A full stream refuses new publishes (discard new): a publisher gets
+    # an error and retries later, a function's effect is retried without using up the message's retries, and
+    # nothing unhandled is ever removed to make room. 0: no limit of its own (the server's store is the bound).
+    max_bytes: NonNegativeInt = DEFAULT_STREAM_MAX_BYTES
     # Partitions of the ordered functions' triggers in this stream (functions.X.order_by): how many keys
     # can be worked on at once. Fixed: changing it needs a drained stream (see README: Ordering by key).
     partitions: Annotated[int, Meta(ge=1, le=1024)] = 16
+    # Fast batches (nats-server 2.14+, ADR-50): the functions publish a round of effects to this stream as one
+    # batch with one PubAck, each message still checked for its Nats-Msg-Id (README: Performance).
+    allow_batched: bool = True
 
 
 class KvSection(_Section, frozen=True):
     storage: Literal["file", "memory"] = "file"
     replicas: Annotated[int, Meta(ge=1, le=5)] = 1
     history: Annotated[int, Meta(ge=1, le=64)] = 1
+    allow_batched: bool = True  # as streams.X.allow_batched, for the bucket's stream
 
 
 class DeadLetterSection(_Section, frozen=True):
@@ -93,6 +111,7 @@ class DeadLetterSection(_Section, frozen=True):
     subject_prefix: Subject = "dlq"  # a function's dead letters go to <prefix>.<function>
     storage: Literal["file", "memory"] = "file"
     replicas: Annotated[int, Meta(ge=1, le=5)] = 1
+    allow_batched: bool = True  # as streams.X.allow_batched
 
 
 ModuleLanguage = Literal["zig", "c", "assemblyscript", "python"]  # one builder each in build.py
@@ -216,6 +235,20 @@ class LoadedManifest:
             if fn.order_by and (stream is None or self.stream_for(fn.trigger) == stream)
         }
 
+    def batched_stream_of(self) -> Callable[[str], str | None]:
+        """For a publisher (broker/publisher.py): the stream a subject's publishes go to when that stream
+        allows fast batches (`allow_batched` on a stream, a KV bucket, the dead letters), else None."""
+        spec = self.spec
+        routes = [
+            (pattern, name if stream.allow_batched else None)
+            for name, stream in spec.streams.items()
+            for pattern in stream.subjects
+        ]
+        routes += [(f"$KV.{bucket}.>", kv_stream_name(bucket) if kv.allow_batched else None) for bucket, kv in spec.kv.items()]
+        dlq = spec.dead_letter
+        routes.append((f"{dlq.subject_prefix}.>", dlq.stream if dlq.allow_batched else None))
+        return SubjectRoutes(routes).get
+
     def dead_letter_subject(self, function: str) -> str:
         """Where the function's dead letters go: `<dead_letter.subject_prefix>.<function>`."""
         return f"{self.spec.dead_letter.subject_prefix}.{function}"
@@ -289,6 +322,23 @@ def _name_the_key(raw: dict[str, Any], message: str) -> str:
     return f"{key or '(top level)'}: {problem}"
 
 
+def _check_stream_sizes(loaded: LoadedManifest) -> list[str]:
+    """A stream must hold at least one message that its functions accept (`limits.max_payload`)."""
+    problems = []
+    for name, fn in loaded.spec.functions.items():
+        try:
+            stream_name = loaded.stream_for(fn.trigger)
+        except ManifestError:
+            continue  # reported with the function's trigger
+        max_bytes = loaded.spec.streams[stream_name].max_bytes
+        if 0 < max_bytes < fn.limits.max_payload:
+            problems.append(
+                f"streams.{stream_name}.max_bytes: {max_bytes} cannot hold one message of functions.{name} "
+                f"(limits.max_payload {fn.limits.max_payload}): give at least that, or 0 for no limit"
+            )
+    return problems
+
+
 def _check_references(loaded: LoadedManifest) -> list[str]:
     spec = loaded.spec
     problems: list[str] = []
@@ -305,6 +355,7 @@ def _check_references(loaded: LoadedManifest) -> list[str]:
                 f"{stream.duplicate_window_s:g}: a retried publish must find its first copy still stored "
                 "(give at least the duplicate window, or 0 for no age limit)"
             )
+    problems += _check_stream_sizes(loaded)
     if spec.dead_letter.stream in spec.streams:
         problems.append(f"dead_letter.stream: {spec.dead_letter.stream!r} is also declared under [streams]")
     problems += _check_credentials(spec.nats)

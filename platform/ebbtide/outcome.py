@@ -180,16 +180,17 @@ def after_unconfirmed(
     delivered: int,
     retry: RetrySection,
     *,
-    unanswered: bool = False,
+    server_side: bool = False,
     overtaken: bool = False,
 ) -> Retry | DeadLetter:
     """The server did not confirm every publish of `outcome` (`error` says why for the first one).
 
-    Effects not confirmed are a transient failure like any other, except when the server answered none of
-    them (`unanswered`: timeouts, or not sent while disconnected): then the server is the trouble, e.g. a
-    stream electing a new leader for longer than the retries last, and the message is retried with backoff
-    without using up its retries (dead-lettering healthy orders during a failover would lose nothing but
-    still be wrong). A dead letter not confirmed was not stored: the input is nak'ed to try it all again
+    Effects not confirmed are a transient failure like any other, except when every one of them failed for
+    a reason of the server's (`server_side`: no answer in time, not sent while disconnected, or refused for
+    lack of space: errors.PublishRetryLater): then the server is the trouble, e.g. a stream electing a new
+    leader, or a full store, for longer than the retries last, and the message is retried with backoff
+    without using up its retries (dead-lettering healthy orders during a failover or while the disk is full
+    would lose nothing but still be wrong). A dead letter not confirmed was not stored: the input is nak'ed to try it all again
     later (never dead-lettered a second time here, so carrying out outcomes ends after at most two rounds
     of confirmations). Effects of an ordered function's message refused after a later message of its key
     was stored (`overtaken`) cannot be applied in order any more: dead-lettered at once, the sequence broken.
@@ -198,6 +199,6 @@ def after_unconfirmed(
         return Retry(backoff_s(1, retry), f"dead letter not confirmed: {error}")
     if overtaken:
         return DeadLetter(Reason.OVERTAKEN, f"effects refused after a later message of the same key was applied: {error}")
-    if unanswered:
+    if server_side:
         return Retry(backoff_s(delivered, retry), f"effects not confirmed: {error}")
     return transient(f"effects not confirmed: {error}", delivered, retry)

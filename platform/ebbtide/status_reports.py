@@ -37,6 +37,9 @@ class PoolStatus(msgspec.Struct, frozen=True, kw_only=True):
     module_sha256: str = ""
     candidate_sha256: str = ""
     rollout: dict[str, int] = msgspec.field(default_factory=dict)
+    # Added with issue 25 (a default, so that reports of earlier versions still decode): seconds since the
+    # function's oldest unhandled message was stored, over its consumers (0: none). See oldest_pending.py.
+    oldest_pending_s: float = 0.0
 
 
 encode_status = msgspec.json.Encoder().encode

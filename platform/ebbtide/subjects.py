@@ -1,4 +1,5 @@
-"""The NATS subject grammar as ebbtide uses it: matching, keyed subjects, the partitioning transform, FNV-1a.
+"""The NATS subject grammar as ebbtide uses it: matching and routing by pattern, keyed subjects, the
+partitioning transform, FNV-1a.
 
 A leaf: pure functions of strings and bytes, importing nothing of ebbtide, so that the manifest (which checks
 subjects), the broker (which provisions the transform) and the rollout code (which splits messages by a
@@ -87,3 +88,39 @@ def stream_transform(triggers: list[str], partitions: int) -> tuple[str, str]:
     src = ".".join([*src_tokens, "*"])
     dest = ".".join([*dest_tokens, f"{{{{partition({partitions},{key})}}}}", f"{{{{wildcard({key})}}}}"])
     return src, dest
+
+
+class SubjectRoutes:
+    """The value of the first pattern that matches a subject (`get`): a pattern `a.b.>` is a prefix test, a
+    literal one a comparison, others go token by token. The first CACHED subjects asked for are remembered
+    (a distributor's few routes); the cache never grows past that (a receiver's KV keys are unbounded)."""
+
+    CACHED = 256
+
+    def __init__(self, routes: list[tuple[str, str | None]]) -> None:
+        self._routes = [(pattern, _prefix_of(pattern), value) for pattern, value in routes]
+        self._known: dict[str, str | None] = {}
+
+    def get(self, subject: str) -> str | None:
+        try:
+            return self._known[subject]
+        except KeyError:
+            pass
+        found = self._match(subject)
+        if len(self._known) < self.CACHED:
+            self._known[subject] = found
+        return found
+
+    def _match(self, subject: str) -> str | None:
+        for pattern, prefix, value in self._routes:
+            if prefix is not None:
+                if subject.startswith(prefix) and len(subject) > len(prefix):
+                    return value
+            elif subject == pattern or subject_matches(pattern, subject):
+                return value
+        return None
+
+
+def _prefix_of(pattern: str) -> str | None:
+    """`a.b.` for `a.b.>`; None for a pattern with `*` or without `>`."""
+    return pattern[:-1] if pattern.endswith(".>") and "*" not in pattern else None

@@ -7,6 +7,8 @@ fell while the instance count followed it. Pure.
 Aggregation over the processes (`host_id`) of one function, shared with `ebbtide top` via `aggregate`:
 - instances, in_flight, rate, processed, dead_lettered: summed over the latest report of each live process;
 - backlog: the consumer's lag, which every process reports for the whole consumer, so the newest report wins;
+- oldest pending age: also the whole function's, but the max over processes (one asleep at zero reads its
+  lag seldom: a stuck message shows if any process sees it);
 - handle p99: the max over processes, an upper bound of the true merged p99 (percentiles cannot be merged);
 - handle p50: the instances-weighted mean over processes that measured calls (a 0 means idle, not 0 µs);
   an approximation that assumes work spreads in proportion to instances.
@@ -41,6 +43,7 @@ class PoolTotals(msgspec.Struct, frozen=True, kw_only=True):
 
     processes: int
     backlog: int
+    oldest_pending_s: float
     instances: int
     in_flight: int
     rate: float
@@ -61,6 +64,7 @@ def aggregate(reports: Sequence[PoolStatus]) -> PoolTotals:
     return PoolTotals(
         processes=len(reports),
         backlog=max(reports, key=lambda r: r.time).backlog if reports else 0,
+        oldest_pending_s=max((r.oldest_pending_s for r in reports), default=0.0),
         instances=sum(r.instances for r in reports),
         in_flight=sum(r.in_flight for r in reports),
         rate=sum(r.rate for r in reports),

@@ -3,8 +3,10 @@
 Rendering only (no NATS, no terminal control): the caller feeds `update` from `ebbtide.status_reports.>` and prints
 `render` on every refresh. Processes are added up as in `ebbtide.timeseries.aggregate`; a process whose latest
 report is `stale_after` seconds old stops counting, and a function with no live process left shows as stale.
-DEAD is what the dead-letter stream holds now (`dead_letters`, read from the server by the caller), not what
-the processes dead-lettered since they started: purged and redriven letters no longer count.
+OLDEST is the age of the function's oldest unhandled message (`ebbtide_oldest_pending_seconds`, the max over
+processes; AGE is the age of the newest report). DEAD is what the dead-letter stream holds now (`dead_letters`,
+read from the server by the caller), not what the processes dead-lettered since they started: purged and
+redriven letters no longer count.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ _MIN_FUNCTION_WIDTH = 8
 # header, width; numbers are right-aligned
 _COLUMNS = [
     ("BACKLOG", 8),
+    ("OLDEST", 6),
     ("INSTANCES", 9),
     ("IN-FLIGHT", 9),
     ("MSG/S", 8),
@@ -29,7 +32,7 @@ _COLUMNS = [
     ("AGE", 5),
 ]
 # the columns a narrow terminal loses first; FUNCTION, BACKLOG and INSTANCES always stay
-_DROP_ORDER = ["P50 ms", "PROCESSED", "IN-FLIGHT", "AGE", "PROCS", "DEAD", "P99 ms", "MSG/S"]
+_DROP_ORDER = ["P50 ms", "PROCESSED", "IN-FLIGHT", "AGE", "PROCS", "DEAD", "P99 ms", "MSG/S", "OLDEST"]
 
 
 class TopView:
@@ -108,6 +111,7 @@ def _row(first: tuple[str, int], rest: list[tuple[str, str, int]]) -> str:
 def _cells(totals: PoolTotals, age: float) -> dict[str, str]:
     return {
         "BACKLOG": f"{totals.backlog:,}",
+        "OLDEST": _age(totals.oldest_pending_s) if totals.oldest_pending_s > 0 else "-",
         "INSTANCES": str(totals.instances),
         "IN-FLIGHT": str(totals.in_flight),
         "MSG/S": f"{totals.rate:,.1f}",

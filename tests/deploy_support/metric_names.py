@@ -12,9 +12,9 @@ from ebbtide.telemetry.nats_monitor import MonitorReading
 from ebbtide.telemetry.nats_monitor import collect as collect_nats
 from ebbtide.telemetry.snapshot import HostSnapshot, PoolSnapshot
 
-# Contract names of metrics other parts serve (DESIGN.md, the issues that add them): the age of the oldest
-# unhandled message per function (function processes), the lag `ebbtide scaler` reads per function.
-ELSEWHERE = {"ebbtide_oldest_pending_seconds", "ebbtide_scaler_lag"}
+# Contract names of metrics other parts serve (DESIGN.md, the issues that add them): the lag `ebbtide scaler`
+# reads per function.
+ELSEWHERE = {"ebbtide_scaler_lag"}
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 # A metric name, not part of a recording rule's `level:metric:operations` name.
 NAME = re.compile(r"(?<![\w:])ebbtide_\w+(?![\w:])")
@@ -37,6 +37,7 @@ def exported() -> set[str]:
         live_instances=0,
         in_flight=0,
         backlog=0,
+        oldest_pending_s=0.0,
         handle=Histogram(HANDLE_BUCKETS_S),
         end_to_end=Histogram(END_TO_END_BUCKETS_S),
         shadow={"same": 1},

@@ -14,7 +14,8 @@ from nats.aio.client import Client as NatsClient
 
 from ebbtide.broker import EmbeddedNats, provision
 from ebbtide.manifest import LoadedManifest
-from ebbtide.workload.bench import SCENARIOS, BenchOptions, run_bench
+from ebbtide.workload.bench import DEFAULT_SCENARIOS, BenchOptions, run_bench
+from ebbtide.workload.bench import server as server_bench
 from ebbtide.workload.bench.comparison import TUNING_ROUNDS
 from ebbtide.workload.bench.ordering import CASES as ORDERING_CASES
 from ebbtide.workload.orders import INGRESS_SUBJECT, encode_order, generate_orders
@@ -26,7 +27,7 @@ from tests.conftest import read_stream
 # a burst may wait ~5 s each, see README: Activation from zero).
 @pytest.mark.timeout(600)
 async def test_quick_bench_completes_with_sane_figures(reference_manifest: LoadedManifest, tmp_path: Path) -> None:
-    scenarios = [s for s in SCENARIOS if s != "capacity"]  # its own test: test_capacity_bench.py
+    scenarios = [s for s in DEFAULT_SCENARIOS if s != "capacity"]  # its own test: test_capacity_bench.py
     report = await run_bench(reference_manifest, scenarios, quick=True, out_dir=tmp_path)
     figures = {f.name: f.value for f in report.figures}
     assert all(math.isfinite(v) for v in figures.values())
@@ -35,6 +36,8 @@ async def test_quick_bench_completes_with_sane_figures(reference_manifest: Loade
     added_function = "each additional function in one process: private memory"
     assert all(v >= 0 for name, v in figures.items() if "slope" not in name and name != added_function)
     assert -1 < figures[added_function] < 64  # MiB
+    for form in (*server_bench.PUBLISH_FORMS, *server_bench.SETTLE_FORMS):  # every form measured, all stored / settled
+        assert 0 < figures[f"nats-server CPU per message: {form}"] < 10_000  # µs
     assert 0 < figures["idle function process: private memory"] < 1024  # MiB
     assert 0 < figures["replica cold start: exec to ready (median)"] < 60_000  # ms
     assert 0 < figures["replica cold start: CPU time to first message processed (median)"] < 60_000  # ms
@@ -75,17 +78,23 @@ async def test_quick_bench_completes_with_sane_figures(reference_manifest: Loade
         assert figures[f"candidate guest time, shadow {share} / live guest time"] > 0
     burst = saved["details"]["burst"]
     ebbtides = {"ebbtide-default"} if burst["fastest_config"]["name"] == "default" else {"ebbtide-default", "ebbtide-fastest"}
-    assert set(burst["implementations"]) == {"raw", "faststream"} | ebbtides
+    assert set(burst["implementations"]) == {"raw", "raw-batched", "faststream", "ebbtide-puback"} | ebbtides
     for key, impl in burst["implementations"].items():
-        n = burst["orders"]
-        assert impl["sent"] == impl["stored"] == impl["writes"] == [n] * burst["repeats"], key  # each order once
-        assert impl["dead_letters"] == [0] * burst["repeats"] and impl["exactly_once"], key
+        n, rounds = burst["orders"], burst["rounds"]
+        assert impl["sent"] == impl["stored"] == impl["writes"] == [n] * rounds, key  # each order once
+        assert impl["mismatched"] == impl["dead_letters"] == [0] * rounds and impl["exactly_once"], key
+        wire = impl["messages_per_order"]
+        assert 2 < wire["in"] < 20 and 2 < wire["out"] < 20, key  # a publish, a delivery, an ack... per hop
+        if key != "faststream":  # each of the others had a counted burst: every order acked on both hops
+            assert 1.99 <= wire["acks"] < 3, key
         assert 0 < impl["wall_s"]["min"] <= impl["wall_s"]["median"] < 120, key
         assert 0 < impl["orders_per_s"]["median"] <= impl["orders_per_s"]["max"], key
         lat = impl["latency_ms"]
         assert 0 < lat["p50"] <= lat["p99"] <= lat["max"] <= impl["wall_s"]["median"] * 1000 + 1, key
-    assert len(burst["ratios"]) == 2 * len(ebbtides) and all(0 < r < math.inf for r in burst["ratios"].values())
-    assert any("FastStream" in goal for goal in burst["goals"])
+    # throughput and both CPUs against each baseline and against ebbtide with a PubAck per effect
+    assert len(burst["ratios"]) >= 12 * len(ebbtides) and all(0 < r < math.inf for r, _, _ in burst["ratios"].values())
+    assert any("FastStream: throughput" in goal for goal in burst["goals"])
+    assert any(goal.startswith("every burst exactly once") and goal.endswith("yes") for goal in burst["goals"])
 
     sustained = saved["details"]["sustained"]
     assert sustained["capacity_orders_per_s"] > 0 and len(sustained["rates"]) == 2
@@ -132,7 +141,9 @@ async def test_the_search_for_the_fastest_configuration(reference_manifest: Load
     fastest = report.details["burst"]["fastest_config"]["name"]
     assert tuning[fastest]["median_s"] == min(t["median_s"] for t in tuning.values())
     ran = set(report.details["burst"]["implementations"])
-    assert ran == {"raw", "faststream", "ebbtide-default"} | ({"ebbtide-fastest"} if fastest != "default" else set())
+    assert ran == {"raw", "raw-batched", "faststream", "ebbtide-default", "ebbtide-puback"} | (
+        {"ebbtide-fastest"} if fastest != "default" else set()
+    )
     assert "configurations tried" in report.markdown()
 
 

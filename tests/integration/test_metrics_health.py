@@ -227,9 +227,14 @@ async def test_metrics_and_health_of_a_running_host(
             "ebbtide_instances": "gauge",
             "ebbtide_in_flight": "gauge",
             "ebbtide_backlog": "gauge",
+            "ebbtide_oldest_pending_seconds": "gauge",
             "ebbtide_instance_starts_total": "counter",
             "ebbtide_instance_stops_total": "counter",
             "ebbtide_process_resident_memory_bytes": "gauge",
+            "ebbtide_process_private_memory_bytes": "gauge",
+            "ebbtide_process_open_fds": "gauge",
+            "ebbtide_process_asyncio_tasks": "gauge",
+            "ebbtide_process_gc_objects": "gauge",
             "ebbtide_nats_connected": "gauge",
             "ebbtide_handle_duration_seconds": "histogram",
             "ebbtide_end_to_end_seconds": "histogram",
@@ -248,6 +253,16 @@ async def test_metrics_and_health_of_a_running_host(
             assert value(families, "ebbtide_canary_rollbacks_total", function=fn) == 0
             assert value(families, "ebbtide_ready", function=fn) == 1
         assert value(families, "ebbtide_process_resident_memory_bytes") > 10 * 1024 * 1024
+        assert (
+            0
+            < value(families, "ebbtide_process_private_memory_bytes")
+            <= value(families, "ebbtide_process_resident_memory_bytes")
+        )
+        assert value(families, "ebbtide_process_open_fds") >= 3  # stdin, stdout, stderr at least
+        assert value(families, "ebbtide_process_asyncio_tasks") >= 1  # the one serving this scrape at least
+        assert value(families, "ebbtide_process_gc_objects") > 1000
+        for fn in FUNCTIONS:
+            assert value(families, "ebbtide_oldest_pending_seconds", function=fn) == 0  # nothing published yet
         assert value(families, "ebbtide_nats_connected") == 1
 
         await publish(
@@ -277,6 +292,7 @@ async def test_metrics_and_health_of_a_running_host(
             assert value(families, "ebbtide_in_flight", function=fn) >= 0
             assert value(families, "ebbtide_instances", function=fn) >= 0
             assert value(families, "ebbtide_backlog", function=fn) >= 0
+            assert value(families, "ebbtide_oldest_pending_seconds", function=fn) >= 0
         assert value(families, "ebbtide_messages_total", function="distributor", outcome="dead_lettered") == len(bad)
         # By reason: the guest rejected three; the fourth never reached it.
         assert value(families, "ebbtide_dead_letters_total", function="distributor", reason="rejected") == len(bad) - 1

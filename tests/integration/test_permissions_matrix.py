@@ -191,7 +191,8 @@ class Design:
 
     # The rules.
     def api_allowed(self, user: str, subject: str) -> bool:
-        """$JS.API.<operation>.<target>: functions read their own consumers and pull from them; observer reads
+        """$JS.API.<operation>.<target>: functions read their own consumers and pull from them, and read messages
+        of their trigger's stream (the age of the oldest unhandled one); observer reads
         the outboxes, the dead letters, the manifest's streams (`replay`) and the shadow samples; ingress
         nothing; admin everything."""
         if user == ADMIN_USER:
@@ -208,6 +209,9 @@ class Design:
             # An ordered function's holder also unpins its own lanes when it hands them over.
             ops = ("INFO", "MSG.NEXT", "UNPIN") if self.triggers[user] in self.ordered else ("INFO", "MSG.NEXT")
             own = {f"$JS.API.CONSUMER.{op}.{stream}.{c}" for c in self.consumers[user] for op in ops}
+            # The stored time of its oldest unhandled message (ebbtide_oldest_pending_seconds, issue 25): a
+            # message get on its trigger's stream. Reading only: nothing of ORDERS can be changed through it.
+            own.add(f"$JS.API.STREAM.MSG.GET.{stream}")
             return subject in own | rollouts
         if user == OBSERVER_USER:
             reads = {  # the rollout records too (`console`)

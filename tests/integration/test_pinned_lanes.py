@@ -9,6 +9,9 @@ broker/partitioned_pull.py rely on, each checked against the real server with ra
 - num_ack_pending and delivered.consumer_seq are read together, so a holder can count what is pending
   elsewhere; an ack of a message redelivered to another counts (the server acks by stream sequence);
 - UNPIN pins the next waiting client at once; a restarted server forgets the pin;
+- a request carrying the pin that cannot take a message (max_bytes 1) restarts the pin's timer and is
+  answered 409 when a message was there for it, 408 at its expiry; the consumer info names the pin while it
+  holds, none once it timed out, and such a request then gets 423 (how a lapsed holder asks);
 - a consumer of the earlier layout (max_ack_pending 1, no priority group) becomes a pinned lane in place,
   its pending message kept, and a pull request without a group is then refused.
 """
@@ -83,10 +86,12 @@ class Client:
                 await msg.ack()
         self.arrived.set()
 
-    async def pull(self, batch: int, expires_s: float, with_pin: bool = True) -> None:
+    async def pull(self, batch: int, expires_s: float, with_pin: bool = True, max_bytes: int = 0) -> None:
         body: dict[str, object] = {"batch": batch, "expires": int(expires_s * 1e9), "group": PRIORITY_GROUP}
         if with_pin and self.pin:
             body["id"] = self.pin
+        if max_bytes:
+            body["max_bytes"] = max_bytes
         await self.nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{STREAM}.{CONSUMER}", json.dumps(body).encode(), reply=self.inbox)
         await self.nc.flush()
 
@@ -160,7 +165,7 @@ async def test_a_waiting_request_does_not_keep_the_pin_and_the_new_holder_gets_n
     assert all(parse_ack_subject(m.reply).delivered == 2 for m in new.messages[3:])
     # A request carrying the old pin is refused at once.
     await old.pull(1, 1.0)
-    await old.until(2)
+    await old.until(5 + 2)  # its 5 messages and 2 statuses (counting from 2 did not wait: a race)
     assert old.statuses == ["423", "423"]
 
 
@@ -189,6 +194,45 @@ async def test_the_count_a_new_holder_waits_for_and_an_ack_from_behind_its_back(
     await new.pull(1, 1.0)
     await new.until(3)
     assert new.payloads()[-1] == 4
+
+
+async def test_a_request_that_cannot_take_a_message_says_whether_the_pin_is_still_its_own(
+    nc: NatsClient, two: tuple[Client, Client]
+) -> None:
+    holder, other = two
+    await publish(nc, range(2))
+    await holder.pull(1, 0.5)
+    await holder.until(1)
+    pinned_at, pin = time.monotonic(), holder.pin
+    await holder.pull(1, 0.3, max_bytes=1)  # message 1 is there for it, too large: 409, not delivered
+    await holder.until(2)
+    assert holder.statuses[-1].startswith("409") and holder.payloads() == [0]
+    # Renewed by such requests alone, the pin outlasts its timeout: the other client's bid gets nothing.
+    await asyncio.sleep(PIN_TIMEOUT_S * 0.6)
+    await holder.pull(1, 0.3, max_bytes=1)
+    await holder.until(3)
+    await other.pull(5, PIN_TIMEOUT_S * 0.5, with_pin=False)
+    await other.until(1)
+    assert other.statuses == ["408"] and time.monotonic() - pinned_at > PIN_TIMEOUT_S
+    groups = (await api(nc, f"CONSUMER.INFO.{STREAM}.{CONSUMER}"))["priority_groups"]
+    assert groups == [{"group": PRIORITY_GROUP, "pinned_client_id": pin, "pinned_ts": groups[0]["pinned_ts"]}]
+    await nc.request(holder.messages[0].reply, b"+ACK", timeout=2)
+    # Nothing there for it: it waits until it expires, 408 (the consumer info then says whose the pin is).
+    await publish(nc, range(2, 3))
+    await holder.pull(2, 0.5)  # takes 1 and 2
+    await holder.until(5)
+    for msg in holder.messages[1:]:
+        await nc.request(msg.reply, b"+ACK", timeout=2)
+    await holder.pull(1, 0.2, max_bytes=1)
+    await holder.until(6)
+    assert holder.statuses[-1] == "408"
+    # Its pin timed out: the info names none, and with a message there such a request gets 423.
+    await asyncio.sleep(PIN_TIMEOUT_S + 0.3)
+    assert "pinned_client_id" not in (await api(nc, f"CONSUMER.INFO.{STREAM}.{CONSUMER}"))["priority_groups"][0]
+    await publish(nc, range(3, 4))
+    await holder.pull(1, 0.5, max_bytes=1)
+    await holder.until(7)
+    assert holder.statuses[-1] == "423"
 
 
 async def test_unpin_pins_the_next_client_at_once(nc: NatsClient, two: tuple[Client, Client]) -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import msgspec
 import pytest
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 
 from ebbtide import executor as executor_module
 from ebbtide.broker import ConfirmedPublisher, EmbeddedNats, provision, publish_all
@@ -48,6 +50,13 @@ async def test_10000_orders_end_in_the_right_outboxes(
     standard = {o.order_id for o in orders if o.delivery == "Standard"}
     assert express and standard
     await provision_for(reference_manifest, nats_server.url)
+    forms: Counter[str] = Counter()  # how the effects were published (their reply subjects say)
+
+    async def watch(msg: Msg) -> None:
+        forms["fast batch" if msg.reply.endswith(".$FI") else "a PubAck each"] += 1
+
+    for subject in ("orders.express", "orders.standard", "$KV.outbox-express.>", "$KV.outbox-standard.>"):
+        await nc.subscribe(subject, cb=watch)
     async with Host(reference_manifest, nats_server.url):
         await publish(nc, [(encode_order(o), o.order_guid) for o in orders])
 
@@ -55,6 +64,9 @@ async def test_10000_orders_end_in_the_right_outboxes(
             return sum((await outbox_counts(nc)).values()) >= len(orders)
 
         await wait_until(all_stored, timeout=120)
+    # allow_batched (the default): a round's effects to a stream go as one fast batch (a round of one: a
+    # single publish), so most effects of a burst were in batches.
+    assert sum(forms.values()) >= 2 * len(orders) and forms["fast batch"] > sum(forms.values()) / 2, forms
     # Counted after the host stopped (every effect confirmed, nothing in flight): each order written once.
     expected = outbox_bodies(orders)
     assert await outboxes_writes(nc, expected) == exactly_once(expected)

@@ -140,3 +140,21 @@ async def test_the_duplicate_window_is_the_one_the_server_applies(tmp_path: Path
 
     await wait_until(stored_again, timeout=5)  # the default window (120 s) would never let it through
     assert stored_after[0] >= 0.5
+
+
+async def test_allow_batched_is_provisioned_and_changed_in_place(tmp_path: Path, nc: NatsClient) -> None:
+    """On by default for every stream the functions publish to; `false` in the manifest turns it off (and
+    back on) on the existing streams, without touching what they store."""
+    js = nc.jetstream()
+    names = ("ORDERS", "AUDIT", "KV_outbox", "DEAD")
+    await provision(js, manifest(tmp_path))
+    assert [(await js.stream_info(name)).config.allow_batched for name in names] == [True] * 4
+    await js.publish("orders.in", b"kept")
+    off = MANIFEST.replace("duplicate_window_s = 45\n", "duplicate_window_s = 45\nallow_batched = false\n").replace(
+        "history = 5\n", "history = 5\nallow_batched = false\n"
+    )
+    await provision(js, manifest(tmp_path, off))
+    assert [bool((await js.stream_info(name)).config.allow_batched) for name in names] == [False, True, False, True]
+    await provision(js, manifest(tmp_path))
+    assert [(await js.stream_info(name)).config.allow_batched for name in names] == [True] * 4
+    assert (await js.stream_info("ORDERS")).state.messages == 1

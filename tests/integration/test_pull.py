@@ -150,16 +150,20 @@ async def test_a_rounds_acks_go_out_in_one_write_one_ack_per_message(nats_server
     msgs = await consumer.fetch(100, WAIT_S)
     watcher = await nats.connect(nats_server.url)
     seen: list[bytes] = []
+    five = asyncio.Event()
 
     async def record(msg) -> None:
         seen.append(msg.data)
+        if len(seen) == 5:
+            five.set()
 
     await watcher.subscribe("$JS.ACK.P.c.>", cb=record)
     await watcher.flush()
     writes_before = nc.stats["out_msgs"]
     await ack_all([Incoming(m, parse_ack_subject(m.reply)) for m in msgs])
     await nc.flush()
-    await watcher.flush()
+    await watcher.flush()  # the acks reached the watcher's read loop; its callback runs in a task of its own
+    await asyncio.wait_for(five.wait(), WAIT_S)
     assert seen == [b""] * 5  # an empty ack is +ACK, as nats-py's Msg.ack sends it
     assert nc.stats["out_msgs"] - writes_before == 5
 

@@ -119,7 +119,7 @@ def test_the_image_builds_a_function_of_every_language_new_scaffolds() -> None:
     extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     build = dockerfile.parse(REPO / "Dockerfile").stage("build")
     runs = " && ".join(build.all("RUN"))
-    installed = re.search(r'pip install "\.\[([^]]*)\]"', runs)
+    installed = re.search(r'pip install (?:-c constraints\.txt )?"\.\[([^]]*)\]"', runs)
     assert installed is not None, runs
     packages = {re.split(r"[=<>\[ ]", requirement)[0] for extra in installed[1].split(",") for requirement in extras[extra]}
     uninstalled = re.search(r"pip uninstall --yes ([^&]*)", runs)

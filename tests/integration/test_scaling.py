@@ -205,3 +205,27 @@ async def test_a_pool_at_its_maximum_reads_its_lag_a_few_times_a_second(
         await nc.flush()
         # Before: one read per TICK_S (20 a second); now 4 a second, plus the first ones and the last.
         assert wire.counts["lag reads"] <= took / controller_module.AT_MAX_TICK_S + 4, (wire.counts, took)
+
+
+async def test_a_pool_that_just_drained_to_zero_listens_for_its_bell_at_once(
+    reference_manifest: LoadedManifest, nats_server: EmbeddedNats, nc: NatsClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trickle after a burst (issue 25): when the cooldown ends and the pool drains to zero, the controller
+    goes to sleep on its bell at once. Before, it first waited for a fetch to bring work or for its idle report
+    (5 s), and with no worker left nothing could end that wait early: an order arriving then waited seconds.
+    The idle report is set to an hour here, so only the bell (or the lag read as it falls asleep) can wake the
+    pool: the second order is handled only if the controller listens once it has drained."""
+    monkeypatch.setattr(controller_module, "IDLE_REPORT_S", 3600.0)
+    manifest = quick_cooldown(reference_manifest, cooldown_s=0.2)
+    first, second = generate_orders(2, seed=25)
+    await provision_for(manifest, nats_server.url)
+    async with Host(manifest, nats_server.url, ["distributor"]) as host:
+        pool, controller = host.pools["distributor"], host.controllers["distributor"]
+        await publish(nc, [(encode_order(first), first.order_guid)])
+        await wait_until(lambda: pool.stats.processed == 1)
+        assert controller.wakeups == 1
+        await wait_until(lambda: pool.instances == 0)  # the cooldown ended: drained by a control tick
+        await pool.released()  # and the stopped worker's last long poll is over: it cannot take the next order
+        await publish(nc, [(encode_order(second), second.order_guid)])
+        await wait_until(lambda: pool.stats.processed == 2)
+        assert controller.wakeups == 2  # the pool woke from zero for it

@@ -22,6 +22,7 @@ import pytest
 from nats.aio.client import Client as NatsClient
 
 from ebbtide.broker import ConfirmedPublisher, EmbeddedNats, PublishError, free_port, provision
+from ebbtide.broker.publisher import PublishBatch
 from ebbtide.manifest import LoadedManifest
 from ebbtide.status_reports import STATUS_REQUEST_SUBJECT, STATUS_SUBJECT_PREFIX, decode_status
 from ebbtide.stream_state import stream_state
@@ -127,16 +128,17 @@ async def publish_reliably(
     started = time.monotonic()
 
     async def send(indices: list[int], hook: Callable[[], Awaitable[None]] | None = None) -> list[int]:
-        futures = []
+        batch = PublishBatch()
         for i in indices:
             payload, msg_id = messages[i]
             attempts[i] += 1
             stats.attempts += 1
-            futures.append(await publisher.publish(subject if isinstance(subject, str) else subject(payload), payload, msg_id))
+            publisher.add(batch, subject if isinstance(subject, str) else subject(payload), payload, msg_id)
+        await publisher.send(batch)
         if hook is not None:
             await hook()
         failed = []
-        for i, result in zip(indices, await publisher.confirm(futures, confirm_timeout)):
+        for i, result in zip(indices, await publisher.wait(batch, confirm_timeout)):
             if isinstance(result, PublishError):
                 failed.append(i)
             else:

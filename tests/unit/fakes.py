@@ -40,6 +40,7 @@ class _Subscription:
 class FakeNats:
     refuse: set[str] = field(default_factory=set)  # subjects whose publishes the "server" refuses
     unanswered: set[str] = field(default_factory=set)  # subjects whose publishes get no PubAck at all
+    full: set[str] = field(default_factory=set)  # subjects whose stream refuses for lack of space (max_bytes)
     max_payload: int = 1 << 20
     published: list[Published] = field(default_factory=list)
     subscriptions: dict[str, object] = field(default_factory=dict)
@@ -105,11 +106,15 @@ class FakeNats:
         for pattern, subscriber in self.subscriptions.items():
             if pattern.endswith(".*") and reply.startswith(pattern[:-1]) and "." not in reply[len(pattern) - 1 :]:
                 return subscriber
+            if pattern.endswith(".>") and reply.startswith(pattern[:-1]) and len(reply) > len(pattern) - 1:
+                return subscriber
         return None
 
     def _pub_ack(self, subject: str, headers: dict[str, str] | None) -> bytes:
         if subject in self.refuse:
             return json.dumps({"error": {"code": 503, "err_code": 10077, "description": "refused by the test"}}).encode()
+        if subject in self.full:  # what nats-server answers for a stream at its max_bytes with discard new
+            return json.dumps({"error": {"code": 503, "err_code": 10077, "description": "maximum bytes exceeded"}}).encode()
         msg_id = (headers or {}).get("Nats-Msg-Id")
         if msg_id is not None and msg_id in self._seen_ids:
             return json.dumps({"stream": "TEST", "seq": self._seen_ids[msg_id], "duplicate": True}).encode()

@@ -61,12 +61,17 @@ def test_ingress_may_only_publish_orders() -> None:
 
 
 def test_no_function_holds_jetstream_administration() -> None:
-    """Its own consumer's info and pull requests are its only $JS.API subjects on the pipeline's streams: no
-    create, update, delete, purge, no wildcard. Beside them, what following rollouts takes (below)."""
+    """Its own consumer's info and pull requests, and reading a message of its trigger's stream (the age of its
+    oldest unhandled one), are its only $JS.API subjects on the pipeline's streams: no create, update, delete,
+    purge, no wildcard. Beside them, what following rollouts takes (below)."""
     for function in MANIFEST.spec.functions:
         publish = function_permissions(MANIFEST, function).publish
         api = [s for s in publish if s.startswith("$JS.API") and s not in rollout_publish(function)]
-        assert api == [f"$JS.API.CONSUMER.INFO.ORDERS.{function}", f"$JS.API.CONSUMER.MSG.NEXT.ORDERS.{function}"]
+        assert api == [
+            f"$JS.API.CONSUMER.INFO.ORDERS.{function}",
+            f"$JS.API.CONSUMER.MSG.NEXT.ORDERS.{function}",
+            "$JS.API.STREAM.MSG.GET.ORDERS",
+        ]
 
 
 def test_following_rollouts_reads_two_streams_and_writes_only_its_own_record() -> None:

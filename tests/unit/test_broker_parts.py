@@ -6,7 +6,7 @@ import pytest
 
 from ebbtide.broker import headers, jsapi
 from ebbtide.broker.delivery import Incoming, nak_all, parse_ack_subject
-from ebbtide.broker.publisher import ConfirmedPublisher, PublishError
+from ebbtide.broker.publisher import ConfirmedPublisher, PublishBatch, PublishError
 from ebbtide.errors import JetStreamError
 
 from .fakes import FakeNats
@@ -39,8 +39,6 @@ def test_header_names_are_the_documented_ones() -> None:
 
 def test_header_sizes() -> None:
     assert headers.header_lines_size({"Ab": "cde"}) == len("Ab: cde\r\n")
-    assert headers.message_size(b"12345", {"Ab": "cde"}) == 5 + 9 + headers.HEADER_BLOCK_FRAMING
-    assert headers.message_size(b"12345", None) == 5 + headers.HEADER_BLOCK_FRAMING
 
 
 async def test_the_publisher_refuses_what_the_server_would_close_the_connection_for() -> None:
@@ -49,9 +47,10 @@ async def test_the_publisher_refuses_what_the_server_would_close_the_connection_
     await publisher.start()
     msg_id = "x" * 10
     fits = 100 - headers.HEADER_BLOCK_FRAMING - headers.header_lines_size({headers.H_MSG_ID: msg_id})
-    ok = await publisher.publish("test.out", b"a" * fits, msg_id)
-    too_big = await publisher.publish("test.out", b"a" * (fits + 1), msg_id)
-    [confirmed, refused] = await publisher.confirm([ok, too_big], timeout=1)
+    batch = PublishBatch()
+    publisher.add(batch, "test.out", b"a" * fits, msg_id)
+    publisher.add(batch, "test.out", b"a" * (fits + 1), msg_id)
+    [confirmed, refused] = await publisher.wait(batch, timeout=1)
     assert not isinstance(confirmed, PublishError)
     assert isinstance(refused, PublishError) and "exceeds the server's max_payload 100" in str(refused)
     assert len(nc.sent_to("test.out")) == 1  # the refused one never went out

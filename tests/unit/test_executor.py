@@ -240,6 +240,23 @@ async def test_publishes_that_get_no_answer_past_max_deliver_are_still_retried_n
     assert (stats.retried, stats.dead_lettered) == (1, 0) and not nc.sent_to("dlq.chaos")
 
 
+async def test_effects_refused_for_lack_of_space_past_max_deliver_are_still_retried_not_dead_lettered() -> None:
+    """A full stream (max_bytes, discard new) or a full JetStream store refuses the effects: the server, not the
+    message, is the trouble, so the message keeps its retries, as for effects the server never answered."""
+    nc = FakeNats(full={"test.out"})
+    msg = nc.delivery(b"a", sequence=1, delivered=3)  # max_deliver 3: a failure the guest caused would end here
+    stats = await run(nc, [msg])
+    assert [nak_delay_s(a) for a in nc.acks(msg)] == [0.1]
+    assert (stats.retried, stats.dead_lettered) == (1, 0) and not nc.sent_to("dlq.chaos")
+
+
+async def test_effects_refused_for_another_reason_use_up_the_retries() -> None:
+    nc = FakeNats(refuse={"test.out"})
+    msg = nc.delivery(b"a", sequence=1, delivered=3)
+    stats = await run(nc, [msg])
+    assert stats.dead_lettered == 1 and nc.sent_to("dlq.chaos")
+
+
 async def test_a_host_error_does_not_stop_the_batch() -> None:
     nc = FakeNats()
     boom, fine = nc.delivery(b"boom", sequence=1), nc.delivery(b"fine", sequence=2)

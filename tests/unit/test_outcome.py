@@ -115,7 +115,7 @@ def test_unconfirmed_effects_are_a_transient_failure() -> None:
 @pytest.mark.parametrize("delivered", [1, 3, 50])
 def test_effects_the_server_never_answered_are_retried_without_using_up_the_retries(delivered: int) -> None:
     ack = Ack([Outgoing("test.out", b"x")])
-    outcome = after_unconfirmed(ack, "no PubAck within 1 s", delivered, RETRY, unanswered=True)
+    outcome = after_unconfirmed(ack, "no PubAck within 1 s", delivered, RETRY, server_side=True)
     assert outcome == Retry(backoff_s(delivered, RETRY), "effects not confirmed: no PubAck within 1 s")
 
 

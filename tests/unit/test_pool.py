@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from nats.aio.msg import Msg
 
+import ebbtide
 from ebbtide.broker.publisher import ConfirmedPublisher
 from ebbtide.pool import HAND_BACK_DELAY_S, FunctionPool
 from ebbtide.runtime import Publish, WasmEngine
@@ -215,3 +216,39 @@ async def test_a_trap_mid_batch_fails_only_its_message_and_the_rest_run_once_on_
     assert (stats.processed, stats.retried, stats.guest_faults) == (5, 1, {"trap": 1})
     assert (stats.instances_started, stats.instances_stopped) == (2, 2)  # the trapped one, and the last at stop
     assert stats.handle.count == 6  # one observation per message, each handled once
+
+
+async def test_the_pool_keeps_nothing_per_subject_it_has_seen(tmp_path: Path) -> None:
+    """An ordered function's messages arrive on one subject per key (`<trigger>.<partition>.<key>`): a host
+    that remembers anything per subject grows with every order it ever handled (issue 25: a cache of
+    encoded subjects grew 1.4-2.4 MiB per 10,000 orders). Memory allocated by ebbtide's own code and still
+    held after thousands of new subjects must not grow with them."""
+    import tracemalloc
+
+    nc = FakeNats()
+    pool, consumers = await start_pool(tmp_path, nc)
+    await pool.set_instances(1)
+    sequence = itertools.count(1)
+
+    async def run(count: int) -> None:
+        msgs = [
+            nc.delivery(b"good", sequence=(n := next(sequence)), subject=f"in.chaos.{n % 32}.key-{n:012d}") for _ in range(count)
+        ]
+        done = pool.stats.processed + count
+        for start in range(0, count, 64):
+            await consumers[0].batches.put(msgs[start : start + 64])
+        await wait_until(lambda: pool.stats.processed >= done, timeout=60)  # (settled() would scan every ack per message)
+
+    await run(500)  # warm-up: histograms, the publisher's and executor's first allocations
+    tracemalloc.start()  # traces what is allocated from here on, and still held when the snapshot is taken
+    try:
+        await run(5000)
+        nc.published.clear()  # the fake's record of what was sent (it keeps parts of what the host built)
+        held = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(True, str(Path(ebbtide.__file__).parent / "*"))])
+    finally:
+        tracemalloc.stop()
+    await pool.stop(grace_s=5)
+    # The removed cache held ~105 bytes per subject here (525 kB for 5,000).
+    assert sum(stat.size for stat in held.statistics("filename")) < 64 * 1024, [
+        str(stat) for stat in held.statistics("lineno")[:5]
+    ]

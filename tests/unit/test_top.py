@@ -1,3 +1,4 @@
+import msgspec
 import pytest
 
 from ebbtide.status_reports import PoolStatus
@@ -70,6 +71,29 @@ def test_processes_of_one_function_are_added_up() -> None:
     assert row["P50_ms"] == "0.250"  # (100 * 2 + 300 * 6) / 8 µs
 
 
+def test_oldest_is_the_oldest_pending_message_seen_by_any_process() -> None:
+    """Every process reports the whole function's age; one asleep at zero reads its lag seldom, so the max
+    counts (a stuck message shows if any process sees it)."""
+    view = TopView()
+    view.update(report("receiver", "a:1", 1.0, backlog=3, oldest_pending_s=125.0))
+    view.update(report("receiver", "b:2", 0.5, backlog=3, oldest_pending_s=0.0))
+    view.update(report("distributor", "a:1", 1.0))
+    rows = table(view.render(NOW, width=200))
+    assert (rows["receiver"]["OLDEST"], rows["distributor"]["OLDEST"]) == ("2m", "-")
+
+
+def test_a_report_of_an_earlier_version_still_decodes() -> None:
+    """Status reports travel between processes of different versions (a rolling upgrade): a field added later
+    has a default."""
+    from ebbtide.status_reports import decode_status, encode_status
+
+    current = report("receiver", "a:1", 1.0, backlog=4, oldest_pending_s=7.5)
+    earlier = msgspec.json.decode(encode_status(current))
+    del earlier["oldest_pending_s"]
+    decoded = decode_status(msgspec.json.encode(earlier))
+    assert decoded.oldest_pending_s == 0.0 and decoded.backlog == 4
+
+
 def test_dead_is_what_the_dead_letter_stream_holds_now() -> None:
     """Not the processes' running totals: letters purged or redriven since no longer count (issue 13, item 6)."""
     view = TopView(stale_after=10.0)
@@ -123,10 +147,11 @@ def test_every_line_fits_the_width(width: int) -> None:
 def test_wide_view_has_all_columns_and_squeezes_big_numbers() -> None:
     view = TopView()
     view.update(report("receiver-with-a-very-long-function-name", "a:1", 1.0, processed=123_456_789))
-    lines = view.render(NOW, 100).splitlines()
+    lines = view.render(NOW, 110).splitlines()
     for column in (
         "FUNCTION",
         "BACKLOG",
+        "OLDEST",
         "INSTANCES",
         "IN-FLIGHT",
         "MSG/S",

@@ -44,9 +44,10 @@ def hpub(subject: str, reply: str, header: bytes, payload: bytes) -> bytes:
     return b"".join((f"HPUB {subject} {reply} {len(header)} {len(header) + len(payload)}\r\n".encode(), header, payload, b"\r\n"))
 
 
-def pub(subject: str, payload: bytes = b"") -> bytes:
-    """A publish without headers or reply (an ack: `pub(msg.reply)`, empty as nats-py's `Msg.ack`)."""
-    return b"".join((f"PUB {subject} {len(payload)}\r\n".encode(), payload, b"\r\n"))
+def pub(subject: str, payload: bytes = b"", reply: str = "") -> bytes:
+    """A publish without headers (an ack: `pub(msg.reply)`, empty as nats-py's `Msg.ack`)."""
+    head = f"PUB {subject} {reply} {len(payload)}\r\n" if reply else f"PUB {subject} {len(payload)}\r\n"
+    return b"".join((head.encode(), payload, b"\r\n"))
 
 
 async def write(nc: NatsClient, data: bytes, messages: int) -> None:

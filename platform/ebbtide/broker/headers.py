@@ -69,9 +69,3 @@ HEADER_BLOCK_FRAMING = 12
 def header_lines_size(headers: Mapping[str, str]) -> int:
     """Bytes the `Key: value\\r\\n` lines take (characters, as the limits count them), without the framing."""
     return sum(len(key) + len(value) + 4 for key, value in headers.items())
-
-
-def message_size(payload: bytes, headers: Mapping[str, str] | None) -> int:
-    """What a publish counts against the server's max_payload: payload and header block (its framing
-    counted even when there are no headers: a few bytes on the safe side)."""
-    return len(payload) + (header_lines_size(headers) if headers else 0) + HEADER_BLOCK_FRAMING

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import AsyncGenerator
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import msgspec
@@ -99,6 +100,26 @@ class StoredMessage(msgspec.Struct):
 
 class StoredMessageReply(ApiResponse):
     message: StoredMessage | None = None
+
+
+def stored_time_unix(iso: str) -> float:
+    """A stored message's `time` (RFC 3339, UTC, up to ns: 2026-11-29T05:30:01.123456789Z) as unix seconds."""
+    whole, _, fraction = iso.rstrip("Z").partition(".")
+    return datetime.fromisoformat(whole).replace(tzinfo=UTC).timestamp() + (float(f"0.{fraction}") if fraction else 0.0)
+
+
+async def first_stored_at(nc: NatsClient, stream: str, subject_filter: str, from_seq: int, timeout: float) -> float | None:
+    """When the first message of `stream` at or after `from_seq` on `subject_filter` was stored (unix
+    seconds); None when there is none."""
+    try:
+        reply = await request(
+            nc, f"STREAM.MSG.GET.{stream}", {"seq": max(from_seq, 1), "next_by_subj": subject_filter}, StoredMessageReply, timeout
+        )
+    except JetStreamError as exc:
+        if exc.err_code in (ERR_NO_MESSAGE_FOUND, ERR_SEQUENCE_NOT_FOUND):
+            return None
+        raise
+    return stored_time_unix(reply.message.time) if reply.message is not None and reply.message.time else None
 
 
 class StreamConfig(msgspec.Struct):

@@ -18,12 +18,30 @@ its lane's key is pending anywhere**:
   of the lane sent meanwhile. Anything pending elsewhere (the old holder's unacked messages) either gets
   acked by it or comes back here at its ack wait; then each key's messages, old and new, run in stream
   order.
-- *A stale holder* (frozen past the pin timeout, then continued) acks nothing once its pin may be gone:
-  a holder acks a lane's messages only within its lease, two thirds of the pin timeout after its last pull
-  request (every request carrying the pin id restarts the server's timer, and is sent every third of it).
-  Its late effects carry the input's stream sequence in `Nats-Msg-Id`, so JetStream drops them as
-  duplicates of the new holder's; and since it acks nothing, the new holder's count is never fooled by a
-  message acked behind its back.
+- *A holder acts on a lane only within its lease*: it acks, and takes messages to run, only while the
+  server surely still pins it. Every pull request carrying the pin restarts the server's pin timer; one is
+  sent every third of the pin timeout, and the lease runs two thirds of it from the last one sent while the
+  lease ran (such a request reaches the server before the pin could time out: the last third is the margin
+  for what is on its way, acks included). A request sent after the lease lapsed (the process was starved
+  or frozen) may reach a server that has dropped the pin, so it proves nothing by being sent: the lane is
+  *lapsed*, and this process runs and acks nothing of it, until the server answers such a request in a way
+  that names the pin (`confirmed`: then its timer restarted when it took the request, and the lease runs
+  from that request) or refuses it (423: another process holds it now; `lose`). The pin id being the same,
+  no other process had the lane in between: nothing of it can be pending elsewhere, and the holding goes
+  on (no barrier) with the messages it held, whose effects may already be confirmed: they are acked, not
+  run again. (Before this, a lapsed lease gave the lane up: held messages ran again after it came back; in
+  a bench at load 25 a message ran again past the streams' duplicate window, 416 outbox writes repeated.)
+- *Why an ack only within the lease*: the server acks by stream sequence, whoever the message is now with.
+  A stale holder's ack of a message the server has since redelivered to a new holder would take one off the
+  new holder's count while something else is still pending elsewhere, and clear its barrier too early. A
+  message can be redelivered to another process only once the pin moved, which it cannot within the lease.
+  A stale holder (frozen past the pin timeout, then continued) finds its pin refused and acks nothing; its
+  late effects carry the input's stream sequence in `Nats-Msg-Id`, so JetStream drops them as duplicates of
+  the new holder's (within the stream's duplicate window).
+- *What a holder may assume*: within its lease it is the only process the lane's messages go to; its own
+  messages are pending nowhere else. Not that the lane's messages finish in stream order: keys run in
+  parallel, so an ack of one message says nothing of the lane's earlier ones (a cumulative ack, AckAll,
+  would ack messages still queued or retrying here: never use it on a lane).
 
 Messages are opaque here (`M`): the I/O (broker/partitioned_pull.py) reads the stream sequence, the key,
 the delivery sequence and the pin id from each, and sends the acks, naks and requests this book implies.
@@ -44,8 +62,12 @@ ACT_WITHIN = 2 / 3  # ... and ack nothing of the lane past this (the pin may be 
 
 
 @dataclass(slots=True)
-class _Held(Generic[M]):
+class Held(Generic[M]):
+    """A message held here: `take` hands these out, and they come back settled (`acked`, `retried`) or not
+    (`returned`)."""
+
     msg: M
+    lane: int
     seq: int  # stream sequence
     key: str
     delivery: int  # the consumer's delivery sequence of the delivery held
@@ -56,7 +78,7 @@ class _Held(Generic[M]):
 class _Key:
     queued: list[int] = field(default_factory=list)  # stream sequences, ascending
     busy: int = 0  # its messages in a batch, or retried and not redelivered yet
-    retrying: set[int] = field(default_factory=set)
+    retrying: set[int] | None = None  # made when first needed: most keys never retry
     listed: bool = False  # on the ready list
 
 
@@ -65,7 +87,7 @@ class _Lane(Generic[M]):
     pin: str | None = None  # the pin id while this process holds the lane
     clear: bool = False  # the tenure's barrier has passed
     last_request_at: float = float("-inf")  # the last pull request carrying the pin (or the bid that won it)
-    held: dict[int, _Held[M]] = field(default_factory=dict)  # by stream sequence
+    held: dict[int, Held[M]] = field(default_factory=dict)  # by stream sequence
     keys: dict[str, _Key] = field(default_factory=dict)
     settlements: int = 0  # acks and naks sent: a barrier read spanning one is inconclusive
     short_since: float | None = None  # since when the server has counted fewer pending than held here
@@ -107,20 +129,48 @@ class LaneBook(Generic[M]):
     def is_clear(self, lane: int) -> bool:
         return self._lanes[lane].clear
 
-    def requested(self, lane: int, at: float) -> None:
-        """A pull request carrying the lane's pin went out at `at` (monotonic): the server's timer restarts."""
+    def requested(self, lane: int, at: float) -> bool:
+        """A pull request carrying the lane's pin went out at `at` (monotonic). True when it was sent within
+        the lease, which it then extends (the server restarts the pin's timer when it takes it); False when
+        the lease had lapsed: it may reach a server that dropped the pin, so only the server's answer says
+        (`confirmed`)."""
         state = self._lanes[lane]
-        if state.pin is not None:
+        if state.pin is not None and self.may_act(lane, at):
             state.last_request_at = at
+            return True
+        return False
+
+    def confirmed(self, lane: int, pin: str, requested_at: float) -> bool:
+        """The server still had `pin` when it took the request sent at `requested_at`: its timer restarted
+        then, so the lease runs from that request. True when that renews the lease of a lane held here under
+        `pin` (a lapsed lane holds on, with what it held)."""
+        state = self._lanes[lane]
+        if state.pin != pin or requested_at <= state.last_request_at:
+            return False
+        state.last_request_at = requested_at
+        return True
+
+    def void_lease(self, lane: int) -> None:
+        """What the lease rests on may be gone (the connection was lost: the server may have restarted and
+        forgotten the pin): the lane is lapsed until the server confirms the pin again."""
+        self._lanes[lane].last_request_at = float("-inf")
 
     def renew_due(self, lane: int, now: float) -> bool:
         state = self._lanes[lane]
         return state.pin is not None and now >= state.last_request_at + self.pin_timeout_s * RENEW_AFTER
 
     def may_act(self, lane: int, now: float) -> bool:
-        """Whether this process may still ack the lane's messages (its lease: see the module's docstring)."""
+        """Whether this process may run and ack the lane's messages now (its lease: see the module's docstring)."""
         state = self._lanes[lane]
         return state.pin is not None and now < state.last_request_at + self.pin_timeout_s * ACT_WITHIN
+
+    def lapsed(self, lane: int, now: float) -> bool:
+        """Held here, but past its lease: nothing of it runs or is acked until the server confirms the pin."""
+        return self._lanes[lane].pin is not None and not self.may_act(lane, now)
+
+    def holding(self, lane: int, seq: int) -> Held[M] | None:
+        """The message of `lane` with stream sequence `seq`, when held here."""
+        return self._lanes[lane].held.get(seq)
 
     def room(self, lane: int) -> int:
         return self.hold_max - len(self._lanes[lane].held)
@@ -138,6 +188,8 @@ class LaneBook(Generic[M]):
         its own."""
         state = self._lanes[lane]
         if pin == state.pin:
+            # No lease from it: which request a message answers is known only by order, and answers to a
+            # request given up on may still be on their way (only `requested` and `confirmed` renew it).
             return False
         state.pin, state.clear, state.short_since = pin, False, None
         state.last_request_at = requested_at
@@ -149,11 +201,11 @@ class LaneBook(Generic[M]):
         state = self._lanes[lane]
         if seq in state.held or state.pin is None:
             return False
-        state.held[seq] = _Held(msg, seq, key, delivery)
+        state.held[seq] = Held(msg, lane, seq, key, delivery)
         entry = state.keys.get(key)
         if entry is None:
             entry = state.keys[key] = _Key()
-        if seq in entry.retrying:
+        elif entry.retrying and seq in entry.retrying:
             entry.retrying.discard(seq)
             entry.busy -= 1
         bisect.insort(entry.queued, seq)
@@ -186,10 +238,10 @@ class LaneBook(Generic[M]):
 
     # -- running -------------------------------------------------------------------------------------
 
-    def take(self, batch: int, now: float) -> list[M]:
+    def take(self, batch: int, now: float) -> list[Held[M]]:
         """Up to `batch` messages that may run now: for each key taken, its queued messages in stream
         order, together (its next ones wait until these are settled)."""
-        taken: list[M] = []
+        taken: list[Held[M]] = []
         ready = self._ready
         later: list[tuple[int, str]] = []  # lanes whose lease is short right now: renewed soon, or lost
         while ready and len(taken) < batch:
@@ -210,52 +262,53 @@ class LaneBook(Generic[M]):
             for seq in run:
                 held = state.held[seq]
                 held.in_batch = True
-                taken.append(held.msg)
+                taken.append(held)
         ready.extend(later)
         return taken
 
-    def acked(self, lane: int, seq: int) -> None:
+    def acked(self, held: Held[M]) -> None:
         """Settled for good (acked: effects confirmed, or dead-lettered)."""
-        state = self._lanes[lane]
+        state = self._lanes[held.lane]
         state.settlements += 1
-        held = state.held.pop(seq, None)
-        if held is not None:
-            self._release_key(lane, state, held.key)
+        if state.held.get(held.seq) is held:
+            del state.held[held.seq]
+            held.in_batch = False
+            self._release_key(held.lane, state, held.key)
 
-    def retried(self, lane: int, seq: int) -> None:
+    def retried(self, held: Held[M]) -> None:
         """Nak'ed: to be redelivered; its key's later messages wait for it (here, or with the next holder)."""
-        state = self._lanes[lane]
+        state = self._lanes[held.lane]
         state.settlements += 1
-        held = state.held.pop(seq, None)
-        if held is not None and state.pin is not None:
-            state.keys[held.key].retrying.add(seq)  # still busy until it comes back
-        elif held is not None:
-            self._release_key(lane, state, held.key)
+        if state.held.get(held.seq) is not held:
+            return
+        del state.held[held.seq]
+        held.in_batch = False
+        if state.pin is not None:
+            entry = state.keys[held.key]
+            if entry.retrying is None:
+                entry.retrying = set()
+            entry.retrying.add(held.seq)  # still busy until it comes back
+        else:
+            self._release_key(held.lane, state, held.key)
 
-    def in_batch(self, lane: int, seq: int, msg: M) -> bool:
-        """Whether `msg` is held here in a batch, not settled yet."""
-        held = self._lanes[lane].held.get(seq)
-        return held is not None and held.msg is msg and held.in_batch
-
-    def returned(self, lane: int, seq: int, msg: M) -> bool:
-        """`msg`, of a batch, not carried out (an earlier one of its key held it back, or the holding lapsed):
+    def returned(self, held: Held[M]) -> bool:
+        """`held`, of a batch, not carried out (an earlier one of its key held it back, or the holding lapsed):
         back to the head of its key's queue, True; False when the lane is no longer held here (the caller
         hands it back, then calls `retried`)."""
-        state = self._lanes[lane]
-        held = state.held.get(seq)
-        if held is None or held.msg is not msg or not held.in_batch:
+        state = self._lanes[held.lane]
+        if state.held.get(held.seq) is not held or not held.in_batch:
             return True  # settled meanwhile (and maybe delivered again since)
         if state.pin is None:
             return False
         held.in_batch = False
         entry = state.keys[held.key]
         entry.busy -= 1
-        bisect.insort(entry.queued, seq)
-        self._list_if_ready(lane, held.key, entry)
+        bisect.insort(entry.queued, held.seq)
+        self._list_if_ready(held.lane, held.key, entry)
         return True
 
     def lose(self, lane: int) -> list[M]:
-        """The lane is no longer held here (refused pin, lapsed lease, or handed over): its queued messages,
+        """The lane is no longer held here (its pin refused or timed out, or handed over): its queued messages,
         to hand back (nak) at once; its messages in batches finish (or come back) as they will."""
         state = self._lanes[lane]
         state.pin, state.clear, state.short_since = None, False, None
@@ -265,8 +318,9 @@ class LaneBook(Generic[M]):
         for key, entry in list(state.keys.items()):
             entry.listed = False  # its place on the ready list is skipped
             entry.queued.clear()
-            entry.busy -= len(entry.retrying)
-            entry.retrying.clear()
+            if entry.retrying:
+                entry.busy -= len(entry.retrying)
+                entry.retrying = None
             if entry.busy == 0:
                 del state.keys[key]
         state.settlements += len(queued)

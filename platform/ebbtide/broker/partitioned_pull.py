@@ -19,6 +19,14 @@ id) names the request it answers. Messages the book does not hold (a lane lost m
 (nak, so the lane's holder gets them at once); a message held here stays alive with in-progress acks
 (`+WPI`) while it waits in a queue, as a batch's messages do while they run.
 
+A lane whose lease lapsed (the process starved or frozen past two thirds of the pin timeout, or its
+connection lost) is not given up: nothing of it runs or is acked while the feed asks the server, with a
+request that cannot take a message (`max_bytes` 1), whether the pin is still this process's. 409 (a message
+too large for it: the server was about to deliver under the pin) or 408 followed by a consumer info that
+still names the pin confirm it, and the lease runs from that request; 423 (another pin) or an info naming
+no pin or another lose it. The executor's acks wait for that answer (`may_ack`): what this process carried
+out while starved is acked, not run again (broker/lanes.py says why that is safe).
+
 A process's workers share one feed (`SharedFeed`): it opens with the first worker and closes with the last.
 """
 
@@ -38,9 +46,9 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from . import _nats_fast, jsapi
-from .delivery import Incoming, delivery_sequence, parse_ack_subject
+from .delivery import Incoming
 from .headers import H_DESCRIPTION, H_PIN_ID, H_STATUS
-from .lanes import RENEW_AFTER, LaneBook, Probe
+from .lanes import RENEW_AFTER, Held, LaneBook, Probe
 from .names import lane_holdings_subject
 from .partitions import PRIORITY_GROUP
 from .pull import HEARTBEAT, LATE_MARGIN_S, hand_back
@@ -56,17 +64,36 @@ PEER_LIVE_S = 3 * HOLDINGS_EVERY_S  # a peer not heard of for this long is gone 
 RELEASE_EVERY_S = 0.5  # at most one lane handed over per this interval, while unbalanced
 REST_AFTER_RELEASE_S = 5.0  # no bid for a lane just handed over, so that another process gets it
 WRONG_PIN = "423"
+TOO_LARGE = "409"  # a confirming request's answer when a message was there for it: the pin was its
+EXPIRED = "408"
+CONFIRM_EXPIRES_S = 0.1  # a confirming request on an idle lane expires this soon (then a consumer info says)
 BARRIER_REPORT_S = 10.0
 
 
+def _sequences(reply: str) -> tuple[int, int]:
+    """The stream sequence and the consumer's delivery sequence of a JetStream ack subject (one split: this
+    runs for every message; broker/delivery.py reads the rest)."""
+    tokens = reply.split(".")
+    if len(tokens) == 9:  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
+        return int(tokens[5]), int(tokens[6])
+    if len(tokens) >= 11:  # $JS.ACK.<domain>.<account>.<stream>... (broker/delivery.py)
+        return int(tokens[7]), int(tokens[8])
+    raise ValueError(f"not a JetStream ack subject: {reply!r}")
+
+
 class _PendingInfo(jsapi.ApiResponse):
-    """What a barrier read needs of CONSUMER.INFO."""
+    """What a barrier read, and the confirmation of a lapsed lane's pin, need of CONSUMER.INFO."""
 
     class Delivered(msgspec.Struct):
         consumer_seq: int = 0
 
+    class PriorityGroup(msgspec.Struct):
+        group: str = ""
+        pinned_client_id: str = ""
+
     num_ack_pending: int = 0
     delivered: Delivered = msgspec.field(default_factory=Delivered)
+    priority_groups: list[PriorityGroup] = msgspec.field(default_factory=list)
 
 
 class _Holdings(msgspec.Struct):
@@ -81,6 +108,7 @@ class _Request:
     expires_at: float
     remaining: int  # messages it may still bring
     pin: str | None
+    confirms: bool = False  # sent with the pin after the lease lapsed: its answer says whether the pin is still ours
 
 
 @dataclass(slots=True)
@@ -91,7 +119,7 @@ class _LaneIO:
     info_subject: str
     unpin_subject: str
     requests: deque[_Request] = field(default_factory=deque)
-    pin_to_ask: str | None = None  # the pin id requests carry (kept after a lapsed lease until refused)
+    lapsed_at: float | None = None  # when its lease was seen lapsed (until confirmed or lost)
     quiet_until: float = 0.0  # no request before this (after an error, or a lane just handed over)
     probing: bool = False
     arrived_since_probe: bool = False
@@ -146,6 +174,10 @@ class LaneFeed:
         self._watchdog: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._handed: dict[int, Held[Msg]] = {}  # id(message) -> its holding, while it is in a batch
+        self._reconnects = nc.stats["reconnects"]
+        self._lease_changed = asyncio.Event()  # set (and replaced) when a lapsed lane is confirmed or lost
+        self.lapses = 0  # leases seen lapsed (a starved or frozen process)
 
     # -- starting and the watchdog -------------------------------------------------------------------
 
@@ -170,13 +202,15 @@ class LaneFeed:
         """Everything that is due: lapsed leases, requests (renewals, refills, bids), barrier reads,
         keep-alives of queued messages, the holdings announcement and the balance."""
         book = self.book
+        self._check_connection()
         for lane, io in enumerate(self._lanes):
             while io.requests and now > io.requests[0].expires_at + LATE_MARGIN_S:
                 io.requests.popleft()  # its answer was lost (a reconnect, a restarted server)
-            if book.holds(lane) and not book.may_act(lane, now):
+            if io.lapsed_at is None and book.lapsed(lane, now):
                 # This process did not renew in time (frozen, or its loop stalled): the pin may be gone.
-                io.pin_to_ask = book.pin(lane)
-                self._spawn(self._lose(lane, "its lease lapsed"))
+                io.lapsed_at = now
+                self.lapses += 1
+                log.info("lane %s: lease lapsed; asking the server whether it is still this process's", self._lane_name(io))
             await self._maybe_request(lane, io, now)
             if io.probe_at is not None and now >= io.probe_at and not io.probing:
                 self._spawn(self._probe(lane, io))
@@ -196,31 +230,39 @@ class LaneFeed:
         if self._closed or now < io.quiet_until or not self._nc.is_connected:
             return
         book = self.book
-        if book.holds(lane) or io.pin_to_ask is not None:
+        if book.lapsed(lane, now):
+            if not any(request.confirms for request in io.requests):  # one at a time
+                await self._request(lane, io, 1, now, confirm=True)
+        elif book.holds(lane):
             # Waiting for its barrier, a holder takes whatever comes (what it waits for is among it: the previous
             # holder's messages, redelivered); once clear, what it has room for.
             room = book.room(lane) if book.is_clear(lane) else book.hold_max
             wanted = sum(request.remaining for request in io.requests)
-            if book.renew_due(lane, now) or (io.pin_to_ask is not None and not io.requests):
+            if book.renew_due(lane, now):
                 await self._request(lane, io, max(1, room - wanted), now)  # keeps the pin
             elif room - wanted >= self._request_min:
                 await self._request(lane, io, room - wanted, now)
         elif not io.requests:
             await self._request(lane, io, book.hold_max, now)  # a bid
 
-    async def _request(self, lane: int, io: _LaneIO, batch: int, now: float) -> None:
-        pin = self.book.pin(lane) or io.pin_to_ask
+    async def _request(self, lane: int, io: _LaneIO, batch: int, now: float, confirm: bool = False) -> None:
+        """A pull request: a bid (no pin held), a holder's (renews the pin while its lease runs), or, `confirm`,
+        a lapsed holder's question whether the pin is still its own: it cannot take a message (max_bytes 1),
+        so the server answers 409 when one is there for it, 408 at its expiry, 423 when the pin is another's."""
+        pin = self.book.pin(lane)
         # A holder's request lapses when the next renewal is due; a bid waits a pin timeout.
-        expires_s = self._pin_timeout_s * (RENEW_AFTER if pin else 1.0)
+        expires_s = CONFIRM_EXPIRES_S if confirm else self._pin_timeout_s * (RENEW_AFTER if pin else 1.0)
         body: dict[str, object] = {"batch": batch, "expires": int(expires_s * 1e9), "group": PRIORITY_GROUP}
         if pin:
             body["id"] = pin
+        if confirm:
+            body["max_bytes"] = 1
         io.next_number += 1
-        request = _Request(io.next_number, now, now + expires_s, batch, pin)
-        io.requests.append(request)
-        await self._nc.publish(io.next_subject, json.dumps(body).encode(), reply=f"{self._inbox}.{lane}.{request.number}")
+        request = _Request(io.next_number, now, now + expires_s, 0 if confirm else batch, pin, confirm)
         if pin:
             self.book.requested(lane, now)
+        io.requests.append(request)
+        await self._nc.publish(io.next_subject, json.dumps(body).encode(), reply=f"{self._inbox}.{lane}.{request.number}")
 
     def _receiver(self, lane: int) -> Callable[[Msg], None]:
         def receive(msg: Msg) -> None:
@@ -253,8 +295,7 @@ class LaneFeed:
             self._spawn(hand_back(self._nc, msg))
             return
         try:
-            seq = parse_ack_subject(msg.reply).sequence
-            delivery = delivery_sequence(msg.reply)
+            seq, delivery = _sequences(msg.reply)
         except ValueError:
             log.error("%s: message without a JetStream ack subject; ignored", msg.subject)
             return
@@ -265,7 +306,7 @@ class LaneFeed:
             else:
                 io.arrived_since_probe = True
         if new_tenure:
-            io.pin_to_ask, io.probe_wait_s, io.probe_at = None, PROBE_FIRST_S, None
+            io.lapsed_at, io.probe_wait_s, io.probe_at = None, PROBE_FIRST_S, None
             io.barrier_report_at = time.monotonic() + BARRIER_REPORT_S
             if io.probing:
                 io.arrived_since_probe = True
@@ -278,16 +319,67 @@ class LaneFeed:
             io.requests.remove(request)
         code = status.split(" ", 1)[0]
         if code == WRONG_PIN:
-            if request is not None and request.pin is not None and request.pin in (self.book.pin(lane), io.pin_to_ask):
-                io.pin_to_ask = None
+            if request is not None and request.pin is not None and request.pin == self.book.pin(lane):
                 self._spawn(self._lose(lane, "another process holds it now"))
-        elif code not in ("408", "404", "409"):
+        elif request is not None and request.confirms and request.pin is not None:
+            if code == TOO_LARGE:  # the server was delivering to it under its pin: the pin took the request
+                self._confirmed(lane, request)
+            elif code == EXPIRED:  # it waited: the pin, or none (timed out), took it; the consumer info says
+                self._spawn(self._confirm_by_info(lane, io, request))
+        elif code not in (EXPIRED, "404", TOO_LARGE):
             log.warning("pull request on %s answered %s %s", io.next_subject, status, headers.get(H_DESCRIPTION, ""))
             io.quiet_until = time.monotonic() + RETRY_AFTER_ERROR_S
 
     def _key_of(self, subject: str) -> str:
         """A lane's message's key: `<trigger>.<partition>.<key>`, or "" on the bare trigger (keyless)."""
         return subject.rsplit(".", 1)[1] if subject != self._trigger else ""
+
+    # -- a lapsed lease ------------------------------------------------------------------------------
+
+    def _confirmed(self, lane: int, request: _Request) -> None:
+        assert request.pin is not None
+        if self.book.confirmed(lane, request.pin, request.sent_at) and not self.book.lapsed(lane, time.monotonic()):
+            io = self._lanes[lane]
+            if io.lapsed_at is not None:
+                log.info(
+                    "lane %s: still this process's (lease lapsed for %.1f s)",
+                    self._lane_name(io),
+                    time.monotonic() - io.lapsed_at,
+                )
+                io.lapsed_at = None
+            self._lease_news()
+            self._wake_all()
+
+    async def _confirm_by_info(self, lane: int, io: _LaneIO, request: _Request) -> None:
+        """A confirming request expired (408), so the server took it before: if its consumer info still names
+        the pin, the pin was there when it took the request (a pin that timed out never comes back)."""
+        try:
+            reply = await jsapi.request(self._nc, io.info_subject, None, _PendingInfo)
+        except Exception as exc:
+            log.debug("pin read of %s: %r", io.info_subject, exc)
+            return  # the next confirming request asks again
+        if self.book.pin(lane) != request.pin:
+            return  # lost or confirmed meanwhile
+        if any(group.pinned_client_id == request.pin for group in reply.priority_groups):
+            self._confirmed(lane, request)
+        else:
+            await self._lose(lane, "its pin timed out")
+
+    def _check_connection(self) -> None:
+        """A lost connection voids every lease: the server may have restarted, forgetting its pins."""
+        reconnects = self._nc.stats["reconnects"]
+        if reconnects != self._reconnects or not self._nc.is_connected:
+            self._reconnects = reconnects
+            for lane in self.book.held_lanes:
+                self.book.void_lease(lane)
+
+    def _lease_news(self) -> None:
+        """Wake whoever waits in `may_ack` for a lapsed lane's answer."""
+        self._lease_changed.set()
+        self._lease_changed = asyncio.Event()
+
+    def _lane_name(self, io: _LaneIO) -> str:
+        return io.next_subject.rsplit(".", 1)[1]
 
     # -- the barrier ---------------------------------------------------------------------------------
 
@@ -329,15 +421,19 @@ class LaneFeed:
         not wait for them while other lanes' renewals are due)."""
         if not self.book.holds(lane):
             return
-        log.info("lane %s: no longer held here (%s)", self._lanes[lane].next_subject.rsplit(".", 1)[1], why)
-        self._lanes[lane].probe_at = None
+        io = self._lanes[lane]
+        log.info("lane %s: no longer held here (%s)", self._lane_name(io), why)
+        io.probe_at = io.lapsed_at = None
         queued = self.book.lose(lane)
+        self._lease_news()
         await asyncio.gather(*(hand_back(self._nc, msg) for msg in queued))
 
     async def _keep_queued_alive(self, now: float) -> None:
-        """+WPI for the messages held here that wait in a queue (a batch's messages get theirs from the pool)."""
+        """+WPI for the messages held here that wait in a queue (a batch's messages get theirs from the pool).
+        A lapsed lane's too: a +WPI acks nothing and counts nothing; sent for a message the server has given
+        to another holder meanwhile, it only delays that one's redelivery, which its holder keeps alive anyway."""
         book = self.book
-        replies = [msg.reply for lane in book.held_lanes if book.may_act(lane, now) for msg in book.queued_messages(lane)]
+        replies = [msg.reply for lane in book.held_lanes for msg in book.queued_messages(lane)]
         if replies and self._nc.is_connected:
             await _nats_fast.write(self._nc, b"".join([_nats_fast.pub(reply, b"+WPI") for reply in replies]), len(replies))
 
@@ -374,7 +470,7 @@ class LaneFeed:
         """Let the lane go at once: its queued messages handed back (confirmed), then the pin dropped, so
         that the server pins a bidder now (its barrier waits for what still runs here)."""
         io = self._lanes[lane]
-        io.quiet_until, io.pin_to_ask = now + REST_AFTER_RELEASE_S, None
+        io.quiet_until = now + REST_AFTER_RELEASE_S
         await self._lose(lane, "handed over")
         try:
             await jsapi.request(self._nc, io.unpin_subject, {"group": PRIORITY_GROUP}, jsapi.ApiResponse)
@@ -419,29 +515,48 @@ class LaneFeed:
             except TimeoutError:
                 return []
             taken = self.book.take(batch, time.monotonic())
-        if taken:
-            self._wake_one()  # there may be more, for the next worker waiting
-        return taken
+        if not taken:
+            return []
+        self._wake_one()  # there may be more, for the next worker waiting
+        handed = self._handed
+        for held in taken:
+            handed[id(held.msg)] = held  # unique while it is in a batch: the batch keeps the message alive
+        return [held.msg for held in taken]
 
-    def lane_of(self, subject: str) -> int:
-        if subject == self._trigger:
-            return self._keyless_lane
-        return int(subject[len(self._trigger) + 1 :].split(".", 1)[0])
-
-    def may_ack(self, incoming: Incoming) -> bool:
-        return self.book.may_act(self.lane_of(incoming.msg.subject), time.monotonic())
+    async def may_ack(self, incoming: Incoming) -> bool:
+        """Whether this process may ack `incoming` now: at once within its lane's lease; a lapsed lane's
+        message once the server has confirmed the pin (False when it went to another process, or no answer
+        came within a pin timeout: the message is then queued again, or handed back)."""
+        held = self._handed.get(id(incoming.msg))
+        if held is None:
+            return False  # not in a batch of this feed's
+        lane, book = held.lane, self.book
+        self._check_connection()
+        if book.may_act(lane, time.monotonic()):
+            return True
+        give_up_at = time.monotonic() + self._pin_timeout_s
+        while book.lapsed(lane, now := time.monotonic()) and now < give_up_at and not self._closed:
+            try:
+                await asyncio.wait_for(self._lease_changed.wait(), give_up_at - now)
+            except TimeoutError:
+                break
+        return book.may_act(lane, time.monotonic())
 
     def settled(self, incoming: Incoming, retried: bool) -> None:
-        lane = self.lane_of(incoming.msg.subject)
+        held = self._handed.pop(id(incoming.msg), None)
+        if held is None:
+            return
         if retried:
-            self.book.retried(lane, incoming.delivery.sequence)
+            self.book.retried(held)
         else:
-            self.book.acked(lane, incoming.delivery.sequence)
+            self.book.acked(held)
         self._wake_soon()
 
     def still_held(self, msg: Msg) -> bool:
-        """Whether `msg`'s lane is still this process's to keep its messages alive (KeepAlive)."""
-        return self.book.may_act(self.lane_of(msg.subject), time.monotonic())
+        """Whether `msg`'s lane is still this process's to keep its messages alive (KeepAlive): a lapsed lane's
+        too (see `_keep_queued_alive`), not one lost."""
+        held = self._handed.get(id(msg))
+        return held is not None and self.book.holds(held.lane)
 
     async def finish(self, msgs: Sequence[Msg]) -> None:
         """A batch is over: its messages not settled go back to their keys' queues, or are handed back when
@@ -449,19 +564,15 @@ class LaneFeed:
         redelivery as retried ones do."""
         book = self.book
         for msg in msgs:
-            try:
-                seq = parse_ack_subject(msg.reply).sequence
-            except ValueError:
-                continue  # never held (the executor ignored it)
-            lane = self.lane_of(msg.subject)
-            if not book.in_batch(lane, seq, msg):
-                continue  # settled: `settled` was told
+            held = self._handed.pop(id(msg), None)
+            if held is None:
+                continue  # settled (`settled` was told), or never held (the executor ignored it)
             if msg.is_acked:
-                book.retried(lane, seq)
-            elif not book.returned(lane, seq, msg):
+                book.retried(held)
+            elif not book.returned(held):
                 # Forgotten before the nak goes: its redelivery may come in while the nak is confirmed (held
                 # still, it would be taken for a duplicate, and its key would wait for it forever).
-                book.retried(lane, seq)
+                book.retried(held)
                 await hand_back(self._nc, msg)
         self._wake_all()
 
@@ -503,8 +614,8 @@ class FeedView:
         assert self._feed is not None, "fetch on a closed view"
         return await self._feed.fetch(batch, wait_s)
 
-    def may_ack(self, incoming: Incoming) -> bool:
-        return self._last.may_ack(incoming)
+    async def may_ack(self, incoming: Incoming) -> bool:
+        return await self._last.may_ack(incoming)
 
     def settled(self, incoming: Incoming, retried: bool) -> None:
         self._last.settled(incoming, retried)

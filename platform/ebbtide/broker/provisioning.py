@@ -23,6 +23,7 @@ from .jsapi import ERR_STREAM_NAME_IN_USE, ERR_STREAM_NOT_FOUND
 from .names import MODULES_BUCKET, MODULES_STREAM, ROLLOUTS_BUCKET, SHADOW_STREAM, SHADOW_SUBJECT_PREFIX, kv_stream_name
 from .partitions import PINNED_CLIENT, lane_consumer_config, lanes, stream_transform_of
 
+ERR_INSUFFICIENT_STORAGE = 10047  # "insufficient storage resources available": max_bytes beyond the server's store
 KV_DUPLICATE_WINDOW_S = 120.0
 DEFAULT_SHADOW_KEEP = 10  # shadow samples kept per function and verdict (`shadow start --keep` raises it)
 
@@ -33,7 +34,21 @@ def _storage(kind: str) -> api.StorageType:
 
 async def ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None:
     try:
-        await js.add_stream(config)
+        await _create_or_update_stream(js, config)
+    except nats.js.errors.APIError as exc:
+        if exc.err_code != ERR_INSUFFICIENT_STORAGE:
+            raise
+        # The server reserves a stream's max_bytes from its store when the stream is created or raised.
+        raise RunError(
+            f"stream {config.name}: the server cannot reserve max_bytes {config.max_bytes} (streams.{config.name}."
+            f"max_bytes): its JetStream store (max_file_store / max_memory_store) has less than that left for it; "
+            f"lower max_bytes, or give the server a larger store"
+        ) from None
+
+
+async def _create_or_update_stream(js: JetStreamContext, config: api.StreamConfig) -> None:
+    try:
+        info = await js.add_stream(config)
     except BadRequestError as exc:
         if exc.err_code != ERR_STREAM_NAME_IN_USE:
             raise
@@ -57,7 +72,13 @@ async def ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None:
                 f"stream to or from workqueue in place. Let the functions drain it (`ebbtide top`: backlog 0), delete "
                 f"it (`nats stream rm {config.name}`), then run `ebbtide provision` again"
             ) from None
-        await js.update_stream(config)
+        info = await js.update_stream(config)
+    if config.allow_batched and not info.config.allow_batched:
+        # A server before 2.14 ignores the setting: the functions would have every fast batch refused.
+        raise RunError(
+            f"stream {config.name}: the server did not keep allow_batched (fast batches need nats-server 2.14 or "
+            f"later): set allow_batched = false for it in the manifest (streams.X, kv.X or dead_letter)"
+        )
 
 
 def stream_configs(manifest: LoadedManifest) -> list[api.StreamConfig]:
@@ -71,7 +92,11 @@ def stream_configs(manifest: LoadedManifest) -> list[api.StreamConfig]:
             num_replicas=stream.replicas,
             duplicate_window=stream.duplicate_window_s,
             max_age=stream.max_age_s,
+            # Full: refuse the publish (the publisher retries), never drop a stored, maybe unhandled, message.
+            max_bytes=stream.max_bytes or -1,
+            discard=api.DiscardPolicy.NEW,
             subject_transform=_subject_transform(manifest, name),
+            allow_batched=stream.allow_batched,
         )
         for name, stream in spec.streams.items()
     ]
@@ -84,14 +109,17 @@ def stream_configs(manifest: LoadedManifest) -> list[api.StreamConfig]:
             storage=_storage(dlq.storage),
             num_replicas=dlq.replicas,
             duplicate_window=KV_DUPLICATE_WINDOW_S,
+            allow_batched=dlq.allow_batched,
         )
     )
     for bucket, kv in spec.kv.items():
-        configs.append(_kv_stream_config(bucket, kv.history, kv.replicas, _storage(kv.storage)))
+        configs.append(_kv_stream_config(bucket, kv.history, kv.replicas, _storage(kv.storage), kv.allow_batched))
     return configs
 
 
-def _kv_stream_config(bucket: str, history: int, replicas: int, storage: api.StorageType) -> api.StreamConfig:
+def _kv_stream_config(
+    bucket: str, history: int, replicas: int, storage: api.StorageType, allow_batched: bool = False
+) -> api.StreamConfig:
     """The same stream layout as nats-py's create_key_value, so clients see an ordinary KV bucket."""
     return api.StreamConfig(
         name=kv_stream_name(bucket),
@@ -104,6 +132,7 @@ def _kv_stream_config(bucket: str, history: int, replicas: int, storage: api.Sto
         max_msgs_per_subject=history,
         num_replicas=replicas,
         storage=storage,
+        allow_batched=allow_batched,
     )
 
 

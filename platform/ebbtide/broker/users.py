@@ -5,7 +5,8 @@ Users (see SECURITY.md):
   operator's tools that change state (publish, dlq redrive/purge), and a host running every function in
   one process.
 - one user per function, with exactly what its host needs and no JetStream administration: read its own
-  durable consumer's info (the lag), fetch and ack its own messages, publish to the subjects and KV
+  durable consumer's info (the lag), fetch and ack its own messages, read a stored message of its trigger's
+  stream (the age of its oldest unhandled one), publish to the subjects and KV
   buckets the manifest allows it and to its own dead-letter subject, and report its status. It cannot
   create, update, delete or purge any stream or consumer: provisioning is a separate admin step. Replies
   arrive below its own inbox prefix, which no other user may read.
@@ -81,6 +82,10 @@ def function_permissions(manifest: LoadedManifest, function: str) -> Permissions
         ]
         if fn.order_by:  # a holder hands its lanes over at once when it stops (broker/partitioned_pull.py)
             publish.append(f"{JS_API}.CONSUMER.UNPIN.{consumer}")
+    # The stored time of its oldest unhandled message (`ebbtide_oldest_pending_seconds`, oldest_pending.py): a
+    # message get on its trigger's stream. Read only; the subject is per stream, so it could read the stream's
+    # other subjects too (the same orders, routed): see SECURITY.md.
+    publish.append(f"{JS_API}.STREAM.MSG.GET.{stream}")
     holdings = [lane_holdings_subject(function)] if fn.order_by else []
     publish += [
         *holdings,

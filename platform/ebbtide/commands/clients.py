@@ -22,7 +22,7 @@ from .. import dlq_admin, outbox
 from ..broker import ConfirmedPublisher, PublishTally, connect, publish_all
 from ..broker.access import ServerAccess, client_access
 from ..broker.users import with_keyed_subjects
-from ..errors import EffectRefused, NatsConnectionError, OutboxError, UsageError
+from ..errors import EffectRefused, NatsConnectionError, OutboxError, StoreFull, UsageError
 from ..exit_codes import EXIT_FAILURE
 from ..manifest import LoadedManifest
 from ..status_reports import STATUS_REQUEST_SUBJECT, STATUS_SUBJECT_PREFIX, decode_status
@@ -82,7 +82,15 @@ def publish_command(args: argparse.Namespace, manifest: LoadedManifest) -> int:
             f"{tally.duplicates} dropped as duplicates"
             + (" (their Nats-Msg-Id was stored before, within the stream's duplicate window)" if tally.duplicates else "")
         )
-        for error in errors[:5]:
+        full = [error for error in errors if isinstance(error, StoreFull)]
+        if full:
+            print(
+                f"ebbtide publish: {len(full)} of {len(messages)} message(s) refused for lack of space ({full[0]}). "
+                "Nothing stored was dropped for them: publish the same messages again once space frees (each "
+                "keeps its Nats-Msg-Id, so what was already stored is not stored twice)",
+                file=sys.stderr,
+            )
+        for error in [error for error in errors if not isinstance(error, StoreFull)][:5]:
             print(f"  failed: {error}", file=sys.stderr)
         return EXIT_FAILURE if errors else 0
 

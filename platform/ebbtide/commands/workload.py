@@ -12,7 +12,7 @@ from ..manifest import LoadedManifest
 
 
 def bench_command(args: argparse.Namespace, manifest: LoadedManifest) -> int:
-    from ..workload.bench import SCENARIOS, BenchOptions, run_bench
+    from ..workload.bench import DEFAULT_SCENARIOS, BenchOptions, run_bench
 
     try:
         options = BenchOptions(
@@ -21,10 +21,12 @@ def bench_command(args: argparse.Namespace, manifest: LoadedManifest) -> int:
             sustained_s=args.sustained_s,
             rates=args.rate or [],
             sustained_target=args.sustained_target,
+            soak_minutes=args.minutes,
+            soak_manifests=args.soak_manifest or [],
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    report = uvloop.run(run_bench(manifest, args.scenario or list(SCENARIOS), args.quick, args.out, options))
+    report = uvloop.run(run_bench(manifest, args.scenario or list(DEFAULT_SCENARIOS), args.quick, args.out, options))
     print()
     print(report.markdown())
     print()

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from nats.aio.client import Client as NatsClient
 
 from ..broker.headers import H_ORIGINAL_SUBJECT, H_REDRIVEN_FROM
-from ..broker.publisher import ConfirmedPublisher, PubAck
+from ..broker.publisher import ConfirmedPublisher, PubAck, PublishBatch
 from ..errors import DeadLetterError, PublishError
 from ..manifest import LoadedManifest
 from ..subjects import subject_matches
@@ -39,19 +39,22 @@ async def redrive(
     stream = manifest.spec.dead_letter.stream
     await sequences(nc, stream)
     result = RedriveResult()
-    publisher = ConfirmedPublisher(nc)
+    publisher = ConfirmedPublisher(nc)  # one PubAck per letter: each says where it went, and if it was there already
     await publisher.start()
-    batch: list[tuple[StoredDeadLetter, str, asyncio.Future[PubAck]]] = []
+    batch = PublishBatch()
+    letters: list[tuple[StoredDeadLetter, str]] = []
 
     async def settle() -> None:
-        outcomes = await publisher.confirm((future for _, _, future in batch), timeout=REDRIVE_CONFIRM_TIMEOUT_S)
+        nonlocal batch
+        outcomes = await publisher.wait(batch, timeout=REDRIVE_CONFIRM_TIMEOUT_S)
         confirmed: list[tuple[StoredDeadLetter, str, PubAck]] = []
-        for (letter, subject, _), outcome in zip(batch, outcomes):
+        for (letter, subject), outcome in zip(letters, outcomes):
             if isinstance(outcome, PublishError):
                 result.failed.append(RedriveFailure(letter.seq, f"republish to {subject} not confirmed: {outcome}"))
             else:
                 confirmed.append((letter, subject, outcome))
-        batch.clear()
+        letters.clear()
+        batch = PublishBatch()
         deletes = await asyncio.gather(*(delete(nc, stream, letter.seq) for letter, _, _ in confirmed), return_exceptions=True)
         for (letter, subject, ack), deleted in zip(confirmed, deletes):
             if isinstance(deleted, BaseException):
@@ -72,13 +75,11 @@ async def redrive(
             except DeadLetterError as exc:
                 result.failed.append(RedriveFailure(letter.seq, str(exc)))
                 continue
-            future = await publisher.publish(
-                subject, letter.payload, f"redrive:{stream}:{letter.seq}", {H_REDRIVEN_FROM: str(letter.seq)}
-            )
-            batch.append((letter, subject, future))
-            if len(batch) >= REDRIVE_WINDOW:
+            publisher.add(batch, subject, letter.payload, f"redrive:{stream}:{letter.seq}", {H_REDRIVEN_FROM: str(letter.seq)})
+            letters.append((letter, subject))
+            if len(letters) >= REDRIVE_WINDOW:
                 await settle()
-        if batch:
+        if letters:
             await settle()
     finally:
         try:

@@ -9,6 +9,7 @@ with it; Prometheus' rate() handles restarts.
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 from collections.abc import Iterable
@@ -90,6 +91,24 @@ def resident_memory_bytes() -> int | None:
         return None
 
 
+def private_memory_bytes() -> int | None:
+    """Private_Clean + Private_Dirty of this process (Linux /proc/self/smaps_rollup); None where unavailable."""
+    try:
+        with open("/proc/self/smaps_rollup", "rb") as rollup:
+            kib = sum(int(line.split()[1]) for line in rollup if line.startswith((b"Private_Clean:", b"Private_Dirty:")))
+    except (OSError, ValueError, IndexError):
+        return None
+    return kib * 1024
+
+
+def open_fds() -> int | None:
+    """Open file descriptors of this process (Linux /proc/self/fd); None where unavailable."""
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return None
+
+
 def collect(snapshot: HostSnapshot) -> list[Family]:
     """Every metric of a host's snapshot (pools not started yet are simply absent)."""
     messages = Family(
@@ -114,6 +133,13 @@ def collect(snapshot: HostSnapshot) -> list[Family]:
         "ebbtide_backlog",
         "gauge",
         "Consumer lag (num_pending + num_ack_pending, whole consumer) at the controller's last reading.",
+    )
+    oldest_pending = Family(
+        "ebbtide_oldest_pending_seconds",
+        "gauge",
+        "Seconds since the function's oldest unhandled message (not yet acked or dead-lettered; an ordered "
+        "function: over its partitions) was stored, at the controller's last readings; 0 when there is none. "
+        "Every process of a function reports it for the whole function: take the max over processes.",
     )
     starts = Family("ebbtide_instance_starts_total", "counter", "Wasm instances started (scaling up, replacements).")
     stops = Family(
@@ -183,6 +209,8 @@ def collect(snapshot: HostSnapshot) -> list[Family]:
         in_flight.add(stats.in_flight, function=name)
         if stats.backlog is not None:
             backlog.add(stats.backlog, function=name)
+        if stats.oldest_pending_s is not None:
+            oldest_pending.add(stats.oldest_pending_s, function=name)
         starts.add(stats.instances_started, function=name)
         stops.add(stats.instances_stopped, function=name)
         for outcome in ("ok", "refused"):
@@ -202,15 +230,39 @@ def collect(snapshot: HostSnapshot) -> list[Family]:
     connected = Family("ebbtide_nats_connected", "gauge", "1 while the host's NATS connection is up, else 0.")
     connected.add(1 if snapshot.nats_connected else 0)
     families = [
-        *(messages, dead_letters, faults, instances, in_flight, backlog, starts, stops, reloads, handle, end_to_end),
-        *(rollbacks, ready, connected),
+        *(messages, dead_letters, faults, instances, in_flight, backlog, oldest_pending, starts, stops, reloads),
+        *(handle, end_to_end, rollbacks, ready, connected),
         *(family for family in (shadow, canary, candidate_time) if family.samples),
     ]
-    rss = resident_memory_bytes()
-    if rss is not None:
-        memory = Family("ebbtide_process_resident_memory_bytes", "gauge", "Resident memory of this process in bytes.")
-        memory.add(rss)
-        families.append(memory)
+    families += _process_families(snapshot)
+    return families
+
+
+def _process_families(snapshot: HostSnapshot) -> list[Family]:
+    """What a long run watches for leaks (the soak: `ebbtide bench --scenario soak`): memory, descriptors,
+    tasks and Python objects of this process, each flat in a healthy host."""
+    families = []
+    readings: list[tuple[str, str, float | None]] = [
+        ("ebbtide_process_resident_memory_bytes", "Resident memory of this process in bytes.", resident_memory_bytes()),
+        (
+            "ebbtide_process_private_memory_bytes",
+            "Memory of this process no other process shares (Private_Clean + Private_Dirty, /proc/self/smaps_rollup), "
+            "in bytes: what it alone costs the machine.",
+            private_memory_bytes(),
+        ),
+        ("ebbtide_process_open_fds", "Open file descriptors of this process.", open_fds()),
+        ("ebbtide_process_asyncio_tasks", "Tasks alive on the host's event loop.", snapshot.asyncio_tasks),
+        (
+            "ebbtide_process_gc_objects",
+            "Python objects tracked by the garbage collector (len(gc.get_objects()); a few ms per scrape).",
+            len(gc.get_objects()),
+        ),
+    ]
+    for name, help_text, value in readings:
+        if value is not None:
+            family = Family(name, "gauge", help_text)
+            family.add(value)
+            families.append(family)
     return families
 
 

@@ -26,6 +26,7 @@ class PoolSnapshot:
     live_instances: int  # instances holding Wasm memory
     in_flight: int  # messages fetched and not yet settled
     backlog: int | None  # the consumer's lag at the controller's last reading (None: not read yet)
+    oldest_pending_s: float | None  # age of the oldest unhandled message (oldest_pending.py; None: no controller)
     handle: Histogram  # guest call time (live: read it while rendering, do not keep it)
     end_to_end: Histogram  # ingress -> effects confirmed
     shadow: dict[str, int] = field(default_factory=dict)  # shadow verdicts: same, different, candidate_fault
@@ -39,3 +40,4 @@ class HostSnapshot:
     pools: list[PoolSnapshot] = field(default_factory=list)
     nats_connected: bool = False
     ready: bool = False  # what /readyz answers: connected, every pool started and its controller running
+    asyncio_tasks: int | None = None  # tasks alive on the host's event loop (None: not taken on the loop)

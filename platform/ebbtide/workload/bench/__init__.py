@@ -8,8 +8,11 @@ Scenarios (pick with --scenario; --quick shrinks every size so the whole run tak
 - tracing:   the same burst with tracing off, sampling 1 % and 100 % (spans built and batched, then dropped)
 - shadow:    the same burst with no shadow run, and every function shadowing 10 % and 100 % of its messages
              (its candidate: its own module), and the candidates' guest time beside the live one's
-- burst:     the ZEISS burst side by side: ebbtide (default and fastest configuration), FastStream and a raw
-             nats-py pass-through (the limit), on one embedded nats-server, with repeats (burst.py)
+- server:    what nats-server spends per message for each way of publishing (a PubAck each, fast and atomic
+             batches) and of settling (an ack each, AckAll per batch, none) (server.py)
+- burst:     the ZEISS burst side by side: ebbtide (default and fastest configuration), FastStream, a raw
+             nats-py pass-through (the limit) and the same with fast batches by hand, on one embedded
+             nats-server, in alternating rounds, with the messages in and out per order (comparison.py)
 - sustained: fixed publish rates for a while, latency per window, backlog and RSS over time (sustained.py)
 - ordering:  the burst with and without per-key ordering side by side, 3 events per order, and one hot
              key holding 30 % of the events (ordering.py)
@@ -17,6 +20,9 @@ Scenarios (pick with --scenario; --quick shrinks every size so the whole run tak
              nats-server, memory, cold start; the publisher; storage per order), then the burst with 1, 2
              and 4 processes per function, measured beside the model's prediction from that profile
              (capacity.py)
+- soak:      the ZEISS day shape for --minutes M per manifest (30 by default; not part of the default run):
+             a burst a minute and a trickle between, memory, fds, tasks and objects of every process over
+             time, their slopes, latency, exactly-once at the end (soak.py)
 
 All figures come from one run on one machine, with warm-up excluded where stated.
 """
@@ -25,9 +31,13 @@ from __future__ import annotations
 
 from typing import Any
 
-SCENARIOS = ("host", "memory", "replica", "scale", "tracing", "shadow", "burst", "sustained", "ordering", "capacity")
+SCENARIOS = (
+    *("host", "memory", "replica", "scale", "tracing", "shadow", "server", "burst", "sustained", "ordering", "capacity"),
+    "soak",
+)
+DEFAULT_SCENARIOS = tuple(s for s in SCENARIOS if s != "soak")  # the soak takes an hour: only when asked for
 
-__all__ = ["SCENARIOS", "BenchOptions", "BenchReport", "Figure", "Section", "run_bench"]
+__all__ = ["DEFAULT_SCENARIOS", "SCENARIOS", "BenchOptions", "BenchReport", "Figure", "Section", "run_bench"]
 
 # The CLI's parser needs SCENARIOS only: the rest (the runtime, the baselines, OpenTelemetry) is imported
 # when first used.

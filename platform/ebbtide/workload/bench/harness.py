@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+import msgspec
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
@@ -27,6 +28,13 @@ from ..orders import INGRESS_SUBJECT, Order, OrderEvent, encode_order, event_msg
 from .stats import latencies_ms
 
 
+def _decoded(value: bytes) -> Order | None:
+    try:
+        return msgspec.json.decode(value, type=Order)
+    except msgspec.DecodeError:
+        return None
+
+
 async def stored_orders(nc: NatsClient, manifest: LoadedManifest) -> int:
     """Entries in every KV bucket of the manifest (the outboxes)."""
     return sum([(await stream_state(nc, kv_stream_name(bucket))).messages for bucket in manifest.spec.kv])
@@ -38,6 +46,7 @@ class BurstResult:
     publish_errors: int
     stored: int  # distinct orders in the outboxes, written during this run
     writes: int  # outbox writes during this run: more than `stored` means an order was written twice
+    mismatched: int  # outbox entries whose value is not the order published (or in the wrong bucket)
     dead_letters: int
     publish_s: float  # first to last publish
     wall_s: float  # first publish to the last outbox write (server time of that write)
@@ -49,7 +58,12 @@ class BurstResult:
 
     @property
     def exactly_once(self) -> bool:
-        return self.stored == self.sent == self.writes and self.dead_letters == 0 and self.publish_errors == 0
+        return (
+            self.stored == self.sent == self.writes
+            and self.mismatched == 0
+            and self.dead_letters == 0
+            and self.publish_errors == 0
+        )
 
 
 class Harness:
@@ -138,25 +152,35 @@ class Harness:
         sent, errors = await sending
         await self.settle(timeout=max(1.0, deadline - time.monotonic()))
         writes, dead = await self.counts_since(before)
-        written = await self.read_writes(before)
+        expected = {str(o.order_id): o for o in orders if not isinstance(o, OrderEvent)}  # an event's value: its last
+        written, mismatched = await self.read_writes(before, expected)
         first = min(published.values())
         return BurstResult(
             sent=sent,
             publish_errors=len(errors),
             stored=len(written),
             writes=writes,
+            mismatched=mismatched,
             dead_letters=dead,
             publish_s=max(published.values()) - first,
             wall_s=max(written.values(), default=first) - first,
             latencies_ms=latencies_ms(published, written),
         )
 
-    async def read_writes(self, before: dict[str, int]) -> dict[str, float]:
-        """Every outbox entry written after `before`: orderId -> server time of its last write (unix seconds)."""
+    async def read_writes(self, before: dict[str, int], expected: dict[str, Order]) -> tuple[dict[str, float], int]:
+        """Every outbox entry written after `before`: orderId -> server time of its last write (unix seconds);
+        and how many writes are not the `expected` order (by orderId) stored in its delivery's bucket."""
         written: dict[str, float] = {}
+        mismatched = 0
         async for msg in self.writes_since(before):
-            written[msg.subject.rsplit(".", 1)[1]] = msg.metadata.timestamp.timestamp()
-        return written
+            key = msg.subject.rsplit(".", 1)[1]
+            written[key] = msg.metadata.timestamp.timestamp()
+            order = expected.get(key)
+            if order is not None and (
+                msg.subject.split(".")[1] != f"outbox-{order.delivery.lower()}" or _decoded(msg.data) != order
+            ):
+                mismatched += 1
+        return written, mismatched
 
     async def writes_since(self, before: dict[str, int]) -> AsyncIterator[Msg]:
         """Every outbox write after `before`, bucket by bucket, each in the order it was stored."""

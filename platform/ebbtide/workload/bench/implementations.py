@@ -49,9 +49,12 @@ class Variant:
     name: str
     mode: ProcessMode
     settings: dict[str, Any] = field(default_factory=dict)  # FunctionSection fields; `scale` merges key by key
+    batched: bool = True  # False: allow_batched off on every stream, a PubAck per effect (as before issue 29)
 
     def describe(self) -> str:
         parts = [f"{self.mode} process mode"] + [f"{k} {v}" for k, v in _flat(self.settings).items()]
+        if not self.batched:
+            parts.append("allow_batched off (a PubAck per effect)")
         return ", ".join(parts)
 
 
@@ -66,6 +69,9 @@ def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 DEFAULT = Variant("default", "per-function")
+# The default with a PubAck per effect, as ebbtide published before fast batches (issue 29): run beside the
+# default in the burst, so the table shows what they changed.
+PUBACK_PER_EFFECT = Variant("puback-per-effect", "per-function", batched=False)
 # What the full run tries (the default too); the fastest is kept. --quick does not search: it takes
 # FASTEST_KNOWN, the winner of the last full run on this machine kind (README, Performance).
 CANDIDATES = (
@@ -102,6 +108,9 @@ def write_variant(manifest: LoadedManifest, variant: Variant, folder: Path) -> L
         module["source"] = str(manifest.resolve(module["source"]))
         if module.get("sdk"):  # empty: the language's own SDK folder, found by the build
             module["sdk"] = str(manifest.resolve(module["sdk"]))
+    if not variant.batched:
+        for section in (*raw["streams"].values(), *raw["kv"].values(), raw["dead_letter"]):
+            section["allow_batched"] = False
     for function in raw["functions"].values():
         for key, value in variant.settings.items():
             function[key] = {**function[key], **value} if isinstance(value, dict) else value
@@ -142,7 +151,9 @@ def _pids(runner: Host | Supervisor) -> list[int]:
 # -- baselines: one process per function ---------------------------------------------------------------------
 
 
-def baseline(module: str, key: str, label: str, how: str, roles: tuple[str, ...] = ROLES) -> Implementation:
+def baseline(
+    module: str, key: str, label: str, how: str, roles: tuple[str, ...] = ROLES, args: tuple[str, ...] = ()
+) -> Implementation:
     @asynccontextmanager
     async def start(url: str, nc: NatsClient) -> AsyncIterator[list[int]]:
         processes: list[asyncio.subprocess.Process] = []
@@ -157,6 +168,7 @@ def baseline(module: str, key: str, label: str, how: str, roles: tuple[str, ...]
                         url,
                         "--role",
                         role,
+                        *args,
                         stdin=asyncio.subprocess.DEVNULL,
                         stdout=asyncio.subprocess.PIPE,
                     )
@@ -191,6 +203,17 @@ def raw_limit() -> Implementation:
         "raw nats-py (limit)",
         "nats-py pass-through, no validation, no Wasm: batched fetch (256, 4 loops), confirmed-publish pipeline "
         "with Nats-Msg-Id, ack after confirm; one process per function",
+    )
+
+
+def raw_batched() -> Implementation:
+    return baseline(
+        "ebbtide.workload.baselines.raw_pipeline",
+        "raw-batched",
+        "raw nats-py, fast batches",
+        "the same pass-through, with the server features ebbtide's host uses, by hand: each fetched batch's "
+        "outputs published as one fast batch (ADR-50), confirmed by one PubAck; one process per function",
+        args=("--fast-batches",),
     )
 
 

@@ -11,16 +11,21 @@ from .stats import parse_rate
 @dataclass
 class BenchOptions:
     orders: int | None = None  # burst size: 10,000 (2,000 with --quick)
-    repeats: int | None = None  # timed bursts per implementation: 3 (1 with --quick)
+    repeats: int | None = None  # alternating rounds, one timed burst of each implementation per round: 5 (1 with --quick)
     sustained_s: float | None = None  # seconds of load per rate: 60 (5 with --quick)
     rates: list[str] = field(default_factory=list)  # '50%' of the measured capacity, or orders/s; default 50% 90%
     sustained_target: str = "ebbtide-default"  # or ebbtide-fastest
     tune: bool | None = None  # search the fastest ebbtide configuration (default: yes, not with --quick)
     candidates: list[str] | None = None  # configurations the search tries (default: every one of CANDIDATES)
+    soak_minutes: int | None = None  # the soak's minutes per manifest: 30 (2 with --quick)
+    soak_manifests: list[str] = field(default_factory=list)  # unordered, ordered (default: both, one after the other)
 
     def __post_init__(self) -> None:
         """Refuse what cannot be measured, with the option's name (ValueError)."""
-        for name in ("orders", "repeats", "sustained_s"):
+        for manifest in self.soak_manifests:
+            if manifest not in ("unordered", "ordered"):
+                raise ValueError(f"--soak-manifest {manifest!r}: expected unordered or ordered")
+        for name in ("orders", "repeats", "sustained_s", "soak_minutes"):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")

@@ -38,6 +38,7 @@ import msgspec
 from nats.aio.client import Client as NatsClient
 
 from ...broker import ConfirmedPublisher, EmbeddedNats, connect, provision
+from ...broker.publisher import PublishBatch
 from ...manifest import LoadedManifest, load_manifest
 from ...runtime.guest import MIB
 from ...status_reports import STATUS_SUBJECT_PREFIX, decode_status
@@ -351,8 +352,9 @@ async def _cold_starts(nc: NatsClient, manifest: LoadedManifest, function: str, 
     try:
         for attempt, order in enumerate(generate_orders(tries, seed=11, first_id=90_000_001)):
             effect.clear()
-            waiting = await publisher.publish(fn.trigger, encode_order(order), f"replica-cold-start:{attempt}:{time.time_ns()}")
-            await publisher.confirm([waiting], timeout=10)
+            batch = PublishBatch()
+            publisher.add(batch, fn.trigger, encode_order(order), f"replica-cold-start:{attempt}:{time.time_ns()}")
+            await publisher.wait(batch, timeout=10)
             async with _ebbtide(nc, manifest, ["run", "--function", function, *url], 1) as (process, started, ready):
                 await asyncio.wait_for(effect.wait(), 30)
                 cpu_ms, runqueue_ms = cpu_and_runqueue_ms(process.pid)

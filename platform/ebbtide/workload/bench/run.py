@@ -18,7 +18,9 @@ from .ordering import bench_ordering
 from .replica import bench_replica
 from .report import BenchReport
 from .scale import bench_scale
+from .server import bench_server
 from .shadow import bench_shadow
+from .soak import bench_soak
 from .tracing import bench_tracing
 
 
@@ -47,6 +49,9 @@ async def run_bench(
     if "shadow" in scenarios:
         print("shadow: burst throughput with no shadow, every function shadowing 10 % and 100 %", flush=True)
         await bench_shadow(manifest, report, quick, out_dir)
+    if "server" in scenarios:
+        print("server: nats-server CPU per message, by publish and ack form", flush=True)
+        await bench_server(report, quick, out_dir)
     if "burst" in scenarios or "sustained" in scenarios:
         await bench_comparison(
             manifest, report, quick, out_dir, options, burst="burst" in scenarios, sustained="sustained" in scenarios
@@ -60,6 +65,9 @@ async def run_bench(
             flush=True,
         )
         await bench_capacity(manifest, report, quick, out_dir, options.orders)
+    if "soak" in scenarios:
+        print("soak: a burst a minute and a trickle between, per process memory, fds, tasks, objects over time", flush=True)
+        await bench_soak(manifest, report, quick, out_dir, options)
     results = out_dir / "results.json"
     results.write_text(json.dumps(msgspec.to_builtins(report), indent=2))
     report.files.append(str(results))
