@@ -30,11 +30,11 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
 from .broker.jsapi import first_stored_at
-from .broker.partitions import keyed_subject
 from .oldest_pending import OldestPending
 from .pool import FunctionPool
 from .scaler import ScalePolicy, Scaler
 from .status_reports import STATUS_REQUEST_SUBJECT, PoolStatus, encode_status, status_subject
+from .subjects import keyed_subject
 
 log = logging.getLogger("ebbtide.controller")
 

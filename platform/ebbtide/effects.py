@@ -11,9 +11,10 @@ from dataclasses import dataclass
 
 from .broker.names import kv_subject
 from .errors import EffectRefused
-from .manifest import FunctionSection, subject_matches
+from .manifest import FunctionSection
 from .ordering import KeyedSubjects
 from .runtime.abi import Effect, KvPut, Publish
+from .subjects import subject_matches
 
 # NATS KV key characters, dot-separated tokens none of them empty: "a.b" is a key, ".", ".a", "a." and "a..b" are not
 # (their subject `$KV.<bucket>.<key>` would have an empty token, which the server refuses).
@@ -50,7 +51,7 @@ class Allowlist:
 
     @classmethod
     def of(cls, function: FunctionSection, ordered: dict[str, str] | None = None) -> Allowlist:
-        """`ordered`: trigger -> order_by field of the manifest's ordered functions (partitions.ordered_triggers)."""
+        """`ordered`: trigger -> order_by field of the manifest's ordered functions (LoadedManifest.ordered_triggers)."""
         limits = function.limits
         return cls(function.publish, function.kv, limits.max_effects, limits.max_effect_bytes, KeyedSubjects(ordered or {}))
 

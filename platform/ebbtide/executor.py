@@ -43,7 +43,6 @@ from nats.aio.msg import Msg
 
 from .broker.delivery import Incoming, KeepAlive, ack_all, parse_ack_subject
 from .broker.headers import H_ERROR, H_INGRESS_AT, H_MSG_ID, header_lines_size
-from .broker.partitions import key_of_stored_subject
 from .broker.publisher import ConfirmedPublisher, PublishBatch
 from .deadletter import Reason, dead_letter_headers, fit_payload
 from .errors import PublishError, PublishRetryLater, PublishUnanswered
@@ -60,6 +59,7 @@ from .outcome import (
     after_unconfirmed,
     check_input,
 )
+from .subjects import key_of_stored_subject
 from .telemetry.histogram import END_TO_END_BUCKETS_S, HANDLE_BUCKETS_S, Histogram
 
 if TYPE_CHECKING:  # tracing's module (and OpenTelemetry) is loaded only when tracing is on

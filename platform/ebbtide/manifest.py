@@ -17,6 +17,7 @@ from msgspec import Meta, Struct
 
 from .broker.names import kv_stream_name
 from .errors import ManifestError
+from .subjects import SubjectRoutes, stream_transform, subject_matches
 
 DEFAULT_MANIFEST = "ebbtide.toml"
 
@@ -226,6 +227,14 @@ class LoadedManifest:
                 return name
         raise ManifestError(f"{self.path}: no stream captures subject {subject!r}")
 
+    def ordered_triggers(self, stream: str | None = None) -> dict[str, str]:
+        """Trigger -> order_by field of every ordered function (of `stream` only, when given)."""
+        return {
+            fn.trigger: fn.order_by
+            for fn in self.spec.functions.values()
+            if fn.order_by and (stream is None or self.stream_for(fn.trigger) == stream)
+        }
+
     def batched_stream_of(self) -> Callable[[str], str | None]:
         """For a publisher (broker/publisher.py): the stream a subject's publishes go to when that stream
         allows fast batches (`allow_batched` on a stream, a KV bucket, the dead letters), else None."""
@@ -390,13 +399,11 @@ def _check_references(loaded: LoadedManifest) -> list[str]:
 
 def _check_ordering(loaded: LoadedManifest) -> list[str]:
     """Ordered triggers must share their stream's one subject transform, and it must catch no other trigger."""
-    from .broker.partitions import ordered_triggers, stream_transform
-
     problems: list[str] = []
     spec = loaded.spec
     for stream_name in spec.streams:
         try:
-            ordered = ordered_triggers(loaded, stream_name)
+            ordered = loaded.ordered_triggers(stream_name)
         except ManifestError:
             return problems  # a trigger no stream captures: reported above
         if not ordered:
@@ -434,53 +441,3 @@ def _check_credentials(nats: NatsSection) -> list[str]:
     if bool(nats.tls_cert) != bool(nats.tls_key):
         problems.append("nats.tls_cert: a client certificate needs both tls_cert and tls_key")
     return problems
-
-
-class SubjectRoutes:
-    """The value of the first pattern that matches a subject (`get`): a pattern `a.b.>` is a prefix test, a
-    literal one a comparison, others go token by token. The first CACHED subjects asked for are remembered
-    (a distributor's few routes); the cache never grows past that (a receiver's KV keys are unbounded)."""
-
-    CACHED = 256
-
-    def __init__(self, routes: list[tuple[str, str | None]]) -> None:
-        self._routes = [(pattern, _prefix_of(pattern), value) for pattern, value in routes]
-        self._known: dict[str, str | None] = {}
-
-    def get(self, subject: str) -> str | None:
-        try:
-            return self._known[subject]
-        except KeyError:
-            pass
-        found = self._match(subject)
-        if len(self._known) < self.CACHED:
-            self._known[subject] = found
-        return found
-
-    def _match(self, subject: str) -> str | None:
-        for pattern, prefix, value in self._routes:
-            if prefix is not None:
-                if subject.startswith(prefix) and len(subject) > len(prefix):
-                    return value
-            elif subject == pattern or subject_matches(pattern, subject):
-                return value
-        return None
-
-
-def _prefix_of(pattern: str) -> str | None:
-    """`a.b.` for `a.b.>`; None for a pattern with `*` or without `>`."""
-    return pattern[:-1] if pattern.endswith(".>") and "*" not in pattern else None
-
-
-def subject_matches(pattern: str, subject: str) -> bool:
-    """NATS subject matching: `*` matches one token, `>` one or more trailing tokens."""
-    p_tokens = pattern.split(".")
-    s_tokens = subject.split(".")
-    for i, token in enumerate(p_tokens):
-        if token == ">":
-            return len(s_tokens) > i
-        if i >= len(s_tokens):
-            return False
-        if token != "*" and token != s_tokens[i]:
-            return False
-    return len(p_tokens) == len(s_tokens)

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from .broker.partitions import KEY_TOKEN, keyed_subject, ordered_triggers
 from .errors import EffectRefused
+from .subjects import KEY_TOKEN, keyed_subject
 
 if TYPE_CHECKING:
     from .manifest import LoadedManifest
@@ -49,7 +49,7 @@ class KeyedSubjects:
     """Subjects of ordered triggers -> how their publishes get their key."""
 
     def __init__(self, ordered: dict[str, str]) -> None:
-        """`ordered`: trigger -> order_by field (broker.partitions.ordered_triggers)."""
+        """`ordered`: trigger -> order_by field (LoadedManifest.ordered_triggers)."""
         self._readers = {trigger: KeyReader(field) for trigger, field in ordered.items()}
 
     def __bool__(self) -> bool:
@@ -64,7 +64,7 @@ class KeyedSubjects:
 def entry_subject(manifest: LoadedManifest, subject: str) -> str | Callable[[bytes], str]:
     """Where a client publishes a payload meant for `subject`: `subject` itself, or, when it is an ordered
     function's trigger, a function giving each payload's keyed subject (EffectRefused without a key)."""
-    field = ordered_triggers(manifest).get(subject)
+    field = manifest.ordered_triggers().get(subject)
     if field is None:
         return subject
     keyed = KeyedSubjects({subject: field})

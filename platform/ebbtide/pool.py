@@ -2,16 +2,17 @@
 
 A worker fetches a batch and hands it to the function's executor (executor.py), which decides and carries
 out what becomes of each message (outcome.py: ack after every effect is confirmed, retry with backoff, or
-dead-letter); the worker only runs the guest when asked, on its instance, a batch of messages per call
-(`Guest.handle_batch`), and replaces an instance that faulted. Workers, and so instances, are added and removed one at a time with `set_instances`, while
-messages flow: a removed worker finishes its batch first.
+dead-letter); the worker only runs the guest when asked, on its instance, through the guest loop that
+shadow runs, canaries, replay and ebbtide.testing use too (function.GuestLoop: a batch of messages per call,
+a fresh instance after a fault). Workers, and so instances, are added and removed one at a time with
+`set_instances`, while messages flow: a removed worker finishes its batch first. While a rollout is on, a
+worker's batches go through it (function.RolloutRun), which drives the worker's guests (WorkerGuests).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
@@ -21,18 +22,16 @@ from nats.aio.msg import Msg
 
 from .broker.delivery import Incoming, KeepAlive, nak_all
 from .broker.partitioned_pull import FeedView, LaneFeed, SharedFeed
-from .broker.partitions import consumer_names, ordered_triggers, pin_timeout_s
+from .broker.partitions import consumer_names, pin_timeout_s
 from .broker.publisher import ConfirmedPublisher
 from .broker.pull import PullConsumer
-from .effects import Allowlist
 from .executor import Executor, PoolStats
+from .function import FunctionSpec, GuestLoop, Message, RolloutRun, RolloutStats
 from .manifest import LoadedManifest
-from .outcome import Faulted, GuestResult, guest_result
-from .precompiled import load_function_module
-from .rollout.candidate import RolloutStats
-from .runtime import GuestLimits, WasmEngine
+from .outcome import Faulted, GuestResult
+from .runtime import WasmEngine
 from .runtime.guest import GuestReply
-from .runtime.guests import Guest, GuestModule, start_guest
+from .runtime.guests import Guest, GuestModule
 
 if TYPE_CHECKING:  # OpenTelemetry is loaded only when tracing is on
     from opentelemetry.trace import Tracer
@@ -60,16 +59,6 @@ class Consumer(Protocol):
     async def close(self) -> None: ...
 
 
-class RolloutRun(Protocol):
-    """A candidate module beside the live one (rollout/shadow.py, rollout/canary.py): it runs the guests
-    of a batch in the worker's place, and answers for each message as `_Worker.run_live` would."""
-
-    @property
-    def candidate_sha256(self) -> str: ...
-
-    def run_guests(self, worker: _Worker, batch: Sequence[Incoming], pairs: list[tuple[bytes, bytes]]) -> list[GuestResult]: ...
-
-
 class FunctionPool:
     def __init__(
         self,
@@ -84,15 +73,11 @@ class FunctionPool:
     ) -> None:
         """`open_consumer`: a new consumer for each worker; default: a PullConsumer on `nc` for the
         function's durable consumer (unit tests pass fakes, and no `nc`)."""
-        fn = manifest.function(name)
+        self.spec = FunctionSpec.of(manifest, name)  # limits, allowlist, config: as shadow, canary and replay run it
+        fn = self.function = self.spec.section
         self.name = name
-        self.function = fn
         self.engine = engine
-        self._manifest = manifest
-        self.module = self.load_module()
-        self.limits = GuestLimits.of(fn.limits)
-        self.config_json = manifest.config_json(name)
-        self.allowlist = Allowlist.of(fn, ordered_triggers(manifest))
+        self.module = self.load_module()  # the live module: new instances run it (hot reload swaps it)
         self.stream = manifest.stream_for(fn.trigger)
         self.consumers = consumer_names(manifest, name)  # its own; an ordered function's partitions first
         self.stats = PoolStats()
@@ -143,10 +128,10 @@ class FunctionPool:
 
     def load_module(self) -> GuestModule:
         """The function's built module, checked against its sha256 and WASI grants (a component for Python)."""
-        return load_function_module(self.engine, self._manifest, self.name)
+        return self.spec.load(self.engine)
 
     def _instantiate(self) -> Guest:
-        return start_guest(self.engine, self.module, self.limits, self.config_json)
+        return self.spec.start(self.engine, self.module)
 
     def probe(self) -> None:
         """Start and drop one instance: a module that cannot start fails here, not at the first message."""
@@ -167,17 +152,15 @@ class FunctionPool:
             raise
         return True
 
-    def new_instance(self) -> Guest:
+    # The live loops' InstanceSource (function.py): `module` above, and these two.
+
+    def start_instance(self) -> Guest:
         instance = self._instantiate()
         self.stats.instances_started += 1
         return instance
 
-    def _replacement(self) -> Guest | None:
-        try:
-            return self.new_instance()
-        except Exception:
-            log.exception("%s: cannot start a replacement instance; will try again on the next message", self.name)
-            return None
+    def instance_stopped(self) -> None:
+        self.stats.instances_stopped += 1
 
     @property
     def instances(self) -> int:
@@ -187,7 +170,7 @@ class FunctionPool:
     @property
     def live_instances(self) -> int:
         """Instances holding Wasm memory, including stopped ones finishing their last fetch (<= FETCH_WAIT_S)."""
-        return sum(1 for worker in self._workers if worker.instance is not None)
+        return sum(1 for worker in self._workers if worker.live.instance is not None)
 
     async def set_instances(self, count: int) -> None:
         """Start or stop workers (one instance each) until `count` are running.
@@ -201,7 +184,7 @@ class FunctionPool:
             worker.stop()
         for _ in range(count - len(running)):
             consumer = await self._open_consumer()
-            worker = _Worker(self, consumer, self.new_instance())
+            worker = _Worker(self, consumer)
             self._workers.append(worker)
 
     async def released(self) -> None:
@@ -257,14 +240,16 @@ class FunctionPool:
 
 
 class _Worker:
-    """One instance and the loop that feeds it."""
+    """One instance and the loop that feeds it; the `WorkerGuests` a rollout drives (function.py)."""
 
-    def __init__(self, pool: FunctionPool, consumer: Consumer, instance: Guest) -> None:
+    def __init__(self, pool: FunctionPool, consumer: Consumer) -> None:
+        """Starts the worker's instance (raises if none can start), then its loop."""
         self.pool = pool
         self.consumer = consumer
         self.order = consumer if isinstance(consumer, FeedView) else None  # an ordered function's lanes
-        self.instance: Guest | None = instance
-        self.candidate: Guest | None = None  # a rollout's candidate instance (rollout/candidate.py)
+        self.live = GuestLoop(pool, pool.spec.allowlist, observe=pool.stats.handle.observe)
+        self.live.ready()
+        self.candidate: GuestLoop | None = None  # a rollout's candidate (rollout/candidate.py)
         self.stopping = False  # finish the current batch, then exit
         self.abandon = False  # shutdown past its grace period: hand back anything fetched from now on
         self.in_batch = False
@@ -279,89 +264,44 @@ class _Worker:
         memory is freed at once; should the fetch still bring messages, a new instance runs them)."""
         self.stopping = True
         if not self.in_batch:
-            self._discard_instance()
-            self.candidate = None
+            self._release()
 
     def run_guests(self, batch: Sequence[Incoming]) -> list[GuestResult]:
         """The guest's answers to `batch`, in order: the live module's (`run_live`), or, while a rollout is
         on, what it makes of the live module's and the candidate's."""
-        pool = self.pool
         # Encoded per message, not cached: an ordered function's subjects are one per key (a cache of them grew
         # by every order ever handled), and a cache hit measured no faster than encoding (issue 25).
-        pairs = [(incoming.msg.subject.encode(), incoming.msg.data) for incoming in batch]
-        rollout = pool.rollout
+        messages = [(incoming.msg.subject.encode(), incoming.msg.data) for incoming in batch]
+        rollout = self.pool.rollout
         if rollout is not None:
-            return rollout.run_guests(self, batch, pairs)
+            return rollout.run_guests(self, batch, messages)
         self.candidate = None  # a rollout that ended: release its instance's memory
-        return self.run_live(batch, pairs)
+        return self.run_live(batch, messages)
 
     def run_live(
-        self, batch: Sequence[Incoming], pairs: list[tuple[bytes, bytes]], outcomes: list[GuestReply] | None = None
+        self, batch: Sequence[Incoming], messages: Sequence[Message], replies: list[GuestReply] | None = None
     ) -> list[GuestResult]:
-        """The live module's answers to `batch` (`pairs`: their subjects and payloads), in order, from
-        `Guest.handle_batch` on this worker's instance (one call per input buffer's worth of messages for an
-        ABI v2 guest, one per message otherwise); the guest's own outcomes go to `outcomes` when given.
+        """The live module's answers to `batch` (`messages`: their subjects and payloads), in order, on this
+        worker's loop (function.GuestLoop); each fault is counted and logged."""
 
-        A message that faults fails alone: the instance is discarded (never reuse a faulted instance: its
-        state may be corrupt) and the messages after it run on a fresh one, once each. A new instance is
-        also started when a new module was swapped in (hot reload: between calls)."""
-        pool = self.pool
-        results: list[GuestResult] = []
-        observe = pool.stats.handle.observe
-        while len(results) < len(pairs):
-            instance = self._instance_for_next_call()
-            started = time.perf_counter()
-            answer = instance.handle_batch(pairs[len(results) :] if results else pairs)
-            if not answer.outcomes:  # the runtime always answers for at least one message: never loop on it
-                raise RuntimeError(f"{pool.name}: handle_batch answered for none of {len(pairs) - len(results)} messages")
-            # One observation per message, so the histogram counts messages: the call's time, shared out.
-            per_message_s = (time.perf_counter() - started) / len(answer.outcomes)
-            for outcome in answer.outcomes:
-                observe(per_message_s)
-                if outcomes is not None:
-                    outcomes.append(outcome)
-                result = self.result_of(outcome)
-                results.append(result)
-                if type(result) is Faulted:
-                    # Trapped, or output that does not decode: later outcomes of this instance are not
-                    # trusted either; their messages run again on a fresh one.
-                    self._discard_faulted(batch[len(results) - 1], result)
-                    break
-            else:
-                if answer.instance_failed:
-                    # Out of the call's fuel with no message to blame (runtime/instance.py `_call_batch`):
-                    # the rest, the one running first, go to a fresh instance.
-                    self._discard_instance()
-        return results
+        def faulted(index: int, fault: Faulted) -> None:
+            stats = self.pool.stats
+            stats.guest_faults[fault.kind] = stats.guest_faults.get(fault.kind, 0) + 1
+            delivery = batch[index].delivery
+            log.warning(
+                "%s: guest fault on %s #%d, replacing the instance: %s",
+                self.pool.name,
+                delivery.stream,
+                delivery.sequence,
+                fault.error,
+            )
 
-    def _instance_for_next_call(self) -> Guest:
-        """This worker's instance: a new one when it has none (a replacement could not start) or a new
-        module was swapped in. Raises when none can start (the executor retries the messages)."""
-        pool, instance = self.pool, self.instance
-        if instance is None or instance.module is not pool.module:
-            if instance is not None:
-                self._discard_instance()
-            instance = self.instance = pool.new_instance()
-        return instance
+        return self.live.run(messages, replies, faulted)
 
-    def result_of(self, outcome: GuestReply) -> GuestResult:
-        """What one message's outcome in a batch means to the policy (outcome.py)."""
-        return guest_result(outcome, self.pool.allowlist)
-
-    def _discard_faulted(self, incoming: Incoming, fault: Faulted) -> None:
-        pool = self.pool
-        pool.stats.guest_faults[fault.kind] = pool.stats.guest_faults.get(fault.kind, 0) + 1
-        delivery = incoming.delivery
-        log.warning(
-            "%s: guest fault on %s #%d, replacing the instance: %s", pool.name, delivery.stream, delivery.sequence, fault.error
-        )
-        self._discard_instance()
-        self.instance = pool._replacement()
-
-    def _discard_instance(self) -> None:
-        if self.instance is not None:
-            self.instance = None
-            self.pool.stats.instances_stopped += 1
+    def _release(self) -> None:
+        """Drop the instances now (their Wasm memory)."""
+        self.live.drop()
+        self.candidate = None
 
     async def _run(self) -> None:
         pool = self.pool
@@ -390,8 +330,7 @@ class _Worker:
                 finally:
                     self.in_batch = False
         finally:
-            self._discard_instance()  # the Wasm memory, now
-            self.candidate = None
+            self._release()
             await self.consumer.close()
 
 

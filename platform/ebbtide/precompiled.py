@@ -14,36 +14,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .function import FunctionSpec, memory_reservation
 from .manifest import LoadedManifest
 from .runtime import WasmEngine
-from .runtime.guest import MIB
-from .runtime.guests import GuestModule, load_guest_module
-
-MIN_MEMORY_RESERVATION_MIB = 16
 
 
 def function_engine(manifest: LoadedManifest, functions: list[str]) -> WasmEngine:
     """The engine of a host that runs `functions`: compiled code fits only an engine configured alike."""
     memory_limit = max(manifest.function(name).limits.memory_mib for name in functions)
     return WasmEngine(memory_reservation=memory_reservation(memory_limit), cache_dir=manifest.build_dir / "cache")
-
-
-def memory_reservation(memory_mib: int) -> int:
-    """The address space (bytes) each instance of an engine reserves, for functions whose largest memory
-    limit is `memory_mib`: that, at least MIN_MEMORY_RESERVATION_MIB."""
-    return max(memory_mib, MIN_MEMORY_RESERVATION_MIB) * MIB
-
-
-def load_function_module(engine: WasmEngine, manifest: LoadedManifest, function: str) -> GuestModule:
-    """The function's built module, checked against its sha256 and WASI grants (a component for Python)."""
-    fn = manifest.function(function)
-    return load_guest_module(
-        engine,
-        manifest.module_path(fn.module),
-        manifest.spec.modules[fn.module].lang,
-        sha256=fn.sha256,
-        wasi_grants=frozenset(fn.wasi),
-    )
 
 
 @dataclass(frozen=True)
@@ -60,7 +39,7 @@ def precompile(manifest: LoadedManifest) -> list[Precompiled]:
     for functions in hosts:
         engine = function_engine(manifest, functions)
         for name in functions:
-            load_function_module(engine, manifest, name)
+            FunctionSpec.of(manifest, name).load(engine)
             entry = Precompiled(name, engine.memory_reservation)
             if entry not in done:
                 done.append(entry)

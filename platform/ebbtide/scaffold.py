@@ -17,7 +17,8 @@ from string import Template
 
 from .build import LANGUAGES
 from .errors import ManifestError, ScaffoldError, UsageError
-from .manifest import LoadedManifest, parse_manifest, subject_matches
+from .manifest import LoadedManifest, parse_manifest
+from .subjects import subject_matches
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,47}$")
 

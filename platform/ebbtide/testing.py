@@ -13,7 +13,9 @@ instance with its memory and fuel limits, its effects held against its allowlist
     assert result.outcome == "ack"
     assert result.effects == [Publish("orders.express", ...)]
 
-Importing this module needs neither a nats-server nor a build toolchain (building a function's sources does).
+The guest runs through the same loop and spec as a host's pool, shadow runs, canaries and replay
+(ebbtide.function), so what a test sees is what a host does. Importing this module needs neither a
+nats-server nor a build toolchain (building a function's sources does).
 """
 
 from __future__ import annotations
@@ -25,16 +27,12 @@ from typing import Any, Literal
 import msgspec
 
 from .broker.headers import header_lines_size
-from .broker.partitions import ordered_triggers
-from .effects import Allowlist
 from .errors import FaultKind, GuestFault, ManifestError
-from .manifest import FunctionSection, LoadedManifest, ModuleLanguage, config_json, load_manifest
-from .outcome import Ack, DeadLetter, Faulted, GuestResult, Retry, after_guest, check_input, guest_result
-from .precompiled import memory_reservation
-from .runtime import WasmEngine
+from .function import FunctionSpec, GuestLoop, Instances
+from .manifest import FunctionSection, LoadedManifest, ModuleLanguage, load_manifest
+from .outcome import Ack, DeadLetter, Faulted, GuestResult, Retry, after_guest, check_input
 from .runtime.abi import Effect, KvPut, Publish, Status, decode_effects
-from .runtime.guest import Guest, GuestLimits, GuestReply
-from .runtime.guests import load_guest_module, start_guest
+from .runtime.guest import GuestReply
 
 __all__ = ["FunctionUnderTest", "KvPut", "Publish", "Result", "Status"]
 
@@ -69,18 +67,17 @@ class FunctionUnderTest:
         *,
         ordered: dict[str, str] | None = None,
         cache_dir: Path | None = None,
+        name: str = "function",
     ) -> None:
         """Prefer `from_manifest` or `from_module`. `function`: the function's manifest section; `module`: its
         built file; `ordered`: the manifest's ordered triggers (their publishes get the key appended)."""
+        self.spec = FunctionSpec.of_section(name, function, Path(module), lang, ordered=ordered, cache_dir=cache_dir)
         self.function = function
-        self.limits = GuestLimits.of(function.limits)
-        self.allowlist = Allowlist.of(function, ordered)
-        self._config = config_json(function)
-        self._engine = WasmEngine(memory_reservation=memory_reservation(function.limits.memory_mib), cache_dir=cache_dir)
-        self.module = load_guest_module(
-            self._engine, Path(module), lang, sha256=function.sha256, wasi_grants=frozenset(function.wasi)
-        )
-        self._instance: Guest | None = None
+        self.limits = self.spec.limits
+        self.allowlist = self.spec.allowlist
+        engine = self.spec.engine()
+        self.module = self.spec.load(engine)
+        self._loop = GuestLoop(Instances(self.spec, engine, self.module), self.allowlist)
 
     @classmethod
     def from_manifest(cls, manifest: str | Path | LoadedManifest, name: str, *, build: bool = True) -> FunctionUnderTest:
@@ -95,7 +92,12 @@ class FunctionUnderTest:
             build_modules(loaded, [fn.module])
         lang = loaded.spec.modules[fn.module].lang
         return cls(
-            fn, loaded.module_path(fn.module), lang, ordered=ordered_triggers(loaded), cache_dir=loaded.build_dir / "cache"
+            fn,
+            loaded.module_path(fn.module),
+            lang,
+            ordered=loaded.ordered_triggers(),
+            cache_dir=loaded.build_dir / "cache",
+            name=name,
         )
 
     @classmethod
@@ -123,14 +125,9 @@ class FunctionUnderTest:
         refused = check_input(len(data), header_lines_size(headers) if headers else 0, self.function.limits)
         if refused is not None:
             return _result(refused)
-        if self._instance is None:
-            self._instance = start_guest(self._engine, self.module, self.limits, self._config)
-        answer = self._instance.handle_batch([(subject.encode(), data)])
-        reply = answer.outcomes[0]
-        if answer.instance_failed or isinstance(reply, GuestFault):
-            self._instance = None  # never reuse a faulted instance: the next message gets a fresh one
-        decided = guest_result(reply, self.allowlist)
-        return _result(after_guest(decided, delivered, self.function.retry), reply, decided)
+        replies: list[GuestReply] = []
+        (decided,) = self._loop.run([(subject.encode(), data)], replies)
+        return _result(after_guest(decided, delivered, self.function.retry), replies[0], decided)
 
 
 def _result(outcome: Ack | Retry | DeadLetter, reply: GuestReply | None = None, decided: GuestResult | None = None) -> Result:

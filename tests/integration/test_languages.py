@@ -208,7 +208,7 @@ def _run_all(start: Callable[[], Guest], messages: list[tuple[bytes, bytes]], *,
     while len(outcomes) < len(messages):
         rest = messages[len(outcomes) :]
         result = guest.handle_batch(rest) if batches else handle_one_by_one(guest, rest)
-        outcomes += [str(o) if isinstance(o, Exception) else o for o in result.outcomes]
+        outcomes += [str(o) if isinstance(o, Exception) else o for o in result.replies]
         if result.instance_failed:
             guest = start()
     return outcomes
@@ -269,7 +269,7 @@ def test_same_output_in_every_language_for_generated_json(
         assert len(set(outputs.values())) == 1, (payload[:80], outputs)
     for lang, instance in instances.items():  # and the same in a batch as alone
         batch = instance.handle_batch([(b"orders.express", payload) for payload in payloads])
-        assert batch.outcomes == [instance.handle(b"orders.express", payload) for payload in payloads], lang
+        assert batch.replies == [instance.handle(b"orders.express", payload) for payload in payloads], lang
 
 
 def test_batch_outputs_equal_single_outputs_byte_for_byte(instances: dict[str, GuestInstance]) -> None:
@@ -292,10 +292,10 @@ def test_batch_outputs_equal_single_outputs_byte_for_byte(instances: dict[str, G
         finally:
             instance._handle_batch = raw
         assert not result.instance_failed, lang
-        assert result.outcomes == singles, lang
+        assert result.replies == singles, lang
         assert any(handled < count for count, handled in calls), (lang, calls)  # the SDK stopped at a full output
         assert len(calls) < len(messages) / 50, (lang, len(calls))
-        batches[lang] = result.outcomes
+        batches[lang] = result.replies
     assert batches["c"] == batches["zig"] == batches["assemblyscript"]
 
 
@@ -400,9 +400,9 @@ def _same_as_zig(guest: Guest, zig: Guest, messages: list[tuple[bytes, bytes]]) 
     rejection the same status and the same kind of reason (Python's json words syntax errors its own way).
     Returns how many were OK."""
     batched = guest.handle_batch(messages)
-    assert not batched.instance_failed and len(batched.outcomes) == len(messages)
+    assert not batched.instance_failed and len(batched.replies) == len(messages)
     ok = 0
-    for (subject, payload), in_batch in zip(messages, batched.outcomes):
+    for (subject, payload), in_batch in zip(messages, batched.replies):
         status, output = guest.handle(subject, payload)
         assert in_batch == (status, output), payload[:60]
         zig_status, zig_output = zig.handle(subject, payload)
@@ -468,11 +468,11 @@ def test_a_runaway_message_in_a_python_batch_is_the_only_one_charged(python_comp
     with pytest.raises(GuestFault, match="fuel limit"):
         guest.handle(*messages[3])
     result = start_guest(engine, module, limits, CONFIG).handle_batch(messages)
-    assert result.instance_failed and len(result.outcomes) == 4
-    assert [outcome[0] for outcome in result.outcomes[:3]] == [Status.OK] * 3
-    assert isinstance(result.outcomes[3], GuestFault) and result.outcomes[3].kind == "timeout"
+    assert result.instance_failed and len(result.replies) == 4
+    assert [outcome[0] for outcome in result.replies[:3]] == [Status.OK] * 3
+    assert isinstance(result.replies[3], GuestFault) and result.replies[3].kind == "timeout"
     rest = start_guest(engine, module, limits, CONFIG).handle_batch(messages[4:])
-    assert [outcome[0] for outcome in rest.outcomes] == [Status.OK] * 3
+    assert [outcome[0] for outcome in rest.replies] == [Status.OK] * 3
 
 
 def test_python_component_refuses_a_bad_config(python_component: Path) -> None:

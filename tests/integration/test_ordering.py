@@ -19,11 +19,11 @@ from nats.aio.client import Client as NatsClient
 from ebbtide import controller
 from ebbtide.broker import EmbeddedNats
 from ebbtide.broker.headers import H_ORDER_KEY, H_REASON, H_SEQUENCE_BROKEN
-from ebbtide.broker.partitions import fnv1a_partition
 from ebbtide.host import Host
 from ebbtide.manifest import LoadedManifest, load_manifest, parse_manifest
 from ebbtide.ordering import entry_subject
 from ebbtide.status_reports import status_subject
+from ebbtide.subjects import fnv1a_partition
 from ebbtide.workload.orders import INGRESS_SUBJECT, encode_order, event_msg_id, generate_order_events, generate_orders
 from tests.conftest import REPO, backlog, chaos_manifest, manifest_copy, provision_for, read_stream, wait_until
 from tests.ordering_check import check_outboxes

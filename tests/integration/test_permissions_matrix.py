@@ -39,9 +39,10 @@ from nats.js import api
 from ebbtide.broker import EmbeddedNats, provision
 from ebbtide.broker.credentials import NatsAuth
 from ebbtide.broker.names import lane_holdings_subject
-from ebbtide.broker.partitions import consumer_names, keyed_subject, ordered_triggers
+from ebbtide.broker.partitions import consumer_names
 from ebbtide.broker.users import ADMIN_USER, OBSERVER_USER, SCALER_USER, AuthBundle, write_bundle
 from ebbtide.manifest import LoadedManifest, load_manifest
+from ebbtide.subjects import keyed_subject
 from tests.conftest import REPO, manifest_copy
 from tests.nats_subjects import subject_matches
 
@@ -118,7 +119,7 @@ class Design:
                 for f, names in every.items()
             },
             all_consumers=every,
-            ordered=tuple(ordered_triggers(manifest)),
+            ordered=tuple(manifest.ordered_triggers()),
             entries=tuple(fn.trigger for fn in spec.functions.values() if fn.trigger not in published),
         )
 

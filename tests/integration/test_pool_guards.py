@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -175,7 +175,7 @@ async def test_an_unexpected_host_error_retries_the_message_and_the_worker_goes_
     async with Host(await provisioned(nc, manifest), nats_server.url) as host:
         pool = host.pools["chaos"]
         await wait_until(lambda: pool.live_instances == 1)  # its one instance started, with the empty configuration
-        pool.config_json = b'{"refused": true}'  # from now on, no instance starts
+        pool.spec = replace(pool.spec, config_json=b'{"refused": true}')  # from now on, no instance starts
         first = (await js.publish("in.chaos", b"one")).seq
         await read_stream(nc, "DLQ", "dlq.chaos", expected=1)
         second = (await js.publish("in.chaos", b"two")).seq  # the worker survived the error and takes more

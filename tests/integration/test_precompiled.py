@@ -10,8 +10,9 @@ from pathlib import Path
 import msgspec
 
 from ebbtide.cli import main
+from ebbtide.function import FunctionSpec
 from ebbtide.manifest import LoadedManifest, load_manifest
-from ebbtide.precompiled import function_engine, load_function_module
+from ebbtide.precompiled import function_engine
 from ebbtide.runtime import WasmEngine
 from tests.conftest import manifest_copy
 
@@ -52,5 +53,5 @@ def test_build_precompile_fills_the_cache_each_replica_then_only_reads(tmp_path:
     for hosted in [[name] for name in manifest.spec.functions] + [list(manifest.spec.functions)]:
         engine = function_engine(manifest, hosted)
         for name in hosted:
-            load_function_module(engine, manifest, name)
+            FunctionSpec.of(manifest, name).load(engine)
         assert cache_state(cache) == written, hosted  # deserialized: nothing compiled, nothing written

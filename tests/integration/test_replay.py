@@ -28,7 +28,7 @@ from ebbtide.broker.access import ServerAccess, embedded_server
 from ebbtide.build import build_module
 from ebbtide.host import Host
 from ebbtide.manifest import LoadedManifest, load_manifest
-from ebbtide.rollout.compare import Answer, Verdict, answer_of
+from ebbtide.rollout.compare import RecordedReply, Verdict, recorded
 from ebbtide.rollout.samples import Sample, encode_sample, sample_subject
 from ebbtide.rollout.stored import stream_inputs, stream_range
 from ebbtide.runtime.abi import Publish, Status, encode_effects
@@ -121,8 +121,8 @@ def test_shadow_report_shows_the_kept_samples_side_by_side(
     assert "the SHADOW stream does not exist" in err and "Traceback" not in err
 
     express = generate_orders(6, seed=4, express_share=1.0)
-    live = [answer_of((Status.OK, encode_effects([Publish("orders.express", encode_order(o))]))) for o in express]
-    moved = [answer_of((Status.OK, encode_effects([Publish("orders.standard", encode_order(o))]))) for o in express]
+    live = [recorded((Status.OK, encode_effects([Publish("orders.express", encode_order(o))]))) for o in express]
+    moved = [recorded((Status.OK, encode_effects([Publish("orders.standard", encode_order(o))]))) for o in express]
 
     async def publish_samples() -> list[bool]:
         nc = await nats.connect(access.url, **access.admin.connect_options())
@@ -170,7 +170,7 @@ def test_shadow_report_shows_the_kept_samples_side_by_side(
                 INGRESS_SUBJECT,
                 b"\x00\xff",
                 live[0],
-                Answer("fault", b"trap: unreachable"),
+                RecordedReply("fault", b"trap: unreachable"),
                 "c" * 64,
                 time.time_ns(),
                 107,
@@ -272,7 +272,7 @@ def test_replay_from_the_dlq_and_a_stream_range_judges_exactly_the_changed_messa
     for i, block in enumerate(blocks):
         assert f"different {i + 1} of 3: orders.ingress, DLQ #{i + 1}" in block
         assert '-REJECT: unknown-delivery: "Drone"' in block
-        # the report cuts an effect's payload at 400 characters: its start names the order
+        # The diff shows an effect's first 400 characters (rollout/compare.py): this order is longer.
         assert f"+publish orders.express: {drone_order(900 + i).decode()[:300]}" in block
 
     # A stream range: the Standard orders of it, and only they, would be routed differently.

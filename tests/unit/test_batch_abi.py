@@ -40,16 +40,16 @@ def start(tmp_path: Path) -> Callable[[], GuestInstance]:
 def handle_all(start: Callable[[], Guest], messages: Sequence[tuple[bytes, bytes]]) -> tuple[list[GuestReply], int]:
     """What a pool does with a fetched batch: hand it over, and the messages not handled to a fresh instance
     after a fault. Returns one outcome per message and how many instances failed."""
-    outcomes: list[GuestReply] = []
+    replies: list[GuestReply] = []
     failed = 0
     guest = start()
-    while len(outcomes) < len(messages):
-        result = guest.handle_batch(messages[len(outcomes) :])
-        outcomes += result.outcomes
+    while len(replies) < len(messages):
+        result = guest.handle_batch(messages[len(replies) :])
+        replies += result.replies
         if result.instance_failed:
             failed += 1
             guest = start()
-    return outcomes, failed
+    return replies, failed
 
 
 def _messages(*payloads: bytes) -> list[tuple[bytes, bytes]]:
@@ -62,15 +62,15 @@ def test_a_batch_gives_each_message_the_outcome_of_its_own_call(start: Callable[
     assert guest.takes_batches
     result = guest.handle_batch(messages)  # 3,000 messages of ~750 bytes: several input buffers' worth
     assert not result.instance_failed
-    assert result.outcomes == [guest.handle(subject, payload) for subject, payload in messages]
-    assert result.outcomes[-1] == (Status.REJECT, b"Rejected")
-    assert guest.handle_batch([]).outcomes == []
+    assert result.replies == [guest.handle(subject, payload) for subject, payload in messages]
+    assert result.replies[-1] == (Status.REJECT, b"Rejected")
+    assert guest.handle_batch([]).replies == []
 
 
 def test_a_guest_that_ends_a_call_early_gets_the_rest_in_the_next_call(start: Callable[[], GuestInstance]) -> None:
     messages = _messages(b"a", b"Stop here", b"b", b"Stop again", b"c")
     result = start().handle_batch(messages)
-    assert result.outcomes == [(Status.OK, payload) for _, payload in messages] and not result.instance_failed
+    assert result.replies == [(Status.OK, payload) for _, payload in messages] and not result.instance_failed
 
 
 def test_messages_too_large_for_a_record_go_alone_and_too_large_ones_are_refused(start: Callable[[], GuestInstance]) -> None:
@@ -80,42 +80,42 @@ def test_messages_too_large_for_a_record_go_alone_and_too_large_ones_are_refused
     messages = _messages(b"a", fits_alone_only, b"b", too_large, b"c")
     result = start().handle_batch(messages)
     assert not result.instance_failed
-    assert result.outcomes[:3] == [(Status.OK, b"a"), (Status.OK, fits_alone_only), (Status.OK, b"b")]
-    assert isinstance(result.outcomes[3], InputTooLarge)
-    assert result.outcomes[4] == (Status.OK, b"c")
+    assert result.replies[:3] == [(Status.OK, b"a"), (Status.OK, fits_alone_only), (Status.OK, b"b")]
+    assert isinstance(result.replies[3], InputTooLarge)
+    assert result.replies[4] == (Status.OK, b"c")
 
 
 def test_a_trap_mid_batch_fails_only_its_message(start: Callable[[], GuestInstance]) -> None:
     messages = _messages(b"a", b"b", b"Trap", b"c", b"d")
     result = start().handle_batch(messages)
     assert result.instance_failed
-    assert result.outcomes[:2] == [(Status.OK, b"a"), (Status.OK, b"b")]
-    assert isinstance(result.outcomes[2], GuestFault) and result.outcomes[2].kind == "trap"
-    assert len(result.outcomes) == 3  # c and d were not handled: a fresh instance takes them
-    outcomes, failed = handle_all(start, messages)
-    assert outcomes[3:] == [(Status.OK, b"c"), (Status.OK, b"d")] and failed == 1
+    assert result.replies[:2] == [(Status.OK, b"a"), (Status.OK, b"b")]
+    assert isinstance(result.replies[2], GuestFault) and result.replies[2].kind == "trap"
+    assert len(result.replies) == 3  # c and d were not handled: a fresh instance takes them
+    replies, failed = handle_all(start, messages)
+    assert replies[3:] == [(Status.OK, b"c"), (Status.OK, b"d")] and failed == 1
 
 
 def test_a_runaway_message_is_charged_only_when_it_used_a_whole_call_alone(start: Callable[[], GuestInstance]) -> None:
     messages = _messages(b"a", b"b", b"Loop", b"c")
     first = start().handle_batch(messages)
     # The earlier messages used part of the call's fuel: the runaway is not charged yet, but rerun first.
-    assert first.instance_failed and first.outcomes == [(Status.OK, b"a"), (Status.OK, b"b")]
-    outcomes, failed = handle_all(start, messages)
-    assert isinstance(outcomes[2], GuestFault) and outcomes[2].kind == "timeout", outcomes[2]
-    assert "fuel of a batch of 2 messages" in str(outcomes[2])
-    assert outcomes[3] == (Status.OK, b"c") and failed == 2
+    assert first.instance_failed and first.replies == [(Status.OK, b"a"), (Status.OK, b"b")]
+    replies, failed = handle_all(start, messages)
+    assert isinstance(replies[2], GuestFault) and replies[2].kind == "timeout", replies[2]
+    assert "fuel of a batch of 2 messages" in str(replies[2])
+    assert replies[3] == (Status.OK, b"c") and failed == 2
     alone = start().handle_batch(_messages(b"Loop"))
-    assert isinstance(alone.outcomes[0], GuestFault) and str(alone.outcomes[0]) == (
+    assert isinstance(alone.replies[0], GuestFault) and str(alone.replies[0]) == (
         f"timeout: used its fuel limit of {LIMITS.fuel} for one message"
     )
 
 
 def test_an_unknown_status_mid_batch_fails_its_message(start: Callable[[], GuestInstance]) -> None:
     result = start().handle_batch(_messages(b"a", b"X", b"c"))
-    assert result.instance_failed and result.outcomes[0] == (Status.OK, b"a")
-    assert isinstance(result.outcomes[1], GuestFault) and result.outcomes[1].kind == "invalid-output"
-    assert len(result.outcomes) == 2
+    assert result.instance_failed and result.replies[0] == (Status.OK, b"a")
+    assert isinstance(result.replies[1], GuestFault) and result.replies[1].kind == "invalid-output"
+    assert len(result.replies) == 2
 
 
 def test_a_counter_that_disagrees_with_the_result_is_a_fault(tmp_path: Path) -> None:
@@ -123,13 +123,13 @@ def test_a_counter_that_disagrees_with_the_result_is_a_fault(tmp_path: Path) -> 
     engine = WasmEngine()
     guest = GuestInstance(engine, engine.load(_wasm(tmp_path, lying)), LIMITS, b"{}")
     result = guest.handle_batch(_messages(b"a", b"b"))
-    assert result.instance_failed and len(result.outcomes) == 1
-    assert isinstance(result.outcomes[0], GuestFault) and "counter" in str(result.outcomes[0])
+    assert result.instance_failed and len(result.replies) == 1
+    assert isinstance(result.replies[0], GuestFault) and "counter" in str(result.replies[0])
 
 
 def test_a_trap_before_the_guest_counts_anything_is_charged_to_the_first_message(tmp_path: Path) -> None:
     """The host zeroes the progress counter before each call: a stale count from the previous call would
-    hand its outcomes to this call's messages."""
+    hand its replies to this call's messages."""
     entry = "    (i32.store (i32.const 131072) (i32.const 0))\n    (local.set $in"
     assert entry in BATCH_WAT
     traps_at_entry = BATCH_WAT.replace(
@@ -137,10 +137,10 @@ def test_a_trap_before_the_guest_counts_anything_is_charged_to_the_first_message
     )
     engine = WasmEngine()
     guest = GuestInstance(engine, engine.load(_wasm(tmp_path, traps_at_entry)), LIMITS, b"{}")
-    assert guest.handle_batch(_messages(b"a", b"b")).outcomes == [(Status.OK, b"a"), (Status.OK, b"b")]
+    assert guest.handle_batch(_messages(b"a", b"b")).replies == [(Status.OK, b"a"), (Status.OK, b"b")]
     result = guest.handle_batch(_messages(b"c", b"d", b"e"))
-    assert result.instance_failed and len(result.outcomes) == 1
-    assert isinstance(result.outcomes[0], GuestFault) and result.outcomes[0].kind == "trap"
+    assert result.instance_failed and len(result.replies) == 1
+    assert isinstance(result.replies[0], GuestFault) and result.replies[0].kind == "trap"
 
 
 def test_a_v1_module_still_loads_and_is_called_once_per_message(tmp_path: Path) -> None:
@@ -152,10 +152,10 @@ def test_a_v1_module_still_loads_and_is_called_once_per_message(tmp_path: Path) 
     messages = _messages(b"one", b"Xno", b"Trap", b"two")
     expected_first = guest.handle(*messages[0])
     result = guest.handle_batch(messages)
-    assert result.instance_failed and result.outcomes[:2] == [expected_first, (Status.REJECT, b"refused by the chaos guest")]
-    assert isinstance(result.outcomes[2], GuestFault) and len(result.outcomes) == 3
-    outcomes, failed = handle_all(start, messages)
-    assert outcomes[3] == start().handle(*messages[3]) and failed == 1
+    assert result.instance_failed and result.replies[:2] == [expected_first, (Status.REJECT, b"refused by the chaos guest")]
+    assert isinstance(result.replies[2], GuestFault) and len(result.replies) == 3
+    replies, failed = handle_all(start, messages)
+    assert replies[3] == start().handle(*messages[3]) and failed == 1
 
 
 WRONG_TYPE = '(func (export "ebbtide_handle_batch") (param i64) (result i32) (i32.const 0))'

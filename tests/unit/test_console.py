@@ -16,7 +16,7 @@ from ebbtide.console.server import COOKIE, CSRF_HEADER, Guard, allowed_hosts_for
 from ebbtide.console.views import order_entry, payload_view, sample_view
 from ebbtide.manifest import parse_manifest
 from ebbtide.outbox import OutboxEntry
-from ebbtide.rollout.compare import Answer, Verdict
+from ebbtide.rollout.compare import RecordedReply, Verdict
 from ebbtide.rollout.samples import Sample
 from ebbtide.runtime.abi import encode_effects
 from ebbtide.status_reports import PoolStatus
@@ -223,8 +223,8 @@ def test_payloads_are_text_when_they_are_and_hex_otherwise() -> None:
 
 
 def test_a_sample_is_shown_side_by_side_with_the_differences_marked() -> None:
-    live = Answer("ok", encode_effects([("publish", "orders.standard", b"x"), ("kv_put", "b", "k", b"v")]))
-    candidate = Answer("ok", encode_effects([("publish", "orders.express", b"x"), ("kv_put", "b", "k", b"v")]))
+    live = RecordedReply("ok", encode_effects([("publish", "orders.standard", b"x"), ("kv_put", "b", "k", b"v")]))
+    candidate = RecordedReply("ok", encode_effects([("publish", "orders.express", b"x"), ("kv_put", "b", "k", b"v")]))
     view = sample_view(Sample("f", Verdict.DIFFERENT, "orders.ingress", b"x", live, candidate, "c" * 64, 0, 12))
     assert [(line.text, line.mark) for line in view.live] == [
         ("publish orders.standard: x", "changed"),

@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from ebbtide.manifest import DEFAULT_STREAM_MAX_BYTES, ManifestError, load_manifest, parse_manifest, subject_matches
+from ebbtide.manifest import DEFAULT_STREAM_MAX_BYTES, ManifestError, load_manifest, parse_manifest
+from ebbtide.subjects import subject_matches
 
 REPO = Path(__file__).resolve().parents[2]
 

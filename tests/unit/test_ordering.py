@@ -9,16 +9,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from ebbtide.broker.partitions import (
-    fnv1a_partition,
-    key_of_stored_subject,
-    lane_consumer_config,
-    lanes,
-    ordered_triggers,
-    pin_timeout_s,
-    stream_transform,
-    stream_transform_of,
-)
+from ebbtide.broker.partitions import lane_consumer_config, lanes, pin_timeout_s, stream_transform_of
 from ebbtide.broker.provisioning import consumer_config, consumer_configs
 from ebbtide.broker.users import function_permissions, ingress_permissions
 from ebbtide.deadletter import Reason, dead_letter_headers
@@ -27,6 +18,7 @@ from ebbtide.errors import EffectRefused, ManifestError
 from ebbtide.manifest import load_manifest, parse_manifest
 from ebbtide.ordering import KeyReader, entry_subject
 from ebbtide.runtime.abi import KvPut, Publish
+from ebbtide.subjects import fnv1a_partition, key_of_stored_subject, stream_transform
 from ebbtide.workload.orders import OrderEvent, encode_order, event_msg_id, generate_order_events
 
 REPO = Path(__file__).resolve().parents[2]
@@ -103,7 +95,7 @@ ORDER = msgspec.json.encode({"orderId": 7, "orderGuid": "9f1b-77", "delivery": "
 def test_an_effect_to_an_ordered_trigger_gets_its_payload_key() -> None:
     allowlist = Allowlist(["orders.express"], ["outbox"], keyed=None)
     assert allowlist.plan([Publish("orders.express", ORDER)])[0].subject == "orders.express"  # not ordered
-    allowlist = Allowlist.of(ORDERED.function("distributor"), ordered_triggers(ORDERED))
+    allowlist = Allowlist.of(ORDERED.function("distributor"), ORDERED.ordered_triggers())
     assert allowlist.plan([Publish("orders.express", ORDER)])[0].subject == "orders.express.9f1b-77"
     numeric = msgspec.json.encode({"orderGuid": 12})
     assert allowlist.plan([Publish("orders.standard", numeric)])[0].subject == "orders.standard.12"
@@ -122,13 +114,13 @@ def test_an_effect_to_an_ordered_trigger_gets_its_payload_key() -> None:
     ],
 )
 def test_an_effect_without_a_usable_key_is_refused_with_the_reason(payload: bytes, why: str) -> None:
-    allowlist = Allowlist.of(ORDERED.function("distributor"), ordered_triggers(ORDERED))
+    allowlist = Allowlist.of(ORDERED.function("distributor"), ORDERED.ordered_triggers())
     with pytest.raises(EffectRefused, match=why):
         allowlist.plan([Publish("orders.express", payload)])
 
 
 def test_kv_puts_are_never_keyed() -> None:
-    allowlist = Allowlist.of(ORDERED.function("receiver-express"), ordered_triggers(ORDERED))
+    allowlist = Allowlist.of(ORDERED.function("receiver-express"), ORDERED.ordered_triggers())
     assert allowlist.plan([KvPut("outbox-express", "7", ORDER)])[0].subject == "$KV.outbox-express.7"
 
 

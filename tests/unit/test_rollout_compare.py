@@ -1,10 +1,10 @@
 from ebbtide.errors import GuestFault, InputTooLarge
-from ebbtide.rollout.compare import Answer, Verdict, answer_of, compare, render
+from ebbtide.rollout.compare import RecordedReply, Verdict, compare, recorded, render
 from ebbtide.runtime.abi import KvPut, Publish, Status, encode_effects
 
 
-def ok(*effects: Publish | KvPut) -> Answer:
-    return answer_of((Status.OK, encode_effects(list(effects))))
+def ok(*effects: Publish | KvPut) -> RecordedReply:
+    return recorded((Status.OK, encode_effects(list(effects))))
 
 
 def test_same_effects_in_the_same_order_are_same() -> None:
@@ -15,15 +15,15 @@ def test_a_different_subject_or_order_is_different() -> None:
     a, b = Publish("orders.express", b"1"), Publish("orders.standard", b"1")
     assert compare(ok(a), ok(b)) is Verdict.DIFFERENT
     assert compare(ok(a, b), ok(b, a)) is Verdict.DIFFERENT
-    assert compare(ok(a), answer_of((Status.REJECT, b"no"))) is Verdict.DIFFERENT
+    assert compare(ok(a), recorded((Status.REJECT, b"no"))) is Verdict.DIFFERENT
 
 
 def test_a_candidate_fault_is_its_own_verdict_even_when_live_faulted_too() -> None:
-    fault = answer_of(GuestFault("trap", "unreachable"))
+    fault = recorded(GuestFault("trap", "unreachable"))
     assert fault.status == "fault"
     assert compare(ok(), fault) is Verdict.CANDIDATE_FAULT
     assert compare(fault, fault) is Verdict.CANDIDATE_FAULT
-    assert compare(ok(), answer_of(InputTooLarge("too big"))) is Verdict.CANDIDATE_FAULT
+    assert compare(ok(), recorded(InputTooLarge("too big"))) is Verdict.CANDIDATE_FAULT
     assert compare(fault, ok()) is Verdict.DIFFERENT
 
 

@@ -12,11 +12,13 @@ import wasmtime
 
 from ebbtide.build import build_module
 from ebbtide.errors import ManifestError
-from ebbtide.rollout.compare import Answer, Verdict, answer_of
-from ebbtide.rollout.replay import Replay, ReplayResult, StoredInput, Versions, load_versions, run_all
+from ebbtide.function import GuestLoop, Instances
+from ebbtide.rollout.compare import RecordedReply, Verdict, recorded
+from ebbtide.rollout.replay import Replay, ReplayResult, StoredInput, Versions, load_versions
 from ebbtide.rollout.report import Report, preview, render, select, to_json
 from ebbtide.rollout.samples import Sample
 from ebbtide.runtime.abi import KvPut, Publish, Status, decode_effects, encode_effects
+from ebbtide.runtime.guest import Guest, GuestReply
 from tests.conftest import GUESTS, chaos_manifest
 
 CHAOS = (GUESTS / "chaos.wat").read_text()
@@ -25,11 +27,13 @@ _COPY = "(memory.copy (i32.const 131098) (local.get $payload) (local.get $len))"
 CHAOS_V2 = CHAOS.replace(_COPY, _COPY + "\n    (i32.store8 (i32.const 131098) (i32.const 86))")
 
 
-def ok(*effects: Publish | KvPut) -> Answer:
-    return answer_of((Status.OK, encode_effects(list(effects))))
+def ok(*effects: Publish | KvPut) -> RecordedReply:
+    return recorded((Status.OK, encode_effects(list(effects))))
 
 
-def sample(verdict: Verdict, seq: int, live: Answer, candidate: Answer, payload: bytes = b'{"orderId": 1}') -> Sample:
+def sample(
+    verdict: Verdict, seq: int, live: RecordedReply, candidate: RecordedReply, payload: bytes = b'{"orderId": 1}'
+) -> Sample:
     return Sample("distributor", verdict, "orders.ingress", payload, live, candidate, "ab" * 32, 1_764_417_600_000_000_000, seq)
 
 
@@ -37,9 +41,9 @@ ROUTED = sample(
     Verdict.DIFFERENT, 17, ok(Publish("orders.express", b'{"orderId":17}')), ok(Publish("orders.standard", b'{"orderId":17}'))
 )
 FIXED = sample(
-    Verdict.DIFFERENT, 18, answer_of((Status.REJECT, b"unknown-delivery")), ok(Publish("orders.express", b'{"orderId":18}'))
+    Verdict.DIFFERENT, 18, recorded((Status.REJECT, b"unknown-delivery")), ok(Publish("orders.express", b'{"orderId":18}'))
 )
-TRAPPED = sample(Verdict.CANDIDATE_FAULT, 19, ok(), Answer("fault", b"trap: wasm trap: unreachable"))
+TRAPPED = sample(Verdict.CANDIDATE_FAULT, 19, ok(), RecordedReply("fault", b"trap: wasm trap: unreachable"))
 AGREED = sample(Verdict.SAME, 20, ok(), ok())
 
 
@@ -165,16 +169,20 @@ def test_replay_judges_every_message_and_says_which_dead_letters_the_candidate_h
 def test_a_fault_mid_chunk_restarts_the_instance_for_the_rest(tmp_path: Path) -> None:
     manifest = chaos_manifest(tmp_path)
     versions = load_versions(manifest, "chaos", candidate_file(tmp_path, CHAOS))
-    started = []
 
-    def start():
-        started.append(1)
-        return versions.start(versions.live)
+    class Counted(Instances):
+        started = 0
 
-    messages = [(b"in.chaos", p) for p in (b"a", b"T", b"b", b"c", b"T", b"d")]
-    outcomes = run_all(start, messages, chunk=4)
-    assert [answer_of(o).status for o in outcomes] == ["ok", "fault", "ok", "ok", "fault", "ok"]
-    assert len(started) == 3  # the first instance, and one after each trap
+        def start_instance(self) -> Guest:
+            self.started += 1
+            return super().start_instance()
+
+    source = Counted(versions.spec, versions.engine, versions.live)
+    loop = GuestLoop(source, versions.spec.allowlist)
+    replies: list[GuestReply] = []
+    loop.run([(b"in.chaos", p) for p in (b"a", b"T", b"b", b"c", b"T", b"d")], replies)
+    assert [recorded(o).status for o in replies] == ["ok", "fault", "ok", "ok", "fault", "ok"]
+    assert source.started == 3  # the first instance, and one after each trap
 
 
 def test_a_candidate_cannot_be_built_from_a_module_that_ships_built(tmp_path: Path) -> None:

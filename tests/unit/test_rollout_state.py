@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from pathlib import Path
 
+import msgspec
 import pytest
 import wasmtime
 from nats.aio.msg import Msg
 
 from ebbtide.errors import GuestFault, UsageError
+from ebbtide.function import FunctionSpec, GuestLoop, RolloutStats
+from ebbtide.manifest import FunctionSection
+from ebbtide.outcome import Effects, Faulted
 from ebbtide.rollout.canary import RollbackWindow
-from ebbtide.rollout.candidate import Candidate, RolloutStats, Share, fnv1a_32
+from ebbtide.rollout.candidate import Candidate, Share
 from ebbtide.rollout.state import Mode, Phase, Rollout, changed, decode_rollout, encode_rollout, parse_share
-from ebbtide.runtime import GuestLimits, WasmEngine
-from ebbtide.runtime.guest import Guest
-from ebbtide.runtime.guests import load_guest_module
+from ebbtide.runtime import GuestLimits
+from ebbtide.runtime.guest import GuestReply
+from ebbtide.subjects import fnv1a_32
 from tests.conftest import GUESTS
 
 RECORD = Rollout(function="f", mode=Mode.CANARY, candidate_sha256="c" * 64, lang="zig", share=0.1, window=10, min_messages=5)
@@ -70,28 +75,39 @@ def test_the_window_rolls_back_past_a_threshold_only_once_it_has_seen_enough() -
 
 
 class _Slot:
-    candidate: Guest | None = None
+    """Where a worker keeps its candidate loop (function.WorkerGuests)."""
+
+    candidate: GuestLoop | None = None
 
 
 def test_a_candidate_that_traps_or_cannot_start_answers_faults_and_never_raises(tmp_path: Path) -> None:
-    engine = WasmEngine()
     chaos = tmp_path / "chaos.wasm"
     chaos.write_bytes(wasmtime.wat2wasm((GUESTS / "chaos.wat").read_text()))
-    module = load_guest_module(engine, chaos, "zig")
+    section = msgspec.convert(
+        {"module": "chaos", "trigger": "in", "publish": ["test.out"], "limits": {"memory_mib": 2, "fuel": 2_000_000}},
+        FunctionSection,
+    )
+    spec = FunctionSpec.of_section("f", section, chaos, "zig")
+    engine = spec.engine()
+    module = spec.load(engine)
     stats = RolloutStats()
-    candidate = Candidate(RECORD, module, engine, GuestLimits(2 * 1024 * 1024, 2_000_000), b"{}", stats)
+    candidate = Candidate(RECORD, module, engine, spec, stats)
     slot = _Slot()
-    outcomes = candidate.handle(slot, [(b"in", b"ok1"), (b"in", b"T"), (b"in", b"L"), (b"in", b"M"), (b"in", b"ok2")])
-    assert [type(o).__name__ for o in outcomes] == ["tuple", "GuestFault", "GuestFault", "GuestFault", "tuple"]
-    assert [o.kind for o in outcomes if isinstance(o, GuestFault)] == ["trap", "timeout", "memory-limit"]
-    assert slot.candidate is not None and stats.candidate_s > 0
+    replies: list[GuestReply] = []
+    results = candidate.run(slot, [(b"in", b"ok1"), (b"in", b"T"), (b"in", b"L"), (b"in", b"M"), (b"in", b"ok2")], replies)
+    assert [type(o).__name__ for o in replies] == ["tuple", "GuestFault", "GuestFault", "GuestFault", "tuple"]
+    assert [o.kind for o in replies if isinstance(o, GuestFault)] == ["trap", "timeout", "memory-limit"]
+    assert [type(r) for r in results] == [Effects, Faulted, Faulted, Faulted, Effects]  # as the live pool reads them
+    assert slot.candidate is not None and slot.candidate.instance is not None and stats.candidate_s > 0
 
     # An instance that cannot start (memory below the module's minimum): every message is the candidate's fault.
-    tiny = Candidate(RECORD, module, engine, GuestLimits(65536, 2_000_000), b"{}", stats)
+    tiny = Candidate(RECORD, module, engine, dataclasses.replace(spec, limits=GuestLimits(65536, 2_000_000)), stats)
     slot = _Slot()
-    outcomes = tiny.handle(slot, [(b"in", b"a"), (b"in", b"b")])
-    assert all(isinstance(o, GuestFault) and o.kind == "host-error" for o in outcomes)
-    assert slot.candidate is None
+    replies = []
+    results = tiny.run(slot, [(b"in", b"a"), (b"in", b"b")], replies)
+    assert all(isinstance(o, GuestFault) and o.kind == "host-error" for o in replies)
+    assert all(isinstance(r, Faulted) and r.kind == "host-error" for r in results)
+    assert slot.candidate is not None and slot.candidate.instance is None
 
 
 def test_an_ordered_functions_canary_splits_by_key_so_a_keys_events_go_to_one_version() -> None:

@@ -16,19 +16,16 @@ messages first and the old holder's unacked ones only at their ack wait. Message
 (published without a key) go to the function's own consumer `<function>`, a lane of its own: one sequence.
 
 Pure: names, subjects, the transform and the lanes' consumer configuration, computed from the manifest;
-no NATS client needed.
+no NATS client needed. The subject grammar itself (keyed subjects, the transform, FNV-1a) is subjects.py's.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from ..manifest import FunctionSection, LoadedManifest
+from ..manifest import FunctionSection, LoadedManifest
+from ..subjects import stream_transform
 
-KEY_TOKEN = re.compile(r"^[^\s.*>]{1,128}$")  # one NATS subject token: no dots, wildcards or whitespace
 MAX_PARTITIONS = 1024
 # The priority group of every lane (ADR-42: 1-16 characters); pull requests name it.
 PRIORITY_GROUP = "holder"
@@ -47,69 +44,9 @@ def partition_consumer(function: str, partition: int) -> str:
     return f"{function}-p{partition}"
 
 
-def keyed_subject(trigger: str, key: str) -> str:
-    """Where a publisher sends a message of `key` for an ordered function on `trigger`."""
-    return f"{trigger}.{key}"
-
-
-def key_of_stored_subject(subject: str, trigger: str) -> str | None:
-    """The key of a message as the stream stores it (`T.<partition>.<key>`), None for the bare trigger."""
-    if subject == trigger:
-        return None
-    return subject.rsplit(".", 1)[1]
-
-
-def fnv1a_partition(key: str, partitions: int) -> int:
-    """The partition the server's `{{partition(P, i)}}` gives `key` (32-bit FNV-1a, modulo P).
-
-    Nothing in the host needs it (the server decides); for clients that want to know, and for the tests
-    that check it is the server's function."""
-    digest = 0x811C9DC5
-    for byte in key.encode():
-        digest = ((digest ^ byte) * 0x01000193) & 0xFFFFFFFF
-    return digest % partitions
-
-
-def stream_transform(triggers: list[str], partitions: int) -> tuple[str, str]:
-    """The (src, dest) subject transform that partitions every trigger of `triggers` (one stream's ordered
-    triggers) by the key token that follows it. Raises ValueError when they cannot share one transform
-    (the server keeps one per stream): they must be literal subjects of the same number of tokens."""
-    split = [trigger.split(".") for trigger in triggers]
-    lengths = {len(tokens) for tokens in split}
-    if len(lengths) != 1:
-        raise ValueError(f"ordered triggers of one stream must have the same number of tokens: {', '.join(triggers)}")
-    for trigger in triggers:
-        if any(token in ("*", ">") for token in trigger.split(".")):
-            raise ValueError(f"an ordered trigger must be a literal subject, not the wildcard {trigger!r}")
-    src_tokens: list[str] = []
-    dest_tokens: list[str] = []
-    wildcards = 0
-    for position in zip(*split):
-        if len(set(position)) == 1:
-            src_tokens.append(position[0])
-            dest_tokens.append(position[0])
-        else:
-            wildcards += 1
-            src_tokens.append("*")
-            dest_tokens.append(f"{{{{wildcard({wildcards})}}}}")
-    key = wildcards + 1
-    src = ".".join([*src_tokens, "*"])
-    dest = ".".join([*dest_tokens, f"{{{{partition({partitions},{key})}}}}", f"{{{{wildcard({key})}}}}"])
-    return src, dest
-
-
-def ordered_triggers(manifest: LoadedManifest, stream: str | None = None) -> dict[str, str]:
-    """Trigger -> order_by field of every ordered function (of `stream` only, when given)."""
-    return {
-        fn.trigger: fn.order_by
-        for fn in manifest.spec.functions.values()
-        if fn.order_by and (stream is None or manifest.stream_for(fn.trigger) == stream)
-    }
-
-
 def stream_transform_of(manifest: LoadedManifest, stream: str) -> tuple[str, str] | None:
     """The subject transform `stream` needs, None when no ordered function reads it."""
-    triggers = sorted(ordered_triggers(manifest, stream))
+    triggers = sorted(manifest.ordered_triggers(stream))
     if not triggers:
         return None
     return stream_transform(triggers, manifest.spec.streams[stream].partitions)

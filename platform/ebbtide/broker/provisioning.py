@@ -14,7 +14,8 @@ from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError, NotFoundError
 
 from ..errors import JetStreamError, RunError
-from ..manifest import LoadedManifest, subject_matches
+from ..manifest import LoadedManifest
+from ..subjects import subject_matches
 from . import _nats_fast, jsapi
 from .connection import connect
 from .credentials import NatsAuth

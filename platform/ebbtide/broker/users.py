@@ -37,11 +37,12 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..manifest import LoadedManifest, subject_matches
+from ..manifest import LoadedManifest
 from ..status_reports import STATUS_REQUEST_SUBJECT, STATUS_SUBJECT_PREFIX
+from ..subjects import keyed_subject, subject_matches
 from .credentials import NatsAuth
 from .names import MODULES_STREAM, ROLLOUTS_BUCKET, SHADOW_STREAM, SHADOW_SUBJECT_PREFIX, kv_stream_name, lane_holdings_subject
-from .partitions import consumer_names, keyed_subject, ordered_triggers
+from .partitions import consumer_names
 
 ADMIN_USER = "admin"
 INGRESS_USER = "ingress"
@@ -123,7 +124,7 @@ def rollout_publish(function: str) -> list[str]:
 
 def with_keyed_subjects(manifest: LoadedManifest, subjects: list[str]) -> list[str]:
     """`subjects`, each ordered trigger among them followed by its keyed form `<trigger>.*`."""
-    ordered = ordered_triggers(manifest)
+    ordered = manifest.ordered_triggers()
     out: list[str] = []
     for subject in subjects:
         out.append(subject)

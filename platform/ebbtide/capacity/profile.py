@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..manifest import LoadedManifest, subject_matches
+from ..manifest import LoadedManifest
+from ..subjects import subject_matches
 
 
 @dataclass(frozen=True)

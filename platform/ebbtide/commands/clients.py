@@ -24,8 +24,9 @@ from ..broker.access import ServerAccess, client_access
 from ..broker.users import with_keyed_subjects
 from ..errors import EffectRefused, NatsConnectionError, OutboxError, StoreFull, UsageError
 from ..exit_codes import EXIT_FAILURE
-from ..manifest import LoadedManifest, subject_matches
+from ..manifest import LoadedManifest
 from ..status_reports import STATUS_REQUEST_SUBJECT, STATUS_SUBJECT_PREFIX, decode_status
+from ..subjects import subject_matches
 from ..top import TopView
 
 log = logging.getLogger("ebbtide")

@@ -27,8 +27,8 @@ from ..broker.access import client_access
 from ..broker.names import ROLLOUTS_BUCKET, SHADOW_STREAM
 from ..build import build_module
 from ..errors import GuestInitError, ModuleLoadError, RunError, UsageError
+from ..function import FunctionSpec
 from ..manifest import LoadedManifest
-from ..precompiled import memory_reservation
 from ..rollout.samples import function_filter
 from ..rollout.state import (
     Mode,
@@ -40,8 +40,7 @@ from ..rollout.state import (
     parse_share,
 )
 from ..rollout.store import sha256_of, upload_module
-from ..runtime import GuestLimits, WasmEngine
-from ..runtime.guests import load_guest_module, start_guest
+from ..runtime import WasmEngine
 from ..status_reports import STATUS_REQUEST_SUBJECT, STATUS_SUBJECT_PREFIX, PoolStatus, decode_status
 from .clients import client_connect
 
@@ -153,14 +152,13 @@ def _candidate_bytes(args: argparse.Namespace, manifest: LoadedManifest) -> byte
 
 def _check_loads(manifest: LoadedManifest, function: str, data: bytes, lang: str) -> None:
     """The candidate loads and starts with the function's limits and config, here, before any host sees it."""
-    fn = manifest.function(function)
+    spec = FunctionSpec.of(manifest, function)
     with tempfile.TemporaryDirectory(prefix="ebbtide-candidate-") as folder:
         path = Path(folder) / "candidate.wasm"
         path.write_bytes(data)
-        engine = WasmEngine(memory_reservation=memory_reservation(fn.limits.memory_mib))
+        engine = WasmEngine(memory_reservation=spec.memory_reservation)  # no cache: this file is gone after the check
         try:
-            module = load_guest_module(engine, path, lang, sha256=sha256_of(data), wasi_grants=frozenset(fn.wasi))
-            start_guest(engine, module, GuestLimits.of(fn.limits), manifest.config_json(function))
+            spec.start(engine, spec.load(engine, path, sha256=sha256_of(data), lang=lang))
         except (ModuleLoadError, GuestInitError) as exc:
             raise UsageError(f"the candidate for {function} does not load: {exc}") from None
 

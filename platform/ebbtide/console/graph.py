@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from ..broker.partitions import ordered_triggers
 from ..errors import ManifestError
-from ..manifest import LoadedManifest, subject_matches
+from ..manifest import LoadedManifest
+from ..subjects import subject_matches
 
 SUBJECT, FUNCTION, BUCKET, DLQ = "subject", "function", "bucket", "dlq"
 
@@ -258,7 +258,7 @@ class EdgeRates:
     def _node_of(self, stream: str, subject: str) -> str | None:
         key = (stream, subject)
         if key not in self._subject_of:
-            ordered = ordered_triggers(self.manifest, stream)
+            ordered = self.manifest.ordered_triggers(stream)
             found = None
             for n in self.graph.nodes:
                 if n.kind != SUBJECT:

@@ -18,7 +18,8 @@ from nats.aio.client import Client as NatsClient
 from ..broker.headers import H_ORIGINAL_SUBJECT, H_REDRIVEN_FROM
 from ..broker.publisher import ConfirmedPublisher, PubAck, PublishBatch
 from ..errors import DeadLetterError, PublishError
-from ..manifest import LoadedManifest, subject_matches
+from ..manifest import LoadedManifest
+from ..subjects import subject_matches
 from .model import RedriveFailure, Redriven, RedriveResult, StoredDeadLetter
 from .store import delete, scan, sequences, show_dead_letter, target
 

@@ -14,16 +14,13 @@ from __future__ import annotations
 import collections
 import logging
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 from ..broker.delivery import Incoming
+from ..function import Message, WorkerGuests
 from ..outcome import Declined, Effects, Faulted, GuestResult
 from ..runtime import Status
 from .candidate import Candidate
 from .state import Rollout
-
-if TYPE_CHECKING:
-    from ..pool import _Worker
 
 log = logging.getLogger("ebbtide.rollout")
 
@@ -76,11 +73,11 @@ class CanaryRun:
     def candidate_sha256(self) -> str:
         return self.candidate.rollout.candidate_sha256
 
-    def run_guests(self, worker: _Worker, batch: Sequence[Incoming], pairs: list[tuple[bytes, bytes]]) -> list[GuestResult]:
+    def run_guests(self, guests: WorkerGuests, batch: Sequence[Incoming], messages: list[Message]) -> list[GuestResult]:
         share, stats = self.candidate.share, self.candidate.stats
         to_candidate = [not self.stopped and share.takes(incoming.msg) for incoming in batch]
         if not any(to_candidate):
-            live_results = worker.run_live(batch, pairs)
+            live_results = guests.run_live(batch, messages)
             for result in live_results:
                 stats.count_canary(LIVE, result_kind(result))
             return live_results
@@ -88,13 +85,13 @@ class CanaryRun:
         candidate_at = [i for i, chosen in enumerate(to_candidate) if chosen]
         results: list[GuestResult | None] = [None] * len(batch)
         if live_at:
-            for i, result in zip(live_at, worker.run_live([batch[i] for i in live_at], [pairs[i] for i in live_at])):
+            live_results = guests.run_live([batch[i] for i in live_at], [messages[i] for i in live_at])
+            for i, result in zip(live_at, live_results, strict=True):
                 results[i] = result
                 stats.count_canary(LIVE, result_kind(result))
-        outcomes = self.candidate.handle(worker, [pairs[i] for i in candidate_at])
         why = None
-        for i, outcome in zip(candidate_at, outcomes):
-            result = results[i] = worker.result_of(outcome)
+        for i, result in zip(candidate_at, self.candidate.run(guests, [messages[i] for i in candidate_at]), strict=True):
+            results[i] = result
             kind = result_kind(result)
             stats.count_canary(CANDIDATE, kind)
             why = why or self.window.observe(kind)

@@ -1,9 +1,10 @@
-"""Comparing what two versions of a function answer for the same message (pure: no I/O).
+"""Comparing what two versions of a function reply to the same message (pure: no I/O).
 
 Guests are deterministic (their output is a function of the input, the config and, only when granted,
 clock and random), so a candidate module that answers a message differently from the live one would act
-differently. Shadow runs, canaries and replay all reduce a guest's answer to an `Answer` and judge a pair
-of them with `compare`; `render` shows a pair side by side for people.
+differently. Shadow runs and replay record a guest's reply (runtime.guest.GuestReply) as a `RecordedReply`,
+the form a shadow sample stores, and judge a pair of them with `compare`; `render` shows a pair side by
+side for people.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import enum
 import msgspec
 
 from ..errors import GuestFault, InputTooLarge
+from ..outcome import Faulted, GuestResult
 from ..runtime.abi import KvPut, Publish, Status, decode_effects
 from ..runtime.guest import GuestReply
 
@@ -24,8 +26,8 @@ class Verdict(enum.StrEnum):
     CANDIDATE_FAULT = "candidate_fault"  # the candidate trapped, ran out of fuel or memory, or wrote bad output
 
 
-class Answer(msgspec.Struct, frozen=True):
-    """What one guest answered for one message.
+class RecordedReply(msgspec.Struct, frozen=True):
+    """What one guest replied to one message, as a shadow sample stores it.
 
     `status` is "ok", "reject", "retry" or "fault"; `output` is the ABI's effect encoding for "ok", the
     guest's own words for "reject"/"retry", and the fault's description for "fault" (an input too large for
@@ -35,17 +37,21 @@ class Answer(msgspec.Struct, frozen=True):
     output: bytes
 
 
-def answer_of(outcome: GuestReply) -> Answer:
-    """The `Answer` for one entry of `BatchResult.outcomes` (or what `Guest.handle` returned or raised)."""
-    if isinstance(outcome, tuple):
-        status, output = outcome
-        return Answer(Status(status).name.lower(), output)
-    if isinstance(outcome, GuestFault | InputTooLarge):
-        return Answer("fault", str(outcome).encode())
-    raise TypeError(f"not a guest outcome: {outcome!r}")
+def recorded(reply: GuestReply, result: GuestResult | None = None) -> RecordedReply:
+    """The `RecordedReply` of one entry of `BatchResult.replies` (or what `Guest.handle` returned or raised).
+    `result`: what the guest loop made of it (function.GuestLoop): output that does not decode is a fault
+    there, and so here."""
+    if type(result) is Faulted and isinstance(reply, tuple):
+        return RecordedReply("fault", result.error.encode())
+    if isinstance(reply, tuple):
+        status, output = reply
+        return RecordedReply(Status(status).name.lower(), output)
+    if isinstance(reply, GuestFault | InputTooLarge):
+        return RecordedReply("fault", str(reply).encode())
+    raise TypeError(f"not a guest reply: {reply!r}")
 
 
-def compare(live: Answer, candidate: Answer) -> Verdict:
+def compare(live: RecordedReply, candidate: RecordedReply) -> Verdict:
     """A candidate fault is its own verdict (whatever the live module did); otherwise same or different."""
     if candidate.status == "fault":
         return Verdict.CANDIDATE_FAULT
@@ -54,12 +60,12 @@ def compare(live: Answer, candidate: Answer) -> Verdict:
     return Verdict.DIFFERENT
 
 
-def describe(answer: Answer) -> list[str]:
+def describe(reply: RecordedReply) -> list[str]:
     """One line per effect (or the status and words), readable: what `render` diffs."""
-    if answer.status != "ok":
-        return [f"{answer.status.upper()}: {answer.output.decode('utf-8', 'replace')}"]
+    if reply.status != "ok":
+        return [f"{reply.status.upper()}: {reply.output.decode('utf-8', 'replace')}"]
     try:
-        effects = decode_effects(answer.output)
+        effects = decode_effects(reply.output)
     except GuestFault as exc:
         return [f"OK, but {exc}"]
     if not effects:
@@ -73,8 +79,8 @@ def describe(answer: Answer) -> list[str]:
     return lines
 
 
-def render(live: Answer, candidate: Answer, *, live_name: str = "live", candidate_name: str = "candidate") -> str:
-    """A unified diff of the two answers' effects, one effect per line ('same' when there is none)."""
+def render(live: RecordedReply, candidate: RecordedReply, *, live_name: str = "live", candidate_name: str = "candidate") -> str:
+    """A unified diff of the two replies' effects, one effect per line ('same' when there is none)."""
     diff = difflib.unified_diff(describe(live), describe(candidate), live_name, candidate_name, lineterm="", n=10)
     return "\n".join(diff) or "same"
 

@@ -42,7 +42,7 @@ from ..errors import RunError
 from ..manifest import LoadedManifest
 from ..pool import FunctionPool
 from ..runtime import WasmEngine
-from ..runtime.guests import GuestModule, load_guest_module
+from ..runtime.guests import GuestModule
 from .canary import CanaryRun
 from .candidate import Candidate
 from .samples import Sample, encode_sample, sample_subject
@@ -230,8 +230,7 @@ class RolloutFollower:
         if isinstance(running, ShadowRun | CanaryRun) and running.candidate.rollout == record:
             return
         module = await self._load(pool, record.candidate_sha256, record.lang)
-        ordered_trigger = pool.function.trigger if pool.function.order_by else None
-        candidate = Candidate(record, module, self._engine, pool.limits, pool.config_json, pool.rollout_stats, ordered_trigger)
+        candidate = Candidate(record, module, self._engine, pool.spec, pool.rollout_stats)
         if record.mode is Mode.SHADOW:
             pool.rollout = ShadowRun(candidate, self._publisher(pool))
         else:
@@ -253,10 +252,7 @@ class RolloutFollower:
             log.info("%s: cannot keep candidates in %s (%s); using %s", pool.name, self._folder, exc, scratch_folder())
             self._folder = scratch_folder()
             path = await fetch_module(self._js, digest, self._folder)
-        language = lang or self._manifest.spec.modules[pool.function.module].lang
-        return await asyncio.to_thread(
-            load_guest_module, self._engine, path, language, sha256=digest, wasi_grants=frozenset(pool.function.wasi)
-        )
+        return await asyncio.to_thread(pool.spec.load, self._engine, path, sha256=digest, lang=lang or None)
 
     # -- what a host writes and publishes --------------------------------------------------------------
 

@@ -1,30 +1,30 @@
 """Offline replay: the live module and a candidate run side by side over stored messages (no NATS here).
 
 `ebbtide replay` reads the messages (dead letters, or a range of a stream) and hands them to a `Replay`,
-which runs both versions with the function's config and limits, judges each pair with `compare`, and
-keeps the counts, the first samples of each verdict and, for dead letters, which ones the candidate would
-now handle. Nothing is carried out: the answers are only compared.
+which runs both versions as a host's pool does (function.GuestLoop with the function's spec: its config,
+limits and allowlist), judges each pair with `compare`, and keeps the counts, the first samples of each
+verdict and, for dead letters, which ones the candidate would now handle. Nothing is carried out: the
+answers are only compared.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..effects import Allowlist
-from ..errors import EffectRefused, GuestFault, GuestInitError, ModuleLoadError, UsageError
+from ..errors import GuestFault, GuestInitError, ModuleLoadError, UsageError
+from ..function import FunctionSpec, GuestLoop, Instances
 from ..manifest import LoadedManifest
+from ..outcome import Effects
 from ..precompiled import function_engine
-from ..runtime.abi import Status, decode_effects
 from ..runtime.engine import WasmEngine
-from ..runtime.guest import GuestLimits, GuestReply
-from ..runtime.guests import Guest, GuestModule, load_guest_module, start_guest
-from .compare import Answer, Verdict, answer_of, compare
+from ..runtime.guest import GuestReply
+from ..runtime.guests import GuestModule
+from .compare import Verdict, compare, recorded
 from .samples import Sample
 
-CHUNK = 256  # messages per handle_batch call, as a pool's fetch would bring them
+CHUNK = 256  # messages judged together (one run of each version), as a pool's fetch brings them
 
 
 @dataclass(frozen=True)
@@ -47,80 +47,47 @@ class ReplayResult:
 
 @dataclass
 class Versions:
-    """A function's live module and a candidate, ready to start instances with the function's settings."""
+    """A function's live module and a candidate, ready to start instances with the function's spec."""
 
-    function: str
+    spec: FunctionSpec
     engine: WasmEngine
     live: GuestModule
     candidate: GuestModule
-    limits: GuestLimits
-    config_json: bytes
-    allowlist: Allowlist
-    max_payload: int
 
-    def start(self, module: GuestModule) -> Guest:
-        return start_guest(self.engine, module, self.limits, self.config_json)
+    @property
+    def function(self) -> str:
+        return self.spec.name
+
+    def loop(self, module: GuestModule) -> GuestLoop:
+        """The guest loop a pool's worker would run `module` in."""
+        return GuestLoop(Instances(self.spec, self.engine, module), self.spec.allowlist)
 
 
 def load_versions(manifest: LoadedManifest, function: str, candidate_path: Path) -> Versions:
     """The function's built module (as `up` runs it: checked against its sha256) and the candidate, with the
     same WASI grants. Either one missing, not loading or refusing its config is a usage error (exit 2)."""
-    fn = manifest.function(function)
-    lang = manifest.spec.modules[fn.module].lang
-    grants = frozenset(fn.wasi)
+    spec = FunctionSpec.of(manifest, function)
     engine = function_engine(manifest, [function])  # as a host running it: its compiled code is reused
     versions = Versions(
-        function=function,
+        spec=spec,
         engine=engine,
-        live=_load(engine, "live", manifest.module_path(fn.module), lang, fn.sha256, grants),
-        candidate=_load(engine, "candidate", candidate_path, lang, None, grants),
-        limits=GuestLimits.of(fn.limits),
-        config_json=manifest.config_json(function),
-        allowlist=Allowlist.of(fn),
-        max_payload=fn.limits.max_payload,
+        live=_load(spec, engine, "live", None),
+        candidate=_load(spec, engine, "candidate", candidate_path),
     )
     for which, module in (("live", versions.live), ("candidate", versions.candidate)):
         try:
-            versions.start(module)  # a probe: a module that cannot start fails here, not on a message
+            spec.start(engine, module)  # a probe: a module that cannot start fails here, not on a message
         except (GuestInitError, ModuleLoadError, GuestFault) as exc:
             raise UsageError(f"the {which} module {module.path} does not start: {exc}") from None
     return versions
 
 
-def _load(engine: WasmEngine, which: str, path: Path, lang: str, sha256: str | None, grants: frozenset[str]) -> GuestModule:
+def _load(spec: FunctionSpec, engine: WasmEngine, which: str, path: Path | None) -> GuestModule:
     try:
-        return load_guest_module(engine, path, lang, sha256=sha256, wasi_grants=grants)
+        return spec.load(engine, path)
     except ModuleLoadError as exc:
-        hint = " (build it: `ebbtide build`)" if which == "live" and not path.exists() else ""
+        hint = " (build it: `ebbtide build`)" if path is None and not spec.module_path.exists() else ""
         raise UsageError(f"the {which} module does not load: {exc}{hint}") from None
-
-
-def run_all(start: Callable[[], Guest], messages: Sequence[tuple[bytes, bytes]], chunk: int = CHUNK) -> list[GuestReply]:
-    """Every message's outcome, in order, `chunk` messages per `handle_batch` call, as a pool would get them:
-    after a fault the instance is dropped and the messages after it run on a fresh one."""
-    outcomes: list[GuestReply] = []
-    guest = start()
-    while len(outcomes) < len(messages):
-        answer = guest.handle_batch(messages[len(outcomes) : len(outcomes) + chunk])
-        if not answer.outcomes:
-            raise RuntimeError(f"handle_batch answered for none of {len(messages) - len(outcomes)} messages")
-        fault = next((i for i, outcome in enumerate(answer.outcomes) if isinstance(outcome, GuestFault)), None)
-        # A faulted instance's later answers are not trusted: their messages run again on a fresh one.
-        outcomes += answer.outcomes if fault is None else answer.outcomes[: fault + 1]
-        if fault is not None or answer.instance_failed:
-            guest = start()
-    return outcomes
-
-
-def would_handle(answer: Answer, allowlist: Allowlist) -> bool:
-    """Whether a pool would carry this answer out and ack the message: ok, with effects its allowlist takes."""
-    if answer.status != Status.OK.name.lower():
-        return False
-    try:
-        allowlist.plan(decode_effects(answer.output))
-    except (GuestFault, EffectRefused):
-        return False
-    return True
 
 
 class Replay:
@@ -135,12 +102,13 @@ class Replay:
         self.dead_letters = dead_letters
         self.result = ReplayResult()
         self._batch: list[StoredInput] = []
+        self._live = versions.loop(versions.live)  # each version's instance is kept between chunks, as a worker's
+        self._candidate = versions.loop(versions.candidate)
 
     def add(self, stored: StoredInput) -> None:
+        max_payload = self.versions.spec.section.limits.max_payload
         unusable = stored.unusable or (
-            f"over limits.max_payload ({self.versions.max_payload} bytes): never handed to a guest"
-            if len(stored.payload) > self.versions.max_payload
-            else ""
+            f"over limits.max_payload ({max_payload} bytes): never handed to a guest" if len(stored.payload) > max_payload else ""
         )
         if unusable:
             self.result.skipped.setdefault(unusable, []).append(stored.sequence)
@@ -156,12 +124,17 @@ class Replay:
 
     def _judge(self) -> None:
         versions, result, batch = self.versions, self.result, self._batch
-        pairs = [(stored.subject.encode(), stored.payload) for stored in batch]
-        live = run_all(lambda: versions.start(versions.live), pairs)
-        candidate = run_all(lambda: versions.start(versions.candidate), pairs)
+        messages = [(stored.subject.encode(), stored.payload) for stored in batch]
+        live: list[GuestReply] = []
+        candidate: list[GuestReply] = []
+        live_results = self._live.run(messages, live)
+        # What a pool makes of the answers (its allowlist: keys of ordered triggers too).
+        candidate_results = self._candidate.run(messages, candidate)
         now = time.time_ns()
-        for stored, live_outcome, candidate_outcome in zip(batch, live, candidate, strict=True):
-            live_answer, candidate_answer = answer_of(live_outcome), answer_of(candidate_outcome)
+        for stored, live_reply, live_result, candidate_reply, candidate_result in zip(
+            batch, live, live_results, candidate, candidate_results, strict=True
+        ):
+            live_answer, candidate_answer = recorded(live_reply, live_result), recorded(candidate_reply, candidate_result)
             verdict = compare(live_answer, candidate_answer)
             result.counts[verdict] += 1
             if result.counts[verdict] <= self.keep:
@@ -178,6 +151,7 @@ class Replay:
                         stream_sequence=stored.sequence,
                     )
                 )
-            if self.dead_letters and would_handle(candidate_answer, versions.allowlist):
+            # A pool would carry it out and ack the message: ok, with effects its allowlist takes.
+            if self.dead_letters and type(candidate_result) is Effects:
                 result.would_handle.append(stored.sequence)
         batch.clear()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import msgspec
 
 from ..broker.names import SHADOW_STREAM, SHADOW_SUBJECT_PREFIX
-from .compare import Answer, Verdict
+from .compare import RecordedReply, Verdict
 
 __all__ = [
     "SHADOW_STREAM",
@@ -28,8 +28,8 @@ class Sample(msgspec.Struct, frozen=True):
     verdict: Verdict
     subject: str  # the input message's subject
     payload: bytes  # the input message
-    live: Answer
-    candidate: Answer
+    live: RecordedReply
+    candidate: RecordedReply
     candidate_sha256: str
     at_ns: int  # when it was judged (time.time_ns())
     stream_sequence: int = 0  # the input's sequence in its stream, when known

@@ -13,17 +13,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 from ..broker.delivery import Incoming
+from ..function import Message, WorkerGuests
 from ..outcome import GuestResult
 from ..runtime.guest import GuestReply
 from .candidate import Candidate
-from .compare import Verdict, answer_of, compare
+from .compare import Verdict, compare, recorded
 from .samples import Sample
-
-if TYPE_CHECKING:
-    from ..pool import _Worker
 
 log = logging.getLogger("ebbtide.rollout")
 
@@ -40,26 +37,33 @@ class ShadowRun:
     def candidate_sha256(self) -> str:
         return self.candidate.rollout.candidate_sha256
 
-    def run_guests(self, worker: _Worker, batch: Sequence[Incoming], pairs: list[tuple[bytes, bytes]]) -> list[GuestResult]:
+    def run_guests(self, guests: WorkerGuests, batch: Sequence[Incoming], messages: list[Message]) -> list[GuestResult]:
         live: list[GuestReply] = []
-        results = worker.run_live(batch, pairs, live)
+        results = guests.run_live(batch, messages, live)
         try:
-            self._judge(worker, batch, pairs, live)
+            self._judge(guests, batch, messages, live, results)
         except Exception:  # a bug here must not touch the live answers: those are already decided
             log.exception("%s: shadow run failed on a batch; the live answers stand", self.candidate.rollout.function)
         return results
 
     def _judge(
-        self, worker: _Worker, batch: Sequence[Incoming], pairs: list[tuple[bytes, bytes]], live: list[GuestReply]
+        self,
+        guests: WorkerGuests,
+        batch: Sequence[Incoming],
+        messages: list[Message],
+        live: list[GuestReply],
+        live_results: list[GuestResult],
     ) -> None:
         share = self.candidate.share
         chosen = [i for i, incoming in enumerate(batch) if share.takes(incoming.msg)]
         if not chosen:
             return
-        answers = self.candidate.handle(worker, [pairs[i] for i in chosen])
+        replies: list[GuestReply] = []
+        results = self.candidate.run(guests, [messages[i] for i in chosen], replies)
         stats = self.candidate.stats
-        for i, candidate_outcome in zip(chosen, answers):
-            live_answer, candidate_answer = answer_of(live[i]), answer_of(candidate_outcome)
+        for i, candidate_reply, candidate_result in zip(chosen, replies, results, strict=True):
+            live_answer = recorded(live[i], live_results[i])
+            candidate_answer = recorded(candidate_reply, candidate_result)
             verdict = compare(live_answer, candidate_answer)
             stats.count_shadow(verdict.value)
             if self._sent.get(verdict, 0) < self.candidate.rollout.keep:
@@ -71,7 +75,7 @@ class ShadowRun:
                         function=rollout.function,
                         verdict=verdict,
                         subject=batch[i].msg.subject,
-                        payload=pairs[i][1],
+                        payload=messages[i][1],
                         live=live_answer,
                         candidate=candidate_answer,
                         candidate_sha256=rollout.candidate_sha256,

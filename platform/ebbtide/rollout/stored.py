@@ -19,7 +19,8 @@ from .. import dlq_admin
 from ..broker import jsapi
 from ..broker.headers import H_ORIGINAL_SIZE
 from ..errors import JetStreamError, RunError, UsageError
-from ..manifest import LoadedManifest, subject_matches
+from ..manifest import LoadedManifest
+from ..subjects import subject_matches
 from .compare import Verdict
 from .replay import StoredInput
 from .samples import SHADOW_STREAM, Sample, decode_sample, function_filter, sample_subject

@@ -139,33 +139,33 @@ class ComponentGuest:
 
     def handle(self, subject: bytes, payload: bytes) -> tuple[abi.Status, bytes]:
         """Run the guest on one message (a batch of one). Raises InputTooLarge or GuestFault."""
-        outcome = self.handle_batch(((subject, payload),)).outcomes[0]
-        if isinstance(outcome, (GuestFault, InputTooLarge)):
-            raise outcome
-        return outcome
+        reply = self.handle_batch(((subject, payload),)).replies[0]
+        if isinstance(reply, (GuestFault, InputTooLarge)):
+            raise reply
+        return reply
 
     def handle_batch(self, messages: Sequence[tuple[bytes, bytes]]) -> BatchResult:
         """Up to MAX_BATCH_BYTES of records per call; see `Guest.handle_batch` and BatchResult."""
-        outcomes: list[GuestReply] = []
+        replies: list[GuestReply] = []
         total = len(messages)
-        while len(outcomes) < total:
-            start = len(outcomes)
+        while len(replies) < total:
+            start = len(replies)
             subject, payload = messages[start]
             if len(subject) + len(payload) > self.input_capacity:
-                outcomes.append(
+                replies.append(
                     InputTooLarge(
                         f"message of {len(subject) + len(payload)} bytes exceeds the guest's input cap ({self.input_capacity})"
                     )
                 )
                 continue
             records, count = _pack(messages, start)
-            if self._call(records, messages[start : start + count], outcomes):
-                return BatchResult(outcomes, instance_failed=True)
-        return BatchResult(outcomes)
+            if self._call(records, messages[start : start + count], replies):
+                return BatchResult(replies, instance_failed=True)
+        return BatchResult(replies)
 
-    def _call(self, records: str, batch: Sequence[tuple[bytes, bytes]], outcomes: list[GuestReply]) -> bool:
+    def _call(self, records: str, batch: Sequence[tuple[bytes, bytes]], replies: list[GuestReply]) -> bool:
         """One `handle-batch` call on the records of `batch`, with its messages' worth of fuel; appends their
-        outcomes (up to and including a fault). Returns whether the instance failed.
+        replies (up to and including a fault). Returns whether the instance failed.
 
         After a trap the component cannot say which message it was in (its memory is not the host's to
         read), so a trapped batch of several runs again one message per call on a fresh instance, each
@@ -178,10 +178,10 @@ class ComponentGuest:
             self._handle_batch.post_return(store)
         except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
             if len(batch) > 1:
-                return self._rerun_one_by_one(batch, outcomes)
-            outcomes.append(self._fault(exc))
+                return self._rerun_one_by_one(batch, replies)
+            replies.append(self._fault(exc))
             return True
-        return _read_outcomes(output.encode("latin-1"), len(batch), outcomes)
+        return _read_replies(output.encode("latin-1"), len(batch), replies)
 
     def _fault(self, exc: wasmtime.Trap | wasmtime.WasmtimeError) -> GuestFault:
         """What a failed one-message call stands for. A component's trap reaches wasmtime-py as a WasmtimeError
@@ -192,14 +192,14 @@ class ComponentGuest:
             return GuestFault("timeout", f"used its fuel limit of {self.limits.fuel} for one message")
         return GuestFault("trap", cause(exc))
 
-    def _rerun_one_by_one(self, batch: Sequence[tuple[bytes, bytes]], outcomes: list[GuestReply]) -> bool:
+    def _rerun_one_by_one(self, batch: Sequence[tuple[bytes, bytes]], replies: list[GuestReply]) -> bool:
         try:
             self._start()
         except GuestInitError as exc:  # the batch's first message is charged; the pool replaces the instance
-            outcomes.append(GuestFault("trap", f"a batch trapped and a fresh instance did not start: {exc}"))
+            replies.append(GuestFault("trap", f"a batch trapped and a fresh instance did not start: {exc}"))
             return True
         result = handle_one_by_one(self, batch)
-        outcomes += result.outcomes
+        replies += result.replies
         return result.instance_failed
 
 
@@ -219,11 +219,11 @@ def _raised(status: int, output: bytes) -> GuestFault:
     return abi.unknown_status(status)
 
 
-def _read_outcomes(data: bytes, count: int, outcomes: list[GuestReply]) -> bool:
-    """Appends the outcomes in a `handle-batch` output; returns whether the instance failed (a handler
+def _read_replies(data: bytes, count: int, replies: list[GuestReply]) -> bool:
+    """Appends the replies in a `handle-batch` output; returns whether the instance failed (a handler
     that raised, or output that is not what the world says)."""
     done = abi.BATCH_COUNT.unpack_from(data, 0)[0] if len(data) >= abi.BATCH_HEADER_SIZE else "no"
     if done != count:
-        outcomes.append(GuestFault("invalid-output", f"batch of {count}: {done} outcome(s) reported"))
+        replies.append(GuestFault("invalid-output", f"batch of {count}: {done} reply(s) reported"))
         return True
-    return abi.read_output_records(data, count, len(data), outcomes.append, _raised)
+    return abi.read_output_records(data, count, len(data), replies.append, _raised)

@@ -45,12 +45,12 @@ GuestReply = tuple[Status, bytes] | GuestFault | InputTooLarge
 class BatchResult:
     """What `Guest.handle_batch` did with a list of messages.
 
-    `outcomes[i]` belongs to `messages[i]`; messages past `len(outcomes)` were not handled. When
+    `replies[i]` belongs to `messages[i]`; messages past `len(replies)` were not handled. When
     `instance_failed`, the instance faulted (a trap, the fuel of the batch, bad output): discard it and
-    hand the messages not handled to a fresh instance. Messages before the fault keep their outcome.
+    hand the messages not handled to a fresh instance. Messages before the fault keep their reply.
     """
 
-    outcomes: list[GuestReply]
+    replies: list[GuestReply]
     instance_failed: bool = False
 
 
@@ -85,7 +85,7 @@ class Guest(Protocol):
         ...
 
     def handle_batch(self, messages: Sequence[tuple[bytes, bytes]]) -> BatchResult:
-        """Run the guest on (subject, payload) pairs, in order: each gets the outcome `handle` would give it.
+        """Run the guest on (subject, payload) pairs, in order: each gets the reply `handle` would give it.
 
         A guest that takes batches is called once per input buffer's worth of messages; any other is
         called once per message. Raises nothing for a message's failure: see BatchResult."""
@@ -94,16 +94,16 @@ class Guest(Protocol):
 
 def handle_one_by_one(guest: Guest, messages: Sequence[tuple[bytes, bytes]]) -> BatchResult:
     """`handle_batch` for a guest called once per message (ABI v1, components), stopping at a fault."""
-    outcomes: list[GuestReply] = []
+    replies: list[GuestReply] = []
     for subject, payload in messages:
         try:
-            outcomes.append(guest.handle(subject, payload))
+            replies.append(guest.handle(subject, payload))
         except InputTooLarge as too_large:
-            outcomes.append(too_large)
+            replies.append(too_large)
         except GuestFault as fault:
-            outcomes.append(fault)
-            return BatchResult(outcomes, instance_failed=True)
-    return BatchResult(outcomes)
+            replies.append(fault)
+            return BatchResult(replies, instance_failed=True)
+    return BatchResult(replies)
 
 
 def cause(exc: BaseException) -> str:

@@ -125,19 +125,19 @@ class GuestInstance:
                 fast.memory_view(self._base + self._out_ptr, self._out_capacity),
             )
         input_view, output_view = self._buffer_views
-        outcomes: list[GuestReply] = []
+        replies: list[GuestReply] = []
         total = len(messages)
-        while len(outcomes) < total:
-            count = self._pack(input_view, messages, len(outcomes))
+        while len(replies) < total:
+            count = self._pack(input_view, messages, len(replies))
             if count == 0:
                 # The next message does not fit as a record (8 bytes more than alone): it goes alone.
-                single = handle_one_by_one(self, messages[len(outcomes) : len(outcomes) + 1])
-                outcomes += single.outcomes
+                single = handle_one_by_one(self, messages[len(replies) : len(replies) + 1])
+                replies += single.replies
                 if single.instance_failed:
-                    return BatchResult(outcomes, instance_failed=True)
-            elif self._call_batch(output_view, count, outcomes):
-                return BatchResult(outcomes, instance_failed=True)
-        return BatchResult(outcomes)
+                    return BatchResult(replies, instance_failed=True)
+            elif self._call_batch(output_view, count, replies):
+                return BatchResult(replies, instance_failed=True)
+        return BatchResult(replies)
 
     def _pack(self, view: memoryview, messages: Sequence[tuple[bytes, bytes]], start: int) -> int:
         """Writes records for messages[start:] into the input buffer while they fit; returns how many."""
@@ -145,8 +145,8 @@ class GuestInstance:
         view[: len(records)] = records
         return count
 
-    def _call_batch(self, view: memoryview, count: int, outcomes: list[GuestReply]) -> bool:
-        """One `ebbtide_handle_batch` call on the `count` packed records; appends the outcomes of the messages
+    def _call_batch(self, view: memoryview, count: int, replies: list[GuestReply]) -> bool:
+        """One `ebbtide_handle_batch` call on the `count` packed records; appends the replies of the messages
         it finished (and of the one that faulted). Returns whether the instance failed.
 
         Fuel: the call gets `count` messages' worth. A trap ends the call; the guest's progress counter
@@ -169,16 +169,16 @@ class GuestInstance:
             handled, fault = -1, host_import_failed(exc)
         done: int = _DONE.unpack_from(view, 0)[0]
         if not 0 <= done <= count or (handled >= 0 and handled != done):
-            outcomes.append(GuestFault("invalid-output", f"batch of {count}: handled {handled}, counter {done}"))
+            replies.append(GuestFault("invalid-output", f"batch of {count}: handled {handled}, counter {done}"))
             return True
-        if abi.read_output_records(view, done, self._out_capacity, outcomes.append):
+        if abi.read_output_records(view, done, self._out_capacity, replies.append):
             return True
         if handled < 0:  # trapped
             if fault is not None:
-                outcomes.append(fault)
+                replies.append(fault)
             return True
         if done == 0:
-            outcomes.append(GuestFault("invalid-output", f"handled none of a batch of {count}"))
+            replies.append(GuestFault("invalid-output", f"handled none of a batch of {count}"))
             return True
         return False
 

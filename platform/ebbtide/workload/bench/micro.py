@@ -78,7 +78,7 @@ def _bench_batches(instance: GuestInstance, report: BenchReport, quick: bool) ->
     passes = 300 if quick else 3_000
 
     def one_pass() -> None:
-        for outcome in instance.handle_batch(batch).outcomes:
+        for outcome in instance.handle_batch(batch).replies:
             decode_effects(outcome[1])  # type: ignore[index]  (every order is valid: a (status, output) pair)
 
     one_pass()  # warm-up, excluded
