@@ -66,6 +66,10 @@ REST_AFTER_RELEASE_S = 5.0  # no bid for a lane just handed over, so that anothe
 WRONG_PIN = "423"
 TOO_LARGE = "409"  # a confirming request's answer when a message was there for it: the pin was its
 EXPIRED = "408"
+# A bid expires soon, to be sent again: one waiting at the server when its feed closes cannot be taken back,
+# and a message it wins then holds its lane until it expired (close() says why); holders renew every third of
+# the pin timeout anyway, so bids at this pace cost the server little.
+BID_EXPIRES_S = 1.0
 CONFIRM_EXPIRES_S = 0.1  # a confirming request on an idle lane expires this soon (then a consumer info says)
 BARRIER_REPORT_S = 10.0
 
@@ -165,7 +169,8 @@ class LaneFeed:
         ]
         self._waiting: deque[asyncio.Future[None]] = deque()  # workers waiting for a batch, first come first served
         self._wake_scheduled = False
-        self._subscriptions: list[Subscription] = []
+        self._lane_subscriptions: list[Subscription] = []  # one per lane, in lane order
+        self._holdings_subscription: Subscription | None = None
         self._peers: dict[str, tuple[int, float]] = {}  # feed -> (lanes held, when heard)
         self._announced = -2
         self._announce_at = 0.0
@@ -174,6 +179,10 @@ class LaneFeed:
         self._watchdog: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._held_at_close: set[int] = set()
+        self._given_back: dict[int, list[Msg]] = {}  # lane -> what came to it after close
+        self._giving_back: set[asyncio.Future[None]] = set()  # what came after close: never cancelled
+        self.lingering: asyncio.Task[None] | None = None  # the subscriptions kept after close (see close)
         self._handed: dict[int, Held[Msg]] = {}  # id(message) -> its holding, while it is in a batch
         self._reconnects = nc.stats["reconnects"]
         self._lease_changed = asyncio.Event()  # set (and replaced) when a lapsed lane is confirmed or lost
@@ -184,8 +193,8 @@ class LaneFeed:
     async def start(self) -> LaneFeed:
         for lane in range(len(self._lanes)):
             subject = f"{self._inbox}.{lane}.*"
-            self._subscriptions.append(await _nats_fast.subscribe_direct(self._nc, subject, self._receiver(lane)))
-        self._subscriptions.append(await _nats_fast.subscribe_direct(self._nc, self._holdings_subject, self._on_holdings))
+            self._lane_subscriptions.append(await _nats_fast.subscribe_direct(self._nc, subject, self._receiver(lane)))
+        self._holdings_subscription = await _nats_fast.subscribe_direct(self._nc, self._holdings_subject, self._on_holdings)
         await self._tend(time.monotonic())
         self._watchdog = asyncio.create_task(self._run_watchdog(), name="ordered-feed-watchdog")
         return self
@@ -250,8 +259,8 @@ class LaneFeed:
         a lapsed holder's question whether the pin is still its own: it cannot take a message (max_bytes 1),
         so the server answers 409 when one is there for it, 408 at its expiry, 423 when the pin is another's."""
         pin = self.book.pin(lane)
-        # A holder's request lapses when the next renewal is due; a bid waits a pin timeout.
-        expires_s = CONFIRM_EXPIRES_S if confirm else self._pin_timeout_s * (RENEW_AFTER if pin else 1.0)
+        # A holder's request lapses when the next renewal is due.
+        expires_s = CONFIRM_EXPIRES_S if confirm else self._pin_timeout_s * RENEW_AFTER if pin else BID_EXPIRES_S
         body: dict[str, object] = {"batch": batch, "expires": int(expires_s * 1e9), "group": PRIORITY_GROUP}
         if pin:
             body["id"] = pin
@@ -289,10 +298,12 @@ class LaneFeed:
                 break
         else:
             requested_at = time.monotonic() - self._pin_timeout_s  # its request was given up on: no lease from it
-        if pin is None or self._closed:
-            if pin is None:
-                log.warning("%s: message without a pin id (not a pinned lane: run `ebbtide provision`)", msg.subject)
+        if pin is None:
+            log.warning("%s: message without a pin id (not a pinned lane: run `ebbtide provision`)", msg.subject)
             self._spawn(hand_back(self._nc, msg))
+            return
+        if self._closed:
+            self._give_back(lane, msg)
             return
         try:
             seq, delivery = _sequences(msg.reply)
@@ -472,6 +483,9 @@ class LaneFeed:
         io = self._lanes[lane]
         io.quiet_until = now + REST_AFTER_RELEASE_S
         await self._lose(lane, "handed over")
+        await self._unpin(io)
+
+    async def _unpin(self, io: _LaneIO) -> None:
         try:
             await jsapi.request(self._nc, io.unpin_subject, {"group": PRIORITY_GROUP}, jsapi.ApiResponse)
         except Exception as exc:  # the pin times out by itself
@@ -577,20 +591,26 @@ class LaneFeed:
         self._wake_all()
 
     async def close(self) -> None:
-        """Hand every lane over: stop asking, hand back (nak, confirmed) what nobody took, unpin."""
+        """Hand every lane over: stop asking, hand back (nak, confirmed) what nobody took, unpin.
+
+        The requests still waiting at the server cannot be taken back, and the server fills one as long as
+        its reply subject has a subscriber (and, racing an unsubscribe, a moment after): a message for a
+        lane's last bid would sit unacked until its ack wait, the lane pinned to nobody until the pin timeout
+        (the ordered soak's trickle waited ~10 s in most minutes). So each lane's subscription stays until
+        its last request has expired (`lingering`, in the background); a message that comes meanwhile ends
+        the lane's subscription first (so the server cannot give it back to the same request), then goes back
+        with whatever came with it, and once the lane's requests have expired (at most BID_EXPIRES_S for a
+        bid: while one waits, UNPIN would pin it again) the pin it brought is let go (`_give_back`)."""
         self._closed = True
         if self._watchdog is not None:
             self._watchdog.cancel()
         connected = self._nc.is_connected
-        subscriptions, self._subscriptions = self._subscriptions, []
-        for subscription in subscriptions:
-            try:
-                await (subscription.drain() if connected else subscription.unsubscribe())  # type: ignore[no-untyped-call]
-            except Exception:
-                pass  # connection gone or draining: nothing more can arrive here
         now = time.monotonic()
+        self._held_at_close = set(self.book.held_lanes)
+        if self._holdings_subscription is not None:
+            await _unsubscribe([self._holdings_subscription])
         if connected:
-            await asyncio.gather(*(self._hand_over(lane, now) for lane in self.book.held_lanes))
+            await asyncio.gather(*(self._hand_over(lane, now) for lane in self._held_at_close))
             try:
                 await self._nc.publish(self._holdings_subject, msgspec.json.encode(_Holdings(self._feed_id, -1)))
             except Exception:
@@ -599,6 +619,53 @@ class LaneFeed:
         for task in list(self._tasks):
             task.cancel()
         self._wake_all()
+        last_expiry = max((r.expires_at for io in self._lanes for r in io.requests), default=now)
+        if connected and last_expiry > now:
+            self.lingering = asyncio.create_task(self._linger(last_expiry + LATE_MARGIN_S))
+        else:
+            await _unsubscribe(self._lane_subscriptions)
+
+    async def _linger(self, until: float) -> None:
+        try:
+            await asyncio.sleep(until - time.monotonic())
+        finally:
+            await _unsubscribe(self._lane_subscriptions)
+            await asyncio.gather(*self._giving_back, return_exceptions=True)
+
+    def _give_back(self, lane: int, msg: Msg) -> None:
+        """A message for a request answered after close (`close` says why that happens)."""
+        back = self._given_back.get(lane)
+        if back is not None:  # the lane's subscription is ending: this came with the first
+            back.append(msg)
+            return
+        self._given_back[lane] = back = [msg]
+
+        async def give_back() -> None:
+            subscription = self._lane_subscriptions[lane]
+            try:
+                await subscription.drain()  # type: ignore[no-untyped-call]  # what is on its way still comes in
+            except Exception:
+                pass  # connection gone: the server redelivers after the ack wait
+            await asyncio.gather(*(hand_back(self._nc, m) for m in back))
+            # A lane held at close had its pin dropped then (another process may hold it now: UNPIN takes no
+            # pin id); any other was pinned here by the bid this came to.
+            if lane not in self._held_at_close:
+                io = self._lanes[lane]
+                last_expiry = max((r.expires_at for r in io.requests), default=0.0)
+                await asyncio.sleep(max(0.0, last_expiry + LATE_MARGIN_S - time.monotonic()))
+                await self._unpin(io)
+
+        future = asyncio.ensure_future(give_back())
+        self._giving_back.add(future)
+        future.add_done_callback(self._giving_back.discard)
+
+
+async def _unsubscribe(subscriptions: list[Subscription]) -> None:
+    for subscription in subscriptions:
+        try:
+            await subscription.unsubscribe()  # type: ignore[no-untyped-call]
+        except Exception:
+            pass  # connection gone: nothing more can arrive here
 
 
 class FeedView:
