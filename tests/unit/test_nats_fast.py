@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import re
 from collections.abc import Callable
 
 import nats.errors
@@ -41,6 +42,13 @@ def test_nats_py_is_a_declared_release_with_the_internals_used() -> None:
     assert "self._id = id" in subscription_source
     msg_source = inspect.getsource(Msg)
     assert "self._ackd = True" in msg_source and "_client" in msg_source
+    # FastParser (FastNatsClient's protocol parser) takes over from nats-py's: made in the client's __init__,
+    # fed by its read loop, reset with a new buffer on a reconnect, and building messages of `msg_class`.
+    assert re.search(r"self\._ps(: Parser)? = Parser\(self\)", inspect.getsource(NatsClient.__init__))
+    assert "await self._ps.parse(b)" in inspect.getsource(NatsClient._read_loop)
+    assert "self.buf = bytearray()" in inspect.getsource(nats.protocol.parser.Parser.reset)
+    assert "self.state = AWAITING_CONTROL_LINE" in inspect.getsource(nats.protocol.parser.Parser.reset)
+    assert "self.msg_class(" in inspect.getsource(NatsClient._build_message)
     if at_least("nats-py", "2.15"):  # the release that brought the parser FastNatsClient replaces
         assert "_parse_header_lines(raw_headers)" in inspect.getsource(NatsClient._process_headers)
 
