@@ -90,21 +90,40 @@ def mark_settled(msg: Msg) -> None:
 
 def parse_header_lines(raw: bytes) -> dict[str, str]:
     """FastNatsClient's header parser: `Client._parse_header_lines` of nats-py 2.16.0, line for line, with
-    its whitespace test on a name (`any(c.isspace() for c in key)`) as one `str.split` (the same characters
-    count as whitespace)."""
+    its checks on a name (stripped, ASCII, no whitespace inside: `any(c.isspace() for c in key)`) made once
+    per distinct name and remembered (`_header_name`)."""
     out: dict[str, str] = {}
+    names = _header_names
     for line in raw.split(b"\r\n"):
         name, sep, value = line.partition(b":")
         if not sep:
             continue
         try:
-            key = name.strip().decode("ascii")
-        except UnicodeDecodeError:
-            continue
-        if key and key.split() != [key]:
-            continue
-        out[key] = value.strip().decode("utf-8", "replace")
+            key = names[name]
+        except KeyError:
+            key = _header_name(name)
+            if len(names) < _HEADER_NAMES_REMEMBERED:
+                names[name] = key
+        if key is not None:
+            out[key] = value.strip().decode("utf-8", "replace")
     return out
+
+
+def _header_name(name: bytes) -> str | None:
+    """The header key nats-py makes of a line's `name` (before the colon), or None where it skips the line."""
+    try:
+        key = name.strip().decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    if key and key.split() != [key]:  # whitespace inside (str.split counts the same characters as isspace)
+        return None
+    return key
+
+
+# Header names as they come on the wire, checked once: ebbtide's messages carry a handful of distinct ones;
+# the bound keeps a stream of ever new names (someone else's publisher) from growing the table.
+_header_names: dict[bytes, str | None] = {}
+_HEADER_NAMES_REMEMBERED = 256
 
 
 # nats-py's own header-line parser (2.15 and later), which FastNatsClient's replaces and must equal (tests);
