@@ -41,7 +41,12 @@ _NEWLINES = str.maketrans({"\r": " ", "\n": " "})  # as nats-py: a header value 
 
 def header_block(headers: Mapping[str, str]) -> bytes:
     """`NATS/1.0` header block for HPUB; keys are ebbtide's own (broker/headers.py), values kept on one line."""
-    lines = "".join([f"{key}: {value.translate(_NEWLINES)}\r\n" for key, value in headers.items()])
+    lines = "".join(
+        [
+            f"{key}: {value}\r\n" if "\r" not in value and "\n" not in value else f"{key}: {value.translate(_NEWLINES)}\r\n"
+            for key, value in headers.items()
+        ]
+    )  # translate only where needed: it costs twice the rest (timeit)
     return f"NATS/1.0\r\n{lines}\r\n".encode()
 
 
@@ -136,10 +141,11 @@ OnMessage = Callable[[Msg], None]
 class FastNatsClient(NatsClient):
     """nats-py's client with ebbtide's hot path; the class of every connection ebbtide makes itself.
 
-    Two differences from its base class, both confined to instances of this class: header blocks are
-    parsed by `parse_header_lines` (where nats-py has the parser it replaces), and a subscription made
-    with `subscribe_direct` has each message handed to a plain function by the read loop itself
-    (`_process_msg`), instead of through the subscription's queue and a task awaiting a callback.
+    Three differences from its base class, all confined to instances of this class: header blocks are
+    parsed by `parse_header_lines` (where nats-py has the parser it replaces); a subscription made with
+    `subscribe_direct` has each message handed to a plain function by the read loop itself (`FastParser`,
+    or `_process_msg` for what it leaves to nats-py), instead of through the subscription's queue and a
+    task awaiting a callback; and the protocol parser is `FastParser`.
     """
 
     if NATS_PY_PARSE_HEADER_LINES is not None:
