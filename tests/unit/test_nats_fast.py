@@ -175,3 +175,27 @@ def test_the_fast_parser_hands_over_what_nats_pys_would_however_reads_split(cuts
 def test_the_fast_parser_leaves_a_malformed_message_to_nats_pys_error() -> None:
     with pytest.raises(nats.errors.ProtocolError):
         asyncio.run(parsed(b"MSG a 1 x\r\nabc\r\n", [], fast=True))
+
+
+class ResettingClient(RecordingClient):
+    """As RecordingClient, but a message of a subscription that is not direct resets the parser while it is
+    being handled, as a reconnect does: what the read had brought after it is gone, as in nats-py."""
+
+    async def _process_msg(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> None:
+        await super()._process_msg(sid, subject, reply, data, headers)
+        if sid == 2:
+            self._ps.reset()
+
+
+async def parsed_with_reset(fast: bool) -> list[object]:
+    client = ResettingClient(fast)
+    await client._ps.parse(b"MSG _INBOX.a 1 1\r\na\r\nMSG other.x 2 1\r\nb\r\nMSG _INBOX.c 1 1\r\nc\r\n")
+    assert not client._ps.buf
+    await client._ps.parse(b"MSG _INBOX.d 1 1\r\nd\r\n")  # the new connection's first message
+    return client.seen
+
+
+def test_the_fast_parser_stops_where_nats_pys_does_when_reset_while_it_awaits() -> None:
+    seen = asyncio.run(parsed_with_reset(fast=True))
+    assert seen == asyncio.run(parsed_with_reset(fast=False))
+    assert [entry[0] for entry in seen] == ["_INBOX.a", "_INBOX.d"]  # type: ignore[index]
