@@ -217,6 +217,7 @@ class FunctionPool:
                     task.cancel()
                 await asyncio.gather(*late, return_exceptions=True)
         self._workers.clear()
+        await self._ordered_feed.close()  # its lanes, kept while scaled to zero, go now
 
     # -- one batch -------------------------------------------------------------------------------------
 

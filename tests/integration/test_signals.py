@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -298,3 +299,20 @@ def test_a_second_up_never_joins_the_first_ones_server(tmp_path: Path) -> None:
         assert first.stopped_within(STOP_S) == 0, first.output
     finally:
         first.kill()
+
+
+def test_up_with_its_console_port_taken_says_so_and_exits(tmp_path: Path) -> None:
+    """A new user's stumble: `up --console PORT` with PORT taken printed the console's "cannot listen" once and
+    ran on without a console. Now `up` names the port and what holds it, exits 2, and runs nothing."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        port = holder.getsockname()[1]
+        up = Ebbtide(tmp_path, _manifest(tmp_path), "up", "--processes", "per-function", "--console", str(port))
+        try:
+            code = up.stopped_within(START_S)
+        finally:
+            up.kill()
+    assert code == 2, up.output
+    assert f"the console's port 127.0.0.1:{port} is in use" in up.output, up.output
+    assert "running f" not in up.output, up.output

@@ -11,8 +11,8 @@ the feed how each message ended (`settled`, `finish`), which frees the key's nex
 Holders spread over the replicas: each feed announces how many lanes it holds on
 `ebbtide.lane_holdings.<function>`; a feed holding two or more than the fewest any live peer holds hands one
 over (its queued messages handed back, then the lane unpinned through `$JS.API.CONSUMER.UNPIN`, so a
-bidder gets it at once), every `RELEASE_EVERY_S` until balanced. Closing (the pool scaled to zero, the
-process stopping) hands every lane over the same way, at once, not after the pin timeout.
+bidder gets it at once), every `RELEASE_EVERY_S` until balanced. Closing (the pool scaled to zero for
+IDLE_HOLD_S, the process stopping) hands every lane over the same way, at once, not after the pin timeout.
 
 Requests answer into an inbox per lane (`<inbox>.<lane>.<request>`): a status (408 expired, 423 wrong pin
 id) names the request it answers. Messages the book does not hold (a lane lost meanwhile) are handed back
@@ -66,6 +66,10 @@ REST_AFTER_RELEASE_S = 5.0  # no bid for a lane just handed over, so that anothe
 WRONG_PIN = "423"
 TOO_LARGE = "409"  # a confirming request's answer when a message was there for it: the pin was its
 EXPIRED = "408"
+# A pool scaled to zero keeps its lanes (renewed, three requests per lane per pin timeout) this long: a message
+# soon after, a trickle between bursts, is in the feed when its publish wakes the pool, instead of waiting for
+# a bid to win the lane again.
+IDLE_HOLD_S = 30.0
 # A bid expires soon, to be sent again: one waiting at the server when its feed closes cannot be taken back,
 # and a message it wins then holds its lane until it expired (close() says why); holders renew every third of
 # the pin timeout anyway, so bids at this pace cost the server little.
@@ -700,16 +704,22 @@ class FeedView:
 
 
 class SharedFeed:
-    """One LaneFeed for all of a pool's workers: opened by the first, closed with the last."""
+    """One LaneFeed for all of a pool's workers: opened by the first; after the last has gone (the pool
+    scaled to zero) it keeps the lanes for IDLE_HOLD_S, then closes, or at once when the pool stops."""
 
-    def __init__(self, open_feed: Callable[[], Awaitable[LaneFeed]]) -> None:
+    def __init__(self, open_feed: Callable[[], Awaitable[LaneFeed]], idle_hold_s: float = IDLE_HOLD_S) -> None:
         self._open_feed = open_feed
+        self._idle_hold_s = idle_hold_s
         self._feed: LaneFeed | None = None
         self._users = 0
         self._lock = asyncio.Lock()
+        self._idle_close: asyncio.Task[None] | None = None
 
     async def view(self) -> FeedView:
         async with self._lock:
+            if self._idle_close is not None:
+                self._idle_close.cancel()
+                self._idle_close = None
             if self._feed is None:
                 self._feed = await self._open_feed()
             self._users += 1
@@ -719,5 +729,21 @@ class SharedFeed:
         async with self._lock:
             self._users -= 1
             if self._users == 0 and self._feed is feed:
-                self._feed = None
+                self._idle_close = asyncio.create_task(self._close_when_idle(feed))
+
+    async def _close_when_idle(self, feed: LaneFeed) -> None:
+        await asyncio.sleep(self._idle_hold_s)
+        async with self._lock:
+            if self._users == 0 and self._feed is feed:
+                self._feed, self._idle_close = None, None
+                await feed.close()
+
+    async def close(self) -> None:
+        """The pool stops: its lanes go now (to a peer, or a process started later)."""
+        async with self._lock:
+            if self._idle_close is not None:
+                self._idle_close.cancel()
+                self._idle_close = None
+            feed, self._feed = self._feed, None
+            if feed is not None:
                 await feed.close()

@@ -59,8 +59,15 @@ def console_beside(manifest: LoadedManifest, nats_url: str | None, port: int) ->
 
     `nats_url`: the server to read, None for the embedded server with generated users (the console finds
     their credentials in its data folder, as `ebbtide dlq` does)."""
+    from ..broker.ports import describe_listener, port_taken
     from ..children import die_with_parent
 
+    # Checked here: the console's own process would say it and exit, and `up` would go on without a console.
+    if port and port_taken("127.0.0.1", port):
+        who = describe_listener(port)
+        raise UsageError(
+            f"the console's port 127.0.0.1:{port} is in use{f' by {who}' if who else ''}: choose another (--console PORT)"
+        )
     command = [sys.executable, "-m", "ebbtide", "--manifest", str(manifest.path), "console", "--port", str(port)]
     if nats_url is not None:
         command += ["--nats-url", nats_url]
