@@ -68,8 +68,9 @@ TOO_LARGE = "409"  # a confirming request's answer when a message was there for 
 EXPIRED = "408"
 # A pool scaled to zero keeps its lanes (renewed, three requests per lane per pin timeout) this long: a message
 # soon after, a trickle between bursts, is in the feed when its publish wakes the pool, instead of waiting for
-# a bid to win the lane again.
-IDLE_HOLD_S = 30.0
+# a bid to win the lane again. Longer than the quiet between a busy stretch's bursts (a minute, the ZEISS day),
+# so that a process's tasks and requests stay the same from one burst to the next.
+IDLE_HOLD_S = 300.0
 # A bid expires soon, to be sent again: one waiting at the server when its feed closes cannot be taken back,
 # and a message it wins then holds its lane until it expired (close() says why); holders renew every third of
 # the pin timeout anyway, so bids at this pace cost the server little.
