@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from typing import TYPE_CHECKING
 
 from nats.aio.client import Client as NatsClient
@@ -35,6 +36,7 @@ log = logging.getLogger("ebbtide.host")
 
 # Overrides [telemetry] metrics_host: containers listen on 0.0.0.0 with the same manifest.
 METRICS_HOST_ENV = "EBBTIDE_METRICS_HOST"
+PROVISIONING_QUIET_S = 3.0  # missing provisioning is said at INFO this long, then as a warning
 PROVISIONING_POLL_S = 0.5  # while a function's consumer does not exist yet
 
 
@@ -139,13 +141,16 @@ class Host:
     async def _wait_until_provisioned(self, js: JetStreamContext) -> None:
         """Hosts never create streams or consumers (their users may not): wait for `ebbtide provision`,
         saying once what is missing, and again only if that changes."""
+        started = time.monotonic()
         for name in self.function_names:
-            said = ""
+            said, warned = "", False
             while reason := await missing_provisioning(js, self.manifest, name):
                 self.waiting_for = f"function {name}: {reason}"
-                if reason != said:
-                    log.warning("%s; waiting for it", self.waiting_for)
-                    said = reason
+                # Under `up` provisioning runs beside the functions' start: a moment's wait is no news.
+                late = time.monotonic() - started > PROVISIONING_QUIET_S
+                if reason != said or (late and not warned):
+                    log.log(logging.WARNING if late else logging.INFO, "%s; waiting for it", self.waiting_for)
+                    said, warned = reason, late
                 await asyncio.sleep(PROVISIONING_POLL_S)
             if said:
                 log.info("function %s: provisioned, starting", name)

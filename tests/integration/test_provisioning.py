@@ -46,6 +46,7 @@ async def test_a_host_waits_for_provisioning_and_says_why(
     path, bundle, server = secured
     manifest = load_manifest(path)
     monkeypatch.setattr("ebbtide.host.PROVISIONING_POLL_S", 0.01)
+    monkeypatch.setattr("ebbtide.host.PROVISIONING_QUIET_S", 0.0)  # said as a warning at once (`up` waits 3 s)
     caplog.set_level(logging.INFO, logger="ebbtide.host")
     host = Host(manifest, server.url, ["distributor"], metrics_port=free_port(), auth=bundle.function("distributor"))
     starting = asyncio.create_task(host.start())
