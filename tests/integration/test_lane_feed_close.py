@@ -1,9 +1,10 @@
-"""A lane's feed that closes (its pool scaled to zero) just as a message comes for its waiting bid: the server
-pins the lane to that bid and delivers the message there. Before the fix the feed let the message's hand-back
-be cancelled and kept the pin: the message stayed unacked until its ack wait and the lane pinned to nobody
-until the pin timeout, so the next holder waited seconds (the ordered soak's trickle: waits of ~10 s in most
-minutes). Now the message goes back and the pin is let go before close() returns: the next bidder gets it
-at once. The race is the server's; each round gives it a chance, and every round must end the same way."""
+"""A lane's feed that closes (its pool scaled to zero) just as a message comes for its waiting bid. The server
+fills the bid even as the feed unsubscribes: before the fix the message went to nobody (unacked until its ack
+wait, its hand-back cancelled when it came during close) and the lane stayed pinned to the dead bid until the
+pin timeout, so the next holder waited seconds (the ordered soak's trickle: ~10 s in most minutes). Now the
+closing feed listens until its requests expire, hands the message back and lets the pin go once its bid has
+expired (BID_EXPIRES_S): the next bidder gets it within that, far short of the pin timeout. The race is the
+server's; each round gives it a chance, and every round must end the same way."""
 
 from __future__ import annotations
 
