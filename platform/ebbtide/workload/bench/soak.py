@@ -1,7 +1,7 @@
 """`ebbtide bench --scenario soak [--minutes M]`: the ZEISS day shape, minute after minute, watched for growth.
 
 For each manifest (the reference, unordered; and ordered: every function `order_by = "orderGuid"`, ORDERS in
-32 partitions, as deploy/ordered/ebbtide.toml, EVENTS_PER_ORDER events per order) on an embedded nats-server
+8 partitions, as deploy/ordered/ebbtide.toml, EVENTS_PER_ORDER events per order) on an embedded nats-server
 of its own, with one `ebbtide run` process per function and REPLICAS of `receiver-express`, each minute is:
 
 - a burst at its start (10,000 orders; --orders changes it; for the ordered manifest that many events, in
