@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import nats.errors
+import nats.js.errors
 import pytest
 from nats.aio.client import Client as NatsClient
 
@@ -420,8 +421,8 @@ async def leader_change(admin: NatsClient, trigger: Trigger, endpoints: list[str
     async def new_leader() -> bool:
         try:
             info = await js.consumer_info(trigger.stream, trigger.consumer, timeout=1)
-        except nats.errors.TimeoutError:
-            return False  # no leader answers during the election
+        except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError):
+            return False  # no leader answers during the election, or JetStream says it is not available yet (503)
         return info.cluster is not None and info.cluster.leader not in (None, "", old_leader)
 
     await wait_until(new_leader, timeout=30, interval=0.05)
