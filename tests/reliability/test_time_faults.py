@@ -278,6 +278,29 @@ async def test_a_functions_connection_cut_and_restored_again_and_again(
         await run.close()
 
 
+def bytes_in_flight(pid: int) -> int:
+    """Bytes process `pid` wrote to its TCP connections that the other end has not read yet: its sockets' send
+    queues and the receive queues of their peers (on loopback both ends are in this machine's /proc/net/tcp)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue  # closed meanwhile
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    rows = []  # (local, remote, tx_queue, rx_queue, inode)
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as lines:
+            for line in list(lines)[1:]:
+                fields = line.split()
+                tx, rx = (int(q, 16) for q in fields[4].split(":"))
+                rows.append((fields[1], fields[2], tx, rx, fields[9]))
+    mine = [row for row in rows if row[4] in inodes]
+    peers = {(row[0], row[1]): row[3] for row in rows}
+    return sum(tx + peers.get((remote, local), 0) for local, remote, tx, _, _ in mine)
+
+
 @pytest.mark.parametrize("ordered", [False, True], ids=["unordered", "ordered"])
 async def test_a_function_process_paused_past_its_ack_wait_then_continued(
     tmp_path: Path, reference_manifest: LoadedManifest, reliability_report: Report, ordered: bool
@@ -341,11 +364,16 @@ async def test_a_function_process_paused_past_its_ack_wait_then_continued(
                 i.num_ack_pending for i in infos if i.name == "receiver-express" or i.name.startswith("receiver-express-p")
             )
 
+        async def nothing_on_its_way() -> bool:
+            return bytes_in_flight(victim.pid) == 0
+
         held = 0
         while not held:
             await eventually(victim_busy, timeout=120, interval=0.0, what="the receiver-express replica to pause busy")
             os.kill(victim.pid, signal.SIGSTOP)
             paused_at = time.monotonic()
+            # Acks it wrote just before the stop still reach the server: count what it holds once they have.
+            await eventually(nothing_on_its_way, timeout=30, interval=0.01, what="the paused replica's last bytes read")
             held = await unacked()  # the only replica: what the consumer has out, the victim holds
             if not held:
                 os.kill(victim.pid, signal.SIGCONT)  # it was between batches: again
