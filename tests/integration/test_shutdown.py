@@ -97,8 +97,9 @@ async def test_stop_past_the_grace_period_naks_the_batch_for_the_next_process(
     host = Host(manifest, nats_server.url)
     await host.start()
 
-    async def busy() -> bool:
-        return host.pools["chaos"].stats.processed >= 10
+    async def busy() -> bool:  # a batch running now (processed alone may be read between two batches)
+        pool = host.pools["chaos"]
+        return pool.stats.processed >= 10 and pool.in_flight > 0
 
     await wait_until(busy)
     for pool in host.pools.values():
