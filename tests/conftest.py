@@ -270,11 +270,35 @@ class OutboxWrites:
         return cls(stored=count, lost=0, written_twice=0, strays=0)
 
 
-async def last_values(nc: NatsClient, bucket: str) -> dict[str, tuple[str, bytes]]:
-    """key -> (operation, value) of each key's last entry in the bucket (operation: PUT, DEL or PURGE)."""
+async def last_values(nc: NatsClient, bucket: str, timeout: float = 60.0) -> dict[str, tuple[str, bytes]]:
+    """key -> (operation, value) of each key's last entry in the bucket (operation: PUT, DEL or PURGE).
+
+    Read through an ephemeral consumer (last per subject). On a cluster that consumer reads the store of the
+    node that leads it, which may be a replica still catching up after a restart: the read starts once every
+    replica is current. A JetStream request can also go unanswered for a while (a leader being elected): the
+    read, which changes nothing, is then started again on a new consumer, until `timeout`."""
     js = nc.jetstream()
     stream = f"KV_{bucket}"
     prefix = f"$KV.{bucket}."
+    deadline = asyncio.get_running_loop().time() + timeout
+    last_error: Exception | None = None
+    while asyncio.get_running_loop().time() < deadline:
+        try:
+            if await _replicas_current(js, stream):
+                return await _read_last_values(js, stream, prefix)
+        except (TimeoutError, nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError) as exc:
+            last_error = exc  # TimeoutError: nats-py's and asyncio's alike
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{bucket}: its last values not read within {timeout:.0f} s (last error: {last_error!r})")
+
+
+async def _replicas_current(js: nats.js.JetStreamContext, stream: str) -> bool:
+    cluster = (await js.stream_info(stream)).cluster
+    replicas = (cluster.replicas or []) if cluster else []
+    return all(peer.current and not peer.offline and not peer.lag for peer in replicas)
+
+
+async def _read_last_values(js: nats.js.JetStreamContext, stream: str, prefix: str) -> dict[str, tuple[str, bytes]]:
     keys = (await js.stream_info(stream, subjects_filter=f"{prefix}>")).state.subjects or {}
     found: dict[str, tuple[str, bytes]] = {}
     if not keys:
@@ -283,7 +307,9 @@ async def last_values(nc: NatsClient, bucket: str) -> dict[str, tuple[str, bytes
         f"{prefix}>",
         stream=stream,
         config=nats.js.api.ConsumerConfig(
-            ack_policy=nats.js.api.AckPolicy.NONE, deliver_policy=nats.js.api.DeliverPolicy.LAST_PER_SUBJECT
+            ack_policy=nats.js.api.AckPolicy.NONE,
+            deliver_policy=nats.js.api.DeliverPolicy.LAST_PER_SUBJECT,
+            inactive_threshold=30.0,  # a consumer left by an abandoned attempt goes away by itself
         ),
     )
     try:

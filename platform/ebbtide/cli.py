@@ -323,6 +323,15 @@ def _parser() -> argparse.ArgumentParser:
             "(recorded in the rollout; without it, refused)",
         )
 
+    def wait_option(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--wait",
+            type=float,
+            default=10.0,
+            metavar="S",
+            help="wait up to S s for every replica to follow (default: %(default)s)",
+        )
+
     def candidate_options(sub: argparse.ArgumentParser, share_default: str | None) -> None:
         sub.add_argument("--function", "-f", required=True, help="function name from the manifest")
         source = sub.add_mutually_exclusive_group(required=True)
@@ -337,6 +346,7 @@ def _parser() -> argparse.ArgumentParser:
             help="of the function's messages, chosen by a stable hash: 5%% or 0.05"
             + (" (default: %(default)s)" if share_default else ""),
         )
+        wait_option(sub)
 
     shadow_start = shadow_action(
         "start", "start a shadow run: the candidate answers the same messages, nothing it does is carried out"
@@ -355,13 +365,7 @@ def _parser() -> argparse.ArgumentParser:
         change.add_argument("function", help="function name from the manifest")
         if name == "promote":
             pin_override_option(change)
-        change.add_argument(
-            "--wait",
-            type=float,
-            default=10.0,
-            metavar="S",
-            help="wait up to S s for every replica to follow (default: %(default)s)",
-        )
+        wait_option(change)
     shadow_status = shadow_action("status", "each function's rollout and what its replicas count")
     shadow_status.add_argument("function", nargs="?", help="only this function")
     shadow_status.set_defaults(command="rollout:shadow_status_command")

@@ -119,6 +119,9 @@ def _start(args: argparse.Namespace, manifest: LoadedManifest, mode: Mode) -> in
             if mode is Mode.SHADOW:
                 await _fresh_samples(nc, args.function, record.keep)
             await _write(kv, record, revision)
+            # Messages published after this command returns meet the candidate on every replica that reports:
+            # each loads it on its own, from the record (rollout/follow.py).
+            followed = await _replicas_following(nc, args.function, lambda r: r.candidate_sha256 == digest, args.wait)
         finally:
             await nc.drain()
         replaced = (
@@ -128,7 +131,7 @@ def _start(args: argparse.Namespace, manifest: LoadedManifest, mode: Mode) -> in
         )
         print(
             f"{mode.value} of {args.function}: candidate {digest[:12]} on {record.share:.1%} of its messages{replaced}; "
-            f"`ebbtide shadow status {args.function}` to follow it"
+            f"{followed}; `ebbtide shadow status {args.function}` to follow it"
         )
         return 0
 
