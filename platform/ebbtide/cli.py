@@ -18,7 +18,7 @@ from pathlib import Path
 
 from . import lean_imports
 from .capacity.options import add_plan_options  # the options only: the model is imported when `plan` runs
-from .errors import Interrupted, RunError, UsageError
+from .errors import Interrupted, ManifestError, RunError, UsageError
 from .exit_codes import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE
 from .launch import DEFAULT_PROCESS_MODE, PROCESS_MODES
 from .manifest import DEFAULT_MANIFEST, MODULE_LANGUAGES, LoadedManifest, load_manifest
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.verbose, args.log_format)
     os.environ[LOG_FORMAT_ENV] = args.log_format  # the processes it starts (up's functions) log the same way
     try:
-        manifest = load_manifest(args.manifest)
+        manifest = _load_manifest(args.manifest)
         return _handler(args.command)(args, manifest)
     except UsageError as exc:
         print(f"ebbtide: {exc}", file=sys.stderr)
@@ -57,6 +57,19 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+
+
+def _load_manifest(path: str) -> LoadedManifest:
+    try:
+        return load_manifest(path)
+    except ManifestError as exc:
+        if Path(path).exists():
+            raise
+        where = "in this folder" if path == DEFAULT_MANIFEST else "there"
+        raise ManifestError(
+            f"{exc}: no manifest {where}; run ebbtide in the project's folder (the one with ebbtide.toml), "
+            "or name the manifest with -m PATH"
+        ) from None
 
 
 def _handler(spec: str) -> Handler:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
+from pathlib import Path
 
 import pytest
 
@@ -54,3 +55,14 @@ def test_a_bad_metrics_port_in_the_environment_is_a_usage_error(
     assert cli.main(["up", "--help"]) == 2
     err = capsys.readouterr().err
     assert "EBBTIDE_METRICS_PORT must be a port number, not 'nine'" in err and "Traceback" not in err
+
+
+def test_a_missing_manifest_says_where_to_run_and_how_to_name_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)  # a folder with no ebbtide.toml: a newcomer's first `ebbtide top` elsewhere
+    assert cli.main(["top"]) == 2
+    err = capsys.readouterr().err
+    assert "ebbtide.toml: cannot read manifest" in err and "-m PATH" in err and "Traceback" not in err
+    assert cli.main(["-m", str(tmp_path / "other.toml"), "top"]) == 2
+    assert "other.toml: cannot read manifest" in capsys.readouterr().err
