@@ -287,6 +287,7 @@ async def last_values(nc: NatsClient, bucket: str, timeout: float = 60.0) -> dic
         except (TimeoutError, nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError) as exc:
             if asyncio.get_running_loop().time() > deadline:  # TimeoutError: nats-py's and asyncio's alike
                 raise AssertionError(f"{bucket}: its last values not read within {timeout:.0f} s") from exc
+            await asyncio.sleep(0.1)  # a refusal can come at once (no responders): not a busy loop
 
 
 async def _read_last_values(js: nats.js.JetStreamContext, stream: str, prefix: str) -> dict[str, tuple[str, bytes]]:
