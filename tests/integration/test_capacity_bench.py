@@ -37,6 +37,9 @@ async def test_the_capacity_profile_and_the_model_beside_the_runs(
         measured, predicted = run["measured"], run["predicted"]
         assert measured["stored"] == measured["orders"], "every order of the run stored"
         assert measured["wall_s"] > 0 and math.isfinite(predicted["drain_s"]) and predicted["drain_s"] > 0
+        cpu = measured["cpu_per_order"]  # counted from the processes' /proc while the burst ran
+        assert set(cpu) == {*reference_manifest.spec.functions, "nats-server", "publisher"}
+        assert all(v >= 0 for v in cpu.values()) and cpu["nats-server"] > 0 and cpu["distributor"] > 0
         for function in reference_manifest.spec.functions:
             assert 1 <= measured["peak_instances"][function] <= 4 * measured["replicas"], function
             assert 1 <= predicted["peak_instances"][function] <= 4 * measured["replicas"], function

@@ -53,7 +53,6 @@ from .report import BenchReport, Section
 MIB = 1024 * 1024
 REPLICAS = (1, 2, 4)
 TOLERANCE = 0.25  # the model's goal: within ±25 % of what was measured
-OVERHEAD_PROCESSES = 4  # the first function's messages through this many processes: what a busy replica costs
 
 
 def background_load(samples: int = 20, interval_s: float = 0.05) -> float:
@@ -201,6 +200,9 @@ class Measured:
     instance_seconds: dict[str, float]
     peak_instances: dict[str, int]
     stored: int
+    # CPU seconds per order over the burst (first publish to the last outbox write): each function's processes
+    # together, "nats-server", and "publisher" (this process: the publish and the harness's reads)
+    cpu_per_order: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -229,7 +231,7 @@ async def bench_capacity(manifest: LoadedManifest, report: BenchReport, quick: b
             runs: list[Measured] = []
             for replicas in replica_counts:
                 print(f"capacity: the burst of {n:,} with {replicas} process(es) per function", flush=True)
-                runs.append(await _pipeline_run(nc, harness, processes_manifest, server.url, replicas, n))
+                runs.append(await _pipeline_run(nc, harness, processes_manifest, server, replicas, n))
             profile = Profile(**{**profile.__dict__, "stored_bytes_per_order": await _stored_bytes(nc, manifest, n)})
         finally:
             await nc.drain()
@@ -265,30 +267,27 @@ async def _profile(
     if max(publish_cpu, server_publish_cpu) / publish_s < 0.85:
         available.append((publish_cpu + server_publish_cpu) / publish_s)
 
-    async def alone(function: str, count: int) -> tuple[float, float, float, float]:
-        """`count` processes of `function` through the N messages: (their CPU, the server's, wall, RSS MiB)."""
+    async def alone(function: str) -> tuple[float, float, float, float]:
+        """One process of `function` through the N messages: (its CPU, the server's, wall, RSS MiB)."""
         fn = manifest.function(function)
         await harness.reset()
         async with Processes(nc, manifest, server.url) as processes:
-            await processes.start(function, count)
+            await processes.start(function, 1)
             pids = processes.pids(function)
             await asyncio.sleep(0.5)  # their start-up done
             before = (sum(map(cpu_seconds, pids)), cpu_seconds(server.pid), cpu_seconds(me), time.monotonic())
-            await publish_all(
-                harness.publisher, fn.trigger, ((p, f"profile-{function}-{count}:{i}") for i, p in enumerate(payloads))
-            )
+            await publish_all(harness.publisher, fn.trigger, ((p, f"profile-{function}:{i}") for i, p in enumerate(payloads)))
             await _drained(nc, manifest.stream_for(fn.trigger), function, timeout=300)
             after = (sum(map(cpu_seconds, pids)), cpu_seconds(server.pid), cpu_seconds(me), time.monotonic())
             cpu, server_cpu, own_cpu, wall = ((a - b) for a, b in zip(after, before))
-            if max(cpu / count, server_cpu) / wall < 0.85:
+            if max(cpu, server_cpu) / wall < 0.85:
                 available.append((cpu + server_cpu + own_cpu) / wall)
             cold.extend(processes.cold_start_s)
             return cpu, server_cpu - server_publish_cpu, wall, process_memory(pids[0]).rss / MIB
 
-    first = next(iter(manifest.spec.functions))
     for function, fn in manifest.spec.functions.items():
         share = {"orders.express": express, "orders.standard": 1 - express}.get(fn.trigger, 1.0)
-        cpu, server_cpu, wall, rss = await alone(function, 1)
+        cpu, server_cpu, wall, rss = await alone(function)
         functions[function] = FunctionProfile(
             cpu_s=cpu / n,
             server_cpu_s=max(server_cpu, 0.0) / n,
@@ -297,15 +296,6 @@ async def _profile(
             rate_per_s=n / wall,
         )
         print(f"capacity: {function} alone: {n / wall:,.0f}/s, {cpu / n * 1e6:.0f} µs CPU per message", flush=True)
-        if function == first:
-            one = (cpu + server_cpu, wall)
-    # What each busy replica costs beyond its messages (its control loop's lag reads and reports, its workers'
-    # pull requests): the same messages through 4 processes instead of 1, the difference per process-second.
-    cpu4, server_cpu4, wall4, _ = await alone(first, OVERHEAD_PROCESSES)
-    overhead = max(0.0, (cpu4 + server_cpu4 - one[0]) / (OVERHEAD_PROCESSES * wall4 - one[1]))
-    print(
-        f"capacity: {first} in {OVERHEAD_PROCESSES} processes: {overhead * 1000:.1f} ms CPU per busy replica-second", flush=True
-    )
     cores = os.cpu_count() or 1
     profile = Profile(
         functions=functions,
@@ -314,7 +304,12 @@ async def _profile(
         publish_rate=n / publish_s,
         cold_start_s=statistics.median(cold),
         stored_bytes_per_order=0.0,
-        replica_overhead_cores=overhead,
+        # No per-replica overhead: the CPU per order of the bursts below does not grow with the processes per
+        # function (350, 444, 356 µs at 1, 2, 4 on 2026-12-07 15:32; 353, 379, 298 a minute before), and the
+        # two ways tried to measure it apart measured something else: the burst through 4 processes against 1
+        # (0 to 105 ms per replica-second from run to run: mostly the pools' wake-ups), a process kept awake
+        # by a trickle (118 ms: mostly the trickle's one-message pulls).
+        replica_overhead_cores=0.0,
     )
     return profile, Machine(cores, min(float(cores), statistics.median(available)) if available else float(cores), load_average())
 
@@ -331,17 +326,29 @@ async def _drained(nc: NatsClient, stream: str, consumer: str, timeout: float) -
         await asyncio.sleep(0.02)
 
 
-async def _pipeline_run(nc: NatsClient, harness: Harness, manifest: LoadedManifest, url: str, replicas: int, n: int) -> Measured:
+async def _pipeline_run(
+    nc: NatsClient, harness: Harness, manifest: LoadedManifest, server: EmbeddedNats, replicas: int, n: int
+) -> Measured:
+    assert server.pid is not None
     await harness.reset()
-    async with Processes(nc, manifest, url) as processes:
+    async with Processes(nc, manifest, server.url) as processes:
         for function in manifest.spec.functions:
             await processes.start(function, replicas)
         await asyncio.sleep(1.0)  # start-up done, every pool asleep at zero
         background = await asyncio.to_thread(background_load)
         load = load_average()
         probed = await cores_probe()
+        pids = {f: processes.pids(f) for f in manifest.spec.functions} | {"nats-server": [server.pid], "publisher": [os.getpid()]}
+        cpu_before = {name: sum(map(cpu_seconds, ps)) for name, ps in pids.items()}
+        cpu_per_order: dict[str, float] = {}
+
+        def stored() -> None:  # every write seen: the count stops before the harness reads them back
+            cpu_per_order.update({name: (sum(map(cpu_seconds, ps)) - cpu_before[name]) / n for name, ps in pids.items()})
+
         t0 = time.time()
-        result = await harness.burst(generate_orders(n, seed=43), f"capacity-{replicas}-{time.time_ns()}", timeout=600)
+        result = await harness.burst(
+            generate_orders(n, seed=43), f"capacity-{replicas}-{time.time_ns()}", timeout=600, on_stored=stored
+        )
         end = t0 + result.wall_s
         return Measured(
             replicas=replicas,
@@ -354,6 +361,7 @@ async def _pipeline_run(nc: NatsClient, harness: Harness, manifest: LoadedManife
             instance_seconds={f: processes.samples.instance_seconds(f, t0, end) for f in manifest.spec.functions},
             peak_instances={f: processes.samples.peak(f, t0, end) for f in manifest.spec.functions},
             stored=result.stored,
+            cpu_per_order=cpu_per_order,
         )
 
 
@@ -439,6 +447,23 @@ def _report(report: BenchReport, manifest: LoadedManifest, profile: Profile, mac
             "the model from this run's profile, against the measured drain time",
             f"{100 - TOLERANCE * 100:.0f}-{100 + TOLERANCE * 100:.0f} %",
         )
+    # What the model takes each order to cost (the profile) against what the burst cost, process by process.
+    modelled = {f: profile.functions[f].cpu_s * profile.functions[f].messages_per_order for f in functions}
+    modelled["nats-server"] = profile.server_publish_cpu_s + sum(
+        p.server_cpu_s * p.messages_per_order for p in profile.functions.values()
+    )
+    modelled["publisher"] = profile.publish_cpu_s
+    lines += [
+        "",
+        "CPU per order, µs, in each burst (first publish to the last outbox write) against the profile's: "
+        + "; ".join(
+            f"{run.replicas} per function: "
+            + ", ".join(f"{name} {cpu * 1e6:.0f}/{modelled.get(name, 0) * 1e6:.0f}" for name, cpu in run.cpu_per_order.items())
+            + f", all {sum(run.cpu_per_order.values()) * 1e6:.0f}/{sum(modelled.values()) * 1e6:.0f}"
+            for run in runs
+        )
+        + ".",
+    ]
     lines += [
         "",
         f"Profile ({profile.source}): "
