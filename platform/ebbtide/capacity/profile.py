@@ -83,7 +83,9 @@ DEFAULT = Profile(
     publish_rate=4_013.0,
     cold_start_s=0.32,
     stored_bytes_per_order=1_369.0,
-    replica_overhead_cores=0.010,  # 6.3 and 14.0 ms per busy replica-second in two runs of the same hour
+    # 6.3 and 14.0 ms per busy replica-second in two runs of the same hour, by a way the bench has since
+    # dropped (4 processes against 1: 0 to 105 ms from run to run; workload/bench/capacity.py); 1 % of a pod's core
+    replica_overhead_cores=0.010,
     source="built in: ebbtide bench --scenario capacity on the project's 2-core machine, 2026-12-07 (CPU per message, "
     "memory, storage); cold start 0.32 s from --scenario replica, 2026-11-29",
 )

@@ -16,7 +16,8 @@
 2. The check: the 10,000-order burst through the pipeline with 1, 2 and 4 processes per function (as
    Deployment replicas sharing each consumer), predicted by the model from that profile (the same processes,
    the same publisher, the cores found above) and measured: drain time (first publish to the last outbox
-   write) and instance-seconds per function while draining (from the status reports), side by side.
+   write) and instance-seconds per function while draining (from the status reports), side by side; and
+   the CPU per order each process spent in the burst beside the profile's (where a miss comes from).
 
 Everything here runs in one `ebbtide bench --scenario capacity`: the profile and the runs it predicts are
 measured in the same few minutes, so the machine's load is the same for both.
@@ -304,11 +305,11 @@ async def _profile(
         publish_rate=n / publish_s,
         cold_start_s=statistics.median(cold),
         stored_bytes_per_order=0.0,
-        # No per-replica overhead: the CPU per order of the bursts below does not grow with the processes per
-        # function (350, 444, 356 µs at 1, 2, 4 on 2026-12-07 15:32; 353, 379, 298 a minute before), and the
-        # two ways tried to measure it apart measured something else: the burst through 4 processes against 1
-        # (0 to 105 ms per replica-second from run to run: mostly the pools' wake-ups), a process kept awake
-        # by a trickle (118 ms: mostly the trickle's one-message pulls).
+        # No per-replica overhead: the CPU per order of the bursts below does not grow steadily with the
+        # processes per function (326-358 µs at 1, 359-444 at 2, 298-387 at 4 in four runs, 2026-12-07
+        # 15:30-15:35), and the two ways tried to measure it apart measured something else: the burst through
+        # 4 processes against 1 (0 to 105 ms per replica-second from run to run: mostly the pools' wake-ups),
+        # a process kept awake by a trickle (118 ms: mostly the trickle's one-message pulls).
         replica_overhead_cores=0.0,
     )
     return profile, Machine(cores, min(float(cores), statistics.median(available)) if available else float(cores), load_average())
