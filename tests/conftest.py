@@ -23,6 +23,8 @@ from nats.aio.client import Client as NatsClient
 
 from ebbtide.broker import EmbeddedNats, free_port, provision_server
 from ebbtide.broker.credentials import NatsAuth
+from ebbtide.broker.partitioned_pull import LaneFeed
+from ebbtide.broker.partitions import consumer_names, pin_timeout_s
 from ebbtide.build import build_modules
 from ebbtide.manifest import LoadedManifest, load_manifest, parse_manifest
 from ebbtide.workload.orders import Order, encode_order
@@ -157,6 +159,29 @@ def chaos_manifest(
     path = tmp_path / "ebbtide.toml"
     path.write_text(text)
     return parse_manifest(text, path)
+
+
+def one_lane_manifest(tmp_path: Path, ack_wait_s: float) -> LoadedManifest:
+    """chaos_manifest's function ordered by `k`, on a stream of one partition: one lane, one pinned consumer."""
+    manifest = chaos_manifest(tmp_path, 'order_by = "k"\n', ack_wait_s=ack_wait_s)
+    text = manifest.path.read_text().replace('retention = "workqueue"', 'retention = "workqueue"\npartitions = 1')
+    manifest.path.write_text(text)
+    return parse_manifest(text, manifest.path)
+
+
+def chaos_lane_feed(nc: NatsClient, manifest: LoadedManifest, hold_max: int = 8) -> LaneFeed:
+    """A feed of the chaos function's lanes, as a pool opens it (not started)."""
+    function = manifest.function("chaos")
+    return LaneFeed(
+        nc,
+        "TEST",
+        "chaos",
+        function.trigger,
+        consumer_names(manifest, "chaos"),
+        pin_timeout_s=pin_timeout_s(function),
+        ack_wait_s=function.ack_wait_s,
+        hold_max=hold_max,
+    )
 
 
 async def provision_for(manifest: LoadedManifest, url: str, auth: NatsAuth | None = None) -> None:

@@ -18,10 +18,8 @@ from nats.aio.msg import Msg
 
 from ebbtide.broker import EmbeddedNats
 from ebbtide.broker.jsapi import next_message_subject
-from ebbtide.broker.partitioned_pull import LaneFeed
 from ebbtide.broker.partitions import PRIORITY_GROUP, consumer_names, pin_timeout_s
-from ebbtide.manifest import parse_manifest
-from tests.conftest import chaos_manifest, provision_for
+from tests.conftest import chaos_lane_feed, one_lane_manifest, provision_for
 from tests.reliability.conftest import connect_client
 
 ROUNDS = 12
@@ -57,29 +55,16 @@ class Bidder:
 async def test_a_message_for_a_closing_feeds_bid_goes_back_and_the_lane_is_free_at_once(
     tmp_path: Path, nats_server: EmbeddedNats, nc: NatsClient
 ) -> None:
-    manifest = chaos_manifest(tmp_path, 'order_by = "k"\n', ack_wait_s=30)
-    text = manifest.path.read_text().replace('retention = "workqueue"', 'retention = "workqueue"\npartitions = 1')
-    manifest.path.write_text(text)
-    manifest = parse_manifest(text, manifest.path)
-    function = manifest.function("chaos")
+    manifest = one_lane_manifest(tmp_path, ack_wait_s=30)
     await provision_for(manifest, nats_server.url)
-    pin_s = pin_timeout_s(function)
+    pin_s = pin_timeout_s(manifest.function("chaos"))
     next_subject = next_message_subject("TEST", consumer_names(manifest, "chaos")[0])
     js = nc.jetstream()
     feeds_nc = await connect_client(nats_server.url, "feeds")
     try:
         waits: list[float] = []
         for round_ in range(ROUNDS):
-            feed = await LaneFeed(
-                feeds_nc,
-                "TEST",
-                "chaos",
-                function.trigger,
-                consumer_names(manifest, "chaos"),
-                pin_timeout_s=pin_s,
-                ack_wait_s=function.ack_wait_s,
-                hold_max=8,
-            ).start()  # its bids wait at the server
+            feed = await chaos_lane_feed(feeds_nc, manifest).start()  # its bids wait at the server
             await feeds_nc.flush()
             # The message and the close race: the bid may take it before, while or after the feed closes.
             await asyncio.gather(js.publish(f"in.chaos.k{round_}", b"x"), feed.close())

@@ -20,35 +20,21 @@ from nats.aio.client import Client as NatsClient
 
 from ebbtide.broker import EmbeddedNats
 from ebbtide.broker.lanes import RENEW_AFTER
-from ebbtide.broker.partitioned_pull import RENEW_OVERLAP_S, LaneFeed
+from ebbtide.broker.partitioned_pull import RENEW_OVERLAP_S
 from ebbtide.broker.partitions import consumer_names, pin_timeout_s
-from ebbtide.manifest import parse_manifest
-from tests.conftest import chaos_manifest, provision_for
+from tests.conftest import chaos_lane_feed, one_lane_manifest, provision_for
 from tests.reliability.conftest import connect_client
 
 
 async def test_an_idle_holders_renewal_is_at_the_server_before_its_last_request_expires(
     tmp_path: Path, nats_server: EmbeddedNats, nc: NatsClient
 ) -> None:
-    manifest = chaos_manifest(tmp_path, 'order_by = "k"\n', ack_wait_s=2)
-    text = manifest.path.read_text().replace('retention = "workqueue"', 'retention = "workqueue"\npartitions = 1')
-    manifest.path.write_text(text)
-    manifest = parse_manifest(text, manifest.path)
-    function = manifest.function("chaos")
+    manifest = one_lane_manifest(tmp_path, ack_wait_s=2)
     await provision_for(manifest, nats_server.url)
-    pin_s = pin_timeout_s(function)
+    pin_s = pin_timeout_s(manifest.function("chaos"))
     lane_consumer = consumer_names(manifest, "chaos")[0]
     feeds_nc = await connect_client(nats_server.url, "feeds")
-    feed = await LaneFeed(
-        feeds_nc,
-        "TEST",
-        "chaos",
-        function.trigger,
-        consumer_names(manifest, "chaos"),
-        pin_timeout_s=pin_s,
-        ack_wait_s=function.ack_wait_s,
-        hold_max=8,
-    ).start()
+    feed = await chaos_lane_feed(feeds_nc, manifest).start()
     try:
         await nc.jetstream().publish("in.chaos.k1", b"x")  # the bid takes it: the lane is this feed's
         (msg,) = await feed.fetch(1, wait_s=10)
