@@ -179,6 +179,8 @@ class LaneFeed:
         ]
         self._waiting: deque[asyncio.Future[None]] = deque()  # workers waiting for a batch, first come first served
         self._wake_scheduled = False
+        self._refill: set[int] = set()  # lanes whose messages were settled since the last look at their requests
+        self._refill_scheduled = False
         self._lane_subscriptions: list[Subscription] = []  # one per lane, in lane order
         self._holdings_subscription: Subscription | None = None
         self._peers: dict[str, tuple[int, float]] = {}  # feed -> (lanes held, when heard)
@@ -515,6 +517,29 @@ class LaneFeed:
             self._wake_scheduled = True
             asyncio.get_running_loop().call_soon(self._wake_scheduled_one)
 
+    def _refill_soon(self, lane: int) -> None:
+        """Ask for a lane's next messages as soon as it has room (once per turn of the event loop, whatever was
+        settled in it), not at the next watchdog tick: in a burst a lane's held messages are done in less than
+        a tick, and each wait for the tick was one a hot key's lane could not catch up."""
+        self._refill.add(lane)
+        if not self._refill_scheduled:
+            self._refill_scheduled = True
+            asyncio.get_running_loop().call_soon(self._start_refill)
+
+    def _start_refill(self) -> None:
+        self._refill_scheduled = False
+        lanes, self._refill = self._refill, set()
+        self._spawn(self._request_for(lanes))
+
+    async def _request_for(self, lanes: set[int]) -> None:
+        now = time.monotonic()
+        try:
+            for lane in lanes:
+                if self.book.holds(lane) and not self.book.lapsed(lane, now):
+                    await self._maybe_request(lane, self._lanes[lane], now)
+        except Exception as exc:  # connection closing: the watchdog's next round, or close(), decides
+            log.debug("ordered feed: %r", exc)
+
     def _wake_scheduled_one(self) -> None:
         self._wake_scheduled = False
         self._wake_one()
@@ -580,6 +605,7 @@ class LaneFeed:
         else:
             self.book.acked(held)
         self._wake_soon()
+        self._refill_soon(held.lane)
 
     def still_held(self, msg: Msg) -> bool:
         """Whether `msg`'s lane is still this process's to keep its messages alive (KeepAlive): a lapsed lane's
