@@ -7,8 +7,8 @@ of its own, with one `ebbtide run` process per function and REPLICAS of `receive
 - a burst at its start (10,000 orders; --orders changes it; for the ordered manifest that many events, in
   orders of EVENTS_PER_ORDER), published at once;
 - once the burst is in its outboxes, a trickle: one order every TRICKLE_EVERY_S (ordered: its events at once,
-  each waiting for the one before), each message timed from its publish to its outbox write, through every
-  pool's cooldown and wake-up from zero;
+  each waiting for the one before), each message timed from its publish to the distributor's output for it
+  and to its outbox write, through every pool's cooldown and wake-up from zero;
 - QUIET_S without publishing at its end, so the pools drain to zero, then the sample, once every pool is at
   rest (no instance, nothing in flight, its task count settled): every process's
   `/metrics` (resident and private memory, open fds, asyncio tasks, gc-tracked objects, each function's
@@ -21,7 +21,8 @@ worst. At the end every order is checked in its outbox exactly once: writes coun
 last sequence against the writes expected), each stored value compared with the last event published for
 its order. Figures print as a Markdown table; the series go to results.json and `soak-<manifest>.svg`.
 
-The machine's load moves every figure but the counts: quote the load average with them.
+The machine's load moves every figure but the counts: quote the load average with them. Each process's log
+goes to `logs-<manifest>/<process>.log` in the output folder.
 """
 
 from __future__ import annotations
@@ -97,6 +98,9 @@ class Minute:
     store_mib: float
     load_average: float
     at_rest: bool  # sampled with every pool at zero and nothing in flight (else: at AT_REST_WAIT_S past the minute)
+    # Per trickle message, as trickle_ms: from its publish until the distributor's output for it was published
+    # (the rest of trickle_ms is the receiver's hop): which hop a slow one waited in.
+    trickle_routed_ms: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -139,6 +143,7 @@ class _Writes:
 
     def __init__(self, ordered: bool) -> None:
         self.at: dict[tuple[str, int], float] = {}  # (order id, event seq) -> monotonic time of its write
+        self.routed_at: dict[tuple[str, int], float] = {}  # ... of the distributor's output for it
         self._ordered = ordered
 
     def on_write(self, msg: Msg) -> None:
@@ -146,12 +151,24 @@ class _Writes:
         seq = _decode_seq(msg.data).event_seq if self._ordered else 0
         self.at.setdefault((key, seq), time.monotonic())
 
+    def on_routed(self, msg: Msg) -> None:
+        try:
+            routed = _decode_routed(msg.data)
+        except msgspec.DecodeError:
+            return
+        self.routed_at.setdefault((str(routed.order_id), routed.event_seq if self._ordered else 0), time.monotonic())
+
 
 class _Seq(msgspec.Struct):
     event_seq: int = msgspec.field(name="eventSeq", default=0)
 
 
+class _Routed(_Seq):
+    order_id: int = msgspec.field(name="orderId", default=0)
+
+
 _decode_seq = msgspec.json.Decoder(_Seq).decode
+_decode_routed = msgspec.json.Decoder(_Routed).decode
 
 
 def _messages(first_id: int, count: int, seed: int, ordered: bool) -> list[tuple[bytes, str, tuple[str, int], str]]:
@@ -243,8 +260,8 @@ def slopes_per_10k_orders(minutes: Sequence[Minute], warm_up: int, series: Calla
 class _Processes:
     """One `ebbtide run --function F` process per function (REPLICAS of some), each with its own /metrics port."""
 
-    def __init__(self, manifest: LoadedManifest, url: str) -> None:
-        self.manifest, self.url = manifest, url
+    def __init__(self, manifest: LoadedManifest, url: str, logs: Path) -> None:
+        self.manifest, self.url, self.logs = manifest, url, logs
         self.ports: dict[str, int] = {}
         self.pids: dict[str, int] = {}
         self._processes: list[asyncio.subprocess.Process] = []
@@ -254,13 +271,15 @@ class _Processes:
             for replica in range(REPLICAS.get(function, 1)):
                 name = f"{function}#{replica + 1}" if REPLICAS.get(function, 1) > 1 else function
                 port = free_port()
-                process = await asyncio.create_subprocess_exec(
-                    *(sys.executable, "-m", "ebbtide", "--manifest", str(self.manifest.path), "--log-format", "json"),
-                    *("run", "--function", function, "--nats-url", self.url, "--metrics-port", str(port)),
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=asyncio.subprocess.DEVNULL,
-                    stderr=asyncio.subprocess.DEVNULL,
-                )
+                self.logs.mkdir(parents=True, exist_ok=True)
+                with open(self.logs / f"{name}.log", "wb") as log:  # the child keeps its own copy open
+                    process = await asyncio.create_subprocess_exec(
+                        *(sys.executable, "-m", "ebbtide", "--manifest", str(self.manifest.path), "--log-format", "json"),
+                        *("run", "--function", function, "--nats-url", self.url, "--metrics-port", str(port)),
+                        stdin=asyncio.subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=log,
+                    )
                 self._processes.append(process)
                 self.ports[name], self.pids[name] = port, process.pid
 
@@ -311,11 +330,15 @@ async def run_soak(manifest: LoadedManifest, label: str, minutes: int, burst: in
     shutil.rmtree(data_dir, ignore_errors=True)
     with EmbeddedNats(data_dir, port=0, monitor_port=0) as server:
         nc = await connect(server.url, name=f"ebbtide-bench-soak-{label}")
-        processes = _Processes(loaded, server.url)
+        processes = _Processes(loaded, server.url, out_dir / f"logs-{label}")
         try:
             await provision(nc.jetstream(), loaded)
             for bucket in ("outbox-express", "outbox-standard"):
                 await nc.subscribe(f"$KV.{bucket}.>", cb=_sync(writes.on_write))
+            for fn in loaded.spec.functions.values():  # the distributor's outputs: the receivers' triggers
+                if fn.trigger != INGRESS_SUBJECT:
+                    for routed in (fn.trigger, f"{fn.trigger}.>"):
+                        await nc.subscribe(routed, cb=_sync(writes.on_routed))
             publisher = ConfirmedPublisher(nc)
             await publisher.start()
             subject = entry_subject(loaded, INGRESS_SUBJECT)
@@ -354,6 +377,7 @@ async def run_soak(manifest: LoadedManifest, label: str, minutes: int, burst: in
                 drain_s = max(burst_ms) / 1000
                 # The trickle: through the rest of the minute, until its quiet end.
                 trickle_ms: list[float] = []
+                trickle_routed_ms: list[float] = []
                 trickle_orders = 0
                 n = 0
                 while time.monotonic() + TRICKLE_EVERY_S < quiet_at:
@@ -375,6 +399,7 @@ async def run_soak(manifest: LoadedManifest, label: str, minutes: int, burst: in
                     while last_key not in writes.at and time.monotonic() < sent + 10:
                         await asyncio.sleep(0.001)
                     trickle_ms += [(writes.at.get(key, math.inf) - sent) * 1000 for _, _, key, _ in one]
+                    trickle_routed_ms += [(writes.routed_at.get(key, math.inf) - sent) * 1000 for _, _, key, _ in one]
                 await asyncio.sleep(max(0.0, minute_start + MINUTE_S - 1.0 - time.monotonic()))
                 watcher.cancel()
                 # The sample, at the quiet end of the minute, once every pool is at rest (no instance, nothing
@@ -409,6 +434,7 @@ async def run_soak(manifest: LoadedManifest, label: str, minutes: int, burst: in
                     peak_backlog=peak,
                     backlog_at_sample=await _backlog(nc),
                     trickle_ms=trickle_ms,
+                    trickle_routed_ms=trickle_routed_ms,
                     handle_p99_ms=handle_p99,
                     processes=samples,
                     server_rss_mib=server_rss,
@@ -418,6 +444,12 @@ async def run_soak(manifest: LoadedManifest, label: str, minutes: int, burst: in
                 )
                 result.minutes.append(minute)
                 trickle = f"{percentile(trickle_ms, 0.99):.1f}" if trickle_ms else "-"
+                slowest = max(range(len(trickle_ms)), key=trickle_ms.__getitem__, default=None)
+                if slowest is not None and trickle_ms[slowest] > TRICKLE_P99_BOUND_MS:
+                    trickle += (
+                        f" (slowest {trickle_ms[slowest]:.0f} ms: {trickle_routed_ms[slowest]:.0f} to the distributor's "
+                        f"output, {trickle_ms[slowest] - trickle_routed_ms[slowest]:.0f} from there to its outbox)"
+                    )
                 print(
                     f"  soak {label} minute {index + 1}/{minutes}: burst {confirmed:,} in {drain_s:.1f} s "
                     f"(p99 {minute.burst_p99_ms:,.0f} ms), trickle p99 {trickle} ms over {len(trickle_ms)}, "
