@@ -1,7 +1,7 @@
 """A holder keeps a request waiting on its lane at all times: its renewal reaches the server before the
 request it renews expires. Before the fix a holder's request expired exactly when its renewal was due, and the
 renewal went at the next watchdog tick: for up to a tick no request waited, and a message arriving then waited
-for the renewal (the ordered soak's trickle, issue 25: a few orders a minute at 30-120 ms instead of ~12 ms).
+for the renewal (the ordered soak's trickle, issue 25: now and then an order at 30-120 ms instead of ~12 ms).
 
 The server says how many requests wait on a consumer (`num_waiting`): read every 10 ms through three renewals
 of an idle holder, it never counts none (before the fix it did, at renewals), and counts two at once (the

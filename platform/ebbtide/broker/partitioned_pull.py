@@ -79,7 +79,7 @@ CONFIRM_EXPIRES_S = 0.1  # a confirming request on an idle lane expires this soo
 # A holder's request outlives the moment its renewal is due by this much, so that the renewal (sent at the next
 # watchdog tick, or later on a busy loop) is at the server before it expires. Without it the lane had no request
 # waiting for up to a tick after each renewal time, and a message arriving then waited for the renewal (the
-# ordered soak's trickle: a few orders a minute 30-120 ms instead of ~12 ms).
+# ordered soak's trickle: now and then an order 30-120 ms instead of ~12 ms).
 RENEW_OVERLAP_S = 5 * WATCHDOG_S
 BARRIER_REPORT_S = 10.0
 
