@@ -6,8 +6,9 @@ for the renewal (the ordered soak's trickle, issue 25: now and then an order at 
 The server says how many requests wait on a consumer (`num_waiting`): read every 10 ms through three renewals
 of an idle holder, it never counts none (before the fix it did, at renewals), and counts two at once (the
 overlap). Its count lags (a request that expired may be counted a while), so two alone proves nothing: none is
-the gap. A read of none could also come from this process stalling longer than the overlap (RENEW_OVERLAP_S,
-half a second): the lease would lapse then too."""
+the gap. A read of none could also come from this process's event loop stalling longer than the overlap
+(RENEW_OVERLAP_S, half a second): the feed would then be late with its renewal, which this test counts as a
+failure too."""
 
 from __future__ import annotations
 
