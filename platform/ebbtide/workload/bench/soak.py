@@ -28,6 +28,7 @@ goes to `logs-<manifest>/<process>.log` in the output folder.
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
 import os
 import shutil
@@ -101,6 +102,7 @@ class Minute:
     # Per trickle message, as trickle_ms: from its publish until the distributor's output for it was published
     # (the rest of trickle_ms is the receiver's hop): which hop a slow one waited in.
     trickle_routed_ms: list[float] = field(default_factory=list)
+    bench_gc_pause_ms: float = 0.0  # this (the measuring) process's longest garbage collection in the minute
 
 
 @dataclass
@@ -136,6 +138,41 @@ class SoakResult:
     def worst_rss_slope(self) -> tuple[str, float]:
         name, series = max(self.slopes.items(), key=lambda item: item[1]["rss_mib"].per_10k_orders)
         return name, series["rss_mib"].per_10k_orders
+
+
+class _MeasuringGc:
+    """This process's garbage collection while it measures. It times every message with its own clock, so a
+    collection while messages arrive adds to their measured latency; with a run's bookkeeping (a million
+    entries by its end) a full collection took 230 ms on the development machine, and the ordered soak's
+    rare slow trickle orders (240-470 ms, all of it before the distributor's output) looked like that. So
+    what it holds after each minute is frozen (out of the collector's reach; unfrozen at the end), and the
+    longest collection of each minute is recorded beside the latencies."""
+
+    def __init__(self) -> None:
+        self._started = 0.0
+        self._longest = 0.0
+
+    def __enter__(self) -> _MeasuringGc:
+        gc.callbacks.append(self._on_gc)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._on_gc)
+        gc.unfreeze()
+
+    def keep_what_is_there(self) -> None:
+        gc.freeze()
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self._longest = max(self._longest, time.perf_counter() - self._started)
+
+    def longest_pause(self) -> float:
+        """Seconds: the longest collection since the last call."""
+        longest, self._longest = self._longest, 0.0
+        return longest
 
 
 class _Writes:
@@ -328,7 +365,7 @@ async def run_soak(manifest: LoadedManifest, label: str, minutes: int, burst: in
     data_dir = out_dir / f"nats-soak-{label}"
     # A fresh store: an earlier run's orders (same ids, same keys) would count as this run's writes.
     shutil.rmtree(data_dir, ignore_errors=True)
-    with EmbeddedNats(data_dir, port=0, monitor_port=0) as server:
+    with EmbeddedNats(data_dir, port=0, monitor_port=0) as server, _MeasuringGc() as measuring_gc:
         nc = await connect(server.url, name=f"ebbtide-bench-soak-{label}")
         processes = _Processes(loaded, server.url, out_dir / f"logs-{label}")
         try:
@@ -441,7 +478,9 @@ async def run_soak(manifest: LoadedManifest, label: str, minutes: int, burst: in
                     store_mib=await asyncio.to_thread(_store_mib, server),
                     load_average=os.getloadavg()[0],
                     at_rest=at_rest,
+                    bench_gc_pause_ms=measuring_gc.longest_pause() * 1000,
                 )
+                measuring_gc.keep_what_is_there()
                 result.minutes.append(minute)
                 trickle = f"{percentile(trickle_ms, 0.99):.1f}" if trickle_ms else "-"
                 slowest = max(range(len(trickle_ms)), key=trickle_ms.__getitem__, default=None)
@@ -455,7 +494,8 @@ async def run_soak(manifest: LoadedManifest, label: str, minutes: int, burst: in
                     f"(p99 {minute.burst_p99_ms:,.0f} ms), trickle p99 {trickle} ms over {len(trickle_ms)}, "
                     f"peak backlog {peak:,}, RSS "
                     + ", ".join(f"{name} {s.rss_mib:.1f}" for name, s in samples.items())
-                    + f" MiB, server {server_rss:.0f} MiB, store {minute.store_mib:.0f} MiB, load {minute.load_average:.1f}",
+                    + f" MiB, server {server_rss:.0f} MiB, store {minute.store_mib:.0f} MiB, load {minute.load_average:.1f}, "
+                    f"this process's longest GC {minute.bench_gc_pause_ms:.0f} ms",
                     flush=True,
                 )
             await _account(nc, result, writes, expected_last, expected_writes)
