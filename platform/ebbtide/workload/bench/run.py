@@ -61,7 +61,8 @@ async def run_bench(
         await bench_ordering(manifest, report, quick, out_dir, options)
     if "capacity" in scenarios:
         print(
-            "capacity: the profile of `ebbtide plan`, then the burst with 1, 2, 4 processes per function beside the model",
+            "capacity: the profile of `ebbtide plan`, then the burst with 1, 2, 4 processes per function (--quick: 1, 2) "
+            "beside the model",
             flush=True,
         )
         await bench_capacity(manifest, report, quick, out_dir, options.orders)
