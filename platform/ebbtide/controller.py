@@ -258,6 +258,7 @@ class PoolController:
             time=sampled,
             backlog=self.lag,
             instances=pool.live_instances,
+            instance_seconds=stats.instance_seconds_now(),
             in_flight=pool.in_flight,
             processed=stats.processed,
             dead_lettered=dead,

@@ -82,9 +82,34 @@ class PoolStats:
     guest_faults: dict[str, int] = field(default_factory=dict)  # by kind: trap, timeout, memory-limit, invalid-output
     instances_started: int = 0
     instances_stopped: int = 0  # scaled down, shut down, or discarded after a fault
+    # Live instances integrated over time (what the pool costs; the capacity bench compares it with the model),
+    # up to `instances_counted_at` (monotonic): exact, whatever the interval between status reports.
+    instance_seconds: float = 0.0
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False)
+    instances_counted_at: float = field(default=-1.0)  # set from `clock` at creation
     reloads: dict[str, int] = field(default_factory=dict)  # module swaps by outcome: ok, refused
     handle: Histogram = field(default_factory=lambda: Histogram(HANDLE_BUCKETS_S))  # guest time per message
     end_to_end: Histogram = field(default_factory=lambda: Histogram(END_TO_END_BUCKETS_S))  # ingress -> effects confirmed
+
+    def __post_init__(self) -> None:
+        self.instances_counted_at = self.clock()
+
+    def instance_started(self) -> None:
+        self._count_instance_time()
+        self.instances_started += 1
+
+    def instance_stopped(self) -> None:
+        self._count_instance_time()
+        self.instances_stopped += 1
+
+    def instance_seconds_now(self) -> float:
+        live = self.instances_started - self.instances_stopped
+        return self.instance_seconds + live * (self.clock() - self.instances_counted_at)
+
+    def _count_instance_time(self) -> None:
+        now = self.clock()
+        self.instance_seconds += (self.instances_started - self.instances_stopped) * (now - self.instances_counted_at)
+        self.instances_counted_at = now
 
 
 def ingress_ns(incoming: Incoming) -> int:

@@ -156,11 +156,11 @@ class FunctionPool:
 
     def start_instance(self) -> Guest:
         instance = self._instantiate()
-        self.stats.instances_started += 1
+        self.stats.instance_started()
         return instance
 
     def instance_stopped(self) -> None:
-        self.stats.instances_stopped += 1
+        self.stats.instance_stopped()
 
     @property
     def instances(self) -> int:

@@ -40,6 +40,9 @@ class PoolStatus(msgspec.Struct, frozen=True, kw_only=True):
     # Added with issue 25 (a default, so that reports of earlier versions still decode): seconds since the
     # function's oldest unhandled message was stored, over its consumers (0: none). See oldest_pending.py.
     oldest_pending_s: float = 0.0
+    # Added with issue 32: this process's live instances integrated over time, cumulative (instance-seconds
+    # between two reports, exact however far apart they are; the capacity bench's measure).
+    instance_seconds: float = 0.0
 
 
 encode_status = msgspec.json.Encoder().encode

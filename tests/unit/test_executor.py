@@ -346,3 +346,18 @@ async def test_unconfirmed_effects_end_the_spans_in_error() -> None:
 
 def test_fake_nak_delay_reads_nats_py_bytes() -> None:
     assert nak_delay_s(b"-NAK " + json.dumps({"delay": 50_000_000}).encode()) == 0.05
+
+
+def test_instance_seconds_integrate_the_live_instances_between_changes() -> None:
+    now = [100.0]
+    stats = PoolStats(clock=lambda: now[0])
+    stats.instance_started()
+    now[0] = 102.0
+    stats.instance_started()  # 1 instance for 2 s
+    now[0] = 103.5
+    assert stats.instance_seconds_now() == pytest.approx(2.0 + 2 * 1.5)  # between changes too: a report's reading
+    stats.instance_stopped()
+    now[0] = 104.0
+    stats.instance_stopped()
+    now[0] = 110.0  # none live since
+    assert stats.instance_seconds_now() == pytest.approx(2.0 + 3.0 + 0.5)

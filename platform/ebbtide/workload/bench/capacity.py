@@ -44,7 +44,7 @@ from ...capacity.model import ClusterSettings, simulate
 from ...capacity.profile import FunctionProfile, Profile, pipeline_of
 from ...manifest import LoadedManifest
 from ...scaler import ScalePolicy
-from ...status_reports import STATUS_SUBJECT_PREFIX, decode_status
+from ...status_reports import STATUS_REQUEST_SUBJECT, STATUS_SUBJECT_PREFIX, decode_status
 from ..orders import INGRESS_SUBJECT, encode_order, generate_orders
 from .comparison import cpu_seconds
 from .harness import Harness
@@ -94,38 +94,56 @@ def load_average() -> float:
 
 @dataclass
 class HostSamples:
-    """Each process's reported instance count over time (unix time of the report, instances)."""
+    """Each process's status reports over time: (unix time of the report, live instances, its cumulative
+    instance-seconds)."""
 
-    by_host: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
+    by_host: dict[str, list[tuple[float, int, float]]] = field(default_factory=dict)
     function_of: dict[str, str] = field(default_factory=dict)
 
     async def on_report(self, msg: Any) -> None:
         status = decode_status(msg.data)
-        self.by_host.setdefault(status.host_id, []).append((status.time, status.instances))
+        self.by_host.setdefault(status.host_id, []).append((status.time, status.instances, status.instance_seconds))
         self.function_of[status.host_id] = status.function
 
+    def reported_since(self, since: float) -> bool:
+        return all(samples[-1][0] >= since for samples in self.by_host.values())
+
     def instance_seconds(self, function: str, start: float, end: float) -> float:
-        """The integral of the reported instances over [start, end], each report holding until the next."""
+        """Instance-seconds of `function`'s processes within [start, end], from the cumulative count each report
+        carries (exact, however far apart the reports of a CPU-starved process are): at each edge, the nearest
+        report on the outside, less its live instances for the time between (`start`: every pool asleep at zero;
+        `end`: the drain done, the pools in their cooldown; neither changes its instances there)."""
         total = 0.0
         for host, samples in self.by_host.items():
             if self.function_of[host] != function:
                 continue
-            for (t, count), (t_next, _) in zip(samples, [*samples[1:], (end, 0)]):
-                lo, hi = max(t, start), min(t_next, end)
-                if hi > lo:
-                    total += count * (hi - lo)
+            before = [s for s in samples if s[0] <= start]
+            after = [s for s in samples if s[0] >= end]
+            if not before or not after:
+                raise RuntimeError(f"{host}: no report before {start} and after {end} to count its instance-seconds")
+            (t0, live0, count0), (t1, live1, count1) = before[-1], after[0]
+            total += (count1 - live1 * (t1 - end)) - (count0 + live0 * (start - t0))
         return total
+
+    def total_over_time(self, function: str, start: float, end: float) -> list[tuple[float, int]]:
+        """Instances running over every process of `function`: (seconds after `start`, total) at `start` and at
+        each report within [start, end] (the model's instances, for a run's comparison)."""
+        events = sorted((t, host, n) for host, s in self.by_host.items() if self.function_of[host] == function for t, n, _ in s)
+        current: dict[str, int] = {}
+        totals: list[tuple[float, int]] = []
+        for t, host, count in events:
+            if t > end:
+                break
+            if t >= start and not totals:
+                totals.append((0.0, sum(current.values())))
+            current[host] = count
+            if t >= start:
+                totals.append((round(t - start, 3), sum(current.values())))
+        return totals or [(0.0, sum(current.values()))]
 
     def peak(self, function: str, start: float, end: float) -> int:
         """The most instances running at once over every process of `function` within [start, end]."""
-        events = sorted((t, host, n) for host, s in self.by_host.items() if self.function_of[host] == function for t, n in s)
-        current: dict[str, int] = {}
-        peak = 0
-        for t, host, count in events:
-            current[host] = count
-            if start <= t <= end:
-                peak = max(peak, sum(current.values()))
-        return peak
+        return max(total for _, total in self.total_over_time(function, start, end))
 
 
 class Processes:
@@ -172,6 +190,15 @@ class Processes:
         ready = time.monotonic()
         self.cold_start_s += [ready - self.started[p.pid] for p in self.processes[function][-count:]]
 
+    async def reports_since(self, since: float) -> None:
+        """Ask every process for a status report, until each has reported at `since` or later."""
+        deadline = time.monotonic() + 30
+        while not self.samples.reported_since(since):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"not every function process reported within 30 s of {since}")
+            await self.nc.publish(STATUS_REQUEST_SUBJECT, b"")
+            await asyncio.sleep(0.05)
+
     def pids(self, function: str) -> list[int]:
         return [p.pid for p in self.processes.get(function, [])]
 
@@ -201,6 +228,7 @@ class Measured:
     instance_seconds: dict[str, float]
     peak_instances: dict[str, int]
     stored: int
+    instances_over_time: dict[str, list[tuple[float, int]]]  # per function: (seconds into the burst, instances)
     # CPU seconds per order over the burst (first publish to the last outbox write): each function's processes
     # together, "nats-server", and "publisher" (this process: the publish and the harness's reads)
     cpu_per_order: dict[str, float] = field(default_factory=dict)
@@ -339,6 +367,7 @@ async def _pipeline_run(
         background = await asyncio.to_thread(background_load)
         load = load_average()
         probed = await cores_probe()
+        orders = generate_orders(n, seed=43)  # before the CPU counts start: the publisher's is its publishing
         pids = {f: processes.pids(f) for f in manifest.spec.functions} | {"nats-server": [server.pid], "publisher": [os.getpid()]}
         cpu_before = {name: sum(map(cpu_seconds, ps)) for name, ps in pids.items()}
         cpu_per_order: dict[str, float] = {}
@@ -346,11 +375,10 @@ async def _pipeline_run(
         def stored() -> None:  # every write seen: the count stops before the harness reads them back
             cpu_per_order.update({name: (sum(map(cpu_seconds, ps)) - cpu_before[name]) / n for name, ps in pids.items()})
 
-        t0 = time.time()
-        result = await harness.burst(
-            generate_orders(n, seed=43), f"capacity-{replicas}-{time.time_ns()}", timeout=600, on_stored=stored
-        )
+        result = await harness.burst(orders, f"capacity-{replicas}-{time.time_ns()}", timeout=600, on_stored=stored)
+        t0 = result.started_at  # the drain's window: first publish to the last outbox write
         end = t0 + result.wall_s
+        await processes.reports_since(end)  # each process's count just after the drain (see instance_seconds)
         return Measured(
             replicas=replicas,
             orders=n,
@@ -361,6 +389,7 @@ async def _pipeline_run(
             cores_probed=probed,
             instance_seconds={f: processes.samples.instance_seconds(f, t0, end) for f in manifest.spec.functions},
             peak_instances={f: processes.samples.peak(f, t0, end) for f in manifest.spec.functions},
+            instances_over_time={f: processes.samples.total_over_time(f, t0, end) for f in manifest.spec.functions},
             stored=result.stored,
             cpu_per_order=cpu_per_order,
         )
@@ -406,7 +435,7 @@ def _report(report: BenchReport, manifest: LoadedManifest, profile: Profile, mac
     functions = list(manifest.spec.functions)
     lines = [
         "| processes per function | other runnable processes (load avg) | cores probed before | drain s: measured / predicted (error) | "
-        + " | ".join(f"{f} instance-s: measured / predicted (error)" for f in functions)
+        + " | ".join(f"{f} instance-s; mean instances while draining: measured / predicted (error)" for f in functions)
         + " | peak instances, measured / predicted |",
         "|---:|---:|---:|---:|" + "---:|" * len(functions) + "---|",
     ]
@@ -419,7 +448,13 @@ def _report(report: BenchReport, manifest: LoadedManifest, profile: Profile, mac
         for f in functions:
             measured, predicted = run.instance_seconds[f], instance_s[f]
             errors[f] = predicted / measured - 1 if measured else 0.0
-            cells.append(f"{measured:.2f} / {predicted:.2f} ({errors[f]:+.0%})")
+            # Instance-seconds follow the drain time; the mean instances are the scaling policy's part alone.
+            mean_measured, mean_predicted = measured / run.wall_s, predicted / drain
+            errors[f"{f} mean instances"] = mean_predicted / mean_measured - 1 if measured else 0.0
+            cells.append(
+                f"{measured:.2f} / {predicted:.2f} ({errors[f]:+.0%}); "
+                f"{mean_measured:.1f} / {mean_predicted:.1f} ({errors[f'{f} mean instances']:+.0%})"
+            )
         lines.append(
             f"| {run.replicas} | {run.background:.1f} ({run.load_average:.1f}) | {run.cores_probed:.2f} | {run.wall_s:.2f} / {drain:.2f} "
             f"({errors['drain']:+.0%}) | "

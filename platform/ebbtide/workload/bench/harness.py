@@ -48,6 +48,7 @@ class BurstResult:
     writes: int  # outbox writes during this run: more than `stored` means an order was written twice
     mismatched: int  # outbox entries whose value is not the order published (or in the wrong bucket)
     dead_letters: int
+    started_at: float  # unix time of the first publish
     publish_s: float  # first to last publish
     wall_s: float  # first publish to the last outbox write (server time of that write)
     latencies_ms: list[float] = field(repr=False)  # per stored order: outbox write minus publish
@@ -162,6 +163,7 @@ class Harness:
             writes=writes,
             mismatched=mismatched,
             dead_letters=dead,
+            started_at=first,
             publish_s=max(published.values()) - first,
             wall_s=max(written.values(), default=first) - first,
             latencies_ms=latencies_ms(published, written),
