@@ -122,6 +122,18 @@ def test_shared_cores_slow_everything_alike() -> None:
     assert shared.drain_s > alone.drain_s
 
 
+def test_a_bench_runs_publisher_feeds_the_burst_at_its_own_rate() -> None:
+    # The function drains 4,000/s (4 pods, 1 ms each); the publisher brings 10,000/s: it never waits for it.
+    external = simulate(ONE, COSTLY, POLICY, shapes.burst(1000), fixed_pods={"f": 4})
+    paced = Profile(**{**COSTLY.__dict__, "publish_rate": 500.0})  # 2 s to publish the 1,000
+    bench = simulate(ONE, paced, POLICY, shapes.burst(1000), fixed_pods={"f": 4}, cluster=ClusterSettings(publisher_cpu=True))
+    assert external.drain_s is not None and bench.drain_s is not None
+    assert external.drain_s == pytest.approx(1000 * 1e-3 / 4, abs=0.06)  # all 1,000 in the stream at once
+    assert bench.drain_s == pytest.approx(2.0, abs=0.06)  # the last order handled as it is published
+    f = bench.functions["f"]
+    assert f.peak_instances == 4  # the lag never builds past what one instance per pod is wanted for
+
+
 def test_push_wakes_a_pod_sooner_than_polling() -> None:
     load = shapes.LoadShape("one burst at 12.3 s", (shapes.Arrival(12.3, 0.0, 100),), 120.0)
     waits = {}

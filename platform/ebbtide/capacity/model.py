@@ -2,17 +2,19 @@
 function's pods and each pod's pool scaling its Wasm instances. Pure: no clock, no I/O; deterministic.
 
 A fluid model, stepped in time (`busy_dt_s` while anything waits, longer steps while all is quiet):
-- orders arrive by the load shape, into the entry function's backlog (a bench run's publisher spends its
-  CPU on the same cores meanwhile); each function's handled messages become its downstream functions'
-  backlog, in the proportions of the profile (messages per order), once their batch is done: a batch of
-  `batches[f]` messages (fewer when fewer wait) takes its CPU time at the pace the process gets;
+- orders arrive by the load shape, into the entry function's backlog (a bench run's publisher takes them
+  there at its own pace, at most its rate alone, and spends its CPU on the same cores meanwhile); each
+  function's handled messages become its downstream functions' backlog, in the proportions of the profile
+  (messages per order), once their batch is done: a batch of `batches[f]` messages (fewer when fewer wait)
+  takes its CPU time at the pace the process gets;
 - each function's Deployment: KEDA and the HPA (kube.py) decide its replicas from its lag; a new pod is
   ready after KEDA's reaction, the pod's start and the process's cold start; with `fixed_pods`, a fixed
   number of pods ready from the start (pods kept running, or a bench run's replicas);
 - each ready pod runs its pool by the real policy (ebbtide.scaler.Scaler, the manifest's `scale`), on the
-  function's whole lag (every replica reads the same consumer); it handles up to one core's worth of
-  messages (1 / cpu_s per second: one Python process), less its own overhead while busy (control loop,
-  pull requests: the profile's `replica_overhead_cores`);
+  function's whole lag (every replica reads the same consumer): woken by its bell with one instance, it
+  reads the lag every control interval, later when the cores are shared (its tick waits for the CPU too);
+  it handles up to one core's worth of messages (1 / cpu_s per second: one Python process), less its own
+  overhead while busy (control loop, pull requests: the profile's `replica_overhead_cores`);
 - CPU: with `cores` set (a machine, as in bench runs: the cores its processes get), the functions,
   nats-server and the publisher share them in proportion to what each asks for: beyond it, everything is
   slowed alike. Without it, each pod has its core and nats-server what it needs, and the model reports how
@@ -37,13 +39,16 @@ from .load import LoadShape
 from .profile import Pipeline, Profile
 
 EPSILON = 1e-6  # messages: less than this left is nothing left
+TICK_S = 0.05  # a pool's control interval while it works (controller.TICK_S)
 
 
 @dataclass(frozen=True)
 class ClusterSettings:
     pod_start_s: float = 2.0  # scheduling and container start, before the process's own cold start
     cores: float | None = None  # the cores one machine gives everything (bench runs); None: a pod per core
-    publisher_cpu: bool = False  # the publisher's CPU counts against `cores` (a bench run publishes from the machine)
+    # A bench run's publisher: one process on the machine, publishing at most at its rate alone, its CPU counted
+    # against `cores`. Without it, orders enter the streams as they arrive (clients elsewhere publish them).
+    publisher_cpu: bool = False
     stream_replicas: int = 3  # JetStream copies of every message (R3 on deploy/kubernetes's cluster)
     retention_s: float = 86_400.0  # how long ORDERS keeps a handled message (max_age_s)
 
@@ -97,6 +102,7 @@ class _Function:
         self.ready = fixed_pods  # pods ready now (this step)
         self.scaler = Scaler(policy)
         self.instances = 0  # per ready pod
+        self.next_control_at = 0.0  # when its pools next read the lag
         self.backlog = 0.0
         self.pushed = False
         self.arrived = 0.0  # cumulative
@@ -138,7 +144,6 @@ def simulate(
 
     t = 0.0
     to_publish = 0.0  # orders arrived, not yet in the entry functions' streams
-    publish_debt = 0.0  # CPU seconds the publisher still has to spend on what it published (publisher_cpu)
     in_transit: list[tuple[float, int, str, float]] = []  # heap: (when, tie, function, messages) a batch hands on
     sent = 0
     orders_in = 0.0  # published into the entry functions' streams
@@ -154,6 +159,7 @@ def simulate(
     stored_orders = 0.0
     storage_peak = 0.0
     sample_at = 0.0
+    last_share = 1.0  # the CPU share of the step before
     end = load.duration_s
 
     while True:
@@ -199,7 +205,7 @@ def simulate(
                 target.pushed = True  # the scaler's bell (KEDA acts on it at once when at zero)
 
         # What each process would do in this step, then the CPU they share.
-        publish = to_publish
+        publish = min(to_publish, profile.publish_rate * dt) if cluster.publisher_cpu else to_publish
         wanted: dict[str, float] = {}
         busy_replicas = 0
         for f in functions.values():
@@ -209,8 +215,16 @@ def simulate(
                     f.instances, f.scaler = 0, Scaler(f.policy)  # the next pod's pool starts afresh
                 wanted[f.name] = 0.0
                 continue
-            in_flight = 1 if f.backlog > EPSILON else 0  # a pool at zero wakes on its bell at once
-            f.instances = f.scaler.desired(lag=math.ceil(f.backlog - EPSILON), in_flight=in_flight, current=f.instances, now=t)
+            if f.instances == 0 and f.backlog > EPSILON:
+                # A pool at zero wakes on its bell with one instance; it reads the lag a control interval later.
+                f.instances = f.scaler.wake(t)
+                f.next_control_at = t + TICK_S / last_share
+            elif t >= f.next_control_at - EPSILON:
+                # A controller's tick waits for the CPU like everything else: on shared cores it comes later.
+                in_flight = 1 if f.backlog > EPSILON else 0
+                lag = math.ceil(f.backlog - EPSILON)
+                f.instances = f.scaler.desired(lag=lag, in_flight=in_flight, current=f.instances, now=t)
+                f.next_control_at = t + TICK_S / last_share
             # A replica's core, less what its control loop and fetches cost while there is work.
             capacity = ready * (1 - overhead) * costs[f.name].replica_rate * dt if f.instances > 0 else 0.0
             wanted[f.name] = min(f.backlog, capacity)
@@ -218,16 +232,15 @@ def simulate(
                 busy_replicas += ready
         cpu = sum(wanted[n] * (costs[n].cpu_s + costs[n].server_cpu_s) for n in wanted)
         if cluster.publisher_cpu:
-            publish_debt += publish * (profile.publish_cpu_s + profile.server_publish_cpu_s)
-            cpu += publish_debt
+            cpu += publish * (profile.publish_cpu_s + profile.server_publish_cpu_s)
         share = 1.0
         if cluster.cores is not None and cpu > 0:
             # The busy replicas' overhead is spent whatever else runs; the messages share what is left.
             share = min(1.0, max(cluster.cores - busy_replicas * overhead, 0.01 * cluster.cores) * dt / cpu)
+        last_share = share
 
         # Carry it out: publish, handle, hand on downstream.
-        published = publish
-        publish_debt -= publish_debt * share
+        published = publish * share if cluster.publisher_cpu else publish
         to_publish -= published
         orders_in += published
         server_cpu = published * profile.server_publish_cpu_s
