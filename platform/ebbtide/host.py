@@ -25,7 +25,7 @@ from .pool import FunctionPool
 from .precompiled import function_engine
 from .rollout.follow import RolloutFollower
 from .runtime import WasmEngine
-from .telemetry import HostSnapshot, PoolSnapshot, TelemetryServer, collect, render_metrics, tracing
+from .telemetry import HostSnapshot, PoolSnapshot, TelemetryServer, collect, gc_pauses, render_metrics, tracing
 
 if TYPE_CHECKING:  # tracing and OTLP are loaded only when configured
     from opentelemetry.sdk.trace import TracerProvider
@@ -100,6 +100,7 @@ class Host:
         """Connect (unless given a connection), wait for provisioning, load each function's module and start
         its pool and controller. A module that cannot load or start fails here, not at the first message."""
         if self.metrics_port:  # first, so /healthz answers during start-up and /readyz says why not yet
+            gc_pauses.timed()  # from now on, not from the first scrape
             self.telemetry = await TelemetryServer(
                 lambda: render_metrics(self.snapshot()),
                 self.readiness,

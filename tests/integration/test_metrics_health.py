@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import re
 
 import pytest
@@ -235,6 +236,7 @@ async def test_metrics_and_health_of_a_running_host(
             "ebbtide_process_open_fds": "gauge",
             "ebbtide_process_asyncio_tasks": "gauge",
             "ebbtide_process_gc_objects": "gauge",
+            "ebbtide_process_gc_pause_seconds": "histogram",
             "ebbtide_nats_connected": "gauge",
             "ebbtide_handle_duration_seconds": "histogram",
             "ebbtide_end_to_end_seconds": "histogram",
@@ -261,6 +263,9 @@ async def test_metrics_and_health_of_a_running_host(
         assert value(families, "ebbtide_process_open_fds") >= 3  # stdin, stdout, stderr at least
         assert value(families, "ebbtide_process_asyncio_tasks") >= 1  # the one serving this scrape at least
         assert value(families, "ebbtide_process_gc_objects") > 1000
+        gc.collect()  # this process's: the host runs in it
+        pauses = (await scrape(port))["ebbtide_process_gc_pause_seconds"]["samples"]
+        assert pauses[("ebbtide_process_gc_pause_seconds_count", frozenset())] >= 1
         for fn in FUNCTIONS:
             assert value(families, "ebbtide_oldest_pending_seconds", function=fn) == 0  # nothing published yet
         assert value(families, "ebbtide_nats_connected") == 1

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ..deadletter import Reason
+from . import gc_pauses
 from .histogram import END_TO_END_BUCKETS_S, HANDLE_BUCKETS_S, Histogram
 from .snapshot import HostSnapshot
 
@@ -263,6 +264,13 @@ def _process_families(snapshot: HostSnapshot) -> list[Family]:
             family = Family(name, "gauge", help_text)
             family.add(value)
             families.append(family)
+    pauses = Family(
+        "ebbtide_process_gc_pause_seconds",
+        "histogram",
+        "How long each garbage collection stopped this process (every message it holds waits), in seconds.",
+    )
+    pauses.add(gc_pauses.timed().histogram)
+    families.append(pauses)
     return families
 
 

@@ -50,6 +50,7 @@ from ...broker.publisher import publish_all
 from ...manifest import LoadedManifest
 from ...ordering import entry_subject
 from ...status_reports import STATUS_REQUEST_SUBJECT
+from ...telemetry.gc_pauses import GC_PAUSE_BUCKETS_S
 from ...telemetry.histogram import HANDLE_BUCKETS_S
 from ..charts import write_line_chart
 from ..orders import INGRESS_SUBJECT, encode_order, event_msg_id, generate_order_events, generate_orders
@@ -81,6 +82,7 @@ class ProcessSample:
     fds: float
     tasks: float
     gc_objects: float
+    gc_pause_ms: float = 0.0  # the process's longest garbage collection in the minute (its bucket's upper bound)
 
 
 @dataclass
@@ -143,10 +145,10 @@ class SoakResult:
 class _MeasuringGc:
     """This process's garbage collection while it measures. It times every message with its own clock, so a
     collection while messages arrive adds to their measured latency; with a run's bookkeeping (a million
-    entries by its end) a full collection took 230 ms on the development machine, and the ordered soak's
-    rare slow trickle orders (240-470 ms, all of it before the distributor's output) looked like that. So
-    what it holds after each minute is frozen (out of the collector's reach; unfrozen at the end), and the
-    longest collection of each minute is recorded beside the latencies."""
+    entries by its end) a full collection took 230 ms on the development machine. So what it holds after each
+    minute is frozen (out of the collector's reach; unfrozen at the end), and the longest collection of each
+    minute is recorded beside the latencies (16-82 ms a minute in a 30-minute ordered soak: not the cause of
+    its rare slow trickle orders, 2026-12-07)."""
 
     def __init__(self) -> None:
         self._started = 0.0
@@ -235,13 +237,31 @@ def _scrape(port: int) -> dict[str, float]:
     return values
 
 
-def _handle_counts(metrics: dict[str, float], function: str) -> list[float]:
-    """The cumulative counts of the function's handle-time histogram, by bucket (+Inf last)."""
+def _bucket_counts(metrics: dict[str, float], histogram: str, bounds: Sequence[float], labels: str = "") -> list[float]:
+    """The cumulative counts of a histogram of the scrape, by bucket (+Inf last); `labels`: `name="value",`."""
     counts = []
-    for bound in (*HANDLE_BUCKETS_S, math.inf):
+    for bound in (*bounds, math.inf):
         le = "+Inf" if bound == math.inf else repr(float(bound))
-        counts.append(metrics.get(f'ebbtide_handle_duration_seconds_bucket{{function="{function}",le="{le}"}}', 0.0))
+        counts.append(metrics.get(f'{histogram}_bucket{{{labels}le="{le}"}}', 0.0))
     return counts
+
+
+def _handle_counts(metrics: dict[str, float], function: str) -> list[float]:
+    return _bucket_counts(metrics, "ebbtide_handle_duration_seconds", HANDLE_BUCKETS_S, f'function="{function}",')
+
+
+def _gc_pause_counts(metrics: dict[str, float]) -> list[float]:
+    return _bucket_counts(metrics, "ebbtide_process_gc_pause_seconds", GC_PAUSE_BUCKETS_S)
+
+
+def _longest_ms(before: Sequence[float], now: Sequence[float], bounds: Sequence[float]) -> float:
+    """The upper bound (ms) of the highest bucket a cumulative histogram gained in since `before`; 0 if none."""
+    gained = [n - b for n, b in zip(now, before)]  # cumulative: a bucket's own gain is its step over the one below
+    longest = 0.0
+    for bound, below, here in zip((*bounds, math.inf), [0.0, *gained], gained):
+        if here > below:
+            longest = bound * 1000
+    return longest
 
 
 def _p99_from_buckets(cumulative: Sequence[float]) -> float:
@@ -385,10 +405,9 @@ async def run_soak(manifest: LoadedManifest, label: str, minutes: int, burst: in
             await processes.start()
             await processes.ready()
             await nc.publish(STATUS_REQUEST_SUBJECT, b"")
-            previous_handle = {
-                name: _handle_counts(await asyncio.to_thread(_scrape, port), name.split("#")[0])
-                for name, port in processes.ports.items()
-            }
+            first_scrapes = {name: await asyncio.to_thread(_scrape, port) for name, port in processes.ports.items()}
+            previous_handle = {name: _handle_counts(metrics, name.split("#")[0]) for name, metrics in first_scrapes.items()}
+            previous_gc = {name: _gc_pause_counts(metrics) for name, metrics in first_scrapes.items()}
             assert server.pid is not None
             for index in range(minutes):
                 minute_start = time.monotonic()
@@ -450,12 +469,16 @@ async def run_soak(manifest: LoadedManifest, label: str, minutes: int, burst: in
                 handle_p99: dict[str, float] = {}
                 per_function: dict[str, list[float]] = {}
                 for name, metrics in scraped.items():
+                    gc_counts = _gc_pause_counts(metrics)
+                    gc_pause_ms = _longest_ms(previous_gc[name], gc_counts, GC_PAUSE_BUCKETS_S)
+                    previous_gc[name] = gc_counts
                     samples[name] = ProcessSample(
                         rss_mib=metrics.get("ebbtide_process_resident_memory_bytes", math.nan) / 2**20,
                         private_mib=metrics.get("ebbtide_process_private_memory_bytes", math.nan) / 2**20,
                         fds=metrics.get("ebbtide_process_open_fds", math.nan),
                         tasks=metrics.get("ebbtide_process_asyncio_tasks", math.nan),
                         gc_objects=metrics.get("ebbtide_process_gc_objects", math.nan),
+                        gc_pause_ms=gc_pause_ms,
                     )
                     function = name.split("#")[0]
                     counts = _handle_counts(metrics, function)
@@ -499,7 +522,9 @@ async def run_soak(manifest: LoadedManifest, label: str, minutes: int, burst: in
                     f"peak backlog {peak:,}, RSS "
                     + ", ".join(f"{name} {s.rss_mib:.1f}" for name, s in samples.items())
                     + f" MiB, server {server_rss:.0f} MiB, store {minute.store_mib:.0f} MiB, load {minute.load_average:.1f}, "
-                    f"this process's longest GC {minute.bench_gc_pause_ms:.0f} ms",
+                    f"longest GC: this process {minute.bench_gc_pause_ms:.0f} ms, "
+                    + ", ".join(f"{name} <= {s.gc_pause_ms:g}" for name, s in samples.items())
+                    + " ms",
                     flush=True,
                 )
             await _account(nc, result, writes, expected_last, expected_writes)
