@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import nats.errors
 from nats.aio.client import Client as NatsClient
@@ -47,6 +47,9 @@ FETCH_WAIT_S = 1.0
 # A batch handed back at shutdown is redelivered after this: it outlives this process's pull requests
 # (<= FETCH_WAIT_S), which would otherwise take the redelivery into an inbox nobody reads, until the ack wait.
 HAND_BACK_DELAY_S = FETCH_WAIT_S + 0.5
+# A cancelled worker ends at its next await (its batch nak'ed on the way); one still running this long after it was
+# cancelled would hold a stopping process forever: it is logged, with where it waits, and left behind.
+CANCELLED_WORKER_S = 5.0
 
 __all__ = ["FETCH_WAIT_S", "Consumer", "FunctionPool", "PoolStats"]
 
@@ -215,7 +218,12 @@ class FunctionPool:
                 _, stuck = await asyncio.wait(late, timeout=FETCH_WAIT_S + 1.0)
                 for task in stuck:
                     task.cancel()
-                await asyncio.gather(*late, return_exceptions=True)
+                ignored: set[asyncio.Task[None]] = set()
+                if stuck:
+                    _, ignored = await asyncio.wait(stuck, timeout=CANCELLED_WORKER_S)
+                for task in ignored:  # never seen: say where it waits, and let the stop go on
+                    log.error("%s: a worker did not end when cancelled; leaving it behind:\n%s", self.name, _stack_of(task))
+                await asyncio.gather(*(late - ignored), return_exceptions=True)  # their errors are seen, not raised
         self._workers.clear()
         await self._ordered_feed.close()  # its lanes, kept while scaled to zero, go now
 
@@ -339,3 +347,15 @@ def _message_tracer(tracer: Tracer, function: str) -> MessageTracer:
     from .telemetry.message_trace import MessageTracer
 
     return MessageTracer(tracer, function)
+
+
+def _stack_of(task: asyncio.Task[None]) -> str:
+    """Where a suspended task waits: each coroutine down its chain of awaits (Task.print_stack shows the first)."""
+    lines = []
+    awaiting: Any = task.get_coro()
+    while awaiting is not None:
+        frame = getattr(awaiting, "cr_frame", None) or getattr(awaiting, "gi_frame", None)
+        if frame is not None:
+            lines.append(f'  File "{frame.f_code.co_filename}", line {frame.f_lineno}, in {frame.f_code.co_name}')
+        awaiting = getattr(awaiting, "cr_await", None) or getattr(awaiting, "gi_yieldfrom", None)
+    return "\n".join(lines)

@@ -252,3 +252,37 @@ async def test_the_pool_keeps_nothing_per_subject_it_has_seen(tmp_path: Path) ->
     assert sum(stat.size for stat in held.statistics("filename")) < 64 * 1024, [
         str(stat) for stat in held.statistics("lineno")[:5]
     ]
+
+
+class StubbornConsumer(FakeConsumer):
+    """Its close() swallows the first cancellation and then waits for ever: a worker that will not end."""
+
+    async def close(self) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            pass
+        await asyncio.Event().wait()
+
+
+async def test_a_worker_that_ignores_its_cancellation_is_logged_and_left_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr("ebbtide.pool.CANCELLED_WORKER_S", 0.1)
+    manifest = chaos_manifest(tmp_path)
+    nc = FakeNats()
+    publisher = ConfirmedPublisher(nc)  # type: ignore[arg-type]
+    await publisher.start()
+    consumer = StubbornConsumer()
+
+    async def open_consumer() -> FakeConsumer:
+        return consumer
+
+    pool = FunctionPool("chaos", manifest, WasmEngine(), None, publisher, open_consumer=open_consumer)
+    await pool.set_instances(1)
+    worker_tasks = [task for task in asyncio.all_tasks() if task.get_name() == "chaos-worker"]
+    await asyncio.wait_for(pool.stop(grace_s=0), timeout=10)  # returns: the stop does not hang on it
+    assert "a worker did not end when cancelled" in caplog.text and "in close" in caplog.text  # where it waits
+    for task in worker_tasks:  # the second cancellation ends it
+        task.cancel()
+    await asyncio.gather(*worker_tasks, return_exceptions=True)
