@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -74,6 +75,10 @@ async def _serve(
     try:
         async with running(manifest, server, mode, functions, verbose, metrics_port) as runner:
             started = True
+            # What this process holds once started (modules, compiled guests, connections) lives as long as it:
+            # out of the collector's reach, a full collection scans only what came after. 38,000 objects took
+            # ~10 ms to scan on an idle core, and 100-250 ms of wall time in a burst's CPU contention (the soak).
+            gc.freeze()
             return await _serve_until_stopped(manifest, runner, stop, watch, provisioning)
     except asyncio.CancelledError as exc:
         if not signalled:
