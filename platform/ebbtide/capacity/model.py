@@ -39,7 +39,6 @@ from .load import LoadShape
 from .profile import Pipeline, Profile
 
 EPSILON = 1e-6  # messages: less than this left is nothing left
-TICK_S = 0.05  # a pool's control interval while it works (controller.TICK_S)
 
 
 @dataclass(frozen=True)
@@ -218,13 +217,13 @@ def simulate(
             if f.instances == 0 and f.backlog > EPSILON:
                 # A pool at zero wakes on its bell with one instance; it reads the lag a control interval later.
                 f.instances = f.scaler.wake(t)
-                f.next_control_at = t + TICK_S / last_share
+                f.next_control_at = t + steps.busy_dt_s / last_share
             elif t >= f.next_control_at - EPSILON:
                 # A controller's tick waits for the CPU like everything else: on shared cores it comes later.
                 in_flight = 1 if f.backlog > EPSILON else 0
                 lag = math.ceil(f.backlog - EPSILON)
                 f.instances = f.scaler.desired(lag=lag, in_flight=in_flight, current=f.instances, now=t)
-                f.next_control_at = t + TICK_S / last_share
+                f.next_control_at = t + steps.busy_dt_s / last_share
             # A replica's core, less what its control loop and fetches cost while there is work.
             capacity = ready * (1 - overhead) * costs[f.name].replica_rate * dt if f.instances > 0 else 0.0
             wanted[f.name] = min(f.backlog, capacity)
