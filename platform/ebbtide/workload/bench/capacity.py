@@ -127,7 +127,7 @@ class HostSamples:
 
     def total_over_time(self, function: str, start: float, end: float) -> list[tuple[float, int]]:
         """Instances running over every process of `function`: (seconds after `start`, total) at `start` and at
-        each report within [start, end] (the model's instances, for a run's comparison)."""
+        each report within [start, end]: how the pools ramped up (kept in results.json)."""
         events = sorted((t, host, n) for host, s in self.by_host.items() if self.function_of[host] == function for t, n, _ in s)
         current: dict[str, int] = {}
         totals: list[tuple[float, int]] = []
