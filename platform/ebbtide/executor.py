@@ -86,7 +86,7 @@ class PoolStats:
     # up to `instances_counted_at` (monotonic): exact, whatever the interval between status reports.
     instance_seconds: float = 0.0
     clock: Callable[[], float] = field(default=time.monotonic, repr=False)
-    instances_counted_at: float = field(default=-1.0)  # set from `clock` at creation
+    instances_counted_at: float = field(init=False)  # set from `clock` at creation
     reloads: dict[str, int] = field(default_factory=dict)  # module swaps by outcome: ok, refused
     handle: Histogram = field(default_factory=lambda: Histogram(HANDLE_BUCKETS_S))  # guest time per message
     end_to_end: Histogram = field(default_factory=lambda: Histogram(END_TO_END_BUCKETS_S))  # ingress -> effects confirmed
