@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 
 from ebbtide.manifest import LoadedManifest
-from ebbtide.workload.bench.soak import markdown, run_soak
+from ebbtide.workload.bench.soak import REPLICAS, markdown, run_soak
 
 CI_MINUTES = 4  # the warm-up minute and three samples
 CI_WARM_UP = 1
@@ -60,6 +60,13 @@ async def test_a_short_soak_stays_flat_and_exactly_once(tmp_path: Path, referenc
     ), result
     # Between bursts every pool drained to zero (the sample waits up to two minutes for it: a wait, not a bound).
     assert all(m.at_rest for m in result.minutes), [(m.index, m.backlog_at_sample) for m in result.minutes]
+    # What the capacity model is checked against (issue 32): each burst woke every function's pools from zero,
+    # and no pool ran more instances than its processes allow (scale.max each).
+    for m in result.minutes:
+        for function, fn in reference_manifest.spec.functions.items():
+            most = fn.scale.max * REPLICAS.get(function, 1)
+            assert 0 < m.instance_seconds[function] <= most * m.burst_drain_s, (m.index, function, m.instance_seconds)
+            assert 1 <= m.peak_instances[function] <= most, (m.index, function, m.peak_instances)
     after = [m for m in result.minutes if m.index >= CI_WARM_UP]
     for name in result.minutes[0].processes:
         fds = {m.processes[name].fds for m in after}

@@ -182,3 +182,35 @@ def test_plan_runs_with_defaults_and_draws_its_chart(tmp_path: Path, capsys: pyt
     rows = [line for line in capsys.readouterr().out.splitlines() if re.match(r"\| [0-9]", line)]
     assert len(rows) == 2
     assert main(["--manifest", str(REPO / "ebbtide.toml"), "plan", "--busy-hours", "9-8"]) == 2
+
+
+# -- the model against the soak (workload/bench/soak.py) -------------------------------------------------------
+
+
+def test_the_soak_check_compares_each_minute_with_its_own_prediction() -> None:
+    from ebbtide.workload.bench.capacity import predict
+    from ebbtide.workload.bench.soak import REPLICAS, Minute, SoakResult, model_check
+
+    manifest = load_manifest(REPO / "ebbtide.toml")
+    functions = list(manifest.spec.functions)
+    replicas = {f: REPLICAS.get(f, 1) for f in functions}
+
+    def minute(index: int, cores: float, slower: float) -> Minute:
+        """A minute measured as the model predicts it, its drain `slower` times longer (same instance-seconds)."""
+        drain, instance_s, peaks = predict(manifest, DEFAULT, cores, 10_000, replicas)
+        return Minute(
+            index, 10_000, 10_000, 0.0, drain * slower, 0, 0, [], [], {}, {}, 0.0, 0.0, 0.0, True,
+            cores_probed=cores, instance_seconds=instance_s, peak_instances=peaks,
+        )  # fmt: skip
+
+    result = SoakResult(
+        "unordered", [minute(0, 2.0, 5.0), minute(1, 2.0, 1.0), minute(2, 1.0, 1.2), minute(3, 2.0, 2.0)], warm_up=1
+    )
+    table, details = model_check(manifest, result, DEFAULT)
+    assert [m["index"] for m in details["minutes"]] == [1, 2, 3]  # the warm-up minute left out
+    assert details["drain_within"] == 2  # +0 % and -17 % are within ±25 %, -50 % is not
+    # Each minute is predicted on its own cores: fewer cores, a longer drain.
+    assert details["minutes"][1]["drain_s"][1] > details["minutes"][0]["drain_s"][1]
+    assert "| burst drain, s |" in table and "2 of 3 |" in table
+    # The same instance-seconds over a longer drain: fewer instances on average than the model's.
+    assert re.search(r"\| distributor: mean instances while draining \| [\d.]+ \| [\d.]+ \| \+\d+% \| 2 of 3 \|", table), table

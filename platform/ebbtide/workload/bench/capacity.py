@@ -108,6 +108,16 @@ class HostSamples:
     def reported_since(self, since: float) -> bool:
         return all(samples[-1][0] >= since for samples in self.by_host.values())
 
+    async def reports_since(self, nc: NatsClient, since: float, hosts: int = 0, timeout: float = 30.0) -> None:
+        """Ask every process for a status report, until each has reported at `since` (unix time) or later (and
+        at least `hosts` processes have reported at all)."""
+        deadline = time.monotonic() + timeout
+        while len(self.by_host) < hosts or not self.reported_since(since):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"not every function process reported within {timeout:g} s of {since}")
+            await nc.publish(STATUS_REQUEST_SUBJECT, b"")
+            await asyncio.sleep(0.05)
+
     def instance_seconds(self, function: str, start: float, end: float) -> float:
         """Instance-seconds of `function`'s processes within [start, end], from the cumulative count each report
         carries (exact, however far apart the reports of a CPU-starved process are): at each edge, the nearest
@@ -190,15 +200,6 @@ class Processes:
         ready = time.monotonic()
         self.cold_start_s += [ready - self.started[p.pid] for p in self.processes[function][-count:]]
 
-    async def reports_since(self, since: float) -> None:
-        """Ask every process for a status report, until each has reported at `since` or later."""
-        deadline = time.monotonic() + 30
-        while not self.samples.reported_since(since):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"not every function process reported within 30 s of {since}")
-            await self.nc.publish(STATUS_REQUEST_SUBJECT, b"")
-            await asyncio.sleep(0.05)
-
     def pids(self, function: str) -> list[int]:
         return [p.pid for p in self.processes.get(function, [])]
 
@@ -246,17 +247,15 @@ async def bench_capacity(manifest: LoadedManifest, report: BenchReport, quick: b
     replica_counts = REPLICAS[:2] if quick else REPLICAS
     data_dir = out_dir / "nats-capacity"
     shutil.rmtree(data_dir, ignore_errors=True)
-    functions = list(manifest.spec.functions)
-    processes_manifest = manifest_with(manifest, functions, out_dir / "capacity")
-    compile_package()
+    started = time.strftime("%Y-%m-%d %H:%M")
+    load_before = load_average()
+    profile, machine = await measure_profile(manifest, out_dir, n)
+    processes_manifest = manifest_with(manifest, list(manifest.spec.functions), out_dir / "capacity")
     with EmbeddedNats(data_dir, port=0, monitor_port=0) as server:
         assert server.pid is not None
         nc = await connect(server.url, name="ebbtide-bench-capacity")
         try:
             harness = Harness(nc, manifest)
-            started = time.strftime("%Y-%m-%d %H:%M")
-            load_before = load_average()
-            profile, machine = await _profile(nc, harness, processes_manifest, server, n)
             runs: list[Measured] = []
             for replicas in replica_counts:
                 print(f"capacity: the burst of {n:,} with {replicas} process(es) per function", flush=True)
@@ -272,6 +271,21 @@ async def bench_capacity(manifest: LoadedManifest, report: BenchReport, quick: b
         }
     )
     _report(report, manifest, profile, machine, runs)
+
+
+async def measure_profile(manifest: LoadedManifest, out_dir: Path, n: int) -> tuple[Profile, Machine]:
+    """The profile alone (step 1 above), on an embedded nats-server of its own: what another bench predicts its
+    runs from (the soak)."""
+    data_dir = out_dir / "nats-capacity-profile"
+    shutil.rmtree(data_dir, ignore_errors=True)
+    processes_manifest = manifest_with(manifest, list(manifest.spec.functions), out_dir / "capacity")
+    compile_package()
+    with EmbeddedNats(data_dir, port=0, monitor_port=0) as server:
+        nc = await connect(server.url, name="ebbtide-bench-capacity-profile")
+        try:
+            return await _profile(nc, Harness(nc, manifest), processes_manifest, server, n)
+        finally:
+            await nc.drain()
 
 
 async def _profile(
@@ -378,7 +392,7 @@ async def _pipeline_run(
         result = await harness.burst(orders, f"capacity-{replicas}-{time.time_ns()}", timeout=600, on_stored=stored)
         t0 = result.started_at  # the drain's window: first publish to the last outbox write
         end = t0 + result.wall_s
-        await processes.reports_since(end)  # each process's count just after the drain (see instance_seconds)
+        await processes.samples.reports_since(nc, end)  # each process's count just after the drain (see instance_seconds)
         return Measured(
             replicas=replicas,
             orders=n,
@@ -406,9 +420,10 @@ async def _stored_bytes(nc: NatsClient, manifest: LoadedManifest, n: int) -> flo
 
 
 def predict(
-    manifest: LoadedManifest, profile: Profile, cores: float, run: Measured
+    manifest: LoadedManifest, profile: Profile, cores: float, orders: int, replicas: dict[str, int]
 ) -> tuple[float, dict[str, float], dict[str, int]]:
-    """The model's drain time, instance-seconds and peak instances for a measured run's setting, on `cores`."""
+    """The model's drain time, instance-seconds and peak instances of a burst of `orders` through `replicas`
+    processes per function, every pool asleep at zero when it arrives, on `cores`."""
     policies = {
         name: ScalePolicy(fn.scale.min, fn.scale.max, fn.scale.target_backlog, fn.scale.cooldown_s)
         for name, fn in manifest.spec.functions.items()
@@ -417,9 +432,9 @@ def predict(
         pipeline_of(manifest),
         profile,
         policies,
-        burst(run.orders),
+        burst(orders),
         cluster=ClusterSettings(cores=cores, publisher_cpu=True),
-        fixed_pods={name: run.replicas for name in manifest.spec.functions},
+        fixed_pods=replicas,
         batches={name: fn.batch for name, fn in manifest.spec.functions.items()},
     )
     assert result.drain_s is not None
@@ -429,6 +444,16 @@ def predict(
         {name: f.instance_seconds for name, f in result.functions.items()},  # the run ends as it drains
         {name: f.peak_instances for name, f in result.functions.items()},
     )
+
+
+def modelled_cpu_per_order(profile: Profile) -> dict[str, float]:
+    """CPU seconds per order the model charges each function's processes, nats-server and the publisher."""
+    modelled = {name: p.cpu_s * p.messages_per_order for name, p in profile.functions.items()}
+    modelled["nats-server"] = profile.server_publish_cpu_s + sum(
+        p.server_cpu_s * p.messages_per_order for p in profile.functions.values()
+    )
+    modelled["publisher"] = profile.publish_cpu_s
+    return modelled
 
 
 def _report(report: BenchReport, manifest: LoadedManifest, profile: Profile, machine: Machine, runs: list[Measured]) -> None:
@@ -441,8 +466,9 @@ def _report(report: BenchReport, manifest: LoadedManifest, profile: Profile, mac
     ]
     details = []
     for run in runs:
-        drain, instance_s, peaks = predict(manifest, profile, run.cores_probed, run)
-        profile_drain, _, _ = predict(manifest, profile, machine.cores_available, run)
+        replicas = dict.fromkeys(functions, run.replicas)
+        drain, instance_s, peaks = predict(manifest, profile, run.cores_probed, run.orders, replicas)
+        profile_drain, _, _ = predict(manifest, profile, machine.cores_available, run.orders, replicas)
         errors = {"drain": drain / run.wall_s - 1}
         cells = []
         for f in functions:
@@ -484,11 +510,7 @@ def _report(report: BenchReport, manifest: LoadedManifest, profile: Profile, mac
             f"{100 - TOLERANCE * 100:.0f}-{100 + TOLERANCE * 100:.0f} %",
         )
     # What the model takes each order to cost (the profile) against what the burst cost, process by process.
-    modelled = {f: profile.functions[f].cpu_s * profile.functions[f].messages_per_order for f in functions}
-    modelled["nats-server"] = profile.server_publish_cpu_s + sum(
-        p.server_cpu_s * p.messages_per_order for p in profile.functions.values()
-    )
-    modelled["publisher"] = profile.publish_cpu_s
+    modelled = modelled_cpu_per_order(profile)
     lines += [
         "",
         "CPU per order, µs, in each burst (first publish to the last outbox write) against the profile's: "

@@ -21,6 +21,12 @@ worst. At the end every order is checked in its outbox exactly once: writes coun
 last sequence against the writes expected), each stored value compared with the last event published for
 its order. Figures print as a Markdown table; the series go to results.json and `soak-<manifest>.svg`.
 
+Each burst is also measured for the capacity model (issue 32): the cores two busy processes get just before it
+(in the quiet), and per function, over the burst's drain, its processes' instance-seconds and the most
+instances they ran at once (from their status reports). After the unordered manifest's minutes, a profile of
+the machine is measured (capacity.measure_profile) and the model predicts each minute after warm-up from it
+(`model_check`): drain, mean instances while draining and peak instances, beside the measured ones.
+
 The machine's load moves every figure but the counts: quote the load average with them. Each process's log
 goes to `logs-<manifest>/<process>.log` in the output folder.
 """
@@ -47,14 +53,17 @@ from nats.aio.msg import Msg
 
 from ...broker import ConfirmedPublisher, EmbeddedNats, connect, free_port, provision
 from ...broker.publisher import publish_all
+from ...capacity.profile import Profile
 from ...manifest import LoadedManifest
 from ...ordering import entry_subject
-from ...status_reports import STATUS_REQUEST_SUBJECT
+from ...status_reports import STATUS_REQUEST_SUBJECT, STATUS_SUBJECT_PREFIX
 from ...telemetry.gc_pauses import GC_PAUSE_BUCKETS_S
 from ...telemetry.histogram import HANDLE_BUCKETS_S
 from ..charts import write_line_chart
 from ..orders import INGRESS_SUBJECT, encode_order, event_msg_id, generate_order_events, generate_orders
 from . import implementations as impls
+from .capacity import TOLERANCE, HostSamples, cores_probe, measure_profile, modelled_cpu_per_order, predict
+from .comparison import cpu_seconds
 from .options import BenchOptions
 from .ordering import ORDERED, ordered_variant
 from .report import BenchReport, Section
@@ -105,6 +114,15 @@ class Minute:
     # (the rest of trickle_ms is the receiver's hop): which hop a slow one waited in.
     trickle_routed_ms: list[float] = field(default_factory=list)
     bench_gc_pause_ms: float = 0.0  # this (the measuring) process's longest garbage collection in the minute
+    # For the capacity model's check (issue 32): the cores two busy processes got just before the burst
+    # (capacity.cores_probe), and per function over the burst's drain (its first publish to its last outbox
+    # write), its processes' instance-seconds and the most instances they ran at once (from status reports).
+    cores_probed: float = math.nan
+    instance_seconds: dict[str, float] = field(default_factory=dict)
+    peak_instances: dict[str, int] = field(default_factory=dict)
+    # CPU seconds per order of the burst, from its first publish to its last outbox write: each function's
+    # processes together, "nats-server", and "publisher" (this process: publishing, and timing every write)
+    cpu_per_order: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -402,6 +420,8 @@ async def run_soak(manifest: LoadedManifest, label: str, minutes: int, burst: in
             publisher = ConfirmedPublisher(nc)
             await publisher.start()
             subject = entry_subject(loaded, INGRESS_SUBJECT)
+            host_samples = HostSamples()
+            await nc.subscribe(f"{STATUS_SUBJECT_PREFIX}.>", cb=host_samples.on_report)
             await processes.start()
             await processes.ready()
             await nc.publish(STATUS_REQUEST_SUBJECT, b"")
@@ -409,7 +429,11 @@ async def run_soak(manifest: LoadedManifest, label: str, minutes: int, burst: in
             previous_handle = {name: _handle_counts(metrics, name.split("#")[0]) for name, metrics in first_scrapes.items()}
             previous_gc = {name: _gc_pause_counts(metrics) for name, metrics in first_scrapes.items()}
             assert server.pid is not None
+            cpu_pids: dict[str, list[int]] = {"nats-server": [server.pid], "publisher": [os.getpid()]}
+            for name, pid in processes.pids.items():
+                cpu_pids.setdefault(name.split("#")[0], []).append(pid)
             for index in range(minutes):
+                cores = await cores_probe()  # in the quiet before the minute: the machine the burst will get
                 minute_start = time.monotonic()
                 messages = _messages(1 + index * ORDER_ID_STRIDE, burst, 250 + index, ordered)
                 for payload, _, key, delivery in messages:
@@ -424,7 +448,9 @@ async def run_soak(manifest: LoadedManifest, label: str, minutes: int, burst: in
                         await asyncio.sleep(1.0)
 
                 watcher = asyncio.create_task(watch_backlog())
-                burst_start = time.monotonic()
+                await host_samples.reports_since(nc, time.time(), hosts=len(processes.ports))  # every count before the burst
+                cpu_before = {name: sum(map(cpu_seconds, pids)) for name, pids in cpu_pids.items()}
+                burst_start, burst_start_unix = time.monotonic(), time.time()
                 confirmed, errors = await publish_all(publisher, subject, [(p, i) for p, i, _, _ in messages])
                 if errors:
                     raise RuntimeError(f"soak: {len(errors)} burst publishes not confirmed, e.g. {errors[0]}")
@@ -432,8 +458,16 @@ async def run_soak(manifest: LoadedManifest, label: str, minutes: int, burst: in
                 quiet_at = minute_start + MINUTE_S - QUIET_S
                 while not all(k in writes.at for k in keys) and time.monotonic() < minute_start + MINUTE_S * 3:
                     await asyncio.sleep(0.05)
+                cpu_per_order = {
+                    name: (sum(map(cpu_seconds, pids)) - cpu_before[name]) / len(messages) for name, pids in cpu_pids.items()
+                }
                 burst_ms = [(writes.at.get(k, math.inf) - burst_start) * 1000 for k in keys]
                 drain_s = max(burst_ms) / 1000
+                burst_end_unix = burst_start_unix + drain_s
+                await host_samples.reports_since(nc, burst_end_unix)  # each process's count just after the drain
+                functions = loaded.spec.functions
+                instance_seconds = {f: host_samples.instance_seconds(f, burst_start_unix, burst_end_unix) for f in functions}
+                peak_instances = {f: host_samples.peak(f, burst_start_unix, burst_end_unix) for f in functions}
                 # The trickle: through the rest of the minute, until its quiet end.
                 trickle_ms: list[float] = []
                 trickle_routed_ms: list[float] = []
@@ -506,6 +540,10 @@ async def run_soak(manifest: LoadedManifest, label: str, minutes: int, burst: in
                     load_average=os.getloadavg()[0],
                     at_rest=at_rest,
                     bench_gc_pause_ms=measuring_gc.longest_pause() * 1000,
+                    cores_probed=cores,
+                    instance_seconds=instance_seconds,
+                    peak_instances=peak_instances,
+                    cpu_per_order=cpu_per_order,
                 )
                 measuring_gc.keep_what_is_there()
                 result.minutes.append(minute)
@@ -524,7 +562,9 @@ async def run_soak(manifest: LoadedManifest, label: str, minutes: int, burst: in
                     + f" MiB, server {server_rss:.0f} MiB, store {minute.store_mib:.0f} MiB, load {minute.load_average:.1f}, "
                     f"longest GC: this process {minute.bench_gc_pause_ms:.0f} ms, "
                     + ", ".join(f"{name} <= {s.gc_pause_ms:g}" for name, s in samples.items())
-                    + " ms",
+                    + f" ms; cores probed {cores:.2f}, mean instances while draining "
+                    + ", ".join(f"{f} {v / drain_s:.1f}" for f, v in instance_seconds.items())
+                    + f", CPU per order {sum(cpu_per_order.values()) * 1e6:.0f} µs",
                     flush=True,
                 )
             await _account(nc, result, writes, expected_last, expected_writes)
@@ -740,3 +780,80 @@ async def bench_soak(manifest: LoadedManifest, report: BenchReport, quick: bool,
             "0",
         )
     report.sections.append(Section("Soak: the ZEISS day shape, minute after minute", markdown(results)))
+    unordered = next((r for r in results if r.manifest == "unordered"), None)
+    if unordered is not None and len(unordered.minutes) > unordered.warm_up:
+        print("soak: the capacity model's profile of this machine, to predict the unordered minutes", flush=True)
+        profile, _ = await measure_profile(manifest, out_dir, burst)
+        table, details = model_check(manifest, unordered, profile)
+        report.details["soak-model"] = details
+        report.add(
+            "soak unordered: minutes whose burst drain the capacity model predicts within ±25 %",
+            details["drain_within"],
+            f"of {len(details['minutes'])}",
+            "`ebbtide plan`'s model from a profile measured right after the soak, each minute on the cores probed before it",
+            "all",
+        )
+        report.sections.append(Section("Soak: the capacity model against the unordered minutes", table))
+
+
+def model_check(manifest: LoadedManifest, result: SoakResult, profile: Profile) -> tuple[str, dict[str, Any]]:
+    """The capacity model (issue 32) against the soak's ZEISS shape: each minute after warm-up, its burst
+    predicted (its orders, the soak's processes per function, every pool asleep at zero as the soak leaves
+    them, the cores probed just before it) beside what was measured: the drain, and per function the mean
+    instances while draining (instance-seconds over the drain: the scaling policy's part) and the peak.
+    The trickle is left out of the prediction: one order every TRICKLE_EVERY_S, after the drain."""
+    functions = list(manifest.spec.functions)
+    replicas = {f: REPLICAS.get(f, 1) for f in functions}
+    minutes = []
+    checked = result.minutes[result.warm_up :]
+    for m in checked:
+        drain, instance_s, peaks = predict(manifest, profile, m.cores_probed, m.burst_messages, replicas)
+        mean_measured = {f: m.instance_seconds[f] / m.burst_drain_s for f in functions}
+        mean_predicted = {f: instance_s[f] / drain for f in functions}
+        minutes.append(
+            {
+                "index": m.index,
+                "cores_probed": m.cores_probed,
+                "drain_s": (m.burst_drain_s, drain),
+                "mean_instances": {f: (mean_measured[f], mean_predicted[f]) for f in functions},
+                "peak_instances": {f: (m.peak_instances[f], peaks[f]) for f in functions},
+            }
+        )
+
+    def error(pair: tuple[float, float]) -> float:
+        measured, predicted = pair
+        return predicted / measured - 1 if measured else math.nan
+
+    def within(pairs: list[tuple[float, float]]) -> int:
+        return sum(1 for pair in pairs if abs(error(pair)) <= TOLERANCE)
+
+    def medians(pairs: list[tuple[float, float]]) -> tuple[float, float]:
+        return statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
+
+    drains = [m["drain_s"] for m in minutes]
+    rows = [("burst drain, s", drains)] + [
+        (f"{f}: mean instances while draining", [m["mean_instances"][f] for m in minutes]) for f in functions
+    ]
+    lines = [
+        f"| figure (medians over {len(minutes)} minutes after warm-up) | measured | predicted | error | minutes within ±{TOLERANCE:.0%} |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, pairs in rows:
+        measured, predicted = medians(pairs)
+        lines.append(
+            f"| {name} | {measured:.2f} | {predicted:.2f} | {predicted / measured - 1:+.0%} | {within(pairs)} of {len(pairs)} |"
+        )
+    peaks = {f: medians([m["peak_instances"][f] for m in minutes]) for f in functions}
+    cores = statistics.median(m["cores_probed"] for m in minutes)
+    modelled = modelled_cpu_per_order(profile)
+    measured_cpu = {name: statistics.median(m.cpu_per_order[name] for m in checked) for name in checked[0].cpu_per_order}
+    lines += [
+        "",
+        "Peak instances, median measured / predicted: "
+        + ", ".join(f"{f} {measured:g} / {predicted:g}" for f, (measured, predicted) in peaks.items())
+        + f". Processes per function: {', '.join(f'{f} {n}' for f, n in replicas.items())}; cores probed before the "
+        f"bursts: {cores:.2f} (median). CPU per order, µs, in the bursts (median) against the profile's: "
+        + ", ".join(f"{name} {cpu * 1e6:.0f}/{modelled.get(name, 0) * 1e6:.0f}" for name, cpu in measured_cpu.items())
+        + f", all {sum(measured_cpu.values()) * 1e6:.0f}/{sum(modelled.values()) * 1e6:.0f} (the publisher here also times every write).",
+    ]
+    return "\n".join(lines), {"minutes": minutes, "drain_within": within(drains), "tolerance": TOLERANCE}
