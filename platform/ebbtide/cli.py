@@ -226,7 +226,11 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--scenario", action="append", choices=BENCH_SCENARIOS, help="repeatable (default: all but soak, which takes an hour)"
     )
-    bench.add_argument("--quick", action="store_true", help="small sizes, well under a minute (CI smoke test)")
+    bench.add_argument(
+        "--quick",
+        action="store_true",
+        help="small sizes, well under a minute per scenario (the soak: 2 minutes per manifest, no warm-up: its slopes are not meaningful)",
+    )
     bench.add_argument("--out", type=Path, default=Path(".ebbtide/bench"), help="results folder (default: %(default)s)")
     bench.add_argument("--orders", type=int, help="burst size (default 10,000; 2,000 with --quick)")
     bench.add_argument(
