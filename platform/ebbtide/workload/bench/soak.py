@@ -120,8 +120,9 @@ class Minute:
     cores_probed: float = math.nan
     instance_seconds: dict[str, float] = field(default_factory=dict)
     peak_instances: dict[str, int] = field(default_factory=dict)
-    # CPU seconds per order of the burst, from its first publish to its last outbox write: each function's
-    # processes together, "nats-server", and "publisher" (this process: publishing, and timing every write)
+    # CPU seconds per message of the burst (an order unordered, an event ordered), from its first publish to
+    # its last outbox write: each function's processes together, "nats-server", and "publisher" (this process:
+    # publishing, and timing every write)
     cpu_per_order: dict[str, float] = field(default_factory=dict)
 
 
@@ -564,7 +565,7 @@ async def run_soak(manifest: LoadedManifest, label: str, minutes: int, burst: in
                     + ", ".join(f"{name} <= {s.gc_pause_ms:g}" for name, s in samples.items())
                     + f" ms; cores probed {cores:.2f}, mean instances while draining "
                     + ", ".join(f"{f} {v / drain_s:.1f}" for f, v in instance_seconds.items())
-                    + f", CPU per order {sum(cpu_per_order.values()) * 1e6:.0f} µs",
+                    + f", CPU per message {sum(cpu_per_order.values()) * 1e6:.0f} µs",
                     flush=True,
                 )
             await _account(nc, result, writes, expected_last, expected_writes)
@@ -841,7 +842,7 @@ def model_check(manifest: LoadedManifest, result: SoakResult, profile: Profile) 
     for name, pairs in rows:
         measured, predicted = medians(pairs)
         lines.append(
-            f"| {name} | {measured:.2f} | {predicted:.2f} | {predicted / measured - 1:+.0%} | {within(pairs)} of {len(pairs)} |"
+            f"| {name} | {measured:.2f} | {predicted:.2f} | {error((measured, predicted)):+.0%} | {within(pairs)} of {len(pairs)} |"
         )
     peaks = {f: medians([m["peak_instances"][f] for m in minutes]) for f in functions}
     cores = statistics.median(m["cores_probed"] for m in minutes)
