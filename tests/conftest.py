@@ -27,6 +27,7 @@ from ebbtide.broker.partitioned_pull import LaneFeed
 from ebbtide.broker.partitions import consumer_names, pin_timeout_s
 from ebbtide.build import build_modules
 from ebbtide.manifest import LoadedManifest, load_manifest, parse_manifest
+from ebbtide.ordering import LaneKeys
 from ebbtide.workload.orders import Order, encode_order
 
 REPO = Path(__file__).resolve().parent.parent
@@ -176,7 +177,7 @@ def chaos_lane_feed(nc: NatsClient, manifest: LoadedManifest, hold_max: int = 8)
         nc,
         "TEST",
         "chaos",
-        function.trigger,
+        LaneKeys(function.trigger, function.order_by).of,
         consumer_names(manifest, "chaos"),
         pin_timeout_s=pin_timeout_s(function),
         ack_wait_s=function.ack_wait_s,

@@ -47,6 +47,7 @@ from .broker.publisher import ConfirmedPublisher, PublishBatch
 from .deadletter import Reason, dead_letter_headers, fit_payload
 from .errors import PublishError, PublishRetryLater, PublishUnanswered
 from .manifest import FunctionSection
+from .ordering import LaneKeys
 from .outcome import (
     Ack,
     DeadLetter,
@@ -59,7 +60,6 @@ from .outcome import (
     after_unconfirmed,
     check_input,
 )
-from .subjects import key_of_stored_subject
 from .telemetry.histogram import END_TO_END_BUCKETS_S, HANDLE_BUCKETS_S, Histogram
 
 if TYPE_CHECKING:  # tracing's module (and OpenTelemetry) is loaded only when tracing is on
@@ -129,7 +129,7 @@ RunGuests = Callable[[Sequence[Incoming]], list[GuestResult]]
 
 class KeyOrder(Protocol):
     """An ordered function's feed (broker/partitioned_pull.py), for the batches it gave out: a message's
-    key is its stored subject (`<trigger>.<partition>.<key>`, the bare trigger for keyless messages)."""
+    key is its payload's `order_by` field ("" for keyless messages, on the bare trigger: ordering.LaneKeys)."""
 
     async def may_ack(self, incoming: Incoming) -> bool:
         """Whether this process still holds the message's lane (else another may run it: no ack); for a lane
@@ -190,6 +190,7 @@ class Executor:
         self._quieted = 0
         # Guest time per message in the last chunk (shared by the workers: one guest): sizes the next chunk.
         self._guest_s_per_message: float | None = None
+        self._lane_keys = LaneKeys(function.trigger, function.order_by) if function.order_by else None
 
     async def run_batch(
         self, msgs: Sequence[Msg], run_guests: RunGuests, keep_alive: KeepAlive, order: KeyOrder | None = None
@@ -422,11 +423,9 @@ class Executor:
                 self._first_failures.pop(next(iter(self._first_failures)))  # oldest first: dicts keep order
             self._first_failures[key] = time.time()
 
-    def _order_key(self, subject: str) -> str | None:
+    def _order_key(self, msg: Msg) -> str | None:
         """The key of a message of an ordered function ("" for one published without a key), else None."""
-        if not self.function.order_by:
-            return None
-        return key_of_stored_subject(subject, self.function.trigger) or ""
+        return None if self._lane_keys is None else self._lane_keys.of(msg.subject, msg.data)
 
     def _dead_letter(self, incoming: Incoming, outcome: DeadLetter, batch: PublishBatch, trace: MessageTrace | None) -> _Pending:
         msg, delivery, reason = incoming.msg, incoming.delivery, outcome.reason
@@ -443,7 +442,7 @@ class Executor:
             sequence=delivery.sequence,
             original_msg_id=msg.headers.get(H_MSG_ID) if msg.headers else None,
             first_failed_at=first_failed_at,
-            order_key=self._order_key(msg.subject),
+            order_key=self._order_key(msg),
         )
         context = {"function": self.name, "stream": delivery.stream, "sequence": delivery.sequence, "reason": reason.value}
         if trace is not None:

@@ -1,10 +1,13 @@
-"""The key of an effect published to an ordered function: read from the payload, added to the subject.
+"""The key of an ordered function's message: the payload's `order_by` field, read on both sides.
 
-A function publishing to the trigger T of an ordered function (functions.X.order_by = "field") asks for
-a publish to T, as it would without ordering; the host sends it to `T.<key>`, the key being the
+Publishing: a function publishing to the trigger T of an ordered function (functions.X.order_by = "field")
+asks for a publish to T, as it would without ordering; the host sends it to `T.<key>`, the key being the
 payload's JSON field (a string or an integer). A payload without a usable key is refused with the reason
 (the input is dead-lettered, never silently dropped), since an unkeyed message would leave its order's
 sequence. See broker/partitions.py for what the server does with the keyed subject.
+
+Reading: the stream stores `T.<key>` as `T.<partition>`, without the key, so the holder of a partition reads
+each message's key from its payload again (`LaneKeys`), the field every publisher took it from.
 """
 
 from __future__ import annotations
@@ -43,6 +46,29 @@ class KeyReader:
                 f"order_by: field {self.field!r} is {key[:100]!r}, not a key (1-128 characters, no dots, wildcards or whitespace)"
             )
         return key
+
+    def lane_key(self, payload: bytes) -> str:
+        """The key a partition's holder runs a stored message under: the payload's, or "" when it has none
+        (a client published it under a key its payload does not carry): such messages of a partition run as
+        one sequence of their own, in stream order, never dropped."""
+        try:
+            value: str | int | None = self._decode(payload).key  # type: ignore[attr-defined]
+        except msgspec.DecodeError:
+            return ""
+        return "" if value is None else str(value)
+
+
+class LaneKeys:
+    """The key each message of an ordered function runs under (broker/lanes.py keeps each key in order)."""
+
+    def __init__(self, trigger: str, order_by: str) -> None:
+        self._trigger = trigger
+        self._reader = KeyReader(order_by)
+
+    def of(self, subject: str, payload: bytes) -> str:
+        """The key of a message stored under `subject`: "" on the bare trigger (published without a key: the
+        function's own consumer, one sequence), else the payload's (KeyReader.lane_key)."""
+        return "" if subject == self._trigger else self._reader.lane_key(payload)
 
 
 class KeyedSubjects:

@@ -28,6 +28,7 @@ from .broker.pull import PullConsumer
 from .executor import Executor, PoolStats
 from .function import FunctionSpec, GuestLoop, Message, RolloutRun, RolloutStats
 from .manifest import LoadedManifest
+from .ordering import LaneKeys
 from .outcome import Faulted, GuestResult
 from .runtime import WasmEngine
 from .runtime.guest import GuestReply
@@ -120,7 +121,7 @@ class FunctionPool:
             self._nc,
             self.stream,
             self.name,
-            fn.trigger,
+            LaneKeys(fn.trigger, fn.order_by).of,
             self.consumers,
             pin_timeout_s=pin_timeout_s(fn),
             ack_wait_s=fn.ack_wait_s,

@@ -6,8 +6,10 @@ subjects), the broker (which provisions the transform) and the rollout code (whi
 stable hash) all use one definition and none of them has to import another.
 
 Keyed subjects (functions.X.order_by, see broker/partitions.py): a publisher sends a message of key K meant
-for trigger T to `T.K`; the stream's subject transform stores it as `T.<partition>.K`, the partition being
-the server's `{{partition(P, i)}}`, which is FNV-1a of the key token modulo P.
+for trigger T to `T.K`; the stream's subject transform stores it as `T.<partition>`, the partition being
+the server's `{{partition(P, i)}}`, which is FNV-1a of the key token modulo P. The stored subject drops the
+key: a subject per key cost the server on every store and on every read of a partition (ordering.py says
+where the key is read from instead).
 """
 
 from __future__ import annotations
@@ -39,13 +41,6 @@ def keyed_subject(trigger: str, key: str) -> str:
     return f"{trigger}.{key}"
 
 
-def key_of_stored_subject(subject: str, trigger: str) -> str | None:
-    """The key of a message as the stream stores it (`T.<partition>.<key>`), None for the bare trigger."""
-    if subject == trigger:
-        return None
-    return subject.rsplit(".", 1)[1]
-
-
 def fnv1a_32(data: bytes) -> int:
     """32-bit FNV-1a: the server's hash for `{{partition(P, i)}}`, and the rollouts' stable share."""
     value = _FNV_OFFSET
@@ -64,7 +59,7 @@ def fnv1a_partition(key: str, partitions: int) -> int:
 
 def stream_transform(triggers: list[str], partitions: int) -> tuple[str, str]:
     """The (src, dest) subject transform that partitions every trigger of `triggers` (one stream's ordered
-    triggers) by the key token that follows it. Raises ValueError when they cannot share one transform
+    triggers) by the key token that follows it: `T.<key>` is stored as `T.<partition>`. Raises ValueError when they cannot share one transform
     (the server keeps one per stream): they must be literal subjects of the same number of tokens."""
     split = [trigger.split(".") for trigger in triggers]
     lengths = {len(tokens) for tokens in split}
@@ -86,7 +81,7 @@ def stream_transform(triggers: list[str], partitions: int) -> tuple[str, str]:
             dest_tokens.append(f"{{{{wildcard({wildcards})}}}}")
     key = wildcards + 1
     src = ".".join([*src_tokens, "*"])
-    dest = ".".join([*dest_tokens, f"{{{{partition({partitions},{key})}}}}", f"{{{{wildcard({key})}}}}"])
+    dest = ".".join([*dest_tokens, f"{{{{partition({partitions},{key})}}}}"])
     return src, dest
 
 

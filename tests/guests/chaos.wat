@@ -5,6 +5,8 @@
 ;;   R status RETRY              X status REJECT                 B an unknown status (7)
 ;;   S slow: spin 50,000,000 iterations (~20 ms; needs ~200M fuel), then publish like a normal payload
 ;;   anything else: publish the payload unchanged to "test.out"
+;; A JSON object takes its mode from its first key's first letter: {"R": 1, "k": "key1"} retries (an ordered
+;; function's tests carry the key in the payload, where the host reads it).
 (module
   (memory (export "memory") 3)
   ;; [ ["publish", "test.out", bin16 ...] ]: fixarray(1) fixarray(3) fixstr(7) fixstr(8) bin16 marker
@@ -28,6 +30,8 @@
     (local $payload i32) (local $mode i32) (local $spin i32)
     (local.set $payload (i32.add (i32.const 65536) (local.get $subject_len)))
     (if (local.get $len) (then (local.set $mode (i32.load8_u (local.get $payload)))))
+    (if (i32.and (i32.eq (local.get $mode) (i32.const 123)) (i32.gt_u (local.get $len) (i32.const 2))) (then
+      (local.set $mode (i32.load8_u (i32.add (local.get $payload) (i32.const 2))))))
     (if (i32.eq (local.get $mode) (i32.const 84)) (then unreachable))
     (if (i32.eq (local.get $mode) (i32.const 83)) (then
       (local.set $spin (i32.const 50000000))

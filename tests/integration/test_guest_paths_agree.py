@@ -57,7 +57,7 @@ def ordered_sink_manifest(tmp_path: Path) -> LoadedManifest:
 
 class Outcomes:
     """Reads each round's outcomes from the server: what was dead-lettered (with its reason) and what was
-    acked (its effect stored on test.out.<partition>.<key>), stored since the last round."""
+    acked (its effect stored on test.out.<partition>), stored since the last round."""
 
     def __init__(self, nc: NatsClient) -> None:
         self.js = nc.jetstream()

@@ -1,6 +1,6 @@
 """Per-key ordering on a real nats-server with real Wasm: the server partitions keyed subjects as
 `fnv1a_partition` says, a retried message holds back its key's later messages until it is dead-lettered
-(the dead letter says which sequence it broke), and the ordered order pipeline applies every order's
+(the dead letter says which sequence it broke; redriven, it rejoins its partition), and the ordered order pipeline applies every order's
 events in sequence; keyless and unkeyable messages are handled, never left behind."""
 
 from __future__ import annotations
@@ -15,15 +15,17 @@ from pathlib import Path
 import msgspec
 import pytest
 from nats.aio.client import Client as NatsClient
+from nats.js.api import RetentionPolicy, StreamConfig, SubjectTransform
 
 from ebbtide import controller
 from ebbtide.broker import EmbeddedNats
 from ebbtide.broker.headers import H_ORDER_KEY, H_REASON, H_SEQUENCE_BROKEN
+from ebbtide.dlq_admin.redriving import redrive
 from ebbtide.host import Host
 from ebbtide.manifest import LoadedManifest, load_manifest, parse_manifest
 from ebbtide.ordering import entry_subject
 from ebbtide.status_reports import status_subject
-from ebbtide.subjects import fnv1a_partition
+from ebbtide.subjects import fnv1a_partition, stream_transform
 from ebbtide.workload.orders import INGRESS_SUBJECT, encode_order, event_msg_id, generate_order_events, generate_orders
 from tests.conftest import REPO, backlog, chaos_manifest, manifest_copy, provision_for, read_stream, wait_until
 from tests.ordering_check import check_outboxes
@@ -40,11 +42,20 @@ def ordered_chaos(tmp_path: Path) -> LoadedManifest:
     return parse_manifest(text, path)
 
 
-def keys_in_different_partitions(count: int) -> list[str]:
-    keys: dict[int, str] = {}
-    for i in range(100):
-        keys.setdefault(fnv1a_partition(f"key{i}", PARTITIONS), f"key{i}")
-    return list(keys.values())[:count]
+def keys_in_one_partition(count: int) -> list[str]:
+    """Keys the server puts in the same partition: one lane, one holder; only their keys keep them apart."""
+    by_partition: dict[int, list[str]] = collections.defaultdict(list)
+    for i in range(1000):
+        group = by_partition[fnv1a_partition(f"key{i}", PARTITIONS)]
+        group.append(f"key{i}")
+        if len(group) == count:
+            return group
+    raise AssertionError("no partition got enough keys")
+
+
+def chaos_event(key: str, n: int, retry: bool = False) -> bytes:
+    """A chaos payload carrying its key in the field the function orders by (`R` first: RETRY, always)."""
+    return json.dumps({"R": 1, "k": key, "n": n} if retry else {"k": key, "n": n}).encode()
 
 
 async def test_a_retried_message_holds_back_its_key_until_it_is_dead_lettered(
@@ -52,29 +63,58 @@ async def test_a_retried_message_holds_back_its_key_until_it_is_dead_lettered(
 ) -> None:
     manifest = ordered_chaos(tmp_path)
     js = nc.jetstream()
-    blocked, free = keys_in_different_partitions(2)
-    # R: the chaos guest answers RETRY, every time: three deliveries 0.4 s apart, then a dead letter.
-    sent = [(blocked, b"R " + blocked.encode() + b" 1"), (free, b"free 1"), (blocked, b"blocked 2"), (free, b"free 2")]
-    sent += [(blocked, b"blocked 3"), (free, b"free 3")]
+    blocked, free = keys_in_one_partition(2)
+    # The first: RETRY every time, three deliveries 0.4 s apart, then a dead letter. The other key, in the same
+    # lane, goes on meanwhile.
+    sent = [chaos_event(blocked, 1, retry=True), chaos_event(free, 1), chaos_event(blocked, 2), chaos_event(free, 2)]
+    sent += [chaos_event(blocked, 3), chaos_event(free, 3)]
     await provision_for(manifest, nats_server.url)
     async with Host(manifest, nats_server.url):
-        for key, payload in sent:
-            await js.publish(f"in.chaos.{key}", payload)
+        for payload in sent:
+            await js.publish(f"in.chaos.{json.loads(payload)['k']}", payload)
         outputs = await read_stream(nc, "TEST", "test.out", expected=5)
         letters = await read_stream(nc, "DLQ", expected=1)
 
+    def handled(key: str) -> list[bytes]:
+        return [m.data for m in outputs if json.loads(m.data)["k"] == key]
+
     assert [m.data for m in outputs] == [m.data for m in sorted(outputs, key=lambda m: m.seq)]
-    assert [m.data for m in outputs if m.data.startswith(b"free")] == [b"free 1", b"free 2", b"free 3"]
-    assert [m.data for m in outputs if m.data.startswith(b"blocked")] == [b"blocked 2", b"blocked 3"]
+    assert handled(free) == [chaos_event(free, n) for n in (1, 2, 3)]
+    assert handled(blocked) == [chaos_event(blocked, n) for n in (2, 3)]
     (letter,) = letters
-    assert letter.data == b"R " + blocked.encode() + b" 1"
+    assert letter.data == sent[0]
     assert letter.headers[H_REASON] == "retries-exhausted"
     assert letter.headers[H_ORDER_KEY] == blocked and letter.headers[H_SEQUENCE_BROKEN] == "true"
-    assert letter.headers["Ebbtide-Original-Subject"] == f"in.chaos.{fnv1a_partition(blocked, PARTITIONS)}.{blocked}"
+    partition = fnv1a_partition(blocked, PARTITIONS)
+    assert letter.headers["Ebbtide-Original-Subject"] == f"in.chaos.{partition}"  # stored without its key
     # The key's next message was handled only once the retried one had been given up on: not while it
     # waited its 0.4 s backoffs (without ordering it is handled at once, long before the dead letter).
-    blocked_2 = next(m for m in outputs if m.data == b"blocked 2")
+    blocked_2 = next(m for m in outputs if m.data == chaos_event(blocked, 2))
     assert blocked_2.time > letter.time, (blocked_2.time, letter.time)
+
+    # Redriven, it goes back under its key, so the server puts it in the same partition.
+    result = await redrive(nc, manifest)
+    (redriven,) = result.redriven
+    assert redriven.subject == f"in.chaos.{blocked}"
+    assert (await js.get_msg("TEST", redriven.stream_seq)).subject == f"in.chaos.{partition}"
+
+
+async def test_provision_refuses_a_stream_that_keeps_the_key_in_its_stored_subjects_and_says_what_to_do(
+    tmp_path: Path, nats_server: EmbeddedNats, nc: NatsClient
+) -> None:
+    """Earlier versions stored `T.<key>` as `T.<partition>.<key>`; this version's lanes read `T.<partition>`
+    and would never see those messages: provisioning such a stream stops with what to do, changing nothing."""
+    manifest = ordered_chaos(tmp_path)
+    src, dest = stream_transform(["in.chaos"], PARTITIONS)
+    earlier = SubjectTransform(src=src, dest=dest + ".{{wildcard(1)}}")
+    js = nc.jetstream()
+    await js.add_stream(
+        StreamConfig(name="TEST", subjects=["in.>", "test.>"], retention=RetentionPolicy.WORK_QUEUE, subject_transform=earlier)
+    )
+    with pytest.raises(ConnectionError, match=r"an earlier ebbtide's layout.*drain it.*nats stream rm TEST.*provision` again"):
+        await provision_for(manifest, nats_server.url)
+    transform = (await js.stream_info("TEST")).config.subject_transform
+    assert transform is not None and transform.dest == earlier.dest
 
 
 async def test_the_ordered_pipeline_applies_every_orders_events_in_sequence(
@@ -124,15 +164,17 @@ async def test_the_ordered_pipeline_applies_every_orders_events_in_sequence(
 
     (letter,) = await read_stream(nc, "DLQ", expected=1)
     assert letter.headers[H_REASON] == "effect-refused" and "no field 'orderGuid'" in letter.headers["Ebbtide-Error"]
-    assert letter.headers[H_ORDER_KEY] == "no-guid"
+    # Published under the key no-guid, but the key a stored message runs under is its payload's: none.
+    assert letter.headers[H_ORDER_KEY] == ""
 
-    # The server stored each keyed message under the partition fnv1a_partition names.
+    # The server stored each keyed message under the partition fnv1a_partition names, without its key.
     stored = await read_stream(nc, "ORDERS", expected=len(events))
     partitions = collections.Counter()
     for msg in stored:
         tokens = msg.subject.split(".")
-        if tokens[1] == "ingress" and len(tokens) == 4:
-            assert int(tokens[2]) == fnv1a_partition(tokens[3], 8), msg.subject
+        if tokens[1] == "ingress" and len(tokens) == 3:
+            key = msgspec.json.decode(msg.data).get("orderGuid", "no-guid")  # the key it was published under
+            assert int(tokens[2]) == fnv1a_partition(key, 8), msg.subject
             partitions[tokens[2]] += 1
     assert len(partitions) == 8
     assert msgspec.json.decode(stored[0].data)["eventSeq"] == 1
@@ -151,9 +193,7 @@ async def test_publish_sends_each_event_to_its_keyed_subject(tmp_path: Path, nat
     assert done.returncode == 0, done.stderr
     stored = await read_stream(nc, "ORDERS", expected=12)
     events = [msgspec.json.decode(m.data) for m in stored]
-    assert [m.subject for m in stored] == [
-        f"orders.ingress.{fnv1a_partition(e['orderGuid'], 8)}.{e['orderGuid']}" for e in events
-    ]
+    assert [m.subject for m in stored] == [f"orders.ingress.{fnv1a_partition(e['orderGuid'], 8)}" for e in events]
     for guid in {e["orderGuid"] for e in events}:
         assert [e["eventSeq"] for e in events if e["orderGuid"] == guid] == [1, 2, 3]
 

@@ -147,8 +147,8 @@ class Design:
         return (*self.functions, INGRESS, OBSERVER_USER, SCALER_USER, ADMIN_USER)
 
     def keyed(self, subject: str) -> list[str]:
-        """A subject, and for an ordered trigger its keyed form (`<trigger>.<key>`) and the partitioned form
-        the stream stores (`<trigger>.<partition>.<key>`), which nobody may publish to directly."""
+        """A subject, and for an ordered trigger its keyed form (`<trigger>.<key>`) and a subject one token
+        longer (`<trigger>.<partition>.<key>`, where an earlier ebbtide stored them), which nobody may publish to."""
         if subject not in self.ordered:
             return [subject]
         return [subject, keyed_subject(subject, "k1"), f"{subject}.0.k1"]

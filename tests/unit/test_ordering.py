@@ -16,9 +16,9 @@ from ebbtide.deadletter import Reason, dead_letter_headers
 from ebbtide.effects import Allowlist
 from ebbtide.errors import EffectRefused, ManifestError
 from ebbtide.manifest import load_manifest, parse_manifest
-from ebbtide.ordering import KeyReader, entry_subject
+from ebbtide.ordering import KeyReader, LaneKeys, entry_subject
 from ebbtide.runtime.abi import KvPut, Publish
-from ebbtide.subjects import fnv1a_partition, key_of_stored_subject, stream_transform
+from ebbtide.subjects import fnv1a_partition, stream_transform
 from ebbtide.workload.orders import OrderEvent, encode_order, event_msg_id, generate_order_events
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,10 +29,10 @@ UNORDERED = load_manifest(REPO / "ebbtide.toml")
 def test_one_transform_partitions_every_ordered_trigger_of_a_stream() -> None:
     assert stream_transform(["orders.ingress", "orders.express", "orders.standard"], 32) == (
         "orders.*.*",
-        "orders.{{wildcard(1)}}.{{partition(32,2)}}.{{wildcard(2)}}",
+        "orders.{{wildcard(1)}}.{{partition(32,2)}}",
     )
-    # One trigger: nothing varies but the key.
-    assert stream_transform(["in.chaos"], 4) == ("in.chaos.*", "in.chaos.{{partition(4,1)}}.{{wildcard(1)}}")
+    # One trigger: nothing varies but the key, and the stored subject keeps only its partition.
+    assert stream_transform(["in.chaos"], 4) == ("in.chaos.*", "in.chaos.{{partition(4,1)}}")
 
 
 @pytest.mark.parametrize(
@@ -50,15 +50,20 @@ def test_fnv1a_partition_is_stable_and_spreads_keys() -> None:
     assert len(counts) == 16 and min(counts.values()) > 800  # about 1000 each
 
 
-def test_keys_come_from_the_stored_subject() -> None:
-    assert key_of_stored_subject("orders.express.7.abc-1", "orders.express") == "abc-1"
-    assert key_of_stored_subject("orders.express", "orders.express") is None
+def test_a_stored_messages_key_comes_from_its_payload_and_keyless_ones_share_one_sequence() -> None:
+    keys = LaneKeys("orders.express", "orderGuid")
+    assert keys.of("orders.express.7", b'{"orderGuid": "abc-1", "items": []}') == "abc-1"
+    assert keys.of("orders.express.7", b'{"orderGuid": 42}') == "42"
+    assert keys.of("orders.express", b'{"orderGuid": "abc-1"}') == ""  # the bare trigger: the keyless lane
+    # Published under a key its payload does not carry: the partition's keyless messages, one sequence.
+    for payload in (b'{"other": 1}', b'{"orderGuid": null}', b'{"orderGuid": [1]}', b"not json"):
+        assert keys.of("orders.express.7", payload) == ""
 
 
 def test_an_ordered_function_reads_one_lane_per_partition_and_its_own_for_keyless_messages() -> None:
     receiver = lanes(ORDERED, "receiver-express")
     assert len(receiver) == 9
-    assert receiver[0].consumer == "receiver-express-p0" and receiver[0].filter_subject == "orders.express.0.*"
+    assert receiver[0].consumer == "receiver-express-p0" and receiver[0].filter_subject == "orders.express.0"
     assert receiver[-1].consumer == "receiver-express" and receiver[-1].filter_subject == "orders.express"
     function = ORDERED.function("receiver-express")
     configs = [lane_consumer_config(function, lane) for lane in receiver]
@@ -68,7 +73,7 @@ def test_an_ordered_function_reads_one_lane_per_partition_and_its_own_for_keyles
     assert 2.0 <= pin_timeout_s(function) <= 10.0
     assert {c["max_ack_pending"] for c in configs} == {function.max_ack_pending}
     assert {c["max_deliver"] for c in configs} == {-1}  # the host dead-letters, the server never drops
-    assert [c["filter_subject"] for c in configs[:2]] == ["orders.express.0.*", "orders.express.1.*"]
+    assert [c["filter_subject"] for c in configs[:2]] == ["orders.express.0", "orders.express.1"]
     assert consumer_config(ORDERED, "receiver-express").durable_name == "receiver-express"  # KEDA's name
     assert [c.durable_name for c in consumer_configs(UNORDERED, "receiver-express")] == ["receiver-express"]
     assert stream_transform_of(UNORDERED, "ORDERS") is None  # the speed reference stays unpartitioned

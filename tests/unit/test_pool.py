@@ -219,9 +219,10 @@ async def test_a_trap_mid_batch_fails_only_its_message_and_the_rest_run_once_on_
 
 
 async def test_the_pool_keeps_nothing_per_subject_it_has_seen(tmp_path: Path) -> None:
-    """An ordered function's messages arrive on one subject per key (`<trigger>.<partition>.<key>`): a host
-    that remembers anything per subject grows with every order it ever handled (issue 25: a cache of
-    encoded subjects grew 1.4-2.4 MiB per 10,000 orders). Memory allocated by ebbtide's own code and still
+    """A function's messages may arrive on one subject per key (a wildcard trigger; an ordered function's
+    did, `<trigger>.<partition>.<key>`, until the stored subject dropped the key): a host that remembers
+    anything per subject grows with every order it ever handled (issue 25: a cache of encoded subjects grew
+    1.4-2.4 MiB per 10,000 orders). Memory allocated by ebbtide's own code and still
     held after thousands of new subjects must not grow with them."""
     import tracemalloc
 

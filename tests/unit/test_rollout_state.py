@@ -14,6 +14,7 @@ from nats.aio.msg import Msg
 from ebbtide.errors import GuestFault, UsageError
 from ebbtide.function import FunctionSpec, GuestLoop, RolloutStats
 from ebbtide.manifest import FunctionSection
+from ebbtide.ordering import LaneKeys
 from ebbtide.outcome import Effects, Faulted
 from ebbtide.rollout.canary import RollbackWindow
 from ebbtide.rollout.candidate import Candidate, Share
@@ -111,13 +112,16 @@ def test_a_candidate_that_traps_or_cannot_start_answers_faults_and_never_raises(
 
 
 def test_an_ordered_functions_canary_splits_by_key_so_a_keys_events_go_to_one_version() -> None:
-    share = Share(0.5, ordered_trigger="orders.express")
+    share = Share(0.5, LaneKeys("orders.express", "orderGuid"))
 
     def event(key: str, n: int) -> Msg:
-        return Msg(None, subject=f"orders.express.3.{key}", data=b"%d" % n, headers={"Nats-Msg-Id": f"{key}-{n}"})  # type: ignore[arg-type]
+        # As the stream stores it: under its partition, the key in the payload only.
+        data = b'{"orderGuid": "%s", "event": %d}' % (key.encode(), n)
+        return Msg(None, subject="orders.express.3", data=data, headers={"Nats-Msg-Id": f"{key}-{n}"})  # type: ignore[arg-type]
 
     keys = [f"order-{i}" for i in range(200)]
     decisions = [{share.takes(event(key, n)) for n in range(3)} for key in keys]
     assert all(len(versions) == 1 for versions in decisions)  # every event of a key: the same version
     assert 60 < sum(True in versions for versions in decisions) < 140  # and still about half of the keys
-    assert share.takes(_msg(b"keyless", "id-1")) == Share(0.5).takes(_msg(b"keyless", "id-1"))  # bare trigger: by id
+    keyless = Msg(None, subject="orders.express", data=b'{"orderGuid": "order-1"}', headers={"Nats-Msg-Id": "id-1"})  # type: ignore[arg-type]
+    assert share.takes(keyless) == Share(0.5).takes(keyless)  # the bare trigger (one sequence): by id

@@ -151,7 +151,7 @@ class LaneFeed:
         nc: NatsClient,
         stream: str,
         function: str,
-        trigger: str,
+        key_of: Callable[[str, bytes], str],
         consumers: list[str],
         *,
         pin_timeout_s: float,
@@ -160,7 +160,7 @@ class LaneFeed:
     ) -> None:
         self._nc = nc
         self._stream = stream
-        self._trigger = trigger
+        self._key_of = key_of  # (subject, payload) -> the key it runs under (ordering.LaneKeys)
         self._keyless_lane = len(consumers) - 1  # the function's own consumer: messages without a key
         self._holdings_subject = lane_holdings_subject(function)
         self.book: LaneBook[Msg] = LaneBook(len(consumers), pin_timeout_s, hold_max, ack_wait_s)
@@ -328,7 +328,7 @@ class LaneFeed:
             log.error("%s: message without a JetStream ack subject; ignored", msg.subject)
             return
         new_tenure = book.pinned(lane, pin, requested_at)
-        if book.arrived(lane, msg, seq, self._key_of(msg.subject), delivery):
+        if book.arrived(lane, msg, seq, self._key_of(msg.subject, msg.data), delivery):
             if book.is_clear(lane):
                 self._wake_soon()
             else:
@@ -357,10 +357,6 @@ class LaneFeed:
         elif code not in (EXPIRED, "404", TOO_LARGE):
             log.warning("pull request on %s answered %s %s", io.next_subject, status, headers.get(H_DESCRIPTION, ""))
             io.quiet_until = time.monotonic() + RETRY_AFTER_ERROR_S
-
-    def _key_of(self, subject: str) -> str:
-        """A lane's message's key: `<trigger>.<partition>.<key>`, or "" on the bare trigger (keyless)."""
-        return subject.rsplit(".", 1)[1] if subject != self._trigger else ""
 
     # -- a lapsed lease ------------------------------------------------------------------------------
 

@@ -2,11 +2,14 @@
 
 A function with `order_by` reads its trigger T in key order. Publishers add the key as one more subject
 token (`T.<key>`); the stream's subject transform (StreamConfig.subject_transform, nats-server >= 2.10)
-stores each such message as `T.<partition>.<key>`, the partition being the server's own
-`{{partition(P, i)}}` (FNV-1a of the key token, modulo P): no client hashes anything, and subjects the
-transform does not match (the bare trigger, other functions' subjects) are stored unchanged.
+stores each such message as `T.<partition>`, the partition being the server's own `{{partition(P, i)}}`
+(FNV-1a of the key token, modulo P): no client hashes anything, and subjects the transform does not match
+(the bare trigger, other functions' subjects) are stored unchanged. The stored subject has no key token:
+a stream holding a subject per key cost nats-server more to store each message, and every partition's
+consumer then searched the stream's many subjects for its own (measured in the README, "Ordering by key");
+the holder reads the key from the payload, the field the publisher took it from (ordering.py).
 
-Each partition p has a durable consumer `<function>-p<p>` (a *lane*) filtered on `T.<p>.*`, in a priority
+Each partition p has a durable consumer `<function>-p<p>` (a *lane*) filtered on `T.<p>`, in a priority
 group with the `pinned_client` policy (ADR-42, nats-server >= 2.11): the server delivers a lane's messages
 to one client at a time, the one it pinned, and pins another only once the holder has sent no pull request
 for `priority_timeout` (or was unpinned through the API). So one process holds a lane and takes its
@@ -44,6 +47,11 @@ def partition_consumer(function: str, partition: int) -> str:
     return f"{function}-p{partition}"
 
 
+def partition_subject(trigger: str, partition: int) -> str:
+    """Where the stream stores the keyed messages of `trigger` that fall in `partition`."""
+    return f"{trigger}.{partition}"
+
+
 def stream_transform_of(manifest: LoadedManifest, stream: str) -> tuple[str, str] | None:
     """The subject transform `stream` needs, None when no ordered function reads it."""
     triggers = sorted(manifest.ordered_triggers(stream))
@@ -61,7 +69,7 @@ def lanes(manifest: LoadedManifest, function: str) -> list[Lane]:
     if not fn.order_by:
         return [own]
     partitions = manifest.spec.streams[manifest.stream_for(fn.trigger)].partitions
-    return [Lane(partition_consumer(function, p), f"{fn.trigger}.{p}.*") for p in range(partitions)] + [own]
+    return [Lane(partition_consumer(function, p), partition_subject(fn.trigger, p)) for p in range(partitions)] + [own]
 
 
 def consumer_names(manifest: LoadedManifest, function: str) -> list[str]:

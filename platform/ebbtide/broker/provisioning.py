@@ -46,6 +46,12 @@ async def ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None:
         ) from None
 
 
+def _keeps_key(dest: str) -> bool:
+    """Whether a partitioning transform's destination is the layout before the stored subject dropped the key
+    (`T.{{partition(P,i)}}.{{wildcard(i)}}`, as earlier versions of ebbtide stored them)."""
+    return "}}.{{wildcard(" in dest
+
+
 async def _create_or_update_stream(js: JetStreamContext, config: api.StreamConfig) -> None:
     try:
         info = await js.add_stream(config)
@@ -57,11 +63,12 @@ async def _create_or_update_stream(js: JetStreamContext, config: api.StreamConfi
         had, wants = on_server.subject_transform, config.subject_transform
         if had is not None and (wants is None or (had.src, had.dest) != (wants.src, wants.dest)):
             # Partitioned messages stored under the old layout would no longer match any partition's consumer.
+            earlier = " (an earlier ebbtide's layout, the key kept in the stored subject)" if _keeps_key(had.dest) else ""
             raise RunError(
-                f"stream {config.name} partitions ordered subjects as {had.src} -> {had.dest} on the server, and the "
-                f"manifest wants {f'{wants.src} -> {wants.dest}' if wants else 'no partitioning'} (streams.{config.name}."
-                f"partitions, functions.*.order_by): let the functions drain it (`ebbtide top`: backlog 0), delete it "
-                f"(`nats stream rm {config.name}`), then run `ebbtide provision` again"
+                f"stream {config.name} partitions ordered subjects as {had.src} -> {had.dest} on the server{earlier}, and "
+                f"the manifest wants {f'{wants.src} -> {wants.dest}' if wants else 'no partitioning'} (streams."
+                f"{config.name}.partitions, functions.*.order_by): let the functions drain it (`ebbtide top`: backlog 0), "
+                f"delete it (`nats stream rm {config.name}`), then run `ebbtide provision` again"
             ) from None
         wanted = api.RetentionPolicy(config.retention or "limits")
         if existing != wanted and api.RetentionPolicy.WORK_QUEUE in (existing, wanted):

@@ -102,7 +102,7 @@ def replay_command(args: argparse.Namespace, manifest: LoadedManifest) -> int:
                 async for message in stored.stream_inputs(nc, selected, filters):
                     judge.add(message)
                     count += 1
-                keyed = f" and its keyed subjects {fn.trigger}.<partition>.<key>" if fn.order_by else ""
+                keyed = f" and its partitions {fn.trigger}.<partition>" if fn.order_by else ""
                 notes = [f"{count:,} message(s) on {fn.trigger}{keyed} in {selected.stream} #{selected.first}..#{selected.last}"]
                 if selected.retention == "workqueue":
                     notes.append(f"{selected.stream} is a work queue: it holds only the messages not handled yet")

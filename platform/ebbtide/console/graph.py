@@ -246,7 +246,7 @@ class EdgeRates:
 
     def _stored(self, counts: Counts) -> dict[str, int]:
         """Messages stored per subject node: a stored subject counts for the node it matches (an ordered
-        trigger's keyed subjects `T.<partition>.<key>` for T)."""
+        trigger's partitions `T.<partition>` for T)."""
         totals: dict[str, int] = {}
         for stream, subjects in counts.stream_subjects.items():
             for subject, count in subjects.items():
@@ -263,7 +263,7 @@ class EdgeRates:
             for n in self.graph.nodes:
                 if n.kind != SUBJECT:
                     continue
-                keyed = n.label in ordered and subject_matches(f"{n.label}.*.*", subject)
+                keyed = n.label in ordered and subject_matches(f"{n.label}.*", subject)
                 if subject_matches(n.label, subject) or keyed:
                     found = n.id
                     break

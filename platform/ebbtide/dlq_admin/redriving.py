@@ -1,5 +1,8 @@
 """Redrive: republish dead letters to their original subjects, confirmed, then delete them from the DLQ.
 
+An ordered function's input, stored under its partition (`T.<p>`), goes back to `T.<key>` (its dead
+letter's `Ebbtide-Order-Key`): the server partitions it again, into the same partition.
+
 Each is republished with `Nats-Msg-Id: redrive:<dlq stream>:<dlq seq>` and `Ebbtide-Redriven-From: <dlq
 seq>`. Not the original `Nats-Msg-Id`: it may still be inside the original stream's duplicate window, and
 the republish would be dropped silently. A redrive that stopped between the confirmation and the delete can
@@ -15,11 +18,11 @@ from collections.abc import AsyncIterator
 
 from nats.aio.client import Client as NatsClient
 
-from ..broker.headers import H_ORIGINAL_SUBJECT, H_REDRIVEN_FROM
+from ..broker.headers import H_ORDER_KEY, H_ORIGINAL_SUBJECT, H_REDRIVEN_FROM
 from ..broker.publisher import ConfirmedPublisher, PubAck, PublishBatch
 from ..errors import DeadLetterError, PublishError
 from ..manifest import LoadedManifest
-from ..subjects import subject_matches
+from ..subjects import KEY_TOKEN, keyed_subject, subject_matches
 from .model import RedriveFailure, Redriven, RedriveResult, StoredDeadLetter
 from .store import delete, scan, sequences, show_dead_letter, target
 
@@ -97,6 +100,18 @@ def _redrive_subject(letter: StoredDeadLetter, manifest: LoadedManifest) -> str:
     prefix = manifest.spec.dead_letter.subject_prefix
     if any(c in subject for c in "*> \t\r\n") or subject_matches(f"{prefix}.>", subject):
         raise DeadLetterError(f"dead letter #{letter.seq}: cannot redrive to {subject!r}")
+    trigger, _, partition = subject.rpartition(".")
+    if partition.isdigit() and trigger in manifest.ordered_triggers():
+        # Stored under its partition (broker/partitions.py): published again under its key, so that the
+        # server puts it in the same partition, after what its key got since.
+        key = letter.headers.get(H_ORDER_KEY, "")
+        if not KEY_TOKEN.match(key):
+            raise DeadLetterError(
+                f"dead letter #{letter.seq}: stored under {subject!r} (a partition of the ordered trigger {trigger}) "
+                f"without a usable key ({H_ORDER_KEY}: {key!r}: its payload has no such field): publish it again "
+                f"yourself, to {trigger}.<key>"
+            )
+        return keyed_subject(trigger, key)
     return subject
 
 

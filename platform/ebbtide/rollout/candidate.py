@@ -17,22 +17,23 @@ from nats.aio.msg import Msg
 
 from ..broker.headers import H_MSG_ID
 from ..function import FunctionSpec, GuestLoop, Instances, Message, RolloutStats, WorkerGuests
+from ..ordering import LaneKeys
 from ..outcome import GuestResult
 from ..runtime.engine import WasmEngine
 from ..runtime.guest import GuestModule, GuestReply
-from ..subjects import fnv1a_32, key_of_stored_subject
+from ..subjects import fnv1a_32
 from .state import Rollout
 
 _HASH_SPACE = 1 << 32
 
 
-def message_key(msg: Msg, ordered_trigger: str | None = None) -> bytes:
-    """What the share is decided on: for an ordered function (`ordered_trigger`), the message's key, so all
-    of a key's events go to one version; else its Nats-Msg-Id (the same across redeliveries and replicas),
-    else its payload. So a message, and a key, always goes to the same version."""
-    if ordered_trigger is not None and msg.subject.startswith(ordered_trigger + "."):
-        key = key_of_stored_subject(msg.subject, ordered_trigger)
-        if key is not None:
+def message_key(msg: Msg, lane_keys: LaneKeys | None = None) -> bytes:
+    """What the share is decided on: for an ordered function (`lane_keys`), the message's key, so all of a
+    key's events go to one version; else (or without a key) its Nats-Msg-Id (the same across redeliveries and
+    replicas), else its payload. So a message, and a key, always goes to the same version."""
+    if lane_keys is not None:
+        key = lane_keys.of(msg.subject, msg.data)
+        if key:
             return key.encode()
     headers = msg.headers
     msg_id = headers.get(H_MSG_ID) if headers else None
@@ -42,13 +43,13 @@ def message_key(msg: Msg, ordered_trigger: str | None = None) -> bytes:
 class Share:
     """A stable choice of `share` of the messages, by FNV-1a of `message_key`."""
 
-    def __init__(self, share: float, ordered_trigger: str | None = None) -> None:
+    def __init__(self, share: float, lane_keys: LaneKeys | None = None) -> None:
         self.share = share
         self._below = int(share * _HASH_SPACE)
-        self._ordered_trigger = ordered_trigger
+        self._lane_keys = lane_keys
 
     def takes(self, msg: Msg) -> bool:
-        return self.share >= 1.0 or fnv1a_32(message_key(msg, self._ordered_trigger)) < self._below
+        return self.share >= 1.0 or fnv1a_32(message_key(msg, self._lane_keys)) < self._below
 
 
 class Candidate:
@@ -61,7 +62,8 @@ class Candidate:
         self.module = module
         self.spec = spec
         # An ordered function's canary splits by key: all of a key's events go to one version.
-        self.share = Share(rollout.share, spec.section.trigger if spec.section.order_by else None)
+        section = spec.section
+        self.share = Share(rollout.share, LaneKeys(section.trigger, section.order_by) if section.order_by else None)
         self.stats = stats
         self.instances = Instances(spec, engine, module)
 
