@@ -97,6 +97,9 @@ class Replicas:
     def count(self, function: str) -> int:
         return sum(1 for p in self.running.get(function, []) if p.returncode is None)
 
+    def pids(self) -> list[int]:
+        return [p.pid for processes in self.running.values() for p in processes if p.returncode is None]
+
     def log_tail(self) -> str:
         return "\n".join(f"--- {log.name}\n{log.read_text(errors='replace')[-1500:]}" for log in sorted(self.logs.glob("*.log")))
 
@@ -120,6 +123,13 @@ class StatusBoard:
         """Whether `count` processes of `function` reported since `since` (unix time); asks for reports."""
         await self.nc.publish(STATUS_REQUEST_SUBJECT, b"")
         return sum(1 for s in self.latest.values() if s.function == function and s.time >= since) >= count
+
+    async def reported(self, pids: list[int]) -> bool:
+        """Whether each of these processes has reported (so it finished starting up); asks for reports. Before
+        a test stops its replicas: one still starting up (a replacement, slowed by a fault) exits 130, not 0."""
+        await self.nc.publish(STATUS_REQUEST_SUBJECT, b"")
+        seen = {status.host_id.rsplit(":", 1)[1] for status in self.latest.values()}
+        return all(str(pid) in seen for pid in pids)
 
     async def stop(self) -> None:
         await self._subscription.unsubscribe()
@@ -197,6 +207,7 @@ async def test_replicas_scaled_up_and_down_on_a_cluster_losing_a_node(
         await stopping
         await finished_run(nc, expected, len(invalid), "every order stored, every invalid input dead-lettered")
         assert all(replicas.count(f) == REPLICAS - 1 for f in functions), replicas.running
+        await when(lambda: board.reported(replicas.pids()), "every replica started")
         processed = {host: s.processed for host, s in board.latest.items()}
         await replicas.stop_all()
         await board.stop()

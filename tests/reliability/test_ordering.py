@@ -209,6 +209,7 @@ async def run_ordered(
             return await count() >= len(events) and await backlog(client) == 0
 
         await eventually(finished, timeout=400, what="every event applied")
+        await eventually(lambda: board.reported(replicas.pids()), timeout=90, what="every replica started")
         await replicas.stop_all()
         await board.stop()
         await holdings.stop()
