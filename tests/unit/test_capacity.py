@@ -195,22 +195,29 @@ def test_the_soak_check_compares_each_minute_with_its_own_prediction() -> None:
     functions = list(manifest.spec.functions)
     replicas = {f: REPLICAS.get(f, 1) for f in functions}
 
-    def minute(index: int, cores: float, slower: float) -> Minute:
-        """A minute measured as the model predicts it, its drain `slower` times longer (same instance-seconds)."""
+    def minute(index: int, cores: float, slower: float, client_cpu_s: float = DEFAULT.publish_cpu_s) -> Minute:
+        """A minute measured as the model predicts it, its drain `slower` times longer (same instance-seconds),
+        the soak's own process (the client publishing) costing `client_cpu_s` per order."""
         drain, instance_s, peaks = predict(manifest, DEFAULT, cores, 10_000, replicas)
         return Minute(
             index, 10_000, 10_000, 0.0, drain * slower, 0, 0, [], [], {}, {}, 0.0, 0.0, 0.0, True,
             cores_probed=cores, instance_seconds=instance_s, peak_instances=peaks,
+            cpu_per_order={"publisher": client_cpu_s},
         )  # fmt: skip
 
+    heavy_client = minute(4, 2.0, 1.0, client_cpu_s=DEFAULT.publish_cpu_s + 200e-6)
     result = SoakResult(
-        "unordered", [minute(0, 2.0, 5.0), minute(1, 2.0, 1.0), minute(2, 1.0, 1.2), minute(3, 2.0, 2.0)], warm_up=1
+        "unordered",
+        [minute(0, 2.0, 5.0), minute(1, 2.0, 1.0), minute(2, 1.0, 1.2), minute(3, 2.0, 2.0), heavy_client],
+        warm_up=1,
     )
     table, details = model_check(manifest, result, DEFAULT)
-    assert [m["index"] for m in details["minutes"]] == [1, 2, 3]  # the warm-up minute left out
-    assert details["drain_within"] == 2  # +0 % and -17 % are within ±25 %, -50 % is not
-    # Each minute is predicted on its own cores: fewer cores, a longer drain.
+    assert [m["index"] for m in details["minutes"]] == [1, 2, 3, 4]  # the warm-up minute left out
+    assert details["drain_within"] == 3  # +0 %, -17 % and the heavy client's are within ±25 %, -50 % is not
+    # Each minute is predicted on its own cores: fewer cores, a longer drain; and with its own client's CPU
+    # per order (the soak's process shares the cores): a heavier client, a longer drain.
     assert details["minutes"][1]["drain_s"][1] > details["minutes"][0]["drain_s"][1]
-    assert "| burst drain, s |" in table and "2 of 3 |" in table
+    assert details["minutes"][3]["drain_s"][1] > details["minutes"][0]["drain_s"][1]
+    assert "| burst drain, s |" in table and "3 of 4 |" in table
     # The same instance-seconds over a longer drain: fewer instances on average than the model's.
-    assert re.search(r"\| distributor: mean instances while draining \| [\d.]+ \| [\d.]+ \| \+\d+% \| 2 of 3 \|", table), table
+    assert re.search(r"\| distributor: mean instances while draining \| [\d.]+ \| [\d.]+ \| \+\d+% \| \d of 4 \|", table), table
