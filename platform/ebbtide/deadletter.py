@@ -78,7 +78,7 @@ def dead_letter_headers(
     if original_msg_id:
         headers[H_ORIGINAL_MSG_ID] = header_safe(original_msg_id)
     if order_key is not None:
-        headers[H_ORDER_KEY] = order_key
+        headers[H_ORDER_KEY] = header_safe(order_key)  # read from the payload: any JSON string
         headers[H_SEQUENCE_BROKEN] = "true"
     return headers
 

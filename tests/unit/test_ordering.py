@@ -13,8 +13,10 @@ from ebbtide.broker.partitions import lane_consumer_config, lanes, pin_timeout_s
 from ebbtide.broker.provisioning import consumer_config, consumer_configs
 from ebbtide.broker.users import function_permissions, ingress_permissions
 from ebbtide.deadletter import Reason, dead_letter_headers
+from ebbtide.dlq_admin.model import StoredDeadLetter
+from ebbtide.dlq_admin.redriving import redrive_subject
 from ebbtide.effects import Allowlist
-from ebbtide.errors import EffectRefused, ManifestError
+from ebbtide.errors import DeadLetterError, EffectRefused, ManifestError
 from ebbtide.manifest import load_manifest, parse_manifest
 from ebbtide.ordering import KeyReader, LaneKeys, entry_subject
 from ebbtide.runtime.abi import KvPut, Publish
@@ -58,6 +60,31 @@ def test_a_stored_messages_key_comes_from_its_payload_and_keyless_ones_share_one
     # Published under a key its payload does not carry: the partition's keyless messages, one sequence.
     for payload in (b'{"other": 1}', b'{"orderGuid": null}', b'{"orderGuid": [1]}', b"not json"):
         assert keys.of("orders.express.7", payload) == ""
+
+
+def test_a_key_read_from_a_payload_cannot_break_a_dead_letters_headers() -> None:
+    key = LaneKeys("orders.express", "orderGuid").of("orders.express.3", b'{"orderGuid": "a\\r\\nNats-Msg-Id: x"}')
+    assert key == "a\r\nNats-Msg-Id: x"
+    headers = dead_letter_headers(
+        function="receiver-express", reason=Reason.REJECTED, error="no", delivered=1, subject="orders.express.3",
+        stream="ORDERS", sequence=1, original_msg_id=None, order_key=key,
+    )  # fmt: skip
+    assert headers["Ebbtide-Order-Key"] == "a Nats-Msg-Id: x"
+
+
+def test_a_partitions_dead_letter_is_redriven_under_its_key_and_refused_without_one() -> None:
+    def letter(subject: str, key: str | None) -> StoredDeadLetter:
+        headers = {} if key is None else {"Ebbtide-Order-Key": key}
+        return StoredDeadLetter(
+            seq=7, subject="dlq.receiver-express", function="receiver-express", original_subject=subject, headers=headers
+        )
+
+    assert redrive_subject(letter("orders.express.3", "o-1"), ORDERED) == "orders.express.o-1"  # the server re-partitions it
+    assert redrive_subject(letter("orders.express", ""), ORDERED) == "orders.express"  # keyless: as it was
+    assert redrive_subject(letter("orders.express", None), UNORDERED) == "orders.express"
+    for key in ("", "a b"):  # its payload had no key, or one no subject can carry
+        with pytest.raises(DeadLetterError, match="publish it again yourself, to orders.express.<key>"):
+            redrive_subject(letter("orders.express.3", key), ORDERED)
 
 
 def test_an_ordered_function_reads_one_lane_per_partition_and_its_own_for_keyless_messages() -> None:

@@ -74,7 +74,7 @@ async def redrive(
     try:
         async for letter in _selected(nc, manifest, function, seqs, result):
             try:
-                subject = _redrive_subject(letter, manifest)
+                subject = redrive_subject(letter, manifest)
             except DeadLetterError as exc:
                 result.failed.append(RedriveFailure(letter.seq, str(exc)))
                 continue
@@ -93,7 +93,9 @@ async def redrive(
     return result
 
 
-def _redrive_subject(letter: StoredDeadLetter, manifest: LoadedManifest) -> str:
+def redrive_subject(letter: StoredDeadLetter, manifest: LoadedManifest) -> str:
+    """Where a dead letter goes back to: its original subject, or for an ordered function's input stored under
+    its partition, `<trigger>.<key>`; DeadLetterError when it cannot go back."""
     subject = letter.original_subject
     if not subject:
         raise DeadLetterError(f"dead letter #{letter.seq} has no {H_ORIGINAL_SUBJECT} header: nowhere to redrive it to")
@@ -108,8 +110,8 @@ def _redrive_subject(letter: StoredDeadLetter, manifest: LoadedManifest) -> str:
         if not KEY_TOKEN.match(key):
             raise DeadLetterError(
                 f"dead letter #{letter.seq}: stored under {subject!r} (a partition of the ordered trigger {trigger}) "
-                f"without a usable key ({H_ORDER_KEY}: {key!r}: its payload has no such field): publish it again "
-                f"yourself, to {trigger}.<key>"
+                f"without a key that can be a subject token ({H_ORDER_KEY}: {key!r}, read from its payload): publish it "
+                f"again yourself, to {trigger}.<key>"
             )
         return keyed_subject(trigger, key)
     return subject
