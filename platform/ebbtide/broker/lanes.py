@@ -150,6 +150,11 @@ class LaneBook(Generic[M]):
         state.last_request_at = requested_at
         return True
 
+    def lease_from(self, lane: int) -> float:
+        """When the lane's lease runs from (its last request within the lease, or the one the server confirmed):
+        what tells one lapse from the next."""
+        return self._lanes[lane].last_request_at
+
     def void_lease(self, lane: int) -> None:
         """What the lease rests on may be gone (the connection was lost: the server may have restarted and
         forgotten the pin): the lane is lapsed until the server confirms the pin again."""

@@ -134,6 +134,7 @@ class _LaneIO:
     unpin_subject: str
     requests: deque[_Request] = field(default_factory=deque)
     lapsed_at: float | None = None  # when its lease was seen lapsed (until confirmed or lost)
+    ack_wait: tuple[float, float] | None = None  # (the lapse's lease_from, when acks stop waiting for its answer)
     quiet_until: float = 0.0  # no request before this (after an error, or a lane just handed over)
     probing: bool = False
     arrived_since_probe: bool = False
@@ -576,21 +577,32 @@ class LaneFeed:
     async def may_ack(self, incoming: Incoming) -> bool:
         """Whether this process may ack `incoming` now: at once within its lane's lease; a lapsed lane's
         message once the server has confirmed the pin (False when it went to another process, or no answer
-        came within a pin timeout: the message is then queued again, or handed back)."""
+        came within a pin timeout of the lapse's first ack: the message is then queued again, or handed back)."""
         held = self._handed.get(id(incoming.msg))
         if held is None:
             return False  # not in a batch of this feed's
         lane, book = held.lane, self.book
         self._check_connection()
-        if book.may_act(lane, time.monotonic()):
+        if book.may_act(lane, now := time.monotonic()):
             return True
-        give_up_at = time.monotonic() + self._pin_timeout_s
+        give_up_at = self._ack_wait_ends(lane, now)
         while book.lapsed(lane, now := time.monotonic()) and now < give_up_at and not self._closed:
             try:
                 await asyncio.wait_for(self._lease_changed.wait(), give_up_at - now)
             except TimeoutError:
                 break
         return book.may_act(lane, time.monotonic())
+
+    def _ack_wait_ends(self, lane: int, now: float) -> float:
+        """Until when `may_ack` waits for the server's answer about a lapsed lane: a pin timeout after the first
+        ack that asked during this lapse. Once per lapse, not once per message: a batch's acks are asked one
+        after another, and a lapse nobody answered (the info reads failing while a cluster elects its leaders)
+        held each of them for a pin timeout, a batch for minutes."""
+        io = self._lanes[lane]
+        lapse = self.book.lease_from(lane)
+        if io.ack_wait is None or io.ack_wait[0] != lapse:
+            io.ack_wait = (lapse, now + self._pin_timeout_s)
+        return io.ack_wait[1]
 
     def settled(self, incoming: Incoming, retried: bool) -> None:
         held = self._handed.pop(id(incoming.msg), None)
