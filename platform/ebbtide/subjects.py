@@ -59,8 +59,9 @@ def fnv1a_partition(key: str, partitions: int) -> int:
 
 def stream_transform(triggers: list[str], partitions: int) -> tuple[str, str]:
     """The (src, dest) subject transform that partitions every trigger of `triggers` (one stream's ordered
-    triggers) by the key token that follows it: `T.<key>` is stored as `T.<partition>`. Raises ValueError when they cannot share one transform
-    (the server keeps one per stream): they must be literal subjects of the same number of tokens."""
+    triggers) by the key token that follows it: `T.<key>` is stored as `T.<partition>`. Raises ValueError
+    when they cannot share one transform (the server keeps one per stream): they must be literal subjects of
+    the same number of tokens."""
     split = [trigger.split(".") for trigger in triggers]
     lengths = {len(tokens) for tokens in split}
     if len(lengths) != 1:
